@@ -1,0 +1,42 @@
+# torchd: `make run` serves the example model; `make test` runs the test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP_RUN := $(VENV)/.installed-run
+STAMP_TEST := $(VENV)/.installed-test
+EXAMPLE_MAR := examples/model_store/mlp.mar
+
+.PHONY: run test lint clean example bench
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip setuptools wheel
+
+$(STAMP_RUN): setup.cfg setup.py | $(PY)
+	$(PIP) install --quiet -e . torch-model-archiver==0.12.0
+	touch $@
+
+$(STAMP_TEST): setup.cfg setup.py | $(PY)
+	$(PIP) install --quiet -e '.[test]'
+	touch $@ $(STAMP_RUN)
+
+$(EXAMPLE_MAR): $(STAMP_RUN) examples/build.py examples/mlp_handler.py
+	$(PY) examples/build.py
+
+example: $(EXAMPLE_MAR)
+
+run: $(EXAMPLE_MAR)
+	$(VENV)/bin/torchd serve --model-store examples/model_store --models mlp=mlp.mar --ncs
+
+test: $(STAMP_TEST)
+	$(PY) -m pytest -q tests
+
+lint: $(STAMP_TEST)
+	$(VENV)/bin/ruff check --line-length 100 daemon worker protocol tests scripts
+
+bench: $(STAMP_TEST)
+	$(PY) scripts/bench
+
+clean:
+	rm -rf $(VENV) examples/model_store

@@ -1,0 +1,114 @@
+"""Message kinds exchanged between the daemon, the zygote and workers, and their fields.
+
+Every message is a msgpack map with a ``kind`` field. Request ids are strings (the HTTP
+``x-request-id``), bodies are bytes, headers are lists of ``[name, value]`` string pairs.
+Builders below are the single place each message's fields are spelled.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+# worker -> daemon
+HELLO = "hello"            # pid, worker_id
+LOADED = "loaded"          # ok, error (cause text, "Type: message"), load_seconds
+RESULT = "result"          # batch_id, responses: [response]
+STREAM = "stream"          # batch_id, response (one intermediate part for one request)
+DESCRIBED = "described"    # ok, result (JSON-able), error
+PONG = "pong"              # seq
+
+# daemon -> worker
+LOAD = "load"              # model_dir, model_name, handler, manifest, batch_size, ...
+PREDICT = "predict"        # batch_id, requests: [request]
+CANCEL = "cancel"          # batch_id, request_ids: the clients that went away
+DESCRIBE = "describe"      # (no fields)
+PING = "ping"              # seq (heartbeat)
+SHUTDOWN = "shutdown"      # (no fields)
+
+# daemon <-> zygote
+SPAWN = "spawn"            # worker_id, socket_path, title, daemon_pid
+SPAWNED = "spawned"        # worker_id, pid  (or error)
+EXITED = "exited"          # pid, returncode (negative: killed by that signal)
+
+Headers = list[list[str]]
+
+
+def hello(pid: int, worker_id: str) -> dict[str, Any]:
+    return {"kind": HELLO, "pid": pid, "worker_id": worker_id}
+
+
+def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_size: int,
+         model_yaml_config: dict, server_version: str, limit_max_image_pixels: bool = True,
+         ) -> dict[str, Any]:
+    return {"kind": LOAD, "model_dir": model_dir, "model_name": model_name, "handler": handler,
+            "manifest": manifest, "batch_size": batch_size,
+            "model_yaml_config": model_yaml_config, "server_version": server_version,
+            "limit_max_image_pixels": limit_max_image_pixels}
+
+
+def loaded(ok: bool, error: str | None = None, load_seconds: float = 0.0) -> dict[str, Any]:
+    return {"kind": LOADED, "ok": ok, "error": error, "load_seconds": load_seconds}
+
+
+def parameter(name: str, content_type: str | None, value: bytes) -> dict[str, Any]:
+    return {"name": name, "content_type": content_type, "value": value}
+
+
+def request(request_id: str, headers: Headers, parameters: list[dict[str, Any]],
+            ) -> dict[str, Any]:
+    return {"id": request_id, "headers": headers, "parameters": parameters}
+
+
+def predict(batch_id: int, requests: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"kind": PREDICT, "batch_id": batch_id, "requests": requests}
+
+
+def response(request_id: str, status: int, reason: str, body: bytes,
+             content_type: str | None = None, headers: Headers | None = None,
+             ) -> dict[str, Any]:
+    return {"id": request_id, "status": status, "reason": reason, "body": body,
+            "content_type": content_type, "headers": headers or []}
+
+
+def result(batch_id: int, responses: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"kind": RESULT, "batch_id": batch_id, "responses": responses}
+
+
+def stream(batch_id: int, part: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": STREAM, "batch_id": batch_id, "response": part}
+
+
+def cancel(batch_id: int, request_ids: list[str]) -> dict[str, Any]:
+    return {"kind": CANCEL, "batch_id": batch_id, "request_ids": request_ids}
+
+
+def describe() -> dict[str, Any]:
+    return {"kind": DESCRIBE}
+
+
+def described(ok: bool, result: Any = None, error: str | None = None) -> dict[str, Any]:
+    return {"kind": DESCRIBED, "ok": ok, "result": result, "error": error}
+
+
+def ping(seq: int) -> dict[str, Any]:
+    return {"kind": PING, "seq": seq}
+
+
+def pong(seq: int) -> dict[str, Any]:
+    return {"kind": PONG, "seq": seq}
+
+
+def shutdown() -> dict[str, Any]:
+    return {"kind": SHUTDOWN}
+
+
+def spawn(worker_id: str, socket_path: str, title: str, daemon_pid: int) -> dict[str, Any]:
+    return {"kind": SPAWN, "worker_id": worker_id, "socket_path": socket_path, "title": title,
+            "daemon_pid": daemon_pid}
+
+
+def spawned(worker_id: str, pid: int | None, error: str | None = None) -> dict[str, Any]:
+    return {"kind": SPAWNED, "worker_id": worker_id, "pid": pid, "error": error}
+
+
+def exited(pid: int, returncode: int) -> dict[str, Any]:
+    return {"kind": EXITED, "pid": pid, "returncode": returncode}

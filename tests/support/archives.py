@@ -1,0 +1,43 @@
+"""Build test archives with the real torch-model-archiver (the tool TorchServe users use)."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+ARCHIVER = Path(sys.executable).with_name("torch-model-archiver")
+SUFFIX = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
+
+
+def build_archive(model: str, out_dir: Path, *, name: str | None = None, version: str = "1.0",
+                  fmt: str = "default", handler: str = "handler.py",
+                  serialized_file: str | None = None, model_file: str | None = None,
+                  extra_files: list[str] | None = None, config_file: str | None = None,
+                  requirements_file: str | None = None) -> Path:
+    """Archive tests/models/<model>/ into out_dir and return the archive's path.
+
+    File arguments are relative to the model's source folder. ``name`` defaults to ``model``.
+    """
+    src = MODELS / model
+    name = name or model
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [str(ARCHIVER), "--model-name", name, "--version", version,
+           "--handler", str(src / handler), "--export-path", str(out_dir),
+           "--archive-format", fmt, "--force"]
+    if serialized_file:
+        cmd += ["--serialized-file", str(src / serialized_file)]
+    if model_file:
+        cmd += ["--model-file", str(src / model_file)]
+    if extra_files:
+        cmd += ["--extra-files", ",".join(str(src / f) for f in extra_files)]
+    if config_file:
+        cmd += ["--config-file", str(src / config_file)]
+    if requirements_file:
+        cmd += ["--requirements-file", str(src / requirements_file)]
+    target = out_dir / (name + SUFFIX[fmt])
+    if fmt == "no-archive" and target.exists():
+        shutil.rmtree(target)
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    return target
