@@ -64,9 +64,11 @@ def predict(batch_id: int, requests: list[dict[str, Any]]) -> dict[str, Any]:
 
 def response(request_id: str, status: int, reason: str, body: bytes,
              content_type: str | None = None, headers: Headers | None = None,
-             ) -> dict[str, Any]:
+             error: bool = False) -> dict[str, Any]:
+    """One request's answer. ``error=True`` means the handler failed: ``reason`` is the message
+    the daemon renders as TorchServe's error JSON, and ``body`` is empty."""
     return {"id": request_id, "status": status, "reason": reason, "body": body,
-            "content_type": content_type, "headers": headers or []}
+            "content_type": content_type, "headers": headers or [], "error": error}
 
 
 def result(batch_id: int, responses: list[dict[str, Any]]) -> dict[str, Any]:

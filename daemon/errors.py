@@ -1,0 +1,82 @@
+"""Exceptions that map to TorchServe's error JSON: {"code", "type", "message"}."""
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+
+class TorchdError(Exception):
+    """An error with an HTTP status and TorchServe's exception type name."""
+
+    status = 500
+    type = "InternalServerException"
+
+    def __init__(self, message: str, status: int | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if status is not None:
+            self.status = status
+        self.headers = headers or {}
+
+    def to_json(self) -> dict:
+        return {"code": self.status, "type": self.type, "message": self.message}
+
+
+class BadRequest(TorchdError):
+    status, type = 400, "BadRequestException"
+
+
+class InvalidKey(TorchdError):
+    status, type = 401, "InvalidKeyException"
+
+
+class Forbidden(TorchdError):
+    status, type = 403, "InvalidModelVersionException"
+
+
+class ModelNotFound(TorchdError):
+    status, type = 404, "ModelNotFoundException"
+
+
+class ModelVersionNotFound(TorchdError):
+    status, type = 404, "ModelVersionNotFoundException"
+
+
+class ResourceNotFound(TorchdError):
+    status, type = 404, "ResourceNotFoundException"
+
+
+class MethodNotAllowed(TorchdError):
+    status, type = 405, "MethodNotAllowedException"
+
+
+class Conflict(TorchdError):
+    status, type = 409, "ConflictStatusException"
+
+
+class DownloadArchiveError(TorchdError):
+    status, type = 400, "DownloadArchiveException"
+
+
+class InvalidModel(TorchdError):
+    status, type = 400, "InvalidModelException"
+
+
+class PayloadTooLarge(TorchdError):
+    status, type = 413, "BadRequestException"
+
+
+class InternalServerError(TorchdError):
+    status, type = 500, "InternalServerException"
+
+
+class ServiceUnavailable(TorchdError):
+    status, type = 503, "ServiceUnavailableException"
+
+
+class RequestTimeout(TorchdError):
+    status, type = 504, "RequestTimeoutException"
+
+
+def error_response(exc: TorchdError) -> JSONResponse:
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers)
