@@ -1,0 +1,244 @@
+"""Prometheus metrics served on the metrics port (SPEC 3).
+
+`Metrics` owns its own registry, so several can live in one process (tests, restarts). The
+scheduler and supervisor call its one-line methods; the metrics route calls `render()`.
+
+TorchServe's series (`ts_inference_requests_total`, `ts_inference_latency_microseconds`,
+`ts_queue_latency_microseconds`, `Requests2XX/4XX/5XX`) are rendered exactly as TorchServe renders
+them: `# TYPE <name> counter` and samples named `<name>`. prometheus_client would append `_total`
+to every counter sample (and add `_created` series), which would rename
+`ts_inference_latency_microseconds` and `Requests2XX` under the dashboards and alerts written for
+TorchServe. torchd's own series (`torchd_*`) follow current Prometheus conventions.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.utils import floatToGoString
+
+logger = logging.getLogger(__name__)
+
+# What generate_latest produces; pinned rather than CONTENT_TYPE_LATEST, whose meaning moved to
+# the 1.0.0 text format in newer prometheus_client releases.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+WORKER_STATES = ("STARTING", "READY", "STOPPING", "STOPPED", "BACKOFF", "FAILED")
+AUTOSCALE_DIRECTIONS = ("up", "down")
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# Inference latency spans sub-millisecond models up to the 120 s default response timeout.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+                   1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+# TorchServe labels a request that named no version with this instead of the version it resolved.
+DEFAULT_VERSION_LABEL = "default"
+
+_MODEL_LABELS = ("model_name", "model_version")
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
+
+
+class TorchServeCounter:
+    """A counter family rendered the way TorchServe renders it (see the module docstring)."""
+
+    def __init__(self, name: str, documentation: str, labelnames: Iterable[str]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labelnames = tuple(labelnames)
+        self._values: dict[tuple[str, ...], float] = {}
+        self._lock = threading.Lock()
+
+    def inc(self, labelvalues: Iterable[str], amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError(f"{self.name}: counters only go up (got {amount})")
+        key = tuple(str(v) for v in labelvalues)
+        with self._lock:
+            self._values[key] = self._values.get(key, 0.0) + amount
+
+    def remove(self, labelvalues: Iterable[str]) -> None:
+        with self._lock:
+            self._values.pop(tuple(str(v) for v in labelvalues), None)
+
+    def render(self) -> str:
+        with self._lock:
+            series = sorted(self._values.items())
+        lines = [f"# HELP {self.name} {self.documentation}", f"# TYPE {self.name} counter"]
+        for values, total in series:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(self.labelnames, values))
+            lines.append(f"{self.name}{{{labels}}} {floatToGoString(total)}")
+        return "\n".join(lines) + "\n"
+
+
+def _remove(metric: Counter | Gauge | Histogram, *labelvalues: str) -> None:
+    # Older prometheus_client releases raise KeyError for a label set that was never used.
+    try:
+        metric.remove(*labelvalues)
+    except KeyError:
+        pass
+
+
+class Metrics:
+    """Every metric the daemon exports, with the updates its components make."""
+
+    def __init__(self, collect_hook: Callable[[], None] | None = None,
+                 hostname: str | None = None) -> None:
+        self.registry = CollectorRegistry()
+        self.hostname = hostname or socket.gethostname()
+        self._collect_hook = collect_hook
+        self._lock = threading.Lock()
+        self._states: list[str] = list(WORKER_STATES)
+        self._rss_workers: dict[tuple[str, str], set[str]] = {}
+        self._known: set[tuple[str, str]] = set()
+        self._build_torchserve_counters()
+        self._build_torchd_metrics()
+
+    def _build_torchserve_counters(self) -> None:
+        ts_labels = ("model_name", "model_version", "hostname")
+        self.ts_requests = TorchServeCounter(
+            "ts_inference_requests_total", "Inference requests received, by model version.",
+            ts_labels)
+        self.ts_inference_latency = TorchServeCounter(
+            "ts_inference_latency_microseconds",
+            "Total microseconds from arrival to response of successful inference requests.",
+            ts_labels)
+        self.ts_queue_latency = TorchServeCounter(
+            "ts_queue_latency_microseconds",
+            "Total microseconds successful inference requests waited in the queue.", ts_labels)
+        self.status_counters = {
+            cls: TorchServeCounter(f"Requests{cls}XX", f"HTTP responses with a {cls}xx status.",
+                                   ("Level", "Hostname"))
+            for cls in (2, 4, 5)
+        }
+        for counter in self.status_counters.values():
+            counter.inc(("Host", self.hostname), 0)  # present from the first scrape, so rate() works
+
+    def _build_torchd_metrics(self) -> None:
+        reg = self.registry
+        self.queue_depth = Gauge("torchd_queue_depth", "Requests waiting in the model version's "
+                                 "queue.", _MODEL_LABELS, registry=reg)
+        self.workers = Gauge("torchd_workers", "Workers of the model version in each state.",
+                             _MODEL_LABELS + ("state",), registry=reg)
+        self.worker_restarts = Counter("torchd_worker_restarts_total",
+                                       "Workers restarted after they died.", _MODEL_LABELS,
+                                       registry=reg)
+        self.batch_size = Histogram("torchd_batch_size", "Requests per batch sent to a worker.",
+                                    _MODEL_LABELS, buckets=BATCH_SIZE_BUCKETS, registry=reg)
+        self.worker_rss = Gauge("torchd_worker_rss_bytes", "Resident memory of each worker.",
+                                _MODEL_LABELS + ("worker_id",), registry=reg)
+        self.request_latency = Histogram("torchd_request_latency_seconds",
+                                         "Arrival-to-response time of successful inference "
+                                         "requests.", _MODEL_LABELS, buckets=LATENCY_BUCKETS,
+                                         registry=reg)
+        self.autoscale_events = Counter("torchd_autoscale_events_total",
+                                        "Workers added (up) or removed (down) by the autoscaler.",
+                                        _MODEL_LABELS + ("direction",), registry=reg)
+
+    # -- updates -----------------------------------------------------------------------------
+
+    def observe_request(self, model: str, version: str, status: int, queue_us: float,
+                        total_us: float, named_version: bool = True) -> None:
+        """Record one finished inference request for an existing model version.
+
+        Every request counts in ts_inference_requests_total whatever its status (TorchServe
+        counts on arrival); latencies are recorded for status < 400 only, as TorchServe records
+        them only for answered predictions, so a burst of instant 503s cannot hide slow models.
+        `named_version=False` (the path named no version) labels the ts_* series
+        model_version="default", as TorchServe does; torchd_* series always get the version.
+        """
+        self._touch(model, version)
+        ts = (model, version if named_version else DEFAULT_VERSION_LABEL, self.hostname)
+        self.ts_requests.inc(ts)
+        if status < 400:
+            self.ts_inference_latency.inc(ts, total_us)
+            self.ts_queue_latency.inc(ts, queue_us)
+            self.request_latency.labels(model, version).observe(total_us / 1e6)
+
+    def count_status(self, status: int) -> None:
+        """Count one HTTP response of the inference or management port by status class."""
+        counter = self.status_counters.get(status // 100)
+        if counter is not None:
+            counter.inc(("Host", self.hostname))
+
+    def observe_batch(self, model: str, version: str, size: int) -> None:
+        self._touch(model, version)
+        self.batch_size.labels(model, version).observe(size)
+
+    def set_queue_depth(self, model: str, version: str, depth: int) -> None:
+        self._touch(model, version)
+        self.queue_depth.labels(model, version).set(depth)
+
+    def set_worker_states(self, model: str, version: str, counts: dict[str, int]) -> None:
+        """Set the worker count of every state, zero for the states absent from `counts`."""
+        self._touch(model, version)
+        with self._lock:
+            self._states.extend(s for s in counts if s not in self._states)
+            states = list(self._states)
+        for state in states:
+            self.workers.labels(model, version, state).set(counts.get(state, 0))
+
+    def worker_restarted(self, model: str, version: str) -> None:
+        self._touch(model, version)
+        self.worker_restarts.labels(model, version).inc()
+
+    def set_worker_rss(self, model: str, version: str, worker_id: str, rss: int) -> None:
+        self._touch(model, version)
+        with self._lock:
+            self._rss_workers.setdefault((model, version), set()).add(str(worker_id))
+        self.worker_rss.labels(model, version, str(worker_id)).set(rss)
+
+    def forget_worker(self, model: str, version: str, worker_id: str) -> None:
+        with self._lock:
+            self._rss_workers.get((model, version), set()).discard(str(worker_id))
+        _remove(self.worker_rss, model, version, str(worker_id))
+
+    def autoscaled(self, model: str, version: str, direction: str) -> None:
+        if direction not in AUTOSCALE_DIRECTIONS:
+            raise ValueError(f"autoscale direction must be up or down, not {direction!r}")
+        self._touch(model, version)
+        self.autoscale_events.labels(model, version, direction).inc()
+
+    def forget_model(self, model: str, version: str) -> None:
+        """Drop every series of an unregistered model version.
+
+        The ts_* "default" series of the model go with its last known version.
+        """
+        with self._lock:
+            self._known.discard((model, version))
+            last = not any(name == model for name, _ in self._known)
+            workers = self._rss_workers.pop((model, version), set())
+            states = list(self._states)
+        for metric in (self.queue_depth, self.worker_restarts, self.batch_size,
+                       self.request_latency):
+            _remove(metric, model, version)
+        for state in states:
+            _remove(self.workers, model, version, state)
+        for worker_id in workers:
+            _remove(self.worker_rss, model, version, worker_id)
+        for direction in AUTOSCALE_DIRECTIONS:
+            _remove(self.autoscale_events, model, version, direction)
+        ts_versions = (version, DEFAULT_VERSION_LABEL) if last else (version,)
+        for counter in (self.ts_requests, self.ts_inference_latency, self.ts_queue_latency):
+            for label in ts_versions:
+                counter.remove((model, label, self.hostname))
+
+    def _touch(self, model: str, version: str) -> None:
+        with self._lock:
+            self._known.add((model, version))
+
+    # -- exposition --------------------------------------------------------------------------
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type, for GET /metrics."""
+        if self._collect_hook is not None:
+            try:
+                self._collect_hook()
+            except Exception:  # a broken refresher must not take the scrape down with it
+                logger.exception("metrics collect hook failed; serving the last values")
+        counters = [self.ts_requests, self.ts_inference_latency, self.ts_queue_latency,
+                    *self.status_counters.values()]
+        legacy = "".join(counter.render() for counter in counters).encode("utf-8")
+        return legacy + generate_latest(self.registry), CONTENT_TYPE

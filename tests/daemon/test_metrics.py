@@ -1,0 +1,228 @@
+"""daemon.metrics: drive every update, render, and read the exposition back with the parser."""
+from __future__ import annotations
+
+import re
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from daemon.metrics import CONTENT_TYPE, WORKER_STATES, Metrics
+
+HOST = "testhost"
+
+
+def scrape(metrics: Metrics) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} from a rendered exposition."""
+    payload, content_type = metrics.render()
+    assert content_type == CONTENT_TYPE
+    samples = {}
+    for family in text_string_to_metric_families(payload.decode("utf-8")):
+        for sample in family.samples:
+            key = (sample.name, tuple(sorted(sample.labels.items())))
+            assert key not in samples, f"duplicate series {key}"
+            samples[key] = sample.value
+    return samples
+
+
+def value(samples: dict, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def series_of(samples: dict, model: str, version: str) -> list:
+    return [key for key in samples
+            if dict(key[1]).get("model_name") == model
+            and dict(key[1]).get("model_version") == version]
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics(hostname=HOST)
+
+
+def ts(model: str = "mlp", version: str = "1.0") -> dict[str, str]:
+    return {"model_name": model, "model_version": version, "hostname": HOST}
+
+
+def test_torchserve_series_keep_torchserve_names_and_labels(metrics: Metrics) -> None:
+    metrics.observe_request("mlp", "1.0", 200, queue_us=40, total_us=1000)
+    metrics.count_status(200)
+    text = metrics.render()[0].decode()
+    # Exactly TorchServe's sample names: no _total/_created added by the client library.
+    for name in ("ts_inference_requests_total", "ts_inference_latency_microseconds",
+                 "ts_queue_latency_microseconds"):
+        assert f"# TYPE {name} counter\n" in text
+        labels = f'model_name="mlp",model_version="1.0",hostname="{HOST}"'
+        assert re.search(rf"^{name}\{{{labels}}} ", text, re.MULTILINE)
+    for cls in ("2", "4", "5"):
+        assert f"# TYPE Requests{cls}XX counter\n" in text
+        labels = f'Level="Host",Hostname="{HOST}"'
+        assert re.search(rf"^Requests{cls}XX\{{{labels}}} ", text, re.MULTILINE)
+    assert "ts_inference_requests_created" not in text and "Requests2XX_created" not in text
+
+
+def test_observe_request_counts_all_and_times_successes(metrics: Metrics) -> None:
+    metrics.observe_request("mlp", "1.0", 200, queue_us=40, total_us=1000)
+    metrics.observe_request("mlp", "1.0", 200, queue_us=60, total_us=3000)
+    metrics.observe_request("mlp", "1.0", 503, queue_us=5, total_us=7)
+    metrics.observe_request("mlp", "1.0", 200, queue_us=1, total_us=2, named_version=False)
+    s = scrape(metrics)
+    # The parser names counter samples <family>_total whatever the text said.
+    assert value(s, "ts_inference_requests_total", **ts()) == 3
+    assert value(s, "ts_inference_latency_microseconds_total", **ts()) == 4000
+    assert value(s, "ts_queue_latency_microseconds_total", **ts()) == 100
+    assert value(s, "ts_inference_requests_total", **ts(version="default")) == 1
+    assert value(s, "ts_inference_latency_microseconds_total", **ts(version="default")) == 2
+    mv = {"model_name": "mlp", "model_version": "1.0"}
+    # torchd's histogram always carries the resolved version, and only successes.
+    assert value(s, "torchd_request_latency_seconds_count", **mv) == 3
+    assert value(s, "torchd_request_latency_seconds_sum", **mv) == pytest.approx(0.004002)
+    assert value(s, "torchd_request_latency_seconds_bucket", le="0.001", **mv) == 2  # 2 µs, 1 ms
+    assert value(s, "torchd_request_latency_seconds_bucket", le="0.0025", **mv) == 2
+    assert value(s, "torchd_request_latency_seconds_bucket", le="0.005", **mv) == 3
+
+
+def test_count_status_by_class(metrics: Metrics) -> None:
+    for status in (200, 201, 202, 206, 400, 404, 404, 500, 503, 504, 507, 101, 302):
+        metrics.count_status(status)
+    s = scrape(metrics)
+    host = {"Level": "Host", "Hostname": HOST}
+    assert value(s, "Requests2XX_total", **host) == 4
+    assert value(s, "Requests4XX_total", **host) == 3
+    assert value(s, "Requests5XX_total", **host) == 4
+
+
+def test_status_counters_start_at_zero(metrics: Metrics) -> None:
+    s = scrape(metrics)
+    for cls in "245":
+        assert value(s, f"Requests{cls}XX_total", Level="Host", Hostname=HOST) == 0
+
+
+def test_torchd_gauges_counters_histograms(metrics: Metrics) -> None:
+    mv = {"model_name": "mlp", "model_version": "2.0"}
+    metrics.set_queue_depth("mlp", "2.0", 7)
+    metrics.set_worker_states("mlp", "2.0", {"READY": 2, "BACKOFF": 1})
+    metrics.worker_restarted("mlp", "2.0")
+    metrics.worker_restarted("mlp", "2.0")
+    for size in (1, 3, 3, 64, 100):
+        metrics.observe_batch("mlp", "2.0", size)
+    metrics.set_worker_rss("mlp", "2.0", "9000", 123456789)
+    metrics.set_worker_rss("mlp", "2.0", "9001", 1000)
+    metrics.autoscaled("mlp", "2.0", "up")
+    metrics.autoscaled("mlp", "2.0", "up")
+    metrics.autoscaled("mlp", "2.0", "down")
+    s = scrape(metrics)
+    assert value(s, "torchd_queue_depth", **mv) == 7
+    expected_states = {state: 0 for state in WORKER_STATES} | {"READY": 2, "BACKOFF": 1}
+    for state, count in expected_states.items():
+        assert value(s, "torchd_workers", state=state, **mv) == count
+    assert value(s, "torchd_worker_restarts_total", **mv) == 2
+    assert value(s, "torchd_batch_size_count", **mv) == 5
+    assert value(s, "torchd_batch_size_sum", **mv) == 171
+    buckets = {"1.0": 1, "2.0": 1, "4.0": 3, "8.0": 3, "16.0": 3, "32.0": 3, "64.0": 4, "+Inf": 5}
+    for le, count in buckets.items():
+        assert value(s, "torchd_batch_size_bucket", le=le, **mv) == count
+    assert value(s, "torchd_worker_rss_bytes", worker_id="9000", **mv) == 123456789
+    assert value(s, "torchd_worker_rss_bytes", worker_id="9001", **mv) == 1000
+    assert value(s, "torchd_autoscale_events_total", direction="up", **mv) == 2
+    assert value(s, "torchd_autoscale_events_total", direction="down", **mv) == 1
+
+
+def test_worker_states_reset_absent_states_and_keep_new_ones(metrics: Metrics) -> None:
+    metrics.set_worker_states("mlp", "1.0", {"READY": 3, "DRAINING": 1})
+    metrics.set_worker_states("mlp", "1.0", {"FAILED": 1})
+    s = scrape(metrics)
+    mv = {"model_name": "mlp", "model_version": "1.0"}
+    assert value(s, "torchd_workers", state="READY", **mv) == 0
+    assert value(s, "torchd_workers", state="DRAINING", **mv) == 0
+    assert value(s, "torchd_workers", state="FAILED", **mv) == 1
+
+
+def test_autoscaled_rejects_unknown_direction(metrics: Metrics) -> None:
+    with pytest.raises(ValueError):
+        metrics.autoscaled("mlp", "1.0", "sideways")
+
+
+def test_forget_worker_removes_only_that_worker(metrics: Metrics) -> None:
+    metrics.set_worker_rss("mlp", "1.0", "9000", 10)
+    metrics.set_worker_rss("mlp", "1.0", "9001", 20)
+    metrics.forget_worker("mlp", "1.0", "9000")
+    metrics.forget_worker("mlp", "1.0", "9999")  # unknown: no error
+    s = scrape(metrics)
+    mv = {"model_name": "mlp", "model_version": "1.0"}
+    assert value(s, "torchd_worker_rss_bytes", worker_id="9000", **mv) is None
+    assert value(s, "torchd_worker_rss_bytes", worker_id="9001", **mv) == 20
+
+
+def drive_everything(metrics: Metrics, model: str, version: str) -> None:
+    metrics.observe_request(model, version, 200, 1, 10)
+    metrics.observe_request(model, version, 200, 1, 10, named_version=False)
+    metrics.observe_batch(model, version, 2)
+    metrics.set_queue_depth(model, version, 1)
+    metrics.set_worker_states(model, version, {"READY": 1})
+    metrics.worker_restarted(model, version)
+    metrics.set_worker_rss(model, version, "9000", 1)
+    metrics.autoscaled(model, version, "up")
+    metrics.autoscaled(model, version, "down")
+
+
+def test_forget_model_removes_every_series_of_that_version(metrics: Metrics) -> None:
+    drive_everything(metrics, "mlp", "1.0")
+    drive_everything(metrics, "mlp", "2.0")
+    drive_everything(metrics, "other", "1.0")
+    before = scrape(metrics)
+    assert series_of(before, "mlp", "1.0") and series_of(before, "mlp", "default")
+
+    metrics.forget_model("mlp", "1.0")
+    s = scrape(metrics)
+    assert series_of(s, "mlp", "1.0") == []
+    # Another version of the model remains, so its "default" ts_* series stay.
+    assert series_of(s, "mlp", "default")
+    assert len(series_of(s, "mlp", "2.0")) == len(series_of(before, "mlp", "2.0"))
+
+    metrics.forget_model("mlp", "2.0")
+    s = scrape(metrics)
+    assert series_of(s, "mlp", "2.0") == [] and series_of(s, "mlp", "default") == []
+    assert len(series_of(s, "other", "1.0")) == len(series_of(before, "other", "1.0"))
+    metrics.forget_model("never", "1.0")  # unknown: no error
+
+
+def test_instances_are_independent() -> None:
+    first, second = Metrics(hostname=HOST), Metrics(hostname=HOST)
+    first.set_queue_depth("mlp", "1.0", 5)
+    mv = {"model_name": "mlp", "model_version": "1.0"}
+    assert value(scrape(first), "torchd_queue_depth", **mv) == 5
+    assert value(scrape(second), "torchd_queue_depth", **mv) is None
+
+
+def test_collect_hook_runs_before_each_render() -> None:
+    calls = []
+
+    def refresh() -> None:
+        calls.append(1)
+        metrics.set_queue_depth("mlp", "1.0", len(calls))
+
+    metrics = Metrics(collect_hook=refresh, hostname=HOST)
+    mv = {"model_name": "mlp", "model_version": "1.0"}
+    assert value(scrape(metrics), "torchd_queue_depth", **mv) == 1
+    assert value(scrape(metrics), "torchd_queue_depth", **mv) == 2
+
+
+def test_failing_collect_hook_still_renders(caplog: pytest.LogCaptureFixture) -> None:
+    def broken() -> None:
+        raise RuntimeError("psutil exploded")
+
+    metrics = Metrics(collect_hook=broken, hostname=HOST)
+    metrics.count_status(200)
+    assert value(scrape(metrics), "Requests2XX_total", Level="Host", Hostname=HOST) == 1
+    assert "collect hook failed" in caplog.text
+
+
+def test_label_values_are_escaped(metrics: Metrics) -> None:
+    metrics.observe_request('we"ird\\name\n', "1.0", 200, 1, 2)
+    s = scrape(metrics)
+    assert value(s, "ts_inference_requests_total", **ts(model='we"ird\\name\n')) == 1
+
+
+def test_default_hostname_is_this_host() -> None:
+    import socket
+    assert Metrics().hostname == socket.gethostname()
