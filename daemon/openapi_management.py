@@ -121,7 +121,10 @@ def _describe(operation_id: str, target: str) -> dict[str, Any]:
     return operation(operation_id, f"Describe {target}.",
                      {"200": response("One element per version.",
                                       {"type": "array", "items": ref("ModelDescription")}),
-                      "404": NOT_FOUND},
+                      "404": NOT_FOUND,
+                      "500": error("customized=true: the handler's describe_handle() failed "
+                                   "or did not answer in time."),
+                      "503": error("customized=true: no READY worker to ask.")},
                      DESCRIBE_PARAMETERS)
 
 
