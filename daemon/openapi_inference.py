@@ -53,7 +53,7 @@ def _v2_model_ready(operation_id: str) -> dict[str, Any]:
     return operation(operation_id, "Whether the model can serve requests.",
                      {"200": response("Ready.", ref("V2ModelReady")),
                       "404": _v2_error("Unknown model or version."),
-                      "4XX": _v2_error("Not ready.")})
+                      "503": _v2_error("Not ready.")})
 
 
 def _v2_metadata(operation_id: str) -> dict[str, Any]:
@@ -112,12 +112,16 @@ def paths() -> dict[str, Any]:
 
 
 def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
-    return {"type": "object", "required": required, "properties": properties}
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:  # OpenAPI 3.0 forbids an empty required list
+        schema["required"] = required
+    return schema
 
 
 _STR, _BOOL = {"type": "string"}, {"type": "boolean"}
 _SHAPE = {"type": "array", "items": {"type": "integer"}}
-_TENSOR_METADATA = _obj(["name", "datatype", "shape"], name=_STR, datatype=_STR, shape=_SHAPE)
+# Tensors are passed through from the model's config as declared, so no field is guaranteed.
+_TENSOR_METADATA = _obj([], name=_STR, datatype=_STR, shape=_SHAPE)
 
 SCHEMAS: dict[str, Any] = {
     "V2Error": _obj(["error"], error=_STR),

@@ -59,7 +59,7 @@ INFERENCE_STATUSES = {
     **{("post", path): PREDICTION_STATUSES for method, path in INFERENCE_ENDPOINTS
        if path.startswith(("/predictions", "/explanations", "/v1/"))},
     ("get", "/v2/health/ready"): {"200", "503"},
-    ("get", "/v2/models/{model_name}/ready"): {"200", "404", "4XX"},
+    ("get", "/v2/models/{model_name}/ready"): {"200", "404", "503"},
     ("get", "/v2/models/{model_name}"): {"200", "404"},
 }
 
