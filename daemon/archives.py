@@ -313,6 +313,10 @@ def _extract_tar(archive: Path, dest: Path) -> None:
                 _make_symlink(target, parts, member)
             else:
                 _copy_hardlink(dest, target, member, strip)
+        # tarfile stops at the end-of-archive blocks; reading on to the end of the compressed
+        # stream makes gzip check its CRC and length, so a truncated download is caught.
+        while tar.fileobj.read(1 << 20):
+            pass
 
 
 def _make_symlink(target: Path, parts: list[str], member: tarfile.TarInfo) -> None:
@@ -398,7 +402,9 @@ def read_model_yaml(model_dir: Path, manifest: dict) -> dict:
     try:
         loaded = yaml.safe_load(path.read_bytes())
     except (OSError, yaml.YAMLError) as exc:
-        raise InvalidModel(f"configFile {name} is not valid YAML: {exc}") from exc
+        # PyYAML's messages span lines (with a source excerpt); an error message should not.
+        raise InvalidModel(f"configFile {name} is not valid YAML: "
+                           f"{' '.join(str(exc).split())}") from exc
     if loaded is None:
         return {}
     if not isinstance(loaded, dict):
