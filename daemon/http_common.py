@@ -1,0 +1,149 @@
+"""What every listener shares: lenient parameters, request ids, errors, access log, body limits."""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any, Callable
+
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from daemon.errors import (MethodNotAllowed, PayloadTooLarge, ResourceNotFound, TorchdError,
+                           error_response)
+
+logger = logging.getLogger(__name__)
+access_log = logging.getLogger("torchd.access")
+
+
+class Params:
+    """Query string (or JSON body) parameters with TorchServe's lenient typing: a malformed
+    integer or boolean falls back to its default, with a warning."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        self.values = values
+
+    @classmethod
+    def from_query(cls, request: Request, body: dict[str, Any] | None = None) -> Params:
+        values: dict[str, Any] = dict(request.query_params)
+        if body:
+            values.update(body)
+        return cls(values)
+
+    def str(self, name: str, default: str | None = None) -> str | None:
+        value = self.values.get(name)
+        return default if value is None else str(value)
+
+    def int(self, name: str, default: int | None = None) -> int | None:
+        value = self.values.get(name)
+        if value is None or value == "":
+            return default
+        if isinstance(value, bool):
+            return default
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            logger.warning("parameter %s=%r is not an integer; using %r", name, value, default)
+            return default
+
+    def bool(self, name: str, default: bool) -> bool:
+        value = self.values.get(name)
+        if value is None:
+            return default
+        if isinstance(value, bool):
+            return value
+        return str(value).lower() == "true"
+
+
+def status_json(message: str, status: int = 200) -> JSONResponse:
+    return JSONResponse({"status": message}, status_code=status)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing with 413 as soon as it exceeds ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def torchd_error(request: Request, exc: TorchdError) -> Response:
+    return error_response(exc)
+
+
+async def http_error(request: Request, exc: HTTPException) -> Response:
+    if exc.status_code == 405:
+        return error_response(MethodNotAllowed(
+            "Requested method is not allowed, please refer to API document."))
+    if exc.status_code == 404:
+        return error_response(ResourceNotFound(
+            "Requested resource is not found, please refer to API document."))
+    return error_response(TorchdError(str(exc.detail), status=exc.status_code))
+
+
+async def unexpected_error(request: Request, exc: Exception) -> Response:
+    logger.exception("unhandled error on %s %s", request.method, request.url.path)
+    return error_response(TorchdError(f"{type(exc).__name__}: {exc}"))
+
+
+EXCEPTION_HANDLERS = {TorchdError: torchd_error, HTTPException: http_error,
+                      Exception: unexpected_error}
+
+
+class RequestContext:
+    """Pure ASGI middleware: trailing slash, x-request-id, status counting, access log.
+
+    Pure ASGI (not BaseHTTPMiddleware) because it sits on every request's hot path.
+    """
+
+    def __init__(self, app: Callable, name: str, count_status: Callable[[int], None] | None,
+                 authorize: Callable[[dict], TorchdError | None] | None = None) -> None:
+        self.app = app
+        self.name = name
+        self.count_status = count_status
+        self.authorize = authorize
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        if len(path) > 1 and path.endswith("/"):
+            scope = {**scope, "path": path.rstrip("/") or "/"}
+        request_id = str(uuid.uuid4())
+        scope.setdefault("state", {})["request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+        started = time.perf_counter()
+        status_seen = 0
+
+        async def send_with_id(message: dict) -> None:
+            nonlocal status_seen
+            if message["type"] == "http.response.start":
+                status_seen = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        denied = self.authorize(scope) if self.authorize else None
+        try:
+            if denied is not None:
+                await error_response(denied)(scope, receive, send_with_id)
+            else:
+                await self.app(scope, receive, send_with_id)
+        finally:
+            if self.count_status is not None and status_seen:
+                self.count_status(status_seen)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info('%s "%s %s" %s %.1fms %s', self.name, scope["method"],
+                                scope["path"], status_seen, (time.perf_counter() - started) * 1e3,
+                                request_id)
+
+
+def request_id(request: Request) -> str:
+    return request.scope["state"]["request_id"]

@@ -1,0 +1,267 @@
+"""Inference API routes (port 8080): TorchServe predictions/explanations, KServe v1, OIP v2."""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from daemon.errors import ResourceNotFound, ServiceUnavailable, TorchdError, \
+    error_response
+from daemon.http_common import read_body, request_id
+from daemon.registry import ModelVersion
+from daemon.scheduler import Job, QueueFull, queue_full_error
+from protocol import messages
+
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+ERROR_TYPES = {503: "ServiceUnavailableException", 504: "RequestTimeoutException"}
+
+
+# ---- request → job --------------------------------------------------------------------------
+
+async def read_parameters(request: Request) -> list[dict[str, Any]]:
+    body = await read_body(request, request.app.state.config.max_request_size)
+    content_type = request.headers.get("content-type")
+    if content_type and content_type.split(";")[0].strip().lower() in FORM_TYPES:
+        request._body = body   # starlette's form parser reads the cached body
+        form = await request.form()
+        params = []
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                params.append(messages.parameter(name, None, value.encode()))
+            else:
+                params.append(messages.parameter(name, value.content_type, await value.read()))
+        return params
+    return [messages.parameter("body", content_type, body)]
+
+
+def enqueue(request: Request, name: str, version: str | None,
+            params: list[dict[str, Any]], extra_headers: tuple = ()) -> tuple[ModelVersion, Job]:
+    state = request.app.state
+    mv = state.registry.get(name, version)
+    if not state.supervisor.can_serve(mv):
+        raise ServiceUnavailable(f'Model "{name}" has no worker to serve inference request. '
+                                 'Please use scale workers API to add workers.')
+    rid = request_id(request)
+    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw]
+    headers.extend([list(h) for h in extra_headers])
+    job = Job(id=rid, request=messages.request(rid, headers, params), arrival=time.monotonic())
+    try:
+        mv.queue.submit(job)
+    except QueueFull:
+        raise queue_full_error(name) from None
+    return mv, job
+
+
+async def _watch_disconnect(request: Request, job: Job) -> None:
+    """A client that hangs up before dispatch is dropped from the queue, never run."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            job.cancelled = True
+            return
+
+
+async def first_event(request: Request, job: Job) -> tuple[str, Any]:
+    watcher = asyncio.ensure_future(_watch_disconnect(request, job))
+    try:
+        return await job.events.get()
+    finally:
+        watcher.cancel()
+
+
+def record(request: Request, mv: ModelVersion, job: Job, status: int, named: bool) -> None:
+    now = time.monotonic()
+    dispatched = job.dispatched_at or now
+    request.app.state.metrics.observe_request(
+        mv.name, mv.version, status, (dispatched - job.arrival) * 1e6,
+        (now - job.arrival) * 1e6, named_version=named)
+
+
+# ---- job → response -------------------------------------------------------------------------
+
+def worker_error(response: dict[str, Any]) -> TorchdError:
+    error = TorchdError(response.get("reason") or "Prediction failed", status=response["status"])
+    error.type = ERROR_TYPES.get(error.status, "InternalServerException")
+    return error
+
+
+def render(response: dict[str, Any]) -> Response:
+    if response.get("error"):
+        return error_response(worker_error(response))
+    return Response(response["body"], status_code=response.get("status") or 200,
+                    headers=dict(response.get("headers") or ()),
+                    media_type=response.get("content_type"))
+
+
+def stream(first: dict[str, Any], job: Job) -> Response:
+    async def chunks():
+        yield first["body"]
+        while True:
+            kind, payload = await job.events.get()
+            if kind == "error":
+                return
+            if not payload.get("error"):
+                yield payload["body"]
+            if kind == "final":
+                return
+
+    return StreamingResponse(chunks(), status_code=first.get("status") or 200,
+                             headers=dict(first.get("headers") or ()),
+                             media_type=first.get("content_type"))
+
+
+async def run_prediction(request: Request, name: str, version: str | None,
+                         extra_headers: tuple = ()) -> Response:
+    params = await read_parameters(request)
+    mv, job = enqueue(request, name, version, params, extra_headers)
+    kind, payload = await first_event(request, job)
+    if kind == "error":
+        record(request, mv, job, payload.status, version is not None)
+        return error_response(payload)
+    record(request, mv, job, payload.get("status") or 200, version is not None)
+    if kind == "part":
+        return stream(payload, job)
+    return render(payload)
+
+
+# ---- TorchServe and KServe v1 routes --------------------------------------------------------
+
+async def predictions(request: Request) -> Response:
+    p = request.path_params
+    return await run_prediction(request, p["model_name"], p.get("model_version"))
+
+
+async def explanations(request: Request) -> Response:
+    p = request.path_params
+    return await run_prediction(request, p["model_name"], p.get("model_version"),
+                                (("explain", "True"),))
+
+
+async def kserve_v1(request: Request) -> Response:
+    name, _, verb = request.path_params["target"].rpartition(":")
+    if verb == "predict" and name:
+        return await run_prediction(request, name, None)
+    if verb == "explain" and name:
+        return await run_prediction(request, name, None, (("explain", "True"),))
+    raise ResourceNotFound("Requested resource is not found, please refer to API document.")
+
+
+async def ping(request: Request) -> Response:
+    healthy = request.app.state.health.healthy()
+    return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"},
+                        status_code=200 if healthy else 500)
+
+
+async def api_description(request: Request) -> Response:
+    return JSONResponse(request.app.state.api_document)
+
+
+# ---- Open Inference Protocol v2 -------------------------------------------------------------
+
+def v2_error(message: str, status: int) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _v2_model(request: Request) -> ModelVersion:
+    p = request.path_params
+    return request.app.state.registry.get(p["model_name"], p.get("model_version"))
+
+
+async def v2_server(request: Request) -> Response:
+    return JSONResponse({"name": "torchd", "version": request.app.state.server_version,
+                         "extensions": ["model_repository_management"]})
+
+
+async def v2_live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def v2_ready(request: Request) -> Response:
+    ready = request.app.state.health.ready()
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+async def v2_model_ready(request: Request) -> Response:
+    try:
+        mv = _v2_model(request)
+    except TorchdError as exc:
+        return v2_error(exc.message, exc.status)
+    ready = request.app.state.supervisor.ready_count(mv) >= max(1, mv.settings.min_workers)
+    if not ready:
+        return v2_error(f'Model "{mv.name}" version {mv.version} is not ready', 503)
+    return JSONResponse({"name": mv.name, "ready": True})
+
+
+async def v2_metadata(request: Request) -> Response:
+    try:
+        mv = _v2_model(request)
+    except TorchdError as exc:
+        return v2_error(exc.message, exc.status)
+    model = request.app.state.registry.model(mv.name)
+    declared = mv.yaml_config.get("v2") or mv.yaml_config
+    return JSONResponse({"name": mv.name, "versions": sorted(model.versions),
+                         "platform": "pytorch", "inputs": _tensors(declared.get("inputs")),
+                         "outputs": _tensors(declared.get("outputs"))})
+
+
+def _tensors(value: Any) -> list:
+    return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
+
+
+async def v2_infer(request: Request) -> Response:
+    p = request.path_params
+    try:
+        response = await run_prediction(request, p["model_name"], p.get("model_version"))
+    except TorchdError as exc:
+        return v2_error(exc.message, exc.status)
+    if response.status_code >= 400 and isinstance(response, JSONResponse):
+        return v2_error(json.loads(response.body).get("message", ""), response.status_code)
+    if response.status_code < 400 and not response.headers.get("content-type"):
+        response.headers["content-type"] = "application/json"
+    return response
+
+
+class Health:
+    """/ping, /v2/health/ready: every default version has its minWorkers READY (or is briefly
+    recovering from a crash, for /ping), and the daemon is not draining."""
+
+    def __init__(self, registry: Any, supervisor: Any) -> None:
+        self.registry = registry
+        self.supervisor = supervisor
+        self.draining = False
+
+    def healthy(self) -> bool:
+        return not self.draining and all(self.supervisor.healthy(mv)
+                                         for mv in self.registry.defaults())
+
+    def ready(self) -> bool:
+        return not self.draining and all(
+            self.supervisor.ready_count(mv) >= mv.settings.min_workers
+            for mv in self.registry.defaults())
+
+
+ROUTES = [
+    Route("/", api_description, methods=["OPTIONS"]),
+    Route("/api-description", api_description, methods=["GET"]),
+    Route("/ping", ping, methods=["GET", "POST"]),
+    Route("/predictions/{model_name}", predictions, methods=["POST", "PUT"]),
+    Route("/predictions/{model_name}/{model_version}", predictions, methods=["POST", "PUT"]),
+    Route("/explanations/{model_name}", explanations, methods=["POST"]),
+    Route("/explanations/{model_name}/{model_version}", explanations, methods=["POST"]),
+    Route("/v1/models/{target}", kserve_v1, methods=["POST"]),
+    Route("/v2", v2_server, methods=["GET"]),
+    Route("/v2/health/live", v2_live, methods=["GET"]),
+    Route("/v2/health/ready", v2_ready, methods=["GET"]),
+    Route("/v2/models/{model_name}", v2_metadata, methods=["GET"]),
+    Route("/v2/models/{model_name}/ready", v2_model_ready, methods=["GET"]),
+    Route("/v2/models/{model_name}/infer", v2_infer, methods=["POST"]),
+    Route("/v2/models/{model_name}/versions/{model_version}", v2_metadata, methods=["GET"]),
+    Route("/v2/models/{model_name}/versions/{model_version}/ready", v2_model_ready,
+          methods=["GET"]),
+    Route("/v2/models/{model_name}/versions/{model_version}/infer", v2_infer, methods=["POST"]),
+]

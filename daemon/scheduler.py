@@ -1,0 +1,142 @@
+"""Per model version: a bounded job queue and the batch aggregator that feeds idle workers."""
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from daemon.errors import ServiceUnavailable, TorchdError
+
+
+@dataclass(eq=False)
+class Job:
+    """One inference request on its way to a worker and back.
+
+    ``events`` carries what the HTTP side streams out: zero or more ("part", response) then
+    exactly one ("final", response) or ("error", TorchdError).
+    """
+
+    id: str
+    request: dict[str, Any]
+    arrival: float
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: bool = False
+    dispatched_at: float | None = None
+    finished: bool = False
+
+    def send_part(self, response: dict[str, Any]) -> None:
+        if not self.finished:
+            self.events.put_nowait(("part", response))
+
+    def finish(self, response: dict[str, Any]) -> None:
+        if not self.finished:
+            self.finished = True
+            self.events.put_nowait(("final", response))
+
+    def fail(self, error: TorchdError) -> None:
+        if not self.finished:
+            self.finished = True
+            self.events.put_nowait(("error", error))
+
+
+class QueueFull(Exception):
+    pass
+
+
+class JobQueue:
+    """Bounded FIFO of waiting jobs; ``capacity`` counts waiting jobs, not the batch in a worker.
+
+    Only one worker collects a batch at a time, so concurrent requests group into one batch
+    instead of being split across idle workers.
+    """
+
+    def __init__(self, capacity: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.capacity = capacity
+        self.clock = clock
+        self._jobs: collections.deque[Job] = collections.deque()
+        self._arrived = asyncio.Event()
+        self._collecting = asyncio.Lock()
+
+    @property
+    def depth(self) -> int:
+        return len(self._jobs)
+
+    @property
+    def remaining_capacity(self) -> int:
+        return max(0, self.capacity - len(self._jobs))
+
+    def submit(self, job: Job) -> None:
+        if len(self._jobs) >= self.capacity:
+            self._drop_cancelled()
+            if len(self._jobs) >= self.capacity:
+                raise QueueFull()
+        self._jobs.append(job)
+        self._arrived.set()
+
+    def _drop_cancelled(self) -> None:
+        live = [job for job in self._jobs if not job.cancelled]
+        if len(live) != len(self._jobs):
+            self._jobs = collections.deque(live)
+
+    def _pop_live(self) -> Job | None:
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.cancelled:
+                return job
+        return None
+
+    async def _wait_for_job(self, deadline: float | None) -> Job | None:
+        while True:
+            job = self._pop_live()
+            if job is not None:
+                return job
+            self._arrived.clear()
+            if deadline is None:
+                await self._arrived.wait()
+                continue
+            remaining = deadline - self.clock()
+            if remaining <= 0:
+                return None
+            try:
+                await asyncio.wait_for(self._arrived.wait(), remaining)
+            except asyncio.TimeoutError:
+                return None
+
+    async def take_batch(self, batch_size: int, max_delay_s: float) -> list[Job]:
+        """Wait for the first job, then gather up to ``batch_size`` arriving before the first
+        job's arrival + ``max_delay_s``."""
+        async with self._collecting:
+            first = await self._wait_for_job(None)
+            batch = [first]
+            deadline = first.arrival + max_delay_s
+            while len(batch) < batch_size:
+                job = self._pop_live() or await self._wait_for_job(deadline)
+                if job is None:
+                    break
+                batch.append(job)
+            return batch
+
+    def requeue_front(self, jobs: list[Job]) -> None:
+        """Give undispatched jobs back (their worker went away before sending them)."""
+        for job in reversed(jobs):
+            if not job.finished and not job.cancelled:
+                self._jobs.appendleft(job)
+        if self._jobs:
+            self._arrived.set()
+
+    def fail_all(self, error: TorchdError) -> int:
+        """Answer every waiting job with ``error`` (unregister, no workers left, shutdown)."""
+        count = 0
+        while self._jobs:
+            job = self._jobs.popleft()
+            if not job.finished:
+                job.fail(error)
+                count += 1
+        return count
+
+
+def queue_full_error(model_name: str) -> ServiceUnavailable:
+    return ServiceUnavailable(f'Model "{model_name}" job queue is full',
+                              headers={"Retry-After": "1"})
