@@ -1,0 +1,7 @@
+"""Raises a plain ValueError."""
+
+
+def handle(data, context):
+    if data is None:
+        return
+    raise ValueError("plain failure")

@@ -1,0 +1,26 @@
+"""Exec entry point: ``python -m worker --socket PATH --worker-id ID --daemon-pid PID --title T``."""
+from __future__ import annotations
+
+import argparse
+
+from worker.process import run_worker
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m worker", description="torchd model worker")
+    parser.add_argument("--socket", required=True, help="Unix socket the daemon listens on")
+    parser.add_argument("--worker-id", required=True, help="worker id, e.g. 9003")
+    parser.add_argument("--daemon-pid", type=int, required=True,
+                        help="exit when this process dies (<= 0: never)")
+    parser.add_argument("--title", default=None, help="process title (default: torchd worker ID)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    run_worker(args.socket, args.worker_id, args.daemon_pid,
+               args.title or f"torchd worker {args.worker_id}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,175 @@
+"""The worker's frame loop: LOAD once, then PREDICT / DESCRIBE until EOF or SHUTDOWN.
+
+A reader thread owns the receiving side of the socket. It answers PING itself (so heartbeats
+are answered while a batch runs), records CANCELs, and queues every other frame for the main
+thread, which runs the handler. All sends share one lock.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import socket
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from protocol import messages
+from protocol.frames import ProtocolError
+from protocol.streams import recv_frame, send_frame
+
+logger = logging.getLogger(__name__)
+
+EXIT_OK = 0
+EXIT_LOAD_FAILED = 1
+EXIT_PROTOCOL = 2
+# After EOF, how long a busy main thread may keep running before the process exits anyway:
+# nobody can receive its result.
+EOF_GRACE_SECONDS = 1.0
+
+
+class Channel:
+    """The worker's end of its socket."""
+
+    def __init__(self, sock: socket.socket, on_abandoned: Callable[[int], None]) -> None:
+        self._sock = sock
+        self._on_abandoned = on_abandoned
+        self._send_lock = threading.Lock()
+        self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._state_lock = threading.Lock()
+        self._pending: dict[int, set[str]] = {}  # batch id -> cancelled request ids
+        self._finished = threading.Event()
+        self.protocol_error = False
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self._send_lock:
+            send_frame(self._sock, message)
+
+    def start_reader(self) -> None:
+        threading.Thread(target=self._read_loop, name="frame-reader", daemon=True).start()
+
+    def next_message(self) -> dict[str, Any] | None:
+        """The next frame for the main thread; None once the daemon has hung up."""
+        return self._inbox.get()
+
+    def finished(self) -> None:
+        """The main thread is done: the reader need not force an exit after EOF."""
+        self._finished.set()
+
+    def is_cancelled(self, batch_id: int, request_id: str) -> bool:
+        with self._state_lock:
+            return request_id in self._pending.get(batch_id, ())
+
+    def forget_batch(self, batch_id: int) -> None:
+        with self._state_lock:
+            self._pending.pop(batch_id, None)
+
+    def _read_loop(self) -> None:
+        try:
+            while (message := recv_frame(self._sock)) is not None:
+                self._dispatch(message)
+        except ProtocolError as exc:
+            logger.error("bad frame from the daemon: %s", exc)
+            self.protocol_error = True
+        except OSError as exc:
+            logger.info("socket closed: %s", exc)
+        self._inbox.put(None)
+        if not self._finished.wait(EOF_GRACE_SECONDS):
+            logger.warning("daemon hung up while a batch was running; exiting")
+            self._on_abandoned(EXIT_PROTOCOL if self.protocol_error else EXIT_OK)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind = message.get("kind")
+        if kind == messages.PING:
+            self.send(messages.pong(message.get("seq", 0)))
+        elif kind == messages.CANCEL:
+            self._record_cancel(message.get("batch_id"), message.get("request_ids") or [])
+        else:
+            if kind == messages.PREDICT:
+                with self._state_lock:
+                    self._pending.setdefault(message.get("batch_id"), set())
+            self._inbox.put(message)
+
+    def _record_cancel(self, batch_id: Any, request_ids: list[str]) -> None:
+        with self._state_lock:
+            cancelled = self._pending.get(batch_id)
+            if cancelled is None:
+                logger.debug("cancel for batch %s, which is not pending; ignored", batch_id)
+                return
+            cancelled.update(request_ids)
+        logger.info("batch %s: %d request(s) cancelled by the daemon", batch_id,
+                    len(request_ids))
+
+
+class WorkerLoop:
+    """Serves one model on one channel."""
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.service: Any = None
+
+    def run(self) -> int:
+        """Serve until EOF or SHUTDOWN; the process exit code."""
+        try:
+            return self._run()
+        except (BrokenPipeError, ConnectionResetError):
+            logger.info("daemon hung up")
+            return EXIT_OK
+        finally:
+            self.channel.finished()
+
+    def _run(self) -> int:
+        message = self.channel.next_message()
+        if message is None:
+            return self._eof_code()
+        if message.get("kind") != messages.LOAD:
+            logger.error("expected a load frame first, got %r", message.get("kind"))
+            return EXIT_PROTOCOL
+        if not self._load(message):
+            return EXIT_LOAD_FAILED
+        while (message := self.channel.next_message()) is not None:
+            kind = message.get("kind")
+            if kind == messages.SHUTDOWN:
+                logger.info("shutdown requested")
+                return EXIT_OK
+            self._handle(kind, message)
+        return self._eof_code()
+
+    def _eof_code(self) -> int:
+        return EXIT_PROTOCOL if self.channel.protocol_error else EXIT_OK
+
+    def _load(self, message: dict[str, Any]) -> bool:
+        from worker.service import load_service  # imported late: pulls in the handler's deps
+        self.service, error, seconds = load_service(message)
+        self.channel.send(messages.loaded(error is None, error, seconds))
+        return error is None
+
+    def _handle(self, kind: str | None, message: dict[str, Any]) -> None:
+        if kind == messages.PREDICT:
+            self._predict(message["batch_id"], message.get("requests") or [])
+        elif kind == messages.DESCRIBE:
+            self._describe()
+        else:
+            logger.warning("ignoring unexpected %r frame", kind)
+
+    def _predict(self, batch_id: int, requests: list[dict[str, Any]]) -> None:
+        live = [r for r in requests if not self.channel.is_cancelled(batch_id, r["id"])]
+        responses = []
+        if live:
+            responses = self.service.run_batch(
+                live, lambda parts: self._send_parts(batch_id, parts))
+        responses = [r for r in responses if not self.channel.is_cancelled(batch_id, r["id"])]
+        self.channel.send(messages.result(batch_id, responses))
+        self.channel.forget_batch(batch_id)
+
+    def _send_parts(self, batch_id: int, parts: list[dict[str, Any]]) -> None:
+        for part in parts:
+            if not self.channel.is_cancelled(batch_id, part["id"]):
+                self.channel.send(messages.stream(batch_id, part))
+
+    def _describe(self) -> None:
+        try:
+            described = messages.described(True, self.service.describe())
+        except (Exception, SystemExit) as exc:
+            logger.exception("describe_handle failed")
+            described = messages.described(False, error=f"{type(exc).__name__}: {exc}")
+        self.channel.send(described)

@@ -1,0 +1,177 @@
+"""Archive -> handler: resolve the handler string, load it with a Context, run batches."""
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+from protocol import messages
+from worker import codec
+from worker.ts.context import Context
+
+logger = logging.getLogger(__name__)
+
+Entry = Callable[[Any, Context], Any]
+# Receives the encoded parts of one send_intermediate_predict_response call.
+PartsSink = Callable[[list[dict[str, Any]]], None]
+
+
+class HandlerLoadError(Exception):
+    """The handler module has no usable entry point."""
+
+
+def parse_handler(handler: str) -> tuple[str, str | None]:
+    """``module``, ``module:function`` or ``path/to/file.py[:function]`` -> (module, function)."""
+    function = None
+    if ":" in handler:
+        handler, function = handler.rsplit(":", 1)
+        function = function or None
+    module = os.path.basename(handler.rstrip("/"))
+    module = module.removesuffix(".py")
+    if not module:
+        raise HandlerLoadError(f"handler {handler!r} names no module")
+    return module, function
+
+
+def _handler_classes(module: ModuleType) -> list[type]:
+    return [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+            if cls.__module__ == module.__name__ and callable(getattr(cls, "handle", None))]
+
+
+class ModelService:
+    """A loaded handler: its entry point, its Context and, if it has one, describe_handle."""
+
+    def __init__(self, entry: Entry, context: Context,
+                 describe_fn: Callable[[], Any] | None = None) -> None:
+        self.entry = entry
+        self.context = context
+        self.describe_fn = describe_fn
+
+    @classmethod
+    def load(cls, load: dict[str, Any]) -> ModelService:
+        """Chdir to the model dir, import the handler and initialize it (LOAD message fields)."""
+        model_dir = os.path.abspath(load["model_dir"])
+        os.chdir(model_dir)
+        if not sys.path or sys.path[0] != model_dir:
+            sys.path.insert(0, model_dir)
+        importlib.invalidate_caches()
+        context = Context(load["model_name"], model_dir, load.get("manifest") or {},
+                          int(load.get("batch_size") or 1), None, load.get("server_version", ""),
+                          bool(load.get("limit_max_image_pixels", True)),
+                          model_yaml_config=load.get("model_yaml_config") or {})
+        module_name, function_name = parse_handler(load["handler"])
+        module = importlib.import_module(module_name)
+        if function_name is None and callable(getattr(module, "handle", None)) \
+                and not inspect.isclass(module.handle):
+            function_name = "handle"
+        if function_name is not None:
+            return cls._load_function(module, function_name, context)
+        classes = _handler_classes(module)
+        if len(classes) != 1:
+            raise HandlerLoadError(f"expected a handle() function or exactly one class with a "
+                                   f"handle() method in {module_name}, found {len(classes)} "
+                                   f"classes")
+        return cls._load_class(classes[0], context)
+
+    @classmethod
+    def _load_function(cls, module: ModuleType, name: str, context: Context) -> ModelService:
+        entry = getattr(module, name, None)
+        if entry is None:
+            raise HandlerLoadError(f"module {module.__name__} has no function {name}")
+        if inspect.isclass(entry):
+            return cls._load_class(entry, context)
+        entry(None, context)  # TorchServe's contract: a function handler's load-time call
+        return cls(entry, context, getattr(module, "describe_handle", None))
+
+    @classmethod
+    def _load_class(cls, handler_class: type, context: Context) -> ModelService:
+        instance = handler_class()
+        if callable(getattr(instance, "initialize", None)):
+            instance.initialize(context)
+        return cls(instance.handle, context, getattr(instance, "describe_handle", None))
+
+    def run_batch(self, requests: list[dict[str, Any]],
+                  emit_parts: PartsSink) -> list[dict[str, Any]]:
+        """Run the handler on one batch; one response per request, errors included."""
+        ids = [r["id"] for r in requests]
+        self.context.begin_batch(ids, [codec.request_headers(r) for r in requests])
+        self.context.stream_writer = lambda ret, id_map, message, code: emit_parts(
+            self._encode_parts(ret, id_map, message, code))
+        try:
+            data = [codec.decode_request(r) for r in requests]
+            output = self.entry(data, self.context)
+            return self._encode_output(output, ids)
+        except (Exception, SystemExit) as exc:  # a handler must never take the worker down
+            status, reason = codec.failure_status(exc)
+            # A PredictionException is the handler answering on purpose; the rest are bugs.
+            chosen = type(exc).__name__ == "PredictionException"
+            level = logging.WARNING if chosen else logging.ERROR
+            logger.log(level, "handler failed (%s %s)", status, reason, exc_info=True)
+            return [messages.response(i, status, reason, b"", error=True) for i in ids]
+        finally:
+            self.context.stream_writer = None
+
+    def _encode_output(self, output: Any, ids: list[str]) -> list[dict[str, Any]]:
+        if not isinstance(output, list):
+            logger.error("handler returned %s, not a list", type(output).__name__)
+            return self._failed(ids, codec.INVALID_OUTPUT)
+        if len(output) != len(ids):
+            logger.error("handler returned %d results for %d requests", len(output), len(ids))
+            return self._failed(ids, codec.BATCH_MISMATCH)
+        return [self._encode_one(idx, ids[idx], value, None, None)
+                for idx, value in enumerate(output)]
+
+    def _failed(self, ids: list[str], failure: tuple[int, str]) -> list[dict[str, Any]]:
+        status, reason = failure
+        return [messages.response(i, status, reason, b"", error=True) for i in ids]
+
+    def _encode_parts(self, ret: list[Any], id_map: dict[int, str], message: str,
+                      code: int) -> list[dict[str, Any]]:
+        return [self._encode_one(idx, request_id, ret[idx], code, message)
+                for idx, request_id in id_map.items()]
+
+    def _encode_one(self, idx: int, request_id: str, value: Any, code: int | None,
+                    message: str | None) -> dict[str, Any]:
+        """One request's response, with the status, headers and content type its handler set."""
+        status, phrase = self.context.get_response_status(idx)
+        if code is not None:
+            status, phrase = int(code), message or ""
+        headers = self.context.get_response_headers(idx)
+        content_type = self.context.get_response_content_type(idx)
+        for name in [n for n in headers if n.lower() == "content-type"]:
+            content_type = content_type or headers[name]
+            del headers[name]
+        return messages.response(request_id, status, phrase or codec.default_reason(status),
+                                 codec.encode_body(value), content_type,
+                                 [[k, v] for k, v in headers.items()])
+
+    def describe(self) -> str:
+        """describe_handle()'s result as text; empty when the handler has none."""
+        if self.describe_fn is None:
+            return ""
+        result = self.describe_fn()
+        if result is None:
+            return ""
+        if isinstance(result, (bytes, bytearray)):
+            return bytes(result).decode("utf-8", errors="replace")
+        return result if isinstance(result, str) else json.dumps(result)
+
+
+def load_service(load: dict[str, Any]) -> tuple[ModelService | None, str | None, float]:
+    """(service, None, seconds) on success, (None, "ExcType: message", seconds) on failure."""
+    started = time.monotonic()
+    try:
+        service = ModelService.load(load)
+    except (Exception, SystemExit) as exc:
+        logger.exception("loading model %s failed", load.get("model_name"))
+        return None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
+    seconds = time.monotonic() - started
+    logger.info("model %s loaded in %.3f s", load.get("model_name"), seconds)
+    return service, None, seconds

@@ -1,0 +1,1 @@
+"""Custom metrics recorded by handlers through ``context.metrics``."""

@@ -1,0 +1,1 @@
+"""Handlers: ``BaseHandler`` lives in ``base_handler``."""

@@ -1,0 +1,59 @@
+"""Utilities TorchServe handlers import from ``ts.utils.util``."""
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+from types import ModuleType
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class PredictionException(Exception):
+    """Raised by a handler to answer every request of its batch with ``error_code``."""
+
+    def __init__(self, message: str, error_code: int = 500) -> None:
+        super().__init__(message)
+        self.message = message
+        self.error_code = error_code
+
+    def __str__(self) -> str:
+        return f"{self.message} : {self.error_code}"
+
+
+def list_classes_from_module(module: ModuleType, parent_class: type | None = None) -> list[type]:
+    """Classes defined in ``module`` itself (not imported into it), optionally only subclasses."""
+    classes = [cls for _, cls in inspect.getmembers(module, inspect.isclass)
+               if cls.__module__ == module.__name__]
+    if parent_class is not None:
+        classes = [cls for cls in classes if issubclass(cls, parent_class)]
+    return classes
+
+
+def load_label_mapping(mapping_file_path: str) -> dict[str, Any] | None:
+    """Read an ``index_to_name.json`` style mapping; None when the file does not exist."""
+    if not os.path.isfile(mapping_file_path):
+        logger.warning("no label mapping file at %s", mapping_file_path)
+        return None
+    with open(mapping_file_path, encoding="utf-8") as handle:
+        mapping = json.load(handle)
+    if not isinstance(mapping, dict):
+        raise TypeError(f"label mapping in {mapping_file_path} must be a JSON object")
+    # Some mappings are {"0": ["n01440764", "tench"]}; the last element is the readable name.
+    return {key: value[-1] if isinstance(value, list) else value for key, value in mapping.items()}
+
+
+def map_class_to_label(probs: list[list[float]], mapping: dict[str, Any] | None = None,
+                       lbl_classes: list[list[Any]] | None = None) -> list[dict[str, float]]:
+    """Pair each row's probabilities with its class labels: one {label: prob} dict per row."""
+    if not isinstance(probs, list) or not all(isinstance(row, list) for row in probs):
+        raise TypeError("probs must be a list of lists")
+    if lbl_classes is None:
+        lbl_classes = [[str(index) for index in range(len(row))] for row in probs]
+    rows = []
+    for row_probs, row_classes in zip(probs, lbl_classes):
+        labels = [mapping.get(str(cls), str(cls)) if mapping else str(cls) for cls in row_classes]
+        rows.append(dict(zip(labels, row_probs)))
+    return rows

@@ -1,0 +1,75 @@
+"""Notice the daemon's death even when the socket is idle or a handler is busy (no orphans)."""
+from __future__ import annotations
+
+import logging
+import os
+import select
+import threading
+import time
+from collections.abc import Callable
+
+import psutil
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.5
+
+
+def open_pidfd(pid: int) -> int | None:
+    """A pidfd that becomes readable when ``pid`` exits; None where pidfds are unavailable.
+
+    Raises ProcessLookupError when the process is already gone.
+    """
+    if not hasattr(os, "pidfd_open"):
+        return None
+    try:
+        return os.pidfd_open(pid)
+    except ProcessLookupError:
+        raise
+    except OSError as exc:  # old kernel, seccomp: fall back to polling
+        logger.debug("pidfd_open(%d) failed (%s); polling instead", pid, exc)
+        return None
+
+
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie counts as dead: it will never talk to us again)."""
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return True  # cannot tell (e.g. permissions): assume alive rather than exit
+
+
+def wait_for_exit(pid: int, pidfd: int | None) -> None:
+    """Block until ``pid`` has exited."""
+    if pidfd is not None:
+        while True:
+            readable, _, _ = select.select([pidfd], [], [])
+            if readable:
+                return
+    while process_alive(pid):
+        time.sleep(POLL_SECONDS)
+
+
+def start_daemon_watch(pid: int, on_gone: Callable[[], None]) -> threading.Thread | None:
+    """Call ``on_gone`` (which should exit the process) from a thread once ``pid`` dies.
+
+    A pid <= 0 disables the watch (a worker started by hand for debugging).
+    """
+    if pid <= 0:
+        logger.warning("no daemon pid given: this process will not follow the daemon's exit")
+        return None
+    try:
+        pidfd = open_pidfd(pid)
+    except ProcessLookupError:
+        on_gone()
+        return None
+
+    def watch() -> None:
+        wait_for_exit(pid, pidfd)
+        on_gone()
+
+    thread = threading.Thread(target=watch, name="daemon-watch", daemon=True)
+    thread.start()
+    return thread
