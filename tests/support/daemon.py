@@ -1,0 +1,181 @@
+"""Run the real torchd daemon for tests: free loopback ports, its own dirs, cleanup by pid."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+TORCHD = [sys.executable, "-m", "daemon.cli"]
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Daemon:
+    """One `torchd serve` process. ``settings`` become config.properties lines."""
+
+    def __init__(self, workdir: Path, model_store: Path, settings: dict[str, Any] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        self.workdir = workdir
+        self.model_store = model_store
+        self.ports = {"inference": free_port(), "management": free_port(),
+                      "metrics": free_port()}
+        self.settings = {
+            "inference_address": f"http://127.0.0.1:{self.ports['inference']}",
+            "management_address": f"http://127.0.0.1:{self.ports['management']}",
+            "metrics_address": f"http://127.0.0.1:{self.ports['metrics']}",
+            "model_store": str(model_store), "log_location": str(workdir / "logs"),
+            **(settings or {})}
+        self.env = env or {}
+        self.proc: subprocess.Popen | None = None
+        self.log_path = workdir / "torchd.log"
+        self._known: dict[int, psutil.Process] = {}
+
+    # ---- process -----------------------------------------------------------------------
+
+    def write_config(self) -> Path:
+        path = self.workdir / "config.properties"
+        path.write_text("".join(f"{k}={v}\n" for k, v in self.settings.items()))
+        return path
+
+    def start(self, *args: str, ncs: bool = True, wait: bool = True,
+              timeout: float = 60) -> Daemon:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        cmd = [*TORCHD, "serve", "--ts-config", str(self.write_config()), *args]
+        if ncs:
+            cmd.append("--ncs")
+        env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
+        env.pop("TS_CONFIG_FILE", None)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self._known[self.proc.pid] = psutil.Process(self.proc.pid)
+        if wait:
+            self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"torchd exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                requests.get(self.url("management", "/models"), timeout=1)
+                self.track_descendants()
+                return
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        raise TimeoutError(f"torchd did not listen within {timeout} s:\n{self.log()}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def track_descendants(self) -> list[psutil.Process]:
+        """Remember every descendant so cleanup can kill it by pid even after re-parenting."""
+        try:
+            children = psutil.Process(self.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+        for child in children:
+            self._known.setdefault(child.pid, child)
+        return children
+
+    def signal(self, sig: int) -> None:
+        self.track_descendants()
+        os.kill(self.pid, sig)
+
+    def stop(self, timeout: float = 60) -> int:
+        """SIGTERM and wait: the daemon's own graceful shutdown."""
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the daemon alone (its workers must notice and exit by themselves)."""
+        self.signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        """Kill everything this daemon ever started, by pid."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self.stop(timeout=30)
+            except subprocess.TimeoutExpired:
+                pass
+        for proc in list(self._known.values()):
+            try:
+                if proc.is_running():
+                    proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if self.proc is not None:
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                pass
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-20000:]
+        except OSError:
+            return ""
+
+    # ---- HTTP ----------------------------------------------------------------------------
+
+    def url(self, api: str, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports[api]}{path}"
+
+    def mgmt(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 120)
+        return requests.request(method, self.url("management", path), **kwargs)
+
+    def infer(self, method: str, path: str, **kwargs: Any) -> requests.Response:
+        kwargs.setdefault("timeout", 120)
+        return requests.request(method, self.url("inference", path), **kwargs)
+
+    def register(self, url: str, **params: Any) -> requests.Response:
+        params = {"url": url, "synchronous": "true", **params}
+        response = self.mgmt("POST", "/models", params=params)
+        self.track_descendants()
+        return response
+
+    def unregister(self, name: str, version: str | None = None) -> requests.Response:
+        path = f"/models/{name}" + (f"/{version}" if version else "")
+        return self.mgmt("DELETE", path)
+
+    def describe(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
+        path = f"/models/{name}" + (f"/{version}" if version else "")
+        response = self.mgmt("GET", path)
+        response.raise_for_status()
+        return response.json()
+
+    def workers(self, name: str, version: str | None = None) -> list[dict[str, Any]]:
+        return self.describe(name, version)[0]["workers"]
+
+    def wait_workers(self, name: str, count: int, status: str = "READY",
+                     version: str | None = None, timeout: float = 60) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            workers = self.workers(name, version)
+            if sum(1 for w in workers if w["status"] == status) == count:
+                self.track_descendants()
+                return workers
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{name}: wanted {count} {status}, have {workers}")
+            time.sleep(0.1)
