@@ -1,0 +1,1 @@
+"""Handlers and the model generator used by scripts/bench (archived for both servers)."""
