@@ -53,9 +53,13 @@ class ModelStore:
 @pytest.fixture(scope="session")
 def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("generated")
-    for model in GENERATED:
-        subprocess.run([PYTHON, str(MODELS / model / "generate.py"), str(out / model)],
-                       check=True, capture_output=True, timeout=120)
+    # Both at once: each pays torch's import time.
+    runs = [subprocess.Popen([PYTHON, str(MODELS / model / "generate.py"), str(out / model)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            for model in GENERATED]
+    for run in runs:
+        output, _ = run.communicate(timeout=120)
+        assert run.returncode == 0, output.decode(errors="replace")
     return out
 
 
