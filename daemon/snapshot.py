@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,10 @@ SNAPSHOT_VERSION = 1
 KEEP_DEFAULT = 10
 _NAME = re.compile(r"(\d{20})-(\d{6})-([a-z]+)\.cfg")
 _TEMP_PREFIX = ".snapshot-tmp-"
+# Naming, writing and pruning happen under one lock so two threads of one process never pick
+# the same name or prune each other's file. (Callers that capture state on one thread and save
+# on another must still serialise capture+save themselves, or an older state can land last.)
+_WRITE_LOCK = threading.Lock()
 
 
 class SnapshotError(Exception):
@@ -56,11 +61,12 @@ def save_snapshot(snapshot_dir: Path, state: dict[str, Any], kind: str = "snapsh
     snapshot_dir.mkdir(parents=True, exist_ok=True)
     document = _complete(state)
     validate_state(document, snapshot_dir)
-    target = snapshot_dir / _next_name(snapshot_dir, kind)
     data = json.dumps(document, indent=1, sort_keys=True).encode()
-    _write_atomically(target, data)
-    _prune(snapshot_dir, keep)
-    _remove_stale_temps(snapshot_dir)
+    with _WRITE_LOCK:
+        target = snapshot_dir / _next_name(snapshot_dir, kind)
+        _write_atomically(target, data)
+        _prune(snapshot_dir, keep)
+        _remove_stale_temps(snapshot_dir)
     logger.debug("wrote snapshot %s (%d models)", target, len(document["models"]))
     return target
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -45,6 +46,15 @@ def test_names_sort_in_write_order_even_within_one_microsecond(tmp_path):
     assert len(set(paths)) == 50
     assert load_latest_snapshot(tmp_path)[1]["models"]["m0"]["versions"]["1.0"][
         "minWorkers"] == 49
+
+
+def test_threads_saving_at_once_never_collide(tmp_path):
+    def save_many(k: int) -> list:
+        return [save_snapshot(tmp_path, state(k), keep=0) for _ in range(25)]
+
+    with ThreadPoolExecutor(4) as pool:
+        paths = [p for batch in pool.map(save_many, range(4)) for p in batch]
+    assert len(set(paths)) == 100 == len(list_snapshots(tmp_path))
 
 
 def test_a_new_name_sorts_after_a_newer_looking_one(tmp_path):
