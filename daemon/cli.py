@@ -44,6 +44,8 @@ _MODE_FLAGS = ("--start", "--stop", "--foreground")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchd", description="A TorchServe-compatible model server.",
+        usage="torchd {serve,start,stop,status} [options]\n"
+              "       torchd --start [--foreground] [options] | --stop",
         epilog="Commands: serve (foreground), start (background), stop, status. "
                "TorchServe's --start/--stop/--foreground also work. Settings also come from "
                "config.properties and TS_<KEY> environment variables.")
