@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from protocol import messages
 from tests.worker.harness import json_request, wait_gone
 
 
@@ -82,3 +83,33 @@ def test_eager_model_without_weights_file_fails_load(spawn, store, tmp_path):
         (tmp_path / "weights.pt").rename(model_dir / manifest["model"]["serializedFile"])
     assert answer["ok"] is False
     assert answer["error"].startswith("RuntimeError: missing the serialized model file")
+
+
+def test_base_handler_input_errors_are_client_errors(loaded):
+    worker = loaded("mlp_eager", batch_size=2)
+    _, result = worker.predict([json_request("a", {"data": ["x", "y"]})])
+    assert failure(result["responses"][0]) == (400, "input of request 0 is not a list of numbers")
+    _, result = worker.predict([json_request("a", [1.0, 2.0, 3.0, 4.0]),
+                                json_request("b", [[1.0, 2.0]])])
+    status, reason = failure(result["responses"][1])
+    assert status == 400 and reason.startswith("requests in the batch have incompatible")
+    _, result = worker.predict([messages.request("c", [], [messages.parameter(
+        "body", "application/octet-stream", b"\xff not json")])])
+    assert failure(result["responses"][0]) == (400, "request body is not JSON")
+
+
+def test_base_handler_accepts_other_input_spellings(loaded, store):
+    worker = loaded("mlp_eager", batch_size=3)
+    rows = store.expected("mlp_eager")["inputs"]
+    _, result = worker.predict([
+        json_request("instances", {"instances": rows}),
+        messages.request("text", [], [messages.parameter("data", "text/plain",
+                                                         json.dumps(rows[0]).encode())]),
+        messages.request("bytes", [], [messages.parameter("body", None,
+                                                          json.dumps(rows).encode())]),
+    ])
+    outputs = store.expected("mlp_eager")["outputs"]
+    answers = [json.loads(r["body"]) for r in result["responses"]]
+    assert answers[0] == [pytest.approx(row, abs=1e-5) for row in outputs]
+    assert answers[1] == pytest.approx(outputs[0], abs=1e-5)
+    assert answers[2] == [pytest.approx(row, abs=1e-5) for row in outputs]
