@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import lzma
 import os
 import posixpath
 import shutil
@@ -192,8 +193,8 @@ def _raise_extraction_error(archive: Path, exc: BaseException) -> None:
     if isinstance(exc, OSError) and exc.errno in _HOST_ERRNOS:
         raise InternalServerError(f"Failed to extract model archive {archive.name}: "
                                   f"{exc.strerror or exc}") from exc
-    if isinstance(exc, (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error, OSError,
-                        ValueError, UnicodeError)):
+    if isinstance(exc, (zipfile.BadZipFile, tarfile.TarError, EOFError, zlib.error,
+                        lzma.LZMAError, OSError, ValueError, UnicodeError)):
         raise InvalidModel(f"Model archive {archive.name} is corrupt or unreadable: "
                            f"{type(exc).__name__}: {exc}") from exc
 
