@@ -291,8 +291,11 @@ def _sigv4_signer() -> Signer:
     from botocore.auth import S3SigV4Auth
     from botocore.awsrequest import AWSRequest
 
-    session = boto3.session.Session()
-    credentials = session.get_credentials()
+    try:
+        session = boto3.session.Session()
+        credentials = session.get_credentials()
+    except Exception as exc:  # a bad profile or config file: botocore has many error types
+        raise FetchFailed(f"cannot load AWS credentials: {exc}") from exc
     if credentials is None:
         raise FetchFailed("s3_sse_kms is set but no AWS credentials are configured")
     frozen = credentials.get_frozen_credentials()
