@@ -1,0 +1,98 @@
+"""Smoke test of scripts/bench: both servers, 1 s runs, one round.
+
+It installs and starts TorchServe (Java), so it is opt-in and never part of `make test`:
+    TORCHD_BENCH_SMOKE=1 .venv/bin/python -m pytest -q tests/test_bench_smoke.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "scripts" / "bench"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(os.environ.get("TORCHD_BENCH_SMOKE") != "1",
+                       reason="starts TorchServe; set TORCHD_BENCH_SMOKE=1 to run"),
+]
+
+
+def processes_marked(mark: str) -> list[int]:
+    """Pids of live processes whose environment carries ``mark`` (inherited from the bench)."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("TORCHD_BENCH_SMOKE_MARK") == mark:
+                found.append(proc.pid)
+        except psutil.Error:
+            continue
+    return found
+
+
+def run_bench(args: list[str], env: dict[str, str], timeout: float) -> tuple[int, str, str]:
+    """Run scripts/bench; on timeout SIGTERM it, so that it stops its servers itself."""
+    proc = subprocess.Popen([sys.executable, str(BENCH), *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        try:
+            out, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+        err += f"\n(bench timed out after {timeout} s)"
+    return proc.returncode, out, err
+
+
+def kill_marked(mark: str) -> list[int]:
+    """Kill (by pid) whatever the bench left behind, and return those pids."""
+    left = processes_marked(mark)
+    for pid in left:
+        try:
+            psutil.Process(pid).kill()
+        except psutil.Error:
+            continue
+    return left
+
+
+@pytest.mark.timeout(900)
+def test_quick_bench_measures_both_servers_and_leaves_nothing_running(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    mark = uuid.uuid4().hex
+    env = {**os.environ, "TORCHD_BENCH_SMOKE_MARK": mark}
+    try:
+        code, stdout, stderr = run_bench(["--quick", "--out", str(out)], env, timeout=780)
+    finally:
+        leftovers = kill_marked(mark)
+    assert code == 0, stdout[-2000:] + stderr[-3000:]
+    assert leftovers == []
+    report = json.loads(out.read_text())
+    for server in ("torchd", "torchserve"):
+        med = report["medians"][server]
+        assert med["noop_rps"] > 0 and med["mlp_rps"] > 0 and med["batch_rps"] > 0
+        assert 0 < med["register_s"] < 120 and 0 < med["scale_s"] < 120
+        assert med["worker_uss_mb"] > 0 and med["frontend_rss_mb"] > 0
+    rows = {row["metric"]: row for row in report["table"]}
+    assert rows["noop_rps"]["ratio"] is not None and rows["noop_rps"]["met"] in (True, False)
+    assert "ratio" in stdout
+    for server, seen in report["processes"].items():
+        assert seen, f"no {server} processes recorded"
+        assert [pid for pid, created in seen if alive(pid, created)] == []
+
+
+def alive(pid: int, created: float) -> bool:
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time() == created and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
