@@ -14,8 +14,8 @@ from collections.abc import Callable
 from typing import Any
 
 from protocol import messages
-from protocol.frames import ProtocolError
-from protocol.streams import recv_frame, send_frame
+from protocol.frames import DEFAULT_MAX_FRAME, ProtocolError, encode_frame
+from protocol.streams import recv_frame
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +41,11 @@ class Channel:
         self.protocol_error = False
 
     def send(self, message: dict[str, Any]) -> None:
+        self.send_encoded(encode_frame(message))
+
+    def send_encoded(self, frame: bytes) -> None:
         with self._send_lock:
-            send_frame(self._sock, message)
+            self._sock.sendall(frame)
 
     def start_reader(self) -> None:
         threading.Thread(target=self._read_loop, name="frame-reader", daemon=True).start()
@@ -106,6 +109,8 @@ class WorkerLoop:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.service: Any = None
+        # The daemon refuses bigger frames; LOAD may say how big a response may be.
+        self.max_frame = DEFAULT_MAX_FRAME
 
     def run(self) -> int:
         """Serve until EOF or SHUTDOWN; the process exit code."""
@@ -139,6 +144,7 @@ class WorkerLoop:
 
     def _load(self, message: dict[str, Any]) -> bool:
         from worker.service import load_service  # imported late: pulls in the handler's deps
+        self.max_frame = int(message.get("max_response_size") or DEFAULT_MAX_FRAME)
         self.service, error, seconds = load_service(message)
         self.channel.send(messages.loaded(error is None, error, seconds))
         return error is None
@@ -158,13 +164,34 @@ class WorkerLoop:
             responses = self.service.run_batch(
                 live, lambda parts: self._send_parts(batch_id, parts))
         responses = [r for r in responses if not self.channel.is_cancelled(batch_id, r["id"])]
-        self.channel.send(messages.result(batch_id, responses))
+        self._send_fitted(lambda rs: messages.result(batch_id, rs), responses)
         self.channel.forget_batch(batch_id)
 
     def _send_parts(self, batch_id: int, parts: list[dict[str, Any]]) -> None:
         for part in parts:
             if not self.channel.is_cancelled(batch_id, part["id"]):
-                self.channel.send(messages.stream(batch_id, part))
+                self._send_fitted(lambda rs: messages.stream(batch_id, rs[0]), [part])
+
+    def _send_fitted(self, wrap: Callable[[list[dict[str, Any]]], dict[str, Any]],
+                     responses: list[dict[str, Any]]) -> None:
+        """Send wrap(responses); while the frame is too big, the largest body becomes an error
+        (the daemon would otherwise drop the connection and the whole batch with it)."""
+        responses = list(responses)
+        while True:
+            try:
+                frame = encode_frame(wrap(responses), self.max_frame)
+                break
+            except ProtocolError:
+                largest = max(range(len(responses)), key=lambda i: len(responses[i]["body"]))
+                too_big = responses[largest]
+                if not too_big["body"]:
+                    raise
+                reason = (f"Response of {len(too_big['body'])} bytes exceeds the limit of "
+                          f"{self.max_frame} bytes")
+                logger.error("request %s: %s", too_big["id"], reason)
+                responses[largest] = messages.response(too_big["id"], 500, reason, b"",
+                                                       error=True)
+        self.channel.send_encoded(frame)
 
     def _describe(self) -> None:
         try:

@@ -57,6 +57,11 @@ def warm_up() -> float:
     started = time.monotonic()
     for name in WARM_MODULES:
         importlib.import_module(name)
+    threads = len(os.listdir("/proc/self/task")) if os.path.isdir("/proc/self/task") else 1
+    if threads > 1:
+        # e.g. numpy's OpenBLAS server thread: such libraries must be fork-safe (OpenBLAS is,
+        # through pthread_atfork); only the forking thread exists in a child.
+        logger.info("%d native threads exist in the zygote before any fork", threads)
     # Objects that exist now live in every child: keep the collector from touching (and so
     # copying) their pages.
     gc.freeze()

@@ -151,12 +151,14 @@ class WorkerHandle:
 
     def load(self, model_dir: Path, handler: str | None = None, batch_size: int = 1,
              model_name: str | None = None, yaml_config: dict | None = None,
-             timeout: float = TIMEOUT) -> dict[str, Any]:
+             timeout: float = TIMEOUT, **extra: Any) -> dict[str, Any]:
+        """LOAD the model in ``model_dir``; ``extra`` adds fields to the LOAD frame."""
         manifest = manifest_of(model_dir)
         model = manifest["model"]
-        self.peer.send(messages.load(str(model_dir), model_name or model["modelName"],
-                                     handler or model["handler"], manifest, batch_size,
-                                     yaml_config or {}, "0.1.0-test"))
+        load = messages.load(str(model_dir), model_name or model["modelName"],
+                             handler or model["handler"], manifest, batch_size,
+                             yaml_config or {}, "0.1.0-test")
+        self.peer.send({**load, **extra})
         return self.peer.expect(messages.LOADED, timeout)
 
     def predict(self, requests: list[dict[str, Any]], timeout: float = TIMEOUT,

@@ -113,3 +113,24 @@ def test_base_handler_accepts_other_input_spellings(loaded, store):
     assert answers[0] == [pytest.approx(row, abs=1e-5) for row in outputs]
     assert answers[1] == pytest.approx(outputs[0], abs=1e-5)
     assert answers[2] == [pytest.approx(row, abs=1e-5) for row in outputs]
+
+
+def test_oversized_response_becomes_an_error_and_the_rest_of_the_batch_is_sent(loaded):
+    worker = loaded("big", batch_size=3)
+    limit = 6553500
+    _, result = worker.predict([json_request("small", {"size": 10}),
+                                json_request("huge", {"size": limit + 1}),
+                                json_request("half", {"size": limit // 2})])
+    small, huge, half = result["responses"]
+    assert (small["status"], small["body"]) == (200, b"x" * 10)
+    reason = f"Response of {limit + 1} bytes exceeds the limit of {limit} bytes"
+    assert failure(huge) == (500, reason)
+    assert (half["status"], len(half["body"])) == (200, limit // 2)
+
+
+def test_response_limit_from_load(loaded):
+    worker = loaded("big", max_response_size=1000)
+    _, result = worker.predict([json_request("r", {"size": 2000})])
+    assert failure(result["responses"][0])[0] == 500
+    _, result = worker.predict([json_request("r", {"size": 500})])
+    assert result["responses"][0]["status"] == 200
