@@ -6,13 +6,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from daemon.config import Config, startup_models_in_store
+from daemon.config import Config, StartupModel, startup_models_in_store
 from daemon.errors import TorchdError
 from daemon.model_manager import ModelManager, RegisterRequest
 from daemon.registry import Registry
-from daemon.snapshot import load_latest_snapshot
+from daemon.snapshot import SnapshotError, load_latest_snapshot
 
 logger = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The daemon cannot start; the message names the file or model and what to do."""
 
 
 def snapshot_state(registry: Registry) -> dict[str, Any]:
@@ -22,10 +26,15 @@ def snapshot_state(registry: Registry) -> dict[str, Any]:
 async def restore_snapshot(config: Config, manager: ModelManager) -> int:
     """Re-register every version of the newest snapshot exactly (workers, default version).
 
-    Raises SnapshotError naming the file when it is corrupt; an archive that has gone missing
-    is an error naming the model and the snapshot.
+    All or nothing: a corrupt snapshot, or one naming an archive that has gone, stops the start
+    with a StartupError naming the file (and the model). Serving without those models would
+    let the next snapshot forget them for good.
     """
-    found = load_latest_snapshot(config.snapshot_dir)
+    try:
+        found = load_latest_snapshot(config.snapshot_dir)
+    except SnapshotError as exc:
+        raise StartupError(f"{exc}; repair or remove that file (the snapshots before it are "
+                           "kept beside it), or start with --ncs") from exc
     if found is None:
         return 0
     path, state = found
@@ -35,9 +44,12 @@ async def restore_snapshot(config: Config, manager: ModelManager) -> int:
         for version, entry in model.get("versions", {}).items():
             try:
                 await _restore_version(manager, name, entry)
-            except TorchdError as exc:
-                raise RuntimeError(f"snapshot {path}: cannot restore model {name} version "
-                                   f"{version}: {exc.message}") from exc
+            except (TorchdError, KeyError, TypeError, ValueError) as exc:
+                reason = exc.message if isinstance(exc, TorchdError) else f"bad entry ({exc!r})"
+                raise StartupError(
+                    f"snapshot {path}: cannot restore model {name} version {version}: "
+                    f"{reason}; put its archive back, or remove the model from that file, or "
+                    "start with --ncs") from exc
             count += 1
         if model.get("defaultVersion"):
             manager.registry.set_default(name, model["defaultVersion"])
@@ -46,6 +58,7 @@ async def restore_snapshot(config: Config, manager: ModelManager) -> int:
 
 async def _restore_version(manager: ModelManager, name: str, entry: dict[str, Any]) -> None:
     source = entry.get("source")
+    # A downloaded archive is restored from its copy in the model store, never fetched again.
     url = Path(source).name if entry.get("downloaded") and source else entry["url"]
     req = RegisterRequest(url=url, model_name=name, handler=entry.get("handler"),
                           runtime=entry.get("runtime"), batch_size=entry.get("batchSize"),
@@ -63,18 +76,30 @@ async def _restore_version(manager: ModelManager, name: str, entry: dict[str, An
     manager.supervisor.scale(mv, mv.settings.min_workers, mv.settings.max_workers)
 
 
-async def load_startup_models(config: Config, manager: ModelManager) -> None:
-    """--models / load_models: register each with the startup worker count, synchronously."""
+async def load_startup_models(config: Config, manager: ModelManager) -> int:
+    """--models / load_models: register each synchronously; returns how many failed.
+
+    Workers: the ``models`` JSON's minWorkers/maxWorkers when it sets them for the model (as
+    TorchServe), else ``default_workers_per_model`` (one per CPU when unset).
+    """
     if config.load_all_models and config.model_store is not None:
         entries = startup_models_in_store(config.model_store)
     else:
         entries = list(config.startup_models)
-    workers = config.startup_workers_per_model
+    failed = 0
     for entry in entries:
+        workers = None if _json_sets_workers(config, entry) else config.startup_workers_per_model
         req = RegisterRequest(url=entry.url, model_name=entry.name, initial_workers=workers,
                               loaded_at_startup=True, synchronous=True)
         try:
             outcome = await manager.register(req)
             logger.info("startup model %s: %s", entry.url, outcome.message)
         except TorchdError as exc:
+            failed += 1
             logger.error("startup model %s failed: %s", entry.url, exc.message)
+    return failed
+
+
+def _json_sets_workers(config: Config, entry: StartupModel) -> bool:
+    versions = config.models.get(entry.name or "") or {}
+    return any("minWorkers" in settings for settings in versions.values())

@@ -1,0 +1,135 @@
+"""Helpers for the operations tests (no tests here): a test sd_notify socket, stores, describe
+documents without their per-process fields, /metrics samples, the health script."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.daemon import REPO, Daemon
+
+HEALTH = REPO / "scripts" / "torchd-health"
+# Per process, not per registration: they change on every restart.
+VOLATILE_WORKER_KEYS = ("id", "pid", "startTime", "memoryUsage")
+
+
+class NotifyListener:
+    """An AF_UNIX datagram socket standing in for systemd's $NOTIFY_SOCKET; records every
+    datagram with its arrival time (monotonic)."""
+
+    def __init__(self) -> None:
+        # A short path: pytest's tmp_path can exceed the 108-byte limit of a socket address.
+        self._dir = tempfile.mkdtemp(prefix="tdn-", dir="/tmp")
+        self.path = str(Path(self._dir) / "notify")
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.settimeout(0.1)
+        self.messages: list[tuple[float, str]] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        while not self._closed:
+            try:
+                data = self._sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self._cond:
+                self.messages.append((time.monotonic(), data.decode()))
+                self._cond.notify_all()
+
+    def wait_for(self, line: str, timeout: float = 60, after: float = 0.0) -> float:
+        """The arrival time of the first datagram after ``after`` holding ``line``."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for at, text in self.messages:
+                    if at >= after and line in text.splitlines():
+                        return at
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no {line!r} within {timeout} s: {self.lines()}")
+                self._cond.wait(remaining)
+
+    def lines(self) -> list[str]:
+        with self._cond:
+            return [line for _, text in self.messages for line in text.splitlines()]
+
+    def close(self) -> None:
+        self._closed = True
+        self._thread.join(2)
+        self._sock.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def make_store(archive_dir: Path, dest: Path, names: list[str]) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        shutil.copy2(archive_dir / f"{name}.mar", dest / f"{name}.mar")
+    return dest
+
+
+def stable_describe(doc: dict[str, Any]) -> dict[str, Any]:
+    """A describe document without what differs between two runs of the same registration."""
+    out = dict(doc)
+    out["workers"] = sorted(
+        ({k: v for k, v in w.items() if k not in VOLATILE_WORKER_KEYS} for w in doc["workers"]),
+        key=lambda w: sorted(w.items()))
+    return out
+
+
+def all_models(d: Daemon, headers: dict[str, str] | None = None) -> dict[str, list[dict]]:
+    """Every model's `/models/{m}/all` documents (stable fields only), by model name."""
+    names = [m["modelName"] for m in
+             d.mgmt("GET", "/models", params={"limit": 100}, headers=headers).json()["models"]]
+    return {name: [stable_describe(doc) for doc in
+                   d.mgmt("GET", f"/models/{name}/all", headers=headers).json()]
+            for name in names}
+
+
+def wait_until(check: Callable[[], Any], timeout: float = 30, interval: float = 0.05,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout} s (last: {value!r})")
+        time.sleep(interval)
+
+
+def scrape(d: Daemon) -> dict[tuple[str, frozenset], float]:
+    """/metrics parsed by prometheus_client's parser: {(sample name, labels): value}."""
+    response = requests.get(d.url("metrics", "/metrics"), timeout=10)
+    assert response.status_code == 200, response.text
+    samples = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def sample_sum(samples: dict[tuple[str, frozenset], float], name: str, **labels: str) -> float:
+    """The sum of every sample named ``name`` (or ``name_total``) whose labels include these."""
+    want = set(labels.items())
+    return sum(value for (sample, have), value in samples.items()
+               if sample in (name, name + "_total") and want <= have)
+
+
+def run_health(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(HEALTH), *args], capture_output=True, text=True,
+                          timeout=timeout, check=False)
