@@ -42,7 +42,8 @@ def test_ping_answered_while_a_batch_runs(loaded):
 
 def test_cancel_drops_the_final_response_of_cancelled_requests(loaded):
     worker = loaded("sleep", batch_size=2)
-    batch = worker.send_batch([json_request("a", {"sleep": 1}), json_request("b", {"sleep": 1})])
+    batch = worker.send_batch([json_request("a", {"sleep": 1.5}),
+                               json_request("b", {"sleep": 1.5})])
     time.sleep(0.2)
     worker.peer.send(messages.cancel(batch, ["a"]))
     _, result = worker.collect(batch)
@@ -63,7 +64,7 @@ def test_requests_cancelled_before_their_batch_starts_never_run(loaded):
 
 def test_cancel_stops_stream_parts(loaded):
     worker = loaded("stream", batch_size=2)
-    batch = worker.send_batch([json_request("a", {"delay": 0.5}), json_request("b", {})])
+    batch = worker.send_batch([json_request("a", {"delay": 1.0}), json_request("b", {})])
     first = [worker.peer.expect(messages.STREAM)["response"]["id"] for _ in range(2)]
     assert first == ["a", "b"]
     worker.peer.send(messages.cancel(batch, ["a"]))
