@@ -6,6 +6,7 @@ process that has imported torch once, to fork workers that share those pages cop
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -48,8 +49,9 @@ class ExecLauncher:
         self._pids.discard(proc.pid)
         self.on_exit(proc.pid, returncode)
 
-    def reap(self, pid: int) -> None:
+    def reap(self, pid: int) -> bool:
         """Nothing to do: asyncio's child watcher reaps the processes it started."""
+        return True
 
     def owns(self, pid: int) -> bool:
         return pid in self._pids
@@ -81,6 +83,14 @@ class ZygoteLauncher:
         self._starting: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Start the zygote in the background: it takes seconds to import torch, and the
+        supervisor must run meanwhile. Spawns wait for it (see ``spawn``)."""
+        self._begin_start()
+
+    def _begin_start(self) -> None:
+        self._starting = asyncio.get_running_loop().create_task(self._start_or_fall_back())
+
+    async def _start_or_fall_back(self) -> None:
         try:
             await self._start_zygote()
         except Exception as exc:
@@ -128,7 +138,7 @@ class ZygoteLauncher:
         await proc.wait()
         if not self._closing:
             logger.error("zygote (pid %s) exited with %s; restarting it", proc.pid, proc.returncode)
-            self._starting = asyncio.get_running_loop().create_task(self.start())
+            self._begin_start()
 
     def _dispatch(self, message: dict) -> None:
         kind = message.get("kind")
@@ -144,6 +154,10 @@ class ZygoteLauncher:
             self.on_exit(message["pid"], message["returncode"])
 
     async def spawn(self, worker_id: str, socket_path: str, title: str) -> int:
+        if self._starting is not None and not self._starting.done():
+            # Waiting for a warming zygote beats exec: an exec-spawned worker imports torch
+            # on its own (slower on a busy machine, and none of the memory is shared).
+            await asyncio.wait({self._starting})
         if self._writer is None:
             return await self.fallback.spawn(worker_id, socket_path, title)
         future = asyncio.get_running_loop().create_future()
@@ -152,21 +166,29 @@ class ZygoteLauncher:
         await self._writer.drain()
         return await asyncio.wait_for(future, ZYGOTE_START_TIMEOUT)
 
-    def reap(self, pid: int) -> None:
-        """Collect a worker orphaned by a dead zygote (the daemon is their subreaper)."""
+    def reap(self, pid: int) -> bool:
+        """Collect a worker orphaned by a dead zygote (the daemon is their subreaper).
+
+        False while the process is not yet collectable: its main thread shows as a zombie
+        before its other threads are gone, and waitpid has nothing to return until then.
+        """
         if self.fallback.owns(pid):
-            return
+            return True
         try:
-            os.waitpid(pid, os.WNOHANG)
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
-            pass
+            return True       # not our child: the zygote that forked it collects it
+        return reaped == pid
 
     async def close(self) -> None:
         self._closing = True
         if self._starting:
             self._starting.cancel()
         if self._writer is not None:
-            self._writer.close()
+            self._writer.close()          # EOF: the zygote exits by itself
+        elif self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()         # still warming up: nobody is waiting for it
         if self._proc is not None and self._proc.returncode is None:
             try:
                 await asyncio.wait_for(self._proc.wait(), 5)

@@ -275,8 +275,7 @@ class WorkerLifecycle:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while not handle.exited.is_set():
-            if not _alive(handle.pid):
-                self.sup.launcher.reap(handle.pid)
+            if not _alive(handle.pid) and self.sup.launcher.reap(handle.pid):
                 return True
             if loop.time() >= end:
                 return False

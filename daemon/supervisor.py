@@ -85,8 +85,8 @@ class Supervisor:
 
     async def start(self) -> None:
         self.settings.runtime_dir.mkdir(parents=True, exist_ok=True)
-        await self.launcher.start()
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        await self.launcher.start()
 
     async def _run(self) -> None:
         last_heartbeat = self.clock()
@@ -234,29 +234,38 @@ class Supervisor:
         self.notify_changed()
 
     def start_failed(self, handle: WorkerHandle, error: str) -> None:
+        if handle.state is S.STOPPING:
+            # Stopped while starting (scaled down, unregistered): asked for, not a failure
+            # that a synchronous scale call or the backoff should count.
+            self._forget(handle)
+            return
         pool = self.pool(handle.mv)
         pool.start_failures += 1
         pool.last_error = handle.last_error = error
         handle.start_failures += 1
         handle.failures += 1
-        if handle.state is S.STOPPING:
-            self._forget(handle)
-            return
         policy = self.settings.policy
         if policy.gives_up(handle.start_failures):
             handle.move(S.FAILED)
             logger.error("worker %s for %s %s FAILED after %d start failures: %s", handle.id,
                          handle.mv.name, handle.mv.version, handle.start_failures, error)
         else:
+            delay = policy.delay(handle.failures)
             handle.move(S.BACKOFF)
-            handle.retry_at = self.clock() + policy.delay(handle.failures)
-            logger.error("worker %s for %s %s failed to start: %s (retry in %.0f s)", handle.id,
-                         handle.mv.name, handle.mv.version, error,
-                         handle.retry_at - self.clock())
+            handle.retry_at = self.clock() + delay
+            logger.error("worker %s for %s %s failed to start: %s (retry in %g s)", handle.id,
+                         handle.mv.name, handle.mv.version, error, delay)
         self.notify_changed()
 
     def died(self, handle: WorkerHandle, reason: str) -> None:
         """A READY worker went away unasked: back off, then replace it."""
+        handle.last_error = reason
+        if handle.state is S.STOPPING:
+            # Killed on its way out (the stop timeout ran out): nothing to replace.
+            logger.warning("worker %s (pid %s) stopped forcibly: %s", handle.id, handle.pid,
+                           reason)
+            self._forget(handle)
+            return
         pool = self.pool(handle.mv)
         pool.restarts += 1
         if self.metrics is not None:
@@ -265,10 +274,6 @@ class Supervisor:
         proven = handle.ready_since is not None and \
             now - handle.ready_since >= self.settings.policy.reset_after
         handle.failures = 1 if proven else handle.failures + 1
-        handle.last_error = reason
-        if handle.state is S.STOPPING:
-            self._forget(handle)
-            return
         handle.move(S.BACKOFF)
         handle.retry_at = now + self.settings.policy.delay(handle.failures)
         logger.error("worker %s (pid %s) of %s %s died: %s", handle.id, handle.pid,
@@ -358,13 +363,16 @@ class Supervisor:
         self.pools.pop(mv, None)
 
     async def close(self, timeout: float) -> None:
+        """Stop every worker after its in-flight batch (bounded by ``timeout``)."""
         self._closing = True
+        if self._loop_task is not None:
+            # First, or a reconcile tick would replace the workers being stopped.
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
         handles = list(self.workers.values())
         for handle in handles:
             self.request_stop(handle, timeout)
         await self.wait_for_stopped(handles)
-        if self._loop_task is not None:
-            self._loop_task.cancel()
         await self.launcher.close()
 
     # ---- periodic checks -----------------------------------------------------------------

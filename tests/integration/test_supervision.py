@@ -1,0 +1,313 @@
+"""Supervision with real processes (issue 5): crashes under load, scaling, FAILED models,
+autoscaling, drains, the heartbeat and the zygote.
+
+One zygote-mode daemon serves the whole module (tests register their own models and remove
+them); settings are short where the behaviour is about time.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.integration.test_supervision_helpers import (
+    Load, copy_archives, descendants, gone, in_background, post, ready_pids, scale, title,
+    wait_until, zygote_pids)
+from tests.support.daemon import Daemon
+
+SETTINGS = {"heartbeat_interval": 1, "autoscale_up_delay": 0.5, "autoscale_down_delay": 2}
+ZYGOTE_WARM = 60.0      # a loaded 2-core machine can take long to import torch
+
+
+@pytest.fixture(scope="module")
+def sv(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("supervision")
+    daemon = Daemon(workdir, copy_archives(archive_dir, workdir / "store"), SETTINGS)
+    daemon.start()
+    yield daemon
+    daemon.cleanup()
+
+
+def register(d: Daemon, archive: str, name: str, workers: int = 1, **params) -> None:
+    response = d.register(archive, model_name=name, initial_workers=workers, **params)
+    assert response.status_code == 200, response.text
+
+
+def unregister(d: Daemon, *names: str) -> None:
+    for name in names:
+        d.unregister(name)
+
+
+def metric(d: Daemon, name: str, **labels: str) -> float:
+    body = requests.get(d.url("metrics", "/metrics"), timeout=10).text
+    total = 0.0
+    for line in body.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# ---- processes -----------------------------------------------------------------------------
+
+def test_titles_and_process_tree(sv: Daemon) -> None:
+    register(sv, "noop.mar", "sv_titles", workers=2)
+    try:
+        workers = sv.wait_workers("sv_titles", 2)
+        procs = {p.pid: p for p in descendants(sv)}
+        zygotes = zygote_pids(sv)
+        assert len(zygotes) == 1, [title(p) for p in procs.values()]
+        for worker in workers:
+            proc = procs[worker["pid"]]       # a descendant of the daemon
+            assert title(proc) == f"torchd worker sv_titles 1.0 {worker['id']}"
+            assert proc.ppid() == zygotes[0]  # forked by the zygote, not exec-spawned
+    finally:
+        unregister(sv, "sv_titles")
+
+
+def test_worker_killed_under_load(sv: Daemon) -> None:
+    register(sv, "sleep.mar", "sv_kill", workers=2)
+    try:
+        before = ready_pids(sv, "sv_kill")
+        victim = min(before)
+        with Load(sv, "/predictions/sv_kill", {"sleep": 0.1}, threads=4) as load:
+            time.sleep(1.0)
+            os.kill(victim, signal.SIGKILL)
+            killed_at = time.monotonic()
+            wait_until(lambda: len(ready_pids(sv, "sv_kill") - {victim}) == 2, 10,
+                       what="a replacement READY")
+            replaced_in = time.monotonic() - killed_at
+            time.sleep(max(0.0, 5.0 - (time.monotonic() - load.calls[0].started)))
+        assert replaced_in < 3.0
+        failures = load.failures()
+        assert len(failures) <= 1, failures       # only the victim's in-flight request
+        for call in failures:
+            assert call.status == 500 and call.body["message"] == "Worker died.", call
+            assert call.is_json_error
+        assert sum(1 for c in load.calls if c.status == 200) > 20
+        assert gone(victim)
+    finally:
+        unregister(sv, "sv_kill")
+
+
+def test_scale_1_5_1_under_load_loses_nothing(sv: Daemon) -> None:
+    register(sv, "noop.mar", "sv_scale")
+    try:
+        with Load(sv, "/predictions/sv_scale", threads=4) as load:
+            time.sleep(0.5)
+            up = scale(sv, "sv_scale", 5)
+            assert up.status_code == 200, up.text
+            assert up.json() == {"status": "Workers scaled to 5 for model: sv_scale"}
+            assert len(ready_pids(sv, "sv_scale")) == 5
+            time.sleep(0.5)
+            down = scale(sv, "sv_scale", 1)
+            assert down.status_code == 200, down.text
+            assert [w["status"] for w in sv.workers("sv_scale")] == ["READY"]
+            time.sleep(0.5)
+        assert load.failures() == []
+        assert len(load.calls) > 20
+    finally:
+        unregister(sv, "sv_scale")
+
+
+# ---- FAILED --------------------------------------------------------------------------------
+
+def failed_worker(d: Daemon, name: str) -> dict | None:
+    workers = d.workers(name)
+    return next((w for w in workers if w["status"] == "FAILED"), None)
+
+
+def test_handler_that_cannot_load_ends_failed(sv: Daemon) -> None:
+    response = sv.register("fail_load.mar", model_name="sv_fail", initial_workers=1,
+                           synchronous="false")
+    assert response.status_code == 202, response.text
+    register(sv, "noop.mar", "sv_other")
+    try:
+        worker = wait_until(lambda: failed_worker(sv, "sv_fail"), 30, 0.1, "FAILED")
+        assert "torchd_no_such_module" in worker["lastError"]
+        assert len(sv.workers("sv_fail")) == 1
+        assert re.search(r"FAILED after \d+ start failures: .*torchd_no_such_module", sv.log())
+        assert post(sv, "/predictions/sv_other").status == 200      # others keep serving
+        assert post(sv, "/predictions/sv_fail").status == 503
+        assert sv.infer("GET", "/ping").json() == {"status": "Unhealthy"}
+        assert metric(sv, "torchd_workers", model_name="sv_fail", state="FAILED") == 1
+
+        again = scale(sv, "sv_fail", 1, synchronous=False)         # another try
+        assert again.status_code == 202
+        assert failed_worker(sv, "sv_fail") is None
+        wait_until(lambda: failed_worker(sv, "sv_fail"), 30, 0.1, "FAILED again")
+        assert len(re.findall(r"sv_fail 1.0 FAILED after", sv.log())) == 2
+
+        sync = scale(sv, "sv_fail", 1)
+        assert sync.status_code == 500
+        assert "torchd_no_such_module" in sync.json()["message"]
+    finally:
+        unregister(sv, "sv_fail", "sv_other")
+    assert sv.infer("GET", "/ping").json() == {"status": "Healthy"}
+
+
+# ---- autoscaling ---------------------------------------------------------------------------
+
+def test_autoscale_up_under_burst_and_down_after(sv: Daemon) -> None:
+    register(sv, "sleep.mar", "sv_auto")
+    assert scale(sv, "sv_auto", 1, 3).status_code == 200
+    up_before = metric(sv, "torchd_autoscale_events_total", model_name="sv_auto",
+                       direction="up")
+    seen: list[int] = []
+
+    def sample() -> None:
+        live = [w for w in sv.workers("sv_auto") if w["status"] != "STOPPING"]
+        seen.append(len(live))
+
+    try:
+        with Load(sv, "/predictions/sv_auto", {"sleep": 0.3}, threads=6) as load:
+            end = time.monotonic() + 4.0
+            while time.monotonic() < end:
+                sample()
+                time.sleep(0.1)
+        peak = max(seen)
+        assert peak >= 2, seen
+        wait_until(lambda: (sample(), seen[-1] == 1)[1], 20, 0.2, "scaled back to 1")
+        assert all(1 <= n <= 3 for n in seen), seen
+        assert load.failures() == []
+        assert metric(sv, "torchd_autoscale_events_total", model_name="sv_auto",
+                      direction="up") - up_before >= 1
+        assert metric(sv, "torchd_autoscale_events_total", model_name="sv_auto",
+                      direction="down") >= 1
+    finally:
+        unregister(sv, "sv_auto")
+
+
+# ---- drain ---------------------------------------------------------------------------------
+
+def busy_request(d: Daemon, name: str, seconds: float):
+    """Start one long request and return once it is (very likely) running in a worker."""
+    join = in_background(lambda: post(d, f"/predictions/{name}", {"sleep": seconds}))
+    wait_until(lambda: d.describe(name)[0]["jobQueueStatus"]["pendingRequests"] == 0, 5)
+    time.sleep(0.4)
+    return join
+
+
+def test_scale_down_lets_the_in_flight_batch_finish(sv: Daemon) -> None:
+    register(sv, "sleep.mar", "sv_drain")
+    try:
+        join = busy_request(sv, "sv_drain", 2)
+        started = time.monotonic()
+        response = scale(sv, "sv_drain", 0, timeout=10)
+        assert response.status_code == 200, response.text
+        call = join()
+        assert call.status == 200 and call.body == {"slept": 2.0}, call
+        assert time.monotonic() - started > 1.0          # the scale call waited for it
+        assert sv.workers("sv_drain") == []
+    finally:
+        unregister(sv, "sv_drain")
+
+
+def test_scale_down_with_timeout_zero_stops_at_once(sv: Daemon) -> None:
+    register(sv, "sleep.mar", "sv_now")
+    try:
+        join = busy_request(sv, "sv_now", 5)
+        response = scale(sv, "sv_now", 0, timeout=0)
+        returned = time.monotonic()
+        assert response.status_code == 200, response.text
+        call = join()
+        assert 500 <= call.status < 600 and call.is_json_error, call
+        assert call.started + call.seconds - returned < 1.0
+        assert sv.workers("sv_now") == []
+    finally:
+        unregister(sv, "sv_now")
+
+
+def test_queued_requests_on_scale_down(sv: Daemon) -> None:
+    register(sv, "sleep.mar", "sv_queue", workers=2)
+    try:
+        long = [busy_request(sv, "sv_queue", 1.5) for _ in range(2)]
+        short = [in_background(lambda: post(sv, "/predictions/sv_queue", {"sleep": 0.1}))
+                 for _ in range(2)]
+        wait_until(lambda: sv.describe("sv_queue")[0]["jobQueueStatus"]["pendingRequests"]
+                   == 2, 5)
+        assert scale(sv, "sv_queue", 1, timeout=10).status_code == 200
+        assert [j().status for j in long + short] == [200] * 4   # the survivor took them
+
+        long = busy_request(sv, "sv_queue", 1.5)
+        short = [in_background(lambda: post(sv, "/predictions/sv_queue", {"sleep": 0.1}))
+                 for _ in range(2)]
+        wait_until(lambda: sv.describe("sv_queue")[0]["jobQueueStatus"]["pendingRequests"]
+                   == 2, 5)
+        asked = time.monotonic()
+        assert scale(sv, "sv_queue", 0, timeout=10).status_code == 200
+        assert long().status == 200
+        for join in short:                                        # nobody left: 503 at once
+            call = join()
+            assert call.status == 503 and call.is_json_error, call
+            assert call.started + call.seconds - asked < 1.0
+    finally:
+        unregister(sv, "sv_queue")
+
+
+def test_unregister_finishes_in_flight_work(sv: Daemon) -> None:
+    register(sv, "sleep.mar", "sv_unreg")
+    join = busy_request(sv, "sv_unreg", 2)
+    queued = in_background(lambda: post(sv, "/predictions/sv_unreg", {"sleep": 0.1}))
+    wait_until(lambda: sv.describe("sv_unreg")[0]["jobQueueStatus"]["pendingRequests"] == 1, 5)
+    response = sv.unregister("sv_unreg")
+    assert response.status_code == 200, response.text
+    call = join()
+    assert call.status == 200 and call.body == {"slept": 2.0}, call
+    late = queued()
+    assert late.status == 503 and late.is_json_error, late
+    assert late.seconds < 1.5
+
+
+# ---- heartbeat -----------------------------------------------------------------------------
+
+def test_hung_worker_is_detected_and_replaced(sv: Daemon) -> None:
+    register(sv, "noop.mar", "sv_hung")
+    (victim,) = ready_pids(sv, "sv_hung")
+    try:
+        os.kill(victim, signal.SIGSTOP)
+        stopped_at = time.monotonic()
+        wait_until(lambda: ready_pids(sv, "sv_hung") - {victim}, 10, 0.1, "a replacement")
+        detected_in = time.monotonic() - stopped_at
+        # Detection after about two heartbeat intervals (1 s), plus the replacement's start.
+        assert detected_in < 4.5, detected_in
+        wait_until(lambda: gone(victim), 5, what="the hung worker killed")
+        assert "missed its heartbeat" in sv.log()
+        assert post(sv, "/predictions/sv_hung").status == 200
+    finally:
+        if not gone(victim):
+            os.kill(victim, signal.SIGKILL)
+        unregister(sv, "sv_hung")
+
+
+# ---- the zygote (last: it kills the module daemon's zygote) --------------------------------
+
+def test_zygote_killed_workers_keep_serving_and_it_comes_back(sv: Daemon) -> None:
+    register(sv, "noop.mar", "sv_zyg")
+    try:
+        (old_zygote,) = zygote_pids(sv)
+        (worker,) = ready_pids(sv, "sv_zyg")
+        os.kill(old_zygote, signal.SIGKILL)
+        for _ in range(5):
+            assert post(sv, "/predictions/sv_zyg").status == 200
+        new_zygote = wait_until(lambda: [p for p in zygote_pids(sv) if p != old_zygote],
+                                ZYGOTE_WARM, 0.1, "a new zygote")[0]
+        # The orphaned worker re-parented to the daemon (a child subreaper).
+        assert psutil.Process(worker).ppid() == sv.pid
+        assert scale(sv, "sv_zyg", 2).status_code == 200
+        (fresh,) = ready_pids(sv, "sv_zyg") - {worker}
+        assert psutil.Process(fresh).ppid() == new_zygote       # forked by the new zygote
+        assert {worker, fresh} <= {p.pid for p in descendants(sv)}
+        assert scale(sv, "sv_zyg", 0).status_code == 200
+        # Both stopped workers were reaped: by the new zygote, and by the daemon itself.
+        wait_until(lambda: not {worker, fresh} & {p.pid for p in descendants(sv)}, 5,
+                   what="stopped workers reaped")
+    finally:
+        unregister(sv, "sv_zyg")

@@ -1,0 +1,164 @@
+"""Helpers for the supervision tests (no tests here): concurrent client load, process lookups.
+
+Every client call has a timeout, so a hung request shows up as a recorded error, never as a
+hung test.
+"""
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import psutil
+import requests
+
+from tests.support.daemon import Daemon
+
+CALL_TIMEOUT = 30.0
+ZYGOTE_TITLE = "torchd zygote"
+
+
+@dataclass
+class Call:
+    status: int | None        # None: the call raised (timeout, connection error)
+    body: Any                 # parsed JSON, or the text when it was not JSON
+    started: float
+    seconds: float
+
+    @property
+    def is_json_error(self) -> bool:
+        return isinstance(self.body, dict) and {"code", "type", "message"} <= set(self.body)
+
+
+def post(daemon: Daemon, path: str, body: Any = None, timeout: float = CALL_TIMEOUT) -> Call:
+    started = time.monotonic()
+    try:
+        response = requests.post(daemon.url("inference", path), json=body, timeout=timeout)
+    except requests.RequestException as exc:
+        return Call(None, repr(exc), started, time.monotonic() - started)
+    try:
+        parsed = response.json()
+    except ValueError:
+        parsed = response.text
+    return Call(response.status_code, parsed, started, time.monotonic() - started)
+
+
+class Load:
+    """``threads`` clients posting ``body`` to ``path`` in a loop until the block exits."""
+
+    def __init__(self, daemon: Daemon, path: str, body: Any = None, threads: int = 4,
+                 timeout: float = CALL_TIMEOUT) -> None:
+        self.daemon, self.path, self.body, self.timeout = daemon, path, body, timeout
+        self.calls: list[Call] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._loop, daemon=True) for _ in range(threads)]
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            call = post(self.daemon, self.path, self.body, self.timeout)
+            with self._lock:
+                self.calls.append(call)
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(self.timeout + 5)
+        assert not any(t.is_alive() for t in self._threads), "a client call never returned"
+
+    def failures(self) -> list[Call]:
+        return [c for c in self.calls if c.status != 200]
+
+
+def in_background(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Run ``fn`` in a thread now; the returned function joins it and gives its result."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # handed to the joining test
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+
+    def join(timeout: float = CALL_TIMEOUT + 10) -> Any:
+        thread.join(timeout)
+        assert not thread.is_alive(), "background call did not return"
+        if "error" in box:
+            raise box["error"]
+        return box["result"]
+
+    return join
+
+
+def copy_archives(archive_dir: Path, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in archive_dir.iterdir():
+        if item.is_file():
+            shutil.copy2(item, dest / item.name)
+    return dest
+
+
+def title(proc: psutil.Process) -> str:
+    """The process title as setproctitle left it (argv rewritten, padded with NULs)."""
+    try:
+        return " ".join(part for part in proc.cmdline() if part).strip()
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return ""
+
+
+def descendants(daemon: Daemon) -> list[psutil.Process]:
+    try:
+        return psutil.Process(daemon.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def zygote_pids(daemon: Daemon) -> list[int]:
+    return [p.pid for p in descendants(daemon) if title(p) == ZYGOTE_TITLE]
+
+
+def gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its reaper counts: it runs no code)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.05,
+               what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not met within {timeout} s")
+        time.sleep(step)
+
+
+def ready_pids(daemon: Daemon, name: str) -> set[int]:
+    return {w["pid"] for w in daemon.workers(name) if w["status"] == "READY"}
+
+
+def scale(daemon: Daemon, name: str, min_worker: int, max_worker: int | None = None,
+          synchronous: bool = True, timeout: float | None = None) -> requests.Response:
+    params: dict[str, Any] = {"min_worker": min_worker, "synchronous": str(synchronous).lower()}
+    if max_worker is not None:
+        params["max_worker"] = max_worker
+    if timeout is not None:
+        params["timeout"] = timeout
+    response = daemon.mgmt("PUT", f"/models/{name}", params=params)
+    daemon.track_descendants()
+    return response
