@@ -129,7 +129,8 @@ class ModelManager:
             return int(default)
 
         cfg = self.config
-        min_workers = pick(req.initial_workers, "minWorkers", cfg.register_workers_default)
+        # TorchServe registers with no workers for initial_workers <= 0.
+        min_workers = max(0, pick(req.initial_workers, "minWorkers", cfg.register_workers_default))
         max_default = max(min_workers, req.initial_workers or 0)
         max_workers = pick(req.max_workers if req.max_workers is not None else
                            req.initial_workers, "maxWorkers", max_default)
@@ -177,13 +178,14 @@ class ModelManager:
 
     async def scale(self, name: str, version: str | None, min_worker: int | None,
                     max_worker: int | None, synchronous: bool, timeout: int) -> Outcome:
-        mv = self.registry.get(name, version)
         min_worker = 1 if min_worker is None else min_worker
         max_worker = min_worker if max_worker is None else max_worker
-        if min_worker < 0 or max_worker < 0:
-            raise BadRequest("min_worker and max_worker must not be negative.")
+        # TorchServe checks the numbers before it looks the model up; clients see that order.
         if max_worker < min_worker:
             raise BadRequest("max_worker cannot be less than min_worker.")
+        if min_worker < 0:
+            raise BadRequest("min_worker and max_worker must not be negative.")
+        mv = self.registry.get(name, version)
         self.check_worker_limit(mv, max_worker)
         self.supervisor.scale(mv, min_worker, max_worker, stop_timeout=timeout)
         await self.save_state()

@@ -3,7 +3,8 @@ success messages, list pagination, set-default, describe, unregister and the HTT
 
 One daemon per module (its zygote costs a torch import); every test registers its own names and
 an autouse fixture unregisters whatever a test leaves behind, so tests stay independent.
-Errors of SPEC 1.1-1.7 are in test_management_errors.py, built on the fixtures here.
+Registration (SPEC 1.1-1.2, its errors, downloads) is in test_management_register.py, built on
+the fixtures here.
 """
 from __future__ import annotations
 
@@ -207,14 +208,14 @@ def post_models(d: Daemon, **params: Any) -> requests.Response:
     return d.mgmt("POST", "/models", params=params)
 
 
-def wait_for(predicate, timeout: float = 30, what: str = "condition") -> Any:
+def wait_for(predicate, timeout: float = 30, what: Any = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise TimeoutError(what)
+            raise TimeoutError(what() if callable(what) else what)
         time.sleep(0.1)
 
 
@@ -381,78 +382,6 @@ def test_options_on_both_ports_is_valid_openapi(mgmt: Daemon) -> None:
     assert "/predictions/{model_name}" not in mgmt_paths and "/models" in mgmt_paths
 
 
-# ---- register: more success paths ------------------------------------------------------------
-
-def test_json_body_registration_equals_query(mgmt: Daemon) -> None:
-    params = {"url": "noop.mar", "initial_workers": 1, "synchronous": True, "batch_size": 4,
-              "max_batch_delay": 50, "response_timeout": 30, "startup_timeout": 40,
-              "runtime": "python3"}
-    r = mgmt.mgmt("POST", "/models", json={**params, "model_name": "by_json"})
-    assert_status(r, 200, registered("by_json", "1.0", 1))
-    query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
-    r = post_models(mgmt, **query, model_name="by_query")
-    assert_status(r, 200, registered("by_query", "1.0", 1))
-
-    def settings(name: str) -> dict[str, Any]:
-        [doc] = mgmt.describe(name)
-        assert doc["modelName"] == name and len(doc["workers"]) == 1
-        return {k: v for k, v in doc.items() if k not in ("modelName", "workers")}
-
-    assert settings("by_json") == settings("by_query")
-    assert settings("by_json")["batchSize"] == 4 and settings("by_json")["runtime"] == "python3"
-    # A JSON body that sets nothing we parse still needs url; the query is read beside it.
-    r = mgmt.mgmt("POST", "/models", params={"url": "noop.mar", "model_name": "q_and_json"},
-                  json={"batch_size": 2})
-    assert_status(r, 200, registered("q_and_json", "1.0", 0))
-    assert mgmt.describe("q_and_json")[0]["batchSize"] == 2
-
-
-def test_lenient_integers_and_booleans(mgmt: Daemon) -> None:
-    r = post_models(mgmt, url="noop.mar", model_name="len_a", initial_workers="abc")
-    assert_status(r, 200, registered("len_a", "1.0", 0))                    # default: 0
-    r = post_models(mgmt, url="noop.mar", model_name="len_b", initial_workers=1,
-                    synchronous="TRUE")
-    assert_status(r, 200, registered("len_b", "1.0", 1))                    # TRUE is true
-    r = post_models(mgmt, url="noop.mar", model_name="len_c", initial_workers=1,
-                    synchronous="yes")
-    assert_status(r, 202, "Processing worker updates...")                   # yes is false
-    r = post_models(mgmt, url="noop.mar", model_name="len_d", batch_size="x",
-                    max_batch_delay="1.5", response_timeout="")
-    assert r.status_code == 200, r.text
-    doc = mgmt.describe("len_d")[0]
-    assert (doc["batchSize"], doc["maxBatchDelay"], doc["responseTimeout"]) == (1, 100, 120)
-    mgmt.wait_workers("len_c", 1)
-    r = mgmt.mgmt("PUT", "/models/len_c", params={"min_worker": "two", "synchronous": "True"})
-    assert_status(r, 200, "Workers scaled to 1 for model: len_c")           # default min: 1
-    r = mgmt.mgmt("DELETE", "/models/len_d", params={"synchronous": "maybe", "timeout": "soon"})
-    assert_status(r, 200, 'Model "len_d" unregistered')
-
-
-def test_download_registers_and_unregister_deletes_it(mgmt: Daemon,
-                                                      recorder: RecordingServer) -> None:
-    before = len(extracted(mgmt))
-    url = recorder.url("dl_noop.mar")
-    r = post_models(mgmt, url=url, model_name="dl", initial_workers=1, synchronous="true")
-    assert_status(r, 200, registered("dl", "1.0", 1))
-    assert recorder.requests[-1] == "/dl_noop.mar"
-    assert (mgmt.model_store / "dl_noop.mar").is_file()
-    assert mgmt.describe("dl")[0]["modelUrl"] == url
-    assert len(extracted(mgmt)) == before + 1
-    assert mgmt.infer("POST", "/predictions/dl").status_code == 200
-    assert_status(mgmt.unregister("dl"), 200, 'Model "dl" unregistered')
-    assert not (mgmt.model_store / "dl_noop.mar").exists()
-    assert len(extracted(mgmt)) == before
-
-
-def test_store_archive_is_kept_and_extracted_copy_removed(mgmt: Daemon) -> None:
-    before = len(extracted(mgmt))
-    assert post_models(mgmt, url="noop.mar", model_name="keep").status_code == 200
-    assert len(extracted(mgmt)) == before + 1
-    assert mgmt.unregister("keep").status_code == 200
-    assert (mgmt.model_store / "noop.mar").is_file()
-    assert len(extracted(mgmt)) == before
-
-
 # ---- describe ---------------------------------------------------------------------------------
 
 def test_describe_workers_are_real(mgmt: Daemon) -> None:
@@ -611,3 +540,63 @@ def test_bad_parameters_change_nothing(mgmt: Daemon) -> None:
     assert stable(mgmt.describe("steady", "all")) == before
     assert mgmt.mgmt("GET", "/models").json() == listed
     assert mgmt.infer("POST", "/predictions/steady").json() == {"ok": 1}
+
+
+# ---- errors of scale, describe, unregister, set-default (SPEC 1.3-1.7) ------------------------
+
+MODEL_NOT_FOUND, VERSION_NOT_FOUND = "ModelNotFoundException", "ModelVersionNotFoundException"
+
+
+def test_unknown_model_everywhere(mgmt: Daemon) -> None:
+    calls = [("PUT", "/models/ghost"), ("PUT", "/models/ghost/1.0"), ("GET", "/models/ghost"),
+             ("GET", "/models/ghost/1.0"), ("GET", "/models/ghost/all"),
+             ("DELETE", "/models/ghost"), ("DELETE", "/models/ghost/1.0"),
+             ("PUT", "/models/ghost/1.0/set-default")]
+    for method, path in calls:
+        assert_error(mgmt.mgmt(method, path), 404, MODEL_NOT_FOUND, "Model not found: ghost")
+
+
+def test_unknown_version_wordings(mgmt: Daemon) -> None:
+    assert post_models(mgmt, url="noop.mar", model_name="known").status_code == 200
+    colons = "Model version: 9.9 does not exist for model: known"
+    for method, path in (("PUT", "/models/known/9.9"), ("GET", "/models/known/9.9"),
+                         ("DELETE", "/models/known/9.9")):
+        assert_error(mgmt.mgmt(method, path), 404, VERSION_NOT_FOUND, colons)
+    assert_error(mgmt.mgmt("PUT", "/models/known/9.9/set-default"), 404, VERSION_NOT_FOUND,
+                 "Model version 9.9 does not exist for model known")
+
+
+def test_default_version_cannot_be_removed_while_others_exist(mgmt: Daemon) -> None:
+    assert post_models(mgmt, url="noop.mar", model_name="dflt").status_code == 200
+    assert post_models(mgmt, url="noop_2.mar", model_name="dflt").status_code == 200
+    for path in ("/models/dflt", "/models/dflt/1.0"):
+        r = mgmt.mgmt("DELETE", path)
+        assert r.status_code == 403, r.text
+        assert r.json()["code"] == 403
+        assert r.json()["message"] == "Cannot remove default version for model dflt"
+        request_id_ok(r)
+    assert [m["modelVersion"] for m in mgmt.describe("dflt", "all")] == ["1.0", "2.0"]
+    assert_status(mgmt.mgmt("DELETE", "/models/dflt/2.0"), 200, 'Model "dflt" unregistered')
+    assert_status(mgmt.mgmt("DELETE", "/models/dflt/1.0"), 200, 'Model "dflt" unregistered')
+
+
+def test_scale_parameter_errors_in_torchserve_order(mgmt: Daemon) -> None:
+    assert post_models(mgmt, url="noop.mar", model_name="sc", initial_workers=1).status_code == 200
+    less = "max_worker cannot be less than min_worker."
+    negative = "min_worker and max_worker must not be negative."
+    for path in ("/models/sc", "/models/sc/1.0", "/models/ghost", "/models/sc/9.9"):
+        # TorchServe checks the numbers before it looks the model up.
+        assert_error(mgmt.mgmt("PUT", path, params={"min_worker": 3, "max_worker": 2}), 400,
+                     "BadRequestException", less)
+        assert_error(mgmt.mgmt("PUT", path, params={"min_worker": 2, "max_worker": -1}), 400,
+                     "BadRequestException", less)
+        for params in ({"min_worker": -1}, {"min_worker": -3, "max_worker": -1},
+                       {"min_worker": -1, "max_worker": 2}):
+            assert_error(mgmt.mgmt("PUT", path, params=params), 400, "BadRequestException",
+                         negative)
+    for params in ({"min_worker": 65}, {"min_worker": 1, "max_worker": 65},
+                   {"min_worker": 2161, "synchronous": "true"}):
+        assert_error(mgmt.mgmt("PUT", "/models/sc", params=params), 400, "BadRequestException",
+                     "Requested workers exceed the limit of max_workers=64", prefix=True)
+    doc = mgmt.describe("sc")[0]
+    assert (doc["minWorkers"], doc["maxWorkers"], len(doc["workers"])) == (1, 1, 1)

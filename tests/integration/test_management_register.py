@@ -1,0 +1,303 @@
+"""POST /models through the real daemon: every error of SPEC 1.1 in TorchServe's order, with its
+exact status, type and message, and what each leaves behind (nothing); downloads; JSON bodies;
+lenient parameters. Fixtures and helpers come from test_management.py (its own daemon here)."""
+from __future__ import annotations
+
+from typing import Any
+
+import psutil
+import pytest
+
+from test_management import (  # noqa: F401  (fixtures are used by name)
+    RecordingServer,
+    assert_error,
+    assert_status,
+    clean,
+    extracted,
+    mgmt,
+    post_models,
+    recorder,
+    registered,
+    served,
+    wait_for,
+)
+from tests.support.daemon import Daemon
+
+BAD_REQUEST, NOT_FOUND = "BadRequestException", "ModelNotFoundException"
+INVALID, INTERNAL = "InvalidModelException", "InternalServerException"
+
+
+def store_listing(d: Daemon) -> list[str]:
+    """Every entry of the model store, hidden ones too (a partial download would show)."""
+    return sorted(p.name for p in d.model_store.iterdir())
+
+
+@pytest.fixture
+def nothing_fetched(recorder: RecordingServer):
+    """Asserts the test made the recording server see no request at all."""
+    before = len(recorder.requests)
+    yield
+    assert recorder.requests[before:] == []
+
+
+# ---- 1-2: parameters -------------------------------------------------------------------------
+
+def test_1_url_is_required(mgmt: Daemon) -> None:
+    message = "Parameter url is required."
+    assert_error(post_models(mgmt), 400, BAD_REQUEST, message)
+    assert_error(post_models(mgmt, model_name="x", initial_workers=1), 400, BAD_REQUEST, message)
+    assert_error(mgmt.mgmt("POST", "/models", json={"model_name": "x"}), 400, BAD_REQUEST,
+                 message)
+    # before the runtime check
+    assert_error(post_models(mgmt, runtime="java"), 400, BAD_REQUEST, message)
+
+
+@pytest.mark.parametrize("runtime", ["java", "PYTHON", "Python3", "python2", ""])
+def test_2_runtime_must_be_python(mgmt: Daemon, runtime: str) -> None:
+    message = f"Invalid RuntimeType value: {runtime}"
+    assert_error(post_models(mgmt, url="noop.mar", runtime=runtime), 400, BAD_REQUEST, message)
+    # before every url check
+    assert_error(post_models(mgmt, url="", runtime=runtime), 400, BAD_REQUEST, message)
+    assert_error(post_models(mgmt, url="../x.mar", runtime=runtime), 400, BAD_REQUEST, message)
+
+
+# ---- 3-5: url checks, nothing fetched --------------------------------------------------------
+
+def test_3_empty_url(mgmt: Daemon) -> None:
+    assert_error(post_models(mgmt, url=""), 404, NOT_FOUND, "empty url")
+    assert_error(mgmt.mgmt("POST", "/models", json={"url": ""}), 404, NOT_FOUND, "empty url")
+
+
+def test_4_relative_path(mgmt: Daemon, recorder: RecordingServer, nothing_fetched) -> None:
+    for url in ("../noop.mar", "a/../noop.mar", "..", recorder.url("../noop.mar"),
+                recorder.url("x/../noop.mar", host="localhost")):   # before the allowed check
+        assert_error(post_models(mgmt, url=url), 404, NOT_FOUND,
+                     f"Relative path is not allowed in url: {url}")
+
+
+def test_5_url_not_allowed_is_never_fetched(mgmt: Daemon, recorder: RecordingServer,
+                                            nothing_fetched) -> None:
+    port = recorder.server_address[1]
+    urls = [recorder.url("noop.mar", host="localhost"),   # exists in the store: checked first
+            recorder.url("dl_noop.mar", host="localhost"),
+            f"https://127.0.0.1:{port}/dl_noop.mar",       # explicit allowed_urls replace https
+            f"HTTP://127.0.0.2:{port}/dl_noop.mar",
+            f"file://{mgmt.model_store}/noop.mar",
+            "s3://bucket/dl_noop.mar"]
+    for url in urls:
+        assert_error(post_models(mgmt, url=url, initial_workers=1), 404, NOT_FOUND,
+                     f"Given URL {url} does not match any allowed URL(s)")
+    # The match ignores case, as TorchServe's does.
+    r = post_models(mgmt, url=recorder.url("noop.mar").upper().replace("NOOP.MAR", "noop.mar"))
+    assert_error(r, 500, INTERNAL, "Model file already exists noop.mar")
+
+
+# ---- 6-7: downloads --------------------------------------------------------------------------
+
+def test_6_download_onto_an_existing_file(mgmt: Daemon, recorder: RecordingServer,
+                                          nothing_fetched) -> None:
+    before = store_listing(mgmt)
+    assert_error(post_models(mgmt, url=recorder.url("noop.mar")), 500, INTERNAL,
+                 "Model file already exists noop.mar")
+    assert store_listing(mgmt) == before
+
+
+def test_7_failed_download_leaves_nothing(mgmt: Daemon, recorder: RecordingServer) -> None:
+    before, seen = store_listing(mgmt), len(recorder.requests)
+    url = recorder.url("missing.mar")
+    assert_error(post_models(mgmt, url=url, initial_workers=1), 400,
+                 "DownloadArchiveException", f"Failed to download archive from: {url}")
+    assert recorder.requests[seen:] == ["/missing.mar"]
+    assert store_listing(mgmt) == before
+    dead = f"http://127.0.0.1:{recorder.server_address[1]}/gone/../x.mar"
+    assert post_models(mgmt, url=dead).status_code == 404    # relative: refused, not fetched
+
+
+def test_downloaded_invalid_archive_is_deleted(mgmt: Daemon, recorder: RecordingServer) -> None:
+    before, extracted_before = store_listing(mgmt), extracted(mgmt)
+    r = post_models(mgmt, url=recorder.url("dl_bad.mar"))
+    assert_error(r, 400, INVALID, "MAR-INF/MANIFEST.json in dl_bad.mar is not valid JSON",
+                 prefix=True)
+    assert store_listing(mgmt) == before and extracted(mgmt) == extracted_before
+
+
+# ---- 8-9: the archive ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url", ["nothere.mar", "sub/noop.mar", "noop", ".", "/noop.mar"])
+def test_8_not_in_the_model_store(mgmt: Daemon, url: str) -> None:
+    assert_error(post_models(mgmt, url=url), 404, NOT_FOUND, f"Model not found at: {url}")
+
+
+@pytest.mark.parametrize(("url", "message"), [
+    ("bad_manifest.mar", "MAR-INF/MANIFEST.json in bad_manifest.mar is not valid JSON"),
+    ("no_manifest.mar", "Model archive no_manifest.mar has no MAR-INF/MANIFEST.json"),
+    ("garbage.mar", "Model archive garbage.mar is neither"),
+])
+def test_9_invalid_archive(mgmt: Daemon, url: str, message: str) -> None:
+    before = extracted(mgmt)
+    assert_error(post_models(mgmt, url=url, initial_workers=1), 400, INVALID, message,
+                 prefix=True)
+    assert extracted(mgmt) == before
+    assert mgmt.mgmt("GET", "/models").json() == {"models": []}
+
+
+# ---- 10-11: the registry and the workers -----------------------------------------------------
+
+def test_10_duplicate_version(mgmt: Daemon) -> None:
+    assert post_models(mgmt, url="noop.mar", model_name="dup").status_code == 200
+    before = extracted(mgmt)
+    for params in ({}, {"initial_workers": 1}, {"synchronous": "false"}):
+        assert_error(post_models(mgmt, url="noop.mar", model_name="dup", **params), 409,
+                     "ConflictStatusException",
+                     "Model version 1.0 is already registered for model dup")
+    assert extracted(mgmt) == before                      # the duplicate's copy is gone
+    assert mgmt.workers("dup") == []
+    # Another version of the same name is fine and does not become the default.
+    assert_status(post_models(mgmt, url="noop_2.mar", model_name="dup"), 200,
+                  registered("dup", "2.0", 0))
+    assert mgmt.describe("dup")[0]["modelVersion"] == "1.0"
+
+
+def _descendants(d: Daemon) -> dict[int, str]:
+    """Live (not zombie) descendants of the daemon: pid -> command line."""
+    found = {}
+    for proc in psutil.Process(d.pid).children(recursive=True):
+        try:
+            if proc.status() != psutil.STATUS_ZOMBIE:
+                found[proc.pid] = " ".join(proc.cmdline())
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
+def test_11_sync_start_failure_unregisters_again(mgmt: Daemon) -> None:
+    processes, before = _descendants(mgmt), extracted(mgmt)
+    head = "Failed to start workers for model fail_load version: 1.0: "
+    for _ in range(2):      # truly gone: the second attempt fails the same way, not with 409
+        r = post_models(mgmt, url="fail_load.mar", initial_workers=1, synchronous="true")
+        assert_error(r, 500, INTERNAL, head, prefix=True)
+        cause = r.json()["message"][len(head):]
+        assert "ModuleNotFoundError" in cause and "torchd_no_such_module" in cause, cause
+        assert_error(mgmt.mgmt("GET", "/models/fail_load"), 404, NOT_FOUND,
+                     "Model not found: fail_load")
+    assert extracted(mgmt) == before
+    # No worker left behind (one may still be exiting for a moment).
+    wait_for(lambda: _descendants(mgmt).keys() <= processes.keys(), 10,
+             lambda: f"left behind: {_descendants(mgmt)} (before: {processes})")
+
+
+def test_scale_start_failure_keeps_the_model(mgmt: Daemon) -> None:
+    assert post_models(mgmt, url="fail_load.mar").status_code == 200
+    r = mgmt.mgmt("PUT", "/models/fail_load", params={"min_worker": 1, "synchronous": "true"})
+    assert_error(r, 500, INTERNAL, "Failed to start workers for model fail_load version: 1.0: ",
+                 prefix=True)
+    assert "torchd_no_such_module" in r.json()["message"]
+    assert mgmt.describe("fail_load")[0]["minWorkers"] == 1
+
+
+@pytest.mark.parametrize("params", [{"initial_workers": 65}, {"initial_workers": 100000}])
+def test_worker_limit_on_register(mgmt: Daemon, params: dict[str, Any]) -> None:
+    r = post_models(mgmt, url="noop.mar", **params)
+    assert_error(r, 400, BAD_REQUEST, "Requested workers exceed the limit of max_workers=64",
+                 prefix=True)
+    assert mgmt.mgmt("GET", "/models").json() == {"models": []}
+
+
+def test_negative_initial_workers_means_none(mgmt: Daemon) -> None:
+    # TorchServe registers with 0 workers for initial_workers <= 0.
+    assert_status(post_models(mgmt, url="noop.mar", initial_workers=-2), 200,
+                  registered("noop", "1.0", 0))
+    doc = mgmt.describe("noop")[0]
+    assert (doc["minWorkers"], doc["maxWorkers"], doc["workers"]) == (0, 0, [])
+
+
+# ---- success paths of the parameters ---------------------------------------------------------
+
+def test_json_body_registration_equals_query(mgmt: Daemon) -> None:
+    params = {"url": "noop.mar", "initial_workers": 1, "synchronous": True, "batch_size": 4,
+              "max_batch_delay": 50, "response_timeout": 30, "startup_timeout": 40,
+              "runtime": "python3"}
+    r = mgmt.mgmt("POST", "/models", json={**params, "model_name": "by_json"})
+    assert_status(r, 200, registered("by_json", "1.0", 1))
+    query = {k: str(v).lower() if isinstance(v, bool) else v for k, v in params.items()}
+    assert_status(post_models(mgmt, **query, model_name="by_query"), 200,
+                  registered("by_query", "1.0", 1))
+
+    def settings(name: str) -> dict[str, Any]:
+        [doc] = mgmt.describe(name)
+        assert doc["modelName"] == name and len(doc["workers"]) == 1
+        return {k: v for k, v in doc.items() if k not in ("modelName", "workers")}
+
+    assert settings("by_json") == settings("by_query")
+    assert (settings("by_json")["batchSize"], settings("by_json")["runtime"]) == (4, "python3")
+    r = mgmt.mgmt("POST", "/models", json={"url": "noop.mar", "model_name": "js_async",
+                                          "initial_workers": 1, "synchronous": False})
+    assert_status(r, 202, "Processing worker updates...")
+    assert mgmt.wait_workers("js_async", 1)
+    r = mgmt.mgmt("POST", "/models", data='{"url": "noop.mar", "model_name": "js_ct"}',
+                  headers={"Content-Type": "application/json; charset=utf-8"})
+    assert_status(r, 200, registered("js_ct", "1.0", 0))
+
+
+def test_json_body_errors(mgmt: Daemon) -> None:
+    for body in ("{not json", "[1, 2]", '"noop.mar"'):
+        r = mgmt.mgmt("POST", "/models", data=body, headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["type"] == BAD_REQUEST, r.text
+    # An empty JSON body falls back to the query string.
+    r = mgmt.mgmt("POST", "/models", params={"url": "noop.mar"}, data="",
+                  headers={"Content-Type": "application/json"})
+    assert_status(r, 200, registered("noop", "1.0", 0))
+
+
+def test_lenient_integers_and_booleans(mgmt: Daemon) -> None:
+    assert_status(post_models(mgmt, url="noop.mar", model_name="len_a", initial_workers="abc"),
+                  200, registered("len_a", "1.0", 0))                    # default: 0
+    assert_status(post_models(mgmt, url="noop.mar", model_name="len_b", initial_workers=1,
+                              synchronous="TRUE"), 200, registered("len_b", "1.0", 1))
+    assert_status(post_models(mgmt, url="noop.mar", model_name="len_c", initial_workers=1,
+                              synchronous="yes"), 202, "Processing worker updates...")
+    assert_status(post_models(mgmt, url="noop.mar", model_name="len_d", batch_size="x",
+                              max_batch_delay="1.5", response_timeout=""),
+                  200, registered("len_d", "1.0", 0))
+    doc = mgmt.describe("len_d")[0]
+    assert (doc["batchSize"], doc["maxBatchDelay"], doc["responseTimeout"]) == (1, 100, 120)
+    mgmt.wait_workers("len_c", 1)
+    r = mgmt.mgmt("PUT", "/models/len_c", params={"min_worker": "two", "synchronous": "True"})
+    assert_status(r, 200, "Workers scaled to 1 for model: len_c")         # default min: 1
+    r = mgmt.mgmt("DELETE", "/models/len_d", params={"synchronous": "maybe", "timeout": "soon"})
+    assert_status(r, 200, 'Model "len_d" unregistered')
+
+
+def test_download_registers_and_unregister_deletes_it(mgmt: Daemon,
+                                                      recorder: RecordingServer) -> None:
+    before = len(extracted(mgmt))
+    url = recorder.url("dl_noop.mar")
+    r = post_models(mgmt, url=url, model_name="dl", initial_workers=1, synchronous="true")
+    assert_status(r, 200, registered("dl", "1.0", 1))
+    assert recorder.requests[-1] == "/dl_noop.mar"
+    assert (mgmt.model_store / "dl_noop.mar").is_file()
+    assert mgmt.describe("dl")[0]["modelUrl"] == url
+    assert len(extracted(mgmt)) == before + 1
+    assert mgmt.infer("POST", "/predictions/dl").status_code == 200
+    assert_status(mgmt.unregister("dl"), 200, 'Model "dl" unregistered')
+    assert not (mgmt.model_store / "dl_noop.mar").exists()
+    assert len(extracted(mgmt)) == before
+
+
+def test_store_archive_is_kept_and_extracted_copy_removed(mgmt: Daemon) -> None:
+    before = len(extracted(mgmt))
+    assert post_models(mgmt, url="noop.mar", model_name="keep").status_code == 200
+    assert len(extracted(mgmt)) == before + 1
+    assert mgmt.unregister("keep").status_code == 200
+    assert (mgmt.model_store / "noop.mar").is_file()
+    assert len(extracted(mgmt)) == before
+
+
+def test_handler_and_model_name_override_the_manifest(mgmt: Daemon) -> None:
+    r = post_models(mgmt, url="echo.mar", model_name="over", handler="handler",
+                    initial_workers=1)
+    assert_status(r, 200, registered("over", "1.0", 1))
+    assert mgmt.infer("POST", "/predictions/over", data=b"hi").status_code == 200
+    r = post_models(mgmt, url="noop.mar", model_name="nohandler", handler="no_such_module",
+                    initial_workers=1)
+    assert r.status_code == 500 and "no_such_module" in r.json()["message"], r.text
