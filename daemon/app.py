@@ -11,7 +11,7 @@ from starlette.routing import Route
 
 from daemon import inference, management
 from daemon.errors import BadRequest, InvalidKey
-from daemon.http_common import EXCEPTION_HANDLERS, RequestContext
+from daemon.http_common import EXCEPTION_HANDLERS, RequestContext, install_reason_phrases
 
 
 def _state(app: Starlette, core: Any, **extra: Any) -> None:
@@ -28,6 +28,7 @@ def _state(app: Starlette, core: Any, **extra: Any) -> None:
 
 
 def _wrap(app: Starlette, core: Any, name: str, token_kind: str | None) -> Any:
+    install_reason_phrases()
     config = core.config
     wrapped: Any = app
     if config.cors_allowed_origin:

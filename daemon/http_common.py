@@ -1,13 +1,17 @@
 """What every listener shares: lenient parameters, request ids, errors, access log, body limits."""
 from __future__ import annotations
 
+import contextvars
+import http
 import logging
 import time
 import uuid
 from typing import Any, Callable
 
+import h11
+from h11._writers import WRITERS
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from daemon.errors import (MethodNotAllowed, PayloadTooLarge, ResourceNotFound, TorchdError,
@@ -93,8 +97,22 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
     return error_response(TorchdError(f"{type(exc).__name__}: {exc}"))
 
 
+class NoResponse(Response):
+    """The client has hung up: there is nobody to answer."""
+
+    def __init__(self) -> None:
+        super().__init__(status_code=499)
+
+    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+        return None
+
+
+async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
+    return NoResponse()
+
+
 EXCEPTION_HANDLERS = {TorchdError: torchd_error, HTTPException: http_error,
-                      Exception: unexpected_error}
+                      ClientDisconnect: client_gone, Exception: unexpected_error}
 
 
 class RequestContext:
@@ -147,3 +165,44 @@ class RequestContext:
 
 def request_id(request: Request) -> str:
     return request.scope["state"]["request_id"]
+
+
+# ---- reason phrases --------------------------------------------------------------------------
+# ASGI has no reason phrase and hypercorn hands h11 none, so every status line would read
+# "HTTP/1.1 201 " where TorchServe sends the handler's own phrase ("201 Created"). A route sets
+# the phrase for its response in ``reason_phrase``; h11's status-line writer picks it up.
+# That works because hypercorn turns the app's http.response.start into the status line inside
+# the app's own task (send -> HTTPStream -> h11 Connection.send, no task switch), so the context
+# variable the route set is visible there. Anything else gets the standard phrase.
+reason_phrase: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "reason_phrase", default=None)
+_STANDARD_PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
+_RESPONSE_WRITERS = ((h11.SERVER, h11.IDLE), (h11.SERVER, h11.SEND_RESPONSE))
+
+
+def install_reason_phrases() -> None:
+    """Make h11 write reason phrases (idempotent; the daemon's only h11 user is hypercorn)."""
+    for key in _RESPONSE_WRITERS:
+        original = WRITERS[key]
+        if not getattr(original, "torchd_reason", False):
+            WRITERS[key] = _with_reason(original)
+
+
+def _with_reason(original: Callable) -> Callable:
+    def write_response(response: Any, write: Callable) -> None:
+        if not response.reason:
+            phrase = _safe_phrase(reason_phrase.get()) or \
+                _STANDARD_PHRASES.get(response.status_code, "")
+            # h11 events are frozen, but hypercorn built this one for this single write
+            object.__setattr__(response, "reason", phrase.encode("latin-1", "replace"))
+        original(response, write)
+
+    write_response.torchd_reason = True   # type: ignore[attr-defined]
+    return write_response
+
+
+def _safe_phrase(phrase: str | None) -> str:
+    """A handler's phrase made fit for a status line: printable, one line."""
+    if not phrase:
+        return ""
+    return "".join(c for c in phrase if c == "\t" or " " <= c <= "~" or c >= "\x80")[:200]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from typing import Any
 
@@ -10,15 +11,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from daemon.errors import ResourceNotFound, ServiceUnavailable, TorchdError, \
-    error_response
-from daemon.http_common import read_body, request_id
+from daemon.errors import InternalServerError, ResourceNotFound, ServiceUnavailable, \
+    TorchdError, error_response
+from daemon.http_common import NoResponse, read_body, reason_phrase, request_id
 from daemon.registry import ModelVersion
 from daemon.scheduler import Job, QueueFull, queue_full_error
 from protocol import messages
 
+logger = logging.getLogger(__name__)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
-ERROR_TYPES = {503: "ServiceUnavailableException", 504: "RequestTimeoutException"}
 
 
 # ---- request → job --------------------------------------------------------------------------
@@ -39,35 +40,34 @@ async def read_parameters(request: Request) -> list[dict[str, Any]]:
     return [messages.parameter("body", content_type, body)]
 
 
-def enqueue(request: Request, name: str, version: str | None,
-            params: list[dict[str, Any]], extra_headers: tuple = ()) -> tuple[ModelVersion, Job]:
-    state = request.app.state
-    mv = state.registry.get(name, version)
-    if not state.supervisor.can_serve(mv):
-        raise ServiceUnavailable(f'Model "{name}" has no worker to serve inference request. '
-                                 'Please use scale workers API to add workers.')
+def new_job(request: Request, params: list[dict[str, Any]], extra_headers: tuple = ()) -> Job:
     rid = request_id(request)
-    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.headers.raw]
+    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.scope["headers"]]
     headers.extend([list(h) for h in extra_headers])
-    job = Job(id=rid, request=messages.request(rid, headers, params), arrival=time.monotonic())
+    return Job(id=rid, request=messages.request(rid, headers, params), arrival=time.monotonic())
+
+
+def submit(request: Request, mv: ModelVersion, job: Job) -> None:
+    if not request.app.state.supervisor.can_serve(mv):
+        raise ServiceUnavailable(f'Model "{mv.name}" has no worker to serve inference request. '
+                                 'Please use scale workers API to add workers.')
     try:
         mv.queue.submit(job)
     except QueueFull:
-        raise queue_full_error(name) from None
-    return mv, job
+        raise queue_full_error(mv.name) from None
 
 
-async def _watch_disconnect(request: Request, job: Job) -> None:
+async def _watch_disconnect(request: Request, mv: ModelVersion, job: Job) -> None:
     """A client that hangs up before dispatch is dropped from the queue, never run."""
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            job.cancelled = True
+            mv.queue.abandon(job)
             return
 
 
-async def first_event(request: Request, job: Job) -> tuple[str, Any]:
-    watcher = asyncio.ensure_future(_watch_disconnect(request, job))
+async def first_event(request: Request, mv: ModelVersion, job: Job) -> tuple[str, Any]:
+    watcher = asyncio.ensure_future(_watch_disconnect(request, mv, job))
     try:
         return await job.events.get()
     finally:
@@ -75,6 +75,7 @@ async def first_event(request: Request, job: Job) -> tuple[str, Any]:
 
 
 def record(request: Request, mv: ModelVersion, job: Job, status: int, named: bool) -> None:
+    """Latency hooks: arrival, dispatch and answer times (TorchServe's ts_* metrics)."""
     now = time.monotonic()
     dispatched = job.dispatched_at or now
     request.app.state.metrics.observe_request(
@@ -85,47 +86,83 @@ def record(request: Request, mv: ModelVersion, job: Job, status: int, named: boo
 # ---- job → response -------------------------------------------------------------------------
 
 def worker_error(response: dict[str, Any]) -> TorchdError:
-    error = TorchdError(response.get("reason") or "Prediction failed", status=response["status"])
-    error.type = ERROR_TYPES.get(error.status, "InternalServerException")
-    return error
+    """A handler's failure. TorchServe types every one InternalServerException, whatever the
+    status (513 from a PredictionException, 503 "Prediction failed", 507 ...)."""
+    return InternalServerError(response.get("reason") or "Prediction failed",
+                               status=response["status"])
 
 
 def render(response: dict[str, Any]) -> Response:
     if response.get("error"):
         return error_response(worker_error(response))
+    reason_phrase.set(response.get("reason"))
     return Response(response["body"], status_code=response.get("status") or 200,
-                    headers=dict(response.get("headers") or ()),
-                    media_type=response.get("content_type"))
+                    headers=handler_headers(response))
 
 
-def stream(first: dict[str, Any], job: Job) -> Response:
-    async def chunks():
-        yield first["body"]
+def handler_headers(response: dict[str, Any]) -> dict[str, str]:
+    """The headers the handler set, and its content type exactly as it gave it (starlette's
+    media_type would append a charset to text types)."""
+    headers = dict(response.get("headers") or ())
+    if response.get("content_type"):
+        headers["content-type"] = response["content_type"]
+    return headers
+
+
+class PartsResponse(StreamingResponse):
+    """The handler's parts as the chunks of one chunked response; its return value is the last.
+
+    A failure after the first part ends the response without its closing empty chunk: the status
+    line has gone already, so the client must see a broken body rather than a complete one.
+    (Returning without the final body message makes hypercorn close the connection.)
+    """
+
+    def __init__(self, first: dict[str, Any], job: Job) -> None:
+        self.first, self.job = first, job
+        self.status_code = first.get("status") or 200
+        self.background = None
+        self.init_headers(handler_headers(first))
+
+    async def stream_response(self, send: Any) -> None:
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.first["body"], "more_body": True})
         while True:
-            kind, payload = await job.events.get()
-            if kind == "error":
+            kind, payload = await self.job.events.get()
+            if kind == "gone":
                 return
-            if not payload.get("error"):
-                yield payload["body"]
-            if kind == "final":
+            if kind == "error" or payload.get("error"):
+                message = payload.message if kind == "error" else payload.get("reason")
+                logger.error("request %s failed after its stream began: %s", self.job.id, message)
                 return
-
-    return StreamingResponse(chunks(), status_code=first.get("status") or 200,
-                             headers=dict(first.get("headers") or ()),
-                             media_type=first.get("content_type"))
+            last = kind == "final"
+            await send({"type": "http.response.body", "body": payload["body"],
+                        "more_body": not last})
+            if last:
+                return
 
 
 async def run_prediction(request: Request, name: str, version: str | None,
                          extra_headers: tuple = ()) -> Response:
     params = await read_parameters(request)
-    mv, job = enqueue(request, name, version, params, extra_headers)
-    kind, payload = await first_event(request, job)
+    mv = request.app.state.registry.get(name, version)
+    job = new_job(request, params, extra_headers)
+    named = version is not None
+    try:
+        submit(request, mv, job)
+    except TorchdError as exc:
+        record(request, mv, job, exc.status, named)
+        raise
+    kind, payload = await first_event(request, mv, job)
+    if kind == "gone":
+        return NoResponse()
     if kind == "error":
-        record(request, mv, job, payload.status, version is not None)
+        record(request, mv, job, payload.status, named)
         return error_response(payload)
-    record(request, mv, job, payload.get("status") or 200, version is not None)
+    record(request, mv, job, payload.get("status") or 200, named)
     if kind == "part":
-        return stream(payload, job)
+        reason_phrase.set(payload.get("reason"))
+        return PartsResponse(payload, job)
     return render(payload)
 
 

@@ -15,7 +15,8 @@ class Job:
     """One inference request on its way to a worker and back.
 
     ``events`` carries what the HTTP side streams out: zero or more ("part", response) then
-    exactly one ("final", response) or ("error", TorchdError).
+    exactly one ("final", response) or ("error", TorchdError); or ("gone", None) once the client
+    has hung up.
     """
 
     id: str
@@ -39,6 +40,11 @@ class Job:
         if not self.finished:
             self.finished = True
             self.events.put_nowait(("error", error))
+
+    def abandon(self) -> None:
+        """The client went away: never dispatch this job; wake whoever waits on it."""
+        self.cancelled = True
+        self.events.put_nowait(("gone", None))
 
 
 class QueueFull(Exception):
@@ -75,6 +81,14 @@ class JobQueue:
         self._jobs.append(job)
         self._arrived.set()
 
+    def abandon(self, job: Job) -> None:
+        """Drop a job whose client hung up: it leaves the queue now and is never dispatched."""
+        job.abandon()
+        try:
+            self._jobs.remove(job)
+        except ValueError:
+            pass   # dispatched already, or popped into a batch that is still collecting
+
     def _drop_cancelled(self) -> None:
         live = [job for job in self._jobs if not job.cancelled]
         if len(live) != len(self._jobs):
@@ -108,15 +122,28 @@ class JobQueue:
         """Wait for the first job, then gather up to ``batch_size`` arriving before the first
         job's arrival + ``max_delay_s``."""
         async with self._collecting:
-            first = await self._wait_for_job(None)
-            batch = [first]
-            deadline = first.arrival + max_delay_s
+            while True:
+                batch = await self._collect(batch_size, max_delay_s)
+                # a client may hang up while its job waits here for the batch to fill
+                batch = [job for job in batch if not job.cancelled]
+                if batch:
+                    return batch
+
+    async def _collect(self, batch_size: int, max_delay_s: float) -> list[Job]:
+        first = await self._wait_for_job(None)
+        batch = [first]
+        deadline = first.arrival + max_delay_s
+        try:
             while len(batch) < batch_size:
                 job = self._pop_live() or await self._wait_for_job(deadline)
                 if job is None:
                     break
                 batch.append(job)
-            return batch
+        except asyncio.CancelledError:
+            # the worker went away while the batch filled: its jobs go back, first in line
+            self.requeue_front(batch)
+            raise
+        return batch
 
     def requeue_front(self, jobs: list[Job]) -> None:
         """Give undispatched jobs back (their worker went away before sending them)."""
