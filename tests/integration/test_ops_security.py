@@ -1,0 +1,171 @@
+"""Secure defaults through the real daemon (SPEC 5.3): token auth and the model API follow the
+bind address, explicit settings win, keys live in a 0600 key_file.json and rotate via /token,
+and nothing is fetched for a URL outside allowed_urls."""
+from __future__ import annotations
+
+import http.server
+import json
+import stat
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import requests
+
+from tests.integration.test_ops_support import make_store, run_health
+from tests.support.daemon import Daemon, free_port
+
+INVALID_KEY = {"code": 401, "type": "InvalidKeyException"}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def keys(d: Daemon) -> dict[str, str]:
+    data = json.loads((d.workdir / "key_file.json").read_text())
+    return {kind: entry["key"] for kind, entry in data.items()}
+
+
+def error_kind(response: requests.Response) -> dict:
+    body = response.json()
+    return {"code": body["code"], "type": body["type"]}
+
+
+def exposed_daemon(archive_dir: Path, workdir: Path, api: str, **settings) -> Daemon:
+    """A daemon whose ``api`` listener binds 0.0.0.0 (still reached via 127.0.0.1 here)."""
+    port = free_port()
+    d = Daemon(workdir, make_store(archive_dir, workdir / "store", ["noop"]),
+               {"worker_spawn": "exec", f"{api}_address": f"http://0.0.0.0:{port}", **settings})
+    d.ports[api] = port
+    return d
+
+
+@pytest.fixture(scope="module")
+def tokened(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """Inference on 0.0.0.0: token auth on by default; management loopback: model API on."""
+    d = exposed_daemon(archive_dir, tmp_path_factory.mktemp("ops-tokens"), "inference")
+    try:
+        d.start()
+        yield SimpleNamespace(daemon=d, keys=keys(d))
+    finally:
+        d.cleanup()
+
+
+def test_key_file_is_private_and_holds_every_key(tokened):
+    path = tokened.daemon.workdir / "key_file.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert set(tokened.keys) == {"management", "inference", "API"}
+    assert len(set(tokened.keys.values())) == 3
+
+
+def test_requests_without_the_key_get_401(tokened):
+    d, k = tokened.daemon, tokened.keys
+    for response in (d.infer("POST", "/predictions/noop", data=b"x"),
+                     d.infer("GET", "/ping"),
+                     d.infer("POST", "/predictions/noop", headers=bearer("wrong")),
+                     d.infer("POST", "/predictions/noop", headers=bearer(k["management"])),
+                     d.mgmt("GET", "/models"),
+                     d.mgmt("GET", "/models", headers=bearer(k["inference"]))):
+        assert response.status_code == 401, response.text
+        assert error_kind(response) == INVALID_KEY
+        assert "x-request-id" in response.headers
+
+
+def test_the_keys_from_key_file_pass(tokened):
+    d, k = tokened.daemon, tokened.keys
+    registered = d.mgmt("POST", "/models", headers=bearer(k["management"]),
+                        params={"url": "noop.mar", "model_name": "tok", "initial_workers": 1,
+                                "synchronous": "true"})
+    assert registered.status_code == 200, registered.text
+    predicted = d.infer("POST", "/predictions/tok", data=b"x", headers=bearer(k["inference"]))
+    assert predicted.status_code == 200 and predicted.json() == {"ok": 1}
+    # The metrics port is not token-protected (TorchServe's too): scrapers carry no keys.
+    assert requests.get(d.url("metrics", "/metrics"), timeout=10).status_code == 200
+
+
+def test_health_script_reads_the_management_key(tokened):
+    d = tokened.daemon
+    url = d.url("management", "")
+    ok = run_health("--management-url", url, "--key-file", str(d.workdir / "key_file.json"))
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    refused = run_health("--management-url", url)
+    assert refused.returncode == 2
+    assert "401 InvalidKeyException" in refused.stdout
+
+
+def test_token_api_rotates_the_inference_key(tokened):
+    d, k = tokened.daemon, tokened.keys
+    assert d.mgmt("GET", "/token", params={"type": "inference"},
+                  headers=bearer(k["management"])).status_code == 401
+    rotated = d.mgmt("GET", "/token", params={"type": "inference"}, headers=bearer(k["API"]))
+    assert rotated.status_code == 200, rotated.text
+    new = rotated.json()["inference"]["key"]
+    assert new != k["inference"]
+    old_key = d.infer("GET", "/ping", headers=bearer(k["inference"]))
+    assert old_key.status_code == 401 and error_kind(old_key) == INVALID_KEY
+    assert d.infer("GET", "/ping", headers=bearer(new)).status_code == 200
+    on_disk = keys(d)
+    assert on_disk["inference"] == new and on_disk["management"] == k["management"]
+    assert stat.S_IMODE((d.workdir / "key_file.json").stat().st_mode) == 0o600
+    tokened.keys = on_disk
+
+
+class CountingServer(http.server.ThreadingHTTPServer):
+    """Records every accepted connection, whether or not a request follows."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+        self.connections: list = []
+
+    def verify_request(self, request, client_address) -> bool:
+        self.connections.append(client_address)
+        return False
+
+
+def test_url_outside_allowed_urls_is_refused_without_a_connection(tokened):
+    d, k = tokened.daemon, tokened.keys
+    server = CountingServer()
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/noop.mar"   # default: https only
+        refused = d.mgmt("POST", "/models", params={"url": url},
+                         headers=bearer(k["management"]))
+        assert refused.status_code == 404, refused.text
+        assert refused.json()["message"] == f"Given URL {url} does not match any allowed URL(s)"
+        assert server.connections == []
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_model_api_off_when_management_is_exposed(archive_dir, tmp_path):
+    d = exposed_daemon(archive_dir, tmp_path / "d", "management")
+    try:
+        d.start()
+        key = bearer(keys(d)["management"])   # token auth on too: not every listener is loopback
+        assert d.mgmt("GET", "/models").status_code == 401
+        registered = d.mgmt("POST", "/models", params={"url": "noop.mar"}, headers=key)
+        assert registered.status_code == 405, registered.text
+        assert registered.json()["type"] == "MethodNotAllowedException"
+        assert d.mgmt("DELETE", "/models/noop", headers=key).status_code == 405
+        assert d.mgmt("GET", "/models", headers=key).json() == {"models": []}
+    finally:
+        d.cleanup()
+
+
+def test_explicit_settings_win_over_the_bind_address(archive_dir, tmp_path):
+    d = exposed_daemon(archive_dir, tmp_path / "d", "management", enable_model_api="true",
+                       disable_token_authorization="true")
+    try:
+        d.start()
+        assert not (d.workdir / "key_file.json").exists()
+        registered = d.register("noop.mar", model_name="open", initial_workers=1)
+        assert registered.status_code == 200, registered.text
+        assert d.infer("POST", "/predictions/open", data=b"x").json() == {"ok": 1}
+        assert d.unregister("open").status_code == 200
+    finally:
+        d.cleanup()
