@@ -104,6 +104,10 @@ class ModelManager:
         name = req.model_name or model.get("modelName")
         if not name:
             raise BadRequest("Parameter model_name is required (the manifest has no modelName)")
+        if "/" in name or name in (".", ".."):
+            # Such a name could never be addressed in a URL path, nor unregistered again.
+            raise BadRequest(f"Invalid model name: {name} (it must not contain '/' or be '.' "
+                             "or '..')")
         version = str(model.get("modelVersion") or "1.0")
         handler = req.handler or model.get("handler") or ""
         if not handler:
@@ -128,6 +132,11 @@ class ModelManager:
                     return int(layer[key])
             return int(default)
 
+        def seconds(explicit: int | None, key: str, default: int) -> int:
+            # TorchServe clients send -1 for "the default"; no timeout can be 0 s or less.
+            value = pick(explicit if explicit is None or explicit > 0 else None, key, default)
+            return value if value > 0 else int(default)
+
         cfg = self.config
         # TorchServe registers with no workers for initial_workers <= 0.
         min_workers = max(0, pick(req.initial_workers, "minWorkers", cfg.register_workers_default))
@@ -137,10 +146,10 @@ class ModelManager:
         return ModelSettings(
             batch_size=max(1, pick(req.batch_size, "batchSize", 1)),
             max_batch_delay=max(0, pick(req.max_batch_delay, "maxBatchDelay", 100)),
-            response_timeout=pick(req.response_timeout, "responseTimeout",
-                                  cfg.default_response_timeout),
-            startup_timeout=pick(req.startup_timeout, "startupTimeout",
-                                 cfg.default_startup_timeout),
+            response_timeout=seconds(req.response_timeout, "responseTimeout",
+                                     cfg.default_response_timeout),
+            startup_timeout=seconds(req.startup_timeout, "startupTimeout",
+                                    cfg.default_startup_timeout),
             job_queue_size=max(1, pick(req.job_queue_size, "jobQueueSize", cfg.job_queue_size)),
             min_workers=min_workers, max_workers=max(min_workers, max_workers),
             max_requests_per_worker=cfg.max_requests_per_worker,

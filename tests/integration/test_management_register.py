@@ -301,3 +301,22 @@ def test_handler_and_model_name_override_the_manifest(mgmt: Daemon) -> None:
     r = post_models(mgmt, url="noop.mar", model_name="nohandler", handler="no_such_module",
                     initial_workers=1)
     assert r.status_code == 500 and "no_such_module" in r.json()["message"], r.text
+
+
+@pytest.mark.parametrize("name", ["a/b", "..", "."])
+def test_unaddressable_model_name(mgmt: Daemon, name: str) -> None:
+    before = extracted(mgmt)
+    assert_error(post_models(mgmt, url="noop.mar", model_name=name), 400, BAD_REQUEST,
+                 f"Invalid model name: {name}", prefix=True)
+    assert extracted(mgmt) == before
+    assert mgmt.mgmt("GET", "/models").json() == {"models": []}
+
+
+def test_timeouts_of_zero_or_less_mean_the_default(mgmt: Daemon) -> None:
+    # TorchServe clients send -1 for "the default"; a 0 s timeout would fail every request.
+    r = post_models(mgmt, url="noop.mar", initial_workers=1, response_timeout=-1,
+                    startup_timeout=0)
+    assert_status(r, 200, registered("noop", "1.0", 1))
+    doc = mgmt.describe("noop")[0]
+    assert (doc["responseTimeout"], doc["startupTimeout"]) == (120, 120)
+    assert mgmt.infer("POST", "/predictions/noop").json() == {"ok": 1}
