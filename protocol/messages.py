@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from protocol.frames import DEFAULT_MAX_FRAME
+
 # worker -> daemon
 HELLO = "hello"            # pid, worker_id
 LOADED = "loaded"          # ok, error (cause text, "Type: message"), load_seconds
@@ -38,11 +40,12 @@ def hello(pid: int, worker_id: str) -> dict[str, Any]:
 
 def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_size: int,
          model_yaml_config: dict, server_version: str, limit_max_image_pixels: bool = True,
-         ) -> dict[str, Any]:
+         max_response_size: int = DEFAULT_MAX_FRAME) -> dict[str, Any]:
     return {"kind": LOAD, "model_dir": model_dir, "model_name": model_name, "handler": handler,
             "manifest": manifest, "batch_size": batch_size,
             "model_yaml_config": model_yaml_config, "server_version": server_version,
-            "limit_max_image_pixels": limit_max_image_pixels}
+            "limit_max_image_pixels": limit_max_image_pixels,
+            "max_response_size": max_response_size}
 
 
 def loaded(ok: bool, error: str | None = None, load_seconds: float = 0.0) -> dict[str, Any]:
