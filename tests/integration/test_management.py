@@ -449,7 +449,6 @@ def test_describe_customized_metadata(mgmt: Daemon) -> None:
 
 
 def _predict_sleep(d: Daemon, name: str, seconds: float) -> tuple[int, Any, float]:
-    started = time.monotonic()
     r = d.infer("POST", f"/predictions/{name}", json={"sleep": seconds}, timeout=60)
     try:
         body = r.json()

@@ -7,21 +7,21 @@ from typing import Any
 
 import psutil
 import pytest
-
-from test_management import (  # noqa: F401  (fixtures are used by name)
+import test_management as base
+from test_management import (
     RecordingServer,
     assert_error,
     assert_status,
-    clean,
     extracted,
-    mgmt,
     post_models,
-    recorder,
     registered,
-    served,
     wait_for,
 )
+
 from tests.support.daemon import Daemon
+
+# The daemon, recording server and cleanup of test_management.py (this module gets its own).
+served, recorder, mgmt, clean = base.served, base.recorder, base.mgmt, base.clean
 
 BAD_REQUEST, NOT_FOUND = "BadRequestException", "ModelNotFoundException"
 INVALID, INTERNAL = "InvalidModelException", "InternalServerException"
