@@ -230,7 +230,8 @@ async def v2_model_ready(request: Request) -> Response:
         return v2_error(exc.message, exc.status)
     ready = request.app.state.supervisor.ready_count(mv) >= max(1, mv.settings.min_workers)
     if not ready:
-        return v2_error(f'Model "{mv.name}" version {mv.version} is not ready', 503)
+        # a 4xx, which v2 clients read as "not ready" (a 5xx reads as a server failure)
+        return v2_error(f'Model "{mv.name}" version {mv.version} is not ready', 400)
     return JSONResponse({"name": mv.name, "ready": True})
 
 

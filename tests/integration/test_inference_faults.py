@@ -1,0 +1,263 @@
+"""Inference under trouble, with real workers (SPEC 2): a full queue, response timeouts, a worker
+killed mid-request, clients that hang up while queued, and health that tells the truth."""
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.integration.conftest import copy_store
+from tests.support.archives import ARCHIVER
+from tests.support.daemon import Daemon
+
+QUEUE = 3
+
+# Appends its request's X-Tag to the file named by X-Log when the request reaches the handler,
+# then sleeps X-Sleep seconds: which requests ran, and in what order.
+TRACE = '''
+import time
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    for idx in range(len(data)):
+        log = context.get_request_header(idx, "x-log")
+        if log:
+            with open(log, "a") as f:
+                f.write(context.get_request_header(idx, "x-tag") + "\\n")
+    time.sleep(max(float(context.get_request_header(i, "x-sleep") or 0)
+                   for i in range(len(data))))
+    return ["done" for _ in data]
+'''
+
+# Takes a second to load, so a scale-up stays below minWorkers long enough to look at.
+SLOW_LOAD = '''
+import time
+
+
+def handle(data, context):
+    if data is None:
+        time.sleep(1.0)
+        return None
+    return ["loaded slowly" for _ in data]
+'''
+
+
+def archive(source: str, name: str, out: Path, work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    (work / f"{name}.py").write_text(source)
+    subprocess.run([str(ARCHIVER), "--model-name", name, "--version", "1.0",
+                    "--handler", str(work / f"{name}.py"), "--export-path", str(out), "--force"],
+                   check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def daemon(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("inference-faults")
+    store = copy_store(archive_dir, workdir / "store")
+    archive(TRACE, "trace", store, workdir / "src")
+    archive(SLOW_LOAD, "slow_load", store, workdir / "src")
+    d = Daemon(workdir, store, {"job_queue_size": QUEUE})
+    d.start()
+    yield d
+    d.cleanup()
+
+
+@pytest.fixture
+def model(daemon: Daemon):
+    """Register an archive under a name for one test; unregistered afterwards."""
+    names = []
+
+    def register(url: str, name: str, **params) -> str:
+        r = daemon.register(url, model_name=name, **params)
+        assert r.status_code in (200, 202), r.text
+        names.append(name)
+        return name
+
+    yield register
+    for name in names:
+        daemon.unregister(name)
+
+
+def timed_post(d: Daemon, path: str, **kwargs) -> tuple[float, requests.Response]:
+    started = time.monotonic()
+    response = d.infer("POST", path, timeout=60, **kwargs)
+    return time.monotonic() - started, response
+
+
+def only_pid(d: Daemon, name: str) -> int:
+    return d.wait_workers(name, 1)[0]["pid"]
+
+
+def gone(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+# ---- backpressure -------------------------------------------------------------------------
+
+def test_full_queue_answers_503_at_once(daemon, model):
+    """One request in the worker + job_queue_size (3) waiting are served; the rest get 503 at
+    once. The queue counts waiting requests, not the batch the worker holds."""
+    name = model("sleep.mar", "qfull", initial_workers=1)
+    path = f"/predictions/{name}"
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        first = pool.submit(timed_post, daemon, path, json={"sleep": 1})
+        time.sleep(0.3)    # the first request is in the worker now
+        rest = [pool.submit(timed_post, daemon, path, json={"sleep": 1}) for _ in range(7)]
+        time.sleep(0.3)
+        queued = daemon.describe(name)[0]["jobQueueStatus"]
+        answers = [first.result()] + [f.result() for f in rest]
+    assert queued == {"remainingCapacity": 0, "pendingRequests": QUEUE}
+    ok = [(t, r) for t, r in answers if r.status_code == 200]
+    full = [(t, r) for t, r in answers if r.status_code != 200]
+    assert len(ok) == 1 + QUEUE and len(full) == 4, [r.status_code for _, r in answers]
+    for elapsed, r in full:
+        assert r.status_code == 503 and elapsed < 0.5
+        assert r.headers["retry-after"] == "1"
+        assert r.json() == {"code": 503, "type": "ServiceUnavailableException",
+                            "message": f'Model "{name}" job queue is full'}
+    # one worker, one batch at a time: the last of the four is answered after about 4 s
+    assert max(t for t, _ in ok) > 3.5
+
+
+# ---- response timeout ---------------------------------------------------------------------
+
+def test_response_timeout_is_504_and_the_worker_is_replaced(daemon, model):
+    name = model("sleep.mar", "slowpoke", initial_workers=1, response_timeout=2)
+    old = only_pid(daemon, name)
+    elapsed, r = timed_post(daemon, f"/predictions/{name}", json={"sleep": 5})
+    assert r.status_code == 504 and 1.9 < elapsed < 3.5, (r.status_code, elapsed)
+    assert r.json() == {"code": 504, "type": "RequestTimeoutException",
+                        "message": f'Model "{name}" version 1.0 did not answer within 2 s '
+                                   '(response_timeout)'}
+    elapsed, again = timed_post(daemon, f"/predictions/{name}", json={"sleep": 0})
+    assert again.status_code == 200 and again.json() == {"slept": 0.0}
+    assert elapsed < 2.0, elapsed    # the replacement starts at once
+    assert only_pid(daemon, name) != old and gone(old)
+
+
+# ---- worker crash -------------------------------------------------------------------------
+
+def test_worker_killed_mid_request_fails_that_request_at_once(daemon, model):
+    name = model("sleep.mar", "victim", initial_workers=1)
+    old = only_pid(daemon, name)
+    path = f"/predictions/{name}"
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        busy = pool.submit(timed_post, daemon, path, json={"sleep": 10})
+        time.sleep(0.5)
+        queued = [pool.submit(timed_post, daemon, path, json={"sleep": 0}) for _ in range(2)]
+        time.sleep(0.3)
+        killed_at = time.monotonic()
+        os.kill(old, signal.SIGKILL)
+        elapsed, r = busy.result()
+        answered_after = time.monotonic() - killed_at
+        others = [f.result()[1] for f in queued]
+    assert r.status_code == 500 and answered_after < 1.0, (r.status_code, answered_after)
+    assert r.json() == {"code": 500, "type": "InternalServerException",
+                        "message": "Worker died."}
+    assert [o.status_code for o in others] == [200, 200]   # served by the replacement
+    new = only_pid(daemon, name)
+    assert new != old and gone(old)
+    assert daemon.infer("POST", path, json={"sleep": 0}).status_code == 200
+
+
+# ---- client disconnect --------------------------------------------------------------------
+
+def send_and_hang_up(d: Daemon, path: str, headers: dict[str, str], after: float) -> None:
+    """POST a request, then close the connection without reading the answer."""
+    port = d.ports["inference"]
+    head = [f"POST {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Content-Length: 0",
+            *(f"{k}: {v}" for k, v in headers.items())]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(("\r\n".join(head) + "\r\n\r\n").encode())
+        time.sleep(after)
+
+
+def test_a_client_that_hangs_up_while_queued_is_never_run(daemon, model, tmp_path):
+    name = model("trace.mar", "hangup", initial_workers=1)
+    log = tmp_path / "seen.log"
+    path = f"/predictions/{name}"
+
+    def post(tag: str, sleep: float) -> requests.Response:
+        return daemon.infer("POST", path, headers={"X-Log": str(log), "X-Tag": tag,
+                                                   "X-Sleep": str(sleep)}, timeout=30)
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, "A", 1.5)
+        time.sleep(0.3)
+        send_and_hang_up(daemon, path, {"X-Log": str(log), "X-Tag": "B"}, after=0.3)
+        time.sleep(0.2)
+        # B left the queue when its client went, not when a worker came to it
+        assert daemon.describe(name)[0]["jobQueueStatus"]["pendingRequests"] == 0
+        last = pool.submit(post, "C", 0)
+        assert first.result().status_code == 200 and last.result().status_code == 200
+    assert log.read_text().split() == ["A", "C"]
+
+
+def test_a_client_that_hangs_up_while_its_batch_fills_is_never_run(daemon, model, tmp_path):
+    name = model("trace.mar", "hangup_batch", initial_workers=1, batch_size=2,
+                 max_batch_delay=1000)
+    log = tmp_path / "seen.log"
+    send_and_hang_up(daemon, f"/predictions/{name}", {"X-Log": str(log), "X-Tag": "B"},
+                     after=0.3)
+    time.sleep(1.0)     # past the batch delay: the batch held only B, and B has gone
+    r = daemon.infer("POST", f"/predictions/{name}", headers={"X-Log": str(log), "X-Tag": "C"})
+    assert r.status_code == 200 and r.text == "done"
+    assert log.read_text().split() == ["C"]
+
+
+# ---- health -------------------------------------------------------------------------------
+
+def health(d: Daemon) -> tuple[tuple[int, dict], tuple[int, dict]]:
+    ping = d.infer("GET", "/ping")
+    ready = d.infer("GET", "/v2/health/ready")
+    return (ping.status_code, ping.json()), (ready.status_code, ready.json())
+
+
+HEALTHY = ((200, {"status": "Healthy"}), (200, {"ready": True}))
+UNHEALTHY = ((500, {"status": "Unhealthy"}), (503, {"ready": False}))
+
+
+def wait_for(predicate, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while not (value := predicate()):
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+    return value
+
+
+def test_failed_workers_make_ping_unhealthy(daemon, model):
+    assert health(daemon) == HEALTHY
+    name = model("fail_load.mar", "broken", initial_workers=1, synchronous="false")
+    assert health(daemon) == UNHEALTHY       # starting: below minWorkers
+    wait_for(lambda: [w["status"] for w in daemon.workers(name)] == ["FAILED"])
+    assert health(daemon) == UNHEALTHY
+    r = daemon.infer("GET", f"/v2/models/{name}/ready")
+    assert r.status_code == 400 and "not ready" in r.json()["error"]
+    daemon.unregister(name)
+    assert health(daemon) == HEALTHY
+
+
+def test_ready_only_once_a_scale_up_reaches_min_workers(daemon, model):
+    name = model("slow_load.mar", "scaled", initial_workers=1)
+    assert health(daemon) == HEALTHY
+    r = daemon.mgmt("PUT", f"/models/{name}", params={"min_worker": 2, "synchronous": "false"})
+    assert r.status_code == 202, r.text
+    assert health(daemon) == UNHEALTHY       # the second worker takes a second to load
+    assert daemon.infer("GET", f"/v2/models/{name}/ready").status_code == 400
+    wait_for(lambda: health(daemon) == HEALTHY)
+    assert len(daemon.wait_workers(name, 2)) == 2
+    r = daemon.infer("GET", f"/v2/models/{name}/ready")
+    assert r.status_code == 200 and r.json() == {"name": name, "ready": True}
