@@ -3,7 +3,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.openapi import ANY, error, json_content, operation, path_param, ref, response
+from daemon.openapi import (
+    ANY,
+    error,
+    json_content,
+    operation,
+    path_param,
+    ref,
+    response,
+)
 
 MODEL_NAME = path_param("model_name", "The model's registered name.")
 MODEL_VERSION = path_param("model_version", "A registered version of the model.")
@@ -50,10 +58,19 @@ def _v2_error(description: str) -> dict[str, Any]:
 
 
 def _v2_model_ready(operation_id: str) -> dict[str, Any]:
+    # Not ready is a 4xx (SPEC 2): the model's state, not a server failure.
     return operation(operation_id, "Whether the model can serve requests.",
                      {"200": response("Ready.", ref("V2ModelReady")),
-                      "404": _v2_error("Unknown model or version."),
-                      "503": _v2_error("Not ready.")})
+                      "400": _v2_error("Registered, but fewer workers READY than minWorkers "
+                                       "(at least one)."),
+                      "404": _v2_error("Unknown model or version.")})
+
+
+def _ping(operation_id: str) -> dict[str, Any]:
+    return operation(
+        operation_id, "Health: every model's default version has its minimum of workers.",
+        {"200": response("Healthy.", ref("Status")),
+         "500": response("Unhealthy.", ref("Status"))})
 
 
 def _v2_metadata(operation_id: str) -> dict[str, Any]:
@@ -74,14 +91,19 @@ def _v2_infer(operation_id: str) -> dict[str, Any]:
 def paths() -> dict[str, Any]:
     model, version = [MODEL_NAME], [MODEL_NAME, MODEL_VERSION]
     return {
-        "/ping": {"get": operation(
-            "ping", "Health: every model's default version has its minimum of workers.",
-            {"200": response("Healthy.", ref("Status")),
-             "500": response("Unhealthy.", ref("Status"))})},
-        "/predictions/{model_name}": {"parameters": model, "post": _predict(
-            "predictions", "Predict with the model's default version.")},
-        "/predictions/{model_name}/{model_version}": {"parameters": version, "post": _predict(
-            "versionPredictions", "Predict with one version.")},
+        # POST /ping and PUT /predictions are accepted as TorchServe accepts them (SPEC 1.8).
+        "/ping": {"get": _ping("ping"), "post": _ping("pingPost")},
+        "/predictions/{model_name}": {
+            "parameters": model,
+            "post": _predict("predictions", "Predict with the model's default version."),
+            "put": _predict("putPredictions", "Predict with the model's default version "
+                            "(same as POST)."),
+        },
+        "/predictions/{model_name}/{model_version}": {
+            "parameters": version,
+            "post": _predict("versionPredictions", "Predict with one version."),
+            "put": _predict("putVersionPredictions", "Predict with one version (same as POST)."),
+        },
         "/explanations/{model_name}": {"parameters": model, "post": _predict(
             "explanations", "Explain with the model's default version.")},
         "/explanations/{model_name}/{model_version}": {"parameters": version, "post": _predict(

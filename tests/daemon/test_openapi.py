@@ -27,8 +27,9 @@ MANAGEMENT_ENDPOINTS = {
 
 INFERENCE_ENDPOINTS = {
     ("options", "/"), ("get", "/api-description"),
-    ("get", "/ping"),
+    ("get", "/ping"), ("post", "/ping"),
     ("post", "/predictions/{model_name}"), ("post", "/predictions/{model_name}/{model_version}"),
+    ("put", "/predictions/{model_name}"), ("put", "/predictions/{model_name}/{model_version}"),
     ("post", "/explanations/{model_name}"), ("post", "/explanations/{model_name}/{model_version}"),
     ("post", "/v1/models/{model_name}:predict"), ("post", "/v1/models/{model_name}:explain"),
     ("get", "/v2"), ("get", "/v2/health/live"), ("get", "/v2/health/ready"),
@@ -56,10 +57,12 @@ MANAGEMENT_STATUSES = {
 PREDICTION_STATUSES = {"200", "404", "413", "500", "503", "504", "507", "default"}
 INFERENCE_STATUSES = {
     ("get", "/ping"): {"200", "500"},
-    **{("post", path): PREDICTION_STATUSES for method, path in INFERENCE_ENDPOINTS
+    ("post", "/ping"): {"200", "500"},
+    **{(method, path): PREDICTION_STATUSES for method, path in INFERENCE_ENDPOINTS
        if path.startswith(("/predictions", "/explanations", "/v1/"))},
     ("get", "/v2/health/ready"): {"200", "503"},
-    ("get", "/v2/models/{model_name}/ready"): {"200", "404", "503"},
+    ("get", "/v2/models/{model_name}/ready"): {"200", "400", "404"},
+    ("get", "/v2/models/{model_name}/versions/{model_version}/ready"): {"200", "400", "404"},
     ("get", "/v2/models/{model_name}"): {"200", "404"},
 }
 
@@ -255,3 +258,22 @@ def test_documents_are_independent_copies() -> None:
     validate(second)
     assert second["paths"]["/models"]["get"]["responses"]
     assert "bogus" not in second["components"]["schemas"]["Error"]["required"]
+
+
+def test_v2_model_not_ready_is_a_400(inference: dict[str, Any]) -> None:
+    for path in ("/v2/models/{model_name}/ready",
+                 "/v2/models/{model_name}/versions/{model_version}/ready"):
+        responses = inference["paths"][path]["get"]["responses"]
+        assert "503" not in responses, path
+        schema = response_schema(inference, path, "get", "400")
+        assert schema_validator(inference, schema).is_valid(
+            {"error": 'Model "mlp" version 1.0 is not ready'})
+
+
+def test_post_ping_and_put_predictions_match_their_twins(inference: dict[str, Any]) -> None:
+    paths = inference["paths"]
+    assert paths["/ping"]["post"]["responses"] == paths["/ping"]["get"]["responses"]
+    for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
+        put, post = paths[path]["put"], paths[path]["post"]
+        assert put["responses"] == post["responses"]
+        assert put["requestBody"] == post["requestBody"]

@@ -599,3 +599,16 @@ def test_scale_parameter_errors_in_torchserve_order(mgmt: Daemon) -> None:
                      "Requested workers exceed the limit of max_workers=64", prefix=True)
     doc = mgmt.describe("sc")[0]
     assert (doc["minWorkers"], doc["maxWorkers"], len(doc["workers"])) == (1, 1, 1)
+
+
+def test_documented_twins_post_ping_and_put_predictions(mgmt: Daemon) -> None:
+    doc = requests.options(mgmt.url("inference", "/"), timeout=10).json()
+    assert {"get", "post"} <= set(doc["paths"]["/ping"])
+    assert "put" in doc["paths"]["/predictions/{model_name}/{model_version}"]
+    for method in ("GET", "POST"):
+        r = mgmt.infer(method, "/ping")
+        assert (r.status_code, r.json()) == (200, {"status": "Healthy"})
+    assert post_models(mgmt, url="noop.mar", initial_workers=1).status_code == 200
+    for path in ("/predictions/noop", "/predictions/noop/1.0"):
+        r = mgmt.infer("PUT", path, data=b"x")
+        assert (r.status_code, r.json()) == (200, {"ok": 1})
