@@ -117,6 +117,21 @@ def test_scale_1_5_1_under_load_loses_nothing(sv: Daemon) -> None:
         unregister(sv, "sv_scale")
 
 
+def test_response_timeout_fails_the_batch_and_replaces_the_worker(sv: Daemon) -> None:
+    register(sv, "sleep.mar", "sv_slow", response_timeout=1)
+    try:
+        (victim,) = ready_pids(sv, "sv_slow")
+        call = post(sv, "/predictions/sv_slow", {"sleep": 5})
+        assert call.status == 504 and call.is_json_error, call
+        assert call.body["type"] == "RequestTimeoutException"
+        assert call.seconds < 3.0
+        wait_until(lambda: ready_pids(sv, "sv_slow") - {victim}, 10, 0.1, "a replacement")
+        wait_until(lambda: gone(victim), 5, what="the late worker killed")
+        assert post(sv, "/predictions/sv_slow", {"sleep": 0}).status == 200
+    finally:
+        unregister(sv, "sv_slow")
+
+
 # ---- FAILED --------------------------------------------------------------------------------
 
 def failed_worker(d: Daemon, name: str) -> dict | None:

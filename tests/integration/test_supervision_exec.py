@@ -1,0 +1,76 @@
+"""Exec-spawned workers (``worker_spawn=exec``) and worker recycling
+(``max_requests_per_worker=3``), on one daemon; its last test kills it with SIGKILL."""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.integration.test_supervision_helpers import (
+    Load, ZYGOTE_TITLE, copy_archives, descendants, gone, ready_pids, title, wait_until)
+from tests.support.daemon import Daemon
+
+SETTINGS = {"worker_spawn": "exec", "max_requests_per_worker": 3}
+
+
+@pytest.fixture(scope="module")
+def ex(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("supervision-exec")
+    daemon = Daemon(workdir, copy_archives(archive_dir, workdir / "store"), SETTINGS)
+    daemon.start()
+    yield daemon
+    daemon.cleanup()
+
+
+def test_exec_workers_are_titled_children_of_the_daemon(ex: Daemon) -> None:
+    assert ex.register("noop.mar", model_name="ex_titles", initial_workers=2).status_code == 200
+    try:
+        workers = ex.wait_workers("ex_titles", 2)
+        procs = {p.pid: p for p in descendants(ex)}
+        assert ZYGOTE_TITLE not in [title(p) for p in procs.values()]
+        for worker in workers:
+            proc = procs[worker["pid"]]
+            assert title(proc) == f"torchd worker ex_titles 1.0 {worker['id']}"
+            assert proc.ppid() == ex.pid
+        assert ex.infer("POST", "/predictions/ex_titles").json() == {"ok": 1}
+        (victim, _) = sorted(ready_pids(ex, "ex_titles"))
+        os.kill(victim, signal.SIGKILL)
+        wait_until(lambda: len(ready_pids(ex, "ex_titles") - {victim}) == 2, 15, 0.1,
+                   "a replacement")
+    finally:
+        ex.unregister("ex_titles")
+
+
+def test_recycled_worker_is_replaced_before_it_retires(ex: Daemon) -> None:
+    assert ex.register("noop.mar", model_name="ex_recycle", initial_workers=1).status_code == 200
+    try:
+        (first,) = ex.workers("ex_recycle")
+        with Load(ex, "/predictions/ex_recycle", threads=2) as load:
+            wait_until(lambda: f"worker {first['id']} stopped" in ex.log(), 20, 0.1,
+                       "the first worker recycled")
+            time.sleep(0.5)
+        assert load.failures() == []
+        log = ex.log()
+        stopped = log.index(f"worker {first['id']} stopped")
+        ready = [int(m.group(1)) for m in re.finditer(r"worker (\d+) READY", log[:stopped])]
+        assert any(wid > int(first["id"]) for wid in ready), "stopped before a replacement"
+        wait_until(lambda: len(ready_pids(ex, "ex_recycle")) == 1, 15, 0.1, "one READY")
+        assert gone(first["pid"])
+    finally:
+        ex.unregister("ex_recycle")
+
+
+def test_sigkill_exec_daemon_leaves_no_worker(ex: Daemon) -> None:
+    assert ex.register("noop.mar", model_name="ex_orph", initial_workers=2).status_code == 200
+    procs = descendants(ex)
+    assert len(procs) >= 2
+    ex.kill()
+    killed_at = time.monotonic()
+    wait_until(lambda: all(gone(p.pid) for p in procs), 10, 0.05, "every worker gone")
+    assert time.monotonic() - killed_at < 5.0
+    assert not any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in procs)
