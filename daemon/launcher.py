@@ -10,16 +10,46 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
+
+import psutil
 
 from protocol import messages
+from protocol.frames import ProtocolError
 from protocol.streams import read_frame, write_frame
 
 logger = logging.getLogger(__name__)
 
 ExitCallback = Callable[[int, int], None]   # (pid, returncode; negative = killed by signal)
 ZYGOTE_START_TIMEOUT = 60.0
+
+
+class ProcessOps:
+    """What the supervisor asks the OS about a worker process, by pid.
+
+    One object, injected into the Supervisor, so state-machine tests can run without real
+    processes (ARCHITECTURE rule 6); together with the launcher it is all the OS it touches.
+    """
+
+    def signal(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def alive(self, pid: int) -> bool:
+        """False once it has exited (a zombie runs no code: it only awaits collection)."""
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    def rss(self, pid: int) -> int:
+        try:
+            return psutil.Process(pid).memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return 0
 
 
 class ExecLauncher:
@@ -93,7 +123,7 @@ class ZygoteLauncher:
     async def _start_or_fall_back(self) -> None:
         try:
             await self._start_zygote()
-        except Exception as exc:
+        except (OSError, RuntimeError, TimeoutError, ProtocolError) as exc:
             logger.error("zygote failed to start (%s); workers will be exec-spawned", exc)
 
     async def _start_zygote(self) -> None:
@@ -128,7 +158,7 @@ class ZygoteLauncher:
         try:
             while (message := await read_frame(reader)) is not None:
                 self._dispatch(message)
-        except Exception as exc:
+        except (OSError, ProtocolError) as exc:
             logger.error("zygote connection broken: %s", exc)
         self._writer = None
         for future in self._pending.values():

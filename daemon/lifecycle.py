@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import os
 import signal
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import psutil
-
-from daemon.errors import InternalServerError, RequestTimeout, ServiceUnavailable, TorchdError
+from daemon.errors import (
+    InternalServerError,
+    RequestTimeout,
+    ServiceUnavailable,
+    TorchdError,
+)
 from daemon.scheduler import Job
 from daemon.states import WorkerState
 from daemon.workerconn import ConnectionLost, WorkerConnection
@@ -61,7 +63,7 @@ class WorkerLifecycle:
             self.sup.stopped(handle)
         else:
             await self._terminate(handle)
-            self.sup.died(handle, reason)
+            self.sup.died(handle, handle.kill_reason or reason)
 
     # ---- start -----------------------------------------------------------------------------
 
@@ -127,7 +129,8 @@ class WorkerLifecycle:
         return messages.load(model_dir=mv.model_dir, model_name=mv.name, handler=mv.handler,
                              manifest=mv.manifest, batch_size=mv.settings.batch_size,
                              model_yaml_config=mv.yaml_config,
-                             server_version=self.sup.settings.server_version)
+                             server_version=self.sup.settings.server_version,
+                             max_response_size=self.sup.settings.max_frame)
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:
@@ -248,8 +251,10 @@ class WorkerLifecycle:
         await self._wait_exit(handle, SHUTDOWN_GRACE)
         self._close(handle)
 
-    def kill(self, handle: WorkerHandle) -> None:
-        """Kill a hung worker; its lifecycle notices the lost socket and reports the death."""
+    def kill(self, handle: WorkerHandle, reason: str) -> None:
+        """Kill a hung worker; its lifecycle notices the lost socket and reports the death
+        with ``reason`` (the lost socket alone would say nothing about why)."""
+        handle.kill_reason = reason
         self._signal(handle, signal.SIGKILL)
         if handle.conn is not None:
             handle.conn.close()
@@ -259,14 +264,9 @@ class WorkerLifecycle:
         if handle.conn is not None:
             handle.conn.close()
 
-    @staticmethod
-    def _signal(handle: WorkerHandle, sig: int) -> None:
-        if handle.pid is None or handle.exited.is_set():
-            return
-        try:
-            os.kill(handle.pid, sig)
-        except ProcessLookupError:
-            pass
+    def _signal(self, handle: WorkerHandle, sig: int) -> None:
+        if handle.pid is not None and not handle.exited.is_set():
+            self.sup.ops.signal(handle.pid, sig)
 
     async def _wait_exit(self, handle: WorkerHandle, timeout: float) -> bool:
         """True once the process is gone (reported by its launcher, or seen gone/zombie)."""
@@ -275,7 +275,7 @@ class WorkerLifecycle:
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
         while not handle.exited.is_set():
-            if not _alive(handle.pid) and self.sup.launcher.reap(handle.pid):
+            if not self.sup.ops.alive(handle.pid) and self.sup.launcher.reap(handle.pid):
                 return True
             if loop.time() >= end:
                 return False
@@ -290,13 +290,6 @@ def _route_part(jobs: dict[str, Job], part: dict) -> None:
     job = jobs.get(part.get("id"))
     if job is not None:
         job.send_part(part)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
 
 
 def _oom_kills() -> int:

@@ -10,17 +10,18 @@ import asyncio
 import itertools
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
-
-import psutil
+from typing import Any
 
 from daemon.errors import InternalServerError, ServiceUnavailable
+from daemon.launcher import ProcessOps
 from daemon.lifecycle import WorkerLifecycle
 from daemon.registry import ModelVersion, Registry
 from daemon.states import SLOT_STATES, RestartPolicy, WorkerState
 from daemon.worker_handle import WorkerHandle
+from daemon.workerconn import ConnectionLost
 from protocol import messages
 
 logger = logging.getLogger(__name__)
@@ -64,11 +65,13 @@ class SupervisorSettings:
 class Supervisor:
     def __init__(self, registry: Registry, settings: SupervisorSettings,
                  launcher_factory: Callable, metrics: Any = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 ops: ProcessOps | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
         self.clock = clock
+        self.ops = ops or ProcessOps()
         self.launcher = launcher_factory(self._process_exited)
         self.workers: dict[str, WorkerHandle] = {}
         self.pools: dict[ModelVersion, Pool] = {}
@@ -274,10 +277,12 @@ class Supervisor:
         proven = handle.ready_since is not None and \
             now - handle.ready_since >= self.settings.policy.reset_after
         handle.failures = 1 if proven else handle.failures + 1
+        delay = self.settings.policy.delay(handle.failures)
         handle.move(S.BACKOFF)
-        handle.retry_at = now + self.settings.policy.delay(handle.failures)
-        logger.error("worker %s (pid %s) of %s %s died: %s", handle.id, handle.pid,
-                     handle.mv.name, handle.mv.version, reason)
+        handle.retry_at = now + delay
+        logger.error("worker %s (pid %s) of %s %s died: %s (exit status %s); replacing it in "
+                     "%g s", handle.id, handle.pid, handle.mv.name, handle.mv.version, reason,
+                     handle.returncode, delay)
         self.notify_changed()
 
     def stopped(self, handle: WorkerHandle) -> None:
@@ -312,7 +317,15 @@ class Supervisor:
             and self.pool(mv).restarts > 0
 
     def describe_workers(self, mv: ModelVersion) -> list[dict[str, Any]]:
-        return [_describe_worker(h) for h in sorted(self.handles(mv), key=lambda h: int(h.id))]
+        return [self._describe_worker(h)
+                for h in sorted(self.handles(mv), key=lambda h: int(h.id))]
+
+    def _describe_worker(self, handle: WorkerHandle) -> dict[str, Any]:
+        rss = self.ops.rss(handle.pid) if handle.pid else 0
+        return {"id": handle.id, "startTime": handle.start_time_iso,
+                "status": handle.state.value, "memoryUsage": rss, "pid": handle.pid or -1,
+                "gpu": False, "gpuUsage": "N/A",
+                **({"lastError": handle.last_error} if handle.last_error else {})}
 
     async def customized_metadata(self, mv: ModelVersion) -> Any:
         """The handler's describe_handle() result, asked of one READY worker."""
@@ -414,20 +427,21 @@ class Supervisor:
             if handle.ping_sent and handle.conn.last_pong < handle.ping_sent and \
                     now - handle.ping_sent_at >= self.settings.heartbeat_interval:
                 logger.error("worker %s missed its heartbeat; killing it", handle.id)
-                self.lifecycle.kill(handle)
+                self.lifecycle.kill(handle, "hung: missed its heartbeat")
                 continue
             handle.ping_sent, handle.ping_sent_at = next(self._ping_seq), now
             try:
                 handle.conn.ping(handle.ping_sent)
-            except Exception:
-                pass
+            except (ConnectionLost, OSError) as exc:
+                # Its lifecycle sees the lost connection and reports the death.
+                logger.debug("ping to worker %s failed: %s", handle.id, exc)
 
     def check_memory(self) -> None:
         """Recycle workers over max_worker_rss; publish RSS for the metrics."""
         for handle in list(self.workers.values()):
             if handle.state is not S.READY or handle.pid is None:
                 continue
-            rss = _rss(handle.pid)
+            rss = self.ops.rss(handle.pid)
             if self.metrics is not None:
                 self.metrics.set_worker_rss(handle.mv.name, handle.mv.version, handle.id, rss)
             limit = handle.mv.settings.max_worker_rss
@@ -445,15 +459,3 @@ def _stop_preference(handle: WorkerHandle) -> tuple[int, int]:
     return (order.get(handle.state, 4) + busy, -int(handle.id))
 
 
-def _rss(pid: int) -> int:
-    try:
-        return psutil.Process(pid).memory_info().rss
-    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-        return 0
-
-
-def _describe_worker(handle: WorkerHandle) -> dict[str, Any]:
-    return {"id": handle.id, "startTime": handle.start_time_iso, "status": handle.state.value,
-            "memoryUsage": _rss(handle.pid) if handle.pid else 0, "pid": handle.pid or -1,
-            "gpu": False, "gpuUsage": "N/A",
-            **({"lastError": handle.last_error} if handle.last_error else {})}

@@ -35,6 +35,7 @@ class WorkerHandle:
     retiring: bool = False             # recycled: stops once its replacement is READY
     stop_deadline: float | None = None
     killed_for_memory: bool = False
+    kill_reason: str | None = None     # why the supervisor killed it (heartbeat), for lastError
     oom_baseline: int = 0              # cgroup oom_kill count when it started
     returncode: int | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
