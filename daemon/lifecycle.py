@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 S = WorkerState
 SHUTDOWN_GRACE = 3.0      # seconds between SHUTDOWN and SIGTERM, and SIGTERM and SIGKILL
+EXIT_READ_GRACE = 1.0     # seconds to read what a worker sent before it exited
 OOM_EVENTS = Path("/sys/fs/cgroup/memory.events")
 
 
@@ -115,6 +116,11 @@ class WorkerLifecycle:
         finally:
             exited.cancel()
             stop.cancel()
+        if not future.done() and handle.exited.is_set() and handle.conn is not None:
+            # The exit report (from the zygote, over another socket) can overtake the last
+            # frames the worker wrote before dying, such as a LOADED carrying the load error:
+            # read to the socket's end before settling for a bare exit status.
+            await asyncio.wait({future, handle.conn.lost}, timeout=EXIT_READ_GRACE)
         if future.done():
             return future.result()
         future.cancel()

@@ -419,15 +419,19 @@ class Supervisor:
         self.wake()
 
     def heartbeat(self) -> None:
-        """A worker that leaves a ping unanswered for a whole interval is hung: kill it."""
+        """A worker that leaves a ping unanswered for a whole interval is hung: kill it.
+
+        An unanswered ping is never replaced by a newer one, so the interval counts from
+        the first ping the worker ignored, however irregular the calls.
+        """
         now = self.clock()
         for handle in list(self.workers.values()):
             if handle.state is not S.READY or handle.conn is None:
                 continue
-            if handle.ping_sent and handle.conn.last_pong < handle.ping_sent and \
-                    now - handle.ping_sent_at >= self.settings.heartbeat_interval:
-                logger.error("worker %s missed its heartbeat; killing it", handle.id)
-                self.lifecycle.kill(handle, "hung: missed its heartbeat")
+            if handle.ping_sent and handle.conn.last_pong < handle.ping_sent:
+                if now - handle.ping_sent_at >= self.settings.heartbeat_interval:
+                    logger.error("worker %s missed its heartbeat; killing it", handle.id)
+                    self.lifecycle.kill(handle, "hung: missed its heartbeat")
                 continue
             handle.ping_sent, handle.ping_sent_at = next(self._ping_seq), now
             try:
