@@ -67,7 +67,8 @@ class ExecLauncher:
     async def spawn(self, worker_id: str, socket_path: str, title: str) -> int:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker", "--socket", socket_path, "--worker-id", worker_id,
-            "--daemon-pid", str(self.daemon_pid), "--title", title, stdin=asyncio.subprocess.DEVNULL)
+            "--daemon-pid", str(self.daemon_pid), "--title", title,
+            stdin=asyncio.subprocess.DEVNULL)
         self._pids.add(proc.pid)
         task = asyncio.get_running_loop().create_task(self._wait(proc))
         self._waiters.add(task)

@@ -589,3 +589,19 @@ async def test_recycled_worker_stops_only_once_its_replacement_is_ready(h: Harne
     assert old.state in (S.STOPPING, S.STOPPED)
     await until(lambda: old.state is S.STOPPED)
     assert [x.state for x in h.handles(mv)] == [S.READY]
+
+
+@scenario
+async def test_worker_over_max_rss_is_recycled(h: Harness) -> None:
+    mv = h.model(max_worker_rss=100_000)                   # FakeOps reports 123456 bytes
+    h.sup.scale(mv, 1, 1)
+    (old,) = await ready(h, mv, 1)
+    h.sup.check_memory()
+    assert old.retiring
+    labels = {"model_name": "m", "model_version": "1.0", "worker_id": old.id}
+    assert h.metrics.registry.get_sample_value("torchd_worker_rss_bytes", labels) == 123456
+    h.sup.reconcile()
+    await until(lambda: any(x.state is S.READY and x is not old for x in h.handles(mv)))
+    h.sup.reconcile()
+    await until(lambda: old.state is S.STOPPED)
+    assert h.metrics.registry.get_sample_value("torchd_worker_rss_bytes", labels) is None
