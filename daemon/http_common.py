@@ -205,4 +205,6 @@ def _safe_phrase(phrase: str | None) -> str:
     """A handler's phrase made fit for a status line: printable, one line."""
     if not phrase:
         return ""
-    return "".join(c for c in phrase if c == "\t" or " " <= c <= "~" or c >= "\x80")[:200]
+    if phrase.isprintable():    # the usual case ("OK", "Created"): nothing to strip
+        return phrase[:200]
+    return "".join(c for c in phrase if c == "\t" or c.isprintable())[:200]

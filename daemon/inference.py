@@ -67,7 +67,7 @@ async def _watch_disconnect(request: Request, mv: ModelVersion, job: Job) -> Non
 
 
 async def first_event(request: Request, mv: ModelVersion, job: Job) -> tuple[str, Any]:
-    watcher = asyncio.ensure_future(_watch_disconnect(request, mv, job))
+    watcher = asyncio.get_running_loop().create_task(_watch_disconnect(request, mv, job))
     try:
         return await job.events.get()
     finally:

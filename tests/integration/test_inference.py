@@ -9,6 +9,7 @@ import json
 import socket
 import statistics
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -89,11 +90,19 @@ def pid_of(d: Daemon, name: str) -> int:
     return d.wait_workers(name, 1)[0]["pid"]
 
 
-def post_many(d: Daemon, path: str, bodies: list, **kwargs) -> list[requests.Response]:
+def post_together(d: Daemon, path: str, bodies: list) -> list[requests.Response]:
+    """POST each body from its own thread and connection, all released at the same moment."""
+    barrier = threading.Barrier(len(bodies))
+    url = d.url("inference", path)
+
+    def post(body) -> requests.Response:
+        with requests.Session() as session:
+            session.get(d.url("inference", "/ping"), timeout=30)   # connected beforehand
+            barrier.wait(timeout=30)
+            return session.post(url, json=body, timeout=30)
+
     with concurrent.futures.ThreadPoolExecutor(len(bodies)) as pool:
-        futures = [pool.submit(d.infer, "POST", path, json=body, timeout=30, **kwargs)
-                   for body in bodies]
-        return [f.result() for f in futures]
+        return list(pool.map(post, bodies))
 
 
 # ---- batching -----------------------------------------------------------------------------
@@ -103,7 +112,7 @@ def test_four_concurrent_requests_are_one_batch(daemon):
                         max_batch_delay=300)
     assert r.status_code == 200, r.text
     try:
-        answers = post_many(daemon, "/predictions/batched4", [{"n": i} for i in range(4)])
+        answers = post_together(daemon, "/predictions/batched4", [{"n": i} for i in range(4)])
         assert [a.status_code for a in answers] == [200] * 4
         bodies = [a.json() for a in answers]
         assert {b["batch_size"] for b in bodies} == {4}
