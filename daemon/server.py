@@ -27,8 +27,8 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from daemon import openapi, snapshot
-from daemon.archives import PreparedArchive, remove_prepared
 from daemon.app import build_inference_app, build_management_app, build_metrics_app
+from daemon.archives import PreparedArchive, remove_prepared
 from daemon.config import BindAddress, Config
 from daemon.inference import Health
 from daemon.launcher import ExecLauncher, ZygoteLauncher

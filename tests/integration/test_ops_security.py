@@ -169,3 +169,54 @@ def test_explicit_settings_win_over_the_bind_address(archive_dir, tmp_path):
         assert d.unregister("open").status_code == 200
     finally:
         d.cleanup()
+
+
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key, made here (no network, no CA)."""
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    import datetime
+    import ipaddress
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = directory / "cert.pem", directory / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def tls_predict(url: str, cert: Path) -> tuple[int, object]:
+    # The response goes with this frame: a client that keeps an idle TLS connection open
+    # delays the daemon's shutdown (hypercorn waits for its TLS close_notify, up to 30 s).
+    with requests.Session() as session:
+        answer = session.post(url, data=b"x", verify=str(cert), timeout=30)
+        return answer.status_code, answer.json()
+
+
+def test_tls_on_one_listener(archive_dir, tmp_path):
+    cert, key = self_signed(tmp_path)
+    port = free_port()
+    d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
+               {"worker_spawn": "exec", "inference_address": f"https://127.0.0.1:{port}",
+                "certificate_file": str(cert), "private_key_file": str(key)})
+    try:
+        d.start()
+        assert d.register("noop.mar", model_name="tls", initial_workers=1).status_code == 200
+        assert tls_predict(f"https://127.0.0.1:{port}/predictions/tls", cert) == (200, {"ok": 1})
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/ping", timeout=5)   # no plain HTTP there
+        assert d.stop(timeout=20) == 0
+    finally:
+        d.cleanup()

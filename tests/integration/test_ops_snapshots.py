@@ -23,7 +23,7 @@ from tests.support.daemon import Daemon
 
 
 class RecordingHandler(http.server.SimpleHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+    def do_GET(self) -> None:
         self.server.requests.append(self.path)
         super().do_GET()
 

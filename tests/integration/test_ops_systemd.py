@@ -5,6 +5,7 @@ One daemon for the module (the zygote path, as in production); the SIGTERM test 
 """
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shlex
@@ -74,7 +75,7 @@ def test_watchdog_pings_every_half_timeout(notified):
     time.sleep(1.6)
     pings = [at for at, text in list(listener.messages) if at >= start and text == "WATCHDOG=1"]
     assert len(pings) >= 3, pings
-    gaps = [b - a for a, b in zip(pings, pings[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(pings)]
     assert all(0.3 <= gap <= 0.8 for gap in gaps), gaps   # WATCHDOG_USEC=1 s → every 0.5 s
 
 
@@ -95,7 +96,7 @@ def test_sigterm_says_stopping_drains_in_flight_and_exits_zero(notified):
     assert answers and answers[0].status_code == 200, answers
     assert answers[0].json() == {"slept": 2.0}
     assert "STATUS=draining" in listener.lines()
-    gone, alive = psutil.wait_procs(descendants, timeout=10)
+    _gone, alive = psutil.wait_procs(descendants, timeout=10)
     assert not alive, alive
     snapshots = sorted((d.workdir / "logs" / "config").glob("*.cfg"))
     assert snapshots and set(json.loads(snapshots[-1].read_text())["models"]) == {"noop",
