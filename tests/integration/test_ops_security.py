@@ -3,7 +3,9 @@ bind address, explicit settings win, keys live in a 0600 key_file.json and rotat
 and nothing is fetched for a URL outside allowed_urls."""
 from __future__ import annotations
 
+import datetime
 import http.server
+import ipaddress
 import json
 import stat
 import threading
@@ -176,12 +178,10 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
     x509 = pytest.importorskip("cryptography.x509")
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    import datetime
-    import ipaddress
 
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, "127.0.0.1")])
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
