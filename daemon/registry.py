@@ -106,6 +106,11 @@ class Registry:
         del model.versions[mv.version]
         if not model.versions:
             del self._models[mv.name]
+        elif model.default_version == mv.version:
+            # Only a rollback gets here (unregister refuses the default while others exist):
+            # a first version whose workers failed while a second was registered. Never leave
+            # a default that names nothing; the oldest remaining version takes over.
+            model.default_version = next(iter(model.versions))
 
     def set_default(self, name: str, version: str) -> None:
         model = self.model(name)

@@ -120,6 +120,10 @@ def mgmt(archive_dir: Path, recorder: RecordingServer,
                                           "handler.py": "def handle(d, c):\n    return d\n"})
     write_zip(store / "no_manifest.mar", {"handler.py": "def handle(d, c):\n    return d\n"})
     (store / "garbage.mar").write_bytes(b"this is not a zip file")
+    write_zip(store / "slow_fail.mar", {
+        "MAR-INF/MANIFEST.json": json.dumps({"runtime": "python", "model": {
+            "modelName": "slow_fail", "modelVersion": "1.0", "handler": "handler.py"}}),
+        "handler.py": "import time\ntime.sleep(1.5)\nraise RuntimeError('failed slowly')\n"})
     tmp = workdir / "tmp"
     tmp.mkdir()
     port = recorder.server_address[1]

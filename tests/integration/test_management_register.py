@@ -3,6 +3,7 @@ exact status, type and message, and what each leaves behind (nothing); downloads
 lenient parameters. Fixtures and helpers come from test_management.py (its own daemon here)."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psutil
@@ -320,3 +321,25 @@ def test_timeouts_of_zero_or_less_mean_the_default(mgmt: Daemon) -> None:
     doc = mgmt.describe("noop")[0]
     assert (doc["responseTimeout"], doc["startupTimeout"]) == (120, 120)
     assert mgmt.infer("POST", "/predictions/noop").json() == {"ok": 1}
+
+
+def test_failed_first_version_hands_the_default_to_a_later_one(mgmt: Daemon) -> None:
+    """A second version registered while the first one's workers are failing to start (slowly:
+    1.5 s): the first is rolled back, the default moves to the second, never names a missing
+    version (GET /models would fail on it)."""
+    with ThreadPoolExecutor(1) as pool:
+        failing = pool.submit(post_models, mgmt, url="slow_fail.mar", initial_workers=1,
+                              synchronous="true")
+        wait_for(lambda: mgmt.mgmt("GET", "/models/slow_fail").status_code == 200, 30,
+                 "slow_fail 1.0 registered")
+        second = post_models(mgmt, url="noop_2.mar", model_name="slow_fail")
+        assert_status(second, 200, registered("slow_fail", "2.0", 0))
+        assert [m["modelVersion"] for m in mgmt.describe("slow_fail", "all")] == ["1.0", "2.0"]
+        failed = failing.result(60)
+    assert_error(failed, 500, INTERNAL, "Failed to start workers for model slow_fail version: "
+                 "1.0: ", prefix=True)
+    assert "failed slowly" in failed.json()["message"]
+    assert mgmt.mgmt("GET", "/models").json() == {
+        "models": [{"modelName": "slow_fail", "modelUrl": "noop_2.mar"}]}
+    assert [m["modelVersion"] for m in mgmt.describe("slow_fail", "all")] == ["2.0"]
+    assert mgmt.describe("slow_fail")[0]["modelVersion"] == "2.0"
