@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config import Config, StartupModel, startup_models_in_store
-from daemon.errors import TorchdError
+from daemon.errors import Conflict, ModelNotFound, TorchdError
 from daemon.model_manager import ModelManager, RegisterRequest
 from daemon.registry import Registry
 from daemon.snapshot import SnapshotError, load_latest_snapshot
@@ -88,16 +88,32 @@ async def load_startup_models(config: Config, manager: ModelManager) -> int:
         entries = list(config.startup_models)
     failed = 0
     for entry in entries:
+        # A model restored from the snapshot keeps its restored state (as in TorchServe): that
+        # holds what was scaled or changed since; --models only says what to start from.
+        if entry.name and _registered(manager, entry.name):
+            logger.info("startup model %s: %s already registered from the snapshot", entry.url,
+                        entry.name)
+            continue
         workers = None if _json_sets_workers(config, entry) else config.startup_workers_per_model
         req = RegisterRequest(url=entry.url, model_name=entry.name, initial_workers=workers,
                               loaded_at_startup=True, synchronous=True)
         try:
             outcome = await manager.register(req)
             logger.info("startup model %s: %s", entry.url, outcome.message)
+        except Conflict:   # named by its manifest, so only known once the archive was read
+            logger.info("startup model %s: already registered from the snapshot", entry.url)
         except TorchdError as exc:
             failed += 1
             logger.error("startup model %s failed: %s", entry.url, exc.message)
     return failed
+
+
+def _registered(manager: ModelManager, name: str) -> bool:
+    try:
+        manager.registry.model(name)
+    except ModelNotFound:
+        return False
+    return True
 
 
 def _json_sets_workers(config: Config, entry: StartupModel) -> bool:

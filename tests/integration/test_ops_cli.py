@@ -1,9 +1,12 @@
-"""`torchd start` with startup models: it returns once the daemon listens, and the daemon
-listens only once its startup models are loaded, so a script can predict right after `start`.
-(start/status/stop and the refused second start are in tests/daemon/test_cli.py.)"""
+"""Starting: `torchd start` returns with its startup models serving (the daemon listens only
+once they are loaded); a busy port fails the start at once; SIGTERM while starting abandons the
+start; a restored snapshot wins over --models. (start/status/stop and the refused second start
+are in tests/daemon/test_cli.py.)"""
 from __future__ import annotations
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,8 +15,13 @@ import psutil
 import requests
 
 from daemon import pidfile
-from tests.integration.test_ops_support import make_store
-from tests.support.daemon import free_port
+from tests.integration.test_ops_support import (
+    NotifyListener,
+    build_slow_archive,
+    make_store,
+    wait_until,
+)
+from tests.support.daemon import Daemon, free_port
 
 
 def torchd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -64,3 +72,61 @@ def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: 
         assert "torchd stopped" in log
     finally:
         kill_tree(pidfile.read_pid(pid_path))
+
+
+def test_a_busy_port_fails_the_start_at_once_naming_the_listener(archive_dir, tmp_path):
+    d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
+               {"worker_spawn": "exec"})
+    with socket.create_server(("127.0.0.1", d.ports["management"])):
+        try:
+            d.start("--models", "noop=noop.mar", wait=False)
+            assert d.proc.wait(30) == 1
+        finally:
+            d.cleanup()
+    log = d.log()
+    assert (f"cannot start: management API cannot listen on "
+            f"http://127.0.0.1:{d.ports['management']}: Address already in use") in log
+    assert "starting worker" not in log   # failed before loading anything
+
+
+def test_sigterm_while_starting_abandons_the_start(archive_dir, tmp_path):
+    workdir = tmp_path / "d"
+    store = make_store(archive_dir, workdir / "store", [])
+    build_slow_archive(store, workdir / "slow-src")
+    flag = workdir / "slow-load"
+    flag.touch()
+    listener = NotifyListener()
+    d = Daemon(workdir, store, {"worker_spawn": "exec"},
+               env={"NOTIFY_SOCKET": listener.path, "OPS_SLOW_LOAD_FLAG": str(flag)})
+    try:
+        d.start("--models", "slow=slow.mar", wait=False)
+        listener.wait_for("STATUS=loading the startup models", timeout=60)
+        loading = wait_until(d.track_descendants, timeout=10, what="the slow worker")
+        d.signal(signal.SIGTERM)
+        assert d.proc.wait(20) == 0
+        _gone, alive = psutil.wait_procs(loading, timeout=10)
+        assert not alive
+        assert "READY=1" not in listener.lines() and "STOPPING=1" in listener.lines()
+        assert "signalled while starting: abandoning the start" in d.log()
+    finally:
+        d.cleanup()
+        listener.close()
+
+
+def test_the_snapshot_wins_over_startup_models(archive_dir, tmp_path):
+    d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
+               {"worker_spawn": "exec", "default_workers_per_model": 1})
+    try:
+        d.start("--models", "noop=noop.mar", ncs=False)
+        scaled = d.mgmt("PUT", "/models/noop", params={"min_worker": 2, "synchronous": "true"})
+        assert scaled.status_code == 200, scaled.text
+        assert d.stop() == 0
+        d.start("--models", "noop=noop.mar", ncs=False)
+        [doc] = d.describe("noop")
+        assert doc["loadedAtStartup"] is True and doc["minWorkers"] == 2
+        assert [w["status"] for w in doc["workers"]] == ["READY"] * 2
+        log = d.log()
+        assert "startup model noop.mar: noop already registered from the snapshot" in log
+        assert "startup model noop.mar failed" not in log
+    finally:
+        d.cleanup()

@@ -6,39 +6,18 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import textwrap
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from tests.integration.test_ops_support import make_store, run_health, wait_until
-from tests.support.archives import ARCHIVER
+from tests.integration.test_ops_support import (
+    build_slow_archive,
+    make_store,
+    run_health,
+    wait_until,
+)
 from tests.support.daemon import Daemon
-
-# Loads instantly, unless the flag file exists: then a (re)start takes long enough to catch
-# the model short of workers.
-SLOW_HANDLER = textwrap.dedent("""
-    import os
-    import time
-
-
-    def handle(data, context):
-        if data is None:
-            if os.path.exists(os.environ["OPS_SLOW_LOAD_FLAG"]):
-                time.sleep(5)
-            return None
-        return [{"ok": 1} for _ in data]
-""")
-
-
-def build_slow_archive(out_dir: Path, src: Path) -> None:
-    src.mkdir(parents=True, exist_ok=True)
-    (src / "handler.py").write_text(SLOW_HANDLER)
-    subprocess.run([str(ARCHIVER), "--model-name", "slow", "--version", "1.0", "--handler",
-                    str(src / "handler.py"), "--export-path", str(out_dir), "--force"],
-                   check=True, capture_output=True, timeout=120)
 
 
 @pytest.fixture(scope="module")

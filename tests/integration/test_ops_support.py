@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.archives import ARCHIVER
 from tests.support.daemon import REPO, Daemon
 
 HEALTH = REPO / "scripts" / "torchd-health"
@@ -134,3 +136,27 @@ def sample_sum(samples: dict[tuple[str, frozenset], float], name: str, **labels:
 def run_health(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(HEALTH), *args], capture_output=True, text=True,
                           timeout=timeout, check=False)
+
+
+# Loads instantly, unless the flag file exists: then a (re)start takes long enough to catch
+# the model short of workers.
+SLOW_HANDLER = textwrap.dedent("""
+    import os
+    import time
+
+
+    def handle(data, context):
+        if data is None:
+            if os.path.exists(os.environ["OPS_SLOW_LOAD_FLAG"]):
+                time.sleep(5)
+            return None
+        return [{"ok": 1} for _ in data]
+""")
+
+
+def build_slow_archive(out_dir: Path, src: Path) -> None:
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "handler.py").write_text(SLOW_HANDLER)
+    subprocess.run([str(ARCHIVER), "--model-name", "slow", "--version", "1.0", "--handler",
+                    str(src / "handler.py"), "--export-path", str(out_dir), "--force"],
+                   check=True, capture_output=True, timeout=120)
