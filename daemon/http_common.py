@@ -14,8 +14,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from daemon.errors import (MethodNotAllowed, PayloadTooLarge, ResourceNotFound, TorchdError,
-                           error_response)
+from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, ResourceNotFound,
+                           TorchdError, error_response)
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("torchd.access")
@@ -89,6 +89,8 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
     if exc.status_code == 404:
         return error_response(ResourceNotFound(
             "Requested resource is not found, please refer to API document."))
+    if exc.status_code == 400:      # starlette's own, e.g. a malformed multipart body
+        return error_response(BadRequest(str(exc.detail)))
     return error_response(TorchdError(str(exc.detail), status=exc.status_code))
 
 

@@ -25,11 +25,14 @@ FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 # ---- request → job --------------------------------------------------------------------------
 
 async def read_parameters(request: Request) -> list[dict[str, Any]]:
-    body = await read_body(request, request.app.state.config.max_request_size)
+    limit = request.app.state.config.max_request_size
+    body = await read_body(request, limit)
     content_type = request.headers.get("content-type")
     if content_type and content_type.split(";")[0].strip().lower() in FORM_TYPES:
         request._body = body   # starlette's form parser reads the cached body
-        form = await request.form()
+        # max_request_size bounds the whole body already; starlette's own 1 MB per field would
+        # refuse fields TorchServe accepts
+        form = await request.form(max_part_size=limit)
         params = []
         for name, value in form.multi_items():
             if isinstance(value, str):

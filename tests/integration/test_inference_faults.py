@@ -243,6 +243,20 @@ def test_a_client_that_hangs_up_while_its_batch_fills_is_never_run(daemon, model
     assert lines(log) == ["C"]
 
 
+def test_a_client_that_hangs_up_mid_body_is_dropped_quietly(daemon, model, tmp_path):
+    name = model("trace.mar", "hangup_body", initial_workers=1)
+    log = tmp_path / "seen.log"
+    port = daemon.ports["inference"]
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall((f"POST /predictions/{name} HTTP/1.1\r\nHost: x\r\nX-Log: {log}\r\n"
+                      "X-Tag: B\r\nContent-Length: 100\r\n\r\n0123456789").encode())
+        time.sleep(0.3)
+    time.sleep(0.3)
+    _, r = traced(daemon, name, log)("C")
+    assert r.status_code == 200 and lines(log) == ["C"]
+    assert "unhandled error" not in daemon.log()
+
+
 # ---- health -------------------------------------------------------------------------------
 
 def health(d: Daemon) -> tuple[tuple[int, dict], tuple[int, dict]]:
