@@ -84,8 +84,12 @@ class WorkerLifecycle:
         server = await asyncio.start_unix_server(accept, str(path))
         handle.oom_baseline = _oom_kills()
         try:
+            # Raced against a stop: a spawn can wait long for a zygote still importing torch.
+            spawn = asyncio.ensure_future(sup.launcher.spawn(handle.id, str(path), handle.title))
             try:
-                pid = await sup.launcher.spawn(handle.id, str(path), handle.title)
+                pid = await self._until(spawn, handle, timeout, "spawn")
+            except StartFailure:
+                raise
             except Exception as exc:
                 raise StartFailure(f"could not spawn a worker process: {exc}") from exc
             sup.track_pid(handle, pid)

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 S = WorkerState
 LIVE_STATES = frozenset({S.STARTING, S.READY, S.BACKOFF})
 RECOVERY_GRACE = 300.0      # /ping tolerates a model below minWorkers this long while restarting
+EARLY_EXITS_KEPT = 256      # exit reports for pids not tracked yet (or never: stale ones)
+EARLY_EXIT_TTL = 10.0       # seconds such a report stays credible
 
 
 @dataclass
@@ -78,6 +80,7 @@ class Supervisor:
         self.lifecycle = WorkerLifecycle(self)
         self._ids = itertools.count(9000)
         self._by_pid: dict[int, WorkerHandle] = {}
+        self._early_exits: dict[int, tuple[int, float]] = {}   # pid -> (returncode, when)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._closing = False
@@ -220,12 +223,22 @@ class Supervisor:
     def track_pid(self, handle: WorkerHandle, pid: int) -> None:
         handle.pid = pid
         self._by_pid[pid] = handle
+        early = self._early_exits.pop(pid, None)
+        if early is not None and self.clock() - early[1] < EARLY_EXIT_TTL:
+            self._process_exited(pid, early[0])
 
     def _process_exited(self, pid: int, returncode: int) -> None:
         handle = self._by_pid.get(pid)
         if handle is not None:
             handle.returncode = returncode
             handle.exited.set()
+            return
+        # A worker can die before its spawn call has returned its pid (the zygote sends
+        # SPAWNED and EXITED back to back): keep the news until the pid is tracked. Late
+        # reports about forgotten workers land here too, hence the TTL (pids get reused).
+        self._early_exits[pid] = (returncode, self.clock())
+        while len(self._early_exits) > EARLY_EXITS_KEPT:
+            self._early_exits.pop(next(iter(self._early_exits)))
 
     def became_ready(self, handle: WorkerHandle) -> None:
         now = self.clock()

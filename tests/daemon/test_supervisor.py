@@ -605,3 +605,21 @@ async def test_worker_over_max_rss_is_recycled(h: Harness) -> None:
     h.sup.reconcile()
     await until(lambda: old.state is S.STOPPED)
     assert h.metrics.registry.get_sample_value("torchd_worker_rss_bytes", labels) is None
+
+
+@scenario
+async def test_a_stop_does_not_wait_for_a_slow_spawn(h: Harness) -> None:
+    mv = h.model()
+    gate = asyncio.Event()
+    real_spawn = h.launcher.spawn
+
+    async def slow_spawn(*args: Any) -> int:     # a zygote still importing torch
+        await gate.wait()
+        return await real_spawn(*args)
+
+    h.launcher.spawn = slow_spawn  # type: ignore[method-assign]
+    h.sup.scale(mv, 1, 1)
+    await asyncio.sleep(0.05)
+    h.sup.scale(mv, 0, 0)
+    await until(lambda: not h.handles(mv), timeout=1)
+    assert h.launcher.spawned == [] and h.sup.pool(mv).start_failures == 0
