@@ -225,10 +225,15 @@ async def serve_forever(config: Config) -> int:
     except ListenerError as exc:
         logger.error("cannot start: %s", exc)
         return 1
-    core = Core(config)
-    # Pings from the first moment: a start that loads big models must not look hung.
-    watchdog = asyncio.ensure_future(_watchdog(core)) if config.watchdog_interval else None
+    watchdog = None
     try:
+        try:
+            core = Core(config)
+        except OSError as exc:   # the runtime directory, the key file
+            logger.error("cannot start: %s", exc)
+            return 1
+        # Pings from the first moment: a start that loads big models must not look hung.
+        watchdog = asyncio.ensure_future(_watchdog(core)) if config.watchdog_interval else None
         if not await _start_core(core, shutdown):
             return 0 if shutdown.is_set() else 1
         return await _serve_until_shutdown(core, sockets, shutdown)

@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from daemon.errors import InvalidKey, TorchdError
@@ -27,8 +28,17 @@ class TokenStore:
             keys = {kind: str(data[kind]["key"]) for kind in KINDS}
         except (OSError, ValueError, KeyError, TypeError):
             return None
+        self._make_private()
         logger.info("token authorization on; keys read from %s", self.key_file)
         return keys
+
+    def _make_private(self) -> None:
+        """Keys readable by others are keys given away: an existing file is narrowed to 0600."""
+        mode = stat.S_IMODE(self.key_file.stat().st_mode)
+        if mode & 0o077:
+            logger.warning("%s was readable by others (mode %o); narrowing it to 0600",
+                           self.key_file, mode)
+            os.chmod(self.key_file, 0o600)
 
     def _generate(self) -> dict[str, str]:
         keys = {kind: secrets.token_urlsafe(24) for kind in KINDS}

@@ -46,20 +46,26 @@ def exposed_daemon(archive_dir: Path, workdir: Path, api: str, **settings) -> Da
 
 @pytest.fixture(scope="module")
 def tokened(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """Inference on 0.0.0.0: token auth on by default; management loopback: model API on."""
-    d = exposed_daemon(archive_dir, tmp_path_factory.mktemp("ops-tokens"), "inference")
+    """Inference on 0.0.0.0: token auth on by default; management loopback: model API on.
+    The operator's own key_file.json is there already, world-readable."""
+    workdir = tmp_path_factory.mktemp("ops-tokens")
+    given = {kind: f"{kind.lower()}-key-given-by-the-operator" for kind in
+             ("management", "inference", "API")}
+    (workdir / "key_file.json").write_text(json.dumps({k: {"key": v} for k, v in given.items()}))
+    (workdir / "key_file.json").chmod(0o644)
+    d = exposed_daemon(archive_dir, workdir, "inference")
     try:
         d.start()
-        yield SimpleNamespace(daemon=d, keys=keys(d))
+        yield SimpleNamespace(daemon=d, keys=keys(d), given=given)
     finally:
         d.cleanup()
 
 
-def test_key_file_is_private_and_holds_every_key(tokened):
+def test_an_existing_key_file_is_used_and_made_private(tokened):
     path = tokened.daemon.workdir / "key_file.json"
+    assert tokened.keys == tokened.given
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
-    assert set(tokened.keys) == {"management", "inference", "API"}
-    assert len(set(tokened.keys.values())) == 3
+    assert "narrowing it to 0600" in tokened.daemon.log()
 
 
 def test_requests_without_the_key_get_401(tokened):
@@ -148,7 +154,12 @@ def test_model_api_off_when_management_is_exposed(archive_dir, tmp_path):
     d = exposed_daemon(archive_dir, tmp_path / "d", "management")
     try:
         d.start()
-        key = bearer(keys(d)["management"])   # token auth on too: not every listener is loopback
+        # Token auth is on too (not every listener is loopback), with keys made for it.
+        generated = keys(d)
+        assert set(generated) == {"management", "inference", "API"}
+        assert len(set(generated.values())) == 3
+        assert stat.S_IMODE((d.workdir / "key_file.json").stat().st_mode) == 0o600
+        key = bearer(generated["management"])
         assert d.mgmt("GET", "/models").status_code == 401
         registered = d.mgmt("POST", "/models", params={"url": "noop.mar"}, headers=key)
         assert registered.status_code == 405, registered.text
