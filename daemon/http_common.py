@@ -100,10 +100,13 @@ async def unexpected_error(request: Request, exc: Exception) -> Response:
 
 
 class NoResponse(Response):
-    """The client has hung up: there is nobody to answer."""
+    """The client has hung up: there is nobody to answer. (499 is nginx's "client closed
+    request", used only for metrics; nothing is sent.)"""
+
+    status = 499
 
     def __init__(self) -> None:
-        super().__init__(status_code=499)
+        super().__init__(status_code=self.status)
 
     async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
         return None

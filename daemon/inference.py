@@ -32,14 +32,15 @@ async def read_parameters(request: Request) -> list[dict[str, Any]]:
         request._body = body   # starlette's form parser reads the cached body
         # max_request_size bounds the whole body already; starlette's own 1 MB per field would
         # refuse fields TorchServe accepts
-        form = await request.form(max_part_size=limit)
-        params = []
-        for name, value in form.multi_items():
-            if isinstance(value, str):
-                params.append(messages.parameter(name, None, value.encode()))
-            else:
-                params.append(messages.parameter(name, value.content_type, await value.read()))
-        return params
+        async with request.form(max_part_size=limit) as form:   # closes spooled files
+            params = []
+            for name, value in form.multi_items():
+                if isinstance(value, str):
+                    params.append(messages.parameter(name, None, value.encode()))
+                else:
+                    params.append(messages.parameter(name, value.content_type,
+                                                     await value.read()))
+            return params
     return [messages.parameter("body", content_type, body)]
 
 
@@ -127,6 +128,7 @@ class PartsResponse(StreamingResponse):
         self.init_headers(handler_headers(first))
 
     async def stream_response(self, send: Any) -> None:
+        reason_phrase.set(self.first.get("reason"))
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.first["body"], "more_body": True})
@@ -158,13 +160,13 @@ async def run_prediction(request: Request, name: str, version: str | None,
         raise
     kind, payload = await first_event(request, mv, job)
     if kind == "gone":
+        record(request, mv, job, NoResponse.status, named)   # it arrived: it counts
         return NoResponse()
     if kind == "error":
         record(request, mv, job, payload.status, named)
         return error_response(payload)
     record(request, mv, job, payload.get("status") or 200, named)
     if kind == "part":
-        reason_phrase.set(payload.get("reason"))
         return PartsResponse(payload, job)
     return render(payload)
 
