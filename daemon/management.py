@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 from starlette.requests import Request
@@ -11,6 +12,23 @@ from starlette.routing import Route
 from daemon.errors import BadRequest, MethodNotAllowed
 from daemon.http_common import Params, read_body, status_json
 from daemon.model_manager import ModelManager, Outcome, RegisterRequest
+
+logger = logging.getLogger(__name__)
+INT32 = range(-2**31, 2**31)
+
+
+def int_param(p: Params, name: str, default: int | None = None) -> int | None:
+    """TorchServe parses integer parameters as Java ints: a value out of that range is as
+    malformed as "abc" and means the default (beyond it, no worker could take it either)."""
+    try:
+        value = p.int(name, default)
+    except OverflowError:       # a JSON body's Infinity
+        value = INT32.stop
+    if value is not None and value not in INT32:
+        logger.warning("parameter %s=%r is out of range; using %r", name,
+                       p.values.get(name), default)
+        return default
+    return value
 
 
 def manager(request: Request) -> ModelManager:
@@ -47,16 +65,18 @@ async def register(request: Request) -> Response:
     p = Params.from_query(request, await _json_body(request))
     req = RegisterRequest(
         url=p.str("url"), model_name=p.str("model_name") or None, handler=p.str("handler") or None,
-        runtime=p.str("runtime"), batch_size=p.int("batch_size"),
-        max_batch_delay=p.int("max_batch_delay"), initial_workers=p.int("initial_workers"),
-        synchronous=p.bool("synchronous", True), response_timeout=p.int("response_timeout"),
-        startup_timeout=p.int("startup_timeout"), s3_sse_kms=p.bool("s3_sse_kms", False))
+        runtime=p.str("runtime"), batch_size=int_param(p, "batch_size"),
+        max_batch_delay=int_param(p, "max_batch_delay"),
+        initial_workers=int_param(p, "initial_workers"), synchronous=p.bool("synchronous", True),
+        response_timeout=int_param(p, "response_timeout"),
+        startup_timeout=int_param(p, "startup_timeout"), s3_sse_kms=p.bool("s3_sse_kms", False))
     return outcome_response(await manager(request).register(req))
 
 
 async def list_models(request: Request) -> Response:
     p = Params.from_query(request)
-    body = manager(request).list_models(p.int("limit", 100), p.int("next_page_token", 0))
+    body = manager(request).list_models(int_param(p, "limit", 100),
+                                        int_param(p, "next_page_token", 0))
     return JSONResponse(body)
 
 
@@ -79,8 +99,8 @@ async def scale(request: Request) -> Response:
     name, version = _name_version(request)
     p = Params.from_query(request)
     outcome = await manager(request).scale(
-        name, version, p.int("min_worker", 1), p.int("max_worker"),
-        p.bool("synchronous", False), p.int("timeout", -1))
+        name, version, int_param(p, "min_worker", 1), int_param(p, "max_worker"),
+        p.bool("synchronous", False), int_param(p, "timeout", -1))
     return outcome_response(outcome)
 
 

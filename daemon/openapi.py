@@ -142,7 +142,8 @@ def document(description: str, version: str, paths: dict[str, Any],
 
 def management_document(version: str) -> dict[str, Any]:
     """The management port's (8081) OpenAPI document; `version` is the server's version."""
-    from daemon import openapi_management  # imported here: it builds on the helpers above
+    # Imported here: it builds on the helpers above.
+    from daemon import openapi_management
 
     return document("Register, scale, describe, list and unregister models.", version,
                     openapi_management.paths(), openapi_management.SCHEMAS)

@@ -343,3 +343,26 @@ def test_failed_first_version_hands_the_default_to_a_later_one(mgmt: Daemon) -> 
         "models": [{"modelName": "slow_fail", "modelUrl": "noop_2.mar"}]}
     assert [m["modelVersion"] for m in mgmt.describe("slow_fail", "all")] == ["2.0"]
     assert mgmt.describe("slow_fail")[0]["modelVersion"] == "2.0"
+
+
+def test_integers_beyond_java_int_mean_the_default(mgmt: Daemon) -> None:
+    # TorchServe parses them as Java ints: out of range is malformed. Passed on, such a batch
+    # size could not even be sent to a worker.
+    huge = 10**20
+    r = post_models(mgmt, url="noop.mar", initial_workers=1, batch_size=huge,
+                    max_batch_delay=-huge, response_timeout=2**31, startup_timeout=huge)
+    assert_status(r, 200, registered("noop", "1.0", 1))
+    doc = mgmt.describe("noop")[0]
+    assert (doc["batchSize"], doc["maxBatchDelay"], doc["responseTimeout"],
+            doc["startupTimeout"]) == (1, 100, 120, 120)
+    assert mgmt.infer("POST", "/predictions/noop").json() == {"ok": 1}
+    r = mgmt.mgmt("POST", "/models", data='{"url": "noop.mar", "model_name": "inf", '
+                  '"batch_size": Infinity, "max_batch_delay": NaN, "initial_workers": 1e300}',
+                  headers={"Content-Type": "application/json"})
+    assert_status(r, 200, registered("inf", "1.0", 0))
+    assert mgmt.describe("inf")[0]["batchSize"] == 1
+    assert_status(mgmt.mgmt("PUT", "/models/noop", params={"min_worker": huge,
+                                                          "synchronous": "true"}),
+                  200, "Workers scaled to 1 for model: noop")
+    page = mgmt.mgmt("GET", "/models", params={"limit": huge, "next_page_token": huge}).json()
+    assert [m["modelName"] for m in page["models"]] == ["inf", "noop"]
