@@ -167,6 +167,7 @@ class ModelManager:
             return Outcome(202, "Processing worker updates...")
         outcome = await self.supervisor.wait_for_workers(
             mv, mv.settings.startup_timeout + SYNC_SLACK)
+        self._check_still_registered(mv)
         if outcome.ready >= outcome.target:
             return Outcome(200, f"{head} {outcome.ready} initial workers")
         if outcome.error and outcome.ready == 0:
@@ -174,6 +175,14 @@ class ModelManager:
             raise InternalServerError(f"Failed to start workers for model {mv.name} version: "
                                       f"{mv.version}: {outcome.error}")
         return Outcome(206, "Workers scaling in progress...")
+
+    def _check_still_registered(self, mv: ModelVersion) -> None:
+        """After a synchronous wait: unregistered by another call meanwhile, nothing is scaling
+        any more (and there is nothing to roll back)."""
+        if not self.registry.holds(mv):
+            raise InternalServerError(f"Failed to start workers for model {mv.name} version: "
+                                      f"{mv.version}: the model was unregistered while its "
+                                      "workers were starting")
 
     # ---- scale -----------------------------------------------------------------------------
 
@@ -203,6 +212,7 @@ class ModelManager:
             return Outcome(202, "Processing worker updates...")
         outcome = await self.supervisor.wait_for_workers(
             mv, mv.settings.startup_timeout + SYNC_SLACK)
+        self._check_still_registered(mv)
         if outcome.ready >= outcome.target:
             where = f", version: {version}" if version else ""
             return Outcome(200, f"Workers scaled to {outcome.target} for model: {name}{where}")

@@ -126,6 +126,11 @@ class Registry:
     def all_versions(self) -> list[ModelVersion]:
         return [mv for _, m in sorted(self._models.items()) for mv in m.versions.values()]
 
+    def holds(self, mv: ModelVersion) -> bool:
+        """True while ``mv`` itself (not another object of that name and version) is registered."""
+        model = self._models.get(mv.name)
+        return model is not None and model.versions.get(mv.version) is mv
+
     def is_default(self, mv: ModelVersion) -> bool:
         model = self._models.get(mv.name)
         return model is not None and model.default_version == mv.version

@@ -166,3 +166,12 @@ def test_model_version_exposes_its_archive() -> None:
     assert mv.model_dir == "/run/m-3.0"
     assert mv.manifest["model"]["modelVersion"] == "3.0"
     assert mv.yaml_config == {"batchSize": 2}
+
+
+def test_holds_is_by_identity(registry: Registry) -> None:
+    mv = version("m")
+    assert not registry.holds(mv)
+    registry.add(mv)
+    assert registry.holds(mv) and not registry.holds(version("m"))
+    registry.remove(mv)
+    assert not registry.holds(mv)

@@ -124,6 +124,11 @@ def mgmt(archive_dir: Path, recorder: RecordingServer,
         "MAR-INF/MANIFEST.json": json.dumps({"runtime": "python", "model": {
             "modelName": "slow_fail", "modelVersion": "1.0", "handler": "handler.py"}}),
         "handler.py": "import time\ntime.sleep(1.5)\nraise RuntimeError('failed slowly')\n"})
+    write_zip(store / "slow_load.mar", {
+        "MAR-INF/MANIFEST.json": json.dumps({"runtime": "python", "model": {
+            "modelName": "slow_load", "modelVersion": "1.0", "handler": "handler.py"}}),
+        "handler.py": "import time\ntime.sleep(1.5)\n\n\ndef handle(data, context):\n"
+                      "    return [1 for _ in data] if data else None\n"})
     tmp = workdir / "tmp"
     tmp.mkdir()
     port = recorder.server_address[1]

@@ -366,3 +366,30 @@ def test_integers_beyond_java_int_mean_the_default(mgmt: Daemon) -> None:
                   200, "Workers scaled to 1 for model: noop")
     page = mgmt.mgmt("GET", "/models", params={"limit": huge, "next_page_token": huge}).json()
     assert [m["modelName"] for m in page["models"]] == ["inf", "noop"]
+
+
+@pytest.mark.parametrize("how", ["register", "scale"])
+def test_unregistered_while_a_sync_call_waits(mgmt: Daemon, how: str) -> None:
+    """The synchronous call cannot succeed any more: a 500 saying why, at once, and nothing left
+    behind (its worker, still loading for 1.5 s, is stopped)."""
+    processes, before = _descendants(mgmt), extracted(mgmt)
+    if how == "scale":
+        assert post_models(mgmt, url="slow_load.mar").status_code == 200
+        call = ("PUT", "/models/slow_load", {"min_worker": 1, "synchronous": "true"})
+    else:
+        call = ("POST", "/models", {"url": "slow_load.mar", "initial_workers": 1,
+                                    "synchronous": "true"})
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(mgmt.mgmt, call[0], call[1], params=call[2])
+        wait_for(lambda: any(w["status"] == "STARTING"
+                             for w in (mgmt.workers("slow_load")
+                                       if mgmt.mgmt("GET", "/models/slow_load").ok else [])),
+                 30, "a worker STARTING")
+        assert_status(mgmt.unregister("slow_load"), 200, 'Model "slow_load" unregistered')
+        answer = waiting.result(30)
+    assert_error(answer, 500, INTERNAL, "Failed to start workers for model slow_load version: "
+                 "1.0: the model was unregistered while its workers were starting")
+    assert mgmt.mgmt("GET", "/models").json() == {"models": []}
+    assert extracted(mgmt) == before
+    wait_for(lambda: _descendants(mgmt).keys() <= processes.keys(), 10,
+             lambda: f"left behind: {_descendants(mgmt)} (before: {processes})")
