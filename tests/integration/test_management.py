@@ -455,6 +455,11 @@ def test_describe_customized_metadata(mgmt: Daemon) -> None:
                        synchronous="true").status_code == 200
     r = mgmt.mgmt("GET", "/models/nocust", params={"customized": "true"})
     assert r.status_code == 200 and r.json()[0]["customizedMetadata"] == ""
+    assert mgmt.mgmt("PUT", "/models/cust", params={"min_worker": 0,
+                                                    "synchronous": "true"}).status_code == 200
+    assert_error(mgmt.mgmt("GET", "/models/cust", params={"customized": "true"}), 503,
+                 "ServiceUnavailableException",
+                 'Model "cust" has no worker to serve the describe request')
 
 
 def _predict_sleep(d: Daemon, name: str, seconds: float) -> tuple[int, Any, float]:
@@ -579,10 +584,8 @@ def test_default_version_cannot_be_removed_while_others_exist(mgmt: Daemon) -> N
     assert post_models(mgmt, url="noop_2.mar", model_name="dflt").status_code == 200
     for path in ("/models/dflt", "/models/dflt/1.0"):
         r = mgmt.mgmt("DELETE", path)
-        assert r.status_code == 403, r.text
-        assert r.json()["code"] == 403
-        assert r.json()["message"] == "Cannot remove default version for model dflt"
-        request_id_ok(r)
+        assert_error(r, 403, "InvalidModelVersionException",
+                     "Cannot remove default version for model dflt")
     assert [m["modelVersion"] for m in mgmt.describe("dflt", "all")] == ["1.0", "2.0"]
     assert_status(mgmt.mgmt("DELETE", "/models/dflt/2.0"), 200, 'Model "dflt" unregistered')
     assert_status(mgmt.mgmt("DELETE", "/models/dflt/1.0"), 200, 'Model "dflt" unregistered')
