@@ -11,10 +11,9 @@ from starlette.routing import Route
 
 from daemon.errors import BadRequest, MethodNotAllowed
 from daemon.http_common import Params, read_body, status_json
-from daemon.model_manager import ModelManager, Outcome, RegisterRequest
+from daemon.model_manager import JAVA_INT, ModelManager, Outcome, RegisterRequest
 
 logger = logging.getLogger(__name__)
-INT32 = range(-2**31, 2**31)
 
 
 def int_param(p: Params, name: str, default: int | None = None) -> int | None:
@@ -23,8 +22,8 @@ def int_param(p: Params, name: str, default: int | None = None) -> int | None:
     try:
         value = p.int(name, default)
     except OverflowError:       # a JSON body's Infinity
-        value = INT32.stop
-    if value is not None and value not in INT32:
+        value = JAVA_INT.stop
+    if value is not None and value not in JAVA_INT:
         logger.warning("parameter %s=%r is out of range; using %r", name,
                        p.values.get(name), default)
         return default

@@ -22,6 +22,7 @@ from daemon.supervisor import Supervisor
 
 logger = logging.getLogger(__name__)
 VALID_RUNTIMES = ("python", "python3")
+JAVA_INT = range(-2**31, 2**31)
 SYNC_SLACK = 10.0      # seconds a synchronous call waits beyond the model's startup_timeout
 
 
@@ -126,11 +127,10 @@ class ModelManager:
         layers = [_yaml_settings(yaml_config), self.config.model_settings(name, version)]
 
         def pick(explicit: Any, key: str, default: Any) -> int:
-            if explicit is not None:
-                return int(explicit)
-            for layer in layers:
-                if layer.get(key) is not None:
-                    return int(layer[key])
+            for value in (explicit, *(layer.get(key) for layer in layers)):
+                number = java_int(value)
+                if number is not None:
+                    return number
             return int(default)
 
         def seconds(explicit: int | None, key: str, default: int) -> int:
@@ -273,6 +273,19 @@ class ModelManager:
         await self.save_state()
         return Outcome(200, f'Default version successfully updated for model "{name}" to '
                             f'"{version}"')
+
+
+def java_int(value: Any) -> int | None:
+    """``value`` as an int if it fits a Java int (TorchServe's type for these settings), else
+    None: a YAML ``.inf`` or ``1e30`` is as unusable as a missing value (and could not even be
+    sent to a worker)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number in JAVA_INT else None
 
 
 YAML_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout",

@@ -3,6 +3,7 @@ exact status, type and message, and what each leaves behind (nothing); downloads
 lenient parameters. Fixtures and helpers come from test_management.py (its own daemon here)."""
 from __future__ import annotations
 
+import json
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -393,3 +394,25 @@ def test_unregistered_while_a_sync_call_waits(mgmt: Daemon, how: str) -> None:
     assert extracted(mgmt) == before
     wait_for(lambda: _descendants(mgmt).keys() <= processes.keys(), 10,
              lambda: f"left behind: {_descendants(mgmt)} (before: {processes})")
+
+
+def test_unusable_yaml_numbers_mean_the_default(mgmt: Daemon) -> None:
+    config = "batchSize: .inf\nmaxBatchDelay: .nan\nminWorkers: 1e30\nmaxWorkers: 2\n" \
+             "responseTimeout: 99999999999\njobQueueSize: 7\n"
+    base.write_zip(mgmt.model_store / "yaml_odd.mar", {
+        "MAR-INF/MANIFEST.json": json.dumps({"runtime": "python", "model": {
+            "modelName": "yaml_odd", "modelVersion": "1.0", "handler": "handler.py",
+            "configFile": "model-config.yaml"}}),
+        "model-config.yaml": config,
+        "handler.py": "def handle(data, context):\n    return [1 for _ in data] if data else None\n"})
+    try:
+        assert_status(post_models(mgmt, url="yaml_odd.mar"), 200, registered("yaml_odd", "1.0", 0))
+        doc = mgmt.describe("yaml_odd")[0]
+        assert (doc["batchSize"], doc["maxBatchDelay"], doc["minWorkers"], doc["maxWorkers"],
+                doc["responseTimeout"]) == (1, 100, 0, 2, 120)
+        assert doc["jobQueueStatus"]["remainingCapacity"] == 7
+        r = mgmt.mgmt("PUT", "/models/yaml_odd", params={"min_worker": 1, "synchronous": "true"})
+        assert_status(r, 200, "Workers scaled to 1 for model: yaml_odd")
+        assert mgmt.infer("POST", "/predictions/yaml_odd").status_code == 200
+    finally:
+        (mgmt.model_store / "yaml_odd.mar").unlink()
