@@ -64,6 +64,7 @@ class JobQueue:
         self._jobs: collections.deque[Job] = collections.deque()
         self._arrived = asyncio.Event()
         self._collecting = asyncio.Lock()
+        self._closed: TorchdError | None = None
 
     @property
     def depth(self) -> int:
@@ -74,6 +75,8 @@ class JobQueue:
         return max(0, self.capacity - len(self._jobs))
 
     def submit(self, job: Job) -> None:
+        if self._closed is not None:
+            raise self._closed
         if len(self._jobs) >= self.capacity:
             self._drop_cancelled()
             if len(self._jobs) >= self.capacity:
@@ -147,11 +150,21 @@ class JobQueue:
 
     def requeue_front(self, jobs: list[Job]) -> None:
         """Give undispatched jobs back (their worker went away before sending them)."""
+        if self._closed is not None:
+            for job in jobs:
+                job.fail(self._closed)
+            return
         for job in reversed(jobs):
             if not job.finished and not job.cancelled:
                 self._jobs.appendleft(job)
         if self._jobs:
             self._arrived.set()
+
+    def close(self, error: TorchdError) -> int:
+        """The version is going away: answer every waiting job with ``error`` now, and every job
+        that comes later (a new request, or a batch a stopping worker gives back) too."""
+        self._closed = error
+        return self.fail_all(error)
 
     def fail_all(self, error: TorchdError) -> int:
         """Answer every waiting job with ``error`` (unregister, no workers left, shutdown)."""

@@ -171,6 +171,28 @@ def test_fail_all_answers_every_waiting_job():
     run(main())
 
 
+def test_a_closed_queue_answers_late_jobs_too():
+    async def main():
+        queue = JobQueue(10)
+        take = asyncio.ensure_future(queue.take_batch(3, 5.0))
+        filling, waiting = job("filling"), job("waiting")
+        queue.submit(filling)
+        await asyncio.sleep(0.05)     # popped into the batch, which waits for more
+        queue.submit(waiting)
+        await asyncio.sleep(0.05)
+        error = ServiceUnavailable("unregistered")
+        queue.close(error)
+        take.cancel()                 # its worker is stopped: the batch comes back ...
+        with pytest.raises(asyncio.CancelledError):
+            await take
+        for j in (filling, waiting):  # ... and is answered, not left in a dead queue
+            assert await j.events.get() == ("error", error)
+        with pytest.raises(ServiceUnavailable):
+            queue.submit(job("late"))
+        assert queue.depth == 0
+    run(main())
+
+
 def test_job_events_end_with_exactly_one_answer():
     async def main():
         j = job("a")
