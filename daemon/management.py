@@ -45,7 +45,7 @@ def outcome_response(outcome: Outcome) -> Response:
 
 
 async def _json_body(request: Request) -> dict[str, Any] | None:
-    if not request.headers.get("content-type", "").startswith("application/json"):
+    if not request.headers.get("content-type", "").lower().startswith("application/json"):
         return None
     raw = await read_body(request, request.app.state.config.max_request_size)
     if not raw.strip():

@@ -275,7 +275,9 @@ def test_seed_register_sync_then_predict_at_once(mgmt: Daemon) -> None:
 
 
 def test_seed_scale_async_sync_and_version(mgmt: Daemon) -> None:
-    assert post_models(mgmt, url="noop.mar", initial_workers=1).status_code == 200
+    # SPEC 1.1: register is synchronous by default (TorchServe's code, not its docs).
+    assert_status(post_models(mgmt, url="noop.mar", initial_workers=1), 200,
+                  registered("noop", "1.0", 1))
     first = ready_pids(mgmt, "noop")
     assert_status(mgmt.mgmt("PUT", "/models/noop", params={"min_worker": 3}), 202,
                   "Processing worker updates...")

@@ -239,6 +239,9 @@ def test_json_body_registration_equals_query(mgmt: Daemon) -> None:
     r = mgmt.mgmt("POST", "/models", data='{"url": "noop.mar", "model_name": "js_ct"}',
                   headers={"Content-Type": "application/json; charset=utf-8"})
     assert_status(r, 200, registered("js_ct", "1.0", 0))
+    r = mgmt.mgmt("POST", "/models", data='{"url": "noop.mar", "model_name": "js_case"}',
+                  headers={"Content-Type": "Application/JSON"})
+    assert_status(r, 200, registered("js_case", "1.0", 0))
 
 
 def test_json_body_errors(mgmt: Daemon) -> None:
