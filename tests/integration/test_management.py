@@ -482,8 +482,8 @@ def test_queue_status_and_unregister_with_work_in_flight(mgmt: Daemon) -> None:
                        synchronous="true").status_code == 200
     [worker] = mgmt.workers("slow")
     with ThreadPoolExecutor(4) as pool:
-        in_flight = pool.submit(_predict_sleep, mgmt, "slow", 3)
-        time.sleep(0.5)        # the worker has taken it: nothing is waiting
+        in_flight = pool.submit(_predict_sleep, mgmt, "slow", 4)
+        time.sleep(1.0)        # the worker has taken it: nothing is waiting
         assert _queue(mgmt, "slow") == {"remainingCapacity": 100, "pendingRequests": 0}
         queued = [pool.submit(_predict_sleep, mgmt, "slow", 0) for _ in range(2)]
         wait_for(lambda: _queue(mgmt, "slow")["pendingRequests"] == 2, 10, "2 queued")
@@ -499,8 +499,8 @@ def test_queue_status_and_unregister_with_work_in_flight(mgmt: Daemon) -> None:
             assert body["type"] == "ServiceUnavailableException"
             assert finished - started < 1.5          # answered at once, not after the sleep
         status, body, finished = in_flight.result(10)
-        assert (status, body) == (200, {"slept": 3.0})
-        assert finished <= unregistered + 0.5         # unregister waited for it
+        assert (status, body) == (200, {"slept": 4.0})
+        assert finished <= unregistered + 1.0         # unregister waited for it
     wait_for(lambda: gone(worker["pid"]), 15, "worker exits")
     assert mgmt.infer("POST", "/predictions/slow").status_code == 404
 
