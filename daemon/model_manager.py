@@ -233,7 +233,9 @@ class ModelManager:
     async def _remove(self, mv: ModelVersion) -> None:
         """Forget the version: queued jobs get 503 now, in-flight batches finish (bounded)."""
         self.registry.remove(mv)
-        mv.queue.fail_all(ServiceUnavailable(f'Model "{mv.name}" was unregistered'))
+        # close, not just fail_all: a stopping worker gives back the batch it was filling, and
+        # nobody would serve it any more.
+        mv.queue.close(ServiceUnavailable(f'Model "{mv.name}" was unregistered'))
         await self.supervisor.drain(mv, self.config.unregister_model_timeout)
         await asyncio.to_thread(archives.remove_prepared, mv.archive)
 
