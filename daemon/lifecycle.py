@@ -53,6 +53,13 @@ class WorkerLifecycle:
         except asyncio.CancelledError:
             await self._terminate(handle)
             raise
+        except Exception as exc:
+            # Anything unforeseen (say, a LOAD that cannot be encoded) is still a start failure:
+            # the worker must not stay STARTING forever.
+            logger.exception("worker %s failed to start", handle.id)
+            await self._terminate(handle)
+            self.sup.start_failed(handle, f"{type(exc).__name__}: {exc}")
+            return
         if handle.state is S.STOPPING:
             await self._shutdown(handle)
             self.sup.stopped(handle)
