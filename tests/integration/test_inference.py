@@ -135,7 +135,7 @@ def test_a_lone_request_waits_max_batch_delay_then_runs_alone(daemon):
         answer = daemon.infer("POST", "/predictions/batched_lone", json={"n": 0})
         elapsed = time.monotonic() - started
         assert answer.status_code == 200 and answer.json()["batch_size"] == 1
-        assert 0.28 <= elapsed < 1.0, elapsed
+        assert 0.28 <= elapsed < 1.5, elapsed
     finally:
         daemon.unregister("batched_lone")
 
@@ -192,8 +192,8 @@ def test_streamed_parts_arrive_as_the_handler_sends_them(daemon, probe):
     assert len(chunks) == 4 and json.loads(chunks[3][1])["batch_size"] == 1
     times = [t - started for t, _ in chunks]
     # each part leaves when the handler sends it, not when the handler returns
-    assert times[0] < times[3] - 1.0, times
-    assert all(b - a > 0.25 for a, b in zip(times, times[1:])), times
+    assert times[0] < times[3] - 0.8, times
+    assert all(b - a > 0.15 for a, b in zip(times, times[1:])), times
 
 
 def test_streaming_with_requests_iter_content(daemon, probe):

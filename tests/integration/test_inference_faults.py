@@ -257,9 +257,6 @@ def test_a_client_that_hangs_up_mid_body_is_dropped_quietly(daemon, model, tmp_p
     assert "unhandled error" not in daemon.log()
 
 
-@pytest.mark.xfail(strict=True, reason="ModelManager._remove answers the queue with fail_all() "
-                   "before draining; a stopping worker then gives its filling batch back to a "
-                   "queue nobody serves. Fix: call mv.queue.close(error) instead of fail_all().")
 def test_unregister_while_a_batch_fills_answers_its_requests(daemon, model, tmp_path):
     name = model("trace.mar", "gone_model", initial_workers=1, batch_size=2,
                  max_batch_delay=5000)
