@@ -43,7 +43,8 @@ def handle(data, context):
     if gap is not None:
         for part in range(3):
             send_intermediate_predict_response([f"part {part}" for _ in data],
-                                               context.request_ids, "OK", 200, context)
+                                               context.request_ids, "Partly Done", 200,
+                                               context)
             time.sleep(float(gap))
         if context.get_request_header(0, "x-stream-fail"):
             raise ValueError("failed after streaming began")
@@ -199,7 +200,7 @@ def test_streamed_parts_arrive_as_the_handler_sends_them(daemon, probe):
 def test_streaming_with_requests_iter_content(daemon, probe):
     with requests.post(daemon.url("inference", f"/predictions/{probe}"), data=b"x",
                        headers={"X-Stream-Gap": "0.2"}, stream=True, timeout=30) as r:
-        assert r.status_code == 200
+        assert r.status_code == 200 and r.reason == "Partly Done"   # the handler's phrase
         parts = list(r.iter_content(None))
     assert parts[:3] == [b"part 0", b"part 1", b"part 2"]
     assert json.loads(b"".join(parts[3:]))["request_id"] == r.headers["x-request-id"]
