@@ -45,6 +45,7 @@ VERSION = "0.1.0"
 PR_SET_CHILD_SUBREAPER = 36
 GRACEFUL_HTTP = 30.0      # seconds in-flight HTTP requests get at shutdown
 LISTEN_BACKLOG = 1024
+START_STEP_SLACK = 30.0   # seconds beyond a start step's startup_timeout (EXTEND_TIMEOUT_USEC)
 
 
 class ListenerError(Exception):
@@ -99,11 +100,18 @@ class Core:
             restored = await restore_snapshot(self.config, self.manager)
             if restored:
                 self.notifier.status(f"starting the workers of {restored} restored version(s)")
+                longest = max(mv.settings.startup_timeout for mv in self.registry.all_versions())
+                self.notifier.extend_timeout(longest + START_STEP_SLACK)
                 await self._wait_startup_workers()
-        self.notifier.status("loading the startup models")
-        failed = await load_startup_models(self.config, self.manager)
+        failed = await load_startup_models(self.config, self.manager, self._loading)
         if failed:
             logger.error("%d startup model(s) failed to load; serving the others", failed)
+
+    def _loading(self, text: str) -> None:
+        """Each startup model may take its startup_timeout: TimeoutStartSec= need not add
+        them all up."""
+        self.notifier.status(text)
+        self.notifier.extend_timeout(self.config.default_startup_timeout + START_STEP_SLACK)
 
     async def _wait_startup_workers(self) -> None:
         for mv in self.registry.all_versions():

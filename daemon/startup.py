@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -76,8 +77,10 @@ async def _restore_version(manager: ModelManager, name: str, entry: dict[str, An
     manager.supervisor.scale(mv, mv.settings.min_workers, mv.settings.max_workers)
 
 
-async def load_startup_models(config: Config, manager: ModelManager) -> int:
+async def load_startup_models(config: Config, manager: ModelManager,
+                              progress: Callable[[str], None] | None = None) -> int:
     """--models / load_models: register each synchronously; returns how many failed.
+    ``progress`` hears which one is loading (systemd STATUS= lines).
 
     Workers: the ``models`` JSON's minWorkers/maxWorkers when it sets them for the model (as
     TorchServe), else ``default_workers_per_model`` (one per CPU when unset).
@@ -87,13 +90,15 @@ async def load_startup_models(config: Config, manager: ModelManager) -> int:
     else:
         entries = list(config.startup_models)
     failed = 0
-    for entry in entries:
+    for index, entry in enumerate(entries, 1):
         # A model restored from the snapshot keeps its restored state (as in TorchServe): that
         # holds what was scaled or changed since; --models only says what to start from.
         if entry.name and _registered(manager, entry.name):
             logger.info("startup model %s: %s already registered from the snapshot", entry.url,
                         entry.name)
             continue
+        if progress is not None:
+            progress(f"loading startup model {entry.url} ({index}/{len(entries)})")
         workers = None if _json_sets_workers(config, entry) else config.startup_workers_per_model
         req = RegisterRequest(url=entry.url, model_name=entry.name, initial_workers=workers,
                               loaded_at_startup=True, synchronous=True)

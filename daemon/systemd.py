@@ -1,4 +1,5 @@
-"""sd_notify: READY/STOPPING/STATUS/WATCHDOG datagrams to $NOTIFY_SOCKET (read by config)."""
+"""sd_notify: READY/STOPPING/STATUS/WATCHDOG/EXTEND_TIMEOUT_USEC datagrams to $NOTIFY_SOCKET
+(read by config)."""
 from __future__ import annotations
 
 import logging
@@ -33,3 +34,7 @@ class Notifier:
 
     def watchdog(self) -> None:
         self.send("WATCHDOG=1")
+
+    def extend_timeout(self, seconds: float) -> None:
+        """A long start step: systemd's start timeout becomes at least ``seconds`` from now."""
+        self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")

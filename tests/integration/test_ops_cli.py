@@ -100,7 +100,7 @@ def test_sigterm_while_starting_abandons_the_start(archive_dir, tmp_path):
                env={"NOTIFY_SOCKET": listener.path, "OPS_SLOW_LOAD_FLAG": str(flag)})
     try:
         d.start("--models", "slow=slow.mar", wait=False)
-        listener.wait_for("STATUS=loading the startup models", timeout=60)
+        listener.wait_for("STATUS=loading startup model slow.mar (1/1)", timeout=60)
         loading = wait_until(d.track_descendants, timeout=10, what="the slow worker")
         d.signal(signal.SIGTERM)
         assert d.proc.wait(20) == 0

@@ -55,7 +55,10 @@ def test_ready_once_listeners_serve_and_startup_models_are_loaded(notified):
     assert notified.at_ready.json() == {"ok": 1}
     lines = notified.listener.lines()
     ready = lines.index("READY=1")
-    assert "STATUS=loading the startup models" in lines[:ready]
+    assert lines.index("STATUS=loading startup model noop.mar (1/2)") < \
+        lines.index("STATUS=loading startup model sleep.mar (2/2)") < ready
+    # Each startup model may take default_startup_timeout (120 s) + 30 s of systemd's start time.
+    assert lines[:ready].count("EXTEND_TIMEOUT_USEC=150000000") == 2
     assert lines[ready + 1] == "STATUS=serving 2 model version(s) with 3 READY worker(s)"
 
 
