@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -137,7 +138,10 @@ def test_base_handler_describe_is_empty(loaded):
 def test_output_is_prefixed_with_worker_id(loaded, session_daemon):
     worker = loaded("echo")
     worker.predict([json_request("r", {})])
-    log = session_daemon.log()
-    assert f"[worker {worker.worker_id}] echo handler initialized for echo" in log
+    expected = f"[worker {worker.worker_id}] echo handler initialized for echo"
+    deadline = time.monotonic() + 10   # a pump thread forwards the lines: give it a moment
+    while expected not in (log := session_daemon.log()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert expected in log
     assert f"[worker {worker.worker_id}] " in log and "INFO worker.service: model echo loaded" \
         in log
