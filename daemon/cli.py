@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                          choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                          help="level for the default stderr logging (default INFO)")
     general.add_argument("--wait", type=float, metavar="SECONDS",
-                         help=f"start: how long to wait for the listener (default {START_WAIT:g}); "
+                         help=f"start: how long to wait for the listener (default {START_WAIT:g}, longer with startup models); "
                               "stop: how long to wait for exit (default: the longest timeout "
                               "+ 30)")
     for option in _IGNORED_OPTIONS:
@@ -218,7 +218,7 @@ def cmd_start(args: argparse.Namespace, tokens: list[str]) -> int:
     config.log_location.mkdir(parents=True, exist_ok=True)
     log_path = config.log_location / "torchd.log"
     process = _spawn_serve(tokens, log_path)
-    return _wait_started(process, config, log_path, args.wait or START_WAIT)
+    return _wait_started(process, config, log_path, args.wait or _start_wait(config))
 
 
 def _spawn_serve(tokens: list[str], log_path: Path) -> subprocess.Popen:
@@ -313,11 +313,20 @@ def cmd_stop(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
     return 0
 
 
+def _start_wait(config: Config) -> float:
+    """The daemon listens only once startup models are loaded: wait for their workers too."""
+    if config.load_models:
+        return max(START_WAIT, config.default_startup_timeout + 30.0)
+    return START_WAIT
+
+
 def _stop_wait(config: Config | None) -> float:
-    """Long enough for the daemon's own drain (in-flight batches, unregisters) to finish."""
+    """Long enough for the daemon's own drain: HTTP requests in flight (30 s), then workers
+    finishing their batches (unregister_model_timeout), then a stop grace."""
     if config is None:
-        return 150.0
-    return float(max(config.default_response_timeout, config.unregister_model_timeout) + 30)
+        return 180.0
+    drain = max(config.default_response_timeout, config.unregister_model_timeout)
+    return float(30 + drain + 30)
 
 
 def _wait_gone(pid: int, wait: float) -> bool:
