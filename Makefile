@@ -33,7 +33,7 @@ test: $(STAMP_TEST)
 	$(PY) -m pytest -q tests
 
 lint: $(STAMP_TEST)
-	$(VENV)/bin/ruff check --line-length 100 daemon worker protocol tests scripts
+	$(VENV)/bin/ruff check --line-length 100 --select E,F,W daemon worker protocol tests scripts
 
 bench: $(STAMP_TEST)
 	$(PY) scripts/bench

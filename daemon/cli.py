@@ -62,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
                          choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                          help="level for the default stderr logging (default INFO)")
     general.add_argument("--wait", type=float, metavar="SECONDS",
-                         help=f"start: how long to wait for the listener (default {START_WAIT:g}, longer with startup models); "
-                              "stop: how long to wait for exit (default: the longest timeout "
-                              "+ 30)")
+                         help=f"start: how long to wait for the listener (default "
+                              f"{START_WAIT:g}, longer with startup models); stop: how long "
+                              "to wait for exit (default: the whole drain + 30)")
     for option in _IGNORED_OPTIONS:
         general.add_argument(option, metavar="VALUE", help=argparse.SUPPRESS)
     _add_setting_options(parser.add_argument_group("settings (override config.properties)"))

@@ -114,7 +114,8 @@ class Metrics:
             for cls in (2, 4, 5)
         }
         for counter in self.status_counters.values():
-            counter.inc(("Host", self.hostname), 0)  # present from the first scrape, so rate() works
+            # present from the first scrape, so rate() works
+            counter.inc(("Host", self.hostname), 0)
 
     def _build_torchd_metrics(self) -> None:
         reg = self.registry

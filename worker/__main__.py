@@ -1,4 +1,4 @@
-"""Exec entry point: ``python -m worker --socket PATH --worker-id ID --daemon-pid PID --title T``."""
+"""Exec entry point: ``python -m worker --socket PATH --worker-id ID --daemon-pid PID ...``."""
 from __future__ import annotations
 
 import argparse

@@ -34,7 +34,8 @@ DESCRIBE_KEYS = {"modelName", "modelVersion", "modelUrl", "engine", "runtime", "
                  "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout",
                  "loadedAtStartup", "workers", "jobQueueStatus"}
 WORKER_KEYS = {"id", "startTime", "status", "memoryUsage", "pid", "gpu", "gpuUsage"}
-NO_WORKERS = "registered with 0 initial workers. Use scale workers API to add workers for the model."
+NO_WORKERS = ("registered with 0 initial workers. Use scale workers API to add workers for the "
+              "model.")
 
 
 # ---- a recording HTTP server for downloads ------------------------------------------------------
@@ -150,7 +151,8 @@ def _first_worker_id(d: Daemon) -> str:
 
 
 def all_models(d: Daemon) -> list[str]:
-    return [m["modelName"] for m in d.mgmt("GET", "/models", params={"limit": 100}).json()["models"]]
+    listed = d.mgmt("GET", "/models", params={"limit": 100}).json()["models"]
+    return [m["modelName"] for m in listed]
 
 
 def purge(d: Daemon, name: str) -> None:

@@ -407,9 +407,11 @@ def test_unusable_yaml_numbers_mean_the_default(mgmt: Daemon) -> None:
             "modelName": "yaml_odd", "modelVersion": "1.0", "handler": "handler.py",
             "configFile": "model-config.yaml"}}),
         "model-config.yaml": config,
-        "handler.py": "def handle(data, context):\n    return [1 for _ in data] if data else None\n"})
+        "handler.py": ("def handle(data, context):\n"
+                       "    return [1 for _ in data] if data else None\n")})
     try:
-        assert_status(post_models(mgmt, url="yaml_odd.mar"), 200, registered("yaml_odd", "1.0", 0))
+        assert_status(post_models(mgmt, url="yaml_odd.mar"), 200,
+                      registered("yaml_odd", "1.0", 0))
         doc = mgmt.describe("yaml_odd")[0]
         assert (doc["batchSize"], doc["maxBatchDelay"], doc["minWorkers"], doc["maxWorkers"],
                 doc["responseTimeout"]) == (1, 100, 0, 2, 120)
