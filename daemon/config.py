@@ -118,10 +118,12 @@ SETTINGS: tuple[Setting, ...] = (
       "Comma-separated regexes (full match) for archive URLs. Unset: https://.* plus files in "
       "the model store.", doc_default="https://.*"),
     S("install_py_dep_per_model", parse_bool, False,
-      "pip-install an archive's requirements file for its workers.", flag=True),
+      "Accepted for compatibility; torchd does not install an archive's requirements file yet "
+      "(a warning names the model).", flag=True),
     S("models", parse_models_json, {},
       "JSON {name: {version: {minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout,"
-      " startupTimeout, marName, defaultVersion}}} for startup models.",
+      " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, marName,"
+      " defaultVersion}}}: per-model settings (below request parameters and model-config.yaml).",
       cli="--models-config", doc_default="{}"),
     S("cors_allowed_origin", parse_optional_str, None, "Access-Control-Allow-Origin value."),
     S("cors_allowed_methods", parse_optional_str, None, "Access-Control-Allow-Methods value."),

@@ -281,6 +281,8 @@ _MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
     "responseTimeout": parse_positive_int,
     "startupTimeout": parse_positive_int,
     "jobQueueSize": parse_positive_int,
+    "maxRequestsPerWorker": parse_int,
+    "maxWorkerRss": parse_size,
     "marName": parse_str,
     "defaultVersion": parse_bool,
 }

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,6 +94,10 @@ class ModelManager:
         except BaseException:
             await asyncio.to_thread(archives.remove_prepared, prepared)
             raise
+        if mv.manifest.get("model", {}).get("requirementsFile"):
+            logger.warning("model %s %s has a requirements file; torchd does not install it "
+                           "(install_py_dep_per_model is not supported yet): install its "
+                           "packages into torchd's environment", mv.name, mv.version)
         logger.info("registered %s %s from %s", mv.name, mv.version, req.url)
         return mv
 
@@ -153,8 +158,10 @@ class ModelManager:
                                     cfg.default_startup_timeout),
             job_queue_size=max(1, pick(req.job_queue_size, "jobQueueSize", cfg.job_queue_size)),
             min_workers=min_workers, max_workers=max(min_workers, max_workers),
-            max_requests_per_worker=cfg.max_requests_per_worker,
-            max_worker_rss=cfg.max_worker_rss)
+            # recycling: per model (YAML, `models` JSON) over the global settings
+            max_requests_per_worker=max(0, pick(None, "maxRequestsPerWorker",
+                                                cfg.max_requests_per_worker)),
+            max_worker_rss=_first_size(layers, "maxWorkerRss", cfg.max_worker_rss))
 
     async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> Outcome:
         head = f'Model "{mv.name}" Version: {mv.version} registered with'
@@ -277,6 +284,16 @@ class ModelManager:
                             f'"{version}"')
 
 
+def _first_size(layers: list[dict[str, Any]], key: str, default: int) -> int:
+    """A byte count may exceed a Java int; still, only finite non-negative numbers count."""
+    for layer in layers:
+        value = layer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and value >= 0:
+            return int(value)
+    return default
+
+
 def java_int(value: Any) -> int | None:
     """``value`` as an int if it fits a Java int (TorchServe's type for these settings), else
     None: a YAML ``.inf`` or ``1e30`` is as unusable as a missing value (and could not even be
@@ -291,7 +308,7 @@ def java_int(value: Any) -> int | None:
 
 
 YAML_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout",
-             "startupTimeout", "jobQueueSize")
+             "startupTimeout", "jobQueueSize", "maxRequestsPerWorker", "maxWorkerRss")
 
 
 def _yaml_settings(yaml_config: dict) -> dict[str, Any]:
