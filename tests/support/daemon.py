@@ -70,14 +70,15 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"torchd exited with {self.proc.returncode}:\n{self.log()}")
+                raise RuntimeError(
+                    f"torchd exited with {self.proc.returncode}:\n{self.log(20000)}")
             try:
                 requests.get(self.url("management", "/models"), timeout=1)
                 self.track_descendants()
                 return
             except requests.ConnectionError:
                 time.sleep(0.1)
-        raise TimeoutError(f"torchd did not listen within {timeout} s:\n{self.log()}")
+        raise TimeoutError(f"torchd did not listen within {timeout} s:\n{self.log(20000)}")
 
     @property
     def pid(self) -> int:
@@ -130,11 +131,13 @@ class Daemon:
         if getattr(self, "_log", None):
             self._log.close()
 
-    def log(self) -> str:
+    def log(self, tail: int | None = None) -> str:
+        """The daemon's whole log (``tail``: only its last characters, for error messages)."""
         try:
-            return self.log_path.read_text(errors="replace")[-20000:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        return text[-tail:] if tail else text
 
     # ---- HTTP ----------------------------------------------------------------------------
 
