@@ -32,6 +32,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import requests
 
 from daemon.errors import DownloadArchiveError, InternalServerError, ModelNotFound
+from daemon.fsutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +138,7 @@ def _write_atomically(target: Path, chunks: Iterator[bytes]) -> int:
             os.fchmod(out.fileno(), 0o644)
             os.fsync(out.fileno())
         _claim_name(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     finally:
         close = getattr(chunks, "close", None)
         if close is not None:
@@ -165,13 +166,6 @@ def _claim_name(tmp: Path, target: Path) -> None:
         target.unlink(missing_ok=True)
         raise
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _http_chunks(url: str, allowed_urls: list[str], timeout: float,

@@ -172,24 +172,30 @@ class ModelManager:
         self.supervisor.scale(mv, mv.settings.min_workers, mv.settings.max_workers)
         if not synchronous:
             return Outcome(202, "Processing worker updates...")
+        try:
+            ready = await self._await_workers(mv)
+        except InternalServerError:
+            if self.registry.holds(mv):
+                await self._remove(mv)   # TorchServe unregisters a model whose workers fail
+            raise
+        if ready is None:
+            return Outcome(206, "Workers scaling in progress...")
+        return Outcome(200, f"{head} {ready} initial workers")
+
+    async def _await_workers(self, mv: ModelVersion) -> int | None:
+        """For synchronous calls: the target count once that many are READY, None when only
+        some came up; InternalServerError (with the worker's cause) when none could start."""
         outcome = await self.supervisor.wait_for_workers(
             mv, mv.settings.startup_timeout + SYNC_SLACK)
-        self._check_still_registered(mv)
-        if outcome.ready >= outcome.target:
-            return Outcome(200, f"{head} {outcome.ready} initial workers")
-        if outcome.error and outcome.ready == 0:
-            await self._remove(mv)
-            raise InternalServerError(f"Failed to start workers for model {mv.name} version: "
-                                      f"{mv.version}: {outcome.error}")
-        return Outcome(206, "Workers scaling in progress...")
-
-    def _check_still_registered(self, mv: ModelVersion) -> None:
-        """After a synchronous wait: unregistered by another call meanwhile, nothing is scaling
-        any more (and there is nothing to roll back)."""
         if not self.registry.holds(mv):
-            raise InternalServerError(f"Failed to start workers for model {mv.name} version: "
-                                      f"{mv.version}: the model was unregistered while its "
-                                      "workers were starting")
+            # unregistered by another call meanwhile: nothing is scaling any more
+            raise _start_failure(mv, "the model was unregistered while its workers were "
+                                     "starting")
+        if outcome.ready >= outcome.target:
+            return outcome.target
+        if outcome.error and outcome.ready == 0:
+            raise _start_failure(mv, outcome.error)
+        return None
 
     # ---- scale -----------------------------------------------------------------------------
 
@@ -217,16 +223,11 @@ class ModelManager:
         await self.save_state()
         if not synchronous:
             return Outcome(202, "Processing worker updates...")
-        outcome = await self.supervisor.wait_for_workers(
-            mv, mv.settings.startup_timeout + SYNC_SLACK)
-        self._check_still_registered(mv)
-        if outcome.ready >= outcome.target:
-            where = f", version: {version}" if version else ""
-            return Outcome(200, f"Workers scaled to {outcome.target} for model: {name}{where}")
-        if outcome.error and outcome.ready == 0:
-            raise InternalServerError(f"Failed to start workers for model {mv.name} version: "
-                                      f"{mv.version}: {outcome.error}")
-        return Outcome(206, "Workers scaling in progress...")
+        count = await self._await_workers(mv)
+        if count is None:
+            return Outcome(206, "Workers scaling in progress...")
+        where = f", version: {version}" if version else ""
+        return Outcome(200, f"Workers scaled to {count} for model: {name}{where}")
 
     # ---- unregister ------------------------------------------------------------------------
 
@@ -282,6 +283,11 @@ class ModelManager:
         await self.save_state()
         return Outcome(200, f'Default version successfully updated for model "{name}" to '
                             f'"{version}"')
+
+
+def _start_failure(mv: ModelVersion, cause: str) -> InternalServerError:
+    return InternalServerError(f"Failed to start workers for model {mv.name} version: "
+                               f"{mv.version}: {cause}")
 
 
 def _first_size(layers: list[dict[str, Any]], key: str, default: int) -> int:

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from daemon.fsutil import fsync_dir
+
 logger = logging.getLogger(__name__)
 
 SNAPSHOT_VERSION = 1
@@ -163,15 +165,8 @@ def _write_atomically(target: Path, data: bytes) -> None:
         if isinstance(exc, OSError):
             raise SnapshotError(target, f"cannot write: {exc.strerror or exc}") from None
         raise
-    _fsync_dir(target.parent)
+    fsync_dir(target.parent)
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _prune(snapshot_dir: Path, keep: int) -> None:
