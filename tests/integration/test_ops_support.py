@@ -10,7 +10,6 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.archives import ARCHIVER
 from tests.support.daemon import REPO, Daemon
+from tests.support.waiting import wait_until  # noqa: F401  (re-exported)
 
 HEALTH = REPO / "scripts" / "torchd-health"
 # Per process, not per registration: they change on every restart.
@@ -101,18 +101,6 @@ def all_models(d: Daemon, headers: dict[str, str] | None = None) -> dict[str, li
     return {name: [stable_describe(doc) for doc in
                    d.mgmt("GET", f"/models/{name}/all", headers=headers).json()]
             for name in names}
-
-
-def wait_until(check: Callable[[], Any], timeout: float = 30, interval: float = 0.05,
-               what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout} s (last: {value!r})")
-        time.sleep(interval)
 
 
 def scrape(d: Daemon) -> dict[tuple[str, frozenset], float]:

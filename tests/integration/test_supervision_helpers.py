@@ -16,6 +16,7 @@ import psutil
 import requests
 
 from tests.support.daemon import Daemon
+from tests.support.waiting import wait_until  # noqa: F401  (re-exported)
 
 CALL_TIMEOUT = 30.0
 ZYGOTE_TITLE = "torchd zygote"
@@ -134,18 +135,6 @@ def gone(pid: int) -> bool:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.05,
-               what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what} not met within {timeout} s")
-        time.sleep(step)
 
 
 def ready_pids(daemon: Daemon, name: str) -> set[int]:
