@@ -354,9 +354,15 @@ class Supervisor:
     # ---- waiting -------------------------------------------------------------------------
 
     async def wait_for_workers(self, mv: ModelVersion, timeout: float) -> ScaleOutcome:
-        """Until the target is READY, a start fails, or ``timeout``: for synchronous calls."""
+        """Until the target is READY, a start fails, or ``timeout``: for synchronous calls.
+
+        After a failure it still waits for the other workers of the same start (the ones
+        STARTING when the wait began), so "some came up" (206) is told from "none did" (500)
+        whichever finishes first; their retries are not waited for.
+        """
         pool = self.pool(mv)
         failures_before = pool.start_failures
+        cohort = {h.id for h in self.handles(mv) if h.state is S.STARTING}
         deadline = self.clock() + timeout
         while True:
             handles = self.handles(mv)
@@ -364,7 +370,8 @@ class Supervisor:
             stopping = any(h.state is S.STOPPING for h in handles)
             if ready >= pool.target and not stopping:
                 return ScaleOutcome(ready, pool.target)
-            if pool.start_failures > failures_before:
+            if pool.start_failures > failures_before and not any(
+                    h.id in cohort and h.state is S.STARTING for h in handles):
                 return ScaleOutcome(ready, pool.target, pool.last_error)
             remaining = deadline - self.clock()
             if remaining <= 0 or mv not in self.pools:

@@ -628,3 +628,16 @@ def test_documented_twins_post_ping_and_put_predictions(mgmt: Daemon) -> None:
     for path in ("/predictions/noop", "/predictions/noop/1.0"):
         r = mgmt.infer("PUT", path, data=b"x")
         assert (r.status_code, r.json()) == (200, {"ok": 1})
+
+
+def test_sync_register_and_scale_answer_206_when_only_some_workers_start(mgmt: Daemon) -> None:
+    """SPEC 1.1/1.3: 206 "Workers scaling in progress..." when fewer than asked came up (the
+    first_only handler loads in one worker of its extracted copy and fails in every other)."""
+    build_archive("first_only", mgmt.model_store)
+    r = post_models(mgmt, url="first_only.mar", initial_workers=2, synchronous="true")
+    assert_status(r, 206, "Workers scaling in progress...")
+    assert [w["status"] for w in mgmt.workers("first_only")].count("READY") == 1
+    assert mgmt.infer("POST", "/predictions/first_only").json() == {"ok": 1}
+    r = mgmt.mgmt("PUT", "/models/first_only", params={"min_worker": 3, "synchronous": "true"})
+    assert_status(r, 206, "Workers scaling in progress...")
+    assert_status(mgmt.unregister("first_only"), 200, 'Model "first_only" unregistered')
