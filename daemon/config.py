@@ -118,8 +118,8 @@ SETTINGS: tuple[Setting, ...] = (
       "Comma-separated regexes (full match) for archive URLs. Unset: https://.* plus files in "
       "the model store.", doc_default="https://.*"),
     S("install_py_dep_per_model", parse_bool, False,
-      "Accepted for compatibility; torchd does not install an archive's requirements file yet "
-      "(a warning names the model).", flag=True),
+      "pip-install an archive's requirements file into a directory of its own for that "
+      "model's workers (which are then exec-spawned, not forked).", flag=True),
     S("models", parse_models_json, {},
       "JSON {name: {version: {minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout,"
       " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, marName,"

@@ -64,10 +64,12 @@ class ExecLauncher:
     async def start(self) -> None:
         return None
 
-    async def spawn(self, worker_id: str, socket_path: str, title: str) -> int:
+    async def spawn(self, worker_id: str, socket_path: str, title: str,
+                    python_path: str | None = None) -> int:
+        extra = ["--python-path", python_path] if python_path else []
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker", "--socket", socket_path, "--worker-id", worker_id,
-            "--daemon-pid", str(self.daemon_pid), "--title", title,
+            "--daemon-pid", str(self.daemon_pid), "--title", title, *extra,
             stdin=asyncio.subprocess.DEVNULL)
         self._pids.add(proc.pid)
         task = asyncio.get_running_loop().create_task(self._wait(proc))
@@ -184,7 +186,11 @@ class ZygoteLauncher:
         elif kind == messages.EXITED:
             self.on_exit(message["pid"], message["returncode"])
 
-    async def spawn(self, worker_id: str, socket_path: str, title: str) -> int:
+    async def spawn(self, worker_id: str, socket_path: str, title: str,
+                    python_path: str | None = None) -> int:
+        if python_path:
+            # its own packages must be imported before anything the zygote already holds
+            return await self.fallback.spawn(worker_id, socket_path, title, python_path)
         if self._starting is not None and not self._starting.done():
             # Waiting for a warming zygote beats exec: an exec-spawned worker imports torch
             # on its own (slower on a busy machine, and none of the memory is shared).

@@ -92,7 +92,9 @@ class WorkerLifecycle:
         handle.oom_baseline = _oom_kills()
         try:
             # Raced against a stop: a spawn can wait long for a zygote still importing torch.
-            spawn = asyncio.ensure_future(sup.launcher.spawn(handle.id, str(path), handle.title))
+            deps = str(mv.deps_dir) if mv.deps_dir else None
+            spawn = asyncio.ensure_future(
+                sup.launcher.spawn(handle.id, str(path), handle.title, deps))
             try:
                 pid = await self._until(spawn, handle, timeout, "spawn")
             except StartFailure:

@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon import archives
 from daemon.config import Config
+from daemon.dependencies import install_requirements, remove_installed
 from daemon.errors import BadRequest, InternalServerError, ServiceUnavailable
 from daemon.registry import ModelSettings, ModelVersion, Registry
 from daemon.scheduler import JobQueue
@@ -87,19 +88,29 @@ class ModelManager:
             archives.prepare_archive, req.url, model_store=self._model_store(),
             extract_root=self.extract_root, allowed_urls=list(self.config.effective_allowed_urls),
             s3_sse_kms=req.s3_sse_kms)
+        mv = None
         try:
             mv = self._new_version(req, prepared)
             self.check_worker_limit(None, mv.settings.max_workers)
-            self.registry.add(mv)
+            self.registry.check_absent(mv.name, mv.version)
+            await self._install_requirements(mv)
+            self.registry.add(mv)   # from here the Supervisor may start its workers
         except BaseException:
             await asyncio.to_thread(archives.remove_prepared, prepared)
+            await asyncio.to_thread(remove_installed, mv.deps_dir if mv else None)
             raise
-        if mv.manifest.get("model", {}).get("requirementsFile"):
-            logger.warning("model %s %s has a requirements file; torchd does not install it "
-                           "(install_py_dep_per_model is not supported yet): install its "
-                           "packages into torchd's environment", mv.name, mv.version)
         logger.info("registered %s %s from %s", mv.name, mv.version, req.url)
         return mv
+
+    async def _install_requirements(self, mv: ModelVersion) -> None:
+        requirements = mv.manifest.get("model", {}).get("requirementsFile")
+        if requirements and self.config.install_py_dep_per_model:
+            mv.deps_dir = await asyncio.to_thread(install_requirements, Path(mv.model_dir),
+                                                  requirements, self.extract_root, mv.name)
+        elif requirements:
+            logger.warning("model %s %s has a requirements file but install_py_dep_per_model "
+                           "is off: its packages must be in torchd's environment", mv.name,
+                           mv.version)
 
     def _model_store(self) -> Path:
         if self.config.model_store is None:
@@ -246,6 +257,7 @@ class ModelManager:
         mv.queue.close(ServiceUnavailable(f'Model "{mv.name}" was unregistered'))
         await self.supervisor.drain(mv, self.config.unregister_model_timeout)
         await asyncio.to_thread(archives.remove_prepared, mv.archive)
+        await asyncio.to_thread(remove_installed, mv.deps_dir)
 
     # ---- read-only -------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from daemon.errors import Conflict, Forbidden, ModelNotFound, ModelVersionNotFound
@@ -34,6 +35,7 @@ class ModelVersion:
     settings: ModelSettings
     queue: JobQueue
     loaded_at_startup: bool = False
+    deps_dir: Path | None = None         # its own packages (install_py_dep_per_model)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -65,11 +67,14 @@ class Registry:
     def __init__(self) -> None:
         self._models: dict[str, Model] = {}
 
+    def check_absent(self, name: str, version: str) -> None:
+        model = self._models.get(name)
+        if model is not None and version in model.versions:
+            raise Conflict(f"Model version {version} is already registered for model {name}")
+
     def add(self, mv: ModelVersion) -> None:
+        self.check_absent(mv.name, mv.version)
         model = self._models.setdefault(mv.name, Model(mv.name))
-        if mv.version in model.versions:
-            raise Conflict(f"Model version {mv.version} is already registered for model "
-                           f"{mv.name}")
         model.versions[mv.version] = mv
         if not model.default_version:
             model.default_version = mv.version

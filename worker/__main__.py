@@ -2,8 +2,7 @@
 from __future__ import annotations
 
 import argparse
-
-from worker.process import run_worker
+import sys
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -13,11 +12,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--daemon-pid", type=int, required=True,
                         help="exit when this process dies (<= 0: never)")
     parser.add_argument("--title", default=None, help="process title (default: torchd worker ID)")
+    parser.add_argument("--python-path", default=None,
+                        help="the model's own packages, searched before everything else")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.python_path:
+        sys.path.insert(0, args.python_path)
+    from worker.process import run_worker   # after the path: the model's packages come first
     run_worker(args.socket, args.worker_id, args.daemon_pid,
                args.title or f"torchd worker {args.worker_id}")
 

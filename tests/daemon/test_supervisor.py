@@ -122,7 +122,8 @@ class FakeLauncher:
     async def start(self) -> None:
         return None
 
-    async def spawn(self, worker_id: str, socket_path: str, title: str) -> int:
+    async def spawn(self, worker_id: str, socket_path: str, title: str,
+                    python_path: str | None = None) -> int:
         worker = FakeWorker(self, next(self._pids), worker_id, socket_path, self.behaviour,
                             self.hold)
         self.by_pid[worker.pid] = worker
