@@ -52,6 +52,31 @@ class ProcessOps:
             return 0
 
 
+# Worker and zygote output comes to the daemon through a pipe and leaves through its logging, so
+# it follows --log-config like every other line (the lines are already tagged "[worker ID]").
+OUTPUT_PIPE = {"stdin": asyncio.subprocess.DEVNULL, "stdout": asyncio.subprocess.PIPE,
+               "stderr": asyncio.subprocess.STDOUT, "limit": 1 << 20}
+worker_output = logging.getLogger("torchd.worker")
+_forwarders: set[asyncio.Task] = set()
+
+
+def forward_output(proc: asyncio.subprocess.Process) -> None:
+    task = asyncio.get_running_loop().create_task(_forward(proc.stdout))
+    _forwarders.add(task)
+    task.add_done_callback(_forwarders.discard)
+
+
+async def _forward(stream: asyncio.StreamReader) -> None:
+    while True:
+        try:
+            line = await stream.readline()
+        except (ValueError, asyncio.LimitOverrunError):   # a line longer than the limit
+            line = await stream.read(1 << 20)
+        if not line:
+            return
+        worker_output.info("%s", line.decode(errors="replace").rstrip())
+
+
 class ExecLauncher:
     """Starts each worker as `python -m worker ...` (its own interpreter, its own imports)."""
 
@@ -70,7 +95,8 @@ class ExecLauncher:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker", "--socket", socket_path, "--worker-id", worker_id,
             "--daemon-pid", str(self.daemon_pid), "--title", title, *extra,
-            stdin=asyncio.subprocess.DEVNULL)
+            **OUTPUT_PIPE)
+        forward_output(proc)
         self._pids.add(proc.pid)
         task = asyncio.get_running_loop().create_task(self._wait(proc))
         self._waiters.add(task)
@@ -144,7 +170,8 @@ class ZygoteLauncher:
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "worker.zygote", "--socket", str(path),
-                "--daemon-pid", str(self.daemon_pid), stdin=asyncio.subprocess.DEVNULL)
+                "--daemon-pid", str(self.daemon_pid), **OUTPUT_PIPE)
+            forward_output(self._proc)   # forked workers inherit the zygote's output pipe
             reader, writer = await asyncio.wait_for(connected, ZYGOTE_START_TIMEOUT)
             hello = await asyncio.wait_for(read_frame(reader), ZYGOTE_START_TIMEOUT)
         finally:

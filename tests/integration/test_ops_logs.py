@@ -1,6 +1,7 @@
 """Logs through the real daemon: --log-config (a dictConfig JSON file) sends the daemon's logging
 to a file, with one access log line per request carrying its request id; a worker's stdout and
-stderr reach the daemon's stderr line by line, tagged with the worker id."""
+stderr are forwarded line by line through the daemon's logging (so into that file too), tagged
+with the worker id."""
 from __future__ import annotations
 
 import json
@@ -70,7 +71,10 @@ def test_worker_output_is_forwarded_with_the_worker_id(logged):
     d = logged.daemon
     [worker] = d.workers("logecho")
     tag = f"[worker {worker['id']}] "
-    lines = wait_until(lambda: [line for line in d.log().splitlines() if line.startswith(tag)],
+    prefix = "CFG INFO torchd.worker: " + tag
+    lines = wait_until(lambda: [line[len("CFG INFO torchd.worker: "):]
+                                for line in logged.log_file.read_text().splitlines()
+                                if line.startswith(prefix)],
                        timeout=5, what="worker lines")
     # print() in the handler (stdout) and the worker's own logging (stderr).
     assert f"{tag}echo handler initialized for logecho" in lines
