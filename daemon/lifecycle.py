@@ -168,16 +168,21 @@ class WorkerLifecycle:
         stop = asyncio.ensure_future(handle.stop_requested.wait())
         try:
             while not handle.stop_requested.is_set():
-                take = asyncio.ensure_future(
-                    queue.take_batch(settings.batch_size, settings.max_batch_delay / 1000.0))
-                await asyncio.wait({take, conn.lost, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if not take.done():
-                    take.cancel()
-                    await asyncio.gather(take, return_exceptions=True)
-                    if conn.lost.done():
-                        return str(conn.lost.result())
-                    continue
-                reason = await self._run_batch(handle, take.result(), stop)
+                delay = settings.max_batch_delay / 1000.0
+                # Under load the next batch is already queued: take it without a task and a wait.
+                batch = queue.take_ready(settings.batch_size, delay)
+                if batch is None:
+                    take = asyncio.ensure_future(queue.take_batch(settings.batch_size, delay))
+                    await asyncio.wait({take, conn.lost, stop},
+                                       return_when=asyncio.FIRST_COMPLETED)
+                    if not take.done():
+                        take.cancel()
+                        await asyncio.gather(take, return_exceptions=True)
+                        if conn.lost.done():
+                            return str(conn.lost.result())
+                        continue
+                    batch = take.result()
+                reason = await self._run_batch(handle, batch, stop)
                 if reason is not None:
                     return reason
             return None
