@@ -186,11 +186,33 @@ _RESPONSE_WRITERS = ((h11.SERVER, h11.IDLE), (h11.SERVER, h11.SEND_RESPONSE))
 
 
 def install_reason_phrases() -> None:
-    """Make h11 write reason phrases (idempotent; the daemon's only h11 user is hypercorn)."""
+    """Make h11 write reason phrases, and a response's head leave with its first body bytes
+    (idempotent; the daemon's only h11 user is hypercorn)."""
     for key in _RESPONSE_WRITERS:
         original = WRITERS[key]
         if not getattr(original, "torchd_reason", False):
             WRITERS[key] = _with_reason(original)
+    if not getattr(h11.Connection.send, "torchd_coalesce", False):
+        h11.Connection.send = _coalescing(h11.Connection.send)
+
+
+def _coalescing(original: Callable) -> Callable:
+    """hypercorn writes every h11 event as it comes: the status line and headers in one send
+    and the body in another, two TCP segments per response. The head is held back instead and
+    goes out with whatever the connection sends next: the body, the end of the message (an
+    empty body) or, should the response be cut short, nothing (the connection closes)."""
+    def send(self: h11.Connection, event: Any) -> bytes | None:
+        data = original(self, event)
+        if type(event) is h11.Response:
+            self.torchd_head = data
+            return b""
+        head = self.__dict__.pop("torchd_head", None)
+        if head is not None and data is not None:
+            return head + data
+        return data
+
+    send.torchd_coalesce = True   # type: ignore[attr-defined]
+    return send
 
 
 def _with_reason(original: Callable) -> Callable:
