@@ -35,6 +35,7 @@ test: $(STAMP_TEST)
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check --line-length 100 --select E,F,W daemon worker protocol tests scripts
 
+# make bench BENCH_ARGS="--duration 10 --rounds 2": torchd vs TorchServe 0.12.0 (needs java, wrk)
 bench: $(STAMP_TEST)
 	$(PY) scripts/bench
 
