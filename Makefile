@@ -37,7 +37,7 @@ lint: $(STAMP_TEST)
 
 # make bench BENCH_ARGS="--duration 10 --rounds 2": torchd vs TorchServe 0.12.0 (needs java, wrk)
 bench: $(STAMP_TEST)
-	$(PY) scripts/bench
+	$(PY) scripts/bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) examples/model_store
