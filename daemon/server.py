@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import psutil
 import uvloop
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
@@ -58,7 +59,7 @@ class Core:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.version = VERSION
-        self.runtime_dir = Path(tempfile.mkdtemp(prefix="torchd-"))
+        self.runtime_dir = make_runtime_dir()
         self.registry = Registry()
         self.metrics = Metrics(collect_hook=self._refresh_gauges)
         settings = SupervisorSettings(
@@ -192,6 +193,23 @@ def bind_listeners(config: Config) -> dict[str, socket.socket]:
             sock.close()
         raise
     return sockets
+
+
+RUNTIME_PREFIX = "torchd-run-"
+
+
+def make_runtime_dir() -> Path:
+    """A private dir for worker sockets and extracted archives, named after this daemon's pid.
+
+    A daemon killed with SIGKILL cannot clean up after itself, and its extracted archives may be
+    large: the next daemon removes the dirs of daemons that are gone.
+    """
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f"{RUNTIME_PREFIX}*-*"):
+        pid = stale.name[len(RUNTIME_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=root))
 
 
 def hypercorn_config(sock: socket.socket, address: BindAddress, config: Config) -> HypercornConfig:

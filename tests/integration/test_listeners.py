@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import shutil
 import socket
 import tempfile
 import time
@@ -42,7 +43,9 @@ def unix_daemon(make_daemon):
     daemon.start(wait=False)
     daemon.sockets = {"inference": f"{sockets}/inference.sock",
                       "management": f"{sockets}/management.sock"}
-    return daemon
+    yield daemon
+    daemon.cleanup()
+    shutil.rmtree(sockets, ignore_errors=True)
 
 
 def wait_listening(path: str, proc, timeout: float = 60) -> None:
