@@ -251,7 +251,8 @@ class WorkerLifecycle:
                                    'request finished'), "stop timeout")
 
     def _died_error(self, handle: WorkerHandle) -> TorchdError:
-        if handle.killed_for_memory or _oom_kills() > handle.oom_baseline:
+        # the kernel's OOM killer leaves no mark on the process, only on its cgroup's counter
+        if _oom_kills() > handle.oom_baseline:
             return TorchdError("Worker died.", status=507)
         return InternalServerError("Worker died.")
 

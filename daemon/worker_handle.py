@@ -34,7 +34,6 @@ class WorkerHandle:
     served: int = 0
     retiring: bool = False             # recycled: stops once its replacement is READY
     stop_deadline: float | None = None
-    killed_for_memory: bool = False
     kill_reason: str | None = None     # why the supervisor killed it (heartbeat), for lastError
     oom_baseline: int = 0              # cgroup oom_kill count when it started
     returncode: int | None = None
