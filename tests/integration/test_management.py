@@ -28,6 +28,7 @@ from openapi_spec_validator import validate
 
 from tests.support.archives import build_archive
 from tests.support.daemon import Daemon
+from tests.support.waiting import wait_until
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 DESCRIBE_KEYS = {"modelName", "modelVersion", "modelUrl", "engine", "runtime", "minWorkers",
@@ -220,14 +221,7 @@ def post_models(d: Daemon, **params: Any) -> requests.Response:
 
 
 def wait_for(predicate, timeout: float = 30, what: Any = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise TimeoutError(what() if callable(what) else what)
-        time.sleep(0.1)
+    return wait_until(predicate, timeout, 0.1, what)
 
 
 def gone(pid: int) -> bool:
