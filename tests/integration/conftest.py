@@ -2,14 +2,13 @@
 shared daemon for tests that don't disturb each other."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.support.archives import MODELS, build_archive
+from tests.support.archives import MODELS, build_archive, copy_store
 from tests.support.daemon import Daemon
 
 SIMPLE = ["noop", "echo", "sleep", "stream", "fail513", "fail_plain", "oom", "fail_load",
@@ -30,14 +29,6 @@ def archive_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_archive("mlp_eager", out, serialized_file=str(weights / "mlp_eager" / "mlp_eager.pt"),
                   model_file="model.py")
     return out
-
-
-def copy_store(archive_dir: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in archive_dir.iterdir():
-        if item.is_file():
-            shutil.copy2(item, dest / item.name)
-    return dest
 
 
 @pytest.fixture(scope="session")

@@ -16,8 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.integration.conftest import copy_store
-from tests.support.archives import ARCHIVER
+from tests.support.archives import ARCHIVER, copy_store
 from tests.support.daemon import Daemon
 
 MAX_REQUEST = 2 * 1024 * 1024

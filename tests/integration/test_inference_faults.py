@@ -15,8 +15,7 @@ import psutil
 import pytest
 import requests
 
-from tests.integration.conftest import copy_store
-from tests.support.archives import ARCHIVER
+from tests.support.archives import ARCHIVER, copy_store
 from tests.support.daemon import Daemon
 
 QUEUE = 3

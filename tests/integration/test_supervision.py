@@ -17,8 +17,18 @@ import pytest
 import requests
 
 from tests.integration.test_supervision_helpers import (
-    Load, copy_archives, descendants, gone, in_background, post, ready_pids, scale, title,
-    wait_until, zygote_pids)
+    Load,
+    descendants,
+    gone,
+    in_background,
+    post,
+    ready_pids,
+    scale,
+    title,
+    wait_until,
+    zygote_pids,
+)
+from tests.support.archives import copy_store
 from tests.support.daemon import Daemon
 
 SETTINGS = {"heartbeat_interval": 1, "autoscale_up_delay": 0.5, "autoscale_down_delay": 2}
@@ -28,7 +38,7 @@ ZYGOTE_WARM = 60.0      # a loaded 2-core machine can take long to import torch
 @pytest.fixture(scope="module")
 def sv(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("supervision")
-    daemon = Daemon(workdir, copy_archives(archive_dir, workdir / "store"), SETTINGS)
+    daemon = Daemon(workdir, copy_store(archive_dir, workdir / "store"), SETTINGS)
     daemon.start()
     yield daemon
     daemon.cleanup()

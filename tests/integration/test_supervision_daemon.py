@@ -5,7 +5,14 @@ import signal
 import time
 
 from tests.integration.test_supervision_helpers import (
-    descendants, gone, in_background, post, title, wait_until, ZYGOTE_TITLE)
+    ZYGOTE_TITLE,
+    descendants,
+    gone,
+    in_background,
+    post,
+    title,
+    wait_until,
+)
 from tests.support.daemon import Daemon
 
 

@@ -12,7 +12,15 @@ import psutil
 import pytest
 
 from tests.integration.test_supervision_helpers import (
-    Load, ZYGOTE_TITLE, copy_archives, descendants, gone, ready_pids, title, wait_until)
+    ZYGOTE_TITLE,
+    Load,
+    descendants,
+    gone,
+    ready_pids,
+    title,
+    wait_until,
+)
+from tests.support.archives import copy_store
 from tests.support.daemon import Daemon
 
 SETTINGS = {"worker_spawn": "exec", "max_requests_per_worker": 3}
@@ -21,7 +29,7 @@ SETTINGS = {"worker_spawn": "exec", "max_requests_per_worker": 3}
 @pytest.fixture(scope="module")
 def ex(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("supervision-exec")
-    daemon = Daemon(workdir, copy_archives(archive_dir, workdir / "store"), SETTINGS)
+    daemon = Daemon(workdir, copy_store(archive_dir, workdir / "store"), SETTINGS)
     daemon.start()
     yield daemon
     daemon.cleanup()

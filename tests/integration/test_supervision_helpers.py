@@ -5,11 +5,9 @@ hung test.
 """
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import psutil
@@ -100,14 +98,6 @@ def in_background(fn: Callable[[], Any]) -> Callable[[], Any]:
         return box["result"]
 
     return join
-
-
-def copy_archives(archive_dir: Path, dest: Path) -> Path:
-    dest.mkdir(parents=True, exist_ok=True)
-    for item in archive_dir.iterdir():
-        if item.is_file():
-            shutil.copy2(item, dest / item.name)
-    return dest
 
 
 def title(proc: psutil.Process) -> str:

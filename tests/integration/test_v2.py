@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import copy_store
-from tests.support.archives import ARCHIVER
+from tests.support.archives import ARCHIVER, copy_store
 from tests.support.daemon import Daemon
 
 # Answers an OIP inference request with an OIP response: every input doubled as "output0".

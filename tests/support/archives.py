@@ -11,6 +11,15 @@ ARCHIVER = Path(sys.executable).with_name("torch-model-archiver")
 SUFFIX = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
 
 
+def copy_store(archive_dir: Path, dest: Path) -> Path:
+    """A model store of its own for one daemon: every archive file of ``archive_dir`` copied."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in archive_dir.iterdir():
+        if item.is_file():
+            shutil.copy2(item, dest / item.name)
+    return dest
+
+
 def build_archive(model: str, out_dir: Path, *, name: str | None = None, version: str = "1.0",
                   fmt: str = "default", handler: str = "handler.py",
                   serialized_file: str | None = None, model_file: str | None = None,
