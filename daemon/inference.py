@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -96,9 +95,12 @@ def worker_error(response: dict[str, Any]) -> TorchdError:
                                status=response["status"])
 
 
-def render(response: dict[str, Any]) -> Response:
+ErrorRenderer = Callable[[TorchdError], Response]
+
+
+def render(response: dict[str, Any], render_error: ErrorRenderer = error_response) -> Response:
     if response.get("error"):
-        return error_response(worker_error(response))
+        return render_error(worker_error(response))
     reason_phrase.set(response.get("reason"))
     return Response(response["body"], status_code=response.get("status") or 200,
                     headers=handler_headers(response))
@@ -148,7 +150,10 @@ class PartsResponse(StreamingResponse):
 
 
 async def run_prediction(request: Request, name: str, version: str | None,
-                         extra_headers: tuple = ()) -> Response:
+                         extra_headers: tuple = (),
+                         render_error: ErrorRenderer = error_response) -> Response:
+    """One request through the queue to a worker and back; errors found after the request was
+    taken are rendered by ``render_error`` (TorchServe's JSON, or OIP v2's for /v2 paths)."""
     params = await read_parameters(request)
     mv = request.app.state.registry.get(name, version)
     job = new_job(request, params, extra_headers)
@@ -164,11 +169,11 @@ async def run_prediction(request: Request, name: str, version: str | None,
         return NoResponse()
     if kind == "error":
         record(request, mv, job, payload.status, named)
-        return error_response(payload)
+        return render_error(payload)
     record(request, mv, job, payload.get("status") or 200, named)
     if kind == "part":
         return PartsResponse(payload, job)
-    return render(payload)
+    return render(payload, render_error)
 
 
 # ---- TorchServe and KServe v1 routes --------------------------------------------------------
@@ -256,14 +261,17 @@ def _tensors(value: Any) -> list:
     return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
 
 
+def _v2_error_of(exc: TorchdError) -> Response:
+    return v2_error(exc.message, exc.status)
+
+
 async def v2_infer(request: Request) -> Response:
     p = request.path_params
     try:
-        response = await run_prediction(request, p["model_name"], p.get("model_version"))
+        response = await run_prediction(request, p["model_name"], p.get("model_version"),
+                                        render_error=_v2_error_of)
     except TorchdError as exc:
-        return v2_error(exc.message, exc.status)
-    if response.status_code >= 400 and isinstance(response, JSONResponse):
-        return v2_error(json.loads(response.body).get("message", ""), response.status_code)
+        return _v2_error_of(exc)
     if response.status_code < 400 and not response.headers.get("content-type"):
         response.headers["content-type"] = "application/json"
     return response
