@@ -12,6 +12,7 @@ from starlette.routing import Route
 from daemon import inference, management
 from daemon.errors import BadRequest, InvalidKey
 from daemon.http_common import EXCEPTION_HANDLERS, RequestContext, install_reason_phrases
+from daemon.predict import HotRoutes, Predictor, prediction_routes
 
 
 def _state(app: Starlette, core: Any, **extra: Any) -> None:
@@ -27,7 +28,7 @@ def _state(app: Starlette, core: Any, **extra: Any) -> None:
         setattr(app.state, key, value)
 
 
-def _wrap(app: Starlette, core: Any, name: str, token_kind: str | None) -> Any:
+def _wrap(app: Any, core: Any, name: str, token_kind: str | None) -> Any:
     install_reason_phrases()
     config = core.config
     wrapped: Any = app
@@ -70,10 +71,11 @@ def build_management_app(core: Any) -> Any:
 
 
 def build_inference_app(core: Any) -> Any:
-    app = Starlette(routes=inference.ROUTES, exception_handlers=EXCEPTION_HANDLERS)
+    hot = prediction_routes(Predictor(core))
+    app = Starlette(routes=[*inference.ROUTES, *hot], exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
     _state(app, core, api_document=core.documents["inference"])
-    return _wrap(app, core, "inference", "inference")
+    return _wrap(HotRoutes(app, hot), core, "inference", "inference")
 
 
 def build_metrics_app(core: Any) -> Any:

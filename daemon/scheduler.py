@@ -4,47 +4,70 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from daemon.errors import ServiceUnavailable, TorchdError
 
 
-@dataclass(eq=False)
 class Job:
     """One inference request on its way to a worker and back.
 
-    ``events`` carries what the HTTP side streams out: zero or more ("part", response) then
+    Its events are what the HTTP side streams out: zero or more ("part", response) then
     exactly one ("final", response) or ("error", TorchdError); or ("gone", None) once the client
-    has hung up.
+    has hung up. Most requests see exactly one event, so they wait on a bare future rather than
+    an asyncio.Queue (a queue and its getters cost more than the rest of the job).
     """
 
-    id: str
-    request: dict[str, Any]
-    arrival: float
-    events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: bool = False
-    dispatched_at: float | None = None
-    finished: bool = False
+    __slots__ = ("id", "request", "arrival", "cancelled", "dispatched_at", "finished",
+                 "_events", "_waiter")
+
+    def __init__(self, id: str, request: dict[str, Any], arrival: float) -> None:
+        self.id = id
+        self.request = request
+        self.arrival = arrival
+        self.cancelled = False
+        self.dispatched_at: float | None = None
+        self.finished = False
+        self._events: collections.deque[tuple[str, Any]] = collections.deque()
+        self._waiter: asyncio.Future | None = None
 
     def send_part(self, response: dict[str, Any]) -> None:
         if not self.finished:
-            self.events.put_nowait(("part", response))
+            self._put(("part", response))
 
     def finish(self, response: dict[str, Any]) -> None:
         if not self.finished:
             self.finished = True
-            self.events.put_nowait(("final", response))
+            self._put(("final", response))
 
     def fail(self, error: TorchdError) -> None:
         if not self.finished:
             self.finished = True
-            self.events.put_nowait(("error", error))
+            self._put(("error", error))
 
     def abandon(self) -> None:
         """The client went away: never dispatch this job; wake whoever waits on it."""
         self.cancelled = True
-        self.events.put_nowait(("gone", None))
+        self._put(("gone", None))
+
+    async def next_event(self) -> tuple[str, Any]:
+        """The next event, in order; waits while there is none."""
+        if not self._events:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._events.popleft()
+
+    def pending_events(self) -> list[tuple[str, Any]]:
+        """The events not taken yet (for inspection; leaves them in place)."""
+        return list(self._events)
+
+    def _put(self, event: tuple[str, Any]) -> None:
+        self._events.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
 
 class QueueFull(Exception):

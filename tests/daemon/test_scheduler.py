@@ -96,7 +96,7 @@ def test_abandoned_job_leaves_the_queue_at_once():
         queue.submit(b)
         queue.abandon(a)
         assert queue.depth == 1 and a.cancelled
-        assert await a.events.get() == ("gone", None)
+        assert await a.next_event() == ("gone", None)
         assert ids(await queue.take_batch(4, 0)) == ["b"]
     run(main())
 
@@ -167,7 +167,7 @@ def test_fail_all_answers_every_waiting_job():
         error = ServiceUnavailable("gone")
         assert queue.fail_all(error) == 3 and queue.depth == 0
         for j in jobs:
-            assert await j.events.get() == ("error", error)
+            assert await j.next_event() == ("error", error)
     run(main())
 
 
@@ -186,7 +186,7 @@ def test_a_closed_queue_answers_late_jobs_too():
         with pytest.raises(asyncio.CancelledError):
             await take
         for j in (filling, waiting):  # ... and is answered, not left in a dead queue
-            assert await j.events.get() == ("error", error)
+            assert await j.next_event() == ("error", error)
         with pytest.raises(ServiceUnavailable):
             queue.submit(job("late"))
         assert queue.depth == 0
@@ -200,10 +200,20 @@ def test_job_events_end_with_exactly_one_answer():
         j.finish({"body": b"2"})
         j.fail(ServiceUnavailable("late"))
         j.send_part({"body": b"3"})
-        events = []
-        while not j.events.empty():
-            events.append(j.events.get_nowait())
-        assert events == [("part", {"body": b"1"}), ("final", {"body": b"2"})]
+        assert j.pending_events() == [("part", {"body": b"1"}), ("final", {"body": b"2"})]
+    run(main())
+
+
+def test_job_events_wake_a_waiting_reader_in_order():
+    async def main():
+        j = job("a")
+        reader = asyncio.ensure_future(j.next_event())
+        await asyncio.sleep(0)
+        assert not reader.done()
+        j.send_part({"body": b"1"})
+        j.finish({"body": b"2"})
+        assert await reader == ("part", {"body": b"1"})
+        assert await j.next_event() == ("final", {"body": b"2"})
     run(main())
 
 

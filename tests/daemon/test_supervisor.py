@@ -226,7 +226,7 @@ def submit(mv: ModelVersion, name: str = "r") -> Job:
 
 
 async def outcome(job: Job, timeout: float = 3.0) -> tuple[str, Any]:
-    return await asyncio.wait_for(job.events.get(), timeout)
+    return await asyncio.wait_for(job.next_event(), timeout)
 
 
 @pytest.fixture
