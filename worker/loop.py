@@ -34,7 +34,9 @@ class Channel:
         self._sock = sock
         self._on_abandoned = on_abandoned
         self._send_lock = threading.Lock()
-        self._inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        # SimpleQueue: the C implementation; its put/get cost less than Queue's Condition dance,
+        # and nothing here needs Queue's task_done/join or size limits.
+        self._inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._state_lock = threading.Lock()
         self._pending: dict[int, set[str]] = {}  # batch id -> cancelled request ids
         self._finished = threading.Event()
