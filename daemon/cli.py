@@ -26,6 +26,7 @@ from typing import Any
 
 from daemon import pidfile
 from daemon.config import SETTINGS, Config, ConfigError, load_config
+from daemon.logformat import BatchingStreamHandler, SecondsFormatter
 
 logger = logging.getLogger(__name__)
 
@@ -171,8 +172,8 @@ def configure_logging(log_config: Path | None, level: str = "INFO") -> None:
     """Plain lines to stderr (journald adds its own metadata), or the given config file:
     .ini/.conf/.cfg via fileConfig, .json/.yaml/.yml via dictConfig."""
     if log_config is None:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter(LOG_FORMAT, LOG_DATEFMT))
+        handler = BatchingStreamHandler(sys.stderr)
+        handler.setFormatter(SecondsFormatter(LOG_FORMAT, LOG_DATEFMT))
         logging.basicConfig(level=level, handlers=[handler], force=True)
         return
     suffix = log_config.suffix.lower()

@@ -80,15 +80,18 @@ class WorkerLifecycle:
         timeout = float(mv.settings.startup_timeout)
         path = sup.settings.runtime_dir / f"w{handle.id}.sock"
         path.unlink(missing_ok=True)
-        connected: asyncio.Future = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        connected: asyncio.Future = loop.create_future()
 
-        def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        def accept() -> WorkerConnection:
+            conn = WorkerConnection(sup.settings.max_frame)
             if connected.done():
-                writer.close()
+                conn.close()   # one worker, one connection: a second one is not ours
             else:
-                connected.set_result((reader, writer))
+                connected.set_result(conn)
+            return conn
 
-        server = await asyncio.start_unix_server(accept, str(path))
+        server = await loop.create_unix_server(accept, str(path))
         handle.oom_baseline = _oom_kills()
         try:
             # Raced against a stop: a spawn can wait long for a zygote still importing torch.
@@ -106,9 +109,7 @@ class WorkerLifecycle:
         finally:
             server.close()
             path.unlink(missing_ok=True)
-        reader, writer = connected.result()
-        conn = WorkerConnection(reader, writer, sup.settings.max_frame)
-        handle.conn = conn
+        conn = handle.conn = connected.result()
         try:
             await conn.handshake(timeout)
             reply = conn.request(self._load_message(handle), messages.LOADED, None)

@@ -16,6 +16,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.utils import floatToGoString
@@ -55,7 +56,10 @@ class TorchServeCounter:
     def inc(self, labelvalues: Iterable[str], amount: float = 1.0) -> None:
         if amount < 0:
             raise ValueError(f"{self.name}: counters only go up (got {amount})")
-        key = tuple(str(v) for v in labelvalues)
+        self.inc_key(tuple(str(v) for v in labelvalues), amount)
+
+    def inc_key(self, key: tuple[str, ...], amount: float = 1.0) -> None:
+        """``inc`` for label values already a tuple of str (the per-request path)."""
         with self._lock:
             self._values[key] = self._values.get(key, 0.0) + amount
 
@@ -93,6 +97,9 @@ class Metrics:
         self._states: list[str] = list(WORKER_STATES)
         self._rss_workers: dict[tuple[str, str], set[str]] = {}
         self._known: set[tuple[str, str]] = set()
+        # per (model, version, named_version): the ts_* label values and the latency child,
+        # looked up once rather than on every request
+        self._request_series: dict[tuple[str, str, bool], tuple[tuple[str, str, str], Any]] = {}
         self._build_torchserve_counters()
         self._build_torchd_metrics()
 
@@ -113,9 +120,10 @@ class Metrics:
                                    ("Level", "Hostname"))
             for cls in (2, 4, 5)
         }
+        self._status_key = ("Host", self.hostname)
         for counter in self.status_counters.values():
             # present from the first scrape, so rate() works
-            counter.inc(("Host", self.hostname), 0)
+            counter.inc_key(self._status_key, 0)
 
     def _build_torchd_metrics(self) -> None:
         reg = self.registry
@@ -150,19 +158,30 @@ class Metrics:
         `named_version=False` (the path named no version) labels the ts_* series
         model_version="default", as TorchServe does; torchd_* series always get the version.
         """
+        series = self._request_series.get((model, version, named_version))
+        if series is None:
+            series = self._new_request_series(model, version, named_version)
+        ts, latency = series
+        self.ts_requests.inc_key(ts)
+        if status < 400:
+            self.ts_inference_latency.inc_key(ts, total_us)
+            self.ts_queue_latency.inc_key(ts, queue_us)
+            latency.observe(total_us / 1e6)
+
+    def _new_request_series(self, model: str, version: str,
+                            named_version: bool) -> tuple[tuple[str, str, str], Any]:
         self._touch(model, version)
         ts = (model, version if named_version else DEFAULT_VERSION_LABEL, self.hostname)
-        self.ts_requests.inc(ts)
-        if status < 400:
-            self.ts_inference_latency.inc(ts, total_us)
-            self.ts_queue_latency.inc(ts, queue_us)
-            self.request_latency.labels(model, version).observe(total_us / 1e6)
+        series = ts, self.request_latency.labels(model, version)
+        with self._lock:
+            self._request_series[(model, version, named_version)] = series
+        return series
 
     def count_status(self, status: int) -> None:
         """Count one HTTP response of the inference or management port by status class."""
         counter = self.status_counters.get(status // 100)
         if counter is not None:
-            counter.inc(("Host", self.hostname))
+            counter.inc_key(self._status_key)
 
     def observe_batch(self, model: str, version: str, size: int) -> None:
         self._touch(model, version)
@@ -209,6 +228,8 @@ class Metrics:
         """
         with self._lock:
             self._known.discard((model, version))
+            self._request_series.pop((model, version, True), None)
+            self._request_series.pop((model, version, False), None)
             last = not any(name == model for name, _ in self._known)
             workers = self._rss_workers.pop((model, version), set())
             states = list(self._states)

@@ -6,8 +6,7 @@ import logging
 from typing import Any, Callable
 
 from protocol import messages
-from protocol.frames import ProtocolError
-from protocol.streams import read_frame, write_frame
+from protocol.frames import FrameDecoder, ProtocolError, encode_frame
 
 logger = logging.getLogger(__name__)
 
@@ -16,40 +15,65 @@ class ConnectionLost(Exception):
     """The worker's socket closed (the process died, or we poisoned the connection)."""
 
 
-class WorkerConnection:
-    """Owns the socket; a reader task routes each incoming frame to whoever awaits it."""
+class WorkerConnection(asyncio.Protocol):
+    """The daemon's end of one worker socket, as an asyncio protocol: frames are decoded as the
+    bytes arrive and routed to whoever awaits them, with no reader task between."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 max_frame: int) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._max_frame = max_frame
+    def __init__(self, max_frame: int) -> None:
         loop = asyncio.get_running_loop()
         self.lost: asyncio.Future = loop.create_future()
+        self._hello: asyncio.Future = loop.create_future()
+        self._decoder = FrameDecoder(max_frame)
+        self._transport: asyncio.Transport | None = None
         self._replies: dict[str, asyncio.Future] = {}
         self._on_part: Callable[[dict], None] | None = None
         self._batch_id: int | None = None
         self.last_pong = 0
-        self._task: asyncio.Task | None = None
+
+    # ---- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport   # type: ignore[assignment]
+        if self.lost.done():   # closed before it was even connected
+            transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            for message in self._decoder.feed(data):
+                if not self._hello.done():
+                    self._greet(message)
+                else:
+                    self._dispatch(message)
+        except ProtocolError as exc:
+            self._lose(ConnectionLost(f"worker connection broken: {exc}"))
+            self._transport.close()
+
+    def eof_received(self) -> bool:
+        if self._decoder.pending:
+            self._lose(ConnectionLost("worker connection broken: stream ended inside a frame"))
+        self._lose(ConnectionLost("worker closed its socket"))
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lose(ConnectionLost(f"worker connection broken: {exc}" if exc else
+                                  "worker closed its socket"))
+
+    # ---- requests ----------------------------------------------------------------------------
 
     async def handshake(self, timeout: float) -> dict[str, Any]:
-        """Read the worker's hello before anything else, then start routing frames."""
-        hello = await asyncio.wait_for(read_frame(self._reader, self._max_frame), timeout)
-        if not hello or hello.get("kind") != messages.HELLO:
-            raise ProtocolError(f"expected hello, got {hello!r}")
-        self._task = asyncio.get_running_loop().create_task(self._route())
-        return hello
+        """The worker's hello, which comes before anything else."""
+        waiters = {self._hello, self.lost}
+        await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        if self._hello.done():
+            return self._hello.result()
+        if self.lost.done():
+            raise self.lost.result()
+        raise asyncio.TimeoutError()
 
-    async def _route(self) -> None:
-        try:
-            while (message := await read_frame(self._reader, self._max_frame)) is not None:
-                self._dispatch(message)
-            reason: Exception = ConnectionLost("worker closed its socket")
-        except (ProtocolError, OSError) as exc:
-            reason = ConnectionLost(f"worker connection broken: {exc}")
-        except asyncio.CancelledError:
-            reason = ConnectionLost("connection closed by the daemon")
-        self._lose(reason)
+    def _greet(self, message: dict[str, Any]) -> None:
+        if message.get("kind") != messages.HELLO:
+            raise ProtocolError(f"expected hello, got {message!r}")
+        self._hello.set_result(message)
 
     def _lose(self, reason: Exception) -> None:
         if not self.lost.done():
@@ -92,7 +116,7 @@ class WorkerConnection:
     def send(self, message: dict[str, Any]) -> None:
         if self.lost.done():
             raise self.lost.result()
-        write_frame(self._writer, message)
+        self._transport.write(encode_frame(message))
 
     def start_batch(self, batch_id: int, requests: list[dict[str, Any]],
                     on_part: Callable[[dict], None]) -> asyncio.Future:
@@ -111,6 +135,5 @@ class WorkerConnection:
     def close(self) -> None:
         """Poison the connection: nothing the worker sends later can answer anything."""
         self._lose(ConnectionLost("connection closed by the daemon"))
-        if self._task is not None:
-            self._task.cancel()
-        self._writer.close()
+        if self._transport is not None:
+            self._transport.close()
