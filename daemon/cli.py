@@ -26,7 +26,7 @@ from typing import Any
 
 from daemon import pidfile
 from daemon.config import SETTINGS, Config, ConfigError, load_config
-from daemon.logformat import BatchingStreamHandler, SecondsFormatter
+from daemon.logformat import BatchingStreamHandler, SecondsFormatter, batched_stderr
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def configure_logging(log_config: Path | None, level: str = "INFO") -> None:
     """Plain lines to stderr (journald adds its own metadata), or the given config file:
     .ini/.conf/.cfg via fileConfig, .json/.yaml/.yml via dictConfig."""
     if log_config is None:
-        handler = BatchingStreamHandler(sys.stderr)
+        handler = BatchingStreamHandler(batched_stderr())
         handler.setFormatter(SecondsFormatter(LOG_FORMAT, LOG_DATEFMT))
         logging.basicConfig(level=level, handlers=[handler], force=True)
         return

@@ -2,17 +2,31 @@
 
 The access log writes a line for every request, so the stock handler's costs show up in the
 request rate: a strftime per record and a write system call per line. Here the timestamp text is
-made once a second, and lines are written in batches: at once for a WARNING or worse, else within
-FLUSH_INTERVAL seconds (at exit, logging's own shutdown flushes the rest).
+made once a second, and access log lines are written in batches: within FLUSH_INTERVAL seconds,
+or with the next line of any other logger, which is written at once (at exit, logging's own
+shutdown flushes the rest). A traceback printed
+to sys.stderr directly can thus come out before log lines of the 0.1 s before it.
 """
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from typing import TextIO
 
 FLUSH_INTERVAL = 0.1
+
+
+def batched_stderr() -> TextIO:
+    """Standard error without line buffering (sys.stderr writes every line as it comes), for
+    BatchingStreamHandler; sys.stderr itself where it has no file descriptor."""
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return sys.stderr
+    return open(fd, "w", buffering=64 * 1024, encoding=sys.stderr.encoding or "utf-8",
+                errors="backslashreplace", closefd=False)
 
 
 class SecondsFormatter(logging.Formatter):
@@ -33,10 +47,13 @@ class SecondsFormatter(logging.Formatter):
 
 
 class BatchingStreamHandler(logging.StreamHandler):
-    """A StreamHandler that flushes WARNING and worse at once, and the rest from a timer."""
+    """A StreamHandler that leaves the records of the ``batched`` loggers in the stream's buffer
+    for a timer to flush, and flushes after any other record."""
 
-    def __init__(self, stream: TextIO, interval: float = FLUSH_INTERVAL) -> None:
+    def __init__(self, stream: TextIO, batched: tuple[str, ...] = ("torchd.access",),
+                 interval: float = FLUSH_INTERVAL) -> None:
         super().__init__(stream)
+        self._batched = frozenset(batched)
         self._dirty = False
         self._interval = interval
         self._timer_started = False
@@ -47,7 +64,7 @@ class BatchingStreamHandler(logging.StreamHandler):
         except Exception:
             self.handleError(record)
             return
-        if record.levelno >= logging.WARNING:
+        if record.name not in self._batched:
             self.flush()
         else:
             self._dirty = True
