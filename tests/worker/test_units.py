@@ -1,11 +1,15 @@
 """Pure pieces of the worker, in-process: handler strings, codec, Context, metrics, ts alias."""
 from __future__ import annotations
 
+import enum
 import json
 import subprocess
 import sys
+from collections import OrderedDict
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker import codec
 from worker.service import HandlerLoadError, parse_handler
@@ -74,6 +78,62 @@ def test_encode_body(value, expected):
 def test_encode_body_refuses_unserializable():
     with pytest.raises(TypeError):
         codec.encode_body(object())
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+def nested(depth: int) -> list:
+    """[[[...[1]...]]]: deeper than the fast path goes."""
+    value: list = [1]
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+JSON_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text()
+                | st.integers(min_value=-10**30, max_value=10**30))
+JSON_KEYS = st.text() | st.integers() | st.floats() | st.booleans() | st.none()
+JSON_VALUES = st.recursive(
+    JSON_SCALARS,
+    lambda inner: (st.lists(inner, max_size=5) | st.lists(inner, max_size=3).map(tuple)
+                   | st.dictionaries(st.text(), inner, max_size=5)
+                   | st.dictionaries(JSON_KEYS, inner, max_size=3)),
+    max_leaves=30)
+
+
+@settings(max_examples=400, deadline=None)
+@given(JSON_VALUES)
+def test_indented_json_is_exactly_json_dumps(value):
+    assert codec.indented_json(value) == json.dumps(value, indent=2)
+
+
+@pytest.mark.parametrize("value", [
+    {}, [], (), {"a": {}}, [[]], float("nan"), [float("inf"), float("-inf")], -0.0, 1e300,
+    {"é": "\u2028\x00"}, {1: "int key", None: 1, False: 2, 1.5: 3}, Level.HIGH, [Level.HIGH],
+    OrderedDict(b=1, a=2), {"deep": nested(40)},
+])
+def test_indented_json_edge_cases(value):
+    assert codec.indented_json(value) == json.dumps(value, indent=2)
+
+
+def test_indented_json_reports_what_json_dumps_reports():
+    cyclic: list = []
+    cyclic.append(cyclic)
+    for value, error in [(cyclic, ValueError), ({"x": object()}, TypeError),
+                         ({(1, 2): "tuple key"}, TypeError)]:
+        with pytest.raises(error) as expected:
+            json.dumps(value, indent=2)
+        with pytest.raises(error) as got:
+            codec.indented_json(value)
+        assert str(got.value) == str(expected.value)
+
+
+def test_default_reason():
+    assert codec.default_reason(200) == "OK"
+    assert codec.default_reason(507) == "Insufficient Storage"
+    assert codec.default_reason(599) == ""
 
 
 def test_failure_status():
