@@ -25,6 +25,7 @@ EXIT_PROTOCOL = 2
 # After EOF, how long a busy main thread may keep running before the process exits anyway:
 # nobody can receive its result.
 EOF_GRACE_SECONDS = 1.0
+_NONE_CANCELLED: frozenset[str] = frozenset()
 
 
 class Channel:
@@ -63,6 +64,12 @@ class Channel:
     def is_cancelled(self, batch_id: int, request_id: str) -> bool:
         with self._state_lock:
             return request_id in self._pending.get(batch_id, ())
+
+    def cancelled(self, batch_id: int) -> frozenset[str]:
+        """The request ids of the batch cancelled so far (one lock for a whole batch)."""
+        with self._state_lock:
+            found = self._pending.get(batch_id)
+            return frozenset(found) if found else _NONE_CANCELLED
 
     def forget_batch(self, batch_id: int) -> None:
         with self._state_lock:
@@ -160,14 +167,19 @@ class WorkerLoop:
             logger.warning("ignoring unexpected %r frame", kind)
 
     def _predict(self, batch_id: int, requests: list[dict[str, Any]]) -> None:
-        live = [r for r in requests if not self.channel.is_cancelled(batch_id, r["id"])]
+        live = self._uncancelled(batch_id, requests)
         responses = []
         if live:
             responses = self.service.run_batch(
                 live, lambda parts: self._send_parts(batch_id, parts))
-        responses = [r for r in responses if not self.channel.is_cancelled(batch_id, r["id"])]
+        responses = self._uncancelled(batch_id, responses)
         self._send_fitted(lambda rs: messages.result(batch_id, rs), responses)
         self.channel.forget_batch(batch_id)
+
+    def _uncancelled(self, batch_id: int, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Requests (or responses) whose request the daemon has not cancelled."""
+        cancelled = self.channel.cancelled(batch_id)
+        return [item for item in items if item["id"] not in cancelled] if cancelled else items
 
     def _send_parts(self, batch_id: int, parts: list[dict[str, Any]]) -> None:
         for part in parts:

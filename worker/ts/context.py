@@ -15,7 +15,7 @@ class RequestProcessor:
 
     def __init__(self, request_headers: dict[str, str]) -> None:
         self._request_headers = dict(request_headers)
-        self._lower = {name.lower(): value for name, value in request_headers.items()}
+        self._lower: dict[str, str] | None = None  # built on the first case-insensitive lookup
         self._status_code = 200
         self._reason_phrase = ""
         self._response_headers: dict[str, str] = {}
@@ -26,6 +26,8 @@ class RequestProcessor:
         # so fall back to a case-insensitive match.
         if key in self._request_headers:
             return self._request_headers[key]
+        if self._lower is None:
+            self._lower = {name.lower(): value for name, value in self._request_headers.items()}
         return self._lower.get(key.lower())
 
     def get_request_properties(self) -> dict[str, str]:
