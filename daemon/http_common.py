@@ -66,16 +66,35 @@ def status_json(message: str, status: int = 200) -> JSONResponse:
 
 async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, refusing with 413 as soon as it exceeds ``limit`` bytes."""
-    declared = request.headers.get("content-length")
+    return await receive_body(request.scope, request.receive, limit)
+
+
+def header(scope: dict, name: bytes) -> str | None:
+    """A request header straight from the ASGI scope (``name`` in lower case)."""
+    for key, value in scope["headers"]:
+        if key == name:
+            return value.decode("latin-1")
+    return None
+
+
+async def receive_body(scope: dict, receive: Callable, limit: int) -> bytes:
+    """``read_body`` for plain ASGI code; ClientDisconnect if the client hangs up first."""
+    declared = header(scope, b"content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        if chunk:
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
+            chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 async def torchd_error(request: Request, exc: TorchdError) -> Response:

@@ -14,13 +14,13 @@ import time
 from typing import Any, Callable
 
 from starlette.formparsers import MultiPartException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 
-from daemon.errors import BadRequest, InternalServerError, PayloadTooLarge, ResourceNotFound, \
+from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, \
     ServiceUnavailable, TorchdError, error_response
-from daemon.http_common import NoResponse, reason_phrase
+from daemon.http_common import NoResponse, header, reason_phrase, receive_body
 from daemon.registry import ModelVersion
 from daemon.scheduler import Job, QueueFull, queue_full_error
 from protocol import messages
@@ -29,10 +29,6 @@ logger = logging.getLogger(__name__)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 EXPLAIN = (("explain", "True"),)
 ErrorRenderer = Callable[[TorchdError], Response]
-
-
-class ClientGone(Exception):
-    """The client hung up before its request was whole."""
 
 
 def v2_error(message: str, status: int) -> JSONResponse:
@@ -45,33 +41,6 @@ def v2_error_of(exc: TorchdError) -> Response:
 
 
 # ---- request → job --------------------------------------------------------------------------
-
-def header(scope: dict[str, Any], name: bytes) -> str | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value.decode("latin-1")
-    return None
-
-
-async def receive_body(scope: dict[str, Any], receive: Callable, limit: int) -> bytes:
-    """The whole body, refusing with 413 as soon as it exceeds ``limit`` bytes."""
-    declared = header(scope, b"content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
-    chunks, size = [], 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
 
 async def form_parameters(scope: dict[str, Any], receive: Callable, body: bytes,
                           limit: int) -> list[dict[str, Any]]:
@@ -184,7 +153,7 @@ class Predictor:
         try:
             response = await self._respond(scope, receive, name, version, extra_headers,
                                            render_error, default_type)
-        except ClientGone:
+        except ClientDisconnect:
             return
         except TorchdError as exc:
             response = render_error(exc)
