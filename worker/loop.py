@@ -1,115 +1,21 @@
 """The worker's frame loop: LOAD once, then PREDICT / DESCRIBE until EOF or SHUTDOWN.
 
-A reader thread owns the receiving side of the socket. It answers PING itself (so heartbeats
-are answered while a batch runs), records CANCELs, and queues every other frame for the main
-thread, which runs the handler. All sends share one lock.
+Frames come from a Channel (worker/channel.py), which answers PING and records CANCEL itself;
+this loop runs on the main thread and handles everything else.
 """
 from __future__ import annotations
 
 import logging
-import queue
-import socket
-import threading
 from collections.abc import Callable
 from typing import Any
 
 from protocol import messages
 from protocol.frames import DEFAULT_MAX_FRAME, ProtocolError, encode_frame
-from protocol.streams import recv_frame
+from worker.channel import EXIT_OK, EXIT_PROTOCOL, Channel
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
 EXIT_LOAD_FAILED = 1
-EXIT_PROTOCOL = 2
-# After EOF, how long a busy main thread may keep running before the process exits anyway:
-# nobody can receive its result.
-EOF_GRACE_SECONDS = 1.0
-_NONE_CANCELLED: frozenset[str] = frozenset()
-
-
-class Channel:
-    """The worker's end of its socket."""
-
-    def __init__(self, sock: socket.socket, on_abandoned: Callable[[int], None]) -> None:
-        self._sock = sock
-        self._on_abandoned = on_abandoned
-        self._send_lock = threading.Lock()
-        # SimpleQueue: the C implementation; its put/get cost less than Queue's Condition dance,
-        # and nothing here needs Queue's task_done/join or size limits.
-        self._inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._state_lock = threading.Lock()
-        self._pending: dict[int, set[str]] = {}  # batch id -> cancelled request ids
-        self._finished = threading.Event()
-        self.protocol_error = False
-
-    def send(self, message: dict[str, Any]) -> None:
-        self.send_encoded(encode_frame(message))
-
-    def send_encoded(self, frame: bytes) -> None:
-        with self._send_lock:
-            self._sock.sendall(frame)
-
-    def start_reader(self) -> None:
-        threading.Thread(target=self._read_loop, name="frame-reader", daemon=True).start()
-
-    def next_message(self) -> dict[str, Any] | None:
-        """The next frame for the main thread; None once the daemon has hung up."""
-        return self._inbox.get()
-
-    def finished(self) -> None:
-        """The main thread is done: the reader need not force an exit after EOF."""
-        self._finished.set()
-
-    def is_cancelled(self, batch_id: int, request_id: str) -> bool:
-        with self._state_lock:
-            return request_id in self._pending.get(batch_id, ())
-
-    def cancelled(self, batch_id: int) -> frozenset[str]:
-        """The request ids of the batch cancelled so far (one lock for a whole batch)."""
-        with self._state_lock:
-            found = self._pending.get(batch_id)
-            return frozenset(found) if found else _NONE_CANCELLED
-
-    def forget_batch(self, batch_id: int) -> None:
-        with self._state_lock:
-            self._pending.pop(batch_id, None)
-
-    def _read_loop(self) -> None:
-        try:
-            while (message := recv_frame(self._sock)) is not None:
-                self._dispatch(message)
-        except ProtocolError as exc:
-            logger.error("bad frame from the daemon: %s", exc)
-            self.protocol_error = True
-        except OSError as exc:
-            logger.info("socket closed: %s", exc)
-        self._inbox.put(None)
-        if not self._finished.wait(EOF_GRACE_SECONDS):
-            logger.warning("daemon hung up while a batch was running; exiting")
-            self._on_abandoned(EXIT_PROTOCOL if self.protocol_error else EXIT_OK)
-
-    def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("kind")
-        if kind == messages.PING:
-            self.send(messages.pong(message.get("seq", 0)))
-        elif kind == messages.CANCEL:
-            self._record_cancel(message.get("batch_id"), message.get("request_ids") or [])
-        else:
-            if kind == messages.PREDICT:
-                with self._state_lock:
-                    self._pending.setdefault(message.get("batch_id"), set())
-            self._inbox.put(message)
-
-    def _record_cancel(self, batch_id: Any, request_ids: list[str]) -> None:
-        with self._state_lock:
-            cancelled = self._pending.get(batch_id)
-            if cancelled is None:
-                logger.debug("cancel for batch %s, which is not pending; ignored", batch_id)
-                return
-            cancelled.update(request_ids)
-        logger.info("batch %s: %d request(s) cancelled by the daemon", batch_id,
-                    len(request_ids))
 
 
 class WorkerLoop:

@@ -12,7 +12,8 @@ import setproctitle
 
 from protocol import messages
 from worker.logs import PrefixedOutput, configure_logging
-from worker.loop import Channel, WorkerLoop
+from worker.channel import Channel
+from worker.loop import WorkerLoop
 from worker.ts_alias import install_ts_alias
 from worker.watch import start_daemon_watch
 

@@ -1,0 +1,196 @@
+"""The worker's Channel in-process, over a socketpair: which thread receives, and when.
+
+The main thread receives while it waits for work; the standby reader takes over while a task
+(everything between two next_message() calls) runs longer than TAKEOVER_SECONDS.
+"""
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from protocol import messages
+from protocol.frames import encode_frame
+from protocol.streams import recv_frame
+from worker import channel as channel_module
+from worker.channel import Channel
+
+# Far above TAKEOVER_SECONDS: how long a test waits for an answer the reader owes.
+ANSWER_TIMEOUT = 2.0
+
+
+class Pair:
+    """A Channel on one end of a socketpair; the test plays the daemon on the other."""
+
+    def __init__(self) -> None:
+        self.daemon, worker = socket.socketpair()
+        self.daemon.settimeout(ANSWER_TIMEOUT)
+        self.abandoned: list[int] = []
+        self.channel = Channel(worker, self.abandoned.append)
+        self.channel.start_reader()
+
+    def send(self, *frames: dict) -> None:
+        """Several frames in one write: they arrive together."""
+        self.daemon.sendall(b"".join(encode_frame(f) for f in frames))
+
+    def recv(self) -> dict:
+        message = recv_frame(self.daemon)
+        assert message is not None, "the worker's end closed"
+        return message
+
+    def next_message(self, timeout: float = ANSWER_TIMEOUT) -> dict | None:
+        """next_message() on a helper thread, so a test cannot hang on it."""
+        box: list = []
+        thread = threading.Thread(target=lambda: box.append(self.channel.next_message()))
+        thread.start()
+        thread.join(timeout)
+        assert box, "next_message() did not return"
+        return box[0]
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    pair = Pair()
+    yield pair
+    pair.daemon.close()
+
+
+def predict(batch_id: int, *ids: str) -> dict:
+    return messages.predict(batch_id, [messages.request(i, [], []) for i in ids])
+
+
+def test_idle_main_thread_answers_ping_and_returns_work(pair):
+    pair.send(messages.ping(1), predict(1, "a"))
+    assert pair.next_message()["batch_id"] == 1
+    assert pair.recv() == messages.pong(1)
+
+
+def test_everything_that_arrived_is_read_before_a_batch_starts(pair):
+    pair.send(predict(1, "a"), predict(2, "b", "c"), messages.cancel(2, ["b"]))
+    assert pair.next_message()["batch_id"] == 1
+    # The cancel came in the same read: known before batch 2 (or even batch 1) runs.
+    assert pair.channel.cancelled(2) == {"b"}
+    assert pair.next_message()["batch_id"] == 2
+
+
+def test_reader_answers_ping_and_records_cancel_during_a_long_task(pair):
+    pair.send(predict(1, "a"))
+    assert pair.next_message()["batch_id"] == 1
+    time.sleep(channel_module.TAKEOVER_SECONDS * 3)  # the batch runs on
+    sent = time.monotonic()
+    pair.send(messages.ping(7), predict(2, "b"), messages.cancel(2, ["b"]),
+              messages.cancel(1, ["a"]))
+    assert pair.recv() == messages.pong(7)
+    assert time.monotonic() - sent < 1.0
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while not pair.channel.is_cancelled(1, "a") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pair.channel.cancelled(1) == {"a"} and pair.channel.cancelled(2) == {"b"}
+    # The task ends: frames the reader queued come first, in order, then the main thread
+    # receives again.
+    assert pair.next_message()["batch_id"] == 2
+    pair.send(messages.describe())
+    assert pair.next_message() == messages.describe()
+
+
+def test_ping_during_a_task_that_began_after_the_reader_parked(pair, monkeypatch):
+    monkeypatch.setattr(channel_module, "PARK_AFTER_SECONDS", 0.05)
+    waiting: list = []
+    idle = threading.Thread(target=lambda: waiting.append(pair.channel.next_message()))
+    idle.start()  # the main thread waits for work long enough for the reader to park
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while not pair.channel.reader_parked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pair.channel.reader_parked
+    pair.send(predict(1, "a"))
+    idle.join(ANSWER_TIMEOUT)
+    assert waiting[0]["batch_id"] == 1  # a long task begins: it wakes the reader
+    time.sleep(channel_module.TAKEOVER_SECONDS * 3)
+    pair.send(messages.ping(9))
+    assert pair.recv() == messages.pong(9)
+
+
+def test_reader_lets_go_when_the_task_ends(pair, monkeypatch):
+    monkeypatch.setattr(channel_module, "PARK_AFTER_SECONDS", 0.05)
+    pair.send(predict(1, "a"))
+    assert pair.next_message()["batch_id"] == 1
+    time.sleep(channel_module.TAKEOVER_SECONDS * 3)  # the reader receives for the task
+    assert not pair.channel.reader_parked
+    idle = threading.Thread(target=pair.channel.next_message)
+    idle.start()  # the task ends with nothing more to read: the reader must be told
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while not pair.channel.reader_parked and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pair.channel.reader_parked
+    pair.send(messages.describe())
+    idle.join(ANSWER_TIMEOUT)
+    assert not idle.is_alive()
+
+
+def test_many_tasks_short_and_long_keep_every_frame_in_order(pair):
+    for batch_id in range(1, 60):
+        pair.send(predict(batch_id, "r"), messages.ping(batch_id))
+        assert pair.next_message()["batch_id"] == batch_id
+        assert pair.recv() == messages.pong(batch_id)
+        if batch_id % 10 == 0:
+            time.sleep(channel_module.TAKEOVER_SECONDS * 2)  # now and then the reader takes over
+
+
+def test_frames_larger_than_one_read_and_split_frames(pair):
+    body = bytes(range(256)) * 4096  # 1 MiB: several reads
+    big = messages.predict(1, [messages.request("a", [], [messages.parameter("b", None, body)])])
+    frame = encode_frame(big)
+    pair.daemon.sendall(frame[:3])  # even the header arrives in pieces
+    got: list = []
+    thread = threading.Thread(target=lambda: got.append(pair.channel.next_message()))
+    thread.start()
+    time.sleep(0.05)
+    pair.daemon.sendall(frame[3:])
+    thread.join(ANSWER_TIMEOUT)
+    assert got == [big]
+
+
+def test_eof_while_idle_ends_without_protocol_error(pair):
+    pair.send(messages.shutdown())
+    pair.daemon.shutdown(socket.SHUT_WR)
+    assert pair.next_message() == messages.shutdown()  # frames before EOF still count
+    assert pair.next_message() is None
+    assert pair.next_message() is None
+    assert pair.channel.protocol_error is False
+
+
+@pytest.mark.parametrize("garbage", [b"\x00\x00\x00\x03abc", b"\x00\x00"])
+def test_bad_or_truncated_frame_is_a_protocol_error(pair, garbage):
+    pair.daemon.sendall(garbage)
+    pair.daemon.shutdown(socket.SHUT_WR)
+    assert pair.next_message() is None
+    assert pair.channel.protocol_error is True
+
+
+def test_eof_during_a_long_task_abandons_after_the_grace_period(pair, monkeypatch):
+    monkeypatch.setattr(channel_module, "EOF_GRACE_SECONDS", 0.2)
+    pair.send(predict(1, "a"))
+    assert pair.next_message()["batch_id"] == 1
+    time.sleep(channel_module.TAKEOVER_SECONDS * 3)
+    pair.daemon.shutdown(socket.SHUT_WR)
+    deadline = time.monotonic() + ANSWER_TIMEOUT
+    while not pair.abandoned and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pair.abandoned == [0]
+    assert pair.next_message() is None
+
+
+def test_eof_during_a_task_that_finishes_in_time_is_not_abandoned(pair, monkeypatch):
+    monkeypatch.setattr(channel_module, "EOF_GRACE_SECONDS", 0.5)
+    pair.send(predict(1, "a"))
+    assert pair.next_message()["batch_id"] == 1
+    time.sleep(channel_module.TAKEOVER_SECONDS * 3)
+    pair.daemon.shutdown(socket.SHUT_WR)
+    time.sleep(0.1)
+    assert pair.next_message() is None
+    pair.channel.finished()
+    time.sleep(0.6)
+    assert pair.abandoned == []
