@@ -100,6 +100,7 @@ class Metrics:
         # per (model, version, named_version): the ts_* label values and the latency child,
         # looked up once rather than on every request
         self._request_series: dict[tuple[str, str, bool], tuple[tuple[str, str, str], Any]] = {}
+        self._batch_series: dict[tuple[str, str], Any] = {}
         self._build_torchserve_counters()
         self._build_torchd_metrics()
 
@@ -184,8 +185,13 @@ class Metrics:
             counter.inc_key(self._status_key)
 
     def observe_batch(self, model: str, version: str, size: int) -> None:
-        self._touch(model, version)
-        self.batch_size.labels(model, version).observe(size)
+        child = self._batch_series.get((model, version))
+        if child is None:
+            self._touch(model, version)
+            child = self.batch_size.labels(model, version)
+            with self._lock:
+                self._batch_series[(model, version)] = child
+        child.observe(size)
 
     def set_queue_depth(self, model: str, version: str, depth: int) -> None:
         self._touch(model, version)
@@ -230,6 +236,7 @@ class Metrics:
             self._known.discard((model, version))
             self._request_series.pop((model, version, True), None)
             self._request_series.pop((model, version, False), None)
+            self._batch_series.pop((model, version), None)
             last = not any(name == model for name, _ in self._known)
             workers = self._rss_workers.pop((model, version), set())
             states = list(self._states)
