@@ -172,6 +172,14 @@ class WorkerLifecycle:
                 delay = settings.max_batch_delay / 1000.0
                 # Under load the next batch is already queued: take it without a task and a wait.
                 batch = queue.take_ready(settings.batch_size, delay)
+                if batch is None and not queue.depth:
+                    # idle: wait for a job without take_batch's task (the light-load path)
+                    arrival = queue.next_arrival()
+                    await first_of(None, arrival, conn.lost, stop)
+                    arrival.cancel()
+                    if conn.lost.done():
+                        return str(conn.lost.result())
+                    continue
                 if batch is None:
                     take = asyncio.ensure_future(queue.take_batch(settings.batch_size, delay))
                     await asyncio.wait({take, conn.lost, stop},
@@ -236,7 +244,7 @@ class WorkerLifecycle:
             remaining = limit - sup.clock()
             if remaining <= 0:
                 break
-            await first_of(result, None if stop.done() else stop, remaining)
+            await first_of(remaining, result, *(() if stop.done() else (stop,)))
         if result.done():
             if result.exception() is None:
                 return None
@@ -311,12 +319,11 @@ class WorkerLifecycle:
         return True
 
 
-async def first_of(result: asyncio.Future, other: asyncio.Future | None,
-                   timeout: float) -> None:
-    """Return once ``result`` or ``other`` is done or ``timeout`` seconds have passed.
+async def first_of(timeout: float | None, *futures: asyncio.Future) -> None:
+    """Return once any of ``futures`` is done, or after ``timeout`` seconds (None: no limit).
 
-    asyncio.wait does this too, but it runs once per batch, and its sets and per-future
-    callbacks cost twice what the wait itself does (measured: 19 vs 11 us)."""
+    asyncio.wait does this too, but this runs once per batch, and asyncio.wait's sets and
+    per-future bookkeeping cost twice what the wait itself does (measured: 19 vs 11 us)."""
     loop = asyncio.get_running_loop()
     wake = loop.create_future()
 
@@ -324,17 +331,16 @@ async def first_of(result: asyncio.Future, other: asyncio.Future | None,
         if not wake.done():
             wake.set_result(None)
 
-    result.add_done_callback(done)
-    if other is not None:
-        other.add_done_callback(done)
-    timer = loop.call_later(timeout, done)
+    for future in futures:
+        future.add_done_callback(done)
+    timer = loop.call_later(timeout, done) if timeout is not None else None
     try:
         await wake
     finally:
-        timer.cancel()
-        result.remove_done_callback(done)
-        if other is not None:
-            other.remove_done_callback(done)
+        if timer is not None:
+            timer.cancel()
+        for future in futures:
+            future.remove_done_callback(done)
 
 
 def _route_part(jobs: dict[str, Job], part: dict) -> None:

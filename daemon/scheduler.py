@@ -86,6 +86,7 @@ class JobQueue:
         self.clock = clock
         self._jobs: collections.deque[Job] = collections.deque()
         self._arrived = asyncio.Event()
+        self._arrival_waiters: list[asyncio.Future] = []
         self._collecting = asyncio.Lock()
         self._closed: TorchdError | None = None
 
@@ -105,7 +106,23 @@ class JobQueue:
             if len(self._jobs) >= self.capacity:
                 raise QueueFull()
         self._jobs.append(job)
+        self._announce()
+
+    def next_arrival(self) -> asyncio.Future:
+        """A future that is done once a job is queued (submitted, or given back).
+
+        What an idle worker waits on: one future, where take_batch would cost a task and a
+        lock (both needed only while a batch fills)."""
+        future = asyncio.get_running_loop().create_future()
+        self._arrival_waiters.append(future)
+        return future
+
+    def _announce(self) -> None:
         self._arrived.set()
+        waiters, self._arrival_waiters = self._arrival_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
 
     def abandon(self, job: Job) -> None:
         """Drop a job whose client hung up: it leaves the queue now and is never dispatched."""
@@ -200,7 +217,7 @@ class JobQueue:
             if not job.finished and not job.cancelled:
                 self._jobs.appendleft(job)
         if self._jobs:
-            self._arrived.set()
+            self._announce()
 
     def close(self, error: TorchdError) -> int:
         """The version is going away: answer every waiting job with ``error`` now, and every job

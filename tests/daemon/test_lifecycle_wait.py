@@ -17,7 +17,7 @@ def test_returns_when_the_result_comes():
         result, stop = loop.create_future(), loop.create_future()
         loop.call_later(0.01, result.set_result, "r")
         started = time.monotonic()
-        await first_of(result, stop, 5)
+        await first_of(5, result, stop)
         assert result.done() and time.monotonic() - started < 1
     asyncio.run(main())
 
@@ -27,7 +27,7 @@ def test_returns_when_the_other_is_done_first():
         loop = asyncio.get_running_loop()
         result, stop = loop.create_future(), loop.create_future()
         loop.call_later(0.01, stop.set_result, None)
-        await first_of(result, stop, 5)
+        await first_of(5, result, stop)
         assert not result.done() and stop.done()
     asyncio.run(main())
 
@@ -37,6 +37,6 @@ def test_returns_after_the_timeout_with_nothing_done():
         loop = asyncio.get_running_loop()
         result = loop.create_future()
         started = time.monotonic()
-        await first_of(result, None, 0.05)
+        await first_of(0.05, result)
         assert not result.done() and 0.04 < time.monotonic() - started < 1
     asyncio.run(main())

@@ -217,6 +217,21 @@ def test_job_events_wake_a_waiting_reader_in_order():
     run(main())
 
 
+def test_next_arrival_is_done_when_a_job_is_queued_or_given_back():
+    async def main():
+        q = JobQueue(10)
+        first, second = q.next_arrival(), q.next_arrival()
+        assert not first.done()
+        q.submit(job("a"))
+        assert first.done() and second.done()
+        [taken] = q.take_ready(1, 0.0)
+        again = q.next_arrival()
+        assert not again.done()
+        q.requeue_front([taken])
+        assert again.done() and q.depth == 1
+    run(main())
+
+
 def test_queue_full_error():
     error = queue_full_error("m")
     assert error.status == 503 and error.headers == {"Retry-After": "1"}
