@@ -250,6 +250,22 @@ def test_scale_down_with_timeout_zero_stops_at_once(sv: Daemon) -> None:
         unregister(sv, "sv_now")
 
 
+def test_scale_down_timeout_cuts_a_longer_batch_short(sv: Daemon) -> None:
+    register(sv, "sleep.mar", "sv_cut")
+    try:
+        join = busy_request(sv, "sv_cut", 6)
+        started = time.monotonic()
+        response = scale(sv, "sv_cut", 0, timeout=1)
+        assert response.status_code == 200, response.text
+        call = join()
+        assert call.status == 503 and "was stopped before the request finished" in \
+            call.body["message"], call
+        assert 0.8 < call.started + call.seconds - started < 3.5   # at the 1 s stop deadline
+        assert sv.workers("sv_cut") == []
+    finally:
+        unregister(sv, "sv_cut")
+
+
 def test_queued_requests_on_scale_down(sv: Daemon) -> None:
     register(sv, "sleep.mar", "sv_queue", workers=2)
     try:
