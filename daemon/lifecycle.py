@@ -208,7 +208,8 @@ class WorkerLifecycle:
             sup.metrics.observe_batch(mv.name, mv.version, len(batch))
         try:
             result = conn.start_batch(next(self._batch_ids), [j.request for j in batch],
-                                      lambda part: _route_part(jobs, part))
+                                      lambda part: _route_part(jobs, part),
+                                      lambda message: _answer(jobs, message))
         except ConnectionLost as exc:
             mv.queue.requeue_front(batch)
             handle.batch = None
@@ -218,11 +219,7 @@ class WorkerLifecycle:
         conn.end_batch()
         handle.batch, handle.idle_since = None, sup.clock()
         handle.served += len(batch)
-        if outcome is None:
-            for response in result.result()["responses"]:
-                job = jobs.get(response.get("id"))
-                if job is not None:
-                    job.finish(response)
+        if outcome is None:   # the jobs were answered by _answer as the result came in
             limit = mv.settings.max_requests_per_worker
             if limit and handle.served >= limit and not handle.retiring:
                 handle.retiring = True
@@ -364,6 +361,13 @@ async def _arrival_or(arrival: asyncio.Future, *others: asyncio.Future) -> None:
     finally:
         for other in others:
             other.remove_done_callback(wake)
+
+
+def _answer(jobs: dict[str, Job], result: dict) -> None:
+    for response in result.get("responses") or ():
+        job = jobs.get(response.get("id"))
+        if job is not None:
+            job.finish(response)
 
 
 def _route_part(jobs: dict[str, Job], part: dict) -> None:

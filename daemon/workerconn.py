@@ -27,6 +27,7 @@ class WorkerConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._replies: dict[str, asyncio.Future] = {}
         self._on_part: Callable[[dict], None] | None = None
+        self._on_result: Callable[[dict], None] | None = None
         self._batch_id: int | None = None
         self.last_pong = 0
 
@@ -98,6 +99,8 @@ class WorkerConnection(asyncio.Protocol):
             return
         future = self._replies.pop(kind, None)
         if future is not None and not future.done():
+            if kind == messages.RESULT and self._on_result is not None:
+                self._on_result(message)
             future.set_result(message)
 
     def _expect(self, kind: str) -> asyncio.Future:
@@ -119,15 +122,18 @@ class WorkerConnection(asyncio.Protocol):
         self._transport.write(encode_frame(message))
 
     def start_batch(self, batch_id: int, requests: list[dict[str, Any]],
-                    on_part: Callable[[dict], None]) -> asyncio.Future:
-        """Send one batch; the returned future resolves with the RESULT message."""
+                    on_part: Callable[[dict], None],
+                    on_result: Callable[[dict], None]) -> asyncio.Future:
+        """Send one batch. ``on_part`` gets each STREAM part, ``on_result`` the RESULT as soon
+        as it is read (the requests are answered from there, without waiting for the task that
+        awaits the returned future, which then resolves with the same message)."""
         future = self._expect(messages.RESULT)
-        self._batch_id, self._on_part = batch_id, on_part
+        self._batch_id, self._on_part, self._on_result = batch_id, on_part, on_result
         self.send(messages.predict(batch_id, requests))
         return future
 
     def end_batch(self) -> None:
-        self._batch_id, self._on_part = None, None
+        self._batch_id, self._on_part, self._on_result = None, None, None
 
     def ping(self, seq: int) -> None:
         self.send(messages.ping(seq))

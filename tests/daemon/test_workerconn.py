@@ -51,9 +51,11 @@ def test_a_result_for_another_batch_never_answers_this_one():
         conn, worker = await connected()
         worker.sendall(hello())
         await conn.handshake(2)
-        result = conn.start_batch(7, [], lambda part: None)
+        answered = []
+        result = conn.start_batch(7, [], lambda part: None, answered.append)
         worker.sendall(encode_frame(messages.result(6, [])) + encode_frame(messages.result(7, [])))
         assert (await asyncio.wait_for(result, 2))["batch_id"] == 7
+        assert [m["batch_id"] for m in answered] == [7]
         worker.close()
     asyncio.run(main())
 
@@ -64,7 +66,7 @@ def test_garbage_or_oversized_frames_lose_the_connection_and_fail_waiters():
             conn, worker = await connected()
             worker.sendall(hello())
             await conn.handshake(2)
-            result = conn.start_batch(1, [], lambda part: None)
+            result = conn.start_batch(1, [], lambda part: None, lambda message: None)
             worker.sendall(junk)
             with pytest.raises(ConnectionLost, match="broken"):
                 await asyncio.wait_for(result, 2)
