@@ -198,10 +198,6 @@ def log_access(listener: str, scope: dict, status: int, seconds: float, request_
     access_log.handle(record)
 
 
-def request_id(request: Request) -> str:
-    return request.scope["state"]["request_id"]
-
-
 # ---- reason phrases --------------------------------------------------------------------------
 # ASGI has no reason phrase and hypercorn hands h11 none, so every status line would read
 # "HTTP/1.1 201 " where TorchServe sends the handler's own phrase ("201 Created"). A route sets
