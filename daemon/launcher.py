@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 
+from daemon.pidfile import pid_gone
 from protocol import messages
 from protocol.frames import ProtocolError
 from protocol.streams import read_frame, write_frame
@@ -40,10 +41,7 @@ class ProcessOps:
 
     def alive(self, pid: int) -> bool:
         """False once it has exited (a zombie runs no code: it only awaits collection)."""
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.NoSuchProcess:
-            return False
+        return not pid_gone(pid)
 
     def rss(self, pid: int) -> int:
         try:

@@ -11,10 +11,10 @@ import subprocess
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import requests
 
+from daemon.pidfile import pid_gone as gone
 from tests.support.archives import ARCHIVER, copy_store
 from tests.support.daemon import Daemon
 
@@ -120,13 +120,6 @@ def traced(d: Daemon, name: str, log: Path):
         return timed_post(d, f"/predictions/{name}", headers={
             "X-Log": str(log), "X-Tag": tag, "X-Sleep": str(sleep)})
     return post
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 # ---- backpressure -------------------------------------------------------------------------

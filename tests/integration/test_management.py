@@ -26,6 +26,7 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
+from daemon.pidfile import pid_gone as gone
 from tests.support.archives import build_archive
 from tests.support.daemon import Daemon
 from tests.support.waiting import wait_until
@@ -222,13 +223,6 @@ def post_models(d: Daemon, **params: Any) -> requests.Response:
 
 def wait_for(predicate, timeout: float = 30, what: Any = "condition") -> Any:
     return wait_until(predicate, timeout, 0.1, what)
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def ready_pids(d: Daemon, name: str, version: str | None = None) -> set[int]:

@@ -13,6 +13,7 @@ from typing import Any, Callable
 import psutil
 import requests
 
+from daemon.pidfile import pid_gone as gone  # noqa: F401  (re-exported)
 from tests.support.daemon import Daemon
 from tests.support.waiting import wait_until  # noqa: F401  (re-exported)
 
@@ -117,14 +118,6 @@ def descendants(daemon: Daemon) -> list[psutil.Process]:
 
 def zygote_pids(daemon: Daemon) -> list[int]:
     return [p.pid for p in descendants(daemon) if title(p) == ZYGOTE_TITLE]
-
-
-def gone(pid: int) -> bool:
-    """Exited (a zombie waiting for its reaper counts: it runs no code)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def ready_pids(daemon: Daemon, name: str) -> set[int]:

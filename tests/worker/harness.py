@@ -18,6 +18,7 @@ from typing import Any
 
 import psutil
 
+from daemon.pidfile import pid_gone as gone
 from protocol import messages
 from protocol.streams import recv_frame, send_frame
 
@@ -60,13 +61,6 @@ def json_request(request_id: str, body: Any, headers: list[list[str]] | None = N
     value = json.dumps(body).encode()
     return messages.request(request_id, [["content-type", "application/json"], *(headers or [])],
                             [messages.parameter("body", "application/json", value)])
-
-
-def gone(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
