@@ -13,6 +13,7 @@ from h11._writers import WRITERS
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, ResourceNotFound,
                            TorchdError, error_response)
@@ -58,6 +59,17 @@ class Params:
         if isinstance(value, bool):
             return value
         return str(value).lower() == "true"
+
+
+async def api_description(request: Request) -> Response:
+    return JSONResponse(request.app.state.api_document)
+
+
+# Both API ports describe themselves (SPEC 1.8): their own OpenAPI document in app.state.
+DESCRIPTION_ROUTES = [
+    Route("/", api_description, methods=["OPTIONS"]),
+    Route("/api-description", api_description, methods=["GET"]),
+]
 
 
 def status_json(message: str, status: int = 200) -> JSONResponse:

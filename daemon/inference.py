@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.errors import TorchdError
+from daemon.http_common import DESCRIPTION_ROUTES
 from daemon.predict import v2_error
 from daemon.registry import ModelVersion
 
@@ -17,10 +18,6 @@ async def ping(request: Request) -> Response:
     healthy = request.app.state.health.healthy()
     return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"},
                         status_code=200 if healthy else 500)
-
-
-async def api_description(request: Request) -> Response:
-    return JSONResponse(request.app.state.api_document)
 
 
 # ---- Open Inference Protocol v2 -------------------------------------------------------------
@@ -93,8 +90,7 @@ class Health:
 
 # The prediction routes are daemon/predict.py's.
 ROUTES = [
-    Route("/", api_description, methods=["OPTIONS"]),
-    Route("/api-description", api_description, methods=["GET"]),
+    *DESCRIPTION_ROUTES,
     Route("/ping", ping, methods=["GET", "POST"]),
     Route("/v2", v2_server, methods=["GET"]),
     Route("/v2/health/live", v2_live, methods=["GET"]),

@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.errors import BadRequest, MethodNotAllowed
-from daemon.http_common import Params, read_body, status_json
+from daemon.http_common import DESCRIPTION_ROUTES, Params, read_body, status_json
 from daemon.model_manager import JAVA_INT, ModelManager, Outcome, RegisterRequest
 
 logger = logging.getLogger(__name__)
@@ -114,13 +114,8 @@ async def set_default(request: Request) -> Response:
     return outcome_response(await manager(request).set_default(name, version))
 
 
-async def api_description(request: Request) -> Response:
-    return JSONResponse(request.app.state.api_document)
-
-
 ROUTES = [
-    Route("/", api_description, methods=["OPTIONS"]),
-    Route("/api-description", api_description, methods=["GET"]),
+    *DESCRIPTION_ROUTES,
     Route("/models", list_models, methods=["GET"]),
     Route("/models", register, methods=["POST"]),
     Route("/models/{model_name}", describe, methods=["GET"]),
