@@ -71,25 +71,21 @@ class BindAddress:
         """The bind string hypercorn takes: ``host:port``, ``[v6]:port`` or ``unix:/path``."""
         if self.is_unix:
             return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in (self.host or "") else self.host
-        return f"{host}:{self.port}"
+        return f"{_url_host(self.host or '')}:{self.port}"
 
     @property
     def url(self) -> str:
         """The address as written in config: ``http://127.0.0.1:8081`` or ``unix:/path``."""
         if self.is_unix:
             return f"unix:{self.path}"
-        host = f"[{self.host}]" if ":" in (self.host or "") else self.host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{_url_host(self.host or '')}:{self.port}"
 
     @property
     def client_url(self) -> str:
         """Base URL a local client uses (wildcard hosts replaced by loopback)."""
         if self.is_unix:
             return "http://localhost"
-        host = self.connect_host
-        host = f"[{host}]" if ":" in host else host
-        return f"{self.scheme}://{host}:{self.port}"
+        return f"{self.scheme}://{_url_host(self.connect_host)}:{self.port}"
 
     def __str__(self) -> str:
         return self.url
@@ -327,3 +323,8 @@ def _parse_model_settings(name: str, version: str, settings: Any) -> dict[str, A
     if low is not None and high is not None and high < low:
         raise InvalidValue(f"{where}: maxWorkers cannot be less than minWorkers")
     return parsed
+
+
+def _url_host(host: str) -> str:
+    """A host as it stands in a URL or bind string: an IPv6 address in brackets."""
+    return f"[{host}]" if ":" in host else host
