@@ -217,6 +217,17 @@ async def ready(h: Harness, mv: ModelVersion, count: int) -> list[WorkerHandle]:
     return h.handles(mv, S.READY)
 
 
+async def one_busy_worker(h: Harness) -> tuple[ModelVersion, WorkerHandle, Job]:
+    """A model with one READY worker that holds a job (its fake process answers when told)."""
+    mv = h.model()
+    h.launcher.hold = True
+    h.sup.scale(mv, 1, 1)
+    (handle,) = await ready(h, mv, 1)
+    job = submit(mv)
+    await until(lambda: h.fake(handle).held)
+    return mv, handle, job
+
+
 def submit(mv: ModelVersion, name: str = "r") -> Job:
     job = Job(id=f"{name}-{id(object())}", arrival=0.0, request=messages.request(
         "", [], [messages.parameter("body", None, b"x")]))
@@ -336,12 +347,7 @@ async def test_a_proven_ready_period_resets_the_backoff(h: Harness) -> None:
 
 @scenario
 async def test_in_flight_batch_fails_500_when_its_worker_dies(h: Harness) -> None:
-    mv = h.model()
-    h.launcher.hold = True
-    h.sup.scale(mv, 1, 1)
-    (handle,) = await ready(h, mv, 1)
-    job = submit(mv)
-    await until(lambda: h.fake(handle).held)
+    mv, handle, job = await one_busy_worker(h)
     queued = submit(mv)
     h.fake(handle).kill(signal.SIGKILL)
     kind, error = await outcome(job)
@@ -458,12 +464,7 @@ async def test_heartbeat_kills_a_hung_worker_and_spares_a_live_one(h: Harness) -
 
 @scenario
 async def test_scale_down_lets_the_in_flight_batch_finish(h: Harness) -> None:
-    mv = h.model()
-    h.launcher.hold = True
-    h.sup.scale(mv, 1, 1)
-    (handle,) = await ready(h, mv, 1)
-    job = submit(mv)
-    await until(lambda: h.fake(handle).held)
+    mv, handle, job = await one_busy_worker(h)
     h.sup.scale(mv, 0, 0, stop_timeout=10)
     assert handle.state is S.STOPPING
     await asyncio.sleep(0.05)
@@ -477,12 +478,7 @@ async def test_scale_down_lets_the_in_flight_batch_finish(h: Harness) -> None:
 
 @scenario
 async def test_scale_down_with_timeout_zero_stops_at_once(h: Harness) -> None:
-    mv = h.model()
-    h.launcher.hold = True
-    h.sup.scale(mv, 1, 1)
-    (handle,) = await ready(h, mv, 1)
-    job = submit(mv)
-    await until(lambda: h.fake(handle).held)
+    mv, handle, job = await one_busy_worker(h)
     h.sup.scale(mv, 0, 0, stop_timeout=0)
     kind, error = await outcome(job, timeout=1)
     assert kind == "error" and error.status == 503
@@ -493,12 +489,7 @@ async def test_scale_down_with_timeout_zero_stops_at_once(h: Harness) -> None:
 
 @scenario
 async def test_queued_jobs_get_503_when_no_worker_remains(h: Harness) -> None:
-    mv = h.model()
-    h.launcher.hold = True
-    h.sup.scale(mv, 1, 1)
-    (handle,) = await ready(h, mv, 1)
-    running = submit(mv)
-    await until(lambda: h.fake(handle).held)
+    mv, handle, running = await one_busy_worker(h)
     queued = submit(mv)
     h.sup.scale(mv, 0, 0, stop_timeout=10)
     kind, error = await outcome(queued)
