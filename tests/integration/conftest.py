@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.archives import MODELS, build_archive, copy_store
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, running_daemon
 
 SIMPLE = ["noop", "echo", "sleep", "stream", "fail513", "fail_plain", "oom", "fail_load",
           "status", "describe", "bad_output"]
@@ -34,11 +34,8 @@ def archive_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shared_daemon(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """One daemon for tests that register their own uniquely named models and clean up."""
-    workdir = tmp_path_factory.mktemp("shared-daemon")
-    daemon = Daemon(workdir, copy_store(archive_dir, workdir / "store"))
-    daemon.start()
-    yield daemon
-    daemon.cleanup()
+    with running_daemon(archive_dir, tmp_path_factory.mktemp("shared-daemon")) as daemon:
+        yield daemon
 
 
 @pytest.fixture

@@ -28,8 +28,7 @@ from tests.integration.test_supervision_helpers import (
     wait_until,
     zygote_pids,
 )
-from tests.support.archives import copy_store
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, running_daemon
 
 SETTINGS = {"heartbeat_interval": 1, "autoscale_up_delay": 0.5, "autoscale_down_delay": 2}
 ZYGOTE_WARM = 60.0      # a loaded 2-core machine can take long to import torch
@@ -37,11 +36,8 @@ ZYGOTE_WARM = 60.0      # a loaded 2-core machine can take long to import torch
 
 @pytest.fixture(scope="module")
 def sv(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    workdir = tmp_path_factory.mktemp("supervision")
-    daemon = Daemon(workdir, copy_store(archive_dir, workdir / "store"), SETTINGS)
-    daemon.start()
-    yield daemon
-    daemon.cleanup()
+    with running_daemon(archive_dir, tmp_path_factory.mktemp("supervision"), SETTINGS) as daemon:
+        yield daemon
 
 
 def register(d: Daemon, archive: str, name: str, workers: int = 1, **params) -> None:

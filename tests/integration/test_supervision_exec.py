@@ -20,19 +20,16 @@ from tests.integration.test_supervision_helpers import (
     title,
     wait_until,
 )
-from tests.support.archives import copy_store
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, running_daemon
 
 SETTINGS = {"worker_spawn": "exec", "max_requests_per_worker": 3}
 
 
 @pytest.fixture(scope="module")
 def ex(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    workdir = tmp_path_factory.mktemp("supervision-exec")
-    daemon = Daemon(workdir, copy_store(archive_dir, workdir / "store"), SETTINGS)
-    daemon.start()
-    yield daemon
-    daemon.cleanup()
+    with running_daemon(archive_dir, tmp_path_factory.mktemp("supervision-exec"),
+                        SETTINGS) as daemon:
+        yield daemon
 
 
 def test_exec_workers_are_titled_children_of_the_daemon(ex: Daemon) -> None:

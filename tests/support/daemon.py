@@ -1,6 +1,7 @@
 """Run the real torchd daemon for tests: free loopback ports, its own dirs, cleanup by pid."""
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -8,10 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import psutil
 import requests
+
+from tests.support.archives import copy_store
 
 TORCHD = [sys.executable, "-m", "daemon.cli"]
 REPO = Path(__file__).resolve().parents[2]
@@ -182,3 +186,16 @@ class Daemon:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{name}: wanted {count} {status}, have {workers}")
             time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def running_daemon(archive_dir: Path, workdir: Path,
+                   settings: dict[str, Any] | None = None) -> Iterator[Daemon]:
+    """A started daemon serving a copy of the test archives; every process it started is gone
+    afterwards (also when it fails to start)."""
+    daemon = Daemon(workdir, copy_store(archive_dir, workdir / "store"), settings)
+    try:
+        daemon.start()
+        yield daemon
+    finally:
+        daemon.cleanup()
