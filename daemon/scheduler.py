@@ -85,7 +85,6 @@ class JobQueue:
         self.capacity = capacity
         self.clock = clock
         self._jobs: collections.deque[Job] = collections.deque()
-        self._arrived = asyncio.Event()
         self._arrival_waiters: list[asyncio.Future] = []
         self._collecting = asyncio.Lock()
         self._closed: TorchdError | None = None
@@ -111,14 +110,12 @@ class JobQueue:
     def next_arrival(self) -> asyncio.Future:
         """A future that is done once a job is queued (submitted, or given back).
 
-        What an idle worker waits on: one future, where take_batch would cost a task and a
-        lock (both needed only while a batch fills)."""
+        What a worker waits on while it has nothing to do, or while its batch fills."""
         future = asyncio.get_running_loop().create_future()
         self._arrival_waiters.append(future)
         return future
 
     def _announce(self) -> None:
-        self._arrived.set()
         waiters, self._arrival_waiters = self._arrival_waiters, []
         for future in waiters:
             if not future.done():
@@ -149,15 +146,14 @@ class JobQueue:
             job = self._pop_live()
             if job is not None:
                 return job
-            self._arrived.clear()
             if deadline is None:
-                await self._arrived.wait()
+                await self.next_arrival()
                 continue
             remaining = deadline - self.clock()
             if remaining <= 0:
                 return None
             try:
-                await asyncio.wait_for(self._arrived.wait(), remaining)
+                await asyncio.wait_for(self.next_arrival(), remaining)
             except asyncio.TimeoutError:
                 return None
 
