@@ -412,6 +412,23 @@ def test_kserve_v1_predict(daemon, probe):
     assert daemon.infer("POST", f"/v1/models/{probe}:nonsense", data=b"x").status_code == 404
 
 
+def test_prediction_paths_route_like_every_other_path(daemon, probe):
+    """The prediction routes are reached past starlette's router (daemon/predict.py): PUT and a
+    trailing slash work as on every path, a wrong method is TorchServe's 405."""
+    for method, path in (("PUT", f"/predictions/{probe}"), ("POST", f"/predictions/{probe}/"),
+                         ("POST", f"/predictions/{probe}/1.0/")):
+        r = daemon.infer(method, path, json={"x": 1})
+        assert r.status_code == 200, (method, path, r.text)
+        assert r.json()["request_id"] == r.headers["x-request-id"]
+    for method, path in (("GET", f"/predictions/{probe}"), ("PUT", f"/explanations/{probe}"),
+                         ("GET", f"/v1/models/{probe}:predict"),
+                         ("DELETE", f"/v2/models/{probe}/infer")):
+        r = daemon.infer(method, path)
+        assert r.status_code == 405, (method, path, r.text)
+        assert r.json() == {"code": 405, "type": "MethodNotAllowedException", "message":
+                            "Requested method is not allowed, please refer to API document."}
+
+
 # ---- latency ------------------------------------------------------------------------------
 
 def test_keep_alive_latency_has_no_nagle_stall(daemon):
