@@ -23,6 +23,7 @@ from typing import Any
 
 from protocol import messages
 from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
+from worker import pipes
 
 logger = logging.getLogger(__name__)
 
@@ -282,16 +283,9 @@ class StandbyReader:
             while self.running(token) and not self._channel.closed:
                 events = dict(poller.poll())
                 if self._kick_r in events:
-                    self._drain_kicks()
+                    pipes.drain(self._kick_r)
                 if self._channel.fileno() in events and not self._channel.receive_for(token):
                     break  # the task ended while this thread waited for the receive lock
         finally:
             self._receiving = False
         return not self._channel.closed
-
-    def _drain_kicks(self) -> None:
-        try:
-            while os.read(self._kick_r, 4096):
-                pass
-        except BlockingIOError:
-            pass

@@ -23,6 +23,7 @@ import setproctitle
 from protocol import messages
 from protocol.frames import FrameDecoder, ProtocolError
 from protocol.streams import send_frame
+from worker import pipes
 from worker.logs import configure_logging
 from worker.ts_alias import install_ts_alias
 from worker.watch import POLL_SECONDS, open_pidfd, process_alive
@@ -105,7 +106,7 @@ class Zygote:
             if key.data == "daemon-pid":
                 return EXIT_DAEMON_GONE
             if key.data == "sigchld":
-                self._drain_wakeups()
+                pipes.drain(self.wake_r)
                 self._reap()
             elif key.data == "daemon":
                 code = self._read_daemon()
@@ -166,13 +167,6 @@ class Zygote:
                        message.get("title") or f"torchd worker {worker_id}")
         finally:
             os._exit(1)  # only reached if becoming a worker failed before run_worker
-
-    def _drain_wakeups(self) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
 
     def _reap(self) -> None:
         while True:
