@@ -17,6 +17,7 @@ import pytest
 import requests
 
 from tests.integration.test_supervision_helpers import (
+    Call,
     Load,
     descendants,
     gone,
@@ -216,50 +217,41 @@ def busy_request(d: Daemon, name: str, seconds: float):
     return join
 
 
-def test_scale_down_lets_the_in_flight_batch_finish(sv: Daemon) -> None:
-    register(sv, "sleep.mar", "sv_drain")
+def scale_to_zero_while_busy(d: Daemon, name: str, seconds: float,
+                             timeout: float) -> tuple[Call, float, float]:
+    """Scale a one-worker sleep model to 0 (``timeout``) while its worker runs a request of
+    ``seconds``: the request's answer, and when the scale call was made and returned."""
+    register(d, "sleep.mar", name)
     try:
-        join = busy_request(sv, "sv_drain", 2)
-        started = time.monotonic()
-        response = scale(sv, "sv_drain", 0, timeout=10)
-        assert response.status_code == 200, response.text
-        call = join()
-        assert call.status == 200 and call.body == {"slept": 2.0}, call
-        assert time.monotonic() - started > 1.0          # the scale call waited for it
-        assert sv.workers("sv_drain") == []
-    finally:
-        unregister(sv, "sv_drain")
-
-
-def test_scale_down_with_timeout_zero_stops_at_once(sv: Daemon) -> None:
-    register(sv, "sleep.mar", "sv_now")
-    try:
-        join = busy_request(sv, "sv_now", 5)
-        response = scale(sv, "sv_now", 0, timeout=0)
+        join = busy_request(d, name, seconds)
+        asked = time.monotonic()
+        response = scale(d, name, 0, timeout=timeout)
         returned = time.monotonic()
         assert response.status_code == 200, response.text
         call = join()
-        assert 500 <= call.status < 600 and call.is_json_error, call
-        assert call.started + call.seconds - returned < 1.0
-        assert sv.workers("sv_now") == []
+        assert d.workers(name) == []
+        return call, asked, returned
     finally:
-        unregister(sv, "sv_now")
+        unregister(d, name)
+
+
+def test_scale_down_lets_the_in_flight_batch_finish(sv: Daemon) -> None:
+    call, asked, returned = scale_to_zero_while_busy(sv, "sv_drain", 2, timeout=10)
+    assert call.status == 200 and call.body == {"slept": 2.0}, call
+    assert returned - asked > 1.0          # the scale call waited for it
+
+
+def test_scale_down_with_timeout_zero_stops_at_once(sv: Daemon) -> None:
+    call, _, returned = scale_to_zero_while_busy(sv, "sv_now", 5, timeout=0)
+    assert 500 <= call.status < 600 and call.is_json_error, call
+    assert call.started + call.seconds - returned < 1.0
 
 
 def test_scale_down_timeout_cuts_a_longer_batch_short(sv: Daemon) -> None:
-    register(sv, "sleep.mar", "sv_cut")
-    try:
-        join = busy_request(sv, "sv_cut", 6)
-        started = time.monotonic()
-        response = scale(sv, "sv_cut", 0, timeout=1)
-        assert response.status_code == 200, response.text
-        call = join()
-        assert call.status == 503 and "was stopped before the request finished" in \
-            call.body["message"], call
-        assert 0.8 < call.started + call.seconds - started < 3.5   # at the 1 s stop deadline
-        assert sv.workers("sv_cut") == []
-    finally:
-        unregister(sv, "sv_cut")
+    call, asked, _ = scale_to_zero_while_busy(sv, "sv_cut", 6, timeout=1)
+    assert call.status == 503 and "was stopped before the request finished" in \
+        call.body["message"], call
+    assert 0.8 < call.started + call.seconds - asked < 3.5   # at the 1 s stop deadline
 
 
 def test_queued_requests_on_scale_down(sv: Daemon) -> None:
