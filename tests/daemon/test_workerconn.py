@@ -20,6 +20,14 @@ async def connected() -> tuple[WorkerConnection, socket.socket]:
     return conn, theirs
 
 
+async def greeted() -> tuple[WorkerConnection, socket.socket]:
+    """A connection past its handshake."""
+    conn, worker = await connected()
+    worker.sendall(hello())
+    await conn.handshake(2)
+    return conn, worker
+
+
 def read_to_eof(sock: socket.socket) -> bool:
     sock.settimeout(2)
     while sock.recv(65536):
@@ -48,9 +56,7 @@ def test_frames_split_and_coalesced_reach_their_waiters():
 
 def test_a_result_for_another_batch_never_answers_this_one():
     async def main():
-        conn, worker = await connected()
-        worker.sendall(hello())
-        await conn.handshake(2)
+        conn, worker = await greeted()
         answered = []
         result = conn.start_batch(7, [], lambda part: None, answered.append)
         worker.sendall(encode_frame(messages.result(6, [])) + encode_frame(messages.result(7, [])))
@@ -63,9 +69,7 @@ def test_a_result_for_another_batch_never_answers_this_one():
 def test_garbage_or_oversized_frames_lose_the_connection_and_fail_waiters():
     async def main():
         for junk in (b"\x00\x00\x00\x03abc", b"\x00\x10\x00\x00"):
-            conn, worker = await connected()
-            worker.sendall(hello())
-            await conn.handshake(2)
+            conn, worker = await greeted()
             result = conn.start_batch(1, [], lambda part: None, lambda message: None)
             worker.sendall(junk)
             with pytest.raises(ConnectionLost, match="broken"):
@@ -108,9 +112,7 @@ def test_a_silent_worker_times_out_the_handshake():
 
 def test_poisoned_connection_refuses_sends_and_closes_the_socket():
     async def main():
-        conn, worker = await connected()
-        worker.sendall(hello())
-        await conn.handshake(2)
+        conn, worker = await greeted()
         conn.close()
         with pytest.raises(ConnectionLost):
             conn.send(messages.ping(1))
