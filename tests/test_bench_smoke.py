@@ -1,4 +1,4 @@
-"""Smoke test of scripts/bench: both servers, 1 s runs, one round.
+"""Smoke test of scripts/bench: both servers, 1 s runs, one warm-up round and one measured.
 
 It installs and starts TorchServe (Java), so it is opt-in and never part of `make test`:
     TORCHD_BENCH_SMOKE=1 .venv/bin/python -m pytest -q tests/test_bench_smoke.py
@@ -71,7 +71,8 @@ def test_quick_bench_measures_both_servers_and_leaves_nothing_running(tmp_path: 
     mark = uuid.uuid4().hex
     env = {**os.environ, "TORCHD_BENCH_SMOKE_MARK": mark}
     try:
-        code, stdout, stderr = run_bench(["--quick", "--out", str(out)], env, timeout=780)
+        args = ["--quick", "--warmup-rounds", "1", "--out", str(out)]
+        code, stdout, stderr = run_bench(args, env, timeout=780)
     finally:
         leftovers = kill_marked(mark)
     assert code == 0, stdout[-2000:] + stderr[-3000:]
@@ -82,6 +83,10 @@ def test_quick_bench_measures_both_servers_and_leaves_nothing_running(tmp_path: 
         assert med["noop_rps"] > 0 and med["mlp_rps"] > 0 and med["batch_rps"] > 0
         assert 0 < med["register_s"] < 120 and 0 < med["scale_s"] < 120
         assert med["worker_uss_mb"] > 0 and med["frontend_rss_mb"] > 0
+        # the warm-up round is kept apart: it never enters the medians
+        assert len(report["warmup_runs"][server]) == 1 and len(report["runs"][server]) == 1
+        assert med["noop_rps"] == report["runs"][server][0]["noop_rps"]
+    assert "warm-up round 1/1 (not recorded)" in stdout
     rows = {row["metric"]: row for row in report["table"]}
     assert rows["noop_rps"]["ratio"] is not None and rows["noop_rps"]["met"] in (True, False)
     assert "ratio" in stdout
