@@ -170,12 +170,17 @@ def test_bad_or_truncated_frame_is_a_protocol_error(pair, garbage):
     assert pair.channel.protocol_error is True
 
 
-def test_eof_during_a_long_task_abandons_after_the_grace_period(pair, monkeypatch):
-    monkeypatch.setattr(channel_module, "EOF_GRACE_SECONDS", 0.2)
+def eof_during_a_taken_over_task(pair, monkeypatch, grace: float) -> None:
+    """A task runs long enough for the standby reader to take over; then the daemon hangs up."""
+    monkeypatch.setattr(channel_module, "EOF_GRACE_SECONDS", grace)
     pair.send(predict(1, "a"))
     assert pair.next_message()["batch_id"] == 1
     time.sleep(channel_module.TAKEOVER_SECONDS * 3)
     pair.daemon.shutdown(socket.SHUT_WR)
+
+
+def test_eof_during_a_long_task_abandons_after_the_grace_period(pair, monkeypatch):
+    eof_during_a_taken_over_task(pair, monkeypatch, 0.2)
     deadline = time.monotonic() + ANSWER_TIMEOUT
     while not pair.abandoned and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -184,11 +189,7 @@ def test_eof_during_a_long_task_abandons_after_the_grace_period(pair, monkeypatc
 
 
 def test_eof_during_a_task_that_finishes_in_time_is_not_abandoned(pair, monkeypatch):
-    monkeypatch.setattr(channel_module, "EOF_GRACE_SECONDS", 0.5)
-    pair.send(predict(1, "a"))
-    assert pair.next_message()["batch_id"] == 1
-    time.sleep(channel_module.TAKEOVER_SECONDS * 3)
-    pair.daemon.shutdown(socket.SHUT_WR)
+    eof_during_a_taken_over_task(pair, monkeypatch, 0.5)
     time.sleep(0.1)
     assert pair.next_message() is None
     pair.channel.finished()
