@@ -413,7 +413,7 @@ def test_kserve_v1_predict(daemon, probe):
 
 
 def test_prediction_paths_route_like_every_other_path(daemon, probe):
-    """The prediction routes are reached past starlette's router (daemon/predict.py): PUT and a
+    """The prediction routes are reached past starlette's router (daemon/http/predict.py): PUT and a
     trailing slash work as on every path, a wrong method is TorchServe's 405."""
     for method, path in (("PUT", f"/predictions/{probe}"), ("POST", f"/predictions/{probe}/"),
                          ("POST", f"/predictions/{probe}/1.0/")):

@@ -25,8 +25,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode, checks
 
-from daemon.openapi import management_document
-from daemon.server import VERSION
+from daemon.http.openapi import management_document
+from daemon.ops.server import VERSION
 from tests.support.daemon import Daemon
 
 MODEL = "fz"

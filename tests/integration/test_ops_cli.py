@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from daemon import pidfile
+from daemon.ops import pidfile
 from tests.integration.test_ops_support import (
     NotifyListener,
     build_slow_archive,
@@ -27,7 +27,7 @@ from tests.support.daemon import Daemon, free_port
 def torchd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TS_") and k not in ("LOG_LOCATION", "NOTIFY_SOCKET")}
-    return subprocess.run([sys.executable, "-m", "daemon.cli", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "daemon.ops.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=90, check=False)
 
 

@@ -43,10 +43,10 @@ def access_lines(log_file: Path) -> list[str]:
 
 def test_log_config_sends_the_daemon_log_to_its_file(logged):
     text = logged.log_file.read_text()
-    assert "CFG INFO daemon.server: torchd ready: serving 0 model version(s)" in text
-    assert "CFG INFO daemon.model_manager: registered logecho 1.0 from echo.mar" in text
+    assert "CFG INFO daemon.ops.server: torchd ready: serving 0 model version(s)" in text
+    assert "CFG INFO daemon.models.manager: registered logecho 1.0 from echo.mar" in text
     stderr = logged.daemon.log()
-    assert "daemon.server" not in stderr and "torchd.access" not in stderr
+    assert "daemon.ops.server" not in stderr and "torchd.access" not in stderr
 
 
 def test_one_access_log_line_per_request_with_its_id(logged):

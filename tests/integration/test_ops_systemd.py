@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from daemon import cli
+from daemon.ops import cli
 from tests.integration.test_ops_support import NotifyListener, make_store
 from tests.support.daemon import REPO, Daemon
 

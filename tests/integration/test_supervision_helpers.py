@@ -13,7 +13,7 @@ from typing import Any, Callable
 import psutil
 import requests
 
-from daemon.pidfile import pid_gone as gone  # noqa: F401  (re-exported)
+from daemon.ops.pidfile import pid_gone as gone  # noqa: F401  (re-exported)
 from tests.support.daemon import Daemon
 from tests.support.waiting import wait_until  # noqa: F401  (re-exported)
 

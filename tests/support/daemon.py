@@ -17,7 +17,7 @@ import requests
 
 from tests.support.archives import copy_store
 
-TORCHD = [sys.executable, "-m", "daemon.cli"]
+TORCHD = [sys.executable, "-m", "daemon.ops.cli"]
 REPO = Path(__file__).resolve().parents[2]
 
 

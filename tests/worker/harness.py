@@ -18,7 +18,7 @@ from typing import Any
 
 import psutil
 
-from daemon.pidfile import pid_gone as gone
+from daemon.ops.pidfile import pid_gone as gone
 from protocol import messages
 from protocol.streams import recv_frame, send_frame
 

@@ -1,0 +1,1 @@
+"""Configuration, read once: settings declarations, value parsing, config.properties."""

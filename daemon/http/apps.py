@@ -1,0 +1,91 @@
+"""Builds the three starlette apps (inference, management, metrics) around one Core."""
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from daemon.http import inference
+
+from daemon.http import management
+from daemon.errors import BadRequest, InvalidKey
+from daemon.http.common import EXCEPTION_HANDLERS, RequestContext, install_reason_phrases
+from daemon.http.predict import HotRoutes, Predictor, prediction_routes
+
+
+def _state(app: Starlette, core: Any, **extra: Any) -> None:
+    app.state.config = core.config
+    app.state.registry = core.registry
+    app.state.supervisor = core.supervisor
+    app.state.manager = core.manager
+    app.state.metrics = core.metrics
+    app.state.health = core.health
+    app.state.tokens = core.tokens
+    app.state.server_version = core.version
+    for key, value in extra.items():
+        setattr(app.state, key, value)
+
+
+def _wrap(app: Any, core: Any, name: str, token_kind: str | None) -> Any:
+    install_reason_phrases()
+    config = core.config
+    wrapped: Any = app
+    if config.cors_allowed_origin:
+        wrapped = CORSMiddleware(
+            wrapped, allow_origins=[o.strip() for o in config.cors_allowed_origin.split(",")],
+            allow_methods=_split(config.cors_allowed_methods) or ["*"],
+            allow_headers=_split(config.cors_allowed_headers) or ["*"])
+    authorize = None
+    if token_kind is not None and core.tokens.enabled:
+        def authorize(scope: dict) -> Any:
+            if scope["path"] == "/token":
+                return None   # checked against the API key by the route itself
+            return core.tokens.check(token_kind, scope)
+    count = core.metrics.count_status if name != "metrics" else None
+    return RequestContext(wrapped, name, count, authorize)
+
+
+def _split(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+async def rotate_token(request: Request) -> Response:
+    tokens = request.app.state.tokens
+    if not tokens.check_api(request.headers.get("authorization")):
+        raise InvalidKey("Token Authorization failed. Token either incorrect, expired, or not "
+                         "provided correctly")
+    kind = request.query_params.get("type", "")
+    if kind not in ("management", "inference"):
+        raise BadRequest("Parameter type must be management or inference")
+    return JSONResponse({kind: {"key": tokens.rotate(kind)}})
+
+
+def build_management_app(core: Any) -> Any:
+    routes = [*management.ROUTES, Route("/token", rotate_token, methods=["GET"])]
+    app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
+    app.router.redirect_slashes = False
+    _state(app, core, api_document=core.documents["management"])
+    return _wrap(app, core, "management", "management")
+
+
+def build_inference_app(core: Any) -> Any:
+    hot = prediction_routes(Predictor(core))
+    app = Starlette(routes=[*inference.ROUTES, *hot], exception_handlers=EXCEPTION_HANDLERS)
+    app.router.redirect_slashes = False
+    _state(app, core, api_document=core.documents["inference"])
+    return _wrap(HotRoutes(app, hot), core, "inference", "inference")
+
+
+def build_metrics_app(core: Any) -> Any:
+    async def metrics(request: Request) -> Response:
+        payload, content_type = core.metrics.render()
+        return Response(payload, media_type=content_type)
+
+    app = Starlette(routes=[Route("/metrics", metrics, methods=["GET"])],
+                    exception_handlers=EXCEPTION_HANDLERS)
+    app.router.redirect_slashes = False
+    return _wrap(app, core, "metrics", None)

@@ -1,0 +1,103 @@
+"""Inference API routes (port 8080) other than the predictions themselves (daemon/http/predict.py):
+/ping, the API description, and OIP v2's health and metadata."""
+from __future__ import annotations
+
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from daemon.errors import TorchdError
+from daemon.http.common import DESCRIPTION_ROUTES
+from daemon.http.predict import v2_error
+from daemon.models.registry import ModelVersion
+
+
+async def ping(request: Request) -> Response:
+    healthy = request.app.state.health.healthy()
+    return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"},
+                        status_code=200 if healthy else 500)
+
+
+# ---- Open Inference Protocol v2 -------------------------------------------------------------
+
+def _v2_model(request: Request) -> ModelVersion:
+    p = request.path_params
+    return request.app.state.registry.get(p["model_name"], p.get("model_version"))
+
+
+async def v2_server(request: Request) -> Response:
+    return JSONResponse({"name": "torchd", "version": request.app.state.server_version,
+                         "extensions": ["model_repository_management"]})
+
+
+async def v2_live(request: Request) -> Response:
+    return JSONResponse({"live": True})
+
+
+async def v2_ready(request: Request) -> Response:
+    ready = request.app.state.health.ready()
+    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+
+
+async def v2_model_ready(request: Request) -> Response:
+    try:
+        mv = _v2_model(request)
+    except TorchdError as exc:
+        return v2_error(exc.message, exc.status)
+    ready = request.app.state.supervisor.ready_count(mv) >= max(1, mv.settings.min_workers)
+    if not ready:
+        # a 4xx, which v2 clients read as "not ready" (a 5xx reads as a server failure)
+        return v2_error(f'Model "{mv.name}" version {mv.version} is not ready', 400)
+    return JSONResponse({"name": mv.name, "ready": True})
+
+
+async def v2_metadata(request: Request) -> Response:
+    try:
+        mv = _v2_model(request)
+    except TorchdError as exc:
+        return v2_error(exc.message, exc.status)
+    model = request.app.state.registry.model(mv.name)
+    declared = mv.yaml_config.get("v2") or mv.yaml_config
+    return JSONResponse({"name": mv.name, "versions": sorted(model.versions),
+                         "platform": "pytorch", "inputs": _tensors(declared.get("inputs")),
+                         "outputs": _tensors(declared.get("outputs"))})
+
+
+def _tensors(value: Any) -> list:
+    return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
+
+
+class Health:
+    """/ping, /v2/health/ready: every default version has its minWorkers READY (or is briefly
+    recovering from a crash, for /ping), and the daemon is not draining."""
+
+    def __init__(self, registry: Any, supervisor: Any) -> None:
+        self.registry = registry
+        self.supervisor = supervisor
+        self.draining = False
+
+    def healthy(self) -> bool:
+        return not self.draining and all(self.supervisor.healthy(mv)
+                                         for mv in self.registry.defaults())
+
+    def ready(self) -> bool:
+        return not self.draining and all(
+            self.supervisor.ready_count(mv) >= mv.settings.min_workers
+            for mv in self.registry.defaults())
+
+
+# The prediction routes are daemon/http/predict.py's.
+ROUTES = [
+    *DESCRIPTION_ROUTES,
+    Route("/ping", ping, methods=["GET", "POST"]),
+    Route("/v2", v2_server, methods=["GET"]),
+    Route("/v2/health/live", v2_live, methods=["GET"]),
+    Route("/v2/health/ready", v2_ready, methods=["GET"]),
+    Route("/v2/models/{model_name}", v2_metadata, methods=["GET"]),
+    Route("/v2/models/{model_name}/ready", v2_model_ready, methods=["GET"]),
+    Route("/v2/models/{model_name}/versions/{model_version}", v2_metadata, methods=["GET"]),
+    Route("/v2/models/{model_name}/versions/{model_version}/ready", v2_model_ready,
+          methods=["GET"]),
+]

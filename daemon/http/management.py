@@ -1,0 +1,128 @@
+"""Management API routes (port 8081): parse, call the ModelManager, render."""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from daemon.errors import BadRequest, MethodNotAllowed
+from daemon.http.common import DESCRIPTION_ROUTES, Params, read_body, status_json
+from daemon.models.manager import JAVA_INT, ModelManager, Outcome, RegisterRequest
+
+logger = logging.getLogger(__name__)
+
+
+def int_param(p: Params, name: str, default: int | None = None) -> int | None:
+    """TorchServe parses integer parameters as Java ints: a value out of that range is as
+    malformed as "abc" and means the default (beyond it, no worker could take it either)."""
+    try:
+        value = p.int(name, default)
+    except OverflowError:       # a JSON body's Infinity
+        value = JAVA_INT.stop
+    if value is not None and value not in JAVA_INT:
+        logger.warning("parameter %s=%r is out of range; using %r", name,
+                       p.values.get(name), default)
+        return default
+    return value
+
+
+def manager(request: Request) -> ModelManager:
+    return request.app.state.manager
+
+
+def require_model_api(request: Request) -> None:
+    if not request.app.state.config.model_api_enabled:
+        raise MethodNotAllowed("Model API is disabled: set enable_model_api=true to register "
+                               "or unregister models")
+
+
+def outcome_response(outcome: Outcome) -> Response:
+    return status_json(outcome.message, outcome.status)
+
+
+async def _json_body(request: Request) -> dict[str, Any] | None:
+    if not request.headers.get("content-type", "").lower().startswith("application/json"):
+        return None
+    raw = await read_body(request, request.app.state.config.max_request_size)
+    if not raw.strip():
+        return None
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        raise BadRequest(f"Invalid JSON body: {exc}") from exc
+    if not isinstance(body, dict):
+        raise BadRequest("The JSON body must be an object")
+    return body
+
+
+async def register(request: Request) -> Response:
+    require_model_api(request)
+    p = Params.from_query(request, await _json_body(request))
+    req = RegisterRequest(
+        url=p.str("url"), model_name=p.str("model_name") or None, handler=p.str("handler") or None,
+        runtime=p.str("runtime"), batch_size=int_param(p, "batch_size"),
+        max_batch_delay=int_param(p, "max_batch_delay"),
+        initial_workers=int_param(p, "initial_workers"), synchronous=p.bool("synchronous", True),
+        response_timeout=int_param(p, "response_timeout"),
+        startup_timeout=int_param(p, "startup_timeout"), s3_sse_kms=p.bool("s3_sse_kms", False))
+    return outcome_response(await manager(request).register(req))
+
+
+async def list_models(request: Request) -> Response:
+    p = Params.from_query(request)
+    body = manager(request).list_models(int_param(p, "limit", 100),
+                                        int_param(p, "next_page_token", 0))
+    return JSONResponse(body)
+
+
+def _name_version(request: Request) -> tuple[str, str | None]:
+    return request.path_params["model_name"], request.path_params.get("model_version")
+
+
+async def describe(request: Request) -> Response:
+    name, version = _name_version(request)
+    mm = manager(request)
+    described = mm.describe(name, version)
+    if Params.from_query(request).bool("customized", False):
+        for doc in described:
+            mv = mm.registry.get(doc["modelName"], doc["modelVersion"])
+            doc["customizedMetadata"] = await mm.supervisor.customized_metadata(mv)
+    return JSONResponse(described)
+
+
+async def scale(request: Request) -> Response:
+    name, version = _name_version(request)
+    p = Params.from_query(request)
+    outcome = await manager(request).scale(
+        name, version, int_param(p, "min_worker", 1), int_param(p, "max_worker"),
+        p.bool("synchronous", False), int_param(p, "timeout", -1))
+    return outcome_response(outcome)
+
+
+async def unregister(request: Request) -> Response:
+    require_model_api(request)
+    name, version = _name_version(request)
+    return outcome_response(await manager(request).unregister(name, version))
+
+
+async def set_default(request: Request) -> Response:
+    name, version = _name_version(request)
+    return outcome_response(await manager(request).set_default(name, version))
+
+
+ROUTES = [
+    *DESCRIPTION_ROUTES,
+    Route("/models", list_models, methods=["GET"]),
+    Route("/models", register, methods=["POST"]),
+    Route("/models/{model_name}", describe, methods=["GET"]),
+    Route("/models/{model_name}", scale, methods=["PUT"]),
+    Route("/models/{model_name}", unregister, methods=["DELETE"]),
+    Route("/models/{model_name}/{model_version}", describe, methods=["GET"]),
+    Route("/models/{model_name}/{model_version}", scale, methods=["PUT"]),
+    Route("/models/{model_name}/{model_version}", unregister, methods=["DELETE"]),
+    Route("/models/{model_name}/{model_version}/set-default", set_default, methods=["PUT"]),
+]

@@ -1,0 +1,308 @@
+"""The hot path: one prediction request through its model's queue to a worker and back.
+
+Every inference request takes this path, so it is plain ASGI: the prediction routes are ASGI
+endpoints, and `HotRoutes` hands a request that matches one of them straight to it, past
+starlette's middleware and router (which still serve every other path, and answer 405 for
+these paths with a wrong method). Profiled under load, that stack took about a tenth of the
+daemon's time per request.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+from starlette.formparsers import MultiPartException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Match, Route
+
+from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, \
+    ServiceUnavailable, TorchdError, error_response
+from daemon.http.common import NoResponse, header, reason_phrase, receive_body
+from daemon.models.registry import ModelVersion
+from daemon.models.queue import Job, QueueFull, queue_full_error
+from protocol import messages
+
+logger = logging.getLogger(__name__)
+FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
+EXPLAIN = (("explain", "True"),)
+ErrorRenderer = Callable[[TorchdError], Response]
+
+
+def v2_error(message: str, status: int) -> JSONResponse:
+    """OIP v2's error document, which is what v2 clients parse."""
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def v2_error_of(exc: TorchdError) -> Response:
+    return v2_error(exc.message, exc.status)
+
+
+# ---- request → job --------------------------------------------------------------------------
+
+async def form_parameters(scope: dict[str, Any], receive: Callable, body: bytes,
+                          limit: int) -> list[dict[str, Any]]:
+    """One parameter per field of a multipart or urlencoded body (starlette's parser)."""
+    request = Request(scope, receive)
+    request._body = body   # the parser reads the cached body
+    # max_request_size bounds the whole body already; starlette's own 1 MB per field would
+    # refuse fields TorchServe accepts
+    async with request.form(max_part_size=limit) as form:   # closes spooled files
+        params = []
+        for name, value in form.multi_items():
+            if isinstance(value, str):
+                params.append(messages.parameter(name, None, value.encode()))
+            else:
+                params.append(messages.parameter(name, value.content_type, await value.read()))
+        return params
+
+
+def new_job(scope: dict[str, Any], params: list[dict[str, Any]], extra_headers: tuple) -> Job:
+    rid = scope["state"]["request_id"]
+    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+    headers.extend([list(h) for h in extra_headers])
+    return Job(rid, messages.request(rid, headers, params), time.monotonic())
+
+
+# ---- job → response -------------------------------------------------------------------------
+
+def worker_error(response: dict[str, Any]) -> TorchdError:
+    """A handler's failure. TorchServe types every one InternalServerException, whatever the
+    status (513 from a PredictionException, 503 "Prediction failed", 507 ...)."""
+    return InternalServerError(response.get("reason") or "Prediction failed",
+                               status=response["status"])
+
+
+def render(response: dict[str, Any], render_error: ErrorRenderer,
+           default_type: str | None) -> Response:
+    if response.get("error"):
+        return render_error(worker_error(response))
+    reason_phrase.set(response.get("reason"))
+    headers = handler_headers(response)
+    status = response.get("status") or 200
+    if default_type and status < 400 and "content-type" not in headers:
+        headers["content-type"] = default_type
+    return Response(response["body"], status_code=status, headers=headers)
+
+
+def handler_headers(response: dict[str, Any]) -> dict[str, str]:
+    """The headers the handler set, and its content type exactly as it gave it (starlette's
+    media_type would append a charset to text types)."""
+    headers = {k.lower(): v for k, v in response.get("headers") or ()}
+    if response.get("content_type"):
+        headers["content-type"] = response["content_type"]
+    return headers
+
+
+class PartsResponse(StreamingResponse):
+    """The handler's parts as the chunks of one chunked response; its return value is the last.
+
+    A failure after the first part ends the response without its closing empty chunk: the status
+    line has gone already, so the client must see a broken body rather than a complete one.
+    (Returning without the final body message makes hypercorn close the connection.)
+    """
+
+    def __init__(self, first: dict[str, Any], job: Job, default_type: str | None) -> None:
+        self.first, self.job = first, job
+        self.status_code = first.get("status") or 200
+        self.background = None
+        headers = handler_headers(first)
+        if default_type and self.status_code < 400:
+            headers.setdefault("content-type", default_type)
+        self.init_headers(headers)
+
+    async def stream_response(self, send: Any) -> None:
+        reason_phrase.set(self.first.get("reason"))
+        await send({"type": "http.response.start", "status": self.status_code,
+                    "headers": self.raw_headers})
+        await send({"type": "http.response.body", "body": self.first["body"], "more_body": True})
+        while True:
+            kind, payload = await self.job.next_event()
+            if kind == "gone":
+                return
+            if kind == "error" or payload.get("error"):
+                message = payload.message if kind == "error" else payload.get("reason")
+                logger.error("request %s failed after its stream began: %s", self.job.id, message)
+                return
+            last = kind == "final"
+            await send({"type": "http.response.body", "body": payload["body"],
+                        "more_body": not last})
+            if last:
+                return
+
+
+# ---- the pipeline ---------------------------------------------------------------------------
+
+class Predictor:
+    """Runs prediction requests for one inference listener."""
+
+    def __init__(self, core: Any) -> None:
+        self.limit = core.config.max_request_size
+        self.registry = core.registry
+        self.supervisor = core.supervisor
+        self.metrics = core.metrics
+
+    async def run(self, scope: dict[str, Any], receive: Callable, send: Callable, name: str,
+                  version: str | None, extra_headers: tuple = (),
+                  render_error: ErrorRenderer = error_response,
+                  default_type: str | None = None) -> None:
+        """Answer one request; errors are rendered by ``render_error`` (TorchServe's JSON, or
+        OIP v2's on /v2 paths)."""
+        try:
+            response = await self._respond(scope, receive, name, version, extra_headers,
+                                           render_error, default_type)
+        except ClientDisconnect:
+            return
+        except TorchdError as exc:
+            response = render_error(exc)
+        except Exception as exc:
+            logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
+            response = render_error(TorchdError(f"{type(exc).__name__}: {exc}"))
+        await response(scope, receive, send)
+
+    async def _respond(self, scope: dict[str, Any], receive: Callable, name: str,
+                       version: str | None, extra_headers: tuple, render_error: ErrorRenderer,
+                       default_type: str | None) -> Response:
+        params = await self._parameters(scope, receive)
+        mv = self.registry.get(name, version)
+        job = new_job(scope, params, extra_headers)
+        named = version is not None
+        try:
+            self._submit(mv, job)
+        except TorchdError as exc:
+            self._record(mv, job, exc.status, named)
+            raise
+        kind, payload = await self._first_event(receive, mv, job)
+        if kind == "gone":
+            self._record(mv, job, NoResponse.status, named)   # it arrived: it counts
+            return NoResponse()
+        if kind == "error":
+            self._record(mv, job, payload.status, named)
+            return render_error(payload)
+        self._record(mv, job, payload.get("status") or 200, named)
+        if kind == "part":
+            return PartsResponse(payload, job, default_type)
+        return render(payload, render_error, default_type)
+
+    async def _parameters(self, scope: dict[str, Any], receive: Callable) -> list[dict]:
+        body = await receive_body(scope, receive, self.limit)
+        content_type = header(scope, b"content-type")
+        if content_type and content_type.split(";")[0].strip().lower() in FORM_TYPES:
+            try:
+                return await form_parameters(scope, receive, body, self.limit)
+            except MultiPartException as exc:
+                raise BadRequest(exc.message) from None
+        return [messages.parameter("body", content_type, body)]
+
+    def _submit(self, mv: ModelVersion, job: Job) -> None:
+        if not self.supervisor.can_serve(mv):
+            raise ServiceUnavailable(f'Model "{mv.name}" has no worker to serve inference '
+                                     'request. Please use scale workers API to add workers.')
+        try:
+            mv.queue.submit(job)
+        except QueueFull:
+            raise queue_full_error(mv.name) from None
+
+    @staticmethod
+    async def _first_event(receive: Callable, mv: ModelVersion, job: Job) -> tuple[str, Any]:
+        """The job's first event; a client that hangs up before dispatch is dropped from the
+        queue, never run."""
+        async def watch() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            mv.queue.abandon(job)
+
+        watcher = asyncio.get_running_loop().create_task(watch())
+        try:
+            return await job.next_event()
+        finally:
+            watcher.cancel()
+
+    def _record(self, mv: ModelVersion, job: Job, status: int, named: bool) -> None:
+        """Latency hooks: arrival, dispatch and answer times (TorchServe's ts_* metrics)."""
+        now = time.monotonic()
+        dispatched = job.dispatched_at or now
+        self.metrics.observe_request(mv.name, mv.version, status,
+                                     (dispatched - job.arrival) * 1e6,
+                                     (now - job.arrival) * 1e6, named_version=named)
+
+
+# ---- endpoints ------------------------------------------------------------------------------
+
+class PredictionEndpoint:
+    """ASGI endpoint of the TorchServe routes: /predictions and /explanations, any version."""
+
+    def __init__(self, predictor: Predictor, extra_headers: tuple = ()) -> None:
+        self.predictor = predictor
+        self.extra_headers = extra_headers
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        p = scope["path_params"]
+        await self.predictor.run(scope, receive, send, p["model_name"], p.get("model_version"),
+                                 self.extra_headers)
+
+
+class KServeV1Endpoint:
+    """/v1/models/{name}:predict and :explain."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        name, _, verb = scope["path_params"]["target"].rpartition(":")
+        if name and verb in ("predict", "explain"):
+            extra = EXPLAIN if verb == "explain" else ()
+            await self.predictor.run(scope, receive, send, name, None, extra)
+            return
+        not_found = ResourceNotFound("Requested resource is not found, please refer to API "
+                                     "document.")
+        await error_response(not_found)(scope, receive, send)
+
+
+class V2InferEndpoint:
+    """OIP v2 infer: v2's error documents, and JSON unless the handler says otherwise."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        p = scope["path_params"]
+        await self.predictor.run(scope, receive, send, p["model_name"], p.get("model_version"),
+                                 render_error=v2_error_of, default_type="application/json")
+
+
+def prediction_routes(predictor: Predictor) -> list[Route]:
+    predictions = PredictionEndpoint(predictor)
+    explanations = PredictionEndpoint(predictor, EXPLAIN)
+    v2_infer = V2InferEndpoint(predictor)
+    return [
+        Route("/predictions/{model_name}", predictions, methods=["POST", "PUT"]),
+        Route("/predictions/{model_name}/{model_version}", predictions, methods=["POST", "PUT"]),
+        Route("/explanations/{model_name}", explanations, methods=["POST"]),
+        Route("/explanations/{model_name}/{model_version}", explanations, methods=["POST"]),
+        Route("/v1/models/{target}", KServeV1Endpoint(predictor), methods=["POST"]),
+        Route("/v2/models/{model_name}/infer", v2_infer, methods=["POST"]),
+        Route("/v2/models/{model_name}/versions/{model_version}/infer", v2_infer,
+              methods=["POST"]),
+    ]
+
+
+class HotRoutes:
+    """Pure ASGI: a request that fully matches one of ``routes`` (path and method) goes straight
+    to its endpoint; anything else to ``app``, whose router holds the same routes."""
+
+    def __init__(self, app: Callable, routes: list[Route]) -> None:
+        self.app = app
+        self.routes = routes
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
+            for route in self.routes:
+                match, child = route.matches(scope)
+                if match is Match.FULL:
+                    scope.update(child)
+                    await route.app(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)

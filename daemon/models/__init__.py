@@ -1,0 +1,1 @@
+"""Models: registry, model manager, job queues and batching, archives, snapshots."""

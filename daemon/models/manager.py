@@ -1,0 +1,335 @@
+"""What the management API does: register, scale, describe, unregister, list, set-default.
+
+Routes parse HTTP and render; this module holds the rules (TorchServe's error order, worker
+limits, snapshots after every change) and changes desired state through the Registry and the
+Supervisor.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from daemon.models import archives
+from daemon.config.settings import Config
+from daemon.models.dependencies import install_requirements, remove_installed
+from daemon.errors import BadRequest, InternalServerError, ServiceUnavailable
+from daemon.models.registry import ModelSettings, ModelVersion, Registry
+from daemon.models.queue import JobQueue
+from daemon.workers.supervisor import Supervisor
+
+logger = logging.getLogger(__name__)
+VALID_RUNTIMES = ("python", "python3")
+JAVA_INT = range(-2**31, 2**31)
+SYNC_SLACK = 10.0      # seconds a synchronous call waits beyond the model's startup_timeout
+
+
+@dataclass
+class RegisterRequest:
+    """POST /models parameters; None means "not given" (explicit values beat the YAML)."""
+
+    url: str | None
+    model_name: str | None = None
+    handler: str | None = None
+    runtime: str | None = None
+    batch_size: int | None = None
+    max_batch_delay: int | None = None
+    initial_workers: int | None = None
+    max_workers: int | None = None
+    synchronous: bool = True
+    response_timeout: int | None = None
+    startup_timeout: int | None = None
+    job_queue_size: int | None = None
+    s3_sse_kms: bool = False
+    loaded_at_startup: bool = False
+
+
+@dataclass
+class Outcome:
+    status: int
+    message: str
+
+
+class ModelManager:
+    def __init__(self, config: Config, registry: Registry, supervisor: Supervisor,
+                 extract_root: Path, save_state: Callable[[], Any]) -> None:
+        self.config = config
+        self.registry = registry
+        self.supervisor = supervisor
+        self.extract_root = extract_root
+        self._save_state = save_state
+        self._save_lock = asyncio.Lock()
+
+    async def save_state(self) -> None:
+        """Persist before answering 2xx, so a crash right after loses nothing answered."""
+        async with self._save_lock:
+            await self._save_state()
+
+    # ---- register --------------------------------------------------------------------------
+
+    async def register(self, req: RegisterRequest) -> Outcome:
+        mv = await self.add_version(req)
+        await self.save_state()
+        return await self._start_workers(mv, req.synchronous)
+
+    async def add_version(self, req: RegisterRequest) -> ModelVersion:
+        """Validate, fetch and register a version (no workers yet), in TorchServe's order."""
+        if req.url is None:
+            raise BadRequest("Parameter url is required.")
+        if req.runtime is not None and req.runtime not in VALID_RUNTIMES:
+            raise BadRequest(f"Invalid RuntimeType value: {req.runtime}")
+        if req.initial_workers is not None:
+            self.check_worker_limit(None, max(req.initial_workers, req.max_workers or 0))
+        prepared = await asyncio.to_thread(
+            archives.prepare_archive, req.url, model_store=self._model_store(),
+            extract_root=self.extract_root, allowed_urls=list(self.config.effective_allowed_urls),
+            s3_sse_kms=req.s3_sse_kms)
+        mv = None
+        try:
+            mv = self._new_version(req, prepared)
+            self.check_worker_limit(None, mv.settings.max_workers)
+            self.registry.check_absent(mv.name, mv.version)
+            await self._install_requirements(mv)
+            self.registry.add(mv)   # from here the Supervisor may start its workers
+        except BaseException:
+            await asyncio.to_thread(archives.remove_prepared, prepared)
+            await asyncio.to_thread(remove_installed, mv.deps_dir if mv else None)
+            raise
+        logger.info("registered %s %s from %s", mv.name, mv.version, req.url)
+        return mv
+
+    async def _install_requirements(self, mv: ModelVersion) -> None:
+        requirements = mv.manifest.get("model", {}).get("requirementsFile")
+        if requirements and self.config.install_py_dep_per_model:
+            mv.deps_dir = await asyncio.to_thread(install_requirements, Path(mv.model_dir),
+                                                  requirements, self.extract_root, mv.name)
+        elif requirements:
+            logger.warning("model %s %s has a requirements file but install_py_dep_per_model "
+                           "is off: its packages must be in torchd's environment", mv.name,
+                           mv.version)
+
+    def _model_store(self) -> Path:
+        if self.config.model_store is None:
+            raise BadRequest("No model_store is configured")
+        return self.config.model_store
+
+    def _new_version(self, req: RegisterRequest, prepared: Any) -> ModelVersion:
+        model = prepared.manifest.get("model", {})
+        name = req.model_name or model.get("modelName")
+        if not name:
+            raise BadRequest("Parameter model_name is required (the manifest has no modelName)")
+        if "/" in name or name in (".", ".."):
+            # Such a name could never be addressed in a URL path, nor unregistered again.
+            raise BadRequest(f"Invalid model name: {name} (it must not contain '/' or be '.' "
+                             "or '..')")
+        version = str(model.get("modelVersion") or "1.0")
+        handler = req.handler or model.get("handler") or ""
+        if not handler:
+            raise BadRequest("No handler: the manifest has none and the request gave none")
+        settings = self._settings(req, prepared.model_yaml_config, name, version)
+        queue = JobQueue(settings.job_queue_size)
+        return ModelVersion(name=name, version=version, url=req.url or "", handler=handler,
+                            runtime=req.runtime or prepared.manifest.get("runtime", "python"),
+                            archive=prepared, settings=settings, queue=queue,
+                            loaded_at_startup=req.loaded_at_startup)
+
+    def _settings(self, req: RegisterRequest, yaml_config: dict, name: str,
+                  version: str) -> ModelSettings:
+        """Request parameters > model-config.yaml > config.properties `models` > defaults."""
+        layers = [_yaml_settings(yaml_config), self.config.model_settings(name, version)]
+
+        def pick(explicit: Any, key: str, default: Any) -> int:
+            for value in (explicit, *(layer.get(key) for layer in layers)):
+                number = java_int(value)
+                if number is not None:
+                    return number
+            return int(default)
+
+        def seconds(explicit: int | None, key: str, default: int) -> int:
+            # TorchServe clients send -1 for "the default"; no timeout can be 0 s or less.
+            value = pick(explicit if explicit is None or explicit > 0 else None, key, default)
+            return value if value > 0 else int(default)
+
+        cfg = self.config
+        # TorchServe registers with no workers for initial_workers <= 0.
+        min_workers = max(0, pick(req.initial_workers, "minWorkers", cfg.register_workers_default))
+        max_default = max(min_workers, req.initial_workers or 0)
+        max_workers = pick(req.max_workers if req.max_workers is not None else
+                           req.initial_workers, "maxWorkers", max_default)
+        return ModelSettings(
+            batch_size=max(1, pick(req.batch_size, "batchSize", 1)),
+            max_batch_delay=max(0, pick(req.max_batch_delay, "maxBatchDelay", 100)),
+            response_timeout=seconds(req.response_timeout, "responseTimeout",
+                                     cfg.default_response_timeout),
+            startup_timeout=seconds(req.startup_timeout, "startupTimeout",
+                                    cfg.default_startup_timeout),
+            job_queue_size=max(1, pick(req.job_queue_size, "jobQueueSize", cfg.job_queue_size)),
+            min_workers=min_workers, max_workers=max(min_workers, max_workers),
+            # recycling: per model (YAML, `models` JSON) over the global settings
+            max_requests_per_worker=max(0, pick(None, "maxRequestsPerWorker",
+                                                cfg.max_requests_per_worker)),
+            max_worker_rss=_first_size(layers, "maxWorkerRss", cfg.max_worker_rss))
+
+    async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> Outcome:
+        head = f'Model "{mv.name}" Version: {mv.version} registered with'
+        if mv.settings.min_workers == 0:
+            self.supervisor.scale(mv, 0, mv.settings.max_workers)
+            return Outcome(200, f"{head} 0 initial workers. Use scale workers API to add "
+                                "workers for the model.")
+        self.supervisor.scale(mv, mv.settings.min_workers, mv.settings.max_workers)
+        if not synchronous:
+            return Outcome(202, "Processing worker updates...")
+        try:
+            ready = await self._await_workers(mv)
+        except InternalServerError:
+            if self.registry.holds(mv):
+                await self._remove(mv)   # TorchServe unregisters a model whose workers fail
+            raise
+        if ready is None:
+            return Outcome(206, "Workers scaling in progress...")
+        return Outcome(200, f"{head} {ready} initial workers")
+
+    async def _await_workers(self, mv: ModelVersion) -> int | None:
+        """For synchronous calls: the target count once that many are READY, None when only
+        some came up; InternalServerError (with the worker's cause) when none could start."""
+        outcome = await self.supervisor.wait_for_workers(
+            mv, mv.settings.startup_timeout + SYNC_SLACK)
+        if not self.registry.holds(mv):
+            # unregistered by another call meanwhile: nothing is scaling any more
+            raise _start_failure(mv, "the model was unregistered while its workers were "
+                                     "starting")
+        if outcome.ready >= outcome.target:
+            return outcome.target
+        if outcome.error and outcome.ready == 0:
+            raise _start_failure(mv, outcome.error)
+        return None
+
+    # ---- scale -----------------------------------------------------------------------------
+
+    def check_worker_limit(self, mv: ModelVersion | None, wanted: int) -> None:
+        """max_workers bounds the workers of all models together (a fuzzer hangs TorchServe)."""
+        others = sum(max(v.settings.max_workers, v.settings.min_workers)
+                     for v in self.registry.all_versions() if v is not mv)
+        limit = self.config.max_workers
+        if wanted + others > limit:
+            raise BadRequest(f"Requested workers exceed the limit of max_workers={limit} "
+                             f"(already allotted to other models: {others})")
+
+    async def scale(self, name: str, version: str | None, min_worker: int | None,
+                    max_worker: int | None, synchronous: bool, timeout: int) -> Outcome:
+        min_worker = 1 if min_worker is None else min_worker
+        max_worker = min_worker if max_worker is None else max_worker
+        # TorchServe checks the numbers before it looks the model up; clients see that order.
+        if max_worker < min_worker:
+            raise BadRequest("max_worker cannot be less than min_worker.")
+        if min_worker < 0:
+            raise BadRequest("min_worker and max_worker must not be negative.")
+        mv = self.registry.get(name, version)
+        self.check_worker_limit(mv, max_worker)
+        self.supervisor.scale(mv, min_worker, max_worker, stop_timeout=timeout)
+        await self.save_state()
+        if not synchronous:
+            return Outcome(202, "Processing worker updates...")
+        count = await self._await_workers(mv)
+        if count is None:
+            return Outcome(206, "Workers scaling in progress...")
+        where = f", version: {version}" if version else ""
+        return Outcome(200, f"Workers scaled to {count} for model: {name}{where}")
+
+    # ---- unregister ------------------------------------------------------------------------
+
+    async def unregister(self, name: str, version: str | None) -> Outcome:
+        mv = self.registry.check_removable(name, version)
+        await self._remove(mv)
+        await self.save_state()
+        logger.info("unregistered %s %s", mv.name, mv.version)
+        return Outcome(200, f'Model "{name}" unregistered')
+
+    async def _remove(self, mv: ModelVersion) -> None:
+        """Forget the version: queued jobs get 503 now, in-flight batches finish (bounded)."""
+        self.registry.remove(mv)
+        # close, not just fail_all: a stopping worker gives back the batch it was filling, and
+        # nobody would serve it any more.
+        mv.queue.close(ServiceUnavailable(f'Model "{mv.name}" was unregistered'))
+        await self.supervisor.drain(mv, self.config.unregister_model_timeout)
+        await asyncio.to_thread(archives.remove_prepared, mv.archive)
+        await asyncio.to_thread(remove_installed, mv.deps_dir)
+
+    # ---- read-only -------------------------------------------------------------------------
+
+    def describe(self, name: str, version: str | None) -> list[dict[str, Any]]:
+        if version == "all":
+            versions = self.registry.versions(name)
+        else:
+            versions = [self.registry.get(name, version)]
+        return [self.describe_version(mv) for mv in versions]
+
+    def describe_version(self, mv: ModelVersion) -> dict[str, Any]:
+        s = mv.settings
+        return {"modelName": mv.name, "modelVersion": mv.version, "modelUrl": mv.url,
+                "engine": "Torch", "runtime": mv.runtime, "minWorkers": s.min_workers,
+                "maxWorkers": s.max_workers, "batchSize": s.batch_size,
+                "maxBatchDelay": s.max_batch_delay, "responseTimeout": s.response_timeout,
+                "startupTimeout": s.startup_timeout, "loadedAtStartup": mv.loaded_at_startup,
+                "workers": self.supervisor.describe_workers(mv),
+                "jobQueueStatus": {"remainingCapacity": mv.queue.remaining_capacity,
+                                   "pendingRequests": mv.queue.depth}}
+
+    def list_models(self, limit: int, offset: int) -> dict[str, Any]:
+        limit = 100 if limit > 100 or limit < 0 else limit
+        offset = max(0, offset)
+        defaults = self.registry.defaults()
+        page = defaults[offset: offset + limit]
+        body: dict[str, Any] = {}
+        if offset + limit <= len(defaults):
+            body["nextPageToken"] = str(offset + limit)
+        body["models"] = [{"modelName": mv.name, "modelUrl": mv.url} for mv in page]
+        return body
+
+    async def set_default(self, name: str, version: str) -> Outcome:
+        self.registry.set_default(name, version)
+        await self.save_state()
+        return Outcome(200, f'Default version successfully updated for model "{name}" to '
+                            f'"{version}"')
+
+
+def _start_failure(mv: ModelVersion, cause: str) -> InternalServerError:
+    return InternalServerError(f"Failed to start workers for model {mv.name} version: "
+                               f"{mv.version}: {cause}")
+
+
+def _first_size(layers: list[dict[str, Any]], key: str, default: int) -> int:
+    """A byte count may exceed a Java int; still, only finite non-negative numbers count."""
+    for layer in layers:
+        value = layer.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and math.isfinite(value) and value >= 0:
+            return int(value)
+    return default
+
+
+def java_int(value: Any) -> int | None:
+    """``value`` as an int if it fits a Java int (TorchServe's type for these settings), else
+    None: a YAML ``.inf`` or ``1e30`` is as unusable as a missing value (and could not even be
+    sent to a worker)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if number in JAVA_INT else None
+
+
+YAML_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout",
+             "startupTimeout", "jobQueueSize", "maxRequestsPerWorker", "maxWorkerRss")
+
+
+def _yaml_settings(yaml_config: dict) -> dict[str, Any]:
+    return {key: yaml_config[key] for key in YAML_KEYS
+            if isinstance(yaml_config.get(key), (int, float)) and not isinstance(
+                yaml_config.get(key), bool)}

@@ -1,0 +1,156 @@
+"""Models and their versions: what is registered, with which settings, and which is default."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from daemon.errors import Conflict, Forbidden, ModelNotFound, ModelVersionNotFound
+from daemon.models.queue import JobQueue
+
+
+@dataclass
+class ModelSettings:
+    """Per-version serving settings (API parameters win over model-config.yaml)."""
+
+    batch_size: int = 1
+    max_batch_delay: int = 100          # milliseconds
+    response_timeout: int = 120         # seconds
+    startup_timeout: int = 120          # seconds
+    job_queue_size: int = 100
+    min_workers: int = 0
+    max_workers: int = 0
+    max_requests_per_worker: int = 0    # 0: never recycle on request count
+    max_worker_rss: int = 0             # bytes; 0: never recycle on memory
+
+
+@dataclass(eq=False)
+class ModelVersion:
+    name: str
+    version: str
+    url: str
+    handler: str
+    runtime: str
+    archive: Any                        # daemon.models.archives.PreparedArchive
+    settings: ModelSettings
+    queue: JobQueue
+    loaded_at_startup: bool = False
+    deps_dir: Path | None = None         # its own packages (install_py_dep_per_model)
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.name, self.version)
+
+    @property
+    def model_dir(self) -> str:
+        return str(self.archive.model_dir)
+
+    @property
+    def manifest(self) -> dict:
+        return self.archive.manifest
+
+    @property
+    def yaml_config(self) -> dict:
+        return self.archive.model_yaml_config
+
+
+@dataclass
+class Model:
+    name: str
+    versions: dict[str, ModelVersion] = field(default_factory=dict)
+    default_version: str = ""
+
+
+class Registry:
+    """The only owner of the model table. Lookups raise TorchServe's errors."""
+
+    def __init__(self) -> None:
+        self._models: dict[str, Model] = {}
+
+    def check_absent(self, name: str, version: str) -> None:
+        model = self._models.get(name)
+        if model is not None and version in model.versions:
+            raise Conflict(f"Model version {version} is already registered for model {name}")
+
+    def add(self, mv: ModelVersion) -> None:
+        self.check_absent(mv.name, mv.version)
+        model = self._models.setdefault(mv.name, Model(mv.name))
+        model.versions[mv.version] = mv
+        if not model.default_version:
+            model.default_version = mv.version
+
+    def model(self, name: str) -> Model:
+        model = self._models.get(name)
+        if model is None:
+            raise ModelNotFound(f"Model not found: {name}")
+        return model
+
+    def get(self, name: str, version: str | None = None) -> ModelVersion:
+        model = self.model(name)
+        version = version or model.default_version
+        mv = model.versions.get(version)
+        if mv is None:
+            raise ModelVersionNotFound(
+                f"Model version: {version} does not exist for model: {name}")
+        return mv
+
+    def versions(self, name: str) -> list[ModelVersion]:
+        return list(self.model(name).versions.values())
+
+    def check_removable(self, name: str, version: str | None) -> ModelVersion:
+        model = self.model(name)
+        mv = self.get(name, version)
+        if mv.version == model.default_version and len(model.versions) > 1:
+            raise Forbidden(f"Cannot remove default version for model {name}", status=403)
+        return mv
+
+    def remove(self, mv: ModelVersion) -> None:
+        model = self._models.get(mv.name)
+        if model is None or model.versions.get(mv.version) is not mv:
+            return
+        del model.versions[mv.version]
+        if not model.versions:
+            del self._models[mv.name]
+        elif model.default_version == mv.version:
+            # Only a rollback gets here (unregister refuses the default while others exist):
+            # a first version whose workers failed while a second was registered. Never leave
+            # a default that names nothing; the oldest remaining version takes over.
+            model.default_version = next(iter(model.versions))
+
+    def set_default(self, name: str, version: str) -> None:
+        model = self.model(name)
+        if version not in model.versions:
+            raise ModelVersionNotFound(
+                f"Model version {version} does not exist for model {name}")
+        model.default_version = version
+
+    def defaults(self) -> list[ModelVersion]:
+        """Every model's default version, sorted by name."""
+        return [m.versions[m.default_version] for _, m in sorted(self._models.items())]
+
+    def all_versions(self) -> list[ModelVersion]:
+        return [mv for _, m in sorted(self._models.items()) for mv in m.versions.values()]
+
+    def holds(self, mv: ModelVersion) -> bool:
+        """True while ``mv`` itself (not another object of that name and version) is registered."""
+        model = self._models.get(mv.name)
+        return model is not None and model.versions.get(mv.version) is mv
+
+    def is_default(self, mv: ModelVersion) -> bool:
+        model = self._models.get(mv.name)
+        return model is not None and model.default_version == mv.version
+
+    def snapshot_state(self) -> dict[str, Any]:
+        return {name: {"defaultVersion": m.default_version,
+                       "versions": {v: _version_state(mv) for v, mv in m.versions.items()}}
+                for name, m in sorted(self._models.items())}
+
+
+def _version_state(mv: ModelVersion) -> dict[str, Any]:
+    s = mv.settings
+    return {"url": mv.url, "handler": mv.handler, "runtime": mv.runtime,
+            "minWorkers": s.min_workers, "maxWorkers": s.max_workers,
+            "batchSize": s.batch_size, "maxBatchDelay": s.max_batch_delay,
+            "responseTimeout": s.response_timeout, "startupTimeout": s.startup_timeout,
+            "jobQueueSize": s.job_queue_size, "loadedAtStartup": mv.loaded_at_startup,
+            "downloaded": mv.archive.downloaded, "source": str(mv.archive.source)}

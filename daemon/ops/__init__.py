@@ -1,0 +1,1 @@
+"""Running the daemon: CLI, server start/stop, startup loading, pid file, systemd, logs."""

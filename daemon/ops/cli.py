@@ -1,0 +1,361 @@
+"""``torchd serve | start | stop | status`` and TorchServe's ``--start``/``--stop`` flags.
+
+``serve`` runs the daemon in the foreground (what systemd runs). ``start`` runs
+``python -m daemon.ops.cli serve <same options>`` in a new session with output appended to
+``<log_location>/torchd.log``, and returns once it listens on the management address (or has
+died). The serving process writes and removes its own pid file; ``stop`` and ``status`` read it.
+
+Without a subcommand, TorchServe's spelling works: ``torchd --start ...`` (``--foreground``
+makes it ``serve``), ``torchd --stop``. The subcommand, when given, must come first.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import logging.config
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from daemon.ops import pidfile
+from daemon.config.settings import SETTINGS, Config, ConfigError, load_config
+from daemon.ops.logformat import BatchingStreamHandler, SecondsFormatter, batched_stderr
+
+logger = logging.getLogger(__name__)
+
+COMMANDS = ("serve", "start", "stop", "status")
+START_WAIT = 60.0  # seconds `start` waits for the management listener
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATEFMT = "%Y-%m-%dT%H:%M:%S"
+# Extra spellings TorchServe accepts for a setting.
+_ALIASES = {"ncs": ["--no-config-snapshots"]}
+# TorchServe options torchd accepts and ignores (one value each).
+_IGNORED_OPTIONS = ("--workflow-store", "--plugins-path", "--cpp-log-config")
+# Tokens that select the command; they are dropped when `start` re-runs itself as `serve`.
+_MODE_FLAGS = ("--start", "--stop", "--foreground")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchd", description="A TorchServe-compatible model server.",
+        usage="torchd {serve,start,stop,status} [options]\n"
+              "       torchd --start [--foreground] [options] | --stop",
+        epilog="Commands: serve (foreground), start (background), stop, status. "
+               "TorchServe's --start/--stop/--foreground also work. Settings also come from "
+               "config.properties and TS_<KEY> environment variables.")
+    modes = parser.add_argument_group("mode (TorchServe style, instead of a command)")
+    modes.add_argument("--start", action="store_true", help="start in the background")
+    modes.add_argument("--stop", action="store_true", help="stop the running daemon")
+    modes.add_argument("--foreground", action="store_true", help="with --start: stay in the "
+                       "foreground (same as `serve`)")
+    general = parser.add_argument_group("general")
+    general.add_argument("--ts-config", metavar="FILE",
+                         help="config.properties to read (else $TS_CONFIG_FILE, else "
+                              "./config.properties if present)")
+    general.add_argument("--log-level", default="INFO",
+                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+                         help="level for the default stderr logging (default INFO)")
+    general.add_argument("--wait", type=float, metavar="SECONDS",
+                         help=f"start: how long to wait for the listener (default "
+                              f"{START_WAIT:g}, longer with startup models); stop: how long "
+                              "to wait for exit (default: the whole drain + 30)")
+    for option in _IGNORED_OPTIONS:
+        general.add_argument(option, metavar="VALUE", help=argparse.SUPPRESS)
+    _add_setting_options(parser.add_argument_group("settings (override config.properties)"))
+    return parser
+
+
+def _add_setting_options(group: argparse._ArgumentGroup) -> None:
+    for setting in SETTINGS:
+        if setting.option is None:
+            continue
+        names = [setting.option, *_ALIASES.get(setting.name, [])]
+        kwargs: dict[str, Any] = {"dest": setting.name, "default": None, "help": setting.help}
+        if setting.flag:
+            kwargs.update(nargs="?", const="true", metavar="true|false")
+        elif setting.multi:
+            kwargs.update(nargs="+", metavar="MODEL")
+        else:
+            kwargs.update(metavar=setting.name.upper())
+        group.add_argument(*names, **kwargs)
+
+
+def parse_args(argv: Sequence[str]) -> tuple[str | None, argparse.Namespace, list[str]]:
+    """(command, options, the option tokens) — the tokens are what `start` hands to `serve`."""
+    argv = list(argv)
+    command = argv.pop(0) if argv and argv[0] in COMMANDS else None
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.start and args.stop:
+        parser.error("--start and --stop exclude each other")
+    if command is None:
+        command = "stop" if args.stop else "start" if args.start else None
+        if command is None and args.foreground:
+            command = "serve"
+    if command == "start" and args.foreground:
+        command = "serve"
+    return command, args, [token for token in argv if token not in _MODE_FLAGS]
+
+
+def argv_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The command-line values as load_config takes them (None: not given)."""
+    options: dict[str, Any] = {"ts_config": args.ts_config}
+    for setting in SETTINGS:
+        if setting.option is not None:
+            options[setting.name] = getattr(args, setting.name)
+    return options
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:
+        build_parser().print_help(sys.stderr)
+        return 2
+    command, args, tokens = parse_args(argv)
+    if command is None:
+        print("torchd: say what to do: serve, start, stop or status (or --start/--stop)",
+              file=sys.stderr)
+        return 2
+    for option in _IGNORED_OPTIONS:
+        if getattr(args, option.lstrip("-").replace("-", "_")) is not None:
+            print(f"torchd: {option} is a TorchServe option that torchd ignores",
+                  file=sys.stderr)
+    handler = {"serve": cmd_serve, "start": cmd_start, "stop": cmd_stop,
+               "status": cmd_status}[command]
+    return handler(args, tokens)
+
+
+def _load(args: argparse.Namespace) -> Config | None:
+    try:
+        return load_config(argv_options(args), os.environ, Path.cwd())
+    except ConfigError as exc:
+        print(f"torchd: configuration error: {exc}", file=sys.stderr)
+        return None
+
+
+# ---------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
+    configure_logging(None, args.log_level)
+    config = _load(args)
+    if config is None:
+        return 2
+    if config.log_config is not None:
+        try:
+            configure_logging(config.log_config, args.log_level)
+        except ConfigError as exc:
+            print(f"torchd: configuration error: {exc}", file=sys.stderr)
+            return 2
+    other = pidfile.running_pid(config.pid_file)
+    if other is not None and other != os.getpid():
+        print(f"torchd: already running (pid {other}, pid file {config.pid_file})",
+              file=sys.stderr)
+        return 1
+    pidfile.write_pid(config.pid_file)
+    try:
+        from daemon.ops.server import run  # imported late: the CLI's other commands don't need it
+        return run(config)
+    finally:
+        pidfile.remove_pid(config.pid_file)
+
+
+def configure_logging(log_config: Path | None, level: str = "INFO") -> None:
+    """Plain lines to stderr (journald adds its own metadata), or the given config file:
+    .ini/.conf/.cfg via fileConfig, .json/.yaml/.yml via dictConfig."""
+    if log_config is None:
+        handler = BatchingStreamHandler(batched_stderr())
+        handler.setFormatter(SecondsFormatter(LOG_FORMAT, LOG_DATEFMT))
+        logging.basicConfig(level=level, handlers=[handler], force=True)
+        return
+    suffix = log_config.suffix.lower()
+    if suffix == ".xml":
+        logger.warning("--log-config %s: log4j2 XML is TorchServe's format; torchd uses Python "
+                       "logging (.ini, .json, .yaml), keeping the default", log_config)
+        return
+    try:
+        if suffix in (".json", ".yaml", ".yml"):
+            logging.config.dictConfig(_read_dict_config(log_config))
+        else:
+            logging.config.fileConfig(log_config, disable_existing_loggers=False)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a bad config file
+        raise ConfigError(f"invalid value for log_config: {str(log_config)!r}: {exc}") from None
+
+
+def _read_dict_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    text = path.read_text()
+    data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise TypeError("expected a mapping (logging dictConfig schema)")
+    # Module loggers already exist; dictConfig's default would silence them.
+    data.setdefault("disable_existing_loggers", False)
+    data.setdefault("version", 1)
+    return data
+
+
+# ---------------------------------------------------------------------------------------------
+# start
+
+
+def cmd_start(args: argparse.Namespace, tokens: list[str]) -> int:
+    config = _load(args)
+    if config is None:
+        return 2
+    running = pidfile.running_pid(config.pid_file)
+    if running is not None:
+        print(f"torchd is already running (pid {running}, pid file {config.pid_file}); "
+              "stop it first with `torchd stop`", file=sys.stderr)
+        return 1
+    config.log_location.mkdir(parents=True, exist_ok=True)
+    log_path = config.log_location / "torchd.log"
+    process = _spawn_serve(tokens, log_path)
+    return _wait_started(process, config, log_path, args.wait or _start_wait(config))
+
+
+def _spawn_serve(tokens: list[str], log_path: Path) -> subprocess.Popen:
+    command = [sys.executable, "-m", "daemon.ops.cli", "serve", *tokens]
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                close_fds=True)
+
+
+def _wait_started(process: subprocess.Popen, config: Config, log_path: Path,
+                  wait: float) -> int:
+    address = config.management_address
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        code = process.poll()
+        if code is not None:
+            print(f"torchd failed to start (exit code {code}); see {log_path}:",
+                  file=sys.stderr)
+            print(_tail(log_path), file=sys.stderr)
+            return 1
+        if pidfile.read_pid(config.pid_file) == process.pid and is_listening(address):
+            print(f"torchd started (pid {process.pid}), management API at {address.url}, "
+                  f"log {log_path}")
+            process.returncode = 0  # detached on purpose: no "still running" warning
+            return 0
+        time.sleep(0.1)
+    print(f"torchd (pid {process.pid}) is not listening on {address.url} after {wait:g} s; "
+          f"it keeps starting in the background, see {log_path}", file=sys.stderr)
+    process.returncode = 0
+    return 1
+
+
+def is_listening(address: Any, timeout: float = 0.5) -> bool:
+    """Something accepts connections at the BindAddress (TCP or unix socket)."""
+    try:
+        if address.is_unix:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.settimeout(timeout)
+                sock.connect(str(address.path))
+        else:
+            socket.create_connection((address.connect_host, address.port), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+# ---------------------------------------------------------------------------------------------
+# stop, status
+
+
+def _pid_file_for(args: argparse.Namespace) -> tuple[Path | None, Config | None]:
+    config = _load(args)
+    if config is not None:
+        return config.pid_file, config
+    if args.pid_file:  # a broken config must not keep an operator from stopping the daemon
+        return Path(args.pid_file).resolve(), None
+    return None, None
+
+
+def cmd_stop(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
+    path, config = _pid_file_for(args)
+    if path is None:
+        return 2
+    pid = pidfile.read_pid(path)
+    if pid is None:
+        print(f"torchd is not running (no pid file at {path})")
+        return 0
+    if not pidfile.is_torchd_process(pid):
+        print(f"torchd is not running (stale pid file {path} named pid {pid}; removed)")
+        pidfile.remove_pid(path, pid)
+        return 0
+    wait = args.wait if args.wait is not None else _stop_wait(config)
+    print(f"stopping torchd (pid {pid}), waiting up to {wait:g} s")
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    if not _wait_gone(pid, wait):
+        print(f"torchd (pid {pid}) is still running after {wait:g} s", file=sys.stderr)
+        return 1
+    pidfile.remove_pid(path, pid)
+    print("torchd stopped")
+    return 0
+
+
+def _start_wait(config: Config) -> float:
+    """The daemon listens only once startup models are loaded: wait for their workers too."""
+    if config.load_models:
+        return max(START_WAIT, config.default_startup_timeout + 30.0)
+    return START_WAIT
+
+
+def _stop_wait(config: Config | None) -> float:
+    """Long enough for the daemon's own drain: HTTP requests in flight (30 s), then workers
+    finishing their batches (unregister_model_timeout), then a stop grace."""
+    if config is None:
+        return 180.0
+    drain = max(config.default_response_timeout, config.unregister_model_timeout)
+    return float(30 + drain + 30)
+
+
+def _wait_gone(pid: int, wait: float) -> bool:
+    deadline = time.monotonic() + wait
+    while not pidfile.pid_gone(pid):
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def cmd_status(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
+    path, config = _pid_file_for(args)
+    if path is None:
+        return 2
+    pid = pidfile.running_pid(path)
+    if pid is None:
+        stale = pidfile.read_pid(path)
+        note = f" (stale pid file {path} names pid {stale})" if stale else ""
+        print(f"torchd is not running{note}")
+        return 1
+    print(f"torchd is running (pid {pid}, pid file {path})")
+    if config is not None:
+        for name, address in config.listeners.items():
+            state = "listening" if is_listening(address) else "not listening"
+            print(f"  {name}: {address.url} ({state})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""The daemon: one event loop (uvloop) serving three listeners around one Core.
+
+Start: bind the listeners (a busy port fails the start at once), start the workers' launcher,
+restore the newest snapshot, load the startup models, then listen and tell systemd READY=1.
+Clients are refused until then, as TorchServe does, so no management call can race the restore.
+
+Shutdown (SIGTERM/SIGINT): readiness goes false, listeners stop accepting, in-flight requests
+finish (bounded), workers stop, a final snapshot is written, exit 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import logging
+import os
+import shutil
+import signal
+import socket
+import stat
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import psutil
+import uvloop
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+
+from daemon.http import openapi
+
+from daemon.models import snapshots as snapshot
+from daemon.http.apps import build_inference_app, build_management_app, build_metrics_app
+from daemon.models.archives import PreparedArchive, remove_prepared
+from daemon.config.settings import BindAddress, Config
+from daemon.http.inference import Health
+from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
+from daemon.metrics import Metrics
+from daemon.models.manager import ModelManager
+from daemon.models.registry import Registry
+from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot, snapshot_state
+from daemon.workers.supervisor import Supervisor, SupervisorSettings
+from daemon.ops.systemd import Notifier
+from daemon.http.tokens import TokenStore
+
+logger = logging.getLogger(__name__)
+VERSION = "0.1.0"
+PR_SET_CHILD_SUBREAPER = 36
+GRACEFUL_HTTP = 30.0      # seconds in-flight HTTP requests get at shutdown
+LISTEN_BACKLOG = 1024
+START_STEP_SLACK = 30.0   # seconds beyond a start step's startup_timeout (EXTEND_TIMEOUT_USEC)
+
+
+class ListenerError(Exception):
+    """A listener cannot bind its address; the message names the listener and the address."""
+
+
+class Core:
+    """Everything the daemon owns, built once from the Config."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.version = VERSION
+        self.runtime_dir = make_runtime_dir()
+        self.registry = Registry()
+        self.metrics = Metrics(collect_hook=self._refresh_gauges)
+        settings = SupervisorSettings(
+            runtime_dir=self.runtime_dir / "sockets", max_frame=config.max_response_size,
+            server_version=VERSION, heartbeat_interval=config.heartbeat_interval,
+            autoscale_up_delay=config.autoscale_up_delay,
+            autoscale_down_delay=config.autoscale_down_delay)
+        self.supervisor = Supervisor(self.registry, settings, self._launcher_factory(),
+                                     metrics=self.metrics)
+        self.manager = ModelManager(config, self.registry, self.supervisor,
+                                    self.runtime_dir / "models", self._save_snapshot)
+        self.health = Health(self.registry, self.supervisor)
+        self.tokens = TokenStore(config.key_file, config.token_auth_enabled)
+        self.documents = {"management": openapi.management_document(VERSION),
+                          "inference": openapi.inference_document(VERSION)}
+        self.notifier = Notifier(config.notify_socket)
+
+    def _launcher_factory(self) -> Any:
+        if self.config.worker_spawn == "exec":
+            return lambda on_exit: ExecLauncher(on_exit)
+        return lambda on_exit: ZygoteLauncher(on_exit, self.runtime_dir)
+
+    async def _save_snapshot(self) -> None:
+        state = snapshot_state(self.registry)
+        await asyncio.to_thread(snapshot.save_snapshot, self.config.snapshot_dir, state)
+
+    def _refresh_gauges(self) -> None:
+        for mv in self.registry.all_versions():
+            self.metrics.set_queue_depth(mv.name, mv.version, mv.queue.depth)
+            self.metrics.set_worker_states(mv.name, mv.version, self.supervisor.counts(mv))
+
+    async def start(self) -> None:
+        """Raises StartupError (a message naming what is wrong) when the start must fail."""
+        (self.runtime_dir / "models").mkdir(parents=True, exist_ok=True)
+        self.notifier.status("starting the worker launcher")
+        await self.supervisor.start()
+        if not self.config.ncs:
+            self.notifier.status(f"restoring the newest snapshot in {self.config.snapshot_dir}")
+            restored = await restore_snapshot(self.config, self.manager)
+            if restored:
+                self.notifier.status(f"starting the workers of {restored} restored version(s)")
+                longest = max(mv.settings.startup_timeout for mv in self.registry.all_versions())
+                self.notifier.extend_timeout(longest + START_STEP_SLACK)
+                await self._wait_startup_workers()
+        failed = await load_startup_models(self.config, self.manager, self._loading)
+        if failed:
+            logger.error("%d startup model(s) failed to load; serving the others", failed)
+
+    def _loading(self, text: str) -> None:
+        """Each startup model may take its startup_timeout: TimeoutStartSec= need not add
+        them all up."""
+        self.notifier.status(text)
+        self.notifier.extend_timeout(self.config.default_startup_timeout + START_STEP_SLACK)
+
+    async def _wait_startup_workers(self) -> None:
+        for mv in self.registry.all_versions():
+            await self.supervisor.wait_for_workers(mv, mv.settings.startup_timeout)
+
+    def summary(self) -> str:
+        versions = self.registry.all_versions()
+        ready = sum(self.supervisor.ready_count(mv) for mv in versions)
+        return f"serving {len(versions)} model version(s) with {ready} READY worker(s)"
+
+    async def stop(self, final_snapshot: bool = True) -> None:
+        """Stop every worker and clean up. ``final_snapshot=False`` after a failed or abandoned
+        start: a partial restore written over the newest snapshot would forget models."""
+        self.health.draining = True
+        self.notifier.status("stopping workers")
+        await self.supervisor.close(self.config.unregister_model_timeout)
+        if final_snapshot:
+            self.notifier.status("writing the final snapshot")
+            try:
+                await self._save_snapshot()
+            except Exception:
+                logger.exception("final snapshot failed")
+        for mv in self.registry.all_versions():
+            await asyncio.to_thread(_remove_extracted, mv.archive)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
+
+
+def _remove_extracted(archive: PreparedArchive) -> None:
+    """At shutdown: our extracted copy goes, a download stays for the snapshot's restore."""
+    remove_prepared(dataclasses.replace(archive, downloaded=False))
+
+
+# ---- listeners --------------------------------------------------------------------------------
+
+
+def bind_listener(name: str, address: BindAddress) -> socket.socket:
+    """A bound socket that does not listen yet: a busy port fails the start before any model
+    loads, and until ``listen()`` clients are refused rather than left hanging."""
+    try:
+        if address.is_unix:
+            _remove_stale_socket(Path(address.path))
+            family, sockaddr = socket.AF_UNIX, str(address.path)
+        else:
+            family, _, _, _, sockaddr = socket.getaddrinfo(
+                address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ListenerError(f"{name} API cannot listen on {address.url}: "
+                            f"{exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(sockaddr)
+    except OSError as exc:
+        sock.close()
+        raise ListenerError(f"{name} API cannot listen on {address.url}: "
+                            f"{exc.strerror or exc}") from None
+    return sock
+
+
+def _remove_stale_socket(path: Path) -> None:
+    """A socket file left by a daemon that died; anything else there is not ours to delete."""
+    try:
+        if stat.S_ISSOCK(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def bind_listeners(config: Config) -> dict[str, socket.socket]:
+    sockets: dict[str, socket.socket] = {}
+    try:
+        for name, address in config.listeners.items():
+            sockets[name] = bind_listener(name, address)
+    except ListenerError:
+        for sock in sockets.values():
+            sock.close()
+        raise
+    return sockets
+
+
+RUNTIME_PREFIX = "torchd-run-"
+
+
+def make_runtime_dir() -> Path:
+    """A private dir for worker sockets and extracted archives, named after this daemon's pid.
+
+    A daemon killed with SIGKILL cannot clean up after itself, and its extracted archives may be
+    large: the next daemon removes the dirs of daemons that are gone.
+    """
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f"{RUNTIME_PREFIX}*-*"):
+        pid = stale.name[len(RUNTIME_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)) and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=root))
+
+
+def hypercorn_config(sock: socket.socket, address: BindAddress, config: Config) -> HypercornConfig:
+    """Serve on ``sock``, which listens from here on (hypercorn takes over its descriptor)."""
+    sock.listen(LISTEN_BACKLOG)
+    hc = HypercornConfig()
+    hc.bind = [f"fd://{sock.detach()}"]
+    hc.backlog = LISTEN_BACKLOG
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.graceful_timeout = GRACEFUL_HTTP
+    hc.keep_alive_timeout = 75
+    hc.h11_max_incomplete_size = 64 * 1024
+    if address.is_tls:
+        hc.certfile = str(config.certificate_file)
+        hc.keyfile = str(config.private_key_file)
+    return hc
+
+
+def become_subreaper() -> None:
+    """Workers orphaned by a dead zygote re-parent to the daemon, staying its descendants."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        logger.warning("cannot become a child subreaper; orphaned workers re-parent to init")
+
+
+# ---- the daemon's life ------------------------------------------------------------------------
+
+
+async def serve_forever(config: Config) -> int:
+    loop = asyncio.get_running_loop()
+    shutdown = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown.set)
+    try:
+        sockets = bind_listeners(config)
+    except ListenerError as exc:
+        logger.error("cannot start: %s", exc)
+        return 1
+    watchdog = None
+    try:
+        try:
+            core = Core(config)
+        except OSError as exc:   # the runtime directory, the key file
+            logger.error("cannot start: %s", exc)
+            return 1
+        # Pings from the first moment: a start that loads big models must not look hung.
+        watchdog = asyncio.ensure_future(_watchdog(core)) if config.watchdog_interval else None
+        if not await _start_core(core, shutdown):
+            return 0 if shutdown.is_set() else 1
+        return await _serve_until_shutdown(core, sockets, shutdown)
+    finally:
+        for sock in sockets.values():
+            sock.close()   # a no-op for those handed to hypercorn
+        if watchdog:
+            watchdog.cancel()
+
+
+async def _start_core(core: Core, shutdown: asyncio.Event) -> bool:
+    """True once started; False after a failed start or a signal during it (cleaned up)."""
+    starting = asyncio.ensure_future(core.start())
+    signalled = asyncio.ensure_future(shutdown.wait())
+    await asyncio.wait({starting, signalled}, return_when=asyncio.FIRST_COMPLETED)
+    signalled.cancel()
+    if not starting.done():
+        logger.warning("signalled while starting: abandoning the start")
+        core.notifier.stopping()
+        starting.cancel()
+        await asyncio.gather(starting, return_exceptions=True)
+        await core.stop(final_snapshot=False)
+        return False
+    error = starting.exception()
+    if error is None:
+        return True
+    if isinstance(error, StartupError):
+        logger.error("cannot start: %s", error)
+    else:
+        logger.error("cannot start: %s: %s", type(error).__name__, error, exc_info=error)
+    core.notifier.status(f"failed to start: {error}")
+    await core.stop(final_snapshot=False)
+    return False
+
+
+async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
+                                shutdown: asyncio.Event) -> int:
+    config = core.config
+    apps = {"inference": build_inference_app(core), "management": build_management_app(core),
+            "metrics": build_metrics_app(core)}
+    listeners_closed = asyncio.Event()
+    servers = [asyncio.ensure_future(serve(apps[name], hypercorn_config(sockets[name], address,
+                                                                         config),
+                                           shutdown_trigger=listeners_closed.wait))
+               for name, address in config.listeners.items()]
+    for name, address in config.listeners.items():
+        logger.info("%s API listening on %s", name, address.url)
+    core.notifier.ready(core.summary())
+    logger.info("torchd ready: %s", core.summary())
+    done = asyncio.ensure_future(shutdown.wait())
+    await asyncio.wait([done, *servers], return_when=asyncio.FIRST_COMPLETED)
+    done.cancel()
+    logger.info("shutting down: draining requests and workers")
+    core.notifier.stopping()
+    core.health.draining = True
+    listeners_closed.set()
+    results = await asyncio.gather(*servers, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception):
+            logger.error("listener failed: %s", result)
+    await core.stop()
+    logger.info("torchd stopped")
+    return 0 if shutdown.is_set() else 1
+
+
+async def _watchdog(core: Core) -> None:
+    while True:
+        core.notifier.watchdog()
+        await asyncio.sleep(core.config.watchdog_interval)
+
+
+def run(config: Config) -> int:
+    become_subreaper()
+    logger.info("torchd %s starting (pid %d)", VERSION, os.getpid())
+    return uvloop.run(serve_forever(config))

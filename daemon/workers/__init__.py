@@ -1,0 +1,1 @@
+"""Worker processes: the Supervisor, the runner of one worker, launchers, connections."""

@@ -1,0 +1,260 @@
+"""How worker processes come to exist: forked by the zygote, or exec-spawned as a fallback.
+
+The daemon never forks itself (it runs an event loop and threads); it asks the zygote, a
+process that has imported torch once, to fork workers that share those pages copy-on-write.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import psutil
+
+from daemon.ops.pidfile import pid_gone
+from protocol import messages
+from protocol.frames import ProtocolError
+from protocol.streams import read_frame, write_frame
+
+logger = logging.getLogger(__name__)
+
+ExitCallback = Callable[[int, int], None]   # (pid, returncode; negative = killed by signal)
+ZYGOTE_START_TIMEOUT = 60.0
+
+
+class ProcessOps:
+    """What the supervisor asks the OS about a worker process, by pid.
+
+    One object, injected into the Supervisor, so state-machine tests can run without real
+    processes (ARCHITECTURE rule 6); together with the launcher it is all the OS it touches.
+    """
+
+    def signal(self, pid: int, sig: int) -> None:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def alive(self, pid: int) -> bool:
+        """False once it has exited (a zombie runs no code: it only awaits collection)."""
+        return not pid_gone(pid)
+
+    def rss(self, pid: int) -> int:
+        try:
+            return psutil.Process(pid).memory_info().rss
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            return 0
+
+
+# Worker and zygote output comes to the daemon through a pipe and leaves through its logging, so
+# it follows --log-config like every other line (the lines are already tagged "[worker ID]").
+OUTPUT_PIPE = {"stdin": asyncio.subprocess.DEVNULL, "stdout": asyncio.subprocess.PIPE,
+               "stderr": asyncio.subprocess.STDOUT, "limit": 1 << 20}
+worker_output = logging.getLogger("torchd.worker")
+_forwarders: set[asyncio.Task] = set()
+
+
+def forward_output(proc: asyncio.subprocess.Process) -> None:
+    task = asyncio.get_running_loop().create_task(_forward(proc.stdout))
+    _forwarders.add(task)
+    task.add_done_callback(_forwarders.discard)
+
+
+async def _forward(stream: asyncio.StreamReader) -> None:
+    while True:
+        try:
+            line = await stream.readline()
+        except (ValueError, asyncio.LimitOverrunError):   # a line longer than the limit
+            line = await stream.read(1 << 20)
+        if not line:
+            return
+        worker_output.info("%s", line.decode(errors="replace").rstrip())
+
+
+class ExecLauncher:
+    """Starts each worker as `python -m worker ...` (its own interpreter, its own imports)."""
+
+    def __init__(self, on_exit: ExitCallback, daemon_pid: int | None = None) -> None:
+        self.on_exit = on_exit
+        self.daemon_pid = daemon_pid or os.getpid()
+        self._waiters: set[asyncio.Task] = set()
+        self._pids: set[int] = set()
+
+    async def start(self) -> None:
+        return None
+
+    async def spawn(self, worker_id: str, socket_path: str, title: str,
+                    python_path: str | None = None) -> int:
+        extra = ["--python-path", python_path] if python_path else []
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "worker", "--socket", socket_path, "--worker-id", worker_id,
+            "--daemon-pid", str(self.daemon_pid), "--title", title, *extra,
+            **OUTPUT_PIPE)
+        forward_output(proc)
+        self._pids.add(proc.pid)
+        task = asyncio.get_running_loop().create_task(self._wait(proc))
+        self._waiters.add(task)
+        task.add_done_callback(self._waiters.discard)
+        return proc.pid
+
+    async def _wait(self, proc: asyncio.subprocess.Process) -> None:
+        returncode = await proc.wait()
+        self._pids.discard(proc.pid)
+        self.on_exit(proc.pid, returncode)
+
+    def reap(self, pid: int) -> bool:
+        """Nothing to do: asyncio's child watcher reaps the processes it started."""
+        return True
+
+    def owns(self, pid: int) -> bool:
+        return pid in self._pids
+
+    async def close(self) -> None:
+        for task in list(self._waiters):
+            task.cancel()
+
+
+class ZygoteLauncher:
+    """Asks a long-lived zygote process to fork workers; restarts the zygote if it dies.
+
+    Falls back to exec-spawning while no zygote is available, so a broken zygote costs speed,
+    never availability.
+    """
+
+    def __init__(self, on_exit: ExitCallback, runtime_dir: Path,
+                 daemon_pid: int | None = None) -> None:
+        self.on_exit = on_exit
+        self.runtime_dir = runtime_dir
+        self.daemon_pid = daemon_pid or os.getpid()
+        self.fallback = ExecLauncher(on_exit, self.daemon_pid)
+        self.pid: int | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._pending: dict[str, asyncio.Future] = {}
+        self._reader_task: asyncio.Task | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._closing = False
+        self._starting: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        """Start the zygote in the background: it takes seconds to import torch, and the
+        supervisor must run meanwhile. Spawns wait for it (see ``spawn``)."""
+        self._begin_start()
+
+    def _begin_start(self) -> None:
+        self._starting = asyncio.get_running_loop().create_task(self._start_or_fall_back())
+
+    async def _start_or_fall_back(self) -> None:
+        try:
+            await self._start_zygote()
+        except (OSError, RuntimeError, TimeoutError, ProtocolError) as exc:
+            logger.error("zygote failed to start (%s); workers will be exec-spawned", exc)
+
+    async def _start_zygote(self) -> None:
+        path = self.runtime_dir / "zygote.sock"
+        path.unlink(missing_ok=True)
+        connected: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if not connected.done():
+                connected.set_result((reader, writer))
+            else:
+                writer.close()
+
+        server = await asyncio.start_unix_server(accept, str(path))
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "worker.zygote", "--socket", str(path),
+                "--daemon-pid", str(self.daemon_pid), **OUTPUT_PIPE)
+            forward_output(self._proc)   # forked workers inherit the zygote's output pipe
+            reader, writer = await asyncio.wait_for(connected, ZYGOTE_START_TIMEOUT)
+            hello = await asyncio.wait_for(read_frame(reader), ZYGOTE_START_TIMEOUT)
+        finally:
+            server.close()
+            path.unlink(missing_ok=True)
+        if not hello or hello.get("kind") != messages.HELLO:
+            raise RuntimeError(f"zygote said {hello!r} instead of hello")
+        self.pid, self._writer = self._proc.pid, writer
+        self._reader_task = asyncio.get_running_loop().create_task(self._read(reader, self._proc))
+        logger.info("zygote ready, pid %d", self.pid)
+
+    async def _read(self, reader: asyncio.StreamReader,
+                    proc: asyncio.subprocess.Process) -> None:
+        try:
+            while (message := await read_frame(reader)) is not None:
+                self._dispatch(message)
+        except (OSError, ProtocolError) as exc:
+            logger.error("zygote connection broken: %s", exc)
+        self._writer = None
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(RuntimeError("zygote went away"))
+        self._pending.clear()
+        await proc.wait()
+        if not self._closing:
+            logger.error("zygote (pid %s) exited with %s; restarting it", proc.pid, proc.returncode)
+            self._begin_start()
+
+    def _dispatch(self, message: dict) -> None:
+        kind = message.get("kind")
+        if kind == messages.SPAWNED:
+            future = self._pending.pop(message["worker_id"], None)
+            if future is None or future.done():
+                return
+            if message.get("error") or not message.get("pid"):
+                future.set_exception(RuntimeError(message.get("error") or "fork failed"))
+            else:
+                future.set_result(message["pid"])
+        elif kind == messages.EXITED:
+            self.on_exit(message["pid"], message["returncode"])
+
+    async def spawn(self, worker_id: str, socket_path: str, title: str,
+                    python_path: str | None = None) -> int:
+        if python_path:
+            # its own packages must be imported before anything the zygote already holds
+            return await self.fallback.spawn(worker_id, socket_path, title, python_path)
+        if self._starting is not None and not self._starting.done():
+            # Waiting for a warming zygote beats exec: an exec-spawned worker imports torch
+            # on its own (slower on a busy machine, and none of the memory is shared).
+            await asyncio.wait({self._starting})
+        if self._writer is None:
+            return await self.fallback.spawn(worker_id, socket_path, title)
+        future = asyncio.get_running_loop().create_future()
+        self._pending[worker_id] = future
+        write_frame(self._writer, messages.spawn(worker_id, socket_path, title, self.daemon_pid))
+        await self._writer.drain()
+        return await asyncio.wait_for(future, ZYGOTE_START_TIMEOUT)
+
+    def reap(self, pid: int) -> bool:
+        """Collect a worker orphaned by a dead zygote (the daemon is their subreaper).
+
+        False while the process is not yet collectable: its main thread shows as a zombie
+        before its other threads are gone, and waitpid has nothing to return until then.
+        """
+        if self.fallback.owns(pid):
+            return True
+        try:
+            reaped, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            return True       # not our child: the zygote that forked it collects it
+        return reaped == pid
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._starting:
+            self._starting.cancel()
+        if self._writer is not None:
+            self._writer.close()          # EOF: the zygote exits by itself
+        elif self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()         # still warming up: nobody is waiting for it
+        if self._proc is not None and self._proc.returncode is None:
+            try:
+                await asyncio.wait_for(self._proc.wait(), 5)
+            except asyncio.TimeoutError:
+                self._proc.kill()
+                await self._proc.wait()
+        await self.fallback.close()

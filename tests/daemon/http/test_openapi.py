@@ -1,0 +1,279 @@
+"""daemon.http.openapi: both documents are valid OpenAPI 3.0.1 and describe exactly SPEC 1 and 2."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import pytest
+from openapi_schema_validator import OAS30Validator
+from openapi_spec_validator import validate
+
+from daemon.http.openapi import inference_document, management_document
+
+METHODS = {"get", "put", "post", "delete", "options", "patch", "head", "trace"}
+
+MANAGEMENT_ENDPOINTS = {
+    ("options", "/"), ("get", "/api-description"),
+    ("get", "/models"), ("post", "/models"),
+    ("get", "/models/{model_name}"), ("put", "/models/{model_name}"),
+    ("delete", "/models/{model_name}"),
+    ("get", "/models/{model_name}/{model_version}"),
+    ("put", "/models/{model_name}/{model_version}"),
+    ("delete", "/models/{model_name}/{model_version}"),
+    ("put", "/models/{model_name}/{model_version}/set-default"),
+    ("get", "/token"),
+}
+
+INFERENCE_ENDPOINTS = {
+    ("options", "/"), ("get", "/api-description"),
+    ("get", "/ping"), ("post", "/ping"),
+    ("post", "/predictions/{model_name}"), ("post", "/predictions/{model_name}/{model_version}"),
+    ("put", "/predictions/{model_name}"), ("put", "/predictions/{model_name}/{model_version}"),
+    ("post", "/explanations/{model_name}"), ("post", "/explanations/{model_name}/{model_version}"),
+    ("post", "/v1/models/{model_name}:predict"), ("post", "/v1/models/{model_name}:explain"),
+    ("get", "/v2"), ("get", "/v2/health/live"), ("get", "/v2/health/ready"),
+    ("get", "/v2/models/{model_name}"),
+    ("get", "/v2/models/{model_name}/versions/{model_version}"),
+    ("get", "/v2/models/{model_name}/ready"),
+    ("get", "/v2/models/{model_name}/versions/{model_version}/ready"),
+    ("post", "/v2/models/{model_name}/infer"),
+    ("post", "/v2/models/{model_name}/versions/{model_version}/infer"),
+}
+
+# Statuses SPEC 1 and 2 give for each endpoint (the documents may list more, e.g. 401).
+MANAGEMENT_STATUSES = {
+    ("get", "/models"): {"200"},
+    ("post", "/models"): {"200", "202", "206", "400", "404", "405", "409", "413", "500"},
+    ("get", "/models/{model_name}"): {"200", "404"},
+    ("get", "/models/{model_name}/{model_version}"): {"200", "404"},
+    ("put", "/models/{model_name}"): {"200", "202", "206", "400", "404", "500"},
+    ("put", "/models/{model_name}/{model_version}"): {"200", "202", "206", "400", "404", "500"},
+    ("delete", "/models/{model_name}"): {"200", "403", "404", "405"},
+    ("delete", "/models/{model_name}/{model_version}"): {"200", "403", "404", "405"},
+    ("put", "/models/{model_name}/{model_version}/set-default"): {"200", "404"},
+    ("get", "/token"): {"200", "400", "401"},
+}
+PREDICTION_STATUSES = {"200", "404", "413", "500", "503", "504", "507", "default"}
+INFERENCE_STATUSES = {
+    ("get", "/ping"): {"200", "500"},
+    ("post", "/ping"): {"200", "500"},
+    **{(method, path): PREDICTION_STATUSES for method, path in INFERENCE_ENDPOINTS
+       if path.startswith(("/predictions", "/explanations", "/v1/"))},
+    ("get", "/v2/health/ready"): {"200", "503"},
+    ("get", "/v2/models/{model_name}/ready"): {"200", "400", "404"},
+    ("get", "/v2/models/{model_name}/versions/{model_version}/ready"): {"200", "400", "404"},
+    ("get", "/v2/models/{model_name}"): {"200", "404"},
+}
+
+# (path, method) -> {query parameter: (type, default or None)} from SPEC 1.1/1.3/1.4/1.5/1.6.
+SCALE = {"min_worker": ("integer", 1), "max_worker": ("integer", None),
+         "synchronous": ("boolean", False), "timeout": ("integer", -1)}
+UNREGISTER = {"synchronous": ("boolean", None), "timeout": ("integer", None)}
+DESCRIBE = {"customized": ("boolean", False)}
+QUERY_PARAMETERS = {
+    ("/models", "get"): {"limit": ("integer", 100), "next_page_token": ("integer", 0)},
+    ("/models", "post"): {
+        "url": ("string", None), "model_name": ("string", None), "handler": ("string", None),
+        "runtime": ("string", None), "batch_size": ("integer", 1),
+        "max_batch_delay": ("integer", 100), "initial_workers": ("integer", None),
+        "synchronous": ("boolean", True), "response_timeout": ("integer", None),
+        "startup_timeout": ("integer", None), "s3_sse_kms": ("boolean", False)},
+    ("/models/{model_name}", "put"): SCALE,
+    ("/models/{model_name}/{model_version}", "put"): SCALE,
+    ("/models/{model_name}", "delete"): UNREGISTER,
+    ("/models/{model_name}/{model_version}", "delete"): UNREGISTER,
+    ("/models/{model_name}", "get"): DESCRIBE,
+    ("/models/{model_name}/{model_version}", "get"): DESCRIBE,
+    ("/token", "get"): {"type": ("string", None)},
+}
+
+
+@pytest.fixture(scope="module")
+def management() -> dict[str, Any]:
+    return management_document("0.1.0")
+
+
+@pytest.fixture(scope="module")
+def inference() -> dict[str, Any]:
+    return inference_document("0.1.0")
+
+
+def operations(doc: dict[str, Any]):
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            if method in METHODS:
+                yield method, path, item, op
+
+
+def parameters(item: dict[str, Any], op: dict[str, Any], where: str) -> dict[str, dict]:
+    params = item.get("parameters", []) + op.get("parameters", [])
+    return {p["name"]: p for p in params if p["in"] == where}
+
+
+def schema_validator(doc: dict[str, Any], schema: dict[str, Any]) -> OAS30Validator:
+    # Resolving "#/components/..." needs the components beside the schema being checked.
+    return OAS30Validator({**schema, "components": doc["components"]})
+
+
+def response_schema(doc: dict[str, Any], path: str, method: str, code: str) -> dict[str, Any]:
+    return doc["paths"][path][method]["responses"][code]["content"]["application/json"]["schema"]
+
+
+@pytest.mark.parametrize("build", [management_document, inference_document])
+def test_document_is_valid_openapi(build) -> None:
+    doc = build("1.2.3")
+    validate(doc)
+    assert doc["openapi"] == "3.0.1"
+    assert doc["info"]["title"] == "TorchServe APIs"
+    assert doc["info"]["version"] == "1.2.3"
+    json.dumps(doc)  # served as JSON as is
+
+
+def test_management_endpoints_are_exactly_spec_1(management: dict[str, Any]) -> None:
+    assert {(m, p) for m, p, _, _ in operations(management)} == MANAGEMENT_ENDPOINTS
+
+
+def test_inference_endpoints_are_exactly_spec_2(inference: dict[str, Any]) -> None:
+    assert {(m, p) for m, p, _, _ in operations(inference)} == INFERENCE_ENDPOINTS
+
+
+@pytest.mark.parametrize("build", [management_document, inference_document])
+def test_path_templates_use_torchserve_names(build) -> None:
+    for method, path, item, op in operations(build("1")):
+        names = set(re.findall(r"{([^}]*)}", path))
+        assert names <= {"model_name", "model_version"}, path
+        assert set(parameters(item, op, "path")) == names, (method, path)
+
+
+@pytest.mark.parametrize("build", [management_document, inference_document])
+def test_operation_ids_unique_and_401_everywhere(build) -> None:
+    ops = list(operations(build("1")))
+    ids = [op["operationId"] for *_, op in ops]
+    assert len(ids) == len(set(ids))
+    for method, path, _, op in ops:
+        assert "401" in op["responses"], (method, path)
+
+
+@pytest.mark.parametrize(("doc_name", "expected"), [("management", MANAGEMENT_STATUSES),
+                                                    ("inference", INFERENCE_STATUSES)])
+def test_every_spec_status_is_documented(doc_name: str, expected: dict, request) -> None:
+    doc = request.getfixturevalue(doc_name)
+    for (method, path), statuses in expected.items():
+        documented = set(doc["paths"][path][method]["responses"])
+        assert statuses <= documented, (method, path, statuses - documented)
+
+
+def test_query_parameters_types_and_defaults(management: dict[str, Any]) -> None:
+    for (path, method), expected in QUERY_PARAMETERS.items():
+        item = management["paths"][path]
+        found = parameters(item, item[method], "query")
+        assert set(found) == set(expected), (method, path)
+        for name, (kind, default) in expected.items():
+            schema = found[name]["schema"]
+            assert schema["type"] == kind, (method, path, name)
+            assert schema.get("default") == default, (method, path, name)
+    # Only GET /token's type is mandatory: url may come in the JSON body instead.
+    required = {(p, m, name) for (p, m) in QUERY_PARAMETERS
+                for name, spec in parameters(management["paths"][p],
+                                             management["paths"][p][m], "query").items()
+                if spec["required"]}
+    assert required == {("/token", "get", "type")}
+
+
+def test_register_body_mirrors_query(management: dict[str, Any]) -> None:
+    post = management["paths"]["/models"]["post"]
+    body = post["requestBody"]
+    assert body["required"] is False
+    schema = body["content"]["application/json"]["schema"]
+    assert schema["required"] == ["url"]
+    query = {p["name"]: p["schema"] for p in post["parameters"]}
+    assert schema["properties"] == query
+    assert query["runtime"]["enum"] == ["python", "python3"]
+
+
+SPEC_DESCRIBE = [{
+    "modelName": "noop", "modelVersion": "1.0", "modelUrl": "noop.mar", "engine": "Torch",
+    "runtime": "python", "minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 100,
+    "responseTimeout": 120, "startupTimeout": 120, "loadedAtStartup": False,
+    "workers": [{"id": "9000", "startTime": "2026-11-25T13:44:53.034Z", "status": "READY",
+                 "memoryUsage": 89247744, "pid": 4242, "gpu": False, "gpuUsage": "N/A"}],
+    "jobQueueStatus": {"remainingCapacity": 100, "pendingRequests": 0}}]
+
+
+def test_spec_examples_match_management_schemas(management: dict[str, Any]) -> None:
+    def check(path: str, method: str, code: str, instance: Any) -> None:
+        schema = response_schema(management, path, method, code)
+        schema_validator(management, schema).validate(instance)
+
+    check("/models/{model_name}", "get", "200", SPEC_DESCRIBE)
+    check("/models/{model_name}/{model_version}", "get", "200", SPEC_DESCRIBE * 2)
+    check("/models", "get", "200", {"nextPageToken": "4", "models": [
+        {"modelName": "noop", "modelUrl": "noop.mar"}]})
+    check("/models", "get", "200", {"models": []})  # last page: no token
+    check("/models", "post", "202", {"status": "Processing worker updates..."})
+    check("/models", "post", "409", {"code": 409, "type": "ConflictStatusException",
+                                     "message": "Model version 1.0 is already registered for "
+                                                "model noop"})
+    broken = [{**SPEC_DESCRIBE[0], "workers": [{"id": 9000}]}]
+    assert not schema_validator(
+        management, response_schema(management, "/models/{model_name}", "get", "200"),
+    ).is_valid(broken)
+
+
+def test_spec_examples_match_inference_schemas(inference: dict[str, Any]) -> None:
+    def valid(path: str, method: str, code: str, instance: Any) -> bool:
+        schema = response_schema(inference, path, method, code)
+        return schema_validator(inference, schema).is_valid(instance)
+
+    assert valid("/ping", "get", "200", {"status": "Healthy"})
+    assert valid("/ping", "get", "500", {"status": "Unhealthy"})
+    assert valid("/v2", "get", "200", {"name": "torchd", "version": "0.1.0", "extensions": []})
+    assert valid("/v2/health/live", "get", "200", {"live": True})
+    assert valid("/v2/health/ready", "get", "503", {"ready": False})
+    assert valid("/v2/models/{model_name}/ready", "get", "200", {"name": "mlp", "ready": True})
+    assert valid("/v2/models/{model_name}", "get", "200", {
+        "name": "mlp", "versions": ["1.0"], "platform": "pytorch",
+        "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}], "outputs": []})
+    assert valid("/v2/models/{model_name}", "get", "404", {"error": "Model not found: x"})
+    assert not valid("/v2/models/{model_name}", "get", "404",
+                     {"code": 404, "type": "ModelNotFoundException", "message": "x"})
+    assert valid("/predictions/{model_name}", "post", "503", {
+        "code": 503, "type": "ServiceUnavailableException", "message": "Prediction failed"})
+
+
+def test_v2_infer_request_schema(inference: dict[str, Any]) -> None:
+    body = inference["paths"]["/v2/models/{model_name}/infer"]["post"]["requestBody"]
+    validator = schema_validator(inference, body["content"]["application/json"]["schema"])
+    assert validator.is_valid({"inputs": [{"name": "x", "shape": [1, 2], "datatype": "FP32",
+                                           "data": [1.0, 2.0]}]})
+    assert not validator.is_valid({"inputs": [{"name": "x"}]})
+
+
+def test_documents_are_independent_copies() -> None:
+    first = management_document("1")
+    first["paths"]["/models"]["get"]["responses"].clear()
+    first["components"]["schemas"]["Error"]["required"].append("bogus")
+    second = management_document("1")
+    validate(second)
+    assert second["paths"]["/models"]["get"]["responses"]
+    assert "bogus" not in second["components"]["schemas"]["Error"]["required"]
+
+
+def test_v2_model_not_ready_is_a_400(inference: dict[str, Any]) -> None:
+    for path in ("/v2/models/{model_name}/ready",
+                 "/v2/models/{model_name}/versions/{model_version}/ready"):
+        responses = inference["paths"][path]["get"]["responses"]
+        assert "503" not in responses, path
+        schema = response_schema(inference, path, "get", "400")
+        assert schema_validator(inference, schema).is_valid(
+            {"error": 'Model "mlp" version 1.0 is not ready'})
+
+
+def test_post_ping_and_put_predictions_match_their_twins(inference: dict[str, Any]) -> None:
+    paths = inference["paths"]
+    assert paths["/ping"]["post"]["responses"] == paths["/ping"]["get"]["responses"]
+    for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
+        put, post = paths[path]["put"], paths[path]["post"]
+        assert put["responses"] == post["responses"]
+        assert put["requestBody"] == post["requestBody"]

@@ -1,0 +1,41 @@
+"""Which layer wins for a model version's settings: request > model-config.yaml > `models` JSON
+> config.properties defaults (SPEC 1.2 FIX: explicit API parameters beat the YAML)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from daemon.config.settings import load_config
+from daemon.models.manager import ModelManager, RegisterRequest
+
+
+def manager(tmp_path: Path, **settings: str) -> ModelManager:
+    config = load_config(settings, {}, tmp_path)
+    return ModelManager(config, registry=None, supervisor=None, extract_root=tmp_path,
+                        save_state=lambda: None)
+
+
+def test_request_beats_yaml_beats_defaults(tmp_path):
+    mm = manager(tmp_path)
+    yaml = {"batchSize": 4, "responseTimeout": 7, "maxBatchDelay": 50}
+    s = mm._settings(RegisterRequest(url="m.mar", batch_size=2), yaml, "m", "1.0")
+    assert (s.batch_size, s.response_timeout, s.max_batch_delay) == (2, 7, 50)
+    s = mm._settings(RegisterRequest(url="m.mar"), {}, "m", "1.0")
+    assert (s.batch_size, s.response_timeout, s.max_batch_delay) == (1, 120, 100)
+
+
+def test_recycling_per_model_over_global(tmp_path):
+    mm = manager(tmp_path, max_requests_per_worker="100", max_worker_rss="1G")
+    s = mm._settings(RegisterRequest(url="m.mar"), {}, "m", "1.0")
+    assert (s.max_requests_per_worker, s.max_worker_rss) == (100, 1 << 30)
+    yaml = {"maxRequestsPerWorker": 3, "maxWorkerRss": 5 * (1 << 30)}   # beyond a Java int
+    s = mm._settings(RegisterRequest(url="m.mar"), yaml, "m", "1.0")
+    assert (s.max_requests_per_worker, s.max_worker_rss) == (3, 5 * (1 << 30))
+
+
+def test_models_json_applies_when_yaml_is_silent(tmp_path):
+    models = json.dumps({"m": {"1.0": {"maxRequestsPerWorker": 9, "maxWorkerRss": "2M",
+                                       "batchSize": 3}}})
+    mm = manager(tmp_path, models=models)
+    s = mm._settings(RegisterRequest(url="m.mar"), {"batchSize": 5}, "m", "1.0")
+    assert (s.batch_size, s.max_requests_per_worker, s.max_worker_rss) == (5, 9, 2 << 20)

@@ -1,0 +1,239 @@
+"""JobQueue and batching (daemon/models/queue.py) on a real event loop, without processes."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from daemon.errors import ServiceUnavailable
+from daemon.models.queue import Job, JobQueue, QueueFull, queue_full_error
+
+
+def run(coro, timeout: float = 5.0):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def job(name: str, age: float = 0.0) -> Job:
+    """A job that arrived ``age`` seconds ago."""
+    return Job(id=name, request={"id": name}, arrival=time.monotonic() - age)
+
+
+def ids(jobs: list[Job]) -> list[str]:
+    return [j.id for j in jobs]
+
+
+def test_capacity_counts_waiting_jobs_only():
+    async def main():
+        queue = JobQueue(2)
+        queue.submit(job("a"))
+        queue.submit(job("b"))
+        assert queue.depth == 2 and queue.remaining_capacity == 0
+        with pytest.raises(QueueFull):
+            queue.submit(job("c"))
+        assert ids(await queue.take_batch(1, 0)) == ["a"]    # "a" is in a worker now
+        queue.submit(job("c"))
+        assert queue.depth == 2
+    run(main())
+
+
+def test_full_queue_makes_room_by_dropping_abandoned_jobs():
+    async def main():
+        queue = JobQueue(2)
+        a, b = job("a"), job("b")
+        queue.submit(a)
+        queue.submit(b)
+        a.cancelled = True          # marked, not yet removed
+        queue.submit(job("c"))
+        assert ids(await queue.take_batch(5, 0)) == ["b", "c"]
+    run(main())
+
+
+def test_a_full_batch_goes_at_once():
+    async def main():
+        queue = JobQueue(10)
+        for name in "abcde":
+            queue.submit(job(name))
+        started = time.monotonic()
+        batch = await queue.take_batch(4, 10.0)
+        assert ids(batch) == ["a", "b", "c", "d"] and time.monotonic() - started < 0.1
+        assert queue.depth == 1
+    run(main())
+
+
+def test_late_jobs_join_until_the_delay_from_the_first_arrival():
+    async def main():
+        queue = JobQueue(10)
+        take = asyncio.ensure_future(queue.take_batch(4, 0.3))
+        queue.submit(job("a"))
+        await asyncio.sleep(0.1)
+        queue.submit(job("b"))
+        started = time.monotonic()
+        batch = await take
+        waited = time.monotonic() - started
+        assert ids(batch) == ["a", "b"]
+        assert 0.1 < waited < 0.3      # ends 0.3 s after "a" arrived, not after "b"
+        queue.submit(job("c"))
+        assert ids(await queue.take_batch(4, 0)) == ["c"]
+    run(main())
+
+
+def test_the_delay_is_counted_from_arrival_not_from_dispatch():
+    async def main():
+        queue = JobQueue(10)
+        queue.submit(job("old", age=1.0))     # waited behind a busy worker already
+        started = time.monotonic()
+        assert ids(await queue.take_batch(4, 0.5)) == ["old"]
+        assert time.monotonic() - started < 0.1
+    run(main())
+
+
+def test_abandoned_job_leaves_the_queue_at_once():
+    async def main():
+        queue = JobQueue(10)
+        a, b = job("a"), job("b")
+        queue.submit(a)
+        queue.submit(b)
+        queue.abandon(a)
+        assert queue.depth == 1 and a.cancelled
+        assert await a.next_event() == ("gone", None)
+        assert ids(await queue.take_batch(4, 0)) == ["b"]
+    run(main())
+
+
+def test_abandoned_while_its_batch_fills_is_not_dispatched():
+    async def main():
+        queue = JobQueue(10)
+        a = job("a")
+        take = asyncio.ensure_future(queue.take_batch(2, 0.2))
+        queue.submit(a)
+        await asyncio.sleep(0.05)
+        queue.abandon(a)             # popped into the batch, still collecting
+        await asyncio.sleep(0.3)     # the batch delay has passed with nothing else
+        assert not take.done()       # an empty batch is not handed to a worker
+        queue.submit(job("b"))
+        assert ids(await take) == ["b"]
+    run(main())
+
+
+def test_a_cancelled_collector_gives_its_jobs_back_in_order():
+    async def main():
+        queue = JobQueue(10)
+        take = asyncio.ensure_future(queue.take_batch(3, 5.0))
+        queue.submit(job("a"))
+        queue.submit(job("b"))
+        await asyncio.sleep(0.05)
+        assert queue.depth == 0      # both popped into the filling batch
+        take.cancel()                # its worker went away
+        with pytest.raises(asyncio.CancelledError):
+            await take
+        assert queue.depth == 2
+        queue.submit(job("c"))
+        assert ids(await queue.take_batch(3, 0)) == ["a", "b", "c"]
+    run(main())
+
+
+def test_one_collector_at_a_time_keeps_batches_whole():
+    async def main():
+        queue = JobQueue(10)
+        first = asyncio.ensure_future(queue.take_batch(2, 1.0))
+        second = asyncio.ensure_future(queue.take_batch(2, 1.0))
+        for name in "abcd":
+            queue.submit(job(name))
+            await asyncio.sleep(0.01)
+        assert ids(await first) == ["a", "b"]
+        assert ids(await second) == ["c", "d"]
+    run(main())
+
+
+def test_requeue_front_skips_finished_and_abandoned_jobs():
+    async def main():
+        queue = JobQueue(10)
+        queue.submit(job("z"))
+        a, b, c = job("a"), job("b"), job("c")
+        b.finish({"id": "b"})
+        c.cancelled = True
+        queue.requeue_front([a, b, c])
+        assert ids(await queue.take_batch(5, 0)) == ["a", "z"]
+    run(main())
+
+
+def test_fail_all_answers_every_waiting_job():
+    async def main():
+        queue = JobQueue(10)
+        jobs = [job(name) for name in "abc"]
+        for j in jobs:
+            queue.submit(j)
+        error = ServiceUnavailable("gone")
+        assert queue.fail_all(error) == 3 and queue.depth == 0
+        for j in jobs:
+            assert await j.next_event() == ("error", error)
+    run(main())
+
+
+def test_a_closed_queue_answers_late_jobs_too():
+    async def main():
+        queue = JobQueue(10)
+        take = asyncio.ensure_future(queue.take_batch(3, 5.0))
+        filling, waiting = job("filling"), job("waiting")
+        queue.submit(filling)
+        await asyncio.sleep(0.05)     # popped into the batch, which waits for more
+        queue.submit(waiting)
+        await asyncio.sleep(0.05)
+        error = ServiceUnavailable("unregistered")
+        queue.close(error)
+        take.cancel()                 # its worker is stopped: the batch comes back ...
+        with pytest.raises(asyncio.CancelledError):
+            await take
+        for j in (filling, waiting):  # ... and is answered, not left in a dead queue
+            assert await j.next_event() == ("error", error)
+        with pytest.raises(ServiceUnavailable):
+            queue.submit(job("late"))
+        assert queue.depth == 0
+    run(main())
+
+
+def test_job_events_end_with_exactly_one_answer():
+    async def main():
+        j = job("a")
+        j.send_part({"body": b"1"})
+        j.finish({"body": b"2"})
+        j.fail(ServiceUnavailable("late"))
+        j.send_part({"body": b"3"})
+        assert j.pending_events() == [("part", {"body": b"1"}), ("final", {"body": b"2"})]
+    run(main())
+
+
+def test_job_events_wake_a_waiting_reader_in_order():
+    async def main():
+        j = job("a")
+        reader = asyncio.ensure_future(j.next_event())
+        await asyncio.sleep(0)
+        assert not reader.done()
+        j.send_part({"body": b"1"})
+        j.finish({"body": b"2"})
+        assert await reader == ("part", {"body": b"1"})
+        assert await j.next_event() == ("final", {"body": b"2"})
+    run(main())
+
+
+def test_next_arrival_is_done_when_a_job_is_queued_or_given_back():
+    async def main():
+        q = JobQueue(10)
+        first, second = q.next_arrival(), q.next_arrival()
+        assert not first.done()
+        q.submit(job("a"))
+        assert first.done() and second.done()
+        [taken] = q.take_ready(1, 0.0)
+        again = q.next_arrival()
+        assert not again.done()
+        q.requeue_front([taken])
+        assert again.done() and q.depth == 1
+    run(main())
+
+
+def test_queue_full_error():
+    error = queue_full_error("m")
+    assert error.status == 503 and error.headers == {"Retry-After": "1"}
+    assert error.to_json() == {"code": 503, "type": "ServiceUnavailableException",
+                               "message": 'Model "m" job queue is full'}

@@ -1,0 +1,183 @@
+"""Snapshots: atomic writes, ordering, pruning, and loud failure on a corrupt newest file."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from daemon.models.snapshots import (
+    SnapshotError,
+    list_snapshots,
+    load_latest_snapshot,
+    save_snapshot,
+)
+
+
+def state(n: int = 0, models: int = 1) -> dict:
+    return {"models": {f"m{i}": {"defaultVersion": "1.0", "versions": {"1.0": {
+        "url": f"m{i}.mar", "minWorkers": n, "maxWorkers": n}}} for i in range(models)}}
+
+
+def test_missing_or_empty_directory_has_no_snapshot(tmp_path):
+    assert load_latest_snapshot(tmp_path / "absent") is None
+    assert load_latest_snapshot(tmp_path) is None
+
+
+def test_round_trip_adds_version_and_created(tmp_path):
+    path = save_snapshot(tmp_path / "config", state(3))
+    assert path.parent == tmp_path / "config"
+    loaded_path, loaded = load_latest_snapshot(tmp_path / "config")
+    assert loaded_path == path
+    assert loaded["version"] == 1
+    assert loaded["created"].endswith("Z") and loaded["created"][:4].isdigit()
+    assert loaded["models"] == state(3)["models"]
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_names_sort_in_write_order_even_within_one_microsecond(tmp_path):
+    paths = [save_snapshot(tmp_path, state(i), keep=0) for i in range(50)]
+    assert list_snapshots(tmp_path) == paths
+    assert len(set(paths)) == 50
+    assert load_latest_snapshot(tmp_path)[1]["models"]["m0"]["versions"]["1.0"][
+        "minWorkers"] == 49
+
+
+def test_threads_saving_at_once_never_collide(tmp_path):
+    def save_many(k: int) -> list:
+        return [save_snapshot(tmp_path, state(k), keep=0) for _ in range(25)]
+
+    with ThreadPoolExecutor(4) as pool:
+        paths = [p for batch in pool.map(save_many, range(4)) for p in batch]
+    assert len(set(paths)) == 100 == len(list_snapshots(tmp_path))
+
+
+def test_a_new_name_sorts_after_a_newer_looking_one(tmp_path):
+    # The clock stepped back (or another host wrote a later stamp): still written last.
+    future = tmp_path / "29991231235959999999-000004-snapshot.cfg"
+    future.write_text(json.dumps(state(1)))
+    path = save_snapshot(tmp_path, state(2))
+    assert path.name == "29991231235959999999-000005-snapshot.cfg"
+    assert load_latest_snapshot(tmp_path)[0] == path
+
+
+def test_kind_is_part_of_the_name(tmp_path):
+    assert save_snapshot(tmp_path, state(), kind="shutdown").name.endswith("-shutdown.cfg")
+    with pytest.raises(ValueError):
+        save_snapshot(tmp_path, state(), kind="../x")
+
+
+def test_pruning_keeps_the_newest(tmp_path):
+    paths = [save_snapshot(tmp_path, state(i), keep=3) for i in range(7)]
+    assert list_snapshots(tmp_path) == paths[-3:]
+
+
+def test_no_temp_file_is_left(tmp_path):
+    for i in range(5):
+        save_snapshot(tmp_path, state(i))
+    assert all(p.name.endswith("-snapshot.cfg") for p in tmp_path.iterdir())
+
+
+def test_failed_write_leaves_no_temp_and_no_snapshot(tmp_path):
+    with pytest.raises(TypeError):
+        save_snapshot(tmp_path, {"models": {"m": {"versions": {"1": {"x": object()}}}}})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_of_a_dead_writer_is_removed(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True, timeout=30)
+    stale = tmp_path / f".snapshot-tmp-{dead.stdout.strip()}-abc"
+    stale.write_text("{half")
+    live = tmp_path / f".snapshot-tmp-{os.getpid()}-def"  # a live writer's: keep
+    live.write_text("{")
+    save_snapshot(tmp_path, state())
+    assert not stale.exists() and live.exists()
+
+
+def test_malformed_state_is_refused(tmp_path):
+    with pytest.raises(SnapshotError, match='"models"'):
+        save_snapshot(tmp_path, {"models": []})
+    with pytest.raises(SnapshotError, match="model 'm'"):
+        save_snapshot(tmp_path, {"models": {"m": {"versions": [1]}}})
+    assert list_snapshots(tmp_path) == []
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b'{"models": {"m": ', "not valid JSON"),
+    (b"\xff\xfe", "not valid JSON"),
+    (b"[]", "expected a JSON object"),
+    (b'{"version": 1}', '"models"'),
+    (b'{"version": 99, "models": {}}', "unsupported snapshot version 99"),
+])
+def test_corrupt_newest_snapshot_raises_naming_the_file(tmp_path, content, reason):
+    save_snapshot(tmp_path, state(1))
+    newest = tmp_path / "29990101000000000000-000000-snapshot.cfg"
+    newest.write_bytes(content)
+    with pytest.raises(SnapshotError) as info:
+        load_latest_snapshot(tmp_path)
+    assert str(newest) in str(info.value) and reason in str(info.value)
+    assert info.value.path == newest
+
+
+def test_other_files_are_ignored(tmp_path):
+    (tmp_path / "20201010101010101-snapshot.cfg").write_text("TorchServe's own format")
+    (tmp_path / "notes.txt").write_text("x")
+    path = save_snapshot(tmp_path, state(1))
+    assert load_latest_snapshot(tmp_path)[0] == path
+
+
+READER = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from daemon.models.snapshots import load_latest_snapshot
+    directory, stop = Path(sys.argv[1]), Path(sys.argv[2])
+    reads = 0
+    deadline = time.monotonic() + 60
+    while not stop.exists() and time.monotonic() < deadline:
+        found = load_latest_snapshot(directory)  # raises on a partial file
+        if found is None:
+            continue
+        models = found[1]["models"]
+        seqs = {m["versions"]["1.0"]["minWorkers"] for m in models.values()}
+        assert len(models) == 1000 and len(seqs) == 1, "mixed or partial state"
+        reads += 1
+        if reads == 1:
+            (directory.parent / "first-read").touch()
+    print(reads)
+""")
+
+
+def test_a_concurrent_reader_never_sees_a_partial_file(tmp_path):
+    stop = tmp_path / "stop"
+    directory = tmp_path / "config"
+    directory.mkdir()
+    reader = subprocess.Popen([sys.executable, "-c", READER, str(directory), str(stop)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        big = state(0, models=1000)  # about 150 KB of JSON
+        first_read = tmp_path / "first-read"
+        start = time.monotonic()
+        writes = 0
+        # At least 60 writes or 4 s, and past the reader's first read; never over 30 s.
+        while time.monotonic() - start < 30 and not (
+                first_read.exists() and (writes >= 60 or time.monotonic() - start > 4)):
+            for model in big["models"].values():
+                model["versions"]["1.0"]["minWorkers"] = writes
+            save_snapshot(directory, big, keep=3)
+            writes += 1
+        stop.touch()
+        out, err = reader.communicate(timeout=60)
+    finally:
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert reader.returncode == 0, err
+    assert int(out) > 0
+    assert len(list_snapshots(directory)) == 3
+    assert not [p for p in directory.iterdir() if p.name.startswith(".")]

@@ -1,0 +1,464 @@
+"""torchd's command line: option parsing, serve/start/stop/status against real processes."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from daemon.ops import cli
+
+from daemon.ops import pidfile
+from daemon.config.settings import SETTINGS, load_config
+
+TIMEOUT = 90
+
+
+# --- parsing ----------------------------------------------------------------------------------
+
+def test_every_torchserve_option_parses():
+    command, args, tokens = cli.parse_args([
+        "serve", "--model-store", "/ms", "--models", "a=a.mar", "b=b.mar", "--ts-config",
+        "c.properties", "--ncs", "--foreground", "--disable-token-auth", "--enable-model-api",
+        "--log-config", "log.ini", "--pid-file", "t.pid"])
+    assert command == "serve"
+    assert args.model_store == "/ms"
+    assert args.load_models == ["a=a.mar", "b=b.mar"]
+    assert args.ts_config == "c.properties"
+    assert args.ncs == "true"
+    assert args.foreground
+    assert args.disable_token_authorization == "true"
+    assert args.enable_model_api == "true"
+    assert args.log_config == "log.ini"
+    assert args.pid_file == "t.pid"
+    assert "--foreground" not in tokens and tokens[0] == "--model-store"
+
+
+def test_cli_values_reach_the_config(tmp_path):
+    (tmp_path / "c.properties").write_text("model_store=from-file\nmax_workers=3\n")
+    _, args, _ = cli.parse_args([
+        "serve", "--ts-config", "c.properties", "--model-store", "ms", "--models", "a=a.mar",
+        "b=b.mar", "--ncs", "--disable-token-auth", "--enable-model-api", "false",
+        "--inference-address", "http://127.0.0.1:1", "--job-queue-size", "5",
+        "--pid-file", "t.pid"])
+    config = load_config(cli.argv_options(args), {}, tmp_path)
+    assert config.model_store == tmp_path / "ms"
+    assert config.startup_models[1].name == "b"
+    assert config.ncs and config.disable_token_authorization is True
+    assert config.enable_model_api is False
+    assert config.inference_address.port == 1
+    assert config.job_queue_size == 5 and config.max_workers == 3
+    assert config.pid_file == tmp_path / "t.pid"
+
+
+def test_models_all_and_comma_lists(tmp_path):
+    _, args, _ = cli.parse_args(["start", "--models", "all"])
+    assert load_config(cli.argv_options(args), {}, tmp_path).load_all_models
+    _, args, _ = cli.parse_args(["start", "--models", "a=a.mar,b.mar"])
+    assert load_config(cli.argv_options(args), {}, tmp_path).load_models == ("a=a.mar",
+                                                                             "b.mar")
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["--start", "--model-store", "x"], "start"),
+    (["--start", "--foreground"], "serve"),
+    (["--foreground", "--ncs"], "serve"),
+    (["start", "--foreground"], "serve"),
+    (["--stop"], "stop"),
+    (["stop"], "stop"),
+    (["status"], "status"),
+    (["serve"], "serve"),
+    (["--ncs"], None),
+])
+def test_torchserve_style_flags_select_the_command(argv, command):
+    assert cli.parse_args(argv)[0] == command
+
+
+def test_start_hands_serve_the_same_options_without_mode_flags():
+    _, _, tokens = cli.parse_args(["--start", "--ncs", "--models", "a=a.mar", "--foreground"])
+    assert tokens == ["--ncs", "--models", "a=a.mar"]
+
+
+def test_start_and_stop_together_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        cli.parse_args(["--start", "--stop"])
+    assert info.value.code == 2
+    assert "exclude each other" in capsys.readouterr().err
+
+
+def test_no_arguments_prints_help(capsys):
+    assert cli.main([]) == 2
+    assert "usage: torchd" in capsys.readouterr().err
+
+
+def test_options_without_a_mode_ask_for_one(capsys):
+    assert cli.main(["--ncs"]) == 2
+    assert "serve, start, stop or status" in capsys.readouterr().err
+
+
+def test_help_is_generated_from_the_settings_table(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    for setting in SETTINGS:
+        if setting.option:
+            assert setting.option in out
+    assert "--no-config-snapshots" in out
+
+
+# --- real processes: helpers ------------------------------------------------------------------
+
+def fake_torchd() -> subprocess.Popen:
+    """A sleeping process whose command line says torchd (argv[0]), as the real one's does."""
+    return subprocess.Popen(["torchd", "-c", "import time; time.sleep(60)"],
+                            executable=sys.executable)
+
+
+def not_torchd() -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+
+def reap(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.kill()
+    process.wait(timeout=10)
+
+
+def run_cli(args: list[str], cwd: Path, env: dict | None = None,
+            timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    full_env = {key: value for key, value in os.environ.items()
+                if not key.startswith("TS_") and key not in ("LOG_LOCATION", "NOTIFY_SOCKET")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "daemon.ops.cli", *args], cwd=cwd, env=full_env,
+                          capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def kill_pid_file_owner(path: Path) -> None:
+    pid = pidfile.read_pid(path)
+    if pid is not None and pidfile.is_torchd_process(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+# --- status / stop / start against pid files --------------------------------------------------
+
+def test_status_stop_and_start_with_a_live_torchd(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    process = fake_torchd()
+    try:
+        pid_path = tmp_path / "logs" / "torchd.pid"
+        pidfile.write_pid(pid_path, process.pid)
+        assert cli.main(["status"]) == 0
+        assert f"torchd is running (pid {process.pid}" in capsys.readouterr().out
+
+        assert cli.main(["start", "--ncs"]) == 1
+        err = capsys.readouterr().err
+        assert f"already running (pid {process.pid}" in err
+        assert not (tmp_path / "logs" / "torchd.log").exists()  # nothing was spawned
+
+        assert cli.main(["stop"]) == 0
+        assert "torchd stopped" in capsys.readouterr().out
+        assert process.wait(timeout=10) == -signal.SIGTERM
+        assert not pid_path.exists()
+        assert cli.main(["status"]) == 1
+    finally:
+        reap(process)
+
+
+def test_stale_pid_file_of_a_dead_process(tmp_path, capsys):
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait(timeout=30)
+    pid_path = tmp_path / "t.pid"
+    pidfile.write_pid(pid_path, process.pid)
+    assert cli.main(["status", "--pid-file", str(pid_path)]) == 1
+    assert "stale pid file" in capsys.readouterr().out
+    assert cli.main(["--stop", "--pid-file", str(pid_path)]) == 0
+    assert "not running" in capsys.readouterr().out
+    assert not pid_path.exists()
+
+
+def test_stop_never_signals_a_process_that_is_not_torchd(tmp_path, capsys):
+    process = not_torchd()  # the pid was reused by something else
+    try:
+        pid_path = tmp_path / "t.pid"
+        pidfile.write_pid(pid_path, process.pid)
+        assert cli.main(["status", "--pid-file", str(pid_path)]) == 1
+        assert cli.main(["stop", "--pid-file", str(pid_path)]) == 0
+        assert "stale pid file" in capsys.readouterr().out
+        time.sleep(0.2)
+        assert process.poll() is None
+    finally:
+        reap(process)
+
+
+def test_stop_reports_a_daemon_that_does_not_exit(tmp_path, capsys):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+    process = subprocess.Popen(["torchd", "-c", code], executable=sys.executable)
+    try:
+        pid_path = tmp_path / "t.pid"
+        pidfile.write_pid(pid_path, process.pid)
+        time.sleep(0.3)  # let it install the handler
+        assert cli.main(["stop", "--pid-file", str(pid_path), "--wait", "0.5"]) == 1
+        assert "still running after 0.5 s" in capsys.readouterr().err
+        assert pid_path.exists()
+    finally:
+        reap(process)
+
+
+def test_stop_works_with_a_broken_config_when_given_the_pid_file(tmp_path, capsys,
+                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "config.properties").write_text("max_workers=lots\n")
+    process = fake_torchd()
+    try:
+        pidfile.write_pid(tmp_path / "t.pid", process.pid)
+        assert cli.main(["stop", "--pid-file", "t.pid"]) == 0
+        assert "max_workers" in capsys.readouterr().err
+        assert process.wait(timeout=10) == -signal.SIGTERM
+    finally:
+        reap(process)
+
+
+def test_serve_rejects_an_invalid_setting_naming_it(tmp_path):
+    result = run_cli(["serve", "--max-workers", "lots"], tmp_path)
+    assert result.returncode == 2
+    assert "invalid value for max_workers: 'lots' (command line)" in result.stderr
+    env_result = run_cli(["serve"], tmp_path, {"TS_JOB_QUEUE_SIZE": "0"})
+    assert env_result.returncode == 2
+    assert "job_queue_size" in env_result.stderr and "TS_JOB_QUEUE_SIZE" in env_result.stderr
+
+
+def test_serve_refuses_while_another_torchd_holds_the_pid_file(tmp_path):
+    process = fake_torchd()
+    try:
+        pidfile.write_pid(tmp_path / "logs" / "torchd.pid", process.pid)
+        result = run_cli(["serve"], tmp_path)
+        assert result.returncode == 1
+        assert f"already running (pid {process.pid}" in result.stderr
+    finally:
+        reap(process)
+
+
+# --- logging ----------------------------------------------------------------------------------
+
+LOG_PROBE = textwrap.dedent("""
+    import logging, sys
+    from pathlib import Path
+    from daemon.ops.cli import configure_logging
+    from daemon.config.settings import ConfigError
+    configure_logging(None)
+    logging.getLogger("daemon.probe").info("before")
+    try:
+        configure_logging(Path(sys.argv[1]) if sys.argv[1] != "-" else None)
+    except ConfigError as exc:
+        print("ERROR", exc)
+        sys.exit(3)
+    logging.getLogger("daemon.probe").warning("after")
+""")
+
+
+def log_probe(tmp_path: Path, config: Path | None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", LOG_PROBE, str(config) if config else "-"],
+                          capture_output=True, text=True, timeout=30, cwd=tmp_path,
+                          check=False)
+
+
+def test_default_logging_is_plain_lines_on_stderr(tmp_path):
+    result = log_probe(tmp_path, None)
+    lines = result.stderr.splitlines()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d INFO daemon.probe: before", lines[0])
+    assert lines[1].endswith("WARNING daemon.probe: after")
+
+
+def dict_config(log_file: Path) -> dict:
+    return {"version": 1, "formatters": {"f": {"format": "CUSTOM %(name)s %(message)s"}},
+            "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file),
+                                  "formatter": "f"}},
+            "root": {"level": "INFO", "handlers": ["file"]}}
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml", ".ini"])
+def test_log_config_files(tmp_path, suffix):
+    log_file = tmp_path / "out.log"
+    config = tmp_path / f"logging{suffix}"
+    if suffix == ".json":
+        config.write_text(json.dumps(dict_config(log_file)))
+    elif suffix == ".yaml":
+        import yaml
+        config.write_text(yaml.safe_dump(dict_config(log_file)))
+    else:
+        config.write_text(textwrap.dedent(f"""
+            [loggers]
+            keys=root
+            [handlers]
+            keys=file
+            [formatters]
+            keys=f
+            [logger_root]
+            level=INFO
+            handlers=file
+            [handler_file]
+            class=FileHandler
+            formatter=f
+            args=({str(log_file)!r},)
+            [formatter_f]
+            format=CUSTOM %(name)s %(message)s
+        """))
+    result = log_probe(tmp_path, config)
+    assert result.returncode == 0, result.stderr
+    assert log_file.read_text() == "CUSTOM daemon.probe after\n"
+
+
+def test_bad_log_config_names_the_file(tmp_path):
+    config = tmp_path / "broken.json"
+    config.write_text("{nope")
+    result = log_probe(tmp_path, config)
+    assert result.returncode == 3
+    assert "log_config" in result.stdout and "broken.json" in result.stdout
+
+
+def test_log4j_xml_is_ignored_with_a_warning(tmp_path):
+    config = tmp_path / "log4j2.xml"
+    config.write_text("<Configuration/>")
+    result = log_probe(tmp_path, config)
+    assert result.returncode == 0
+    assert "log4j2 XML" in result.stderr
+    assert "WARNING daemon.probe: after" in result.stderr
+
+
+# --- start / stop with a stand-in server ------------------------------------------------------
+# daemon.ops.server is built separately; this stand-in (injected through sitecustomize) listens on
+# the management address until SIGTERM, so start's spawning, waiting and pid-file handshake are
+# tested on their own. The test after it runs the real server.
+
+STAND_IN = textwrap.dedent("""
+    import os, signal, socket, sys, threading, types
+
+    def run(config):
+        if os.environ.get("STAND_IN_FAIL"):
+            print("stand-in: failing on purpose", flush=True)
+            return 3
+        address = config.management_address
+        server = socket.create_server((address.host, address.port))
+        stopped = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stopped.set())
+        print("stand-in: listening", flush=True)
+        while not stopped.wait(0.05):
+            pass
+        server.close()
+        print("stand-in: stopped", flush=True)
+        return 0
+
+    module = types.ModuleType("daemon.ops.server")
+    module.run = run
+    sys.modules["daemon.ops.server"] = module
+""")
+
+
+@pytest.fixture
+def stand_in(tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(STAND_IN)
+    return {"PYTHONPATH": str(site)}
+
+
+def write_properties(tmp_path: Path) -> list[int]:
+    ports = free_ports(3)
+    (tmp_path / "config.properties").write_text(
+        f"inference_address=http://127.0.0.1:{ports[0]}\n"
+        f"management_address=http://127.0.0.1:{ports[1]}\n"
+        f"metrics_address=http://127.0.0.1:{ports[2]}\n"
+        f"log_location={tmp_path / 'logs'}\n")
+    (tmp_path / "store").mkdir()
+    return ports
+
+
+def test_start_status_stop_with_a_stand_in_server(tmp_path, stand_in):
+    write_properties(tmp_path)
+    pid_path = tmp_path / "logs" / "torchd.pid"
+    try:
+        started = run_cli(["start", "--model-store", "store", "--ncs"], tmp_path, stand_in)
+        assert started.returncode == 0, started.stderr
+        pid = pidfile.read_pid(pid_path)
+        assert f"torchd started (pid {pid})" in started.stdout
+        assert psutil.Process(pid).ppid() != os.getpid()  # detached from its starter
+
+        status = run_cli(["status"], tmp_path, stand_in)
+        assert status.returncode == 0 and f"running (pid {pid}" in status.stdout
+
+        again = run_cli(["--start", "--model-store", "store"], tmp_path, stand_in)
+        assert again.returncode == 1 and "already running" in again.stderr
+
+        stopped = run_cli(["stop"], tmp_path, stand_in)
+        assert stopped.returncode == 0 and "torchd stopped" in stopped.stdout
+        assert pidfile.pid_gone(pid) and not pid_path.exists()
+        log = (tmp_path / "logs" / "torchd.log").read_text()
+        assert "stand-in: listening" in log and "stand-in: stopped" in log
+        assert run_cli(["status"], tmp_path, stand_in).returncode == 1
+    finally:
+        kill_pid_file_owner(pid_path)
+
+
+def test_start_reports_a_daemon_that_dies(tmp_path, stand_in):
+    write_properties(tmp_path)
+    result = run_cli(["start"], tmp_path, {**stand_in, "STAND_IN_FAIL": "1"})
+    assert result.returncode == 1
+    assert "failed to start (exit code 3)" in result.stderr
+    assert "stand-in: failing on purpose" in result.stderr  # the log's tail
+    assert not (tmp_path / "logs" / "torchd.pid").exists()
+
+
+def test_start_rejects_bad_config_before_spawning(tmp_path):
+    result = run_cli(["start", "--management-address", "nowhere"], tmp_path)
+    assert result.returncode == 2
+    assert "management_address" in result.stderr
+    assert not (tmp_path / "logs").exists()
+
+
+# --- the real server --------------------------------------------------------------------------
+
+def test_start_status_stop_real_server(tmp_path):
+    pytest.importorskip("daemon.ops.server")
+    ports = write_properties(tmp_path)
+    pid_path = tmp_path / "logs" / "torchd.pid"
+    try:
+        started = run_cli(["start", "--model-store", "store", "--ncs"], tmp_path)
+        assert started.returncode == 0, started.stderr + started.stdout
+        pid = pidfile.read_pid(pid_path)
+        assert pid is not None and pidfile.is_torchd_process(pid)
+        assert cli.is_listening(load_config({}, {}, tmp_path).management_address)
+        socket.create_connection(("127.0.0.1", ports[0]), timeout=5).close()
+
+        status = run_cli(["status"], tmp_path)
+        assert status.returncode == 0 and f"running (pid {pid}" in status.stdout
+
+        again = run_cli(["start", "--model-store", "store", "--ncs"], tmp_path)
+        assert again.returncode == 1 and "already running" in again.stderr
+
+        stopped = run_cli(["stop"], tmp_path)
+        assert stopped.returncode == 0, stopped.stderr
+        assert pidfile.pid_gone(pid)
+        assert not pid_path.exists()
+        assert run_cli(["status"], tmp_path).returncode == 1
+    finally:
+        kill_pid_file_owner(pid_path)
