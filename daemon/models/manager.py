@@ -177,10 +177,10 @@ class ModelManager:
     async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> Outcome:
         head = f'Model "{mv.name}" Version: {mv.version} registered with'
         if mv.settings.min_workers == 0:
-            self.supervisor.scale(mv, 0, mv.settings.max_workers)
+            self.supervisor.scale(mv)
             return Outcome(200, f"{head} 0 initial workers. Use scale workers API to add "
                                 "workers for the model.")
-        self.supervisor.scale(mv, mv.settings.min_workers, mv.settings.max_workers)
+        self.supervisor.scale(mv)
         if not synchronous:
             return Outcome(202, "Processing worker updates...")
         try:
@@ -230,7 +230,9 @@ class ModelManager:
             raise BadRequest("min_worker and max_worker must not be negative.")
         mv = self.registry.get(name, version)
         self.check_worker_limit(mv, max_worker)
-        self.supervisor.scale(mv, min_worker, max_worker, stop_timeout=timeout)
+        # The registry's record of the range; the Supervisor brings the workers to it.
+        mv.settings.min_workers, mv.settings.max_workers = min_worker, max_worker
+        self.supervisor.scale(mv, stop_timeout=timeout)
         await self.save_state()
         if not synchronous:
             return Outcome(202, "Processing worker updates...")

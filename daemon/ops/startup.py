@@ -74,7 +74,7 @@ async def _restore_version(manager: ModelManager, name: str, entry: dict[str, An
     if entry.get("downloaded"):
         mv.archive = dataclasses.replace(mv.archive, downloaded=True)
     mv.url = entry["url"]
-    manager.supervisor.scale(mv, mv.settings.min_workers, mv.settings.max_workers)
+    manager.supervisor.scale(mv)
 
 
 async def load_startup_models(config: Config, manager: ModelManager,

@@ -11,7 +11,7 @@ from protocol.frames import FrameDecoder, ProtocolError, encode_frame
 logger = logging.getLogger(__name__)
 
 
-class ConnectionLost(Exception):
+class ConnectionLost(ConnectionError):
     """The worker's socket closed (the process died, or we poisoned the connection)."""
 
 

@@ -1,51 +1,54 @@
-"""One worker process as the Supervisor sees it."""
+"""One worker process as the Supervisor sees it, and who writes which of its fields."""
 from __future__ import annotations
 
 import asyncio
 import datetime
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
+from daemon.models.dispatcher import Dispatcher
+from daemon.models.registry import ModelVersion
+from daemon.workers.connection import WorkerConnection
 from daemon.workers.states import WorkerState, check_transition
-
-if TYPE_CHECKING:
-    from daemon.models.registry import ModelVersion
-    from daemon.models.queue import Job
-    from daemon.workers.connection import WorkerConnection
 
 
 @dataclass(eq=False)
 class WorkerHandle:
     id: str
     mv: ModelVersion
+    slot: int                          # which of the version's worker slots it fills
+    # -- written by the Supervisor only --
     state: WorkerState = WorkerState.STARTING
     pid: int | None = None
-    conn: WorkerConnection | None = None
     started_wall: datetime.datetime = field(
         default_factory=lambda: datetime.datetime.now(datetime.timezone.utc))
     started_at: float = 0.0            # monotonic
     ready_since: float | None = None
-    idle_since: float | None = None
-    failures: int = 0                  # consecutive crashes, for the backoff delay
-    start_failures: int = 0            # consecutive failures to reach READY
-    retry_at: float = 0.0
+    retry_at: float = 0.0              # BACKOFF: when its replacement is due
     last_error: str | None = None
-    batch: list[Job] | None = None
-    served: int = 0
     retiring: bool = False             # recycled: stops once its replacement is READY
     stop_deadline: float | None = None
-    kill_reason: str | None = None     # why the supervisor killed it (heartbeat), for lastError
-    oom_baseline: int = 0              # cgroup oom_kill count when it started
     returncode: int | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task | None = None
-    ping_sent: int = 0
-    ping_sent_at: float = 0.0
+    task: asyncio.Task | None = None   # its runner's task
+    # -- written by its runner only --
+    conn: WorkerConnection | None = None
+    dispatcher: Dispatcher | None = None   # set once it is loaded; feeds it batches
+    kill_reason: str | None = None     # why it was killed (heartbeat), for lastError
+    oom_baseline: int = 0              # cgroup oom_kill count when it started
 
     def move(self, new: WorkerState) -> None:
         check_transition(self.state, new)
         self.state = new
+
+    @property
+    def busy(self) -> bool:
+        return self.dispatcher is not None and self.dispatcher.batch is not None
+
+    @property
+    def idle_since(self) -> float | None:
+        """Since when it has had no batch; None while busy or not serving yet."""
+        return None if self.dispatcher is None else self.dispatcher.idle_since
 
     @property
     def title(self) -> str:

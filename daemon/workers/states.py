@@ -24,6 +24,8 @@ TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
 }
 # States that occupy one of the model's worker slots (a replacement is not spawned beside them).
 SLOT_STATES = frozenset({S.STARTING, S.READY, S.BACKOFF, S.FAILED})
+# States of a worker that serves or soon will (starting, or restarting after a crash).
+LIVE_STATES = frozenset({S.STARTING, S.READY, S.BACKOFF})
 
 
 class IllegalTransition(RuntimeError):

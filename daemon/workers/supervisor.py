@@ -1,8 +1,10 @@
 """The Supervisor: sole owner of the worker table; reconciles desired workers against actual.
 
-HTTP routes, signals and timers only change desired state (a model's min/max workers, a drain
-request) and wake the Supervisor; ``reconcile`` diffs desired against actual and acts. It is
-idempotent and runs on every wake-up and on a short tick.
+The model manager changes a version's range (``mv.settings`` min/max) and calls ``scale``; signals
+and timers only wake the Supervisor. ``reconcile`` diffs desired against actual and acts; it is
+idempotent and runs on every wake-up and on a short tick. Each worker is run by a WorkerRunner,
+which reports back through the ``WorkerEvents`` methods below (process_started, became_ready,
+start_failed, died, stopped, served_enough): the children report, the Supervisor decides.
 """
 from __future__ import annotations
 
@@ -15,41 +17,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import InternalServerError, ServiceUnavailable
-from daemon.workers.launcher import ProcessOps
-from daemon.workers.runner import WorkerLifecycle
+from daemon.errors import ServiceUnavailable
 from daemon.models.registry import ModelVersion, Registry
-from daemon.workers.states import SLOT_STATES, RestartPolicy, WorkerState
 from daemon.workers.handle import WorkerHandle
-from daemon.workers.connection import ConnectionLost
-from protocol import messages
+from daemon.workers.autoscale import autoscale_step
+from daemon.workers.launcher import ProcessOps
+from daemon.workers.pids import PidTable
+from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
+from daemon.workers.records import ScaleOutcome, VersionRecord
+from daemon.workers.runner import RunnerSettings, WorkerRunner
+from daemon.workers.states import LIVE_STATES, SLOT_STATES, RestartPolicy, WorkerState
 
 logger = logging.getLogger(__name__)
 S = WorkerState
-LIVE_STATES = frozenset({S.STARTING, S.READY, S.BACKOFF})
-RECOVERY_GRACE = 300.0      # /ping tolerates a model below minWorkers this long while restarting
-EARLY_EXITS_KEPT = 256      # exit reports for pids not tracked yet (or never: stale ones)
-EARLY_EXIT_TTL = 10.0       # seconds such a report stays credible
-
-
-@dataclass
-class Pool:
-    """Per model version bookkeeping the Supervisor keeps beside the table."""
-
-    target: int = 0                      # autoscaled count within [min, max]
-    deep_since: float | None = None      # queue has stayed deep since
-    below_min_since: float | None = None
-    start_failures: int = 0              # every failure to start, ever (waiters diff it)
-    last_error: str | None = None
-    restarts: int = 0
-    stop_timeout: float | None = None    # from the last scale call, for scale-down drains
-
-
-@dataclass
-class ScaleOutcome:
-    ready: int
-    target: int
-    error: str | None = None
 
 
 @dataclass
@@ -74,18 +54,20 @@ class Supervisor:
         self.metrics = metrics
         self.clock = clock
         self.ops = ops or ProcessOps()
-        self.launcher = launcher_factory(self._process_exited)
+        self.pids: PidTable[WorkerHandle] = PidTable(clock, self._process_exited)
+        self.launcher = launcher_factory(self.pids.exited)
+        self.runner = WorkerRunner(
+            self.launcher, self.ops, clock,
+            RunnerSettings(settings.runtime_dir, settings.max_frame, settings.server_version),
+            events=self, observer=metrics)
         self.workers: dict[str, WorkerHandle] = {}
-        self.pools: dict[ModelVersion, Pool] = {}
-        self.lifecycle = WorkerLifecycle(self)
+        self.records: dict[ModelVersion, VersionRecord] = {}
         self._ids = itertools.count(9000)
-        self._by_pid: dict[int, WorkerHandle] = {}
-        self._early_exits: dict[int, tuple[int, float]] = {}   # pid -> (returncode, when)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._closing = False
         self._loop_task: asyncio.Task | None = None
-        self._ping_seq = itertools.count(1)
+        self.heartbeats = Heartbeat(settings.heartbeat_interval, clock)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -107,8 +89,7 @@ class Supervisor:
                 self.autoscale()
                 if self.clock() - last_heartbeat >= self.settings.heartbeat_interval:
                     last_heartbeat = self.clock()
-                    self.heartbeat()
-                    self.check_memory()
+                    self.check_workers()
             except Exception:
                 logger.exception("supervisor tick failed")
 
@@ -123,20 +104,18 @@ class Supervisor:
 
     # ---- desired state -------------------------------------------------------------------
 
-    def pool(self, mv: ModelVersion) -> Pool:
-        pool = self.pools.get(mv)
-        if pool is None:
-            pool = self.pools[mv] = Pool(target=mv.settings.min_workers)
-        return pool
+    def record(self, mv: ModelVersion) -> VersionRecord:
+        if mv not in self.records:
+            self.records[mv] = VersionRecord(target=mv.settings.min_workers)
+        return self.records[mv]
 
-    def scale(self, mv: ModelVersion, min_workers: int, max_workers: int,
-              stop_timeout: float | None = None) -> None:
-        """New desired range; FAILED workers get another chance. Workers stopped to get
-        within range finish their batch within ``stop_timeout`` s (None/-1: response_timeout)."""
-        mv.settings.min_workers, mv.settings.max_workers = min_workers, max_workers
-        pool = self.pool(mv)
-        pool.stop_timeout = stop_timeout
-        pool.target = min(max(pool.target, min_workers), max_workers)
+    def scale(self, mv: ModelVersion, stop_timeout: float | None = None) -> None:
+        """``mv.settings`` has a new min/max (the model manager wrote it): bring the target
+        within range; FAILED workers get another chance. Workers stopped to get within range
+        finish their batch within ``stop_timeout`` s (None/-1: response_timeout)."""
+        record = self.record(mv)
+        record.stop_timeout = stop_timeout
+        record.target = min(max(record.target, mv.settings.min_workers), mv.settings.max_workers)
         for handle in self.handles(mv):
             if handle.state in (S.FAILED, S.BACKOFF):
                 self._forget(handle)
@@ -149,48 +128,49 @@ class Supervisor:
         live = set(self.registry.all_versions())
         for mv in live:
             self._reconcile_version(mv)
-        for mv in list(self.pools):
+        for mv in list(self.records):
             if mv not in live and not self.handles(mv):
-                del self.pools[mv]
+                del self.records[mv]
 
     def _reconcile_version(self, mv: ModelVersion) -> None:
-        pool = self.pool(mv)
+        record = self.record(mv)
         now = self.clock()
         for handle in self.handles(mv):
             if handle.state is S.BACKOFF and handle.retry_at <= now:
                 self._forget(handle)
-                self.spawn_worker(mv, failures=handle.failures,
-                                  start_failures=handle.start_failures)
+                self.spawn_worker(mv, handle.slot)   # its slot's history is in the record
         slots = [h for h in self.handles(mv) if h.state in SLOT_STATES and not h.retiring]
-        for _ in range(pool.target - len(slots)):
+        for _ in range(record.target - len(slots)):
             self.spawn_worker(mv)
-        if len(slots) > pool.target:
-            for handle in sorted(slots, key=_stop_preference)[: len(slots) - pool.target]:
-                self.request_stop(handle, timeout=pool.stop_timeout)
-        self._retire_replaced(mv, pool)
+        if len(slots) > record.target:
+            for handle in sorted(slots, key=_stop_preference)[: len(slots) - record.target]:
+                self.request_stop(handle, timeout=record.stop_timeout)
+        self._retire_replaced(mv, record)
         if mv.queue.depth and not self.can_serve(mv):
             mv.queue.fail_all(ServiceUnavailable(
                 f'Model "{mv.name}" has no worker to serve inference request. '
                 'Please use scale workers API to add workers.'))
         ready = sum(1 for h in slots if h.state is S.READY)
         if ready >= mv.settings.min_workers:
-            pool.below_min_since = None
-        elif pool.below_min_since is None:
-            pool.below_min_since = now
+            record.below_min_since = None
+        elif record.below_min_since is None:
+            record.below_min_since = now
 
-    def _retire_replaced(self, mv: ModelVersion, pool: Pool) -> None:
+    def _retire_replaced(self, mv: ModelVersion, record: VersionRecord) -> None:
         """A recycled worker stops only once enough fresh workers are READY."""
         fresh_ready = sum(1 for h in self.handles(mv) if h.state is S.READY and not h.retiring)
         for handle in self.handles(mv):
-            if handle.retiring and handle.state is S.READY and fresh_ready >= pool.target:
+            if handle.retiring and handle.state is S.READY and fresh_ready >= record.target:
                 self.request_stop(handle, timeout=None)
 
-    def spawn_worker(self, mv: ModelVersion, failures: int = 0, start_failures: int = 0,
-                     ) -> WorkerHandle:
-        handle = WorkerHandle(id=str(next(self._ids)), mv=mv, started_at=self.clock(),
-                              failures=failures, start_failures=start_failures)
+    def spawn_worker(self, mv: ModelVersion, slot: int | None = None) -> WorkerHandle:
+        """A new worker in ``slot`` (a replacement), or in a newly opened one."""
+        if slot is None:
+            slot = self.record(mv).open_slot({h.slot for h in self.handles(mv)})
+        handle = WorkerHandle(id=str(next(self._ids)), mv=mv, slot=slot,
+                              started_at=self.clock())
         self.workers[handle.id] = handle
-        handle.task = asyncio.get_running_loop().create_task(self.lifecycle.run(handle))
+        handle.task = asyncio.get_running_loop().create_task(self.runner.run(handle))
         logger.info("starting worker %s for %s %s", handle.id, mv.name, mv.version)
         return handle
 
@@ -213,38 +193,26 @@ class Supervisor:
             handle.move(S.STOPPED)
         self.workers.pop(handle.id, None)
         if handle.pid is not None:
-            self._by_pid.pop(handle.pid, None)
+            self.pids.forget(handle.pid)
         if self.metrics is not None:
             self.metrics.forget_worker(handle.mv.name, handle.mv.version, handle.id)
         self.notify_changed()
 
-    # ---- events from the lifecycle and the launcher --------------------------------------
+    # ---- events from the runners (WorkerEvents) and the launcher -------------------------
 
-    def track_pid(self, handle: WorkerHandle, pid: int) -> None:
+    def process_started(self, handle: WorkerHandle, pid: int) -> None:
         handle.pid = pid
-        self._by_pid[pid] = handle
-        early = self._early_exits.pop(pid, None)
-        if early is not None and self.clock() - early[1] < EARLY_EXIT_TTL:
-            self._process_exited(pid, early[0])
+        self.pids.track(pid, handle)
 
-    def _process_exited(self, pid: int, returncode: int) -> None:
-        handle = self._by_pid.get(pid)
-        if handle is not None:
-            handle.returncode = returncode
-            handle.exited.set()
-            return
-        # A worker can die before its spawn call has returned its pid (the zygote sends
-        # SPAWNED and EXITED back to back): keep the news until the pid is tracked. Late
-        # reports about forgotten workers land here too, hence the TTL (pids get reused).
-        self._early_exits[pid] = (returncode, self.clock())
-        while len(self._early_exits) > EARLY_EXITS_KEPT:
-            self._early_exits.pop(next(iter(self._early_exits)))
+    def _process_exited(self, handle: WorkerHandle, returncode: int) -> None:
+        handle.returncode = returncode
+        handle.exited.set()
 
     def became_ready(self, handle: WorkerHandle) -> None:
         now = self.clock()
         handle.move(S.READY)
-        handle.ready_since = handle.idle_since = now
-        handle.start_failures = 0
+        handle.ready_since = now
+        self.record(handle.mv).started(handle.slot)
         logger.info("worker %s READY (pid %s, %.2f s)", handle.id, handle.pid,
                     now - handle.started_at)
         self.notify_changed()
@@ -255,18 +223,14 @@ class Supervisor:
             # that a synchronous scale call or the backoff should count.
             self._forget(handle)
             return
-        pool = self.pool(handle.mv)
-        pool.start_failures += 1
-        pool.last_error = handle.last_error = error
-        handle.start_failures += 1
-        handle.failures += 1
-        policy = self.settings.policy
-        if policy.gives_up(handle.start_failures):
+        handle.last_error = error
+        delay = self.record(handle.mv).start_failed(handle.slot, error, self.settings.policy)
+        if delay is None:
             handle.move(S.FAILED)
-            logger.error("worker %s for %s %s FAILED after %d start failures: %s", handle.id,
-                         handle.mv.name, handle.mv.version, handle.start_failures, error)
+            logger.error("worker %s for %s %s FAILED after %d start failures: %s",
+                         handle.id, handle.mv.name, handle.mv.version,
+                         self.settings.policy.max_start_failures, error)
         else:
-            delay = policy.delay(handle.failures)
             handle.move(S.BACKOFF)
             handle.retry_at = self.clock() + delay
             logger.error("worker %s for %s %s failed to start: %s (retry in %g s)", handle.id,
@@ -282,15 +246,11 @@ class Supervisor:
                            reason)
             self._forget(handle)
             return
-        pool = self.pool(handle.mv)
-        pool.restarts += 1
         if self.metrics is not None:
             self.metrics.worker_restarted(handle.mv.name, handle.mv.version)
         now = self.clock()
-        proven = handle.ready_since is not None and \
-            now - handle.ready_since >= self.settings.policy.reset_after
-        handle.failures = 1 if proven else handle.failures + 1
-        delay = self.settings.policy.delay(handle.failures)
+        ready_for = None if handle.ready_since is None else now - handle.ready_since
+        delay = self.record(handle.mv).crashed(handle.slot, ready_for, self.settings.policy)
         handle.move(S.BACKOFF)
         handle.retry_at = now + delay
         logger.error("worker %s (pid %s) of %s %s died: %s (exit status %s); replacing it in "
@@ -301,6 +261,12 @@ class Supervisor:
     def stopped(self, handle: WorkerHandle) -> None:
         logger.info("worker %s stopped", handle.id)
         self._forget(handle)
+
+    def served_enough(self, handle: WorkerHandle) -> None:
+        """It reached max_requests_per_worker: recycle it once a replacement is READY."""
+        if not handle.retiring:
+            handle.retiring = True
+            self.wake()
 
     # ---- queries (return copies, never live tables) --------------------------------------
 
@@ -325,30 +291,17 @@ class Supervisor:
             return True
         if any(h.state is S.FAILED for h in self.handles(mv)):
             return False
-        since = self.pool(mv).below_min_since
-        return since is not None and self.clock() - since < RECOVERY_GRACE \
-            and self.pool(mv).restarts > 0
+        return self.record(mv).recovering(self.clock())
 
     def describe_workers(self, mv: ModelVersion) -> list[dict[str, Any]]:
-        return [self._describe_worker(h)
+        return [describe_row(h, self.ops.rss(h.pid) if h.pid else 0)
                 for h in sorted(self.handles(mv), key=lambda h: int(h.id))]
-
-    def _describe_worker(self, handle: WorkerHandle) -> dict[str, Any]:
-        rss = self.ops.rss(handle.pid) if handle.pid else 0
-        return {"id": handle.id, "startTime": handle.start_time_iso,
-                "status": handle.state.value, "memoryUsage": rss, "pid": handle.pid or -1,
-                "gpu": False, "gpuUsage": "N/A",
-                **({"lastError": handle.last_error} if handle.last_error else {})}
 
     async def customized_metadata(self, mv: ModelVersion) -> Any:
         """The handler's describe_handle() result, asked of one READY worker."""
         for handle in self.handles(mv):
             if handle.state is S.READY and handle.conn is not None:
-                reply = await handle.conn.request(messages.describe(), messages.DESCRIBED,
-                                                  mv.settings.response_timeout)
-                if not reply.get("ok"):
-                    raise InternalServerError(f"describe_handle failed: {reply.get('error')}")
-                return reply.get("result")
+                return await handler_metadata(handle)
         raise ServiceUnavailable(f'Model "{mv.name}" has no worker to serve the describe request')
 
     # ---- waiting -------------------------------------------------------------------------
@@ -360,22 +313,22 @@ class Supervisor:
         STARTING when the wait began), so "some came up" (206) is told from "none did" (500)
         whichever finishes first; their retries are not waited for.
         """
-        pool = self.pool(mv)
-        failures_before = pool.start_failures
+        record = self.record(mv)
+        failures_before = record.start_failures
         cohort = {h.id for h in self.handles(mv) if h.state is S.STARTING}
         deadline = self.clock() + timeout
         while True:
             handles = self.handles(mv)
             ready = sum(1 for h in handles if h.state is S.READY and not h.retiring)
             stopping = any(h.state is S.STOPPING for h in handles)
-            if ready >= pool.target and not stopping:
-                return ScaleOutcome(ready, pool.target)
-            if pool.start_failures > failures_before and not any(
+            if ready >= record.target and not stopping:
+                return ScaleOutcome(ready, record.target)
+            if record.start_failures > failures_before and not any(
                     h.id in cohort and h.state is S.STARTING for h in handles):
-                return ScaleOutcome(ready, pool.target, pool.last_error)
+                return ScaleOutcome(ready, record.target, record.last_error)
             remaining = deadline - self.clock()
-            if remaining <= 0 or mv not in self.pools:
-                return ScaleOutcome(ready, pool.target, pool.last_error)
+            if remaining <= 0 or mv not in self.records:
+                return ScaleOutcome(ready, record.target, record.last_error)
             changed = self._changed
             try:
                 await asyncio.wait_for(changed.wait(), min(remaining, 1.0))
@@ -393,7 +346,7 @@ class Supervisor:
         for handle in handles:
             self.request_stop(handle, timeout)
         await self.wait_for_stopped(handles)
-        self.pools.pop(mv, None)
+        self.records.pop(mv, None)
 
     async def close(self, timeout: float) -> None:
         """Stop every worker after its in-flight batch (bounded by ``timeout``)."""
@@ -411,67 +364,29 @@ class Supervisor:
     # ---- periodic checks -----------------------------------------------------------------
 
     def autoscale(self) -> None:
-        now = self.clock()
-        for mv, pool in list(self.pools.items()):
-            s = mv.settings
-            if s.max_workers <= s.min_workers:
-                continue
+        now, settings = self.clock(), self.settings
+        for mv, record in list(self.records.items()):
             ready = [h for h in self.handles(mv) if h.state is S.READY and not h.retiring]
-            deep = mv.queue.depth >= max(1, len(ready))
-            pool.deep_since = (pool.deep_since or now) if deep else None
-            if deep and now - pool.deep_since >= self.settings.autoscale_up_delay \
-                    and pool.target < s.max_workers:
-                self._autoscale(mv, pool, +1, now)
-            elif not deep and pool.target > s.min_workers and mv.queue.depth == 0:
-                idle = [h for h in ready if h.idle_since is not None
-                        and now - h.idle_since >= self.settings.autoscale_down_delay]
-                if idle:
-                    self._autoscale(mv, pool, -1, now)
+            step = autoscale_step(record, mv.settings.min_workers, mv.settings.max_workers,
+                                  mv.queue.depth, [h.idle_since for h in ready], now,
+                                  settings.autoscale_up_delay, settings.autoscale_down_delay)
+            if step:
+                record.target += step
+                direction = "up" if step > 0 else "down"
+                logger.info("autoscaling %s %s %s to %d workers", mv.name, mv.version,
+                            direction, record.target)
+                if self.metrics is not None:
+                    self.metrics.autoscaled(mv.name, mv.version, direction)
+                self.wake()
 
-    def _autoscale(self, mv: ModelVersion, pool: Pool, step: int, now: float) -> None:
-        pool.target += step
-        pool.deep_since = now if step > 0 else None
-        direction = "up" if step > 0 else "down"
-        logger.info("autoscaling %s %s %s to %d workers", mv.name, mv.version, direction,
-                    pool.target)
-        if self.metrics is not None:
-            self.metrics.autoscaled(mv.name, mv.version, direction)
-        self.wake()
-
-    def heartbeat(self) -> None:
-        """A worker that leaves a ping unanswered for a whole interval is hung: kill it.
-
-        An unanswered ping is never replaced by a newer one, so the interval counts from
-        the first ping the worker ignored, however irregular the calls.
-        """
-        now = self.clock()
-        for handle in list(self.workers.values()):
-            if handle.state is not S.READY or handle.conn is None:
-                continue
-            if handle.ping_sent and handle.conn.last_pong < handle.ping_sent:
-                if now - handle.ping_sent_at >= self.settings.heartbeat_interval:
-                    logger.error("worker %s missed its heartbeat; killing it", handle.id)
-                    self.lifecycle.kill(handle, "hung: missed its heartbeat")
-                continue
-            handle.ping_sent, handle.ping_sent_at = next(self._ping_seq), now
-            try:
-                handle.conn.ping(handle.ping_sent)
-            except (ConnectionLost, OSError) as exc:
-                # Its lifecycle sees the lost connection and reports the death.
-                logger.debug("ping to worker %s failed: %s", handle.id, exc)
-
-    def check_memory(self) -> None:
-        """Recycle workers over max_worker_rss; publish RSS for the metrics."""
-        for handle in list(self.workers.values()):
-            if handle.state is not S.READY or handle.pid is None:
-                continue
-            rss = self.ops.rss(handle.pid)
-            if self.metrics is not None:
-                self.metrics.set_worker_rss(handle.mv.name, handle.mv.version, handle.id, rss)
-            limit = handle.mv.settings.max_worker_rss
-            if limit and rss > limit and not handle.retiring:
-                logger.warning("worker %s uses %d bytes (> %d); recycling it", handle.id, rss,
-                               limit)
+    def check_workers(self) -> None:
+        """Kill hung workers (a heartbeat missed); recycle those over max_worker_rss."""
+        ready = [h for h in self.workers.values() if h.state is S.READY and h.conn is not None]
+        for handle in self.heartbeats.beat(ready):
+            logger.error("worker %s missed its heartbeat; killing it", handle.id)
+            self.runner.kill(handle, "hung: missed its heartbeat")
+        for handle in over_memory_limit(ready, self.ops.rss, self.metrics):
+            if not handle.retiring:
                 handle.retiring = True
                 self.wake()
 
@@ -479,7 +394,7 @@ class Supervisor:
 def _stop_preference(handle: WorkerHandle) -> tuple[int, int]:
     """Stop broken and starting workers before serving ones, idle before busy, newest first."""
     order = {S.FAILED: 0, S.BACKOFF: 1, S.STARTING: 2, S.READY: 3}
-    busy = 1 if handle.batch else 0
+    busy = 1 if handle.busy else 0
     return (order.get(handle.state, 4) + busy, -int(handle.id))
 
 

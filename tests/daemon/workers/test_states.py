@@ -51,7 +51,7 @@ def test_slot_states() -> None:
 
 
 def test_handle_move_checks_the_table() -> None:
-    handle = WorkerHandle(id="9000", mv=None)  # type: ignore[arg-type]
+    handle = WorkerHandle(id="9000", mv=None, slot=0)  # type: ignore[arg-type]
     handle.move(S.READY)
     with pytest.raises(IllegalTransition):
         handle.move(S.STARTING)

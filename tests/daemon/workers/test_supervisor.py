@@ -1,7 +1,7 @@
-"""The Supervisor and its worker lifecycle, driven with a fake clock and fake processes.
+"""The Supervisor and its worker runners, driven with a fake clock and fake processes.
 
 No process is started: the launcher is a fake whose "workers" are asyncio tasks speaking the
-real frame protocol over real Unix sockets to the real lifecycle, and the process operations
+real frame protocol over real Unix sockets to the real runner, and the process operations
 (signal, liveness, RSS) are a fake that turns SIGKILL into a dead fake worker. The clock is
 stepped by hand, so backoff delays, the READY period that resets them, heartbeats and the
 autoscaler's delays are exact; reconcile/heartbeat/autoscale are called by the test instead of
@@ -221,11 +221,18 @@ async def one_busy_worker(h: Harness) -> tuple[ModelVersion, WorkerHandle, Job]:
     """A model with one READY worker that holds a job (its fake process answers when told)."""
     mv = h.model()
     h.launcher.hold = True
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     (handle,) = await ready(h, mv, 1)
     job = submit(mv)
     await until(lambda: h.fake(handle).held)
     return mv, handle, job
+
+
+def scale(h: Harness, mv: ModelVersion, min_workers: int, max_workers: int,
+          stop_timeout: float | None = None) -> None:
+    """What the model manager does: the registry's range first, then the Supervisor."""
+    mv.settings.min_workers, mv.settings.max_workers = min_workers, max_workers
+    h.sup.scale(mv, stop_timeout=stop_timeout)
 
 
 def submit(mv: ModelVersion, name: str = "r") -> Job:
@@ -268,7 +275,7 @@ def scenario(fn: Callable[..., Any]) -> Callable[..., Any]:
 @scenario
 async def test_scale_starts_workers_and_reconcile_is_idempotent(h: Harness) -> None:
     mv = h.model()
-    h.sup.scale(mv, 2, 2)
+    scale(h, mv, 2, 2)
     assert [x.state for x in h.handles(mv)] == [S.STARTING, S.STARTING]
     for _ in range(3):
         h.sup.reconcile()
@@ -285,9 +292,9 @@ async def test_scale_starts_workers_and_reconcile_is_idempotent(h: Harness) -> N
 @scenario
 async def test_scale_down_stops_the_surplus_and_forgets_it(h: Harness) -> None:
     mv = h.model()
-    h.sup.scale(mv, 3, 3)
+    scale(h, mv, 3, 3)
     await ready(h, mv, 3)
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     assert len(h.handles(mv, S.STOPPING)) == 2
     await until(lambda: len(h.handles(mv)) == 1)
     assert [x.id for x in h.handles(mv)] == ["9000"]       # the newest went first
@@ -306,7 +313,7 @@ async def crash(h: Harness, mv: ModelVersion) -> WorkerHandle:
 @scenario
 async def test_crash_backoff_doubles_from_zero_to_the_cap(h: Harness) -> None:
     mv = h.model()
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     await ready(h, mv, 1)
     for expected in (0, 1, 2, 4, 8, 16, 30, 30):
         handle = await crash(h, mv)
@@ -323,13 +330,13 @@ async def test_crash_backoff_doubles_from_zero_to_the_cap(h: Harness) -> None:
         assert fresh is not handle and fresh.state is S.STARTING
         assert handle.state is S.STOPPED
         await ready(h, mv, 1)
-    assert h.sup.pool(mv).restarts == 8
+    assert h.sup.record(mv).restarts == 8
 
 
 @scenario
 async def test_a_proven_ready_period_resets_the_backoff(h: Harness) -> None:
     mv = h.model()
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     await ready(h, mv, 1)
     for expected in (0, 1, 2):
         await crash(h, mv)
@@ -366,7 +373,7 @@ async def test_in_flight_batch_fails_500_when_its_worker_dies(h: Harness) -> Non
 async def test_start_failures_back_off_then_fail_until_the_next_scale(h: Harness) -> None:
     mv = h.model()
     h.launcher.behaviour = "fail_load"
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     for expected_delay in (0, 1):
         (handle,) = await until(lambda: h.handles(mv, S.BACKOFF))
         assert handle.last_error == "ImportError: no handler"
@@ -374,10 +381,11 @@ async def test_start_failures_back_off_then_fail_until_the_next_scale(h: Harness
         h.clock.advance(expected_delay)
         h.sup.reconcile()
     (failed,) = await until(lambda: h.handles(mv, S.FAILED))
-    assert failed.start_failures == 3 and len(h.launcher.spawned) == 3
+    assert h.sup.record(mv).slot(failed.slot).start_failures == 3
+    assert len(h.launcher.spawned) == 3
     assert h.sup.describe_workers(mv)[0]["status"] == "FAILED"
     assert h.sup.describe_workers(mv)[0]["lastError"] == "ImportError: no handler"
-    assert h.sup.pool(mv).last_error == "ImportError: no handler"
+    assert h.sup.record(mv).last_error == "ImportError: no handler"
 
     h.clock.advance(3600)                                  # FAILED stays FAILED
     h.sup.reconcile()
@@ -389,10 +397,10 @@ async def test_start_failures_back_off_then_fail_until_the_next_scale(h: Harness
     assert kind == "error" and error.status == 503
 
     h.launcher.behaviour = "ok"                            # fixed; the next scale call
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     assert failed.state is S.STOPPED
     (fresh,) = h.handles(mv)
-    assert fresh.state is S.STARTING and fresh.start_failures == 0
+    assert fresh.state is S.STARTING and h.sup.record(mv).slot(fresh.slot).start_failures == 0
     await ready(h, mv, 1)
     assert h.sup.healthy(mv)
 
@@ -401,7 +409,7 @@ async def test_start_failures_back_off_then_fail_until_the_next_scale(h: Harness
 async def test_a_process_that_exits_before_connecting_failed_to_start(h: Harness) -> None:
     mv = h.model()
     h.launcher.behaviour = "exit"
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     (handle,) = await until(lambda: h.handles(mv, S.BACKOFF))
     assert handle.last_error == "worker process exited with code 1"
 
@@ -410,7 +418,7 @@ async def test_a_process_that_exits_before_connecting_failed_to_start(h: Harness
 async def test_startup_timeout_kills_the_loading_worker(h: Harness) -> None:
     mv = h.model(startup_timeout=0.2)   # type: ignore[arg-type]  (seconds; real time)
     h.launcher.behaviour = "no_load"
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     (handle,) = await until(lambda: h.handles(mv, S.BACKOFF))
     assert handle.last_error == "worker did not load within 0.2 s (startup_timeout)"
     assert (handle.pid, signal.SIGKILL) in h.ops.signals
@@ -420,19 +428,19 @@ async def test_startup_timeout_kills_the_loading_worker(h: Harness) -> None:
 async def test_a_stop_while_starting_is_not_a_start_failure(h: Harness) -> None:
     mv = h.model()
     h.launcher.behaviour = "no_load"
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     await until(lambda: h.launcher.spawned)
-    h.sup.scale(mv, 0, 0)
+    scale(h, mv, 0, 0)
     await until(lambda: not h.handles(mv))
-    pool = h.sup.pool(mv)
-    assert pool.start_failures == 0 and pool.last_error is None
+    record = h.sup.record(mv)
+    assert record.start_failures == 0 and record.last_error is None
 
 
 @scenario
 async def test_wait_for_workers_reports_the_first_start_failure(h: Harness) -> None:
     mv = h.model()
     h.launcher.behaviour = "fail_load"
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     result = await h.sup.wait_for_workers(mv, 5)
     assert result.ready == 0 and result.error == "ImportError: no handler"
 
@@ -442,16 +450,16 @@ async def test_wait_for_workers_reports_the_first_start_failure(h: Harness) -> N
 @scenario
 async def test_heartbeat_kills_a_hung_worker_and_spares_a_live_one(h: Harness) -> None:
     mv = h.model()
-    h.sup.scale(mv, 2, 2)
+    scale(h, mv, 2, 2)
     live, hung = await ready(h, mv, 2)
     h.fake(hung).pong = False
-    h.sup.heartbeat()
-    await until(lambda: live.conn.last_pong == live.ping_sent)
+    h.sup.check_workers()
+    await until(lambda: live.conn.last_pong > 0)    # the live one answered its ping
     h.clock.advance(HEARTBEAT * 0.9)
-    h.sup.heartbeat()                     # not a whole interval yet: nobody is killed
+    h.sup.check_workers()                     # not a whole interval yet: nobody is killed
     assert hung.state is S.READY
     h.clock.advance(HEARTBEAT * 0.1)
-    h.sup.heartbeat()
+    h.sup.check_workers()
     await until(lambda: hung.state is S.BACKOFF)
     assert hung.last_error == "hung: missed its heartbeat"
     assert (hung.pid, signal.SIGKILL) in h.ops.signals
@@ -465,7 +473,7 @@ async def test_heartbeat_kills_a_hung_worker_and_spares_a_live_one(h: Harness) -
 @scenario
 async def test_scale_down_lets_the_in_flight_batch_finish(h: Harness) -> None:
     mv, handle, job = await one_busy_worker(h)
-    h.sup.scale(mv, 0, 0, stop_timeout=10)
+    scale(h, mv, 0, 0, stop_timeout=10)
     assert handle.state is S.STOPPING
     await asyncio.sleep(0.05)
     assert not job.finished
@@ -479,19 +487,19 @@ async def test_scale_down_lets_the_in_flight_batch_finish(h: Harness) -> None:
 @scenario
 async def test_scale_down_with_timeout_zero_stops_at_once(h: Harness) -> None:
     mv, handle, job = await one_busy_worker(h)
-    h.sup.scale(mv, 0, 0, stop_timeout=0)
+    scale(h, mv, 0, 0, stop_timeout=0)
     kind, error = await outcome(job, timeout=1)
     assert kind == "error" and error.status == 503
     await until(lambda: not h.handles(mv))
     assert (handle.pid, signal.SIGKILL) in h.ops.signals
-    assert h.sup.pool(mv).restarts == 0                    # asked for: not a crash
+    assert h.sup.record(mv).restarts == 0                    # asked for: not a crash
 
 
 @scenario
 async def test_queued_jobs_get_503_when_no_worker_remains(h: Harness) -> None:
     mv, handle, running = await one_busy_worker(h)
     queued = submit(mv)
-    h.sup.scale(mv, 0, 0, stop_timeout=10)
+    scale(h, mv, 0, 0, stop_timeout=10)
     kind, error = await outcome(queued)
     assert kind == "error" and error.status == 503
     h.fake(handle).answer()
@@ -502,7 +510,7 @@ async def test_queued_jobs_get_503_when_no_worker_remains(h: Harness) -> None:
 async def test_close_stops_every_worker_and_starts_none(h: Harness) -> None:
     mv = h.model()
     await h.sup.start()                                    # with its own reconcile loop
-    h.sup.scale(mv, 2, 2)
+    scale(h, mv, 2, 2)
     await ready(h, mv, 2)
     await h.sup.close(5)
     assert h.sup.workers == {}
@@ -516,21 +524,21 @@ async def test_close_stops_every_worker_and_starts_none(h: Harness) -> None:
 async def test_autoscale_follows_the_queue_within_min_and_max(h: Harness) -> None:
     mv = h.model()
     h.launcher.hold = True
-    h.sup.scale(mv, 1, 3)
+    scale(h, mv, 1, 3)
     await ready(h, mv, 1)
     jobs = [submit(mv) for _ in range(6)]
     await until(lambda: h.launcher.spawned[0].held)
     h.sup.autoscale()
-    assert h.sup.pool(mv).target == 1                     # deep, but not for long enough
+    assert h.sup.record(mv).target == 1                     # deep, but not for long enough
     for target in (2, 3):
         h.clock.advance(UP_DELAY)
         h.sup.autoscale()
-        assert h.sup.pool(mv).target == target
+        assert h.sup.record(mv).target == target
         h.sup.reconcile()
         await ready(h, mv, target)
     h.clock.advance(UP_DELAY * 5)
     h.sup.autoscale()
-    assert h.sup.pool(mv).target == 3                     # never above max
+    assert h.sup.record(mv).target == 3                     # never above max
 
     h.launcher.hold = False
     for worker in h.launcher.spawned:
@@ -539,16 +547,16 @@ async def test_autoscale_follows_the_queue_within_min_and_max(h: Harness) -> Non
     for job in jobs:
         assert (await outcome(job))[0] == "final"
     h.sup.autoscale()
-    assert h.sup.pool(mv).target == 3                     # idle, but not for long enough
+    assert h.sup.record(mv).target == 3                     # idle, but not for long enough
     for target in (2, 1):
         h.clock.advance(DOWN_DELAY)
         h.sup.autoscale()
-        assert h.sup.pool(mv).target == target
+        assert h.sup.record(mv).target == target
         h.sup.reconcile()
         await until(lambda: len(h.handles(mv)) == target)
     h.clock.advance(DOWN_DELAY * 5)
     h.sup.autoscale()
-    assert h.sup.pool(mv).target == 1                     # never below min
+    assert h.sup.record(mv).target == 1                     # never below min
     assert h.autoscale_events(mv, "up") == 2
     assert h.autoscale_events(mv, "down") == 2
 
@@ -558,7 +566,7 @@ async def test_autoscale_follows_the_queue_within_min_and_max(h: Harness) -> Non
 @scenario
 async def test_recycled_worker_stops_only_once_its_replacement_is_ready(h: Harness) -> None:
     mv = h.model(max_requests_per_worker=2)
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     (old,) = await ready(h, mv, 1)
     for _ in range(2):
         assert (await outcome(submit(mv)))[0] == "final"
@@ -586,9 +594,9 @@ async def test_recycled_worker_stops_only_once_its_replacement_is_ready(h: Harne
 @scenario
 async def test_worker_over_max_rss_is_recycled(h: Harness) -> None:
     mv = h.model(max_worker_rss=100_000)                   # FakeOps reports 123456 bytes
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     (old,) = await ready(h, mv, 1)
-    h.sup.check_memory()
+    h.sup.check_workers()
     assert old.retiring
     labels = {"model_name": "m", "model_version": "1.0", "worker_id": old.id}
     assert h.metrics.registry.get_sample_value("torchd_worker_rss_bytes", labels) == 123456
@@ -610,8 +618,8 @@ async def test_a_stop_does_not_wait_for_a_slow_spawn(h: Harness) -> None:
         return await real_spawn(*args)
 
     h.launcher.spawn = slow_spawn  # type: ignore[method-assign]
-    h.sup.scale(mv, 1, 1)
+    scale(h, mv, 1, 1)
     await asyncio.sleep(0.05)
-    h.sup.scale(mv, 0, 0)
+    scale(h, mv, 0, 0)
     await until(lambda: not h.handles(mv), timeout=1)
-    assert h.launcher.spawned == [] and h.sup.pool(mv).start_failures == 0
+    assert h.launcher.spawned == [] and h.sup.record(mv).start_failures == 0

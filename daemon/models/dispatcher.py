@@ -1,0 +1,222 @@
+"""The dispatcher: feeds one worker batches from its model version's queue, one at a time.
+
+A batch forms by ``batch_size`` and ``max_batch_delay`` (counted from its first job's arrival),
+goes down the worker's channel as one PREDICT frame, and each job is answered as the RESULT frame
+is read. The dispatcher knows nothing of processes: the worker runner hands it a channel and asks
+it to stop; it says why it ended (None for a stop, else why the channel was lost).
+
+This is where batches would be pipelined: everything between "a batch is ready" and "its result
+came back" happens in ``serve``.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from daemon.errors import RequestTimeout, ServiceUnavailable, TorchdError
+from daemon.models.queue import Job
+
+
+class BatchChannel(Protocol):
+    """The worker's end as the dispatcher needs it (daemon.workers.connection implements it)."""
+
+    lost: asyncio.Future    # resolves with the reason once the channel is gone
+
+    def start_batch(self, batch_id: int, requests: list[dict[str, Any]],
+                    on_part: Callable[[dict], None],
+                    on_result: Callable[[dict], None]) -> asyncio.Future: ...
+
+    def end_batch(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class BatchObserver(Protocol):
+    def observe_batch(self, model: str, version: str, size: int) -> None: ...
+
+
+_batch_ids = itertools.count(1)   # unique per daemon, so a stray RESULT never matches a batch
+
+
+class Dispatcher:
+    """One worker's batch loop. ``death_error`` says what a lost channel means to the jobs of
+    its batch (500 "Worker died.", or 507 when the OOM killer took it)."""
+
+    def __init__(self, mv: Any, channel: BatchChannel, clock: Callable[[], float],
+                 death_error: Callable[[], TorchdError],
+                 observer: BatchObserver | None = None,
+                 after_batch: Callable[[], None] | None = None) -> None:
+        self.mv = mv
+        self.channel = channel
+        self.clock = clock
+        self.death_error = death_error
+        self.observer = observer
+        self.after_batch = after_batch
+        self.batch: list[Job] | None = None       # in the worker now
+        self.idle_since: float | None = clock()   # None while a batch is in the worker
+        self.served = 0
+        self.stop_deadline: float | None = None
+        self._stop = asyncio.get_running_loop().create_future()
+
+    def stop(self, deadline: float) -> None:
+        """Finish the batch in flight, by ``deadline`` at the latest, then end ``serve``."""
+        self.stop_deadline = deadline
+        if not self._stop.done():
+            self._stop.set_result(None)
+
+    async def serve(self) -> str | None:
+        """Pull batches until stopped (None) or the channel is lost (the reason)."""
+        queue, lost = self.mv.queue, self.channel.lost
+        while not self._stop.done():
+            settings = self.mv.settings
+            delay = settings.max_batch_delay / 1000.0
+            # Under load the next batch is already queued: take it without a task and a wait.
+            batch = queue.take_ready(settings.batch_size, delay)
+            if batch is None and not queue.depth:
+                # idle: wait for a job without take_batch's task (the light-load path)
+                await _arrival_or(queue.next_arrival(), lost, self._stop)
+                if lost.done():
+                    return str(lost.result())
+                continue
+            if batch is None:
+                batch = await self._collect(settings.batch_size, delay)
+                if batch is None:
+                    if lost.done():
+                        return str(lost.result())
+                    continue
+            reason = await self._run(batch)
+            if reason is not None:
+                return reason
+        return None
+
+    async def _collect(self, batch_size: int, delay: float) -> list[Job] | None:
+        """A batch from the queue, or None when the channel is lost or a stop comes first (the
+        jobs collected so far go back to the front of the queue)."""
+        take = asyncio.ensure_future(self.mv.queue.take_batch(batch_size, delay))
+        await asyncio.wait({take, self.channel.lost, self._stop},
+                           return_when=asyncio.FIRST_COMPLETED)
+        if take.done():
+            return take.result()
+        take.cancel()
+        await asyncio.gather(take, return_exceptions=True)
+        return None
+
+    async def _run(self, batch: list[Job]) -> str | None:
+        now = self.clock()
+        jobs = {job.id: job for job in batch}
+        for job in batch:
+            job.dispatched_at = now
+        self.batch, self.idle_since = batch, None
+        if self.observer is not None:
+            self.observer.observe_batch(self.mv.name, self.mv.version, len(batch))
+        try:
+            result = self.channel.start_batch(next(_batch_ids), [j.request for j in batch],
+                                              lambda part: _route_part(jobs, part),
+                                              lambda message: _answer(jobs, message))
+        except ConnectionError as exc:
+            self.mv.queue.requeue_front(batch)   # never sent: another worker takes them
+            self.batch = None
+            return str(exc)
+        outcome = await self._await_result(result, now + self.mv.settings.response_timeout)
+        self.channel.end_batch()
+        self.batch, self.idle_since = None, self.clock()
+        self.served += len(batch)
+        if outcome is None:   # the jobs were answered by _answer as the result came in
+            if self.after_batch is not None:
+                self.after_batch()
+            return None
+        error, reason = outcome
+        for job in batch:
+            job.fail(error)
+        return reason
+
+    async def _await_result(self, result: asyncio.Future, deadline: float,
+                            ) -> tuple[TorchdError, str] | None:
+        """Wait for the batch's result until its deadline, or the stop deadline once a stop is
+        asked for. The task awaits ``result`` itself (a timer fails it at the deadline) rather
+        than a wait on several futures: one wake-up fewer per batch on the hot path."""
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle | None = None
+        stop = self._stop
+
+        def limit() -> float:
+            stop_at = self.stop_deadline
+            return deadline if stop_at is None else min(deadline, stop_at)
+
+        def arm(_: object = None) -> None:
+            nonlocal timer
+            if timer is not None:
+                timer.cancel()
+            if waited:   # a stop callback that was already scheduled when the wait ended
+                return
+            remaining = limit() - self.clock()
+            if remaining > 0:
+                timer = loop.call_later(remaining, arm)
+            elif not result.done():
+                result.set_exception(_Expired())
+
+        waited = False
+        arm()
+        if not stop.done():
+            stop.add_done_callback(arm)   # a stop may bring the limit forward
+        try:
+            await result
+            return None
+        except _Expired:
+            pass
+        except Exception as exc:   # the channel was lost: the worker died
+            return self.death_error(), str(exc)
+        finally:
+            waited = True
+            stop.remove_done_callback(arm)
+            if timer is not None:
+                timer.cancel()
+        self.channel.close()   # poison: a late answer must never reach the next batch
+        return self._expiry(deadline)
+
+    def _expiry(self, deadline: float) -> tuple[TorchdError, str]:
+        mv = self.mv
+        if self.clock() >= deadline:
+            timeout = mv.settings.response_timeout
+            return (RequestTimeout(f'Model "{mv.name}" version {mv.version} did not answer '
+                                   f'within {timeout} s (response_timeout)'),
+                    f"response timeout after {timeout} s")
+        return (ServiceUnavailable(f'Worker for model "{mv.name}" was stopped before the '
+                                   'request finished'), "stop timeout")
+
+
+class _Expired(Exception):
+    """A batch's deadline passed before its result came."""
+
+
+async def _arrival_or(arrival: asyncio.Future, *others: asyncio.Future) -> None:
+    """Await ``arrival`` (the queue resolves it), cut short when any of ``others`` is done.
+
+    Awaited directly, a job's arrival wakes the worker's task at once; asyncio.wait would add a
+    callback hop and cost twice what the wait itself does."""
+    def wake(_: object) -> None:
+        if not arrival.done():
+            arrival.set_result(None)
+
+    for other in others:
+        other.add_done_callback(wake)
+    try:
+        await arrival
+    finally:
+        for other in others:
+            other.remove_done_callback(wake)
+
+
+def _answer(jobs: dict[str, Job], result: dict) -> None:
+    for response in result.get("responses") or ():
+        job = jobs.get(response.get("id"))
+        if job is not None:
+            job.finish(response)
+
+
+def _route_part(jobs: dict[str, Job], part: dict) -> None:
+    job = jobs.get(part.get("id"))
+    if job is not None:
+        job.send_part(part)

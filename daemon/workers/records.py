@@ -1,0 +1,88 @@
+"""What the Supervisor wants and remembers for each model version, apart from its processes.
+
+Like supervisord's process record, a ``VersionRecord`` outlives the worker handles: a worker that
+crashes is forgotten and replaced, but the restart history of the slot it filled stays here, so
+nothing is copied from a dead handle into its replacement. The version's configured range
+(min/max workers) is the registry's (``mv.settings``, written by the model manager); the record
+holds what the Supervisor decides within it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from daemon.workers.states import RestartPolicy
+
+RECOVERY_GRACE = 300.0      # /ping tolerates a model below minWorkers this long while restarting
+
+
+@dataclass
+class ScaleOutcome:
+    """What a synchronous scale saw when its wait ended."""
+
+    ready: int
+    target: int
+    error: str | None = None
+
+
+@dataclass
+class SlotHistory:
+    """One worker slot's restart history, across the processes that fill it in turn."""
+
+    crashes: int = 0             # consecutive deaths, for the backoff delay
+    start_failures: int = 0      # consecutive failures to reach READY (FAILED at the limit)
+
+
+@dataclass
+class VersionRecord:
+    target: int                          # workers wanted now, within [min, max] (autoscaled)
+    stop_timeout: float | None = None    # from the last scale call, for scale-down drains
+    deep_since: float | None = None      # the queue has stayed deep since
+    below_min_since: float | None = None
+    start_failures: int = 0              # every failure to start, ever (waiters diff it)
+    last_error: str | None = None
+    restarts: int = 0                    # deaths of READY workers
+    slots: dict[int, SlotHistory] = field(default_factory=dict)
+
+    def slot(self, number: int) -> SlotHistory:
+        return self.slots.setdefault(number, SlotHistory())
+
+    def open_slot(self, taken: set[int]) -> int:
+        """The lowest slot number no worker fills, with a fresh history."""
+        number = 0
+        while number in taken:
+            number += 1
+        self.slots[number] = SlotHistory()
+        return number
+
+    # The restart rules: the Supervisor reports what happened, the record says what follows.
+
+    def started(self, slot: int) -> None:
+        """A worker in ``slot`` reached READY: its start failures stop counting."""
+        self.slot(slot).start_failures = 0
+
+    def start_failed(self, slot: int, error: str, policy: RestartPolicy) -> float | None:
+        """A worker in ``slot`` failed to start: the delay before the next try, or None when
+        the policy gives up (the slot is FAILED until the next scale call)."""
+        self.start_failures += 1
+        self.last_error = error
+        history = self.slot(slot)
+        history.start_failures += 1
+        history.crashes += 1
+        if policy.gives_up(history.start_failures):
+            return None
+        return policy.delay(history.crashes)
+
+    def crashed(self, slot: int, ready_for: float | None, policy: RestartPolicy) -> float:
+        """A READY worker in ``slot`` died after ``ready_for`` seconds: the delay before its
+        replacement. A worker READY for ``policy.reset_after`` had proven itself: the count
+        starts over."""
+        self.restarts += 1
+        history = self.slot(slot)
+        proven = ready_for is not None and ready_for >= policy.reset_after
+        history.crashes = 1 if proven else history.crashes + 1
+        return policy.delay(history.crashes)
+
+    def recovering(self, now: float) -> bool:
+        """Below min_workers because of crashes, for less than RECOVERY_GRACE seconds."""
+        since = self.below_min_since
+        return since is not None and now - since < RECOVERY_GRACE and self.restarts > 0
