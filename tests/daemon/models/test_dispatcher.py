@@ -1,0 +1,168 @@
+"""The Dispatcher (daemon/models/dispatcher.py) on virtual time, over an in-memory channel.
+
+The channel records each batch and lets the test answer it, lose it, or leave it hanging, so
+every way a batch can end is exact: answered, the response timeout (504, channel poisoned), a
+stop's deadline (503), the worker's death (its jobs fail with the runner's error), and a batch
+that could not even be sent (its jobs go back to the front of the queue)."""
+from __future__ import annotations
+
+import asyncio
+from types import SimpleNamespace
+from typing import Any
+
+from daemon.errors import InternalServerError
+from daemon.models.dispatcher import Dispatcher
+from daemon.models.queue import Job, JobQueue
+from daemon.models.registry import ModelSettings
+from tests.support.virtual_time import run_on_virtual_time as run
+
+
+class MemoryChannel:
+    def __init__(self, refuse: bool = False) -> None:
+        self.lost = asyncio.get_running_loop().create_future()
+        self.refuse = refuse
+        self.batches: list[tuple[list[dict], Any, asyncio.Future]] = []
+        self.closed = False
+
+    def start_batch(self, batch_id, requests, on_part, on_result) -> asyncio.Future:
+        if self.refuse:
+            raise ConnectionResetError("worker closed its socket")
+        result = asyncio.get_running_loop().create_future()
+        self.batches.append((requests, on_result, result))
+        return result
+
+    def answer(self) -> None:
+        requests, on_result, result = self.batches[-1]
+        message = {"responses": [{"id": r["id"], "body": b"ok"} for r in requests]}
+        on_result(message)
+        result.set_result(message)
+
+    def lose(self) -> None:
+        self.lost.set_result(ConnectionResetError("worker closed its socket"))
+        for _, _, result in self.batches:
+            if not result.done():
+                result.set_exception(self.lost.result())
+
+    def end_batch(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def model(batch_size: int = 1, delay_ms: int = 0, timeout: int = 10) -> SimpleNamespace:
+    loop = asyncio.get_running_loop()
+    settings = ModelSettings(batch_size=batch_size, max_batch_delay=delay_ms,
+                             response_timeout=timeout)
+    return SimpleNamespace(name="m", version="1.0", settings=settings,
+                           queue=JobQueue(10, clock=loop.time))
+
+
+def submit(mv: SimpleNamespace, name: str) -> Job:
+    job = Job(id=name, request={"id": name}, arrival=asyncio.get_running_loop().time())
+    mv.queue.submit(job)
+    return job
+
+
+def dispatcher(mv: SimpleNamespace, channel: MemoryChannel) -> Dispatcher:
+    return Dispatcher(mv, channel, asyncio.get_running_loop().time,
+                      death_error=lambda: InternalServerError("Worker died."))
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_batches_form_by_size_and_delay_and_are_answered_in_order():
+    async def main():
+        mv, channel = model(batch_size=2, delay_ms=50), MemoryChannel()
+        feeder = dispatcher(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        a, b, c = submit(mv, "a"), submit(mv, "b"), submit(mv, "c")
+        await settle()
+        assert [r["id"] for r in channel.batches[0][0]] == ["a", "b"] and feeder.batch
+        channel.answer()
+        assert await a.next_event() == ("final", {"id": "a", "body": b"ok"})
+        assert (await b.next_event())[0] == "final"
+        start = asyncio.get_running_loop().time()
+        while len(channel.batches) < 2:       # "c" waits out its 50 ms for a partner
+            await asyncio.sleep(0.001)
+        assert asyncio.get_running_loop().time() - start <= 0.051
+        channel.answer()
+        assert (await c.next_event())[0] == "final"
+        await settle()                        # the dispatcher's task resumes after the answer
+        assert feeder.served == 3 and feeder.batch is None and feeder.idle_since is not None
+        feeder.stop(asyncio.get_running_loop().time())
+        assert await serving is None
+    run(main())
+
+
+def test_a_batch_past_its_response_timeout_fails_504_and_poisons_the_channel():
+    async def main():
+        mv, channel = model(timeout=7), MemoryChannel()
+        serving = asyncio.ensure_future(dispatcher(mv, channel).serve())
+        job = submit(mv, "slow")
+        started = asyncio.get_running_loop().time()
+        assert await serving == "response timeout after 7 s"
+        assert asyncio.get_running_loop().time() - started == 7
+        kind, error = await job.next_event()
+        assert kind == "error" and error.status == 504 and "response_timeout" in error.message
+        assert channel.closed          # a late answer can never reach the next batch
+    run(main())
+
+
+def test_a_stop_cuts_the_batch_at_its_deadline_with_503():
+    async def main():
+        mv, channel = model(timeout=100), MemoryChannel()
+        feeder = dispatcher(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        job = submit(mv, "long")
+        await settle()
+        stopped_at = asyncio.get_running_loop().time()
+        feeder.stop(stopped_at + 2)
+        assert await serving == "stop timeout"
+        assert asyncio.get_running_loop().time() - stopped_at == 2
+        kind, error = await job.next_event()
+        assert kind == "error" and error.status == 503
+    run(main())
+
+
+def test_a_stop_lets_the_batch_in_flight_finish_first():
+    async def main():
+        mv, channel = model(), MemoryChannel()
+        feeder = dispatcher(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        job, queued = submit(mv, "busy"), submit(mv, "queued")
+        await settle()
+        feeder.stop(asyncio.get_running_loop().time() + 5)
+        channel.answer()
+        assert await serving is None
+        assert (await job.next_event())[0] == "final"
+        assert mv.queue.depth == 1 and not queued.finished   # left for another worker
+    run(main())
+
+
+def test_a_lost_channel_fails_the_batch_with_the_death_error_only():
+    async def main():
+        mv, channel = model(), MemoryChannel()
+        serving = asyncio.ensure_future(dispatcher(mv, channel).serve())
+        job, queued = submit(mv, "in-flight"), submit(mv, "queued")
+        await settle()
+        channel.lose()
+        assert await serving == "worker closed its socket"
+        kind, error = await job.next_event()
+        assert kind == "error" and error.status == 500 and error.message == "Worker died."
+        assert mv.queue.depth == 1 and not queued.finished
+    run(main())
+
+
+def test_a_batch_that_cannot_be_sent_goes_back_to_the_front_of_the_queue():
+    async def main():
+        mv, channel = model(batch_size=2), MemoryChannel(refuse=True)
+        first, second = submit(mv, "a"), submit(mv, "b")
+        submit(mv, "c")
+        assert await dispatcher(mv, channel).serve() == "worker closed its socket"
+        assert [j.id for j in mv.queue.take_ready(3, 0)] == ["a", "b", "c"]
+        assert not first.finished and not second.finished
+    run(main())
