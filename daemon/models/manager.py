@@ -211,6 +211,9 @@ class ModelManager:
         except InternalServerError:
             if self.registry.holds(mv):
                 await self._remove(mv)   # TorchServe unregisters a model whose workers fail
+                # register saved the version before its workers started: that snapshot must
+                # not outlive the rollback, or a restart would bring back what failed.
+                await self._save_snapshot()
             raise
         if ready is None:
             return Outcome(206, "Workers scaling in progress...")

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 
 from daemon.config.settings import load_config
-from daemon.errors import Conflict
+from daemon.errors import Conflict, InternalServerError
 from daemon.metrics import Metrics
 from daemon.models.manager import ModelManager, RegisterRequest
 from daemon.models.registry import ModelVersion, Registry
@@ -93,3 +93,16 @@ def test_a_failed_restore_keeps_the_downloaded_copy(world) -> None:
     with pytest.raises(Conflict):
         asyncio.run(world.manager.restore(req))
     assert (world.store / "dl.mar").is_file()   # the snapshot still names it
+
+
+def register_with_failing_workers(world: SimpleNamespace) -> None:
+    world.supervisor.outcome = ScaleOutcome(ready=0, target=1, error="load failed")
+    with pytest.raises(InternalServerError, match="load failed"):
+        asyncio.run(world.manager.register(RegisterRequest(url="m.mar", initial_workers=1)))
+    assert world.supervisor.scaled == [("m", 1, 1)]
+    assert world.registry.defaults() == []
+
+
+def test_a_rolled_back_register_is_gone_from_the_newest_snapshot(world) -> None:
+    register_with_failing_workers(world)
+    assert newest_models(world) == set()   # written after the rollback, before the 500
