@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from daemon.models import archives
 from daemon.config.settings import Config
 from daemon.models.dependencies import install_requirements, remove_installed
-from daemon.errors import BadRequest, InternalServerError, ServiceUnavailable
+from daemon.errors import (BadRequest, InternalServerError, ModelNotFound,
+                           ModelVersionNotFound, ServiceUnavailable)
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
 from daemon.models.queue import JobQueue
 from daemon.workers.supervisor import Supervisor
@@ -284,6 +285,16 @@ class ModelManager:
         await self.supervisor.drain(mv, self.config.unregister_model_timeout)
         await asyncio.to_thread(archives.remove_prepared, mv.archive)
         await asyncio.to_thread(remove_installed, mv.deps_dir)
+        self._forget_metrics(mv)
+
+    def _forget_metrics(self, mv: ModelVersion) -> None:
+        """Drop the version's series, last: once its workers and requests are done, nothing
+        puts them back. Unless the same version was registered again meanwhile: they are
+        that one's now."""
+        try:
+            self.registry.get(mv.name, mv.version)
+        except (ModelNotFound, ModelVersionNotFound):
+            self.metrics.forget_model(mv.name, mv.version)
 
     # ---- read-only -------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import zipfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -28,6 +29,7 @@ class StandInSupervisor:
         self.metrics = metrics
         self.scaled: list[tuple[str, int, int]] = []
         self.outcome = ScaleOutcome(ready=1, target=1)
+        self.while_draining: Callable[[], Awaitable[None]] | None = None
 
     def scale(self, mv: ModelVersion, min_workers: int, max_workers: int,
               stop_timeout: float | None = None) -> None:
@@ -39,7 +41,8 @@ class StandInSupervisor:
         return self.outcome
 
     async def drain(self, mv: ModelVersion, timeout: float) -> None:
-        pass
+        if self.while_draining is not None:
+            await self.while_draining()
 
 
 def write_mar(path: Path, name: str) -> Path:
@@ -95,6 +98,33 @@ def test_a_failed_restore_keeps_the_downloaded_copy(world) -> None:
     assert (world.store / "dl.mar").is_file()   # the snapshot still names it
 
 
+def test_unregister_forgets_the_metrics_of_the_version(world) -> None:
+    assert asyncio.run(world.manager.register(
+        RegisterRequest(url="m.mar", initial_workers=1))).status == 200
+    world.metrics.observe_request("m", "1.0", 200, 10, 100, named_version=False)
+    world.metrics.observe_batch("m", "1.0", 1)
+    assert len(lines_of(world.metrics, "m")) > 10
+    asyncio.run(world.manager.unregister("m", None))
+    assert lines_of(world.metrics, "m") == []
+    assert newest_models(world) == set()
+
+
+def test_a_version_registered_again_while_draining_keeps_its_series(world) -> None:
+    async def register_again() -> None:
+        await world.manager.register(RegisterRequest(url="m.mar", initial_workers=0))
+        world.metrics.observe_request("m", "1.0", 200, 10, 100)
+
+    async def scenario() -> None:
+        await world.manager.register(RegisterRequest(url="m.mar", initial_workers=0))
+        world.supervisor.while_draining = register_again
+        await world.manager.unregister("m", None)
+
+    asyncio.run(scenario())
+    assert world.registry.get("m", "1.0")
+    assert any(line.startswith("ts_inference_requests_total")
+               for line in lines_of(world.metrics, "m"))
+
+
 def register_with_failing_workers(world: SimpleNamespace) -> None:
     world.supervisor.outcome = ScaleOutcome(ready=0, target=1, error="load failed")
     with pytest.raises(InternalServerError, match="load failed"):
@@ -106,3 +136,8 @@ def register_with_failing_workers(world: SimpleNamespace) -> None:
 def test_a_rolled_back_register_is_gone_from_the_newest_snapshot(world) -> None:
     register_with_failing_workers(world)
     assert newest_models(world) == set()   # written after the rollback, before the 500
+
+
+def test_a_rolled_back_register_leaves_no_series(world) -> None:
+    register_with_failing_workers(world)
+    assert lines_of(world.metrics, "m") == []
