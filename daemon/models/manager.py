@@ -288,9 +288,9 @@ class ModelManager:
         self._forget_metrics(mv)
 
     def _forget_metrics(self, mv: ModelVersion) -> None:
-        """Drop the version's series, last: once its workers and requests are done, nothing
-        puts them back. Unless the same version was registered again meanwhile: they are
-        that one's now."""
+        """Drop the version's series, last: after the drain, so its workers' final updates
+        cannot put them back. Not if the same version was registered again meanwhile: the
+        series are that one's now."""
         try:
             self.registry.get(mv.name, mv.version)
         except (ModelNotFound, ModelVersionNotFound):
