@@ -7,20 +7,25 @@ Supervisor.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from daemon.models import archives
 from daemon.config.settings import Config
 from daemon.models.dependencies import install_requirements, remove_installed
-from daemon.errors import BadRequest, InternalServerError, ServiceUnavailable
+from daemon.errors import (BadRequest, InternalServerError, ModelNotFound,
+                           ModelVersionNotFound, ServiceUnavailable)
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
 from daemon.models.queue import JobQueue
 from daemon.workers.supervisor import Supervisor
+
+if TYPE_CHECKING:   # the snapshot module builds RegisterRequests: imported there at run time
+    from daemon.metrics import Metrics
+    from daemon.models.snapshots import SnapshotStore
 
 logger = logging.getLogger(__name__)
 VALID_RUNTIMES = ("python", "python3")
@@ -46,6 +51,9 @@ class RegisterRequest:
     job_queue_size: int | None = None
     s3_sse_kms: bool = False
     loaded_at_startup: bool = False
+    # Restoring a snapshot: the model-store file ``url`` was once downloaded to. The archive
+    # is read from there (never fetched again) and stays ours to delete on unregister.
+    downloaded_copy: str | None = None
 
 
 @dataclass
@@ -56,27 +64,33 @@ class Outcome:
 
 class ModelManager:
     def __init__(self, config: Config, registry: Registry, supervisor: Supervisor,
-                 extract_root: Path, save_state: Callable[[], Any]) -> None:
+                 extract_root: Path, snapshots: SnapshotStore, metrics: Metrics) -> None:
         self.config = config
         self.registry = registry
         self.supervisor = supervisor
         self.extract_root = extract_root
-        self._save_state = save_state
-        self._save_lock = asyncio.Lock()
+        self.snapshots = snapshots
+        self.metrics = metrics
 
-    async def save_state(self) -> None:
+    async def _save_snapshot(self) -> None:
         """Persist before answering 2xx, so a crash right after loses nothing answered."""
-        async with self._save_lock:
-            await self._save_state()
+        await self.snapshots.save(self.registry)
 
     # ---- register --------------------------------------------------------------------------
 
     async def register(self, req: RegisterRequest) -> Outcome:
-        mv = await self.add_version(req)
-        await self.save_state()
+        mv = await self._add_version(req)
+        await self._save_snapshot()
         return await self._start_workers(mv, req.synchronous)
 
-    async def add_version(self, req: RegisterRequest) -> ModelVersion:
+    async def restore(self, req: RegisterRequest) -> ModelVersion:
+        """Re-register a version from a snapshot and start its workers without waiting: the
+        daemon waits for every restored version together."""
+        mv = await self._add_version(req)
+        self.supervisor.scale(mv)
+        return mv
+
+    async def _add_version(self, req: RegisterRequest) -> ModelVersion:
         """Validate, fetch and register a version (no workers yet), in TorchServe's order."""
         if req.url is None:
             raise BadRequest("Parameter url is required.")
@@ -84,10 +98,7 @@ class ModelManager:
             raise BadRequest(f"Invalid RuntimeType value: {req.runtime}")
         if req.initial_workers is not None:
             self.check_worker_limit(None, max(req.initial_workers, req.max_workers or 0))
-        prepared = await asyncio.to_thread(
-            archives.prepare_archive, req.url, model_store=self._model_store(),
-            extract_root=self.extract_root, allowed_urls=list(self.config.effective_allowed_urls),
-            s3_sse_kms=req.s3_sse_kms)
+        prepared = await self._prepare_archive(req)
         mv = None
         try:
             mv = self._new_version(req, prepared)
@@ -96,11 +107,24 @@ class ModelManager:
             await self._install_requirements(mv)
             self.registry.add(mv)   # from here the Supervisor may start its workers
         except BaseException:
-            await asyncio.to_thread(archives.remove_prepared, prepared)
+            await asyncio.to_thread(archives.remove_prepared, _disposable(req, prepared))
             await asyncio.to_thread(remove_installed, mv.deps_dir if mv else None)
             raise
         logger.info("registered %s %s from %s", mv.name, mv.version, req.url)
         return mv
+
+    async def _prepare_archive(self, req: RegisterRequest) -> archives.PreparedArchive:
+        if req.downloaded_copy is None:
+            return await asyncio.to_thread(
+                archives.prepare_archive, req.url, model_store=self._model_store(),
+                extract_root=self.extract_root,
+                allowed_urls=list(self.config.effective_allowed_urls), s3_sse_kms=req.s3_sse_kms)
+        # The copy is a plain model-store entry: read as one, it is neither fetched nor checked
+        # against allowed_urls (``url`` may no longer be allowed, the download was).
+        copy = await asyncio.to_thread(
+            archives.prepare_archive, req.downloaded_copy, model_store=self._model_store(),
+            extract_root=self.extract_root, allowed_urls=[])
+        return dataclasses.replace(copy, downloaded=True)
 
     async def _install_requirements(self, mv: ModelVersion) -> None:
         requirements = mv.manifest.get("model", {}).get("requirementsFile")
@@ -188,6 +212,9 @@ class ModelManager:
         except InternalServerError:
             if self.registry.holds(mv):
                 await self._remove(mv)   # TorchServe unregisters a model whose workers fail
+                # register saved the version before its workers started: that snapshot must
+                # not outlive the rollback, or a restart would bring back what failed.
+                await self._save_snapshot()
             raise
         if ready is None:
             return Outcome(206, "Workers scaling in progress...")
@@ -233,7 +260,7 @@ class ModelManager:
         # The registry's record of the range; the Supervisor brings the workers to it.
         mv.settings.min_workers, mv.settings.max_workers = min_worker, max_worker
         self.supervisor.scale(mv, stop_timeout=timeout)
-        await self.save_state()
+        await self._save_snapshot()
         if not synchronous:
             return Outcome(202, "Processing worker updates...")
         count = await self._await_workers(mv)
@@ -247,7 +274,7 @@ class ModelManager:
     async def unregister(self, name: str, version: str | None) -> Outcome:
         mv = self.registry.check_removable(name, version)
         await self._remove(mv)
-        await self.save_state()
+        await self._save_snapshot()
         logger.info("unregistered %s %s", mv.name, mv.version)
         return Outcome(200, f'Model "{name}" unregistered')
 
@@ -260,6 +287,16 @@ class ModelManager:
         await self.supervisor.drain(mv, self.config.unregister_model_timeout)
         await asyncio.to_thread(archives.remove_prepared, mv.archive)
         await asyncio.to_thread(remove_installed, mv.deps_dir)
+        self._forget_metrics(mv)
+
+    def _forget_metrics(self, mv: ModelVersion) -> None:
+        """Drop the version's series, last: after the drain, so its workers' final updates
+        cannot put them back. Not if the same version was registered again meanwhile: the
+        series are that one's now."""
+        try:
+            self.registry.get(mv.name, mv.version)
+        except (ModelNotFound, ModelVersionNotFound):
+            self.metrics.forget_model(mv.name, mv.version)
 
     # ---- read-only -------------------------------------------------------------------------
 
@@ -294,9 +331,18 @@ class ModelManager:
 
     async def set_default(self, name: str, version: str) -> Outcome:
         self.registry.set_default(name, version)
-        await self.save_state()
+        await self._save_snapshot()
         return Outcome(200, f'Default version successfully updated for model "{name}" to '
                             f'"{version}"')
+
+
+def _disposable(req: RegisterRequest, prepared: archives.PreparedArchive,
+                ) -> archives.PreparedArchive:
+    """What a failed registration deletes: never a restored download, which the snapshot still
+    names (the start fails, saying to put the archive back or edit that snapshot)."""
+    if req.downloaded_copy is None:
+        return prepared
+    return dataclasses.replace(prepared, downloaded=False)
 
 
 def _start_failure(mv: ModelVersion, cause: str) -> InternalServerError:

@@ -139,18 +139,3 @@ class Registry:
     def is_default(self, mv: ModelVersion) -> bool:
         model = self._models.get(mv.name)
         return model is not None and model.default_version == mv.version
-
-    def snapshot_state(self) -> dict[str, Any]:
-        return {name: {"defaultVersion": m.default_version,
-                       "versions": {v: _version_state(mv) for v, mv in m.versions.items()}}
-                for name, m in sorted(self._models.items())}
-
-
-def _version_state(mv: ModelVersion) -> dict[str, Any]:
-    s = mv.settings
-    return {"url": mv.url, "handler": mv.handler, "runtime": mv.runtime,
-            "minWorkers": s.min_workers, "maxWorkers": s.max_workers,
-            "batchSize": s.batch_size, "maxBatchDelay": s.max_batch_delay,
-            "responseTimeout": s.response_timeout, "startupTimeout": s.startup_timeout,
-            "jobQueueSize": s.job_queue_size, "loadedAtStartup": mv.loaded_at_startup,
-            "downloaded": mv.archive.downloaded, "source": str(mv.archive.source)}

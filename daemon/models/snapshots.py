@@ -1,4 +1,9 @@
-"""Snapshots of the registered models, written atomically after every management change.
+"""Snapshots of the registered models: the schema both ways, and the atomic files.
+
+This module alone knows what a snapshot holds: ``capture`` turns a Registry into the state
+written, ``saved_models`` and ``register_request`` turn a state read back into the
+registrations that recreate every version as it was. ``SnapshotStore`` is what the daemon
+holds: ``save`` after every management change and at shutdown, ``load_latest`` at start.
 
 A snapshot is a JSON file in ``<log_location>/config/`` named
 ``<UTC yyyymmddHHMMSSffffff>-<seq>-<kind>.cfg``: names sort in write order, even when two are
@@ -9,13 +14,14 @@ Atomicity: write a temp file in the same directory, flush, fsync, rename over th
 fsync the directory. A reader therefore sees a whole old file or a whole new one, and a kill -9
 at any moment loses nothing that was already renamed into place.
 
-State shape (validated lightly; the registry owns its meaning)::
+State shape (validated lightly on read; ``register_request`` checks each entry)::
 
     {"version": 1, "created": "<iso8601>",
      "models": {name: {"defaultVersion": v, "versions": {v: {"url": ..., "minWorkers": ...}}}}}
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -24,10 +30,13 @@ import re
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daemon.fsutil import fsync_dir
+from daemon.models.manager import RegisterRequest
+from daemon.models.registry import ModelVersion, Registry
 
 logger = logging.getLogger(__name__)
 
@@ -36,8 +45,8 @@ KEEP_DEFAULT = 10
 _NAME = re.compile(r"(\d{20})-(\d{6})-([a-z]+)\.cfg")
 _TEMP_PREFIX = ".snapshot-tmp-"
 # Naming, writing and pruning happen under one lock so two threads of one process never pick
-# the same name or prune each other's file. (Callers that capture state on one thread and save
-# on another must still serialise capture+save themselves, or an older state can land last.)
+# the same name or prune each other's file. (Capturing and saving together is serialised by
+# SnapshotStore, or an older state could land last.)
 _WRITE_LOCK = threading.Lock()
 
 
@@ -49,6 +58,95 @@ class SnapshotError(Exception):
         self.path = path
         self.reason = reason
 
+
+class SnapshotStore:
+    """The daemon's snapshot directory: save the registry's state, load the newest state."""
+
+    def __init__(self, snapshot_dir: Path, keep: int = KEEP_DEFAULT) -> None:
+        self.snapshot_dir = Path(snapshot_dir)
+        self.keep = keep
+        # Capture and write under one lock: two saves in flight could otherwise land in the
+        # opposite order and leave the older state as the newest file.
+        self._lock = asyncio.Lock()
+
+    async def save(self, registry: Registry) -> Path:
+        """Persist the registry's state now (the write runs off the event loop)."""
+        async with self._lock:
+            state = capture(registry)
+            return await asyncio.to_thread(save_snapshot, self.snapshot_dir, state,
+                                           keep=self.keep)
+
+    def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
+        """See ``load_latest_snapshot``: None without a snapshot, SnapshotError if corrupt."""
+        return load_latest_snapshot(self.snapshot_dir)
+
+
+# ---- the schema: a Registry captured, a state turned back into registrations -----------------
+
+def capture(registry: Registry) -> dict[str, Any]:
+    """Every registered version and each model's default version, as a snapshot holds them."""
+    models: dict[str, dict[str, Any]] = {}
+    for mv in registry.all_versions():
+        model = models.setdefault(mv.name, {
+            "defaultVersion": registry.model(mv.name).default_version, "versions": {}})
+        model["versions"][mv.version] = _version_entry(mv)
+    return {"models": models}
+
+
+def _version_entry(mv: ModelVersion) -> dict[str, Any]:
+    s = mv.settings
+    return {"url": mv.url, "handler": mv.handler, "runtime": mv.runtime,
+            "minWorkers": s.min_workers, "maxWorkers": s.max_workers,
+            "batchSize": s.batch_size, "maxBatchDelay": s.max_batch_delay,
+            "responseTimeout": s.response_timeout, "startupTimeout": s.startup_timeout,
+            "jobQueueSize": s.job_queue_size, "loadedAtStartup": mv.loaded_at_startup,
+            "downloaded": mv.archive.downloaded, "source": str(mv.archive.source)}
+
+
+@dataclass(frozen=True)
+class SavedModel:
+    """One model of a snapshot: its versions' entries by version, and its default version."""
+
+    name: str
+    default_version: str | None
+    versions: dict[str, Any]
+
+
+def saved_models(state: dict[str, Any]) -> list[SavedModel]:
+    """The models of a state read by ``load_latest_snapshot`` (which validated its shape)."""
+    return [SavedModel(name, model.get("defaultVersion") or None, model.get("versions", {}))
+            for name, model in state["models"].items()]
+
+
+def register_request(name: str, entry: Any) -> RegisterRequest:
+    """The registration that recreates a saved version as it was: the url it was registered
+    with (its modelUrl), its settings and workers, started without waiting.
+
+    A downloaded archive is loaded from its copy in the model store: never fetched again, nor
+    checked against today's allowed_urls. Raises KeyError, TypeError or ValueError for an
+    entry that cannot be restored.
+    """
+    if not isinstance(entry, dict):
+        raise TypeError(f"a version entry must be an object, not {type(entry).__name__}")
+    copy = None
+    if entry.get("downloaded"):
+        if not isinstance(entry.get("source"), str) or not entry["source"]:
+            # Without its copy the only way back would be a new download: refuse instead.
+            raise ValueError("a downloaded archive whose copy in the model store is not named")
+        copy = Path(entry["source"]).name
+    return RegisterRequest(url=entry["url"], model_name=name, handler=entry.get("handler"),
+                           runtime=entry.get("runtime"), batch_size=entry.get("batchSize"),
+                           max_batch_delay=entry.get("maxBatchDelay"),
+                           initial_workers=entry.get("minWorkers"),
+                           max_workers=entry.get("maxWorkers"), synchronous=False,
+                           response_timeout=entry.get("responseTimeout"),
+                           startup_timeout=entry.get("startupTimeout"),
+                           job_queue_size=entry.get("jobQueueSize"),
+                           loaded_at_startup=bool(entry.get("loadedAtStartup")),
+                           downloaded_copy=copy)
+
+
+# ---- the files -------------------------------------------------------------------------------
 
 def save_snapshot(snapshot_dir: Path, state: dict[str, Any], kind: str = "snapshot",
                   keep: int = KEEP_DEFAULT) -> Path:
@@ -166,7 +264,6 @@ def _write_atomically(target: Path, data: bytes) -> None:
             raise SnapshotError(target, f"cannot write: {exc.strerror or exc}") from None
         raise
     fsync_dir(target.parent)
-
 
 
 def _prune(snapshot_dir: Path, keep: int) -> None:

@@ -28,8 +28,6 @@ from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
 from daemon.http import openapi
-
-from daemon.models import snapshots as snapshot
 from daemon.http.apps import build_inference_app, build_management_app, build_metrics_app
 from daemon.models.archives import PreparedArchive, remove_prepared
 from daemon.config.settings import BindAddress, Config
@@ -38,7 +36,8 @@ from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
 from daemon.metrics import Metrics
 from daemon.models.manager import ModelManager
 from daemon.models.registry import Registry
-from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot, snapshot_state
+from daemon.models.snapshots import SnapshotStore
+from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.ops.systemd import Notifier
 from daemon.http.tokens import TokenStore
@@ -71,8 +70,10 @@ class Core:
             autoscale_down_delay=config.autoscale_down_delay)
         self.supervisor = Supervisor(self.registry, settings, self._launcher_factory(),
                                      metrics=self.metrics)
+        self.snapshots = SnapshotStore(config.snapshot_dir)
         self.manager = ModelManager(config, self.registry, self.supervisor,
-                                    self.runtime_dir / "models", self._save_snapshot)
+                                    self.runtime_dir / "models", snapshots=self.snapshots,
+                                    metrics=self.metrics)
         self.health = Health(self.registry, self.supervisor)
         self.tokens = TokenStore(config.key_file, config.token_auth_enabled)
         self.documents = {"management": openapi.management_document(VERSION),
@@ -83,10 +84,6 @@ class Core:
         if self.config.worker_spawn == "exec":
             return lambda on_exit: ExecLauncher(on_exit)
         return lambda on_exit: ZygoteLauncher(on_exit, self.runtime_dir)
-
-    async def _save_snapshot(self) -> None:
-        state = snapshot_state(self.registry)
-        await asyncio.to_thread(snapshot.save_snapshot, self.config.snapshot_dir, state)
 
     def _refresh_gauges(self) -> None:
         for mv in self.registry.all_versions():
@@ -100,7 +97,7 @@ class Core:
         await self.supervisor.start()
         if not self.config.ncs:
             self.notifier.status(f"restoring the newest snapshot in {self.config.snapshot_dir}")
-            restored = await restore_snapshot(self.config, self.manager)
+            restored = await restore_snapshot(self.snapshots, self.manager)
             if restored:
                 self.notifier.status(f"starting the workers of {restored} restored version(s)")
                 longest = max(mv.settings.startup_timeout for mv in self.registry.all_versions())
@@ -134,7 +131,7 @@ class Core:
         if final_snapshot:
             self.notifier.status("writing the final snapshot")
             try:
-                await self._save_snapshot()
+                await self.snapshots.save(self.registry)
             except Exception:
                 logger.exception("final snapshot failed")
         for mv in self.registry.all_versions():

@@ -1,17 +1,15 @@
 """What the daemon loads at start: the newest snapshot (unless --ncs), then --models."""
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from daemon.config.settings import Config, StartupModel, startup_models_in_store
 from daemon.errors import Conflict, ModelNotFound, TorchdError
+from daemon.models import snapshots
 from daemon.models.manager import ModelManager, RegisterRequest
-from daemon.models.registry import Registry
-from daemon.models.snapshots import SnapshotError, load_latest_snapshot
+from daemon.models.snapshots import SnapshotError, SnapshotStore
 
 logger = logging.getLogger(__name__)
 
@@ -20,61 +18,42 @@ class StartupError(Exception):
     """The daemon cannot start; the message names the file or model and what to do."""
 
 
-def snapshot_state(registry: Registry) -> dict[str, Any]:
-    return {"models": registry.snapshot_state()}
-
-
-async def restore_snapshot(config: Config, manager: ModelManager) -> int:
-    """Re-register every version of the newest snapshot exactly (workers, default version).
+async def restore_snapshot(store: SnapshotStore, manager: ModelManager) -> int:
+    """Re-register every version of the newest snapshot exactly (workers, default version);
+    returns how many versions. Their workers start without being waited for here.
 
     All or nothing: a corrupt snapshot, or one naming an archive that has gone, stops the start
     with a StartupError naming the file (and the model). Serving without those models would
     let the next snapshot forget them for good.
     """
     try:
-        found = load_latest_snapshot(config.snapshot_dir)
+        found = store.load_latest()
     except SnapshotError as exc:
         raise StartupError(f"{exc}; repair or remove that file (the snapshots before it are "
                            "kept beside it), or start with --ncs") from exc
     if found is None:
         return 0
     path, state = found
-    logger.info("restoring %d model(s) from snapshot %s", len(state["models"]), path)
+    models = snapshots.saved_models(state)
+    logger.info("restoring %d model(s) from snapshot %s", len(models), path)
     count = 0
-    for name, model in state["models"].items():
-        for version, entry in model.get("versions", {}).items():
+    for model in models:
+        for version, entry in model.versions.items():
             try:
-                await _restore_version(manager, name, entry)
+                await manager.restore(snapshots.register_request(model.name, entry))
             except (TorchdError, KeyError, TypeError, ValueError) as exc:
-                reason = exc.message if isinstance(exc, TorchdError) else f"bad entry ({exc!r})"
-                raise StartupError(
-                    f"snapshot {path}: cannot restore model {name} version {version}: "
-                    f"{reason}; put its archive back, or remove the model from that file, or "
-                    "start with --ncs") from exc
+                raise _restore_failure(path, model.name, version, exc) from exc
             count += 1
-        if model.get("defaultVersion"):
-            manager.registry.set_default(name, model["defaultVersion"])
+        if model.default_version:
+            manager.registry.set_default(model.name, model.default_version)
     return count
 
 
-async def _restore_version(manager: ModelManager, name: str, entry: dict[str, Any]) -> None:
-    source = entry.get("source")
-    # A downloaded archive is restored from its copy in the model store, never fetched again.
-    url = Path(source).name if entry.get("downloaded") and source else entry["url"]
-    req = RegisterRequest(url=url, model_name=name, handler=entry.get("handler"),
-                          runtime=entry.get("runtime"), batch_size=entry.get("batchSize"),
-                          max_batch_delay=entry.get("maxBatchDelay"),
-                          initial_workers=entry.get("minWorkers"),
-                          max_workers=entry.get("maxWorkers"), synchronous=False,
-                          response_timeout=entry.get("responseTimeout"),
-                          startup_timeout=entry.get("startupTimeout"),
-                          job_queue_size=entry.get("jobQueueSize"),
-                          loaded_at_startup=bool(entry.get("loadedAtStartup")))
-    mv = await manager.add_version(req)
-    if entry.get("downloaded"):
-        mv.archive = dataclasses.replace(mv.archive, downloaded=True)
-    mv.url = entry["url"]
-    manager.supervisor.scale(mv)
+def _restore_failure(path: Path, name: str, version: str, exc: Exception) -> StartupError:
+    reason = exc.message if isinstance(exc, TorchdError) else f"bad entry ({exc!r})"
+    return StartupError(f"snapshot {path}: cannot restore model {name} version {version}: "
+                        f"{reason}; put its archive back, or remove the model from that file, "
+                        "or start with --ncs")
 
 
 async def load_startup_models(config: Config, manager: ModelManager,

@@ -9,6 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import requests
 
 from tests.integration.test_ops_support import make_store, sample_sum, scrape, wait_until
 from tests.support.daemon import Daemon
@@ -128,3 +129,23 @@ def test_worker_rss(measured):
     rss = wait_until(lambda: sample_sum(scrape(d), "torchd_worker_rss_bytes", model_name="ma",
                                         worker_id=worker["id"]), timeout=10, what="RSS")
     assert 1 << 20 < rss < 4 << 30
+
+
+def test_an_unregistered_version_leaves_no_series(measured):
+    d = measured.daemon
+    assert d.register("noop.mar", model_name="gone", initial_workers=1).status_code == 200
+    assert d.infer("POST", "/predictions/gone", data=b"x").status_code == 200
+    assert d.infer("POST", "/predictions/gone/1.0", data=b"x").status_code == 200
+    families = {line.split("{")[0] for line in series_lines(d, "gone")}
+    assert {"ts_inference_requests_total", "ts_inference_latency_microseconds",
+            "ts_queue_latency_microseconds", "torchd_request_latency_seconds_count",
+            "torchd_batch_size_count", "torchd_queue_depth", "torchd_workers"} <= families
+    assert d.unregister("gone").status_code == 200
+    assert series_lines(d, "gone") == []
+
+
+def series_lines(d: Daemon, model: str) -> list[str]:
+    """The lines of /metrics labelled with ``model``."""
+    response = requests.get(d.url("metrics", "/metrics"), timeout=10)
+    assert response.status_code == 200, response.text
+    return [line for line in response.text.splitlines() if f'model_name="{model}"' in line]

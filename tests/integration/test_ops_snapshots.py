@@ -147,3 +147,17 @@ def test_vanished_archive_stops_the_start_naming_the_model(world):
         in log, log
     assert "noop_v2.mar" in log
     assert list_snapshots(d.workdir / "logs" / "config") == snapshots
+
+
+def test_kill9_right_after_a_failed_synchronous_register_does_not_restore_it(make_daemon):
+    # The 500 rolls the registration back; the snapshot written when it was added must not
+    # outlive that rollback, or the next start brings back a model the client saw fail.
+    d = make_daemon({"worker_spawn": "exec"}, ncs=False)
+    assert d.register("noop.mar", model_name="kept", initial_workers=1).status_code == 200
+    failed = d.register("fail_load.mar", model_name="broken", initial_workers=1)
+    assert failed.status_code == 500, failed.text
+    d.kill()   # at once: no final snapshot
+    restart(d)
+    listed = d.mgmt("GET", "/models").json()["models"]
+    assert [m["modelName"] for m in listed] == ["kept"]
+    assert d.wait_workers("kept", 1)

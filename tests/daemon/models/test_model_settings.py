@@ -12,7 +12,7 @@ from daemon.models.manager import ModelManager, RegisterRequest
 def manager(tmp_path: Path, **settings: str) -> ModelManager:
     config = load_config(settings, {}, tmp_path)
     return ModelManager(config, registry=None, supervisor=None, extract_root=tmp_path,
-                        save_state=lambda: None)
+                        snapshots=None, metrics=None)
 
 
 def test_request_beats_yaml_beats_defaults(tmp_path):

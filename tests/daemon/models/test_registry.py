@@ -146,20 +146,6 @@ def test_removing_the_default_hands_it_to_the_oldest_remaining(registry: Registr
     assert registry.get("m").version == "4.0"
 
 
-def test_snapshot_state(registry: Registry) -> None:
-    registry.add(version("m", "1.0", downloaded=True))
-    registry.add(version("m", "2.0"))
-    state = registry.snapshot_state()
-    assert list(state) == ["m"] and state["m"]["defaultVersion"] == "1.0"
-    assert set(state["m"]["versions"]) == {"1.0", "2.0"}
-    v1 = state["m"]["versions"]["1.0"]
-    assert v1 == {"url": "m.mar", "handler": "handler", "runtime": "python",
-                  "minWorkers": 1, "maxWorkers": 2, "batchSize": 1, "maxBatchDelay": 100,
-                  "responseTimeout": 120, "startupTimeout": 120, "jobQueueSize": 100,
-                  "loadedAtStartup": False, "downloaded": True, "source": "/store/m.mar"}
-    assert state["m"]["versions"]["2.0"]["downloaded"] is False
-
-
 def test_model_version_exposes_its_archive() -> None:
     mv = version("m", "3.0")
     assert mv.key == ("m", "3.0")

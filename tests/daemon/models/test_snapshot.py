@@ -1,6 +1,8 @@
-"""Snapshots: atomic writes, ordering, pruning, and loud failure on a corrupt newest file."""
+"""Snapshots: the schema both ways (a Registry captured, entries turned back into
+registrations), atomic writes, ordering, pruning, and loud failure on a corrupt newest file."""
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,18 +13,118 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
+from daemon.models import snapshots
+from daemon.models.manager import RegisterRequest
+from daemon.models.registry import Registry
 from daemon.models.snapshots import (
+    SavedModel,
     SnapshotError,
+    SnapshotStore,
+    capture,
     list_snapshots,
     load_latest_snapshot,
+    register_request,
     save_snapshot,
+    saved_models,
 )
+from tests.daemon.models.test_registry import version
 
 
 def state(n: int = 0, models: int = 1) -> dict:
     return {"models": {f"m{i}": {"defaultVersion": "1.0", "versions": {"1.0": {
         "url": f"m{i}.mar", "minWorkers": n, "maxWorkers": n}}} for i in range(models)}}
 
+
+# ---- the schema ------------------------------------------------------------------------------
+
+def test_capture_holds_every_version_and_the_default() -> None:
+    registry = Registry()
+    registry.add(version("m", "1.0", downloaded=True))
+    registry.add(version("m", "2.0"))
+    state = capture(registry)["models"]
+    assert list(state) == ["m"] and state["m"]["defaultVersion"] == "1.0"
+    assert set(state["m"]["versions"]) == {"1.0", "2.0"}
+    v1 = state["m"]["versions"]["1.0"]
+    assert v1 == {"url": "m.mar", "handler": "handler", "runtime": "python",
+                  "minWorkers": 1, "maxWorkers": 2, "batchSize": 1, "maxBatchDelay": 100,
+                  "responseTimeout": 120, "startupTimeout": 120, "jobQueueSize": 100,
+                  "loadedAtStartup": False, "downloaded": True, "source": "/store/m.mar"}
+    assert state["m"]["versions"]["2.0"]["downloaded"] is False
+
+
+def test_a_captured_version_restores_with_every_setting() -> None:
+    registry = Registry()
+    registry.add(version("m"))
+    entry = capture(registry)["models"]["m"]["versions"]["1.0"]
+    assert register_request("m", entry) == RegisterRequest(
+        url="m.mar", model_name="m", handler="handler", runtime="python", batch_size=1,
+        max_batch_delay=100, initial_workers=1, max_workers=2, synchronous=False,
+        response_timeout=120, startup_timeout=120, job_queue_size=100,
+        loaded_at_startup=False, downloaded_copy=None)
+
+
+def test_a_download_restores_from_its_copy_keeping_its_url() -> None:
+    entry = {"url": "https://example.com/models/dl.mar", "downloaded": True,
+             "source": "/var/store/dl.mar", "minWorkers": 1, "loadedAtStartup": True}
+    req = register_request("dl", entry)
+    assert req.url == "https://example.com/models/dl.mar"   # still what modelUrl shows
+    assert req.downloaded_copy == "dl.mar"                   # a name in today's model store
+    assert req.loaded_at_startup is True and req.synchronous is False
+
+
+@pytest.mark.parametrize("entry, error", [
+    ({"handler": "h"}, KeyError),
+    (["m.mar"], TypeError),
+    ({"url": "https://example.com/dl.mar", "downloaded": True}, ValueError),
+    ({"url": "https://example.com/dl.mar", "downloaded": True, "source": 7}, ValueError),
+])
+def test_an_entry_that_cannot_be_restored_raises(entry, error) -> None:
+    with pytest.raises(error):
+        register_request("m", entry)
+
+
+def test_saved_models_name_their_default_and_entries() -> None:
+    models = saved_models({"models": {"a": {"defaultVersion": "2.0", "versions": {"1.0": {},
+                                                                                "2.0": {}}},
+                                      "b": {}}})
+    assert models == [SavedModel("a", "2.0", {"1.0": {}, "2.0": {}}), SavedModel("b", None, {})]
+
+
+def test_store_saves_the_registry_and_loads_it_back(tmp_path) -> None:
+    registry = Registry()
+    registry.add(version("m"))
+    store = SnapshotStore(tmp_path / "config", keep=2)
+    assert store.load_latest() is None
+    paths = [asyncio.run(store.save(registry)) for _ in range(3)]
+    assert list_snapshots(tmp_path / "config") == paths[1:]
+    path, state = store.load_latest()
+    assert path == paths[-1] and state["models"] == capture(registry)["models"]
+
+
+def test_store_never_lets_an_older_state_land_last(tmp_path, monkeypatch) -> None:
+    write = snapshots.save_snapshot
+
+    def slower_when_older(directory, state, **options):
+        time.sleep(0.05 * (5 - len(state["models"])))   # unserialised, the oldest lands last
+        return write(directory, state, **options)
+
+    monkeypatch.setattr(snapshots, "save_snapshot", slower_when_older)
+    store = SnapshotStore(tmp_path, keep=0)
+    registry = Registry()
+
+    async def change_and_save_at_once() -> None:
+        saves = []
+        for i in range(5):
+            registry.add(version(f"m{i}"))
+            saves.append(asyncio.ensure_future(store.save(registry)))
+            await asyncio.sleep(0)   # that save has begun before the next change
+        await asyncio.gather(*saves)
+
+    asyncio.run(change_and_save_at_once())
+    assert set(store.load_latest()[1]["models"]) == {f"m{i}" for i in range(5)}
+
+
+# ---- the files -------------------------------------------------------------------------------
 
 def test_missing_or_empty_directory_has_no_snapshot(tmp_path):
     assert load_latest_snapshot(tmp_path / "absent") is None
