@@ -1,7 +1,7 @@
 """The worker's frame loop: LOAD once, then PREDICT / DESCRIBE until EOF or SHUTDOWN.
 
-Frames come from a Channel (worker/channel.py), which answers PING and records CANCEL itself;
-this loop runs on the main thread and handles everything else.
+Frames come from a Channel (worker/channel.py), which answers PING itself; this loop runs on the
+main thread and handles everything else.
 """
 from __future__ import annotations
 
@@ -73,24 +73,15 @@ class WorkerLoop:
             logger.warning("ignoring unexpected %r frame", kind)
 
     def _predict(self, batch_id: int, requests: list[dict[str, Any]]) -> None:
-        live = self._uncancelled(batch_id, requests)
         responses = []
-        if live:
+        if requests:  # an empty batch gets an empty result without bothering the handler
             responses = self.service.run_batch(
-                live, lambda parts: self._send_parts(batch_id, parts))
-        responses = self._uncancelled(batch_id, responses)
+                requests, lambda parts: self._send_parts(batch_id, parts))
         self._send_fitted(lambda rs: messages.result(batch_id, rs), responses)
-        self.channel.forget_batch(batch_id)
-
-    def _uncancelled(self, batch_id: int, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Requests (or responses) whose request the daemon has not cancelled."""
-        cancelled = self.channel.cancelled(batch_id)
-        return [item for item in items if item["id"] not in cancelled] if cancelled else items
 
     def _send_parts(self, batch_id: int, parts: list[dict[str, Any]]) -> None:
         for part in parts:
-            if not self.channel.is_cancelled(batch_id, part["id"]):
-                self._send_fitted(lambda rs: messages.stream(batch_id, rs[0]), [part])
+            self._send_fitted(lambda rs: messages.stream(batch_id, rs[0]), [part])
 
     def _send_fitted(self, wrap: Callable[[list[dict[str, Any]]], dict[str, Any]],
                      responses: list[dict[str, Any]]) -> None:

@@ -1,4 +1,4 @@
-"""Heartbeats, cancellation, shutdown, EOF, the daemon's death, the zygote, process titles."""
+"""Heartbeats, shutdown, EOF, the daemon's death, the zygote, process titles."""
 from __future__ import annotations
 
 import signal
@@ -38,46 +38,6 @@ def test_ping_answered_while_a_batch_runs(loaded):
     assert time.monotonic() - sent < 1
     _, result = worker.collect(batch)
     assert result["responses"][0]["status"] == 200
-
-
-def test_cancel_drops_the_final_response_of_cancelled_requests(loaded):
-    worker = loaded("sleep", batch_size=2)
-    batch = worker.send_batch([json_request("a", {"sleep": 1.5}),
-                               json_request("b", {"sleep": 1.5})])
-    time.sleep(0.2)
-    worker.peer.send(messages.cancel(batch, ["a"]))
-    _, result = worker.collect(batch)
-    assert [r["id"] for r in result["responses"]] == ["b"]
-
-
-def test_requests_cancelled_before_their_batch_starts_never_run(loaded):
-    worker = loaded("sleep")
-    first = worker.send_batch([json_request("a", {"sleep": 1})])
-    second = worker.send_batch([json_request("b", {"sleep": 30})])
-    worker.peer.send(messages.cancel(second, ["b"]))
-    worker.collect(first)
-    started = time.monotonic()
-    _, result = worker.collect(second, timeout=5)
-    assert result["responses"] == []
-    assert time.monotonic() - started < 2
-
-
-def test_cancel_stops_stream_parts(loaded):
-    worker = loaded("stream", batch_size=2)
-    batch = worker.send_batch([json_request("a", {"delay": 1.0}), json_request("b", {})])
-    first = [worker.peer.expect(messages.STREAM)["response"]["id"] for _ in range(2)]
-    assert first == ["a", "b"]
-    worker.peer.send(messages.cancel(batch, ["a"]))
-    parts, result = worker.collect(batch)
-    assert [(p["id"], p["body"]) for p in parts] == [("b", b"part 1"), ("b", b"part 2")]
-    assert [r["id"] for r in result["responses"]] == ["b"]
-
-
-def test_cancel_for_unknown_batch_is_ignored(loaded):
-    worker = loaded("noop")
-    worker.peer.send(messages.cancel(99, ["x"]))
-    _, result = worker.predict([json_request("x", {})])
-    assert [r["id"] for r in result["responses"]] == ["x"]
 
 
 def test_shutdown_exits_zero(loaded):
