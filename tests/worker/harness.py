@@ -20,7 +20,8 @@ import psutil
 
 from daemon.ops.pidfile import pid_gone as gone
 from protocol import messages
-from protocol.streams import recv_frame, send_frame
+from protocol.streams import send_frame
+from tests.support.frames import FrameReader
 
 PYTHON = sys.executable
 TIMEOUT = 60.0
@@ -96,13 +97,14 @@ class Peer:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.frames = FrameReader(sock)
 
     def send(self, message: dict[str, Any]) -> None:
         send_frame(self.sock, message)
 
     def recv(self, timeout: float = TIMEOUT) -> dict[str, Any] | None:
         self.sock.settimeout(timeout)
-        return recv_frame(self.sock)
+        return self.frames.next()
 
     def expect(self, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
         message = self.recv(timeout)

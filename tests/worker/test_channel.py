@@ -14,7 +14,7 @@ import pytest
 
 from protocol import messages
 from protocol.frames import encode_frame
-from protocol.streams import recv_frame
+from tests.support.frames import FrameReader
 from worker import channel as channel_module
 from worker.channel import Channel
 
@@ -28,6 +28,7 @@ class Pair:
     def __init__(self) -> None:
         self.daemon, worker = socket.socketpair()
         self.daemon.settimeout(ANSWER_TIMEOUT)
+        self.replies = FrameReader(self.daemon)
         self.abandoned: list[int] = []
         self.channel = Channel(worker, self.abandoned.append)
         self.channel.start_reader()
@@ -37,7 +38,7 @@ class Pair:
         self.daemon.sendall(b"".join(encode_frame(f) for f in frames))
 
     def recv(self) -> dict:
-        message = recv_frame(self.daemon)
+        message = self.replies.next()
         assert message is not None, "the worker's end closed"
         return message
 
