@@ -136,10 +136,6 @@ class Registry:
         model = self._models.get(mv.name)
         return model is not None and model.versions.get(mv.version) is mv
 
-    def is_default(self, mv: ModelVersion) -> bool:
-        model = self._models.get(mv.name)
-        return model is not None and model.default_version == mv.version
-
     def snapshot_state(self) -> dict[str, Any]:
         return {name: {"defaultVersion": m.default_version,
                        "versions": {v: _version_state(mv) for v, mv in m.versions.items()}}
