@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from daemon.ops import pidfile
-from daemon.config.settings import SETTINGS, Config, ConfigError, load_config
+from daemon.config.declarations import SETTINGS
+from daemon.config.settings import Config, ConfigError, load_config
 from daemon.ops.logformat import BatchingStreamHandler, SecondsFormatter, batched_stderr
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,8 @@ import pytest
 from daemon.ops import cli
 
 from daemon.ops import pidfile
-from daemon.config.settings import SETTINGS, load_config
+from daemon.config.declarations import SETTINGS
+from daemon.config.settings import load_config
 
 TIMEOUT = 90
 
