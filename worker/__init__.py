@@ -7,6 +7,7 @@
 - ``loop``      the frame loop on the main thread: LOAD, PREDICT, DESCRIBE, SHUTDOWN
 - ``service``   handler resolution and loading, Context, running a batch
 - ``codec``     request values in, response bodies out, failures as statuses
+- ``exits``     the exit codes of workers and the zygote
 - ``logs``, ``watch``  per-process logging and output prefixing; following the daemon's pid
 - ``ts_alias``, ``ts/``  the TorchServe ``ts`` import surface for handlers
 

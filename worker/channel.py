@@ -24,11 +24,10 @@ from typing import Any
 from protocol import messages
 from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
 from worker import pipes
+from worker.exits import EXIT_OK, EXIT_PROTOCOL
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_PROTOCOL = 2
 # After EOF, how long a busy main thread may keep running before the process exits anyway:
 # nobody can receive its result.
 EOF_GRACE_SECONDS = 1.0

@@ -11,11 +11,10 @@ from typing import Any
 
 from protocol import messages
 from protocol.frames import DEFAULT_MAX_FRAME, ProtocolError, encode_frame
-from worker.channel import EXIT_OK, EXIT_PROTOCOL, Channel
+from worker.channel import Channel
+from worker.exits import EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL
 
 logger = logging.getLogger(__name__)
-
-EXIT_LOAD_FAILED = 1
 
 
 class WorkerLoop:
@@ -45,7 +44,7 @@ class WorkerLoop:
             logger.error("expected a load frame first, got %r", message.get("kind"))
             return EXIT_PROTOCOL
         if not self._load(message):
-            return EXIT_LOAD_FAILED
+            return EXIT_FAILED
         while (message := self.channel.next_message()) is not None:
             kind = message.get("kind")
             if kind == messages.SHUTDOWN:

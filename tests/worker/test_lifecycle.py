@@ -11,6 +11,7 @@ import pytest
 
 from protocol import messages
 from tests.worker.harness import gone, json_request, wait_gone
+from worker.exits import EXIT_CONNECT_FAILED, EXIT_DAEMON_GONE, EXIT_OK, EXIT_PROTOCOL
 
 
 @pytest.fixture
@@ -43,7 +44,7 @@ def test_ping_answered_while_a_batch_runs(loaded):
 def test_shutdown_exits_zero(loaded):
     worker = loaded("noop", mode="exec")
     worker.peer.send(messages.shutdown())
-    assert worker.process.wait(10) == 0
+    assert worker.process.wait(10) == EXIT_OK
 
 
 @pytest.mark.parametrize("busy", [False, True])
@@ -53,19 +54,19 @@ def test_socket_eof_ends_the_worker(loaded, busy):
         worker.send_batch([json_request("r", {"sleep": 30})])
         time.sleep(0.3)
     worker.peer.sock.shutdown(socket.SHUT_RDWR)
-    assert worker.process.wait(4) == 0
+    assert worker.process.wait(4) == EXIT_OK
 
 
 def test_garbage_frame_is_a_protocol_error(loaded):
     worker = loaded("noop", mode="exec")
     worker.peer.sock.sendall(b"\x00\x00\x00\x03abc")
-    assert worker.process.wait(5) == 2
+    assert worker.process.wait(5) == EXIT_PROTOCOL
 
 
 def test_first_frame_must_be_load(spawn):
     worker = spawn("exec")
     worker.peer.send(messages.predict(1, [json_request("r", {})]))
-    assert worker.process.wait(5) == 2
+    assert worker.process.wait(5) == EXIT_PROTOCOL
 
 
 @pytest.mark.parametrize("mode", ["exec", "zygote"])
@@ -80,19 +81,19 @@ def test_worker_exits_when_the_daemon_dies(spawn, store, fake_daemon_pid, mode, 
     assert wait_gone(worker.pid, 3), "worker outlived its daemon"
     assert time.monotonic() - killed < 3
     if worker.process is not None:
-        assert worker.process.wait(1) == 3
+        assert worker.process.wait(1) == EXIT_DAEMON_GONE
 
 
 def test_zygote_exits_when_the_daemon_dies(daemon, fake_daemon_pid):
     zygote = daemon.start_zygote(daemon_pid=fake_daemon_pid.pid)
     kill_helper(fake_daemon_pid)
-    assert zygote.process.wait(3) == 3
+    assert zygote.process.wait(3) == EXIT_DAEMON_GONE
 
 
 def test_zygote_exits_on_eof(daemon):
     zygote = daemon.start_zygote()
     zygote.peer.close()
-    assert zygote.process.wait(5) == 0
+    assert zygote.process.wait(5) == EXIT_OK
 
 
 def test_workers_outlive_a_killed_zygote(daemon, store):
@@ -113,18 +114,18 @@ def test_zygote_reports_worker_exits(zygote, spawn, store):
     stopped, killed = spawn(), spawn()
     assert stopped.load(store.model_dir("noop"))["ok"]
     assert stopped.shutdown()
-    assert zygote.wait_exit(stopped.pid, 5) == messages.exited(stopped.pid, 0)
+    assert zygote.wait_exit(stopped.pid, 5) == messages.exited(stopped.pid, EXIT_OK)
     killed.kill()
     assert zygote.wait_exit(killed.pid, 5) == messages.exited(killed.pid, -signal.SIGKILL)
 
 
 def test_zygote_spawn_failure_is_reported(zygote, session_daemon):
-    # A socket nobody listens on: the fork succeeds, the child fails to connect and exits 4.
+    # A socket nobody listens on: the fork succeeds, the child fails to connect.
     zygote.peer.send(messages.spawn("8100", str(session_daemon.dir / "nobody.sock"),
                                     "torchd worker x", 0))
     spawned = zygote.next_non_exit(messages.SPAWNED)
     assert spawned["error"] is None and spawned["worker_id"] == "8100"
-    assert zygote.wait_exit(spawned["pid"], 10)["returncode"] == 4
+    assert zygote.wait_exit(spawned["pid"], 10)["returncode"] == EXIT_CONNECT_FAILED
 
 
 @pytest.mark.parametrize("mode", ["exec", "zygote"])
