@@ -70,8 +70,14 @@ def running_pid(path: Path) -> int | None:
 
 
 def pid_gone(pid: int) -> bool:
-    """True once the process has exited (a zombie counts as exited)."""
+    """True once the process has exited (a zombie counts as exited: it runs no code).
+
+    The daemon's one liveness check. Workers have their own, worker.watch.process_alive, with
+    the same answers: the worker package never imports the daemon's.
+    """
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+    except psutil.Error:
+        return False  # cannot tell (e.g. permissions): never report a live process gone
