@@ -15,13 +15,9 @@ import psutil
 import requests
 
 from daemon.ops import pidfile
-from tests.integration.test_ops_support import (
-    NotifyListener,
-    build_slow_archive,
-    make_store,
-    wait_until,
-)
 from tests.support.daemon import Daemon, free_port
+from tests.support.ops import NotifyListener, build_slow_archive, make_store
+from tests.support.waiting import wait_until
 
 
 def torchd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
