@@ -32,8 +32,9 @@ run: $(EXAMPLE_MAR)
 test: $(STAMP_TEST)
 	$(PY) -m pytest -q tests
 
+# The rules, line length and folders ruff checks are in ruff.toml.
 lint: $(STAMP_TEST)
-	$(VENV)/bin/ruff check --line-length 100 --select E,F,W daemon worker protocol tests scripts
+	$(VENV)/bin/ruff check
 
 # make bench BENCH_ARGS="--duration 10 --rounds 2": torchd vs TorchServe 0.12.0 (needs java, wrk)
 bench: $(STAMP_TEST)

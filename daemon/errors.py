@@ -78,5 +78,12 @@ class RequestTimeout(TorchdError):
     status, type = 504, "RequestTimeoutException"
 
 
+def no_worker_error(model_name: str) -> ServiceUnavailable:
+    """TorchServe's answer to an inference request for a model with no worker to serve it,
+    whether it is refused at once or was queued when the last worker went away."""
+    return ServiceUnavailable(f'Model "{model_name}" has no worker to serve inference request. '
+                              'Please use scale workers API to add workers.')
+
+
 def error_response(exc: TorchdError) -> JSONResponse:
     return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers)

@@ -21,7 +21,6 @@ PONG = "pong"              # seq
 # daemon -> worker
 LOAD = "load"              # model_dir, model_name, handler, manifest, batch_size, ...
 PREDICT = "predict"        # batch_id, requests: [request]
-CANCEL = "cancel"          # batch_id, request_ids: the clients that went away
 DESCRIBE = "describe"      # (no fields)
 PING = "ping"              # seq (heartbeat)
 SHUTDOWN = "shutdown"      # (no fields)
@@ -80,10 +79,6 @@ def result(batch_id: int, responses: list[dict[str, Any]]) -> dict[str, Any]:
 
 def stream(batch_id: int, part: dict[str, Any]) -> dict[str, Any]:
     return {"kind": STREAM, "batch_id": batch_id, "response": part}
-
-
-def cancel(batch_id: int, request_ids: list[str]) -> dict[str, Any]:
-    return {"kind": CANCEL, "batch_id": batch_id, "request_ids": request_ids}
 
 
 def describe() -> dict[str, Any]:

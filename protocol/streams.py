@@ -1,4 +1,8 @@
-"""Thin adapters that move frames over asyncio streams and blocking sockets."""
+"""Thin adapters that move frames over asyncio streams (the daemon) and blocking sockets.
+
+Blocking readers (the worker's Channel, the zygote) feed what recv() returns to
+protocol.frames.FrameDecoder, so only the blocking write lives here.
+"""
 from __future__ import annotations
 
 import asyncio
@@ -29,30 +33,6 @@ async def read_frame(reader: asyncio.StreamReader,
 def write_frame(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
     """Queue one message on the writer (callers drain when they need backpressure)."""
     writer.write(encode_frame(message))
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks = bytearray()
-    while len(chunks) < size:
-        chunk = sock.recv(size - len(chunks))
-        if not chunk:
-            break
-        chunks += chunk
-    return bytes(chunks)
-
-
-def recv_frame(sock: socket.socket, max_size: int = DEFAULT_MAX_FRAME) -> dict[str, Any] | None:
-    """Blocking read of the next message; None on a clean EOF between frames."""
-    header = _recv_exactly(sock, HEADER.size)
-    if not header:
-        return None
-    if len(header) < HEADER.size:
-        raise ProtocolError("stream ended inside a frame header (truncated frame)")
-    length = frame_length(header, max_size)
-    payload = _recv_exactly(sock, length)
-    if len(payload) < length:
-        raise ProtocolError("stream ended inside a frame payload (truncated frame)")
-    return decode_payload(payload)
 
 
 def send_frame(sock: socket.socket, message: dict[str, Any]) -> None:

@@ -87,12 +87,32 @@ def test_quick_bench_measures_both_servers_and_leaves_nothing_running(tmp_path: 
         assert len(report["warmup_runs"][server]) == 1 and len(report["runs"][server]) == 1
         assert med["noop_rps"] == report["runs"][server][0]["noop_rps"]
     assert "warm-up round 1/1 (not recorded)" in stdout
-    rows = {row["metric"]: row for row in report["table"]}
-    assert rows["noop_rps"]["ratio"] is not None and rows["noop_rps"]["met"] in (True, False)
+    check_goal_bookkeeping(report["table"], report["medians"])
     assert "ratio" in stdout
     for server, seen in report["processes"].items():
         assert seen, f"no {server} processes recorded"
         assert [pid for pid, created in seen if alive(pid, created)] == []
+
+
+def check_goal_bookkeeping(table: list[dict], medians: dict[str, dict[str, float]]) -> None:
+    """Every metric has a row; its ratio is torchd / TorchServe from the medians; a row with a
+    goal says whether the ratio meets it, and one without a goal says nothing."""
+    assert [row["metric"] for row in table] == list(medians["torchd"])
+    for row in table:
+        ours, theirs = medians["torchd"][row["metric"]], medians["torchserve"][row["metric"]]
+        assert (row["torchd"], row["torchserve"]) == (ours, theirs), row
+        if not theirs:
+            assert row["ratio"] is None and row["met"] is None, row
+            continue
+        assert row["ratio"] == pytest.approx(ours / theirs), row
+        if row["goal"] is None:
+            assert row["met"] is None, row
+        elif row["goal_op"] == ">=":
+            assert row["met"] is (row["ratio"] >= row["goal"]), row
+        else:
+            assert row["goal_op"] == "<=" and row["met"] is (row["ratio"] <= row["goal"]), row
+    goals = [row for row in table if row["goal"] is not None]
+    assert goals and {row["metric"] for row in goals} >= {"noop_rps", "mlp_rps"}
 
 
 def alive(pid: int, created: float) -> bool:

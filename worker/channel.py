@@ -4,8 +4,8 @@ While the main thread waits for work it receives frames itself, so a PREDICT rea
 handler without a thread switch. Whatever the main thread does between two ``next_message()``
 calls (a batch, the load, a describe) is a *task*. Once a task has run for TAKEOVER_SECONDS,
 the standby reader thread takes over the receiving side until the task ends: it answers PING
-(heartbeats keep working during a long batch), records CANCELs and queues every other frame
-for the main thread. One lock (``_recv_lock``) makes sure that only one thread reads and
+(heartbeats keep working during a long batch) and queues every other frame for the main
+thread. One lock (``_recv_lock``) makes sure that only one thread reads and
 decodes at a time; the reader reads only while the task it took over is still running, and
 the main thread only between tasks. All sends share another lock.
 """
@@ -24,22 +24,20 @@ from typing import Any
 from protocol import messages
 from protocol.frames import DEFAULT_MAX_FRAME, FrameDecoder, ProtocolError, encode_frame
 from worker import pipes
+from worker.exits import EXIT_OK, EXIT_PROTOCOL
 
 logger = logging.getLogger(__name__)
 
-EXIT_OK = 0
-EXIT_PROTOCOL = 2
 # After EOF, how long a busy main thread may keep running before the process exits anyway:
 # nobody can receive its result.
 EOF_GRACE_SECONDS = 1.0
-# A task running this long gets the standby reader receiving for it (PING and CANCEL are
-# handled at most about this late while a batch runs; heartbeats allow seconds).
+# A task running this long gets the standby reader receiving for it (PING is answered at
+# most about this late while a batch runs; heartbeats allow seconds).
 TAKEOVER_SECONDS = 0.02
 # With no task started for this long, the standby reader stops looking and waits to be woken.
 PARK_AFTER_SECONDS = 0.5
 # Bigger frames take several reads; a bigger buffer would be private memory in every worker.
 RECV_BUFFER_BYTES = 64 * 1024
-_NONE_CANCELLED: frozenset[str] = frozenset()
 
 
 class Channel:
@@ -55,8 +53,6 @@ class Channel:
         # Frames received but not yet taken by the main thread; None marks the end.
         self._inbox: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._closed = False  # EOF or a bad frame was read: the socket is not read again
-        self._state_lock = threading.Lock()
-        self._pending: dict[int, set[str]] = {}  # batch id -> cancelled request ids
         self._finished = threading.Event()
         self._standby = StandbyReader(self)
         self.protocol_error = False
@@ -80,7 +76,7 @@ class Channel:
         with self._recv_lock:
             if not self._inbox.empty():
                 # Queued by the reader during the last task; frames that arrived after it let
-                # go (a CANCEL for the queued batch, say) are read before that batch starts.
+                # go are read too, so a PING among them is answered before that batch starts.
                 self._receive(block=False)
             while self._inbox.empty() and not self._closed:
                 self._receive(block=True)
@@ -92,20 +88,6 @@ class Channel:
     def finished(self) -> None:
         """The main thread is done: the reader need not force an exit after EOF."""
         self._finished.set()
-
-    def is_cancelled(self, batch_id: int, request_id: str) -> bool:
-        with self._state_lock:
-            return request_id in self._pending.get(batch_id, ())
-
-    def cancelled(self, batch_id: int) -> frozenset[str]:
-        """The request ids of the batch cancelled so far (one lock for a whole batch)."""
-        with self._state_lock:
-            found = self._pending.get(batch_id)
-            return frozenset(found) if found else _NONE_CANCELLED
-
-    def forget_batch(self, batch_id: int) -> None:
-        with self._state_lock:
-            self._pending.pop(batch_id, None)
 
     @property
     def closed(self) -> bool:
@@ -171,26 +153,10 @@ class Channel:
             flags = socket.MSG_DONTWAIT  # the buffer was filled: more may be waiting
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("kind")
-        if kind == messages.PING:
+        if message.get("kind") == messages.PING:
             self.send(messages.pong(message.get("seq", 0)))
-        elif kind == messages.CANCEL:
-            self._record_cancel(message.get("batch_id"), message.get("request_ids") or [])
         else:
-            if kind == messages.PREDICT:
-                with self._state_lock:
-                    self._pending.setdefault(message.get("batch_id"), set())
             self._inbox.put(message)
-
-    def _record_cancel(self, batch_id: Any, request_ids: list[str]) -> None:
-        with self._state_lock:
-            cancelled = self._pending.get(batch_id)
-            if cancelled is None:
-                logger.debug("cancel for batch %s, which is not pending; ignored", batch_id)
-                return
-            cancelled.update(request_ids)
-        logger.info("batch %s: %d request(s) cancelled by the daemon", batch_id,
-                    len(request_ids))
 
 
 class StandbyReader:

@@ -1,7 +1,7 @@
 """The worker's frame loop: LOAD once, then PREDICT / DESCRIBE until EOF or SHUTDOWN.
 
-Frames come from a Channel (worker/channel.py), which answers PING and records CANCEL itself;
-this loop runs on the main thread and handles everything else.
+Frames come from a Channel (worker/channel.py), which answers PING itself; this loop runs on the
+main thread and handles everything else.
 """
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Any
 
 from protocol import messages
 from protocol.frames import DEFAULT_MAX_FRAME, ProtocolError, encode_frame
-from worker.channel import EXIT_OK, EXIT_PROTOCOL, Channel
+from worker.channel import Channel
+from worker.exits import EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL
 
 logger = logging.getLogger(__name__)
-
-EXIT_LOAD_FAILED = 1
 
 
 class WorkerLoop:
@@ -45,7 +44,7 @@ class WorkerLoop:
             logger.error("expected a load frame first, got %r", message.get("kind"))
             return EXIT_PROTOCOL
         if not self._load(message):
-            return EXIT_LOAD_FAILED
+            return EXIT_FAILED
         while (message := self.channel.next_message()) is not None:
             kind = message.get("kind")
             if kind == messages.SHUTDOWN:
@@ -73,24 +72,15 @@ class WorkerLoop:
             logger.warning("ignoring unexpected %r frame", kind)
 
     def _predict(self, batch_id: int, requests: list[dict[str, Any]]) -> None:
-        live = self._uncancelled(batch_id, requests)
         responses = []
-        if live:
+        if requests:  # an empty batch gets an empty result without bothering the handler
             responses = self.service.run_batch(
-                live, lambda parts: self._send_parts(batch_id, parts))
-        responses = self._uncancelled(batch_id, responses)
+                requests, lambda parts: self._send_parts(batch_id, parts))
         self._send_fitted(lambda rs: messages.result(batch_id, rs), responses)
-        self.channel.forget_batch(batch_id)
-
-    def _uncancelled(self, batch_id: int, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Requests (or responses) whose request the daemon has not cancelled."""
-        cancelled = self.channel.cancelled(batch_id)
-        return [item for item in items if item["id"] not in cancelled] if cancelled else items
 
     def _send_parts(self, batch_id: int, parts: list[dict[str, Any]]) -> None:
         for part in parts:
-            if not self.channel.is_cancelled(batch_id, part["id"]):
-                self._send_fitted(lambda rs: messages.stream(batch_id, rs[0]), [part])
+            self._send_fitted(lambda rs: messages.stream(batch_id, rs[0]), [part])
 
     def _send_fitted(self, wrap: Callable[[list[dict[str, Any]]], dict[str, Any]],
                      responses: list[dict[str, Any]]) -> None:

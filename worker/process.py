@@ -13,14 +13,12 @@ import setproctitle
 from protocol import messages
 from worker.logs import PrefixedOutput, configure_logging
 from worker.channel import Channel
+from worker.exits import EXIT_CONNECT_FAILED, EXIT_DAEMON_GONE, EXIT_FAILED
 from worker.loop import WorkerLoop
 from worker.ts_alias import install_ts_alias
 from worker.watch import start_daemon_watch
 
 logger = logging.getLogger(__name__)
-
-EXIT_DAEMON_GONE = 3
-EXIT_CONNECT_FAILED = 4
 
 
 class WorkerProcess:
@@ -75,7 +73,7 @@ class WorkerProcess:
 def run_worker(socket_path: str, worker_id: str, daemon_pid: int, title: str) -> None:
     """Run a worker to the end and exit the process (never returns)."""
     process = WorkerProcess(socket_path, worker_id, daemon_pid, title)
-    code = 1
+    code = EXIT_FAILED
     try:
         code = process.run()
     except BaseException:  # the last line of defence: log it, then still leave cleanly

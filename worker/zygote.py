@@ -24,6 +24,7 @@ from protocol import messages
 from protocol.frames import FrameDecoder, ProtocolError
 from protocol.streams import send_frame
 from worker import pipes
+from worker.exits import EXIT_CONNECT_FAILED, EXIT_DAEMON_GONE, EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL
 from worker.logs import configure_logging
 from worker.ts_alias import install_ts_alias
 from worker.watch import POLL_SECONDS, open_pidfd, process_alive
@@ -31,10 +32,6 @@ from worker.watch import POLL_SECONDS, open_pidfd, process_alive
 logger = logging.getLogger("worker.zygote" if __name__ == "__main__" else __name__)
 
 TITLE = "torchd zygote"
-EXIT_OK = 0
-EXIT_PROTOCOL = 2
-EXIT_DAEMON_GONE = 3
-EXIT_CONNECT_FAILED = 4
 # Signals whose zygote disposition a worker must not inherit.
 RESET_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 
@@ -166,7 +163,7 @@ class Zygote:
             run_worker(message["socket_path"], worker_id, int(message["daemon_pid"]),
                        message.get("title") or f"torchd worker {worker_id}")
         finally:
-            os._exit(1)  # only reached if becoming a worker failed before run_worker
+            os._exit(EXIT_FAILED)  # only reached if becoming a worker failed before run_worker
 
     def _reap(self) -> None:
         while True:

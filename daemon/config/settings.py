@@ -4,50 +4,28 @@ Sources, lowest precedence first: built-in defaults < config.properties < ``TS_<
 variables < command line. This is the only module in torchd that reads the environment; callers
 hand ``os.environ`` to :func:`load_config`.
 
-Every setting is declared exactly once in :data:`SETTINGS` (name, parser, default, help); the CLI
-options and the README's key table are generated from it.
+Every setting is declared exactly once in daemon/config/declarations.py (name, parser, default,
+help); load_config here, the CLI options and the README's key table all work from it.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.config.values import (
-    BindAddress,
-    InvalidValue,
-    StartupModel,
-    parse_address,
-    parse_bool,
-    parse_choice,
-    parse_float,
-    parse_int,
-    parse_models_json,
-    parse_optional_bool,
-    parse_optional_int,
-    parse_optional_path,
-    parse_optional_str,
-    parse_path,
-    parse_positive_int,
-    parse_regex_list,
-    parse_size,
-    parse_startup_models,
-    split_model_entry,
+from daemon.config.declarations import (
+    DEFAULT_ALLOWED_URLS,
+    IGNORED_KEYS,
+    SETTINGS,
+    SETTINGS_BY_NAME,
 )
 from daemon.config.properties import parse_properties
-
-__all__ = [
-    "ARCHIVE_SUFFIXES", "DEFAULT_ALLOWED_URLS", "IGNORED_KEYS", "SETTINGS", "SETTINGS_BY_NAME",
-    "BindAddress", "Config", "ConfigError", "InvalidValue", "Setting", "StartupModel",
-    "find_config_file", "load_config", "parse_address", "parse_properties",
-    "read_properties_file", "settings_table_markdown", "split_model_entry",
-    "startup_models_in_store",
-]
+from daemon.config.values import BindAddress, StartupModel, split_model_entry
+from daemon.models.extraction import ARCHIVE_SUFFIXES
 
 logger = logging.getLogger(__name__)
 
@@ -55,128 +33,6 @@ logger = logging.getLogger(__name__)
 class ConfigError(ValueError):
     """An invalid setting; the message names the key, the value and where it came from."""
 
-
-# ---------------------------------------------------------------------------------------------
-# The settings table
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One config key. ``cli`` is the long option (None: not on the command line)."""
-
-    name: str
-    parse: Callable[[Any], Any]
-    default: Any
-    help: str
-    cli: str | None = ""  # "" means the default spelling --<name-with-dashes>
-    flag: bool = False  # a bare --flag means true (an explicit true/false may follow)
-    multi: bool = False  # takes one or more values (--models a=a.mar b=b.mar)
-    doc_default: str | None = None  # how the default reads in docs, when not the literal value
-
-    @property
-    def option(self) -> str | None:
-        if self.cli is None:
-            return None
-        return self.cli or "--" + self.name.replace("_", "-")
-
-
-S = Setting
-SETTINGS: tuple[Setting, ...] = (
-    S("inference_address", parse_address, "http://127.0.0.1:8080",
-      "Inference API listener: http://host:port, https://host:port or unix:/path."),
-    S("management_address", parse_address, "http://127.0.0.1:8081",
-      "Management API listener."),
-    S("metrics_address", parse_address, "http://127.0.0.1:8082", "Metrics API listener."),
-    S("model_store", parse_optional_path, None,
-      "Directory holding model archives; names in register calls resolve here."),
-    S("load_models", parse_startup_models, (),
-      "Models to load at start: 'all', or name=url / url entries (comma separated in files).",
-      cli="--models", multi=True, doc_default="none"),
-    S("default_workers_per_model", parse_optional_int, None,
-      "Workers for a registered model when the request does not say. Startup models get one "
-      "per CPU when unset; register calls get 0.", doc_default="unset"),
-    S("max_workers", parse_int, 64, "Most workers over all models; larger requests get 400."),
-    S("job_queue_size", parse_positive_int, 100,
-      "Requests waiting per model version before 503."),
-    S("max_request_size", parse_size, 6553500, "Largest request body in bytes (413 above)."),
-    S("max_response_size", parse_size, 6553500, "Largest response a worker may send, bytes."),
-    S("default_response_timeout", parse_positive_int, 120,
-      "Seconds a worker may take for a batch before 504 and a restart."),
-    S("default_startup_timeout", parse_positive_int, 120,
-      "Seconds a worker may take to load its model."),
-    S("unregister_model_timeout", parse_positive_int, 120,
-      "Seconds unregister waits for in-flight requests."),
-    S("enable_model_api", parse_optional_bool, None,
-      "Allow register/unregister. Unset: on iff the management address is loopback.",
-      flag=True, doc_default="follow bind address"),
-    S("disable_token_authorization", parse_optional_bool, None,
-      "Turn token auth off. Unset: off iff every listener is loopback or unix.",
-      cli="--disable-token-auth", flag=True, doc_default="follow bind address"),
-    S("key_file", parse_path, "key_file.json",
-      "Token file (mode 0600) with management, inference and API keys."),
-    S("allowed_urls", parse_regex_list, None,
-      "Comma-separated regexes (full match) for archive URLs. Unset: https://.* plus files in "
-      "the model store.", doc_default="https://.*"),
-    S("install_py_dep_per_model", parse_bool, False,
-      "pip-install an archive's requirements file into a directory of its own for that "
-      "model's workers (which are then exec-spawned, not forked).", flag=True),
-    S("models", parse_models_json, {},
-      "JSON {name: {version: {minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout,"
-      " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, marName,"
-      " defaultVersion}}}: per-model settings (below request parameters and model-config.yaml).",
-      cli="--models-config", doc_default="{}"),
-    S("cors_allowed_origin", parse_optional_str, None, "Access-Control-Allow-Origin value."),
-    S("cors_allowed_methods", parse_optional_str, None, "Access-Control-Allow-Methods value."),
-    S("cors_allowed_headers", parse_optional_str, None, "Access-Control-Allow-Headers value."),
-    S("private_key_file", parse_optional_path, None, "TLS private key for https:// listeners."),
-    S("certificate_file", parse_optional_path, None, "TLS certificate for https:// listeners."),
-    S("log_location", parse_path, "logs",
-      "Directory for torchd.log (start), the pid file and snapshots (<log_location>/config). "
-      "Env LOG_LOCATION also sets it."),
-    S("pid_file", parse_optional_path, None,
-      "Pid file of the running daemon.", doc_default="<log_location>/torchd.pid"),
-    S("log_config", parse_optional_path, None,
-      "Logging config file: .ini (fileConfig), .json or .yaml (dictConfig)."),
-    S("ncs", parse_bool, False,
-      "No config snapshot: do not restore the newest snapshot at start.", flag=True),
-    S("heartbeat_interval", parse_float, 5.0, "Seconds between worker health checks."),
-    S("autoscale_up_delay", parse_float, 2.0,
-      "Seconds a queue must stay deep before a worker is added (max_worker > min_worker)."),
-    S("autoscale_down_delay", parse_float, 30.0,
-      "Seconds a worker above min_worker must idle before it is removed."),
-    S("max_requests_per_worker", parse_int, 0,
-      "Recycle a worker after this many requests (0: never)."),
-    S("max_worker_rss", parse_size, 0,
-      "Recycle a worker whose RSS exceeds this many bytes, K/M/G suffixes allowed (0: never)."),
-    S("worker_spawn", parse_choice("zygote", "exec"), "zygote",
-      "How workers start: forked from a zygote that imported torch, or a fresh exec."),
-)
-del S
-
-SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
-
-# TorchServe keys torchd accepts and deliberately does not use (warned as "ignored").
-IGNORED_KEYS = frozenset({
-    "number_of_netty_threads", "netty_client_threads", "number_of_gpu", "async_logging",
-    "vmargs", "default_service_handler", "service_envelope", "decode_input_request",
-    "enable_envvars_config", "blacklist_env_vars", "metrics_mode", "metrics_format",
-    "metrics_config", "enable_metrics_api", "metric_time_interval", "disable_system_metrics",
-    "system_metrics_cmd", "cpu_launcher_enable", "cpu_launcher_args", "workflow_store",
-    "plugins_path", "prefer_direct_buffer", "use_native_io", "io_ratio", "keystore",
-    "keystore_pass", "keystore_type", "initial_worker_port", "initial_distribution_port",
-    "grpc_inference_port", "grpc_management_port", "grpc_inference_address",
-    "grpc_management_address", "enable_grpc_ssl", "grpc_inference_max_connection_age_ms",
-    "grpc_management_max_connection_age_ms", "grpc_inference_max_connection_age_grace_ms",
-    "grpc_management_max_connection_age_grace_ms", "model_server_home", "model_snapshot",
-    "snapshot_store", "limit_max_image_pixels", "cpp_log_config", "use_env_allowed_urls",
-    "ts_open_inference_protocol", "token_expiration_min", "job_cleanup_interval",
-    "enable_model_snapshot", "ipex_enable", "ipex_gpu_enable", "max_batch_delay", "batch_size",
-    "default_batch_size", "header_key_sequence_id", "header_key_sequence_start",
-    "header_key_sequence_end", "disable_snapshot", "log_level", "default_log_level",
-    "enable_open_inference_protocol", "max_net_worker_threads",
-})
-
-DEFAULT_ALLOWED_URLS: tuple[str, ...] = ("https://.*",)
 
 # Keys the environment can set only through TS_<KEY>; these two are TorchServe's own names.
 _ENV_ALIASES = {"LOG_LOCATION": "log_location"}
@@ -264,14 +120,6 @@ class Config:
         return self.allowed_urls if self.allowed_urls is not None else DEFAULT_ALLOWED_URLS
 
     @property
-    def allowed_url_patterns(self) -> tuple[re.Pattern[str], ...]:
-        """Compiled for a case-insensitive full match (``pattern.fullmatch(url)``)."""
-        return tuple(re.compile(p, re.IGNORECASE) for p in self.effective_allowed_urls)
-
-    def url_allowed(self, url: str) -> bool:
-        return any(pattern.fullmatch(url) for pattern in self.allowed_url_patterns)
-
-    @property
     def load_all_models(self) -> bool:
         return self.load_models == ("all",)
 
@@ -317,9 +165,6 @@ class Config:
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with some fields replaced (tests, and the CLI's derived pid file)."""
         return dataclasses.replace(self, **changes)
-
-
-ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz")
 
 
 def startup_models_in_store(model_store: Path) -> list[StartupModel]:
@@ -469,20 +314,3 @@ def _check_tls(config: Config) -> None:
             raise ConfigError(f"{name} is required for an https:// address")
         if not path.is_file():
             raise ConfigError(f"invalid value for {name}: {str(path)!r}: file not found")
-
-
-# ---------------------------------------------------------------------------------------------
-# Docs
-
-
-def settings_table_markdown() -> str:
-    """The README's key table: key, command-line option, default, meaning."""
-    lines = ["| key | option | default | meaning |", "|---|---|---|---|"]
-    for setting in SETTINGS:
-        default = setting.doc_default
-        if default is None:
-            default = "unset" if setting.default is None else str(setting.default)
-            default = str(default).lower() if isinstance(setting.default, bool) else default
-        option = f"`{setting.option}`" if setting.option else ""
-        lines.append(f"| `{setting.name}` | {option} | `{default}` | {setting.help} |")
-    return "\n".join(lines) + "\n"

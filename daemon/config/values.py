@@ -80,13 +80,6 @@ class BindAddress:
             return f"unix:{self.path}"
         return f"{self.scheme}://{_url_host(self.host or '')}:{self.port}"
 
-    @property
-    def client_url(self) -> str:
-        """Base URL a local client uses (wildcard hosts replaced by loopback)."""
-        if self.is_unix:
-            return "http://localhost"
-        return f"{self.scheme}://{_url_host(self.connect_host)}:{self.port}"
-
     def __str__(self) -> str:
         return self.url
 

@@ -18,8 +18,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Match, Route
 
-from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, \
-    ServiceUnavailable, TorchdError, error_response
+from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, TorchdError, \
+    error_response, no_worker_error
 from daemon.http.common import NoResponse, header, reason_phrase, receive_body
 from daemon.models.registry import ModelVersion
 from daemon.models.queue import Job, QueueFull, queue_full_error
@@ -198,8 +198,7 @@ class Predictor:
 
     def _submit(self, mv: ModelVersion, job: Job) -> None:
         if not self.supervisor.can_serve(mv):
-            raise ServiceUnavailable(f'Model "{mv.name}" has no worker to serve inference '
-                                     'request. Please use scale workers API to add workers.')
+            raise no_worker_error(mv.name)
         try:
             mv.queue.submit(job)
         except QueueFull:

@@ -32,7 +32,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import requests
 
 from daemon.errors import DownloadArchiveError, InternalServerError, ModelNotFound
-from daemon.fsutil import fsync_dir
+from daemon.osutil import fsync_dir
 
 logger = logging.getLogger(__name__)
 

@@ -60,10 +60,6 @@ class Job:
                 self._waiter = None
         return self._events.popleft()
 
-    def pending_events(self) -> list[tuple[str, Any]]:
-        """The events not taken yet (for inspection; leaves them in place)."""
-        return list(self._events)
-
     def _put(self, event: tuple[str, Any]) -> None:
         self._events.append(event)
         if self._waiter is not None and not self._waiter.done():

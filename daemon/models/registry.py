@@ -135,7 +135,3 @@ class Registry:
         """True while ``mv`` itself (not another object of that name and version) is registered."""
         model = self._models.get(mv.name)
         return model is not None and model.versions.get(mv.version) is mv
-
-    def is_default(self, mv: ModelVersion) -> bool:
-        model = self._models.get(mv.name)
-        return model is not None and model.default_version == mv.version

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from daemon.fsutil import fsync_dir
+from daemon.osutil import fsync_dir, pid_gone
 from daemon.models.manager import RegisterRequest
 from daemon.models.registry import ModelVersion, Registry
 
@@ -276,16 +276,6 @@ def _remove_stale_temps(snapshot_dir: Path) -> None:
     """Temp files left by a writer that was killed mid-write (its pid is gone)."""
     for name in os.listdir(snapshot_dir):
         match = re.fullmatch(re.escape(_TEMP_PREFIX) + r"(\d+)-.*", name)
-        if match and not _pid_alive(int(match.group(1))):
+        if match and pid_gone(int(match.group(1))):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(snapshot_dir / name)
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon.ops import pidfile
-from daemon.config.settings import SETTINGS, Config, ConfigError, load_config
+from daemon.osutil import pid_gone
+from daemon.config.declarations import SETTINGS
+from daemon.config.settings import Config, ConfigError, load_config
 from daemon.ops.logformat import BatchingStreamHandler, SecondsFormatter, batched_stderr
 
 logger = logging.getLogger(__name__)
@@ -332,7 +334,7 @@ def _stop_wait(config: Config | None) -> float:
 
 def _wait_gone(pid: int, wait: float) -> bool:
     deadline = time.monotonic() + wait
-    while not pidfile.pid_gone(pid):
+    while not pid_gone(pid):
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.1)

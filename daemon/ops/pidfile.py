@@ -67,11 +67,3 @@ def running_pid(path: Path) -> int | None:
     if pid is None or not is_torchd_process(pid):
         return None
     return pid
-
-
-def pid_gone(pid: int) -> bool:
-    """True once the process has exited (a zombie counts as exited)."""
-    try:
-        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return True

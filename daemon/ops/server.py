@@ -30,7 +30,8 @@ from hypercorn.config import Config as HypercornConfig
 from daemon.http import openapi
 from daemon.http.apps import build_inference_app, build_management_app, build_metrics_app
 from daemon.models.archives import PreparedArchive, remove_prepared
-from daemon.config.settings import BindAddress, Config
+from daemon.config.settings import Config
+from daemon.config.values import BindAddress
 from daemon.http.inference import Health
 from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
 from daemon.metrics import Metrics

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from daemon.ops.pidfile import pid_gone
+from daemon.osutil import pid_gone
 from protocol import messages
 from protocol.frames import ProtocolError
 from protocol.streams import read_frame, write_frame

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from daemon.errors import ServiceUnavailable
+from daemon.errors import ServiceUnavailable, no_worker_error
 from daemon.models.registry import ModelVersion, Registry
 from daemon.workers.handle import WorkerHandle
 from daemon.workers.autoscale import autoscale_step
@@ -147,9 +147,7 @@ class Supervisor:
                 self.request_stop(handle, timeout=record.stop_timeout)
         self._retire_replaced(mv, record)
         if mv.queue.depth and not self.can_serve(mv):
-            mv.queue.fail_all(ServiceUnavailable(
-                f'Model "{mv.name}" has no worker to serve inference request. '
-                'Please use scale workers API to add workers.'))
+            mv.queue.fail_all(no_worker_error(mv.name))
         ready = sum(1 for h in slots if h.state is S.READY)
         if ready >= mv.settings.min_workers:
             record.below_min_since = None

@@ -183,7 +183,8 @@ def test_forget_model_removes_every_series_of_that_version(metrics: Metrics) -> 
     s = scrape(metrics)
     assert series_of(s, "mlp", "2.0") == [] and series_of(s, "mlp", "default") == []
     assert len(series_of(s, "other", "1.0")) == len(series_of(before, "other", "1.0"))
-    metrics.forget_model("never", "1.0")  # unknown: no error
+    metrics.forget_model("never", "1.0")  # unknown: no error, and nothing else goes
+    assert scrape(metrics) == s
 
 
 def test_instances_are_independent() -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from daemon.ops.pidfile import pid_gone as gone
+from daemon.osutil import pid_gone as gone
 from tests.support.archives import ARCHIVER, copy_store
 from tests.support.daemon import Daemon
 

@@ -26,7 +26,7 @@ import pytest
 import requests
 from openapi_spec_validator import validate
 
-from daemon.ops.pidfile import pid_gone as gone
+from daemon.osutil import pid_gone as gone
 from tests.support.archives import build_archive
 from tests.support.daemon import Daemon
 from tests.support.waiting import wait_until

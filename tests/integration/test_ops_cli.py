@@ -14,14 +14,11 @@ from pathlib import Path
 import psutil
 import requests
 
+from daemon.osutil import pid_gone
 from daemon.ops import pidfile
-from tests.integration.test_ops_support import (
-    NotifyListener,
-    build_slow_archive,
-    make_store,
-    wait_until,
-)
 from tests.support.daemon import Daemon, free_port
+from tests.support.ops import NotifyListener, build_slow_archive, make_store
+from tests.support.waiting import wait_until
 
 
 def torchd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -65,7 +62,7 @@ def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: 
 
         stopped = torchd("stop", cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
-        assert pidfile.pid_gone(pid) and not pid_path.exists()
+        assert pid_gone(pid) and not pid_path.exists()
         log = (tmp_path / "logs" / "torchd.log").read_text()
         assert ('startup model noop.mar: Model "noop" Version: 1.0 registered with 1 initial '
                 'workers') in log

@@ -11,13 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.integration.test_ops_support import (
-    build_slow_archive,
-    make_store,
-    run_health,
-    wait_until,
-)
 from tests.support.daemon import Daemon
+from tests.support.ops import build_slow_archive, make_store, run_health
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests.integration.test_ops_support import make_store, wait_until
 from tests.support.daemon import Daemon
+from tests.support.ops import make_store
+from tests.support.waiting import wait_until
 
 
 @pytest.fixture(scope="module")

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from tests.integration.test_ops_support import make_store, run_health
 from tests.support.daemon import Daemon, free_port
+from tests.support.ops import make_store, run_health
 
 INVALID_KEY = {"code": 401, "type": "InvalidKeyException"}
 

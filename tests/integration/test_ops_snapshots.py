@@ -17,9 +17,9 @@ from types import SimpleNamespace
 import pytest
 
 from daemon.models.snapshots import list_snapshots
-from tests.integration.test_ops_support import all_models, make_store
 from tests.support.archives import build_archive
 from tests.support.daemon import Daemon
+from tests.support.ops import all_models, make_store
 
 
 class RecordingHandler(http.server.SimpleHTTPRequestHandler):

@@ -21,8 +21,8 @@ import psutil
 import pytest
 
 from daemon.ops import cli
-from tests.integration.test_ops_support import NotifyListener, make_store
 from tests.support.daemon import REPO, Daemon
+from tests.support.ops import NotifyListener, make_store
 
 UNIT = REPO / "scripts" / "torchd.service"
 

@@ -16,20 +16,20 @@ import psutil
 import pytest
 import requests
 
-from tests.integration.test_supervision_helpers import (
+from daemon.osutil import pid_gone as gone
+from tests.support.daemon import Daemon, running_daemon
+from tests.support.supervision import (
     Call,
     Load,
     descendants,
-    gone,
     in_background,
     post,
     ready_pids,
     scale,
     title,
-    wait_until,
     zygote_pids,
 )
-from tests.support.daemon import Daemon, running_daemon
+from tests.support.waiting import wait_until
 
 SETTINGS = {"heartbeat_interval": 1, "autoscale_up_delay": 0.5, "autoscale_down_delay": 2}
 ZYGOTE_WARM = 60.0      # a loaded 2-core machine can take long to import torch

@@ -4,16 +4,10 @@ from __future__ import annotations
 import signal
 import time
 
-from tests.integration.test_supervision_helpers import (
-    ZYGOTE_TITLE,
-    descendants,
-    gone,
-    in_background,
-    post,
-    title,
-    wait_until,
-)
+from daemon.osutil import pid_gone as gone
 from tests.support.daemon import Daemon
+from tests.support.supervision import ZYGOTE_TITLE, descendants, in_background, post, title
+from tests.support.waiting import wait_until
 
 
 def busy(d: Daemon, name: str, seconds: float, timeout: float = 30):

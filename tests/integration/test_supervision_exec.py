@@ -11,16 +11,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.integration.test_supervision_helpers import (
-    ZYGOTE_TITLE,
-    Load,
-    descendants,
-    gone,
-    ready_pids,
-    title,
-    wait_until,
-)
+from daemon.osutil import pid_gone as gone
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.supervision import ZYGOTE_TITLE, Load, descendants, ready_pids, title
+from tests.support.waiting import wait_until
 
 SETTINGS = {"worker_spawn": "exec", "max_requests_per_worker": 3}
 

@@ -26,7 +26,6 @@ def _samples() -> dict[str, dict[str, Any]]:
         "response": m.response("r-2", 503, "Prediction failed", b"", error=True),
         "result": m.result(7, [part]),
         "stream": m.stream(7, part),
-        "cancel": m.cancel(7, ["r-1", "r-2"]),
         "describe": m.describe(),
         "described": m.described(True, {"custom": ["meta", 1]}),
         "ping": m.ping(2**40),

@@ -116,9 +116,10 @@ def test_truncated_frame_is_an_error_at_end_of_stream(tail):
 
 def test_clean_eof_is_not_an_error():
     decoder = FrameDecoder()
-    decoder.close()
-    decoder.feed(encode_frame(SAMPLES["pong"]))
-    decoder.close()
+    assert decoder.close() is None  # EOF before any frame
+    assert decoder.feed(encode_frame(SAMPLES["pong"])) == [SAMPLES["pong"]]
+    assert not decoder.pending
+    assert decoder.close() is None  # EOF right after a whole frame
 
 
 @pytest.mark.parametrize("payload, words", [

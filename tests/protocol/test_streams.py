@@ -1,5 +1,8 @@
 """protocol/streams.py over real sockets: the asyncio adapter on a socketpair and a Unix socket,
-the blocking adapter on a socketpair, and the two talking to each other (daemon ↔ worker)."""
+the blocking writer on a socketpair, and the two talking to each other (daemon ↔ worker).
+
+The blocking side reads as the worker and the zygote do, through FrameDecoder (its edge cases are
+tests/protocol/test_frames.py's)."""
 from __future__ import annotations
 
 import asyncio
@@ -7,14 +10,14 @@ import shutil
 import socket
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from protocol.frames import HEADER, ProtocolError, encode_frame
-from protocol.streams import read_frame, recv_frame, send_frame, write_frame
+from protocol.streams import read_frame, send_frame, write_frame
+from tests.support.frames import FrameReader
 from tests.protocol.samples import BINARY, SAMPLES
 
 MESSAGES = list(SAMPLES.values())
@@ -54,62 +57,17 @@ def test_blocking_round_trip(pair):
     a, b = pair
     for message in MESSAGES:
         send_frame(a, message)
-    assert [recv_frame(b) for _ in MESSAGES] == MESSAGES
+    reader = FrameReader(b)
+    assert [reader.next() for _ in MESSAGES] == MESSAGES
 
 
 def test_blocking_large_frame_across_many_recvs(pair):
     a, b = pair
     sender = threading.Thread(target=send_frame, args=(a, BIG))
     sender.start()
-    assert recv_frame(b) == BIG
+    assert FrameReader(b).next() == BIG
     sender.join(5)
-
-
-def test_blocking_split_writes(pair):
-    a, b = pair
-    stream = b"".join(encode_frame(msg) for msg in MESSAGES[:4])
-
-    def trickle() -> None:
-        for i in range(len(stream)):
-            a.sendall(stream[i:i + 1])
-            if i % 50 == 0:
-                time.sleep(0.001)
-
-    sender = threading.Thread(target=trickle)
-    sender.start()
-    assert [recv_frame(b) for _ in range(4)] == MESSAGES[:4]
-    sender.join(5)
-
-
-def test_blocking_clean_eof_is_none(pair):
-    a, b = pair
-    send_frame(a, SAMPLES["ping"])
-    a.shutdown(socket.SHUT_WR)
-    assert recv_frame(b) == SAMPLES["ping"]
-    assert recv_frame(b) is None
-
-
-@pytest.mark.parametrize("cut", [2, 4, -1])
-def test_blocking_truncated_frame_raises(pair, cut):
-    a, b = pair
-    a.sendall(encode_frame(SAMPLES["load"])[:cut])
-    a.shutdown(socket.SHUT_WR)
-    with pytest.raises(ProtocolError, match="truncated"):
-        recv_frame(b)
-
-
-def test_blocking_oversize_refused_before_payload(pair):
-    a, b = pair
-    a.sendall(HEADER.pack(1001))  # the payload never comes and the socket stays open
-    with pytest.raises(ProtocolError, match="exceeds the limit"):
-        recv_frame(b, max_size=1000)
-
-
-def test_blocking_garbage_raises(pair):
-    a, b = pair
-    a.sendall(HEADER.pack(1) + b"\xc1")
-    with pytest.raises(ProtocolError):
-        recv_frame(b)
+    assert not sender.is_alive()
 
 
 # ----------------------------------------------------------------------------- asyncio
@@ -235,7 +193,8 @@ def test_async_daemon_and_blocking_worker_over_unix_socket(short_dir):
             sock.settimeout(5)
             sock.connect(path)
             send_frame(sock, SAMPLES["hello"])
-            while (message := recv_frame(sock)) is not None:
+            frames = FrameReader(sock)
+            while (message := frames.next()) is not None:
                 if message["kind"] == "predict":
                     send_frame(sock, {"kind": "result", "batch_id": message["batch_id"],
                                       "responses": [{"id": r["id"], "n": len(r["parameters"])}

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from tests.support.archives import MODELS, build_archive
-from tests.worker.harness import PYTHON, FakeDaemon, WorkerHandle, ZygoteHandle, extract_archive
+from tests.worker.harness import PYTHON, FakeDaemon, WorkerHandle, ZygoteHandle, model_dir_of
 
 FORMATS = ("default", "tgz", "no-archive")
 GENERATED = ("mlp_eager", "mlp_script")
@@ -43,7 +43,7 @@ class ModelStore:
         if key not in self._dirs:
             archive = build_archive(model, self.root / "archives" / fmt,
                                     fmt=fmt, **self.archive_args(model))
-            self._dirs[key] = extract_archive(archive, self.root / "models" / fmt / model)
+            self._dirs[key] = model_dir_of(archive, self.root / "models" / fmt / model)
         return self._dirs[key]
 
     def expected(self, model: str) -> dict[str, Any]:

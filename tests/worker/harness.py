@@ -9,18 +9,18 @@ import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from daemon.ops.pidfile import pid_gone as gone
+from daemon.models.extraction import extract_archive
+from daemon.osutil import pid_gone as gone
 from protocol import messages
-from protocol.streams import recv_frame, send_frame
+from protocol.streams import send_frame
+from tests.support.frames import FrameReader
 
 PYTHON = sys.executable
 TIMEOUT = 60.0
@@ -31,25 +31,10 @@ def short_dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="tdw-", dir="/tmp"))
 
 
-def extract_archive(archive: Path, dest: Path) -> Path:
-    """Unpack a .mar (zip), a .tar.gz (first path component stripped) or copy a directory."""
-    if dest.exists():
-        shutil.rmtree(dest)
-    if archive.is_dir():
-        shutil.copytree(archive, dest)
-    elif archive.name.endswith(".mar"):
-        with zipfile.ZipFile(archive) as zipped:
-            zipped.extractall(dest)
-    else:
-        dest.mkdir(parents=True)
-        with tarfile.open(archive) as tarred:
-            for member in tarred.getmembers():
-                parts = Path(member.name).parts[1:]
-                if not parts:
-                    continue
-                member.name = str(Path(*parts))
-                tarred.extract(member, dest, filter="data")
-    return dest
+def model_dir_of(archive: Path, extract_root: Path) -> Path:
+    """The directory the daemon would hand a worker for ``archive``: extracted under
+    ``extract_root`` by the daemon's own code, or a no-archive directory as it is."""
+    return archive if archive.is_dir() else extract_archive(archive, extract_root)
 
 
 def manifest_of(model_dir: Path) -> dict[str, Any]:
@@ -96,13 +81,14 @@ class Peer:
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.frames = FrameReader(sock)
 
     def send(self, message: dict[str, Any]) -> None:
         send_frame(self.sock, message)
 
     def recv(self, timeout: float = TIMEOUT) -> dict[str, Any] | None:
         self.sock.settimeout(timeout)
-        return recv_frame(self.sock)
+        return self.frames.next()
 
     def expect(self, kind: str, timeout: float = TIMEOUT) -> dict[str, Any]:
         message = self.recv(timeout)

@@ -7,6 +7,7 @@ import pytest
 
 from protocol import messages
 from tests.worker.harness import json_request, wait_gone
+from worker.exits import EXIT_FAILED
 
 
 def failure(response: dict) -> tuple[int, str]:
@@ -54,9 +55,9 @@ def test_load_failure_reports_cause_and_exits_nonzero(spawn, store, zygote, mode
     assert answer["ok"] is False
     assert answer["error"] == "ModuleNotFoundError: No module named 'torchd_no_such_module'"
     if mode == "exec":
-        assert worker.process.wait(10) == 1
+        assert worker.process.wait(10) == EXIT_FAILED
     else:
-        assert zygote.wait_exit(worker.pid, 10)["returncode"] == 1
+        assert zygote.wait_exit(worker.pid, 10)["returncode"] == EXIT_FAILED
 
 
 @pytest.mark.parametrize(("model", "handler", "cause"), [

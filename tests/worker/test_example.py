@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.worker.harness import PYTHON, extract_archive, json_request
+from tests.worker.harness import PYTHON, json_request, model_dir_of
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
@@ -15,7 +15,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def test_example_builds_and_serves(tmp_path, spawn):
     subprocess.run([PYTHON, str(EXAMPLES / "build.py"), "--model-store", str(tmp_path)],
                    check=True, capture_output=True, timeout=120)
-    model_dir = extract_archive(tmp_path / "mlp.mar", tmp_path / "mlp")
+    model_dir = model_dir_of(tmp_path / "mlp.mar", tmp_path / "models")
     manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
     assert (manifest["model"]["modelName"], manifest["model"]["modelVersion"]) == ("mlp", "1.0")
     worker = spawn()

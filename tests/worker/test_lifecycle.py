@@ -1,4 +1,4 @@
-"""Heartbeats, cancellation, shutdown, EOF, the daemon's death, the zygote, process titles."""
+"""Heartbeats, shutdown, EOF, the daemon's death, the zygote, process titles."""
 from __future__ import annotations
 
 import signal
@@ -11,6 +11,7 @@ import pytest
 
 from protocol import messages
 from tests.worker.harness import gone, json_request, wait_gone
+from worker.exits import EXIT_CONNECT_FAILED, EXIT_DAEMON_GONE, EXIT_OK, EXIT_PROTOCOL
 
 
 @pytest.fixture
@@ -40,50 +41,10 @@ def test_ping_answered_while_a_batch_runs(loaded):
     assert result["responses"][0]["status"] == 200
 
 
-def test_cancel_drops_the_final_response_of_cancelled_requests(loaded):
-    worker = loaded("sleep", batch_size=2)
-    batch = worker.send_batch([json_request("a", {"sleep": 1.5}),
-                               json_request("b", {"sleep": 1.5})])
-    time.sleep(0.2)
-    worker.peer.send(messages.cancel(batch, ["a"]))
-    _, result = worker.collect(batch)
-    assert [r["id"] for r in result["responses"]] == ["b"]
-
-
-def test_requests_cancelled_before_their_batch_starts_never_run(loaded):
-    worker = loaded("sleep")
-    first = worker.send_batch([json_request("a", {"sleep": 1})])
-    second = worker.send_batch([json_request("b", {"sleep": 30})])
-    worker.peer.send(messages.cancel(second, ["b"]))
-    worker.collect(first)
-    started = time.monotonic()
-    _, result = worker.collect(second, timeout=5)
-    assert result["responses"] == []
-    assert time.monotonic() - started < 2
-
-
-def test_cancel_stops_stream_parts(loaded):
-    worker = loaded("stream", batch_size=2)
-    batch = worker.send_batch([json_request("a", {"delay": 1.0}), json_request("b", {})])
-    first = [worker.peer.expect(messages.STREAM)["response"]["id"] for _ in range(2)]
-    assert first == ["a", "b"]
-    worker.peer.send(messages.cancel(batch, ["a"]))
-    parts, result = worker.collect(batch)
-    assert [(p["id"], p["body"]) for p in parts] == [("b", b"part 1"), ("b", b"part 2")]
-    assert [r["id"] for r in result["responses"]] == ["b"]
-
-
-def test_cancel_for_unknown_batch_is_ignored(loaded):
-    worker = loaded("noop")
-    worker.peer.send(messages.cancel(99, ["x"]))
-    _, result = worker.predict([json_request("x", {})])
-    assert [r["id"] for r in result["responses"]] == ["x"]
-
-
 def test_shutdown_exits_zero(loaded):
     worker = loaded("noop", mode="exec")
     worker.peer.send(messages.shutdown())
-    assert worker.process.wait(10) == 0
+    assert worker.process.wait(10) == EXIT_OK
 
 
 @pytest.mark.parametrize("busy", [False, True])
@@ -93,19 +54,19 @@ def test_socket_eof_ends_the_worker(loaded, busy):
         worker.send_batch([json_request("r", {"sleep": 30})])
         time.sleep(0.3)
     worker.peer.sock.shutdown(socket.SHUT_RDWR)
-    assert worker.process.wait(4) == 0
+    assert worker.process.wait(4) == EXIT_OK
 
 
 def test_garbage_frame_is_a_protocol_error(loaded):
     worker = loaded("noop", mode="exec")
     worker.peer.sock.sendall(b"\x00\x00\x00\x03abc")
-    assert worker.process.wait(5) == 2
+    assert worker.process.wait(5) == EXIT_PROTOCOL
 
 
 def test_first_frame_must_be_load(spawn):
     worker = spawn("exec")
     worker.peer.send(messages.predict(1, [json_request("r", {})]))
-    assert worker.process.wait(5) == 2
+    assert worker.process.wait(5) == EXIT_PROTOCOL
 
 
 @pytest.mark.parametrize("mode", ["exec", "zygote"])
@@ -120,19 +81,19 @@ def test_worker_exits_when_the_daemon_dies(spawn, store, fake_daemon_pid, mode, 
     assert wait_gone(worker.pid, 3), "worker outlived its daemon"
     assert time.monotonic() - killed < 3
     if worker.process is not None:
-        assert worker.process.wait(1) == 3
+        assert worker.process.wait(1) == EXIT_DAEMON_GONE
 
 
 def test_zygote_exits_when_the_daemon_dies(daemon, fake_daemon_pid):
     zygote = daemon.start_zygote(daemon_pid=fake_daemon_pid.pid)
     kill_helper(fake_daemon_pid)
-    assert zygote.process.wait(3) == 3
+    assert zygote.process.wait(3) == EXIT_DAEMON_GONE
 
 
 def test_zygote_exits_on_eof(daemon):
     zygote = daemon.start_zygote()
     zygote.peer.close()
-    assert zygote.process.wait(5) == 0
+    assert zygote.process.wait(5) == EXIT_OK
 
 
 def test_workers_outlive_a_killed_zygote(daemon, store):
@@ -153,18 +114,18 @@ def test_zygote_reports_worker_exits(zygote, spawn, store):
     stopped, killed = spawn(), spawn()
     assert stopped.load(store.model_dir("noop"))["ok"]
     assert stopped.shutdown()
-    assert zygote.wait_exit(stopped.pid, 5) == messages.exited(stopped.pid, 0)
+    assert zygote.wait_exit(stopped.pid, 5) == messages.exited(stopped.pid, EXIT_OK)
     killed.kill()
     assert zygote.wait_exit(killed.pid, 5) == messages.exited(killed.pid, -signal.SIGKILL)
 
 
 def test_zygote_spawn_failure_is_reported(zygote, session_daemon):
-    # A socket nobody listens on: the fork succeeds, the child fails to connect and exits 4.
+    # A socket nobody listens on: the fork succeeds, the child fails to connect.
     zygote.peer.send(messages.spawn("8100", str(session_daemon.dir / "nobody.sock"),
                                     "torchd worker x", 0))
     spawned = zygote.next_non_exit(messages.SPAWNED)
     assert spawned["error"] is None and spawned["worker_id"] == "8100"
-    assert zygote.wait_exit(spawned["pid"], 10)["returncode"] == 4
+    assert zygote.wait_exit(spawned["pid"], 10)["returncode"] == EXIT_CONNECT_FAILED
 
 
 @pytest.mark.parametrize("mode", ["exec", "zygote"])

@@ -7,19 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config.settings import (
-    DEFAULT_ALLOWED_URLS,
-    SETTINGS,
-    BindAddress,
-    ConfigError,
-    StartupModel,
-    load_config,
-    parse_address,
-    parse_properties,
-    settings_table_markdown,
-    split_model_entry,
-    startup_models_in_store,
-)
+from daemon.config.declarations import DEFAULT_ALLOWED_URLS, SETTINGS, settings_table_markdown
+from daemon.config.properties import parse_properties
+from daemon.config.settings import ConfigError, load_config, startup_models_in_store
+from daemon.config.values import BindAddress, StartupModel, parse_address, split_model_entry
+from daemon.models.downloads import url_is_allowed
 
 
 def load(tmp_path: Path, text: str | None = None, env: dict | None = None,
@@ -249,7 +241,7 @@ def test_addresses():
     assert parse_address("https://example.com").port == 443
     assert not parse_address("http://example.com:1").is_loopback
     assert not parse_address("http://0.0.0.0:1").is_loopback
-    assert parse_address("http://0.0.0.0:1").client_url == "http://127.0.0.1:1"
+    assert parse_address("http://0.0.0.0:1").connect_host == "127.0.0.1"
     assert parse_address("http://127.0.0.2:1").is_loopback
     unix = parse_address("unix:/run/torchd/mgmt.sock")
     assert unix.is_unix and unix.is_loopback and unix.path == Path("/run/torchd/mgmt.sock")
@@ -343,17 +335,22 @@ def test_explicit_settings_win_over_address_defaults(tmp_path, setting, value):
     assert local.token_auth_enabled is (not value)
 
 
+def allowed(config, url: str) -> bool:
+    """The check registration makes (daemon/models/manager.py) with this config's list."""
+    return url_is_allowed(url, list(config.effective_allowed_urls))
+
+
 def test_allowed_urls_explicit_list_replaces_default(tmp_path):
     config = load(tmp_path)
-    assert config.url_allowed("https://example.com/m.mar")
-    assert config.url_allowed("HTTPS://EXAMPLE.COM/m.mar")  # case-insensitive
-    assert not config.url_allowed("http://example.com/m.mar")
+    assert allowed(config, "https://example.com/m.mar")
+    assert allowed(config, "HTTPS://EXAMPLE.COM/m.mar")  # case-insensitive
+    assert not allowed(config, "http://example.com/m.mar")
     # As in Java properties files, a backslash escapes: write \\. for a regex's \.
     explicit = load(tmp_path, r"allowed_urls=http://127\\.0\\.0\\.1:\\d+/.*,s3://ok/.*" + "\n")
     assert explicit.effective_allowed_urls == (r"http://127\.0\.0\.1:\d+/.*", "s3://ok/.*")
-    assert explicit.url_allowed("http://127.0.0.1:9/a.mar")
-    assert not explicit.url_allowed("https://example.com/m.mar")
-    assert not explicit.url_allowed("xs3://ok/a")  # full match, not search
+    assert allowed(explicit, "http://127.0.0.1:9/a.mar")
+    assert not allowed(explicit, "https://example.com/m.mar")
+    assert not allowed(explicit, "xs3://ok/a")  # full match, not search
 
 
 # --- docs -------------------------------------------------------------------------------------

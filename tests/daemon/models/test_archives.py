@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from daemon.models.archives import (PreparedArchive, default_allowed_urls, prepare_archive,
-                                    remove_prepared)
+from daemon.config.declarations import DEFAULT_ALLOWED_URLS
+from daemon.models.archives import PreparedArchive, prepare_archive, remove_prepared
 from daemon.errors import InvalidModel, ModelNotFound, TorchdError
 from tests.daemon.conftest import BASIC_FILES, BASIC_VERSION
 
@@ -28,7 +28,7 @@ MANIFEST = {"runtime": "python", "archiverVersion": "0.12.0", "createdOn": "01/0
 
 
 def prepare(url: str, store: Path, extract_root: Path, **kwargs) -> PreparedArchive:
-    kwargs.setdefault("allowed_urls", default_allowed_urls())
+    kwargs.setdefault("allowed_urls", list(DEFAULT_ALLOWED_URLS))
     return prepare_archive(url, model_store=store, extract_root=extract_root, **kwargs)
 
 

@@ -13,7 +13,8 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
-from daemon.models.archives import default_allowed_urls, prepare_archive, remove_prepared
+from daemon.config.declarations import DEFAULT_ALLOWED_URLS
+from daemon.models.archives import prepare_archive, remove_prepared
 from daemon.models.downloads import archive_file_name, parse_s3_https_url
 from daemon.errors import (
     DownloadArchiveError,
@@ -161,7 +162,7 @@ def test_not_allowed_url_is_never_fetched(allowed, server, mar_bytes, model_stor
     server.routes["/basic.mar"] = body(mar_bytes)
     url = server.url("/basic.mar")
     err = failure(url, model_store, extract_root,
-                  allowed_urls=default_allowed_urls() if allowed is None else allowed)
+                  allowed_urls=list(DEFAULT_ALLOWED_URLS) if allowed is None else allowed)
     assert isinstance(err, ModelNotFound) and err.status == 404
     assert err.message == f"Given URL {url} does not match any allowed URL(s)"
     assert server.requests == [], "a URL outside allowed_urls must cause zero requests"
@@ -307,7 +308,7 @@ def test_s3_missing_key_leaves_nothing(bucket, model_store, extract_root):
 
 def test_s3_url_needs_allowed_urls(bucket, model_store, extract_root):
     url = f"s3://{bucket}/dir/model.mar"
-    err = failure(url, model_store, extract_root, allowed_urls=default_allowed_urls())
+    err = failure(url, model_store, extract_root, allowed_urls=list(DEFAULT_ALLOWED_URLS))
     assert err.message == f"Given URL {url} does not match any allowed URL(s)"
 
 

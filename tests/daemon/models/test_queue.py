@@ -208,7 +208,12 @@ def test_job_events_end_with_exactly_one_answer():
         j.finish({"body": b"2"})
         j.fail(ServiceUnavailable("late"))
         j.send_part({"body": b"3"})
-        assert j.pending_events() == [("part", {"body": b"1"}), ("final", {"body": b"2"})]
+        assert await j.next_event() == ("part", {"body": b"1"})
+        assert await j.next_event() == ("final", {"body": b"2"})
+        after = asyncio.ensure_future(j.next_event())
+        await asyncio.sleep(0)
+        assert not after.done()  # nothing follows the answer
+        after.cancel()
     run(main())
 
 

@@ -44,7 +44,7 @@ def test_first_version_is_default_and_later_ones_are_not(registry: Registry) -> 
     registry.add(v2)
     assert registry.get("m") is v1 and registry.get("m", None) is v1
     assert registry.get("m", "2.0") is v2
-    assert registry.is_default(v1) and not registry.is_default(v2)
+    assert registry.defaults() == [v1]
     assert registry.versions("m") == [v1, v2]
     assert registry.model("m").default_version == "1.0"
 

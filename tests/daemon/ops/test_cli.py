@@ -15,10 +15,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from daemon.osutil import pid_gone
 from daemon.ops import cli
 
 from daemon.ops import pidfile
-from daemon.config.settings import SETTINGS, load_config
+from daemon.config.declarations import SETTINGS
+from daemon.config.settings import load_config
 
 TIMEOUT = 90
 
@@ -411,7 +413,7 @@ def test_start_status_stop_with_a_stand_in_server(tmp_path, stand_in):
 
         stopped = run_cli(["stop"], tmp_path, stand_in)
         assert stopped.returncode == 0 and "torchd stopped" in stopped.stdout
-        assert pidfile.pid_gone(pid) and not pid_path.exists()
+        assert pid_gone(pid) and not pid_path.exists()
         log = (tmp_path / "logs" / "torchd.log").read_text()
         assert "stand-in: listening" in log and "stand-in: stopped" in log
         assert run_cli(["status"], tmp_path, stand_in).returncode == 1
@@ -457,7 +459,7 @@ def test_start_status_stop_real_server(tmp_path):
 
         stopped = run_cli(["stop"], tmp_path)
         assert stopped.returncode == 0, stopped.stderr
-        assert pidfile.pid_gone(pid)
+        assert pid_gone(pid)
         assert not pid_path.exists()
         assert run_cli(["status"], tmp_path).returncode == 1
     finally:

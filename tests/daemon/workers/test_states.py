@@ -58,6 +58,7 @@ def test_handle_move_checks_the_table() -> None:
     assert handle.state is S.READY
     handle.move(S.STOPPING)
     handle.move(S.STOPPED)
+    assert handle.state is S.STOPPED
 
 
 # ---- RestartPolicy -------------------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""Helpers for the operations tests (no tests here): a test sd_notify socket, stores, describe
-documents without their per-process fields, /metrics samples, the health script."""
+"""Helpers for the operations tests (tests/integration/test_ops_*.py): a test sd_notify socket,
+stores, describe documents without their per-process fields, /metrics samples, the health script."""
 from __future__ import annotations
 
 import shutil
@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.archives import ARCHIVER
 from tests.support.daemon import REPO, Daemon
-from tests.support.waiting import wait_until  # noqa: F401  (re-exported)
 
 HEALTH = REPO / "scripts" / "torchd-health"
 # Per process, not per registration: they change on every restart.

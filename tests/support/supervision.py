@@ -1,4 +1,5 @@
-"""Helpers for the supervision tests (no tests here): concurrent client load, process lookups.
+"""Helpers for the supervision tests (tests/integration/test_supervision*.py): concurrent client
+load, process lookups.
 
 Every client call has a timeout, so a hung request shows up as a recorded error, never as a
 hung test.
@@ -13,9 +14,7 @@ from typing import Any, Callable
 import psutil
 import requests
 
-from daemon.ops.pidfile import pid_gone as gone  # noqa: F401  (re-exported)
 from tests.support.daemon import Daemon
-from tests.support.waiting import wait_until  # noqa: F401  (re-exported)
 
 CALL_TIMEOUT = 30.0
 ZYGOTE_TITLE = "torchd zygote"

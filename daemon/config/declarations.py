@@ -1,0 +1,161 @@
+"""Every setting torchd has, declared once: name, parser, default, help.
+
+load_config (daemon/config/settings.py), the CLI options (daemon/ops/cli.py) and the README's
+key table (:func:`settings_table_markdown`) all work from :data:`SETTINGS`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from daemon.config.values import (
+    parse_address,
+    parse_bool,
+    parse_choice,
+    parse_float,
+    parse_int,
+    parse_models_json,
+    parse_optional_bool,
+    parse_optional_int,
+    parse_optional_path,
+    parse_optional_str,
+    parse_path,
+    parse_positive_int,
+    parse_regex_list,
+    parse_size,
+    parse_startup_models,
+)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One config key. ``cli`` is the long option (None: not on the command line)."""
+
+    name: str
+    parse: Callable[[Any], Any]
+    default: Any
+    help: str
+    cli: str | None = ""  # "" means the default spelling --<name-with-dashes>
+    flag: bool = False  # a bare --flag means true (an explicit true/false may follow)
+    multi: bool = False  # takes one or more values (--models a=a.mar b=b.mar)
+    doc_default: str | None = None  # how the default reads in docs, when not the literal value
+
+    @property
+    def option(self) -> str | None:
+        if self.cli is None:
+            return None
+        return self.cli or "--" + self.name.replace("_", "-")
+
+
+S = Setting
+SETTINGS: tuple[Setting, ...] = (
+    S("inference_address", parse_address, "http://127.0.0.1:8080",
+      "Inference API listener: http://host:port, https://host:port or unix:/path."),
+    S("management_address", parse_address, "http://127.0.0.1:8081",
+      "Management API listener."),
+    S("metrics_address", parse_address, "http://127.0.0.1:8082", "Metrics API listener."),
+    S("model_store", parse_optional_path, None,
+      "Directory holding model archives; names in register calls resolve here."),
+    S("load_models", parse_startup_models, (),
+      "Models to load at start: 'all', or name=url / url entries (comma separated in files).",
+      cli="--models", multi=True, doc_default="none"),
+    S("default_workers_per_model", parse_optional_int, None,
+      "Workers for a registered model when the request does not say. Startup models get one "
+      "per CPU when unset; register calls get 0.", doc_default="unset"),
+    S("max_workers", parse_int, 64, "Most workers over all models; larger requests get 400."),
+    S("job_queue_size", parse_positive_int, 100,
+      "Requests waiting per model version before 503."),
+    S("max_request_size", parse_size, 6553500, "Largest request body in bytes (413 above)."),
+    S("max_response_size", parse_size, 6553500, "Largest response a worker may send, bytes."),
+    S("default_response_timeout", parse_positive_int, 120,
+      "Seconds a worker may take for a batch before 504 and a restart."),
+    S("default_startup_timeout", parse_positive_int, 120,
+      "Seconds a worker may take to load its model."),
+    S("unregister_model_timeout", parse_positive_int, 120,
+      "Seconds unregister waits for in-flight requests."),
+    S("enable_model_api", parse_optional_bool, None,
+      "Allow register/unregister. Unset: on iff the management address is loopback.",
+      flag=True, doc_default="follow bind address"),
+    S("disable_token_authorization", parse_optional_bool, None,
+      "Turn token auth off. Unset: off iff every listener is loopback or unix.",
+      cli="--disable-token-auth", flag=True, doc_default="follow bind address"),
+    S("key_file", parse_path, "key_file.json",
+      "Token file (mode 0600) with management, inference and API keys."),
+    S("allowed_urls", parse_regex_list, None,
+      "Comma-separated regexes (full match) for archive URLs. Unset: https://.* plus files in "
+      "the model store.", doc_default="https://.*"),
+    S("install_py_dep_per_model", parse_bool, False,
+      "pip-install an archive's requirements file into a directory of its own for that "
+      "model's workers (which are then exec-spawned, not forked).", flag=True),
+    S("models", parse_models_json, {},
+      "JSON {name: {version: {minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout,"
+      " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, marName,"
+      " defaultVersion}}}: per-model settings (below request parameters and model-config.yaml).",
+      cli="--models-config", doc_default="{}"),
+    S("cors_allowed_origin", parse_optional_str, None, "Access-Control-Allow-Origin value."),
+    S("cors_allowed_methods", parse_optional_str, None, "Access-Control-Allow-Methods value."),
+    S("cors_allowed_headers", parse_optional_str, None, "Access-Control-Allow-Headers value."),
+    S("private_key_file", parse_optional_path, None, "TLS private key for https:// listeners."),
+    S("certificate_file", parse_optional_path, None, "TLS certificate for https:// listeners."),
+    S("log_location", parse_path, "logs",
+      "Directory for torchd.log (start), the pid file and snapshots (<log_location>/config). "
+      "Env LOG_LOCATION also sets it."),
+    S("pid_file", parse_optional_path, None,
+      "Pid file of the running daemon.", doc_default="<log_location>/torchd.pid"),
+    S("log_config", parse_optional_path, None,
+      "Logging config file: .ini (fileConfig), .json or .yaml (dictConfig)."),
+    S("ncs", parse_bool, False,
+      "No config snapshot: do not restore the newest snapshot at start.", flag=True),
+    S("heartbeat_interval", parse_float, 5.0, "Seconds between worker health checks."),
+    S("autoscale_up_delay", parse_float, 2.0,
+      "Seconds a queue must stay deep before a worker is added (max_worker > min_worker)."),
+    S("autoscale_down_delay", parse_float, 30.0,
+      "Seconds a worker above min_worker must idle before it is removed."),
+    S("max_requests_per_worker", parse_int, 0,
+      "Recycle a worker after this many requests (0: never)."),
+    S("max_worker_rss", parse_size, 0,
+      "Recycle a worker whose RSS exceeds this many bytes, K/M/G suffixes allowed (0: never)."),
+    S("worker_spawn", parse_choice("zygote", "exec"), "zygote",
+      "How workers start: forked from a zygote that imported torch, or a fresh exec."),
+)
+del S
+
+SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+
+# TorchServe keys torchd accepts and deliberately does not use (warned as "ignored").
+IGNORED_KEYS = frozenset({
+    "number_of_netty_threads", "netty_client_threads", "number_of_gpu", "async_logging",
+    "vmargs", "default_service_handler", "service_envelope", "decode_input_request",
+    "enable_envvars_config", "blacklist_env_vars", "metrics_mode", "metrics_format",
+    "metrics_config", "enable_metrics_api", "metric_time_interval", "disable_system_metrics",
+    "system_metrics_cmd", "cpu_launcher_enable", "cpu_launcher_args", "workflow_store",
+    "plugins_path", "prefer_direct_buffer", "use_native_io", "io_ratio", "keystore",
+    "keystore_pass", "keystore_type", "initial_worker_port", "initial_distribution_port",
+    "grpc_inference_port", "grpc_management_port", "grpc_inference_address",
+    "grpc_management_address", "enable_grpc_ssl", "grpc_inference_max_connection_age_ms",
+    "grpc_management_max_connection_age_ms", "grpc_inference_max_connection_age_grace_ms",
+    "grpc_management_max_connection_age_grace_ms", "model_server_home", "model_snapshot",
+    "snapshot_store", "limit_max_image_pixels", "cpp_log_config", "use_env_allowed_urls",
+    "ts_open_inference_protocol", "token_expiration_min", "job_cleanup_interval",
+    "enable_model_snapshot", "ipex_enable", "ipex_gpu_enable", "max_batch_delay", "batch_size",
+    "default_batch_size", "header_key_sequence_id", "header_key_sequence_start",
+    "header_key_sequence_end", "disable_snapshot", "log_level", "default_log_level",
+    "enable_open_inference_protocol", "max_net_worker_threads",
+})
+
+# allowed_urls when the config sets none (files in the model store are always allowed).
+DEFAULT_ALLOWED_URLS: tuple[str, ...] = ("https://.*",)
+
+
+def settings_table_markdown() -> str:
+    """The README's key table: key, command-line option, default, meaning."""
+    lines = ["| key | option | default | meaning |", "|---|---|---|---|"]
+    for setting in SETTINGS:
+        default = setting.doc_default
+        if default is None:
+            default = "unset" if setting.default is None else str(setting.default)
+            default = str(default).lower() if isinstance(setting.default, bool) else default
+        option = f"`{setting.option}`" if setting.option else ""
+        lines.append(f"| `{setting.name}` | {option} | `{default}` | {setting.help} |")
+    return "\n".join(lines) + "\n"
