@@ -13,7 +13,7 @@ from daemon.http import inference
 
 from daemon.http import management
 from daemon.errors import BadRequest, InvalidKey
-from daemon.http.common import EXCEPTION_HANDLERS, RequestContext, install_reason_phrases
+from daemon.http.common import EXCEPTION_HANDLERS, RequestContext
 from daemon.http.predict import HotRoutes, Predictor, prediction_routes
 
 
@@ -31,7 +31,6 @@ def _state(app: Starlette, core: Any, **extra: Any) -> None:
 
 
 def _wrap(app: Any, core: Any, name: str, token_kind: str | None) -> Any:
-    install_reason_phrases()
     config = core.config
     wrapped: Any = app
     if config.cors_allowed_origin:

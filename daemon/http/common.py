@@ -1,15 +1,11 @@
 """What every listener shares: lenient parameters, request ids, errors, access log, body limits."""
 from __future__ import annotations
 
-import contextvars
-import http
 import logging
 import time
 import uuid
 from typing import Any, Callable
 
-import h11
-from h11._writers import WRITERS
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -208,68 +204,3 @@ def log_access(listener: str, scope: dict, status: int, seconds: float, request_
         access_log.name, logging.INFO, __file__, 0, ACCESS_FORMAT,
         (listener, scope["method"], scope["path"], status, seconds * 1e3, request_id), None)
     access_log.handle(record)
-
-
-# ---- reason phrases --------------------------------------------------------------------------
-# ASGI has no reason phrase and hypercorn hands h11 none, so every status line would read
-# "HTTP/1.1 201 " where TorchServe sends the handler's own phrase ("201 Created"). A route sets
-# the phrase for its response in ``reason_phrase``; h11's status-line writer picks it up.
-# That works because hypercorn turns the app's http.response.start into the status line inside
-# the app's own task (send -> HTTPStream -> h11 Connection.send, no task switch), so the context
-# variable the route set is visible there. Anything else gets the standard phrase.
-reason_phrase: contextvars.ContextVar[str | None] = contextvars.ContextVar(
-    "reason_phrase", default=None)
-_STANDARD_PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
-_RESPONSE_WRITERS = ((h11.SERVER, h11.IDLE), (h11.SERVER, h11.SEND_RESPONSE))
-
-
-def install_reason_phrases() -> None:
-    """Make h11 write reason phrases, and a response's head leave with its first body bytes
-    (idempotent; the daemon's only h11 user is hypercorn)."""
-    for key in _RESPONSE_WRITERS:
-        original = WRITERS[key]
-        if not getattr(original, "torchd_reason", False):
-            WRITERS[key] = _with_reason(original)
-    if not getattr(h11.Connection.send, "torchd_coalesce", False):
-        h11.Connection.send = _coalescing(h11.Connection.send)
-
-
-def _coalescing(original: Callable) -> Callable:
-    """hypercorn writes every h11 event as it comes: the status line and headers in one send
-    and the body in another, two TCP segments per response. The head is held back instead and
-    goes out with whatever the connection sends next: the body, the end of the message (an
-    empty body) or, should the response be cut short, nothing (the connection closes)."""
-    def send(self: h11.Connection, event: Any) -> bytes | None:
-        data = original(self, event)
-        if type(event) is h11.Response:
-            self.torchd_head = data
-            return b""
-        head = self.__dict__.pop("torchd_head", None)
-        if head is not None and data is not None:
-            return head + data
-        return data
-
-    send.torchd_coalesce = True   # type: ignore[attr-defined]
-    return send
-
-
-def _with_reason(original: Callable) -> Callable:
-    def write_response(response: Any, write: Callable) -> None:
-        if not response.reason:
-            phrase = _safe_phrase(reason_phrase.get()) or \
-                _STANDARD_PHRASES.get(response.status_code, "")
-            # h11 events are frozen, but hypercorn built this one for this single write
-            object.__setattr__(response, "reason", phrase.encode("latin-1", "replace"))
-        original(response, write)
-
-    write_response.torchd_reason = True   # type: ignore[attr-defined]
-    return write_response
-
-
-def _safe_phrase(phrase: str | None) -> str:
-    """A handler's phrase made fit for a status line: printable, one line."""
-    if not phrase:
-        return ""
-    if phrase.isprintable():    # the usual case ("OK", "Created"): nothing to strip
-        return phrase[:200]
-    return "".join(c for c in phrase if c == "\t" or c.isprintable())[:200]

@@ -20,7 +20,7 @@ from starlette.routing import Match, Route
 
 from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, TorchdError, \
     error_response, no_worker_error
-from daemon.http.common import NoResponse, header, reason_phrase, receive_body
+from daemon.http.common import NoResponse, header, receive_body
 from daemon.models.registry import ModelVersion
 from daemon.models.queue import Job, QueueFull, queue_full_error
 from protocol import messages
@@ -79,7 +79,6 @@ def render(response: dict[str, Any], render_error: ErrorRenderer,
            default_type: str | None) -> Response:
     if response.get("error"):
         return render_error(worker_error(response))
-    reason_phrase.set(response.get("reason"))
     headers = handler_headers(response)
     status = response.get("status") or 200
     if default_type and status < 400 and "content-type" not in headers:
@@ -101,7 +100,7 @@ class PartsResponse(StreamingResponse):
 
     A failure after the first part ends the response without its closing empty chunk: the status
     line has gone already, so the client must see a broken body rather than a complete one.
-    (Returning without the final body message makes hypercorn close the connection.)
+    (Returning without the final body message makes uvicorn close the connection.)
     """
 
     def __init__(self, first: dict[str, Any], job: Job, default_type: str | None) -> None:
@@ -114,7 +113,6 @@ class PartsResponse(StreamingResponse):
         self.init_headers(headers)
 
     async def stream_response(self, send: Any) -> None:
-        reason_phrase.set(self.first.get("reason"))
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.first["body"], "more_body": True})

@@ -17,27 +17,24 @@ import os
 import shutil
 import signal
 import socket
-import stat
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import psutil
 import uvloop
-from hypercorn.asyncio import serve
-from hypercorn.config import Config as HypercornConfig
 
 from daemon.http import openapi
 from daemon.http.apps import build_inference_app, build_management_app, build_metrics_app
 from daemon.models.archives import PreparedArchive, remove_prepared
 from daemon.config.settings import Config
-from daemon.config.values import BindAddress
 from daemon.http.inference import Health
 from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
 from daemon.metrics import Metrics
 from daemon.models.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
+from daemon.ops.listeners import ListenerError, Listeners, bind_listeners
 from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.ops.systemd import Notifier
@@ -46,13 +43,7 @@ from daemon.http.tokens import TokenStore
 logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
 PR_SET_CHILD_SUBREAPER = 36
-GRACEFUL_HTTP = 30.0      # seconds in-flight HTTP requests get at shutdown
-LISTEN_BACKLOG = 1024
 START_STEP_SLACK = 30.0   # seconds beyond a start step's startup_timeout (EXTEND_TIMEOUT_USEC)
-
-
-class ListenerError(Exception):
-    """A listener cannot bind its address; the message names the listener and the address."""
 
 
 class Core:
@@ -145,56 +136,6 @@ def _remove_extracted(archive: PreparedArchive) -> None:
     remove_prepared(dataclasses.replace(archive, downloaded=False))
 
 
-# ---- listeners --------------------------------------------------------------------------------
-
-
-def bind_listener(name: str, address: BindAddress) -> socket.socket:
-    """A bound socket that does not listen yet: a busy port fails the start before any model
-    loads, and until ``listen()`` clients are refused rather than left hanging."""
-    try:
-        if address.is_unix:
-            _remove_stale_socket(Path(address.path))
-            family, sockaddr = socket.AF_UNIX, str(address.path)
-        else:
-            family, _, _, _, sockaddr = socket.getaddrinfo(
-                address.host, address.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
-        sock = socket.socket(family, socket.SOCK_STREAM)
-    except OSError as exc:
-        raise ListenerError(f"{name} API cannot listen on {address.url}: "
-                            f"{exc.strerror or exc}") from None
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if family != socket.AF_UNIX:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(sockaddr)
-    except OSError as exc:
-        sock.close()
-        raise ListenerError(f"{name} API cannot listen on {address.url}: "
-                            f"{exc.strerror or exc}") from None
-    return sock
-
-
-def _remove_stale_socket(path: Path) -> None:
-    """A socket file left by a daemon that died; anything else there is not ours to delete."""
-    try:
-        if stat.S_ISSOCK(path.lstat().st_mode):
-            path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def bind_listeners(config: Config) -> dict[str, socket.socket]:
-    sockets: dict[str, socket.socket] = {}
-    try:
-        for name, address in config.listeners.items():
-            sockets[name] = bind_listener(name, address)
-    except ListenerError:
-        for sock in sockets.values():
-            sock.close()
-        raise
-    return sockets
-
-
 RUNTIME_PREFIX = "torchd-run-"
 
 
@@ -210,23 +151,6 @@ def make_runtime_dir() -> Path:
         if pid.isdigit() and not psutil.pid_exists(int(pid)) and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=root))
-
-
-def hypercorn_config(sock: socket.socket, address: BindAddress, config: Config) -> HypercornConfig:
-    """Serve on ``sock``, which listens from here on (hypercorn takes over its descriptor)."""
-    sock.listen(LISTEN_BACKLOG)
-    hc = HypercornConfig()
-    hc.bind = [f"fd://{sock.detach()}"]
-    hc.backlog = LISTEN_BACKLOG
-    hc.accesslog = None
-    hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.graceful_timeout = GRACEFUL_HTTP
-    hc.keep_alive_timeout = 75
-    hc.h11_max_incomplete_size = 64 * 1024
-    if address.is_tls:
-        hc.certfile = str(config.certificate_file)
-        hc.keyfile = str(config.private_key_file)
-    return hc
 
 
 def become_subreaper() -> None:
@@ -265,7 +189,7 @@ async def serve_forever(config: Config) -> int:
         return await _serve_until_shutdown(core, sockets, shutdown)
     finally:
         for sock in sockets.values():
-            sock.close()   # a no-op for those handed to hypercorn
+            sock.close()   # a no-op for those handed to a server
         if watchdog:
             watchdog.cancel()
 
@@ -300,11 +224,8 @@ async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
     config = core.config
     apps = {"inference": build_inference_app(core), "management": build_management_app(core),
             "metrics": build_metrics_app(core)}
-    listeners_closed = asyncio.Event()
-    servers = [asyncio.ensure_future(serve(apps[name], hypercorn_config(sockets[name], address,
-                                                                         config),
-                                           shutdown_trigger=listeners_closed.wait))
-               for name, address in config.listeners.items()]
+    listeners = Listeners(config, sockets, apps)
+    servers = listeners.serve()
     for name, address in config.listeners.items():
         logger.info("%s API listening on %s", name, address.url)
     core.notifier.ready(core.summary())
@@ -315,7 +236,7 @@ async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
     logger.info("shutting down: draining requests and workers")
     core.notifier.stopping()
     core.health.draining = True
-    listeners_closed.set()
+    listeners.close()
     results = await asyncio.gather(*servers, return_exceptions=True)
     for result in results:
         if isinstance(result, Exception):
