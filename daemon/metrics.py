@@ -30,6 +30,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 WORKER_STATES = ("STARTING", "READY", "STOPPING", "STOPPED", "BACKOFF", "FAILED")
 AUTOSCALE_DIRECTIONS = ("up", "down")
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+# from a frame's build time (tens of us) to a task switch behind HTTP work (ms)
+IDLE_GAP_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                    0.01, 0.1)
 # Inference latency spans sub-millisecond models up to the 120 s default response timeout.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
                    1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -101,6 +104,7 @@ class Metrics:
         # looked up once rather than on every request
         self._request_series: dict[tuple[str, str, bool], tuple[tuple[str, str, str], Any]] = {}
         self._batch_series: dict[tuple[str, str], Any] = {}
+        self._gap_series: dict[tuple[str, str], Any] = {}
         self._build_torchserve_counters()
         self._build_torchd_metrics()
 
@@ -137,6 +141,10 @@ class Metrics:
                                        registry=reg)
         self.batch_size = Histogram("torchd_batch_size", "Requests per batch sent to a worker.",
                                     _MODEL_LABELS, buckets=BATCH_SIZE_BUCKETS, registry=reg)
+        self.idle_gap = Histogram("torchd_worker_idle_gap_seconds",
+                                  "At saturation (a whole batch waiting), the time from reading "
+                                  "a worker's result to sending its next batch.", _MODEL_LABELS,
+                                  buckets=IDLE_GAP_BUCKETS, registry=reg)
         self.worker_rss = Gauge("torchd_worker_rss_bytes", "Resident memory of each worker.",
                                 _MODEL_LABELS + ("worker_id",), registry=reg)
         self.request_latency = Histogram("torchd_request_latency_seconds",
@@ -193,6 +201,15 @@ class Metrics:
                 self._batch_series[(model, version)] = child
         child.observe(size)
 
+    def observe_idle_gap(self, model: str, version: str, seconds: float) -> None:
+        child = self._gap_series.get((model, version))
+        if child is None:
+            self._touch(model, version)
+            child = self.idle_gap.labels(model, version)
+            with self._lock:
+                self._gap_series[(model, version)] = child
+        child.observe(seconds)
+
     def set_queue_depth(self, model: str, version: str, depth: int) -> None:
         self._touch(model, version)
         self.queue_depth.labels(model, version).set(depth)
@@ -237,11 +254,12 @@ class Metrics:
             self._request_series.pop((model, version, True), None)
             self._request_series.pop((model, version, False), None)
             self._batch_series.pop((model, version), None)
+            self._gap_series.pop((model, version), None)
             last = not any(name == model for name, _ in self._known)
             workers = self._rss_workers.pop((model, version), set())
             states = list(self._states)
         for metric in (self.queue_depth, self.worker_restarts, self.batch_size,
-                       self.request_latency):
+                       self.idle_gap, self.request_latency):
             _remove(metric, model, version)
         for state in states:
             _remove(self.workers, model, version, state)

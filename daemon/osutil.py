@@ -1,6 +1,8 @@
-"""Small OS facts every layer needs: durable directory entries, whether a pid has exited."""
+"""Small OS facts every layer needs: durable directory entries, whether a pid has exited,
+how many CPUs this process may use."""
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -28,3 +30,60 @@ def pid_gone(pid: int) -> bool:
         return True
     except psutil.Error:
         return False  # cannot tell (e.g. permissions): never report a live process gone
+
+
+def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"),
+                self_cgroup: Path = Path("/proc/self/cgroup")) -> int:
+    """The CPUs this process may really use: its affinity mask, capped by a cgroup CPU quota
+    (a container or a systemd unit with CPUQuota=). ``os.cpu_count()`` counts the host's CPUs:
+    a 1-CPU pod on a 64-core node would size itself for 64."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    quota = cgroup_cpu_quota(cgroup_root, self_cgroup)
+    if quota is not None:
+        cpus = min(cpus, max(1, math.ceil(quota)))
+    return max(1, cpus)
+
+
+def cgroup_cpu_quota(root: Path, self_cgroup: Path) -> float | None:
+    """CPUs' worth of quota on this process's cgroup or any cgroup above it (the smallest), or
+    None when there is none: cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us``)."""
+    try:
+        lines = self_cgroup.read_text().splitlines()
+    except OSError:
+        lines = []
+    quotas = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":          # v2: one hierarchy
+            dirs, read = [root], _v2_quota
+        elif "cpu" in controllers.split(","):   # v1: the cpu controller's own mount
+            dirs, read = [root / "cpu", root / "cpu,cpuacct"], _v1_quota
+        else:
+            continue
+        parts = [part for part in path.split("/") if part]
+        for base in dirs:
+            for depth in range(len(parts), -1, -1):
+                quota = read(base.joinpath(*parts[:depth]))
+                if quota is not None:
+                    quotas.append(quota)
+    return min(quotas) if quotas else None
+
+
+def _v2_quota(directory: Path) -> float | None:
+    try:
+        limit, period = (directory / "cpu.max").read_text().split()[:2]
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _v1_quota(directory: Path) -> float | None:
+    try:
+        quota = int((directory / "cpu.cfs_quota_us").read_text())
+        period = int((directory / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+    return quota / period if quota > 0 and period > 0 else None

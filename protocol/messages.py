@@ -19,8 +19,9 @@ DESCRIBED = "described"    # ok, result (JSON-able), error
 PONG = "pong"              # seq
 
 # daemon -> worker
-LOAD = "load"              # model_dir, model_name, handler, manifest, batch_size, ...
+LOAD = "load"              # model_dir, model_name, handler, manifest, batch_size, threads ...
 PREDICT = "predict"        # batch_id, requests: [request]
+THREADS = "threads"        # count: torch intra-op threads from now on (the CPU share changed)
 DESCRIBE = "describe"      # (no fields)
 PING = "ping"              # seq (heartbeat)
 SHUTDOWN = "shutdown"      # (no fields)
@@ -39,12 +40,14 @@ def hello(pid: int, worker_id: str) -> dict[str, Any]:
 
 def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_size: int,
          model_yaml_config: dict, server_version: str, limit_max_image_pixels: bool = True,
-         max_response_size: int = DEFAULT_MAX_FRAME) -> dict[str, Any]:
+         max_response_size: int = DEFAULT_MAX_FRAME, threads: int = 0) -> dict[str, Any]:
+    """``threads``: torch threads (intra- and inter-op) to set before the handler loads; 0
+    leaves torch's own default."""
     return {"kind": LOAD, "model_dir": model_dir, "model_name": model_name, "handler": handler,
             "manifest": manifest, "batch_size": batch_size,
             "model_yaml_config": model_yaml_config, "server_version": server_version,
             "limit_max_image_pixels": limit_max_image_pixels,
-            "max_response_size": max_response_size}
+            "max_response_size": max_response_size, "threads": threads}
 
 
 def loaded(ok: bool, error: str | None = None, load_seconds: float = 0.0) -> dict[str, Any]:
@@ -79,6 +82,10 @@ def result(batch_id: int, responses: list[dict[str, Any]]) -> dict[str, Any]:
 
 def stream(batch_id: int, part: dict[str, Any]) -> dict[str, Any]:
     return {"kind": STREAM, "batch_id": batch_id, "response": part}
+
+
+def threads(count: int) -> dict[str, Any]:
+    return {"kind": THREADS, "count": count}
 
 
 def describe() -> dict[str, Any]:

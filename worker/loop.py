@@ -1,4 +1,4 @@
-"""The worker's frame loop: LOAD once, then PREDICT / DESCRIBE until EOF or SHUTDOWN.
+"""The worker's frame loop: LOAD once, then PREDICT / DESCRIBE / THREADS until EOF or SHUTDOWN.
 
 Frames come from a Channel (worker/channel.py), which answers PING itself; this loop runs on the
 main thread and handles everything else.
@@ -13,6 +13,7 @@ from protocol import messages
 from protocol.frames import DEFAULT_MAX_FRAME, ProtocolError, encode_frame
 from worker.channel import Channel
 from worker.exits import EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL
+from worker.threads import set_torch_threads
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class WorkerLoop:
     def _load(self, message: dict[str, Any]) -> bool:
         from worker.service import load_service  # imported late: pulls in the handler's deps
         self.max_frame = int(message.get("max_response_size") or DEFAULT_MAX_FRAME)
+        set_torch_threads(int(message.get("threads") or 0), starting=True)
         self.service, error, seconds = load_service(message)
         self.channel.send(messages.loaded(error is None, error, seconds))
         return error is None
@@ -68,6 +70,8 @@ class WorkerLoop:
             self._predict(message["batch_id"], message.get("requests") or [])
         elif kind == messages.DESCRIBE:
             self._describe()
+        elif kind == messages.THREADS:
+            set_torch_threads(int(message.get("count") or 0), starting=False)
         else:
             logger.warning("ignoring unexpected %r frame", kind)
 

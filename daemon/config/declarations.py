@@ -90,8 +90,9 @@ SETTINGS: tuple[Setting, ...] = (
       "model's workers (which are then exec-spawned, not forked).", flag=True),
     S("models", parse_models_json, {},
       "JSON {name: {version: {minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout,"
-      " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, marName,"
-      " defaultVersion}}}: per-model settings (below request parameters and model-config.yaml).",
+      " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, workerThreads,"
+      " marName, defaultVersion}}}: per-model settings (below request parameters and"
+      " model-config.yaml).",
       cli="--models-config", doc_default="{}"),
     S("cors_allowed_origin", parse_optional_str, None, "Access-Control-Allow-Origin value."),
     S("cors_allowed_methods", parse_optional_str, None, "Access-Control-Allow-Methods value."),
@@ -118,6 +119,9 @@ SETTINGS: tuple[Setting, ...] = (
       "Recycle a worker whose RSS exceeds this many bytes, K/M/G suffixes allowed (0: never)."),
     S("worker_spawn", parse_choice("zygote", "exec"), "zygote",
       "How workers start: forked from a zygote that imported torch, or a fresh exec."),
+    S("worker_threads", parse_int, 0,
+      "torch intra- and inter-op threads per worker. 0: the CPUs torchd may use (cgroup quota "
+      "and affinity) divided by the workers running, at least 1."),
 )
 del S
 

@@ -25,7 +25,7 @@ from daemon.config.declarations import (
 )
 from daemon.config.properties import parse_properties
 from daemon.config.values import BindAddress, StartupModel, split_model_entry
-from daemon.models.extraction import ARCHIVE_SUFFIXES
+from daemon.osutil import usable_cpus
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class Config:
     max_requests_per_worker: int
     max_worker_rss: int
     worker_spawn: str
+    worker_threads: int
     # Not settings: where the values came from and what the process environment said.
     config_file: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)
@@ -125,17 +126,17 @@ class Config:
 
     @property
     def startup_models(self) -> tuple[StartupModel, ...]:
-        """Named startup models (empty for ``all``: use :func:`startup_models_in_store`)."""
+        """Named startup models (empty for ``all``: the archives module lists the store)."""
         if self.load_all_models:
             return ()
         return tuple(split_model_entry(entry) for entry in self.load_models)
 
     @property
     def startup_workers_per_model(self) -> int:
-        """Workers for a model loaded at start: the setting, else one per CPU."""
+        """Workers for a model loaded at start: the setting, else one per usable CPU."""
         if self.default_workers_per_model is not None:
             return self.default_workers_per_model
-        return os.cpu_count() or 1
+        return usable_cpus()
 
     @property
     def register_workers_default(self) -> int:
@@ -165,17 +166,6 @@ class Config:
     def with_overrides(self, **changes: Any) -> Config:
         """A copy with some fields replaced (tests, and the CLI's derived pid file)."""
         return dataclasses.replace(self, **changes)
-
-
-def startup_models_in_store(model_store: Path) -> list[StartupModel]:
-    """``load_models=all``: every archive or archive directory directly in the model store."""
-    found = []
-    for entry in sorted(model_store.iterdir()):
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir() or entry.name.endswith(ARCHIVE_SUFFIXES):
-            found.append(StartupModel(None, entry.name))
-    return found
 
 
 # ---------------------------------------------------------------------------------------------

@@ -272,6 +272,7 @@ _MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
     "jobQueueSize": parse_positive_int,
     "maxRequestsPerWorker": parse_int,
     "maxWorkerRss": parse_size,
+    "workerThreads": parse_int,
     "marName": parse_str,
     "defaultVersion": parse_bool,
 }

@@ -19,9 +19,10 @@ from urllib.request import url2pathname
 
 import yaml
 
+from daemon.config.values import StartupModel
 from daemon.errors import InvalidModel, ModelNotFound
 from daemon.models.downloads import check_allowed, download_to_store, url_scheme
-from daemon.models.extraction import extract_archive
+from daemon.models.extraction import ARCHIVE_SUFFIXES, extract_archive
 
 logger = logging.getLogger(__name__)
 
@@ -218,3 +219,14 @@ def _plain(value: Any, name: str, budget: list[int], depth: int) -> Any:
     if hasattr(value, "isoformat"):
         return value.isoformat()
     return value
+
+
+def startup_models_in_store(model_store: Path) -> list[StartupModel]:
+    """``load_models=all``: every archive or archive directory directly in the model store."""
+    found = []
+    for entry in sorted(model_store.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir() or entry.name.endswith(ARCHIVE_SUFFIXES):
+            found.append(StartupModel(None, entry.name))
+    return found

@@ -5,12 +5,18 @@ goes down the worker's channel as one PREDICT frame, and each job is answered as
 is read. The dispatcher knows nothing of processes: the worker runner hands it a channel and asks
 it to stop; it says why it ended (None for a stop, else why the channel was lost).
 
-This is where batches would be pipelined: everything between "a batch is ready" and "its result
-came back" happens in ``serve``.
+One batch ahead: when a worker's RESULT is read and a whole batch is waiting, the next PREDICT
+leaves from inside that read, before the finished batch's jobs are answered and before any task
+runs, so at saturation a worker waits for the daemon only as long as one frame takes to build
+(the gap is a metric, ``torchd_worker_idle_gap_seconds``). A batch is never sent while another
+is still running: nothing sits in a worker unstarted, so a worker that dies, is stopped or whose
+model goes away never holds a batch it did not begin, and ``response_timeout`` counts from the
+moment the worker can start it.
 """
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -36,6 +42,8 @@ class BatchChannel(Protocol):
 class BatchObserver(Protocol):
     def observe_batch(self, model: str, version: str, size: int) -> None: ...
 
+    def observe_idle_gap(self, model: str, version: str, seconds: float) -> None: ...
+
 
 _batch_ids = itertools.count(1)   # unique per daemon, so a stray RESULT never matches a batch
 
@@ -59,6 +67,9 @@ class Dispatcher:
         self.served = 0
         self.stop_deadline: float | None = None
         self._stop = asyncio.get_running_loop().create_future()
+        # Batches sent whose outcome the task has not taken yet, oldest first; only the last
+        # can still be running (the others were answered as their RESULT was read).
+        self._sent: collections.deque[_Running] = collections.deque()
 
     def stop(self, deadline: float) -> None:
         """Finish the batch in flight, by ``deadline`` at the latest, then end ``serve``."""
@@ -69,7 +80,12 @@ class Dispatcher:
     async def serve(self) -> str | None:
         """Pull batches until stopped (None) or the channel is lost (the reason)."""
         queue, lost = self.mv.queue, self.channel.lost
-        while not self._stop.done():
+        while not self._stop.done() or self._sent:
+            if self._sent:   # sent by _run, or the moment the previous result was read
+                reason = await self._finish(self._sent.popleft())
+                if reason is not None:
+                    return reason
+                continue
             settings = self.mv.settings
             delay = settings.max_batch_delay / 1000.0
             # Under load the next batch is already queued: take it without a task and a wait.
@@ -86,7 +102,7 @@ class Dispatcher:
                     if lost.done():
                         return str(lost.result())
                     continue
-            reason = await self._run(batch)
+            reason = self._send(batch)
             if reason is not None:
                 return reason
         return None
@@ -103,32 +119,66 @@ class Dispatcher:
         await asyncio.gather(take, return_exceptions=True)
         return None
 
-    async def _run(self, batch: list[Job]) -> str | None:
+    def _send(self, batch: list[Job]) -> str | None:
+        """Send ``batch`` (serve's loop then awaits it), or say why the channel is lost."""
+        try:
+            self._start(batch)
+        except ConnectionError as exc:
+            self.mv.queue.requeue_front(batch)   # never sent: another worker takes them
+            self.batch, self.idle_since = None, self.clock()
+            return str(exc)
+        return None
+
+    def _start(self, batch: list[Job]) -> None:
+        """Send ``batch``; raises ConnectionError (nothing sent) when the channel is gone."""
         now = self.clock()
         jobs = {job.id: job for job in batch}
         for job in batch:
             job.dispatched_at = now
+        result = self.channel.start_batch(
+            next(_batch_ids), [j.request for j in batch], lambda part: _route_part(jobs, part),
+            lambda message: self._on_result(jobs, message))
         self.batch, self.idle_since = batch, None
         if self.observer is not None:
             self.observer.observe_batch(self.mv.name, self.mv.version, len(batch))
+        self._sent.append(_Running(batch, result, now + self.mv.settings.response_timeout))
+
+    def _on_result(self, jobs: dict[str, Job], message: dict) -> None:
+        """The RESULT was just read (in the channel's data callback): start the next batch if
+        one is waiting, then answer this one's jobs."""
+        read_at = self.clock()
+        self._start_next(read_at)
+        _answer(jobs, message)
+
+    def _start_next(self, read_at: float) -> None:
+        if self._stop.done():
+            return
+        settings = self.mv.settings
+        batch = self.mv.queue.take_ready(settings.batch_size, settings.max_batch_delay / 1000.0)
+        if batch is None:
+            return
         try:
-            result = self.channel.start_batch(next(_batch_ids), [j.request for j in batch],
-                                              lambda part: _route_part(jobs, part),
-                                              lambda message: _answer(jobs, message))
-        except ConnectionError as exc:
-            self.mv.queue.requeue_front(batch)   # never sent: another worker takes them
-            self.batch = None
-            return str(exc)
-        outcome = await self._await_result(result, now + self.mv.settings.response_timeout)
-        self.channel.end_batch()
-        self.batch, self.idle_since = None, self.clock()
-        self.served += len(batch)
-        if outcome is None:   # the jobs were answered by _answer as the result came in
+            self._start(batch)
+        except ConnectionError:
+            self.mv.queue.requeue_front(batch)   # the task sees the lost channel next
+            return
+        if self.observer is not None:
+            self.observer.observe_idle_gap(self.mv.name, self.mv.version,
+                                           self.clock() - read_at)
+
+    async def _finish(self, running: _Running) -> str | None:
+        """Await a sent batch's result; None when answered, else why the worker is lost."""
+        outcome = await self._await_result(running.result, running.deadline)
+        self.served += len(running.batch)
+        if not self._sent:
+            self.channel.end_batch()
+            self.batch, self.idle_since = None, self.clock()
+        if outcome is None:   # the jobs were answered by _on_result as the result came in
             if self.after_batch is not None:
                 self.after_batch()
             return None
         error, reason = outcome
-        for job in batch:
+        for job in running.batch:
             job.fail(error)
         return reason
 
@@ -185,6 +235,15 @@ class Dispatcher:
                     f"response timeout after {timeout} s")
         return (ServiceUnavailable(f'Worker for model "{mv.name}" was stopped before the '
                                    'request finished'), "stop timeout")
+
+
+class _Running:
+    """A batch sent to the worker, awaiting its RESULT until ``deadline``."""
+
+    __slots__ = ("batch", "result", "deadline")
+
+    def __init__(self, batch: list[Job], result: asyncio.Future, deadline: float) -> None:
+        self.batch, self.result, self.deadline = batch, result, deadline
 
 
 class _Expired(Exception):

@@ -196,7 +196,8 @@ class ModelManager:
             # recycling: per model (YAML, `models` JSON) over the global settings
             max_requests_per_worker=max(0, pick(None, "maxRequestsPerWorker",
                                                 cfg.max_requests_per_worker)),
-            max_worker_rss=_first_size(layers, "maxWorkerRss", cfg.max_worker_rss))
+            max_worker_rss=_first_size(layers, "maxWorkerRss", cfg.max_worker_rss),
+            worker_threads=max(0, pick(None, "workerThreads", cfg.worker_threads)))
 
     async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> Outcome:
         head = f'Model "{mv.name}" Version: {mv.version} registered with'
@@ -374,7 +375,8 @@ def java_int(value: Any) -> int | None:
 
 
 YAML_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout",
-             "startupTimeout", "jobQueueSize", "maxRequestsPerWorker", "maxWorkerRss")
+             "startupTimeout", "jobQueueSize", "maxRequestsPerWorker", "maxWorkerRss",
+             "workerThreads")
 
 
 def _yaml_settings(yaml_config: dict) -> dict[str, Any]:

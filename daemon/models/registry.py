@@ -22,6 +22,7 @@ class ModelSettings:
     max_workers: int = 0
     max_requests_per_worker: int = 0    # 0: never recycle on request count
     max_worker_rss: int = 0             # bytes; 0: never recycle on memory
+    worker_threads: int = 0             # torch threads per worker; 0: the machine's share
 
 
 @dataclass(eq=False)

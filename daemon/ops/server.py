@@ -34,6 +34,7 @@ from daemon.metrics import Metrics
 from daemon.models.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
+from daemon.osutil import usable_cpus
 from daemon.ops.listeners import ListenerError, Listeners, bind_listeners
 from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
@@ -59,7 +60,7 @@ class Core:
             runtime_dir=self.runtime_dir / "sockets", max_frame=config.max_response_size,
             server_version=VERSION, heartbeat_interval=config.heartbeat_interval,
             autoscale_up_delay=config.autoscale_up_delay,
-            autoscale_down_delay=config.autoscale_down_delay)
+            autoscale_down_delay=config.autoscale_down_delay, cpus=usable_cpus())
         self.supervisor = Supervisor(self.registry, settings, self._launcher_factory(),
                                      metrics=self.metrics)
         self.snapshots = SnapshotStore(config.snapshot_dir)

@@ -5,7 +5,8 @@ import logging
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon.config.settings import Config, StartupModel, startup_models_in_store
+from daemon.config.settings import Config, StartupModel
+from daemon.models.archives import startup_models_in_store
 from daemon.errors import Conflict, ModelNotFound, TorchdError
 from daemon.models import snapshots
 from daemon.models.manager import ModelManager, RegisterRequest

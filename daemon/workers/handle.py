@@ -27,6 +27,7 @@ class WorkerHandle:
     last_error: str | None = None
     retiring: bool = False             # recycled: stops once its replacement is READY
     stop_deadline: float | None = None
+    threads: int = 0                   # torch threads it was given (LOAD) or told (THREADS)
     returncode: int | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
@@ -58,3 +59,15 @@ class WorkerHandle:
     def start_time_iso(self) -> str:
         stamp = self.started_wall.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3]
         return stamp + "Z"
+
+
+def stop_preference(handle: WorkerHandle) -> tuple[int, int]:
+    """Stop broken and starting workers before serving ones, idle before busy, newest first."""
+    busy = 1 if handle.busy else 0
+    return (_STOP_ORDER.get(handle.state, 4) + busy, -int(handle.id))
+
+
+_STOP_ORDER = {WorkerState.FAILED: 0, WorkerState.BACKOFF: 1, WorkerState.STARTING: 2,
+               WorkerState.READY: 3}
+
+

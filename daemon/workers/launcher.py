@@ -58,6 +58,16 @@ worker_output = logging.getLogger("torchd.worker")
 _forwarders: set[asyncio.Task] = set()
 
 
+def thread_env(threads: int) -> dict[str, str] | None:
+    """The environment of an exec-spawned worker: the daemon's own, plus the thread count for
+    the OpenMP and MKL runtimes, which read it once as torch loads them (before any LOAD
+    frame could say it). None (inherit unchanged) when torch's default is wanted."""
+    if threads <= 0:
+        return None
+    count = str(threads)
+    return {**os.environ, "OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count}
+
+
 def forward_output(proc: asyncio.subprocess.Process) -> None:
     task = asyncio.get_running_loop().create_task(_forward(proc.stdout))
     _forwarders.add(task)
@@ -88,12 +98,12 @@ class ExecLauncher:
         return None
 
     async def spawn(self, worker_id: str, socket_path: str, title: str,
-                    python_path: str | None = None) -> int:
+                    python_path: str | None = None, threads: int = 0) -> int:
         extra = ["--python-path", python_path] if python_path else []
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker", "--socket", socket_path, "--worker-id", worker_id,
             "--daemon-pid", str(self.daemon_pid), "--title", title, *extra,
-            **OUTPUT_PIPE)
+            env=thread_env(threads), **OUTPUT_PIPE)
         forward_output(proc)
         self._pids.add(proc.pid)
         task = asyncio.get_running_loop().create_task(self._wait(proc))
@@ -212,16 +222,19 @@ class ZygoteLauncher:
             self.on_exit(message["pid"], message["returncode"])
 
     async def spawn(self, worker_id: str, socket_path: str, title: str,
-                    python_path: str | None = None) -> int:
+                    python_path: str | None = None, threads: int = 0) -> int:
+        """``threads`` matters to an exec-spawned worker only: a forked one sets torch's
+        threads itself from its LOAD frame (its OpenMP runtime was loaded by the zygote)."""
         if python_path:
             # its own packages must be imported before anything the zygote already holds
-            return await self.fallback.spawn(worker_id, socket_path, title, python_path)
+            return await self.fallback.spawn(worker_id, socket_path, title, python_path,
+                                             threads)
         if self._starting is not None and not self._starting.done():
             # Waiting for a warming zygote beats exec: an exec-spawned worker imports torch
             # on its own (slower on a busy machine, and none of the memory is shared).
             await asyncio.wait({self._starting})
         if self._writer is None:
-            return await self.fallback.spawn(worker_id, socket_path, title)
+            return await self.fallback.spawn(worker_id, socket_path, title, None, threads)
         future = asyncio.get_running_loop().create_future()
         self._pending[worker_id] = future
         write_frame(self._writer, messages.spawn(worker_id, socket_path, title, self.daemon_pid))

@@ -52,7 +52,7 @@ def describe_row(handle: WorkerHandle, rss: int) -> dict[str, Any]:
     """One worker as the describe API shows it."""
     return {"id": handle.id, "startTime": handle.start_time_iso,
             "status": handle.state.value, "memoryUsage": rss, "pid": handle.pid or -1,
-            "gpu": False, "gpuUsage": "N/A",
+            "gpu": False, "gpuUsage": "N/A", "threads": handle.threads,
             **({"lastError": handle.last_error} if handle.last_error else {})}
 
 

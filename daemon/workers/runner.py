@@ -117,7 +117,7 @@ class WorkerRunner:
             # Raced against a stop: a spawn can wait long for a zygote still importing torch.
             deps = str(mv.deps_dir) if mv.deps_dir else None
             spawn = asyncio.ensure_future(
-                self.launcher.spawn(handle.id, str(path), handle.title, deps))
+                self.launcher.spawn(handle.id, str(path), handle.title, deps, handle.threads))
             try:
                 pid = await self._until(spawn, handle, timeout, "spawn")
             except StartFailure:
@@ -170,7 +170,7 @@ class WorkerRunner:
                              manifest=mv.manifest, batch_size=mv.settings.batch_size,
                              model_yaml_config=mv.yaml_config,
                              server_version=self.settings.server_version,
-                             max_response_size=self.settings.max_frame)
+                             max_response_size=self.settings.max_frame, threads=handle.threads)
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:

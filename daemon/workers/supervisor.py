@@ -19,13 +19,14 @@ from typing import Any
 
 from daemon.errors import ServiceUnavailable, no_worker_error
 from daemon.models.registry import ModelVersion, Registry
-from daemon.workers.handle import WorkerHandle
+from daemon.workers.handle import WorkerHandle, stop_preference
 from daemon.workers.autoscale import autoscale_step
 from daemon.workers.launcher import ProcessOps
 from daemon.workers.pids import PidTable
 from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner
+from daemon.workers.threads import ThreadSplit
 from daemon.workers.states import LIVE_STATES, SLOT_STATES, RestartPolicy, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class SupervisorSettings:
     autoscale_up_delay: float = 1.0
     autoscale_down_delay: float = 30.0
     tick: float = 0.5
+    cpus: int = 1                      # CPUs the workers share (daemon.osutil.usable_cpus)
     policy: RestartPolicy = field(default_factory=RestartPolicy)
 
 
@@ -68,6 +70,7 @@ class Supervisor:
         self._closing = False
         self._loop_task: asyncio.Task | None = None
         self.heartbeats = Heartbeat(settings.heartbeat_interval, clock)
+        self.threads = ThreadSplit(settings.cpus)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -143,9 +146,10 @@ class Supervisor:
         for _ in range(record.target - len(slots)):
             self.spawn_worker(mv)
         if len(slots) > record.target:
-            for handle in sorted(slots, key=_stop_preference)[: len(slots) - record.target]:
+            for handle in sorted(slots, key=stop_preference)[: len(slots) - record.target]:
                 self.request_stop(handle, timeout=record.stop_timeout)
         self._retire_replaced(mv, record)
+        self.threads.rebalance(self.workers.values())   # before any new runner starts
         if mv.queue.depth and not self.can_serve(mv):
             mv.queue.fail_all(no_worker_error(mv.name))
         ready = sum(1 for h in slots if h.state is S.READY)
@@ -387,12 +391,3 @@ class Supervisor:
             if not handle.retiring:
                 handle.retiring = True
                 self.wake()
-
-
-def _stop_preference(handle: WorkerHandle) -> tuple[int, int]:
-    """Stop broken and starting workers before serving ones, idle before busy, newest first."""
-    order = {S.FAILED: 0, S.BACKOFF: 1, S.STARTING: 2, S.READY: 3}
-    busy = 1 if handle.busy else 0
-    return (order.get(handle.state, 4) + busy, -int(handle.id))
-
-

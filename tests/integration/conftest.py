@@ -12,7 +12,7 @@ from tests.support.archives import MODELS, build_archive, copy_store
 from tests.support.daemon import Daemon, running_daemon
 
 SIMPLE = ["noop", "echo", "sleep", "stream", "fail513", "fail_plain", "oom", "fail_load",
-          "status", "describe", "bad_output"]
+          "status", "describe", "bad_output", "threads"]
 
 
 @pytest.fixture(scope="session")

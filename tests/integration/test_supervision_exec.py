@@ -6,12 +6,14 @@ import os
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
 import pytest
 
 from daemon.osutil import pid_gone as gone
+from daemon.osutil import usable_cpus
 from tests.support.daemon import Daemon, running_daemon
 from tests.support.supervision import ZYGOTE_TITLE, Load, descendants, ready_pids, title
 from tests.support.waiting import wait_until
@@ -62,6 +64,29 @@ def test_recycled_worker_is_replaced_before_it_retires(ex: Daemon) -> None:
         assert gone(first["pid"])
     finally:
         ex.unregister("ex_recycle")
+
+def test_exec_workers_get_their_thread_share_before_torch_loads(ex: Daemon) -> None:
+    """An exec-spawned worker also hears its share through OMP_NUM_THREADS/MKL_NUM_THREADS,
+    which the OpenMP runtime reads as torch loads it (before any LOAD frame)."""
+    assert ex.register("threads.mar", model_name="ex_threads",
+                       initial_workers=2).status_code == 200
+    try:
+        share = str(max(1, usable_cpus() // 2))
+        answers = []
+        with ThreadPoolExecutor(2) as pool:   # each request holds a worker: both answer
+            for _ in range(10):
+                batch = list(pool.map(lambda _: ex.infer(
+                    "POST", "/predictions/ex_threads", data=b"sleep0.3").json(), range(2)))
+                answers += batch
+                if len({a["pid"] for a in answers}) == 2:
+                    break
+        assert len({a["pid"] for a in answers}) == 2
+        for answer in answers:
+            assert (str(answer["intra"]), str(answer["inter"]), answer["omp"]) == \
+                (share, share, share)
+    finally:
+        ex.unregister("ex_threads")
+
 
 
 def test_sigkill_exec_daemon_leaves_no_worker(ex: Daemon) -> None:

@@ -27,6 +27,7 @@ def _samples() -> dict[str, dict[str, Any]]:
         "result": m.result(7, [part]),
         "stream": m.stream(7, part),
         "describe": m.describe(),
+        "threads": m.threads(3),
         "described": m.described(True, {"custom": ["meta", 1]}),
         "ping": m.ping(2**40),
         "pong": m.pong(2**40),

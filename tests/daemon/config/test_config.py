@@ -9,7 +9,8 @@ import pytest
 
 from daemon.config.declarations import DEFAULT_ALLOWED_URLS, SETTINGS, settings_table_markdown
 from daemon.config.properties import parse_properties
-from daemon.config.settings import ConfigError, load_config, startup_models_in_store
+from daemon.config.settings import ConfigError, load_config
+from daemon.models.archives import startup_models_in_store
 from daemon.config.values import BindAddress, StartupModel, parse_address, split_model_entry
 from daemon.models.downloads import url_is_allowed
 

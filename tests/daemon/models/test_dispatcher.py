@@ -10,7 +10,9 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
-from daemon.errors import InternalServerError
+import pytest
+
+from daemon.errors import InternalServerError, ServiceUnavailable
 from daemon.models.dispatcher import Dispatcher
 from daemon.models.queue import Job, JobQueue
 from daemon.models.registry import ModelSettings
@@ -165,4 +167,141 @@ def test_a_batch_that_cannot_be_sent_goes_back_to_the_front_of_the_queue():
         assert await dispatcher(mv, channel).serve() == "worker closed its socket"
         assert [j.id for j in mv.queue.take_ready(3, 0)] == ["a", "b", "c"]
         assert not first.finished and not second.finished
+    run(main())
+
+
+# ---- one batch ahead -------------------------------------------------------------------------
+
+class Observer:
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.gaps: list[float] = []
+
+    def observe_batch(self, model: str, version: str, size: int) -> None:
+        self.batches.append(size)
+
+    def observe_idle_gap(self, model: str, version: str, seconds: float) -> None:
+        self.gaps.append(seconds)
+
+
+def observed(mv: SimpleNamespace, channel: MemoryChannel) -> tuple[Dispatcher, Observer]:
+    observer = Observer()
+    return Dispatcher(mv, channel, asyncio.get_running_loop().time,
+                      death_error=lambda: InternalServerError("Worker died."),
+                      observer=observer), observer
+
+
+def sent_ids(channel: MemoryChannel) -> list[list[str]]:
+    return [[r["id"] for r in requests] for requests, _, _ in channel.batches]
+
+
+def test_at_saturation_the_next_batch_leaves_inside_the_result_read():
+    async def main():
+        mv, channel = model(batch_size=2), MemoryChannel()
+        feeder, observer = observed(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        jobs = [submit(mv, name) for name in "abcde"]
+        await settle()
+        assert sent_ids(channel) == [["a", "b"]]
+        channel.answer()      # no await between the read and the next send: no task ran
+        assert sent_ids(channel) == [["a", "b"], ["c", "d"]] and feeder.batch == jobs[2:4]
+        assert observer.gaps == [0.0]   # virtual time: no time passed in the read
+        channel.answer()
+        assert sent_ids(channel)[-1] == ["e"]   # its delay (0 ms) is over: ready, sent too
+        channel.answer()
+        for job in jobs:
+            assert (await job.next_event())[0] == "final"
+        await settle()
+        assert feeder.served == 5 and feeder.batch is None and mv.queue.depth == 0
+        feeder.stop(asyncio.get_running_loop().time())
+        assert await serving is None
+    run(main())
+
+
+def test_a_batch_still_filling_is_not_sent_ahead():
+    async def main():
+        mv, channel = model(batch_size=4, delay_ms=100), MemoryChannel()
+        feeder, observer = observed(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        submit(mv, "a")
+        while not channel.batches:            # "a" goes alone once its 100 ms are over
+            await asyncio.sleep(0.01)
+        submit(mv, "b")                       # arrives while "a" runs; may still get company
+        channel.answer()
+        assert sent_ids(channel) == [["a"]] and observer.gaps == []
+        started = asyncio.get_running_loop().time()
+        while len(channel.batches) < 2:
+            await asyncio.sleep(0.001)
+        assert asyncio.get_running_loop().time() - started == pytest.approx(0.1, abs=0.002)
+        feeder.stop(asyncio.get_running_loop().time() + 5)
+        channel.answer()
+        assert await serving is None
+    run(main())
+
+
+def test_a_stop_sends_nothing_ahead_and_leaves_the_queue_to_others():
+    async def main():
+        mv, channel = model(), MemoryChannel()
+        feeder, _ = observed(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        running, waiting = submit(mv, "running"), submit(mv, "waiting")
+        await settle()
+        feeder.stop(asyncio.get_running_loop().time() + 5)   # scaled down while busy
+        channel.answer()
+        assert await serving is None and len(channel.batches) == 1
+        assert (await running.next_event())[0] == "final"
+        assert not waiting.finished and mv.queue.depth == 1
+    run(main())
+
+
+def test_an_unregistered_model_sends_nothing_ahead():
+    async def main():
+        mv, channel = model(), MemoryChannel()
+        feeder, _ = observed(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        running, waiting = submit(mv, "running"), submit(mv, "waiting")
+        await settle()
+        mv.queue.close(ServiceUnavailable("unregistered"))    # what unregister does first
+        feeder.stop(asyncio.get_running_loop().time() + 5)    # then its drain
+        channel.answer()
+        assert await serving is None and len(channel.batches) == 1
+        assert (await running.next_event())[0] == "final"
+        kind, error = await waiting.next_event()
+        assert kind == "error" and error.status == 503
+    run(main())
+
+
+def test_a_death_fails_only_the_batch_that_was_running():
+    async def main():
+        mv, channel = model(), MemoryChannel()
+        feeder, _ = observed(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        first, second, third = submit(mv, "first"), submit(mv, "second"), submit(mv, "third")
+        await settle()
+        channel.answer()               # "second" leaves at once and runs
+        channel.lose()                 # the worker dies in it
+        assert await serving == "worker closed its socket"
+        assert (await first.next_event())[0] == "final"
+        kind, error = await second.next_event()
+        assert kind == "error" and error.message == "Worker died."
+        assert not third.finished and mv.queue.depth == 1   # never sent: still queued
+    run(main())
+
+
+def test_a_batch_sent_ahead_has_its_whole_response_timeout_from_its_start():
+    async def main():
+        mv, channel = model(timeout=10), MemoryChannel()
+        feeder, _ = observed(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        first, second = submit(mv, "first"), submit(mv, "second")
+        await settle()
+        await asyncio.sleep(8)         # "second" has waited 8 s in the queue
+        channel.answer()               # ... and starts now
+        started = asyncio.get_running_loop().time()
+        assert await serving == "response timeout after 10 s"
+        assert asyncio.get_running_loop().time() - started == 10
+        assert (await first.next_event())[0] == "final"
+        kind, error = await second.next_event()
+        assert kind == "error" and error.status == 504 and channel.closed
+        assert len(channel.batches) == 2   # nothing went after the batch that timed out
     run(main())

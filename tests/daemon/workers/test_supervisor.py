@@ -123,7 +123,7 @@ class FakeLauncher:
         return None
 
     async def spawn(self, worker_id: str, socket_path: str, title: str,
-                    python_path: str | None = None) -> int:
+                    python_path: str | None = None, threads: int = 0) -> int:
         worker = FakeWorker(self, next(self._pids), worker_id, socket_path, self.behaviour,
                             self.hold)
         self.by_pid[worker.pid] = worker
