@@ -96,23 +96,31 @@ def test_quick_bench_measures_both_servers_and_leaves_nothing_running(tmp_path: 
 
 def check_goal_bookkeeping(table: list[dict], medians: dict[str, dict[str, float]]) -> None:
     """Every metric has a row; its ratio is torchd / TorchServe from the medians; a row with a
-    goal says whether the ratio meets it, and one without a goal says nothing."""
+    ratio goal says whether the ratio meets it, a row with a limit whether torchd's own value
+    does, and a row with neither says nothing."""
     assert [row["metric"] for row in table] == list(medians["torchd"])
+
+    def meets(value: float, bound: float, op: str) -> bool:
+        return value >= bound if op == ">=" else value <= bound
+
     for row in table:
         ours, theirs = medians["torchd"][row["metric"]], medians["torchserve"][row["metric"]]
         assert (row["torchd"], row["torchserve"]) == (ours, theirs), row
-        if not theirs:
-            assert row["ratio"] is None and row["met"] is None, row
-            continue
-        assert row["ratio"] == pytest.approx(ours / theirs), row
-        if row["goal"] is None:
-            assert row["met"] is None, row
-        elif row["goal_op"] == ">=":
-            assert row["met"] is (row["ratio"] >= row["goal"]), row
+        assert row["goal_op"] in (">=", "<="), row
+        if ours is None or not theirs:
+            assert row["ratio"] is None, row
         else:
-            assert row["goal_op"] == "<=" and row["met"] is (row["ratio"] <= row["goal"]), row
+            assert row["ratio"] == pytest.approx(ours / theirs), row
+        if row["goal"] is not None and row["ratio"] is not None:
+            assert row["met"] is meets(row["ratio"], row["goal"], row["goal_op"]), row
+        elif row["limit"] is not None and ours is not None:
+            assert row["met"] is meets(ours, row["limit"], row["goal_op"]), row
+        else:
+            assert row["met"] is None, row
     goals = [row for row in table if row["goal"] is not None]
     assert goals and {row["metric"] for row in goals} >= {"noop_rps", "mlp_rps"}
+    limits = {row["metric"] for row in table if row["limit"] is not None}
+    assert limits >= {"frontend_us", "idle_gap_ms", "image_scaling"}
 
 
 def alive(pid: int, created: float) -> bool:

@@ -191,6 +191,8 @@ _WORKER = {
         "pid": {"type": "integer"},
         "gpu": {"type": "boolean"},
         "gpuUsage": string(),
+        "threads": {"type": "integer",
+                    "description": "torch threads the worker runs with (its share of the CPUs)."},
     },
 }
 
