@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
-import uuid
 from typing import Any, Callable
 
 from starlette.exceptions import HTTPException
@@ -147,6 +147,17 @@ EXCEPTION_HANDLERS = {TorchdError: torchd_error, HTTPException: http_error,
                       ClientDisconnect: client_gone, Exception: unexpected_error}
 
 
+def new_request_id() -> str:
+    """A random (version 4) UUID in its usual text form: the same ids as str(uuid.uuid4()),
+    made from the hex of 16 random bytes without building a UUID object (a third the cost)."""
+    h = os.urandom(16).hex()
+    return (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
+
+
+# RFC 4122 variant bits (10xx) in the first hex digit of the fourth group
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
 class RequestContext:
     """Pure ASGI middleware: trailing slash, x-request-id, status counting, access log.
 
@@ -167,7 +178,7 @@ class RequestContext:
         path = scope["path"]
         if len(path) > 1 and path.endswith("/"):
             scope = {**scope, "path": path.rstrip("/") or "/"}
-        request_id = str(uuid.uuid4())
+        request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())
         started = time.perf_counter()

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Match, Route
+from starlette.routing import Route
 
 from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, TorchdError, \
     error_response, no_worker_error
@@ -288,18 +288,52 @@ def prediction_routes(predictor: Predictor) -> list[Route]:
 
 class HotRoutes:
     """Pure ASGI: a request that fully matches one of ``routes`` (path and method) goes straight
-    to its endpoint; anything else to ``app``, whose router holds the same routes."""
+    to its endpoint; anything else to ``app``, whose router holds the same routes.
+
+    Matching splits the path once and looks its shape up by segment count and first segment:
+    the same answers as the routes' own regexes (a parameter is one non-empty segment) at a
+    fraction of their cost, which profiling put at a tenth of the daemon's time per request."""
 
     def __init__(self, app: Callable, routes: list[Route]) -> None:
         self.app = app
-        self.routes = routes
+        self.shapes: dict[tuple[int, str], list[_Shape]] = {}
+        for route in routes:
+            shape = _Shape(route)
+            self.shapes.setdefault((len(shape.parts), shape.parts[1]), []).append(shape)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
-            for route in self.routes:
-                match, child = route.matches(scope)
-                if match is Match.FULL:
-                    scope.update(child)
-                    await route.app(scope, receive, send)
+            parts = scope["path"].split("/")
+            for shape in self.shapes.get((len(parts), parts[1] if len(parts) > 1 else ""), ()):
+                params = shape.match(parts, scope["method"])
+                if params is not None:
+                    scope["endpoint"] = shape.route.endpoint
+                    scope["path_params"] = params
+                    await shape.route.app(scope, receive, send)
                     return
         await self.app(scope, receive, send)
+
+
+class _Shape:
+    """A route's path as segments: fixed ones must be equal, ``{name}`` ones non-empty."""
+
+    def __init__(self, route: Route) -> None:
+        self.route = route
+        self.parts = route.path.split("/")
+        self.params = [(i, part[1:-1]) for i, part in enumerate(self.parts)
+                       if part.startswith("{")]
+        self.fixed = [(i, part) for i, part in enumerate(self.parts) if not part.startswith("{")]
+        self.methods = route.methods or set()
+
+    def match(self, parts: list[str], method: str) -> dict[str, str] | None:
+        if method not in self.methods:
+            return None
+        for i, fixed in self.fixed:
+            if parts[i] != fixed:
+                return None
+        params = {}
+        for i, name in self.params:
+            if not parts[i]:
+                return None
+            params[name] = parts[i]
+        return params

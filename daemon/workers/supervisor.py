@@ -283,7 +283,7 @@ class Supervisor:
 
     def can_serve(self, mv: ModelVersion) -> bool:
         """Some worker is READY or on its way (starting, or restarting after a crash)."""
-        return any(h.state in LIVE_STATES for h in self.handles(mv))
+        return any(h.mv is mv and h.state in LIVE_STATES for h in self.workers.values())
 
     def ready_count(self, mv: ModelVersion) -> int:
         return sum(1 for h in self.handles(mv) if h.state is S.READY)
