@@ -11,7 +11,8 @@ from starlette.routing import Route
 
 from daemon.errors import BadRequest, MethodNotAllowed
 from daemon.http.common import DESCRIPTION_ROUTES, Params, read_body, status_json
-from daemon.models.manager import JAVA_INT, ModelManager, Outcome, RegisterRequest
+from daemon.models.manager import JAVA_INT, ModelManager, Outcome
+from daemon.models.requests import RegisterRequest
 
 logger = logging.getLogger(__name__)
 

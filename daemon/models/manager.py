@@ -12,7 +12,7 @@ import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from daemon.models import archives
 from daemon.config.settings import Config
@@ -20,40 +20,17 @@ from daemon.models.dependencies import install_requirements, remove_installed
 from daemon.errors import (BadRequest, InternalServerError, ModelNotFound,
                            ModelVersionNotFound, ServiceUnavailable)
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
+from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
+from daemon.models.requests import RegisterRequest
+from daemon.models.snapshots import SnapshotStore
 from daemon.workers.supervisor import Supervisor
 
-if TYPE_CHECKING:   # the snapshot module builds RegisterRequests: imported there at run time
-    from daemon.metrics import Metrics
-    from daemon.models.snapshots import SnapshotStore
 
 logger = logging.getLogger(__name__)
 VALID_RUNTIMES = ("python", "python3")
 JAVA_INT = range(-2**31, 2**31)
 SYNC_SLACK = 10.0      # seconds a synchronous call waits beyond the model's startup_timeout
-
-
-@dataclass
-class RegisterRequest:
-    """POST /models parameters; None means "not given" (explicit values beat the YAML)."""
-
-    url: str | None
-    model_name: str | None = None
-    handler: str | None = None
-    runtime: str | None = None
-    batch_size: int | None = None
-    max_batch_delay: int | None = None
-    initial_workers: int | None = None
-    max_workers: int | None = None
-    synchronous: bool = True
-    response_timeout: int | None = None
-    startup_timeout: int | None = None
-    job_queue_size: int | None = None
-    s3_sse_kms: bool = False
-    loaded_at_startup: bool = False
-    # Restoring a snapshot: the model-store file ``url`` was once downloaded to. The archive
-    # is read from there (never fetched again) and stays ours to delete on unregister.
-    downloaded_copy: str | None = None
 
 
 @dataclass

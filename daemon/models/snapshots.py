@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.osutil import fsync_dir, pid_gone
-from daemon.models.manager import RegisterRequest
+from daemon.models.requests import RegisterRequest
 from daemon.models.registry import ModelVersion, Registry
 
 logger = logging.getLogger(__name__)

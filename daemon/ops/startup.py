@@ -9,7 +9,8 @@ from daemon.config.settings import Config, StartupModel
 from daemon.models.archives import startup_models_in_store
 from daemon.errors import Conflict, ModelNotFound, TorchdError
 from daemon.models import snapshots
-from daemon.models.manager import ModelManager, RegisterRequest
+from daemon.models.manager import ModelManager
+from daemon.models.requests import RegisterRequest
 from daemon.models.snapshots import SnapshotError, SnapshotStore
 
 logger = logging.getLogger(__name__)

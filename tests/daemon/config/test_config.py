@@ -11,6 +11,7 @@ from daemon.config.declarations import DEFAULT_ALLOWED_URLS, SETTINGS, settings_
 from daemon.config.properties import parse_properties
 from daemon.config.settings import ConfigError, load_config
 from daemon.models.archives import startup_models_in_store
+from daemon.osutil import usable_cpus
 from daemon.config.values import BindAddress, StartupModel, parse_address, split_model_entry
 from daemon.models.downloads import url_is_allowed
 
@@ -76,6 +77,14 @@ def test_crlf_line_endings():
 
 # --- defaults ---------------------------------------------------------------------------------
 
+def test_startup_workers_follow_the_cpus_torchd_may_use(tmp_path, monkeypatch):
+    """A 1-CPU container on a 64-core host starts 1 worker per startup model, not 64."""
+    monkeypatch.setattr("daemon.config.settings.usable_cpus", lambda: 1)
+    assert load(tmp_path).startup_workers_per_model == 1
+    monkeypatch.setattr("daemon.config.settings.usable_cpus", lambda: 3)
+    assert load(tmp_path).startup_workers_per_model == 3
+
+
 def test_defaults(tmp_path):
     config = load(tmp_path)
     assert config.inference_address == BindAddress("http", "127.0.0.1", 8080)
@@ -84,7 +93,7 @@ def test_defaults(tmp_path):
     assert config.model_store is None
     assert config.load_models == () and config.startup_models == ()
     assert config.default_workers_per_model is None
-    assert config.startup_workers_per_model == (os.cpu_count() or 1)
+    assert config.startup_workers_per_model == usable_cpus()
     assert config.register_workers_default == 0
     assert (config.job_queue_size, config.max_request_size, config.max_response_size) == (
         100, 6553500, 6553500)

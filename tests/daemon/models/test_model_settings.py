@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 
 from daemon.config.settings import load_config
-from daemon.models.manager import ModelManager, RegisterRequest
+from daemon.models.manager import ModelManager
+from daemon.models.requests import RegisterRequest
 
 
 def manager(tmp_path: Path, **settings: str) -> ModelManager:

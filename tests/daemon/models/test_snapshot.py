@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from daemon.models import snapshots
-from daemon.models.manager import RegisterRequest
+from daemon.models.requests import RegisterRequest
 from daemon.models.registry import Registry
 from daemon.models.snapshots import (
     SavedModel,
