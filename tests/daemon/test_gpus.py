@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from daemon.config.settings import ConfigError, load_config
 from daemon.gpus import MIB, discover_gpus
 from tests.support.gpus import FakeNvml, fake_inventory
 
@@ -121,3 +122,16 @@ def test_the_daemon_never_imports_torch():
             "g.discover_gpus(None, None)\n"
             "assert 'torch' not in sys.modules, 'the daemon imported torch'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_number_of_gpu_and_cuda_visible_devices_are_read_into_the_config(tmp_path, caplog):
+    config = load_config({}, {}, tmp_path)
+    assert (config.number_of_gpu, config.cuda_visible_devices) == (None, None)
+    (tmp_path / "config.properties").write_text("number_of_gpu=2\n")
+    config = load_config({}, {"CUDA_VISIBLE_DEVICES": "GPU-1,0"}, tmp_path)
+    assert (config.number_of_gpu, config.cuda_visible_devices) == (2, "GPU-1,0")
+    assert not any("number_of_gpu" in r.getMessage() for r in caplog.records)   # not ignored
+    assert load_config({}, {"TS_NUMBER_OF_GPU": "0"}, tmp_path).number_of_gpu == 0
+    assert load_config({"number_of_gpu": "1"}, {}, tmp_path).number_of_gpu == 1
+    with pytest.raises(ConfigError, match="invalid value for number_of_gpu"):
+        load_config({"number_of_gpu": "-1"}, {}, tmp_path)
