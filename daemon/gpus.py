@@ -23,6 +23,9 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 MIB = 1024 * 1024
+# NVML's answers that mean a device is gone: NOT_FOUND (its UUID is no longer listed),
+# GPU_IS_LOST (fell off the bus), RESET_REQUIRED. Any other error may pass.
+GONE_ERRORS = frozenset({6, 15, 16})
 
 
 @dataclass(frozen=True)
@@ -103,21 +106,22 @@ class GpuInventory:
                 if isinstance(getattr(p, "usedGpuMemory", None), int)}
 
     def present(self, gpu_id: int) -> bool:
-        """Ask NVML again whether the device is still there (it can fall off the bus, or be
-        reset away); a device once found gone stays gone for placement."""
+        """Ask NVML again whether the device is still there (it can fall off the bus, or need
+        a reset); a device once found gone stays gone for placement. An error that does not
+        say so (a timeout, say) does not take a GPU away."""
         if gpu_id in self._lost or gpu_id not in self._by_id:
             return False
         if self._nvml is None:
             return True     # nothing to ask
         try:
-            handle = self._handle(gpu_id)
-            if handle is not None:
-                self._nvml.nvmlDeviceGetMemoryInfo(handle)
-                return True
+            self._nvml.nvmlDeviceGetMemoryInfo(self._handle(gpu_id))
+            return True
         except Exception as exc:
-            logger.error("GPU %s is gone: %s", gpu_id, exc)
-        else:
-            logger.error("GPU %s is gone", gpu_id)
+            if getattr(exc, "value", None) not in GONE_ERRORS:
+                logger.warning("NVML cannot tell whether GPU %s is there (%s): assuming it is",
+                               gpu_id, exc)
+                return True
+            logger.error("%s is gone: %s", self.describe(gpu_id), exc)
         self._lost.add(gpu_id)
         return False
 

@@ -111,8 +111,24 @@ def test_a_vanished_gpu_is_asked_for_again_and_stays_gone(caplog):
     assert inventory.usable() == (0,) and inventory.ids == (0, 1)
     nvml.devices[1].lost = False                 # back after a reset: placement still avoids it
     assert not inventory.present(1) and inventory.usable() == (0,)
-    assert any("GPU 1 is gone" in r.getMessage() for r in caplog.records)
+    assert any(r.getMessage() == f"GPU 1 (NVIDIA H200 {nvml.devices[1].uuid}) is gone: GPU is lost"
+               for r in caplog.records)
     assert not inventory.present(9)
+
+
+def test_a_gpu_whose_uuid_nvml_no_longer_lists_is_gone():
+    inventory, nvml = fake_inventory(2)
+    del nvml.devices[0]
+    assert not inventory.present(0) and inventory.usable() == (1,)
+
+
+def test_an_nvml_error_that_does_not_say_gone_keeps_the_gpu(caplog):
+    inventory, nvml = fake_inventory(2)
+    nvml.devices[1].flaky = True
+    assert inventory.usage(1) is None
+    assert inventory.present(1) and inventory.usable() == (0, 1)
+    assert any("cannot tell whether GPU 1 is there (Timeout)" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_the_daemon_never_imports_torch():

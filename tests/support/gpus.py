@@ -13,7 +13,14 @@ from daemon.gpus import MIB, GpuInventory, discover_gpus
 
 
 class NVMLError(Exception):
-    pass
+    """pynvml's: ``value`` is NVML's return code."""
+
+    def __init__(self, value: int, text: str) -> None:
+        super().__init__(text)
+        self.value = value
+
+
+GPU_IS_LOST, NOT_FOUND, TIMEOUT, DRIVER_NOT_LOADED = 15, 6, 10, 9
 
 
 @dataclass
@@ -26,6 +33,7 @@ class FakeDevice:
     memory_total: int = 143771 * MIB
     processes: dict[int, int | None] = field(default_factory=dict)   # pid -> bytes (None: N/A)
     lost: bool = False
+    flaky: bool = False                   # every query times out
 
 
 class FakeNvml:
@@ -42,13 +50,15 @@ class FakeNvml:
 
     def _device(self, handle: FakeDevice) -> FakeDevice:
         if handle.lost:
-            raise NVMLError("GPU is lost")
+            raise NVMLError(GPU_IS_LOST, "GPU is lost")
+        if handle.flaky:
+            raise NVMLError(TIMEOUT, "Timeout")
         return handle
 
     # -- the pynvml calls ------------------------------------------------------------------
     def nvmlInit(self) -> None:
         if self.fail_init:
-            raise NVMLError(self.fail_init)
+            raise NVMLError(DRIVER_NOT_LOADED, self.fail_init)
         self.initialized = True
 
     def nvmlDeviceGetCount(self) -> int:
@@ -61,7 +71,7 @@ class FakeNvml:
         for device in self.devices:
             if device.uuid == uuid:
                 return self._device(device)
-        raise NVMLError("not found")
+        raise NVMLError(NOT_FOUND, "Not Found")
 
     def nvmlDeviceGetUUID(self, handle: FakeDevice) -> str:
         return self._device(handle).uuid
