@@ -175,5 +175,6 @@ def load_service(load: dict[str, Any]) -> tuple[ModelService | None, str | None,
         logger.exception("loading model %s failed", load.get("model_name"))
         return None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
     seconds = time.monotonic() - started
-    logger.info("model %s loaded in %.3f s", load.get("model_name"), seconds)
+    logger.info("model %s loaded in %.3f s (gpu_id %s)", load.get("model_name"), seconds,
+                load.get("gpu_id"))
     return service, None, seconds
