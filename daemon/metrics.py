@@ -40,6 +40,9 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 DEFAULT_VERSION_LABEL = "default"
 
 _MODEL_LABELS = ("model_name", "model_version")
+# TorchServe's system metrics of each GPU (ts/configs/metrics.yaml: dimensions Level, DeviceId,
+# Hostname; Level is always "Host").
+_GPU_LABELS = ("Level", "DeviceId", "Hostname")
 
 
 def _escape(value: str) -> str:
@@ -99,6 +102,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._states: list[str] = list(WORKER_STATES)
         self._rss_workers: dict[tuple[str, str], set[str]] = {}
+        self._gpu_workers: dict[tuple[str, str], set[str]] = {}
         self._known: set[tuple[str, str]] = set()
         # per (model, version, named_version): the ts_* label values and the latency child,
         # looked up once rather than on every request
@@ -107,6 +111,7 @@ class Metrics:
         self._gap_series: dict[tuple[str, str], Any] = {}
         self._build_torchserve_counters()
         self._build_torchd_metrics()
+        self._build_gpu_metrics()
 
     def _build_torchserve_counters(self) -> None:
         ts_labels = ("model_name", "model_version", "hostname")
@@ -154,6 +159,19 @@ class Metrics:
         self.autoscale_events = Counter("torchd_autoscale_events_total",
                                         "Workers added (up) or removed (down) by the autoscaler.",
                                         _MODEL_LABELS + ("direction",), registry=reg)
+
+    def _build_gpu_metrics(self) -> None:
+        reg = self.registry
+        self.gpu_utilization = Gauge("GPUUtilization", "Percent of time a kernel ran on the GPU.",
+                                     _GPU_LABELS, registry=reg)
+        self.gpu_memory_utilization = Gauge("GPUMemoryUtilization",
+                                            "Percent of the GPU's memory in use.", _GPU_LABELS,
+                                            registry=reg)
+        self.gpu_memory_used = Gauge("GPUMemoryUsed", "GPU memory in use, megabytes (MiB).",
+                                     _GPU_LABELS, registry=reg)
+        self.worker_gpu_memory = Gauge("torchd_worker_gpu_memory_bytes",
+                                       "GPU memory of each worker process (where NVML reports "
+                                       "it).", _MODEL_LABELS + ("worker_id",), registry=reg)
 
     # -- updates -----------------------------------------------------------------------------
 
@@ -236,7 +254,28 @@ class Metrics:
     def forget_worker(self, model: str, version: str, worker_id: str) -> None:
         with self._lock:
             self._rss_workers.get((model, version), set()).discard(str(worker_id))
+            self._gpu_workers.get((model, version), set()).discard(str(worker_id))
         _remove(self.worker_rss, model, version, str(worker_id))
+        _remove(self.worker_gpu_memory, model, version, str(worker_id))
+
+    def set_gpu_usage(self, device_id: int, utilization: float, memory_percent: float,
+                      memory_used_mib: float) -> None:
+        """One GPU's TorchServe system metrics (refreshed at scrape time)."""
+        labels = ("Host", str(device_id), self.hostname)
+        self.gpu_utilization.labels(*labels).set(utilization)
+        self.gpu_memory_utilization.labels(*labels).set(memory_percent)
+        self.gpu_memory_used.labels(*labels).set(memory_used_mib)
+
+    def forget_gpu(self, device_id: int) -> None:
+        for metric in (self.gpu_utilization, self.gpu_memory_utilization, self.gpu_memory_used):
+            _remove(metric, "Host", str(device_id), self.hostname)
+
+    def set_worker_gpu_memory(self, model: str, version: str, worker_id: str,
+                              used: int) -> None:
+        self._touch(model, version)
+        with self._lock:
+            self._gpu_workers.setdefault((model, version), set()).add(str(worker_id))
+        self.worker_gpu_memory.labels(model, version, str(worker_id)).set(used)
 
     def autoscaled(self, model: str, version: str, direction: str) -> None:
         if direction not in AUTOSCALE_DIRECTIONS:
@@ -257,6 +296,7 @@ class Metrics:
             self._gap_series.pop((model, version), None)
             last = not any(name == model for name, _ in self._known)
             workers = self._rss_workers.pop((model, version), set())
+            gpu_workers = self._gpu_workers.pop((model, version), set())
             states = list(self._states)
         for metric in (self.queue_depth, self.worker_restarts, self.batch_size,
                        self.idle_gap, self.request_latency):
@@ -265,6 +305,8 @@ class Metrics:
             _remove(self.workers, model, version, state)
         for worker_id in workers:
             _remove(self.worker_rss, model, version, worker_id)
+        for worker_id in gpu_workers:
+            _remove(self.worker_gpu_memory, model, version, worker_id)
         for direction in AUTOSCALE_DIRECTIONS:
             _remove(self.autoscale_events, model, version, direction)
         ts_versions = (version, DEFAULT_VERSION_LABEL) if last else (version,)

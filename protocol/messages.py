@@ -19,7 +19,7 @@ DESCRIBED = "described"    # ok, result (JSON-able), error
 PONG = "pong"              # seq
 
 # daemon -> worker
-LOAD = "load"              # model_dir, model_name, handler, manifest, batch_size, threads ...
+LOAD = "load"              # model_dir, model_name, handler, manifest, threads, gpu_id ...
 PREDICT = "predict"        # batch_id, requests: [request]
 THREADS = "threads"        # count: torch intra-op threads from now on (the CPU share changed)
 DESCRIBE = "describe"      # (no fields)
@@ -40,14 +40,16 @@ def hello(pid: int, worker_id: str) -> dict[str, Any]:
 
 def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_size: int,
          model_yaml_config: dict, server_version: str, limit_max_image_pixels: bool = True,
-         max_response_size: int = DEFAULT_MAX_FRAME, threads: int = 0) -> dict[str, Any]:
+         max_response_size: int = DEFAULT_MAX_FRAME, threads: int = 0,
+         gpu_id: int | None = None) -> dict[str, Any]:
     """``threads``: torch threads (intra- and inter-op) to set before the handler loads; 0
-    leaves torch's own default."""
+    leaves torch's own default. ``gpu_id``: the CUDA device ordinal the worker's model goes on
+    (``context.system_properties["gpu_id"]``); None: the CPU."""
     return {"kind": LOAD, "model_dir": model_dir, "model_name": model_name, "handler": handler,
             "manifest": manifest, "batch_size": batch_size,
             "model_yaml_config": model_yaml_config, "server_version": server_version,
             "limit_max_image_pixels": limit_max_image_pixels,
-            "max_response_size": max_response_size, "threads": threads}
+            "max_response_size": max_response_size, "threads": threads, "gpu_id": gpu_id}
 
 
 def loaded(ok: bool, error: str | None = None, load_seconds: float = 0.0) -> dict[str, Any]:

@@ -10,6 +10,10 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 OUT_OF_RESOURCES = (507, "Out of resources")
+OUT_OF_GPU_MEMORY = (507, "Out of resources: CUDA out of memory on the worker's GPU")
+# What torch's CUDA allocator and cuBLAS say when the GPU's memory runs out (torch raises
+# torch.cuda.OutOfMemoryError today, a RuntimeError in older releases and in some kernels).
+CUDA_OOM_TEXTS = ("CUDA out of memory", "CUDA error: out of memory", "CUBLAS_STATUS_ALLOC_FAILED")
 PREDICTION_FAILED = (503, "Prediction failed")
 INVALID_OUTPUT = (503, "Invalid model predict output")
 BATCH_MISMATCH = (503, "number of batch response mismatched")
@@ -150,6 +154,17 @@ def failure_status(exc: BaseException) -> tuple[int, str]:
     # Matched by shape, not class, so a real TorchServe PredictionException works as well.
     if type(exc).__name__ == "PredictionException" and isinstance(code, int):
         return code, str(getattr(exc, "message", exc))
+    if is_cuda_oom(exc):
+        return OUT_OF_GPU_MEMORY
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
         return OUT_OF_RESOURCES
     return PREDICTION_FAILED
+
+
+def is_cuda_oom(exc: BaseException) -> bool:
+    """torch.cuda.OutOfMemoryError, or an error whose text says CUDA ran out of memory. Matched
+    by name and text: the worker never imports torch.cuda for this."""
+    if type(exc).__name__ == "OutOfMemoryError" and type(exc).__module__.startswith("torch"):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and any(t in text for t in CUDA_OOM_TEXTS)

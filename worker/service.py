@@ -62,8 +62,10 @@ class ModelService:
         if not sys.path or sys.path[0] != model_dir:
             sys.path.insert(0, model_dir)
         importlib.invalidate_caches()
+        gpu = load.get("gpu_id")   # the daemon's placement; BaseHandler puts the model there
         context = Context(load["model_name"], model_dir, load.get("manifest") or {},
-                          int(load.get("batch_size") or 1), None, load.get("server_version", ""),
+                          int(load.get("batch_size") or 1), None if gpu is None else int(gpu),
+                          load.get("server_version", ""),
                           bool(load.get("limit_max_image_pixels", True)),
                           model_yaml_config=load.get("model_yaml_config") or {})
         module_name, function_name = parse_handler(load["handler"])
@@ -173,5 +175,6 @@ def load_service(load: dict[str, Any]) -> tuple[ModelService | None, str | None,
         logger.exception("loading model %s failed", load.get("model_name"))
         return None, f"{type(exc).__name__}: {exc}", time.monotonic() - started
     seconds = time.monotonic() - started
-    logger.info("model %s loaded in %.3f s", load.get("model_name"), seconds)
+    logger.info("model %s loaded in %.3f s (gpu_id %s)", load.get("model_name"), seconds,
+                load.get("gpu_id"))
     return service, None, seconds

@@ -91,8 +91,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("models", parse_models_json, {},
       "JSON {name: {version: {minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout,"
       " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, workerThreads,"
-      " marName, defaultVersion}}}: per-model settings (below request parameters and"
-      " model-config.yaml).",
+      " deviceType, deviceIds, marName, defaultVersion}}}: per-model settings (below request"
+      " parameters and model-config.yaml).",
       cli="--models-config", doc_default="{}"),
     S("cors_allowed_origin", parse_optional_str, None, "Access-Control-Allow-Origin value."),
     S("cors_allowed_methods", parse_optional_str, None, "Access-Control-Allow-Methods value."),
@@ -122,6 +122,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("worker_threads", parse_int, 0,
       "torch intra- and inter-op threads per worker. 0: the CPUs torchd may use (cgroup quota "
       "and affinity) divided by the workers running, at least 1."),
+    S("number_of_gpu", parse_optional_int, None,
+      "GPUs to place workers on: the first N that NVML finds (and CUDA_VISIBLE_DEVICES shows). "
+      "0: every worker on the CPU; more than there are: all of them, with a warning.",
+      doc_default="every visible GPU"),
 )
 del S
 
@@ -129,7 +133,7 @@ SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SET
 
 # TorchServe keys torchd accepts and deliberately does not use (warned as "ignored").
 IGNORED_KEYS = frozenset({
-    "number_of_netty_threads", "netty_client_threads", "number_of_gpu", "async_logging",
+    "number_of_netty_threads", "netty_client_threads", "async_logging",
     "vmargs", "default_service_handler", "service_envelope", "decode_input_request",
     "enable_envvars_config", "blacklist_env_vars", "metrics_mode", "metrics_format",
     "metrics_config", "enable_metrics_api", "metric_time_interval", "disable_system_metrics",

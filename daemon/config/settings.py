@@ -81,11 +81,13 @@ class Config:
     max_worker_rss: int
     worker_spawn: str
     worker_threads: int
+    number_of_gpu: int | None
     # Not settings: where the values came from and what the process environment said.
     config_file: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)
     notify_socket: str | None = None  # $NOTIFY_SOCKET (systemd Type=notify)
     watchdog_usec: int | None = None  # $WATCHDOG_USEC when $WATCHDOG_PID is unset or ours
+    cuda_visible_devices: str | None = None  # $CUDA_VISIBLE_DEVICES (None: unset, all GPUs)
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # -- derived ------------------------------------------------------------------------------
@@ -216,6 +218,7 @@ def load_config(argv_options: Mapping[str, Any], environ: Mapping[str, str],
     config = Config(**values, config_file=config_file, cwd=cwd,
                     notify_socket=environ.get("NOTIFY_SOCKET") or None,
                     watchdog_usec=_watchdog_usec(environ),
+                    cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
                     sources={name: source for name, (_, source) in raw.items()})
     _check_tls(config)
     return config

@@ -261,6 +261,26 @@ def parse_choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def parse_device_type(value: Any) -> str:
+    """A model's ``deviceType`` (TorchServe's model-config.yaml key): cpu or gpu."""
+    text = str(value).strip().lower()
+    if text not in ("cpu", "gpu"):
+        raise InvalidValue(f"deviceType must be cpu or gpu, not {value!r}")
+    return text
+
+
+def parse_device_ids(value: Any) -> tuple[int, ...]:
+    """A model's ``deviceIds``: GPU ids (CUDA ordinals), a list of integers >= 0."""
+    items = value if isinstance(value, (list, tuple)) else [value]
+    ids = []
+    for item in items:
+        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
+            raise InvalidValue(f"deviceIds entry {item!r} is not a GPU id (an integer >= 0)")
+        if item not in ids:
+            ids.append(item)
+    return tuple(ids)
+
+
 # models JSON: {name: {version: {key: value}}}
 _MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
     "minWorkers": parse_int,
@@ -273,6 +293,8 @@ _MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
     "maxRequestsPerWorker": parse_int,
     "maxWorkerRss": parse_size,
     "workerThreads": parse_int,
+    "deviceType": parse_device_type,
+    "deviceIds": parse_device_ids,
     "marName": parse_str,
     "defaultVersion": parse_bool,
 }

@@ -189,8 +189,12 @@ _WORKER = {
         "status": string(enum=["READY", "STARTING", "BACKOFF", "STOPPING", "FAILED"]),
         "memoryUsage": {"type": "integer", "description": "Live RSS in bytes."},
         "pid": {"type": "integer"},
-        "gpu": {"type": "boolean"},
-        "gpuUsage": string(),
+        "gpu": {"type": "boolean", "description": "The worker was placed on a GPU."},
+        "gpuUsage": string(description="Its GPU's use, as TorchServe writes it: gpuId::0 "
+                           "utilization.gpu [%]::5 % utilization.memory [%]::1 % "
+                           "memory.used [MiB]::612 MiB; N/A for a CPU worker."),
+        "gpuMemoryUsage": {"type": "integer", "description": "GPU memory of the worker process "
+                           "in bytes; only for GPU workers, where NVML reports it."},
         "threads": {"type": "integer",
                     "description": "torch threads the worker runs with (its share of the CPUs)."},
     },

@@ -17,9 +17,11 @@ from typing import Any
 from daemon.models import archives
 from daemon.config.settings import Config
 from daemon.models.dependencies import install_requirements, remove_installed
+from daemon.models.devices import device_settings
 from daemon.errors import (BadRequest, InternalServerError, ModelNotFound,
                            ModelVersionNotFound, ServiceUnavailable)
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
+from daemon.gpus import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
 from daemon.models.requests import RegisterRequest
@@ -41,13 +43,15 @@ class Outcome:
 
 class ModelManager:
     def __init__(self, config: Config, registry: Registry, supervisor: Supervisor,
-                 extract_root: Path, snapshots: SnapshotStore, metrics: Metrics) -> None:
+                 extract_root: Path, snapshots: SnapshotStore, metrics: Metrics,
+                 gpus: GpuInventory | None = None) -> None:
         self.config = config
         self.registry = registry
         self.supervisor = supervisor
         self.extract_root = extract_root
         self.snapshots = snapshots
         self.metrics = metrics
+        self.gpus = gpus or GpuInventory()    # deviceIds must name one of these
 
     async def _save_snapshot(self) -> None:
         """Persist before answering 2xx, so a crash right after loses nothing answered."""
@@ -156,6 +160,7 @@ class ModelManager:
             return value if value > 0 else int(default)
 
         cfg = self.config
+        device_type, device_ids = device_settings(name, yaml_config, layers[1], self.gpus.ids)
         # TorchServe registers with no workers for initial_workers <= 0.
         min_workers = max(0, pick(req.initial_workers, "minWorkers", cfg.register_workers_default))
         max_default = max(min_workers, req.initial_workers or 0)
@@ -174,7 +179,8 @@ class ModelManager:
             max_requests_per_worker=max(0, pick(None, "maxRequestsPerWorker",
                                                 cfg.max_requests_per_worker)),
             max_worker_rss=_first_size(layers, "maxWorkerRss", cfg.max_worker_rss),
-            worker_threads=max(0, pick(None, "workerThreads", cfg.worker_threads)))
+            worker_threads=max(0, pick(None, "workerThreads", cfg.worker_threads)),
+            device_type=device_type, device_ids=device_ids)
 
     async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> Outcome:
         head = f'Model "{mv.name}" Version: {mv.version} registered with'

@@ -30,6 +30,7 @@ from daemon.models.archives import PreparedArchive, remove_prepared
 from daemon.config.settings import Config
 from daemon.http.inference import Health
 from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
+from daemon.gpus import discover_gpus
 from daemon.metrics import Metrics
 from daemon.models.manager import ModelManager
 from daemon.models.registry import Registry
@@ -55,6 +56,8 @@ class Core:
         self.version = VERSION
         self.runtime_dir = make_runtime_dir()
         self.registry = Registry()
+        # Once, through NVML (never CUDA: the zygote forks workers from this process's child).
+        self.gpus = discover_gpus(config.cuda_visible_devices, config.number_of_gpu)
         self.metrics = Metrics(collect_hook=self._refresh_gauges)
         settings = SupervisorSettings(
             runtime_dir=self.runtime_dir / "sockets", max_frame=config.max_response_size,
@@ -62,11 +65,11 @@ class Core:
             autoscale_up_delay=config.autoscale_up_delay,
             autoscale_down_delay=config.autoscale_down_delay, cpus=usable_cpus())
         self.supervisor = Supervisor(self.registry, settings, self._launcher_factory(),
-                                     metrics=self.metrics)
+                                     metrics=self.metrics, gpus=self.gpus)
         self.snapshots = SnapshotStore(config.snapshot_dir)
         self.manager = ModelManager(config, self.registry, self.supervisor,
                                     self.runtime_dir / "models", snapshots=self.snapshots,
-                                    metrics=self.metrics)
+                                    metrics=self.metrics, gpus=self.gpus)
         self.health = Health(self.registry, self.supervisor)
         self.tokens = TokenStore(config.key_file, config.token_auth_enabled)
         self.documents = {"management": openapi.management_document(VERSION),
@@ -82,6 +85,7 @@ class Core:
         for mv in self.registry.all_versions():
             self.metrics.set_queue_depth(mv.name, mv.version, mv.queue.depth)
             self.metrics.set_worker_states(mv.name, mv.version, self.supervisor.counts(mv))
+        self.supervisor.placement.publish(self.metrics)   # GPUs and the GPU workers' memory
 
     async def start(self) -> None:
         """Raises StartupError (a message naming what is wrong) when the start must fail."""

@@ -16,6 +16,7 @@ class WorkerHandle:
     id: str
     mv: ModelVersion
     slot: int                          # which of the version's worker slots it fills
+    gpu: int | None = None             # its slot's GPU (CUDA ordinal); None: the CPU
     # -- written by the Supervisor only --
     state: WorkerState = WorkerState.STARTING
     pid: int | None = None

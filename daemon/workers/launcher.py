@@ -61,7 +61,9 @@ _forwarders: set[asyncio.Task] = set()
 def thread_env(threads: int) -> dict[str, str] | None:
     """The environment of an exec-spawned worker: the daemon's own, plus the thread count for
     the OpenMP and MKL runtimes, which read it once as torch loads them (before any LOAD
-    frame could say it). None (inherit unchanged) when torch's default is wanted."""
+    frame could say it). None (inherit unchanged) when torch's default is wanted.
+    CUDA_VISIBLE_DEVICES passes through as it is, for zygote-forked workers too: LOAD's gpu_id
+    is the ordinal among the devices it shows (daemon/gpus.py numbers them the same way)."""
     if threads <= 0:
         return None
     count = str(threads)

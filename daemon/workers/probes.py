@@ -48,11 +48,13 @@ class Heartbeat:
         return hung
 
 
-def describe_row(handle: WorkerHandle, rss: int) -> dict[str, Any]:
-    """One worker as the describe API shows it."""
+def describe_row(handle: WorkerHandle, rss: int,
+                 gpu: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One worker as the describe API shows it; ``gpu``: its GPU fields (``gpu``,
+    ``gpuUsage``, perhaps ``gpuMemoryUsage``), a CPU worker's when None."""
     return {"id": handle.id, "startTime": handle.start_time_iso,
             "status": handle.state.value, "memoryUsage": rss, "pid": handle.pid or -1,
-            "gpu": False, "gpuUsage": "N/A", "threads": handle.threads,
+            **(gpu or {"gpu": False, "gpuUsage": "N/A"}), "threads": handle.threads,
             **({"lastError": handle.last_error} if handle.last_error else {})}
 
 

@@ -30,6 +30,7 @@ class SlotHistory:
 
     crashes: int = 0             # consecutive deaths, for the backoff delay
     start_failures: int = 0      # consecutive failures to reach READY (FAILED at the limit)
+    gpu: int | None = None       # chosen when the slot opens; a replacement keeps it
 
 
 @dataclass
@@ -46,12 +47,12 @@ class VersionRecord:
     def slot(self, number: int) -> SlotHistory:
         return self.slots.setdefault(number, SlotHistory())
 
-    def open_slot(self, taken: set[int]) -> int:
-        """The lowest slot number no worker fills, with a fresh history."""
+    def open_slot(self, taken: set[int], gpu: int | None = None) -> int:
+        """The lowest slot number no worker fills, with a fresh history, on ``gpu``."""
         number = 0
         while number in taken:
             number += 1
-        self.slots[number] = SlotHistory()
+        self.slots[number] = SlotHistory(gpu=gpu)
         return number
 
     # The restart rules: the Supervisor reports what happened, the record says what follows.

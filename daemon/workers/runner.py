@@ -170,7 +170,8 @@ class WorkerRunner:
                              manifest=mv.manifest, batch_size=mv.settings.batch_size,
                              model_yaml_config=mv.yaml_config,
                              server_version=self.settings.server_version,
-                             max_response_size=self.settings.max_frame, threads=handle.threads)
+                             max_response_size=self.settings.max_frame, threads=handle.threads,
+                             gpu_id=handle.gpu)
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:

@@ -10,13 +10,13 @@ class WorkerState(str, enum.Enum):
     STOPPING = "STOPPING"   # finishing its in-flight batch, then exits
     STOPPED = "STOPPED"     # gone; forgotten by the supervisor right after
     BACKOFF = "BACKOFF"     # died or failed to start; a replacement is due at retry_at
-    FAILED = "FAILED"       # failed to start too often; stays until the next scale call
+    FAILED = "FAILED"       # failed to start too often, or its GPU vanished; until a scale call
 
 
 S = WorkerState
 TRANSITIONS: dict[WorkerState, frozenset[WorkerState]] = {
     S.STARTING: frozenset({S.READY, S.STOPPING, S.STOPPED, S.BACKOFF, S.FAILED}),
-    S.READY: frozenset({S.STOPPING, S.STOPPED, S.BACKOFF}),
+    S.READY: frozenset({S.STOPPING, S.STOPPED, S.BACKOFF, S.FAILED}),   # FAILED: GPU gone
     S.STOPPING: frozenset({S.STOPPED}),
     S.BACKOFF: frozenset({S.STOPPED}),
     S.FAILED: frozenset({S.STOPPED}),

@@ -23,6 +23,7 @@ from daemon.workers.handle import WorkerHandle, stop_preference
 from daemon.workers.autoscale import autoscale_step
 from daemon.workers.launcher import ProcessOps
 from daemon.workers.pids import PidTable
+from daemon.workers.placement import GpuInventory, GpuPlacement
 from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner
@@ -50,7 +51,7 @@ class Supervisor:
     def __init__(self, registry: Registry, settings: SupervisorSettings,
                  launcher_factory: Callable, metrics: Any = None,
                  clock: Callable[[], float] = time.monotonic,
-                 ops: ProcessOps | None = None) -> None:
+                 ops: ProcessOps | None = None, gpus: GpuInventory | None = None) -> None:
         self.registry = registry
         self.settings = settings
         self.metrics = metrics
@@ -71,6 +72,7 @@ class Supervisor:
         self._loop_task: asyncio.Task | None = None
         self.heartbeats = Heartbeat(settings.heartbeat_interval, clock)
         self.threads = ThreadSplit(settings.cpus)
+        self.placement = GpuPlacement(gpus or GpuInventory(), self.workers)
 
     # ---- running -------------------------------------------------------------------------
 
@@ -167,10 +169,11 @@ class Supervisor:
 
     def spawn_worker(self, mv: ModelVersion, slot: int | None = None) -> WorkerHandle:
         """A new worker in ``slot`` (a replacement), or in a newly opened one."""
-        if slot is None:
-            slot = self.record(mv).open_slot({h.slot for h in self.handles(mv)})
+        if slot is None:   # a new slot, on the GPU placement chooses; a replacement keeps it
+            slot = self.record(mv).open_slot({h.slot for h in self.handles(mv)},
+                                             self.placement.choose(mv))
         handle = WorkerHandle(id=str(next(self._ids)), mv=mv, slot=slot,
-                              started_at=self.clock())
+                              gpu=self.record(mv).slot(slot).gpu, started_at=self.clock())
         self.workers[handle.id] = handle
         handle.task = asyncio.get_running_loop().create_task(self.runner.run(handle))
         logger.info("starting worker %s for %s %s", handle.id, mv.name, mv.version)
@@ -225,13 +228,14 @@ class Supervisor:
             # that a synchronous scale call or the backoff should count.
             self._forget(handle)
             return
-        handle.last_error = error
+        gone = self.placement.vanished(handle, error)   # its GPU is gone: no retry
+        handle.last_error = error = gone or error
         delay = self.record(handle.mv).start_failed(handle.slot, error, self.settings.policy)
-        if delay is None:
+        if delay is None or gone:
             handle.move(S.FAILED)
-            logger.error("worker %s for %s %s FAILED after %d start failures: %s",
-                         handle.id, handle.mv.name, handle.mv.version,
-                         self.settings.policy.max_start_failures, error)
+            logger.error("worker %s for %s %s FAILED (%d start failures): %s", handle.id,
+                         handle.mv.name, handle.mv.version,
+                         self.record(handle.mv).slot(handle.slot).start_failures, error)
         else:
             handle.move(S.BACKOFF)
             handle.retry_at = self.clock() + delay
@@ -248,6 +252,8 @@ class Supervisor:
                            reason)
             self._forget(handle)
             return
+        if self.placement.vanished(handle, reason):
+            return self.start_failed(handle, reason)    # FAILED, naming the GPU
         if self.metrics is not None:
             self.metrics.worker_restarted(handle.mv.name, handle.mv.version)
         now = self.clock()
@@ -296,7 +302,7 @@ class Supervisor:
         return self.record(mv).recovering(self.clock())
 
     def describe_workers(self, mv: ModelVersion) -> list[dict[str, Any]]:
-        return [describe_row(h, self.ops.rss(h.pid) if h.pid else 0)
+        return [describe_row(h, self.ops.rss(h.pid) if h.pid else 0, self.placement.describe(h))
                 for h in sorted(self.handles(mv), key=lambda h: int(h.id))]
 
     async def customized_metadata(self, mv: ModelVersion) -> Any:

@@ -145,12 +145,30 @@ def test_autoscaled_rejects_unknown_direction(metrics: Metrics) -> None:
 def test_forget_worker_removes_only_that_worker(metrics: Metrics) -> None:
     metrics.set_worker_rss("mlp", "1.0", "9000", 10)
     metrics.set_worker_rss("mlp", "1.0", "9001", 20)
+    metrics.set_worker_gpu_memory("mlp", "1.0", "9000", 30)
+    metrics.set_worker_gpu_memory("mlp", "1.0", "9001", 40)
     metrics.forget_worker("mlp", "1.0", "9000")
     metrics.forget_worker("mlp", "1.0", "9999")  # unknown: no error
     s = scrape(metrics)
     mv = {"model_name": "mlp", "model_version": "1.0"}
     assert value(s, "torchd_worker_rss_bytes", worker_id="9000", **mv) is None
     assert value(s, "torchd_worker_rss_bytes", worker_id="9001", **mv) == 20
+    assert value(s, "torchd_worker_gpu_memory_bytes", worker_id="9000", **mv) is None
+    assert value(s, "torchd_worker_gpu_memory_bytes", worker_id="9001", **mv) == 40
+
+
+def test_gpu_series_as_torchserve_names_them(metrics: Metrics) -> None:
+    metrics.set_gpu_usage(0, 5, 0.43, 612.0)
+    metrics.set_gpu_usage(1, 80, 50.0, 71000.0)
+    s = scrape(metrics)
+    gpu0 = {"Level": "Host", "DeviceId": "0", "Hostname": HOST}
+    assert value(s, "GPUUtilization", **gpu0) == 5
+    assert value(s, "GPUMemoryUtilization", **gpu0) == 0.43
+    assert value(s, "GPUMemoryUsed", **gpu0) == 612
+    metrics.forget_gpu(1)
+    s = scrape(metrics)
+    assert value(s, "GPUUtilization", Level="Host", DeviceId="1", Hostname=HOST) is None
+    assert value(s, "GPUMemoryUsed", **gpu0) == 612
 
 
 def drive_everything(metrics: Metrics, model: str, version: str) -> None:
@@ -161,6 +179,7 @@ def drive_everything(metrics: Metrics, model: str, version: str) -> None:
     metrics.set_worker_states(model, version, {"READY": 1})
     metrics.worker_restarted(model, version)
     metrics.set_worker_rss(model, version, "9000", 1)
+    metrics.set_worker_gpu_memory(model, version, "9000", 1 << 20)
     metrics.autoscaled(model, version, "up")
     metrics.autoscaled(model, version, "down")
 

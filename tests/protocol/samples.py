@@ -18,7 +18,7 @@ def _samples() -> dict[str, dict[str, Any]]:
         "hello": m.hello(4242, "9000"),
         "load": m.load("/tmp/model", "noop", "handler.py", {"model": {"modelName": "noop"}}, 4,
                        {"minWorkers": 1, "handler": {"labels": [1, 2.5, None, True]}}, "0.1.0",
-                       limit_max_image_pixels=False),
+                       limit_max_image_pixels=False, gpu_id=1),
         "loaded": m.loaded(False, "ModuleNotFoundError: No module named 'x'", 1.25),
         "parameter": param,
         "request": req,

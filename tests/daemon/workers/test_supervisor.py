@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from daemon.gpus import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
 from daemon.models.queue import Job, JobQueue
@@ -61,6 +62,7 @@ class FakeWorker:
         self.pong = True                       # False: a hung worker (no heartbeat answers)
         self.alive = True
         self.held: list[dict] = []
+        self.load: dict | None = None          # the LOAD frame it was sent
         self.predicts = 0
         self.writer: asyncio.StreamWriter | None = None
         self.task: asyncio.Task | None = None
@@ -73,6 +75,8 @@ class FakeWorker:
         write_frame(self.writer, messages.hello(self.pid, self.id))
         while (message := await read_frame(reader)) is not None:
             kind = message["kind"]
+            if kind == messages.LOAD:
+                self.load = message
             if kind == messages.LOAD and self.behaviour == "fail_load":
                 write_frame(self.writer, messages.loaded(False, "ImportError: no handler"))
                 self.exit(1)
@@ -162,7 +166,8 @@ class FakeOps:
 
 
 class Harness:
-    def __init__(self, runtime_dir: Path, policy: RestartPolicy | None = None) -> None:
+    def __init__(self, runtime_dir: Path, policy: RestartPolicy | None = None,
+                 gpus: GpuInventory | None = None) -> None:
         self.clock = FakeClock()
         self.registry = Registry()
         self.metrics = Metrics(hostname="test")
@@ -174,7 +179,7 @@ class Harness:
             heartbeat_interval=HEARTBEAT, autoscale_up_delay=UP_DELAY,
             autoscale_down_delay=DOWN_DELAY, policy=policy or RestartPolicy())
         self.sup = Supervisor(self.registry, settings, self._launcher, metrics=self.metrics,
-                              clock=self.clock, ops=self.ops)
+                              clock=self.clock, ops=self.ops, gpus=gpus)
 
     def _launcher(self, on_exit: Callable[[int, int], None]) -> FakeLauncher:
         self.launcher = FakeLauncher(on_exit)
