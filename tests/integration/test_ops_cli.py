@@ -1,7 +1,7 @@
 """Starting: `torchd start` returns with its startup models serving (the daemon listens only
 once they are loaded); a busy port fails the start at once; SIGTERM while starting abandons the
 start; a restored snapshot wins over --models. (start/status/stop and the refused second start
-are in tests/daemon/test_cli.py.)"""
+are in tests/daemon/ops/test_cli_processes.py.)"""
 from __future__ import annotations
 
 import os

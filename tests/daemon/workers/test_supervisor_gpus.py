@@ -18,7 +18,7 @@ import pytest
 from daemon.gpus import MIB
 from daemon.models.registry import ModelVersion
 from daemon.workers.states import WorkerState
-from tests.daemon.workers.test_supervisor import TEST_TIMEOUT, Harness, ready, scale, until
+from tests.daemon.workers.supervisor_harness import TEST_TIMEOUT, Harness, ready, scale, until
 from tests.support.gpus import FakeNvml, fake_inventory
 
 S = WorkerState

@@ -1,9 +1,8 @@
-"""torchd's command line: option parsing, serve/start/stop/status against real processes."""
+"""torchd's command line against real processes: serve/start/stop/status with pid files, a
+stand-in server and the real one."""
 from __future__ import annotations
 
-import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -15,106 +14,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from daemon.osutil import pid_gone
-from daemon.ops import cli
-
-from daemon.ops import pidfile
-from daemon.config.declarations import SETTINGS
 from daemon.config.settings import load_config
+from daemon.ops import cli, pidfile
+from daemon.osutil import pid_gone
 
 TIMEOUT = 90
-
-
-# --- parsing ----------------------------------------------------------------------------------
-
-def test_every_torchserve_option_parses():
-    command, args, tokens = cli.parse_args([
-        "serve", "--model-store", "/ms", "--models", "a=a.mar", "b=b.mar", "--ts-config",
-        "c.properties", "--ncs", "--foreground", "--disable-token-auth", "--enable-model-api",
-        "--log-config", "log.ini", "--pid-file", "t.pid"])
-    assert command == "serve"
-    assert args.model_store == "/ms"
-    assert args.load_models == ["a=a.mar", "b=b.mar"]
-    assert args.ts_config == "c.properties"
-    assert args.ncs == "true"
-    assert args.foreground
-    assert args.disable_token_authorization == "true"
-    assert args.enable_model_api == "true"
-    assert args.log_config == "log.ini"
-    assert args.pid_file == "t.pid"
-    assert "--foreground" not in tokens and tokens[0] == "--model-store"
-
-
-def test_cli_values_reach_the_config(tmp_path):
-    (tmp_path / "c.properties").write_text("model_store=from-file\nmax_workers=3\n")
-    _, args, _ = cli.parse_args([
-        "serve", "--ts-config", "c.properties", "--model-store", "ms", "--models", "a=a.mar",
-        "b=b.mar", "--ncs", "--disable-token-auth", "--enable-model-api", "false",
-        "--inference-address", "http://127.0.0.1:1", "--job-queue-size", "5",
-        "--pid-file", "t.pid"])
-    config = load_config(cli.argv_options(args), {}, tmp_path)
-    assert config.model_store == tmp_path / "ms"
-    assert config.startup_models[1].name == "b"
-    assert config.ncs and config.disable_token_authorization is True
-    assert config.enable_model_api is False
-    assert config.inference_address.port == 1
-    assert config.job_queue_size == 5 and config.max_workers == 3
-    assert config.pid_file == tmp_path / "t.pid"
-
-
-def test_models_all_and_comma_lists(tmp_path):
-    _, args, _ = cli.parse_args(["start", "--models", "all"])
-    assert load_config(cli.argv_options(args), {}, tmp_path).load_all_models
-    _, args, _ = cli.parse_args(["start", "--models", "a=a.mar,b.mar"])
-    assert load_config(cli.argv_options(args), {}, tmp_path).load_models == ("a=a.mar",
-                                                                             "b.mar")
-
-
-@pytest.mark.parametrize("argv, command", [
-    (["--start", "--model-store", "x"], "start"),
-    (["--start", "--foreground"], "serve"),
-    (["--foreground", "--ncs"], "serve"),
-    (["start", "--foreground"], "serve"),
-    (["--stop"], "stop"),
-    (["stop"], "stop"),
-    (["status"], "status"),
-    (["serve"], "serve"),
-    (["--ncs"], None),
-])
-def test_torchserve_style_flags_select_the_command(argv, command):
-    assert cli.parse_args(argv)[0] == command
-
-
-def test_start_hands_serve_the_same_options_without_mode_flags():
-    _, _, tokens = cli.parse_args(["--start", "--ncs", "--models", "a=a.mar", "--foreground"])
-    assert tokens == ["--ncs", "--models", "a=a.mar"]
-
-
-def test_start_and_stop_together_is_a_usage_error(capsys):
-    with pytest.raises(SystemExit) as info:
-        cli.parse_args(["--start", "--stop"])
-    assert info.value.code == 2
-    assert "exclude each other" in capsys.readouterr().err
-
-
-def test_no_arguments_prints_help(capsys):
-    assert cli.main([]) == 2
-    assert "usage: torchd" in capsys.readouterr().err
-
-
-def test_options_without_a_mode_ask_for_one(capsys):
-    assert cli.main(["--ncs"]) == 2
-    assert "serve, start, stop or status" in capsys.readouterr().err
-
-
-def test_help_is_generated_from_the_settings_table(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
-    out = capsys.readouterr().out
-    for setting in SETTINGS:
-        if setting.option:
-            assert setting.option in out
-    assert "--no-config-snapshots" in out
 
 
 # --- real processes: helpers ------------------------------------------------------------------
@@ -258,93 +162,6 @@ def test_serve_refuses_while_another_torchd_holds_the_pid_file(tmp_path):
         assert f"already running (pid {process.pid}" in result.stderr
     finally:
         reap(process)
-
-
-# --- logging ----------------------------------------------------------------------------------
-
-LOG_PROBE = textwrap.dedent("""
-    import logging, sys
-    from pathlib import Path
-    from daemon.ops.cli import configure_logging
-    from daemon.config.settings import ConfigError
-    configure_logging(None)
-    logging.getLogger("daemon.probe").info("before")
-    try:
-        configure_logging(Path(sys.argv[1]) if sys.argv[1] != "-" else None)
-    except ConfigError as exc:
-        print("ERROR", exc)
-        sys.exit(3)
-    logging.getLogger("daemon.probe").warning("after")
-""")
-
-
-def log_probe(tmp_path: Path, config: Path | None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", LOG_PROBE, str(config) if config else "-"],
-                          capture_output=True, text=True, timeout=30, cwd=tmp_path,
-                          check=False)
-
-
-def test_default_logging_is_plain_lines_on_stderr(tmp_path):
-    result = log_probe(tmp_path, None)
-    lines = result.stderr.splitlines()
-    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d INFO daemon.probe: before", lines[0])
-    assert lines[1].endswith("WARNING daemon.probe: after")
-
-
-def dict_config(log_file: Path) -> dict:
-    return {"version": 1, "formatters": {"f": {"format": "CUSTOM %(name)s %(message)s"}},
-            "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file),
-                                  "formatter": "f"}},
-            "root": {"level": "INFO", "handlers": ["file"]}}
-
-
-@pytest.mark.parametrize("suffix", [".json", ".yaml", ".ini"])
-def test_log_config_files(tmp_path, suffix):
-    log_file = tmp_path / "out.log"
-    config = tmp_path / f"logging{suffix}"
-    if suffix == ".json":
-        config.write_text(json.dumps(dict_config(log_file)))
-    elif suffix == ".yaml":
-        import yaml
-        config.write_text(yaml.safe_dump(dict_config(log_file)))
-    else:
-        config.write_text(textwrap.dedent(f"""
-            [loggers]
-            keys=root
-            [handlers]
-            keys=file
-            [formatters]
-            keys=f
-            [logger_root]
-            level=INFO
-            handlers=file
-            [handler_file]
-            class=FileHandler
-            formatter=f
-            args=({str(log_file)!r},)
-            [formatter_f]
-            format=CUSTOM %(name)s %(message)s
-        """))
-    result = log_probe(tmp_path, config)
-    assert result.returncode == 0, result.stderr
-    assert log_file.read_text() == "CUSTOM daemon.probe after\n"
-
-
-def test_bad_log_config_names_the_file(tmp_path):
-    config = tmp_path / "broken.json"
-    config.write_text("{nope")
-    result = log_probe(tmp_path, config)
-    assert result.returncode == 3
-    assert "log_config" in result.stdout and "broken.json" in result.stdout
-
-
-def test_log4j_xml_is_ignored_with_a_warning(tmp_path):
-    config = tmp_path / "log4j2.xml"
-    config.write_text("<Configuration/>")
-    result = log_probe(tmp_path, config)
-    assert result.returncode == 0
-    assert "log4j2 XML" in result.stderr
-    assert "WARNING daemon.probe: after" in result.stderr
 
 
 # --- start / stop with a stand-in server ------------------------------------------------------
