@@ -1,0 +1,120 @@
+"""The metrics and their goals, the medians over rounds, the table and the machine description."""
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import psutil
+
+from . import REPO
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str
+    label: str
+    higher_is_better: bool
+    goal: float | None  # bound on the ratio torchd / TorchServe, None = informational
+    limit: float | None = None   # bound on torchd's own value (goals no ratio can state)
+
+
+METRICS = [
+    Metric("noop_rps", "no-op throughput, 16 conns (req/s)", True, 2.0),
+    Metric("mlp_rps", "MLP throughput, 16 conns (req/s)", True, 1.5),
+    Metric("noop_p50_ms", "no-op p50, 1 conn (ms)", False, 0.7),
+    Metric("noop_p99_ms", "no-op p99, 1 conn (ms)", False, None),
+    Metric("mlp_p50_ms", "MLP p50, 1 conn (ms)", False, 0.7),
+    Metric("mlp_p99_ms", "MLP p99, 1 conn (ms)", False, None),
+    Metric("batch_rps", "MLP batch 8, 64 conns (req/s)", True, 1.5),
+    Metric("batch_p99_ms", "MLP batch 8, 64 conns p99 (ms)", False, None),
+    # the frontend process alone (torchd's daemon, TorchServe's JVM), no-op at 16 conns
+    Metric("frontend_us", "frontend CPU per no-op request (us)", False, None, limit=150),
+    # torchd only: the gap between a worker's result and its next batch (batch 8 run)
+    Metric("idle_gap_ms", "worker idle gap at saturation, mean (ms)", False, None, limit=1.0),
+    Metric("image1_rps", "JPEG decode + conv, 1 worker, 16 conns (req/s)", True, None),
+    Metric("image2_rps", "JPEG decode + conv, 2 workers, 16 conns (req/s)", True, None),
+    Metric("image_scaling", "JPEG decode + conv, 2 workers / 1 worker", True, None, limit=1.6),
+    Metric("register_s", "register, 1 worker (s)", False, 0.25),
+    Metric("scale_s", "scale 1 -> 5 workers (s)", False, 0.2),
+    Metric("worker_uss_mb", "worker USS, median (MB)", False, 0.2),
+    Metric("frontend_rss_mb", "frontend RSS (MB)", False, 0.3),
+    Metric("total_pss_mb", "all server processes PSS (MB)", False, None),
+    Metric("server_start_s", "server start to API ready (s)", False, None),
+]
+
+
+# ---------------------------------------------------------------- report
+
+def medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
+    """Per server and metric, the median over rounds (None: the server has no such figure)."""
+    def median(values: list[float | None]) -> float | None:
+        known = [v for v in values if v is not None]
+        return statistics.median(known) if known else None
+
+    return {name: {m.key: median([r.get(m.key) for r in rounds]) for m in METRICS}
+            for name, rounds in runs.items() if rounds}
+
+
+def table_rows(med: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    rows = []
+    for m in METRICS:
+        ours, theirs = med.get("torchd", {}).get(m.key), med.get("torchserve", {}).get(m.key)
+        ratio = ours / theirs if ours is not None and theirs else None
+        met = None
+        if ratio is not None and m.goal is not None:
+            met = ratio >= m.goal if m.higher_is_better else ratio <= m.goal
+        elif ours is not None and m.limit is not None:
+            met = ours >= m.limit if m.higher_is_better else ours <= m.limit
+        rows.append({"metric": m.key, "label": m.label, "torchd": ours, "torchserve": theirs,
+                     "ratio": ratio, "goal": m.goal, "limit": m.limit,
+                     "goal_op": ">=" if m.higher_is_better else "<=", "met": met})
+    return rows
+
+
+def foreign_cpu_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    """How busy other processes kept the CPUs during the measured wrk runs."""
+    seen = [stats["foreign_cpu_percent"] for rounds in runs.values() for result in rounds
+            for stats in wrk_stats(result)]
+    return {"median": statistics.median(seen) if seen else 0.0, "max": max(seen, default=0.0)}
+
+
+def wrk_stats(result: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for key, value in result.items():
+        if key.endswith("_wrk"):
+            found.extend(value.values() if "requests" not in value else [value])
+    return found
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    def num(value: float | None) -> str:
+        return "-" if value is None else f"{value:.3g}" if value < 10 else f"{value:.0f}"
+
+    print(f"\n{'metric':<36} {'torchd':>9} {'TorchServe':>11} {'ratio':>7} {'goal':>7}  met")
+    for row in rows:
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
+        goal = "-" if row["goal"] is None else f"{row['goal_op']}{row['goal']:g}x"
+        if row["limit"] is not None:
+            goal = f"{row['goal_op']}{row['limit']:g}"   # torchd's own value, not a ratio
+        met = {True: "yes", False: "NO", None: "-"}[row["met"]]
+        print(f"{row['label']:<36} {num(row['torchd']):>9} {num(row['torchserve']):>11} "
+              f"{ratio:>7} {goal:>7}  {met}")
+
+
+def machine_info(args: argparse.Namespace, java: str | None) -> dict[str, Any]:
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+                            check=False, capture_output=True, text=True, timeout=30).stdout.strip()
+    return {"date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "command": " ".join(["scripts/bench", *sys.argv[1:]]), "commit": commit,
+            "cpus": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+            "platform": platform.platform(), "python": platform.python_version(), "java": java,
+            "duration_s": args.duration, "rounds": args.rounds,
+            "warmup_rounds": args.warmup_rounds, "order": "A B A B",
+            "servers": args.servers}
