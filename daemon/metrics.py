@@ -211,22 +211,21 @@ class Metrics:
             counter.inc_key(self._status_key)
 
     def observe_batch(self, model: str, version: str, size: int) -> None:
-        child = self._batch_series.get((model, version))
-        if child is None:
-            self._touch(model, version)
-            child = self.batch_size.labels(model, version)
-            with self._lock:
-                self._batch_series[(model, version)] = child
-        child.observe(size)
+        self._series(self._batch_series, self.batch_size, model, version).observe(size)
 
     def observe_idle_gap(self, model: str, version: str, seconds: float) -> None:
-        child = self._gap_series.get((model, version))
+        self._series(self._gap_series, self.idle_gap, model, version).observe(seconds)
+
+    def _series(self, cache: dict[tuple[str, str], Any], histogram: Histogram, model: str,
+                version: str) -> Any:
+        """A version's child of a per-batch histogram, looked up once (labels() is not free)."""
+        child = cache.get((model, version))
         if child is None:
             self._touch(model, version)
-            child = self.idle_gap.labels(model, version)
+            child = histogram.labels(model, version)
             with self._lock:
-                self._gap_series[(model, version)] = child
-        child.observe(seconds)
+                cache[(model, version)] = child
+        return child
 
     def set_queue_depth(self, model: str, version: str, depth: int) -> None:
         self._touch(model, version)

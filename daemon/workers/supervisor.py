@@ -233,7 +233,7 @@ class Supervisor:
         delay = self.record(handle.mv).start_failed(handle.slot, error, self.settings.policy)
         if delay is None or gone:
             handle.move(S.FAILED)
-            logger.error("worker %s for %s %s FAILED (%d start failures): %s", handle.id,
+            logger.error("worker %s for %s %s FAILED after %d start failures: %s", handle.id,
                          handle.mv.name, handle.mv.version,
                          self.record(handle.mv).slot(handle.slot).start_failures, error)
         else:

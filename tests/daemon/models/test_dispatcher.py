@@ -239,13 +239,19 @@ def test_a_batch_still_filling_is_not_sent_ahead():
     run(main())
 
 
+async def one_running_one_waiting() -> tuple:
+    """A dispatcher whose worker runs one job while another waits in the queue."""
+    mv, channel = model(), MemoryChannel()
+    feeder, _ = observed(mv, channel)
+    serving = asyncio.ensure_future(feeder.serve())
+    running, waiting = submit(mv, "running"), submit(mv, "waiting")
+    await settle()
+    return mv, channel, feeder, serving, running, waiting
+
+
 def test_a_stop_sends_nothing_ahead_and_leaves_the_queue_to_others():
     async def main():
-        mv, channel = model(), MemoryChannel()
-        feeder, _ = observed(mv, channel)
-        serving = asyncio.ensure_future(feeder.serve())
-        running, waiting = submit(mv, "running"), submit(mv, "waiting")
-        await settle()
+        mv, channel, feeder, serving, running, waiting = await one_running_one_waiting()
         feeder.stop(asyncio.get_running_loop().time() + 5)   # scaled down while busy
         channel.answer()
         assert await serving is None and len(channel.batches) == 1
@@ -256,11 +262,7 @@ def test_a_stop_sends_nothing_ahead_and_leaves_the_queue_to_others():
 
 def test_an_unregistered_model_sends_nothing_ahead():
     async def main():
-        mv, channel = model(), MemoryChannel()
-        feeder, _ = observed(mv, channel)
-        serving = asyncio.ensure_future(feeder.serve())
-        running, waiting = submit(mv, "running"), submit(mv, "waiting")
-        await settle()
+        mv, channel, feeder, serving, running, waiting = await one_running_one_waiting()
         mv.queue.close(ServiceUnavailable("unregistered"))    # what unregister does first
         feeder.stop(asyncio.get_running_loop().time() + 5)    # then its drain
         channel.answer()
