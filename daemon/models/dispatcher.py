@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon.errors import RequestTimeout, ServiceUnavailable, TorchdError
+from daemon.errors import InternalServerError, RequestTimeout, ServiceUnavailable, TorchdError
 from daemon.models.queue import Job
 
 
@@ -45,6 +46,7 @@ class BatchObserver(Protocol):
     def observe_idle_gap(self, model: str, version: str, seconds: float) -> None: ...
 
 
+logger = logging.getLogger(__name__)
 _batch_ids = itertools.count(1)   # unique per daemon, so a stray RESULT never matches a batch
 
 
@@ -127,6 +129,12 @@ class Dispatcher:
             self.mv.queue.requeue_front(batch)   # never sent: another worker takes them
             self.batch, self.idle_since = None, self.clock()
             return str(exc)
+        except Exception as exc:   # a bug, not the worker: its jobs get an answer all the same
+            logger.exception("could not send a batch of %s %s", self.mv.name, self.mv.version)
+            for job in batch:
+                job.fail(InternalServerError(f"could not send the batch: {exc}"))
+            self.batch, self.idle_since = None, self.clock()
+            return f"could not send a batch: {type(exc).__name__}: {exc}"
         return None
 
     def _start(self, batch: list[Job]) -> None:
@@ -159,8 +167,8 @@ class Dispatcher:
             return
         try:
             self._start(batch)
-        except ConnectionError:
-            self.mv.queue.requeue_front(batch)   # the task sees the lost channel next
+        except Exception:   # lost channel, or worse: the task meets it and answers for it
+            self.mv.queue.requeue_front(batch)
             return
         if self.observer is not None:
             self.observer.observe_idle_gap(self.mv.name, self.mv.version,

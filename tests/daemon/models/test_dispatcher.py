@@ -20,15 +20,18 @@ from tests.support.virtual_time import run_on_virtual_time as run
 
 
 class MemoryChannel:
-    def __init__(self, refuse: bool = False) -> None:
+    def __init__(self, refuse: bool = False, fault: Exception | None = None) -> None:
         self.lost = asyncio.get_running_loop().create_future()
         self.refuse = refuse
+        self.fault = fault   # raised by start_batch: a bug on the daemon's side
         self.batches: list[tuple[list[dict], Any, asyncio.Future]] = []
         self.closed = False
 
     def start_batch(self, batch_id, requests, on_part, on_result) -> asyncio.Future:
         if self.refuse:
             raise ConnectionResetError("worker closed its socket")
+        if self.fault is not None:
+            raise self.fault
         result = asyncio.get_running_loop().create_future()
         self.batches.append((requests, on_result, result))
         return result
@@ -307,3 +310,16 @@ def test_a_batch_sent_ahead_has_its_whole_response_timeout_from_its_start():
         assert kind == "error" and error.status == 504 and channel.closed
         assert len(channel.batches) == 2   # nothing went after the batch that timed out
     run(main())
+
+
+def test_a_batch_that_fails_to_send_for_another_reason_is_answered_not_lost():
+    async def main():
+        mv, channel = model(batch_size=2), MemoryChannel(fault=ValueError("unencodable"))
+        first, second = submit(mv, "a"), submit(mv, "b")
+        reason = await dispatcher(mv, channel).serve()
+        assert reason == "could not send a batch: ValueError: unencodable"
+        for job in (first, second):
+            kind, error = await job.next_event()
+            assert kind == "error" and error.status == 500 and "unencodable" in error.message
+    run(main())
+
