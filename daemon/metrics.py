@@ -144,6 +144,9 @@ class Metrics:
         self.worker_restarts = Counter("torchd_worker_restarts_total",
                                        "Workers restarted after they died.", _MODEL_LABELS,
                                        registry=reg)
+        self.redispatches = Counter("torchd_redispatched_requests_total",
+                                    "Requests sent once more to another worker after theirs "
+                                    "died with them.", _MODEL_LABELS, registry=reg)
         self.batch_size = Histogram("torchd_batch_size", "Requests per batch sent to a worker.",
                                     _MODEL_LABELS, buckets=BATCH_SIZE_BUCKETS, registry=reg)
         self.idle_gap = Histogram("torchd_worker_idle_gap_seconds",
@@ -240,6 +243,10 @@ class Metrics:
         for state in states:
             self.workers.labels(model, version, state).set(counts.get(state, 0))
 
+    def redispatched(self, model: str, version: str, count: int) -> None:
+        self._touch(model, version)
+        self.redispatches.labels(model, version).inc(count)
+
     def worker_restarted(self, model: str, version: str) -> None:
         self._touch(model, version)
         self.worker_restarts.labels(model, version).inc()
@@ -297,7 +304,7 @@ class Metrics:
             workers = self._rss_workers.pop((model, version), set())
             gpu_workers = self._gpu_workers.pop((model, version), set())
             states = list(self._states)
-        for metric in (self.queue_depth, self.worker_restarts, self.batch_size,
+        for metric in (self.queue_depth, self.worker_restarts, self.redispatches, self.batch_size,
                        self.idle_gap, self.request_latency):
             _remove(metric, model, version)
         for state in states:

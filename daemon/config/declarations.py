@@ -91,6 +91,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("models", parse_models_json, {},
       "JSON {name: {version: {minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout,"
       " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, workerThreads,"
+      " redispatchOnWorkerDeath,"
       " deviceType, deviceIds, marName, defaultVersion}}}: per-model settings (below request"
       " parameters and model-config.yaml).",
       cli="--models-config", doc_default="{}"),
@@ -119,6 +120,10 @@ SETTINGS: tuple[Setting, ...] = (
       "Recycle a worker whose RSS exceeds this many bytes, K/M/G suffixes allowed (0: never)."),
     S("worker_spawn", parse_choice("zygote", "exec"), "zygote",
       "How workers start: forked from a zygote that imported torch, or a fresh exec."),
+    S("redispatch_on_worker_death", parse_bool, True,
+      "When a worker dies with a batch, send its requests once more to another worker (a "
+      "request meeting a second death fails with 500). Off for handlers with side effects; "
+      "per model: redispatchOnWorkerDeath."),
     S("worker_threads", parse_int, 0,
       "torch intra- and inter-op threads per worker. 0: the CPUs torchd may use (cgroup quota "
       "and affinity) divided by the workers running, at least 1."),

@@ -81,6 +81,7 @@ class Config:
     max_worker_rss: int
     worker_spawn: str
     worker_threads: int
+    redispatch_on_worker_death: bool
     number_of_gpu: int | None
     # Not settings: where the values came from and what the process environment said.
     config_file: Path | None = None

@@ -293,6 +293,7 @@ _MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
     "maxRequestsPerWorker": parse_int,
     "maxWorkerRss": parse_size,
     "workerThreads": parse_int,
+    "redispatchOnWorkerDeath": parse_bool,
     "deviceType": parse_device_type,
     "deviceIds": parse_device_ids,
     "marName": parse_str,

@@ -230,6 +230,9 @@ SCHEMAS: dict[str, Any] = {
             "responseTimeout": {"type": "integer"},
             "startupTimeout": {"type": "integer"},
             "loadedAtStartup": {"type": "boolean"},
+            "redispatchOnWorkerDeath": {
+                "type": "boolean",
+                "description": "Whether a dead worker's requests run once more elsewhere."},
             "workers": {"type": "array", "items": ref("Worker")},
             "jobQueueStatus": {"type": "object", "properties": {
                 "remainingCapacity": {"type": "integer"},

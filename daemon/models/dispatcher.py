@@ -45,6 +45,8 @@ class BatchObserver(Protocol):
 
     def observe_idle_gap(self, model: str, version: str, seconds: float) -> None: ...
 
+    def redispatched(self, model: str, version: str, count: int) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 _batch_ids = itertools.count(1)   # unique per daemon, so a stray RESULT never matches a batch
@@ -185,16 +187,40 @@ class Dispatcher:
             if self.after_batch is not None:
                 self.after_batch()
             return None
-        error, reason = outcome
+        error, reason, died = outcome
+        again = self._redispatch(running.batch) if died else []
         for job in running.batch:
-            job.fail(error)
+            if job not in again:
+                job.fail(error)
         return reason
 
+    def _redispatch(self, batch: list[Job]) -> list[Job]:
+        """The jobs of a batch whose worker died that go back to the front of the queue, to
+        run on another worker: once each (a job that meets a second death fails, so one that
+        kills every worker it touches cannot loop), never one that streamed a part already,
+        and none when the model opted out (handlers with side effects)."""
+        if not self.mv.settings.redispatch:
+            return []
+        again = [job for job in batch
+                 if not (job.redispatched or job.streamed or job.finished or job.cancelled)]
+        for job in again:
+            job.redispatched = True
+        if again:
+            self.mv.queue.requeue_front(again)
+            logger.warning("worker of %s %s died with a batch: %d request(s) sent again (%s)",
+                           self.mv.name, self.mv.version, len(again),
+                           ", ".join(job.id for job in again))
+            if self.observer is not None:
+                self.observer.redispatched(self.mv.name, self.mv.version, len(again))
+        return again
+
     async def _await_result(self, result: asyncio.Future, deadline: float,
-                            ) -> tuple[TorchdError, str] | None:
+                            ) -> tuple[TorchdError, str, bool] | None:
         """Wait for the batch's result until its deadline, or the stop deadline once a stop is
-        asked for. The task awaits ``result`` itself (a timer fails it at the deadline) rather
-        than a wait on several futures: one wake-up fewer per batch on the hot path."""
+        asked for. None when the result came; else what the jobs get, why, and whether the
+        worker died (a response timeout or a stop's deadline is not a death: that batch never
+        runs again). The task awaits ``result`` itself (a timer fails it at the deadline)
+        rather than a wait on several futures: one wake-up fewer per batch on the hot path."""
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle | None = None
         stop = self._stop
@@ -225,14 +251,14 @@ class Dispatcher:
         except _Expired:
             pass
         except Exception as exc:   # the channel was lost: the worker died
-            return self.death_error(), str(exc)
+            return self.death_error(), str(exc), True
         finally:
             waited = True
             stop.remove_done_callback(arm)
             if timer is not None:
                 timer.cancel()
         self.channel.close()   # poison: a late answer must never reach the next batch
-        return self._expiry(deadline)
+        return (*self._expiry(deadline), False)
 
     def _expiry(self, deadline: float) -> tuple[TorchdError, str]:
         mv = self.mv

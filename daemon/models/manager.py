@@ -180,6 +180,8 @@ class ModelManager:
                                                 cfg.max_requests_per_worker)),
             max_worker_rss=_first_size(layers, "maxWorkerRss", cfg.max_worker_rss),
             worker_threads=max(0, pick(None, "workerThreads", cfg.worker_threads)),
+            redispatch=_first_bool([yaml_config, layers[1]], "redispatchOnWorkerDeath",
+                                   cfg.redispatch_on_worker_death),
             device_type=device_type, device_ids=device_ids)
 
     async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> Outcome:
@@ -298,6 +300,7 @@ class ModelManager:
                 "maxWorkers": s.max_workers, "batchSize": s.batch_size,
                 "maxBatchDelay": s.max_batch_delay, "responseTimeout": s.response_timeout,
                 "startupTimeout": s.startup_timeout, "loadedAtStartup": mv.loaded_at_startup,
+                "redispatchOnWorkerDeath": s.redispatch,
                 "workers": self.supervisor.describe_workers(mv),
                 "jobQueueStatus": {"remainingCapacity": mv.queue.remaining_capacity,
                                    "pendingRequests": mv.queue.depth}}
@@ -355,6 +358,14 @@ def java_int(value: Any) -> int | None:
     except (TypeError, ValueError, OverflowError):
         return None
     return number if number in JAVA_INT else None
+
+
+def _first_bool(layers: list[dict[str, Any]], key: str, default: bool) -> bool:
+    """A YAML or JSON boolean (true/false) from the first layer that sets one."""
+    for layer in layers:
+        if isinstance(layer.get(key), bool):
+            return layer[key]
+    return default
 
 
 YAML_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout",

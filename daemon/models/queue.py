@@ -19,7 +19,7 @@ class Job:
     """
 
     __slots__ = ("id", "request", "arrival", "cancelled", "dispatched_at", "finished",
-                 "_events", "_waiter")
+                 "redispatched", "streamed", "_events", "_waiter")
 
     def __init__(self, id: str, request: dict[str, Any], arrival: float) -> None:
         self.id = id
@@ -28,11 +28,14 @@ class Job:
         self.cancelled = False
         self.dispatched_at: float | None = None
         self.finished = False
+        self.redispatched = False   # sent again once after its worker died with it
+        self.streamed = False       # a part has gone to the client: it can never run again
         self._events: collections.deque[tuple[str, Any]] = collections.deque()
         self._waiter: asyncio.Future | None = None
 
     def send_part(self, response: dict[str, Any]) -> None:
         if not self.finished:
+            self.streamed = True
             self._put(("part", response))
 
     def finish(self, response: dict[str, Any]) -> None:

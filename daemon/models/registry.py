@@ -23,6 +23,7 @@ class ModelSettings:
     max_requests_per_worker: int = 0    # 0: never recycle on request count
     max_worker_rss: int = 0             # bytes; 0: never recycle on memory
     worker_threads: int = 0             # torch threads per worker; 0: the machine's share
+    redispatch: bool = True             # a dead worker's batch runs once more elsewhere
     device_type: str | None = None      # "cpu": never a GPU; "gpu" or None: one if there is
     device_ids: tuple[int, ...] = ()    # the GPUs its workers may use (empty: any)
 

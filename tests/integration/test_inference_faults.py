@@ -3,8 +3,10 @@ killed mid-request, clients that hang up while queued, and health that tells the
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -52,6 +54,18 @@ def handle(data, context):
 '''
 
 
+CRASHER = '''
+import os
+import signal
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    os.kill(os.getpid(), signal.SIGKILL)   # every call takes its worker down
+'''
+
+
 def archive(source: str, name: str, out: Path, work: Path) -> None:
     work.mkdir(parents=True, exist_ok=True)
     (work / f"{name}.py").write_text(source)
@@ -66,7 +80,10 @@ def daemon(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     store = copy_store(archive_dir, workdir / "store")
     archive(TRACE, "trace", store, workdir / "src")
     archive(SLOW_LOAD, "slow_load", store, workdir / "src")
-    d = Daemon(workdir, store, {"job_queue_size": QUEUE})
+    archive(CRASHER, "crasher", store, workdir / "src")
+    # "victim" opts out of re-dispatch (the per-model key, through the models JSON)
+    opted_out = {"victim": {"1.0": {"redispatchOnWorkerDeath": False}}}
+    d = Daemon(workdir, store, {"job_queue_size": QUEUE, "models": json.dumps(opted_out)})
     d.start()
     yield d
     d.cleanup()
@@ -170,6 +187,7 @@ def test_response_timeout_is_504_and_the_worker_is_replaced(daemon, model):
 # ---- worker crash -------------------------------------------------------------------------
 
 def test_worker_killed_mid_request_fails_that_request_at_once(daemon, model, tmp_path):
+    """With re-dispatch off for the model, a kill fails exactly the killed batch's requests."""
     name = model("trace.mar", "victim", initial_workers=1)
     old = only_pid(daemon, name)
     log = tmp_path / "seen.log"
@@ -308,3 +326,38 @@ def test_ready_only_once_a_scale_up_reaches_min_workers(daemon, model):
     assert len(daemon.wait_workers(name, 2)) == 2
     r = daemon.infer("GET", f"/v2/models/{name}/ready")
     assert r.status_code == 200 and r.json() == {"name": name, "ready": True}
+
+
+def test_worker_killed_mid_request_runs_it_again_on_the_replacement(daemon, model, tmp_path):
+    """Re-dispatch on (the default): the request of a dead worker's batch runs once more, on
+    the replacement, and answers 200; the metric counts it."""
+    name = model("trace.mar", "second_chance", initial_workers=1)
+    assert daemon.describe(name)[0]["redispatchOnWorkerDeath"] is True
+    old = only_pid(daemon, name)
+    log = tmp_path / "seen.log"
+    post = traced(daemon, name, log)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        busy = pool.submit(post, "busy", 1.0)
+        wait_for(lambda: lines(log) == ["busy"])
+        os.kill(old, signal.SIGKILL)
+        _, r = busy.result()
+    assert r.status_code == 200 and lines(log) == ["busy", "busy"]   # it ran twice
+    metrics = requests.get(daemon.url("metrics", "/metrics"), timeout=30).text
+    assert re.search(r'^torchd_redispatched_requests_total\{model_name="second_chance",'
+                     r'model_version="1.0"\} 1\.0$', metrics, re.M), metrics
+    assert only_pid(daemon, name) != old and gone(old)
+
+
+def test_a_request_that_kills_every_worker_fails_after_one_redispatch(daemon, model):
+    """It cannot loop: the second death answers 500, and other models serve throughout."""
+    crasher = model("crasher.mar", "crasher", initial_workers=1)
+    other = model("noop.mar", "bystander", initial_workers=1)
+    r = daemon.infer("POST", f"/predictions/{crasher}", data=b"x", timeout=60)
+    assert r.status_code == 500 and r.json()["message"] == "Worker died.", r.text
+    metrics = requests.get(daemon.url("metrics", "/metrics"), timeout=30).text
+    assert re.search(r'^torchd_redispatched_requests_total\{model_name="crasher",'
+                     r'model_version="1.0"\} 1\.0$', metrics, re.M), metrics
+    assert re.search(r'^torchd_worker_restarts_total\{model_name="crasher",'
+                     r'model_version="1.0"\} 2\.0$', metrics, re.M), metrics
+    assert daemon.infer("POST", f"/predictions/{other}").status_code == 200
+

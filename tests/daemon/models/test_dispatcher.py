@@ -55,10 +55,11 @@ class MemoryChannel:
         self.closed = True
 
 
-def model(batch_size: int = 1, delay_ms: int = 0, timeout: int = 10) -> SimpleNamespace:
+def model(batch_size: int = 1, delay_ms: int = 0, timeout: int = 10,
+          redispatch: bool = True) -> SimpleNamespace:
     loop = asyncio.get_running_loop()
     settings = ModelSettings(batch_size=batch_size, max_batch_delay=delay_ms,
-                             response_timeout=timeout)
+                             response_timeout=timeout, redispatch=redispatch)
     return SimpleNamespace(name="m", version="1.0", settings=settings,
                            queue=JobQueue(10, clock=loop.time))
 
@@ -150,7 +151,7 @@ def test_a_stop_lets_the_batch_in_flight_finish_first():
 
 def test_a_lost_channel_fails_the_batch_with_the_death_error_only():
     async def main():
-        mv, channel = model(), MemoryChannel()
+        mv, channel = model(redispatch=False), MemoryChannel()
         serving = asyncio.ensure_future(dispatcher(mv, channel).serve())
         job, queued = submit(mv, "in-flight"), submit(mv, "queued")
         await settle()
@@ -278,7 +279,7 @@ def test_an_unregistered_model_sends_nothing_ahead():
 
 def test_a_death_fails_only_the_batch_that_was_running():
     async def main():
-        mv, channel = model(), MemoryChannel()
+        mv, channel = model(redispatch=False), MemoryChannel()
         feeder, _ = observed(mv, channel)
         serving = asyncio.ensure_future(feeder.serve())
         first, second, third = submit(mv, "first"), submit(mv, "second"), submit(mv, "third")
@@ -321,5 +322,74 @@ def test_a_batch_that_fails_to_send_for_another_reason_is_answered_not_lost():
         for job in (first, second):
             kind, error = await job.next_event()
             assert kind == "error" and error.status == 500 and "unencodable" in error.message
+    run(main())
+
+
+# ---- a dead worker's batch runs once more ----------------------------------------------------
+
+class Counting(Observer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.again = 0
+
+    def redispatched(self, model: str, version: str, count: int) -> None:
+        self.again += count
+
+
+def test_a_dead_workers_batch_goes_back_first_in_line_once():
+    async def main():
+        mv, channel = model(batch_size=2), MemoryChannel()
+        observer = Counting()
+        feeder = Dispatcher(mv, channel, asyncio.get_running_loop().time,
+                            death_error=lambda: InternalServerError("Worker died."),
+                            observer=observer)
+        serving = asyncio.ensure_future(feeder.serve())
+        first, second, third = submit(mv, "a"), submit(mv, "b"), submit(mv, "c")
+        await settle()
+        channel.lose()
+        assert await serving == "worker closed its socket"
+        assert not first.finished and not second.finished and observer.again == 2
+        assert [j.id for j in mv.queue.take_ready(3, 0)] == ["a", "b", "c"]   # first in line
+        assert first.redispatched and second.redispatched and not third.redispatched
+
+        mv.queue.requeue_front([first, second, third])
+        replacement = MemoryChannel()
+        serving = asyncio.ensure_future(dispatcher(mv, replacement).serve())
+        await settle()
+        replacement.lose()                  # a second death: no third try
+        await serving
+        for job in (first, second):
+            kind, error = await job.next_event()
+            assert kind == "error" and error.message == "Worker died."
+        assert not third.finished and mv.queue.depth == 1
+    run(main())
+
+
+def test_a_request_that_streamed_or_a_model_that_opted_out_is_not_sent_again():
+    async def main():
+        for streams, redispatch in ((True, True), (False, False)):
+            mv, channel = model(redispatch=redispatch), MemoryChannel()
+            serving = asyncio.ensure_future(dispatcher(mv, channel).serve())
+            job = submit(mv, "a")
+            await settle()
+            if streams:
+                job.send_part({"id": "a", "body": b"part"})
+                assert await job.next_event() == ("part", {"id": "a", "body": b"part"})
+            channel.lose()
+            await serving
+            kind, error = await job.next_event()
+            assert kind == "error" and error.status == 500 and mv.queue.depth == 0
+    run(main())
+
+
+def test_a_timed_out_batch_is_not_a_death_and_never_runs_again():
+    async def main():
+        mv, channel = model(timeout=3), MemoryChannel()
+        serving = asyncio.ensure_future(dispatcher(mv, channel).serve())
+        job = submit(mv, "slow")
+        assert await serving == "response timeout after 3 s"
+        kind, error = await job.next_event()
+        assert kind == "error" and error.status == 504
+        assert mv.queue.depth == 0 and not job.redispatched
     run(main())
 

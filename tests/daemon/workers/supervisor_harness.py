@@ -220,9 +220,10 @@ async def ready(h: Harness, mv: ModelVersion, count: int) -> list[WorkerHandle]:
     return h.handles(mv, S.READY)
 
 
-async def one_busy_worker(h: Harness) -> tuple[ModelVersion, WorkerHandle, Job]:
+async def one_busy_worker(h: Harness, **settings: Any,
+                          ) -> tuple[ModelVersion, WorkerHandle, Job]:
     """A model with one READY worker that holds a job (its fake process answers when told)."""
-    mv = h.model()
+    mv = h.model(**settings)
     h.launcher.hold = True
     scale(h, mv, 1, 1)
     (handle,) = await ready(h, mv, 1)

@@ -73,7 +73,7 @@ async def test_a_proven_ready_period_resets_the_backoff(h: Harness) -> None:
 
 @scenario
 async def test_in_flight_batch_fails_500_when_its_worker_dies(h: Harness) -> None:
-    mv, handle, job = await one_busy_worker(h)
+    mv, handle, job = await one_busy_worker(h, redispatch=False)   # the model opted out
     queued = submit(mv)
     h.fake(handle).kill(signal.SIGKILL)
     kind, error = await outcome(job)
@@ -84,6 +84,23 @@ async def test_in_flight_batch_fails_500_when_its_worker_dies(h: Harness) -> Non
     await ready(h, mv, 1)
     kind, response = await outcome(queued)
     assert kind == "final" and response["body"] == b"done"
+
+
+@scenario
+async def test_in_flight_batch_runs_again_on_the_replacement_when_its_worker_dies(
+        h: Harness) -> None:
+    mv, handle, job = await one_busy_worker(h)
+    queued = submit(mv)
+    h.fake(handle).kill(signal.SIGKILL)
+    await until(lambda: handle.state is S.BACKOFF)
+    assert not job.finished and mv.queue.depth == 2     # back in the queue, first in line
+    h.launcher.hold = False
+    h.sup.reconcile()
+    await ready(h, mv, 1)
+    for waiting in (job, queued):             # the dead worker's job first, then the queued
+        kind, response = await outcome(waiting)
+        assert kind == "final" and response["body"] == b"done"
+    assert job.redispatched and not queued.redispatched
 
 
 # ---- start failures, FAILED, recovery ------------------------------------------------------
