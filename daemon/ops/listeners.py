@@ -156,6 +156,9 @@ class Listeners:
         for name, address in self.config.listeners.items():
             sock, app = self.sockets[name], self.apps[name]
             if name == INFERENCE:
+                # Listening from here on, before serve() returns: READY=1 follows at once, and a
+                # client connecting then must be queued, not refused.
+                sock.listen(LISTEN_BACKLOG)
                 servers.append(asyncio.ensure_future(self._serve_uvicorn(app, sock, address)))
             else:
                 hc = hypercorn_config(sock, address, self.config)
@@ -164,7 +167,6 @@ class Listeners:
         return servers
 
     async def _serve_uvicorn(self, app: Any, sock: socket.socket, address: BindAddress) -> None:
-        sock.listen(LISTEN_BACKLOG)
         self._inference = InferenceServer(uvicorn_config(app, address, self.config))
         if self._closed.is_set():
             self._inference.should_exit = True

@@ -40,3 +40,20 @@ def test_models_json_applies_when_yaml_is_silent(tmp_path):
     mm = manager(tmp_path, models=models)
     s = mm._settings(RegisterRequest(url="m.mar"), {"batchSize": 5}, "m", "1.0")
     assert (s.batch_size, s.max_requests_per_worker, s.max_worker_rss) == (5, 9, 2 << 20)
+
+
+def test_redispatch_is_on_unless_the_model_or_the_global_setting_opts_out(tmp_path):
+    on = manager(tmp_path)._settings(RegisterRequest(url="m.mar"), {}, "m", "1.0")
+    assert on.redispatch is True
+    off = {"redispatchOnWorkerDeath": False}
+    assert manager(tmp_path)._settings(RegisterRequest(url="m.mar"), off, "m", "1.0"
+                                       ).redispatch is False
+    globally_off = manager(tmp_path, redispatch_on_worker_death="false")
+    assert globally_off._settings(RegisterRequest(url="m.mar"), {}, "m", "1.0"
+                                  ).redispatch is False
+    yaml_on = {"redispatchOnWorkerDeath": True}   # the model's own key beats the global one
+    assert globally_off._settings(RegisterRequest(url="m.mar"), yaml_on, "m", "1.0"
+                                  ).redispatch is True
+    models = json.dumps({"m": {"1.0": {"redispatchOnWorkerDeath": False}}})
+    assert manager(tmp_path, models=models)._settings(
+        RegisterRequest(url="m.mar"), {}, "m", "1.0").redispatch is False
