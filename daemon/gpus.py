@@ -69,9 +69,6 @@ class GpuInventory:
         """The GPUs not found gone since start."""
         return tuple(gpu_id for gpu_id in self._by_id if gpu_id not in self._lost)
 
-    def get(self, gpu_id: int) -> Gpu | None:
-        return self._by_id.get(gpu_id)
-
     def _handle(self, gpu_id: int) -> Any:
         gpu = self._by_id.get(gpu_id)
         if gpu is None or self._nvml is None:

@@ -101,8 +101,8 @@ class Metrics:
         self._collect_hook = collect_hook
         self._lock = threading.Lock()
         self._states: list[str] = list(WORKER_STATES)
-        self._rss_workers: dict[tuple[str, str], set[str]] = {}
-        self._gpu_workers: dict[tuple[str, str], set[str]] = {}
+        # the workers that have per-worker series (RSS, GPU memory), per version
+        self._worker_ids: dict[tuple[str, str], set[str]] = {}
         self._known: set[tuple[str, str]] = set()
         # per (model, version, named_version): the ts_* label values and the latency child,
         # looked up once rather than on every request
@@ -254,13 +254,12 @@ class Metrics:
     def set_worker_rss(self, model: str, version: str, worker_id: str, rss: int) -> None:
         self._touch(model, version)
         with self._lock:
-            self._rss_workers.setdefault((model, version), set()).add(str(worker_id))
+            self._worker_ids.setdefault((model, version), set()).add(str(worker_id))
         self.worker_rss.labels(model, version, str(worker_id)).set(rss)
 
     def forget_worker(self, model: str, version: str, worker_id: str) -> None:
         with self._lock:
-            self._rss_workers.get((model, version), set()).discard(str(worker_id))
-            self._gpu_workers.get((model, version), set()).discard(str(worker_id))
+            self._worker_ids.get((model, version), set()).discard(str(worker_id))
         _remove(self.worker_rss, model, version, str(worker_id))
         _remove(self.worker_gpu_memory, model, version, str(worker_id))
 
@@ -280,7 +279,7 @@ class Metrics:
                               used: int) -> None:
         self._touch(model, version)
         with self._lock:
-            self._gpu_workers.setdefault((model, version), set()).add(str(worker_id))
+            self._worker_ids.setdefault((model, version), set()).add(str(worker_id))
         self.worker_gpu_memory.labels(model, version, str(worker_id)).set(used)
 
     def autoscaled(self, model: str, version: str, direction: str) -> None:
@@ -301,8 +300,7 @@ class Metrics:
             self._batch_series.pop((model, version), None)
             self._gap_series.pop((model, version), None)
             last = not any(name == model for name, _ in self._known)
-            workers = self._rss_workers.pop((model, version), set())
-            gpu_workers = self._gpu_workers.pop((model, version), set())
+            workers = self._worker_ids.pop((model, version), set())
             states = list(self._states)
         for metric in (self.queue_depth, self.worker_restarts, self.redispatches, self.batch_size,
                        self.idle_gap, self.request_latency):
@@ -311,7 +309,6 @@ class Metrics:
             _remove(self.workers, model, version, state)
         for worker_id in workers:
             _remove(self.worker_rss, model, version, worker_id)
-        for worker_id in gpu_workers:
             _remove(self.worker_gpu_memory, model, version, worker_id)
         for direction in AUTOSCALE_DIRECTIONS:
             _remove(self.autoscale_events, model, version, direction)

@@ -34,7 +34,7 @@ def open_pidfd(pid: int) -> int | None:
 def process_alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie counts as dead: it will never talk to us again).
 
-    The worker side's liveness check; the daemon's is daemon.ops.pidfile.pid_gone, with the same
+    The worker side's liveness check; the daemon's is daemon.osutil.pid_gone, with the same
     answers (this package must not import the daemon's).
     """
     try:

@@ -129,13 +129,11 @@ class Dispatcher:
             self._start(batch)
         except ConnectionError as exc:
             self.mv.queue.requeue_front(batch)   # never sent: another worker takes them
-            self.batch, self.idle_since = None, self.clock()
             return str(exc)
         except Exception as exc:   # a bug, not the worker: its jobs get an answer all the same
             logger.exception("could not send a batch of %s %s", self.mv.name, self.mv.version)
             for job in batch:
                 job.fail(InternalServerError(f"could not send the batch: {exc}"))
-            self.batch, self.idle_since = None, self.clock()
             return f"could not send a batch: {type(exc).__name__}: {exc}"
         return None
 
@@ -201,17 +199,15 @@ class Dispatcher:
         and none when the model opted out (handlers with side effects)."""
         if not self.mv.settings.redispatch:
             return []
-        again = [job for job in batch
-                 if not (job.redispatched or job.streamed or job.finished or job.cancelled)]
+        again = [job for job in batch if not (job.redispatched or job.streamed)]
         for job in again:
             job.redispatched = True
-        if again:
-            self.mv.queue.requeue_front(again)
-            logger.warning("worker of %s %s died with a batch: %d request(s) sent again (%s)",
-                           self.mv.name, self.mv.version, len(again),
-                           ", ".join(job.id for job in again))
+        sent = self.mv.queue.requeue_front(again) if again else 0   # none once it is closed
+        if sent:
+            logger.warning("worker of %s %s died with a batch: %d request(s) sent again",
+                           self.mv.name, self.mv.version, sent)
             if self.observer is not None:
-                self.observer.redispatched(self.mv.name, self.mv.version, len(again))
+                self.observer.redispatched(self.mv.name, self.mv.version, sent)
         return again
 
     async def _await_result(self, result: asyncio.Future, deadline: float,

@@ -202,17 +202,18 @@ class JobQueue:
             raise
         return batch
 
-    def requeue_front(self, jobs: list[Job]) -> None:
-        """Give undispatched jobs back (their worker went away before sending them)."""
+    def requeue_front(self, jobs: list[Job]) -> int:
+        """Give jobs back, first in line (their worker went away before sending them, or died
+        running them); how many went back (none once the queue is closed: they fail)."""
         if self._closed is not None:
             for job in jobs:
                 job.fail(self._closed)
-            return
-        for job in reversed(jobs):
-            if not job.finished and not job.cancelled:
-                self._jobs.appendleft(job)
+            return 0
+        back = [job for job in jobs if not job.finished and not job.cancelled]
+        self._jobs.extendleft(reversed(back))
         if self._jobs:
             self._announce()
+        return len(back)
 
     def close(self, error: TorchdError) -> int:
         """The version is going away: answer every waiting job with ``error`` now, and every job

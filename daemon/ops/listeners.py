@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 GRACEFUL_HTTP = 30.0      # seconds in-flight HTTP requests get at shutdown
 LISTEN_BACKLOG = 1024
 KEEP_ALIVE = 75           # seconds an idle keep-alive connection stays open
-MAX_INCOMPLETE = 64 * 1024   # bytes of request head hypercorn buffers before it gives up
+MAX_INCOMPLETE = 64 * 1024   # bytes of request head a listener takes before it gives up
 INFERENCE = "inference"
 
 
@@ -84,15 +84,53 @@ def bind_listeners(config: Config) -> dict[str, socket.socket]:
 
 
 class NoDelayHttpTools(HttpToolsProtocol):
-    """uvicorn's httptools protocol with TCP_NODELAY on every accepted TCP connection.
+    """uvicorn's httptools protocol with TCP_NODELAY on every accepted TCP connection, and a
+    bound on the request head.
 
     uvicorn writes a response's head and body in two writes; with Nagle's algorithm on, the
     second waits for the client's delayed ACK (~40 ms) on every keep-alive request. The event
-    loop usually sets it already; this makes it torchd's guarantee, not the loop's habit."""
+    loop usually sets it already; this makes it torchd's guarantee, not the loop's habit.
+    httptools itself puts no limit on a request's URL and headers (h11 stopped at 64 KiB on
+    the hypercorn ports): past MAX_INCOMPLETE bytes the request is answered 431 and the
+    connection closed, before any of it reaches the app or a worker."""
+
+    _head_bytes = 0
+    _head_too_large = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         set_nodelay(transport)
         super().connection_made(transport)
+
+    def on_message_begin(self) -> None:
+        self._head_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._count_head(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count_head(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _count_head(self, size: int) -> None:
+        self._head_bytes += size
+        if self._head_bytes > MAX_INCOMPLETE:
+            self._head_too_large = True
+            raise ValueError("request head too large")   # the parser stops; see below
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request the parser gave up on: 431 when it was ours."""
+        if not self._head_too_large:
+            super().send_400_response(msg)
+            return
+        body = (b'{"code": 431, "type": "BadRequestException", "message": "Request header '
+                b'fields too large (over %d bytes)"}' % MAX_INCOMPLETE)
+        self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
+                             b"content-type: application/json\r\n"
+                             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)
+                             + body)
+        self.transport.close()
 
 
 def set_nodelay(transport: asyncio.BaseTransport) -> None:

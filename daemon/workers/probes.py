@@ -48,13 +48,12 @@ class Heartbeat:
         return hung
 
 
-def describe_row(handle: WorkerHandle, rss: int,
-                 gpu: dict[str, Any] | None = None) -> dict[str, Any]:
+def describe_row(handle: WorkerHandle, rss: int, gpu: dict[str, Any]) -> dict[str, Any]:
     """One worker as the describe API shows it; ``gpu``: its GPU fields (``gpu``,
-    ``gpuUsage``, perhaps ``gpuMemoryUsage``), a CPU worker's when None."""
+    ``gpuUsage``, perhaps ``gpuMemoryUsage``: GpuPlacement.describe)."""
     return {"id": handle.id, "startTime": handle.start_time_iso,
             "status": handle.state.value, "memoryUsage": rss, "pid": handle.pid or -1,
-            **(gpu or {"gpu": False, "gpuUsage": "N/A"}), "threads": handle.threads,
+            **gpu, "threads": handle.threads,
             **({"lastError": handle.last_error} if handle.last_error else {})}
 
 
@@ -69,16 +68,15 @@ async def handler_metadata(handle: WorkerHandle) -> Any:
 
 def over_memory_limit(handles: Iterable[WorkerHandle], rss_of: Callable[[int], int],
                       metrics: Any = None) -> list[WorkerHandle]:
-    """The workers whose RSS exceeds their model's max_worker_rss (publishing every RSS)."""
+    """The workers not yet retiring whose RSS exceeds their model's max_worker_rss
+    (publishing every RSS)."""
     over = []
     for handle in handles:
         rss = rss_of(handle.pid)
         if metrics is not None:
             metrics.set_worker_rss(handle.mv.name, handle.mv.version, handle.id, rss)
         limit = handle.mv.settings.max_worker_rss
-        if limit and rss > limit:
-            if not handle.retiring:
-                logger.warning("worker %s uses %d bytes (> %d); recycling it", handle.id, rss,
-                               limit)
+        if limit and rss > limit and not handle.retiring:
+            logger.warning("worker %s uses %d bytes (> %d); recycling it", handle.id, rss, limit)
             over.append(handle)
     return over

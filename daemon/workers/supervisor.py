@@ -125,6 +125,7 @@ class Supervisor:
             if handle.state in (S.FAILED, S.BACKOFF):
                 self._forget(handle)
         self._reconcile_version(mv)
+        self.threads.rebalance(self.workers.values())   # before any new runner starts
         self.notify_changed()
 
     # ---- reconcile -----------------------------------------------------------------------
@@ -133,6 +134,7 @@ class Supervisor:
         live = set(self.registry.all_versions())
         for mv in live:
             self._reconcile_version(mv)
+        self.threads.rebalance(self.workers.values())   # once, before any new runner starts
         for mv in list(self.records):
             if mv not in live and not self.handles(mv):
                 del self.records[mv]
@@ -151,7 +153,6 @@ class Supervisor:
             for handle in sorted(slots, key=stop_preference)[: len(slots) - record.target]:
                 self.request_stop(handle, timeout=record.stop_timeout)
         self._retire_replaced(mv, record)
-        self.threads.rebalance(self.workers.values())   # before any new runner starts
         if mv.queue.depth and not self.can_serve(mv):
             mv.queue.fail_all(no_worker_error(mv.name))
         ready = sum(1 for h in slots if h.state is S.READY)
@@ -190,6 +191,8 @@ class Supervisor:
         handle.stop_deadline = self.clock() + limit
         handle.move(S.STOPPING)
         handle.stop_requested.set()
+        if handle.dispatcher is not None:   # at once: no batch may leave for it from now on
+            handle.dispatcher.stop(handle.stop_deadline)
         logger.info("stopping worker %s (%s %s)", handle.id, handle.mv.name, handle.mv.version)
         self.notify_changed()
 
@@ -271,7 +274,7 @@ class Supervisor:
         self._forget(handle)
 
     def served_enough(self, handle: WorkerHandle) -> None:
-        """It reached max_requests_per_worker: recycle it once a replacement is READY."""
+        """Past max_requests_per_worker or max_worker_rss: recycle it once replaced."""
         if not handle.retiring:
             handle.retiring = True
             self.wake()
@@ -394,6 +397,4 @@ class Supervisor:
             logger.error("worker %s missed its heartbeat; killing it", handle.id)
             self.runner.kill(handle, "hung: missed its heartbeat")
         for handle in over_memory_limit(ready, self.ops.rss, self.metrics):
-            if not handle.retiring:
-                handle.retiring = True
-                self.wake()
+            self.served_enough(handle)

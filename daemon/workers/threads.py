@@ -17,11 +17,10 @@ import logging
 from collections.abc import Iterable
 
 from daemon.workers.handle import WorkerHandle
-from daemon.workers.states import WorkerState
+from daemon.workers.states import LIVE_STATES, WorkerState
 from protocol import messages
 
 logger = logging.getLogger(__name__)
-RUNNING = frozenset({WorkerState.STARTING, WorkerState.READY})
 
 
 class ThreadSplit:
@@ -37,7 +36,7 @@ class ThreadSplit:
         share whose count is no longer the share. Called after the Supervisor spawned a
         reconcile's workers (all of them counted) and before their runners first run."""
         handles = list(handles)
-        share = self.share(sum(1 for h in handles if h.state in RUNNING))
+        share = self.share(sum(1 for h in handles if h.state in LIVE_STATES))
         for handle in handles:
             fixed = handle.mv.settings.worker_threads
             if handle.threads == 0 and handle.state is WorkerState.STARTING:

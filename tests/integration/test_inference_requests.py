@@ -117,6 +117,15 @@ def test_body_over_max_request_size_is_413(daemon, probe):
     assert r.status_code == 413 and _error(r)["code"] == 413
 
 
+def test_request_head_over_64_kib_is_431_and_never_reaches_a_worker(daemon, probe):
+    path = f"/predictions/{probe}"
+    fits = daemon.infer("POST", path, data=b"x", headers={"X-Big": "h" * 60_000})
+    assert fits.status_code == 200 and "h" * 60_000 in fits.text   # the handler saw it
+    r = daemon.infer("POST", path, data=b"x", headers={"X-Big": "h" * 70_000})
+    assert r.status_code == 431 and _error(r)["code"] == 431
+    assert daemon.infer("POST", path, data=b"x").status_code == 200   # still serving
+
+
 # ---- explanations and KServe v1 -----------------------------------------------------------
 
 def test_explanations_pass_explain_true(daemon, probe):
