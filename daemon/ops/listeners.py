@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http
 import logging
 import socket
 import stat
 from pathlib import Path
 from typing import Any
 
+import h11
 import uvicorn
+from h11._writers import WRITERS
 from hypercorn.asyncio import serve as hypercorn_serve
 from hypercorn.config import Config as HypercornConfig
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -159,9 +162,34 @@ def uvicorn_config(app: Any, address: BindAddress, config: Config) -> uvicorn.Co
                           timeout_graceful_shutdown=int(GRACEFUL_HTTP), **tls)
 
 
+_STANDARD_PHRASES = {status.value: status.phrase.encode() for status in http.HTTPStatus}
+
+
+def _with_standard_reason(write: Any) -> Any:
+    """h11's status-line writer, filling in the standard phrase: ASGI carries none, and
+    hypercorn hands h11 none, so its status lines would read "HTTP/1.1 200 " otherwise."""
+    def write_response(response: Any, out: Any) -> None:
+        if not response.reason:
+            # h11 events are frozen, but hypercorn built this one for this single write
+            object.__setattr__(response, "reason", _STANDARD_PHRASES.get(response.status_code,
+                                                                       b""))
+        write(response, out)
+
+    write_response.torchd_reason = True   # type: ignore[attr-defined]
+    return write_response
+
+
+def install_standard_reasons() -> None:
+    """Idempotent; h11's only user in the daemon is hypercorn (management and metrics)."""
+    for key in ((h11.SERVER, h11.IDLE), (h11.SERVER, h11.SEND_RESPONSE)):
+        if not getattr(WRITERS[key], "torchd_reason", False):
+            WRITERS[key] = _with_standard_reason(WRITERS[key])
+
+
 def hypercorn_config(sock: socket.socket, address: BindAddress,
                      config: Config) -> HypercornConfig:
     """Serve on ``sock``, which listens from here on (hypercorn takes over its descriptor)."""
+    install_standard_reasons()
     sock.listen(LISTEN_BACKLOG)
     hc = HypercornConfig()
     hc.bind = [f"fd://{sock.detach()}"]

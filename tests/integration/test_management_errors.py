@@ -28,6 +28,7 @@ def test_trailing_slash_unknown_path_wrong_method(mgmt: Daemon) -> None:
     assert post_models(mgmt, url="noop.mar", model_name="slash").status_code == 200
     r = mgmt.mgmt("GET", "/models/")
     assert r.status_code == 200 and r.json()["models"][0]["modelName"] == "slash"
+    assert r.reason == "OK"   # hypercorn's status lines carry the standard phrase
     request_id_ok(r)
     assert mgmt.mgmt("GET", "/models/slash/").json()[0]["modelName"] == "slash"
     assert mgmt.mgmt("GET", "/models/slash/1.0/").json()[0]["modelVersion"] == "1.0"
@@ -37,6 +38,7 @@ def test_trailing_slash_unknown_path_wrong_method(mgmt: Daemon) -> None:
     for method, path in (("GET", "/nothing"), ("GET", "/models/slash/1.0/set-default/x"),
                          ("GET", "/predictions/slash")):
         assert_error(mgmt.mgmt(method, path), 404, "ResourceNotFoundException", not_found)
+    assert mgmt.mgmt("GET", "/nothing").reason == "Not Found"
     for method, path in (("PATCH", "/models"), ("DELETE", "/models"), ("POST", "/models/slash"),
                          ("GET", "/models/slash/1.0/set-default"), ("GET", "/"), ("POST", "/"),
                          ("PUT", "/api-description")):
