@@ -1,31 +1,12 @@
-"""gpu-check's tools: JPEG bodies, closed-loop HTTP load from client processes, NVML samples."""
+"""gpu-check's tools: closed-loop HTTP load from client processes, NVML samples."""
 from __future__ import annotations
 
 import http.client
-import io
 import multiprocessing as mp
 import re
-import socket
 import threading
 import time
 from typing import Any
-
-
-def sample_jpeg(width: int = 320, height: int = 240) -> bytes:
-    from PIL import Image
-    noise = Image.effect_noise((width, height), 12)
-    gradient = Image.linear_gradient("L").resize((width, height))
-    radial = Image.radial_gradient("L").resize((width, height))
-    out = io.BytesIO()
-    Image.merge("RGB", [noise, gradient, Image.blend(radial, noise, 0.3)]).save(out, "JPEG",
-                                                                              quality=85)
-    return out.getvalue()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _client(port: int, path: str, body: bytes, ctype: str, seconds: float, threads: int,

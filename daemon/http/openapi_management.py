@@ -195,6 +195,7 @@ _WORKER = {
                            "memory.used [MiB]::612 MiB; N/A for a CPU worker."),
         "gpuMemoryUsage": {"type": "integer", "description": "GPU memory of the worker process "
                            "in bytes; only for GPU workers, where NVML reports it."},
+        "lastError": string(description="Why the worker last failed or died (torchd)."),
         "threads": {"type": "integer",
                     "description": "torch threads the worker runs with (its share of the CPUs)."},
     },

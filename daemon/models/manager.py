@@ -16,6 +16,7 @@ from typing import Any
 
 from daemon.models import archives
 from daemon.config.settings import Config
+from daemon.config.values import parse_bool
 from daemon.models.dependencies import install_requirements, remove_installed
 from daemon.models.devices import device_settings
 from daemon.errors import (BadRequest, InternalServerError, ModelNotFound,
@@ -186,11 +187,10 @@ class ModelManager:
 
     async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> Outcome:
         head = f'Model "{mv.name}" Version: {mv.version} registered with'
+        self.supervisor.scale(mv)
         if mv.settings.min_workers == 0:
-            self.supervisor.scale(mv)
             return Outcome(200, f"{head} 0 initial workers. Use scale workers API to add "
                                 "workers for the model.")
-        self.supervisor.scale(mv)
         if not synchronous:
             return Outcome(202, "Processing worker updates...")
         try:
@@ -361,10 +361,14 @@ def java_int(value: Any) -> int | None:
 
 
 def _first_bool(layers: list[dict[str, Any]], key: str, default: bool) -> bool:
-    """A YAML or JSON boolean (true/false) from the first layer that sets one."""
+    """A boolean from the first layer that sets one: YAML/JSON true/false, or a string read as
+    config.properties reads booleans (only a case-insensitive "true" is true)."""
     for layer in layers:
-        if isinstance(layer.get(key), bool):
-            return layer[key]
+        value = layer.get(key)
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return parse_bool(value)
     return default
 
 

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import psutil
 import uvloop
 
 from daemon.http import openapi
@@ -35,7 +34,7 @@ from daemon.metrics import Metrics
 from daemon.models.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
-from daemon.osutil import usable_cpus
+from daemon.osutil import pid_gone, usable_cpus
 from daemon.ops.listeners import ListenerError, Listeners, bind_listeners
 from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
@@ -153,7 +152,7 @@ def make_runtime_dir() -> Path:
     root = Path(tempfile.gettempdir())
     for stale in root.glob(f"{RUNTIME_PREFIX}*-*"):
         pid = stale.name[len(RUNTIME_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)) and stale.is_dir():
+        if pid.isdigit() and pid_gone(int(pid)) and stale.is_dir():
             shutil.rmtree(stale, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=root))
 

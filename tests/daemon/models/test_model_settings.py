@@ -54,6 +54,9 @@ def test_redispatch_is_on_unless_the_model_or_the_global_setting_opts_out(tmp_pa
     yaml_on = {"redispatchOnWorkerDeath": True}   # the model's own key beats the global one
     assert globally_off._settings(RegisterRequest(url="m.mar"), yaml_on, "m", "1.0"
                                   ).redispatch is True
+    quoted = {"redispatchOnWorkerDeath": "false"}   # a quoted YAML value reads as written
+    assert manager(tmp_path)._settings(RegisterRequest(url="m.mar"), quoted, "m", "1.0"
+                                       ).redispatch is False
     models = json.dumps({"m": {"1.0": {"redispatchOnWorkerDeath": False}}})
     assert manager(tmp_path, models=models)._settings(
         RegisterRequest(url="m.mar"), {}, "m", "1.0").redispatch is False
