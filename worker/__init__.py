@@ -1,6 +1,6 @@
 """Everything that runs inside a worker process (and the zygote that forks workers).
 
-- ``__main__``  exec entry point: ``python -m worker --socket --worker-id --daemon-pid --title``
+- ``__main__``  exec entry point: ``python -m worker --socket --worker-id --daemon-pid ...``
 - ``zygote``    fork server: ``python -m worker.zygote --socket --daemon-pid``
 - ``process``   becoming a worker: title, prefixed output, daemon watch, connect, serve
 - ``channel``   who receives frames: the main thread, or a reader thread (PING) during long tasks

@@ -58,18 +58,6 @@ worker_output = logging.getLogger("torchd.worker")
 _forwarders: set[asyncio.Task] = set()
 
 
-def thread_env(threads: int) -> dict[str, str] | None:
-    """The environment of an exec-spawned worker: the daemon's own, plus the thread count for
-    the OpenMP and MKL runtimes, which read it once as torch loads them (before any LOAD
-    frame could say it). None (inherit unchanged) when torch's default is wanted.
-    CUDA_VISIBLE_DEVICES passes through as it is, for zygote-forked workers too: LOAD's gpu_id
-    is the ordinal among the devices it shows (daemon/gpus.py numbers them the same way)."""
-    if threads <= 0:
-        return None
-    count = str(threads)
-    return {**os.environ, "OMP_NUM_THREADS": count, "MKL_NUM_THREADS": count}
-
-
 def forward_output(proc: asyncio.subprocess.Process) -> None:
     task = asyncio.get_running_loop().create_task(_forward(proc.stdout))
     _forwarders.add(task)
@@ -102,10 +90,12 @@ class ExecLauncher:
     async def spawn(self, worker_id: str, socket_path: str, title: str,
                     python_path: str | None = None, threads: int = 0) -> int:
         extra = ["--python-path", python_path] if python_path else []
+        if threads > 0:
+            extra += ["--threads", str(threads)]
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "worker", "--socket", socket_path, "--worker-id", worker_id,
             "--daemon-pid", str(self.daemon_pid), "--title", title, *extra,
-            env=thread_env(threads), **OUTPUT_PIPE)
+            **OUTPUT_PIPE)
         forward_output(proc)
         self._pids.add(proc.pid)
         task = asyncio.get_running_loop().create_task(self._wait(proc))
