@@ -16,6 +16,9 @@ from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, Resour
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("torchd.access")
+# Scope key of a list the inference listener puts in every request's scope: it calls each
+# callable there when the client hangs up before the response is complete.
+DISCONNECT_HOOKS = "torchd.disconnect_hooks"
 
 
 class Params:

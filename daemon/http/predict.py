@@ -8,7 +8,6 @@ daemon's time per request.
 """
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from typing import Any, Callable
@@ -20,7 +19,7 @@ from starlette.routing import Route
 
 from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, TorchdError, \
     error_response, no_worker_error
-from daemon.http.common import NoResponse, header, receive_body
+from daemon.http.common import DISCONNECT_HOOKS, NoResponse, header, receive_body
 from daemon.models.registry import ModelVersion
 from daemon.models.queue import Job, QueueFull, queue_full_error
 from protocol import messages
@@ -172,7 +171,7 @@ class Predictor:
         except TorchdError as exc:
             self._record(mv, job, exc.status, named)
             raise
-        kind, payload = await self._first_event(receive, mv, job)
+        kind, payload = await self._first_event(scope, mv, job)
         if kind == "gone":
             self._record(mv, job, NoResponse.status, named)   # it arrived: it counts
             return NoResponse()
@@ -203,19 +202,19 @@ class Predictor:
             raise queue_full_error(mv.name) from None
 
     @staticmethod
-    async def _first_event(receive: Callable, mv: ModelVersion, job: Job) -> tuple[str, Any]:
+    async def _first_event(scope: dict[str, Any], mv: ModelVersion, job: Job) -> tuple[str, Any]:
         """The job's first event; a client that hangs up before dispatch is dropped from the
-        queue, never run."""
-        async def watch() -> None:
-            while (await receive())["type"] != "http.disconnect":
-                pass
+        queue, never run (the listener calls the hook when the connection is lost)."""
+        hooks = scope[DISCONNECT_HOOKS]
+
+        def client_gone() -> None:
             mv.queue.abandon(job)
 
-        watcher = asyncio.get_running_loop().create_task(watch())
+        hooks.append(client_gone)
         try:
             return await job.next_event()
         finally:
-            watcher.cancel()
+            hooks.remove(client_gone)
 
     def _record(self, mv: ModelVersion, job: Job, status: int, named: bool) -> None:
         """Latency hooks: arrival, dispatch and answer times (TorchServe's ts_* metrics)."""

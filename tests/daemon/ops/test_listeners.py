@@ -9,6 +9,7 @@ import socket
 import uvloop
 
 from daemon.config.values import BindAddress
+from daemon.http.common import DISCONNECT_HOOKS
 from daemon.ops.listeners import (InferenceServer, NoDelayHttpTools, set_nodelay,
                                   uvicorn_config)
 
@@ -70,3 +71,105 @@ def test_the_inference_server_sets_nodelay_and_leaves_the_signals_to_the_daemon(
             server.should_exit = True
             await asyncio.wait_for(serving, 10)
     uvloop.run(main())
+
+
+# ---- the response head goes out with the body; hooks hear of a client that hangs up --------
+
+async def serve_app(app, client):
+    """Run ``app`` on a real InferenceServer over a loopback socket; ``client(host, port)``
+    talks to it."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    address = BindAddress("http", host="127.0.0.1", port=0)
+    server = InferenceServer(uvicorn_config(app, address, config=None))
+    serving = asyncio.ensure_future(server.serve(sockets=[sock]))
+    try:
+        while not server.started:
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(client(*sock.getsockname()), 10)
+    finally:
+        server.should_exit = True
+        await asyncio.wait_for(serving, 10)
+
+
+async def nothing_within(reader: asyncio.StreamReader, seconds: float) -> bool:
+    try:
+        await asyncio.wait_for(reader.read(1), seconds)
+    except asyncio.TimeoutError:
+        return True
+    return False
+
+
+def test_the_head_waits_for_the_first_body_part_and_leaves_with_it():
+    async def streaming(scope, receive, send):
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.3)   # the head must not leave before the body does
+        await send({"type": "http.response.body", "body": b"first", "more_body": True})
+        await asyncio.sleep(0.3)
+        await send({"type": "http.response.body", "body": b"last"})
+
+    async def client(host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await nothing_within(reader, 0.2)
+        first = await reader.readuntil(b"first\r\n")
+        assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"transfer-encoding: chunked" in first
+        assert await reader.readuntil(b"0\r\n\r\n") == b"4\r\nlast\r\n0\r\n\r\n"
+        writer.close()
+    uvloop.run(serve_app(streaming, client))
+
+
+def test_an_interim_100_continue_is_never_held():
+    async def echo(scope, receive, send):
+        body = (await receive())["body"]
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def client(host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
+        # the client sends its body only once it is told to continue
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        assert (await reader.readuntil(b"hello")).startswith(b"HTTP/1.1 200 OK\r\n")
+        writer.close()
+    uvloop.run(serve_app(echo, client))
+
+
+def test_disconnect_hooks_run_when_the_client_hangs_up_mid_request():
+    heard = asyncio.Event()
+    finished = []
+
+    async def slow(scope, receive, send):
+        scope = {**scope}   # a copy, as middleware makes: the hooks list is shared
+        scope[DISCONNECT_HOOKS].append(heard.set)
+        await asyncio.sleep(1)
+        finished.append(True)
+
+    async def client(host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await asyncio.sleep(0.1)
+        writer.close()
+        await asyncio.wait_for(heard.wait(), 0.5)   # at once, not after the app's second
+        assert not finished
+    uvloop.run(serve_app(slow, client))
+
+
+def test_disconnect_hooks_are_not_called_once_the_response_is_complete():
+    called = []
+
+    async def quick(scope, receive, send):
+        scope[DISCONNECT_HOOKS].append(lambda: called.append(True))
+        await answer(scope, receive, send)
+
+    async def client(host, port):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\nok")
+        writer.close()
+        await asyncio.sleep(0.2)
+        assert called == []
+    uvloop.run(serve_app(quick, client))
