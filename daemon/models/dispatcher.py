@@ -68,7 +68,8 @@ class Dispatcher:
         self.after_batch = after_batch
         self.batch: list[Job] | None = None       # in the worker now
         self.idle_since: float | None = clock()   # None while a batch is in the worker
-        self.served = 0
+        self.served = 0                           # requests sent and done with, answered or not
+        self.answered = 0                         # batches the worker answered itself
         self.stop_deadline: float | None = None
         self._stop = asyncio.get_running_loop().create_future()
         # Batches sent whose outcome the task has not taken yet, oldest first; only the last
@@ -182,6 +183,7 @@ class Dispatcher:
             self.channel.end_batch()
             self.batch, self.idle_since = None, self.clock()
         if outcome is None:   # the jobs were answered by _on_result as the result came in
+            self.answered += 1
             if self.after_batch is not None:
                 self.after_batch()
             return None

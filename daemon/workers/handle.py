@@ -47,6 +47,14 @@ class WorkerHandle:
     def busy(self) -> bool:
         return self.dispatcher is not None and self.dispatcher.batch is not None
 
+    def ready_for(self, now: float) -> float | None:
+        return None if self.ready_since is None else now - self.ready_since
+
+    @property
+    def answered(self) -> int:
+        """Batches it answered itself: one proves it (see VersionRecord.crashed)."""
+        return 0 if self.dispatcher is None else self.dispatcher.answered
+
     @property
     def idle_since(self) -> float | None:
         """Since when it has had no batch; None while busy or not serving yet."""

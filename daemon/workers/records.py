@@ -73,13 +73,19 @@ class VersionRecord:
             return None
         return policy.delay(history.crashes)
 
-    def crashed(self, slot: int, ready_for: float | None, policy: RestartPolicy) -> float:
-        """A READY worker in ``slot`` died after ``ready_for`` seconds: the delay before its
-        replacement. A worker READY for ``policy.reset_after`` had proven itself: the count
-        starts over."""
+    def crashed(self, slot: int, ready_for: float | None, answered: int,
+                policy: RestartPolicy) -> float:
+        """A READY worker in ``slot`` died after ``ready_for`` seconds and ``answered`` batches:
+        the delay before its replacement.
+
+        A worker that answered a batch, or stayed READY for ``policy.reset_after``, had proven
+        itself: the count starts over and the replacement starts at once. A death from outside
+        (the OOM killer, an operator's kill, a GPU reset) then costs one quick restart however
+        often it happens, while a handler that kills its worker on every call never answers a
+        batch, and backs off."""
         self.restarts += 1
         history = self.slot(slot)
-        proven = ready_for is not None and ready_for >= policy.reset_after
+        proven = answered > 0 or (ready_for is not None and ready_for >= policy.reset_after)
         history.crashes = 1 if proven else history.crashes + 1
         return policy.delay(history.crashes)
 

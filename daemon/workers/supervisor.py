@@ -260,8 +260,8 @@ class Supervisor:
         if self.metrics is not None:
             self.metrics.worker_restarted(handle.mv.name, handle.mv.version)
         now = self.clock()
-        ready_for = None if handle.ready_since is None else now - handle.ready_since
-        delay = self.record(handle.mv).crashed(handle.slot, ready_for, self.settings.policy)
+        delay = self.record(handle.mv).crashed(handle.slot, handle.ready_for(now),
+                                               handle.answered, self.settings.policy)
         handle.move(S.BACKOFF)
         handle.retry_at = now + delay
         logger.error("worker %s (pid %s) of %s %s died: %s (exit status %s); replacing it in "

@@ -72,6 +72,22 @@ async def test_a_proven_ready_period_resets_the_backoff(h: Harness) -> None:
 
 
 @scenario
+async def test_a_worker_that_answered_a_batch_is_replaced_at_once_every_time(h: Harness) -> None:
+    """Deaths from outside (an operator's kill, the OOM killer) of workers that were serving:
+    each costs one immediate restart, never a growing backoff with the slot left empty."""
+    mv = h.model()
+    scale(h, mv, 1, 1)
+    await ready(h, mv, 1)
+    for _ in range(4):
+        job = submit(mv)
+        assert (await outcome(job))[0] == "final"          # it answered a batch
+        handle = await crash(h, mv)
+        assert handle.retry_at == h.clock()
+        h.sup.reconcile()
+        await ready(h, mv, 1)
+
+
+@scenario
 async def test_in_flight_batch_fails_500_when_its_worker_dies(h: Harness) -> None:
     mv, handle, job = await one_busy_worker(h, redispatch=False)   # the model opted out
     queued = submit(mv)
