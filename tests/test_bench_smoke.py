@@ -87,6 +87,10 @@ def test_quick_bench_measures_both_servers_and_leaves_nothing_running(tmp_path: 
         assert len(report["warmup_runs"][server]) == 1 and len(report["runs"][server]) == 1
         assert med["noop_rps"] == report["runs"][server][0]["noop_rps"]
     assert "warm-up round 1/1 (not recorded)" in stdout
+    for server in ("torchd", "torchserve"):   # the chaos run, once per server
+        chaos = report["chaos"][server]
+        assert chaos["chaos_kills"] >= 1 and chaos["chaos_requests"] > 0, chaos
+        assert (chaos["chaos_redispatched"] is None) == (server == "torchserve"), chaos
     check_goal_bookkeeping(report["table"], report["medians"])
     assert "ratio" in stdout
     for server, seen in report["processes"].items():

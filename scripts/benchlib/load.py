@@ -92,8 +92,9 @@ class Load:
     scripts: dict[str, Path]
     servers: list[Server] = field(default_factory=list)  # for the CpuMeter
 
-    def run(self, url: str, model: str, connections: int, seconds: int) -> dict[str, float]:
-        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "10s",
+    def run(self, url: str, model: str, connections: int, seconds: int,
+            timeout_s: int = 10) -> dict[str, float]:
+        cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", f"{timeout_s}s",
                "-s", str(self.scripts[model]), url]
         done = subprocess.run(cmd, check=False, capture_output=True, text=True,
                               timeout=seconds + 60)

@@ -47,18 +47,28 @@ METRICS = [
     Metric("frontend_rss_mb", "frontend RSS (MB)", False, 0.3),
     Metric("total_pss_mb", "all server processes PSS (MB)", False, None),
     Metric("server_start_s", "server start to API ready (s)", False, None),
+    # once per server after the rounds: MLP, 2 workers, 16 conns, a worker killed every 3 s
+    Metric("chaos_requests", "worker killed every 3 s: requests", True, None),
+    Metric("chaos_failed", "worker killed every 3 s: failed requests", False, None, limit=0),
+    Metric("chaos_slowest_ms", "worker killed every 3 s: slowest (ms)", False, None,
+           limit=1000),
+    Metric("chaos_redispatched", "worker killed every 3 s: re-dispatched", True, None),
 ]
 
 
 # ---------------------------------------------------------------- report
 
-def medians(runs: dict[str, list[dict[str, Any]]]) -> dict[str, dict[str, float | None]]:
-    """Per server and metric, the median over rounds (None: the server has no such figure)."""
+def medians(runs: dict[str, list[dict[str, Any]]],
+            once: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float | None]]:
+    """Per server and metric, the median over rounds (None: the server has no such figure);
+    ``once`` holds figures measured once per server (the chaos run), taken as they are."""
     def median(values: list[float | None]) -> float | None:
         known = [v for v in values if v is not None]
         return statistics.median(known) if known else None
 
-    return {name: {m.key: median([r.get(m.key) for r in rounds]) for m in METRICS}
+    once = once or {}
+    return {name: {m.key: median([r.get(m.key) for r in [*rounds, once.get(name, {})]])
+                   for m in METRICS}
             for name, rounds in runs.items() if rounds}
 
 

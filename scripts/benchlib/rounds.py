@@ -79,6 +79,14 @@ def round_summary(result: dict[str, Any]) -> str:
             f"image x{result['image_scaling']:.2f}")
 
 
+def chaos_summary(result: dict[str, Any]) -> str:
+    redispatched = result["chaos_redispatched"]
+    return (f"{result['chaos_kills']} kills, {result['chaos_requests']:.0f} requests, "
+            f"{result['chaos_failed']:.0f} failed, slowest {result['chaos_slowest_ms']:.0f} ms, "
+            f"{result['chaos_timeouts']:.0f} wrk timeouts (over 1 s), re-dispatched "
+            + ("-" if redispatched is None else f"{redispatched:.0f}"))
+
+
 def measure_round(server: Server, load: Load, others_cpu: float) -> dict[str, Any]:
     # Other work on the machine skews every number: record it, and say so when it is large.
     result: dict[str, Any] = {"foreign_cpu_percent": others_cpu}

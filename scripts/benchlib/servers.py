@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -186,6 +187,21 @@ class Server(abc.ABC):
         server reports one (torchd: torchd_worker_idle_gap_seconds)."""
         return None
 
+    def redispatched(self, model: str) -> float | None:
+        """Requests run again after their worker died, where the server does that (torchd)."""
+        return None
+
+    def ready_worker_pids(self, model: str) -> list[int]:
+        """Pids of ``model``'s READY workers, from describe (both servers give status and pid)."""
+        return [int(w["pid"]) for w in self.described_workers(model)
+                if w.get("status") == "READY" and int(w.get("pid") or -1) > 0]
+
+    def described_workers(self, model: str) -> list[dict[str, Any]]:
+        status, text, _ = http("GET", f"{self.management}/models/{model}")
+        if status != 200:
+            raise BenchError(f"{self.label}: describe {model} -> {status} {text.strip()}")
+        return json.loads(text)[0]["workers"]
+
     def unregister(self, model: str) -> None:
         pids = self.worker_pids(model)
         for _ in range(UNREGISTER_ATTEMPTS):
@@ -257,24 +273,31 @@ class Torchd(Server):
         return psutil.Process(self.proc.pid)
 
     def idle_gap_ms(self, model: str) -> float | None:
+        sums = self._samples(model, "torchd_worker_idle_gap_seconds_sum",
+                             "torchd_worker_idle_gap_seconds_count")
+        if not sums.get("torchd_worker_idle_gap_seconds_count"):
+            return None
+        return (sums["torchd_worker_idle_gap_seconds_sum"]
+                / sums["torchd_worker_idle_gap_seconds_count"] * 1000)
+
+    def redispatched(self, model: str) -> float | None:
+        name = "torchd_redispatched_requests_total"
+        return self._samples(model, name).get(name, 0.0)
+
+    def _samples(self, model: str, *names: str) -> dict[str, float]:
+        """The values of the named series of ``model`` on /metrics, summed over other labels."""
         status, text, _ = http("GET", f"{self.metrics}/metrics")
         if status != 200:
             raise BenchError(f"torchd: GET /metrics -> {status}")
-        sums = {}
+        found: dict[str, float] = {}
         for line in text.splitlines():
-            for part in ("sum", "count"):
-                prefix = f"torchd_worker_idle_gap_seconds_{part}{{"
-                if line.startswith(prefix) and f'model_name="{model}"' in line:
-                    sums[part] = float(line.rsplit(" ", 1)[1])
-        if not sums.get("count"):
-            return None
-        return sums["sum"] / sums["count"] * 1000
+            name, _, rest = line.partition("{")
+            if name in names and f'model_name="{model}"' in rest:
+                found[name] = found.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
+        return found
 
     def worker_pids(self, model: str) -> list[int]:
-        status, text, _ = http("GET", f"{self.management}/models/{model}")
-        if status != 200:
-            raise BenchError(f"torchd: describe {model} -> {status} {text.strip()}")
-        return [int(w["pid"]) for w in json.loads(text)[0]["workers"] if w.get("pid")]
+        return [int(w["pid"]) for w in self.described_workers(model) if w.get("pid")]
 
 
 def process_tree(pid: int) -> list[psutil.Process]:

@@ -1,0 +1,93 @@
+"""Workers killed under load (issue 18): clients keep posting to a TorchScript MLP with 2 workers
+while a random READY worker is killed with SIGKILL every 1.5 s.
+
+Re-dispatch on: no client sees a failure, every death is replaced at once (a worker that
+answered a batch has proven itself: no growing backoff leaves its slot empty), and every
+request sent again is counted and logged. Re-dispatch off: the kills fail only requests of the
+killed batches, each with TorchServe's 500 "Worker died.", and nothing else.
+The same scenario with wrk and TorchServe beside it is in scripts/bench (the chaos run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import time
+
+import pytest
+import requests
+
+from tests.support.daemon import Daemon
+from tests.support.supervision import Load, ready_pids
+
+pytestmark = pytest.mark.timeout(180)
+
+KILLS = 6
+KILL_PERIOD_S = 1.5
+CLIENTS = 6
+ROW = {"data": [1.0, 2.0, 3.0, 4.0]}
+
+
+@pytest.fixture
+def daemon(make_daemon) -> Daemon:
+    # "fragile" (the same archive) opts out of re-dispatch: its handler has side effects
+    opted_out = {"fragile": {"1.0": {"redispatchOnWorkerDeath": False}}}
+    d = make_daemon({"models": json.dumps(opted_out)})
+    for name in ("steady", "fragile"):
+        r = d.register("mlp_script.mar", model_name=name, initial_workers=2, synchronous="true")
+        assert r.status_code == 200, r.text
+    return d
+
+
+def kill_workers_under_load(d: Daemon, name: str) -> tuple[Load, list[int]]:
+    """KILLS kills, KILL_PERIOD_S apart, each of a READY worker, while CLIENTS post."""
+    killed = []
+    with Load(d, f"/predictions/{name}", ROW, threads=CLIENTS, timeout=30) as load:
+        for _ in range(KILLS):
+            time.sleep(KILL_PERIOD_S)
+            pids = ready_pids(d, name)
+            assert pids, f"no READY worker of {name} {KILL_PERIOD_S} s after the last kill"
+            victim = random.choice(sorted(pids))
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+        time.sleep(KILL_PERIOD_S)   # the last death's requests are answered too
+    d.wait_workers(name, 2)
+    return load, killed
+
+
+def counter(d: Daemon, metric: str, name: str) -> float:
+    text = requests.get(d.url("metrics", "/metrics"), timeout=30).text
+    found = re.search(rf'^{metric}\{{model_name="{name}",model_version="1.0"\}} (\S+)$', text,
+                      re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def deaths(d: Daemon, name: str) -> list[str]:
+    return [line for line in d.log().splitlines() if f"of {name} 1.0 died:" in line]
+
+
+def test_no_client_sees_a_worker_die_when_its_batch_runs_again(daemon: Daemon) -> None:
+    load, killed = kill_workers_under_load(daemon, "steady")
+    assert len(load.calls) > 100 and load.failures() == []
+    # every death was replaced at once: no backoff left a slot empty
+    lines = deaths(daemon, "steady")
+    assert len(lines) == KILLS and all(line.endswith("replacing it in 0 s") for line in lines), \
+        lines
+    assert counter(daemon, "torchd_worker_restarts_total", "steady") == KILLS
+    # each death with a request in its worker sent that request again: counted and logged
+    sent_again = [line for line in daemon.log().splitlines()
+                  if "worker of steady 1.0 died with a batch: 1 request(s) sent again" in line]
+    assert 1 <= len(sent_again) <= KILLS
+    assert counter(daemon, "torchd_redispatched_requests_total", "steady") == len(sent_again)
+    assert set(killed).isdisjoint(ready_pids(daemon, "steady"))
+
+
+def test_with_redispatch_off_a_kill_fails_only_its_own_batch(daemon: Daemon) -> None:
+    load, _ = kill_workers_under_load(daemon, "fragile")
+    failures = load.failures()
+    # batch size 1: a kill fails at most the one request its worker held, and nothing else
+    assert 1 <= len(failures) <= KILLS, [(c.status, c.body) for c in failures]
+    assert all(c.status == 500 and c.body["message"] == "Worker died." for c in failures)
+    assert counter(daemon, "torchd_redispatched_requests_total", "fragile") == 0
