@@ -108,9 +108,9 @@ def build_handler_archives(out: Path, weights: Path) -> Path:
 def image_bytes(fmt: str, size: tuple[int, int] = (300, 200), mode: str = "RGB") -> bytes:
     """A PIL-made image (a colour gradient, so crops and resizes change the answer)."""
     width, height = size
-    image = Image.new("RGB", size)
-    image.putdata([(x * 255 // width, y * 255 // height, (x + y) % 256)
-                   for y in range(height) for x in range(width)])
+    pixels = bytes(value for y in range(height) for x in range(width)
+                   for value in (x * 255 // width, y * 255 // height, (x + y) % 256))
+    image = Image.frombytes("RGB", size, pixels)
     if mode != "RGB":
         image = image.convert(mode)
     buffer = io.BytesIO()
