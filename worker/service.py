@@ -1,4 +1,5 @@
-"""Archive -> handler: resolve the handler string, load it with a Context, run batches."""
+"""Archive -> handler: resolve the handler string (the archive's module, else a built-in), load it
+with a Context, wrap it in the service envelope, run batches."""
 from __future__ import annotations
 
 import importlib

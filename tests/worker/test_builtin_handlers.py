@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from tests.support.handler_archives import image_bytes
+from worker.ts.context import Context
 from worker.ts.handler_utils.text_utils import basic_english, get_tokenizer, ngrams_iterator
 from worker.ts.torch_handler.base_handler import BaseHandler
 from worker.ts.torch_handler.image_classifier import ImageClassifier
@@ -199,3 +200,20 @@ def test_handler_names_fall_back_to_the_builtin_handlers(tmp_path):
         "no_such_handler ModuleNotFoundError no_such_handler",
         "needs_dep ModuleNotFoundError no_such_dependency_xyz",
     ]
+
+
+# ---- @timed -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("yaml_config", "timed_steps"), [
+    ({"handler": {"profile": True}}, ["ts_handler_preprocess", "ts_handler_postprocess"]),
+    ({"handler": {"profile": False}}, []),
+    ({}, []),
+])
+def test_timed_steps_record_only_when_the_model_profiles(yaml_config, timed_steps):
+    handler = cpu_handler(ImageClassifier)
+    handler.context = Context("m", "/tmp", {}, 1, None, "0", model_yaml_config=yaml_config)
+    handler.postprocess(handler.preprocess([{"body": bytearray(image_bytes("PNG", (8, 8)))}])
+                        .mean(dim=(2, 3)))
+    records = [r for r in handler.context.metrics.records if r.name.startswith("ts_handler_")]
+    assert [r.name for r in records] == timed_steps
+    assert all(r.unit == "Milliseconds" and r.value >= 0 for r in records)
