@@ -1,4 +1,5 @@
-"""Archive -> handler: resolve the handler string, load it with a Context, run batches."""
+"""Archive -> handler: resolve the handler string (the archive's module, else a built-in), load it
+with a Context, wrap it in the service envelope, run batches."""
 from __future__ import annotations
 
 import importlib
@@ -15,10 +16,15 @@ from typing import Any
 from protocol import messages
 from worker import codec
 from worker.ts.context import Context
+from worker.ts.utils.util import list_classes_from_module
 
 logger = logging.getLogger(__name__)
 
 Entry = Callable[[Any, Context], Any]
+# Where TorchServe's built-in handlers and envelopes live (``ts`` is worker.ts unless a real
+# TorchServe is installed, see worker/ts_alias.py).
+BUILTIN_HANDLERS = "ts.torch_handler"
+ENVELOPES = "ts.torch_handler.request_envelope"
 # Receives the encoded parts of one send_intermediate_predict_response call.
 PartsSink = Callable[[list[dict[str, Any]]], None]
 
@@ -38,6 +44,39 @@ def parse_handler(handler: str) -> tuple[str, str | None]:
     if not module:
         raise HandlerLoadError(f"handler {handler!r} names no module")
     return module, function
+
+
+def import_handler_module(module_name: str) -> ModuleType:
+    """The archive's module of that name, else TorchServe's built-in handler of that name
+    (``image_classifier``, ``text_classifier``, ...) from the ``ts`` surface.
+
+    Only a missing module falls back: an archive module that fails to import, or one missing a
+    dependency, reports its own error."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        archive_missing = exc
+    builtin = f"{BUILTIN_HANDLERS}.{module_name}"
+    try:
+        return importlib.import_module(builtin)
+    except ModuleNotFoundError as exc:
+        if exc.name != builtin:
+            raise
+    raise archive_missing
+
+
+def wrap_in_envelope(entry: Entry, envelope: str | None) -> Entry:
+    """``entry`` behind the named request envelope (TorchServe's ``service_envelope``)."""
+    if not envelope:
+        return entry
+    module = importlib.import_module(f"{ENVELOPES}.{envelope}")
+    classes = [c for c in list_classes_from_module(module) if hasattr(c, "parse_input")]
+    if not classes:
+        raise HandlerLoadError(f"envelope module {module.__name__} defines no envelope class")
+    logger.info("requests go through the %s envelope", envelope)
+    return classes[0](entry).handle
 
 
 def _handler_classes(module: ModuleType) -> list[type]:
@@ -69,18 +108,21 @@ class ModelService:
                           bool(load.get("limit_max_image_pixels", True)),
                           model_yaml_config=load.get("model_yaml_config") or {})
         module_name, function_name = parse_handler(load["handler"])
-        module = importlib.import_module(module_name)
+        module = import_handler_module(module_name)
         if function_name is None and callable(getattr(module, "handle", None)) \
                 and not inspect.isclass(module.handle):
             function_name = "handle"
         if function_name is not None:
-            return cls._load_function(module, function_name, context)
-        classes = _handler_classes(module)
-        if len(classes) != 1:
-            raise HandlerLoadError(f"expected a handle() function or exactly one class with a "
-                                   f"handle() method in {module_name}, found {len(classes)} "
-                                   f"classes")
-        return cls._load_class(classes[0], context)
+            service = cls._load_function(module, function_name, context)
+        else:
+            classes = _handler_classes(module)
+            if len(classes) != 1:
+                raise HandlerLoadError(f"expected a handle() function or exactly one class with "
+                                       f"a handle() method in {module_name}, found "
+                                       f"{len(classes)} classes")
+            service = cls._load_class(classes[0], context)
+        service.entry = wrap_in_envelope(service.entry, load.get("service_envelope"))
+        return service
 
     @classmethod
     def _load_function(cls, module: ModuleType, name: str, context: Context) -> ModelService:

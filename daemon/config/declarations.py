@@ -17,6 +17,7 @@ from daemon.config.values import (
     parse_int,
     parse_models_json,
     parse_optional_bool,
+    parse_optional_choice,
     parse_optional_int,
     parse_optional_path,
     parse_optional_str,
@@ -47,6 +48,9 @@ class Setting:
             return None
         return self.cli or "--" + self.name.replace("_", "-")
 
+
+# TorchServe's request envelopes (ts/torch_handler/request_envelope in the worker).
+SERVICE_ENVELOPES = ("json", "body", "kserve", "kservev2")
 
 S = Setting
 SETTINGS: tuple[Setting, ...] = (
@@ -88,6 +92,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("install_py_dep_per_model", parse_bool, False,
       "pip-install an archive's requirements file into a directory of its own for that "
       "model's workers (which are then exec-spawned, not forked).", flag=True),
+    S("service_envelope", parse_optional_choice(*SERVICE_ENVELOPES), None,
+      "Request envelope every handler is wrapped in, as TorchServe's: json (instances in, "
+      "predictions out), body, kserve (KServe v1), kservev2 (Open Inference Protocol). "
+      "Unset: none.", doc_default="unset"),
     S("models", parse_models_json, {},
       "JSON {name: {version: {minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout,"
       " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, workerThreads,"
@@ -139,7 +147,7 @@ SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SET
 # TorchServe keys torchd accepts and deliberately does not use (warned as "ignored").
 IGNORED_KEYS = frozenset({
     "number_of_netty_threads", "netty_client_threads", "async_logging",
-    "vmargs", "default_service_handler", "service_envelope", "decode_input_request",
+    "vmargs", "default_service_handler", "decode_input_request",
     "enable_envvars_config", "blacklist_env_vars", "metrics_mode", "metrics_format",
     "metrics_config", "enable_metrics_api", "metric_time_interval", "disable_system_metrics",
     "system_metrics_cmd", "cpu_launcher_enable", "cpu_launcher_args", "workflow_store",

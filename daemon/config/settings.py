@@ -64,6 +64,7 @@ class Config:
     key_file: Path
     allowed_urls: tuple[str, ...] | None
     install_py_dep_per_model: bool
+    service_envelope: str | None
     models: dict[str, dict[str, dict[str, Any]]]
     cors_allowed_origin: str | None
     cors_allowed_methods: str | None

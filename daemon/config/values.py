@@ -261,6 +261,15 @@ def parse_choice(*choices: str) -> Callable[[Any], str]:
     return parse
 
 
+def parse_optional_choice(*choices: str) -> Callable[[Any], str | None]:
+    """One of ``choices`` (case-insensitive), or None for an empty or missing value."""
+    strict = parse_choice(*choices)
+
+    def parse(value: Any) -> str | None:
+        return None if parse_optional_str(value) is None else strict(value)
+    return parse
+
+
 def parse_device_type(value: Any) -> str:
     """A model's ``deviceType`` (TorchServe's model-config.yaml key): cpu or gpu."""
     text = str(value).strip().lower()

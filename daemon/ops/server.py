@@ -62,7 +62,8 @@ class Core:
             runtime_dir=self.runtime_dir / "sockets", max_frame=config.max_response_size,
             server_version=VERSION, heartbeat_interval=config.heartbeat_interval,
             autoscale_up_delay=config.autoscale_up_delay,
-            autoscale_down_delay=config.autoscale_down_delay, cpus=usable_cpus())
+            autoscale_down_delay=config.autoscale_down_delay, cpus=usable_cpus(),
+            service_envelope=config.service_envelope)
         self.supervisor = Supervisor(self.registry, settings, self._launcher_factory(),
                                      metrics=self.metrics, gpus=self.gpus)
         self.snapshots = SnapshotStore(config.snapshot_dir)

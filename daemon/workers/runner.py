@@ -45,6 +45,7 @@ class RunnerSettings:
     runtime_dir: Path        # where worker sockets are made
     max_frame: int           # largest frame (max_response_size)
     server_version: str
+    service_envelope: str | None = None   # TorchServe's service_envelope, for every model
 
 
 class StartFailure(Exception):
@@ -171,7 +172,8 @@ class WorkerRunner:
                              model_yaml_config=mv.yaml_config,
                              server_version=self.settings.server_version,
                              max_response_size=self.settings.max_frame, threads=handle.threads,
-                             gpu_id=handle.gpu)
+                             gpu_id=handle.gpu,
+                             service_envelope=self.settings.service_envelope)
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:

@@ -45,6 +45,7 @@ class SupervisorSettings:
     tick: float = 0.5
     cpus: int = 1                      # CPUs the workers share (daemon.osutil.usable_cpus)
     policy: RestartPolicy = field(default_factory=RestartPolicy)
+    service_envelope: str | None = None  # the request envelope every worker wraps its handler in
 
 
 class Supervisor:
@@ -61,7 +62,8 @@ class Supervisor:
         self.launcher = launcher_factory(self.pids.exited)
         self.runner = WorkerRunner(
             self.launcher, self.ops, clock,
-            RunnerSettings(settings.runtime_dir, settings.max_frame, settings.server_version),
+            RunnerSettings(settings.runtime_dir, settings.max_frame, settings.server_version,
+                           settings.service_envelope),
             events=self, observer=metrics)
         self.workers: dict[str, WorkerHandle] = {}
         self.records: dict[ModelVersion, VersionRecord] = {}

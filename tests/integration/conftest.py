@@ -10,6 +10,7 @@ import pytest
 
 from tests.support.archives import MODELS, build_archive, copy_store
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.handler_archives import build_handler_archives
 
 SIMPLE = ["noop", "echo", "sleep", "stream", "fail513", "fail_plain", "oom", "fail_load",
           "status", "describe", "bad_output", "threads"]
@@ -29,6 +30,14 @@ def archive_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     build_archive("mlp_eager", out, serialized_file=str(weights / "mlp_eager" / "mlp_eager.pt"),
                   model_file="model.py")
     return out
+
+
+@pytest.fixture(scope="session")
+def handler_store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Archives for TorchServe's built-in handlers (tests/support/handler_archives.py) and the
+    folder of the weights they were made from: (archives, weights)."""
+    weights = tmp_path_factory.mktemp("handler-weights")
+    return build_handler_archives(tmp_path_factory.mktemp("handler-archives"), weights), weights
 
 
 @pytest.fixture(scope="session")

@@ -32,8 +32,10 @@ def build_archive(model: str, out_dir: Path, *, name: str | None = None, version
     src = MODELS / model
     name = name or model
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A bare name (image_classifier) is one of TorchServe's built-in handlers, passed as is.
+    handler_arg = str(src / handler) if handler.endswith(".py") else handler
     cmd = [str(ARCHIVER), "--model-name", name, "--version", version,
-           "--handler", str(src / handler), "--export-path", str(out_dir),
+           "--handler", handler_arg, "--export-path", str(out_dir),
            "--archive-format", fmt, "--force"]
     if serialized_file:
         cmd += ["--serialized-file", str(src / serialized_file)]

@@ -247,7 +247,7 @@ import ts.torch_handler.base_handler as aliased
 import worker.ts.torch_handler.base_handler as real
 import worker.ts.utils.util, worker.ts.context
 try:
-    import ts.torch_handler.image_classifier
+    import ts.torch_handler.no_such_handler
     missing = None
 except ModuleNotFoundError as exc:
     missing = str(exc)
@@ -271,7 +271,7 @@ def test_ts_alias_in_a_fresh_interpreter(tmp_path):
     assert probe == {
         "same_module": True, "same_classes": [True, True, True],
         "spec": "worker.ts.torch_handler.base_handler", "finders_last": "TsAliasFinder",
-        "finders": 1, "missing": "No module named 'ts.torch_handler.image_classifier'"}
+        "finders": 1, "missing": "No module named 'ts.torch_handler.no_such_handler'"}
 
 
 def test_a_real_ts_package_wins(tmp_path):

@@ -165,13 +165,19 @@ class BaseHandler:
         return output
 
     def explain_handle(self, data_preprocess: Any, raw_data: list[Any]) -> Any:
-        """Explanations come from a subclass's ``get_insights(tensor, raw_data, target)``."""
+        """Explanations come from a subclass's ``get_insights(tensor, inputs, target)``.
+
+        As TorchServe: ``inputs`` is the first request's "data" (else "body") value and
+        ``target`` its "target" parameter, 0 when it is missing or empty."""
         get_insights = getattr(self, "get_insights", None)
         if get_insights is None:
             raise PredictionException("this handler does not implement explanations", 501)
-        first = raw_data[0] if raw_data else {}
-        self.target = first.get("target", 0) if isinstance(first, dict) else 0
-        return get_insights(data_preprocess, raw_data, self.target)
+        inputs, self.target = None, 0
+        first = raw_data[0] if raw_data else None
+        if isinstance(first, dict):
+            inputs = first.get("data") or first.get("body")
+            self.target = first.get("target") or 0
+        return get_insights(data_preprocess, inputs, self.target)
 
     def describe_handle(self) -> Any:
         """Custom metadata for describe?customized=true; None means there is none."""

@@ -41,6 +41,10 @@ def load_label_mapping(mapping_file_path: str) -> dict[str, Any] | None:
         mapping = json.load(handle)
     if not isinstance(mapping, dict):
         raise TypeError(f"label mapping in {mapping_file_path} must be a JSON object")
+    # Older object detection examples list their names: {"object_type_names": ["person", ...]}.
+    names = mapping.get("object_type_names")
+    if isinstance(names, list):
+        return {str(index): name for index, name in enumerate(names)}
     # Some mappings are {"0": ["n01440764", "tench"]}; the last element is the readable name.
     return {key: value[-1] if isinstance(value, list) else value for key, value in mapping.items()}
 
