@@ -37,6 +37,7 @@ from daemon.models.snapshots import SnapshotStore
 from daemon.osutil import pid_gone, usable_cpus
 from daemon.ops.listeners import ListenerError, Listeners, bind_listeners
 from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
+from daemon.workers.runner import RunnerSettings
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.ops.systemd import Notifier
 from daemon.http.tokens import TokenStore
@@ -58,12 +59,13 @@ class Core:
         # Once, through NVML (never CUDA: the zygote forks workers from this process's child).
         self.gpus = discover_gpus(config.cuda_visible_devices, config.number_of_gpu)
         self.metrics = Metrics(collect_hook=self._refresh_gauges)
+        runner = RunnerSettings(runtime_dir=self.runtime_dir / "sockets",
+                                max_frame=config.max_response_size, server_version=VERSION,
+                                service_envelope=config.service_envelope)
         settings = SupervisorSettings(
-            runtime_dir=self.runtime_dir / "sockets", max_frame=config.max_response_size,
-            server_version=VERSION, heartbeat_interval=config.heartbeat_interval,
+            runner, heartbeat_interval=config.heartbeat_interval,
             autoscale_up_delay=config.autoscale_up_delay,
-            autoscale_down_delay=config.autoscale_down_delay, cpus=usable_cpus(),
-            service_envelope=config.service_envelope)
+            autoscale_down_delay=config.autoscale_down_delay, cpus=usable_cpus())
         self.supervisor = Supervisor(self.registry, settings, self._launcher_factory(),
                                      metrics=self.metrics, gpus=self.gpus)
         self.snapshots = SnapshotStore(config.snapshot_dir)

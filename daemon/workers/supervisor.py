@@ -14,7 +14,6 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from daemon.errors import ServiceUnavailable, no_worker_error
@@ -36,16 +35,13 @@ S = WorkerState
 
 @dataclass
 class SupervisorSettings:
-    runtime_dir: Path
-    max_frame: int
-    server_version: str
+    runner: RunnerSettings             # what every worker is started with
     heartbeat_interval: float = 5.0
     autoscale_up_delay: float = 1.0
     autoscale_down_delay: float = 30.0
     tick: float = 0.5
     cpus: int = 1                      # CPUs the workers share (daemon.osutil.usable_cpus)
     policy: RestartPolicy = field(default_factory=RestartPolicy)
-    service_envelope: str | None = None  # the request envelope every worker wraps its handler in
 
 
 class Supervisor:
@@ -60,11 +56,8 @@ class Supervisor:
         self.ops = ops or ProcessOps()
         self.pids: PidTable[WorkerHandle] = PidTable(clock, self._process_exited)
         self.launcher = launcher_factory(self.pids.exited)
-        self.runner = WorkerRunner(
-            self.launcher, self.ops, clock,
-            RunnerSettings(settings.runtime_dir, settings.max_frame, settings.server_version,
-                           settings.service_envelope),
-            events=self, observer=metrics)
+        self.runner = WorkerRunner(self.launcher, self.ops, clock, settings.runner, events=self,
+                                   observer=metrics)
         self.workers: dict[str, WorkerHandle] = {}
         self.records: dict[ModelVersion, VersionRecord] = {}
         self._ids = itertools.count(9000)
@@ -79,7 +72,7 @@ class Supervisor:
     # ---- running -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.settings.runtime_dir.mkdir(parents=True, exist_ok=True)
+        self.settings.runner.runtime_dir.mkdir(parents=True, exist_ok=True)
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
         await self.launcher.start()
 

@@ -24,6 +24,7 @@ from daemon.metrics import Metrics
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
 from daemon.models.queue import Job, JobQueue
 from daemon.workers.states import RestartPolicy, WorkerState
+from daemon.workers.runner import RunnerSettings
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.workers.handle import WorkerHandle
 from protocol import messages
@@ -173,7 +174,7 @@ class Harness:
         self.ops = FakeOps(self)
         runtime_dir.mkdir(parents=True, exist_ok=True)
         settings = SupervisorSettings(
-            runtime_dir=runtime_dir, max_frame=1 << 20, server_version="test",
+            RunnerSettings(runtime_dir=runtime_dir, max_frame=1 << 20, server_version="test"),
             heartbeat_interval=HEARTBEAT, autoscale_up_delay=UP_DELAY,
             autoscale_down_delay=DOWN_DELAY, policy=policy or RestartPolicy())
         self.sup = Supervisor(self.registry, settings, self._launcher, metrics=self.metrics,
