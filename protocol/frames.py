@@ -16,6 +16,18 @@ class ProtocolError(Exception):
     """The peer sent something that is not a valid frame of this protocol."""
 
 
+# What a request adds to its body in a PREDICT frame: its head (at most 64 KiB on the wire),
+# form field names and types, msgpack's framing. Generous: the limit guards against a corrupt
+# length, not against the daemon.
+REQUEST_OVERHEAD = 256 * 1024
+
+
+def predict_frame_limit(batch_size: int, max_request_size: int) -> int:
+    """The largest PREDICT frame a batch of ``batch_size`` requests can make when no body is
+    over ``max_request_size``: what a worker must accept (a frame over its limit ends it)."""
+    return max(DEFAULT_MAX_FRAME, batch_size * (max_request_size + REQUEST_OVERHEAD))
+
+
 def encode_frame(message: dict[str, Any], max_size: int | None = None) -> bytes:
     """Serialise one message (a dict) into a frame, stamping the protocol version."""
     payload = msgpack.packb({**message, VERSION_KEY: PROTOCOL_VERSION}, use_bin_type=True)

@@ -64,6 +64,13 @@ class Channel:
         with self._send_lock:
             self._sock.sendall(frame)
 
+    def accept_frames_up_to(self, size: int) -> None:
+        """The daemon's batches may be this big (LOAD says so: batch size x request size).
+
+        No lock: the standby reader may hold it while blocked in recv, and until LOADED is
+        sent the daemon sends nothing but small PINGs, which either limit lets through."""
+        self._decoder.max_size = size
+
     def start_reader(self) -> None:
         self._standby.start()
 

@@ -60,6 +60,8 @@ class WorkerLoop:
     def _load(self, message: dict[str, Any]) -> bool:
         from worker.service import load_service  # imported late: pulls in the handler's deps
         self.max_frame = int(message.get("max_response_size") or DEFAULT_MAX_FRAME)
+        self.channel.accept_frames_up_to(int(message.get("max_request_frame")
+                                             or DEFAULT_MAX_FRAME))
         set_torch_threads(int(message.get("threads") or 0), starting=True)
         self.service, error, seconds = load_service(message)
         self.channel.send(messages.loaded(error is None, error, seconds))

@@ -61,7 +61,8 @@ class Core:
         self.metrics = Metrics(collect_hook=self._refresh_gauges)
         runner = RunnerSettings(runtime_dir=self.runtime_dir / "sockets",
                                 max_frame=config.max_response_size, server_version=VERSION,
-                                service_envelope=config.service_envelope)
+                                service_envelope=config.service_envelope,
+                                max_request=config.max_request_size)
         settings = SupervisorSettings(
             runner, heartbeat_interval=config.heartbeat_interval,
             autoscale_up_delay=config.autoscale_up_delay,

@@ -22,6 +22,7 @@ from daemon.workers.connection import ConnectionLost, WorkerConnection
 from daemon.workers.handle import WorkerHandle
 from daemon.workers.launcher import ProcessOps
 from protocol import messages
+from protocol.frames import DEFAULT_MAX_FRAME, predict_frame_limit
 
 logger = logging.getLogger(__name__)
 SHUTDOWN_GRACE = 3.0      # seconds between SHUTDOWN and SIGTERM, and SIGTERM and SIGKILL
@@ -46,6 +47,7 @@ class RunnerSettings:
     max_frame: int           # largest frame (max_response_size)
     server_version: str
     service_envelope: str | None = None   # TorchServe's service_envelope, for every model
+    max_request: int = DEFAULT_MAX_FRAME     # max_request_size: the largest body of a request
 
 
 class StartFailure(Exception):
@@ -173,7 +175,9 @@ class WorkerRunner:
                              server_version=self.settings.server_version,
                              max_response_size=self.settings.max_frame, threads=handle.threads,
                              gpu_id=handle.gpu,
-                             service_envelope=self.settings.service_envelope)
+                             service_envelope=self.settings.service_envelope,
+                             max_request_frame=predict_frame_limit(
+                                 mv.settings.batch_size, self.settings.max_request))
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:

@@ -63,6 +63,23 @@ def test_four_concurrent_requests_are_one_batch(daemon):
         daemon.unregister("batched4")
 
 
+def test_a_batch_of_bodies_near_max_request_size_reaches_the_worker(daemon):
+    """Four bodies of almost max_request_size (2 MB here) make one PREDICT frame over the
+    default 6.5 MB frame limit: LOAD tells the worker how big its batches may get, so the batch
+    is served instead of ending the worker (and, re-dispatched, a second one)."""
+    r = daemon.register("noop.mar", model_name="big_batch", initial_workers=1, batch_size=4,
+                        max_batch_delay=1000)
+    assert r.status_code == 200, r.text
+    try:
+        pid = pid_of(daemon, "big_batch")
+        body = "v" * (inference.MAX_REQUEST - 1024)   # a JSON string just under the limit
+        answers = post_together(daemon, "/predictions/big_batch", [body] * 4)
+        assert [(a.status_code, a.json()) for a in answers] == [(200, {"ok": 1})] * 4
+        assert pid_of(daemon, "big_batch") == pid
+    finally:
+        daemon.unregister("big_batch")
+
+
 def test_a_lone_request_waits_max_batch_delay_then_runs_alone(daemon):
     r = daemon.register("echo.mar", model_name="batched_lone", initial_workers=1, batch_size=4,
                         max_batch_delay=300)

@@ -138,3 +138,15 @@ def test_garbage_is_a_protocol_error(payload, words):
         FrameDecoder().feed(raw_frame(payload))
     with pytest.raises(ProtocolError):
         decode_payload(payload)
+
+
+def test_a_batch_of_largest_requests_fits_the_predict_frame_limit():
+    from protocol import messages
+    from protocol.frames import DEFAULT_MAX_FRAME, encode_frame, predict_frame_limit
+    assert predict_frame_limit(1, 1024) == DEFAULT_MAX_FRAME   # never below the default
+    body = b"x" * (3 * 1024 * 1024)
+    head = [["x-filler", "h" * 60_000]]   # close to the 64 KiB request head the listener takes
+    requests = [messages.request(f"r{i}", head, [messages.parameter("body", "text/plain", body)])
+                for i in range(4)]
+    frame = encode_frame(messages.predict(1, requests))
+    assert DEFAULT_MAX_FRAME < len(frame) <= predict_frame_limit(4, len(body))
