@@ -18,8 +18,8 @@ import grpc
 from daemon.config.settings import Config
 from daemon.config.values import BindAddress
 from daemon.errors import TorchdError
-from daemon.rpc.generated import grpc_predict_v2_pb2_grpc, inference_pb2_grpc, \
-    management_pb2_grpc
+from daemon.rpc.generated import grpc_predict_v2_pb2, inference_pb2, management_pb2
+from daemon.rpc.handlers import register_servicer
 from daemon.rpc.inference import InferenceService
 from daemon.rpc.management import ManagementService
 from daemon.rpc.oip import OipService
@@ -117,12 +117,12 @@ class RpcListeners:
         for gate in self.gates.values():
             gate.tokens = core.tokens
         inference, management = self.servers["inference"], self.servers["management"]
-        inference_pb2_grpc.add_InferenceAPIsServiceServicer_to_server(
-            InferenceService(core), inference)
-        grpc_predict_v2_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            OipService(core), inference)
-        management_pb2_grpc.add_ManagementAPIsServiceServicer_to_server(
-            ManagementService(core.manager), management)
+        register_servicer(inference, _service(inference_pb2, "InferenceAPIsService"),
+                          InferenceService(core))
+        register_servicer(inference, _service(grpc_predict_v2_pb2, "GRPCInferenceService"),
+                          OipService(core))
+        register_servicer(management, _service(management_pb2, "ManagementAPIsService"),
+                          ManagementService(core.manager))
         for kind, server in self.servers.items():
             await server.start()
             address = self.config.grpc_listeners[kind]
@@ -134,3 +134,7 @@ class RpcListeners:
             self._stopping = asyncio.ensure_future(asyncio.gather(
                 *(server.stop(grace) for server in self.servers.values())))
         await self._stopping
+
+
+def _service(module: Any, name: str) -> Any:
+    return module.DESCRIPTOR.services_by_name[name]
