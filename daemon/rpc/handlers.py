@@ -33,8 +33,8 @@ def _handler(method: MethodDescriptor, behavior: Callable) -> grpc.RpcMethodHand
     codec = {"request_deserializer": _decoder(request_type),
              "response_serializer": response_type.SerializeToString}
     refusal = f"The request is not a valid {method.input_type.full_name} message"
-    if method.client_streaming:
-        guarded = _stream_in(behavior, refusal)
+    if method.client_streaming:   # only StreamPredictions2: streams both ways
+        guarded = _stream_in_stream_out(behavior, refusal)
     elif method.server_streaming:
         guarded = _unary_in_stream_out(behavior, refusal)
     else:
@@ -76,12 +76,14 @@ def _unary_in_stream_out(behavior: Callable, refusal: str) -> Callable:
     return guarded
 
 
-def _stream_in(behavior: Callable, refusal: str) -> Callable:
-    def guarded(requests: AsyncIterator[Any], context: grpc.aio.ServicerContext) -> Any:
+def _stream_in_stream_out(behavior: Callable, refusal: str) -> Callable:
+    async def guarded(requests: AsyncIterator[Any],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         async def checked() -> AsyncIterator[Any]:
             async for request in requests:
                 if request is _MALFORMED:
                     await _refuse(context, refusal)   # sends the status, then raises
                 yield request
-        return behavior(checked(), context)
+        async for response in behavior(checked(), context):
+            yield response
     return guarded

@@ -62,6 +62,8 @@ class InferenceService(pb_grpc.InferenceAPIsServiceServicer):
             if kind == "final":
                 return
 
-    def StreamPredictions2(self, request_iterator: AsyncIterator[pb.PredictionsRequest],
-                           context: Context) -> AsyncIterator[pb.PredictionResponse]:
-        return sequences.stream_sequence(self.submitter, request_iterator, context)
+    async def StreamPredictions2(self, request_iterator: AsyncIterator[pb.PredictionsRequest],
+                                 context: Context) -> AsyncIterator[pb.PredictionResponse]:
+        async for response in sequences.stream_sequence(self.submitter, request_iterator,
+                                                        context):
+            yield response
