@@ -86,7 +86,7 @@ class Dispatcher:
         try:
             return await self._serve()
         finally:
-            self.mv.queue.release_sequences(self)   # another worker takes its sequences
+            self.mv.queue.sequences.release(self)   # another worker takes its sequences
 
     async def _serve(self) -> str | None:
         queue, lost = self.mv.queue, self.channel.lost
@@ -102,7 +102,8 @@ class Dispatcher:
             batch = self._take_ready(settings.batch_size, delay)
             if batch is None and not queue.depth:
                 # idle: wait for a job without take_batch's task (the light-load path)
-                await _arrival_or(queue.next_arrival(), lost, self._stop)
+                await _arrival_or(queue.next_arrival(), lost, self._stop,
+                                  queue.sequences.arrival())
                 if lost.done():
                     return str(lost.result())
                 continue
@@ -137,6 +138,10 @@ class Dispatcher:
             return take.result()
         take.cancel()
         await asyncio.gather(take, return_exceptions=True)
+        if not take.cancelled() and take.exception() is None:
+            # the batch was complete as the cancel came (asyncio.wait_for then returns it and
+            # drops the cancel): it goes back first in line rather than nowhere
+            self.mv.queue.requeue_front(take.result())
         return None
 
     def _send(self, batch: list[Job]) -> str | None:

@@ -107,9 +107,9 @@ class JobQueue:
             if len(self._jobs) >= self.capacity:
                 raise QueueFull()
         if job.sequence is not None:
-            self.sequences.add(job)
-        else:
-            self._jobs.append(job)
+            self.sequences.add(job)   # wakes the dispatchers through sequences.arrival()
+            return
+        self._jobs.append(job)
         self._announce()
 
     def next_arrival(self) -> asyncio.Future:
@@ -220,15 +220,9 @@ class JobQueue:
         back = [job for job in jobs if not job.finished and not job.cancelled]
         self.sequences.put_front([job for job in back if job.sequence is not None])
         self._jobs.extendleft(reversed([job for job in back if job.sequence is None]))
-        if back or self._jobs:
+        if self._jobs:
             self._announce()
         return len(back)
-
-    def release_sequences(self, owner: object) -> None:
-        """``owner`` (a dispatcher) has ended: its sequences' waiting jobs go to the next worker
-        that looks, and the idle ones are woken to look."""
-        self.sequences.release(owner)
-        self._announce()
 
     def close(self, error: TorchdError) -> int:
         """The version is going away: answer every waiting job with ``error`` now, and every job

@@ -70,8 +70,10 @@ class SequenceLanes:
         return None
 
     def arrival(self) -> asyncio.Future:
-        """Done once a job enters a lane: what a dispatcher busy filling a batch also waits on,
-        so the sequence it owns is not held up until the batch fills."""
+        """Done once a job enters a lane (or a lane with jobs loses its owner): what idle
+        dispatchers, and one busy filling a batch, wait on besides the shared queue. Apart from
+        the queue's own arrivals, so a batch being filled is never woken by a job it cannot
+        take."""
         if self._arrival is None or self._arrival.done():
             self._arrival = asyncio.get_running_loop().create_future()
         return self._arrival
@@ -90,6 +92,8 @@ class SequenceLanes:
         for lane in self._lanes.values():
             if lane.owner is owner:
                 lane.owner = None
+                if lane.jobs:
+                    self._announce()   # the idle dispatchers look again
 
     def end(self, sequence: str, error: TorchdError) -> None:
         """Close a sequence; a job still waiting in it fails with ``error``."""
