@@ -118,11 +118,11 @@ class RpcListeners:
             gate.tokens = core.tokens
         inference, management = self.servers["inference"], self.servers["management"]
         register_servicer(inference, _service(inference_pb2, "InferenceAPIsService"),
-                          InferenceService(core))
+                          InferenceService(core), "grpc-inference")
         register_servicer(inference, _service(grpc_predict_v2_pb2, "GRPCInferenceService"),
-                          OipService(core))
+                          OipService(core), "grpc-inference")
         register_servicer(management, _service(management_pb2, "ManagementAPIsService"),
-                          ManagementService(core.manager))
+                          ManagementService(core.manager), "grpc-management")
         for kind, server in self.servers.items():
             await server.start()
             address = self.config.grpc_listeners[kind]
