@@ -73,3 +73,29 @@ def test_sigterm_lets_a_call_in_flight_finish(archive_dir: Path, tmp_path: Path,
         assert "late" not in (log.read_text())
     finally:
         d.cleanup()
+
+
+def test_enable_grpc_ssl(archive_dir: Path, tmp_path: Path, stubs) -> None:
+    from tests.integration.test_ops_security import self_signed
+
+    cert, key = self_signed(tmp_path)
+    d = Daemon(tmp_path / "d", copy_store(archive_dir, tmp_path / "d" / "store"),
+               {"enable_grpc_ssl": "true", "certificate_file": str(cert),
+                "private_key_file": str(key)})
+    try:
+        d.start()
+        target = f"127.0.0.1:{d.ports['grpc_management']}"
+        credentials = grpc.ssl_channel_credentials(root_certificates=cert.read_bytes())
+        listing = stubs.management_pb2.ListModelsRequest()
+        with grpc.secure_channel(target, credentials) as ch:
+            mgmt = stubs.management_pb2_grpc.ManagementAPIsServiceStub(ch)
+            assert json.loads(mgmt.ListModels(listing, timeout=30).msg) == {"models": []}
+        with grpc.insecure_channel(target) as ch:   # no plain gRPC there
+            mgmt = stubs.management_pb2_grpc.ManagementAPIsServiceStub(ch)
+            with pytest.raises(grpc.RpcError) as info:
+                mgmt.ListModels(listing, timeout=10)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert d.mgmt("GET", "/models").json() == {"models": []}   # REST stays plain
+        assert d.stop(timeout=30) == 0
+    finally:
+        d.cleanup()
