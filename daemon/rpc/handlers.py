@@ -59,11 +59,15 @@ def _logged(behavior: Callable, listener: str, method: MethodDescriptor) -> Call
     path = f"/{method.containing_service.full_name}/{method.name}"
 
     def log(context: grpc.aio.ServicerContext, started: float) -> None:
-        if access_log.isEnabledFor(logging.INFO):
-            code = context.code() or grpc.StatusCode.OK
-            name = code.name if isinstance(code, grpc.StatusCode) else str(code)
-            access_log.info(ACCESS_FORMAT, listener, path, name,
-                            (time.perf_counter() - started) * 1e3)
+        if not access_log.isEnabledFor(logging.INFO):
+            return
+        code = context.code() or grpc.StatusCode.OK
+        name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+        # made and handled directly, as REST's lines are: Logger.info would walk the stack to
+        # find a caller that a line per call never shows
+        access_log.handle(access_log.makeRecord(
+            access_log.name, logging.INFO, __file__, 0, ACCESS_FORMAT,
+            (listener, path, name, (time.perf_counter() - started) * 1e3), None))
 
     if method.server_streaming:
         async def streamed(request: Any, context: grpc.aio.ServicerContext) -> Any:
