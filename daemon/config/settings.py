@@ -248,6 +248,7 @@ def load_config(argv_options: Mapping[str, Any], environ: Mapping[str, str],
                     watchdog_usec=_watchdog_usec(environ),
                     cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
                     sources={name: source for name, (_, source) in raw.items()})
+    _check_grpc_ports(config)
     _check_tls(config)
     return config
 
@@ -326,11 +327,14 @@ def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
         return None
 
 
-def _check_tls(config: Config) -> None:
+def _check_grpc_ports(config: Config) -> None:
     for name in ("grpc_inference_port", "grpc_management_port"):
         port = getattr(config, name)
         if port is not None and not 0 <= port <= 65535:
             raise ConfigError(f"invalid value for {name}: {port}: port out of range")
+
+
+def _check_tls(config: Config) -> None:
     addresses = [*config.listeners.values(), *config.grpc_listeners.values()]
     if not any(address.is_tls for address in addresses):
         return
