@@ -30,8 +30,10 @@ def grpc_code(status: int) -> grpc.StatusCode:
 
 
 async def abort(context: grpc.aio.ServicerContext, error: TorchdError) -> NoReturn:
-    """End the call with ``error``'s mapped code and its REST message as the details."""
-    await context.abort(grpc_code(error.status), error.message)
+    """End the call with ``error``'s mapped code and its REST message as the details; the
+    headers REST would send with it (a full queue's Retry-After) as trailing metadata."""
+    trailers = tuple((name.lower(), value) for name, value in error.headers.items())
+    await context.abort(grpc_code(error.status), error.message, trailers)
     raise AssertionError("unreachable: abort raises")   # for type checkers
 
 

@@ -35,9 +35,10 @@ def daemon(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("grpc-inference")
     store = copy_store(archive_dir, workdir / "store")
     build_archive("recorder", store, config_file="config.yaml")
-    d = Daemon(workdir, store, {"max_request_size": LIMIT})
+    d = Daemon(workdir, store, {"max_request_size": LIMIT,
+                                "models": '{"recq": {"1.0": {"jobQueueSize": 1}}}'})
     d.start()
-    for name, workers in (("rec", 1), ("rec2", 2), ("fail_plain", 1), ("oom", 1),
+    for name, workers in (("rec", 1), ("rec2", 2), ("recq", 1), ("fail_plain", 1), ("oom", 1),
                           ("idle", 0)):
         url = "noop.mar" if name == "idle" else ("recorder.mar" if "rec" in name
                                                  else f"{name}.mar")
@@ -102,6 +103,23 @@ def test_errors_carry_the_rest_message(daemon, infer, stubs) -> None:
     assert error_of(lambda: list(infer.StreamPredictions(request(stubs, "ghost"),
                                                          timeout=60))) == (
         C.NOT_FOUND, "Model not found: ghost")
+
+
+def test_a_full_queue_is_unavailable_with_retry_after(daemon, infer, stubs, tmp_path) -> None:
+    log = tmp_path / "log"
+    busy = infer.Predictions.future(request(stubs, "recq", tag="busy", log=str(log), sleep=2),
+                                    timeout=60)
+    wait_until(lambda: logged(log), 30, what="the first request running")
+    queued = infer.Predictions.future(request(stubs, "recq", tag="queued"), timeout=60)
+    wait_until(lambda: daemon.describe("recq")[0]["jobQueueStatus"]["pendingRequests"] == 1, 10,
+               what="the second request queued (capacity 1)")
+    with pytest.raises(grpc.RpcError) as info:
+        infer.Predictions(request(stubs, "recq", tag="refused"), timeout=60)
+    assert (info.value.code(), info.value.details()) == (
+        C.UNAVAILABLE, 'Model "recq" job queue is full')
+    assert ("retry-after", "1") in info.value.trailing_metadata()
+    assert json.loads(busy.result().prediction)["tag"] == "busy"
+    assert json.loads(queued.result().prediction)["tag"] == "queued"
 
 
 # ---- StreamPredictions ----------------------------------------------------------------------
