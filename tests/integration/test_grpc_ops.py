@@ -1,16 +1,19 @@
 """The gRPC listeners' life with the daemon's (issue 16): a busy gRPC port fails the start
-before anything loads, each call writes an access line, and on SIGTERM a call in flight
-finishes while new calls are refused, then the daemon exits 0."""
+before anything loads, each call writes an access line, on SIGTERM a call in flight finishes
+while new calls are refused, then the daemon exits 0; TLS (enable_grpc_ssl) and unix sockets."""
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import socket
+import tempfile
 from pathlib import Path
 
 import grpc
 import pytest
 
+from tests.integration.test_ops_security import self_signed
 from tests.support.archives import build_archive, copy_store
 from tests.support.daemon import Daemon
 from tests.support.grpc_stubs import channel, generate_stubs
@@ -76,8 +79,6 @@ def test_sigterm_lets_a_call_in_flight_finish(archive_dir: Path, tmp_path: Path,
 
 
 def test_enable_grpc_ssl(archive_dir: Path, tmp_path: Path, stubs) -> None:
-    from tests.integration.test_ops_security import self_signed
-
     cert, key = self_signed(tmp_path)
     d = Daemon(tmp_path / "d", copy_store(archive_dir, tmp_path / "d" / "store"),
                {"enable_grpc_ssl": "true", "certificate_file": str(cert),
@@ -99,3 +100,19 @@ def test_enable_grpc_ssl(archive_dir: Path, tmp_path: Path, stubs) -> None:
         assert d.stop(timeout=30) == 0
     finally:
         d.cleanup()
+
+
+def test_unix_socket_listener(archive_dir: Path, tmp_path: Path, stubs) -> None:
+    sockets = tempfile.mkdtemp(prefix="tdg-", dir="/tmp")   # short: AF_UNIX paths are short
+    d = Daemon(tmp_path / "d", copy_store(archive_dir, tmp_path / "d" / "store"),
+               {"grpc_management_address": f"unix:{sockets}/m.sock"})
+    try:
+        d.start()
+        assert d.register("noop.mar", model_name="u", initial_workers=0).status_code == 200
+        with grpc.insecure_channel(f"unix:{sockets}/m.sock") as ch:
+            mgmt = stubs.management_pb2_grpc.ManagementAPIsServiceStub(ch)
+            listed = mgmt.ListModels(stubs.management_pb2.ListModelsRequest(), timeout=30).msg
+        assert json.loads(listed)["models"] == [{"modelName": "u", "modelUrl": "noop.mar"}]
+    finally:
+        d.cleanup()
+        shutil.rmtree(sockets, ignore_errors=True)
