@@ -34,6 +34,7 @@ class ConfigError(ValueError):
     """An invalid setting; the message names the key, the value and where it came from."""
 
 
+GRPC_PORTS = (7070, 7071)   # TorchServe's gRPC inference and management ports
 # Keys the environment can set only through TS_<KEY>; these two are TorchServe's own names.
 _ENV_ALIASES = {"LOG_LOCATION": "log_location"}
 
@@ -49,6 +50,11 @@ class Config:
     inference_address: BindAddress
     management_address: BindAddress
     metrics_address: BindAddress
+    grpc_inference_address: BindAddress
+    grpc_management_address: BindAddress
+    grpc_inference_port: int | None
+    grpc_management_port: int | None
+    enable_grpc_ssl: bool
     model_store: Path | None
     load_models: tuple[str, ...]
     default_workers_per_model: int | None
@@ -103,15 +109,36 @@ class Config:
                 "metrics": self.metrics_address}
 
     @property
+    def grpc_listeners(self) -> dict[str, BindAddress]:
+        """The two gRPC listeners, ports and TLS resolved (a ``grpc_*_port`` replaces the
+        address's port; TorchServe's address key holds only the host)."""
+        return {"inference": self._grpc_address(self.grpc_inference_address,
+                                                self.grpc_inference_port, GRPC_PORTS[0]),
+                "management": self._grpc_address(self.grpc_management_address,
+                                                 self.grpc_management_port, GRPC_PORTS[1])}
+
+    def _grpc_address(self, address: BindAddress, port: int | None,
+                      default_port: int) -> BindAddress:
+        if address.is_unix:
+            return address
+        scheme = "https" if self.enable_grpc_ssl or address.is_tls else "http"
+        return dataclasses.replace(address, scheme=scheme,
+                                   port=port if port is not None else address.port or
+                                   default_port)
+
+    @property
     def all_loopback(self) -> bool:
-        """Every listener is a loopback host or a unix socket."""
-        return all(address.is_loopback for address in self.listeners.values())
+        """Every listener, gRPC's too, is a loopback host or a unix socket."""
+        addresses = [*self.listeners.values(), *self.grpc_listeners.values()]
+        return all(address.is_loopback for address in addresses)
 
     @property
     def model_api_enabled(self) -> bool:
+        """Unset: on while both management listeners (REST and gRPC) are loopback."""
         if self.enable_model_api is not None:
             return self.enable_model_api
-        return self.management_address.is_loopback
+        return (self.management_address.is_loopback
+                and self.grpc_listeners["management"].is_loopback)
 
     @property
     def token_auth_enabled(self) -> bool:
@@ -222,6 +249,7 @@ def load_config(argv_options: Mapping[str, Any], environ: Mapping[str, str],
                     watchdog_usec=_watchdog_usec(environ),
                     cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
                     sources={name: source for name, (_, source) in raw.items()})
+    _check_grpc_ports(config)
     _check_tls(config)
     return config
 
@@ -300,12 +328,21 @@ def _watchdog_usec(environ: Mapping[str, str]) -> int | None:
         return None
 
 
+def _check_grpc_ports(config: Config) -> None:
+    for name in ("grpc_inference_port", "grpc_management_port"):
+        port = getattr(config, name)
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"invalid value for {name}: {port}: port out of range")
+
+
 def _check_tls(config: Config) -> None:
-    if not any(address.is_tls for address in config.listeners.values()):
+    addresses = [*config.listeners.values(), *config.grpc_listeners.values()]
+    if not any(address.is_tls for address in addresses):
         return
     for name in ("private_key_file", "certificate_file"):
         path = getattr(config, name)
         if path is None:
-            raise ConfigError(f"{name} is required for an https:// address")
+            raise ConfigError(f"{name} is required for an https:// address or "
+                              "enable_grpc_ssl")
         if not path.is_file():
             raise ConfigError(f"invalid value for {name}: {str(path)!r}: file not found")

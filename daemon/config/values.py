@@ -193,6 +193,23 @@ def parse_address(value: Any) -> BindAddress:
     return BindAddress(scheme, host=host, port=number)
 
 
+def parse_grpc_address(value: Any) -> BindAddress:
+    """A gRPC listener: TorchServe's bare host (the port comes from grpc_*_port), ``host:port``,
+    ``[v6]:port``, or any form parse_address takes. A missing port is None (filled in later)."""
+    if isinstance(value, BindAddress):
+        return value
+    text = str(value).strip()
+    if text.startswith(("unix:", "http://", "https://")):
+        return parse_address(text)
+    match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[^:/\[\]]+)(?::(\d+))?", text)
+    if not match:
+        raise InvalidValue("expected host, host:port, [v6]:port or unix:/path")
+    port = int(match.group(2)) if match.group(2) else None
+    if port is not None and port > 65535:
+        raise InvalidValue("port out of range")
+    return BindAddress("http", host=match.group(1).strip("[]"), port=port)
+
+
 def parse_path(value: Any) -> Path:
     text = str(value).strip()
     if not text:

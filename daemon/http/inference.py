@@ -11,6 +11,7 @@ from starlette.routing import Route
 from daemon.errors import TorchdError
 from daemon.http.common import DESCRIPTION_ROUTES
 from daemon.http.predict import v2_error
+from daemon.models.oip import EXTENSIONS, SERVER_NAME, model_metadata, model_ready
 from daemon.models.registry import ModelVersion
 
 
@@ -28,8 +29,8 @@ def _v2_model(request: Request) -> ModelVersion:
 
 
 async def v2_server(request: Request) -> Response:
-    return JSONResponse({"name": "torchd", "version": request.app.state.server_version,
-                         "extensions": ["model_repository_management"]})
+    return JSONResponse({"name": SERVER_NAME, "version": request.app.state.server_version,
+                         "extensions": list(EXTENSIONS)})
 
 
 async def v2_live(request: Request) -> Response:
@@ -46,8 +47,7 @@ async def v2_model_ready(request: Request) -> Response:
         mv = _v2_model(request)
     except TorchdError as exc:
         return v2_error(exc.message, exc.status)
-    ready = request.app.state.supervisor.ready_count(mv) >= max(1, mv.settings.min_workers)
-    if not ready:
+    if not model_ready(request.app.state.supervisor, mv):
         # a 4xx, which v2 clients read as "not ready" (a 5xx reads as a server failure)
         return v2_error(f'Model "{mv.name}" version {mv.version} is not ready', 400)
     return JSONResponse({"name": mv.name, "ready": True})
@@ -58,15 +58,7 @@ async def v2_metadata(request: Request) -> Response:
         mv = _v2_model(request)
     except TorchdError as exc:
         return v2_error(exc.message, exc.status)
-    model = request.app.state.registry.model(mv.name)
-    declared = mv.yaml_config.get("v2") or mv.yaml_config
-    return JSONResponse({"name": mv.name, "versions": sorted(model.versions),
-                         "platform": "pytorch", "inputs": _tensors(declared.get("inputs")),
-                         "outputs": _tensors(declared.get("outputs"))})
-
-
-def _tensors(value: Any) -> list:
-    return [t for t in value if isinstance(t, dict)] if isinstance(value, list) else []
+    return JSONResponse(model_metadata(request.app.state.registry, mv))
 
 
 class Health:

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from daemon.errors import BadRequest, MethodNotAllowed
+from daemon.errors import BadRequest
 from daemon.http.common import DESCRIPTION_ROUTES, Params, read_body, status_json
 from daemon.models.manager import JAVA_INT, ModelManager, Outcome
 from daemon.models.requests import RegisterRequest
@@ -36,9 +36,7 @@ def manager(request: Request) -> ModelManager:
 
 
 def require_model_api(request: Request) -> None:
-    if not request.app.state.config.model_api_enabled:
-        raise MethodNotAllowed("Model API is disabled: set enable_model_api=true to register "
-                               "or unregister models")
+    manager(request).require_model_api()
 
 
 def outcome_response(outcome: Outcome) -> Response:
@@ -86,13 +84,8 @@ def _name_version(request: Request) -> tuple[str, str | None]:
 
 async def describe(request: Request) -> Response:
     name, version = _name_version(request)
-    mm = manager(request)
-    described = mm.describe(name, version)
-    if Params.from_query(request).bool("customized", False):
-        for doc in described:
-            mv = mm.registry.get(doc["modelName"], doc["modelVersion"])
-            doc["customizedMetadata"] = await mm.supervisor.customized_metadata(mv)
-    return JSONResponse(described)
+    customized = Params.from_query(request).bool("customized", False)
+    return JSONResponse(await manager(request).describe_customized(name, version, customized))
 
 
 async def scale(request: Request) -> Response:

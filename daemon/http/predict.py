@@ -18,10 +18,11 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, TorchdError, \
-    error_response, no_worker_error
+    error_response
 from daemon.http.common import DISCONNECT_HOOKS, NoResponse, header, receive_body
 from daemon.models.registry import ModelVersion
-from daemon.models.queue import Job, QueueFull, queue_full_error
+from daemon.models.queue import Job
+from daemon.models.submission import record_outcome, submit_job
 from protocol import messages
 
 logger = logging.getLogger(__name__)
@@ -166,11 +167,7 @@ class Predictor:
         mv = self.registry.get(name, version)
         job = new_job(scope, params, extra_headers)
         named = version is not None
-        try:
-            self._submit(mv, job)
-        except TorchdError as exc:
-            self._record(mv, job, exc.status, named)
-            raise
+        submit_job(self.supervisor, self.metrics, mv, job, named)
         kind, payload = await self._first_event(scope, mv, job)
         if kind == "gone":
             self._record(mv, job, NoResponse.status, named)   # it arrived: it counts
@@ -193,14 +190,6 @@ class Predictor:
                 raise BadRequest(exc.message) from None
         return [messages.parameter("body", content_type, body)]
 
-    def _submit(self, mv: ModelVersion, job: Job) -> None:
-        if not self.supervisor.can_serve(mv):
-            raise no_worker_error(mv.name)
-        try:
-            mv.queue.submit(job)
-        except QueueFull:
-            raise queue_full_error(mv.name) from None
-
     @staticmethod
     async def _first_event(scope: dict[str, Any], mv: ModelVersion, job: Job) -> tuple[str, Any]:
         """The job's first event; a client that hangs up before dispatch is dropped from the
@@ -217,12 +206,7 @@ class Predictor:
             hooks.remove(client_gone)
 
     def _record(self, mv: ModelVersion, job: Job, status: int, named: bool) -> None:
-        """Latency hooks: arrival, dispatch and answer times (TorchServe's ts_* metrics)."""
-        now = time.monotonic()
-        dispatched = job.dispatched_at or now
-        self.metrics.observe_request(mv.name, mv.version, status,
-                                     (dispatched - job.arrival) * 1e6,
-                                     (now - job.arrival) * 1e6, named_version=named)
+        record_outcome(self.metrics, mv, job, status, named)
 
 
 # ---- endpoints ------------------------------------------------------------------------------

@@ -59,11 +59,17 @@ class TokenStore:
 
     def check(self, kind: str, scope: dict) -> TorchdError | None:
         """None when allowed; else the 401 to answer."""
+        values = [value for name, value in scope.get("headers", ()) if name == b"authorization"]
+        return self.check_values(kind, values)
+
+    def check_values(self, kind: str, authorizations: list[bytes]) -> TorchdError | None:
+        """The rule for any transport: one of the ``authorization`` values (HTTP headers, gRPC
+        metadata) is ``Bearer <key>``. None when allowed; else the 401 to answer."""
         if not self.enabled:
             return None
         expected = f"Bearer {self.keys[kind]}".encode()
-        for name, value in scope.get("headers", ()):
-            if name == b"authorization" and secrets.compare_digest(value, expected):
+        for value in authorizations:
+            if secrets.compare_digest(value, expected):
                 return None
         return InvalidKey("Token Authorization failed. Token either incorrect, expired, or not "
                           "provided correctly")

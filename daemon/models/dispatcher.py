@@ -84,6 +84,12 @@ class Dispatcher:
 
     async def serve(self) -> str | None:
         """Pull batches until stopped (None) or the channel is lost (the reason)."""
+        try:
+            return await self._serve()
+        finally:
+            self.mv.queue.sequences.release(self)   # another worker takes its sequences
+
+    async def _serve(self) -> str | None:
         queue, lost = self.mv.queue, self.channel.lost
         while not self._stop.done() or self._sent:
             if self._sent:   # sent by _run, or the moment the previous result was read
@@ -94,10 +100,11 @@ class Dispatcher:
             settings = self.mv.settings
             delay = settings.max_batch_delay / 1000.0
             # Under load the next batch is already queued: take it without a task and a wait.
-            batch = queue.take_ready(settings.batch_size, delay)
+            batch = self._take_ready(settings.batch_size, delay)
             if batch is None and not queue.depth:
                 # idle: wait for a job without take_batch's task (the light-load path)
-                await _arrival_or(queue.next_arrival(), lost, self._stop)
+                await _arrival_or(queue.next_arrival(), lost, self._stop,
+                                  queue.sequences.arrival())
                 if lost.done():
                     return str(lost.result())
                 continue
@@ -112,16 +119,30 @@ class Dispatcher:
                 return reason
         return None
 
+    def _take_ready(self, batch_size: int, delay: float) -> list[Job] | None:
+        """A job of a sequence this worker serves (alone: a sequence's jobs run one at a
+        time, in order), else a batch ready in the shared queue, else None."""
+        job = self.mv.queue.sequences.take(self)
+        if job is not None:
+            return [job]
+        return self.mv.queue.take_ready(batch_size, delay)
+
     async def _collect(self, batch_size: int, delay: float) -> list[Job] | None:
         """A batch from the queue, or None when the channel is lost or a stop comes first (the
         jobs collected so far go back to the front of the queue)."""
         take = asyncio.ensure_future(self.mv.queue.take_batch(batch_size, delay))
-        await asyncio.wait({take, self.channel.lost, self._stop},
+        # a job of a sequence this worker serves must not wait for the batch to fill
+        await asyncio.wait({take, self.channel.lost, self._stop,
+                            self.mv.queue.sequences.arrival()},
                            return_when=asyncio.FIRST_COMPLETED)
         if take.done():
             return take.result()
         take.cancel()
         await asyncio.gather(take, return_exceptions=True)
+        if not take.cancelled() and take.exception() is None:
+            # the batch was complete as the cancel came (asyncio.wait_for then returns it and
+            # drops the cancel): it goes back first in line rather than nowhere
+            self.mv.queue.requeue_front(take.result())
         return None
 
     def _send(self, batch: list[Job]) -> str | None:
@@ -163,7 +184,7 @@ class Dispatcher:
         if self._stop.done():
             return
         settings = self.mv.settings
-        batch = self.mv.queue.take_ready(settings.batch_size, settings.max_batch_delay / 1000.0)
+        batch = self._take_ready(settings.batch_size, settings.max_batch_delay / 1000.0)
         if batch is None:
             return
         try:

@@ -19,7 +19,7 @@ from daemon.config.settings import Config
 from daemon.config.values import parse_bool
 from daemon.models.dependencies import install_requirements, remove_installed
 from daemon.models.devices import device_settings
-from daemon.errors import (BadRequest, InternalServerError, ModelNotFound,
+from daemon.errors import (BadRequest, InternalServerError, MethodNotAllowed, ModelNotFound,
                            ModelVersionNotFound, ServiceUnavailable)
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
 from daemon.gpus import GpuInventory
@@ -57,6 +57,12 @@ class ModelManager:
     async def _save_snapshot(self) -> None:
         """Persist before answering 2xx, so a crash right after loses nothing answered."""
         await self.snapshots.save(self.registry)
+
+    def require_model_api(self) -> None:
+        """Register and unregister answer 405 while the model API is off (SPEC 5.3)."""
+        if not self.config.model_api_enabled:
+            raise MethodNotAllowed("Model API is disabled: set enable_model_api=true to "
+                                   "register or unregister models")
 
     # ---- register --------------------------------------------------------------------------
 
@@ -292,6 +298,16 @@ class ModelManager:
         else:
             versions = [self.registry.get(name, version)]
         return [self.describe_version(mv) for mv in versions]
+
+    async def describe_customized(self, name: str, version: str | None,
+                                  customized: bool) -> list[dict[str, Any]]:
+        """``describe``, plus each handler's describe_handle() result when ``customized``."""
+        described = self.describe(name, version)
+        if customized:
+            for doc in described:
+                mv = self.registry.get(doc["modelName"], doc["modelVersion"])
+                doc["customizedMetadata"] = await self.supervisor.customized_metadata(mv)
+        return described
 
     def describe_version(self, mv: ModelVersion) -> dict[str, Any]:
         s = mv.settings

@@ -7,6 +7,7 @@ import time
 from typing import Any, Callable
 
 from daemon.errors import ServiceUnavailable, TorchdError
+from daemon.models.sequences import SequenceLanes
 
 
 class Job:
@@ -19,7 +20,7 @@ class Job:
     """
 
     __slots__ = ("id", "request", "arrival", "cancelled", "dispatched_at", "finished",
-                 "redispatched", "streamed", "_events", "_waiter")
+                 "redispatched", "streamed", "sequence", "_events", "_waiter")
 
     def __init__(self, id: str, request: dict[str, Any], arrival: float) -> None:
         self.id = id
@@ -30,6 +31,7 @@ class Job:
         self.finished = False
         self.redispatched = False   # sent again once after its worker died with it
         self.streamed = False       # a part has gone to the client: it can never run again
+        self.sequence: str | None = None   # runs on its sequence's worker (sequences.py)
         self._events: collections.deque[tuple[str, Any]] = collections.deque()
         self._waiter: asyncio.Future | None = None
 
@@ -87,6 +89,7 @@ class JobQueue:
         self._arrival_waiters: list[asyncio.Future] = []
         self._collecting = asyncio.Lock()
         self._closed: TorchdError | None = None
+        self.sequences = SequenceLanes()   # jobs of open sequences wait there, not in _jobs
 
     @property
     def depth(self) -> int:
@@ -103,6 +106,9 @@ class JobQueue:
             self._drop_cancelled()
             if len(self._jobs) >= self.capacity:
                 raise QueueFull()
+        if job.sequence is not None:
+            self.sequences.add(job)   # wakes the dispatchers through sequences.arrival()
+            return
         self._jobs.append(job)
         self._announce()
 
@@ -123,6 +129,8 @@ class JobQueue:
     def abandon(self, job: Job) -> None:
         """Drop a job whose client hung up: it leaves the queue now and is never dispatched."""
         job.abandon()
+        if job.sequence is not None:
+            self.sequences.remove(job)
         try:
             self._jobs.remove(job)
         except ValueError:
@@ -210,7 +218,8 @@ class JobQueue:
                 job.fail(self._closed)
             return 0
         back = [job for job in jobs if not job.finished and not job.cancelled]
-        self._jobs.extendleft(reversed(back))
+        self.sequences.put_front([job for job in back if job.sequence is not None])
+        self._jobs.extendleft(reversed([job for job in back if job.sequence is None]))
         if self._jobs:
             self._announce()
         return len(back)
@@ -224,6 +233,7 @@ class JobQueue:
     def fail_all(self, error: TorchdError) -> int:
         """Answer every waiting job with ``error`` (unregister, no workers left, shutdown)."""
         count = 0
+        self._jobs.extend(self.sequences.drain())
         while self._jobs:
             job = self._jobs.popleft()
             if not job.finished:

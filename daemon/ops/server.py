@@ -35,7 +35,7 @@ from daemon.models.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
 from daemon.osutil import pid_gone, usable_cpus
-from daemon.ops.listeners import ListenerError, Listeners, bind_listeners
+from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
 from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
 from daemon.workers.runner import RunnerSettings
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
@@ -174,6 +174,11 @@ def become_subreaper() -> None:
 
 
 async def serve_forever(config: Config) -> int:
+    # Imported here, not at the top: the OIP messages (package ``inference``) enter protobuf's
+    # process-wide descriptor pool on import, where Triton's client defines the same names; a
+    # process that imports this module without serving (a test, a tool) must not hold them.
+    from daemon.rpc.server import BindError, RpcListeners
+
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -183,8 +188,14 @@ async def serve_forever(config: Config) -> int:
     except ListenerError as exc:
         logger.error("cannot start: %s", exc)
         return 1
+    rpc = RpcListeners(config)
     watchdog = None
     try:
+        try:
+            rpc.bind()
+        except BindError as exc:
+            logger.error("cannot start: %s", exc)
+            return 1
         try:
             core = Core(config)
         except OSError as exc:   # the runtime directory, the key file
@@ -194,10 +205,11 @@ async def serve_forever(config: Config) -> int:
         watchdog = asyncio.ensure_future(_watchdog(core)) if config.watchdog_interval else None
         if not await _start_core(core, shutdown):
             return 0 if shutdown.is_set() else 1
-        return await _serve_until_shutdown(core, sockets, shutdown)
+        return await _serve_until_shutdown(core, sockets, rpc, shutdown)
     finally:
         for sock in sockets.values():
             sock.close()   # a no-op for those handed to a server
+        await rpc.stop(0)   # a no-op once stopped
         if watchdog:
             watchdog.cancel()
 
@@ -228,7 +240,7 @@ async def _start_core(core: Core, shutdown: asyncio.Event) -> bool:
 
 
 async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
-                                shutdown: asyncio.Event) -> int:
+                                rpc: Any, shutdown: asyncio.Event) -> int:
     config = core.config
     apps = {"inference": build_inference_app(core), "management": build_management_app(core),
             "metrics": build_metrics_app(core)}
@@ -236,6 +248,7 @@ async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
     servers = listeners.serve()
     for name, address in config.listeners.items():
         logger.info("%s API listening on %s", name, address.url)
+    await rpc.serve(core)
     core.notifier.ready(core.summary())
     logger.info("torchd ready: %s", core.summary())
     done = asyncio.ensure_future(shutdown.wait())
@@ -245,7 +258,7 @@ async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
     core.notifier.stopping()
     core.health.draining = True
     listeners.close()
-    results = await asyncio.gather(*servers, return_exceptions=True)
+    results = await asyncio.gather(*servers, rpc.stop(GRACEFUL_HTTP), return_exceptions=True)
     for result in results:
         if isinstance(result, Exception):
             logger.error("listener failed: %s", result)

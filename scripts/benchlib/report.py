@@ -27,6 +27,9 @@ class Metric:
 
 METRICS = [
     Metric("noop_rps", "no-op throughput, 16 conns (req/s)", True, 2.0),
+    # torchd only: the same no-op model over gRPC, 16 closed-loop grpc.aio callers
+    Metric("grpc_noop_rps", "no-op over gRPC, 16 callers (req/s)", True, None),
+    Metric("grpc_frontend_us", "frontend CPU per gRPC no-op req (us)", False, None),
     Metric("mlp_rps", "MLP throughput, 16 conns (req/s)", True, 1.5),
     Metric("noop_p50_ms", "no-op p50, 1 conn (ms)", False, 0.7),
     Metric("noop_p99_ms", "no-op p99, 1 conn (ms)", False, None),

@@ -9,7 +9,8 @@ from bench_models.image_handler import sample_body as image_body
 from bench_models.make_mlp import sample_input
 
 from . import BenchError
-from .load import NOISY_CPU_PERCENT, Load
+from . import grpc_load
+from .load import NOISY_CPU_PERCENT, Load, _cpu_seconds
 from .servers import Server, http, live_processes
 
 
@@ -71,6 +72,19 @@ def image_scaling(server: Server, load: Load) -> dict[str, Any]:
             "image_wrk": {"w1": one, "w2": two}}
 
 
+def grpc_noop(server: Server, load: Load, callers: int = 16) -> dict[str, Any]:
+    """The no-op model over gRPC: ``callers`` closed loops for the wrk runs' duration, and the
+    frontend's CPU per request."""
+    frontend = server.frontend()
+    before = _cpu_seconds(frontend)
+    stats = grpc_load.measure(server.grpc_inference_port, "noop", callers, load.duration)
+    stats["frontend_us"] = (_cpu_seconds(frontend) - before) / max(stats["requests"], 1) * 1e6
+    if stats["failed"]:
+        print(f"  warning: {stats['failed']} gRPC calls failed", flush=True)
+    return {"grpc_noop_rps": stats["rps"], "grpc_frontend_us": stats["frontend_us"],
+            "grpc_noop_load": stats}
+
+
 def round_summary(result: dict[str, Any]) -> str:
     """One line of a round's headline numbers, so drift between rounds shows as it happens."""
     return (f"no-op {result['noop_rps']:.0f} req/s, MLP {result['mlp_rps']:.0f} req/s, "
@@ -100,6 +114,9 @@ def measure_round(server: Server, load: Load, others_cpu: float) -> dict[str, An
     print(f"{server.label}: no-op load", flush=True)
     result.update(latency_and_throughput(server, "noop", load))
     result["frontend_us"] = result["noop_frontend_us"]
+    if server.name == "torchd":   # TorchServe's gRPC is not compared (issue 16: optional)
+        print(f"{server.label}: no-op load over gRPC", flush=True)
+        result.update(grpc_noop(server, load))
     server.unregister("noop")
     print(f"{server.label}: MLP load", flush=True)
     server.register("mlp", workers=2)

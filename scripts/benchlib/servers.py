@@ -73,10 +73,12 @@ class Server(abc.ABC):
         self.store.mkdir(parents=True)
         for archive in archives.values():
             shutil.copy2(archive, self.store / archive.name)
-        ports = free_ports(3)
+        ports = free_ports(5)
         self.inference = f"http://127.0.0.1:{ports[0]}"
         self.management = f"http://127.0.0.1:{ports[1]}"
         self.metrics = f"http://127.0.0.1:{ports[2]}"
+        # both servers serve gRPC by default, on 7070/7071: free ports keep them apart
+        self.grpc_inference_port, self.grpc_management_port = ports[3], ports[4]
         self.config = self.dir / "config.properties"
         self.log = self.dir / "server.log"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -103,6 +105,8 @@ class Server(abc.ABC):
             f"inference_address={self.inference}",
             f"management_address={self.management}",
             f"metrics_address={self.metrics}",
+            f"grpc_inference_port={self.grpc_inference_port}",
+            f"grpc_management_port={self.grpc_management_port}",
             f"model_store={self.store}",
             "default_workers_per_model=2",
             "disable_token_authorization=true",

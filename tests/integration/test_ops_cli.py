@@ -49,6 +49,7 @@ def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: 
     make_store(archive_dir, tmp_path / "store", ["noop"])
     (tmp_path / "config.properties").write_text(
         "".join(f"{name}_address=http://127.0.0.1:{port}\n" for name, port in ports.items())
+        + f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
         + "model_store=store\nworker_spawn=exec\ndefault_workers_per_model=1\n")
     pid_path = tmp_path / "logs" / "torchd.pid"
     try:

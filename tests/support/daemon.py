@@ -35,11 +35,14 @@ class Daemon:
         self.workdir = workdir
         self.model_store = model_store
         self.ports = {"inference": free_port(), "management": free_port(),
-                      "metrics": free_port()}
+                      "metrics": free_port(), "grpc_inference": free_port(),
+                      "grpc_management": free_port()}
         self.settings = {
             "inference_address": f"http://127.0.0.1:{self.ports['inference']}",
             "management_address": f"http://127.0.0.1:{self.ports['management']}",
             "metrics_address": f"http://127.0.0.1:{self.ports['metrics']}",
+            "grpc_inference_address": f"127.0.0.1:{self.ports['grpc_inference']}",
+            "grpc_management_address": f"127.0.0.1:{self.ports['grpc_management']}",
             "model_store": str(model_store), "log_location": str(workdir / "logs"),
             **(settings or {})}
         self.env = env or {}

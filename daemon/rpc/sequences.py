@@ -1,0 +1,108 @@
+"""StreamPredictions2: a sequence of requests to a stateful model over one stream.
+
+Every request of one ``sequence_id`` goes to the same worker, in order (the job queue's sequence
+lanes, daemon/models/sequences.py): requests are taken one at a time, each answered before the
+next is submitted. A request without a ``sequence_id`` belongs to the stream's own sequence,
+whose id the answers carry. A failed request is answered in ``PredictionResponse.status`` and
+the stream goes on. The sequence ends when the client ends the stream, or, when the model's
+model-config.yaml sets ``sequenceMaxIdleMSec``, once no request came for that long: the call
+then ends with DEADLINE_EXCEEDED.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from daemon.errors import RequestTimeout, ServiceUnavailable, TorchdError
+from daemon.models.registry import ModelVersion
+from daemon.rpc.generated import inference_pb2 as pb
+from daemon.rpc.generated import rpc_status_pb2
+from daemon.rpc.jobs import Submitter, answer_body, input_parameters, new_job, \
+    request_headers
+from daemon.rpc.status import abort, grpc_code
+
+_END = object()
+
+
+async def stream_sequence(submitter: Submitter, requests: AsyncIterator[pb.PredictionsRequest],
+                          context: grpc.aio.ServicerContext,
+                          ) -> AsyncIterator[pb.PredictionResponse]:
+    inbox: asyncio.Queue = asyncio.Queue()
+    reader = asyncio.ensure_future(_read(requests, inbox))
+    stream = _Sequence(submitter, request_headers(context))
+    try:
+        while True:
+            request = await stream.next_request(inbox)
+            if request is _END:
+                return
+            if isinstance(request, TorchdError):
+                await abort(context, request)
+            yield await stream.run(request)
+    finally:
+        reader.cancel()
+        stream.end()
+
+
+async def _read(requests: AsyncIterator[Any], inbox: asyncio.Queue) -> None:
+    """Requests into ``inbox`` as they come (so waiting for one can time out without
+    cancelling a read of the call), then _END."""
+    with contextlib.suppress(Exception):
+        async for request in requests:
+            inbox.put_nowait(request)
+    inbox.put_nowait(_END)
+
+
+class _Sequence:
+    def __init__(self, submitter: Submitter, headers: list[list[str]]) -> None:
+        self.submitter = submitter
+        self.headers = headers
+        self.own_id = str(uuid.uuid4())
+        self.lanes: dict[tuple[int, str], ModelVersion] = {}
+        self.idle: tuple[float, str, str] | None = None   # seconds, model, sequence id
+
+    async def next_request(self, inbox: asyncio.Queue) -> Any:
+        """The next request; _END when the client ended the stream; the error that ends an
+        idle sequence."""
+        if self.idle is None:
+            return await inbox.get()
+        seconds, model, sequence = self.idle
+        try:
+            return await asyncio.wait_for(inbox.get(), seconds)
+        except asyncio.TimeoutError:
+            return RequestTimeout(f"Sequence {sequence} of model {model} ended: no request for "
+                                  f"{seconds * 1000:g} ms (sequenceMaxIdleMSec)")
+
+    async def run(self, request: pb.PredictionsRequest) -> pb.PredictionResponse:
+        sequence = request.sequence_id if request.HasField("sequence_id") else self.own_id
+        try:
+            body = await self._predict(request, sequence)
+        except TorchdError as exc:
+            status = rpc_status_pb2.Status(code=grpc_code(exc.status).value[0],
+                                           message=exc.message)
+            return pb.PredictionResponse(sequence_id=sequence, status=status)
+        return pb.PredictionResponse(prediction=body, sequence_id=sequence)
+
+    async def _predict(self, request: pb.PredictionsRequest, sequence: str) -> bytes:
+        job = new_job(self.headers, input_parameters(request.input.items()), sequence)
+        mv = self.submitter.submit(request.model_name, request.model_version, job)
+        self.lanes[(id(mv), sequence)] = mv
+        self.idle = _idle_limit(mv, sequence)
+        kind, payload = await self.submitter.final_event(mv, job, bool(request.model_version))
+        return answer_body(kind, payload)
+
+    def end(self) -> None:
+        """Close every sequence this stream opened: their workers are free for others."""
+        for (_, sequence), mv in self.lanes.items():
+            mv.queue.sequences.end(sequence, ServiceUnavailable(f"Sequence {sequence} ended"))
+
+
+def _idle_limit(mv: ModelVersion, sequence: str) -> tuple[float, str, str] | None:
+    value = mv.yaml_config.get("sequenceMaxIdleMSec")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        return None
+    return value / 1000.0, mv.name, sequence

@@ -1,0 +1,140 @@
+"""The two gRPC listeners: grpcio's asyncio servers in the daemon's event loop.
+
+Inference (default 127.0.0.1:7070): TorchServe's InferenceAPIsService and OIP's
+GRPCInferenceService. Management (127.0.0.1:7071): TorchServe's ManagementAPIsService. The ports
+are bound before any model loads (a busy port fails the start, as REST's do) and serve once the
+daemon is ready; at shutdown they stop accepting and in-flight calls get a grace period.
+``max_request_size`` bounds a received message (RESOURCE_EXHAUSTED above it); token auth reads
+``authorization: Bearer <key>`` metadata under REST's rules.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import grpc
+
+from daemon.config.settings import Config
+from daemon.config.values import BindAddress
+from daemon.errors import TorchdError
+from daemon.rpc.generated import grpc_predict_v2_pb2, inference_pb2, management_pb2
+from daemon.rpc.handlers import register_servicer
+from daemon.rpc.inference import InferenceService
+from daemon.rpc.management import ManagementService
+from daemon.rpc.oip import OipService
+from daemon.rpc.status import grpc_code
+
+logger = logging.getLogger(__name__)
+KINDS = ("inference", "management")
+
+
+class BindError(Exception):
+    """A gRPC listener cannot bind its address; the message names which and where."""
+
+
+class TokenGate(grpc.aio.ServerInterceptor):
+    """Token auth for one listener: the call's ``authorization`` metadata must hold the key of
+    ``kind`` (REST's rule, daemon/http/tokens.py); otherwise UNAUTHENTICATED."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self.tokens: Any = None   # the daemon's TokenStore, once it exists
+
+    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+        handler = await continuation(details)
+        if handler is None or self.tokens is None:
+            return handler
+        values = [v.encode() if isinstance(v, str) else v
+                  for k, v in details.invocation_metadata or () if k == "authorization"]
+        denied = self.tokens.check_values(self.kind, values)
+        return handler if denied is None else _denying(handler, denied)
+
+
+def _denying(handler: grpc.RpcMethodHandler, error: TorchdError) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as ``handler`` that only refuses the call."""
+    async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc_code(error.status), error.message)
+
+    async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(grpc_code(error.status), error.message)
+        yield   # an async generator, as a streaming rpc's handler must be
+
+    codec = {"request_deserializer": handler.request_deserializer,
+             "response_serializer": handler.response_serializer}
+    if handler.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(refuse, **codec)
+    if handler.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(refuse_stream, **codec)
+    if handler.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(refuse, **codec)
+    return grpc.stream_stream_rpc_method_handler(refuse_stream, **codec)
+
+
+def grpc_target(address: BindAddress) -> str:
+    return address.bind   # host:port, [v6]:port or unix:/path: what grpc takes too
+
+
+class RpcListeners:
+    """Both gRPC servers: ``bind`` early, ``serve`` once the core is ready, ``stop`` at the
+    end (idempotent)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.gates = {kind: TokenGate(kind) for kind in KINDS}
+        self.servers: dict[str, grpc.aio.Server] = {}
+        self.ports: dict[str, int] = {}
+        self._stopping: asyncio.Future | None = None
+
+    def bind(self) -> None:
+        """Raises BindError; servers already made are then stopped by ``stop``."""
+        for kind, address in self.config.grpc_listeners.items():
+            interceptors = [self.gates[kind]] if self.config.token_auth_enabled else []
+            server = grpc.aio.server(interceptors=interceptors, options=self._options())
+            self.servers[kind] = server
+            self.ports[kind] = self._add_port(server, kind, address)
+
+    def _options(self) -> list[tuple[str, Any]]:
+        # SO_REUSEPORT (grpc's default) would let a second daemon bind the same port silently
+        return [("grpc.max_receive_message_length", self.config.max_request_size),
+                ("grpc.so_reuseport", 0)]
+
+    def _add_port(self, server: grpc.aio.Server, kind: str, address: BindAddress) -> int:
+        target = grpc_target(address)
+        try:
+            if address.is_tls:
+                return server.add_secure_port(target, self._credentials())
+            return server.add_insecure_port(target)
+        except (RuntimeError, OSError) as exc:
+            raise BindError(f"gRPC {kind} API cannot listen on {target}: {exc}") from None
+
+    def _credentials(self) -> grpc.ServerCredentials:
+        key = self.config.private_key_file.read_bytes()
+        certificate = self.config.certificate_file.read_bytes()
+        return grpc.ssl_server_credentials([(key, certificate)])
+
+    async def serve(self, core: Any) -> None:
+        for gate in self.gates.values():
+            gate.tokens = core.tokens
+        inference, management = self.servers["inference"], self.servers["management"]
+        register_servicer(inference, _service(inference_pb2, "InferenceAPIsService"),
+                          InferenceService(core), "grpc-inference")
+        register_servicer(inference, _service(grpc_predict_v2_pb2, "GRPCInferenceService"),
+                          OipService(core), "grpc-inference")
+        register_servicer(management, _service(management_pb2, "ManagementAPIsService"),
+                          ManagementService(core.manager), "grpc-management")
+        for kind, server in self.servers.items():
+            await server.start()
+            address = self.config.grpc_listeners[kind]
+            logger.info("gRPC %s API listening on %s", kind, grpc_target(address))
+
+    async def stop(self, grace: float) -> None:
+        """Refuse new calls; in-flight calls get ``grace`` seconds, then are cancelled."""
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(asyncio.gather(
+                *(server.stop(grace) for server in self.servers.values())))
+        await self._stopping
+
+
+def _service(module: Any, name: str) -> Any:
+    return module.DESCRIPTOR.services_by_name[name]

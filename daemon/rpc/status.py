@@ -1,0 +1,56 @@
+"""TorchServe's HTTP statuses as gRPC status codes, and answering a call with an error."""
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+
+from daemon.errors import TorchdError
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+C = grpc.StatusCode
+# TorchServe's mapping; 405 (the model API is off) is its PERMISSION_DENIED as well, and 507
+# (out of resources) its RESOURCE_EXHAUSTED.
+HTTP_TO_GRPC = {400: C.INVALID_ARGUMENT, 401: C.UNAUTHENTICATED, 403: C.PERMISSION_DENIED,
+                404: C.NOT_FOUND, 405: C.PERMISSION_DENIED, 409: C.ABORTED,
+                413: C.RESOURCE_EXHAUSTED, 429: C.RESOURCE_EXHAUSTED, 501: C.UNIMPLEMENTED,
+                503: C.UNAVAILABLE, 504: C.DEADLINE_EXCEEDED, 507: C.RESOURCE_EXHAUSTED}
+
+
+def grpc_code(status: int) -> grpc.StatusCode:
+    """Any other 4xx is INVALID_ARGUMENT, any other 5xx INTERNAL."""
+    code = HTTP_TO_GRPC.get(status)
+    if code is not None:
+        return code
+    return C.INVALID_ARGUMENT if 400 <= status < 500 else C.INTERNAL
+
+
+async def abort(context: grpc.aio.ServicerContext, error: TorchdError) -> NoReturn:
+    """End the call with ``error``'s mapped code and its REST message as the details; the
+    headers REST would send with it (a full queue's Retry-After) as trailing metadata."""
+    trailers = tuple((name.lower(), value) for name, value in error.headers.items())
+    await context.abort(grpc_code(error.status), error.message, trailers)
+    raise AssertionError("unreachable: abort raises")   # for type checkers
+
+
+async def answer(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
+    """``call``'s result; a TorchdError (or a bug) ends the call with its status instead."""
+    try:
+        return await call
+    except TorchdError as exc:
+        await abort(context, exc)
+    except (grpc.aio.AbortError, GeneratorExit):
+        raise
+    except Exception as exc:
+        logger.exception("unhandled error in a gRPC call")
+        await abort(context, TorchdError(f"{type(exc).__name__}: {exc}"))
+
+
+def json_text(document: Any) -> str:
+    """A body exactly as the REST API writes it (starlette's compact JSON)."""
+    return json.dumps(document, ensure_ascii=False, allow_nan=False, indent=None,
+                      separators=(",", ":"))
