@@ -74,6 +74,9 @@ SETTINGS: tuple[Setting, ...] = (
       "Seconds a worker may take to load its model."),
     S("unregister_model_timeout", parse_positive_int, 120,
       "Seconds unregister waits for in-flight requests."),
+    S("shutdown_delay", parse_float, 0.0,
+      "Seconds torchd keeps serving after SIGTERM with readiness already false (503), so a "
+      "load balancer or Kubernetes Service stops sending first; then the drain."),
     S("enable_model_api", parse_optional_bool, None,
       "Allow register/unregister. Unset: on iff the management address is loopback.",
       flag=True, doc_default="follow bind address"),
