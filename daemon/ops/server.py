@@ -102,7 +102,9 @@ class Core:
                 await self._wait_startup_workers()
         failed = await load_startup_models(self.config, self.manager, self._loading)
         if failed:
-            logger.error("%d startup model(s) failed to load; serving the others", failed)
+            logger.error("%d startup model(s) failed to load; serving the others, not ready "
+                         "until %s registered", len(failed), ", ".join(failed))
+            self.health.expect(failed)
 
     def _loading(self, text: str) -> None:
         """Each startup model may take its startup_timeout: TimeoutStartSec= need not add
