@@ -48,6 +48,12 @@ class WorkerHandle:
         return self.dispatcher is not None and self.dispatcher.batch is not None
 
     @property
+    def jobs_held(self) -> int:
+        """Requests in its batch not answered yet (the in-flight count reads it at scrape)."""
+        batch = None if self.dispatcher is None else self.dispatcher.batch
+        return 0 if batch is None else sum(1 for job in batch if not job.finished)
+
+    @property
     def idle_since(self) -> float | None:
         """Since when it has had no batch; None while busy or not serving yet."""
         return None if self.dispatcher is None else self.dispatcher.idle_since
