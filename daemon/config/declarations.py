@@ -84,7 +84,8 @@ SETTINGS: tuple[Setting, ...] = (
       "Turn token auth off. Unset: off iff every listener is loopback or unix.",
       cli="--disable-token-auth", flag=True, doc_default="follow bind address"),
     S("key_file", parse_path, "key_file.json",
-      "Token file (mode 0600) with management, inference and API keys."),
+      "Token file (mode 0600) with management, inference and API keys. A read-only one "
+      "readable by its group alone (a Secret, mode 0440) is used as it is, without rotation."),
     S("allowed_urls", parse_regex_list, None,
       "Comma-separated regexes (full match) for archive URLs. Unset: https://.* plus files in "
       "the model store.", doc_default="https://.*"),
