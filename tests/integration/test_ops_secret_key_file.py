@@ -35,6 +35,10 @@ def test_a_read_only_group_readable_secret_is_used_with_a_warning(archive_dir, t
     try:
         d.start()
         assert d.infer("GET", "/ping").status_code == 401
+        # what a kubelet probe or a load balancer asks needs no token: it cannot send one
+        assert d.infer("GET", "/v2/health/ready").json() == {"ready": True}
+        assert d.infer("GET", "/v2/health/live/").json() == {"live": True}
+        assert d.infer("GET", "/v2").status_code == 401
         assert d.infer("GET", "/ping", headers=bearer(GIVEN["inference"])).status_code == 200
         refused = d.mgmt("GET", "/token", params={"type": "inference"},
                          headers=bearer(GIVEN["API"]))
