@@ -169,7 +169,10 @@ backend replicas
     balance roundrobin
     option httpchk GET /v2/health/ready
     http-check expect status 200
-    default-server inter {interval}ms fall 1 rise 2
+    # two failed checks mark a replica DOWN (0.4 s, well within shutdown_delay); a check may
+    # take a while on a saturated machine without counting as failed
+    timeout check 2s
+    default-server inter {interval}ms fall 2 rise 2
 {servers}
 """
 
