@@ -103,7 +103,7 @@ def test_kserve_runtime_args_parse_and_win_over_a_torchserve_config(tmp_path) ->
     assert config.config_file == tmp_path / "config.properties"
     assert config.job_queue_size == 10                   # the file's own settings still count
     assert not config.token_auth_enabled and not config.model_api_enabled and config.ncs
-    assert config.load_all_models
+    assert config.load_all_models and config.shutdown_delay == 5.0
     writable = {m["mountPath"] for m in c["volumeMounts"]}
     assert {"/tmp", str(config.log_location)} <= writable
 
