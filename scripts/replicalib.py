@@ -1,6 +1,7 @@
 """torchd replicas behind a real HAProxy on one machine, the way a Kubernetes Service or a
 cloud load balancer sees them: each replica on its own loopback address (127.0.0.2, .3, ...)
-with the same ports, one shared read-only model store, one declarative models list, and HAProxy
+with the same ports, one shared read-only model store, one shared config.properties naming
+the models every replica loads (what a ConfigMap is to the pods of a Deployment), and HAProxy
 sending traffic only to replicas whose /v2/health/ready answers 200.
 
 Used by scripts/replicas (a user runs it) and tests/integration/test_deploy_replicas.py. Every
@@ -68,14 +69,14 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.05):
 
 @dataclass
 class Replica:
-    """One `torchd serve` on ``host``; its settings are a config.properties of its own."""
+    """One `torchd serve` on ``host``: the shared config file, and on its command line what
+    differs between replicas (its addresses, its log directory)."""
 
     name: str
     host: str
     ports: dict[str, int]
     workdir: Path
-    settings: dict[str, str]
-    models: list[str]
+    config: Path
     proc: subprocess.Popen | None = None
     known: dict[int, psutil.Process] = field(default_factory=dict)
 
@@ -84,16 +85,16 @@ class Replica:
 
     def start(self, timeout: float = 120) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        config = self.workdir / "config.properties"
-        lines = {f"{api}_address": f"http://{self.host}:{self.ports[api]}" for api in PORT_NAMES}
-        config.write_text("".join(f"{k}={v}\n" for k, v in {**lines, **self.settings}.items()))
+        addresses = [f"--{api}-address=http://{self.host}:{self.ports[api]}"
+                     for api in PORT_NAMES]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         env.pop("TS_CONFIG_FILE", None)
         with open(self.workdir / "torchd.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "daemon.ops.cli", "serve", "--ts-config", str(config),
-                 "--ncs", "--models", *self.models], cwd=self.workdir, env=env, stdout=log,
-                stderr=subprocess.STDOUT, start_new_session=True)
+                [sys.executable, "-m", "daemon.ops.cli", "serve", "--ts-config",
+                 str(self.config), "--ncs", *addresses,
+                 f"--log-location={self.workdir / 'logs'}"], cwd=self.workdir, env=env,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.known[self.proc.pid] = psutil.Process(self.proc.pid)
         wait_for(self._ready, timeout, f"replica {self.name} ready")
         self._track()
@@ -312,11 +313,13 @@ def replica_set(workdir: Path, model_store: Path, models: list[str], count: int 
     workdir.mkdir(parents=True, exist_ok=True)
     hosts = [f"127.0.0.{2 + index}" for index in range(count)]
     ports = dict(zip(PORT_NAMES, free_ports(hosts, len(PORT_NAMES))))
-    settings = {"model_store": str(model_store), "default_workers_per_model": "1",
-                "shutdown_delay": str(shutdown_delay), "enable_model_api": "false"}
-    replicas = [Replica(f"r{index + 1}", host, ports, workdir / f"r{index + 1}",
-                        {**settings, "log_location": str(workdir / f"r{index + 1}" / "logs")},
-                        models) for index, host in enumerate(hosts)]
+    config = workdir / "config.properties"
+    settings = {"model_store": model_store, "load_models": ",".join(models),
+                "default_workers_per_model": 1, "shutdown_delay": shutdown_delay,
+                "enable_model_api": "false"}
+    config.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
+    replicas = [Replica(f"r{index + 1}", host, ports, workdir / f"r{index + 1}", config)
+                for index, host in enumerate(hosts)]
     proxies = Proxies(HAProxy(workdir, replicas, retry=False),
                       HAProxy(workdir, replicas, retry=True))
     try:

@@ -1,5 +1,6 @@
 """Three torchd replicas on 127.0.0.2-4 behind a real HAProxy with active health checks on
-/v2/health/ready, one shared read-only model store and one declarative models list, under
+/v2/health/ready, one shared read-only model store and one shared config.properties naming the
+models (as a ConfigMap is shared by a Deployment's pods), under
 closed-loop load: a rolling restart (SIGTERM with shutdown_delay, start again) of each replica
 in turn loses no request; a SIGKILL of one loses at most the requests in flight on it; every
 replica serves the same models. scripts/replicas runs the same for a user."""
