@@ -139,6 +139,9 @@ class Metrics:
         reg = self.registry
         self.queue_depth = Gauge("torchd_queue_depth", "Requests waiting in the model version's "
                                  "queue.", _MODEL_LABELS, registry=reg)
+        self.inflight = Gauge("torchd_inflight_requests", "Requests of the model version "
+                              "queued, gathering into a batch or in a worker: the per-replica "
+                              "load signal for autoscaling.", _MODEL_LABELS, registry=reg)
         self.workers = Gauge("torchd_workers", "Workers of the model version in each state.",
                              _MODEL_LABELS + ("state",), registry=reg)
         self.worker_restarts = Counter("torchd_worker_restarts_total",
@@ -234,6 +237,10 @@ class Metrics:
         self._touch(model, version)
         self.queue_depth.labels(model, version).set(depth)
 
+    def set_inflight(self, model: str, version: str, count: int) -> None:
+        self._touch(model, version)
+        self.inflight.labels(model, version).set(count)
+
     def set_worker_states(self, model: str, version: str, counts: dict[str, int]) -> None:
         """Set the worker count of every state, zero for the states absent from `counts`."""
         self._touch(model, version)
@@ -302,8 +309,8 @@ class Metrics:
             last = not any(name == model for name, _ in self._known)
             workers = self._worker_ids.pop((model, version), set())
             states = list(self._states)
-        for metric in (self.queue_depth, self.worker_restarts, self.redispatches, self.batch_size,
-                       self.idle_gap, self.request_latency):
+        for metric in (self.queue_depth, self.inflight, self.worker_restarts, self.redispatches,
+                       self.batch_size, self.idle_gap, self.request_latency):
             _remove(metric, model, version)
         for state in states:
             _remove(self.workers, model, version, state)

@@ -93,6 +93,9 @@ SETTINGS: tuple[Setting, ...] = (
       "Seconds a worker may take to load its model."),
     S("unregister_model_timeout", parse_positive_int, 120,
       "Seconds unregister waits for in-flight requests."),
+    S("shutdown_delay", parse_float, 0.0,
+      "Seconds torchd keeps serving after SIGTERM with readiness already false (503), so a "
+      "load balancer or Kubernetes Service stops sending first; then the drain."),
     S("enable_model_api", parse_optional_bool, None,
       "Allow register/unregister. Unset: on iff the management address is loopback.",
       flag=True, doc_default="follow bind address"),
@@ -100,7 +103,8 @@ SETTINGS: tuple[Setting, ...] = (
       "Turn token auth off. Unset: off iff every listener is loopback or unix.",
       cli="--disable-token-auth", flag=True, doc_default="follow bind address"),
     S("key_file", parse_path, "key_file.json",
-      "Token file (mode 0600) with management, inference and API keys."),
+      "Token file (mode 0600) with management, inference and API keys. A read-only one "
+      "readable by its group alone (a Secret, mode 0440) is used as it is, without rotation."),
     S("allowed_urls", parse_regex_list, None,
       "Comma-separated regexes (full match) for archive URLs. Unset: https://.* plus files in "
       "the model store.", doc_default="https://.*"),

@@ -65,6 +65,7 @@ class Config:
     default_response_timeout: int
     default_startup_timeout: int
     unregister_model_timeout: int
+    shutdown_delay: float
     enable_model_api: bool | None
     disable_token_authorization: bool | None
     key_file: Path

@@ -17,6 +17,11 @@ from daemon.http.common import EXCEPTION_HANDLERS, RequestContext
 from daemon.http.predict import HotRoutes, Predictor, prediction_routes
 
 
+# OIP health answers (true/false, nothing else) need no token: a Kubernetes probe or a load
+# balancer's health check cannot send one. /ping keeps TorchServe's token check.
+OPEN_PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
+
+
 def _state(app: Starlette, core: Any, **extra: Any) -> None:
     app.state.config = core.config
     app.state.registry = core.registry
@@ -43,6 +48,8 @@ def _wrap(app: Any, core: Any, name: str, token_kind: str | None) -> Any:
         def authorize(scope: dict) -> Any:
             if scope["path"] == "/token":
                 return None   # checked against the API key by the route itself
+            if token_kind == "inference" and scope["path"].rstrip("/") in OPEN_PROBES:
+                return None
             return core.tokens.check(token_kind, scope)
     count = core.metrics.count_status if name != "metrics" else None
     return RequestContext(wrapped, name, count, authorize)

@@ -1,4 +1,9 @@
-"""Token authorization (SPEC 5.3): keys in key_file.json (mode 0600), Bearer header checks."""
+"""Token authorization (SPEC 5.3): keys in key_file.json (mode 0600), Bearer header checks.
+
+A key file that torchd may not narrow to 0600 because it is read-only (a Kubernetes Secret
+mounted with defaultMode 0440 for the pod's group) is used as it is, with a warning, as long as
+others cannot read it; its keys cannot be rotated through /token.
+"""
 from __future__ import annotations
 
 import json
@@ -8,7 +13,7 @@ import secrets
 import stat
 from pathlib import Path
 
-from daemon.errors import InvalidKey, TorchdError
+from daemon.errors import BadRequest, InvalidKey, TorchdError
 
 logger = logging.getLogger(__name__)
 KINDS = ("management", "inference", "API")
@@ -19,6 +24,7 @@ class TokenStore:
         self.key_file = key_file
         self.enabled = enabled
         self.keys: dict[str, str] = {}
+        self.read_only = False   # keys from a file torchd cannot change (a mounted Secret)
         if enabled:
             self.keys = self._load() or self._generate()
 
@@ -33,12 +39,31 @@ class TokenStore:
         return keys
 
     def _make_private(self) -> None:
-        """Keys readable by others are keys given away: an existing file is narrowed to 0600."""
+        """Keys readable by others are keys given away: an existing file is narrowed to 0600.
+        A read-only one readable by its group alone is used as it is (a mounted Secret)."""
         mode = stat.S_IMODE(self.key_file.stat().st_mode)
-        if mode & 0o077:
-            logger.warning("%s was readable by others (mode %o); narrowing it to 0600",
-                           self.key_file, mode)
+        if not mode & 0o077:
+            return
+        if not mode & 0o222 and not mode & 0o007:
+            self._accept_read_only(mode, "it is read-only")
+            return
+        try:
             os.chmod(self.key_file, 0o600)
+        except OSError as exc:
+            if mode & 0o007:
+                raise OSError(f"key file {self.key_file} is readable by others (mode {mode:o}) "
+                              f"and cannot be narrowed ({exc.strerror}): give it mode 0440 or "
+                              "0400 (a Secret volume's defaultMode)") from exc
+            self._accept_read_only(mode, f"it cannot be changed ({exc.strerror})")
+            return
+        logger.warning("%s was readable by others (mode %o); narrowing it to 0600",
+                       self.key_file, mode)
+
+    def _accept_read_only(self, mode: int, why: str) -> None:
+        logger.warning("%s is readable by its group (mode %o) and %s: using it as it is (a "
+                       "mounted Secret?); its keys cannot be rotated through /token",
+                       self.key_file, mode, why)
+        self.read_only = True
 
     def _generate(self) -> dict[str, str]:
         keys = {kind: secrets.token_urlsafe(24) for kind in KINDS}
@@ -79,6 +104,9 @@ class TokenStore:
             authorization.encode(), f"Bearer {self.keys['API']}".encode())
 
     def rotate(self, kind: str) -> str:
+        if self.read_only:
+            raise BadRequest(f"Keys come from the read-only file {self.key_file}: change the "
+                             "file (the Secret) and restart to rotate them")
         self.keys[kind] = secrets.token_urlsafe(24)
         self._write(self.keys)
         return self.keys[kind]

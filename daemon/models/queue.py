@@ -86,6 +86,7 @@ class JobQueue:
         self.capacity = capacity
         self.clock = clock
         self._jobs: collections.deque[Job] = collections.deque()
+        self._gathering: list[Job] = []   # taken into a batch that is still filling
         self._arrival_waiters: list[asyncio.Future] = []
         self._collecting = asyncio.Lock()
         self._closed: TorchdError | None = None
@@ -94,6 +95,11 @@ class JobQueue:
     @property
     def depth(self) -> int:
         return len(self._jobs)
+
+    @property
+    def gathering(self) -> int:
+        """Jobs taken out of the queue into a batch that is still filling (max_batch_delay)."""
+        return sum(1 for job in self._gathering if not job.cancelled)
 
     @property
     def remaining_capacity(self) -> int:
@@ -196,7 +202,7 @@ class JobQueue:
 
     async def _collect(self, batch_size: int, max_delay_s: float) -> list[Job]:
         first = await self._wait_for_job(None)
-        batch = [first]
+        batch = self._gathering = [first]
         deadline = first.arrival + max_delay_s
         try:
             while len(batch) < batch_size:
@@ -208,6 +214,8 @@ class JobQueue:
             # the worker went away while the batch filled: its jobs go back, first in line
             self.requeue_front(batch)
             raise
+        finally:
+            self._gathering = []
         return batch
 
     def requeue_front(self, jobs: list[Job]) -> int:

@@ -324,12 +324,13 @@ def _start_wait(config: Config) -> float:
 
 
 def _stop_wait(config: Config | None) -> float:
-    """Long enough for the daemon's own drain: HTTP requests in flight (30 s), then workers
-    finishing their batches (unregister_model_timeout), then a stop grace."""
+    """Long enough for the daemon's own shutdown: shutdown_delay, HTTP requests in flight
+    (30 s), then workers finishing their batches (unregister_model_timeout), then a stop
+    grace."""
     if config is None:
         return 180.0
     drain = max(config.default_response_timeout, config.unregister_model_timeout)
-    return float(30 + drain + 30)
+    return config.shutdown_delay + float(30 + drain + 30)
 
 
 def _wait_gone(pid: int, wait: float) -> bool:

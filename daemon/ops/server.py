@@ -4,8 +4,9 @@ Start: bind the listeners (a busy port fails the start at once), start the worke
 restore the newest snapshot, load the startup models, then listen and tell systemd READY=1.
 Clients are refused until then, as TorchServe does, so no management call can race the restore.
 
-Shutdown (SIGTERM/SIGINT): readiness goes false, listeners stop accepting, in-flight requests
-finish (bounded), workers stop, a final snapshot is written, exit 0.
+Shutdown (SIGTERM/SIGINT): readiness goes false, requests are still served for
+``shutdown_delay`` seconds, then listeners stop accepting, in-flight requests finish (bounded),
+workers stop, a final snapshot is written, exit 0.
 """
 from __future__ import annotations
 
@@ -87,6 +88,9 @@ class Core:
     def _refresh_gauges(self) -> None:
         for mv in self.registry.all_versions():
             self.metrics.set_queue_depth(mv.name, mv.version, mv.queue.depth)
+            held = sum(handle.jobs_held for handle in self.supervisor.handles(mv))
+            self.metrics.set_inflight(mv.name, mv.version,
+                                      mv.queue.depth + mv.queue.gathering + held)
             self.metrics.set_worker_states(mv.name, mv.version, self.supervisor.counts(mv))
         self.supervisor.placement.publish(self.metrics)   # GPUs and the GPU workers' memory
 
@@ -105,7 +109,9 @@ class Core:
                 await self._wait_startup_workers()
         failed = await load_startup_models(self.config, self.manager, self._loading)
         if failed:
-            logger.error("%d startup model(s) failed to load; serving the others", failed)
+            logger.error("%d startup model(s) failed to load; serving the others, not ready "
+                         "until %s registered", len(failed), ", ".join(failed))
+            self.health.expect(failed)
 
     def _loading(self, text: str) -> None:
         """Each startup model may take its startup_timeout: TimeoutStartSec= need not add
@@ -254,9 +260,10 @@ async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
     done = asyncio.ensure_future(shutdown.wait())
     await asyncio.wait([done, *servers], return_when=asyncio.FIRST_COMPLETED)
     done.cancel()
-    logger.info("shutting down: draining requests and workers")
     core.notifier.stopping()
     core.health.draining = True
+    await _announce_shutdown(config.shutdown_delay)
+    logger.info("shutting down: draining requests and workers")
     listeners.close()
     results = await asyncio.gather(*servers, rpc.stop(GRACEFUL_HTTP), return_exceptions=True)
     for result in results:
@@ -265,6 +272,16 @@ async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
     await core.stop()
     logger.info("torchd stopped")
     return 0 if shutdown.is_set() else 1
+
+
+async def _announce_shutdown(delay: float) -> None:
+    """Readiness is false already; keep serving ``delay`` seconds more. A Service or load
+    balancer notices the 503 (or the pod's removal) a little later than the signal: requests
+    still routed here meanwhile are answered rather than refused."""
+    if delay > 0:
+        logger.info("shutting down: readiness is false; serving %g s more (shutdown_delay)",
+                    delay)
+        await asyncio.sleep(delay)
 
 
 async def _watchdog(core: Core) -> None:

@@ -59,9 +59,10 @@ def _restore_failure(path: Path, name: str, version: str, exc: Exception) -> Sta
 
 
 async def load_startup_models(config: Config, manager: ModelManager,
-                              progress: Callable[[str], None] | None = None) -> int:
-    """--models / load_models: register each synchronously; returns how many failed.
-    ``progress`` hears which one is loading (systemd STATUS= lines).
+                              progress: Callable[[str], None] | None = None) -> list[str]:
+    """--models / load_models: register each synchronously; returns the names of those that
+    failed (declared, so readiness waits for them). ``progress`` hears which one is loading
+    (systemd STATUS= lines).
 
     Workers: the ``models`` JSON's minWorkers/maxWorkers when it sets them for the model (as
     TorchServe), else ``default_workers_per_model`` (one per CPU when unset).
@@ -70,7 +71,7 @@ async def load_startup_models(config: Config, manager: ModelManager,
         entries = startup_models_in_store(config.model_store)
     else:
         entries = list(config.startup_models)
-    failed = 0
+    failed: list[str] = []
     for index, entry in enumerate(entries, 1):
         # A model restored from the snapshot keeps its restored state (as in TorchServe): that
         # holds what was scaled or changed since; --models only says what to start from.
@@ -89,9 +90,19 @@ async def load_startup_models(config: Config, manager: ModelManager,
         except Conflict:   # named by its manifest, so only known once the archive was read
             logger.info("startup model %s: already registered from the snapshot", entry.url)
         except TorchdError as exc:
-            failed += 1
+            failed.append(entry.name or declared_name(entry.url))
             logger.error("startup model %s failed: %s", entry.url, exc.message)
     return failed
+
+
+def declared_name(url: str) -> str:
+    """The name a startup model without ``name=`` is expected under when its archive could not
+    be read: the archive's file name without its suffixes (foo.mar, foo.tar.gz: foo)."""
+    base = url.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".mar", ".tar.gz", ".tgz"):
+        if base.endswith(suffix):
+            return base[: -len(suffix)]
+    return base
 
 
 def _registered(manager: ModelManager, name: str) -> bool:

@@ -56,6 +56,12 @@ class WorkerHandle:
         return 0 if self.dispatcher is None else self.dispatcher.answered
 
     @property
+    def jobs_held(self) -> int:
+        """Requests in its batch not answered yet (the in-flight count reads it at scrape)."""
+        batch = None if self.dispatcher is None else self.dispatcher.batch
+        return 0 if batch is None else sum(1 for job in batch if not job.finished)
+
+    @property
     def idle_since(self) -> float | None:
         """Since when it has had no batch; None while busy or not serving yet."""
         return None if self.dispatcher is None else self.dispatcher.idle_since

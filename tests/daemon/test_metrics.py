@@ -100,6 +100,7 @@ def test_status_counters_start_at_zero(metrics: Metrics) -> None:
 def test_torchd_gauges_counters_histograms(metrics: Metrics) -> None:
     mv = {"model_name": "mlp", "model_version": "2.0"}
     metrics.set_queue_depth("mlp", "2.0", 7)
+    metrics.set_inflight("mlp", "2.0", 9)
     metrics.set_worker_states("mlp", "2.0", {"READY": 2, "BACKOFF": 1})
     metrics.worker_restarted("mlp", "2.0")
     metrics.worker_restarted("mlp", "2.0")
@@ -112,6 +113,7 @@ def test_torchd_gauges_counters_histograms(metrics: Metrics) -> None:
     metrics.autoscaled("mlp", "2.0", "down")
     s = scrape(metrics)
     assert value(s, "torchd_queue_depth", **mv) == 7
+    assert value(s, "torchd_inflight_requests", **mv) == 9
     expected_states = {state: 0 for state in WORKER_STATES} | {"READY": 2, "BACKOFF": 1}
     for state, count in expected_states.items():
         assert value(s, "torchd_workers", state=state, **mv) == count
@@ -176,6 +178,7 @@ def drive_everything(metrics: Metrics, model: str, version: str) -> None:
     metrics.observe_request(model, version, 200, 1, 10, named_version=False)
     metrics.observe_batch(model, version, 2)
     metrics.set_queue_depth(model, version, 1)
+    metrics.set_inflight(model, version, 2)
     metrics.set_worker_states(model, version, {"READY": 1})
     metrics.worker_restarted(model, version)
     metrics.set_worker_rss(model, version, "9000", 1)

@@ -26,7 +26,9 @@ def measured(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
         for name, url, extra in (("ma", "noop.mar", {}), ("mb", "noop.mar", {}),
                                  ("sl", "sleep.mar", {}), ("f5", "fail513.mar", {}),
                                  ("mbatch", "noop.mar", {"batch_size": 4,
-                                                         "max_batch_delay": 2000})):
+                                                         "max_batch_delay": 2000}),
+                                 ("mfill", "noop.mar", {"batch_size": 4,
+                                                        "max_batch_delay": 2000})):
             response = d.register(url, model_name=name, initial_workers=1, **extra)
             assert response.status_code == 200, response.text
         yield SimpleNamespace(daemon=d)
@@ -95,10 +97,32 @@ def test_queue_depth_and_workers_by_state(measured):
         samples = scrape(d)
         assert sample_sum(samples, "torchd_workers", model_name="sl", state="READY") == 1
         assert sample_sum(samples, "torchd_workers", model_name="sl", state="FAILED") == 0
+        # the in-flight gauge counts the one in the worker too (the scrape is a second one:
+        # the first request may have been answered by now; each sleeps 1 s)
+        inflight = sample_sum(samples, "torchd_inflight_requests", model_name="sl")
+        assert inflight == 1 + sample_sum(samples, "torchd_queue_depth", model_name="sl")
     finally:
         client.join(60)
     assert [r.status_code for r in results] == [200] * 3
     assert sample_sum(scrape(d), "torchd_queue_depth", model_name="sl") == 0
+    assert sample_sum(scrape(d), "torchd_inflight_requests", model_name="sl") == 0
+
+
+def test_inflight_counts_a_batch_still_filling(measured):
+    d = measured.daemon      # mfill: batch_size 4, max_batch_delay 2 s
+    calls = [lambda: d.infer("POST", "/predictions/mfill", data=b"x", timeout=30)] * 2
+    results: list = []
+    client = threading.Thread(target=lambda: results.extend(concurrently(calls)))
+    client.start()
+    try:
+        wait_until(lambda: sample_sum(scrape(d), "torchd_inflight_requests",
+                                      model_name="mfill") == 2, timeout=1.5,
+                   what="two requests in flight while their batch fills")
+        assert sample_sum(scrape(d), "torchd_queue_depth", model_name="mfill") == 0
+    finally:
+        client.join(60)
+    assert [r.status_code for r in results] == [200] * 2
+    assert sample_sum(scrape(d), "torchd_inflight_requests", model_name="mfill") == 0
 
 
 def test_batch_size_histogram(measured):

@@ -58,7 +58,8 @@ class Daemon:
         return path
 
     def start(self, *args: str, ncs: bool = True, wait: bool = True,
-              timeout: float = 60) -> Daemon:
+              timeout: float = 60, preexec_fn: Any = None) -> Daemon:
+        """``preexec_fn`` runs in the child before exec (e.g. to set its CPU affinity)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         cmd = [*TORCHD, "serve", "--ts-config", str(self.write_config()), *args]
         if ncs:
@@ -67,7 +68,8 @@ class Daemon:
         env.pop("TS_CONFIG_FILE", None)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log,
-                                     stderr=subprocess.STDOUT, start_new_session=True)
+                                     stderr=subprocess.STDOUT, start_new_session=True,
+                                     preexec_fn=preexec_fn)
         self._known[self.proc.pid] = psutil.Process(self.proc.pid)
         if wait:
             self.wait_ready(timeout)

@@ -86,6 +86,22 @@ def test_late_jobs_join_until_the_delay_from_the_first_arrival():
     run(main())
 
 
+def test_jobs_of_a_filling_batch_count_as_gathering_until_it_is_taken():
+    async def main():
+        queue = make_queue(10)
+        take = asyncio.ensure_future(queue.take_batch(3, 0.5))
+        a = job("a")
+        queue.submit(a)
+        queue.submit(job("b"))
+        await asyncio.sleep(0.1)
+        assert (queue.depth, queue.gathering) == (0, 2)   # in-flight, not waiting
+        queue.abandon(a)
+        assert queue.gathering == 1
+        assert ids(await take) == ["b"]
+        assert queue.gathering == 0
+    run(main())
+
+
 def test_the_delay_is_counted_from_arrival_not_from_dispatch():
     async def main():
         queue = make_queue(10)
@@ -135,7 +151,7 @@ def test_a_cancelled_collector_gives_its_jobs_back_in_order():
         take.cancel()                # its worker went away
         with pytest.raises(asyncio.CancelledError):
             await take
-        assert queue.depth == 2
+        assert (queue.depth, queue.gathering) == (2, 0)
         queue.submit(job("c"))
         assert ids(await queue.take_batch(3, 0)) == ["a", "b", "c"]
     run(main())

@@ -1,0 +1,84 @@
+"""TokenStore's key file rules (daemon/http/tokens.py) on real files: a file readable by others
+is narrowed to 0600; a read-only one readable by its group only (a mounted Secret) is used as
+it is; one on a read-only filesystem is used when others cannot read it, refused when they can.
+The read-only filesystem is a real one: a tmpfs mounted read-only in a user namespace."""
+from __future__ import annotations
+
+import json
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from daemon.http.tokens import TokenStore
+from tests.support.daemon import REPO
+
+KEYS = {"management": "m", "inference": "i", "API": "a"}
+
+
+def key_file(path: Path, mode: int) -> Path:
+    path.write_text(json.dumps({kind: {"key": key} for kind, key in KEYS.items()}))
+    path.chmod(mode)
+    return path
+
+
+def test_a_file_readable_by_others_is_narrowed(tmp_path):
+    path = key_file(tmp_path / "k.json", 0o644)
+    store = TokenStore(path, enabled=True)
+    assert store.keys == KEYS and not store.read_only
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_read_only_group_readable_file_is_kept_with_a_warning(tmp_path, caplog):
+    path = key_file(tmp_path / "k.json", 0o440)
+    store = TokenStore(path, enabled=True)
+    assert store.keys == KEYS and store.read_only
+    assert stat.S_IMODE(path.stat().st_mode) == 0o440
+    assert "readable by its group (mode 440) and it is read-only" in caplog.text
+
+
+ON_READ_ONLY_FS = textwrap.dedent("""
+    import json, os, subprocess, sys
+    from pathlib import Path
+    from daemon.http.tokens import TokenStore
+    where = Path(sys.argv[1])
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(where)], check=True)
+    path = where / "k.json"
+    path.write_text(json.dumps({k: {"key": k[0]} for k in ("management", "inference", "API")}))
+    path.chmod(int(sys.argv[2], 8))
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    try:
+        store = TokenStore(path, enabled=True)
+        print(json.dumps({"read_only": store.read_only, "keys": store.keys}))
+    except OSError as exc:
+        print(json.dumps({"error": str(exc)}))
+""")
+
+
+def on_read_only_fs(tmp_path: Path, mode: int) -> dict:
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed: no read-only filesystem to mount")
+    where = tmp_path / "secret"
+    where.mkdir()
+    done = subprocess.run(["unshare", "-rm", sys.executable, "-c", ON_READ_ONLY_FS, str(where),
+                           oct(mode)[2:]], cwd=REPO, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 and "mount" in done.stderr:
+        pytest.skip(f"cannot mount a read-only tmpfs in a user namespace: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_on_a_read_only_filesystem_a_group_readable_file_is_used(tmp_path):
+    result = on_read_only_fs(tmp_path, 0o640)   # a write bit, but chmod fails: EROFS
+    assert result == {"read_only": True, "keys": {"management": "m", "inference": "i",
+                                                  "API": "A"}}
+
+
+def test_on_a_read_only_filesystem_a_world_readable_file_is_refused(tmp_path):
+    result = on_read_only_fs(tmp_path, 0o644)
+    assert "readable by others (mode 644) and cannot be narrowed" in result["error"]
+    assert "0440" in result["error"]
