@@ -19,6 +19,7 @@ from worker.ts.context import Context
 logger = logging.getLogger(__name__)
 
 Entry = Callable[[Any, Context], Any]
+PREDICTION_TIME = "PredictionTime"
 # Receives the encoded parts of one send_intermediate_predict_response call.
 PartsSink = Callable[[list[dict[str, Any]]], None]
 
@@ -108,7 +109,12 @@ class ModelService:
             self._encode_parts(ret, id_map, message, code))
         try:
             data = [codec.decode_request(r) for r in requests]
+            started = time.perf_counter()
             output = self.entry(data, self.context)
+            # TorchServe's PredictionTime: the handler's whole run, ms (HandlerTime is
+            # BaseHandler's own)
+            self.context.metrics.add_time(
+                PREDICTION_TIME, round((time.perf_counter() - started) * 1000, 2))
             return self._encode_output(output, ids)
         except (Exception, SystemExit) as exc:  # a handler must never take the worker down
             status, reason = codec.failure_status(exc)
@@ -153,6 +159,11 @@ class ModelService:
         return messages.response(request_id, status, phrase or codec.default_reason(status),
                                  codec.encode_body(value), content_type,
                                  [[k, v] for k, v in headers.items()])
+
+    def take_metrics(self) -> list[dict[str, Any]]:
+        """The metric records of the batch just run, for its RESULT frame."""
+        take = getattr(self.context.metrics, "take_pending", None)   # a handler may swap it
+        return take() if callable(take) else []
 
     def describe(self) -> str:
         """describe_handle()'s result as text; empty when the handler has none."""
