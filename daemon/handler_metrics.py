@@ -40,6 +40,10 @@ RESERVED_NAMES = frozenset({"Requests2XX", "Requests4XX", "Requests5XX", "GPUUti
                             "GPUMemoryUtilization", "GPUMemoryUsed"})
 
 SeriesKey = tuple[str, tuple[str, ...]]   # metric name, label values
+# TorchServe's own per-model timings: never crowded out by a handler's flood of series (they
+# do not count towards the cap as long as they have TorchServe's labels and this model's name).
+BUILTIN_NAMES = frozenset({"HandlerTime", "PredictionTime"})
+BUILTIN_LABELS = ("ModelName", "Level", HOSTNAME)
 
 
 class _Family:
@@ -83,6 +87,7 @@ class HandlerMetrics:
         self.registry = CollectorRegistry()
         self._families: dict[str, _Family] = {}
         self._owned: dict[str, set[SeriesKey]] = {}      # model -> the series it created
+        self._counted: dict[str, int] = {}               # model -> its series under the cap
         self._updates: dict[tuple[str, str, str, tuple], Callable[[float], None]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
@@ -131,11 +136,13 @@ class HandlerMetrics:
             return None
         owned = self._owned.setdefault(model, set())
         if (name, values) not in owned:
-            if len(owned) >= self.max_series:
+            counted = not _builtin(model, name, labels, values)
+            if counted and self._counted.get(model, 0) >= self.max_series:
                 self._warn_once(model, "cap", "model %s: its handler metrics reached %d series; "
                                 "new series are dropped", self.max_series)
                 return None
             owned.add((name, values))
+            self._counted[model] = self._counted.get(model, 0) + counted
         if family is None:
             family = self._families[name] = _Family(name, kind, unit, labels, self.registry)
         family.series.add(values)
@@ -155,6 +162,7 @@ class HandlerMetrics:
     def forget(self, model: str) -> None:
         """Drop every series ``model`` created (its last version was unregistered)."""
         with self._lock:
+            self._counted.pop(model, None)
             for name, values in self._owned.pop(model, set()):
                 family = self._families.get(name)
                 if family is None:
@@ -173,14 +181,19 @@ class HandlerMetrics:
         self._updates = {k: f for k, f in self._updates.items() if k[1] != family.name}
 
     def series_count(self, model: str) -> int:
+        """The model's series that count towards the cap."""
         with self._lock:
-            return len(self._owned.get(model, ()))
+            return self._counted.get(model, 0)
 
     def render(self) -> bytes:
         with self._lock:
             counters = [f.metric for f in self._families.values() if f.kind == "counter"]
         text = "".join(counter.render() for counter in counters).encode("utf-8")
         return text + generate_latest(self.registry)
+
+
+def _builtin(model: str, name: str, labels: tuple[str, ...], values: tuple[str, ...]) -> bool:
+    return name in BUILTIN_NAMES and labels == BUILTIN_LABELS and values[0] == model
 
 
 def _check(name: Any, kind: Any, labels: tuple[str, ...]) -> str | None:

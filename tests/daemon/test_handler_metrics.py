@@ -59,7 +59,9 @@ def test_series_cap_per_model_warns_once(caplog) -> None:
         hm.record("m", [rec("C", "counter", 1, i=str(i)) for i in range(10)])
         hm.record("m", [rec("C", "counter", 1, i="0"), rec("C", "counter", 1, i="9")])
         hm.record("other", [rec("C", "counter", 1, i="x")])
+        hm.record("m", [rec("HandlerTime", "gauge", 1.0), rec("PredictionTime", "gauge", 2.0)])
     assert hm.series_count("m") == 3
+    assert 'HandlerTime{Hostname="h",Level="Model",ModelName="m"} 1.0' in lines(hm)
     assert 'C{i="0",ModelName="m",Level="Model",Hostname="h"} 2.0' in lines(hm)
     assert not any('i="9"' in line for line in lines(hm))
     assert hm.series_count("other") == 1
