@@ -172,8 +172,10 @@ class ModelManager:
             max_batch_delay=max(0, pick(req.max_batch_delay, "maxBatchDelay", 100)),
             response_timeout=seconds(req.response_timeout, "responseTimeout",
                                      cfg.default_response_timeout),
-            startup_timeout=seconds(req.startup_timeout, "startupTimeout",
-                                    cfg.default_startup_timeout),
+            # An explicit startup_timeout=0 stays 0, as in TorchServe: no worker can load in
+            # no time, so a register with workers answers 500 (its own test suite says so).
+            startup_timeout=0 if req.startup_timeout == 0 else seconds(
+                req.startup_timeout, "startupTimeout", cfg.default_startup_timeout),
             job_queue_size=max(1, pick(req.job_queue_size, "jobQueueSize", cfg.job_queue_size)),
             min_workers=min_workers, max_workers=max(min_workers, max_workers),
             # recycling: per model (YAML, `models` JSON) over the global settings
