@@ -65,6 +65,7 @@ class Config:
     allowed_urls: tuple[str, ...] | None
     install_py_dep_per_model: bool
     models: dict[str, dict[str, dict[str, Any]]]
+    model_snapshot: dict[str, Any] | None
     cors_allowed_origin: str | None
     cors_allowed_methods: str | None
     cors_allowed_headers: str | None

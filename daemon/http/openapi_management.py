@@ -234,6 +234,10 @@ SCHEMAS: dict[str, Any] = {
             "redispatchOnWorkerDeath": {
                 "type": "boolean",
                 "description": "Whether a dead worker's requests run once more elsewhere."},
+            "ignoredConfigKeys": {
+                "type": "array", "items": {"type": "string"},
+                "description": "Keys of the archive's model-config.yaml that TorchServe acts "
+                               "on and torchd does not implement (they are ignored)."},
             "workers": {"type": "array", "items": ref("Worker")},
             "jobQueueStatus": {"type": "object", "properties": {
                 "remainingCapacity": {"type": "integer"},

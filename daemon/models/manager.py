@@ -19,6 +19,7 @@ from daemon.config.settings import Config
 from daemon.config.values import parse_bool
 from daemon.models.dependencies import install_requirements, remove_installed
 from daemon.models.devices import device_settings
+from daemon.models.model_config import ignored_config_keys
 from daemon.errors import (BadRequest, InternalServerError, ModelNotFound,
                            ModelVersionNotFound, ServiceUnavailable)
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
@@ -93,6 +94,10 @@ class ModelManager:
             await asyncio.to_thread(remove_installed, mv.deps_dir if mv else None)
             raise
         logger.info("registered %s %s from %s", mv.name, mv.version, req.url)
+        ignored = ignored_config_keys(mv.yaml_config)
+        if ignored:
+            logger.warning("model %s %s: torchd does not implement these model-config.yaml "
+                           "keys, which are ignored: %s", mv.name, mv.version, ", ".join(ignored))
         return mv
 
     async def _prepare_archive(self, req: RegisterRequest) -> archives.PreparedArchive:
@@ -303,6 +308,7 @@ class ModelManager:
                 "maxBatchDelay": s.max_batch_delay, "responseTimeout": s.response_timeout,
                 "startupTimeout": s.startup_timeout, "loadedAtStartup": mv.loaded_at_startup,
                 "redispatchOnWorkerDeath": s.redispatch,
+                "ignoredConfigKeys": ignored_config_keys(mv.yaml_config),
                 "workers": self.supervisor.describe_workers(mv),
                 "jobQueueStatus": {"remainingCapacity": mv.queue.remaining_capacity,
                                    "pendingRequests": mv.queue.depth}}
