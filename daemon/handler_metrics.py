@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SERIES_PER_MODEL = 100
 MAX_WARNINGS = 1000   # distinct warnings remembered (each is logged once), over all models
+MAX_UNAPPLIED = 1000  # results whose records wait for a scrape before they are applied anyway
 KINDS = ("counter", "gauge", "histogram")
 HOSTNAME = "Hostname"
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -90,21 +91,33 @@ class HandlerMetrics:
         self._counted: dict[str, int] = {}               # model -> its series under the cap
         self._updates: dict[tuple[str, str, str, tuple], Callable[[float], None]] = {}
         self._warned: set[tuple[str, str]] = set()
+        self._unapplied: list[tuple[str, list]] = []
         self._lock = threading.Lock()
 
     def record(self, model: str, records: Any) -> None:
-        """Apply one RESULT's records of ``model``; malformed ones are skipped (the worker runs
-        the handler's code, so nothing it sends is trusted)."""
-        if not isinstance(records, list):
-            return
+        """Take one RESULT's records of ``model``. They are applied when /metrics is read (or
+        once ``MAX_UNAPPLIED`` results wait): every batch brings at least PredictionTime, and
+        the event loop that reads results is the one every request's work is done on."""
+        if isinstance(records, list):
+            self._unapplied.append((model, records))
+            if len(self._unapplied) >= MAX_UNAPPLIED:
+                self.apply()
+
+    def apply(self) -> None:
+        """Apply the records taken since the last call, in order; malformed ones are skipped
+        (the worker runs the handler's code, so nothing it sends is trusted)."""
         with self._lock:
-            for record in records:
-                try:
-                    self._apply(model, record)
-                except (TypeError, ValueError, KeyError, AttributeError) as exc:
-                    self._warn_once(model, "bad record", "model %s: a malformed handler "
-                                    "metric record was skipped (%s): %s", exc,
-                                    str(record)[:200])
+            unapplied, self._unapplied = self._unapplied, []
+            for model, records in unapplied:
+                for record in records:
+                    self._apply_one(model, record)
+
+    def _apply_one(self, model: str, record: Any) -> None:
+        try:
+            self._apply(model, record)
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            self._warn_once(model, "bad record", "model %s: a malformed handler metric record "
+                            "was skipped (%s): %s", exc, str(record)[:200])
 
     def _apply(self, model: str, record: dict) -> None:
         name, unit, kind = record["name"], record.get("unit", ""), record["type"]
@@ -161,6 +174,7 @@ class HandlerMetrics:
 
     def forget(self, model: str) -> None:
         """Drop every series ``model`` created (its last version was unregistered)."""
+        self.apply()
         with self._lock:
             self._counted.pop(model, None)
             for name, values in self._owned.pop(model, set()):
@@ -182,10 +196,12 @@ class HandlerMetrics:
 
     def series_count(self, model: str) -> int:
         """The model's series that count towards the cap."""
+        self.apply()
         with self._lock:
             return self._counted.get(model, 0)
 
     def render(self) -> bytes:
+        self.apply()
         with self._lock:
             counters = [f.metric for f in self._families.values() if f.kind == "counter"]
         text = "".join(counter.render() for counter in counters).encode("utf-8")

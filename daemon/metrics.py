@@ -234,8 +234,8 @@ class Metrics:
         return child
 
     def record_handler_metrics(self, model: str, version: str, records: Any) -> None:
-        """What a batch's handler recorded (the RESULT frame's ``metrics``)."""
-        self._touch(model, version)
+        """What a batch's handler recorded (the RESULT frame's ``metrics``). Labelled by
+        model, not version: they go when the model's last version does (forget_model)."""
         self.handler_metrics.record(model, records)
 
     def set_queue_depth(self, model: str, version: str, depth: int) -> None:

@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from daemon.handler_metrics import HandlerMetrics
+from daemon.handler_metrics import MAX_UNAPPLIED, HandlerMetrics
 from daemon.metrics import Metrics
 from protocol import messages
 
@@ -82,6 +82,8 @@ def test_forget_removes_a_models_series_and_empty_families() -> None:
 
 def test_metrics_renders_handler_series_and_forgets_them_with_the_last_version() -> None:
     metrics = Metrics(hostname="h")
+    for version in ("1.0", "2.0"):   # served requests make the versions known
+        metrics.observe_request("m", version, 200, 1.0, 2.0)
     metrics.record_handler_metrics("m", "1.0", [rec("Custom", "counter", 1)])
     metrics.record_handler_metrics("m", "2.0", [rec("Custom", "counter", 1)])
     assert b'Custom{ModelName="m",Level="Model",Hostname="h"} 2.0' in metrics.render()[0]
@@ -89,3 +91,16 @@ def test_metrics_renders_handler_series_and_forgets_them_with_the_last_version()
     assert b"Custom{" in metrics.render()[0]
     metrics.forget_model("m", "2.0")
     assert b"Custom" not in metrics.render()[0]
+
+
+def test_records_wait_for_a_scrape_but_never_without_bound() -> None:
+    hm = HandlerMetrics("h")
+    hm.record("m", [rec("Late", "counter", 1)])
+    assert hm._unapplied   # taken, not yet applied
+    assert 'Late{ModelName="m",Level="Model",Hostname="h"} 1.0' in lines(hm)
+    for _ in range(MAX_UNAPPLIED):
+        hm.record("m", [rec("Late", "counter", 1)])
+    assert not hm._unapplied   # applied once that many waited
+    hm.record("m", [rec("Gone", "counter", 1)])
+    hm.forget("m")
+    assert lines(hm) == []

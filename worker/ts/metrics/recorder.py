@@ -77,9 +77,10 @@ class MetricsRecorder:
         ``ModelName`` and ``Level`` (``Model`` inside a batch, ``Error`` outside one) where the
         handler did not give them, as its add_* methods do."""
         self.records.append(record)
-        logger.debug("metric %s=%s %s type=%s dims=%s request=%s", record.name, record.value,
-                     record.unit, record.metric_type.value,
-                     ",".join(str(d) for d in record.dimensions), record.request_id)
+        if logger.isEnabledFor(logging.DEBUG):   # every batch records PredictionTime
+            logger.debug("metric %s=%s %s type=%s dims=%s request=%s", record.name,
+                         record.value, record.unit, record.metric_type.value,
+                         ",".join(str(d) for d in record.dimensions), record.request_id)
         dims = [[str(d.name), str(d.value)] for d in record.dimensions]
         if default_dimensions:
             dims = self._with_defaults(dims)
