@@ -64,7 +64,8 @@ async def rotate_token(request: Request) -> Response:
 
 
 def build_management_app(core: Any) -> Any:
-    routes = [*management.ROUTES, Route("/token", rotate_token, methods=["GET"])]
+    routes = [*management.ROUTES, *compat.MANAGEMENT_ROUTES,
+              Route("/token", rotate_token, methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
     _state(app, core, api_document=core.documents["management"])

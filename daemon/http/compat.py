@@ -2,7 +2,8 @@
 
 SageMaker's inference toolkit calls ``POST /invocations`` (one model per endpoint, or the model
 named by a query parameter or header) and ``POST /models/{m}/invoke``; KServe v1 lists models
-with ``GET /v1/models`` and asks ``GET /v1/models/{m}`` whether one is ready. The prediction
+with ``GET /v1/models`` and asks ``GET /v1/models/{m}`` whether one is ready (which
+TorchServe answers on the management port: torchd on both). The prediction
 routes are plain ASGI endpoints on the hot path (see daemon/http/predict.py); the two GET
 routes are ordinary starlette routes.
 """
@@ -129,3 +130,5 @@ ROUTES = [
     Route("/v1/models", v1_models, methods=["GET"]),
     Route("/v1/models/{model_name}", v1_model_ready, methods=["GET"]),
 ]
+# TorchServe answers the readiness on its management port (KServe's clients ask port 8080).
+MANAGEMENT_ROUTES = [Route("/v1/models/{model_name}", v1_model_ready, methods=["GET"])]

@@ -94,8 +94,10 @@ def _invocations() -> dict[str, Any]:
                      body=PREDICTION_BODY)
 
 
-def _v1_model_ready() -> dict[str, Any]:
-    return operation("kserveV1ModelReady", "KServe v1: whether the model's default version has "
+def v1_model_ready(operation_id: str) -> dict[str, Any]:
+    """GET /v1/models/{model_name}, on both ports (TorchServe answers it on the management
+    port; KServe's clients ask the inference port)."""
+    return operation(operation_id, "KServe v1: whether the model's default version has "
                      "its minimum of workers (at least one) READY.",
                      {"200": response("The model's readiness.", ref("V1ModelReady")),
                       "404": error("Unknown model."),
@@ -168,7 +170,8 @@ def _compat_paths(model: list, version: list) -> dict[str, Any]:
         "/v1/models": {"get": operation(
             "kserveV1Models", "KServe v1: the registered models' names.",
             {"200": response("Registered models, sorted.", ref("V1ModelList"))})},
-        "/v1/models/{model_name}": {"parameters": model, "get": _v1_model_ready()},
+        "/v1/models/{model_name}": {"parameters": model,
+                                    "get": v1_model_ready("kserveV1ModelReady")},
         "/v2/models/{model_name}/explain": {"parameters": model,
                                             "post": _v2_infer("v2Explain", explain)},
         "/v2/models/{model_name}/versions/{model_version}/explain": {

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.http.openapi_inference import SCHEMAS as INFERENCE_SCHEMAS
+from daemon.http.openapi_inference import v1_model_ready
 from daemon.http.openapi import (
     boolean,
     error,
@@ -169,6 +171,8 @@ def paths() -> dict[str, Any]:
             "put": operation("setDefault", "Make this version the model's default.",
                              {"200": status("Default version updated."), "404": NOT_FOUND}),
         },
+        "/v1/models/{model_name}": {"parameters": [MODEL_NAME],
+                                    "get": v1_model_ready("kserveV1ModelReadyManagement")},
         "/token": {
             "get": operation(
                 "rotateToken", "Replace a key of key_file.json (requires the API key).",
@@ -202,6 +206,7 @@ _WORKER = {
 }
 
 SCHEMAS: dict[str, Any] = {
+    "V1ModelReady": INFERENCE_SCHEMAS["V1ModelReady"],
     "ModelList": {
         "type": "object",
         "required": ["models"],

@@ -108,6 +108,10 @@ def test_kserve_v1_model_list_and_readiness(daemon) -> None:
                  "MethodNotAllowedException",
                  "Requested method is not allowed, please refer to API document.")
     assert served_by(daemon.infer("POST", "/v1/models/alpha:predict", json=BODY))[0] == "alpha"
+    # TorchServe answers the readiness on its management port: so does torchd
+    assert daemon.mgmt("GET", "/v1/models/gamma").json() == {"name": "gamma", "ready": False}
+    assert_error(daemon.mgmt("GET", "/v1/models/nope"), 404, "ModelNotFoundException",
+                 "Model not found: nope")
 
 
 def test_v2_explain_with_and_without_a_version(daemon) -> None:

@@ -23,6 +23,7 @@ MANAGEMENT_ENDPOINTS = {
     ("delete", "/models/{model_name}/{model_version}"),
     ("put", "/models/{model_name}/{model_version}/set-default"),
     ("get", "/token"),
+    ("get", "/v1/models/{model_name}"),   # KServe v1 readiness: TorchServe answers it here
 }
 
 INFERENCE_ENDPOINTS = {
@@ -57,6 +58,7 @@ MANAGEMENT_STATUSES = {
     ("delete", "/models/{model_name}/{model_version}"): {"200", "403", "404", "405"},
     ("put", "/models/{model_name}/{model_version}/set-default"): {"200", "404"},
     ("get", "/token"): {"200", "400", "401"},
+    ("get", "/v1/models/{model_name}"): {"200", "404"},
 }
 PREDICTION_STATUSES = {"200", "404", "413", "500", "503", "504", "507", "default"}
 INFERENCE_STATUSES = {
