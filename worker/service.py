@@ -111,10 +111,7 @@ class ModelService:
             data = [codec.decode_request(r) for r in requests]
             started = time.perf_counter()
             output = self.entry(data, self.context)
-            # TorchServe's PredictionTime: the handler's whole run, ms (HandlerTime is
-            # BaseHandler's own)
-            self.context.metrics.add_time(
-                PREDICTION_TIME, round((time.perf_counter() - started) * 1000, 2))
+            self._record_prediction_time(time.perf_counter() - started)
             return self._encode_output(output, ids)
         except (Exception, SystemExit) as exc:  # a handler must never take the worker down
             status, reason = codec.failure_status(exc)
@@ -159,6 +156,15 @@ class ModelService:
         return messages.response(request_id, status, phrase or codec.default_reason(status),
                                  codec.encode_body(value), content_type,
                                  [[k, v] for k, v in headers.items()])
+
+    def _record_prediction_time(self, seconds: float) -> None:
+        """TorchServe's PredictionTime: the handler's whole run, in ms (HandlerTime is
+        BaseHandler's own). A handler may have swapped context.metrics for something else: its
+        answers must not fail for that."""
+        try:
+            self.context.metrics.add_time(PREDICTION_TIME, round(seconds * 1000, 2))
+        except Exception:
+            logger.debug("could not record %s", PREDICTION_TIME, exc_info=True)
 
     def take_metrics(self) -> list[dict[str, Any]]:
         """The metric records of the batch just run, for its RESULT frame."""

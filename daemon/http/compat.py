@@ -42,10 +42,10 @@ class InvocationsEndpoint:
         await self.predictor.run(scope, receive, send, name, None)
 
     def target(self, scope: dict[str, Any]) -> str:
-        names = self.predictor.registry.names()
         named = _query_value(scope, "model_name")
         if named:
             return named
+        names = self.predictor.registry.names()
         targeted = header(scope, TARGET_MODEL_HEADER)
         if targeted:
             return _target_model(targeted, names)
