@@ -19,9 +19,9 @@ from worker.ts.context import Context
 logger = logging.getLogger(__name__)
 
 Entry = Callable[[Any, Context], Any]
-PREDICTION_TIME = "PredictionTime"
 # Receives the encoded parts of one send_intermediate_predict_response call.
 PartsSink = Callable[[list[dict[str, Any]]], None]
+PREDICTION_TIME = "PredictionTime"   # TorchServe's metric of every handler's run, in ms
 
 
 class HandlerLoadError(Exception):

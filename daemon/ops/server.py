@@ -34,10 +34,10 @@ from daemon.metrics import Metrics
 from daemon.models.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
+from daemon.ops.startup import load_model_snapshot
 from daemon.osutil import pid_gone, usable_cpus
 from daemon.ops.listeners import ListenerError, Listeners, bind_listeners
-from daemon.ops.startup import (StartupError, load_model_snapshot, load_startup_models,
-                                restore_snapshot)
+from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.ops.systemd import Notifier
 from daemon.http.tokens import TokenStore
