@@ -36,7 +36,8 @@ _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Names of the daemon's own series: a handler metric may not take them (a second family of one
 # name would make the whole exposition unreadable).
-RESERVED_PREFIXES = ("ts_", "torchd_")
+# (TorchServe's own handler timings, ts_handler_preprocess and the like, are handler metrics.)
+RESERVED_PREFIXES = ("torchd_", "ts_inference_", "ts_queue_")
 RESERVED_NAMES = frozenset({"Requests2XX", "Requests4XX", "Requests5XX", "GPUUtilization",
                             "GPUMemoryUtilization", "GPUMemoryUsed"})
 

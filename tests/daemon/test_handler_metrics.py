@@ -42,8 +42,9 @@ def test_bad_records_are_skipped_and_the_rest_applied(caplog) -> None:
         hm.record("m", [{"name": "only", "type": "gauge"}, rec("bad name", "gauge", 1),
                         rec("ts_inference_requests_total", "counter", 1),
                         rec("G", "summary", 1), rec("G", "gauge", "not a number"),
-                        rec("Fine", "gauge", 7)])
-    assert lines(hm) == ['Fine{Hostname="h",Level="Model",ModelName="m"} 7.0']
+                        rec("Fine", "gauge", 7), rec("ts_handler_preprocess", "gauge", 3)])
+    assert lines(hm) == ['Fine{Hostname="h",Level="Model",ModelName="m"} 7.0',
+                         'ts_handler_preprocess{Hostname="h",Level="Model",ModelName="m"} 3.0']
     assert len(caplog.records) == 4
 
 
