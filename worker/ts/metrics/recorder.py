@@ -139,6 +139,15 @@ class MetricsRecorder:
                     dimensions: list[Dimension] | None = None) -> None:
         self.add_metric(name, value, "Count", idx, dimensions, MetricTypes.COUNTER)
 
+    def add_error(self, name: str, value: float,
+                  dimensions: list[Dimension] | None = None) -> None:
+        """A counter of errors, at TorchServe's ``Level`` ``Error``."""
+        dims = list(dimensions or [])
+        if not any(d.name == "Level" for d in dims):
+            dims.append(Dimension("Level", "Error"))
+        self.record(MetricRecord(name, value, "", MetricTypes.COUNTER, dims),
+                    default_dimensions=True)
+
     def add_metric_to_cache(self, metric_name: str, unit: str,
                             dimension_names: list[str] | None = None,
                             metric_type: MetricTypes = MetricTypes.COUNTER) -> Metric:
