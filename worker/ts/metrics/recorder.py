@@ -96,17 +96,17 @@ class MetricsRecorder:
             dims.append(["Level", "Model" if in_batch else "Error"])
         return dims
 
-    def _queue(self, wire: list[Any]) -> None:
+    def _queue(self, wire: dict[str, Any]) -> None:
         if len(self._pending) < MAX_PENDING:
             self._pending.append(wire)
-        elif not self._overflowed:
+        elif not self._overflowed:   # once for the worker's life, not once a batch
             self._overflowed = True
-            logger.warning("more than %d metric records in one batch: the rest are not sent",
-                           MAX_PENDING)
+            logger.warning("more than %d metric records in one batch: the rest are not sent "
+                           "(said once)", MAX_PENDING)
 
     def take_pending(self) -> list[dict[str, Any]]:
         """The records not yet sent (protocol.messages.metric maps)."""
-        pending, self._pending, self._overflowed = self._pending, [], False
+        pending, self._pending = self._pending, []
         return pending
 
     def add_metric(self, name: str, value: float, unit: str, idx: int | None = None,
