@@ -44,7 +44,8 @@ REGISTER_FIELDS: list[tuple[str, dict[str, Any], str]] = [
       "configured default_response_timeout (120).")),
     ("startup_timeout", integer(),
      ("Seconds a worker may take to load the model. Default: the configured "
-      "default_startup_timeout (120).")),
+      "default_startup_timeout (120). 0, as in TorchServe, leaves no time: workers fail to "
+      "start (500).")),
     ("s3_sse_kms", boolean(False),
      ("Fetch an https S3 URL with the AWS credentials of the server's environment (SSE-KMS "
       "encrypted objects).")),
