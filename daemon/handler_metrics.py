@@ -54,7 +54,7 @@ class _Family:
     def __init__(self, name: str, kind: str, unit: str, labels: tuple[str, ...],
                  registry: CollectorRegistry) -> None:
         self.name, self.kind, self.labels = name, kind, labels
-        # TorchServe's HELP line, which its dashboards never read but people do
+        # TorchServe's HELP line (people read it; dashboards do not)
         help_text = f"Torchserve prometheus {kind} metric with unit: {unit}"
         if kind == "counter":
             self.metric: Any = TorchServeCounter(name, help_text, labels)

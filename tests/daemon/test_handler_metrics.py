@@ -34,6 +34,8 @@ def test_counter_gauge_histogram_with_torchserve_labels() -> None:
     assert 'HandlerTime{Hostname="host1",Level="Model",ModelName="m"} 2.25' in out
     assert 'Sizes_count{Hostname="host1",Level="Model",ModelName="m"} 1.0' in out
     assert "# TYPE Hits counter" in hm.render().decode()   # no _total, as TorchServe
+    assert "# HELP Hits Torchserve prometheus counter metric with unit: Count" in \
+        hm.render().decode()
 
 
 def test_bad_records_are_skipped_and_the_rest_applied(caplog) -> None:
