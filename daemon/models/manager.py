@@ -19,7 +19,6 @@ from daemon.config.settings import Config
 from daemon.config.values import parse_bool
 from daemon.models.dependencies import install_requirements, remove_installed
 from daemon.models.devices import device_settings
-from daemon.models.model_config import ignored_config_keys
 from daemon.errors import (BadRequest, InternalServerError, ModelNotFound,
                            ModelVersionNotFound, ServiceUnavailable)
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
@@ -27,6 +26,7 @@ from daemon.gpus import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
 from daemon.models.requests import RegisterRequest
+from daemon.models.model_config import ignored_config_keys
 from daemon.models.snapshots import SnapshotStore
 from daemon.workers.supervisor import Supervisor
 
