@@ -82,14 +82,17 @@ class WorkerLoop:
             responses = self.service.run_batch(
                 requests, lambda parts: self._send_parts(batch_id, parts))
             metrics = self.service.take_metrics()
-        try:
-            self._send_fitted(lambda rs: messages.result(batch_id, rs, metrics), responses)
-        except ProtocolError:
-            if not metrics:
-                raise
-            logger.warning("the batch's %d metric records do not fit its result frame; they "
-                           "are dropped", len(metrics))
-            self._send_fitted(lambda rs: messages.result(batch_id, rs), responses)
+        if metrics:
+            try:
+                frame = encode_frame(messages.result(batch_id, responses, metrics),
+                                     self.max_frame)
+            except ProtocolError:   # the answers matter more: they go without the metrics
+                logger.warning("the batch's %d metric records do not fit its result frame; "
+                               "they are dropped", len(metrics))
+            else:
+                self.channel.send_encoded(frame)
+                return
+        self._send_fitted(lambda rs: messages.result(batch_id, rs), responses)
 
     def _send_parts(self, batch_id: int, parts: list[dict[str, Any]]) -> None:
         for part in parts:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from protocol import messages
+from protocol.frames import ProtocolError, encode_frame
 from tests.worker.harness import json_request
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,3 +39,28 @@ def test_base_handler_adds_handler_time(loaded):
     [handler_time] = records["HandlerTime"]
     assert handler_time["dimensions"] == [["ModelName", "mlp_script"], ["Level", "Model"]]
     assert handler_time["value"] <= records["PredictionTime"][0]["value"]
+
+
+def test_metrics_give_way_to_an_answer_that_fits_the_frame_only_without_them(loaded):
+    limit = 1000
+    # the largest body whose RESULT fits without metrics, less a little for the batch id
+    size = max(n for n in range(limit) if _fits(n, limit)) - 10
+    assert not _fits(size, limit, with_metrics=True)
+    worker = loaded("big", max_response_size=limit)
+    _, result = worker.predict([json_request("r", {"size": size})])
+    [response] = result["responses"]
+    assert (response["status"], len(response["body"])) == (200, size)
+    assert "metrics" not in result
+    _, result = worker.predict([json_request("r", {"size": 10})])
+    assert [r["name"] for r in result["metrics"]] == ["PredictionTime"]   # and back again
+
+
+def _fits(size: int, limit: int, with_metrics: bool = False) -> bool:
+    metrics = [messages.metric("PredictionTime", "Milliseconds", "gauge", 0.05,
+                               [["ModelName", "big"], ["Level", "Model"]])]
+    answer = messages.response("r", 200, "OK", b"x" * size)
+    try:
+        encode_frame(messages.result(1, [answer], metrics if with_metrics else None), limit)
+    except ProtocolError:
+        return False
+    return True
