@@ -112,6 +112,9 @@ class Metrics:
         self._build_torchserve_counters()
         self._build_torchd_metrics()
         self._build_gpu_metrics()
+        # imported here: that module renders counters with TorchServeCounter, defined above
+        from daemon.handler_metrics import HandlerMetrics
+        self.handler_metrics = HandlerMetrics(self.hostname)
 
     def _build_torchserve_counters(self) -> None:
         ts_labels = ("model_name", "model_version", "hostname")
@@ -233,6 +236,11 @@ class Metrics:
                 cache[(model, version)] = child
         return child
 
+    def record_handler_metrics(self, model: str, version: str, records: Any) -> None:
+        """What a batch's handler recorded (the RESULT frame's ``metrics``). Labelled by
+        model, not version: they go when the model's last version does (forget_model)."""
+        self.handler_metrics.record(model, records)
+
     def set_queue_depth(self, model: str, version: str, depth: int) -> None:
         self._touch(model, version)
         self.queue_depth.labels(model, version).set(depth)
@@ -319,6 +327,8 @@ class Metrics:
             _remove(self.worker_gpu_memory, model, version, worker_id)
         for direction in AUTOSCALE_DIRECTIONS:
             _remove(self.autoscale_events, model, version, direction)
+        if last:   # handler metrics are labelled by model (ModelName), not by version
+            self.handler_metrics.forget(model)
         ts_versions = (version, DEFAULT_VERSION_LABEL) if last else (version,)
         for counter in (self.ts_requests, self.ts_inference_latency, self.ts_queue_latency):
             for label in ts_versions:
@@ -340,4 +350,5 @@ class Metrics:
         counters = [self.ts_requests, self.ts_inference_latency, self.ts_queue_latency,
                     *self.status_counters.values()]
         legacy = "".join(counter.render() for counter in counters).encode("utf-8")
-        return legacy + generate_latest(self.registry), CONTENT_TYPE
+        handlers = self.handler_metrics.render()
+        return legacy + generate_latest(self.registry) + handlers, CONTENT_TYPE

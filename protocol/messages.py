@@ -13,7 +13,7 @@ from protocol.frames import DEFAULT_MAX_FRAME
 # worker -> daemon
 HELLO = "hello"            # pid, worker_id
 LOADED = "loaded"          # ok, error (cause text, "Type: message"), load_seconds
-RESULT = "result"          # batch_id, responses: [response]
+RESULT = "result"          # batch_id, responses: [response], metrics: [metric] (when any)
 STREAM = "stream"          # batch_id, response (one intermediate part for one request)
 DESCRIBED = "described"    # ok, result (JSON-able), error
 PONG = "pong"              # seq
@@ -82,8 +82,22 @@ def response(request_id: str, status: int, reason: str, body: bytes,
             "content_type": content_type, "headers": headers or [], "error": error}
 
 
-def result(batch_id: int, responses: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"kind": RESULT, "batch_id": batch_id, "responses": responses}
+def result(batch_id: int, responses: list[dict[str, Any]],
+           metrics: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``metrics``: what the handler recorded during the batch (``metric`` records); the
+    field is left out when there are none, which is most batches."""
+    message = {"kind": RESULT, "batch_id": batch_id, "responses": responses}
+    if metrics:
+        message["metrics"] = metrics
+    return message
+
+
+def metric(name: str, unit: str, metric_type: str, value: float,
+           dimensions: list[list[str]]) -> dict[str, Any]:
+    """One handler metric record of a RESULT. ``metric_type``: counter, gauge or histogram;
+    ``dimensions``: ``[name, value]`` pairs."""
+    return {"name": name, "unit": unit, "type": metric_type, "value": value,
+            "dimensions": dimensions}
 
 
 def stream(batch_id: int, part: dict[str, Any]) -> dict[str, Any]:

@@ -78,10 +78,22 @@ class WorkerLoop:
             logger.warning("ignoring unexpected %r frame", kind)
 
     def _predict(self, batch_id: int, requests: list[dict[str, Any]]) -> None:
-        responses = []
+        responses: list[dict[str, Any]] = []
+        metrics: list[dict[str, Any]] = []
         if requests:  # an empty batch gets an empty result without bothering the handler
             responses = self.service.run_batch(
                 requests, lambda parts: self._send_parts(batch_id, parts))
+            metrics = self.service.take_metrics()
+        if metrics:
+            try:
+                frame = encode_frame(messages.result(batch_id, responses, metrics),
+                                     self.max_frame)
+            except ProtocolError:   # the answers matter more: they go without the metrics
+                logger.warning("the batch's %d metric records do not fit its result frame; "
+                               "they are dropped", len(metrics))
+            else:
+                self.channel.send_encoded(frame)
+                return
         self._send_fitted(lambda rs: messages.result(batch_id, rs), responses)
 
     def _send_parts(self, batch_id: int, parts: list[dict[str, Any]]) -> None:

@@ -27,6 +27,7 @@ BUILTIN_HANDLERS = "ts.torch_handler"
 ENVELOPES = "ts.torch_handler.request_envelope"
 # Receives the encoded parts of one send_intermediate_predict_response call.
 PartsSink = Callable[[list[dict[str, Any]]], None]
+PREDICTION_TIME = "PredictionTime"   # TorchServe's metric of every handler's run, in ms
 
 
 class HandlerLoadError(Exception):
@@ -150,7 +151,9 @@ class ModelService:
             self._encode_parts(ret, id_map, message, code))
         try:
             data = [codec.decode_request(r) for r in requests]
+            started = time.perf_counter()
             output = self.entry(data, self.context)
+            self._record_prediction_time(time.perf_counter() - started)
             return self._encode_output(output, ids)
         except (Exception, SystemExit) as exc:  # a handler must never take the worker down
             status, reason = codec.failure_status(exc)
@@ -195,6 +198,20 @@ class ModelService:
         return messages.response(request_id, status, phrase or codec.default_reason(status),
                                  codec.encode_body(value), content_type,
                                  [[k, v] for k, v in headers.items()])
+
+    def _record_prediction_time(self, seconds: float) -> None:
+        """TorchServe's PredictionTime: the handler's whole run, in ms (HandlerTime is
+        BaseHandler's own). A handler may have swapped context.metrics for something else: its
+        answers must not fail for that."""
+        try:
+            self.context.metrics.add_time(PREDICTION_TIME, round(seconds * 1000, 2))
+        except Exception:
+            logger.debug("could not record %s", PREDICTION_TIME, exc_info=True)
+
+    def take_metrics(self) -> list[dict[str, Any]]:
+        """The metric records of the batch just run, for its RESULT frame."""
+        take = getattr(self.context.metrics, "take_pending", None)   # a handler may swap it
+        return take() if callable(take) else []
 
     def describe(self) -> str:
         """describe_handle()'s result as text; empty when the handler has none."""

@@ -16,6 +16,7 @@ from daemon.config.values import (
     parse_float,
     parse_grpc_address,
     parse_int,
+    parse_model_snapshot,
     parse_models_json,
     parse_optional_bool,
     parse_optional_choice,
@@ -122,6 +123,11 @@ SETTINGS: tuple[Setting, ...] = (
       " deviceType, deviceIds, marName, defaultVersion}}}: per-model settings (below request"
       " parameters and model-config.yaml).",
       cli="--models-config", doc_default="{}"),
+    S("model_snapshot", parse_model_snapshot, None,
+      "TorchServe's JSON {\"name\", \"modelCount\", \"models\": {name: {version: {marName, "
+      "defaultVersion, minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout, "
+      "startupTimeout, ...}}}}: the models to load at start, in place of the newest snapshot "
+      "(even with --ncs) and of load_models.", cli="--model-snapshot", doc_default="unset"),
     S("cors_allowed_origin", parse_optional_str, None, "Access-Control-Allow-Origin value."),
     S("cors_allowed_methods", parse_optional_str, None, "Access-Control-Allow-Methods value."),
     S("cors_allowed_headers", parse_optional_str, None, "Access-Control-Allow-Headers value."),
@@ -174,7 +180,7 @@ IGNORED_KEYS = frozenset({
     "keystore_pass", "keystore_type", "initial_worker_port", "initial_distribution_port",
     "grpc_inference_max_connection_age_ms",
     "grpc_management_max_connection_age_ms", "grpc_inference_max_connection_age_grace_ms",
-    "grpc_management_max_connection_age_grace_ms", "model_server_home", "model_snapshot",
+    "grpc_management_max_connection_age_grace_ms", "model_server_home",
     "snapshot_store", "limit_max_image_pixels", "cpp_log_config", "use_env_allowed_urls",
     "ts_open_inference_protocol", "token_expiration_min", "job_cleanup_interval",
     "enable_model_snapshot", "ipex_enable", "ipex_gpu_enable", "max_batch_delay", "batch_size",

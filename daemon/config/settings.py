@@ -73,6 +73,7 @@ class Config:
     install_py_dep_per_model: bool
     service_envelope: str | None
     models: dict[str, dict[str, dict[str, Any]]]
+    model_snapshot: dict[str, Any] | None
     cors_allowed_origin: str | None
     cors_allowed_methods: str | None
     cors_allowed_headers: str | None

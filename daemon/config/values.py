@@ -325,6 +325,8 @@ _MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
     "marName": parse_str,
     "defaultVersion": parse_bool,
 }
+# TorchServe writes runtimeType into its snapshots (torchd's register checks the value)
+_SNAPSHOT_KEYS = {**_MODEL_KEYS, "runtimeType": parse_str}
 
 
 def parse_models_json(value: Any) -> dict[str, dict[str, dict[str, Any]]]:
@@ -348,15 +350,46 @@ def parse_models_json(value: Any) -> dict[str, dict[str, dict[str, Any]]]:
     return models
 
 
-def _parse_model_settings(name: str, version: str, settings: Any) -> dict[str, Any]:
+def parse_model_snapshot(value: Any) -> dict[str, Any] | None:
+    """TorchServe's ``model_snapshot``: ``{"name": ..., "modelCount": N, "models": {name:
+    {version: {"marName": ..., "defaultVersion": ..., "minWorkers": ...}}}}``."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise InvalidValue(f"invalid JSON: {exc}") from None
+    if not isinstance(value, dict) or not isinstance(value.get("models"), dict):
+        raise InvalidValue('expected a JSON object with "models": {model: {version: {...}}}')
+    count = value.get("modelCount")
+    if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+        raise InvalidValue(f"modelCount={count!r}: expected an integer")
+    models: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, versions in value["models"].items():
+        if not isinstance(versions, dict) or not versions:
+            raise InvalidValue(f"model {name!r}: expected an object of versions")
+        models[name] = {}
+        for version, entry in versions.items():
+            settings = _parse_model_settings(name, str(version), entry, _SNAPSHOT_KEYS,
+                                             "model_snapshot")
+            if not settings.get("marName"):
+                raise InvalidValue(f"model {name!r} version {version!r}: marName is required")
+            models[name][str(version)] = settings
+    return {"name": str(value.get("name") or ""), "modelCount": count, "models": models}
+
+
+def _parse_model_settings(name: str, version: str, settings: Any,
+                          keys: dict[str, Callable[[Any], Any]] | None = None,
+                          where_set: str = "models") -> dict[str, Any]:
     where = f"model {name!r} version {version!r}"
     if not isinstance(settings, dict):
         raise InvalidValue(f"{where}: expected an object of settings")
     parsed: dict[str, Any] = {}
     for key, raw in settings.items():
-        parser = _MODEL_KEYS.get(key)
+        parser = (keys or _MODEL_KEYS).get(key)
         if parser is None:
-            logger.warning("config models: %s: unknown setting %r ignored", where, key)
+            logger.warning("config %s: %s: unknown setting %r ignored", where_set, where, key)
             continue
         try:
             parsed[key] = parser(raw)

@@ -9,7 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from daemon.http import inference
+from daemon.http import compat, inference
 
 from daemon.http import management
 from daemon.errors import BadRequest, InvalidKey
@@ -71,7 +71,8 @@ async def rotate_token(request: Request) -> Response:
 
 
 def build_management_app(core: Any) -> Any:
-    routes = [*management.ROUTES, Route("/token", rotate_token, methods=["GET"])]
+    routes = [*management.ROUTES, *compat.MANAGEMENT_ROUTES,
+              Route("/token", rotate_token, methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
     _state(app, core, api_document=core.documents["management"])
@@ -79,8 +80,10 @@ def build_management_app(core: Any) -> Any:
 
 
 def build_inference_app(core: Any) -> Any:
-    hot = prediction_routes(Predictor(core))
-    app = Starlette(routes=[*inference.ROUTES, *hot], exception_handlers=EXCEPTION_HANDLERS)
+    predictor = Predictor(core)
+    hot = prediction_routes(predictor) + compat.compat_prediction_routes(predictor)
+    app = Starlette(routes=[*inference.ROUTES, *compat.ROUTES, *hot],
+                    exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
     _state(app, core, api_document=core.documents["inference"])
     return _wrap(HotRoutes(app, hot), core, "inference", "inference")

@@ -9,8 +9,10 @@ from daemon.http.openapi import (
     json_content,
     operation,
     path_param,
+    query,
     ref,
     response,
+    string,
 )
 
 MODEL_NAME = path_param("model_name", "The model's registered name.")
@@ -79,9 +81,33 @@ def _v2_metadata(operation_id: str) -> dict[str, Any]:
                       "404": _v2_error("Unknown model or version.")})
 
 
-def _v2_infer(operation_id: str) -> dict[str, Any]:
+def _invocations() -> dict[str, Any]:
+    target = {"name": "X-Amzn-SageMaker-Target-Model", "in": "header", "required": False,
+              "schema": string(), "description": "The model, by name or by its archive's file "
+              "name (SageMaker multi-model endpoints); used when model_name is not given."}
+    responses = {**_prediction_responses(),
+                 "400": error("No model named while several (or none) are registered; the "
+                              "message lists them.")}
+    return operation("invocations", "SageMaker: predict with the named model's default version, "
+                     "or the only registered model's.", responses,
+                     [query("model_name", string(), "The model to use."), target],
+                     body=PREDICTION_BODY)
+
+
+def v1_model_ready(operation_id: str) -> dict[str, Any]:
+    """GET /v1/models/{model_name}, on both ports (TorchServe answers it on the management
+    port; KServe's clients ask the inference port)."""
+    return operation(operation_id, "KServe v1: whether the model's default version has "
+                     "its minimum of workers (at least one) READY.",
+                     {"200": response("The model's readiness.", ref("V1ModelReady")),
+                      "404": error("Unknown model."),
+                      "405": error("A :predict or :explain path asked with GET.")})
+
+
+def _v2_infer(operation_id: str, summary: str = "Open Inference Protocol inference."
+              ) -> dict[str, Any]:
     body = {"required": True, "content": json_content(ref("V2InferenceRequest"))}
-    return operation(operation_id, "Open Inference Protocol inference.",
+    return operation(operation_id, summary,
                      {"200": response("The handler's answer (an inference response document "
                                       "when the handler returns one).", ANY),
                       "default": _v2_error("Any failure, as the v2 error document.")},
@@ -130,6 +156,26 @@ def paths() -> dict[str, Any]:
         "/v2/models/{model_name}/infer": {"parameters": model, "post": _v2_infer("v2Infer")},
         "/v2/models/{model_name}/versions/{model_version}/infer": {
             "parameters": version, "post": _v2_infer("v2VersionInfer")},
+        **_compat_paths(model, version),
+    }
+
+
+def _compat_paths(model: list, version: list) -> dict[str, Any]:
+    """SageMaker's routes, KServe v1's listing and readiness, OIP v2 explain."""
+    explain = "Open Inference Protocol explanation (the handler sees `explain: True`)."
+    return {
+        "/invocations": {"post": _invocations()},
+        "/models/{model_name}/invoke": {"parameters": model, "post": _predict(
+            "invokeModel", "SageMaker: predict with the model's default version.")},
+        "/v1/models": {"get": operation(
+            "kserveV1Models", "KServe v1: the registered models' names.",
+            {"200": response("Registered models, sorted.", ref("V1ModelList"))})},
+        "/v1/models/{model_name}": {"parameters": model,
+                                    "get": v1_model_ready("kserveV1ModelReady")},
+        "/v2/models/{model_name}/explain": {"parameters": model,
+                                            "post": _v2_infer("v2Explain", explain)},
+        "/v2/models/{model_name}/versions/{model_version}/explain": {
+            "parameters": version, "post": _v2_infer("v2VersionExplain", explain)},
     }
 
 
@@ -146,6 +192,8 @@ _SHAPE = {"type": "array", "items": {"type": "integer"}}
 _TENSOR_METADATA = _obj([], name=_STR, datatype=_STR, shape=_SHAPE)
 
 SCHEMAS: dict[str, Any] = {
+    "V1ModelList": _obj(["models"], models={"type": "array", "items": _STR}),
+    "V1ModelReady": _obj(["name", "ready"], name=_STR, ready=_BOOL),
     "V2Error": _obj(["error"], error=_STR),
     "V2ServerMetadata": _obj(["name", "version", "extensions"], name=_STR, version=_STR,
                              extensions={"type": "array", "items": _STR}),

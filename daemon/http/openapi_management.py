@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from daemon.http.openapi_inference import SCHEMAS as INFERENCE_SCHEMAS
+from daemon.http.openapi_inference import v1_model_ready
 from daemon.http.openapi import (
     boolean,
     error,
@@ -42,7 +44,8 @@ REGISTER_FIELDS: list[tuple[str, dict[str, Any], str]] = [
       "configured default_response_timeout (120).")),
     ("startup_timeout", integer(),
      ("Seconds a worker may take to load the model. Default: the configured "
-      "default_startup_timeout (120).")),
+      "default_startup_timeout (120). 0, as in TorchServe, leaves no time: workers fail to "
+      "start (500).")),
     ("s3_sse_kms", boolean(False),
      ("Fetch an https S3 URL with the AWS credentials of the server's environment (SSE-KMS "
       "encrypted objects).")),
@@ -169,6 +172,8 @@ def paths() -> dict[str, Any]:
             "put": operation("setDefault", "Make this version the model's default.",
                              {"200": status("Default version updated."), "404": NOT_FOUND}),
         },
+        "/v1/models/{model_name}": {"parameters": [MODEL_NAME],
+                                    "get": v1_model_ready("kserveV1ModelReadyManagement")},
         "/token": {
             "get": operation(
                 "rotateToken", "Replace a key of key_file.json (requires the API key).",
@@ -202,6 +207,7 @@ _WORKER = {
 }
 
 SCHEMAS: dict[str, Any] = {
+    "V1ModelReady": INFERENCE_SCHEMAS["V1ModelReady"],
     "ModelList": {
         "type": "object",
         "required": ["models"],
@@ -234,6 +240,10 @@ SCHEMAS: dict[str, Any] = {
             "redispatchOnWorkerDeath": {
                 "type": "boolean",
                 "description": "Whether a dead worker's requests run once more elsewhere."},
+            "ignoredConfigKeys": {
+                "type": "array", "items": {"type": "string"},
+                "description": "Keys of the archive's model-config.yaml that TorchServe acts "
+                               "on and torchd does not implement (they are ignored)."},
             "workers": {"type": "array", "items": ref("Worker")},
             "jobQueueStatus": {"type": "object", "properties": {
                 "remainingCapacity": {"type": "integer"},

@@ -47,6 +47,8 @@ class BatchObserver(Protocol):
 
     def redispatched(self, model: str, version: str, count: int) -> None: ...
 
+    def record_handler_metrics(self, model: str, version: str, records: Any) -> None: ...
+
 
 logger = logging.getLogger(__name__)
 _batch_ids = itertools.count(1)   # unique per daemon, so a stray RESULT never matches a batch
@@ -179,6 +181,9 @@ class Dispatcher:
         read_at = self.clock()
         self._start_next(read_at)
         _answer(jobs, message)
+        records = message.get("metrics")
+        if records and self.observer is not None:   # after the answers: they wait for nobody
+            self.observer.record_handler_metrics(self.mv.name, self.mv.version, records)
 
     def _start_next(self, read_at: float) -> None:
         if self._stop.done():

@@ -26,6 +26,7 @@ from daemon.gpus import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
 from daemon.models.requests import RegisterRequest
+from daemon.models.model_config import ignored_config_keys
 from daemon.models.snapshots import SnapshotStore
 from daemon.workers.supervisor import Supervisor
 
@@ -99,6 +100,10 @@ class ModelManager:
             await asyncio.to_thread(remove_installed, mv.deps_dir if mv else None)
             raise
         logger.info("registered %s %s from %s", mv.name, mv.version, req.url)
+        ignored = ignored_config_keys(mv.yaml_config)
+        if ignored:
+            logger.warning("model %s %s: torchd does not implement these model-config.yaml "
+                           "keys, which are ignored: %s", mv.name, mv.version, ", ".join(ignored))
         return mv
 
     async def _prepare_archive(self, req: RegisterRequest) -> archives.PreparedArchive:
@@ -178,8 +183,10 @@ class ModelManager:
             max_batch_delay=max(0, pick(req.max_batch_delay, "maxBatchDelay", 100)),
             response_timeout=seconds(req.response_timeout, "responseTimeout",
                                      cfg.default_response_timeout),
-            startup_timeout=seconds(req.startup_timeout, "startupTimeout",
-                                    cfg.default_startup_timeout),
+            # An explicit startup_timeout=0 stays 0, as in TorchServe: no worker can load in
+            # no time, so a register with workers answers 500 (its own test suite says so).
+            startup_timeout=0 if req.startup_timeout == 0 else seconds(
+                req.startup_timeout, "startupTimeout", cfg.default_startup_timeout),
             job_queue_size=max(1, pick(req.job_queue_size, "jobQueueSize", cfg.job_queue_size)),
             min_workers=min_workers, max_workers=max(min_workers, max_workers),
             # recycling: per model (YAML, `models` JSON) over the global settings
@@ -317,6 +324,7 @@ class ModelManager:
                 "maxBatchDelay": s.max_batch_delay, "responseTimeout": s.response_timeout,
                 "startupTimeout": s.startup_timeout, "loadedAtStartup": mv.loaded_at_startup,
                 "redispatchOnWorkerDeath": s.redispatch,
+                "ignoredConfigKeys": ignored_config_keys(mv.yaml_config),
                 "workers": self.supervisor.describe_workers(mv),
                 "jobQueueStatus": {"remainingCapacity": mv.queue.remaining_capacity,
                                    "pendingRequests": mv.queue.depth}}

@@ -132,6 +132,10 @@ class Registry:
         """Every model's default version, sorted by name."""
         return [m.versions[m.default_version] for _, m in sorted(self._models.items())]
 
+    def names(self) -> list[str]:
+        """Every registered model's name, sorted."""
+        return sorted(self._models)
+
     def all_versions(self) -> list[ModelVersion]:
         return [mv for _, m in sorted(self._models.items()) for mv in m.versions.values()]
 

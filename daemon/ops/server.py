@@ -35,6 +35,7 @@ from daemon.metrics import Metrics
 from daemon.models.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
+from daemon.ops.startup import load_model_snapshot
 from daemon.osutil import pid_gone, usable_cpus
 from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
 from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
@@ -99,19 +100,36 @@ class Core:
         (self.runtime_dir / "models").mkdir(parents=True, exist_ok=True)
         self.notifier.status("starting the worker launcher")
         await self.supervisor.start()
+        if self.config.model_snapshot is not None:
+            await self._load_model_snapshot()
+            return
         if not self.config.ncs:
             self.notifier.status(f"restoring the newest snapshot in {self.config.snapshot_dir}")
-            restored = await restore_snapshot(self.snapshots, self.manager)
-            if restored:
-                self.notifier.status(f"starting the workers of {restored} restored version(s)")
-                longest = max(mv.settings.startup_timeout for mv in self.registry.all_versions())
-                self.notifier.extend_timeout(longest + START_STEP_SLACK)
-                await self._wait_startup_workers()
+            await self._start_restored(await restore_snapshot(self.snapshots, self.manager))
         failed = await load_startup_models(self.config, self.manager, self._loading)
         if failed:
             logger.error("%d startup model(s) failed to load; serving the others, not ready "
                          "until %s registered", len(failed), ", ".join(failed))
             self.health.expect(failed)
+
+    async def _load_model_snapshot(self) -> None:
+        """TorchServe's rule: a model_snapshot in the config takes the place of the newest
+        snapshot, and load_models is not read."""
+        logger.info("model_snapshot is set: the newest snapshot in %s is not restored",
+                    self.config.snapshot_dir)
+        if self.config.load_models:
+            logger.warning("model_snapshot is set: load_models (%s) is ignored",
+                           ",".join(self.config.load_models))
+        self.notifier.status("loading the models of model_snapshot")
+        await self._start_restored(await load_model_snapshot(self.config, self.manager))
+
+    async def _start_restored(self, count: int) -> None:
+        if not count:
+            return
+        self.notifier.status(f"starting the workers of {count} restored version(s)")
+        longest = max(mv.settings.startup_timeout for mv in self.registry.all_versions())
+        self.notifier.extend_timeout(longest + START_STEP_SLACK)
+        await self._wait_startup_workers()
 
     def _loading(self, text: str) -> None:
         """Each startup model may take its startup_timeout: TimeoutStartSec= need not add

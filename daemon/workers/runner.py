@@ -101,6 +101,10 @@ class WorkerRunner:
     async def _start(self, handle: WorkerHandle) -> None:
         mv = handle.mv
         timeout = float(mv.settings.startup_timeout)
+        if timeout <= 0:
+            # TorchServe's workers cannot load in no time either: its register answers 500
+            raise StartFailure(f"Worker did not load the model within {timeout:g} seconds "
+                               "(startup_timeout)")
         path = self.settings.runtime_dir / f"w{handle.id}.sock"
         path.unlink(missing_ok=True)
         loop = asyncio.get_running_loop()

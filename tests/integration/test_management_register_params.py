@@ -135,13 +135,30 @@ def test_unaddressable_model_name(mgmt: Daemon, name: str) -> None:
 
 
 def test_timeouts_of_zero_or_less_mean_the_default(mgmt: Daemon) -> None:
-    # TorchServe clients send -1 for "the default"; a 0 s timeout would fail every request.
-    r = post_models(mgmt, url="noop.mar", initial_workers=1, response_timeout=-1,
-                    startup_timeout=0)
+    # TorchServe clients send -1 for "the default"; a 0 s response timeout would fail every
+    # request. (startup_timeout=0 is TorchServe's 500: the next test.)
+    r = post_models(mgmt, url="noop.mar", initial_workers=1, response_timeout=0,
+                    startup_timeout=-1)
     assert_status(r, 200, registered("noop", "1.0", 1))
     doc = mgmt.describe("noop")[0]
     assert (doc["responseTimeout"], doc["startupTimeout"]) == (120, 120)
     assert mgmt.infer("POST", "/predictions/noop").json() == {"ok": 1}
+
+
+def test_startup_timeout_zero_fails_to_start_workers_as_in_torchserve(mgmt: Daemon) -> None:
+    # TorchServe's own suite (test/postman/management_data.json): 500 with workers, 200 without.
+    processes = _descendants(mgmt)
+    r = post_models(mgmt, url="noop.mar", initial_workers=3, batch_size=3, startup_timeout=0)
+    assert_error(r, 500, INTERNAL, "Failed to start workers for model noop version: 1.0: "
+                 "Worker did not load the model within 0 seconds (startup_timeout)")
+    assert mgmt.mgmt("GET", "/models").json() == {"models": []}
+    assert _descendants(mgmt) == processes   # no worker was even spawned
+    r = post_models(mgmt, url="noop.mar", startup_timeout=0)
+    assert_status(r, 200, registered("noop", "1.0", 0))
+    assert mgmt.describe("noop")[0]["startupTimeout"] == 0
+    assert_status(post_models(mgmt, url="noop.mar", model_name="alive", initial_workers=1), 200,
+                  registered("alive", "1.0", 1))
+    assert mgmt.infer("POST", "/predictions/alive").json() == {"ok": 1}   # still serving
 
 
 def test_failed_first_version_hands_the_default_to_a_later_one(mgmt: Daemon) -> None:

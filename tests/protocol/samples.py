@@ -10,10 +10,12 @@ BINARY = bytes(range(256)) * 3  # every byte value, including ones that are inva
 HEADERS = [["content-type", "application/octet-stream"], ["x-request-id", "r-1"]]
 
 
-def _samples() -> dict[str, dict[str, Any]]:
+def _samples() -> dict[str, Any]:
     param = m.parameter("body", "application/octet-stream", BINARY)
     req = m.request("r-1", HEADERS, [param, m.parameter("text", "text/plain", b"hi")])
     part = m.response("r-1", 200, "OK", BINARY, "image/png", [["x-a", "b"]])
+    metric = m.metric("HandlerTime", "Milliseconds", "gauge", 1.5,
+                      [["ModelName", "noop"], ["Level", "Model"]])
     return {
         "hello": m.hello(4242, "9000"),
         "load": m.load("/tmp/model", "noop", "handler.py", {"model": {"modelName": "noop"}}, 4,
@@ -24,7 +26,8 @@ def _samples() -> dict[str, dict[str, Any]]:
         "request": req,
         "predict": m.predict(7, [req, m.request("r-2", [], [])]),
         "response": m.response("r-2", 503, "Prediction failed", b"", error=True),
-        "result": m.result(7, [part]),
+        "result": m.result(7, [part], [metric, m.metric("Hits", "Count", "counter", 2, [])]),
+        "metric": metric,
         "stream": m.stream(7, part),
         "describe": m.describe(),
         "threads": m.threads(3),

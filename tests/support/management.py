@@ -31,7 +31,8 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 DESCRIBE_KEYS = {"modelName", "modelVersion", "modelUrl", "engine", "runtime", "minWorkers",
                  "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout",
                  "loadedAtStartup", "workers", "jobQueueStatus",
-                 "redispatchOnWorkerDeath"}   # torchd's: a dead worker's batch runs again
+                 "redispatchOnWorkerDeath",   # torchd's: a dead worker's batch runs again
+                 "ignoredConfigKeys"}   # torchd's: model-config.yaml keys it does not implement
 # TorchServe's keys, plus torchd's "threads" (the worker's torch threads: README, deviations)
 WORKER_KEYS = {"id", "startTime", "status", "memoryUsage", "pid", "gpu", "gpuUsage", "threads"}
 NO_WORKERS = ("registered with 0 initial workers. Use scale workers API to add workers for the "

@@ -23,6 +23,7 @@ MANAGEMENT_ENDPOINTS = {
     ("delete", "/models/{model_name}/{model_version}"),
     ("put", "/models/{model_name}/{model_version}/set-default"),
     ("get", "/token"),
+    ("get", "/v1/models/{model_name}"),   # KServe v1 readiness: TorchServe answers it here
 }
 
 INFERENCE_ENDPOINTS = {
@@ -39,6 +40,10 @@ INFERENCE_ENDPOINTS = {
     ("get", "/v2/models/{model_name}/versions/{model_version}/ready"),
     ("post", "/v2/models/{model_name}/infer"),
     ("post", "/v2/models/{model_name}/versions/{model_version}/infer"),
+    ("post", "/invocations"), ("post", "/models/{model_name}/invoke"),
+    ("get", "/v1/models"), ("get", "/v1/models/{model_name}"),
+    ("post", "/v2/models/{model_name}/explain"),
+    ("post", "/v2/models/{model_name}/versions/{model_version}/explain"),
 }
 
 # Statuses SPEC 1 and 2 give for each endpoint (the documents may list more, e.g. 401).
@@ -53,13 +58,18 @@ MANAGEMENT_STATUSES = {
     ("delete", "/models/{model_name}/{model_version}"): {"200", "403", "404", "405"},
     ("put", "/models/{model_name}/{model_version}/set-default"): {"200", "404"},
     ("get", "/token"): {"200", "400", "401"},
+    ("get", "/v1/models/{model_name}"): {"200", "404"},
 }
 PREDICTION_STATUSES = {"200", "404", "413", "500", "503", "504", "507", "default"}
 INFERENCE_STATUSES = {
     ("get", "/ping"): {"200", "500"},
     ("post", "/ping"): {"200", "500"},
     **{(method, path): PREDICTION_STATUSES for method, path in INFERENCE_ENDPOINTS
-       if path.startswith(("/predictions", "/explanations", "/v1/"))},
+       if path.startswith(("/predictions", "/explanations", "/v1/models/{model_name}:",
+                           "/models/"))},
+    ("post", "/invocations"): PREDICTION_STATUSES | {"400"},
+    ("get", "/v1/models"): {"200"},
+    ("get", "/v1/models/{model_name}"): {"200", "404"},
     ("get", "/v2/health/ready"): {"200", "503"},
     ("get", "/v2/models/{model_name}/ready"): {"200", "400", "404"},
     ("get", "/v2/models/{model_name}/versions/{model_version}/ready"): {"200", "400", "404"},
@@ -238,6 +248,11 @@ def test_spec_examples_match_inference_schemas(inference: dict[str, Any]) -> Non
     assert valid("/v2/models/{model_name}", "get", "404", {"error": "Model not found: x"})
     assert not valid("/v2/models/{model_name}", "get", "404",
                      {"code": 404, "type": "ModelNotFoundException", "message": "x"})
+    assert valid("/v1/models", "get", "200", {"models": ["a", "b"]})
+    assert valid("/v1/models/{model_name}", "get", "200", {"name": "mlp", "ready": False})
+    assert not valid("/v1/models/{model_name}", "get", "200", {"name": "mlp"})
+    assert valid("/invocations", "post", "400", {
+        "code": 400, "type": "BadRequestException", "message": "Parameter model_name is ..."})
     assert valid("/predictions/{model_name}", "post", "503", {
         "code": 503, "type": "ServiceUnavailableException", "message": "Prediction failed"})
 

@@ -1,0 +1,134 @@
+"""The inference port's other front doors: SageMaker's, KServe v1's read side, and OIP v2 explain.
+
+SageMaker's inference toolkit calls ``POST /invocations`` (one model per endpoint, or the model
+named by a query parameter or header) and ``POST /models/{m}/invoke``; KServe v1 lists models
+with ``GET /v1/models`` and asks ``GET /v1/models/{m}`` whether one is ready (which
+TorchServe answers on the management port: torchd on both). The prediction
+routes are plain ASGI endpoints on the hot path (see daemon/http/predict.py); the two GET
+routes are ordinary starlette routes.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from daemon.errors import BadRequest, MethodNotAllowed, error_response
+from daemon.http.common import header
+from daemon.http.predict import EXPLAIN, Predictor, v2_error_of
+
+# SageMaker multi-model endpoints name the target in this header (the artifact's file name).
+TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar")
+KSERVE_VERBS = (":predict", ":explain")
+
+
+class InvocationsEndpoint:
+    """``POST /invocations``: the model named by ``?model_name=``, else by the SageMaker target
+    header, else the only registered model; with several and no name, a 400 naming them."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        try:
+            name = self.target(scope)
+        except BadRequest as exc:
+            await error_response(exc)(scope, receive, send)
+            return
+        await self.predictor.run(scope, receive, send, name, None)
+
+    def target(self, scope: dict[str, Any]) -> str:
+        named = _query_value(scope, "model_name")
+        if named:
+            return named
+        names = self.predictor.registry.names()
+        targeted = header(scope, TARGET_MODEL_HEADER)
+        if targeted:
+            return _target_model(targeted, names)
+        if len(names) == 1:
+            return names[0]
+        if not names:
+            raise BadRequest("Parameter model_name is required. No model is registered.")
+        raise BadRequest(f"Parameter model_name is required: {len(names)} models are "
+                         f"registered ({', '.join(names)}); name one with ?model_name= or the "
+                         "X-Amzn-SageMaker-Target-Model header.")
+
+
+def _query_value(scope: dict[str, Any], name: str) -> str | None:
+    raw = scope.get("query_string") or b""
+    if not raw:
+        return None
+    values = parse_qs(raw.decode("latin-1")).get(name)
+    return values[0] if values else None
+
+
+def _target_model(value: str, names: list[str]) -> str:
+    """The header names an artifact (``resnet.tar.gz``): the model of that name, with or
+    without its archive suffix."""
+    if value in names:
+        return value
+    for suffix in ARCHIVE_SUFFIXES:
+        if value.endswith(suffix) and value[: -len(suffix)] in names:
+            return value[: -len(suffix)]
+    return value
+
+
+class ModelInvokeEndpoint:
+    """``POST /models/{model_name}/invoke``: the model's default version."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        await self.predictor.run(scope, receive, send, scope["path_params"]["model_name"], None)
+
+
+class V2ExplainEndpoint:
+    """OIP v2 explain: infer's path and errors, with TorchServe's ``explain: True`` header."""
+
+    def __init__(self, predictor: Predictor) -> None:
+        self.predictor = predictor
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        p = scope["path_params"]
+        await self.predictor.run(scope, receive, send, p["model_name"], p.get("model_version"),
+                                 EXPLAIN, render_error=v2_error_of,
+                                 default_type="application/json")
+
+
+def compat_prediction_routes(predictor: Predictor) -> list[Route]:
+    explain = V2ExplainEndpoint(predictor)
+    return [
+        Route("/invocations", InvocationsEndpoint(predictor), methods=["POST"]),
+        Route("/models/{model_name}/invoke", ModelInvokeEndpoint(predictor), methods=["POST"]),
+        Route("/v2/models/{model_name}/explain", explain, methods=["POST"]),
+        Route("/v2/models/{model_name}/versions/{model_version}/explain", explain,
+              methods=["POST"]),
+    ]
+
+
+# ---- KServe v1 model listing and readiness --------------------------------------------------
+
+async def v1_models(request: Request) -> Response:
+    return JSONResponse({"models": request.app.state.registry.names()})
+
+
+async def v1_model_ready(request: Request) -> Response:
+    name = request.path_params["model_name"]
+    if name.endswith(KSERVE_VERBS):   # POST /v1/models/{m}:predict asked with GET
+        raise MethodNotAllowed("Requested method is not allowed, please refer to API document.")
+    mv = request.app.state.registry.get(name)
+    ready = request.app.state.supervisor.ready_count(mv) >= max(1, mv.settings.min_workers)
+    return JSONResponse({"name": mv.name, "ready": ready})
+
+
+ROUTES = [
+    Route("/v1/models", v1_models, methods=["GET"]),
+    Route("/v1/models/{model_name}", v1_model_ready, methods=["GET"]),
+]
+# TorchServe answers the readiness on its management port (KServe's clients ask port 8080).
+MANAGEMENT_ROUTES = [Route("/v1/models/{model_name}", v1_model_ready, methods=["GET"])]

@@ -1,0 +1,86 @@
+"""Handler metrics through the real daemon: a handler's counter, TorchServe's HandlerTime and
+PredictionTime on /metrics after one request, the per-model series cap, and the series leaving
+with the model."""
+from __future__ import annotations
+
+import re
+import socket
+from pathlib import Path
+
+import pytest
+import requests
+
+from daemon.handler_metrics import MAX_SERIES_PER_MODEL
+from tests.support.archives import build_archive
+from tests.support.daemon import running_daemon
+
+pytestmark = pytest.mark.timeout(180)
+HOST = socket.gethostname()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory: pytest.TempPathFactory):
+    store = tmp_path_factory.mktemp("metered-archives")
+    build_archive("probe", store, name="metered")
+    build_archive("probe", store, name="flood")
+    with running_daemon(store, tmp_path_factory.mktemp("metered")) as d:
+        for url in ("metered.mar", "flood.mar"):
+            assert d.register(url, initial_workers=1).status_code == 200
+        yield d
+
+
+def scrape(daemon) -> list[str]:
+    response = requests.get(daemon.url("metrics", "/metrics"), timeout=30)
+    assert response.status_code == 200
+    return response.text.splitlines()
+
+
+def samples(lines: list[str], name: str, model: str) -> list[str]:
+    return [line for line in lines if line.startswith(name + "{")
+            and f'ModelName="{model}"' in line]
+
+
+def value(line: str) -> float:
+    return float(line.rsplit(" ", 1)[1])
+
+
+def test_custom_counter_and_torchserve_timings_after_one_request(daemon) -> None:
+    response = daemon.infer("POST", "/predictions/metered", json={"color": "red"})
+    assert response.status_code == 200, response.text
+    lines = scrape(daemon)
+    assert samples(lines, "ProbeRequests", "metered") == [
+        f'ProbeRequests{{Color="red",ModelName="metered",Level="Model",Hostname="{HOST}"}} 1.0']
+    assert "# TYPE ProbeRequests counter" in lines
+    for timing in ("HandlerTime", "PredictionTime"):
+        [line] = samples(lines, timing, "metered")
+        assert line.startswith(f'{timing}{{Hostname="{HOST}",Level="Model",ModelName="metered"}}')
+        assert 0 <= value(line) < 10_000, line   # milliseconds
+        assert f"# TYPE {timing} gauge" in lines
+    daemon.infer("POST", "/predictions/metered", json={"color": "red"})
+    [counter] = samples(scrape(daemon), "ProbeRequests", "metered")
+    assert value(counter) == 2.0
+
+
+def test_series_cap_per_model(daemon) -> None:
+    for _ in range(2):
+        response = daemon.infer("POST", "/predictions/flood", json={"series": 150})
+        assert response.status_code == 200, response.text
+    lines = scrape(daemon)
+    flood = samples(lines, "ProbeSeries", "flood")
+    # ProbeRequests took one series of the cap; HandlerTime/PredictionTime are not counted
+    assert len(flood) == MAX_SERIES_PER_MODEL - 1
+    assert all(value(line) == 2.0 for line in flood)   # the kept series still update
+    assert len(samples(lines, "HandlerTime", "flood")) == 1
+    assert len(samples(lines, "ProbeRequests", "metered")) == 1   # other models unaffected
+    warnings = re.findall(r"model flood: its handler metrics reached \d+ series", daemon.log())
+    assert warnings == [f"model flood: its handler metrics reached {MAX_SERIES_PER_MODEL} series"]
+
+
+def test_series_leave_with_the_model(daemon, tmp_path: Path) -> None:
+    response = daemon.register("metered.mar", model_name="brief", initial_workers=1)
+    assert response.status_code == 200, response.text
+    assert daemon.infer("POST", "/predictions/brief", json={"color": "x"}).status_code == 200
+    assert samples(scrape(daemon), "ProbeRequests", "brief")
+    assert daemon.unregister("brief").status_code == 200
+    assert not [line for line in scrape(daemon) if 'ModelName="brief"' in line]
+    assert samples(scrape(daemon), "ProbeRequests", "metered")   # the others stay
