@@ -30,6 +30,8 @@ import requests
 
 REPO = Path(__file__).resolve().parent.parent
 PORT_NAMES = ("inference", "management", "metrics")
+# gRPC listens too (TorchServe's 7070/7071 by default): each replica on its own host's ports
+GRPC_PORT_NAMES = ("grpc-inference", "grpc-management")
 
 
 def free_ports(hosts: list[str], count: int) -> list[int]:
@@ -87,6 +89,8 @@ class Replica:
         self.workdir.mkdir(parents=True, exist_ok=True)
         addresses = [f"--{api}-address=http://{self.host}:{self.ports[api]}"
                      for api in PORT_NAMES]
+        addresses += [f"--{api}-address={self.host}:{self.ports[api]}"
+                      for api in GRPC_PORT_NAMES]
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         env.pop("TS_CONFIG_FILE", None)
         with open(self.workdir / "torchd.log", "ab") as log:
@@ -312,7 +316,8 @@ def replica_set(workdir: Path, model_store: Path, models: list[str], count: int 
     afterwards."""
     workdir.mkdir(parents=True, exist_ok=True)
     hosts = [f"127.0.0.{2 + index}" for index in range(count)]
-    ports = dict(zip(PORT_NAMES, free_ports(hosts, len(PORT_NAMES))))
+    names = PORT_NAMES + GRPC_PORT_NAMES
+    ports = dict(zip(names, free_ports(hosts, len(names))))
     config = workdir / "config.properties"
     settings = {"model_store": model_store, "load_models": ",".join(models),
                 "default_workers_per_model": 1, "shutdown_delay": shutdown_delay,
