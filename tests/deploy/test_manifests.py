@@ -197,7 +197,8 @@ def test_cluster_serving_runtime_has_the_documented_shape() -> None:
     assert runtime["apiVersion"] == "serving.kserve.io/v1alpha1"
     spec = runtime["spec"]
     assert set(spec) <= RUNTIME_SPEC
-    assert spec["protocolVersions"] == ["v1", "v2"] and set(spec["protocolVersions"]) <= PROTOCOLS
+    assert spec["protocolVersions"] == ["v1", "v2", "grpc-v2"]
+    assert set(spec["protocolVersions"]) <= PROTOCOLS
     [model_format] = spec["supportedModelFormats"]
     assert set(model_format) <= MODEL_FORMAT and model_format["name"] == "pytorch"
     c = container(spec)

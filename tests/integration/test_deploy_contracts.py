@@ -42,6 +42,7 @@ job_queue_size=10
 enable_envvars_config=true
 install_py_dep_per_model=true
 model_store=/mnt/models/model-store
+model_snapshot={"name":"startup.cfg","modelCount":1,"models":{"mnist":{"1.0":{"defaultVersion":true,"marName":"mnist.mar","minWorkers":1,"maxWorkers":5,"batchSize":1,"maxBatchDelay":10,"responseTimeout":120}}}}
 """
 
 
@@ -103,7 +104,12 @@ def test_kserve_runtime_args_parse_and_win_over_a_torchserve_config(tmp_path) ->
     assert config.config_file == tmp_path / "config.properties"
     assert config.job_queue_size == 10                   # the file's own settings still count
     assert not config.token_auth_enabled and not config.model_api_enabled and config.ncs
-    assert config.load_all_models and config.shutdown_delay == 5.0
+    assert config.shutdown_delay == 5.0
+    # the models are the file's model_snapshot, as KServe's TorchServe configs have them
+    assert not config.load_all_models and list(config.model_snapshot["models"]) == ["mnist"]
+    grpc = config.grpc_listeners["inference"]
+    assert (grpc.host, grpc.port) == ("0.0.0.0", 7070)
+    assert config.grpc_listeners["management"].is_loopback
     writable = {m["mountPath"] for m in c["volumeMounts"]}
     assert {"/tmp", str(config.log_location)} <= writable
 
