@@ -59,6 +59,8 @@ class Supervisor:
         self.runner = WorkerRunner(self.launcher, self.ops, clock, settings.runner, events=self,
                                    observer=metrics)
         self.workers: dict[str, WorkerHandle] = {}
+        # the same handles by version: what each request's can_serve looks through
+        self._by_version: dict[ModelVersion, dict[str, WorkerHandle]] = {}
         self.records: dict[ModelVersion, VersionRecord] = {}
         self._ids = itertools.count(9000)
         self._wake = asyncio.Event()
@@ -130,9 +132,10 @@ class Supervisor:
         for mv in live:
             self._reconcile_version(mv)
         self.threads.rebalance(self.workers.values())   # once, before any new runner starts
-        for mv in list(self.records):
-            if mv not in live and not self.handles(mv):
-                del self.records[mv]
+        for mv in {*self.records, *self._by_version} - live:   # versions gone, workers too
+            if not self.handles(mv):
+                self.records.pop(mv, None)
+                self._by_version.pop(mv, None)
 
     def _reconcile_version(self, mv: ModelVersion) -> None:
         record = self.record(mv)
@@ -171,6 +174,7 @@ class Supervisor:
         handle = WorkerHandle(id=str(next(self._ids)), mv=mv, slot=slot,
                               gpu=self.record(mv).slot(slot).gpu, started_at=self.clock())
         self.workers[handle.id] = handle
+        self._by_version.setdefault(mv, {})[handle.id] = handle
         handle.task = asyncio.get_running_loop().create_task(self.runner.run(handle))
         logger.info("starting worker %s for %s %s", handle.id, mv.name, mv.version)
         return handle
@@ -195,6 +199,7 @@ class Supervisor:
         if handle.state is not S.STOPPED:
             handle.move(S.STOPPED)
         self.workers.pop(handle.id, None)
+        self._by_version.get(handle.mv, {}).pop(handle.id, None)
         if handle.pid is not None:
             self.pids.forget(handle.pid)
         if self.metrics is not None:
@@ -277,7 +282,7 @@ class Supervisor:
     # ---- queries (return copies, never live tables) --------------------------------------
 
     def handles(self, mv: ModelVersion) -> list[WorkerHandle]:
-        return [h for h in self.workers.values() if h.mv is mv]
+        return list(self._by_version.get(mv, {}).values())
 
     def counts(self, mv: ModelVersion) -> dict[str, int]:
         counts = {state.value: 0 for state in WorkerState}
@@ -287,7 +292,7 @@ class Supervisor:
 
     def can_serve(self, mv: ModelVersion) -> bool:
         """Some worker is READY or on its way (starting, or restarting after a crash)."""
-        return any(h.mv is mv and h.state in LIVE_STATES for h in self.workers.values())
+        return any(h.state in LIVE_STATES for h in self._by_version.get(mv, {}).values())
 
     def ready_count(self, mv: ModelVersion) -> int:
         return sum(1 for h in self.handles(mv) if h.state is S.READY)

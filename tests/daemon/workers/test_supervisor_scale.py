@@ -142,3 +142,21 @@ async def test_autoscale_follows_the_queue_within_min_and_max(h: Harness) -> Non
     assert h.sup.record(mv).target == 1                     # never below min
     assert h.autoscale_events(mv, "up") == 2
     assert h.autoscale_events(mv, "down") == 2
+
+
+@scenario
+async def test_a_drained_version_leaves_nothing_behind(h: Harness) -> None:
+    """Unregister's order: drain the workers, drop the version, reconcile. Its handles, its
+    record and its entry in the per-version index (what can_serve reads) are all gone."""
+    mv, other = h.model("gone"), h.model("stays")
+    scale(h, mv, 2, 2)
+    scale(h, other, 1, 1)
+    await ready(h, mv, 2)
+    await ready(h, other, 1)
+    assert h.sup.can_serve(mv)
+    await h.sup.drain(mv, timeout=5)
+    h.registry.remove(mv)
+    h.sup.reconcile()
+    assert h.sup.handles(mv) == [] and not h.sup.can_serve(mv)
+    assert mv not in h.sup.records and mv not in h.sup._by_version
+    assert len(h.sup.handles(other)) == 1 and h.sup.can_serve(other)
