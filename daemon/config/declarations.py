@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.config.model_values import parse_model_snapshot, parse_models_json
 from daemon.config.values import (
     parse_address,
     parse_bool,
@@ -16,8 +17,6 @@ from daemon.config.values import (
     parse_float,
     parse_grpc_address,
     parse_int,
-    parse_model_snapshot,
-    parse_models_json,
     parse_optional_bool,
     parse_optional_choice,
     parse_optional_int,

@@ -11,7 +11,8 @@ from starlette.routing import Route
 
 from daemon.errors import BadRequest
 from daemon.http.common import DESCRIPTION_ROUTES, Params, read_body, status_json
-from daemon.models.manager import JAVA_INT, ModelManager, Outcome
+from daemon.models.layers import JAVA_INT
+from daemon.models.manager import ModelManager, Outcome
 from daemon.models.requests import RegisterRequest
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,8 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from daemon.config.values import InvalidValue, parse_device_ids, parse_device_type
+from daemon.config.model_values import parse_device_ids, parse_device_type
+from daemon.config.values import InvalidValue
 from daemon.errors import BadRequest
 
 logger = logging.getLogger(__name__)

@@ -9,14 +9,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from daemon.models import archives
 from daemon.config.settings import Config
-from daemon.config.values import parse_bool
 from daemon.models.dependencies import install_requirements, remove_installed
 from daemon.models.devices import device_settings
 from daemon.errors import (BadRequest, InternalServerError, MethodNotAllowed, ModelNotFound,
@@ -26,14 +24,14 @@ from daemon.gpus import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
 from daemon.models.requests import RegisterRequest
-from daemon.models.model_config import ignored_config_keys
+from daemon.models.model_config import ignored_config_keys, warn_ignored_keys
+from daemon.models.layers import first_bool, first_size, java_int, yaml_settings
 from daemon.models.snapshots import SnapshotStore
 from daemon.workers.supervisor import Supervisor
 
 
 logger = logging.getLogger(__name__)
 VALID_RUNTIMES = ("python", "python3")
-JAVA_INT = range(-2**31, 2**31)
 SYNC_SLACK = 10.0      # seconds a synchronous call waits beyond the model's startup_timeout
 
 
@@ -100,10 +98,7 @@ class ModelManager:
             await asyncio.to_thread(remove_installed, mv.deps_dir if mv else None)
             raise
         logger.info("registered %s %s from %s", mv.name, mv.version, req.url)
-        ignored = ignored_config_keys(mv.yaml_config)
-        if ignored:
-            logger.warning("model %s %s: torchd does not implement these model-config.yaml "
-                           "keys, which are ignored: %s", mv.name, mv.version, ", ".join(ignored))
+        warn_ignored_keys(mv.name, mv.version, mv.yaml_config)
         return mv
 
     async def _prepare_archive(self, req: RegisterRequest) -> archives.PreparedArchive:
@@ -157,7 +152,7 @@ class ModelManager:
     def _settings(self, req: RegisterRequest, yaml_config: dict, name: str,
                   version: str) -> ModelSettings:
         """Request parameters > model-config.yaml > config.properties `models` > defaults."""
-        layers = [_yaml_settings(yaml_config), self.config.model_settings(name, version)]
+        layers = [yaml_settings(yaml_config), self.config.model_settings(name, version)]
 
         def pick(explicit: Any, key: str, default: Any) -> int:
             for value in (explicit, *(layer.get(key) for layer in layers)):
@@ -192,9 +187,9 @@ class ModelManager:
             # recycling: per model (YAML, `models` JSON) over the global settings
             max_requests_per_worker=max(0, pick(None, "maxRequestsPerWorker",
                                                 cfg.max_requests_per_worker)),
-            max_worker_rss=_first_size(layers, "maxWorkerRss", cfg.max_worker_rss),
+            max_worker_rss=first_size(layers, "maxWorkerRss", cfg.max_worker_rss),
             worker_threads=max(0, pick(None, "workerThreads", cfg.worker_threads)),
-            redispatch=_first_bool([yaml_config, layers[1]], "redispatchOnWorkerDeath",
+            redispatch=first_bool([yaml_config, layers[1]], "redispatchOnWorkerDeath",
                                    cfg.redispatch_on_worker_death),
             device_type=device_type, device_ids=device_ids)
 
@@ -359,49 +354,3 @@ def _disposable(req: RegisterRequest, prepared: archives.PreparedArchive,
 def _start_failure(mv: ModelVersion, cause: str) -> InternalServerError:
     return InternalServerError(f"Failed to start workers for model {mv.name} version: "
                                f"{mv.version}: {cause}")
-
-
-def _first_size(layers: list[dict[str, Any]], key: str, default: int) -> int:
-    """A byte count may exceed a Java int; still, only finite non-negative numbers count."""
-    for layer in layers:
-        value = layer.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) \
-                and math.isfinite(value) and value >= 0:
-            return int(value)
-    return default
-
-
-def java_int(value: Any) -> int | None:
-    """``value`` as an int if it fits a Java int (TorchServe's type for these settings), else
-    None: a YAML ``.inf`` or ``1e30`` is as unusable as a missing value (and could not even be
-    sent to a worker)."""
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    return number if number in JAVA_INT else None
-
-
-def _first_bool(layers: list[dict[str, Any]], key: str, default: bool) -> bool:
-    """A boolean from the first layer that sets one: YAML/JSON true/false, or a string read as
-    config.properties reads booleans (only a case-insensitive "true" is true)."""
-    for layer in layers:
-        value = layer.get(key)
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str):
-            return parse_bool(value)
-    return default
-
-
-YAML_KEYS = ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout",
-             "startupTimeout", "jobQueueSize", "maxRequestsPerWorker", "maxWorkerRss",
-             "workerThreads")
-
-
-def _yaml_settings(yaml_config: dict) -> dict[str, Any]:
-    return {key: yaml_config[key] for key in YAML_KEYS
-            if isinstance(yaml_config.get(key), (int, float)) and not isinstance(
-                yaml_config.get(key), bool)}

@@ -10,12 +10,16 @@ handler reads for itself) are the handler's business: they reach it in
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-# TorchServe 0.12's frontend keys (ModelConfig) with no effect in torchd.
+logger = logging.getLogger(__name__)
+
+# TorchServe 0.12's frontend keys (ModelConfig) with no effect in torchd (sequenceMaxIdleMSec
+# has one: it ends an idle gRPC sequence, daemon/rpc/sequences.py).
 UNIMPLEMENTED_KEYS = (
     "parallelType", "parallelLevel", "torchrun", "maxRetryTimeoutInSec", "clientTimeoutInMills",
-    "useJobTicket", "sequenceMaxIdleMSec", "sequenceTimeoutMSec", "maxSequenceJobQueueSize",
+    "useJobTicket", "sequenceTimeoutMSec", "maxSequenceJobQueueSize",
     "maxNumSequence", "continuousBatching", "sequenceBatching", "asyncCommunication", "useVenv",
 )
 
@@ -23,3 +27,11 @@ UNIMPLEMENTED_KEYS = (
 def ignored_config_keys(yaml_config: dict[str, Any]) -> list[str]:
     """The keys of ``yaml_config`` torchd does not implement, in the file's order."""
     return [key for key in yaml_config if key in UNIMPLEMENTED_KEYS]
+
+
+def warn_ignored_keys(name: str, version: str, yaml_config: dict[str, Any]) -> None:
+    """The one warning at register naming every key ``ignored_config_keys`` finds."""
+    ignored = ignored_config_keys(yaml_config)
+    if ignored:
+        logger.warning("model %s %s: torchd does not implement these model-config.yaml keys, "
+                       "which are ignored: %s", name, version, ", ".join(ignored))
