@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 
 MAX_SERIES_PER_MODEL = 100
 MAX_WARNINGS = 1000   # distinct warnings remembered (each is logged once), over all models
-MAX_UNAPPLIED = 1000  # results whose records wait for a scrape before they are applied anyway
+MAX_UNAPPLIED = 1000  # records that wait for a scrape before they are applied anyway
 KINDS = ("counter", "gauge", "histogram")
 HOSTNAME = "Hostname"
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -94,22 +94,26 @@ class HandlerMetrics:
         self._updates: dict[tuple[str, str, str, tuple], Callable[[float], None]] = {}
         self._warned: set[tuple[str, str]] = set()
         self._unapplied: list[tuple[str, list]] = []
+        self._waiting = 0                                # records in _unapplied
         self._lock = threading.Lock()
 
     def record(self, model: str, records: Any) -> None:
         """Take one RESULT's records of ``model``. They are applied when /metrics is read (or
-        once ``MAX_UNAPPLIED`` results wait): every batch brings at least PredictionTime, and
+        once ``MAX_UNAPPLIED`` records wait): every batch brings at least PredictionTime, and
         the event loop that reads results is the one every request's work is done on."""
         if isinstance(records, list):
             self._unapplied.append((model, records))
-            if len(self._unapplied) >= MAX_UNAPPLIED:
+            # counted in records, not results: a handler recording many per batch must not
+            # make one apply() long enough to stall the event loop
+            self._waiting += len(records)
+            if self._waiting >= MAX_UNAPPLIED:
                 self.apply()
 
     def apply(self) -> None:
         """Apply the records taken since the last call, in order; malformed ones are skipped
         (the worker runs the handler's code, so nothing it sends is trusted)."""
         with self._lock:
-            unapplied, self._unapplied = self._unapplied, []
+            unapplied, self._unapplied, self._waiting = self._unapplied, [], 0
             for model, records in unapplied:
                 for record in records:
                     self._apply_one(model, record)

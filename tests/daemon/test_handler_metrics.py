@@ -104,6 +104,11 @@ def test_records_wait_for_a_scrape_but_never_without_bound() -> None:
     for _ in range(MAX_UNAPPLIED):
         hm.record("m", [rec("Late", "counter", 1)])
     assert not hm._unapplied   # applied once that many waited
+    # the bound counts records, not results: one result with many records applies at once
+    hm.record("m", [rec("Late", "counter", 1)] * (MAX_UNAPPLIED - 1))
+    assert hm._unapplied
+    hm.record("m", [rec("Late", "counter", 1)])
+    assert not hm._unapplied
     hm.record("m", [rec("Gone", "counter", 1)])
     hm.forget("m")
     assert lines(hm) == []
