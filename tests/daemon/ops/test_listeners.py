@@ -48,36 +48,27 @@ def test_set_nodelay_turns_nagle_off_on_tcp_and_leaves_unix_sockets_alone():
 
 
 def test_the_inference_server_sets_nodelay_and_leaves_the_signals_to_the_daemon():
-    async def main():
-        before = signal.getsignal(signal.SIGTERM)
-        sock = socket.create_server(("127.0.0.1", 0))
-        address = BindAddress("http", host="127.0.0.1", port=0)
-        server = InferenceServer(uvicorn_config(answer, address, config=None))
-        serving = asyncio.ensure_future(server.serve(sockets=[sock]))
-        try:
-            while not server.started:
-                await asyncio.sleep(0.01)
-            assert signal.getsignal(signal.SIGTERM) is before   # uvicorn installed none
-            reader, writer = await asyncio.open_connection(*sock.getsockname())
-            for _ in range(2):   # keep-alive: the same connection answers twice
-                writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-                head = await reader.readuntil(b"\r\n\r\nok")
-                assert head.startswith(b"HTTP/1.1 200 OK\r\n")
-            (connection,) = server.server_state.connections
-            assert isinstance(connection, NoDelayHttpTools)
-            assert nodelay(connection.transport.get_extra_info("socket")) == 1
-            writer.close()
-        finally:
-            server.should_exit = True
-            await asyncio.wait_for(serving, 10)
-    uvloop.run(main())
+    before = signal.getsignal(signal.SIGTERM)
+
+    async def client(host, port, server):
+        assert signal.getsignal(signal.SIGTERM) is before   # uvicorn installed none
+        reader, writer = await asyncio.open_connection(host, port)
+        for _ in range(2):   # keep-alive: the same connection answers twice
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\nok")
+            assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        (connection,) = server.server_state.connections
+        assert isinstance(connection, NoDelayHttpTools)
+        assert nodelay(connection.transport.get_extra_info("socket")) == 1
+        writer.close()
+    uvloop.run(serve_app(answer, client))
 
 
 # ---- the response head goes out with the body; hooks hear of a client that hangs up --------
 
 async def serve_app(app, client):
-    """Run ``app`` on a real InferenceServer over a loopback socket; ``client(host, port)``
-    talks to it."""
+    """Run ``app`` on a real InferenceServer over a loopback socket; ``client(host, port,
+    server)`` talks to it."""
     sock = socket.create_server(("127.0.0.1", 0))
     address = BindAddress("http", host="127.0.0.1", port=0)
     server = InferenceServer(uvicorn_config(app, address, config=None))
@@ -85,7 +76,7 @@ async def serve_app(app, client):
     try:
         while not server.started:
             await asyncio.sleep(0.01)
-        await asyncio.wait_for(client(*sock.getsockname()), 10)
+        await asyncio.wait_for(client(*sock.getsockname(), server), 10)
     finally:
         server.should_exit = True
         await asyncio.wait_for(serving, 10)
@@ -107,7 +98,7 @@ def test_the_head_waits_for_the_first_body_part_and_leaves_with_it():
         await asyncio.sleep(0.3)
         await send({"type": "http.response.body", "body": b"last"})
 
-    async def client(host, port):
+    async def client(host, port, _server):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert await nothing_within(reader, 0.2)
@@ -126,7 +117,7 @@ def test_an_interim_100_continue_is_never_held():
                     "headers": [(b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
-    async def client(host, port):
+    async def client(host, port, _server):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
                      b"Expect: 100-continue\r\n\r\n")
@@ -148,7 +139,7 @@ def test_disconnect_hooks_run_when_the_client_hangs_up_mid_request():
         await asyncio.sleep(1)
         finished.append(True)
 
-    async def client(host, port):
+    async def client(host, port, _server):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await asyncio.sleep(0.1)
@@ -165,7 +156,7 @@ def test_disconnect_hooks_are_not_called_once_the_response_is_complete():
         scope[DISCONNECT_HOOKS].append(lambda: called.append(True))
         await answer(scope, receive, send)
 
-    async def client(host, port):
+    async def client(host, port, _server):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await reader.readuntil(b"\r\n\r\nok")
