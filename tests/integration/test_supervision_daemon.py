@@ -1,6 +1,7 @@
 """The daemon's own death: SIGKILL leaves no orphans, SIGTERM drains in-flight work first."""
 from __future__ import annotations
 
+import http.client
 import signal
 import time
 
@@ -43,3 +44,25 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(make_daemon) -> None:
     assert d.proc.wait(30) == 0
     wait_until(lambda: all(gone(p.pid) for p in procs), 5, what="every descendant gone")
     assert "torchd stopped" in d.log()
+
+
+def test_idle_keep_alive_connections_do_not_hold_up_sigterm(make_daemon) -> None:
+    """A load balancer keeps idle keep-alive connections open to every port: SIGTERM closes
+    them at once rather than waiting out the HTTP grace period (30 s) for them."""
+    d = make_daemon()
+    assert d.register("noop.mar", model_name="idle_ka", initial_workers=1).status_code == 200
+    connections = []
+    for api, method, path in (("inference", "POST", "/predictions/idle_ka"),
+                              ("management", "GET", "/models"), ("metrics", "GET", "/metrics")):
+        conn = http.client.HTTPConnection("127.0.0.1", d.ports[api], timeout=30)
+        conn.request(method, path, body=b"{}" if method == "POST" else None)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200 and not response.will_close, (api, response.status)
+        connections.append(conn)   # open, idle, kept alive
+    signalled = time.monotonic()
+    d.signal(signal.SIGTERM)
+    assert d.proc.wait(30) == 0
+    assert time.monotonic() - signalled < 10.0, "idle connections held the shutdown up"
+    for conn in connections:
+        conn.close()
