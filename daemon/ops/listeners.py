@@ -30,6 +30,12 @@ from daemon.http.common import DISCONNECT_HOOKS
 
 logger = logging.getLogger(__name__)
 GRACEFUL_HTTP = 30.0      # seconds in-flight HTTP requests get at shutdown
+# ... on the management and metrics ports (hypercorn), whose calls take milliseconds. hypercorn
+# waits for every connection there to close, and closing an idle TLS one waits for the
+# client's close_notify, which a client keeping it alive (Prometheus between scrapes) never
+# sends: the event loop gives up only after its TLS shutdown timeout, 30 s, which hypercorn
+# does not let us set. So its wait is cut short here.
+GRACEFUL_ADMIN = 5.0
 LISTEN_BACKLOG = 1024
 KEEP_ALIVE = 75           # seconds an idle keep-alive connection stays open
 MAX_INCOMPLETE = 64 * 1024   # bytes of request head a listener takes before it gives up
@@ -140,6 +146,18 @@ class NoDelayHttpTools(HttpToolsProtocol):
             self._head_too_large = True
             raise ValueError("request head too large")   # the parser stops; see below
 
+    def shutdown(self) -> None:
+        """The server is stopping. An idle TLS connection with nothing left to write is
+        aborted: closing it would wait for the client's close_notify, which a client keeping it
+        alive never sends, and uvicorn would wait the loop's TLS shutdown timeout (30 s) for it.
+        Anything else closes as uvicorn closes it (a request in progress first finishes)."""
+        idle = self.cycle is None or self.cycle.response_complete
+        if idle and self.transport.get_extra_info("sslcontext") is not None \
+                and self.transport.get_write_buffer_size() == 0:
+            self.transport.abort()
+            return
+        super().shutdown()
+
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request the parser gave up on: 431 when it was ours."""
         if not self._head_too_large:
@@ -249,7 +267,7 @@ def hypercorn_config(sock: socket.socket, address: BindAddress,
     hc.backlog = LISTEN_BACKLOG
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.graceful_timeout = GRACEFUL_HTTP
+    hc.graceful_timeout = GRACEFUL_ADMIN
     hc.keep_alive_timeout = KEEP_ALIVE
     hc.h11_max_incomplete_size = MAX_INCOMPLETE
     if address.is_tls:
@@ -281,9 +299,24 @@ class Listeners:
                 servers.append(asyncio.ensure_future(self._serve_uvicorn(app, sock, address)))
             else:
                 hc = hypercorn_config(sock, address, self.config)
-                servers.append(asyncio.ensure_future(
-                    hypercorn_serve(app, hc, shutdown_trigger=self._closed.wait)))
+                servers.append(asyncio.ensure_future(self._serve_hypercorn(app, hc, name)))
         return servers
+
+    async def _serve_hypercorn(self, app: Any, hc: HypercornConfig, name: str) -> None:
+        serving = asyncio.ensure_future(hypercorn_serve(app, hc,
+                                                        shutdown_trigger=self._closed.wait))
+        closed = asyncio.ensure_future(self._closed.wait())
+        try:
+            await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait_for(asyncio.shield(serving), GRACEFUL_ADMIN)
+        except asyncio.TimeoutError:
+            # connections still closing (see GRACEFUL_ADMIN): the process is on its way out
+            logger.info("%s API: connections still open after %g s; closing without them",
+                        name, GRACEFUL_ADMIN)
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+        finally:
+            closed.cancel()
 
     async def _serve_uvicorn(self, app: Any, sock: socket.socket, address: BindAddress) -> None:
         self._inference = InferenceServer(uvicorn_config(app, address, self.config))

@@ -7,8 +7,10 @@ import datetime
 import http.server
 import ipaddress
 import json
+import signal
 import stat
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -17,6 +19,7 @@ import requests
 
 from tests.support.daemon import Daemon, free_port
 from tests.support.ops import make_store, run_health
+from tests.support.waiting import wait_until
 
 INVALID_KEY = {"code": 401, "type": "InvalidKeyException"}
 
@@ -209,8 +212,6 @@ def self_signed(directory: Path) -> tuple[Path, Path]:
 
 
 def tls_predict(url: str, cert: Path) -> tuple[int, object]:
-    # The response goes with this frame: a client that keeps an idle TLS connection open
-    # delays the daemon's shutdown (hypercorn waits for its TLS close_notify, up to 30 s).
     with requests.Session() as session:
         answer = session.post(url, data=b"x", verify=str(cert), timeout=30)
         return answer.status_code, answer.json()
@@ -231,3 +232,48 @@ def test_tls_on_one_listener(archive_dir, tmp_path):
         assert d.stop(timeout=20) == 0
     finally:
         d.cleanup()
+
+
+def test_tls_on_every_port_and_idle_tls_connections_do_not_hold_up_the_shutdown(
+        archive_dir, tmp_path):
+    """All three listeners over TLS (uvicorn's and hypercorn's): each answers, plain HTTP is
+    refused, and clients that keep their TLS connections open and idle (a load balancer,
+    Prometheus between scrapes) do not hold up the shutdown: closing such a connection waits
+    for the client's close_notify, which it never sends, for the loop's 30 s TLS timeout."""
+    cert, key = self_signed(tmp_path)
+    ports = {api: free_port() for api in ("inference", "management", "metrics")}
+    d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
+               {**{f"{api}_address": f"https://127.0.0.1:{port}" for api, port in ports.items()},
+                "certificate_file": str(cert), "private_key_file": str(key)})
+    url = {api: f"https://127.0.0.1:{port}" for api, port in ports.items()}
+    sessions = {api: requests.Session() for api in ports}
+    try:
+        d.start(wait=False)
+        wait_until(lambda: _tls_ok(f"{url['management']}/models", cert), 60,
+                   what="management over TLS")
+        calls = {"inference": ("GET", "/ping", 200, {"status": "Healthy"}),
+                 "management": ("GET", "/models", 200, {"models": []})}
+        for api, (method, path, status, body) in calls.items():
+            answer = sessions[api].request(method, url[api] + path, verify=str(cert), timeout=30)
+            assert (answer.status_code, answer.json()) == (status, body)
+        scraped = sessions["metrics"].get(f"{url['metrics']}/metrics", verify=str(cert),
+                                          timeout=30)
+        assert scraped.status_code == 200 and "ts_inference_requests_total" in scraped.text
+        for api, port in ports.items():
+            with pytest.raises(requests.ConnectionError):
+                requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+        stopping = time.monotonic()   # the three sessions hold their idle connections open
+        d.signal(signal.SIGTERM)
+        assert d.proc.wait(60) == 0
+        assert time.monotonic() - stopping < 10.0, "idle TLS connections held the shutdown up"
+    finally:
+        for session in sessions.values():
+            session.close()
+        d.cleanup()
+
+
+def _tls_ok(url: str, cert: Path) -> bool:
+    try:
+        return requests.get(url, verify=str(cert), timeout=5).status_code == 200
+    except requests.RequestException:
+        return False
