@@ -30,12 +30,6 @@ from daemon.http.common import DISCONNECT_HOOKS
 
 logger = logging.getLogger(__name__)
 GRACEFUL_HTTP = 30.0      # seconds in-flight HTTP requests get at shutdown
-# ... on the management and metrics ports (hypercorn), whose calls take milliseconds. hypercorn
-# waits for every connection there to close, and closing an idle TLS one waits for the
-# client's close_notify, which a client keeping it alive (Prometheus between scrapes) never
-# sends: the event loop gives up only after its TLS shutdown timeout, 30 s, which hypercorn
-# does not let us set. So its wait is cut short here.
-GRACEFUL_ADMIN = 5.0
 LISTEN_BACKLOG = 1024
 KEEP_ALIVE = 75           # seconds an idle keep-alive connection stays open
 MAX_INCOMPLETE = 64 * 1024   # bytes of request head a listener takes before it gives up
@@ -267,7 +261,7 @@ def hypercorn_config(sock: socket.socket, address: BindAddress,
     hc.backlog = LISTEN_BACKLOG
     hc.accesslog = None
     hc.errorlog = logging.getLogger("hypercorn.error")
-    hc.graceful_timeout = GRACEFUL_ADMIN
+    hc.graceful_timeout = GRACEFUL_HTTP
     hc.keep_alive_timeout = KEEP_ALIVE
     hc.h11_max_incomplete_size = MAX_INCOMPLETE
     if address.is_tls:
@@ -299,24 +293,9 @@ class Listeners:
                 servers.append(asyncio.ensure_future(self._serve_uvicorn(app, sock, address)))
             else:
                 hc = hypercorn_config(sock, address, self.config)
-                servers.append(asyncio.ensure_future(self._serve_hypercorn(app, hc, name)))
+                servers.append(asyncio.ensure_future(
+                    hypercorn_serve(app, hc, shutdown_trigger=self._closed.wait)))
         return servers
-
-    async def _serve_hypercorn(self, app: Any, hc: HypercornConfig, name: str) -> None:
-        serving = asyncio.ensure_future(hypercorn_serve(app, hc,
-                                                        shutdown_trigger=self._closed.wait))
-        closed = asyncio.ensure_future(self._closed.wait())
-        try:
-            await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
-            await asyncio.wait_for(asyncio.shield(serving), GRACEFUL_ADMIN)
-        except asyncio.TimeoutError:
-            # connections still closing (see GRACEFUL_ADMIN): the process is on its way out
-            logger.info("%s API: connections still open after %g s; closing without them",
-                        name, GRACEFUL_ADMIN)
-            serving.cancel()
-            await asyncio.gather(serving, return_exceptions=True)
-        finally:
-            closed.cancel()
 
     async def _serve_uvicorn(self, app: Any, sock: socket.socket, address: BindAddress) -> None:
         self._inference = InferenceServer(uvicorn_config(app, address, self.config))
