@@ -18,8 +18,11 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
+                               generate_latest)
 from prometheus_client.utils import floatToGoString
+
+from daemon.metric_tally import Tally
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +100,8 @@ class Metrics:
     def __init__(self, collect_hook: Callable[[], None] | None = None,
                  hostname: str | None = None) -> None:
         self.registry = CollectorRegistry()
+        # python_gc_*: the daemon's hot path makes no reference cycles, which these show
+        GCCollector(registry=self.registry)
         self.hostname = hostname or socket.gethostname()
         self._collect_hook = collect_hook
         self._lock = threading.Lock()
@@ -208,7 +213,7 @@ class Metrics:
                             named_version: bool) -> tuple[tuple[str, str, str], Any]:
         self._touch(model, version)
         ts = (model, version if named_version else DEFAULT_VERSION_LABEL, self.hostname)
-        series = ts, self.request_latency.labels(model, version)
+        series = ts, Tally(self.request_latency.labels(model, version))
         with self._lock:
             self._request_series[(model, version, named_version)] = series
         return series
@@ -231,7 +236,7 @@ class Metrics:
         child = cache.get((model, version))
         if child is None:
             self._touch(model, version)
-            child = histogram.labels(model, version)
+            child = Tally(histogram.labels(model, version))
             with self._lock:
                 cache[(model, version)] = child
         return child
@@ -340,6 +345,14 @@ class Metrics:
 
     # -- exposition --------------------------------------------------------------------------
 
+    def flush_tallies(self) -> None:
+        """The hot path's histogram observations into their series (see Tally)."""
+        with self._lock:
+            tallies = [latency for _, latency in self._request_series.values()]
+            tallies += [*self._batch_series.values(), *self._gap_series.values()]
+        for tally in tallies:
+            tally.flush()
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition and its content type, for GET /metrics."""
         if self._collect_hook is not None:
@@ -347,6 +360,7 @@ class Metrics:
                 self._collect_hook()
             except Exception:  # a broken refresher must not take the scrape down with it
                 logger.exception("metrics collect hook failed; serving the last values")
+        self.flush_tallies()
         counters = [self.ts_requests, self.ts_inference_latency, self.ts_queue_latency,
                     *self.status_counters.values()]
         legacy = "".join(counter.render() for counter in counters).encode("utf-8")

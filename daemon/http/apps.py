@@ -14,6 +14,7 @@ from daemon.http import compat, inference
 from daemon.http import management
 from daemon.errors import BadRequest, InvalidKey
 from daemon.http.common import EXCEPTION_HANDLERS, RequestContext
+from daemon.http.direct import DirectPath
 from daemon.http.predict import HotRoutes, Predictor, prediction_routes
 
 
@@ -86,7 +87,11 @@ def build_inference_app(core: Any) -> Any:
                     exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
     _state(app, core, api_document=core.documents["inference"])
-    return _wrap(HotRoutes(app, hot), core, "inference", "inference")
+    routes = HotRoutes(app, hot)
+    context = _wrap(routes, core, "inference", "inference")
+    if not core.config.cors_allowed_origin:   # CORS headers come from the ASGI middleware
+        context.direct = DirectPath(predictor, routes, context)
+    return context
 
 
 def build_metrics_app(core: Any) -> Any:

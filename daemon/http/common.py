@@ -13,6 +13,7 @@ from starlette.routing import Route
 
 from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, ResourceNotFound,
                            TorchdError, error_response)
+from daemon.logformat import DIRECT_LINES
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("torchd.access")
@@ -164,8 +165,12 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 class RequestContext:
     """Pure ASGI middleware: trailing slash, x-request-id, status counting, access log.
 
-    Pure ASGI (not BaseHTTPMiddleware) because it sits on every request's hot path.
+    Pure ASGI (not BaseHTTPMiddleware) because it sits on every request's hot path. On the
+    inference port, ``direct`` (daemon/http/direct.py) serves prediction requests past it and
+    every other layer of the ASGI app; the listener looks for it here.
     """
+
+    direct: Any = None
 
     def __init__(self, app: Callable, name: str, count_status: Callable[[int], None] | None,
                  authorize: Callable[[dict], TorchdError | None] | None = None) -> None:
@@ -201,20 +206,26 @@ class RequestContext:
             else:
                 await self.app(scope, receive, send_with_id)
         finally:
-            if self.count_status is not None and status_seen:
-                self.count_status(status_seen)
-            if access_log.isEnabledFor(logging.INFO):
-                log_access(self.name, scope, status_seen, time.perf_counter() - started,
-                           request_id)
+            self.finish(scope, status_seen, started, request_id)
+
+    def finish(self, scope: dict, status: int, started: float, request_id: str) -> None:
+        """A request is over: its status counted (0: nothing was sent) and its line logged."""
+        if self.count_status is not None and status:
+            self.count_status(status)
+        if access_log.isEnabledFor(logging.INFO):
+            log_access(self.name, scope, status, time.perf_counter() - started, request_id)
 
 
 ACCESS_FORMAT = '%s "%s %s" %s %.1fms %s'
 
 
 def log_access(listener: str, scope: dict, status: int, seconds: float, request_id: str) -> None:
-    """One access log line. Made and handled directly: Logger.info would also walk the stack
-    to find its caller, for a line per request that never shows it."""
-    record = access_log.makeRecord(
-        access_log.name, logging.INFO, __file__, 0, ACCESS_FORMAT,
-        (listener, scope["method"], scope["path"], status, seconds * 1e3, request_id), None)
+    """One access log line: written straight to torchd's default log output where it goes
+    nowhere else (DirectLines), else made and handled as a record (Logger.info would also walk
+    the stack to find its caller, for a line per request that never shows it)."""
+    args = (listener, scope["method"], scope["path"], status, seconds * 1e3, request_id)
+    if DIRECT_LINES.write(access_log, ACCESS_FORMAT % args):
+        return
+    record = access_log.makeRecord(access_log.name, logging.INFO, __file__, 0, ACCESS_FORMAT,
+                                   args, None)
     access_log.handle(record)

@@ -9,16 +9,16 @@ routes are ordinary starlette routes.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from daemon.errors import BadRequest, MethodNotAllowed, error_response
+from daemon.errors import BadRequest, MethodNotAllowed
 from daemon.http.common import header
-from daemon.http.predict import EXPLAIN, Predictor, v2_error_of
+from daemon.http.predict import EXPLAIN, PredictionEndpoint, Predictor, Target, V2InferEndpoint
 
 # SageMaker multi-model endpoints name the target in this header (the artifact's file name).
 TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
@@ -26,22 +26,14 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".mar")
 KSERVE_VERBS = (":predict", ":explain")
 
 
-class InvocationsEndpoint:
+class InvocationsEndpoint(PredictionEndpoint):
     """``POST /invocations``: the model named by ``?model_name=``, else by the SageMaker target
     header, else the only registered model; with several and no name, a 400 naming them."""
 
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
+    def target(self, scope: dict[str, Any]) -> Target:
+        return self.model_name(scope), None, ()
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        try:
-            name = self.target(scope)
-        except BadRequest as exc:
-            await error_response(exc)(scope, receive, send)
-            return
-        await self.predictor.run(scope, receive, send, name, None)
-
-    def target(self, scope: dict[str, Any]) -> str:
+    def model_name(self, scope: dict[str, Any]) -> str:
         named = _query_value(scope, "model_name")
         if named:
             return named
@@ -77,31 +69,19 @@ def _target_model(value: str, names: list[str]) -> str:
     return value
 
 
-class ModelInvokeEndpoint:
+class ModelInvokeEndpoint(PredictionEndpoint):
     """``POST /models/{model_name}/invoke``: the model's default version."""
 
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        await self.predictor.run(scope, receive, send, scope["path_params"]["model_name"], None)
+    def target(self, scope: dict[str, Any]) -> Target:
+        return scope["path_params"]["model_name"], None, ()
 
 
-class V2ExplainEndpoint:
+class V2ExplainEndpoint(V2InferEndpoint):
     """OIP v2 explain: infer's path and errors, with TorchServe's ``explain: True`` header."""
-
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        p = scope["path_params"]
-        await self.predictor.run(scope, receive, send, p["model_name"], p.get("model_version"),
-                                 EXPLAIN, render_error=v2_error_of,
-                                 default_type="application/json")
 
 
 def compat_prediction_routes(predictor: Predictor) -> list[Route]:
-    explain = V2ExplainEndpoint(predictor)
+    explain = V2ExplainEndpoint(predictor, EXPLAIN)
     return [
         Route("/invocations", InvocationsEndpoint(predictor), methods=["POST"]),
         Route("/models/{model_name}/invoke", ModelInvokeEndpoint(predictor), methods=["POST"]),

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 EXPLAIN = (("explain", "True"),)
 ErrorRenderer = Callable[[TorchdError], Response]
+Target = tuple[str, "str | None", tuple]   # model name, version, extra headers for the worker
 
 
 def v2_error(message: str, status: int) -> JSONResponse:
@@ -86,10 +87,16 @@ def render(response: dict[str, Any], render_error: ErrorRenderer,
     return Response(response["body"], status_code=status, headers=headers)
 
 
+# How a response is framed is the server's business: a handler's own Content-Length (wrong
+# once the body is chunked) or Transfer-Encoding would break the connection for every client.
+FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
+
+
 def handler_headers(response: dict[str, Any]) -> dict[str, str]:
     """The headers the handler set, and its content type exactly as it gave it (starlette's
     media_type would append a charset to text types)."""
-    headers = {k.lower(): v for k, v in response.get("headers") or ()}
+    headers = {k.lower(): v for k, v in response.get("headers") or ()
+               if k.lower() not in FRAMING_HEADERS}
     if response.get("content_type"):
         headers["content-type"] = response["content_type"]
     return headers
@@ -212,45 +219,52 @@ class Predictor:
 # ---- endpoints ------------------------------------------------------------------------------
 
 class PredictionEndpoint:
-    """ASGI endpoint of the TorchServe routes: /predictions and /explanations, any version."""
+    """ASGI endpoint of the TorchServe routes: /predictions and /explanations, any version.
+
+    Every prediction endpoint says the same four things: which model version a request names
+    (``target``), what the worker sees besides the request's own headers, how errors are
+    rendered, and the default content type. The ASGI call and the listener's direct path
+    (daemon/http/direct.py) both read them here."""
+
+    render_error: ErrorRenderer = staticmethod(error_response)
+    default_type: str | None = None
 
     def __init__(self, predictor: Predictor, extra_headers: tuple = ()) -> None:
         self.predictor = predictor
         self.extra_headers = extra_headers
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+    def target(self, scope: dict[str, Any]) -> Target:
+        """The model version the request names and the extra headers its worker sees; a
+        TorchdError when it names none."""
         p = scope["path_params"]
-        await self.predictor.run(scope, receive, send, p["model_name"], p.get("model_version"),
-                                 self.extra_headers)
+        return p["model_name"], p.get("model_version"), self.extra_headers
+
+    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+        try:
+            name, version, extra = self.target(scope)
+        except TorchdError as exc:
+            await self.render_error(exc)(scope, receive, send)
+            return
+        await self.predictor.run(scope, receive, send, name, version, extra,
+                                 self.render_error, self.default_type)
 
 
-class KServeV1Endpoint:
+class KServeV1Endpoint(PredictionEndpoint):
     """/v1/models/{name}:predict and :explain."""
 
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
+    def target(self, scope: dict[str, Any]) -> Target:
         name, _, verb = scope["path_params"]["target"].rpartition(":")
-        if name and verb in ("predict", "explain"):
-            extra = EXPLAIN if verb == "explain" else ()
-            await self.predictor.run(scope, receive, send, name, None, extra)
-            return
-        not_found = ResourceNotFound("Requested resource is not found, please refer to API "
-                                     "document.")
-        await error_response(not_found)(scope, receive, send)
+        if not name or verb not in ("predict", "explain"):
+            raise ResourceNotFound("Requested resource is not found, please refer to API "
+                                   "document.")
+        return name, None, EXPLAIN if verb == "explain" else ()
 
 
-class V2InferEndpoint:
+class V2InferEndpoint(PredictionEndpoint):
     """OIP v2 infer: v2's error documents, and JSON unless the handler says otherwise."""
 
-    def __init__(self, predictor: Predictor) -> None:
-        self.predictor = predictor
-
-    async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        p = scope["path_params"]
-        await self.predictor.run(scope, receive, send, p["model_name"], p.get("model_version"),
-                                 render_error=v2_error_of, default_type="application/json")
+    render_error = staticmethod(v2_error_of)
+    default_type = "application/json"
 
 
 def prediction_routes(predictor: Predictor) -> list[Route]:
@@ -285,16 +299,25 @@ class HotRoutes:
             self.shapes.setdefault((len(shape.parts), shape.parts[1]), []).append(shape)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
-        if scope["type"] == "http" and scope["method"] in ("POST", "PUT"):
-            parts = scope["path"].split("/")
-            for shape in self.shapes.get((len(parts), parts[1] if len(parts) > 1 else ""), ()):
-                params = shape.match(parts, scope["method"])
-                if params is not None:
-                    scope["endpoint"] = shape.route.endpoint
-                    scope["path_params"] = params
-                    await shape.route.app(scope, receive, send)
-                    return
+        if scope["type"] == "http":
+            found = self.match(scope["path"], scope["method"])
+            if found is not None:
+                route, scope["path_params"] = found
+                scope["endpoint"] = route.endpoint
+                await route.app(scope, receive, send)
+                return
         await self.app(scope, receive, send)
+
+    def match(self, path: str, method: str) -> tuple[Route, dict[str, str]] | None:
+        """The route ``path`` and ``method`` fully match, and its path parameters."""
+        if method not in ("POST", "PUT"):
+            return None
+        parts = path.split("/")
+        for shape in self.shapes.get((len(parts), parts[1] if len(parts) > 1 else ""), ()):
+            params = shape.match(parts, method)
+            if params is not None:
+                return shape.route, params
+        return None
 
 
 class _Shape:

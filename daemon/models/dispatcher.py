@@ -245,30 +245,7 @@ class Dispatcher:
         worker died (a response timeout or a stop's deadline is not a death: that batch never
         runs again). The task awaits ``result`` itself (a timer fails it at the deadline)
         rather than a wait on several futures: one wake-up fewer per batch on the hot path."""
-        loop = asyncio.get_running_loop()
-        timer: asyncio.TimerHandle | None = None
-        stop = self._stop
-
-        def limit() -> float:
-            stop_at = self.stop_deadline
-            return deadline if stop_at is None else min(deadline, stop_at)
-
-        def arm(_: object = None) -> None:
-            nonlocal timer
-            if timer is not None:
-                timer.cancel()
-            if waited:   # a stop callback that was already scheduled when the wait ended
-                return
-            remaining = limit() - self.clock()
-            if remaining > 0:
-                timer = loop.call_later(remaining, arm)
-            elif not result.done():
-                result.set_exception(_Expired())
-
-        waited = False
-        arm()
-        if not stop.done():
-            stop.add_done_callback(arm)   # a stop may bring the limit forward
+        watch = _Deadline(self, result, deadline)
         try:
             await result
             return None
@@ -277,10 +254,7 @@ class Dispatcher:
         except Exception as exc:   # the channel was lost: the worker died
             return self.death_error(), str(exc), True
         finally:
-            waited = True
-            stop.remove_done_callback(arm)
-            if timer is not None:
-                timer.cancel()
+            watch.disarm()
         self.channel.close()   # poison: a late answer must never reach the next batch
         return (*self._expiry(deadline), False)
 
@@ -302,6 +276,45 @@ class _Running:
 
     def __init__(self, batch: list[Job], result: asyncio.Future, deadline: float) -> None:
         self.batch, self.result, self.deadline = batch, result, deadline
+
+
+class _Deadline:
+    """Fails a batch's result future with _Expired at the batch's deadline, or at the stop
+    deadline once a stop is asked for (a stop may bring it forward).
+
+    An object rather than a closure: a timer callback that re-arms itself by name is a
+    reference cycle, and every batch's cycle was garbage for the cyclic collector to find."""
+
+    __slots__ = ("dispatcher", "result", "deadline", "timer", "disarmed")
+
+    def __init__(self, dispatcher: Dispatcher, result: asyncio.Future, deadline: float) -> None:
+        self.dispatcher, self.result, self.deadline = dispatcher, result, deadline
+        self.timer: asyncio.TimerHandle | None = None
+        self.disarmed = False
+        self.arm()
+        if not dispatcher._stop.done():
+            dispatcher._stop.add_done_callback(self.arm)
+
+    def arm(self, _: object = None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.disarmed:   # a stop callback that was already scheduled when the wait ended
+            return
+        stop_at = self.dispatcher.stop_deadline
+        limit = self.deadline if stop_at is None else min(self.deadline, stop_at)
+        remaining = limit - self.dispatcher.clock()
+        if remaining > 0:
+            self.timer = asyncio.get_running_loop().call_later(remaining, self.arm)
+        elif not self.result.done():
+            self.result.set_exception(_Expired())
+
+    def disarm(self) -> None:
+        self.disarmed = True
+        self.dispatcher._stop.remove_done_callback(self.arm)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
 
 
 class _Expired(Exception):

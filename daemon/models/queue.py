@@ -16,11 +16,12 @@ class Job:
     Its events are what the HTTP side streams out: zero or more ("part", response) then
     exactly one ("final", response) or ("error", TorchdError); or ("gone", None) once the client
     has hung up. Most requests see exactly one event, so they wait on a bare future rather than
-    an asyncio.Queue (a queue and its getters cost more than the rest of the job).
+    an asyncio.Queue (a queue and its getters cost more than the rest of the job). A caller
+    with no task to wake (the inference listener's direct path) ``listen``s instead.
     """
 
     __slots__ = ("id", "request", "arrival", "cancelled", "dispatched_at", "finished",
-                 "redispatched", "streamed", "sequence", "_events", "_waiter")
+                 "redispatched", "streamed", "sequence", "_events", "_waiter", "_listener")
 
     def __init__(self, id: str, request: dict[str, Any], arrival: float) -> None:
         self.id = id
@@ -34,6 +35,7 @@ class Job:
         self.sequence: str | None = None   # runs on its sequence's worker (sequences.py)
         self._events: collections.deque[tuple[str, Any]] = collections.deque()
         self._waiter: asyncio.Future | None = None
+        self._listener: Callable[[str, Any], None] | None = None
 
     def send_part(self, response: dict[str, Any]) -> None:
         if not self.finished:
@@ -65,7 +67,18 @@ class Job:
                 self._waiter = None
         return self._events.popleft()
 
+    def listen(self, listener: Callable[[str, Any], None]) -> None:
+        """From now on each event is handed to ``listener(kind, payload)`` the moment it
+        happens, in place of ``next_event``; events already queued go first. The listener runs
+        inside whoever raised the event (the dispatcher, an abandon), so it must not raise."""
+        self._listener = listener
+        while self._events:
+            listener(*self._events.popleft())
+
     def _put(self, event: tuple[str, Any]) -> None:
+        if self._listener is not None:
+            self._listener(*event)
+            return
         self._events.append(event)
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)

@@ -28,7 +28,8 @@ from daemon.ops import pidfile
 from daemon.osutil import pid_gone
 from daemon.config.declarations import SETTINGS
 from daemon.config.settings import Config, ConfigError, load_config
-from daemon.ops.logformat import BatchingStreamHandler, SecondsFormatter, batched_stderr
+from daemon.logformat import (DIRECT_LINES, BatchingStreamHandler, SecondsFormatter,
+                              batched_stderr)
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +174,16 @@ def cmd_serve(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
 def configure_logging(log_config: Path | None, level: str = "INFO") -> None:
     """Plain lines to stderr (journald adds its own metadata), or the given config file:
     .ini/.conf/.cfg via fileConfig, .json/.yaml/.yml via dictConfig."""
+    DIRECT_LINES.handler = None
     if log_config is None:
         handler = BatchingStreamHandler(batched_stderr())
         handler.setFormatter(SecondsFormatter(LOG_FORMAT, LOG_DATEFMT))
         logging.basicConfig(level=level, handlers=[handler], force=True)
+        DIRECT_LINES.use(handler)
+        # This format shows no thread or process, so records need not look them up (logging's
+        # own knobs for that; each access log line paid for the lookups). A config file's
+        # formats may show them: there they stay on.
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
         return
     suffix = log_config.suffix.lower()
     if suffix == ".xml":

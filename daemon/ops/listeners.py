@@ -100,18 +100,22 @@ class NoDelayHttpTools(HttpToolsProtocol):
 
     _head_bytes = 0
     _head_too_large = False
+    direct: Any = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         set_nodelay(transport)
         super().connection_made(transport)
+        self.direct = getattr(self.app, "direct", None)   # the inference app's DirectPath
 
-    def on_headers_complete(self) -> None:
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        """A prediction request takes the direct path (daemon/http/direct.py) unless it is
+        one the ASGI app must serve (or uvicorn answers it with its own app, a 503)."""
+        if self.direct is not None and app is self.app and self.direct.take(self, cycle):
+            return
         # The list is shared by every copy of the scope the app makes; see connection_lost.
-        self.scope[DISCONNECT_HOOKS] = []   # type: ignore[literal-required]
-        super().on_headers_complete()
-        cycle = self.cycle
-        if cycle is not None and cycle.scope is self.scope:   # not an upgrade uvicorn refused
-            cycle.transport = HeadWithBody(self.transport)   # type: ignore[assignment]
+        cycle.scope[DISCONNECT_HOOKS] = []
+        cycle.transport = HeadWithBody(self.transport)
+        super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Tells the request in progress at once, by its hooks: a task per request awaiting

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import dataclasses
+import gc
 import logging
 import os
 import shutil
@@ -273,6 +274,7 @@ async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
     for name, address in config.listeners.items():
         logger.info("%s API listening on %s", name, address.url)
     await rpc.serve(core)
+    settle_garbage_collector()
     core.notifier.ready(core.summary())
     logger.info("torchd ready: %s", core.summary())
     done = asyncio.ensure_future(shutdown.wait())
@@ -290,6 +292,22 @@ async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
     await core.stop()
     logger.info("torchd stopped")
     return 0 if shutdown.is_set() else 1
+
+
+# Container allocations between two collections of the youngest generation (Python's default:
+# 700, a collection every two or three requests, each walking every request in flight; with
+# this many, under 1 MB of cyclic garbage can wait for it).
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def settle_garbage_collector() -> None:
+    """What the start built (modules, apps, models, the gRPC server) lives as long as the
+    daemon: frozen, it is never walked again by the cyclic collector, whose full collections
+    otherwise walk all of it while requests wait (profiled under load: 9% of the daemon's CPU
+    in the collector)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 
 async def _announce_shutdown(delay: float) -> None:

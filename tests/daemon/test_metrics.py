@@ -4,8 +4,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.metric_tally import Tally
 from daemon.metrics import CONTENT_TYPE, WORKER_STATES, Metrics
 
 HOST = "testhost"
@@ -249,3 +251,24 @@ def test_label_values_are_escaped(metrics: Metrics) -> None:
 def test_default_hostname_is_this_host() -> None:
     import socket
     assert Metrics().hostname == socket.gethostname()
+
+
+def test_a_tally_adds_to_its_histogram_what_observing_it_directly_would():
+    registry = CollectorRegistry()
+    direct = Histogram("direct", "d", buckets=(0.001, 0.01, 1.0), registry=registry)
+    tallied = Histogram("tallied", "t", buckets=(0.001, 0.01, 1.0), registry=registry)
+    tally = Tally(tallied)
+
+    def samples(name: str) -> dict:
+        return {(s.name.replace(name, ""), s.labels.get("le")): s.value
+                for metric in registry.collect() if metric.name == name
+                for s in metric.samples if not s.name.endswith("_created")}
+
+    for value in (0.0005, 0.001, 0.002, 0.01, 0.5, 1.0, 3.0):   # on and between the bounds
+        direct.observe(value)
+        tally.observe(value)
+    assert samples("tallied")[("_count", None)] == 0   # nothing until the flush
+    tally.flush()
+    assert samples("tallied") == samples("direct")
+    tally.flush()   # what was flushed is not added twice
+    assert samples("tallied") == samples("direct")

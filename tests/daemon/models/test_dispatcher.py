@@ -7,6 +7,7 @@ that could not even be sent (its jobs go back to the front of the queue)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from types import SimpleNamespace
 from typing import Any
 
@@ -393,3 +394,28 @@ def test_a_timed_out_batch_is_not_a_death_and_never_runs_again():
         assert mv.queue.depth == 0 and not job.redispatched
     run(main())
 
+
+
+def test_answered_batches_leave_no_reference_cycles():
+    """The deadline timer of each batch was a closure that re-armed itself by name: a
+    reference cycle per batch for the cyclic collector."""
+    async def main():
+        mv, channel = model(), MemoryChannel()
+        feeder = dispatcher(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        gc.collect()
+        gc.disable()
+        try:
+            for index in range(20):
+                job = submit(mv, f"j{index}")
+                await settle()
+                channel.answer()
+                assert (await job.next_event())[0] == "final"
+                await settle()
+            channel.batches.clear()
+            assert gc.collect() == 0
+        finally:
+            gc.enable()
+        feeder.stop(asyncio.get_running_loop().time())
+        assert await serving is None
+    run(main())

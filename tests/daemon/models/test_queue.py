@@ -266,3 +266,17 @@ def test_queue_full_error():
     assert error.status == 503 and error.headers == {"Retry-After": "1"}
     assert error.to_json() == {"code": 503, "type": "ServiceUnavailableException",
                                "message": 'Model "m" job queue is full'}
+
+
+def test_a_listener_gets_the_queued_events_then_each_as_it_happens():
+    async def main():
+        j = job("a")
+        j.send_part({"body": b"1"})
+        heard: list = []
+        j.listen(lambda kind, payload: heard.append((kind, payload)))
+        assert heard == [("part", {"body": b"1"})]   # what waited is handed over first
+        j.finish({"body": b"2"})
+        assert heard[-1] == ("final", {"body": b"2"})   # at once: no task in between
+        j.fail(ServiceUnavailable("late"))
+        assert len(heard) == 2   # nothing follows the answer
+    run(main())

@@ -10,6 +10,7 @@ to sys.stderr directly can thus come out before log lines of the 0.1 s before it
 from __future__ import annotations
 
 import logging
+import re
 import sys
 import threading
 import time
@@ -29,6 +30,10 @@ def batched_stderr() -> TextIO:
                 errors="backslashreplace", closefd=False)
 
 
+# The record fields a line can be made of without a LogRecord (see DirectLines).
+DIRECT_FIELDS = frozenset({"asctime", "levelname", "name", "message"})
+
+
 class SecondsFormatter(logging.Formatter):
     """A Formatter whose date text is computed once per second (the format has no msecs)."""
 
@@ -36,14 +41,22 @@ class SecondsFormatter(logging.Formatter):
         super().__init__(fmt, datefmt)
         self._second = -1
         self._text = ""
+        self.direct = set(re.findall(r"%\((\w+)\)", fmt)) <= DIRECT_FIELDS
 
-    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
+    def line(self, name: str, levelname: str, message: str) -> str:
+        """What ``format`` makes of such a record, made without one (``direct`` formats)."""
+        return self._fmt % {"asctime": self._seconds_text(int(time.time())),   # type: ignore
+                            "levelname": levelname, "name": name, "message": message}
+
+    def _seconds_text(self, second: int) -> str:
         if second != self._second:
-            self._text = time.strftime(datefmt or self.datefmt or "%Y-%m-%dT%H:%M:%S",
+            self._text = time.strftime(self.datefmt or "%Y-%m-%dT%H:%M:%S",
                                        self.converter(second))
             self._second = second
         return self._text
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        return self._seconds_text(int(record.created))
 
 
 class BatchingStreamHandler(logging.StreamHandler):
@@ -53,7 +66,7 @@ class BatchingStreamHandler(logging.StreamHandler):
     def __init__(self, stream: TextIO, batched: tuple[str, ...] = ("torchd.access",),
                  interval: float = FLUSH_INTERVAL) -> None:
         super().__init__(stream)
-        self._batched = frozenset(batched)
+        self.batched = frozenset(batched)
         self._dirty = False
         self._interval = interval
         self._timer_started = False
@@ -64,12 +77,20 @@ class BatchingStreamHandler(logging.StreamHandler):
         except Exception:
             self.handleError(record)
             return
-        if record.name not in self._batched:
+        if record.name not in self.batched:
             self.flush()
         else:
             self._dirty = True
             if not self._timer_started:
                 self._start_timer()
+
+    def write_batched(self, text: str) -> None:
+        """A finished line of a batched logger, written as ``emit`` writes one."""
+        with self.lock:   # type: ignore[union-attr]   (the flush thread takes it too)
+            self.stream.write(text + self.terminator)
+        self._dirty = True
+        if not self._timer_started:
+            self._start_timer()
 
     def flush(self) -> None:
         self._dirty = False
@@ -86,3 +107,34 @@ class BatchingStreamHandler(logging.StreamHandler):
             time.sleep(self._interval)
             if self._dirty:
                 self.flush()
+
+
+class DirectLines:
+    """INFO lines of a batched logger (the access log) written straight to torchd's default
+    handler, without a LogRecord, a Formatter's steps and the logger's walk to its handlers:
+    two thirds of a line's cost, and the access log writes one per request.
+
+    Only while the line would go nowhere else: ``write`` says False (the caller then logs it
+    the usual way) once the logger has handlers or filters of its own or the root logger has
+    other handlers (a test capturing logs, say). A config file's logging never uses it."""
+
+    def __init__(self) -> None:
+        self.handler: BatchingStreamHandler | None = None
+
+    def use(self, handler: BatchingStreamHandler) -> None:
+        formatter = handler.formatter
+        direct = isinstance(formatter, SecondsFormatter) and formatter.direct
+        self.handler = handler if direct and not handler.filters else None
+
+    def write(self, logger: logging.Logger, message: str) -> bool:
+        handler = self.handler
+        root_handlers = logging.root.handlers
+        if (handler is None or logger.handlers or logger.filters or len(root_handlers) != 1
+                or root_handlers[0] is not handler or handler.level > logging.INFO
+                or logger.name not in handler.batched):
+            return False
+        handler.write_batched(handler.formatter.line(logger.name, "INFO", message))  # type: ignore
+        return True
+
+
+DIRECT_LINES = DirectLines()

@@ -1,0 +1,111 @@
+"""The daemon's default log output: same text as logging's Formatter, written in batches."""
+from __future__ import annotations
+
+import io
+import logging
+import time
+
+import pytest
+
+from daemon.ops.cli import LOG_DATEFMT, LOG_FORMAT
+from daemon.logformat import (BatchingStreamHandler, DirectLines, SecondsFormatter,
+                              batched_stderr)
+
+pytestmark = pytest.mark.timeout(10)
+
+
+class CountingStream(io.StringIO):
+    flushes = 0
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def record(level: int, message: str, created: float,
+           name: str = "torchd.test") -> logging.LogRecord:
+    rec = logging.LogRecord(name, level, __file__, 1, message, (), None)
+    rec.created = created
+    return rec
+
+
+def test_seconds_formatter_writes_what_logging_writes():
+    ours = SecondsFormatter(LOG_FORMAT, LOG_DATEFMT)
+    stock = logging.Formatter(LOG_FORMAT, LOG_DATEFMT)
+    for created in (1700000000.1, 1700000000.9, 1700000001.0, 1700003600.5, 1700000000.2):
+        rec = record(logging.INFO, "hello", created)
+        assert ours.format(rec) == stock.format(rec)
+
+
+def test_access_lines_are_flushed_by_the_timer_others_at_once():
+    stream = CountingStream()
+    handler = BatchingStreamHandler(stream, batched=("torchd.access",), interval=0.05)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for i in range(100):
+        handler.handle(record(logging.INFO, f"line {i}", time.time(), "torchd.access"))
+    assert stream.flushes == 0
+    assert stream.getvalue().count("\n") == 100
+    deadline = time.monotonic() + 5
+    while stream.flushes == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert stream.flushes >= 1
+    before = stream.flushes
+    handler.handle(record(logging.INFO, "started", time.time()))
+    assert stream.flushes == before + 1
+    assert stream.getvalue().endswith("started\n")
+
+
+def test_batched_stderr_is_not_line_buffered(capfd):
+    stream = batched_stderr()
+    stream.write("one\n")
+    assert capfd.readouterr().err == ""     # held back
+    stream.flush()
+    assert capfd.readouterr().err == "one\n"
+
+
+@pytest.fixture
+def default_output(monkeypatch):
+    """torchd's default log output (configure_logging without a config file) into a buffer."""
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream, interval=60)   # flushed by the test
+    handler.setFormatter(SecondsFormatter(LOG_FORMAT, LOG_DATEFMT))
+    monkeypatch.setattr(logging.root, "level", logging.INFO)
+    lines = DirectLines()
+    lines.use(handler)
+
+    def only_ours() -> None:
+        # called in the test itself: pytest adds its capturing handlers after the fixtures
+        monkeypatch.setattr(logging.root, "handlers", [handler])
+    yield lines, handler, stream, only_ours
+
+
+def test_a_direct_line_reads_as_the_record_it_stands_for(default_output):
+    lines, handler, stream, only_ours = default_output
+    access = logging.getLogger("torchd.access")
+    only_ours()
+    assert lines.write(access, 'inference "POST /p" 200 0.4ms id')
+    written = stream.getvalue()
+    stock = logging.Formatter(LOG_FORMAT, LOG_DATEFMT).format(
+        record(logging.INFO, 'inference "POST /p" 200 0.4ms id', time.time(), "torchd.access"))
+    assert written == stock + "\n"   # (both within the same second, or the test is rerun)
+
+
+def test_a_direct_line_steps_aside_when_it_would_miss_someone(default_output):
+    lines, handler, stream, only_ours = default_output
+    access = logging.getLogger("torchd.access")
+    only_ours()
+    other = logging.StreamHandler(io.StringIO())
+    logging.root.handlers.append(other)          # a test capturing logs, say
+    assert not lines.write(access, "x")
+    logging.root.handlers.remove(other)
+    access.addFilter(lambda rec: False)          # a filter of the logger's own
+    try:
+        assert not lines.write(access, "x")
+    finally:
+        access.filters.clear()
+    assert not lines.write(logging.getLogger("torchd.other"), "x")   # not a batched logger
+    custom = DirectLines()
+    handler.setFormatter(SecondsFormatter("%(asctime)s %(threadName)s %(message)s", LOG_DATEFMT))
+    custom.use(handler)                          # a format that needs a real record
+    assert not custom.write(access, "x")
+    assert stream.getvalue() == ""
