@@ -12,11 +12,14 @@ runs, so at saturation a worker waits for the daemon only as long as one frame t
 is still running: nothing sits in a worker unstarted, so a worker that dies, is stopped or whose
 model goes away never holds a batch it did not begin, and ``response_timeout`` counts from the
 moment the worker can start it.
+
+At saturation no task runs between batches at all: an answered batch is done with in that same
+read. The dispatcher's task sleeps while batches follow one another and wakes only when none is
+left to run, the worker dies, or a deadline passes (one timer per worker, not one per batch).
 """
 from __future__ import annotations
 
 import asyncio
-import collections
 import itertools
 import logging
 from collections.abc import Callable
@@ -74,28 +77,33 @@ class Dispatcher:
         self.answered = 0                         # batches the worker answered itself
         self.stop_deadline: float | None = None
         self._stop = asyncio.get_running_loop().create_future()
-        # Batches sent whose outcome the task has not taken yet, oldest first; only the last
-        # can still be running (the others were answered as their RESULT was read).
-        self._sent: collections.deque[_Running] = collections.deque()
+        # The batch in the worker. A batch that is answered is done with in _on_result, as its
+        # RESULT is read, where the next one starts: the task wakes only when none runs anymore
+        # (_wake), the channel is lost, or the deadline passes (_deadline).
+        self._running: _Running | None = None
+        self._wake: asyncio.Future | None = None
+        self._deadline = _Deadline(self)
 
     def stop(self, deadline: float) -> None:
         """Finish the batch in flight, by ``deadline`` at the latest, then end ``serve``."""
         self.stop_deadline = deadline
         if not self._stop.done():
             self._stop.set_result(None)
+        self._deadline.arm()   # the stop may bring the batch's deadline forward
 
     async def serve(self) -> str | None:
         """Pull batches until stopped (None) or the channel is lost (the reason)."""
         try:
             return await self._serve()
         finally:
+            self._deadline.cancel()
             self.mv.queue.sequences.release(self)   # another worker takes its sequences
 
     async def _serve(self) -> str | None:
         queue, lost = self.mv.queue, self.channel.lost
-        while not self._stop.done() or self._sent:
-            if self._sent:   # sent by _run, or the moment the previous result was read
-                reason = await self._finish(self._sent.popleft())
+        while not self._stop.done() or self._running is not None:
+            if self._running is not None:
+                reason = await self._while_running()
                 if reason is not None:
                     return reason
                 continue
@@ -173,17 +181,26 @@ class Dispatcher:
         self.batch, self.idle_since = batch, None
         if self.observer is not None:
             self.observer.observe_batch(self.mv.name, self.mv.version, len(batch))
-        self._sent.append(_Running(batch, result, now + self.mv.settings.response_timeout))
+        self._running = _Running(batch, result, now + self.mv.settings.response_timeout)
+        self._deadline.arm()
 
     def _on_result(self, jobs: dict[str, Job], message: dict) -> None:
         """The RESULT was just read (in the channel's data callback): start the next batch if
-        one is waiting, then answer this one's jobs."""
+        one is waiting, answer this one's jobs, and be done with it."""
         read_at = self.clock()
+        finished, self._running = self._running, None
         self._start_next(read_at)
         _answer(jobs, message)
         records = message.get("metrics")
         if records and self.observer is not None:   # after the answers: they wait for nobody
             self.observer.record_handler_metrics(self.mv.name, self.mv.version, records)
+        if finished is not None:
+            self._done_with(finished)
+            self.answered += 1
+            if self.after_batch is not None:
+                self.after_batch()
+        if self._running is None and self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)   # nothing runs: the task collects the next batch
 
     def _start_next(self, read_at: float) -> None:
         if self._stop.done():
@@ -201,24 +218,45 @@ class Dispatcher:
             self.observer.observe_idle_gap(self.mv.name, self.mv.version,
                                            self.clock() - read_at)
 
-    async def _finish(self, running: _Running) -> str | None:
-        """Await a sent batch's result; None when answered, else why the worker is lost."""
-        outcome = await self._await_result(running.result, running.deadline)
+    def _done_with(self, running: _Running) -> None:
         self.served += len(running.batch)
-        if not self._sent:
+        if self._running is None:
             self.channel.end_batch()
             self.batch, self.idle_since = None, self.clock()
-        if outcome is None:   # the jobs were answered by _on_result as the result came in
-            self.answered += 1
-            if self.after_batch is not None:
-                self.after_batch()
+
+    async def _while_running(self) -> str | None:
+        """Wait while batches run (each answered one is done with in _on_result, which starts
+        the next): None once none runs, else why the worker is lost, its batch answered for."""
+        running = self._running
+        self._wake = asyncio.get_running_loop().create_future()
+        try:
+            await _arrival_or(self._wake, self.channel.lost)
+        finally:
+            self._wake = None
+        running = self._running
+        if running is None:
             return None
-        error, reason, died = outcome
+        self._running = None
+        if running.result.done() and not running.result.cancelled():
+            running.result.exception()   # retrieved: the outcome is told below
+        if running is self._deadline.expired:
+            error, reason = self._expiry(running.deadline)
+            died = False
+        else:   # the channel was lost: the worker died
+            error, reason, died = self.death_error(), str(self.channel.lost.result()), True
+        self._done_with(running)
         again = self._redispatch(running.batch) if died else []
         for job in running.batch:
             if job not in again:
                 job.fail(error)
         return reason
+
+    def _expire(self, running: _Running) -> None:
+        """``running`` passed its deadline (or the stop's): the channel is poisoned at once, so
+        a late answer can never reach it or the next batch, and the task answers its jobs."""
+        self.channel.close()
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def _redispatch(self, batch: list[Job]) -> list[Job]:
         """The jobs of a batch whose worker died that go back to the front of the queue, to
@@ -237,26 +275,6 @@ class Dispatcher:
             if self.observer is not None:
                 self.observer.redispatched(self.mv.name, self.mv.version, sent)
         return again
-
-    async def _await_result(self, result: asyncio.Future, deadline: float,
-                            ) -> tuple[TorchdError, str, bool] | None:
-        """Wait for the batch's result until its deadline, or the stop deadline once a stop is
-        asked for. None when the result came; else what the jobs get, why, and whether the
-        worker died (a response timeout or a stop's deadline is not a death: that batch never
-        runs again). The task awaits ``result`` itself (a timer fails it at the deadline)
-        rather than a wait on several futures: one wake-up fewer per batch on the hot path."""
-        watch = _Deadline(self, result, deadline)
-        try:
-            await result
-            return None
-        except _Expired:
-            pass
-        except Exception as exc:   # the channel was lost: the worker died
-            return self.death_error(), str(exc), True
-        finally:
-            watch.disarm()
-        self.channel.close()   # poison: a late answer must never reach the next batch
-        return (*self._expiry(deadline), False)
 
     def _expiry(self, deadline: float) -> tuple[TorchdError, str]:
         mv = self.mv
@@ -279,46 +297,51 @@ class _Running:
 
 
 class _Deadline:
-    """Fails a batch's result future with _Expired at the batch's deadline, or at the stop
-    deadline once a stop is asked for (a stop may bring it forward).
+    """One timer per dispatcher for its running batch's deadline, or the stop's deadline once
+    a stop is asked for, whichever comes first.
 
-    An object rather than a closure: a timer callback that re-arms itself by name is a
-    reference cycle, and every batch's cycle was garbage for the cyclic collector to find."""
+    Armed once and moved only when the limit comes earlier (a stop): a timer that finds the
+    batch it was set for answered re-arms itself for the batch running then. A timer per
+    batch cost a handle, a heap push and a cancel on every batch."""
 
-    __slots__ = ("dispatcher", "result", "deadline", "timer", "disarmed")
+    __slots__ = ("dispatcher", "timer", "at", "expired")
 
-    def __init__(self, dispatcher: Dispatcher, result: asyncio.Future, deadline: float) -> None:
-        self.dispatcher, self.result, self.deadline = dispatcher, result, deadline
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        self.dispatcher = dispatcher
         self.timer: asyncio.TimerHandle | None = None
-        self.disarmed = False
-        self.arm()
-        if not dispatcher._stop.done():
-            dispatcher._stop.add_done_callback(self.arm)
+        self.at = 0.0
+        self.expired: _Running | None = None   # the batch that passed its limit
 
-    def arm(self, _: object = None) -> None:
+    def limit(self) -> float | None:
+        running, stop_at = self.dispatcher._running, self.dispatcher.stop_deadline
+        if running is None:
+            return None
+        return running.deadline if stop_at is None else min(running.deadline, stop_at)
+
+    def arm(self) -> None:
+        limit = self.limit()
+        if limit is None or (self.timer is not None and self.at <= limit):
+            return   # nothing runs, or the timer comes first and will look again
+        self.cancel()
+        self.at = limit
+        delay = max(0.0, limit - self.dispatcher.clock())
+        self.timer = asyncio.get_running_loop().call_later(delay, self._fire)
+
+    def cancel(self) -> None:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.disarmed:   # a stop callback that was already scheduled when the wait ended
+
+    def _fire(self) -> None:
+        self.timer = None
+        limit = self.limit()
+        if limit is None:
             return
-        stop_at = self.dispatcher.stop_deadline
-        limit = self.deadline if stop_at is None else min(self.deadline, stop_at)
-        remaining = limit - self.dispatcher.clock()
-        if remaining > 0:
-            self.timer = asyncio.get_running_loop().call_later(remaining, self.arm)
-        elif not self.result.done():
-            self.result.set_exception(_Expired())
-
-    def disarm(self) -> None:
-        self.disarmed = True
-        self.dispatcher._stop.remove_done_callback(self.arm)
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-
-
-class _Expired(Exception):
-    """A batch's deadline passed before its result came."""
+        if limit > self.dispatcher.clock():
+            self.arm()   # set for a batch since answered: now for the one running
+            return
+        self.expired = self.dispatcher._running
+        self.dispatcher._expire(self.expired)
 
 
 async def _arrival_or(arrival: asyncio.Future, *others: asyncio.Future) -> None:

@@ -419,3 +419,41 @@ def test_answered_batches_leave_no_reference_cycles():
         feeder.stop(asyncio.get_running_loop().time())
         assert await serving is None
     run(main())
+
+
+def test_at_saturation_each_batch_is_done_with_in_its_read_without_the_task():
+    async def main():
+        mv, channel = model(), MemoryChannel()
+        feeder = dispatcher(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        jobs = [submit(mv, f"j{index}") for index in range(5)]
+        await settle()
+        for _ in jobs:   # no await between the answers: the task never runs
+            channel.answer()
+        assert feeder.served == 5 and feeder.answered == 5
+        assert feeder.batch is None and feeder.idle_since is not None
+        assert all(job.finished for job in jobs) and len(channel.batches) == 5
+        feeder.stop(asyncio.get_running_loop().time())
+        assert await serving is None
+    run(main())
+
+
+def test_the_deadline_follows_the_batch_running_after_many_answered_ones():
+    """One timer serves every batch: set for an answered batch, it re-arms for the next."""
+    async def main():
+        loop = asyncio.get_running_loop()
+        mv, channel = model(timeout=7), MemoryChannel()
+        serving = asyncio.ensure_future(dispatcher(mv, channel).serve())
+        for index in range(12):   # 12 batches of 1 s each: past one response_timeout
+            submit(mv, f"quick{index}")
+            await settle()
+            await asyncio.sleep(1)
+            channel.answer()
+        slow = submit(mv, "slow")
+        await settle()
+        started = loop.time()
+        assert await serving == "response timeout after 7 s"
+        assert loop.time() - started == pytest.approx(7)
+        kind, error = await slow.next_event()
+        assert kind == "error" and error.status == 504 and channel.closed
+    run(main())
