@@ -24,7 +24,7 @@ from typing import Any
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
 
-from daemon.errors import PayloadTooLarge, TorchdError, error_response
+from daemon.errors import InternalServerError, PayloadTooLarge, TorchdError, error_response
 from daemon.http.common import NoResponse, RequestContext, header, new_request_id
 from daemon.http.predict import (FORM_TYPES, HotRoutes, PredictionEndpoint, Predictor,
                                  handler_headers, new_job, worker_error)
@@ -161,6 +161,11 @@ class DirectRequest:
         except TorchdError as exc:
             self._refuse(exc)
             return
+        except Exception as exc:   # a bug: answered as the ASGI path answers one
+            logger.exception("unhandled error on %s %s", self.cycle.scope["method"],
+                             self.cycle.scope["path"])
+            self._refuse(TorchdError(f"{type(exc).__name__}: {exc}"))
+            return
         self.mv, self.job, self.state = mv, job, QUEUED
         job.listen(self.on_event)
 
@@ -196,14 +201,19 @@ class DirectRequest:
             self._send_rendered(self.endpoint.render_error(payload))
         elif payload.get("error"):
             self._send_rendered(self.endpoint.render_error(worker_error(payload)))
-        elif kind == "part":
-            self._start_parts(payload)
         else:
-            self._send_final(payload)
+            try:
+                headers = self._headers(payload)
+            except TorchdError as exc:   # nothing has been written yet
+                self._send_rendered(self.endpoint.render_error(exc))
+                return
+            if kind == "part":
+                self._start_parts(payload, headers)
+            else:
+                self._send_final(payload, headers)
 
-    def _send_final(self, response: dict[str, Any]) -> None:
+    def _send_final(self, response: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
         status = response.get("status") or 200
-        headers = self._headers(response, status)
         body = _bytes(response["body"])
         if status < 200 or status in (204, 304):
             body = b""   # a response of this status has no body, hence no Content-Length
@@ -211,9 +221,8 @@ class DirectRequest:
             headers.append((b"content-length", b"%d" % len(body)))
         self._send(status, headers, body)
 
-    def _start_parts(self, first: dict[str, Any]) -> None:
+    def _start_parts(self, first: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
         status = first.get("status") or 200
-        headers = self._headers(first, status)
         headers.append((b"transfer-encoding", b"chunked"))
         self.state = STREAMING
         self.status = status
@@ -239,12 +248,28 @@ class DirectRequest:
 
     # ---- writing ----------------------------------------------------------------------------
 
-    def _headers(self, response: dict[str, Any], status: int) -> list[tuple[bytes, bytes]]:
+    def _headers(self, response: dict[str, Any]) -> list[tuple[bytes, bytes]]:
+        """The handler's headers as they go out; a TorchdError (500) for a status or a header
+        that cannot (a line break in a header would let the handler write a response of its
+        own)."""
+        status = response.get("status") or 200
+        if status not in STATUS_LINE:
+            raise InternalServerError(f"The handler set an invalid status: {status!r}")
         headers = handler_headers(response)
         default_type = self.endpoint.default_type
         if default_type and status < 400:
             headers.setdefault("content-type", default_type)
-        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        encoded = []
+        for name, value in headers.items():
+            try:
+                pair = (name.encode("latin-1"), str(value).encode("latin-1"))
+            except UnicodeEncodeError:
+                pair = (b"\n", b"")   # refused below, as an invalid name
+            if HEADER_RE.search(pair[0]) or HEADER_VALUE_RE.search(pair[1]):
+                raise InternalServerError(f"The handler set an invalid response header: "
+                                          f"{name[:100]!r}")
+            encoded.append(pair)
+        return encoded
 
     def _send_rendered(self, response: Response) -> None:
         if self.state == DONE:
@@ -269,8 +294,6 @@ class DirectRequest:
         out = [STATUS_LINE[status]]
         close_given = False
         for name, value in (*self.protocol.server_state.default_headers, *headers):
-            if HEADER_RE.search(name) or HEADER_VALUE_RE.search(value):
-                raise ValueError(f"invalid response header {name!r}")
             if name == b"connection" and b"close" in value.lower():
                 cycle.keep_alive, close_given = False, True
             out += (name, b": ", value, b"\r\n")

@@ -227,7 +227,6 @@ class Dispatcher:
     async def _while_running(self) -> str | None:
         """Wait while batches run (each answered one is done with in _on_result, which starts
         the next): None once none runs, else why the worker is lost, its batch answered for."""
-        running = self._running
         self._wake = asyncio.get_running_loop().create_future()
         try:
             await _arrival_or(self._wake, self.channel.lost)

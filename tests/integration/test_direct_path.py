@@ -9,14 +9,34 @@ from __future__ import annotations
 import json
 import re
 import socket
+import subprocess
 import time
 
+import pytest
 import requests
 
 from tests.support import inference
+from tests.support.archives import ARCHIVER
 from tests.support.inference import MAX_REQUEST
 
 daemon, probe = inference.daemon, inference.probe
+
+# Sets the response header its request asks for (X-Set-Name, X-Set-Value as hex) and the
+# status (X-Set-Status): what a handler may get wrong.
+SETTER = """
+def handle(data, context):
+    if data is None:
+        return None
+    for idx in range(len(data)):
+        name = context.get_request_header(idx, "x-set-name")
+        if name:
+            value = bytes.fromhex(context.get_request_header(idx, "x-set-value")).decode()
+            context.set_response_header(idx, name, value)
+        status = context.get_request_header(idx, "x-set-status")
+        if status:
+            context.set_response_status(int(status), "", idx)
+    return ["set" for _ in data]
+"""
 
 
 def connect(daemon) -> socket.socket:
@@ -155,3 +175,33 @@ def test_requests_leave_no_reference_cycles_for_the_collector(daemon, probe):
             assert reader.response()[0] == 200
     collected = gc_collected(daemon) - before
     assert collected < 300, f"{collected:.0f} objects in reference cycles for 1500 requests"
+
+
+@pytest.fixture(scope="module")
+def setter(daemon, tmp_path_factory):
+    work = tmp_path_factory.mktemp("setter")
+    (work / "setter.py").write_text(SETTER)
+    subprocess.run([str(ARCHIVER), "--model-name", "setter", "--version", "1.0", "--handler",
+                    str(work / "setter.py"), "--export-path", str(daemon.model_store),
+                    "--force"], check=True, capture_output=True, timeout=120)
+    r = daemon.register("setter.mar", initial_workers=1)
+    assert r.status_code == 200, r.text
+    yield "setter"
+    daemon.unregister("setter")
+
+
+def test_a_handler_header_that_would_split_the_response_is_a_500(daemon, setter):
+    with connect(daemon) as sock:
+        reader = Reader(sock)
+        for value in ("one\r\nX-Injected: yes", "two\nthree"):
+            sock.sendall(post(f"/predictions/{setter}", b"x",
+                              b"X-Set-Name: X-Bad\r\nX-Set-Value: %s\r\n"
+                              % value.encode().hex().encode()))
+            status, headers, body = reader.response()
+            assert status == 500 and "x-injected" not in headers and "x-bad" not in headers
+            assert json.loads(body)["message"] == ("The handler set an invalid response "
+                                                   "header: 'x-bad'")
+        sock.sendall(post(f"/predictions/{setter}", b"x",   # and a good one goes out
+                          b"X-Set-Name: X-Good\r\nX-Set-Value: %s\r\n" % b"ok".hex().encode()))
+        status, headers, body = reader.response()
+        assert (status, headers["x-good"], body) == (200, "ok", b"set")
