@@ -11,7 +11,7 @@ in one write the moment the worker answers.
 
 It runs the ASGI path's own pieces: the endpoint's ``target``, ``submit_job``,
 ``record_outcome``, the middleware's authorization and its ``finish`` (status count, access
-log), ``handler_headers`` and the endpoint's error renderer. A request it does not take goes
+log), ``response_headers`` and the endpoint's error renderer. A request it does not take goes
 the ASGI way: a form body (starlette's parser), ``Expect: 100-continue``, a path that is not a
 prediction route. With CORS on (the middleware adds headers), there is no direct path at all.
 """
@@ -22,12 +22,12 @@ import time
 from typing import Any
 
 from starlette.responses import Response
-from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from daemon.errors import InternalServerError, PayloadTooLarge, TorchdError, error_response
+from daemon.errors import PayloadTooLarge, TorchdError, error_response
 from daemon.http.common import NoResponse, RequestContext, header, new_request_id
 from daemon.http.predict import (FORM_TYPES, HotRoutes, PredictionEndpoint, Predictor,
-                                 handler_headers, new_job, worker_error)
+                                 new_job, response_headers, worker_error)
 from daemon.models.submission import record_outcome, submit_job
 from protocol import messages
 
@@ -249,27 +249,8 @@ class DirectRequest:
     # ---- writing ----------------------------------------------------------------------------
 
     def _headers(self, response: dict[str, Any]) -> list[tuple[bytes, bytes]]:
-        """The handler's headers as they go out; a TorchdError (500) for a status or a header
-        that cannot (a line break in a header would let the handler write a response of its
-        own)."""
-        status = response.get("status") or 200
-        if status not in STATUS_LINE:
-            raise InternalServerError(f"The handler set an invalid status: {status!r}")
-        headers = handler_headers(response)
-        default_type = self.endpoint.default_type
-        if default_type and status < 400:
-            headers.setdefault("content-type", default_type)
-        encoded = []
-        for name, value in headers.items():
-            try:
-                pair = (name.encode("latin-1"), str(value).encode("latin-1"))
-            except UnicodeEncodeError:
-                pair = (b"\n", b"")   # refused below, as an invalid name
-            if HEADER_RE.search(pair[0]) or HEADER_VALUE_RE.search(pair[1]):
-                raise InternalServerError(f"The handler set an invalid response header: "
-                                          f"{name[:100]!r}")
-            encoded.append(pair)
-        return encoded
+        headers = response_headers(response, self.endpoint.default_type)   # may raise (500)
+        return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     def _send_rendered(self, response: Response) -> None:
         if self.state == DONE:

@@ -16,6 +16,7 @@ from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
 
 from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, TorchdError, \
     error_response
@@ -80,11 +81,12 @@ def render(response: dict[str, Any], render_error: ErrorRenderer,
            default_type: str | None) -> Response:
     if response.get("error"):
         return render_error(worker_error(response))
-    headers = handler_headers(response)
-    status = response.get("status") or 200
-    if default_type and status < 400 and "content-type" not in headers:
-        headers["content-type"] = default_type
-    return Response(response["body"], status_code=status, headers=headers)
+    try:
+        headers = response_headers(response, default_type)
+    except TorchdError as exc:
+        return render_error(exc)
+    return Response(response["body"], status_code=response.get("status") or 200,
+                    headers=headers)
 
 
 # How a response is framed is the server's business: a handler's own Content-Length (wrong
@@ -92,13 +94,33 @@ def render(response: dict[str, Any], render_error: ErrorRenderer,
 FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
 
-def handler_headers(response: dict[str, Any]) -> dict[str, str]:
+def response_headers(response: dict[str, Any], default_type: str | None) -> dict[str, str]:
     """The headers the handler set, and its content type exactly as it gave it (starlette's
-    media_type would append a charset to text types)."""
-    headers = {k.lower(): v for k, v in response.get("headers") or ()
-               if k.lower() not in FRAMING_HEADERS}
+    media_type would append a charset to text types), else ``default_type`` on a success.
+
+    An InternalServerError (500) for a status or a header that cannot go out: a line break in
+    a header would let the handler write a response of its own."""
+    status = response.get("status") or 200
+    if status not in STATUS_LINE:
+        raise InternalServerError(f"The handler set an invalid status: {status!r}")
+    headers = {}
+    for name, value in response.get("headers") or ():
+        name, value = str(name).lower(), str(value)
+        if name not in FRAMING_HEADERS:
+            headers[name] = value
     if response.get("content_type"):
-        headers["content-type"] = response["content_type"]
+        headers["content-type"] = str(response["content_type"])
+    if default_type and status < 400:
+        headers.setdefault("content-type", default_type)
+    for name, value in headers.items():
+        try:
+            valid = not (HEADER_RE.search(name.encode("latin-1"))
+                         or HEADER_VALUE_RE.search(value.encode("latin-1")))
+        except UnicodeEncodeError:
+            valid = False
+        if not valid:
+            raise InternalServerError(f"The handler set an invalid response header: "
+                                      f"{name[:100]!r}")
     return headers
 
 
@@ -114,10 +136,7 @@ class PartsResponse(StreamingResponse):
         self.first, self.job = first, job
         self.status_code = first.get("status") or 200
         self.background = None
-        headers = handler_headers(first)
-        if default_type and self.status_code < 400:
-            headers.setdefault("content-type", default_type)
-        self.init_headers(headers)
+        self.init_headers(response_headers(first, default_type))   # may raise: nothing is sent
 
     async def stream_response(self, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status_code,

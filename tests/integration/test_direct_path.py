@@ -191,16 +191,24 @@ def setter(daemon, tmp_path_factory):
 
 
 def test_a_handler_header_that_would_split_the_response_is_a_500(daemon, setter):
+    """On the direct path, and on the ASGI path (a form body) the same."""
+    form = b"Content-Type: application/x-www-form-urlencoded\r\n"
     with connect(daemon) as sock:
         reader = Reader(sock)
-        for value in ("one\r\nX-Injected: yes", "two\nthree"):
-            sock.sendall(post(f"/predictions/{setter}", b"x",
-                              b"X-Set-Name: X-Bad\r\nX-Set-Value: %s\r\n"
-                              % value.encode().hex().encode()))
+        for value, extra in (("one\r\nX-Injected: yes", b""), ("two\nthree", b""),
+                             ("one\r\nX-Injected: yes", form)):
+            sock.sendall(post(f"/predictions/{setter}", b"a=1",
+                              b"X-Set-Name: X-Bad\r\nX-Set-Value: %s\r\n%s"
+                              % (value.encode().hex().encode(), extra)))
             status, headers, body = reader.response()
             assert status == 500 and "x-injected" not in headers and "x-bad" not in headers
             assert json.loads(body)["message"] == ("The handler set an invalid response "
                                                    "header: 'x-bad'")
+        for extra in (b"", form):   # a status no HTTP response can have
+            sock.sendall(post(f"/predictions/{setter}", b"a=1", b"X-Set-Status: 42\r\n" + extra))
+            status, _, body = reader.response()
+            assert (status, json.loads(body)["message"]) == (
+                500, "The handler set an invalid status: 42")
         sock.sendall(post(f"/predictions/{setter}", b"x",   # and a good one goes out
                           b"X-Set-Name: X-Good\r\nX-Set-Value: %s\r\n" % b"ok".hex().encode()))
         status, headers, body = reader.response()
