@@ -1,9 +1,9 @@
 """The inference listener's direct path: a prediction request served from the listener's own
 callbacks, with no ASGI task, no receive/send messages and no starlette Response.
 
-Profiled under load, the ASGI layers around a no-op prediction (uvicorn's task and ``send``, the
-middleware's send wrapper, starlette's Response, the coroutines between them) took about a third
-of the daemon's CPU per request. A request taken here is still parsed by httptools in uvicorn's
+Profiled under load (py-spy), the ASGI layers around a no-op prediction (uvicorn's task and
+``send``, the middleware's send wrapper, starlette's Response, the coroutines between them) held
+about a third of the daemon's samples. A request taken here is still parsed by httptools in uvicorn's
 protocol, whose server still owns the connections, keep-alive, pipelining and the drain at
 shutdown. Then its body is read from uvicorn's request cycle as the parser fills it, its job is
 queued on the body's last byte, and the job's listener writes the whole response, head and body,

@@ -164,3 +164,36 @@ def test_disconnect_hooks_are_not_called_once_the_response_is_complete():
         await asyncio.sleep(0.2)
         assert called == []
     uvloop.run(serve_app(quick, client))
+
+
+def test_each_request_is_offered_to_the_apps_direct_path_before_its_asgi_task():
+    """The hook the inference app's direct path (daemon/http/direct.py) hangs on: if uvicorn
+    stopped calling it, every prediction would quietly take the slower ASGI path."""
+    offered = []
+
+    class Direct:
+        def take(self, protocol, cycle) -> bool:
+            offered.append(cycle.scope["path"])
+            return cycle.scope["path"] == "/taken" and _answer_directly(protocol, cycle)
+
+    def _answer_directly(protocol, cycle) -> bool:
+        protocol.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ndirect")
+        cycle.response_complete = True
+        cycle.on_response()
+        return True
+
+    async def app(scope, receive, send):
+        await answer(scope, receive, send)
+    app.direct = Direct()
+
+    async def client(host, port, _server):
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(b"GET /one HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\nok")
+        writer.write(b"GET /taken HTTP/1.1\r\nHost: x\r\n\r\n")
+        await reader.readuntil(b"\r\n\r\ndirect")
+        writer.write(b"GET /two HTTP/1.1\r\nHost: x\r\n\r\n")   # the connection serves on
+        await reader.readuntil(b"\r\n\r\nok")
+        writer.close()
+        assert offered == ["/one", "/taken", "/two"]
+    uvloop.run(serve_app(app, client))
