@@ -92,8 +92,9 @@ def test_a_killed_worker_is_unhealthy_until_it_is_back(watched):
         assert result.stdout.startswith("UNHEALTHY: model slow version 1.0: 0 of 1 READY "
                                         "workers alive ("), result.stdout
         assert "noop" not in result.stdout
-        wait_until(lambda: [w["status"] for w in d.workers("slow")] == ["READY"], timeout=60,
-                   what="slow's worker back")
+        # the replacement: the killed worker itself reads READY until the daemon has seen it go
+        wait_until(lambda: [(w["status"], w["pid"] != worker["pid"]) for w in d.workers("slow")]
+                   == [("READY", True)], timeout=60, what="slow's worker back")
     finally:
         watched.flag.unlink()
     assert run_health(*watched.health).returncode == 0
