@@ -294,9 +294,10 @@ async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
     return 0 if shutdown.is_set() else 1
 
 
-# Container allocations between two collections of the youngest generation (Python's default:
-# 700, a collection every two or three requests, each walking every request in flight; with
-# this many, under 1 MB of cyclic garbage can wait for it).
+# Container allocations between two collections of the youngest generation. Python's default,
+# 700, meant a collection every ten or so requests (a request keeps about 70 containers), each
+# walking every request in flight; serving makes no cyclic garbage, and whatever else does
+# waits at most this many allocations (a few MB) for the collector.
 GC_YOUNG_THRESHOLD = 20_000
 
 
