@@ -89,11 +89,27 @@ def header(scope: dict, name: bytes) -> str | None:
     return None
 
 
+def too_large(limit: int) -> PayloadTooLarge:
+    return PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
+
+
+def declared_too_large(scope: dict, limit: int) -> bool:
+    """The request's Content-Length is over ``limit``: refused before any of its body is read."""
+    declared = header(scope, b"content-length")
+    return bool(declared and declared.isdigit() and int(declared) > limit)
+
+
+def normalized_path(path: str) -> str:
+    """The path without its trailing slash: /predictions/m/ is /predictions/m."""
+    if len(path) > 1 and path.endswith("/"):
+        return path.rstrip("/") or "/"
+    return path
+
+
 async def receive_body(scope: dict, receive: Callable, limit: int) -> bytes:
     """``read_body`` for plain ASGI code; ClientDisconnect if the client hangs up first."""
-    declared = header(scope, b"content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
+    if declared_too_large(scope, limit):
+        raise too_large(limit)
     chunks, size = [], 0
     while True:
         message = await receive()
@@ -103,7 +119,7 @@ async def receive_body(scope: dict, receive: Callable, limit: int) -> bytes:
         if chunk:
             size += len(chunk)
             if size > limit:
-                raise PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
+                raise too_large(limit)
             chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -183,9 +199,9 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        if len(path) > 1 and path.endswith("/"):
-            scope = {**scope, "path": path.rstrip("/") or "/"}
+        path = normalized_path(scope["path"])
+        if path != scope["path"]:
+            scope = {**scope, "path": path}
         request_id = new_request_id()
         scope.setdefault("state", {})["request_id"] = request_id
         header = (b"x-request-id", request_id.encode())

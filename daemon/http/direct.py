@@ -3,11 +3,11 @@ callbacks, with no ASGI task, no receive/send messages and no starlette Response
 
 Profiled under load (py-spy), the ASGI layers around a no-op prediction (uvicorn's task and
 ``send``, the middleware's send wrapper, starlette's Response, the coroutines between them) held
-about a third of the daemon's samples. A request taken here is still parsed by httptools in uvicorn's
-protocol, whose server still owns the connections, keep-alive, pipelining and the drain at
-shutdown. Then its body is read from uvicorn's request cycle as the parser fills it, its job is
-queued on the body's last byte, and the job's listener writes the whole response, head and body,
-in one write the moment the worker answers.
+about a third of the daemon's samples. A request taken here is still parsed by httptools in
+uvicorn's protocol, whose server still owns the connections, keep-alive, pipelining and the
+drain at shutdown. Then its body is read from uvicorn's request cycle as the parser fills it,
+its job is queued on the body's last byte, and the job's listener writes the whole response,
+head and body, in one write the moment the worker answers.
 
 It runs the ASGI path's own pieces: the endpoint's ``target``, ``submit_job``,
 ``record_outcome``, the middleware's authorization and its ``finish`` (status count, access
@@ -24,10 +24,11 @@ from typing import Any
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from daemon.errors import PayloadTooLarge, TorchdError, error_response
-from daemon.http.common import NoResponse, RequestContext, header, new_request_id
-from daemon.http.predict import (FORM_TYPES, HotRoutes, PredictionEndpoint, Predictor,
-                                 new_job, response_headers, worker_error)
+from daemon.errors import TorchdError, error_response
+from daemon.http.common import (RequestContext, declared_too_large, header, new_request_id,
+                                normalized_path, too_large)
+from daemon.http.predict import (HotRoutes, PredictionEndpoint, Predictor, is_form, new_job,
+                                 outcome_status, response_headers, worker_error)
 from daemon.models.submission import record_outcome, submit_job
 from protocol import messages
 
@@ -55,14 +56,12 @@ class DirectPath:
         if cycle.waiting_for_100_continue:   # the ASGI path sends the 100 when asked for the body
             return False
         scope = cycle.scope
-        path = scope["path"]
-        if len(path) > 1 and path.endswith("/"):
-            path = path.rstrip("/") or "/"
+        path = normalized_path(scope["path"])
         found = self.routes.match(path, scope["method"])
         if found is None or not isinstance(found[0].endpoint, PredictionEndpoint):
             return False
         content_type = header(scope, b"content-type")
-        if content_type and content_type.split(";")[0].strip().lower() in FORM_TYPES:
+        if is_form(content_type):
             return False
         route, scope["path_params"] = found
         scope["path"] = path
@@ -114,9 +113,8 @@ class DirectRequest:
         except TorchdError as exc:
             self._refuse(exc)
             return
-        declared = header(scope, b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.path.predictor.limit:
-            self._refuse(self._too_large())
+        if declared_too_large(scope, self.path.predictor.limit):
+            self._refuse(too_large(self.path.predictor.limit))
             return
         self.set()   # a pipelined request's body may be complete already
 
@@ -137,7 +135,7 @@ class DirectRequest:
             elif not cycle.more_body:
                 self._submit(bytes(cycle.body))
             elif len(cycle.body) > self.path.predictor.limit:
-                self._refuse(self._too_large())
+                self._refuse(too_large(self.path.predictor.limit))
             else:   # uvicorn pauses reading past 64 KiB; the body is held here up to the limit
                 self.protocol.flow.resume_reading()
         elif self.state == QUEUED and cycle.disconnected:
@@ -145,10 +143,6 @@ class DirectRequest:
 
     def clear(self) -> None:
         """uvicorn clears the event only in ``receive``, which nothing calls here."""
-
-    def _too_large(self) -> TorchdError:
-        return PayloadTooLarge(f"Request body exceeds max_request_size "
-                               f"({self.path.predictor.limit} bytes)")
 
     def _submit(self, body: bytes) -> None:
         predictor = self.path.predictor
@@ -187,14 +181,8 @@ class DirectRequest:
             self._abort()
 
     def _first_event(self, kind: str, payload: Any) -> None:
-        if kind == "gone":
-            status = NoResponse.status
-        elif kind == "error":
-            status = payload.status
-        else:
-            status = payload.get("status") or 200
-        record_outcome(self.path.predictor.metrics, self.mv, self.job, status,
-                       self.target[1] is not None)
+        record_outcome(self.path.predictor.metrics, self.mv, self.job,
+                       outcome_status(kind, payload), self.target[1] is not None)
         if kind == "gone":
             self._done()
         elif kind == "error":
@@ -253,12 +241,8 @@ class DirectRequest:
         return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     def _send_rendered(self, response: Response) -> None:
-        if self.state == DONE:
-            return
-        if self.cycle.disconnected:
-            self._done()
-            return
-        self._send(response.status_code, response.raw_headers, response.body)
+        if self.state != DONE:
+            self._send(response.status_code, response.raw_headers, response.body)
 
     def _send(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.status = status

@@ -61,6 +61,21 @@ async def form_parameters(scope: dict[str, Any], receive: Callable, body: bytes,
         return params
 
 
+def is_form(content_type: str | None) -> bool:
+    """A multipart or urlencoded body: one parameter per field (starlette's parser)."""
+    return bool(content_type) and content_type.split(";")[0].strip().lower() in FORM_TYPES
+
+
+def outcome_status(kind: str, payload: Any) -> int:
+    """The status a job's first event counts as in the metrics: a client that hung up counts
+    too (it arrived), as 499."""
+    if kind == "gone":
+        return NoResponse.status
+    if kind == "error":
+        return payload.status
+    return payload.get("status") or 200
+
+
 def new_job(scope: dict[str, Any], params: list[dict[str, Any]], extra_headers: tuple) -> Job:
     rid = scope["state"]["request_id"]
     headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
@@ -110,9 +125,7 @@ def response_headers(response: dict[str, Any], default_type: str | None) -> dict
             headers[name] = value
     if response.get("content_type"):
         headers["content-type"] = str(response["content_type"])
-    if default_type and status < 400:
-        headers.setdefault("content-type", default_type)
-    for name, value in headers.items():
+    for name, value in headers.items():   # all the handler's; the default type below is ours
         try:
             valid = not (HEADER_RE.search(name.encode("latin-1"))
                          or HEADER_VALUE_RE.search(value.encode("latin-1")))
@@ -121,6 +134,8 @@ def response_headers(response: dict[str, Any], default_type: str | None) -> dict
         if not valid:
             raise InternalServerError(f"The handler set an invalid response header: "
                                       f"{name[:100]!r}")
+    if default_type and status < 400:
+        headers.setdefault("content-type", default_type)
     return headers
 
 
@@ -195,13 +210,11 @@ class Predictor:
         named = version is not None
         submit_job(self.supervisor, self.metrics, mv, job, named)
         kind, payload = await self._first_event(scope, mv, job)
+        record_outcome(self.metrics, mv, job, outcome_status(kind, payload), named)
         if kind == "gone":
-            self._record(mv, job, NoResponse.status, named)   # it arrived: it counts
             return NoResponse()
         if kind == "error":
-            self._record(mv, job, payload.status, named)
             return render_error(payload)
-        self._record(mv, job, payload.get("status") or 200, named)
         if kind == "part":
             return PartsResponse(payload, job, default_type)
         return render(payload, render_error, default_type)
@@ -209,7 +222,7 @@ class Predictor:
     async def _parameters(self, scope: dict[str, Any], receive: Callable) -> list[dict]:
         body = await receive_body(scope, receive, self.limit)
         content_type = header(scope, b"content-type")
-        if content_type and content_type.split(";")[0].strip().lower() in FORM_TYPES:
+        if is_form(content_type):
             try:
                 return await form_parameters(scope, receive, body, self.limit)
             except MultiPartException as exc:
@@ -231,8 +244,6 @@ class Predictor:
         finally:
             hooks.remove(client_gone)
 
-    def _record(self, mv: ModelVersion, job: Job, status: int, named: bool) -> None:
-        record_outcome(self.metrics, mv, job, status, named)
 
 
 # ---- endpoints ------------------------------------------------------------------------------

@@ -9,14 +9,13 @@ from __future__ import annotations
 import json
 import re
 import socket
-import subprocess
 import time
 
 import pytest
 import requests
 
 from tests.support import inference
-from tests.support.archives import ARCHIVER
+from tests.support.archives import archive_source
 from tests.support.inference import MAX_REQUEST
 
 daemon, probe = inference.daemon, inference.probe
@@ -179,11 +178,7 @@ def test_requests_leave_no_reference_cycles_for_the_collector(daemon, probe):
 
 @pytest.fixture(scope="module")
 def setter(daemon, tmp_path_factory):
-    work = tmp_path_factory.mktemp("setter")
-    (work / "setter.py").write_text(SETTER)
-    subprocess.run([str(ARCHIVER), "--model-name", "setter", "--version", "1.0", "--handler",
-                    str(work / "setter.py"), "--export-path", str(daemon.model_store),
-                    "--force"], check=True, capture_output=True, timeout=120)
+    archive_source(SETTER, "setter", daemon.model_store, tmp_path_factory.mktemp("setter"))
     r = daemon.register("setter.mar", initial_workers=1)
     assert r.status_code == 200, r.text
     yield "setter"

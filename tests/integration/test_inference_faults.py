@@ -9,7 +9,6 @@ import os
 import re
 import signal
 import socket
-import subprocess
 import time
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 import requests
 
 from daemon.osutil import pid_gone as gone
-from tests.support.archives import ARCHIVER, copy_store
+from tests.support.archives import archive_source, copy_store
 from tests.support.daemon import Daemon
 
 QUEUE = 3
@@ -66,21 +65,13 @@ def handle(data, context):
 '''
 
 
-def archive(source: str, name: str, out: Path, work: Path) -> None:
-    work.mkdir(parents=True, exist_ok=True)
-    (work / f"{name}.py").write_text(source)
-    subprocess.run([str(ARCHIVER), "--model-name", name, "--version", "1.0",
-                    "--handler", str(work / f"{name}.py"), "--export-path", str(out), "--force"],
-                   check=True, capture_output=True, timeout=120)
-
-
 @pytest.fixture(scope="module")
 def daemon(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("inference-faults")
     store = copy_store(archive_dir, workdir / "store")
-    archive(TRACE, "trace", store, workdir / "src")
-    archive(SLOW_LOAD, "slow_load", store, workdir / "src")
-    archive(CRASHER, "crasher", store, workdir / "src")
+    archive_source(TRACE, "trace", store, workdir / "src")
+    archive_source(SLOW_LOAD, "slow_load", store, workdir / "src")
+    archive_source(CRASHER, "crasher", store, workdir / "src")
     # "victim" opts out of re-dispatch (the per-model key, through the models JSON)
     opted_out = {"victim": {"1.0": {"redispatchOnWorkerDeath": False}}}
     d = Daemon(workdir, store, {"job_queue_size": QUEUE, "models": json.dumps(opted_out)})

@@ -20,6 +20,17 @@ def copy_store(archive_dir: Path, dest: Path) -> Path:
     return dest
 
 
+def archive_source(source: str, name: str, out_dir: Path, work: Path) -> Path:
+    """``source`` (a handler module's text) archived as model ``name``, version 1.0."""
+    work.mkdir(parents=True, exist_ok=True)
+    handler = work / f"{name}.py"
+    handler.write_text(source)
+    subprocess.run([str(ARCHIVER), "--model-name", name, "--version", "1.0", "--handler",
+                    str(handler), "--export-path", str(out_dir), "--force"],
+                   check=True, capture_output=True, timeout=120)
+    return out_dir / f"{name}.mar"
+
+
 def build_archive(model: str, out_dir: Path, *, name: str | None = None, version: str = "1.0",
                   fmt: str = "default", handler: str = "handler.py",
                   serialized_file: str | None = None, model_file: str | None = None,

@@ -5,13 +5,12 @@ binds the fixtures to its own names (``daemon, probe = inference.daemon, inferen
 so gets its own daemon."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import requests
 
-from tests.support.archives import ARCHIVER, copy_store
+from tests.support.archives import archive_source, copy_store
 from tests.support.daemon import Daemon
 
 MAX_REQUEST = 2 * 1024 * 1024
@@ -53,12 +52,7 @@ def handle(data, context):
 
 def build_probe(out: Path, work: Path) -> Path:
     """probe.mar: the PROBE handler archived by the real torch-model-archiver."""
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "probe.py").write_text(PROBE)
-    subprocess.run([str(ARCHIVER), "--model-name", "probe", "--version", "1.0",
-                    "--handler", str(work / "probe.py"), "--export-path", str(out), "--force"],
-                   check=True, capture_output=True, timeout=120)
-    return out / "probe.mar"
+    return archive_source(PROBE, "probe", out, work)
 
 
 @pytest.fixture(scope="module")

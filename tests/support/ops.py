@@ -16,7 +16,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.archives import ARCHIVER
+from tests.support.archives import archive_source
 from tests.support.daemon import REPO, Daemon
 
 HEALTH = REPO / "scripts" / "torchd-health"
@@ -142,8 +142,4 @@ SLOW_HANDLER = textwrap.dedent("""
 
 
 def build_slow_archive(out_dir: Path, src: Path) -> None:
-    src.mkdir(parents=True, exist_ok=True)
-    (src / "handler.py").write_text(SLOW_HANDLER)
-    subprocess.run([str(ARCHIVER), "--model-name", "slow", "--version", "1.0", "--handler",
-                    str(src / "handler.py"), "--export-path", str(out_dir), "--force"],
-                   check=True, capture_output=True, timeout=120)
+    archive_source(SLOW_HANDLER, "slow", out_dir, src)
