@@ -81,7 +81,7 @@ def build_management_app(core: Any) -> Any:
 
 
 def build_inference_app(core: Any) -> Any:
-    predictor = Predictor(core)
+    predictor = Predictor(core.predictions, core.config.max_request_size)
     hot = prediction_routes(predictor) + compat.compat_prediction_routes(predictor)
     app = Starlette(routes=[*inference.ROUTES, *compat.ROUTES, *hot],
                     exception_handlers=EXCEPTION_HANDLERS)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from typing import Any, Callable
 
@@ -14,6 +13,7 @@ from starlette.routing import Route
 from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, ResourceNotFound,
                            TorchdError, error_response)
 from daemon.logformat import DIRECT_LINES
+from daemon.models.call import new_request_id
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("torchd.access")
@@ -165,17 +165,6 @@ async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
 
 EXCEPTION_HANDLERS = {TorchdError: torchd_error, HTTPException: http_error,
                       ClientDisconnect: client_gone, Exception: unexpected_error}
-
-
-def new_request_id() -> str:
-    """A random (version 4) UUID in its usual text form: the same ids as str(uuid.uuid4()),
-    made from the hex of 16 random bytes without building a UUID object (a third the cost)."""
-    h = os.urandom(16).hex()
-    return (f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}")
-
-
-# RFC 4122 variant bits (10xx) in the first hex digit of the fourth group
-_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 class RequestContext:

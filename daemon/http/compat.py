@@ -37,7 +37,7 @@ class InvocationsEndpoint(PredictionEndpoint):
         named = _query_value(scope, "model_name")
         if named:
             return named
-        names = self.predictor.registry.names()
+        names = self.predictor.predictions.registry.names()
         targeted = header(scope, TARGET_MODEL_HEADER)
         if targeted:
             return _target_model(targeted, names)

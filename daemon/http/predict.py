@@ -9,21 +9,18 @@ daemon's time per request.
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any, Callable
 
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
 
-from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, TorchdError, \
-    error_response
+from daemon.errors import BadRequest, ResourceNotFound, TorchdError, error_response
+from daemon.http.answers import response_headers
 from daemon.http.common import DISCONNECT_HOOKS, NoResponse, header, receive_body
-from daemon.models.registry import ModelVersion
-from daemon.models.queue import Job
-from daemon.models.submission import record_outcome, submit_job
+from daemon.models.call import PredictionCall, Predictions
+from daemon.models.job import Answer, Failure, Gone, Part
 from protocol import messages
 
 logger = logging.getLogger(__name__)
@@ -42,13 +39,15 @@ def v2_error_of(exc: TorchdError) -> Response:
     return v2_error(exc.message, exc.status)
 
 
-# ---- request → job --------------------------------------------------------------------------
+# ---- request → call -------------------------------------------------------------------------
 
-async def form_parameters(scope: dict[str, Any], receive: Callable, body: bytes,
+async def form_parameters(scope: dict[str, Any], body: bytes,
                           limit: int) -> list[dict[str, Any]]:
     """One parameter per field of a multipart or urlencoded body (starlette's parser)."""
-    request = Request(scope, receive)
-    request._body = body   # the parser reads the cached body
+    async def replay() -> dict[str, Any]:   # the body, read already, as the parser asks for it
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    request = Request(scope, replay)
     # max_request_size bounds the whole body already; starlette's own 1 MB per field would
     # refuse fields TorchServe accepts
     async with request.form(max_part_size=limit) as form:   # closes spooled files
@@ -66,36 +65,17 @@ def is_form(content_type: str | None) -> bool:
     return bool(content_type) and content_type.split(";")[0].strip().lower() in FORM_TYPES
 
 
-def outcome_status(kind: str, payload: Any) -> int:
-    """The status a job's first event counts as in the metrics: a client that hung up counts
-    too (it arrived), as 499."""
-    if kind == "gone":
-        return NoResponse.status
-    if kind == "error":
-        return payload.status
-    return payload.get("status") or 200
-
-
-def new_job(scope: dict[str, Any], params: list[dict[str, Any]], extra_headers: tuple) -> Job:
-    rid = scope["state"]["request_id"]
+def request_headers(scope: dict[str, Any], extra_headers: tuple) -> list[list[str]]:
+    """The request's headers as the worker sees them, and the endpoint's extra ones."""
     headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
     headers.extend([list(h) for h in extra_headers])
-    return Job(rid, messages.request(rid, headers, params), time.monotonic())
+    return headers
 
 
-# ---- job → response -------------------------------------------------------------------------
+# ---- events → response ----------------------------------------------------------------------
 
-def worker_error(response: dict[str, Any]) -> TorchdError:
-    """A handler's failure. TorchServe types every one InternalServerException, whatever the
-    status (513 from a PredictionException, 503 "Prediction failed", 507 ...)."""
-    return InternalServerError(response.get("reason") or "Prediction failed",
-                               status=response["status"])
-
-
-def render(response: dict[str, Any], render_error: ErrorRenderer,
-           default_type: str | None) -> Response:
-    if response.get("error"):
-        return render_error(worker_error(response))
+def render(answer: Answer, render_error: ErrorRenderer, default_type: str | None) -> Response:
+    response = answer.response
     try:
         headers = response_headers(response, default_type)
     except TorchdError as exc:
@@ -104,71 +84,37 @@ def render(response: dict[str, Any], render_error: ErrorRenderer,
                     headers=headers)
 
 
-# How a response is framed is the server's business: a handler's own Content-Length (wrong
-# once the body is chunked) or Transfer-Encoding would break the connection for every client.
-FRAMING_HEADERS = frozenset({"content-length", "transfer-encoding"})
-
-
-def response_headers(response: dict[str, Any], default_type: str | None) -> dict[str, str]:
-    """The headers the handler set, and its content type exactly as it gave it (starlette's
-    media_type would append a charset to text types), else ``default_type`` on a success.
-
-    An InternalServerError (500) for a status or a header that cannot go out: a line break in
-    a header would let the handler write a response of its own."""
-    status = response.get("status") or 200
-    if status not in STATUS_LINE:
-        raise InternalServerError(f"The handler set an invalid status: {status!r}")
-    headers = {}
-    for name, value in response.get("headers") or ():
-        name, value = str(name).lower(), str(value)
-        if name not in FRAMING_HEADERS:
-            headers[name] = value
-    if response.get("content_type"):
-        headers["content-type"] = str(response["content_type"])
-    for name, value in headers.items():   # all the handler's; the default type below is ours
-        try:
-            valid = not (HEADER_RE.search(name.encode("latin-1"))
-                         or HEADER_VALUE_RE.search(value.encode("latin-1")))
-        except UnicodeEncodeError:
-            valid = False
-        if not valid:
-            raise InternalServerError(f"The handler set an invalid response header: "
-                                      f"{name[:100]!r}")
-    if default_type and status < 400:
-        headers.setdefault("content-type", default_type)
-    return headers
-
-
 class PartsResponse(StreamingResponse):
     """The handler's parts as the chunks of one chunked response; its return value is the last.
 
     A failure after the first part ends the response without its closing empty chunk: the status
     line has gone already, so the client must see a broken body rather than a complete one.
-    (Returning without the final body message makes uvicorn close the connection.)
+    (Returning without the final body message makes uvicorn close the connection.) uvicorn's
+    ``send`` waits while the client is not reading, and the call holds the worker's parts
+    meanwhile (daemon/models/job.py).
     """
 
-    def __init__(self, first: dict[str, Any], job: Job, default_type: str | None) -> None:
-        self.first, self.job = first, job
-        self.status_code = first.get("status") or 200
+    def __init__(self, first: Part, call: PredictionCall, default_type: str | None) -> None:
+        self.first, self.call = first.response, call
+        self.status_code = first.status
         self.background = None
-        self.init_headers(response_headers(first, default_type))   # may raise: nothing is sent
+        self.init_headers(response_headers(self.first, default_type))   # may raise: nothing sent
 
     async def stream_response(self, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.first["body"], "more_body": True})
         while True:
-            kind, payload = await self.job.next_event()
-            if kind == "gone":
+            event = await self.call.next_event()
+            if isinstance(event, Gone):
                 return
-            if kind == "error" or payload.get("error"):
-                message = payload.message if kind == "error" else payload.get("reason")
-                logger.error("request %s failed after its stream began: %s", self.job.id, message)
+            if isinstance(event, Failure):
+                logger.error("request %s failed after its stream began: %s", self.call.id,
+                             event.error.message)
                 return
-            last = kind == "final"
-            await send({"type": "http.response.body", "body": payload["body"],
-                        "more_body": not last})
-            if last:
+            await send({"type": "http.response.body", "body": event.response["body"],
+                        "more_body": not event.final})
+            if event.final:
                 return
 
 
@@ -177,11 +123,9 @@ class PartsResponse(StreamingResponse):
 class Predictor:
     """Runs prediction requests for one inference listener."""
 
-    def __init__(self, core: Any) -> None:
-        self.limit = core.config.max_request_size
-        self.registry = core.registry
-        self.supervisor = core.supervisor
-        self.metrics = core.metrics
+    def __init__(self, predictions: Predictions, limit: int) -> None:
+        self.predictions = predictions
+        self.limit = limit
 
     async def run(self, scope: dict[str, Any], receive: Callable, send: Callable, name: str,
                   version: str | None, extra_headers: tuple = (),
@@ -205,45 +149,37 @@ class Predictor:
                        version: str | None, extra_headers: tuple, render_error: ErrorRenderer,
                        default_type: str | None) -> Response:
         params = await self._parameters(scope, receive)
-        mv = self.registry.get(name, version)
-        job = new_job(scope, params, extra_headers)
-        named = version is not None
-        submit_job(self.supervisor, self.metrics, mv, job, named)
-        kind, payload = await self._first_event(scope, mv, job)
-        record_outcome(self.metrics, mv, job, outcome_status(kind, payload), named)
-        if kind == "gone":
+        call = self.predictions.start(name, version, request_headers(scope, extra_headers),
+                                      params, request_id=scope["state"]["request_id"])
+        event = await self._first_event(scope, call)
+        if isinstance(event, Gone):
             return NoResponse()
-        if kind == "error":
-            return render_error(payload)
-        if kind == "part":
-            return PartsResponse(payload, job, default_type)
-        return render(payload, render_error, default_type)
+        if isinstance(event, Failure):
+            return render_error(event.error)
+        if isinstance(event, Answer):
+            return render(event, render_error, default_type)
+        return PartsResponse(event, call, default_type)
 
     async def _parameters(self, scope: dict[str, Any], receive: Callable) -> list[dict]:
         body = await receive_body(scope, receive, self.limit)
         content_type = header(scope, b"content-type")
         if is_form(content_type):
             try:
-                return await form_parameters(scope, receive, body, self.limit)
+                return await form_parameters(scope, body, self.limit)
             except MultiPartException as exc:
                 raise BadRequest(exc.message) from None
         return [messages.parameter("body", content_type, body)]
 
     @staticmethod
-    async def _first_event(scope: dict[str, Any], mv: ModelVersion, job: Job) -> tuple[str, Any]:
-        """The job's first event; a client that hangs up before dispatch is dropped from the
+    async def _first_event(scope: dict[str, Any], call: PredictionCall) -> Any:
+        """The call's first event; a client that hangs up before dispatch is dropped from the
         queue, never run (the listener calls the hook when the connection is lost)."""
         hooks = scope[DISCONNECT_HOOKS]
-
-        def client_gone() -> None:
-            mv.queue.abandon(job)
-
-        hooks.append(client_gone)
+        hooks.append(call.hang_up)
         try:
-            return await job.next_event()
+            return await call.next_event()
         finally:
-            hooks.remove(client_gone)
-
+            hooks.remove(call.hang_up)
 
 
 # ---- endpoints ------------------------------------------------------------------------------

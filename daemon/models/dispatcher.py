@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from daemon.errors import InternalServerError, RequestTimeout, ServiceUnavailable, TorchdError
-from daemon.models.queue import Job
+from daemon.models.job import Job
 
 
 class BatchChannel(Protocol):
@@ -41,6 +41,11 @@ class BatchChannel(Protocol):
     def end_batch(self) -> None: ...
 
     def close(self) -> None: ...
+
+    # flow control: a job whose client is not taking its parts holds the channel (job.py)
+    def hold(self, job_id: str) -> None: ...
+
+    def release(self, job_id: str) -> None: ...
 
 
 class BatchObserver(Protocol):
@@ -175,6 +180,7 @@ class Dispatcher:
         jobs = {job.id: job for job in batch}
         for job in batch:
             job.dispatched_at = now
+            job.source = self.channel
         result = self.channel.start_batch(
             next(_batch_ids), [j.request for j in batch], lambda part: _route_part(jobs, part),
             lambda message: self._on_result(jobs, message))

@@ -4,84 +4,11 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from typing import Any, Callable
+from typing import Callable
 
 from daemon.errors import ServiceUnavailable, TorchdError
+from daemon.models.job import Job
 from daemon.models.sequences import SequenceLanes
-
-
-class Job:
-    """One inference request on its way to a worker and back.
-
-    Its events are what the HTTP side streams out: zero or more ("part", response) then
-    exactly one ("final", response) or ("error", TorchdError); or ("gone", None) once the client
-    has hung up. Most requests see exactly one event, so they wait on a bare future rather than
-    an asyncio.Queue (a queue and its getters cost more than the rest of the job). A caller
-    with no task to wake (the inference listener's direct path) ``listen``s instead.
-    """
-
-    __slots__ = ("id", "request", "arrival", "cancelled", "dispatched_at", "finished",
-                 "redispatched", "streamed", "sequence", "_events", "_waiter", "_listener")
-
-    def __init__(self, id: str, request: dict[str, Any], arrival: float) -> None:
-        self.id = id
-        self.request = request
-        self.arrival = arrival
-        self.cancelled = False
-        self.dispatched_at: float | None = None
-        self.finished = False
-        self.redispatched = False   # sent again once after its worker died with it
-        self.streamed = False       # a part has gone to the client: it can never run again
-        self.sequence: str | None = None   # runs on its sequence's worker (sequences.py)
-        self._events: collections.deque[tuple[str, Any]] = collections.deque()
-        self._waiter: asyncio.Future | None = None
-        self._listener: Callable[[str, Any], None] | None = None
-
-    def send_part(self, response: dict[str, Any]) -> None:
-        if not self.finished:
-            self.streamed = True
-            self._put(("part", response))
-
-    def finish(self, response: dict[str, Any]) -> None:
-        if not self.finished:
-            self.finished = True
-            self._put(("final", response))
-
-    def fail(self, error: TorchdError) -> None:
-        if not self.finished:
-            self.finished = True
-            self._put(("error", error))
-
-    def abandon(self) -> None:
-        """The client went away: never dispatch this job; wake whoever waits on it."""
-        self.cancelled = True
-        self._put(("gone", None))
-
-    async def next_event(self) -> tuple[str, Any]:
-        """The next event, in order; waits while there is none."""
-        if not self._events:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
-        return self._events.popleft()
-
-    def listen(self, listener: Callable[[str, Any], None]) -> None:
-        """From now on each event is handed to ``listener(kind, payload)`` the moment it
-        happens, in place of ``next_event``; events already queued go first. The listener runs
-        inside whoever raised the event (the dispatcher, an abandon), so it must not raise."""
-        self._listener = listener
-        while self._events:
-            listener(*self._events.popleft())
-
-    def _put(self, event: tuple[str, Any]) -> None:
-        if self._listener is not None:
-            self._listener(*event)
-            return
-        self._events.append(event)
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
 
 
 class QueueFull(Exception):

@@ -28,6 +28,7 @@ import uvloop
 from daemon.http import openapi
 from daemon.http.apps import build_inference_app, build_management_app, build_metrics_app
 from daemon.models.archives import PreparedArchive, remove_prepared
+from daemon.models.call import Predictions
 from daemon.config.settings import Config
 from daemon.http.inference import Health
 from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
@@ -77,6 +78,7 @@ class Core:
                                     self.runtime_dir / "models", snapshots=self.snapshots,
                                     metrics=self.metrics, gpus=self.gpus)
         self.health = Health(self.registry, self.supervisor)
+        self.predictions = Predictions(self.registry, self.supervisor, self.metrics)
         self.tokens = TokenStore(config.key_file, config.token_auth_enabled)
         self.documents = {"management": openapi.management_document(VERSION),
                           "inference": openapi.inference_document(VERSION)}

@@ -12,8 +12,7 @@ from daemon.errors import TorchdError
 from daemon.rpc import sequences
 from daemon.rpc.generated import inference_pb2 as pb
 from daemon.rpc.generated import inference_pb2_grpc as pb_grpc
-from daemon.rpc.jobs import Submitter, answer_body, event_status, input_parameters, new_job, \
-    request_headers
+from daemon.rpc.jobs import GrpcPredictions, input_parameters, request_headers
 from daemon.rpc.status import abort, answer, json_text
 
 Context = grpc.aio.ServicerContext
@@ -22,7 +21,7 @@ Context = grpc.aio.ServicerContext
 class InferenceService(pb_grpc.InferenceAPIsServiceServicer):
     def __init__(self, core: Any) -> None:
         self.health = core.health
-        self.submitter = Submitter(core)
+        self.calls = GrpcPredictions(core.predictions)
 
     async def Ping(self, request: Any, context: Context) -> pb.TorchServeHealthResponse:
         status = "Healthy" if self.health.healthy() else "Unhealthy"
@@ -34,36 +33,25 @@ class InferenceService(pb_grpc.InferenceAPIsServiceServicer):
 
     async def _predict(self, request: pb.PredictionsRequest,
                        context: Context) -> pb.PredictionResponse:
-        job = new_job(request_headers(context), input_parameters(request.input.items()))
-        mv = self.submitter.submit(request.model_name, request.model_version, job)
-        kind, payload = await self.submitter.final_event(mv, job, bool(request.model_version))
-        return pb.PredictionResponse(prediction=answer_body(kind, payload))
+        call = self.calls.start(request.model_name, request.model_version,
+                                request_headers(context), input_parameters(request.input.items()))
+        return pb.PredictionResponse(prediction=await self.calls.outcome(call))
 
     async def StreamPredictions(self, request: pb.PredictionsRequest,
                                 context: Context) -> AsyncIterator[pb.PredictionResponse]:
-        job = new_job(request_headers(context), input_parameters(request.input.items()))
         try:
-            mv = self.submitter.submit(request.model_name, request.model_version, job)
+            call = self.calls.start(request.model_name, request.model_version,
+                                    request_headers(context),
+                                    input_parameters(request.input.items()))
         except TorchdError as exc:
             await abort(context, exc)
-        named, recorded = bool(request.model_version), False
-        while True:
-            kind, payload = await self.submitter.first_event(mv, job)
-            if kind == "gone":
-                return
-            if not recorded:
-                self.submitter.record(mv, job, event_status(kind, payload), named)
-                recorded = True
-            try:
-                body = answer_body(kind, payload)
-            except TorchdError as exc:
-                await abort(context, exc)
-            yield pb.PredictionResponse(prediction=body)
-            if kind == "final":
-                return
+        try:
+            async for body in self.calls.parts(call):
+                yield pb.PredictionResponse(prediction=body)
+        except TorchdError as exc:
+            await abort(context, exc)
 
     async def StreamPredictions2(self, request_iterator: AsyncIterator[pb.PredictionsRequest],
                                  context: Context) -> AsyncIterator[pb.PredictionResponse]:
-        async for response in sequences.stream_sequence(self.submitter, request_iterator,
-                                                        context):
+        async for response in sequences.stream_sequence(self.calls, request_iterator, context):
             yield response

@@ -12,29 +12,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 
 from daemon.errors import RequestTimeout, ServiceUnavailable, TorchdError
+from daemon.models.call import new_request_id
 from daemon.models.registry import ModelVersion
 from daemon.rpc.generated import inference_pb2 as pb
 from daemon.rpc.generated import rpc_status_pb2
-from daemon.rpc.jobs import Submitter, answer_body, input_parameters, new_job, \
-    request_headers
+from daemon.rpc.jobs import GrpcPredictions, input_parameters, request_headers
 from daemon.rpc.status import abort, grpc_code
 
 _END = object()
 
 
-async def stream_sequence(submitter: Submitter, requests: AsyncIterator[pb.PredictionsRequest],
+async def stream_sequence(calls: GrpcPredictions, requests: AsyncIterator[pb.PredictionsRequest],
                           context: grpc.aio.ServicerContext,
                           ) -> AsyncIterator[pb.PredictionResponse]:
     inbox: asyncio.Queue = asyncio.Queue()
     reader = asyncio.ensure_future(_read(requests, inbox))
-    stream = _Sequence(submitter, request_headers(context))
+    stream = _Sequence(calls, request_headers(context))
     try:
         while True:
             request = await stream.next_request(inbox)
@@ -58,10 +57,10 @@ async def _read(requests: AsyncIterator[Any], inbox: asyncio.Queue) -> None:
 
 
 class _Sequence:
-    def __init__(self, submitter: Submitter, headers: list[list[str]]) -> None:
-        self.submitter = submitter
+    def __init__(self, calls: GrpcPredictions, headers: list[list[str]]) -> None:
+        self.calls = calls
         self.headers = headers
-        self.own_id = str(uuid.uuid4())
+        self.own_id = new_request_id()
         self.lanes: dict[tuple[int, str], ModelVersion] = {}
         self.idle: tuple[float, str, str] | None = None   # seconds, model, sequence id
 
@@ -88,12 +87,11 @@ class _Sequence:
         return pb.PredictionResponse(prediction=body, sequence_id=sequence)
 
     async def _predict(self, request: pb.PredictionsRequest, sequence: str) -> bytes:
-        job = new_job(self.headers, input_parameters(request.input.items()), sequence)
-        mv = self.submitter.submit(request.model_name, request.model_version, job)
-        self.lanes[(id(mv), sequence)] = mv
-        self.idle = _idle_limit(mv, sequence)
-        kind, payload = await self.submitter.final_event(mv, job, bool(request.model_version))
-        return answer_body(kind, payload)
+        call = self.calls.start(request.model_name, request.model_version, self.headers,
+                                input_parameters(request.input.items()), sequence)
+        self.lanes[(id(call.mv), sequence)] = call.mv
+        self.idle = _idle_limit(call.mv, sequence)
+        return await self.calls.outcome(call)
 
     def end(self) -> None:
         """Close every sequence this stream opened: their workers are free for others."""

@@ -29,6 +29,7 @@ class WorkerConnection(asyncio.Protocol):
         self._on_part: Callable[[dict], None] | None = None
         self._on_result: Callable[[dict], None] | None = None
         self._batch_id: int | None = None
+        self._holders: set[str] = set()   # jobs whose clients are not taking their parts
         self.last_pong = 0
 
     # ---- asyncio.Protocol --------------------------------------------------------------------
@@ -134,6 +135,33 @@ class WorkerConnection(asyncio.Protocol):
 
     def end_batch(self) -> None:
         self._batch_id, self._on_part, self._on_result = None, None, None
+        if self._holders:
+            self._holders.clear()
+            self._resume()
+
+    # ---- flow control ------------------------------------------------------------------------
+
+    @property
+    def held(self) -> bool:
+        """Reading is paused for a job whose client is not taking its parts: the worker's
+        writes block once the socket's buffers are full (so its heartbeat goes unread too)."""
+        return bool(self._holders)
+
+    def hold(self, job_id: str) -> None:
+        if not self._holders and self._transport is not None and not self.lost.done():
+            self._transport.pause_reading()
+        self._holders.add(job_id)
+
+    def release(self, job_id: str) -> None:
+        if job_id in self._holders:
+            self._holders.discard(job_id)
+            if not self._holders:
+                self._resume()
+
+    def _resume(self) -> None:
+        if self._transport is not None and not self.lost.done() \
+                and not self._transport.is_closing():
+            self._transport.resume_reading()
 
     def ping(self, seq: int) -> None:
         self.send(messages.ping(seq))

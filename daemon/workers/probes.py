@@ -31,6 +31,11 @@ class Heartbeat:
         now, hung, seen = self.clock(), [], set()
         for handle in handles:
             seen.add(handle.id)
+            if handle.conn.held:
+                # its socket is not being read while a client catches up on a stream: its
+                # answers wait there (response_timeout still bounds the batch)
+                self._unanswered.pop(handle.id, None)
+                continue
             sent = self._unanswered.get(handle.id)
             if sent is not None and handle.conn.last_pong < sent[0]:
                 if now - sent[1] >= self.interval:

@@ -15,7 +15,8 @@ import pytest
 
 from daemon.errors import InternalServerError, ServiceUnavailable
 from daemon.models.dispatcher import Dispatcher
-from daemon.models.queue import Job, JobQueue
+from daemon.models.job import Answer, Failure, Part, Job
+from daemon.models.queue import JobQueue
 from daemon.models.registry import ModelSettings
 from tests.support.virtual_time import run_on_virtual_time as run
 
@@ -27,6 +28,7 @@ class MemoryChannel:
         self.fault = fault   # raised by start_batch: a bug on the daemon's side
         self.batches: list[tuple[list[dict], Any, asyncio.Future]] = []
         self.closed = False
+        self.holders: set[str] = set()   # jobs holding the channel (flow control)
 
     def start_batch(self, batch_id, requests, on_part, on_result) -> asyncio.Future:
         if self.refuse:
@@ -50,10 +52,16 @@ class MemoryChannel:
                 result.set_exception(self.lost.result())
 
     def end_batch(self) -> None:
-        pass
+        self.holders.clear()
 
     def close(self) -> None:
         self.closed = True
+
+    def hold(self, job_id: str) -> None:
+        self.holders.add(job_id)
+
+    def release(self, job_id: str) -> None:
+        self.holders.discard(job_id)
 
 
 def model(batch_size: int = 1, delay_ms: int = 0, timeout: int = 10,
@@ -63,6 +71,12 @@ def model(batch_size: int = 1, delay_ms: int = 0, timeout: int = 10,
                              response_timeout=timeout, redispatch=redispatch)
     return SimpleNamespace(name="m", version="1.0", settings=settings,
                            queue=JobQueue(10, clock=loop.time))
+
+
+def failed(event):
+    """The error a Failure event carries (anything else fails the test)."""
+    assert isinstance(event, Failure), event
+    return event.error
 
 
 def submit(mv: SimpleNamespace, name: str) -> Job:
@@ -90,14 +104,14 @@ def test_batches_form_by_size_and_delay_and_are_answered_in_order():
         await settle()
         assert [r["id"] for r in channel.batches[0][0]] == ["a", "b"] and feeder.batch
         channel.answer()
-        assert await a.next_event() == ("final", {"id": "a", "body": b"ok"})
-        assert (await b.next_event())[0] == "final"
+        assert await a.next_event() == Answer({"id": "a", "body": b"ok"})
+        assert isinstance(await b.next_event(), Answer)
         start = asyncio.get_running_loop().time()
         while len(channel.batches) < 2:       # "c" waits out its 50 ms for a partner
             await asyncio.sleep(0.001)
         assert asyncio.get_running_loop().time() - start <= 0.051
         channel.answer()
-        assert (await c.next_event())[0] == "final"
+        assert isinstance(await c.next_event(), Answer)
         await settle()                        # the dispatcher's task resumes after the answer
         assert feeder.served == 3 and feeder.batch is None and feeder.idle_since is not None
         feeder.stop(asyncio.get_running_loop().time())
@@ -113,8 +127,8 @@ def test_a_batch_past_its_response_timeout_fails_504_and_poisons_the_channel():
         started = asyncio.get_running_loop().time()
         assert await serving == "response timeout after 7 s"
         assert asyncio.get_running_loop().time() - started == 7
-        kind, error = await job.next_event()
-        assert kind == "error" and error.status == 504 and "response_timeout" in error.message
+        error = failed(await job.next_event())
+        assert error.status == 504 and "response_timeout" in error.message
         assert channel.closed          # a late answer can never reach the next batch
     run(main())
 
@@ -130,8 +144,8 @@ def test_a_stop_cuts_the_batch_at_its_deadline_with_503():
         feeder.stop(stopped_at + 2)
         assert await serving == "stop timeout"
         assert asyncio.get_running_loop().time() - stopped_at == 2
-        kind, error = await job.next_event()
-        assert kind == "error" and error.status == 503
+        error = failed(await job.next_event())
+        assert error.status == 503
     run(main())
 
 
@@ -145,7 +159,7 @@ def test_a_stop_lets_the_batch_in_flight_finish_first():
         feeder.stop(asyncio.get_running_loop().time() + 5)
         channel.answer()
         assert await serving is None
-        assert (await job.next_event())[0] == "final"
+        assert isinstance(await job.next_event(), Answer)
         assert mv.queue.depth == 1 and not queued.finished   # left for another worker
     run(main())
 
@@ -158,8 +172,8 @@ def test_a_lost_channel_fails_the_batch_with_the_death_error_only():
         await settle()
         channel.lose()
         assert await serving == "worker closed its socket"
-        kind, error = await job.next_event()
-        assert kind == "error" and error.status == 500 and error.message == "Worker died."
+        error = failed(await job.next_event())
+        assert error.status == 500 and error.message == "Worker died."
         assert mv.queue.depth == 1 and not queued.finished
     run(main())
 
@@ -215,7 +229,7 @@ def test_at_saturation_the_next_batch_leaves_inside_the_result_read():
         assert sent_ids(channel)[-1] == ["e"]   # its delay (0 ms) is over: ready, sent too
         channel.answer()
         for job in jobs:
-            assert (await job.next_event())[0] == "final"
+            assert isinstance(await job.next_event(), Answer)
         await settle()
         assert feeder.served == 5 and feeder.batch is None and mv.queue.depth == 0
         feeder.stop(asyncio.get_running_loop().time())
@@ -260,7 +274,7 @@ def test_a_stop_sends_nothing_ahead_and_leaves_the_queue_to_others():
         feeder.stop(asyncio.get_running_loop().time() + 5)   # scaled down while busy
         channel.answer()
         assert await serving is None and len(channel.batches) == 1
-        assert (await running.next_event())[0] == "final"
+        assert isinstance(await running.next_event(), Answer)
         assert not waiting.finished and mv.queue.depth == 1
     run(main())
 
@@ -272,9 +286,9 @@ def test_an_unregistered_model_sends_nothing_ahead():
         feeder.stop(asyncio.get_running_loop().time() + 5)    # then its drain
         channel.answer()
         assert await serving is None and len(channel.batches) == 1
-        assert (await running.next_event())[0] == "final"
-        kind, error = await waiting.next_event()
-        assert kind == "error" and error.status == 503
+        assert isinstance(await running.next_event(), Answer)
+        error = failed(await waiting.next_event())
+        assert error.status == 503
     run(main())
 
 
@@ -288,9 +302,9 @@ def test_a_death_fails_only_the_batch_that_was_running():
         channel.answer()               # "second" leaves at once and runs
         channel.lose()                 # the worker dies in it
         assert await serving == "worker closed its socket"
-        assert (await first.next_event())[0] == "final"
-        kind, error = await second.next_event()
-        assert kind == "error" and error.message == "Worker died."
+        assert isinstance(await first.next_event(), Answer)
+        error = failed(await second.next_event())
+        assert error.message == "Worker died."
         assert not third.finished and mv.queue.depth == 1   # never sent: still queued
     run(main())
 
@@ -307,9 +321,9 @@ def test_a_batch_sent_ahead_has_its_whole_response_timeout_from_its_start():
         started = asyncio.get_running_loop().time()
         assert await serving == "response timeout after 10 s"
         assert asyncio.get_running_loop().time() - started == 10
-        assert (await first.next_event())[0] == "final"
-        kind, error = await second.next_event()
-        assert kind == "error" and error.status == 504 and channel.closed
+        assert isinstance(await first.next_event(), Answer)
+        error = failed(await second.next_event())
+        assert error.status == 504 and channel.closed
         assert len(channel.batches) == 2   # nothing went after the batch that timed out
     run(main())
 
@@ -321,8 +335,8 @@ def test_a_batch_that_fails_to_send_for_another_reason_is_answered_not_lost():
         reason = await dispatcher(mv, channel).serve()
         assert reason == "could not send a batch: ValueError: unencodable"
         for job in (first, second):
-            kind, error = await job.next_event()
-            assert kind == "error" and error.status == 500 and "unencodable" in error.message
+            error = failed(await job.next_event())
+            assert error.status == 500 and "unencodable" in error.message
     run(main())
 
 
@@ -360,8 +374,8 @@ def test_a_dead_workers_batch_goes_back_first_in_line_once():
         replacement.lose()                  # a second death: no third try
         await serving
         for job in (first, second):
-            kind, error = await job.next_event()
-            assert kind == "error" and error.message == "Worker died."
+            error = failed(await job.next_event())
+            assert error.message == "Worker died."
         assert not third.finished and mv.queue.depth == 1
     run(main())
 
@@ -375,11 +389,11 @@ def test_a_request_that_streamed_or_a_model_that_opted_out_is_not_sent_again():
             await settle()
             if streams:
                 job.send_part({"id": "a", "body": b"part"})
-                assert await job.next_event() == ("part", {"id": "a", "body": b"part"})
+                assert await job.next_event() == Part({"id": "a", "body": b"part"})
             channel.lose()
             await serving
-            kind, error = await job.next_event()
-            assert kind == "error" and error.status == 500 and mv.queue.depth == 0
+            error = failed(await job.next_event())
+            assert error.status == 500 and mv.queue.depth == 0
     run(main())
 
 
@@ -389,8 +403,8 @@ def test_a_timed_out_batch_is_not_a_death_and_never_runs_again():
         serving = asyncio.ensure_future(dispatcher(mv, channel).serve())
         job = submit(mv, "slow")
         assert await serving == "response timeout after 3 s"
-        kind, error = await job.next_event()
-        assert kind == "error" and error.status == 504
+        error = failed(await job.next_event())
+        assert error.status == 504
         assert mv.queue.depth == 0 and not job.redispatched
     run(main())
 
@@ -410,7 +424,7 @@ def test_answered_batches_leave_no_reference_cycles():
                 job = submit(mv, f"j{index}")
                 await settle()
                 channel.answer()
-                assert (await job.next_event())[0] == "final"
+                assert isinstance(await job.next_event(), Answer)
                 await settle()
             channel.batches.clear()
             assert gc.collect() == 0
@@ -454,6 +468,6 @@ def test_the_deadline_follows_the_batch_running_after_many_answered_ones():
         started = loop.time()
         assert await serving == "response timeout after 7 s"
         assert loop.time() - started == pytest.approx(7)
-        kind, error = await slow.next_event()
-        assert kind == "error" and error.status == 504 and channel.closed
+        error = failed(await slow.next_event())
+        assert error.status == 504 and channel.closed
     run(main())

@@ -10,7 +10,8 @@ import asyncio
 import pytest
 
 from daemon.errors import ServiceUnavailable
-from daemon.models.queue import Job, JobQueue, QueueFull, queue_full_error
+from daemon.models.job import GONE, Answer, Failure, Job, Part
+from daemon.models.queue import JobQueue, QueueFull, queue_full_error
 from tests.support.virtual_time import run_on_virtual_time as run
 
 
@@ -120,7 +121,7 @@ def test_abandoned_job_leaves_the_queue_at_once():
         queue.submit(b)
         queue.abandon(a)
         assert queue.depth == 1 and a.cancelled
-        assert await a.next_event() == ("gone", None)
+        assert await a.next_event() is GONE
         assert ids(await queue.take_batch(4, 0)) == ["b"]
     run(main())
 
@@ -191,7 +192,7 @@ def test_fail_all_answers_every_waiting_job():
         error = ServiceUnavailable("gone")
         assert queue.fail_all(error) == 3 and queue.depth == 0
         for j in jobs:
-            assert await j.next_event() == ("error", error)
+            assert await j.next_event() == Failure(error)
     run(main())
 
 
@@ -210,7 +211,7 @@ def test_a_closed_queue_answers_late_jobs_too():
         with pytest.raises(asyncio.CancelledError):
             await take
         for j in (filling, waiting):  # ... and is answered, not left in a dead queue
-            assert await j.next_event() == ("error", error)
+            assert await j.next_event() == Failure(error)
         with pytest.raises(ServiceUnavailable):
             queue.submit(job("late"))
         assert queue.depth == 0
@@ -224,8 +225,8 @@ def test_job_events_end_with_exactly_one_answer():
         j.finish({"body": b"2"})
         j.fail(ServiceUnavailable("late"))
         j.send_part({"body": b"3"})
-        assert await j.next_event() == ("part", {"body": b"1"})
-        assert await j.next_event() == ("final", {"body": b"2"})
+        assert await j.next_event() == Part({"body": b"1"})
+        assert await j.next_event() == Answer({"body": b"2"})
         after = asyncio.ensure_future(j.next_event())
         await asyncio.sleep(0)
         assert not after.done()  # nothing follows the answer
@@ -241,8 +242,8 @@ def test_job_events_wake_a_waiting_reader_in_order():
         assert not reader.done()
         j.send_part({"body": b"1"})
         j.finish({"body": b"2"})
-        assert await reader == ("part", {"body": b"1"})
-        assert await j.next_event() == ("final", {"body": b"2"})
+        assert await reader == Part({"body": b"1"})
+        assert await j.next_event() == Answer({"body": b"2"})
     run(main())
 
 
@@ -273,10 +274,10 @@ def test_a_listener_gets_the_queued_events_then_each_as_it_happens():
         j = job("a")
         j.send_part({"body": b"1"})
         heard: list = []
-        j.listen(lambda kind, payload: heard.append((kind, payload)))
-        assert heard == [("part", {"body": b"1"})]   # what waited is handed over first
+        j.listen(heard.append)
+        assert heard == [Part({"body": b"1"})]   # what waited is handed over first
         j.finish({"body": b"2"})
-        assert heard[-1] == ("final", {"body": b"2"})   # at once: no task in between
+        assert heard[-1] == Answer({"body": b"2"})   # at once: no task in between
         j.fail(ServiceUnavailable("late"))
         assert len(heard) == 2   # nothing follows the answer
     run(main())

@@ -1,4 +1,4 @@
-"""The inference listener (daemon/ops/listeners.py): uvicorn over a socket torchd bound, with
+"""The inference listener (daemon/http/uvicorn_adapter.py): uvicorn over a socket torchd bound, with
 TCP_NODELAY on every accepted connection and the daemon's own shutdown (no signal handlers)."""
 from __future__ import annotations
 
@@ -8,10 +8,9 @@ import socket
 
 import uvloop
 
-from daemon.config.values import BindAddress
 from daemon.http.common import DISCONNECT_HOOKS
-from daemon.ops.listeners import (InferenceServer, NoDelayHttpTools, set_nodelay,
-                                  uvicorn_config)
+from daemon.http.uvicorn_adapter import (InferenceProtocol, InferenceServer, set_nodelay,
+                                         uvicorn_config)
 
 
 async def answer(scope, receive, send):
@@ -58,7 +57,7 @@ def test_the_inference_server_sets_nodelay_and_leaves_the_signals_to_the_daemon(
             head = await reader.readuntil(b"\r\n\r\nok")
             assert head.startswith(b"HTTP/1.1 200 OK\r\n")
         (connection,) = server.server_state.connections
-        assert isinstance(connection, NoDelayHttpTools)
+        assert isinstance(connection, InferenceProtocol)
         assert nodelay(connection.transport.get_extra_info("socket")) == 1
         writer.close()
     uvloop.run(serve_app(answer, client))
@@ -66,12 +65,12 @@ def test_the_inference_server_sets_nodelay_and_leaves_the_signals_to_the_daemon(
 
 # ---- the response head goes out with the body; hooks hear of a client that hangs up --------
 
-async def serve_app(app, client):
+async def serve_app(app, client, direct=None):
     """Run ``app`` on a real InferenceServer over a loopback socket; ``client(host, port,
     server)`` talks to it."""
     sock = socket.create_server(("127.0.0.1", 0))
-    address = BindAddress("http", host="127.0.0.1", port=0)
-    server = InferenceServer(uvicorn_config(app, address, config=None))
+    server = InferenceServer(uvicorn_config(app, direct, {}, backlog=16, keep_alive=5,
+                                            graceful=5))
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
         while not server.started:
@@ -172,19 +171,17 @@ def test_each_request_is_offered_to_the_apps_direct_path_before_its_asgi_task():
     offered = []
 
     class Direct:
-        def take(self, protocol, cycle) -> bool:
-            offered.append(cycle.scope["path"])
-            return cycle.scope["path"] == "/taken" and _answer_directly(protocol, cycle)
+        def take(self, exchange) -> bool:
+            offered.append(exchange.scope["path"])
+            return exchange.scope["path"] == "/taken" and _answer_directly(exchange)
 
-    def _answer_directly(protocol, cycle) -> bool:
-        protocol.transport.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ndirect")
-        cycle.response_complete = True
-        cycle.on_response()
+    def _answer_directly(exchange) -> bool:
+        exchange.write(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\ndirect")
+        exchange.complete()
         return True
 
     async def app(scope, receive, send):
         await answer(scope, receive, send)
-    app.direct = Direct()
 
     async def client(host, port, _server):
         reader, writer = await asyncio.open_connection(host, port)
@@ -196,4 +193,4 @@ def test_each_request_is_offered_to_the_apps_direct_path_before_its_asgi_task():
         await reader.readuntil(b"\r\n\r\nok")
         writer.close()
         assert offered == ["/one", "/taken", "/two"]
-    uvloop.run(serve_app(app, client))
+    uvloop.run(serve_app(app, client, direct=Direct()))

@@ -22,7 +22,8 @@ from typing import Any
 from daemon.gpus import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
-from daemon.models.queue import Job, JobQueue
+from daemon.models.job import Answer, Failure, Gone, Job, Part
+from daemon.models.queue import JobQueue
 from daemon.workers.states import RestartPolicy, WorkerState
 from daemon.workers.runner import RunnerSettings
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
@@ -249,7 +250,15 @@ def submit(mv: ModelVersion, name: str = "r") -> Job:
 
 
 async def outcome(job: Job, timeout: float = 3.0) -> tuple[str, Any]:
-    return await asyncio.wait_for(job.next_event(), timeout)
+    """The job's next event as (kind, payload): ("part"|"final", response), ("error",
+    TorchdError) or ("gone", None)."""
+    event = await asyncio.wait_for(job.next_event(), timeout)
+    if isinstance(event, Failure):
+        return "error", event.error
+    if isinstance(event, Gone):
+        return "gone", None
+    assert isinstance(event, Part)
+    return ("final" if isinstance(event, Answer) else "part"), event.response
 
 
 def scenario(fn: Callable[..., Any]) -> Callable[..., Any]:

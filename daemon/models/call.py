@@ -1,0 +1,143 @@
+"""One prediction call: a request from its arrival to its last event, whatever the protocol.
+
+REST (both of the inference listener's paths) and gRPC only turn bytes into a call and its
+events into bytes. The call owns the rest, the same for all of them: the request id, the
+submission to the model version's queue (refused at once when no worker can serve it or the
+queue is full), the client's hang-up (a job not yet dispatched is dropped, never run), flow
+control of streamed parts, and the outcome counted exactly once in the metrics (the status of
+its first event, when the response starts).
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from daemon.errors import TorchdError, no_worker_error
+from daemon.models.job import Event, Job
+from daemon.models.queue import QueueFull, queue_full_error
+from daemon.models.registry import ModelVersion, Registry
+from protocol import messages
+
+
+def new_request_id() -> str:
+    """A random (version 4) UUID in its usual text form: the same ids as str(uuid.uuid4()),
+    made from the hex of 16 random bytes without building a UUID object (a third the cost).
+    Every request gets one, whatever its protocol; the worker sees it as the request's id."""
+    h = os.urandom(16).hex()
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# RFC 4122 variant bits (10xx) in the first hex digit of the fourth group
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
+
+
+class Servers(Protocol):
+    """Whether a model version has a worker to serve a request (the Supervisor answers)."""
+
+    def can_serve(self, mv: ModelVersion) -> bool: ...
+
+
+class RequestCounter(Protocol):
+    def observe_request(self, model: str, version: str, status: int, queue_us: float,
+                        latency_us: float, named_version: bool = False) -> None: ...
+
+
+class PredictionCall:
+    """One submitted request; read its events with ``next_event`` (a reader with a task) or
+    ``listen`` (a reader driven by callbacks). The first event is counted as the outcome."""
+
+    __slots__ = ("mv", "job", "named", "status", "_counter", "_listener")
+
+    def __init__(self, counter: RequestCounter, mv: ModelVersion, job: Job,
+                 named: bool) -> None:
+        self.mv = mv
+        self.job = job
+        self.named = named        # the request named its version (a metrics label)
+        self.status = 0           # the outcome, once counted
+        self._counter = counter
+        self._listener: Callable[[Event], None] | None = None
+
+    @property
+    def id(self) -> str:
+        return self.job.id
+
+    async def next_event(self) -> Event:
+        event = await self.job.next_event()
+        if not self.status:
+            self.record(event.status)
+        return event
+
+    def listen(self, listener: Callable[[Event], None]) -> None:
+        """Hand each event to ``listener`` as it happens (see Job.listen)."""
+        self._listener = listener
+        self.job.listen(self._on_event)
+
+    def _on_event(self, event: Event) -> None:
+        if not self.status:
+            self.record(event.status)
+        listener = self._listener
+        if event.final:
+            self._listener = None   # no reference cycle outlives the request
+        if listener is not None:
+            listener(event)
+
+    def hang_up(self) -> None:
+        """The client went away: a job still waiting is dropped (never run); the reader
+        gets ``Gone``."""
+        if not self.job.finished:
+            self.mv.queue.abandon(self.job)
+
+    def pause(self) -> None:
+        """The client is not taking the parts: stop them at the worker."""
+        self.job.hold()
+
+    def resume(self) -> None:
+        self.job.release()
+
+    def record(self, status: int) -> None:
+        """Count the outcome (once): arrival, dispatch and answer times (TorchServe's ts_*
+        metrics)."""
+        if self.status:
+            return
+        self.status = status
+        job, now = self.job, time.monotonic()
+        dispatched = job.dispatched_at or now
+        self._counter.observe_request(self.mv.name, self.mv.version, status,
+                                      (dispatched - job.arrival) * 1e6,
+                                      (now - job.arrival) * 1e6, named_version=self.named)
+
+
+class Predictions:
+    """Where every front end starts a prediction call."""
+
+    def __init__(self, registry: Registry, servers: Servers, counter: RequestCounter) -> None:
+        self.registry = registry
+        self.servers = servers
+        self.counter = counter
+
+    def start(self, name: str, version: str | None, headers: list[list[str]],
+              params: list[dict[str, Any]], request_id: str | None = None,
+              sequence: str | None = None) -> PredictionCall:
+        """Submit a request for model ``name`` (``version``: None or "" for the default).
+
+        Raises TorchdError as TorchServe answers: unknown model or version (not counted: no
+        model version to count it for), no worker, queue full, version going away (counted).
+        """
+        mv = self.registry.get(name, version or None)
+        rid = request_id or new_request_id()
+        job = Job(rid, messages.request(rid, headers, params), time.monotonic())
+        job.sequence = sequence
+        call = PredictionCall(self.counter, mv, job, bool(version))
+        try:
+            if not self.servers.can_serve(mv):
+                raise no_worker_error(mv.name)
+            try:
+                mv.queue.submit(job)
+            except QueueFull:
+                raise queue_full_error(mv.name) from None
+        except TorchdError as exc:
+            call.record(exc.status)
+            raise
+        return call

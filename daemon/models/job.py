@@ -1,0 +1,220 @@
+"""A job: one prediction request on its way through a model version's queue to a worker and back,
+and the typed events it ends with.
+
+A job's events, in order: zero or more ``Part`` (a handler's intermediate responses), then
+exactly one ``Answer`` or ``Failure``; or ``Gone`` once the client has hung up. Streams that
+outlive a batch (sequences, continuous batching) are the same shape: parts for as long as the
+worker sends them, then one end.
+
+Flow control: a job whose parts are not being taken (a client that stops reading) *holds* the
+worker connection it runs on, which then stops reading that worker's socket; the worker's
+writes block, so the handler pauses instead of the daemon buffering its parts without bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import Callable
+from typing import Any, Protocol, Union
+
+from daemon.errors import InternalServerError, TorchdError
+
+# A job that queues this many undelivered parts holds its worker connection until the reader
+# has taken it back down to PARTS_LOW (a reader that awaits next_event: the ASGI path, gRPC).
+PARTS_HIGH = 16
+PARTS_LOW = 4
+
+
+class Part:
+    """An intermediate response (``send_intermediate_predict_response``)."""
+
+    __slots__ = ("response",)
+    final = False
+
+    def __init__(self, response: dict[str, Any]) -> None:
+        self.response = response
+
+    @property
+    def status(self) -> int:
+        return self.response.get("status") or 200
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.response == self.response  # type: ignore[attr-defined]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.response!r})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Answer(Part):
+    """The handler's response for this request: the last event."""
+
+    __slots__ = ()
+    final = True
+
+
+class Failure:
+    """The request failed (refused, timed out, its worker died, the handler raised)."""
+
+    __slots__ = ("error",)
+    final = True
+
+    def __init__(self, error: TorchdError) -> None:
+        self.error = error
+
+    @property
+    def status(self) -> int:
+        return self.error.status
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Failure) and other.error is self.error
+
+    def __repr__(self) -> str:
+        return f"Failure({self.error!r})"
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+class Gone:
+    """The client hung up: nobody is listening any more."""
+
+    __slots__ = ()
+    final = True
+    status = 499   # nginx's "client closed request", for the metrics only: nothing is sent
+
+    def __repr__(self) -> str:
+        return "GONE"
+
+
+GONE = Gone()
+Event = Union[Part, Answer, Failure, Gone]
+
+
+def worker_error(response: dict[str, Any]) -> InternalServerError:
+    """A handler's failure. TorchServe types every one InternalServerException, whatever the
+    status (513 from a PredictionException, 503 "Prediction failed", 507 ...)."""
+    return InternalServerError(response.get("reason") or "Prediction failed",
+                               status=response.get("status") or 503)
+
+
+class FlowSource(Protocol):
+    """Where a running job's parts come from (the worker connection): it stops reading while
+    any job holds it."""
+
+    def hold(self, job_id: str) -> None: ...
+
+    def release(self, job_id: str) -> None: ...
+
+
+class Job:
+    """One inference request on its way to a worker and back (see the module's docstring).
+
+    Most requests see exactly one event, so a reader waits on a bare future rather than an
+    asyncio.Queue (a queue and its getters cost more than the rest of the job). A reader with
+    no task to wake (the inference listener's direct path) ``listen``s instead.
+    """
+
+    __slots__ = ("id", "request", "arrival", "cancelled", "dispatched_at", "finished",
+                 "redispatched", "streamed", "sequence", "source", "held", "_events",
+                 "_waiter", "_listener")
+
+    def __init__(self, id: str, request: dict[str, Any], arrival: float) -> None:
+        self.id = id
+        self.request = request
+        self.arrival = arrival
+        self.cancelled = False
+        self.dispatched_at: float | None = None
+        self.finished = False
+        self.redispatched = False   # sent again once after its worker died with it
+        self.streamed = False       # a part has gone to the client: it can never run again
+        self.sequence: str | None = None   # runs on its sequence's worker (sequences.py)
+        self.source: FlowSource | None = None   # the worker connection running it
+        self.held = False
+        self._events: collections.deque[Event] = collections.deque()
+        self._waiter: asyncio.Future | None = None
+        self._listener: Callable[[Event], None] | None = None
+
+    # ---- what the dispatcher and the queue say ---------------------------------------------
+
+    def send_part(self, response: dict[str, Any]) -> None:
+        if self.finished:
+            return
+        if response.get("error"):
+            self.fail(worker_error(response))
+            return
+        self.streamed = True
+        self._put(Part(response))
+        if self._listener is None and not self.held and len(self._events) >= PARTS_HIGH:
+            self.hold()
+
+    def finish(self, response: dict[str, Any]) -> None:
+        if self.finished:
+            return
+        if response.get("error"):
+            self.fail(worker_error(response))
+            return
+        self.finished = True
+        self._end(Answer(response))
+
+    def fail(self, error: TorchdError) -> None:
+        if not self.finished:
+            self.finished = True
+            self._end(Failure(error))
+
+    def abandon(self) -> None:
+        """The client went away: never dispatch this job; wake whoever waits on it."""
+        self.cancelled = True
+        self._end(GONE)
+
+    # ---- what the reader does --------------------------------------------------------------
+
+    async def next_event(self) -> Event:
+        """The next event, in order; waits while there is none."""
+        if not self._events:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        event = self._events.popleft()
+        if self.held and len(self._events) <= PARTS_LOW:
+            self.release()
+        return event
+
+    def listen(self, listener: Callable[[Event], None]) -> None:
+        """From now on each event is handed to ``listener(event)`` the moment it happens, in
+        place of ``next_event``; events already queued go first. The listener runs inside
+        whoever raised the event (the dispatcher, an abandon), so it must not raise. It is
+        dropped after the last event (no reference cycle outlives the request)."""
+        self._listener = listener
+        while self._events:
+            listener(self._events.popleft())
+        if self.held:
+            self.release()
+
+    def hold(self) -> None:
+        """Stop the parts at their source (the worker's connection) until ``release``."""
+        if not self.held and not self.finished and self.source is not None:
+            self.held = True
+            self.source.hold(self.id)
+
+    def release(self) -> None:
+        if self.held:
+            self.held = False
+            if self.source is not None:
+                self.source.release(self.id)
+
+    def _end(self, event: Event) -> None:
+        self._put(event)
+        if self.held:
+            self.release()
+        self._listener = None
+
+    def _put(self, event: Event) -> None:
+        if self._listener is not None:
+            self._listener(event)
+            return
+        self._events.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
