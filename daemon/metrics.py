@@ -152,6 +152,10 @@ class Metrics:
                               "load signal for autoscaling.", _MODEL_LABELS, registry=reg)
         self.workers = Gauge("torchd_workers", "Workers of the model version in each state.",
                              _MODEL_LABELS + ("state",), registry=reg)
+        self.streams_paused = Gauge("torchd_worker_streams_paused",
+                                    "Workers of the model version whose streamed parts wait "
+                                    "for a client that is not reading them.", _MODEL_LABELS,
+                                    registry=reg)
         self.worker_restarts = Counter("torchd_worker_restarts_total",
                                        "Workers restarted after they died.", _MODEL_LABELS,
                                        registry=reg)
@@ -254,6 +258,10 @@ class Metrics:
         self._touch(model, version)
         self.inflight.labels(model, version).set(count)
 
+    def set_streams_paused(self, model: str, version: str, count: int) -> None:
+        self._touch(model, version)
+        self.streams_paused.labels(model, version).set(count)
+
     def set_worker_states(self, model: str, version: str, counts: dict[str, int]) -> None:
         """Set the worker count of every state, zero for the states absent from `counts`."""
         self._touch(model, version)
@@ -323,7 +331,8 @@ class Metrics:
             workers = self._worker_ids.pop((model, version), set())
             states = list(self._states)
         for metric in (self.queue_depth, self.inflight, self.worker_restarts, self.redispatches,
-                       self.batch_size, self.idle_gap, self.request_latency):
+                       self.batch_size, self.idle_gap, self.request_latency,
+                       self.streams_paused):
             _remove(metric, model, version)
         for state in states:
             _remove(self.workers, model, version, state)

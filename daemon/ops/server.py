@@ -92,9 +92,13 @@ class Core:
     def _refresh_gauges(self) -> None:
         for mv in self.registry.all_versions():
             self.metrics.set_queue_depth(mv.name, mv.version, mv.queue.depth)
-            held = sum(handle.jobs_held for handle in self.supervisor.handles(mv))
+            handles = self.supervisor.handles(mv)
+            held = sum(handle.jobs_held for handle in handles)
             self.metrics.set_inflight(mv.name, mv.version,
                                       mv.queue.depth + mv.queue.gathering + held)
+            self.metrics.set_streams_paused(
+                mv.name, mv.version,
+                sum(1 for handle in handles if handle.conn is not None and handle.conn.held))
             self.metrics.set_worker_states(mv.name, mv.version, self.supervisor.counts(mv))
         self.supervisor.placement.publish(self.metrics)   # GPUs and the GPU workers' memory
 

@@ -1,0 +1,226 @@
+"""The inference port's HTTP/1.1 seam through the real daemon: a client that stops reading a
+streamed answer pauses the handler (memory bounded) on both of the listener's paths, SIGTERM
+drains the requests in flight on both paths, and no logging configuration turns the direct
+path off."""
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import threading
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.support.archives import archive_source
+from tests.support.daemon import Daemon
+from tests.support.ops import make_store
+from tests.support.waiting import wait_until
+
+PART = 64 * 1024
+PARTS = 4096            # 256 MiB in all: far more than any buffer on the way
+BOUND = 48 * 1024 ** 2  # what may sit in buffers (kernel, transport, the job) while paused
+
+# Streams PARTS parts of PART bytes, counting each one sent in a file the test reads.
+FIREHOSE = f'''
+from pathlib import Path
+
+from ts.handler_utils.utils import send_intermediate_predict_response
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    progress = Path(context.get_request_header(0, "x-progress"))
+    part = b"p" * {PART}
+    for n in range({PARTS} - 1):
+        send_intermediate_predict_response([part], context.request_ids, "", 200, context)
+        progress.write_text(str(n + 1))
+    progress.write_text("done")
+    return [part]
+'''
+
+
+@pytest.fixture(scope="module")
+def seam(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("seam")
+    store = make_store(archive_dir, workdir / "store", ["sleep"])
+    archive_source(FIREHOSE, "firehose", store, workdir / "src")
+    d = Daemon(workdir, store)
+    try:
+        d.start()
+        assert d.register("firehose.mar", initial_workers=1).status_code == 200
+        yield d
+    finally:
+        d.cleanup()
+
+
+def paused_streams(d: Daemon, model: str) -> float:
+    text = requests.get(d.url("metrics", "/metrics"), timeout=10).text
+    found = re.search(r'^torchd_worker_streams_paused\{[^}]*model_name="%s"[^}]*\} (\S+)$'
+                      % model, text, re.M)
+    return float(found.group(1)) if found else -1.0
+
+
+def settled(read):
+    """A check for wait_until: the value ``read()`` gives twice in a row (non-empty)."""
+    last: list = [None]
+
+    def check():
+        previous, last[0] = last[0], read()
+        return last[0] if last[0] and last[0] == previous else None
+    return check
+
+
+def progress(path: Path) -> str:
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return ""
+
+
+def request_bytes(d: Daemon, progress_file: Path, form: bool) -> bytes:
+    head = (f"POST /predictions/firehose HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"x-progress: {progress_file}\r\n")
+    if form:   # a form body takes the ASGI path
+        body = b"x=1"
+        head += "Content-Type: application/x-www-form-urlencoded\r\n"
+    else:
+        body = b"{}"
+    return (head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("path", ["direct", "asgi"])
+def test_a_client_that_stops_reading_pauses_the_handler(seam, tmp_path, path):
+    d = seam
+    progress_file = tmp_path / "progress"
+    daemon = psutil.Process(d.pid)
+    rss_before = daemon.memory_info().rss
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect(("127.0.0.1", d.ports["inference"]))
+    try:
+        sock.sendall(request_bytes(d, progress_file, form=path == "asgi"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head
+        # The client reads nothing more: the daemon pauses the worker's connection ...
+        wait_until(lambda: paused_streams(d, "firehose") == 1, timeout=60,
+                   what="the worker's stream paused")
+        # ... and the handler can only fill the buffers on the way: it blocks, its count
+        # stands still (done, without the pause, after all of its 256 MiB)
+        sent = wait_until(settled(lambda: progress(progress_file)), interval=0.3,
+                          what="the handler blocked or done")
+        assert sent != "done" and int(sent) * PART <= BOUND, sent
+        assert daemon.memory_info().rss - rss_before <= BOUND
+        # Reading again resumes it: every part arrives, in one complete chunked body
+        received = len(head) - head.index(b"\r\n\r\n") - 4
+        sock.settimeout(60)
+        tail = b""
+        while True:
+            data = sock.recv(1 << 20)
+            assert data, "the connection closed before the last chunk"
+            received += len(data)
+            tail = (tail + data)[-16:]
+            if tail.endswith(b"\r\n0\r\n\r\n"):
+                break
+    finally:
+        sock.close()
+    chunk_overhead = len(b"10000\r\n\r\n")
+    assert received == PARTS * (PART + chunk_overhead) + len(b"0\r\n\r\n")
+    assert progress(progress_file) == "done"
+    wait_until(lambda: paused_streams(d, "firehose") == 0, what="the stream released")
+
+
+def _sleep_request(d: Daemon, form: bool, out: list) -> None:
+    if form:   # a form body takes the ASGI path
+        kwargs = {"data": {"sleep": "1.5"}}
+    else:
+        kwargs = {"json": {"sleep": 1.5}}
+    try:
+        out.append(d.infer("POST", "/predictions/sleep", timeout=60, **kwargs))
+    except requests.RequestException as exc:
+        out.append(exc)
+
+
+SLEEP_FORM = '''
+import time
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    for row in data:
+        value = row.get("sleep") or row.get("body", {}).get("sleep")
+        time.sleep(float(value.decode() if isinstance(value, (bytes, bytearray)) else value))
+    return [{"slept": True} for _ in data]
+'''
+
+
+@pytest.mark.timeout(180)
+def test_sigterm_drains_in_flight_requests_of_both_paths(archive_dir, tmp_path):
+    store = make_store(archive_dir, tmp_path / "store", [])
+    archive_source(SLEEP_FORM, "sleep", store, tmp_path / "src")
+    d = Daemon(tmp_path, store)
+    try:
+        d.start()
+        assert d.register("sleep.mar", initial_workers=2).status_code == 200
+        answers: list = []
+        clients = [threading.Thread(target=_sleep_request, args=(d, form, answers))
+                   for form in (False, True)]
+        for client in clients:
+            client.start()
+        # both are in a worker (one each) before the signal
+        wait_until(lambda: _inflight(d) == 2, timeout=30, what="both requests in the daemon")
+        d.signal(signal.SIGTERM)
+        for client in clients:
+            client.join(60)
+        assert d.proc.wait(60) == 0
+    finally:
+        d.cleanup()
+    assert [getattr(a, "status_code", a) for a in answers] == [200, 200]
+    assert all(a.json() == {"slept": True} for a in answers)
+
+
+def _metrics(d: Daemon) -> str:
+    return requests.get(d.url("metrics", "/metrics"), timeout=10).text
+
+
+def _inflight(d: Daemon) -> int:
+    found = re.search(r'^torchd_inflight_requests\{[^}]*model_name="sleep"[^}]*\} (\S+)$',
+                      _metrics(d), re.M)
+    return int(float(found.group(1))) if found else 0
+
+
+@pytest.mark.timeout(120)
+def test_trace_logging_leaves_the_direct_path_on(archive_dir, tmp_path):
+    """uvicorn wraps the app in its message logger at TRACE level; the direct path must not
+    depend on finding itself on the app it was given."""
+    log_file = tmp_path / "daemon.log"
+    log_config = tmp_path / "logging.json"
+    log_config.write_text(json.dumps({
+        "version": 1,
+        "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file),
+                              "formatter": "plain"}},
+        "loggers": {"uvicorn": {"level": 5}, "uvicorn.error": {"level": 5}},
+        "root": {"level": "INFO", "handlers": ["file"]}}))
+    d = Daemon(tmp_path, make_store(archive_dir, tmp_path / "store", ["echo"]))
+    try:
+        d.start("--log-config", str(log_config))
+        assert d.register("echo.mar", initial_workers=1).status_code == 200
+        assert d.infer("POST", "/predictions/echo", data=b"x").status_code == 200
+        assert d.infer("GET", "/ping").status_code == 200   # an ASGI route: traced
+        wait_until(lambda: re.search(r"ASGI \[\d+\] Started scope=.*'/ping'",
+                                     log_file.read_text()),
+                   what="uvicorn's trace of the ASGI request")
+        # the prediction never went through ASGI
+        assert not re.search(r"ASGI \[\d+\] Started scope=.*'/predictions/echo'",
+                             log_file.read_text())
+    finally:
+        d.cleanup()
