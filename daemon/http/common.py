@@ -6,7 +6,7 @@ import logging
 import os
 import time
 from collections.abc import Awaitable
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -17,6 +17,9 @@ from starlette.types import Message, Receive, Scope, Send
 from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, ResourceNotFound,
                            TorchdError, error_response)
 from daemon.logformat import DIRECT_LINES
+
+if TYPE_CHECKING:
+    from daemon.http.direct import DirectPath
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("torchd.access")
@@ -194,7 +197,7 @@ class RequestContext:
     every other layer of the ASGI app; the listener looks for it here.
     """
 
-    direct: Any = None
+    direct: DirectPath | None = None
 
     def __init__(self, app: Callable, name: str, count_status: Callable[[int], None] | None,
                  authorize: Callable[[dict], TorchdError | None] | None = None) -> None:
