@@ -1,4 +1,5 @@
-# torchd: `make run` serves the example model; `make test` runs the test suite.
+# torchd: `make run` serves the example model; `make test` runs the test suite; `make lint`
+# runs ruff and mypy.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -32,9 +33,11 @@ run: $(EXAMPLE_MAR)
 test: $(STAMP_TEST)
 	$(PY) -m pytest -q tests
 
-# The rules, line length and folders ruff checks are in ruff.toml.
+# The rules, line length and folders ruff checks are in ruff.toml; mypy's settings and the
+# packages it checks (daemon, worker, protocol) are in setup.cfg's [mypy] sections.
 lint: $(STAMP_TEST)
 	$(VENV)/bin/ruff check
+	$(VENV)/bin/mypy
 
 # make bench BENCH_ARGS="--duration 10 --rounds 2": torchd vs TorchServe 0.12.0 (needs java, wrk)
 bench: $(STAMP_TEST)

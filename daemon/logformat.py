@@ -45,8 +45,8 @@ class SecondsFormatter(logging.Formatter):
 
     def line(self, name: str, levelname: str, message: str) -> str:
         """What ``format`` makes of such a record, made without one (``direct`` formats)."""
-        return self._fmt % {"asctime": self._seconds_text(int(time.time())),   # type: ignore
-                            "levelname": levelname, "name": name, "message": message}
+        return self._style._fmt % {"asctime": self._seconds_text(int(time.time())),
+                                   "levelname": levelname, "name": name, "message": message}
 
     def _seconds_text(self, second: int) -> str:
         if second != self._second:
@@ -86,7 +86,9 @@ class BatchingStreamHandler(logging.StreamHandler):
 
     def write_batched(self, text: str) -> None:
         """A finished line of a batched logger, written as ``emit`` writes one."""
-        with self.lock:   # type: ignore[union-attr]   (the flush thread takes it too)
+        lock = self.lock
+        assert lock is not None   # Handler.__init__ made it
+        with lock:   # the flush thread takes it too
             self.stream.write(text + self.terminator)
         self._dirty = True
         if not self._timer_started:
@@ -131,9 +133,10 @@ class DirectLines:
         root_handlers = logging.root.handlers
         if (handler is None or logger.handlers or logger.filters or len(root_handlers) != 1
                 or root_handlers[0] is not handler or handler.level > logging.INFO
-                or logger.name not in handler.batched):
+                or logger.name not in handler.batched
+                or not isinstance(formatter := handler.formatter, SecondsFormatter)):
             return False
-        handler.write_batched(handler.formatter.line(logger.name, "INFO", message))  # type: ignore
+        handler.write_batched(formatter.line(logger.name, "INFO", message))
         return True
 
 

@@ -66,9 +66,9 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._expected: int | None = None
 
-    def feed(self, data: bytes) -> list[dict[str, Any]]:
+    def feed(self, data: bytes | bytearray | memoryview) -> list[dict[str, Any]]:
         self._buffer += data
-        messages = []
+        messages: list[dict[str, Any]] = []
         while True:
             if self._expected is None:
                 if len(self._buffer) < HEADER.size:

@@ -1,6 +1,7 @@
 """Builds the three starlette apps (inference, management, metrics) around one Core."""
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -9,10 +10,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from daemon.core import Core
 from daemon.http import compat, inference
 
 from daemon.http import management
-from daemon.errors import BadRequest, InvalidKey
+from daemon.errors import BadRequest, InvalidKey, TorchdError
 from daemon.http.common import EXCEPTION_HANDLERS, RequestContext
 from daemon.http.direct import DirectPath
 from daemon.http.predict import HotRoutes, Predictor, prediction_routes
@@ -21,9 +23,12 @@ from daemon.http.predict import HotRoutes, Predictor, prediction_routes
 # OIP health answers (true/false, nothing else) need no token: a Kubernetes probe or a load
 # balancer's health check cannot send one. /ping keeps TorchServe's token check.
 OPEN_PROBES = frozenset({"/v2/health/live", "/v2/health/ready"})
+# An ASGI app (called with scope, receive, send): HotRoutes takes its scope as a plain dict,
+# narrower than starlette's ASGIApp type, as RequestContext's app may be.
+App = Callable[..., Awaitable[None]]
 
 
-def _state(app: Starlette, core: Any, **extra: Any) -> None:
+def _state(app: Starlette, core: Core, **extra: Any) -> None:
     app.state.config = core.config
     app.state.registry = core.registry
     app.state.supervisor = core.supervisor
@@ -36,17 +41,17 @@ def _state(app: Starlette, core: Any, **extra: Any) -> None:
         setattr(app.state, key, value)
 
 
-def _wrap(app: Any, core: Any, name: str, token_kind: str | None) -> Any:
+def _wrap(app: App, core: Core, name: str, token_kind: str | None) -> RequestContext:
     config = core.config
-    wrapped: Any = app
+    wrapped: App = app
     if config.cors_allowed_origin:
         wrapped = CORSMiddleware(
             wrapped, allow_origins=[o.strip() for o in config.cors_allowed_origin.split(",")],
             allow_methods=_split(config.cors_allowed_methods) or ["*"],
             allow_headers=_split(config.cors_allowed_headers) or ["*"])
-    authorize = None
+    authorize: Callable[[dict], TorchdError | None] | None = None
     if token_kind is not None and core.tokens.enabled:
-        def authorize(scope: dict) -> Any:
+        def authorize(scope: dict) -> TorchdError | None:
             if scope["path"] == "/token":
                 return None   # checked against the API key by the route itself
             if token_kind == "inference" and scope["path"].rstrip("/") in OPEN_PROBES:
@@ -71,7 +76,7 @@ async def rotate_token(request: Request) -> Response:
     return JSONResponse({kind: {"key": tokens.rotate(kind)}})
 
 
-def build_management_app(core: Any) -> Any:
+def build_management_app(core: Core) -> RequestContext:
     routes = [*management.ROUTES, *compat.MANAGEMENT_ROUTES,
               Route("/token", rotate_token, methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
@@ -80,7 +85,7 @@ def build_management_app(core: Any) -> Any:
     return _wrap(app, core, "management", "management")
 
 
-def build_inference_app(core: Any) -> Any:
+def build_inference_app(core: Core) -> RequestContext:
     predictor = Predictor(core.predictions, core.config.max_request_size)
     hot = prediction_routes(predictor) + compat.compat_prediction_routes(predictor)
     app = Starlette(routes=[*inference.ROUTES, *compat.ROUTES, *hot],
@@ -94,7 +99,7 @@ def build_inference_app(core: Any) -> Any:
     return context
 
 
-def build_metrics_app(core: Any) -> Any:
+def build_metrics_app(core: Core) -> RequestContext:
     async def metrics(request: Request) -> Response:
         payload, content_type = core.metrics.render()
         return Response(payload, media_type=content_type)

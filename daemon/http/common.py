@@ -1,19 +1,25 @@
 """What every listener shares: lenient parameters, request ids, errors, access log, body limits."""
 from __future__ import annotations
 
+import builtins
 import logging
 import time
-from typing import Any, Callable
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Callable
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import Message, Receive, Scope, Send
 
 from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, ResourceNotFound,
                            TorchdError, error_response)
 from daemon.logformat import DIRECT_LINES
 from daemon.models.call import new_request_id
+
+if TYPE_CHECKING:
+    from daemon.http.direct import DirectPath
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("torchd.access")
@@ -36,11 +42,13 @@ class Params:
             values.update(body)
         return cls(values)
 
+    # The methods are named after the types they read: inside the class body, ``str`` is the
+    # method, so the annotations after it name the builtin.
     def str(self, name: str, default: str | None = None) -> str | None:
         value = self.values.get(name)
         return default if value is None else str(value)
 
-    def int(self, name: str, default: int | None = None) -> int | None:
+    def int(self, name: builtins.str, default: int | None = None) -> int | None:
         value = self.values.get(name)
         if value is None or value == "":
             return default
@@ -52,7 +60,7 @@ class Params:
             logger.warning("parameter %s=%r is not an integer; using %r", name, value, default)
             return default
 
-    def bool(self, name: str, default: bool) -> bool:
+    def bool(self, name: builtins.str, default: bool) -> bool:
         value = self.values.get(name)
         if value is None:
             return default
@@ -81,7 +89,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     return await receive_body(request.scope, request.receive, limit)
 
 
-def header(scope: dict, name: bytes) -> str | None:
+def header(scope: Scope, name: bytes) -> str | None:
     """A request header straight from the ASGI scope (``name`` in lower case)."""
     for key, value in scope["headers"]:
         if key == name:
@@ -93,7 +101,7 @@ def too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"Request body exceeds max_request_size ({limit} bytes)")
 
 
-def declared_too_large(scope: dict, limit: int) -> bool:
+def declared_too_large(scope: Scope, limit: int) -> bool:
     """The request's Content-Length is over ``limit``: refused before any of its body is read."""
     declared = header(scope, b"content-length")
     return bool(declared and declared.isdigit() and int(declared) > limit)
@@ -106,7 +114,7 @@ def normalized_path(path: str) -> str:
     return path
 
 
-async def receive_body(scope: dict, receive: Callable, limit: int) -> bytes:
+async def receive_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """``read_body`` for plain ASGI code; ClientDisconnect if the client hangs up first."""
     if declared_too_large(scope, limit):
         raise too_large(limit)
@@ -155,7 +163,7 @@ class NoResponse(Response):
     def __init__(self) -> None:
         super().__init__(status_code=self.status)
 
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         return None
 
 
@@ -163,7 +171,10 @@ async def client_gone(request: Request, exc: ClientDisconnect) -> Response:
     return NoResponse()
 
 
-EXCEPTION_HANDLERS = {TorchdError: torchd_error, HTTPException: http_error,
+# starlette calls each handler with an exception of its key's type (a TorchdError for
+# torchd_error): the handlers' own parameter types are narrower than Exception
+ExceptionHandlers = dict[type[Exception], Callable[[Request, Any], Awaitable[Response]]]
+EXCEPTION_HANDLERS: ExceptionHandlers = {TorchdError: torchd_error, HTTPException: http_error,
                       ClientDisconnect: client_gone, Exception: unexpected_error}
 
 
@@ -175,7 +186,7 @@ class RequestContext:
     every other layer of the ASGI app; the listener looks for it here.
     """
 
-    direct: Any = None
+    direct: DirectPath | None = None
 
     def __init__(self, app: Callable, name: str, count_status: Callable[[int], None] | None,
                  authorize: Callable[[dict], TorchdError | None] | None = None) -> None:
@@ -197,7 +208,7 @@ class RequestContext:
         started = time.perf_counter()
         status_seen = 0
 
-        async def send_with_id(message: dict) -> None:
+        async def send_with_id(message: Message) -> None:
             nonlocal status_seen
             if message["type"] == "http.response.start":
                 status_seen = message["status"]

@@ -2,7 +2,8 @@
 /ping, the API description, and OIP v2's health and metadata."""
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,7 +13,10 @@ from daemon.errors import TorchdError
 from daemon.http.common import DESCRIPTION_ROUTES
 from daemon.http.predict import v2_error
 from daemon.models.oip import EXTENSIONS, SERVER_NAME, model_metadata, model_ready
-from daemon.models.registry import ModelVersion
+from daemon.models.registry import ModelVersion, Registry
+
+if TYPE_CHECKING:
+    from daemon.workers.supervisor import Supervisor
 
 
 async def ping(request: Request) -> Response:
@@ -70,13 +74,13 @@ class Health:
     that failed to load keeps a replica out of rotation), and the daemon is not shutting down.
     """
 
-    def __init__(self, registry: Any, supervisor: Any) -> None:
+    def __init__(self, registry: Registry, supervisor: Supervisor) -> None:
         self.registry = registry
         self.supervisor = supervisor
         self.draining = False
         self.expected: set[str] = set()   # declared models that failed to load at start
 
-    def expect(self, names: Any) -> None:
+    def expect(self, names: Iterable[str]) -> None:
         """Readiness waits until a model of each of these names is registered."""
         self.expected.update(names)
 

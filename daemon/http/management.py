@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
+from typing import Any, overload
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -18,6 +18,10 @@ from daemon.models.requests import RegisterRequest
 logger = logging.getLogger(__name__)
 
 
+@overload
+def int_param(p: Params, name: str, default: int) -> int: ...
+@overload
+def int_param(p: Params, name: str, default: None = None) -> int | None: ...
 def int_param(p: Params, name: str, default: int | None = None) -> int | None:
     """TorchServe parses integer parameters as Java ints: a value out of that range is as
     malformed as "abc" and means the default (beyond it, no worker could take it either)."""
@@ -105,8 +109,9 @@ async def unregister(request: Request) -> Response:
 
 
 async def set_default(request: Request) -> Response:
-    name, version = _name_version(request)
-    return outcome_response(await manager(request).set_default(name, version))
+    p = request.path_params   # its one route names both
+    return outcome_response(await manager(request).set_default(p["model_name"],
+                                                               p["model_version"]))
 
 
 ROUTES = [

@@ -177,7 +177,9 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             if member.isdir():
                 _make_dir(target)
             elif member.isreg():
-                _write_file(target, tar.extractfile(member), bool(member.mode & 0o100))
+                source = tar.extractfile(member)
+                assert source is not None   # None only for members that are not files
+                _write_file(target, source, bool(member.mode & 0o100))
             elif member.issym():
                 _make_symlink(target, parts, member)
             else:

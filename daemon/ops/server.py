@@ -1,4 +1,5 @@
-"""The daemon: one event loop (uvloop) serving three listeners around one Core.
+"""The daemon: one event loop (uvloop) serving three listeners around one core (DaemonCore, the
+daemon/core.py ``Core`` that the front ends take).
 
 Start: bind the listeners (a busy port fails the start at once), start the workers' launcher,
 restore the newest snapshot, load the startup models, then listen and tell systemd READY=1.
@@ -20,8 +21,9 @@ import shutil
 import signal
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import uvloop
 
@@ -31,7 +33,7 @@ from daemon.models.archives import PreparedArchive, remove_prepared
 from daemon.models.call import Predictions
 from daemon.config.settings import Config
 from daemon.http.inference import Health
-from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
+from daemon.workers.launcher import ExecLauncher, ExitCallback, ZygoteLauncher
 from daemon.gpus import discover_gpus
 from daemon.metrics import Metrics
 from daemon.models.manager import ModelManager
@@ -46,14 +48,18 @@ from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.ops.systemd import Notifier
 from daemon.http.tokens import TokenStore
 
+if TYPE_CHECKING:
+    from daemon.rpc.server import RpcListeners
+
 logger = logging.getLogger(__name__)
 VERSION = "0.1.0"
 PR_SET_CHILD_SUBREAPER = 36
 START_STEP_SLACK = 30.0   # seconds beyond a start step's startup_timeout (EXTEND_TIMEOUT_USEC)
 
 
-class Core:
-    """Everything the daemon owns, built once from the Config."""
+class DaemonCore:
+    """Everything the daemon owns, built once from the Config: the ``Core`` (daemon/core.py)
+    that the HTTP apps and the gRPC services are built around."""
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -84,7 +90,7 @@ class Core:
                           "inference": openapi.inference_document(VERSION)}
         self.notifier = Notifier(config.notify_socket)
 
-    def _launcher_factory(self) -> Any:
+    def _launcher_factory(self) -> Callable[[ExitCallback], ExecLauncher | ZygoteLauncher]:
         if self.config.worker_spawn == "exec":
             return lambda on_exit: ExecLauncher(on_exit)
         return lambda on_exit: ZygoteLauncher(on_exit, self.runtime_dir)
@@ -228,12 +234,13 @@ async def serve_forever(config: Config) -> int:
             logger.error("cannot start: %s", exc)
             return 1
         try:
-            core = Core(config)
+            core = DaemonCore(config)
         except OSError as exc:   # the runtime directory, the key file
             logger.error("cannot start: %s", exc)
             return 1
         # Pings from the first moment: a start that loads big models must not look hung.
-        watchdog = asyncio.ensure_future(_watchdog(core)) if config.watchdog_interval else None
+        interval = config.watchdog_interval
+        watchdog = asyncio.ensure_future(_watchdog(core, interval)) if interval else None
         if not await _start_core(core, shutdown):
             return 0 if shutdown.is_set() else 1
         return await _serve_until_shutdown(core, sockets, rpc, shutdown)
@@ -245,7 +252,7 @@ async def serve_forever(config: Config) -> int:
             watchdog.cancel()
 
 
-async def _start_core(core: Core, shutdown: asyncio.Event) -> bool:
+async def _start_core(core: DaemonCore, shutdown: asyncio.Event) -> bool:
     """True once started; False after a failed start or a signal during it (cleaned up)."""
     starting = asyncio.ensure_future(core.start())
     signalled = asyncio.ensure_future(shutdown.wait())
@@ -270,8 +277,8 @@ async def _start_core(core: Core, shutdown: asyncio.Event) -> bool:
     return False
 
 
-async def _serve_until_shutdown(core: Core, sockets: dict[str, socket.socket],
-                                rpc: Any, shutdown: asyncio.Event) -> int:
+async def _serve_until_shutdown(core: DaemonCore, sockets: dict[str, socket.socket],
+                                rpc: RpcListeners, shutdown: asyncio.Event) -> int:
     config = core.config
     apps = {"inference": build_inference_app(core), "management": build_management_app(core),
             "metrics": build_metrics_app(core)}
@@ -327,10 +334,10 @@ async def _announce_shutdown(delay: float) -> None:
         await asyncio.sleep(delay)
 
 
-async def _watchdog(core: Core) -> None:
+async def _watchdog(core: DaemonCore, interval: float) -> None:
     while True:
         core.notifier.watchdog()
-        await asyncio.sleep(core.config.watchdog_interval)
+        await asyncio.sleep(interval)
 
 
 def run(config: Config) -> int:

@@ -5,7 +5,9 @@
 The generated modules are committed (the daemon needs only grpcio and protobuf at run time);
 tests/daemon/rpc/test_codegen.py regenerates them into a temporary directory and fails when
 the committed ones differ. protoc writes flat imports (``import inference_pb2``); they are made
-package-relative here so the modules import as ``daemon.rpc.generated.*``.
+package-relative here so the modules import as ``daemon.rpc.generated.*``. Each message module
+has its type stub beside it (``*_pb2.pyi``, protoc's ``--pyi_out``): mypy reads the messages'
+fields from it (the ``.py`` builds them at import time, from the serialized descriptor).
 """
 from __future__ import annotations
 
@@ -25,17 +27,18 @@ class CodegenError(RuntimeError):
 
 
 def generate(out_dir: Path) -> list[Path]:
-    """Write the *_pb2.py and *_pb2_grpc.py modules of every proto into ``out_dir``."""
+    """Write the *_pb2.py, *_pb2.pyi and *_pb2_grpc.py modules of every proto into ``out_dir``."""
     from grpc_tools import protoc   # build-time only: the daemon never imports grpcio-tools
     import grpc_tools
 
     out_dir.mkdir(parents=True, exist_ok=True)
     includes = Path(grpc_tools.__file__).resolve().parent / "_proto"
     args = ["protoc", f"-I{PROTO_DIR}", f"-I{includes}", f"--python_out={out_dir}",
-            f"--grpc_python_out={out_dir}", *(str(PROTO_DIR / name) for name in PROTOS)]
+            f"--pyi_out={out_dir}", f"--grpc_python_out={out_dir}",
+            *(str(PROTO_DIR / name) for name in PROTOS)]
     if protoc.main(args) != 0:
         raise CodegenError(f"protoc failed: {' '.join(args)}")
-    written = sorted(out_dir.glob("*_pb2*.py"))
+    written = sorted([*out_dir.glob("*_pb2*.py"), *out_dir.glob("*_pb2.pyi")])
     for path in written:
         path.write_text(HEADER + _relative_imports(path.read_text()))
     (out_dir / "__init__.py").write_text(HEADER)

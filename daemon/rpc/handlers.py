@@ -37,8 +37,6 @@ def _handler(method: MethodDescriptor, behavior: Callable,
              listener: str) -> grpc.RpcMethodHandler:
     request_type = message_factory.GetMessageClass(method.input_type)
     response_type = message_factory.GetMessageClass(method.output_type)
-    codec = {"request_deserializer": _decoder(request_type),
-             "response_serializer": response_type.SerializeToString}
     refusal = f"The request is not a valid {method.input_type.full_name} message"
     if method.client_streaming:   # only StreamPredictions2: streams both ways
         guarded = _stream_in_stream_out(behavior, refusal)
@@ -51,7 +49,9 @@ def _handler(method: MethodDescriptor, behavior: Callable,
             (False, True): grpc.unary_stream_rpc_method_handler,
             (True, False): grpc.stream_unary_rpc_method_handler,
             (True, True): grpc.stream_stream_rpc_method_handler}
-    return make[(method.client_streaming, method.server_streaming)](guarded, **codec)
+    return make[(method.client_streaming, method.server_streaming)](
+        guarded, request_deserializer=_decoder(request_type),
+        response_serializer=response_type.SerializeToString)
 
 
 def _logged(behavior: Callable, listener: str, method: MethodDescriptor) -> Callable:

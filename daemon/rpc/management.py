@@ -5,7 +5,7 @@ proto3 cannot tell an unset number from 0, nor an unset string from "": as Torch
 front end does, 0 and "" mean "not given" (the REST defaults apply)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeVar
 
 import grpc
 
@@ -16,9 +16,10 @@ from daemon.rpc.generated import management_pb2_grpc as pb_grpc
 from daemon.rpc.status import answer, json_text
 
 Context = grpc.aio.ServicerContext
+T = TypeVar("T")
 
 
-def given(value: Any) -> Any:
+def given(value: T) -> T | None:
     """None for proto3's "not set" (0, "")."""
     return value or None
 

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from collections.abc import Awaitable, Callable
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import grpc
+from google.protobuf.descriptor import ServiceDescriptor
 
 from daemon.config.settings import Config
 from daemon.config.values import BindAddress
@@ -24,6 +27,12 @@ from daemon.rpc.inference import InferenceService
 from daemon.rpc.management import ManagementService
 from daemon.rpc.oip import OipService
 from daemon.rpc.status import grpc_code
+
+if TYPE_CHECKING:
+    from daemon.core import Core
+    from daemon.http.tokens import TokenStore
+
+    Handler = grpc.RpcMethodHandler[Any, Any]   # generic in typeshed's stubs only
 
 logger = logging.getLogger(__name__)
 KINDS = ("inference", "management")
@@ -39,9 +48,11 @@ class TokenGate(grpc.aio.ServerInterceptor):
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
-        self.tokens: Any = None   # the daemon's TokenStore, once it exists
+        self.tokens: TokenStore | None = None   # the daemon's, once it exists
 
-    async def intercept_service(self, continuation: Any, details: Any) -> Any:
+    async def intercept_service(
+            self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
+            details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(details)
         if handler is None or self.tokens is None:
             return handler
@@ -51,7 +62,7 @@ class TokenGate(grpc.aio.ServerInterceptor):
         return handler if denied is None else _denying(handler, denied)
 
 
-def _denying(handler: grpc.RpcMethodHandler, error: TorchdError) -> grpc.RpcMethodHandler:
+def _denying(handler: Handler, error: TorchdError) -> Handler:
     """A handler of the same shape as ``handler`` that only refuses the call."""
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
         await context.abort(grpc_code(error.status), error.message)
@@ -109,11 +120,13 @@ class RpcListeners:
             raise BindError(f"gRPC {kind} API cannot listen on {target}: {exc}") from None
 
     def _credentials(self) -> grpc.ServerCredentials:
-        key = self.config.private_key_file.read_bytes()
-        certificate = self.config.certificate_file.read_bytes()
-        return grpc.ssl_server_credentials([(key, certificate)])
+        key_file, certificate_file = self.config.private_key_file, self.config.certificate_file
+        if key_file is None or certificate_file is None:   # load_config refuses that already
+            raise BindError("gRPC over TLS needs private_key_file and certificate_file")
+        return grpc.ssl_server_credentials([(key_file.read_bytes(),
+                                             certificate_file.read_bytes())])
 
-    async def serve(self, core: Any) -> None:
+    async def serve(self, core: Core) -> None:
         for gate in self.gates.values():
             gate.tokens = core.tokens
         inference, management = self.servers["inference"], self.servers["management"]
@@ -136,5 +149,5 @@ class RpcListeners:
         await self._stopping
 
 
-def _service(module: Any, name: str) -> Any:
+def _service(module: ModuleType, name: str) -> ServiceDescriptor:
     return module.DESCRIPTOR.services_by_name[name]

@@ -18,8 +18,9 @@ def autoscale_step(record: VersionRecord, min_workers: int, max_workers: int, qu
     if max_workers <= min_workers:
         return 0
     deep = queue_depth >= max(1, len(idle_since))
-    record.deep_since = (record.deep_since or now) if deep else None
-    if deep and now - record.deep_since >= up_delay and record.target < max_workers:
+    since = (record.deep_since or now) if deep else None   # None exactly when not deep
+    record.deep_since = since
+    if since is not None and now - since >= up_delay and record.target < max_workers:
         record.deep_since = now   # the next step up waits a whole delay again
         return +1
     if not deep and record.target > min_workers and queue_depth == 0 and any(

@@ -35,6 +35,7 @@ class WorkerConnection(asyncio.Protocol):
     # ---- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # a stream socket's transport, a Transport (BaseTransport is what the base class declares)
         self._transport = transport   # type: ignore[assignment]
         if self.lost.done():   # closed before it was even connected
             transport.close()
@@ -48,7 +49,7 @@ class WorkerConnection(asyncio.Protocol):
                     self._dispatch(message)
         except ProtocolError as exc:
             self._lose(ConnectionLost(f"worker connection broken: {exc}"))
-            self._transport.close()
+            self.close()   # the reason above stays the connection's
 
     def eof_received(self) -> bool:
         if self._decoder.pending:
@@ -86,7 +87,7 @@ class WorkerConnection(asyncio.Protocol):
         self._replies.clear()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("kind")
+        kind: str = message.get("kind", "")
         if kind == messages.PONG:
             self.last_pong = message.get("seq", 0)
             return
@@ -120,6 +121,7 @@ class WorkerConnection(asyncio.Protocol):
     def send(self, message: dict[str, Any]) -> None:
         if self.lost.done():
             raise self.lost.result()
+        assert self._transport is not None   # connection_made came before any request
         self._transport.write(encode_frame(message))
 
     def start_batch(self, batch_id: int, requests: list[dict[str, Any]],

@@ -52,16 +52,21 @@ class ProcessOps:
 
 # Worker and zygote output comes to the daemon through a pipe and leaves through its logging, so
 # it follows --log-config like every other line (the lines are already tagged "[worker ID]").
-OUTPUT_PIPE = {"stdin": asyncio.subprocess.DEVNULL, "stdout": asyncio.subprocess.PIPE,
-               "stderr": asyncio.subprocess.STDOUT, "limit": 1 << 20}
+OUTPUT_LINE_LIMIT = 1 << 20
 worker_output = logging.getLogger("torchd.worker")
 _forwarders: set[asyncio.Task] = set()
 
 
-def forward_output(proc: asyncio.subprocess.Process) -> None:
+async def exec_with_output_pipe(*argv: str) -> asyncio.subprocess.Process:
+    """Start ``argv`` with its output (stdout and stderr) forwarded to ``worker_output``."""
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT, limit=OUTPUT_LINE_LIMIT)
+    assert proc.stdout is not None   # stdout=PIPE
     task = asyncio.get_running_loop().create_task(_forward(proc.stdout))
     _forwarders.add(task)
     task.add_done_callback(_forwarders.discard)
+    return proc
 
 
 async def _forward(stream: asyncio.StreamReader) -> None:
@@ -69,7 +74,7 @@ async def _forward(stream: asyncio.StreamReader) -> None:
         try:
             line = await stream.readline()
         except (ValueError, asyncio.LimitOverrunError):   # a line longer than the limit
-            line = await stream.read(1 << 20)
+            line = await stream.read(OUTPUT_LINE_LIMIT)
         if not line:
             return
         worker_output.info("%s", line.decode(errors="replace").rstrip())
@@ -92,11 +97,9 @@ class ExecLauncher:
         extra = ["--python-path", python_path] if python_path else []
         if threads > 0:
             extra += ["--threads", str(threads)]
-        proc = await asyncio.create_subprocess_exec(
+        proc = await exec_with_output_pipe(
             sys.executable, "-m", "worker", "--socket", socket_path, "--worker-id", worker_id,
-            "--daemon-pid", str(self.daemon_pid), "--title", title, *extra,
-            **OUTPUT_PIPE)
-        forward_output(proc)
+            "--daemon-pid", str(self.daemon_pid), "--title", title, *extra)
         self._pids.add(proc.pid)
         task = asyncio.get_running_loop().create_task(self._wait(proc))
         self._waiters.add(task)
@@ -168,10 +171,10 @@ class ZygoteLauncher:
 
         server = await asyncio.start_unix_server(accept, str(path))
         try:
-            self._proc = await asyncio.create_subprocess_exec(
+            # forked workers inherit the zygote's output pipe
+            self._proc = await exec_with_output_pipe(
                 sys.executable, "-m", "worker.zygote", "--socket", str(path),
-                "--daemon-pid", str(self.daemon_pid), **OUTPUT_PIPE)
-            forward_output(self._proc)   # forked workers inherit the zygote's output pipe
+                "--daemon-pid", str(self.daemon_pid))
             reader, writer = await asyncio.wait_for(connected, ZYGOTE_START_TIMEOUT)
             hello = await asyncio.wait_for(read_frame(reader), ZYGOTE_START_TIMEOUT)
         finally:

@@ -31,20 +31,23 @@ class Heartbeat:
         now, hung, seen = self.clock(), [], set()
         for handle in handles:
             seen.add(handle.id)
-            if handle.conn.held:
+            conn = handle.conn
+            if conn is None:   # nothing to ping (READY workers are connected)
+                continue
+            if conn.held:
                 # its socket is not being read while a client catches up on a stream: its
                 # answers wait there (response_timeout still bounds the batch)
                 self._unanswered.pop(handle.id, None)
                 continue
             sent = self._unanswered.get(handle.id)
-            if sent is not None and handle.conn.last_pong < sent[0]:
+            if sent is not None and conn.last_pong < sent[0]:
                 if now - sent[1] >= self.interval:
                     hung.append(handle)
                 continue
             seq = next(self._seq)
             self._unanswered[handle.id] = (seq, now)
             try:
-                handle.conn.ping(seq)
+                conn.ping(seq)
             except (ConnectionLost, OSError) as exc:
                 # Its runner sees the lost connection and reports the death.
                 logger.debug("ping to worker %s failed: %s", handle.id, exc)
@@ -63,7 +66,9 @@ def describe_row(handle: WorkerHandle, rss: int, gpu: dict[str, Any]) -> dict[st
 
 
 async def handler_metadata(handle: WorkerHandle) -> Any:
-    """The handler's describe_handle() result, asked of the worker."""
+    """The handler's describe_handle() result, asked of the worker (a connected one)."""
+    if handle.conn is None:
+        raise InternalServerError(f"worker {handle.id} is not connected")
     reply = await handle.conn.request(messages.describe(), messages.DESCRIBED,
                                       handle.mv.settings.response_timeout)
     if not reply.get("ok"):
@@ -77,6 +82,8 @@ def over_memory_limit(handles: Iterable[WorkerHandle], rss_of: Callable[[int], i
     (publishing every RSS)."""
     over = []
     for handle in handles:
+        if handle.pid is None:   # no process yet (READY workers have one)
+            continue
         rss = rss_of(handle.pid)
         if metrics is not None:
             metrics.set_worker_rss(handle.mv.name, handle.mv.version, handle.id, rss)

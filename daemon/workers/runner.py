@@ -67,7 +67,7 @@ class WorkerRunner:
 
     async def run(self, handle: WorkerHandle) -> None:
         try:
-            await self._start(handle)
+            conn = await self._start(handle)
         except StartFailure as exc:
             await self._terminate(handle)
             self.events.start_failed(handle, str(exc))
@@ -86,9 +86,9 @@ class WorkerRunner:
             await self._shutdown(handle)
             self.events.stopped(handle)
             return
-        handle.dispatcher = self._dispatcher(handle)
+        dispatcher = handle.dispatcher = self._dispatcher(handle, conn)
         self.events.became_ready(handle)
-        reason = await self._serve(handle)
+        reason = await self._serve(handle, dispatcher)
         if reason is None:
             await self._shutdown(handle)
             self.events.stopped(handle)
@@ -98,7 +98,8 @@ class WorkerRunner:
 
     # ---- start -----------------------------------------------------------------------------
 
-    async def _start(self, handle: WorkerHandle) -> None:
+    async def _start(self, handle: WorkerHandle) -> WorkerConnection:
+        """The worker's connection, once its handler has loaded."""
         mv = handle.mv
         timeout = float(mv.settings.startup_timeout)
         if timeout <= 0:
@@ -145,6 +146,7 @@ class WorkerRunner:
             raise StartFailure(self._exit_cause(handle, exc)) from exc
         if not loaded.get("ok"):
             raise StartFailure(loaded.get("error") or "the handler failed to load")
+        return conn
 
     async def _until(self, future: asyncio.Future, handle: WorkerHandle, timeout: float,
                      step: str):
@@ -194,20 +196,19 @@ class WorkerRunner:
 
     # ---- serve -----------------------------------------------------------------------------
 
-    def _dispatcher(self, handle: WorkerHandle) -> Dispatcher:
+    def _dispatcher(self, handle: WorkerHandle, conn: WorkerConnection) -> Dispatcher:
         def after_batch() -> None:
             limit = handle.mv.settings.max_requests_per_worker
             if limit and dispatcher.served >= limit:
                 self.events.served_enough(handle)
 
-        dispatcher = Dispatcher(handle.mv, handle.conn, self.clock,
+        dispatcher = Dispatcher(handle.mv, conn, self.clock,
                                 death_error=lambda: self._death_error(handle),
                                 observer=self.observer, after_batch=after_batch)
         return dispatcher
 
-    async def _serve(self, handle: WorkerHandle) -> str | None:
+    async def _serve(self, handle: WorkerHandle, dispatcher: Dispatcher) -> str | None:
         """The dispatcher's loop, stopped when the Supervisor asks this worker to stop."""
-        dispatcher = handle.dispatcher
         stop = asyncio.ensure_future(handle.stop_requested.wait())
         stop.add_done_callback(lambda _: dispatcher.stop(handle.stop_deadline or self.clock()))
         try:
