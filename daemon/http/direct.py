@@ -68,9 +68,11 @@ class DirectPath:
         if is_form(content_type):
             return False
         route, scope["path_params"] = found
+        endpoint = route.endpoint
+        assert isinstance(endpoint, PredictionEndpoint)
         scope["path"] = path
-        scope["endpoint"] = route.endpoint
-        DirectRequest(self, exchange, route.endpoint, content_type).begin()
+        scope["endpoint"] = endpoint
+        DirectRequest(self, exchange, endpoint, content_type).begin()
         return True
 
 
@@ -244,7 +246,7 @@ class DirectRequest:
 
     def _send_rendered(self, response: Response) -> None:
         if self.state != DONE:
-            self._send(response.status_code, response.raw_headers, response.body)
+            self._send(response.status_code, response.raw_headers, bytes(response.body))
 
     def _send(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.status = status

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import uvicorn
@@ -213,7 +214,8 @@ class InferenceProtocol(HttpToolsProtocol):
         cycle = self.cycle
         super().connection_lost(exc)
         if cycle is not None and not cycle.response_complete:
-            for hook in cycle.scope.get(DISCONNECT_HOOKS, ()):
+            hooks: list[Any] = cycle.scope.get(DISCONNECT_HOOKS, [])  # type: ignore[assignment]
+            for hook in hooks:
                 hook()
 
     def pause_writing(self) -> None:
@@ -322,14 +324,18 @@ class InferenceServer(uvicorn.Server):
     waits for every connection to close: a direct-path request's connection closes once its
     response is out, as an ASGI one's does)."""
 
-    def capture_signals(self) -> contextlib.AbstractContextManager[None]:
-        return contextlib.nullcontext()
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
-def uvicorn_config(app: Any, direct: DirectPathLike | None, tls: dict[str, str],
+def uvicorn_config(app: Any, direct: DirectPathLike | None, tls: tuple[str, str] | None,
                    backlog: int, keep_alive: int, graceful: float) -> uvicorn.Config:
+    """``tls``: the certificate and key files, or None for plain HTTP."""
+    certificate, key = tls or (None, None)
     return uvicorn.Config(app, http=protocol_for(direct), loop="none", lifespan="off",
                           ws="none", interface="asgi3", log_config=None, access_log=False,
                           proxy_headers=False, server_header=False, backlog=backlog,
                           timeout_keep_alive=keep_alive,
-                          timeout_graceful_shutdown=int(graceful), **tls)
+                          timeout_graceful_shutdown=int(graceful), ssl_certfile=certificate,
+                          ssl_keyfile=key)

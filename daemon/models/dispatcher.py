@@ -346,7 +346,8 @@ class _Deadline:
             self.arm()   # set for a batch since answered: now for the one running
             return
         self.expired = self.dispatcher._running
-        self.dispatcher._expire(self.expired)
+        if self.expired is not None:   # limit() says a batch runs
+            self.dispatcher._expire(self.expired)
 
 
 async def _arrival_or(arrival: asyncio.Future, *others: asyncio.Future) -> None:
@@ -375,6 +376,6 @@ def _answer(jobs: dict[str, Job], result: dict) -> None:
 
 
 def _route_part(jobs: dict[str, Job], part: dict) -> None:
-    job = jobs.get(part.get("id"))
+    job = jobs.get(part.get("id", ""))
     if job is not None:
         job.send_part(part)

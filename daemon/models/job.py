@@ -39,7 +39,8 @@ class Part:
         return self.response.get("status") or 200
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and other.response == self.response  # type: ignore[attr-defined]
+        return isinstance(other, Part) and type(other) is type(self) \
+            and other.response == self.response
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.response!r})"

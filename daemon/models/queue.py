@@ -142,6 +142,7 @@ class JobQueue:
 
     async def _collect(self, batch_size: int, max_delay_s: float) -> list[Job]:
         first = await self._wait_for_job(None)
+        assert first is not None   # with no deadline it waits for one
         batch = self._gathering = [first]
         deadline = first.arrival + max_delay_s
         try:

@@ -40,8 +40,9 @@ def bind_listener(name: str, address: BindAddress) -> socket.socket:
     """A bound socket that does not listen yet: a busy port fails the start before any model
     loads, and until ``listen()`` clients are refused rather than left hanging."""
     try:
+        sockaddr: Any
         if address.is_unix:
-            _remove_stale_socket(Path(address.path))
+            _remove_stale_socket(Path(str(address.path)))
             family, sockaddr = socket.AF_UNIX, str(address.path)
         else:
             family, _, _, _, sockaddr = socket.getaddrinfo(
@@ -139,7 +140,7 @@ class Listeners:
         self._inference: InferenceServer | None = None
 
     def serve(self) -> list[asyncio.Future]:
-        servers = []
+        servers: list[asyncio.Future] = []
         for name, address in self.config.listeners.items():
             sock, app = self.sockets[name], self.apps[name]
             if name == INFERENCE:
@@ -154,10 +155,9 @@ class Listeners:
         return servers
 
     async def _serve_uvicorn(self, app: Any, sock: socket.socket, address: BindAddress) -> None:
-        tls = {}
+        tls = None
         if address.is_tls:
-            tls = {"ssl_certfile": str(self.config.certificate_file),
-                   "ssl_keyfile": str(self.config.private_key_file)}
+            tls = (str(self.config.certificate_file), str(self.config.private_key_file))
         # the inference app's DirectPath, taken here: uvicorn may wrap the app (TRACE logging)
         direct = getattr(app, "direct", None)
         self._inference = InferenceServer(uvicorn_config(app, direct, tls, LISTEN_BACKLOG,

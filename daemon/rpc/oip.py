@@ -74,7 +74,9 @@ class OipService(pb_grpc.GRPCInferenceServiceServicer):
 
 
 def _tensor_metadata(tensor: dict[str, Any]) -> TensorMetadata:
-    shape = tensor.get("shape") if isinstance(tensor.get("shape"), list) else []
+    shape = tensor.get("shape")
+    if not isinstance(shape, list):
+        shape = []
     return TensorMetadata(name=str(tensor.get("name", "")),
                           datatype=str(tensor.get("datatype", "")),
                           shape=[int(d) for d in shape if isinstance(d, int)])

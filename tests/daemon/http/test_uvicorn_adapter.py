@@ -71,7 +71,7 @@ async def _attributes_of_a_live_request() -> dict[str, set[str]]:
         raise AssertionError("not the direct path")
 
     sock = socket.create_server(("127.0.0.1", 0))
-    server = InferenceServer(uvicorn_config(app, Look(), {}, backlog=8, keep_alive=5,
+    server = InferenceServer(uvicorn_config(app, Look(), None, backlog=8, keep_alive=5,
                                             graceful=5))
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:

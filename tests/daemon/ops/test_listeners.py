@@ -69,7 +69,7 @@ async def serve_app(app, client, direct=None):
     """Run ``app`` on a real InferenceServer over a loopback socket; ``client(host, port,
     server)`` talks to it."""
     sock = socket.create_server(("127.0.0.1", 0))
-    server = InferenceServer(uvicorn_config(app, direct, {}, backlog=16, keep_alive=5,
+    server = InferenceServer(uvicorn_config(app, direct, None, backlog=16, keep_alive=5,
                                             graceful=5))
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
