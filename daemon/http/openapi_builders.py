@@ -1,13 +1,10 @@
-"""OpenAPI 3.0.1 documents served by `OPTIONS /` and `GET /api-description` (SPEC 1.8).
+"""The small builders the OpenAPI documents are made of (daemon/http/openapi.py).
 
-Each document lists exactly the endpoints of its port, with TorchServe's path parameter names
-(`model_name`, `model_version`) so clients generated from TorchServe's documents keep working.
 Query parameters the server parses leniently (a malformed integer falls back to its default) are
 still declared with the type a client should send. Token auth may be on or off depending on the
 configuration, so every operation allows anonymous access or a bearer key and lists 401.
-
-The path tables live in openapi_management.py and openapi_inference.py; this module holds the
-small builders they share and assembles the documents.
+The path tables (openapi_management.py, openapi_inference.py) build on these; `document`
+assembles one port's document.
 """
 from __future__ import annotations
 
@@ -138,21 +135,3 @@ def document(description: str, version: str, paths: dict[str, Any],
         # Anonymous access is allowed while token auth is off; a bearer key otherwise.
         "security": [{}, {"bearer": []}],
     })
-
-
-def management_document(version: str) -> dict[str, Any]:
-    """The management port's (8081) OpenAPI document; `version` is the server's version."""
-    # Imported here: it builds on the helpers above.
-    from daemon.http import openapi_management
-
-    return document("Register, scale, describe, list and unregister models.", version,
-                    openapi_management.paths(), openapi_management.SCHEMAS)
-
-
-def inference_document(version: str) -> dict[str, Any]:
-    """The inference port's (8080) OpenAPI document; `version` is the server's version."""
-    from daemon.http import openapi_inference
-
-    return document("Health, predictions and explanations: TorchServe's API, KServe v1 and the "
-                    "Open Inference Protocol v2.", version, openapi_inference.paths(),
-                    openapi_inference.SCHEMAS)

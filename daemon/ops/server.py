@@ -25,7 +25,7 @@ from typing import Any
 
 import uvloop
 
-from daemon.http import openapi_builders as openapi
+from daemon.http import openapi
 from daemon.http.apps import build_inference_app, build_management_app, build_metrics_app
 from daemon.models.archives import PreparedArchive, remove_prepared
 from daemon.config.settings import Config

@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode, checks
 
-from daemon.http.openapi_builders import management_document
+from daemon.http.openapi import management_document
 from daemon.ops.server import VERSION
 from tests.support.daemon import Daemon
 

@@ -9,7 +9,7 @@ import pytest
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
-from daemon.http.openapi_builders import inference_document, management_document
+from daemon.http.openapi import inference_document, management_document
 
 METHODS = {"get", "put", "post", "delete", "options", "patch", "head", "trace"}
 

@@ -1,0 +1,26 @@
+"""OpenAPI 3.0.1 documents served by `OPTIONS /` and `GET /api-description` (SPEC 1.8).
+
+Each document lists exactly the endpoints of its port, with TorchServe's path parameter names
+(`model_name`, `model_version`) so clients generated from TorchServe's documents keep working.
+The path tables live in openapi_management.py and openapi_inference.py, the builders they share
+in openapi_builders.py; this module assembles the two documents.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from daemon.http import openapi_inference, openapi_management
+from daemon.http.openapi_builders import document
+
+
+def management_document(version: str) -> dict[str, Any]:
+    """The management port's (8081) OpenAPI document; `version` is the server's version."""
+    return document("Register, scale, describe, list and unregister models.", version,
+                    openapi_management.paths(), openapi_management.SCHEMAS)
+
+
+def inference_document(version: str) -> dict[str, Any]:
+    """The inference port's (8080) OpenAPI document; `version` is the server's version."""
+    return document("Health, predictions and explanations: TorchServe's API, KServe v1 and the "
+                    "Open Inference Protocol v2.", version, openapi_inference.paths(),
+                    openapi_inference.SCHEMAS)
