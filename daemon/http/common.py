@@ -12,7 +12,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, ResourceNotFound,
-                           TorchdError, error_response)
+                           TorchdError)
 from daemon.logformat import DIRECT_LINES
 
 logger = logging.getLogger(__name__)
@@ -70,6 +70,11 @@ DESCRIPTION_ROUTES = [
     Route("/", api_description, methods=["OPTIONS"]),
     Route("/api-description", api_description, methods=["GET"]),
 ]
+
+
+def error_response(exc: TorchdError) -> JSONResponse:
+    """TorchServe's error document for ``exc``, with its status and headers."""
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers)
 
 
 def status_json(message: str, status: int = 200) -> JSONResponse:

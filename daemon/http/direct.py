@@ -24,9 +24,9 @@ from typing import Any
 from starlette.responses import Response
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
-from daemon.errors import TorchdError, error_response
-from daemon.http.common import (RequestContext, declared_too_large, header, new_request_id,
-                                normalized_path, too_large)
+from daemon.errors import TorchdError
+from daemon.http.common import (RequestContext, declared_too_large, error_response, header,
+                                new_request_id, normalized_path, too_large)
 from daemon.http.predict import (HotRoutes, PredictionEndpoint, Predictor, is_form, new_job,
                                  outcome_status, response_headers, worker_error)
 from daemon.models.submission import record_outcome, submit_job

@@ -18,9 +18,8 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE
 
-from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, TorchdError, \
-    error_response
-from daemon.http.common import DISCONNECT_HOOKS, NoResponse, header, receive_body
+from daemon.errors import BadRequest, InternalServerError, ResourceNotFound, TorchdError
+from daemon.http.common import DISCONNECT_HOOKS, NoResponse, error_response, header, receive_body
 from daemon.models.registry import ModelVersion
 from daemon.models.queue import Job
 from daemon.models.submission import record_outcome, submit_job
