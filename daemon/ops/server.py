@@ -33,7 +33,7 @@ from daemon.http.inference import Health
 from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
 from daemon.gpus import discover_gpus
 from daemon.metrics import Metrics
-from daemon.models.manager import ModelManager
+from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
 from daemon.ops.startup import load_model_snapshot
