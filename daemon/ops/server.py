@@ -31,7 +31,7 @@ from daemon.models.archives import PreparedArchive, remove_prepared
 from daemon.config.settings import Config
 from daemon.http.inference import Health
 from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
-from daemon.gpus import discover_gpus
+from daemon.gpus.inventory import discover_gpus
 from daemon.metrics import Metrics
 from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry

@@ -1,5 +1,5 @@
-"""The GPU inventory (daemon/gpus.py) over a fake NVML: CUDA_VISIBLE_DEVICES, number_of_gpu,
-no NVML, the queries describe and metrics make, a GPU that vanishes."""
+"""The GPU inventory (daemon/gpus/inventory.py) over a fake NVML: CUDA_VISIBLE_DEVICES,
+number_of_gpu, no NVML, the queries describe and metrics make, a GPU that vanishes."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from daemon.config.settings import ConfigError, load_config
-from daemon.gpus import MIB, discover_gpus
+from daemon.gpus.inventory import MIB, discover_gpus
 from tests.support.gpus import FakeNvml, fake_inventory
 
 
@@ -134,7 +134,7 @@ def test_an_nvml_error_that_does_not_say_gone_keeps_the_gpu(caplog):
 def test_the_daemon_never_imports_torch():
     """CUDA can only be initialized through torch: the daemon (which starts the zygote) has no
     torch at all, with its GPU inventory built."""
-    code = ("import sys, daemon.ops.server as s, daemon.gpus as g\n"
+    code = ("import sys, daemon.ops.server as s, daemon.gpus.inventory as g\n"
             "g.discover_gpus(None, None)\n"
             "assert 'torch' not in sys.modules, 'the daemon imported torch'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -11,7 +11,7 @@ import pytest
 
 from daemon.config.settings import ConfigError, load_config
 from daemon.errors import BadRequest
-from daemon.gpus import GpuInventory
+from daemon.gpus.inventory import GpuInventory
 from daemon.metrics import Metrics
 from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry
