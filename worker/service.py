@@ -15,7 +15,7 @@ from typing import Any
 
 from protocol import messages
 from worker import codec
-from worker.ts.context import Context
+from worker.runtime.context import Context
 from worker.ts.utils.util import list_classes_from_module
 
 logger = logging.getLogger(__name__)

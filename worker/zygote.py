@@ -42,9 +42,9 @@ WARM_MODULES = (
     "torch",
     "worker.process",
     "worker.service",
-    "worker.ts.context",
-    "worker.ts.handler_utils.utils",
-    "worker.ts.metrics.recorder",
+    "worker.runtime.context",
+    "worker.runtime.streaming",
+    "worker.runtime.recorder",
     "worker.ts.torch_handler.base_handler",
     "worker.ts.utils.util",
 )

@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from worker import codec
 from worker.service import HandlerLoadError, parse_handler
-from worker.ts.context import Context
-from worker.ts.handler_utils.utils import send_intermediate_predict_response
-from worker.ts.metrics.dimension import Dimension
-from worker.ts.metrics.metric_type_enum import MetricTypes
+from worker.runtime.context import Context
+from worker.runtime.streaming import send_intermediate_predict_response
+from worker.runtime.dimension import Dimension
+from worker.runtime.metric_type_enum import MetricTypes
 from worker.ts.utils.util import PredictionException, map_class_to_label
 
 

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import messages
-from worker.ts.metrics.dimension import Dimension
-from worker.ts.metrics.metric_type_enum import MetricTypes
+from worker.runtime.dimension import Dimension
+from worker.runtime.metric_type_enum import MetricTypes
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from worker.ts.metrics.recorder import MetricsRecorder
+from worker.runtime.recorder import MetricsRecorder
 
 # Called with (ret, req_id_map, message, code) by send_intermediate_predict_response.
 StreamWriter = Callable[[list[Any], dict[int, str], str, int], None]
