@@ -43,8 +43,11 @@ WARM_MODULES = (
     "worker.process",
     "worker.service",
     "worker.runtime.context",
-    "worker.runtime.streaming",
     "worker.runtime.recorder",
+    "worker.runtime.streaming",
+    "worker.ts.context",
+    "worker.ts.handler_utils.utils",
+    "worker.ts.metrics.recorder",
     "worker.ts.torch_handler.base_handler",
     "worker.ts.utils.util",
 )

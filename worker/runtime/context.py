@@ -1,13 +1,11 @@
-"""The ``context`` handed to handlers: model properties, request headers, response settings."""
+"""The ``context`` handed to handlers: model properties, request headers, response settings,
+and the streaming hook (``stream_writer``, ``cl_socket``: worker/runtime/streaming.py)."""
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 from worker.runtime.recorder import MetricsRecorder
-
-# Called with (ret, req_id_map, message, code) by send_intermediate_predict_response.
-StreamWriter = Callable[[list[Any], dict[int, str], str, int], None]
+from worker.runtime.streaming import PartsSocket, StreamWriter
 
 
 class RequestProcessor:
@@ -49,6 +47,9 @@ class RequestProcessor:
     def get_response_headers(self) -> dict[str, str]:
         return dict(self._response_headers)
 
+    def remove_response_property(self, key: str) -> None:
+        self._response_headers.pop(key, None)
+
 
 class Context:
     """Everything a handler learns about its model and the batch it is handling."""
@@ -77,6 +78,11 @@ class Context:
     @property
     def system_properties(self) -> dict[str, Any]:
         return self._system_properties
+
+    @property
+    def cl_socket(self) -> PartsSocket:
+        """Where TorchServe's own send_intermediate_predict_response writes a batch's parts."""
+        return PartsSocket(self)
 
     @property
     def metrics(self) -> MetricsRecorder:
@@ -125,6 +131,9 @@ class Context:
 
     def set_response_header(self, idx: int, key: str, value: Any) -> None:
         self.request_processor[idx].add_response_property(key, value)
+
+    def remove_response_header(self, idx: int, key: str) -> None:
+        self.request_processor[idx].remove_response_property(key)
 
     def get_sequence_id(self, idx: int) -> str | None:
         return self.get_request_header(idx, "ts_request_sequence_id")
