@@ -19,6 +19,18 @@ REPO = Path(__file__).resolve().parents[2]
 ROOTS = ("daemon", "worker", "protocol")
 HTTP_LIBRARIES = ("starlette", "uvicorn", "hypercorn", "h11", "httptools")
 HTTP_LAYERS = ("daemon.http", "daemon.ops")   # the only ones that may use an HTTP library
+# daemon's layers, top first (the README's Layout section): each imports only from the tiers
+# below its own; the layers of one tier are peers and import nothing of each other.
+DAEMON_TIERS = (
+    ("daemon.ops",),
+    ("daemon.http", "daemon.rpc"),
+    ("daemon.control",),
+    ("daemon.workers",),
+    ("daemon.gpus",),
+    ("daemon.models",),
+    ("daemon.config", "daemon.metrics", "daemon.logformat"),
+    ("daemon.errors", "daemon.osutil"),
+)
 
 
 def module_files() -> dict[str, Path]:
@@ -152,6 +164,15 @@ def test_no_import_cycle_between_daemon_subpackages():
         for a, b in zip(cycle, cycle[1:]):
             lines += [f"    {edge}" for edge in sorted(layers[a][b])]
     assert not found, "cycles between daemon's subpackages:\n" + "\n".join(lines)
+
+
+def test_daemon_layers_import_only_downward():
+    tier = {layer: rank for rank, layers in enumerate(DAEMON_TIERS) for layer in layers}
+    unknown = sorted({daemon_layer(m) for m in MODULES} - set(tier) - {None})
+    assert not unknown, f"add {unknown} to DAEMON_TIERS (and to the README's Layout)"
+    upward = sorted(edge for a, targets in layer_graph().items() for b, edges in targets.items()
+                    if tier[b] <= tier[a] for edge in edges)
+    assert not upward, "imports of a layer above or beside the importer's:\n" + "\n".join(upward)
 
 
 def test_daemon_and_worker_meet_only_in_protocol():
