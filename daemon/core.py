@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from daemon.config.settings import Config
     from daemon.http.inference import Health
-    from daemon.http.tokens import TokenStore
+    from daemon.control.tokens import TokenStore
     from daemon.metrics import Metrics
     from daemon.models.call import Predictions
-    from daemon.models.manager import ModelManager
+    from daemon.control.manager import ModelManager
     from daemon.models.registry import Registry
     from daemon.workers.supervisor import Supervisor
 

@@ -1,7 +1,9 @@
-"""Exceptions that map to TorchServe's error JSON: {"code", "type", "message"}."""
-from __future__ import annotations
+"""Exceptions that map to TorchServe's error JSON: {"code", "type", "message"}.
 
-from starlette.responses import JSONResponse
+The types only, free of any HTTP library: every layer raises them; the HTTP side renders them
+(daemon/http/common.py: error_response), gRPC maps them to its status codes (daemon/rpc/status.py).
+"""
+from __future__ import annotations
 
 
 class TorchdError(Exception):
@@ -84,6 +86,3 @@ def no_worker_error(model_name: str) -> ServiceUnavailable:
     return ServiceUnavailable(f'Model "{model_name}" has no worker to serve inference request. '
                               'Please use scale workers API to add workers.')
 
-
-def error_response(exc: TorchdError) -> JSONResponse:
-    return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers)

@@ -15,8 +15,7 @@ from typing import Any
 
 from protocol import messages
 from worker import codec
-from worker.ts.context import Context
-from worker.ts.utils.util import list_classes_from_module
+from worker.runtime.context import Context
 
 logger = logging.getLogger(__name__)
 
@@ -73,16 +72,21 @@ def wrap_in_envelope(entry: Entry, envelope: str | None) -> Entry:
     if not envelope:
         return entry
     module = importlib.import_module(f"{ENVELOPES}.{envelope}")
-    classes = [c for c in list_classes_from_module(module) if hasattr(c, "parse_input")]
+    classes = [c for c in _own_classes(module) if hasattr(c, "parse_input")]
     if not classes:
         raise HandlerLoadError(f"envelope module {module.__name__} defines no envelope class")
     logger.info("requests go through the %s envelope", envelope)
     return classes[0](entry).handle
 
 
-def _handler_classes(module: ModuleType) -> list[type]:
+def _own_classes(module: ModuleType) -> list[type]:
+    """Classes defined in ``module`` itself, not imported into it."""
     return [cls for _, cls in inspect.getmembers(module, inspect.isclass)
-            if cls.__module__ == module.__name__ and callable(getattr(cls, "handle", None))]
+            if cls.__module__ == module.__name__]
+
+
+def _handler_classes(module: ModuleType) -> list[type]:
+    return [cls for cls in _own_classes(module) if callable(getattr(cls, "handle", None))]
 
 
 class ModelService:

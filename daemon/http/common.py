@@ -5,7 +5,7 @@ import builtins
 import logging
 import time
 from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable, Protocol
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -14,18 +14,22 @@ from starlette.routing import Route
 from starlette.types import Message, Receive, Scope, Send
 
 from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, ResourceNotFound,
-                           TorchdError, error_response)
+                           TorchdError)
 from daemon.logformat import DIRECT_LINES
 from daemon.models.call import new_request_id
-
-if TYPE_CHECKING:
-    from daemon.http.direct import DirectPath
 
 logger = logging.getLogger(__name__)
 access_log = logging.getLogger("torchd.access")
 # Scope key of a list the inference listener puts in every request's scope: it calls each
 # callable there when the client hangs up before the response is complete.
 DISCONNECT_HOOKS = "torchd.disconnect_hooks"
+
+
+class DirectPathLike(Protocol):
+    """The direct path (daemon/http/direct.py) as the listener sees it: it is offered each
+    request's exchange (daemon/http/uvicorn_adapter.py) and says whether it serves it."""
+
+    def take(self, exchange: Any) -> bool: ...
 
 
 class Params:
@@ -78,6 +82,11 @@ DESCRIPTION_ROUTES = [
     Route("/", api_description, methods=["OPTIONS"]),
     Route("/api-description", api_description, methods=["GET"]),
 ]
+
+
+def error_response(exc: TorchdError) -> JSONResponse:
+    """TorchServe's error document for ``exc``, with its status and headers."""
+    return JSONResponse(exc.to_json(), status_code=exc.status, headers=exc.headers)
 
 
 def status_json(message: str, status: int = 200) -> JSONResponse:
@@ -186,7 +195,7 @@ class RequestContext:
     every other layer of the ASGI app; the listener looks for it here.
     """
 
-    direct: DirectPath | None = None
+    direct: DirectPathLike | None = None
 
     def __init__(self, app: Callable, name: str, count_status: Callable[[int], None] | None,
                  authorize: Callable[[dict], TorchdError | None] | None = None) -> None:

@@ -25,10 +25,10 @@ from typing import Any
 
 from starlette.responses import Response
 
-from daemon.errors import TorchdError, error_response
+from daemon.errors import TorchdError
 from daemon.http.answers import LAST_CHUNK, STATUS_LINE, body_bytes, chunk, response_headers
-from daemon.http.common import (RequestContext, declared_too_large, header, normalized_path,
-                                too_large)
+from daemon.http.common import (RequestContext, declared_too_large, error_response, header,
+                                normalized_path, too_large)
 from daemon.http.predict import HotRoutes, PredictionEndpoint, Predictor, is_form, \
     request_headers
 from daemon.http.uvicorn_adapter import Exchange

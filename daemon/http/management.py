@@ -12,7 +12,7 @@ from starlette.routing import Route
 from daemon.errors import BadRequest
 from daemon.http.common import DESCRIPTION_ROUTES, Params, read_body, status_json
 from daemon.models.layers import JAVA_INT
-from daemon.models.manager import ModelManager, Outcome
+from daemon.control.manager import ModelManager, Outcome
 from daemon.models.requests import RegisterRequest
 
 logger = logging.getLogger(__name__)

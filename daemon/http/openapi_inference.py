@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from daemon.http.openapi import (
+from daemon.http.openapi_builders import (
     ANY,
     error,
     json_content,

@@ -5,7 +5,7 @@ from typing import Any
 
 from daemon.http.openapi_inference import SCHEMAS as INFERENCE_SCHEMAS
 from daemon.http.openapi_inference import v1_model_ready
-from daemon.http.openapi import (
+from daemon.http.openapi_builders import (
     boolean,
     error,
     integer,

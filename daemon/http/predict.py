@@ -16,9 +16,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from daemon.errors import BadRequest, ResourceNotFound, TorchdError, error_response
+from daemon.errors import BadRequest, ResourceNotFound, TorchdError
 from daemon.http.answers import response_headers
-from daemon.http.common import DISCONNECT_HOOKS, NoResponse, header, receive_body
+from daemon.http.common import DISCONNECT_HOOKS, NoResponse, error_response, header, receive_body
 from daemon.models.call import PredictionCall, Predictions
 from daemon.models.job import Answer, Failure, Gone, Part
 from protocol import messages

@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from daemon.http.common import DISCONNECT_HOOKS
+from daemon.http.common import DISCONNECT_HOOKS, DirectPathLike
 
 MAX_INCOMPLETE = 64 * 1024   # bytes of request head a listener takes before it gives up
 
@@ -53,10 +53,6 @@ class DirectListener(Protocol):
     def on_writing_paused(self) -> None: ...
 
     def on_writing_resumed(self) -> None: ...
-
-
-class DirectPathLike(Protocol):
-    def take(self, exchange: Exchange) -> bool: ...
 
 
 class Exchange:

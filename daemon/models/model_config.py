@@ -1,7 +1,7 @@
 """Which model-config.yaml keys torchd leaves unimplemented.
 
 TorchServe's frontend acts on a fixed set of model-config.yaml keys; torchd implements most of
-them (and a few of its own, see daemon/models/manager.py). The rest are named here: a model
+them (and a few of its own, see daemon/control/manager.py). The rest are named here: a model
 that sets one (``sequenceBatching``, say) would otherwise run differently from how it was
 written without anyone being told, so register warns once naming them all and describe lists
 them. Keys TorchServe's frontend does not know either (a ``handler:`` section, anything a

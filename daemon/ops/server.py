@@ -34,9 +34,9 @@ from daemon.models.call import Predictions
 from daemon.config.settings import Config
 from daemon.http.inference import Health
 from daemon.workers.launcher import ExecLauncher, ExitCallback, ZygoteLauncher
-from daemon.gpus import discover_gpus
+from daemon.gpus.inventory import discover_gpus
 from daemon.metrics import Metrics
-from daemon.models.manager import ModelManager
+from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
 from daemon.ops.startup import load_model_snapshot
@@ -46,7 +46,7 @@ from daemon.ops.startup import StartupError, load_startup_models, restore_snapsh
 from daemon.workers.runner import RunnerSettings
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.ops.systemd import Notifier
-from daemon.http.tokens import TokenStore
+from daemon.control.tokens import TokenStore
 
 if TYPE_CHECKING:
     from daemon.rpc.server import RpcListeners

@@ -11,7 +11,7 @@ from daemon.config.settings import Config, StartupModel
 from daemon.models.archives import startup_models_in_store
 from daemon.errors import Conflict, ModelNotFound, TorchdError
 from daemon.models import snapshots
-from daemon.models.manager import ModelManager
+from daemon.control.manager import ModelManager
 from daemon.models.registry import ModelVersion
 from daemon.models.requests import RegisterRequest
 from daemon.models.snapshots import SnapshotError, SnapshotStore

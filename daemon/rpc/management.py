@@ -9,7 +9,7 @@ from typing import TypeVar
 
 import grpc
 
-from daemon.models.manager import ModelManager, Outcome
+from daemon.control.manager import ModelManager, Outcome
 from daemon.models.requests import RegisterRequest
 from daemon.rpc.generated import management_pb2 as pb
 from daemon.rpc.generated import management_pb2_grpc as pb_grpc

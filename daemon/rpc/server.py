@@ -30,7 +30,7 @@ from daemon.rpc.status import grpc_code
 
 if TYPE_CHECKING:
     from daemon.core import Core
-    from daemon.http.tokens import TokenStore
+    from daemon.control.tokens import TokenStore
 
     Handler = grpc.RpcMethodHandler[Any, Any]   # generic in typeshed's stubs only
 
@@ -44,7 +44,7 @@ class BindError(Exception):
 
 class TokenGate(grpc.aio.ServerInterceptor):
     """Token auth for one listener: the call's ``authorization`` metadata must hold the key of
-    ``kind`` (REST's rule, daemon/http/tokens.py); otherwise UNAUTHENTICATED."""
+    ``kind`` (REST's rule, daemon/control/tokens.py); otherwise UNAUTHENTICATED."""
 
     def __init__(self, kind: str) -> None:
         self.kind = kind

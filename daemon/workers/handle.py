@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from daemon.models.dispatcher import Dispatcher
 from daemon.models.registry import ModelVersion
 from daemon.workers.connection import WorkerConnection
-from daemon.workers.states import WorkerState, check_transition
+from daemon.workers.states import LIVE_STATES, WorkerState, check_transition
 
 
 @dataclass(eq=False)
@@ -42,6 +42,11 @@ class WorkerHandle:
     def move(self, new: WorkerState) -> None:
         check_transition(self.state, new)
         self.state = new
+
+    @property
+    def live(self) -> bool:
+        """Starting, ready or restarting (LIVE_STATES): it holds its slot's GPU."""
+        return self.state in LIVE_STATES
 
     @property
     def busy(self) -> bool:

@@ -22,7 +22,7 @@ from daemon.workers.handle import WorkerHandle, stop_preference
 from daemon.workers.autoscale import autoscale_step
 from daemon.workers.launcher import ProcessOps
 from daemon.workers.pids import PidTable
-from daemon.workers.placement import GpuInventory, GpuPlacement
+from daemon.gpus.placement import GpuInventory, GpuPlacement
 from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from daemon.handler_metrics import MAX_SERIES_PER_MODEL
+from daemon.metrics.handlers import MAX_SERIES_PER_MODEL
 from tests.support.archives import build_archive
 from tests.support.daemon import running_daemon
 

@@ -45,7 +45,7 @@ def access_lines(log_file: Path) -> list[str]:
 def test_log_config_sends_the_daemon_log_to_its_file(logged):
     text = logged.log_file.read_text()
     assert "CFG INFO daemon.ops.server: torchd ready: serving 0 model version(s)" in text
-    assert "CFG INFO daemon.models.manager: registered logecho 1.0 from echo.mar" in text
+    assert "CFG INFO daemon.control.manager: registered logecho 1.0 from echo.mar" in text
     stderr = logged.daemon.log()
     assert "daemon.ops.server" not in stderr and "torchd.access" not in stderr
 

@@ -1,7 +1,7 @@
 """A fake ``pynvml`` module: the few NVML calls torchd makes, over devices a test describes.
 
-Handed to ``daemon.gpus.discover_gpus(..., nvml=FakeNvml(...))`` it stands in for the real
-library, so the inventory, placement, describe and metrics run their real code on a machine
+Handed to ``daemon.gpus.inventory.discover_gpus(..., nvml=FakeNvml(...))`` it stands in for the
+real library, so the inventory, placement, describe and metrics run their real code on a machine
 without a GPU. A device can be made to vanish (``lose``), as one that fell off the bus.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from daemon.gpus import MIB, GpuInventory, discover_gpus
+from daemon.gpus.inventory import MIB, GpuInventory, discover_gpus
 
 
 class NVMLError(Exception):

@@ -1,4 +1,4 @@
-"""worker.ts.metrics.recorder: what a handler records waits, with TorchServe's default
+"""worker.runtime.recorder: what a handler records waits, with TorchServe's default
 dimensions, for the batch's RESULT frame."""
 from __future__ import annotations
 
@@ -6,10 +6,10 @@ import logging
 
 import pytest
 
-from worker.ts.context import Context
-from worker.ts.metrics import recorder
-from worker.ts.metrics.dimension import Dimension
-from worker.ts.metrics.metric_type_enum import MetricTypes
+from worker.runtime.context import Context
+from worker.runtime import recorder
+from worker.runtime.dimension import Dimension
+from worker.runtime.metric_type_enum import MetricTypes
 
 pytestmark = pytest.mark.timeout(30)
 

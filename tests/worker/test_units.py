@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 from worker import codec
 from worker.service import HandlerLoadError, parse_handler
-from worker.ts.context import Context
-from worker.ts.handler_utils.utils import send_intermediate_predict_response
-from worker.ts.metrics.dimension import Dimension
-from worker.ts.metrics.metric_type_enum import MetricTypes
+from worker.runtime.context import Context
+from worker.runtime.streaming import send_intermediate_predict_response
+from worker.runtime.dimension import Dimension
+from worker.runtime.metric_type_enum import MetricTypes
 from worker.ts.utils.util import PredictionException, map_class_to_label
 
 
@@ -245,7 +245,7 @@ from ts.context import Context
 from ts.handler_utils.utils import send_intermediate_predict_response
 import ts.torch_handler.base_handler as aliased
 import worker.ts.torch_handler.base_handler as real
-import worker.ts.utils.util, worker.ts.context
+import worker.ts.utils.util, worker.ts.context, worker.runtime.context, worker.runtime.streaming
 try:
     import ts.torch_handler.no_such_handler
     missing = None
@@ -255,7 +255,10 @@ print(json.dumps({
     "same_module": aliased is real,
     "same_classes": [BaseHandler is real.BaseHandler,
                      PredictionException is worker.ts.utils.util.PredictionException,
-                     Context is worker.ts.context.Context],
+                     Context is worker.ts.context.Context,
+                     Context is worker.runtime.context.Context,
+                     send_intermediate_predict_response
+                     is worker.runtime.streaming.send_intermediate_predict_response],
     "spec": real.__spec__.name,
     "finders_last": type(sys.meta_path[-1]).__name__,
     "finders": sum(type(f).__name__ == "TsAliasFinder" for f in sys.meta_path),
@@ -269,7 +272,7 @@ def test_ts_alias_in_a_fresh_interpreter(tmp_path):
                          capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True)
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe == {
-        "same_module": True, "same_classes": [True, True, True],
+        "same_module": True, "same_classes": [True] * 5,
         "spec": "worker.ts.torch_handler.base_handler", "finders_last": "TsAliasFinder",
         "finders": 1, "missing": "No module named 'ts.torch_handler.no_such_handler'"}
 

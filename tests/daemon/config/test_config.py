@@ -346,7 +346,7 @@ def test_explicit_settings_win_over_address_defaults(tmp_path, setting, value):
 
 
 def allowed(config, url: str) -> bool:
-    """The check registration makes (daemon/models/manager.py) with this config's list."""
+    """The check registration makes (daemon/control/manager.py) with this config's list."""
     return url_is_allowed(url, list(config.effective_allowed_urls))
 
 

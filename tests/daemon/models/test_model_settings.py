@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from daemon.config.settings import load_config
-from daemon.models.manager import ModelManager
+from daemon.control.manager import ModelManager
 from daemon.models.requests import RegisterRequest
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from daemon.gpus import GpuInventory
+from daemon.gpus.inventory import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
 from daemon.models.job import Answer, Failure, Gone, Job, Part

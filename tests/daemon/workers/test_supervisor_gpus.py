@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from daemon.gpus import MIB
+from daemon.gpus.inventory import MIB
 from daemon.models.registry import ModelVersion
 from daemon.workers.states import WorkerState
 from tests.daemon.workers.supervisor_harness import TEST_TIMEOUT, Harness, ready, scale, until

@@ -9,7 +9,7 @@ from typing import Any
 
 import psutil
 
-from daemon.gpus import MIB
+from daemon.gpus.inventory import MIB
 from tests.support.gpus import FakeDevice, FakeNvml, NVMLError
 
 WORKER_GPU_MEMORY = 100 * MIB

@@ -1,10 +1,4 @@
-"""Kinds of custom metric."""
-from __future__ import annotations
+"""``ts.metrics.metric_type_enum``: kinds of custom metric (worker/runtime/metric_type_enum.py)."""
+from worker.runtime.metric_type_enum import MetricTypes
 
-import enum
-
-
-class MetricTypes(enum.Enum):
-    COUNTER = "counter"
-    GAUGE = "gauge"
-    HISTOGRAM = "histogram"
+__all__ = ["MetricTypes"]

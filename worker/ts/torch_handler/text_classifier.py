@@ -28,10 +28,12 @@ class TextClassifier(TextHandler):
         super().__init__()
         self._offsets: list[int] = [0]   # where each request's tokens start in the batch
 
-    def preprocess(self, data: list[Any]) -> tuple[torch.Tensor, list[str]]:
+    def preprocess(  # type: ignore[override]  # TorchServe's text handlers return a pair
+            self, data: list[Any]) -> tuple[torch.Tensor, list[str]]:
         """(token ids of every request, concatenated; the first request's words)."""
         ids: list[int] = []
-        self._offsets, first_words = [], []
+        first_words: list[str] = []
+        self._offsets = []
         for idx, row in enumerate(data):
             words = self._tokenize(self.clean_text(request_text(idx, row)))
             self._offsets.append(len(ids))

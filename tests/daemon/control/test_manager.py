@@ -15,7 +15,7 @@ import pytest
 from daemon.config.settings import load_config
 from daemon.errors import Conflict, InternalServerError
 from daemon.metrics import Metrics
-from daemon.models.manager import ModelManager
+from daemon.control.manager import ModelManager
 from daemon.models.requests import RegisterRequest
 from daemon.models.registry import ModelVersion, Registry
 from daemon.models.snapshots import SnapshotStore

@@ -11,13 +11,13 @@ import pytest
 
 from daemon.config.settings import ConfigError, load_config
 from daemon.errors import BadRequest
-from daemon.gpus import GpuInventory
+from daemon.gpus.inventory import GpuInventory
 from daemon.metrics import Metrics
-from daemon.models.manager import ModelManager
+from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.requests import RegisterRequest
 from daemon.models.snapshots import SnapshotStore
-from tests.daemon.models.test_manager import StandInSupervisor
+from tests.daemon.control.test_manager import StandInSupervisor
 from tests.support.gpus import fake_inventory
 
 

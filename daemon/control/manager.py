@@ -16,11 +16,11 @@ from typing import Any
 from daemon.models import archives
 from daemon.config.settings import Config
 from daemon.models.dependencies import install_requirements, remove_installed
-from daemon.models.devices import device_settings
+from daemon.gpus.devices import device_settings
 from daemon.errors import (BadRequest, InternalServerError, MethodNotAllowed, ModelNotFound,
                            ModelVersionNotFound, ServiceUnavailable)
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
-from daemon.gpus import GpuInventory
+from daemon.gpus.inventory import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
 from daemon.models.requests import RegisterRequest

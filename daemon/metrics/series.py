@@ -15,14 +15,15 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
                                generate_latest)
-from prometheus_client.utils import floatToGoString
 
-from daemon.metric_tally import Tally
+from daemon.metrics.counters import TorchServeCounter
+from daemon.metrics.handlers import HandlerMetrics
+from daemon.metrics.tally import Tally
 
 logger = logging.getLogger(__name__)
 
@@ -46,44 +47,6 @@ _MODEL_LABELS = ("model_name", "model_version")
 # TorchServe's system metrics of each GPU (ts/configs/metrics.yaml: dimensions Level, DeviceId,
 # Hostname; Level is always "Host").
 _GPU_LABELS = ("Level", "DeviceId", "Hostname")
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
-
-
-class TorchServeCounter:
-    """A counter family rendered the way TorchServe renders it (see the module docstring)."""
-
-    def __init__(self, name: str, documentation: str, labelnames: Iterable[str]) -> None:
-        self.name = name
-        self.documentation = documentation
-        self.labelnames = tuple(labelnames)
-        self._values: dict[tuple[str, ...], float] = {}
-        self._lock = threading.Lock()
-
-    def inc(self, labelvalues: Iterable[str], amount: float = 1.0) -> None:
-        if amount < 0:
-            raise ValueError(f"{self.name}: counters only go up (got {amount})")
-        self.inc_key(tuple(str(v) for v in labelvalues), amount)
-
-    def inc_key(self, key: tuple[str, ...], amount: float = 1.0) -> None:
-        """``inc`` for label values already a tuple of str (the per-request path)."""
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def remove(self, labelvalues: Iterable[str]) -> None:
-        with self._lock:
-            self._values.pop(tuple(str(v) for v in labelvalues), None)
-
-    def render(self) -> str:
-        with self._lock:
-            series = sorted(self._values.items())
-        lines = [f"# HELP {self.name} {self.documentation}", f"# TYPE {self.name} counter"]
-        for values, total in series:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in zip(self.labelnames, values))
-            lines.append(f"{self.name}{{{labels}}} {floatToGoString(total)}")
-        return "\n".join(lines) + "\n"
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labelvalues: str) -> None:
@@ -117,8 +80,6 @@ class Metrics:
         self._build_torchserve_counters()
         self._build_torchd_metrics()
         self._build_gpu_metrics()
-        # imported here: that module renders counters with TorchServeCounter, defined above
-        from daemon.handler_metrics import HandlerMetrics
         self.handler_metrics = HandlerMetrics(self.hostname)
 
     def _build_torchserve_counters(self) -> None:

@@ -1,4 +1,4 @@
-"""daemon.metrics: drive every update, render, and read the exposition back with the parser."""
+"""daemon.metrics.series: drive every update, render, read the exposition back with the parser."""
 from __future__ import annotations
 
 import re
@@ -7,7 +7,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.metric_tally import Tally
+from daemon.metrics.tally import Tally
 from daemon.metrics import CONTENT_TYPE, WORKER_STATES, Metrics
 
 HOST = "testhost"

@@ -5,7 +5,7 @@ The worker sends what a batch recorded with that batch's RESULT frame (no frame 
 each record is protocol.messages.metric's map (name, unit, type, value, dimensions) with
 TorchServe's ``ModelName`` and ``Level`` among the dimensions; ``Hostname`` is added here, as
 TorchServe's frontend adds it. Counters render as TorchServe renders them (no ``_total``
-suffix, see daemon/metrics.py), gauges and histograms through prometheus_client.
+suffix, see daemon/metrics/counters.py), gauges and histograms through prometheus_client.
 
 A handler controls names and dimension values, so it could create series without end: each
 model may own ``max_series`` of them (metric name + label values); past that, new series are
@@ -23,7 +23,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
-from daemon.metrics import TorchServeCounter
+from daemon.metrics.counters import TorchServeCounter
 
 logger = logging.getLogger(__name__)
 

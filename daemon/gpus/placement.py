@@ -8,18 +8,16 @@ A model's ``deviceType: cpu`` (model-config.yaml) gives its workers no GPU; ``de
 the choice to those GPUs, as in TorchServe. No GPU at all: every worker gets None, the CPU.
 
 ``permitted`` and ``place`` are the policy, pure; ``GpuPlacement`` applies it to the
-Supervisor's worker table (read, never written) and the GPU inventory.
+Supervisor's worker table (read, never written, through ``PlacedWorker``) and the GPU inventory.
 """
 from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
-from daemon.gpus import MIB, GpuInventory, GpuUsage
+from daemon.gpus.inventory import MIB, GpuInventory, GpuUsage
 from daemon.models.registry import ModelVersion
-from daemon.workers.handle import WorkerHandle
-from daemon.workers.states import LIVE_STATES
 
 logger = logging.getLogger(__name__)
 CPU_FIELDS = {"gpu": False, "gpuUsage": "N/A"}
@@ -52,8 +50,24 @@ def usage_text(gpu_id: int, usage: GpuUsage | None) -> str:
             f"memory.used [MiB]::{usage.memory_used // MIB} MiB")
 
 
+class PlacedWorker(Protocol):
+    """What placement reads of a worker: daemon/workers/handle.py's WorkerHandle."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def mv(self) -> ModelVersion: ...
+    @property
+    def gpu(self) -> int | None: ...
+    @property
+    def pid(self) -> int | None: ...
+    @property
+    def live(self) -> bool:
+        """Starting, ready or restarting: it holds its GPU."""
+
+
 class GpuPlacement:
-    def __init__(self, inventory: GpuInventory, workers: Mapping[str, WorkerHandle]) -> None:
+    def __init__(self, inventory: GpuInventory, workers: Mapping[str, PlacedWorker]) -> None:
         self.inventory = inventory
         self.workers = workers          # the Supervisor's table, read only
 
@@ -61,7 +75,7 @@ class GpuPlacement:
         """Live workers (of every model) per GPU."""
         counts: dict[int, int] = {}
         for handle in self.workers.values():
-            if handle.gpu is not None and handle.state in LIVE_STATES:
+            if handle.gpu is not None and handle.live:
                 counts[handle.gpu] = counts.get(handle.gpu, 0) + 1
         return counts
 
@@ -74,14 +88,14 @@ class GpuPlacement:
                            "on the CPU", mv.name, mv.version, list(settings.device_ids) or "any")
         return place(allowed, self.load())
 
-    def vanished(self, handle: WorkerHandle, error: str) -> str | None:
+    def vanished(self, handle: PlacedWorker, error: str) -> str | None:
         """For a worker that failed or died: the cause, naming its GPU, when that GPU is no
         longer there (NVML asked again now); None when it still is (or it had none)."""
         if handle.gpu is None or self.inventory.present(handle.gpu):
             return None
         return f"{self.inventory.describe(handle.gpu)} is no longer present: {error}"
 
-    def describe(self, handle: WorkerHandle) -> dict[str, Any]:
+    def describe(self, handle: PlacedWorker) -> dict[str, Any]:
         """describe's GPU fields of a worker: ``gpu``, ``gpuUsage`` and, where NVML reports the
         worker's own use, ``gpuMemoryUsage`` (bytes)."""
         if handle.gpu is None:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from daemon.gpus import MIB, GpuUsage
-from daemon.workers.placement import permitted, place, usage_text
+from daemon.gpus.inventory import MIB, GpuUsage
+from daemon.gpus.placement import permitted, place, usage_text
 
 
 @pytest.mark.parametrize(("device_type", "device_ids", "expected"), [

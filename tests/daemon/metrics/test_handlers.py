@@ -1,11 +1,11 @@
-"""daemon.handler_metrics: handler records become TorchServe-labelled series, capped per model."""
+"""daemon.metrics.handlers: handler records become TorchServe-labelled series, capped per model."""
 from __future__ import annotations
 
 import logging
 
 import pytest
 
-from daemon.handler_metrics import MAX_UNAPPLIED, HandlerMetrics
+from daemon.metrics.handlers import MAX_UNAPPLIED, HandlerMetrics
 from daemon.metrics import Metrics
 from protocol import messages
 

@@ -1,5 +1,5 @@
-"""The GPU inventory (daemon/gpus.py) over a fake NVML: CUDA_VISIBLE_DEVICES, number_of_gpu,
-no NVML, the queries describe and metrics make, a GPU that vanishes."""
+"""The GPU inventory (daemon/gpus/inventory.py) over a fake NVML: CUDA_VISIBLE_DEVICES,
+number_of_gpu, no NVML, the queries describe and metrics make, a GPU that vanishes."""
 from __future__ import annotations
 
 import logging
@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from daemon.config.settings import ConfigError, load_config
-from daemon.gpus import MIB, discover_gpus
+from daemon.gpus.inventory import MIB, discover_gpus
 from tests.support.gpus import FakeNvml, fake_inventory
 
 
@@ -19,7 +19,7 @@ def layout(inventory) -> list[tuple[int, int]]:
 
 
 def test_every_nvml_device_when_cuda_visible_devices_is_unset(caplog):
-    caplog.set_level(logging.INFO, "daemon.gpus")
+    caplog.set_level(logging.INFO, "daemon.gpus.inventory")
     inventory, nvml = fake_inventory(3)
     assert layout(inventory) == [(0, 0), (1, 1), (2, 2)]
     assert inventory.ids == inventory.usable() == (0, 1, 2)
@@ -62,7 +62,7 @@ def test_number_of_gpu_takes_the_first_ones_and_is_capped(caplog):
 
 
 def test_number_of_gpu_zero_never_asks_nvml(caplog):
-    caplog.set_level(logging.INFO, "daemon.gpus")
+    caplog.set_level(logging.INFO, "daemon.gpus.inventory")
     nvml = FakeNvml(2)
     inventory = discover_gpus(None, 0, nvml=nvml)
     assert inventory.ids == () and not nvml.initialized
@@ -71,7 +71,7 @@ def test_number_of_gpu_zero_never_asks_nvml(caplog):
 
 
 def test_no_nvml_means_no_gpu_and_one_log_line(caplog, monkeypatch):
-    caplog.set_level(logging.INFO, "daemon.gpus")
+    caplog.set_level(logging.INFO, "daemon.gpus.inventory")
     inventory = discover_gpus(None, None, nvml=FakeNvml(2, fail_init="Driver Not Loaded"))
     assert inventory.ids == () and inventory.usage(0) is None
     monkeypatch.setitem(sys.modules, "pynvml", None)          # nvidia-ml-py not installed
@@ -83,7 +83,7 @@ def test_no_nvml_means_no_gpu_and_one_log_line(caplog, monkeypatch):
 
 
 def test_no_device_says_so(caplog):
-    caplog.set_level(logging.INFO, "daemon.gpus")
+    caplog.set_level(logging.INFO, "daemon.gpus.inventory")
     assert discover_gpus("", None, nvml=FakeNvml(2)).ids == ()
     assert [r.getMessage() for r in caplog.records] == [
         "GPUs: none visible to NVML with CUDA_VISIBLE_DEVICES='': every worker runs on the CPU"]
@@ -134,7 +134,7 @@ def test_an_nvml_error_that_does_not_say_gone_keeps_the_gpu(caplog):
 def test_the_daemon_never_imports_torch():
     """CUDA can only be initialized through torch: the daemon (which starts the zygote) has no
     torch at all, with its GPU inventory built."""
-    code = ("import sys, daemon.ops.server as s, daemon.gpus as g\n"
+    code = ("import sys, daemon.ops.server as s, daemon.gpus.inventory as g\n"
             "g.discover_gpus(None, None)\n"
             "assert 'torch' not in sys.modules, 'the daemon imported torch'\n")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

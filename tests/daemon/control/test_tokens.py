@@ -1,4 +1,4 @@
-"""TokenStore's key file rules (daemon/http/tokens.py) on real files: a file readable by others
+"""TokenStore's key file rules (daemon/control/tokens.py) on real files: a file readable by others
 is narrowed to 0600; a read-only one readable by its group only (a mounted Secret) is used as
 it is; one on a read-only filesystem is used when others cannot read it, refused when they can.
 The read-only filesystem is a real one: a tmpfs mounted read-only in a user namespace."""
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.http.tokens import TokenStore
+from daemon.control.tokens import TokenStore
 from tests.support.daemon import REPO
 
 KEYS = {"management": "m", "inference": "i", "API": "a"}
@@ -44,7 +44,7 @@ def test_a_read_only_group_readable_file_is_kept_with_a_warning(tmp_path, caplog
 ON_READ_ONLY_FS = textwrap.dedent("""
     import json, os, subprocess, sys
     from pathlib import Path
-    from daemon.http.tokens import TokenStore
+    from daemon.control.tokens import TokenStore
     where = Path(sys.argv[1])
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(where)], check=True)
     path = where / "k.json"
