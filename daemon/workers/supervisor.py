@@ -9,6 +9,7 @@ start_failed, died, stopped, served_enough): the children report, the Supervisor
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
@@ -27,6 +28,7 @@ from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, ove
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner
 from daemon.workers.threads import ThreadSplit
+from daemon.workers.waiting import wait_for_workers
 from daemon.workers.states import LIVE_STATES, SLOT_STATES, RestartPolicy, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -318,33 +320,14 @@ class Supervisor:
     # ---- waiting -------------------------------------------------------------------------
 
     async def wait_for_workers(self, mv: ModelVersion, timeout: float) -> ScaleOutcome:
-        """Until the target is READY, a start fails, or ``timeout``: for synchronous calls.
+        """For synchronous calls: see daemon/workers/waiting.py."""
+        return await wait_for_workers(self, mv, timeout)
 
-        After a failure it still waits for the other workers of the same start (the ones
-        STARTING when the wait began), so "some came up" (206) is told from "none did" (500)
-        whichever finishes first; their retries are not waited for.
-        """
-        record = self.record(mv)
-        failures_before = record.start_failures
-        cohort = {h.id for h in self.handles(mv) if h.state is S.STARTING}
-        deadline = self.clock() + timeout
-        while True:
-            handles = self.handles(mv)
-            ready = sum(1 for h in handles if h.state is S.READY and not h.retiring)
-            stopping = any(h.state is S.STOPPING for h in handles)
-            if ready >= record.target and not stopping:
-                return ScaleOutcome(ready, record.target)
-            if record.start_failures > failures_before and not any(
-                    h.id in cohort and h.state is S.STARTING for h in handles):
-                return ScaleOutcome(ready, record.target, record.last_error)
-            remaining = deadline - self.clock()
-            if remaining <= 0 or mv not in self.records:
-                return ScaleOutcome(ready, record.target, record.last_error)
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), min(remaining, 1.0))
-            except asyncio.TimeoutError:
-                pass
+    async def changed(self, timeout: float) -> None:
+        """Until the next worker state change, or ``timeout`` seconds."""
+        changed = self._changed
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
 
     async def wait_for_stopped(self, handles: list[WorkerHandle]) -> None:
         tasks = [h.task for h in handles if h.task is not None]
