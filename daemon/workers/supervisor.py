@@ -1,15 +1,18 @@
 """The Supervisor: sole owner of the worker table; reconciles desired workers against actual.
 
-The model manager changes a version's range (``mv.settings`` min/max) and calls ``scale``; signals
-and timers only wake the Supervisor. ``reconcile`` diffs desired against actual and acts; it is
-idempotent and runs on every wake-up and on a short tick. Each worker is run by a WorkerRunner,
-which reports back through the ``WorkerEvents`` methods below (process_started, became_ready,
-start_failed, died, stopped, served_enough): the children report, the Supervisor decides.
+The model manager changes a version's settings (its min/max range) through ``update_settings``,
+the only call that replaces a registered version's frozen settings, or asks for its range again
+with ``scale``; signals and timers only wake the Supervisor. ``reconcile`` diffs desired against
+actual and acts; it is idempotent and runs on every wake-up and on a short tick. Each worker is
+run by a WorkerRunner, which reports back through the ``WorkerEvents`` methods below
+(process_started, became_ready, start_failed, died, stopped, served_enough): the children report,
+the Supervisor decides.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -113,10 +116,16 @@ class Supervisor:
             self.records[mv] = VersionRecord(target=mv.settings.min_workers)
         return self.records[mv]
 
+    def update_settings(self, mv: ModelVersion, stop_timeout: float | None = None,
+                        **changes: Any) -> None:
+        """The one call that changes a registered version's (frozen) settings; then ``scale``."""
+        mv.settings = dataclasses.replace(mv.settings, **changes)
+        self.scale(mv, stop_timeout)
+
     def scale(self, mv: ModelVersion, stop_timeout: float | None = None) -> None:
-        """``mv.settings`` has a new min/max (the model manager wrote it): bring the target
-        within range; FAILED workers get another chance. Workers stopped to get within range
-        finish their batch within ``stop_timeout`` s (None/-1: response_timeout)."""
+        """Bring the target within ``mv.settings``' min/max (new, or asked for again); FAILED
+        workers get another chance. Workers stopped to get within range finish their batch
+        within ``stop_timeout`` s (None/-1: response_timeout)."""
         record = self.record(mv)
         record.stop_timeout = stop_timeout
         record.target = min(max(record.target, mv.settings.min_workers), mv.settings.max_workers)
