@@ -39,11 +39,11 @@ S = WorkerState
 
 
 @dataclass
-class SupervisorSettings:
+class SupervisorSettings:   # no default for a config key: the config's own is the one
     runner: RunnerSettings             # what every worker is started with
-    heartbeat_interval: float = 5.0
-    autoscale_up_delay: float = 1.0
-    autoscale_down_delay: float = 30.0
+    heartbeat_interval: float          # config heartbeat_interval
+    autoscale_up_delay: float          # config autoscale_up_delay
+    autoscale_down_delay: float        # config autoscale_down_delay
     tick: float = 0.5
     cpus: int = 1                      # CPUs the workers share (daemon.osutil.usable_cpus)
     policy: RestartPolicy = field(default_factory=RestartPolicy)
