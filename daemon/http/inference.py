@@ -2,8 +2,6 @@
 /ping, the API description, and OIP v2's health and metadata."""
 from __future__ import annotations
 
-from typing import Any
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -59,39 +57,6 @@ async def v2_metadata(request: Request) -> Response:
     except TorchdError as exc:
         return v2_error(exc.message, exc.status)
     return JSONResponse(model_metadata(request.app.state.registry, mv))
-
-
-class Health:
-    """/ping: every default version has its minWorkers READY (or is briefly recovering from a
-    crash), and the daemon is not draining (TorchServe's meaning).
-
-    /v2/health/ready, what a Kubernetes readiness probe or a load balancer asks: every model's
-    default version has its minWorkers READY, every declared startup model is registered (one
-    that failed to load keeps a replica out of rotation), and the daemon is not shutting down.
-    """
-
-    def __init__(self, registry: Any, supervisor: Any) -> None:
-        self.registry = registry
-        self.supervisor = supervisor
-        self.draining = False
-        self.expected: set[str] = set()   # declared models that failed to load at start
-
-    def expect(self, names: Any) -> None:
-        """Readiness waits until a model of each of these names is registered."""
-        self.expected.update(names)
-
-    def healthy(self) -> bool:
-        return not self.draining and all(self.supervisor.healthy(mv)
-                                         for mv in self.registry.defaults())
-
-    def ready(self) -> bool:
-        if self.draining:
-            return False
-        defaults = self.registry.defaults()
-        if self.expected - {mv.name for mv in defaults}:
-            return False
-        return all(self.supervisor.ready_count(mv) >= mv.settings.min_workers
-                   for mv in defaults)
 
 
 # The prediction routes are daemon/http/predict.py's.

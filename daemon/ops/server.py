@@ -29,7 +29,6 @@ from daemon.http import openapi
 from daemon.http.apps import build_inference_app, build_management_app, build_metrics_app
 from daemon.models.archives import PreparedArchive, remove_prepared
 from daemon.config.settings import Config
-from daemon.http.inference import Health
 from daemon.workers.launcher import ExecLauncher, ZygoteLauncher
 from daemon.gpus import discover_gpus
 from daemon.metrics import Metrics
@@ -40,6 +39,7 @@ from daemon.ops.startup import load_model_snapshot
 from daemon.osutil import pid_gone, usable_cpus
 from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
 from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
+from daemon.workers.readiness import Health
 from daemon.workers.runner import RunnerSettings
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.ops.systemd import Notifier

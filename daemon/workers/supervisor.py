@@ -27,6 +27,7 @@ from daemon.workers.autoscale import autoscale_step
 from daemon.workers.launcher import ProcessOps
 from daemon.workers.pids import PidTable
 from daemon.workers.placement import GpuInventory, GpuPlacement
+from daemon.workers.readiness import version_ready
 from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner
@@ -164,8 +165,7 @@ class Supervisor:
         self._retire_replaced(mv, record)
         if mv.queue.depth and not self.can_serve(mv):
             mv.queue.fail_all(no_worker_error(mv.name))
-        ready = sum(1 for h in slots if h.state is S.READY)
-        if ready >= mv.settings.min_workers:
+        if self.ready(mv):
             record.below_min_since = None
         elif record.below_min_since is None:
             record.below_min_since = now
@@ -308,8 +308,13 @@ class Supervisor:
     def ready_count(self, mv: ModelVersion) -> int:
         return sum(1 for h in self.handles(mv) if h.state is S.READY)
 
+    def ready(self, mv: ModelVersion) -> bool:
+        """The readiness rule (daemon/workers/readiness.py) on ``mv``'s READY workers."""
+        return version_ready(self.ready_count(mv), mv.settings.min_workers)
+
     def healthy(self, mv: ModelVersion) -> bool:
-        if self.ready_count(mv) >= mv.settings.min_workers:
+        """Ready, or recovering from crashes (briefly, with no worker FAILED): /ping's view."""
+        if self.ready(mv):
             return True
         if any(h.state is S.FAILED for h in self.handles(mv)):
             return False
