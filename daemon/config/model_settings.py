@@ -71,6 +71,7 @@ class ModelSetting:
     explicit_zero: bool = False     # an explicit 0 stays 0 instead of meaning the default
     snapshot: bool = False          # snapshots save it, under ``key``, and restore it explicitly
     describe: bool = False          # describe (REST and gRPC) shows it, under ``key``
+    doc_default: str | None = None  # how the default reads in docs, when not the literal value
 
     @property
     def snapshot_key(self) -> str | None:
@@ -85,7 +86,8 @@ MODEL_SETTINGS: tuple[ModelSetting, ...] = (
       describe=True),
     M("max_workers", "maxWorkers", parse_int, 0,
       "Most workers the autoscaler may run; never below minWorkers (unset: the workers asked "
-      "for).", read=READ_CEILING, request="max_workers", snapshot=True, describe=True),
+      "for).", read=READ_CEILING, request="max_workers", snapshot=True, describe=True,
+      doc_default="minWorkers"),
     M("batch_size", "batchSize", parse_positive_int, 1,
       "Most requests in one batch.", floor=1, request="batch_size", snapshot=True,
       describe=True),
@@ -175,3 +177,17 @@ def request_values(entry: Mapping[str, Any]) -> dict[str, Any]:
 def describe_entry(settings: ModelSettings) -> dict[str, Any]:
     """The settings describe shows, by key, in the table's order."""
     return {s.key: getattr(settings, s.field) for s in MODEL_SETTINGS if s.describe}
+
+
+def model_settings_markdown() -> str:
+    """The README's table of per-model settings: key, default, its global key, saved, shown."""
+    lines = ["| key | default | every model's default from | snapshots | describe | meaning |",
+             "|---|---|---|---|---|---|"]
+    for s in MODEL_SETTINGS:
+        default = s.doc_default or ("unset" if s.default is None else
+                                    str(list(s.default) if isinstance(s.default, tuple)
+                                        else s.default).lower())
+        config = f"`{s.config}`" if s.config else ""
+        saved, shown = ("yes" if flag else "" for flag in (s.snapshot, s.describe))
+        lines.append(f"| `{s.key}` | `{default}` | {config} | {saved} | {shown} | {s.help} |")
+    return "\n".join(lines) + "\n"

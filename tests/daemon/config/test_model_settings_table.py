@@ -13,7 +13,8 @@ import pytest
 
 from daemon.config.declarations import SETTINGS_BY_NAME
 from daemon.config.model_settings import (BY_FIELD, MODEL_SETTINGS, ModelSettings,
-                                          describe_entry, request_values, snapshot_entry)
+                                          describe_entry, model_settings_markdown,
+                                          request_values, snapshot_entry)
 from daemon.config.settings import load_config
 from daemon.models.manager import ModelManager
 from daemon.models.registry import ModelVersion, Registry
@@ -81,6 +82,11 @@ def test_what_snapshots_save_is_restored_through_a_register_parameter() -> None:
         assert setting.request is None or setting.request in request_fields
         assert not setting.snapshot or setting.request is not None, setting.field
         assert setting.snapshot_key == (setting.key if setting.snapshot else None)
+
+
+def test_the_readme_shows_the_table() -> None:
+    readme = Path(__file__).resolve().parents[3] / "README.md"
+    assert model_settings_markdown() in readme.read_text()
 
 
 def test_settings_are_frozen() -> None:
