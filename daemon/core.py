@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from daemon.config.settings import Config
-    from daemon.http.inference import Health
+    from daemon.workers.readiness import Health
     from daemon.control.tokens import TokenStore
     from daemon.metrics import Metrics
     from daemon.models.call import Predictions

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.config.model_settings import MODEL_SETTINGS, model_default
 from daemon.config.model_values import parse_model_snapshot, parse_models_json
 from daemon.config.values import (
     parse_address,
@@ -50,6 +51,10 @@ class Setting:
         return self.cli or "--" + self.name.replace("_", "-")
 
 
+# The per-model keys (daemon/config/model_settings.py), as the help of the keys that set them.
+MODEL_KEYS = tuple(setting.key for setting in MODEL_SETTINGS)
+SNAPSHOT_KEYS = tuple(setting.key for setting in MODEL_SETTINGS if setting.snapshot)
+
 # TorchServe's request envelopes (ts/torch_handler/request_envelope in the worker).
 SERVICE_ENVELOPES = ("json", "body", "kserve", "kservev2")
 
@@ -83,13 +88,13 @@ SETTINGS: tuple[Setting, ...] = (
       "Workers for a registered model when the request does not say. Startup models get one "
       "per CPU when unset; register calls get 0.", doc_default="unset"),
     S("max_workers", parse_int, 64, "Most workers over all models; larger requests get 400."),
-    S("job_queue_size", parse_positive_int, 100,
+    S("job_queue_size", parse_positive_int, model_default("job_queue_size"),
       "Requests waiting per model version before 503."),
     S("max_request_size", parse_size, 6553500, "Largest request body in bytes (413 above)."),
     S("max_response_size", parse_size, 6553500, "Largest response a worker may send, bytes."),
-    S("default_response_timeout", parse_positive_int, 120,
+    S("default_response_timeout", parse_positive_int, model_default("response_timeout"),
       "Seconds a worker may take for a batch before 504 and a restart."),
-    S("default_startup_timeout", parse_positive_int, 120,
+    S("default_startup_timeout", parse_positive_int, model_default("startup_timeout"),
       "Seconds a worker may take to load its model."),
     S("unregister_model_timeout", parse_positive_int, 120,
       "Seconds unregister waits for in-flight requests."),
@@ -116,17 +121,14 @@ SETTINGS: tuple[Setting, ...] = (
       "predictions out), body, kserve (KServe v1), kservev2 (Open Inference Protocol). "
       "Unset: none.", doc_default="unset"),
     S("models", parse_models_json, {},
-      "JSON {name: {version: {minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout,"
-      " startupTimeout, jobQueueSize, maxRequestsPerWorker, maxWorkerRss, workerThreads,"
-      " redispatchOnWorkerDeath,"
-      " deviceType, deviceIds, marName, defaultVersion}}}: per-model settings (below request"
-      " parameters and model-config.yaml).",
+      "JSON {name: {version: {" + ", ".join(MODEL_KEYS) + ", marName, defaultVersion}}}: "
+      "per-model settings (below request parameters and model-config.yaml).",
       cli="--models-config", doc_default="{}"),
     S("model_snapshot", parse_model_snapshot, None,
       "TorchServe's JSON {\"name\", \"modelCount\", \"models\": {name: {version: {marName, "
-      "defaultVersion, minWorkers, maxWorkers, batchSize, maxBatchDelay, responseTimeout, "
-      "startupTimeout, ...}}}}: the models to load at start, in place of the newest snapshot "
-      "(even with --ncs) and of load_models.", cli="--model-snapshot", doc_default="unset"),
+      "defaultVersion, " + ", ".join(SNAPSHOT_KEYS) + ", ...}}}}: the models to load at start, "
+      "in place of the newest snapshot (even with --ncs) and of load_models.",
+      cli="--model-snapshot", doc_default="unset"),
     S("cors_allowed_origin", parse_optional_str, None, "Access-Control-Allow-Origin value."),
     S("cors_allowed_methods", parse_optional_str, None, "Access-Control-Allow-Methods value."),
     S("cors_allowed_headers", parse_optional_str, None, "Access-Control-Allow-Headers value."),
@@ -146,17 +148,17 @@ SETTINGS: tuple[Setting, ...] = (
       "Seconds a queue must stay deep before a worker is added (max_worker > min_worker)."),
     S("autoscale_down_delay", parse_float, 30.0,
       "Seconds a worker above min_worker must idle before it is removed."),
-    S("max_requests_per_worker", parse_int, 0,
+    S("max_requests_per_worker", parse_int, model_default("max_requests_per_worker"),
       "Recycle a worker after this many requests (0: never)."),
-    S("max_worker_rss", parse_size, 0,
+    S("max_worker_rss", parse_size, model_default("max_worker_rss"),
       "Recycle a worker whose RSS exceeds this many bytes, K/M/G suffixes allowed (0: never)."),
     S("worker_spawn", parse_choice("zygote", "exec"), "zygote",
       "How workers start: forked from a zygote that imported torch, or a fresh exec."),
-    S("redispatch_on_worker_death", parse_bool, True,
+    S("redispatch_on_worker_death", parse_bool, model_default("redispatch"),
       "When a worker dies with a batch, send its requests once more to another worker (a "
       "request meeting a second death fails with 500). Off for handlers with side effects; "
       "per model: redispatchOnWorkerDeath."),
-    S("worker_threads", parse_int, 0,
+    S("worker_threads", parse_int, model_default("worker_threads"),
       "torch intra- and inter-op threads per worker. 0: the CPUs torchd may use (cgroup quota "
       "and affinity) divided by the workers running, at least 1."),
     S("number_of_gpu", parse_optional_int, None,

@@ -1,6 +1,5 @@
-"""Per-model settings as config values: the ``models`` JSON, TorchServe's ``model_snapshot``
-and the keys each model's entry may set (also read from model-config.yaml's ``deviceType`` and
-``deviceIds``)."""
+"""Per-model settings as config values: the ``models`` JSON and TorchServe's ``model_snapshot``,
+whose entries set the keys of daemon/config/model_settings.py's table."""
 from __future__ import annotations
 
 import json
@@ -8,50 +7,20 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from daemon.config.values import (InvalidValue, parse_bool, parse_int, parse_positive_int,
-                                  parse_size, parse_str)
+from daemon.config.model_settings import BY_FIELD, MODEL_SETTINGS
+from daemon.config.values import InvalidValue, parse_bool, parse_str
 
 logger = logging.getLogger(__name__)
 
 
-def parse_device_type(value: Any) -> str:
-    """A model's ``deviceType`` (TorchServe's model-config.yaml key): cpu or gpu."""
-    text = str(value).strip().lower()
-    if text not in ("cpu", "gpu"):
-        raise InvalidValue(f"deviceType must be cpu or gpu, not {value!r}")
-    return text
-
-
-def parse_device_ids(value: Any) -> tuple[int, ...]:
-    """A model's ``deviceIds``: GPU ids (CUDA ordinals), a list of integers >= 0."""
-    items = value if isinstance(value, (list, tuple)) else [value]
-    ids = []
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, int) or item < 0:
-            raise InvalidValue(f"deviceIds entry {item!r} is not a GPU id (an integer >= 0)")
-        if item not in ids:
-            ids.append(item)
-    return tuple(ids)
-
-
-# models JSON: {name: {version: {key: value}}}
+# models JSON: {name: {version: {key: value}}}: every model setting's key (daemon/config/
+# model_settings.py), and the two that place a version: its archive and whether it is the default
 _MODEL_KEYS: dict[str, Callable[[Any], Any]] = {
-    "minWorkers": parse_int,
-    "maxWorkers": parse_int,
-    "batchSize": parse_positive_int,
-    "maxBatchDelay": parse_int,
-    "responseTimeout": parse_positive_int,
-    "startupTimeout": parse_positive_int,
-    "jobQueueSize": parse_positive_int,
-    "maxRequestsPerWorker": parse_int,
-    "maxWorkerRss": parse_size,
-    "workerThreads": parse_int,
-    "redispatchOnWorkerDeath": parse_bool,
-    "deviceType": parse_device_type,
-    "deviceIds": parse_device_ids,
+    **{setting.key: setting.parse for setting in MODEL_SETTINGS},
     "marName": parse_str,
     "defaultVersion": parse_bool,
 }
+_MIN_KEY, _MAX_KEY = BY_FIELD["min_workers"].key, BY_FIELD["max_workers"].key
 # TorchServe writes runtimeType into its snapshots (torchd's register checks the value)
 _SNAPSHOT_KEYS = {**_MODEL_KEYS, "runtimeType": parse_str}
 
@@ -122,7 +91,7 @@ def _parse_model_settings(name: str, version: str, settings: Any,
             parsed[key] = parser(raw)
         except ValueError as exc:
             raise InvalidValue(f"{where}: {key}={raw!r}: {exc}") from None
-    low, high = parsed.get("minWorkers"), parsed.get("maxWorkers")
+    low, high = parsed.get(_MIN_KEY), parsed.get(_MAX_KEY)
     if low is not None and high is not None and high < low:
         raise InvalidValue(f"{where}: maxWorkers cannot be less than minWorkers")
     return parsed

@@ -23,6 +23,7 @@ from daemon.config.declarations import (
     SETTINGS,
     SETTINGS_BY_NAME,
 )
+from daemon.config.model_settings import BY_FIELD, config_default
 from daemon.config.properties import parse_properties
 from daemon.config.values import BindAddress, StartupModel, split_model_entry
 from daemon.osutil import usable_cpus
@@ -173,8 +174,8 @@ class Config:
 
     @property
     def register_workers_default(self) -> int:
-        """``initial_workers`` default for a register call: the setting, else 0."""
-        return self.default_workers_per_model or 0
+        """``initial_workers`` default for a register call: the setting, else minWorkers'."""
+        return int(config_default(BY_FIELD["min_workers"], self))
 
     @property
     def watchdog_interval(self) -> float | None:

@@ -14,18 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from daemon.models import archives
+from daemon.config.model_settings import ModelSettings, describe_entry
 from daemon.config.settings import Config
 from daemon.models.dependencies import install_requirements, remove_installed
 from daemon.gpus.devices import device_settings
 from daemon.errors import (BadRequest, InternalServerError, MethodNotAllowed, ModelNotFound,
                            ModelVersionNotFound, ServiceUnavailable)
-from daemon.models.registry import ModelSettings, ModelVersion, Registry
+from daemon.models.registry import ModelVersion, Registry
 from daemon.gpus.inventory import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
 from daemon.models.requests import RegisterRequest
 from daemon.models.model_config import ignored_config_keys, warn_ignored_keys
-from daemon.models.layers import first_bool, first_size, java_int, yaml_settings
+from daemon.models.layers import Layers, explicit_values, resolve_settings
 from daemon.models.snapshots import SnapshotStore
 from daemon.workers.supervisor import Supervisor
 
@@ -102,6 +103,7 @@ class ModelManager:
         return mv
 
     async def _prepare_archive(self, req: RegisterRequest) -> archives.PreparedArchive:
+        assert req.url is not None   # register refused a request without one
         if req.downloaded_copy is None:
             return await asyncio.to_thread(
                 archives.prepare_archive, req.url, model_store=self._model_store(),
@@ -152,46 +154,11 @@ class ModelManager:
     def _settings(self, req: RegisterRequest, yaml_config: dict, name: str,
                   version: str) -> ModelSettings:
         """Request parameters > model-config.yaml > config.properties `models` > defaults."""
-        layers = [yaml_settings(yaml_config), self.config.model_settings(name, version)]
-
-        def pick(explicit: Any, key: str, default: Any) -> int:
-            for value in (explicit, *(layer.get(key) for layer in layers)):
-                number = java_int(value)
-                if number is not None:
-                    return number
-            return int(default)
-
-        def seconds(explicit: int | None, key: str, default: int) -> int:
-            # TorchServe clients send -1 for "the default"; no timeout can be 0 s or less.
-            value = pick(explicit if explicit is None or explicit > 0 else None, key, default)
-            return value if value > 0 else int(default)
-
-        cfg = self.config
-        device_type, device_ids = device_settings(name, yaml_config, layers[1], self.gpus.ids)
-        # TorchServe registers with no workers for initial_workers <= 0.
-        min_workers = max(0, pick(req.initial_workers, "minWorkers", cfg.register_workers_default))
-        max_default = max(min_workers, req.initial_workers or 0)
-        max_workers = pick(req.max_workers if req.max_workers is not None else
-                           req.initial_workers, "maxWorkers", max_default)
-        return ModelSettings(
-            batch_size=max(1, pick(req.batch_size, "batchSize", 1)),
-            max_batch_delay=max(0, pick(req.max_batch_delay, "maxBatchDelay", 100)),
-            response_timeout=seconds(req.response_timeout, "responseTimeout",
-                                     cfg.default_response_timeout),
-            # An explicit startup_timeout=0 stays 0, as in TorchServe: no worker can load in
-            # no time, so a register with workers answers 500 (its own test suite says so).
-            startup_timeout=0 if req.startup_timeout == 0 else seconds(
-                req.startup_timeout, "startupTimeout", cfg.default_startup_timeout),
-            job_queue_size=max(1, pick(req.job_queue_size, "jobQueueSize", cfg.job_queue_size)),
-            min_workers=min_workers, max_workers=max(min_workers, max_workers),
-            # recycling: per model (YAML, `models` JSON) over the global settings
-            max_requests_per_worker=max(0, pick(None, "maxRequestsPerWorker",
-                                                cfg.max_requests_per_worker)),
-            max_worker_rss=first_size(layers, "maxWorkerRss", cfg.max_worker_rss),
-            worker_threads=max(0, pick(None, "workerThreads", cfg.worker_threads)),
-            redispatch=first_bool([yaml_config, layers[1]], "redispatchOnWorkerDeath",
-                                   cfg.redispatch_on_worker_death),
-            device_type=device_type, device_ids=device_ids)
+        json_settings = self.config.model_settings(name, version)
+        device_type, device_ids = device_settings(name, yaml_config, json_settings, self.gpus.ids)
+        layers = Layers(explicit_values(req), yaml_config, json_settings)
+        return resolve_settings(layers, self.config, device_type=device_type,
+                                device_ids=device_ids)
 
     async def _start_workers(self, mv: ModelVersion, synchronous: bool) -> Outcome:
         head = f'Model "{mv.name}" Version: {mv.version} registered with'
@@ -251,9 +218,9 @@ class ModelManager:
             raise BadRequest("min_worker and max_worker must not be negative.")
         mv = self.registry.get(name, version)
         self.check_worker_limit(mv, max_worker)
-        # The registry's record of the range; the Supervisor brings the workers to it.
-        mv.settings.min_workers, mv.settings.max_workers = min_worker, max_worker
-        self.supervisor.scale(mv, stop_timeout=timeout)
+        # The version's range, changed through the Supervisor, which brings the workers to it.
+        self.supervisor.update_settings(mv, stop_timeout=timeout, min_workers=min_worker,
+                                        max_workers=max_worker)
         await self._save_snapshot()
         if not synchronous:
             return Outcome(202, "Processing worker updates...")
@@ -312,13 +279,10 @@ class ModelManager:
         return described
 
     def describe_version(self, mv: ModelVersion) -> dict[str, Any]:
-        s = mv.settings
+        """One element of describe (REST and gRPC); the settings as the table says."""
         return {"modelName": mv.name, "modelVersion": mv.version, "modelUrl": mv.url,
-                "engine": "Torch", "runtime": mv.runtime, "minWorkers": s.min_workers,
-                "maxWorkers": s.max_workers, "batchSize": s.batch_size,
-                "maxBatchDelay": s.max_batch_delay, "responseTimeout": s.response_timeout,
-                "startupTimeout": s.startup_timeout, "loadedAtStartup": mv.loaded_at_startup,
-                "redispatchOnWorkerDeath": s.redispatch,
+                "engine": "Torch", "runtime": mv.runtime, **describe_entry(mv.settings),
+                "loadedAtStartup": mv.loaded_at_startup,
                 "ignoredConfigKeys": ignored_config_keys(mv.yaml_config),
                 "workers": self.supervisor.describe_workers(mv),
                 "jobQueueStatus": {"remainingCapacity": mv.queue.remaining_capacity,

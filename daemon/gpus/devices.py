@@ -13,7 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from daemon.config.model_values import parse_device_ids, parse_device_type
+from daemon.config.model_settings import BY_FIELD, ModelSetting
 from daemon.config.values import InvalidValue
 from daemon.errors import BadRequest
 
@@ -23,8 +23,8 @@ logger = logging.getLogger(__name__)
 def device_settings(name: str, yaml_config: dict[str, Any], json_settings: dict[str, Any],
                     gpu_ids: Sequence[int]) -> tuple[str | None, tuple[int, ...]]:
     """(deviceType or None, deviceIds) for model ``name``; BadRequest names a bad value."""
-    device_type = _pick(yaml_config, json_settings, "deviceType", parse_device_type)
-    device_ids = _pick(yaml_config, json_settings, "deviceIds", parse_device_ids) or ()
+    device_type = _pick(yaml_config, json_settings, BY_FIELD["device_type"])
+    device_ids = _pick(yaml_config, json_settings, BY_FIELD["device_ids"]) or ()
     if device_ids and not gpu_ids:
         logger.warning("model %s: deviceIds %s ignored: no GPU is in use, it runs on the CPU",
                        name, list(device_ids))
@@ -36,12 +36,13 @@ def device_settings(name: str, yaml_config: dict[str, Any], json_settings: dict[
     return device_type, device_ids
 
 
-def _pick(yaml_config: dict[str, Any], json_settings: dict[str, Any], key: str,
-          parse: Any) -> Any:
+def _pick(yaml_config: dict[str, Any], json_settings: dict[str, Any],
+          setting: ModelSetting) -> Any:
+    key = setting.key
     for where, layer in (("model-config.yaml", yaml_config), ("models config", json_settings)):
         if layer.get(key) is not None:
             try:
-                return parse(layer[key])
+                return setting.parse(layer[key])
             except InvalidValue as exc:
                 raise BadRequest(f"Invalid {key} in {where}: {exc}") from None
     return None

@@ -102,7 +102,7 @@ async def v1_model_ready(request: Request) -> Response:
     if name.endswith(KSERVE_VERBS):   # POST /v1/models/{m}:predict asked with GET
         raise MethodNotAllowed("Requested method is not allowed, please refer to API document.")
     mv = request.app.state.registry.get(name)
-    ready = request.app.state.supervisor.ready_count(mv) >= max(1, mv.settings.min_workers)
+    ready = request.app.state.supervisor.ready(mv)
     return JSONResponse({"name": mv.name, "ready": ready})
 
 

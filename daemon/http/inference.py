@@ -2,9 +2,6 @@
 /ping, the API description, and OIP v2's health and metadata."""
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -13,10 +10,7 @@ from daemon.errors import TorchdError
 from daemon.http.common import DESCRIPTION_ROUTES
 from daemon.http.predict import v2_error
 from daemon.models.oip import EXTENSIONS, SERVER_NAME, model_metadata, model_ready
-from daemon.models.registry import ModelVersion, Registry
-
-if TYPE_CHECKING:
-    from daemon.workers.supervisor import Supervisor
+from daemon.models.registry import ModelVersion
 
 
 async def ping(request: Request) -> Response:
@@ -63,39 +57,6 @@ async def v2_metadata(request: Request) -> Response:
     except TorchdError as exc:
         return v2_error(exc.message, exc.status)
     return JSONResponse(model_metadata(request.app.state.registry, mv))
-
-
-class Health:
-    """/ping: every default version has its minWorkers READY (or is briefly recovering from a
-    crash), and the daemon is not draining (TorchServe's meaning).
-
-    /v2/health/ready, what a Kubernetes readiness probe or a load balancer asks: every model's
-    default version has its minWorkers READY, every declared startup model is registered (one
-    that failed to load keeps a replica out of rotation), and the daemon is not shutting down.
-    """
-
-    def __init__(self, registry: Registry, supervisor: Supervisor) -> None:
-        self.registry = registry
-        self.supervisor = supervisor
-        self.draining = False
-        self.expected: set[str] = set()   # declared models that failed to load at start
-
-    def expect(self, names: Iterable[str]) -> None:
-        """Readiness waits until a model of each of these names is registered."""
-        self.expected.update(names)
-
-    def healthy(self) -> bool:
-        return not self.draining and all(self.supervisor.healthy(mv)
-                                         for mv in self.registry.defaults())
-
-    def ready(self) -> bool:
-        if self.draining:
-            return False
-        defaults = self.registry.defaults()
-        if self.expected - {mv.name for mv in defaults}:
-            return False
-        return all(self.supervisor.ready_count(mv) >= mv.settings.min_workers
-                   for mv in defaults)
 
 
 # The prediction routes are daemon/http/predict.py's.

@@ -12,7 +12,7 @@ EXTENSIONS = ("model_repository_management",)
 
 def model_ready(supervisor: Any, mv: ModelVersion) -> bool:
     """Its minWorkers (at least one) are READY."""
-    return supervisor.ready_count(mv) >= max(1, mv.settings.min_workers)
+    return supervisor.ready(mv)   # the one rule: daemon/workers/readiness.py
 
 
 def model_metadata(registry: Registry, mv: ModelVersion) -> dict[str, Any]:

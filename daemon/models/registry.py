@@ -1,31 +1,16 @@
-"""Models and their versions: what is registered, with which settings, and which is default."""
+"""Models and their versions: what is registered, with which settings, and which is default.
+
+A version's settings are a frozen ``ModelSettings`` (declared in daemon/config/model_settings.py,
+re-exported here); the Supervisor swaps in a changed copy (``Supervisor.update_settings``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from daemon.config.model_settings import ModelSettings
 from daemon.errors import Conflict, Forbidden, ModelNotFound, ModelVersionNotFound
 from daemon.models.queue import JobQueue
-
-
-@dataclass
-class ModelSettings:
-    """Per-version serving settings (API parameters win over model-config.yaml)."""
-
-    batch_size: int = 1
-    max_batch_delay: int = 100          # milliseconds
-    response_timeout: int = 120         # seconds
-    startup_timeout: int = 120          # seconds
-    job_queue_size: int = 100
-    min_workers: int = 0
-    max_workers: int = 0
-    max_requests_per_worker: int = 0    # 0: never recycle on request count
-    max_worker_rss: int = 0             # bytes; 0: never recycle on memory
-    worker_threads: int = 0             # torch threads per worker; 0: the machine's share
-    redispatch: bool = True             # a dead worker's batch runs once more elsewhere
-    device_type: str | None = None      # "cpu": never a GPU; "gpu" or None: one if there is
-    device_ids: tuple[int, ...] = ()    # the GPUs its workers may use (empty: any)
 
 
 @dataclass(eq=False)
@@ -36,7 +21,7 @@ class ModelVersion:
     handler: str
     runtime: str
     archive: Any                        # daemon.models.archives.PreparedArchive
-    settings: ModelSettings
+    settings: ModelSettings             # frozen; replaced only by Supervisor.update_settings
     queue: JobQueue
     loaded_at_startup: bool = False
     deps_dir: Path | None = None         # its own packages (install_py_dep_per_model)

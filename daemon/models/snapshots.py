@@ -18,6 +18,10 @@ State shape (validated lightly on read; ``register_request`` checks each entry):
 
     {"version": 1, "created": "<iso8601>",
      "models": {name: {"defaultVersion": v, "versions": {v: {"url": ..., "minWorkers": ...}}}}}
+
+A version's settings are saved under their keys and restored as explicit values, for each
+setting daemon/config/model_settings.py marks ``snapshot``; the others are resolved again from
+the archive's model-config.yaml and the config at restore.
 """
 from __future__ import annotations
 
@@ -34,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from daemon.config.model_settings import request_values, snapshot_entry
 from daemon.osutil import fsync_dir, pid_gone
 from daemon.models.requests import RegisterRequest
 from daemon.models.registry import ModelVersion, Registry
@@ -94,12 +99,9 @@ def capture(registry: Registry) -> dict[str, Any]:
 
 
 def _version_entry(mv: ModelVersion) -> dict[str, Any]:
-    s = mv.settings
+    """A version as its registration saw it; the settings are the table's ``snapshot`` ones."""
     return {"url": mv.url, "handler": mv.handler, "runtime": mv.runtime,
-            "minWorkers": s.min_workers, "maxWorkers": s.max_workers,
-            "batchSize": s.batch_size, "maxBatchDelay": s.max_batch_delay,
-            "responseTimeout": s.response_timeout, "startupTimeout": s.startup_timeout,
-            "jobQueueSize": s.job_queue_size, "loadedAtStartup": mv.loaded_at_startup,
+            **snapshot_entry(mv.settings), "loadedAtStartup": mv.loaded_at_startup,
             "downloaded": mv.archive.downloaded, "source": str(mv.archive.source)}
 
 
@@ -135,15 +137,9 @@ def register_request(name: str, entry: Any) -> RegisterRequest:
             raise ValueError("a downloaded archive whose copy in the model store is not named")
         copy = Path(entry["source"]).name
     return RegisterRequest(url=entry["url"], model_name=name, handler=entry.get("handler"),
-                           runtime=entry.get("runtime"), batch_size=entry.get("batchSize"),
-                           max_batch_delay=entry.get("maxBatchDelay"),
-                           initial_workers=entry.get("minWorkers"),
-                           max_workers=entry.get("maxWorkers"), synchronous=False,
-                           response_timeout=entry.get("responseTimeout"),
-                           startup_timeout=entry.get("startupTimeout"),
-                           job_queue_size=entry.get("jobQueueSize"),
+                           runtime=entry.get("runtime"), synchronous=False,
                            loaded_at_startup=bool(entry.get("loadedAtStartup")),
-                           downloaded_copy=copy)
+                           downloaded_copy=copy, **request_values(entry))
 
 
 # ---- the files -------------------------------------------------------------------------------

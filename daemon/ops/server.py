@@ -32,7 +32,6 @@ from daemon.http.apps import build_inference_app, build_management_app, build_me
 from daemon.models.archives import PreparedArchive, remove_prepared
 from daemon.models.call import Predictions
 from daemon.config.settings import Config
-from daemon.http.inference import Health
 from daemon.workers.launcher import ExecLauncher, ExitCallback, ZygoteLauncher
 from daemon.gpus.inventory import discover_gpus
 from daemon.metrics import Metrics
@@ -43,6 +42,7 @@ from daemon.ops.startup import load_model_snapshot
 from daemon.osutil import pid_gone, usable_cpus
 from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
 from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
+from daemon.workers.readiness import Health
 from daemon.workers.runner import RunnerSettings
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.ops.systemd import Notifier

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from daemon.config.model_settings import BY_FIELD, request_values
 from daemon.config.settings import Config, StartupModel
 from daemon.models.archives import startup_models_in_store
 from daemon.errors import Conflict, ModelNotFound, TorchdError
@@ -17,6 +18,7 @@ from daemon.models.requests import RegisterRequest
 from daemon.models.snapshots import SnapshotError, SnapshotStore
 
 logger = logging.getLogger(__name__)
+MIN_WORKERS = BY_FIELD["min_workers"]
 
 
 class StartupError(Exception):
@@ -84,14 +86,10 @@ async def load_model_snapshot(config: Config, manager: ModelManager) -> int:
 
 async def _register_snapshot_entry(config: Config, manager: ModelManager, name: str,
                                    version: str, entry: dict[str, Any]) -> ModelVersion:
-    req = RegisterRequest(
-        url=entry["marName"], model_name=name, runtime=entry.get("runtimeType"),
-        batch_size=entry.get("batchSize"), max_batch_delay=entry.get("maxBatchDelay"),
-        initial_workers=entry.get("minWorkers", config.startup_workers_per_model),
-        max_workers=entry.get("maxWorkers"), synchronous=False,
-        response_timeout=entry.get("responseTimeout"),
-        startup_timeout=entry.get("startupTimeout"), job_queue_size=entry.get("jobQueueSize"),
-        loaded_at_startup=True)
+    explicit = request_values(entry)   # they win over the archive's model-config.yaml
+    explicit.setdefault("initial_workers", config.startup_workers_per_model)  # startup default
+    req = RegisterRequest(url=entry["marName"], model_name=name, runtime=entry.get("runtimeType"),
+                          synchronous=False, loaded_at_startup=True, **explicit)
     try:
         mv = await manager.restore(req)
     except TorchdError as exc:
@@ -168,4 +166,4 @@ def _registered(manager: ModelManager, name: str) -> bool:
 
 def _json_sets_workers(config: Config, entry: StartupModel) -> bool:
     versions = config.models.get(entry.name or "") or {}
-    return any("minWorkers" in settings for settings in versions.values())
+    return any(MIN_WORKERS.key in settings for settings in versions.values())

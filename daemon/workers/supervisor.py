@@ -1,14 +1,18 @@
 """The Supervisor: sole owner of the worker table; reconciles desired workers against actual.
 
-The model manager changes a version's range (``mv.settings`` min/max) and calls ``scale``; signals
-and timers only wake the Supervisor. ``reconcile`` diffs desired against actual and acts; it is
-idempotent and runs on every wake-up and on a short tick. Each worker is run by a WorkerRunner,
-which reports back through the ``WorkerEvents`` methods below (process_started, became_ready,
-start_failed, died, stopped, served_enough): the children report, the Supervisor decides.
+The model manager changes a version's settings (its min/max range) through ``update_settings``,
+the only call that replaces a registered version's frozen settings, or asks for its range again
+with ``scale``; signals and timers only wake the Supervisor. ``reconcile`` diffs desired against
+actual and acts; it is idempotent and runs on every wake-up and on a short tick. Each worker is
+run by a WorkerRunner, which reports back through the ``WorkerEvents`` methods below
+(process_started, became_ready, start_failed, died, stopped, served_enough): the children report,
+the Supervisor decides.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import itertools
 import logging
 import time
@@ -23,10 +27,12 @@ from daemon.workers.autoscale import autoscale_step
 from daemon.workers.launcher import ProcessOps
 from daemon.workers.pids import PidTable
 from daemon.gpus.placement import GpuInventory, GpuPlacement
+from daemon.workers.readiness import version_ready
 from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner
 from daemon.workers.threads import ThreadSplit
+from daemon.workers.waiting import wait_for_workers
 from daemon.workers.states import LIVE_STATES, SLOT_STATES, RestartPolicy, WorkerState
 
 logger = logging.getLogger(__name__)
@@ -34,11 +40,11 @@ S = WorkerState
 
 
 @dataclass
-class SupervisorSettings:
+class SupervisorSettings:   # no default for a config key: the config's own is the one
     runner: RunnerSettings             # what every worker is started with
-    heartbeat_interval: float = 5.0
-    autoscale_up_delay: float = 1.0
-    autoscale_down_delay: float = 30.0
+    heartbeat_interval: float          # config heartbeat_interval
+    autoscale_up_delay: float          # config autoscale_up_delay
+    autoscale_down_delay: float        # config autoscale_down_delay
     tick: float = 0.5
     cpus: int = 1                      # CPUs the workers share (daemon.osutil.usable_cpus)
     policy: RestartPolicy = field(default_factory=RestartPolicy)
@@ -111,10 +117,16 @@ class Supervisor:
             self.records[mv] = VersionRecord(target=mv.settings.min_workers)
         return self.records[mv]
 
+    def update_settings(self, mv: ModelVersion, stop_timeout: float | None = None,
+                        **changes: Any) -> None:
+        """The one call that changes a registered version's (frozen) settings; then ``scale``."""
+        mv.settings = dataclasses.replace(mv.settings, **changes)
+        self.scale(mv, stop_timeout)
+
     def scale(self, mv: ModelVersion, stop_timeout: float | None = None) -> None:
-        """``mv.settings`` has a new min/max (the model manager wrote it): bring the target
-        within range; FAILED workers get another chance. Workers stopped to get within range
-        finish their batch within ``stop_timeout`` s (None/-1: response_timeout)."""
+        """Bring the target within ``mv.settings``' min/max (new, or asked for again); FAILED
+        workers get another chance. Workers stopped to get within range finish their batch
+        within ``stop_timeout`` s (None/-1: response_timeout)."""
         record = self.record(mv)
         record.stop_timeout = stop_timeout
         record.target = min(max(record.target, mv.settings.min_workers), mv.settings.max_workers)
@@ -153,8 +165,7 @@ class Supervisor:
         self._retire_replaced(mv, record)
         if mv.queue.depth and not self.can_serve(mv):
             mv.queue.fail_all(no_worker_error(mv.name))
-        ready = sum(1 for h in slots if h.state is S.READY)
-        if ready >= mv.settings.min_workers:
+        if self.ready(mv):
             record.below_min_since = None
         elif record.below_min_since is None:
             record.below_min_since = now
@@ -297,8 +308,13 @@ class Supervisor:
     def ready_count(self, mv: ModelVersion) -> int:
         return sum(1 for h in self.handles(mv) if h.state is S.READY)
 
+    def ready(self, mv: ModelVersion) -> bool:
+        """The readiness rule (daemon/workers/readiness.py) on ``mv``'s READY workers."""
+        return version_ready(self.ready_count(mv), mv.settings.min_workers)
+
     def healthy(self, mv: ModelVersion) -> bool:
-        if self.ready_count(mv) >= mv.settings.min_workers:
+        """Ready, or recovering from crashes (briefly, with no worker FAILED): /ping's view."""
+        if self.ready(mv):
             return True
         if any(h.state is S.FAILED for h in self.handles(mv)):
             return False
@@ -318,33 +334,14 @@ class Supervisor:
     # ---- waiting -------------------------------------------------------------------------
 
     async def wait_for_workers(self, mv: ModelVersion, timeout: float) -> ScaleOutcome:
-        """Until the target is READY, a start fails, or ``timeout``: for synchronous calls.
+        """For synchronous calls: see daemon/workers/waiting.py."""
+        return await wait_for_workers(self, mv, timeout)
 
-        After a failure it still waits for the other workers of the same start (the ones
-        STARTING when the wait began), so "some came up" (206) is told from "none did" (500)
-        whichever finishes first; their retries are not waited for.
-        """
-        record = self.record(mv)
-        failures_before = record.start_failures
-        cohort = {h.id for h in self.handles(mv) if h.state is S.STARTING}
-        deadline = self.clock() + timeout
-        while True:
-            handles = self.handles(mv)
-            ready = sum(1 for h in handles if h.state is S.READY and not h.retiring)
-            stopping = any(h.state is S.STOPPING for h in handles)
-            if ready >= record.target and not stopping:
-                return ScaleOutcome(ready, record.target)
-            if record.start_failures > failures_before and not any(
-                    h.id in cohort and h.state is S.STARTING for h in handles):
-                return ScaleOutcome(ready, record.target, record.last_error)
-            remaining = deadline - self.clock()
-            if remaining <= 0 or mv not in self.records:
-                return ScaleOutcome(ready, record.target, record.last_error)
-            changed = self._changed
-            try:
-                await asyncio.wait_for(changed.wait(), min(remaining, 1.0))
-            except asyncio.TimeoutError:
-                pass
+    async def changed(self, timeout: float) -> None:
+        """Until the next worker state change, or ``timeout`` seconds."""
+        changed = self._changed
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(changed.wait(), timeout)
 
     async def wait_for_stopped(self, handles: list[WorkerHandle]) -> None:
         tasks = [h.task for h in handles if h.task is not None]

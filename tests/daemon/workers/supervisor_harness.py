@@ -236,9 +236,9 @@ async def one_busy_worker(h: Harness, **settings: Any,
 
 def scale(h: Harness, mv: ModelVersion, min_workers: int, max_workers: int,
           stop_timeout: float | None = None) -> None:
-    """What the model manager does: the registry's range first, then the Supervisor."""
-    mv.settings.min_workers, mv.settings.max_workers = min_workers, max_workers
-    h.sup.scale(mv, stop_timeout=stop_timeout)
+    """What the model manager does: the new range through the Supervisor."""
+    h.sup.update_settings(mv, stop_timeout=stop_timeout, min_workers=min_workers,
+                          max_workers=max_workers)
 
 
 def submit(mv: ModelVersion, name: str = "r") -> Job:
