@@ -9,12 +9,19 @@ from typing import Any
 
 from daemon.errors import InternalServerError
 
+
+
+def _phrase(code: int) -> str:
+    try:
+        return http.HTTPStatus(code).phrase
+    except ValueError:
+        return ""
+
+
 # A status line per status code, as the listener writes it (RFC 9112 section 4); a code with no
 # standard phrase gets an empty one.
-STATUS_LINE = {code: b"HTTP/1.1 %d %s\r\n" % (code, _phrase.encode())
-               for code in range(100, 600)
-               for _phrase in [http.HTTPStatus(code).phrase
-                               if code in http.HTTPStatus._value2member_map_ else ""]}
+STATUS_LINE = {code: b"HTTP/1.1 %d %s\r\n" % (code, _phrase(code).encode())
+               for code in range(100, 600)}
 
 # RFC 9110 5.1: a field name is a token; 5.5: a field value has no control characters but
 # horizontal tab (a CR or LF in either would let the handler write a response of its own).
