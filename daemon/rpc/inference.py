@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 
+from daemon.core import Core
 from daemon.errors import TorchdError
 from daemon.rpc import sequences
 from daemon.rpc.generated import inference_pb2 as pb
@@ -19,7 +20,7 @@ Context = grpc.aio.ServicerContext
 
 
 class InferenceService(pb_grpc.InferenceAPIsServiceServicer):
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: Core) -> None:
         self.health = core.health
         self.calls = GrpcPredictions(core.predictions)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from daemon.core import Core
 from daemon.errors import InternalServerError
 from daemon.models.oip import EXTENSIONS, SERVER_NAME, model_metadata, model_ready
 from daemon.rpc.generated import grpc_predict_v2_pb2 as pb
@@ -24,7 +25,7 @@ TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
 
 
 class OipService(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: Any) -> None:
+    def __init__(self, core: Core) -> None:
         self.core = core
         self.calls = GrpcPredictions(core.predictions)
 
