@@ -57,7 +57,7 @@ def kill_workers_under_load(d: Daemon, name: str) -> tuple[Load, list[int]]:
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
             seasoned = ready_pids(d, name) - set(killed)
-        time.sleep(KILL_PERIOD_S)   # the load runs on over the last death too
+        time.sleep(KILL_PERIOD_S)   # the last death's requests are answered too
     d.wait_workers(name, 2)
     return load, killed
 

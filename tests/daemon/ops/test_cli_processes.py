@@ -128,8 +128,8 @@ def test_stop_never_signals_a_process_that_is_not_torchd(tmp_path, capsys):
 
 
 def test_stop_reports_a_daemon_that_does_not_exit(tmp_path, capsys):
-    code = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-            "print('ignoring SIGTERM', flush=True); time.sleep(60)")
+    code = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ignoring SIGTERM', flush=True); signal.pause()")
     process = subprocess.Popen(["torchd", "-c", code], executable=sys.executable,
                                stdout=subprocess.PIPE, text=True)
     try:
