@@ -16,7 +16,7 @@ import requests
 
 from daemon.osutil import pid_gone
 from daemon.ops import pidfile
-from tests.support.daemon import Daemon, free_port
+from tests.support.daemon import REPO, Daemon, free_port
 from tests.support.ops import NotifyListener, build_slow_archive, make_store
 from tests.support.waiting import wait_until
 
@@ -24,6 +24,8 @@ from tests.support.waiting import wait_until
 def torchd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TS_") and k not in ("LOG_LOCATION", "NOTIFY_SOCKET")}
+    # this checkout's code, whatever the cwd: an installed torchd may be another checkout's
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "daemon.ops.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=90, check=False)
 

@@ -16,6 +16,7 @@ import pytest
 from daemon.config.settings import load_config
 from daemon.ops import cli, pidfile
 from daemon.osutil import pid_gone
+from tests.support.daemon import REPO
 
 TIMEOUT = 90
 
@@ -56,6 +57,9 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None,
     full_env = {key: value for key, value in os.environ.items()
                 if not key.startswith("TS_") and key not in ("LOG_LOCATION", "NOTIFY_SOCKET")}
     full_env.update(env or {})
+    # this checkout's code, whatever the cwd: an installed torchd may be another checkout's
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
+                                                           full_env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "daemon.ops.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
