@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import time
 
 import pytest
 
+from daemon import logformat
 from daemon.ops.cli import LOG_DATEFMT, LOG_FORMAT
 from daemon.logformat import (BatchingStreamHandler, DirectLines, SecondsFormatter,
                               batched_stderr)
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -37,7 +40,23 @@ def test_seconds_formatter_writes_what_logging_writes():
         assert ours.format(rec) == stock.format(rec)
 
 
-def test_access_lines_are_flushed_by_the_timer_others_at_once():
+class Ticks:
+    """Stands in for the flush thread's clock: each of its sleeps lasts until the test ticks."""
+
+    def __init__(self) -> None:
+        self._ticks = threading.Semaphore(0)
+        self.time, self.strftime = time.time, time.strftime
+
+    def sleep(self, seconds: float) -> None:
+        self._ticks.acquire()
+
+    def tick(self) -> None:
+        self._ticks.release()
+
+
+def test_access_lines_are_flushed_by_the_timer_others_at_once(monkeypatch):
+    ticks = Ticks()
+    monkeypatch.setattr(logformat, "time", ticks)   # the timer fires when the test says
     stream = CountingStream()
     handler = BatchingStreamHandler(stream, batched=("torchd.access",), interval=0.05)
     handler.setFormatter(logging.Formatter("%(message)s"))
@@ -45,10 +64,9 @@ def test_access_lines_are_flushed_by_the_timer_others_at_once():
         handler.handle(record(logging.INFO, f"line {i}", time.time(), "torchd.access"))
     assert stream.flushes == 0
     assert stream.getvalue().count("\n") == 100
-    deadline = time.monotonic() + 5
-    while stream.flushes == 0 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert stream.flushes >= 1
+    ticks.tick()
+    wait_until(lambda: stream.flushes, timeout=5, what="the timer's flush")
+    assert stream.flushes == 1
     before = stream.flushes
     handler.handle(record(logging.INFO, "started", time.time()))
     assert stream.flushes == before + 1

@@ -21,6 +21,7 @@ import requests
 
 from tests.support.daemon import Daemon
 from tests.support.supervision import Load, ready_pids
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -42,16 +43,20 @@ def daemon(make_daemon) -> Daemon:
 
 
 def kill_workers_under_load(d: Daemon, name: str) -> tuple[Load, list[int]]:
-    """KILLS kills, KILL_PERIOD_S apart, each of a READY worker, while CLIENTS post."""
-    killed = []
+    """KILLS kills, KILL_PERIOD_S apart, each of a live READY worker, while CLIENTS post; then
+    both workers READY and alive again: the daemon has seen every death."""
+    killed: list[int] = []
+    seasoned = ready_pids(d, name)   # READY a period before the kill: it has answered batches
     with Load(d, f"/predictions/{name}", ROW, threads=CLIENTS, timeout=30) as load:
         for _ in range(KILLS):
             time.sleep(KILL_PERIOD_S)
-            pids = ready_pids(d, name)
-            assert pids, f"no READY worker of {name} {KILL_PERIOD_S} s after the last kill"
+            # never one killed before: it reads READY until the daemon has seen it go
+            pids = wait_until(lambda: (ready_pids(d, name) & seasoned) - set(killed), 30, 0.05,
+                              f"a live READY worker of {name} READY since the last kill")
             victim = random.choice(sorted(pids))
             os.kill(victim, signal.SIGKILL)
             killed.append(victim)
+            seasoned = ready_pids(d, name) - set(killed)
         time.sleep(KILL_PERIOD_S)   # the last death's requests are answered too
     d.wait_workers(name, 2)
     return load, killed
@@ -81,7 +86,8 @@ def test_no_client_sees_a_worker_die_when_its_batch_runs_again(daemon: Daemon) -
                   if "worker of steady 1.0 died with a batch: 1 request(s) sent again" in line]
     assert 1 <= len(sent_again) <= KILLS
     assert counter(daemon, "torchd_redispatched_requests_total", "steady") == len(sent_again)
-    assert set(killed).isdisjoint(ready_pids(daemon, "steady"))
+    listed = {w["pid"] for w in daemon.workers("steady") if w["status"] == "READY"}
+    assert set(killed).isdisjoint(listed)
 
 
 def test_with_redispatch_off_a_kill_fails_only_its_own_batch(daemon: Daemon) -> None:

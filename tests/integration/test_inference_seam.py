@@ -17,6 +17,7 @@ import requests
 
 from tests.support.archives import archive_source
 from tests.support.daemon import Daemon
+from tests.support.gates import Gate
 from tests.support.ops import make_store
 from tests.support.waiting import wait_until
 
@@ -137,54 +138,57 @@ def test_a_client_that_stops_reading_pauses_the_handler(seam, tmp_path, path):
     wait_until(lambda: paused_streams(d, "firehose") == 0, what="the stream released")
 
 
-def _sleep_request(d: Daemon, form: bool, out: list) -> None:
+def _gated_request(d: Daemon, gate: Gate, form: bool, out: list) -> None:
     if form:   # a form body takes the ASGI path
-        kwargs = {"data": {"sleep": "1.5"}}
+        kwargs: dict = {"data": {"gate": str(gate)}}
     else:
-        kwargs = {"json": {"sleep": 1.5}}
+        kwargs = {"json": {"gate": str(gate)}}
     try:
-        out.append(d.infer("POST", "/predictions/sleep", timeout=60, **kwargs))
+        out.append(d.infer("POST", "/predictions/gated", timeout=60, **kwargs))
     except requests.RequestException as exc:
         out.append(exc)
 
 
-SLEEP_FORM = '''
-import time
-
-
+# Waits at the gate its request names (a form field, or a JSON body's key) until the test opens it.
+GATED = '''
 def handle(data, context):
     if data is None:
         return None
     for row in data:
-        value = row.get("sleep") or row.get("body", {}).get("sleep")
-        time.sleep(float(value.decode() if isinstance(value, (bytes, bytearray)) else value))
-    return [{"slept": True} for _ in data]
+        gate = row.get("gate") or row.get("body", {}).get("gate")
+        with open(gate.decode() if isinstance(gate, (bytes, bytearray)) else gate) as waiting:
+            waiting.read()
+    return [{"through": True} for _ in data]
 '''
 
 
 @pytest.mark.timeout(180)
 def test_sigterm_drains_in_flight_requests_of_both_paths(archive_dir, tmp_path):
     store = make_store(archive_dir, tmp_path / "store", [])
-    archive_source(SLEEP_FORM, "sleep", store, tmp_path / "src")
+    archive_source(GATED, "gated", store, tmp_path / "src")
     d = Daemon(tmp_path, store)
+    answers: list = []
     try:
         d.start()
-        assert d.register("sleep.mar", initial_workers=2).status_code == 200
-        answers: list = []
-        clients = [threading.Thread(target=_sleep_request, args=(d, form, answers))
-                   for form in (False, True)]
-        for client in clients:
-            client.start()
-        # both are in a worker (one each) before the signal
-        wait_until(lambda: _inflight(d) == 2, timeout=30, what="both requests in the daemon")
-        d.signal(signal.SIGTERM)
-        for client in clients:
-            client.join(60)
+        assert d.register("gated.mar", initial_workers=2).status_code == 200
+        with Gate(tmp_path / "direct") as direct, Gate(tmp_path / "asgi") as asgi:
+            clients = [threading.Thread(target=_gated_request, args=(d, gate, form, answers))
+                       for gate, form in ((direct, False), (asgi, True))]
+            for client in clients:
+                client.start()
+            # both are in a worker, one each, held at their gates, when the signal comes
+            wait_until(lambda: _inflight(d) == 2, timeout=30, what="both requests in workers")
+            d.signal(signal.SIGTERM)
+            wait_until(lambda: "draining" in d.log(), timeout=30, what="the daemon draining")
+            direct.open()
+            asgi.open()
+            for client in clients:
+                client.join(60)
         assert d.proc.wait(60) == 0
     finally:
         d.cleanup()
     assert [getattr(a, "status_code", a) for a in answers] == [200, 200]
-    assert all(a.json() == {"slept": True} for a in answers)
+    assert all(a.json() == {"through": True} for a in answers)
 
 
 def _metrics(d: Daemon) -> str:
@@ -192,7 +196,7 @@ def _metrics(d: Daemon) -> str:
 
 
 def _inflight(d: Daemon) -> int:
-    found = re.search(r'^torchd_inflight_requests\{[^}]*model_name="sleep"[^}]*\} (\S+)$',
+    found = re.search(r'^torchd_inflight_requests\{[^}]*model_name="gated"[^}]*\} (\S+)$',
                       _metrics(d), re.M)
     return int(float(found.group(1))) if found else 0
 

@@ -6,9 +6,10 @@ import json
 import shutil
 import socket
 import tempfile
-import time
 
 import pytest
+
+from tests.support.waiting import wait_until
 
 
 class UnixConnection(http.client.HTTPConnection):
@@ -49,15 +50,15 @@ def unix_daemon(make_daemon):
 
 
 def wait_listening(path: str, proc, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def answers() -> bool:
         assert proc.poll() is None, "torchd exited"
         try:
             call(path, "GET", "/models")
-            return
         except OSError:
-            time.sleep(0.1)
-    raise TimeoutError(path)
+            return False
+        return True
+
+    wait_until(answers, timeout, 0.1, f"torchd listening on {path}")
 
 
 def test_unix_socket_listeners_and_cors(unix_daemon):

@@ -30,12 +30,12 @@ from tests.support.management import (
     assert_error,
     assert_status,
     post_models,
-    ready_pids,
     registered,
     request_id_ok,
     stable,
-    wait_for,
 )
+from tests.support.supervision import ready_pids, wait_taken
+from tests.support.waiting import wait_until
 
 # The daemon, recording server and cleanup of tests/support/management.py (this module's own).
 served, recorder, mgmt, clean = base.served, base.recorder, base.mgmt, base.clean
@@ -80,7 +80,7 @@ def test_seed_scale_async_sync_and_version(mgmt: Daemon) -> None:
     assert_status(r, 200, "Workers scaled to 1 for model: noop")
     remaining = ready_pids(mgmt, "noop")
     assert len(remaining) == 1 and len(mgmt.workers("noop")) == 1
-    wait_for(lambda: all(gone(p) for p in pids - remaining), 15, "stopped workers exit")
+    wait_until(lambda: all(gone(p) for p in pids - remaining), 15, what="stopped workers exit")
 
     r = mgmt.mgmt("PUT", "/models/noop", params={"min_worker": 3, "synchronous": "true"})
     assert_status(r, 200, "Workers scaled to 3 for model: noop")
@@ -96,7 +96,7 @@ def test_seed_scale_async_sync_and_version(mgmt: Daemon) -> None:
     r = mgmt.mgmt("PUT", "/models/noop/2.0", params={"min_worker": 0, "synchronous": "true"})
     assert_status(r, 200, "Workers scaled to 0 for model: noop, version: 2.0")
     assert mgmt.workers("noop", "2.0") == []
-    wait_for(lambda: all(gone(p) for p in v2), 15, "version 2.0 workers exit")
+    wait_until(lambda: all(gone(p) for p in v2), 15, what="version 2.0 workers exit")
 
 
 def _ancestors(pid: int) -> list[psutil.Process]:
@@ -227,7 +227,7 @@ def test_describe_truthful_status_of_a_failing_worker(mgmt: Daemon) -> None:
         seen.update(w["status"] for w in workers)
         return any(w["status"] == "FAILED" for w in workers)
 
-    wait_for(failed, 60, "worker ends FAILED")
+    wait_until(failed, 60, what="worker ends FAILED")
     assert seen <= {"STARTING", "BACKOFF", "FAILED"}
     [worker] = mgmt.workers("fail_load")
     assert "torchd_no_such_module" in worker.get("lastError", "")
@@ -274,10 +274,10 @@ def test_queue_status_and_unregister_with_work_in_flight(mgmt: Daemon) -> None:
     [worker] = mgmt.workers("slow")
     with ThreadPoolExecutor(4) as pool:
         in_flight = pool.submit(_predict_sleep, mgmt, "slow", 4)
-        time.sleep(1.0)        # the worker has taken it: nothing is waiting
+        wait_taken(mgmt, "slow", 1)   # the worker has taken it: nothing is waiting
         assert _queue(mgmt, "slow") == {"remainingCapacity": 100, "pendingRequests": 0}
         queued = [pool.submit(_predict_sleep, mgmt, "slow", 0) for _ in range(2)]
-        wait_for(lambda: _queue(mgmt, "slow")["pendingRequests"] == 2, 10, "2 queued")
+        wait_until(lambda: _queue(mgmt, "slow")["pendingRequests"] == 2, 10, what="2 queued")
         assert _queue(mgmt, "slow") == {"remainingCapacity": 98, "pendingRequests": 2}
         assert not in_flight.done()
         started = time.monotonic()
@@ -292,5 +292,5 @@ def test_queue_status_and_unregister_with_work_in_flight(mgmt: Daemon) -> None:
         status, body, finished = in_flight.result(10)
         assert (status, body) == (200, {"slept": 4.0})
         assert finished <= unregistered + 1.0         # unregister waited for it
-    wait_for(lambda: gone(worker["pid"]), 15, "worker exits")
+    wait_until(lambda: gone(worker["pid"]), 15, what="worker exits")
     assert mgmt.infer("POST", "/predictions/slow").status_code == 404

@@ -23,8 +23,8 @@ from tests.support.management import (
     extracted,
     post_models,
     registered,
-    wait_for,
 )
+from tests.support.waiting import wait_until
 
 # The daemon, recording server and cleanup of tests/support/management.py (this module's own).
 served, recorder, mgmt, clean = base.served, base.recorder, base.mgmt, base.clean
@@ -173,8 +173,8 @@ def test_11_sync_start_failure_unregisters_again(mgmt: Daemon) -> None:
                      "Model not found: fail_load")
     assert extracted(mgmt) == before
     # No worker left behind (one may still be exiting for a moment).
-    wait_for(lambda: _descendants(mgmt).keys() <= processes.keys(), 10,
-             lambda: f"left behind: {_descendants(mgmt)} (before: {processes})")
+    wait_until(lambda: _descendants(mgmt).keys() <= processes.keys(), 10,
+               what=lambda: f"left behind: {_descendants(mgmt)} (before: {processes})")
 
 
 def test_scale_start_failure_keeps_the_model(mgmt: Daemon) -> None:

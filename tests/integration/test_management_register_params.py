@@ -23,8 +23,8 @@ from tests.support.management import (
     extracted,
     post_models,
     registered,
-    wait_for,
 )
+from tests.support.waiting import wait_until
 
 # The daemon, recording server and cleanup of tests/support/management.py (this module's own).
 served, recorder, mgmt, clean = base.served, base.recorder, base.mgmt, base.clean
@@ -168,8 +168,8 @@ def test_failed_first_version_hands_the_default_to_a_later_one(mgmt: Daemon) -> 
     with ThreadPoolExecutor(1) as pool:
         failing = pool.submit(post_models, mgmt, url="slow_fail.mar", initial_workers=1,
                               synchronous="true")
-        wait_for(lambda: mgmt.mgmt("GET", "/models/slow_fail").status_code == 200, 30,
-                 "slow_fail 1.0 registered")
+        wait_until(lambda: mgmt.mgmt("GET", "/models/slow_fail").status_code == 200, 30,
+                   what="slow_fail 1.0 registered")
         second = post_models(mgmt, url="noop_2.mar", model_name="slow_fail")
         assert_status(second, 200, registered("slow_fail", "2.0", 0))
         assert [m["modelVersion"] for m in mgmt.describe("slow_fail", "all")] == ["1.0", "2.0"]
@@ -219,18 +219,18 @@ def test_unregistered_while_a_sync_call_waits(mgmt: Daemon, how: str) -> None:
                                     "synchronous": "true"})
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(mgmt.mgmt, call[0], call[1], params=call[2])
-        wait_for(lambda: any(w["status"] == "STARTING"
-                             for w in (mgmt.workers("slow_load")
-                                       if mgmt.mgmt("GET", "/models/slow_load").ok else [])),
-                 30, "a worker STARTING")
+        wait_until(lambda: any(w["status"] == "STARTING"
+                               for w in (mgmt.workers("slow_load")
+                                         if mgmt.mgmt("GET", "/models/slow_load").ok else [])),
+                   30, what="a worker STARTING")
         assert_status(mgmt.unregister("slow_load"), 200, 'Model "slow_load" unregistered')
         answer = waiting.result(30)
     assert_error(answer, 500, INTERNAL, "Failed to start workers for model slow_load version: "
                  "1.0: the model was unregistered while its workers were starting")
     assert mgmt.mgmt("GET", "/models").json() == {"models": []}
     assert extracted(mgmt) == before
-    wait_for(lambda: _descendants(mgmt).keys() <= processes.keys(), 10,
-             lambda: f"left behind: {_descendants(mgmt)} (before: {processes})")
+    wait_until(lambda: _descendants(mgmt).keys() <= processes.keys(), 10,
+               what=lambda: f"left behind: {_descendants(mgmt)} (before: {processes})")
 
 
 def test_unusable_yaml_numbers_mean_the_default(mgmt: Daemon) -> None:

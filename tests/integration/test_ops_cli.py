@@ -16,7 +16,7 @@ import requests
 
 from daemon.osutil import pid_gone
 from daemon.ops import pidfile
-from tests.support.daemon import Daemon, free_port
+from tests.support.daemon import REPO, Daemon, free_port
 from tests.support.ops import NotifyListener, build_slow_archive, make_store
 from tests.support.waiting import wait_until
 
@@ -24,6 +24,8 @@ from tests.support.waiting import wait_until
 def torchd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TS_") and k not in ("LOG_LOCATION", "NOTIFY_SOCKET")}
+    # this checkout's code, whatever the cwd: an installed torchd may be another checkout's
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "daemon.ops.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=90, check=False)
 
@@ -104,7 +106,8 @@ def test_sigterm_while_starting_abandons_the_start(archive_dir, tmp_path):
         assert d.proc.wait(20) == 0
         _gone, alive = psutil.wait_procs(loading, timeout=10)
         assert not alive
-        assert "READY=1" not in listener.lines() and "STOPPING=1" in listener.lines()
+        listener.wait_for("STOPPING=1", timeout=5)   # sent before the exit: READY=1 would be too
+        assert "READY=1" not in listener.lines()
         assert "signalled while starting: abandoning the start" in d.log()
     finally:
         d.cleanup()

@@ -9,8 +9,10 @@ import signal
 from pathlib import Path
 from types import SimpleNamespace
 
+import psutil
 import pytest
 
+from daemon.osutil import pid_gone
 from tests.support.daemon import Daemon
 from tests.support.ops import build_slow_archive, make_store, run_health
 from tests.support.waiting import wait_until
@@ -73,6 +75,8 @@ def test_a_stopped_worker_is_unhealthy(watched):
     [worker] = watched.daemon.workers("noop")
     os.kill(worker["pid"], signal.SIGSTOP)
     try:
+        wait_until(lambda: psutil.Process(worker["pid"]).status() == psutil.STATUS_STOPPED,
+                   10, what="the worker stopped")   # a signal takes effect asynchronously
         result = run_health(*watched.health)
     finally:
         os.kill(worker["pid"], signal.SIGCONT)
@@ -87,6 +91,7 @@ def test_a_killed_worker_is_unhealthy_until_it_is_back(watched):
     watched.flag.touch()   # the replacement loads slowly
     try:
         os.kill(worker["pid"], signal.SIGKILL)
+        wait_until(lambda: pid_gone(worker["pid"]), 10, what="the worker dead")
         result = run_health(*watched.health)
         assert result.returncode == 1, result.stdout
         assert result.stdout.startswith("UNHEALTHY: model slow version 1.0: 0 of 1 READY "

@@ -21,6 +21,7 @@ from tests.support.daemon import Daemon, running_daemon
 from tests.support.supervision import (
     Call,
     Load,
+    busy,
     descendants,
     in_background,
     post,
@@ -190,12 +191,7 @@ def test_autoscale_up_under_burst_and_down_after(sv: Daemon) -> None:
 
     try:
         with Load(sv, "/predictions/sv_auto", {"sleep": 0.3}, threads=6) as load:
-            end = time.monotonic() + 4.0
-            while time.monotonic() < end:
-                sample()
-                time.sleep(0.1)
-        peak = max(seen)
-        assert peak >= 2, seen
+            wait_until(lambda: (sample(), seen[-1] >= 2)[1], 20, 0.1, "scaled up")
         wait_until(lambda: (sample(), seen[-1] == 1)[1], 20, 0.2, "scaled back to 1")
         assert all(1 <= n <= 3 for n in seen), seen
         assert load.failures() == []
@@ -209,21 +205,13 @@ def test_autoscale_up_under_burst_and_down_after(sv: Daemon) -> None:
 
 # ---- drain ---------------------------------------------------------------------------------
 
-def busy_request(d: Daemon, name: str, seconds: float):
-    """Start one long request and return once it is (very likely) running in a worker."""
-    join = in_background(lambda: post(d, f"/predictions/{name}", {"sleep": seconds}))
-    wait_until(lambda: d.describe(name)[0]["jobQueueStatus"]["pendingRequests"] == 0, 5)
-    time.sleep(0.4)
-    return join
-
-
 def scale_to_zero_while_busy(d: Daemon, name: str, seconds: float,
                              timeout: float) -> tuple[Call, float, float]:
     """Scale a one-worker sleep model to 0 (``timeout``) while its worker runs a request of
     ``seconds``: the request's answer, and when the scale call was made and returned."""
     register(d, "sleep.mar", name)
     try:
-        join = busy_request(d, name, seconds)
+        join = busy(d, name, seconds)
         asked = time.monotonic()
         response = scale(d, name, 0, timeout=timeout)
         returned = time.monotonic()
@@ -257,7 +245,7 @@ def test_scale_down_timeout_cuts_a_longer_batch_short(sv: Daemon) -> None:
 def test_queued_requests_on_scale_down(sv: Daemon) -> None:
     register(sv, "sleep.mar", "sv_queue", workers=2)
     try:
-        long = [busy_request(sv, "sv_queue", 1.5) for _ in range(2)]
+        long = [busy(sv, "sv_queue", 1.5) for _ in range(2)]
         short = [in_background(lambda: post(sv, "/predictions/sv_queue", {"sleep": 0.1}))
                  for _ in range(2)]
         wait_until(lambda: sv.describe("sv_queue")[0]["jobQueueStatus"]["pendingRequests"]
@@ -265,7 +253,7 @@ def test_queued_requests_on_scale_down(sv: Daemon) -> None:
         assert scale(sv, "sv_queue", 1, timeout=10).status_code == 200
         assert [j().status for j in long + short] == [200] * 4   # the survivor took them
 
-        long = busy_request(sv, "sv_queue", 1.5)
+        long = busy(sv, "sv_queue", 1.5)
         short = [in_background(lambda: post(sv, "/predictions/sv_queue", {"sleep": 0.1}))
                  for _ in range(2)]
         wait_until(lambda: sv.describe("sv_queue")[0]["jobQueueStatus"]["pendingRequests"]
@@ -283,7 +271,7 @@ def test_queued_requests_on_scale_down(sv: Daemon) -> None:
 
 def test_unregister_finishes_in_flight_work(sv: Daemon) -> None:
     register(sv, "sleep.mar", "sv_unreg")
-    join = busy_request(sv, "sv_unreg", 2)
+    join = busy(sv, "sv_unreg", 2)
     queued = in_background(lambda: post(sv, "/predictions/sv_unreg", {"sleep": 0.1}))
     wait_until(lambda: sv.describe("sv_unreg")[0]["jobQueueStatus"]["pendingRequests"] == 1, 5)
     asked = time.monotonic()

@@ -6,16 +6,8 @@ import signal
 import time
 
 from daemon.osutil import pid_gone as gone
-from tests.support.daemon import Daemon
-from tests.support.supervision import ZYGOTE_TITLE, descendants, in_background, post, title
+from tests.support.supervision import ZYGOTE_TITLE, busy, descendants, title
 from tests.support.waiting import wait_until
-
-
-def busy(d: Daemon, name: str, seconds: float, timeout: float = 30):
-    join = in_background(lambda: post(d, f"/predictions/{name}", {"sleep": seconds}, timeout))
-    wait_until(lambda: d.describe(name)[0]["jobQueueStatus"]["pendingRequests"] == 0, 5)
-    time.sleep(0.4)
-    return join
 
 
 def test_sigkill_daemon_leaves_no_worker_or_zygote(make_daemon) -> None:

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
@@ -15,7 +14,9 @@ from typing import Any
 import psutil
 import requests
 
+from daemon.osutil import pid_gone
 from tests.support.archives import copy_store
+from tests.support.waiting import wait_until
 
 TORCHD = [sys.executable, "-m", "daemon.ops.cli"]
 REPO = Path(__file__).resolve().parents[2]
@@ -76,18 +77,19 @@ class Daemon:
         return self
 
     def wait_ready(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"torchd exited with {self.proc.returncode}:\n{self.log(20000)}")
-            try:
-                requests.get(self.url("management", "/models"), timeout=1)
-                self.track_descendants()
-                return
-            except requests.ConnectionError:
-                time.sleep(0.1)
-        raise TimeoutError(f"torchd did not listen within {timeout} s:\n{self.log(20000)}")
+        """Until the management API answers; RuntimeError at once if torchd exits first."""
+        wait_until(self._listening, timeout, 0.1,
+                   lambda: f"torchd listening\n{self.log(20000)}\n")
+        self.track_descendants()
+
+    def _listening(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"torchd exited with {self.proc.returncode}:\n{self.log(20000)}")
+        try:
+            requests.get(self.url("management", "/models"), timeout=1)
+        except requests.ConnectionError:
+            return False
+        return True
 
     @property
     def pid(self) -> int:
@@ -182,15 +184,20 @@ class Daemon:
 
     def wait_workers(self, name: str, count: int, status: str = "READY",
                      version: str | None = None, timeout: float = 60) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while True:
+        """The workers (all of them) once exactly ``count`` are in ``status``. READY ones must
+        also be alive: a killed worker reads READY until the daemon has seen it go."""
+        def settled() -> tuple[list[dict[str, Any]]] | None:   # a tuple: [] is an answer too
             workers = self.workers(name, version)
-            if sum(1 for w in workers if w["status"] == status) == count:
-                self.track_descendants()
-                return workers
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{name}: wanted {count} {status}, have {workers}")
-            time.sleep(0.1)
+            matching = [w for w in workers if w["status"] == status]
+            if status == "READY" and any(pid_gone(w["pid"]) for w in matching):
+                return None
+            return (workers,) if len(matching) == count else None
+
+        (workers,) = wait_until(settled, timeout, 0.1,
+                                lambda: f"{name}: {count} {status} worker(s) "
+                                        f"(have {self.workers(name, version)})")
+        self.track_descendants()
+        return workers
 
 
 @contextlib.contextmanager

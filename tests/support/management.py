@@ -25,7 +25,6 @@ import requests
 
 from tests.support.archives import build_archive
 from tests.support.daemon import Daemon
-from tests.support.waiting import wait_until
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 DESCRIBE_KEYS = {"modelName", "modelVersion", "modelUrl", "engine", "runtime", "minWorkers",
@@ -221,14 +220,6 @@ def registered(name: str, version: str, workers: int) -> str:
 def post_models(d: Daemon, **params: Any) -> requests.Response:
     """POST /models with exactly these query parameters (Daemon.register adds synchronous)."""
     return d.mgmt("POST", "/models", params=params)
-
-
-def wait_for(predicate, timeout: float = 30, what: Any = "condition") -> Any:
-    return wait_until(predicate, timeout, 0.1, what)
-
-
-def ready_pids(d: Daemon, name: str, version: str | None = None) -> set[int]:
-    return {w["pid"] for w in d.workers(name, version) if w["status"] == "READY"}
 
 
 def extracted(d: Daemon) -> list[Path]:

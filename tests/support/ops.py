@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.archives import archive_source
 from tests.support.daemon import REPO, Daemon
+from tests.support.waiting import wait_until
 
 HEALTH = REPO / "scripts" / "torchd-health"
 # Per process, not per registration: they change on every restart.
@@ -36,7 +37,7 @@ class NotifyListener:
         self._sock.bind(self.path)
         self._sock.settimeout(0.1)
         self.messages: list[tuple[float, str]] = []
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._read, daemon=True)
         self._thread.start()
@@ -49,25 +50,24 @@ class NotifyListener:
                 continue
             except OSError:
                 return
-            with self._cond:
+            with self._lock:
                 self.messages.append((time.monotonic(), data.decode()))
-                self._cond.notify_all()
 
-    def wait_for(self, line: str, timeout: float = 60, after: float = 0.0) -> float:
-        """The arrival time of the first datagram after ``after`` holding ``line``."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for at, text in self.messages:
-                    if at >= after and line in text.splitlines():
-                        return at
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no {line!r} within {timeout} s: {self.lines()}")
-                self._cond.wait(remaining)
+    def arrivals(self, line: str, after: float = 0.0) -> list[float]:
+        """The arrival times of the datagrams since ``after`` that hold ``line``."""
+        with self._lock:
+            return [at for at, text in self.messages
+                    if at >= after and line in text.splitlines()]
+
+    def wait_for(self, line: str, timeout: float = 60, after: float = 0.0,
+                 count: int = 1) -> float:
+        """The arrival time of the ``count``-th datagram since ``after`` holding ``line``."""
+        times = wait_until(lambda: self.arrivals(line, after)[count - 1:], timeout,
+                           what=lambda: f"{count} x {line!r} (have {self.lines()})")
+        return times[0]
 
     def lines(self) -> list[str]:
-        with self._cond:
+        with self._lock:
             return [line for _, text in self.messages for line in text.splitlines()]
 
     def close(self) -> None:

@@ -14,7 +14,10 @@ from typing import Any, Callable
 import psutil
 import requests
 
+from daemon.osutil import pid_gone
 from tests.support.daemon import Daemon
+from tests.support.ops import sample_sum, scrape
+from tests.support.waiting import wait_until
 
 CALL_TIMEOUT = 30.0
 ZYGOTE_TITLE = "torchd zygote"
@@ -100,6 +103,32 @@ def in_background(fn: Callable[[], Any]) -> Callable[[], Any]:
     return join
 
 
+def taken(daemon: Daemon, name: str) -> int:
+    """Requests of ``name`` taken from its queue by a worker (in its batch: sent, or still
+    filling), read from /metrics once none waits in the queue; -1 while some do."""
+    samples = scrape(daemon)
+    if sample_sum(samples, "torchd_queue_depth", model_name=name):
+        return -1
+    return int(sample_sum(samples, "torchd_inflight_requests", model_name=name))
+
+
+def wait_taken(daemon: Daemon, name: str, count: int, timeout: float = 30) -> None:
+    """Until exactly ``count`` requests of ``name`` are taken by its workers, none queued."""
+    wait_until(lambda: taken(daemon, name) == count, timeout,
+               what=f"{count} request(s) of {name} taken by its workers, none queued")
+
+
+def busy(daemon: Daemon, name: str, seconds: float,
+         timeout: float = CALL_TIMEOUT) -> Callable[[], Any]:
+    """Post one request to a sleep-model ``name`` that sleeps ``seconds``, in the background;
+    return its join once a worker holds it."""
+    held = max(0, taken(daemon, name))
+    join = in_background(lambda: post(daemon, f"/predictions/{name}", {"sleep": seconds},
+                                      timeout))
+    wait_taken(daemon, name, held + 1)
+    return join
+
+
 def title(proc: psutil.Process) -> str:
     """The process title as setproctitle left it (argv rewritten, padded with NULs)."""
     try:
@@ -119,8 +148,11 @@ def zygote_pids(daemon: Daemon) -> list[int]:
     return [p.pid for p in descendants(daemon) if title(p) == ZYGOTE_TITLE]
 
 
-def ready_pids(daemon: Daemon, name: str) -> set[int]:
-    return {w["pid"] for w in daemon.workers(name) if w["status"] == "READY"}
+def ready_pids(daemon: Daemon, name: str, version: str | None = None) -> set[int]:
+    """The pids of the READY workers that are alive: a killed worker reads READY until the
+    daemon has seen it go."""
+    return {w["pid"] for w in daemon.workers(name, version)
+            if w["status"] == "READY" and not pid_gone(w["pid"])}
 
 
 def scale(daemon: Daemon, name: str, min_worker: int, max_worker: int | None = None,

@@ -21,6 +21,7 @@ from daemon.osutil import pid_gone as gone
 from protocol import messages
 from protocol.streams import send_frame
 from tests.support.frames import FrameReader
+from tests.support.waiting import wait_until
 
 PYTHON = sys.executable
 TIMEOUT = 60.0
@@ -49,12 +50,11 @@ def json_request(request_id: str, body: Any, headers: list[list[str]] | None = N
 
 
 def wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if gone(pid):
-            return True
-        time.sleep(0.05)
-    return gone(pid)
+    """True once ``pid`` has exited, False if it still runs after ``timeout`` seconds."""
+    try:
+        return wait_until(lambda: gone(pid), timeout, what=f"pid {pid} gone")
+    except TimeoutError:
+        return False
 
 
 def track(pid: int) -> psutil.Process | None:

@@ -15,6 +15,7 @@ import pytest
 from protocol import messages
 from protocol.frames import encode_frame
 from tests.support.frames import FrameReader
+from tests.support.waiting import wait_until
 from worker import channel as channel_module
 from worker.channel import Channel
 
@@ -31,7 +32,10 @@ class Pair:
         self.replies = FrameReader(self.daemon)
         self.abandoned: list[int] = []
         self.channel = Channel(worker, self.abandoned.append)
+        before = set(threading.enumerate())
         self.channel.start_reader()
+        (self.reader,) = [t for t in threading.enumerate()
+                          if t not in before and t.name == "frame-reader"]
 
     def send(self, *frames: dict) -> None:
         """Several frames in one write: they arrive together."""
@@ -41,6 +45,15 @@ class Pair:
         message = self.replies.next()
         assert message is not None, "the worker's end closed"
         return message
+
+    def reader_takes_over(self, seq: int = 99) -> None:
+        """A PING during a task, answered: only the standby reader receives during a task, so
+        it has taken over (however long the machine took to run it)."""
+        self.send(messages.ping(seq))
+        assert self.recv() == messages.pong(seq)
+
+    def wait_parked(self) -> None:
+        wait_until(lambda: self.channel.reader_parked, ANSWER_TIMEOUT, 0.01, "the reader parked")
 
     def next_message(self, timeout: float = ANSWER_TIMEOUT) -> dict | None:
         """next_message() on a helper thread, so a test cannot hang on it."""
@@ -99,10 +112,7 @@ def test_ping_during_a_task_that_began_after_the_reader_parked(pair, monkeypatch
     waiting: list = []
     idle = threading.Thread(target=lambda: waiting.append(pair.channel.next_message()))
     idle.start()  # the main thread waits for work long enough for the reader to park
-    deadline = time.monotonic() + ANSWER_TIMEOUT
-    while not pair.channel.reader_parked and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert pair.channel.reader_parked
+    pair.wait_parked()
     pair.send(predict(1, "a"))
     idle.join(ANSWER_TIMEOUT)
     assert waiting[0]["batch_id"] == 1  # a long task begins: it wakes the reader
@@ -115,14 +125,11 @@ def test_reader_lets_go_when_the_task_ends(pair, monkeypatch):
     monkeypatch.setattr(channel_module, "PARK_AFTER_SECONDS", 0.05)
     pair.send(predict(1, "a"))
     assert pair.next_message()["batch_id"] == 1
-    time.sleep(channel_module.TAKEOVER_SECONDS * 3)  # the reader receives for the task
+    pair.reader_takes_over()   # the reader receives for the task
     assert not pair.channel.reader_parked
     idle = threading.Thread(target=pair.channel.next_message)
     idle.start()  # the task ends with nothing more to read: the reader must be told
-    deadline = time.monotonic() + ANSWER_TIMEOUT
-    while not pair.channel.reader_parked and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert pair.channel.reader_parked
+    pair.wait_parked()
     pair.send(messages.describe())
     idle.join(ANSWER_TIMEOUT)
     assert not idle.is_alive()
@@ -173,23 +180,22 @@ def eof_during_a_taken_over_task(pair, monkeypatch, grace: float) -> None:
     monkeypatch.setattr(channel_module, "EOF_GRACE_SECONDS", grace)
     pair.send(predict(1, "a"))
     assert pair.next_message()["batch_id"] == 1
-    time.sleep(channel_module.TAKEOVER_SECONDS * 3)
+    pair.reader_takes_over()
     pair.daemon.shutdown(socket.SHUT_WR)
+    wait_until(lambda: pair.channel.closed, ANSWER_TIMEOUT, 0.01, "the reader read the EOF")
 
 
 def test_eof_during_a_long_task_abandons_after_the_grace_period(pair, monkeypatch):
     eof_during_a_taken_over_task(pair, monkeypatch, 0.2)
-    deadline = time.monotonic() + ANSWER_TIMEOUT
-    while not pair.abandoned and time.monotonic() < deadline:
-        time.sleep(0.01)
+    wait_until(lambda: pair.abandoned, ANSWER_TIMEOUT, 0.01, "the task abandoned")
     assert pair.abandoned == [0]
     assert pair.next_message() is None
 
 
 def test_eof_during_a_task_that_finishes_in_time_is_not_abandoned(pair, monkeypatch):
-    eof_during_a_taken_over_task(pair, monkeypatch, 0.5)
-    time.sleep(0.1)
+    eof_during_a_taken_over_task(pair, monkeypatch, 30.0)   # "in time": well within it
     assert pair.next_message() is None
     pair.channel.finished()
-    time.sleep(0.6)
+    pair.reader.join(ANSWER_TIMEOUT)   # the reader's last act: abandon, or not
+    assert not pair.reader.is_alive()
     assert pair.abandoned == []

@@ -1,16 +1,19 @@
 """Heartbeats, shutdown, EOF, the daemon's death, the zygote, process titles."""
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 
 from protocol import messages
-from tests.worker.harness import gone, json_request, wait_gone
+from tests.support.waiting import wait_until
+from tests.worker.harness import WorkerHandle, gone, json_request, wait_gone
 from worker.exits import EXIT_CONNECT_FAILED, EXIT_DAEMON_GONE, EXIT_OK, EXIT_PROTOCOL
 
 
@@ -29,10 +32,20 @@ def kill_helper(helper: subprocess.Popen) -> float:
     return time.monotonic()
 
 
-def test_ping_answered_while_a_batch_runs(loaded):
-    worker = loaded("sleep")
-    batch = worker.send_batch([json_request("r", {"sleep": 2})])
-    time.sleep(0.2)
+def running(worker: WorkerHandle, log: Path, seconds: float) -> int:
+    """Send a batch to a worker of the recorder model that runs ``seconds``; its id, once its
+    handler runs (the recorder logs each request as it begins)."""
+    body = json.dumps({"log": str(log), "tag": "running", "sleep": seconds}).encode()
+    batch = worker.send_batch([messages.request("r", [], [messages.parameter("body", None,
+                                                                             body)])])
+    wait_until(lambda: log.exists() and "running" in log.read_text(), 30,
+               what="the batch in its handler")
+    return batch
+
+
+def test_ping_answered_while_a_batch_runs(loaded, tmp_path):
+    worker = loaded("recorder")
+    batch = running(worker, tmp_path / "ran.log", 2)
     sent = time.monotonic()
     worker.peer.send(messages.ping(7))
     assert worker.peer.expect(messages.PONG, timeout=1) == messages.pong(7)
@@ -48,11 +61,10 @@ def test_shutdown_exits_zero(loaded):
 
 
 @pytest.mark.parametrize("busy", [False, True])
-def test_socket_eof_ends_the_worker(loaded, busy):
-    worker = loaded("sleep", mode="exec")
+def test_socket_eof_ends_the_worker(loaded, busy, tmp_path):
+    worker = loaded("recorder", mode="exec")
     if busy:
-        worker.send_batch([json_request("r", {"sleep": 30})])
-        time.sleep(0.3)
+        running(worker, tmp_path / "ran.log", 30)
     worker.peer.sock.shutdown(socket.SHUT_RDWR)
     assert worker.process.wait(4) == EXIT_OK
 
@@ -71,12 +83,12 @@ def test_first_frame_must_be_load(spawn):
 
 @pytest.mark.parametrize("mode", ["exec", "zygote"])
 @pytest.mark.parametrize("busy", [False, True])
-def test_worker_exits_when_the_daemon_dies(spawn, store, fake_daemon_pid, mode, busy):
+def test_worker_exits_when_the_daemon_dies(spawn, store, fake_daemon_pid, mode, busy,
+                                           tmp_path):
     worker = spawn(mode, daemon_pid=fake_daemon_pid.pid)
-    assert worker.load(store.model_dir("sleep"))["ok"]
+    assert worker.load(store.model_dir("recorder"))["ok"]
     if busy:
-        worker.send_batch([json_request("r", {"sleep": 60})])
-        time.sleep(0.3)
+        running(worker, tmp_path / "ran.log", 60)
     killed = kill_helper(fake_daemon_pid)
     assert wait_gone(worker.pid, 3), "worker outlived its daemon"
     assert time.monotonic() - killed < 3

@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
 from protocol import messages
 from tests.worker.conftest import FORMATS
+from tests.support.waiting import wait_until
 from tests.worker.harness import json_request
 
 
@@ -139,9 +139,8 @@ def test_output_is_prefixed_with_worker_id(loaded, session_daemon):
     worker = loaded("echo")
     worker.predict([json_request("r", {})])
     expected = f"[worker {worker.worker_id}] echo handler initialized for echo"
-    deadline = time.monotonic() + 10   # a pump thread forwards the lines: give it a moment
-    while expected not in (log := session_daemon.log()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert expected in log
+    wait_until(lambda: expected in session_daemon.log(), 10,   # a pump thread forwards them
+               what=lambda: f"{expected!r} in {session_daemon.log()!r}")
+    log = session_daemon.log()
     assert f"[worker {worker.worker_id}] " in log and "INFO worker.service: model echo loaded" \
         in log

@@ -18,6 +18,7 @@ from uvicorn.protocols.http import flow_control, httptools_impl
 
 from daemon.http.uvicorn_adapter import (UVICORN_PRIVATE, InferenceServer, protocol_for,
                                          uvicorn_config)
+from tests.support.waiting import until
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -75,8 +76,7 @@ async def _attributes_of_a_live_request() -> dict[str, set[str]]:
                                             graceful=5))
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+        await until(lambda: server.started, timeout=10, interval=0.01, what="the server started")
         reader, writer = await asyncio.open_connection(*sock.getsockname())
         writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
         assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(

@@ -19,6 +19,7 @@ from daemon.models.job import Answer, Failure, Part, Job
 from daemon.models.queue import JobQueue
 from daemon.models.registry import ModelSettings
 from tests.support.virtual_time import run_on_virtual_time as run
+from tests.support.waiting import until
 
 
 class MemoryChannel:
@@ -107,8 +108,8 @@ def test_batches_form_by_size_and_delay_and_are_answered_in_order():
         assert await a.next_event() == Answer({"id": "a", "body": b"ok"})
         assert isinstance(await b.next_event(), Answer)
         start = asyncio.get_running_loop().time()
-        while len(channel.batches) < 2:       # "c" waits out its 50 ms for a partner
-            await asyncio.sleep(0.001)
+        # "c" waits out its 50 ms for a partner
+        await until(lambda: len(channel.batches) == 2, interval=0.001)
         assert asyncio.get_running_loop().time() - start <= 0.051
         channel.answer()
         assert isinstance(await c.next_event(), Answer)
@@ -243,14 +244,12 @@ def test_a_batch_still_filling_is_not_sent_ahead():
         feeder, observer = observed(mv, channel)
         serving = asyncio.ensure_future(feeder.serve())
         submit(mv, "a")
-        while not channel.batches:            # "a" goes alone once its 100 ms are over
-            await asyncio.sleep(0.01)
+        await until(lambda: channel.batches, interval=0.01)   # "a" goes alone after 100 ms
         submit(mv, "b")                       # arrives while "a" runs; may still get company
         channel.answer()
         assert sent_ids(channel) == [["a"]] and observer.gaps == []
         started = asyncio.get_running_loop().time()
-        while len(channel.batches) < 2:
-            await asyncio.sleep(0.001)
+        await until(lambda: len(channel.batches) == 2, interval=0.001)
         assert asyncio.get_running_loop().time() - started == pytest.approx(0.1, abs=0.002)
         feeder.stop(asyncio.get_running_loop().time() + 5)
         channel.answer()

@@ -23,6 +23,7 @@ from daemon.errors import (
     ModelNotFound,
     TorchdError,
 )
+from tests.support.waiting import wait_until
 
 LOCAL = [r"http://127\.0\.0\.1:\d+/.*"]
 Route = Callable[[BaseHTTPRequestHandler], None]
@@ -238,10 +239,8 @@ def test_concurrent_downloads_of_one_name(server, mar_bytes, model_store, extrac
     threads = [threading.Thread(target=register) for _ in range(2)]
     for t in threads:
         t.start()
-    deadline = time.monotonic() + 5
-    while len(server.requests) < 2 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert len(server.requests) == 2, "both downloads should be in flight together"
+    wait_until(lambda: len(server.requests) >= 2, 5, 0.01, "both downloads in flight together")
+    assert len(server.requests) == 2
     server.release.set()
     for t in threads:
         t.join(10)

@@ -1,8 +1,6 @@
 """A job's typed events and its flow control (daemon/models/job.py), without processes."""
 from __future__ import annotations
 
-import asyncio
-
 from daemon.errors import InternalServerError
 from daemon.models.job import GONE, PARTS_HIGH, PARTS_LOW, Answer, Failure, Job, Part
 from tests.daemon.models.test_dispatcher import MemoryChannel
@@ -90,4 +88,3 @@ def test_a_job_not_running_anywhere_holds_nothing():
     job = Job("a", {"id": "a"}, 0.0)
     job.hold()
     assert not job.held
-    asyncio.run(asyncio.sleep(0))

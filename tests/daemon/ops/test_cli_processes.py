@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import psutil
@@ -17,6 +16,7 @@ import pytest
 from daemon.config.settings import load_config
 from daemon.ops import cli, pidfile
 from daemon.osutil import pid_gone
+from tests.support.daemon import REPO
 
 TIMEOUT = 90
 
@@ -30,13 +30,26 @@ def fake_torchd() -> subprocess.Popen:
 
 
 def not_torchd() -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    """A process that is not torchd and echoes each line it reads: an answer proves it got no
+    signal before the question (a pending fatal one kills it before it can run again)."""
+    return subprocess.Popen([sys.executable, "-c",
+                             "import sys\nfor line in sys.stdin: print(line, end='', flush=True)"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def echoes(process: subprocess.Popen, line: str = "still there\n") -> bool:
+    process.stdin.write(line)
+    process.stdin.flush()
+    return process.stdout.readline() == line
 
 
 def reap(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.kill()
     process.wait(timeout=10)
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            pipe.close()
 
 
 def run_cli(args: list[str], cwd: Path, env: dict | None = None,
@@ -44,6 +57,9 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None,
     full_env = {key: value for key, value in os.environ.items()
                 if not key.startswith("TS_") and key not in ("LOG_LOCATION", "NOTIFY_SOCKET")}
     full_env.update(env or {})
+    # this checkout's code, whatever the cwd: an installed torchd may be another checkout's
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO),
+                                                           full_env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "daemon.ops.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
 
@@ -110,19 +126,20 @@ def test_stop_never_signals_a_process_that_is_not_torchd(tmp_path, capsys):
         assert cli.main(["status", "--pid-file", str(pid_path)]) == 1
         assert cli.main(["stop", "--pid-file", str(pid_path)]) == 0
         assert "stale pid file" in capsys.readouterr().out
-        time.sleep(0.2)
-        assert process.poll() is None
+        assert echoes(process)   # any signal was sent before stop returned
     finally:
         reap(process)
 
 
 def test_stop_reports_a_daemon_that_does_not_exit(tmp_path, capsys):
-    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
-    process = subprocess.Popen(["torchd", "-c", code], executable=sys.executable)
+    code = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+            "print('ignoring SIGTERM', flush=True); signal.pause()")
+    process = subprocess.Popen(["torchd", "-c", code], executable=sys.executable,
+                               stdout=subprocess.PIPE, text=True)
     try:
         pid_path = tmp_path / "t.pid"
         pidfile.write_pid(pid_path, process.pid)
-        time.sleep(0.3)  # let it install the handler
+        assert process.stdout.readline() == "ignoring SIGTERM\n"   # the handler is in place
         assert cli.main(["stop", "--pid-file", str(pid_path), "--wait", "0.5"]) == 1
         assert "still running after 0.5 s" in capsys.readouterr().err
         assert pid_path.exists()

@@ -11,6 +11,7 @@ import uvloop
 from daemon.http.common import DISCONNECT_HOOKS
 from daemon.http.uvicorn_adapter import (InferenceProtocol, InferenceServer, set_nodelay,
                                          uvicorn_config)
+from tests.support.waiting import until
 
 
 async def answer(scope, receive, send):
@@ -73,8 +74,7 @@ async def serve_app(app, client, direct=None):
                                             graceful=5))
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+        await until(lambda: server.started, timeout=10, interval=0.01, what="the server started")
         await asyncio.wait_for(client(*sock.getsockname(), server), 10)
     finally:
         server.should_exit = True
@@ -129,22 +129,24 @@ def test_an_interim_100_continue_is_never_held():
 
 
 def test_disconnect_hooks_run_when_the_client_hangs_up_mid_request():
-    heard = asyncio.Event()
+    heard, entered, release = asyncio.Event(), asyncio.Event(), asyncio.Event()
     finished = []
 
     async def slow(scope, receive, send):
         scope = {**scope}   # a copy, as middleware makes: the hooks list is shared
         scope[DISCONNECT_HOOKS].append(heard.set)
-        await asyncio.sleep(1)
+        entered.set()
+        await release.wait()   # the app runs on until the client has heard the hook
         finished.append(True)
 
     async def client(host, port, _server):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        await asyncio.sleep(0.1)
+        await asyncio.wait_for(entered.wait(), 5)   # the request is in the app
         writer.close()
-        await asyncio.wait_for(heard.wait(), 0.5)   # at once, not after the app's second
+        await asyncio.wait_for(heard.wait(), 5)     # at once: the app has not ended
         assert not finished
+        release.set()
     uvloop.run(serve_app(slow, client))
 
 
@@ -155,12 +157,14 @@ def test_disconnect_hooks_are_not_called_once_the_response_is_complete():
         scope[DISCONNECT_HOOKS].append(lambda: called.append(True))
         await answer(scope, receive, send)
 
-    async def client(host, port, _server):
+    async def client(host, port, server):
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await reader.readuntil(b"\r\n\r\nok")
         writer.close()
-        await asyncio.sleep(0.2)
+        # the server has seen the connection go (connection_lost, where the hooks would run)
+        await until(lambda: not server.server_state.connections, timeout=5,
+                    what="the connection closed on the server's side")
         assert called == []
     uvloop.run(serve_app(quick, client))
 

@@ -7,7 +7,8 @@ real frame protocol over real Unix sockets to the real runner, and the process o
 stepped by hand, so backoff delays, the READY period that resets them, heartbeats and the
 autoscaler's delays are exact; reconcile/heartbeat/autoscale are called by the test instead of
 the supervisor's own loop. A test is an async function decorated with @scenario; it takes the
-runtime_dir fixture of tests/daemon/workers/conftest.py.
+runtime_dir fixture of tests/daemon/workers/conftest.py. ``until`` (tests/support/waiting.py,
+re-exported here) lets the loop run until a condition holds.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.workers.handle import WorkerHandle
 from protocol import messages
 from protocol.streams import read_frame, write_frame
+from tests.support.waiting import until   # the tests' one polling helper (real time here)
 
 S = WorkerState
 TEST_TIMEOUT = 20.0
@@ -204,17 +206,6 @@ class Harness:
             "torchd_autoscale_events_total",
             {"model_name": mv.name, "model_version": mv.version, "direction": direction})
         return value or 0.0
-
-
-async def until(predicate: Callable[[], Any], timeout: float = 3.0) -> Any:
-    """Let the event loop run until ``predicate()`` holds (real time: sockets are real)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not (value := predicate()):
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout} s")
-        await asyncio.sleep(0.005)
-    return value
 
 
 async def ready(h: Harness, mv: ModelVersion, count: int) -> list[WorkerHandle]:

@@ -68,16 +68,17 @@ async def test_worker_over_max_rss_is_recycled(h: Harness) -> None:
 @scenario
 async def test_a_stop_does_not_wait_for_a_slow_spawn(h: Harness) -> None:
     mv = h.model()
-    gate = asyncio.Event()
+    gate, spawning = asyncio.Event(), asyncio.Event()
     real_spawn = h.launcher.spawn
 
     async def slow_spawn(*args: Any) -> int:     # a zygote still importing torch
+        spawning.set()
         await gate.wait()
         return await real_spawn(*args)
 
     h.launcher.spawn = slow_spawn  # type: ignore[method-assign]
     scale(h, mv, 1, 1)
-    await asyncio.sleep(0.05)
+    await asyncio.wait_for(spawning.wait(), 3)    # the runner waits in the spawn
     scale(h, mv, 0, 0)
     await until(lambda: not h.handles(mv), timeout=1)
     assert h.launcher.spawned == [] and h.sup.record(mv).start_failures == 0

@@ -2,7 +2,6 @@
 and reconcile, draining stops, and the autoscaler."""
 from __future__ import annotations
 
-import asyncio
 import signal
 
 from tests.daemon.workers.supervisor_harness import (
@@ -58,7 +57,8 @@ async def test_scale_down_lets_the_in_flight_batch_finish(h: Harness) -> None:
     mv, handle, job = await one_busy_worker(h)
     scale(h, mv, 0, 0, stop_timeout=10)
     assert handle.state is S.STOPPING
-    await asyncio.sleep(0.05)
+    # the stop has reached the worker's dispatcher (its deadline set): it lets the batch run
+    await until(lambda: handle.dispatcher.stop_deadline is not None, what="the stop delivered")
     assert not job.finished
     h.fake(handle).answer()
     kind, _ = await outcome(job)
