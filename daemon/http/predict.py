@@ -62,7 +62,9 @@ async def form_parameters(scope: dict[str, Any], body: bytes,
 
 def is_form(content_type: str | None) -> bool:
     """A multipart or urlencoded body: one parameter per field (starlette's parser)."""
-    return bool(content_type) and str(content_type).split(";")[0].strip().lower() in FORM_TYPES
+    if not content_type:
+        return False
+    return content_type.split(";")[0].strip().lower() in FORM_TYPES
 
 
 def request_headers(scope: dict[str, Any], extra_headers: tuple) -> list[list[str]]:
