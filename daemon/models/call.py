@@ -65,8 +65,7 @@ class PredictionCall:
 
     async def next_event(self) -> Event:
         event = await self.job.next_event()
-        if not self.status:
-            self.record(event.status)
+        self.record(event.status)
         return event
 
     def listen(self, listener: Callable[[Event], None]) -> None:
@@ -75,8 +74,7 @@ class PredictionCall:
         self.job.listen(self._on_event)
 
     def _on_event(self, event: Event) -> None:
-        if not self.status:
-            self.record(event.status)
+        self.record(event.status)
         listener = self._listener
         if event.final:
             self._listener = None   # no reference cycle outlives the request
@@ -118,7 +116,7 @@ class Predictions:
         self.counter = counter
 
     def start(self, name: str, version: str | None, headers: list[list[str]],
-              params: list[dict[str, Any]], request_id: str | None = None,
+              params: list[dict[str, Any]], *, request_id: str | None = None,
               sequence: str | None = None) -> PredictionCall:
         """Submit a request for model ``name`` (``version``: None or "" for the default).
 

@@ -13,7 +13,7 @@ from daemon.errors import TorchdError
 from daemon.rpc import sequences
 from daemon.rpc.generated import inference_pb2 as pb
 from daemon.rpc.generated import inference_pb2_grpc as pb_grpc
-from daemon.rpc.jobs import GrpcPredictions, input_parameters, request_headers
+from daemon.rpc.jobs import input_parameters, outcome, parts, request_headers
 from daemon.rpc.status import abort, answer, json_text
 
 Context = grpc.aio.ServicerContext
@@ -22,7 +22,7 @@ Context = grpc.aio.ServicerContext
 class InferenceService(pb_grpc.InferenceAPIsServiceServicer):
     def __init__(self, core: Core) -> None:
         self.health = core.health
-        self.calls = GrpcPredictions(core.predictions)
+        self.predictions = core.predictions
 
     async def Ping(self, request: Any, context: Context) -> pb.TorchServeHealthResponse:
         status = "Healthy" if self.health.healthy() else "Unhealthy"
@@ -34,25 +34,27 @@ class InferenceService(pb_grpc.InferenceAPIsServiceServicer):
 
     async def _predict(self, request: pb.PredictionsRequest,
                        context: Context) -> pb.PredictionResponse:
-        call = self.calls.start(request.model_name, request.model_version,
-                                request_headers(context), input_parameters(request.input.items()))
-        return pb.PredictionResponse(prediction=await self.calls.outcome(call))
+        call = self.predictions.start(request.model_name, request.model_version,
+                                      request_headers(context),
+                                      input_parameters(request.input.items()))
+        return pb.PredictionResponse(prediction=await outcome(call))
 
     async def StreamPredictions(self, request: pb.PredictionsRequest,
                                 context: Context) -> AsyncIterator[pb.PredictionResponse]:
         try:
-            call = self.calls.start(request.model_name, request.model_version,
-                                    request_headers(context),
-                                    input_parameters(request.input.items()))
+            call = self.predictions.start(request.model_name, request.model_version,
+                                          request_headers(context),
+                                          input_parameters(request.input.items()))
         except TorchdError as exc:
             await abort(context, exc)
         try:
-            async for body in self.calls.parts(call):
+            async for body in parts(call):
                 yield pb.PredictionResponse(prediction=body)
         except TorchdError as exc:
             await abort(context, exc)
 
     async def StreamPredictions2(self, request_iterator: AsyncIterator[pb.PredictionsRequest],
                                  context: Context) -> AsyncIterator[pb.PredictionResponse]:
-        async for response in sequences.stream_sequence(self.calls, request_iterator, context):
+        async for response in sequences.stream_sequence(self.predictions, request_iterator,
+                                                        context):
             yield response

@@ -1,5 +1,6 @@
-"""A gRPC prediction as a prediction call (daemon/models/call.py): the call's request made from
-the gRPC request, and its events turned into answers. Submission, hang-ups, flow control and
+"""A gRPC prediction as a prediction call (daemon/models/call.py, started with
+``core.predictions.start``): the call's request made from the gRPC request, and its events turned
+into answers. Submission, hang-ups, flow control and
 the outcome's count are the call's, as on REST."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import grpc
 
 from daemon.errors import TorchdError
-from daemon.models.call import PredictionCall, Predictions
+from daemon.models.call import PredictionCall
 from daemon.models.job import Failure, Gone, Part
 from protocol import messages
 
@@ -38,38 +39,28 @@ def answer_body(event: Part) -> bytes:
     return response.get("body") or b""
 
 
-class GrpcPredictions:
-    """Starts calls for the gRPC services and reads their events as gRPC answers them."""
+async def outcome(call: PredictionCall) -> bytes:
+    """A unary answer: the call's last event (past any parts a streaming handler sends) as its
+    body; raises the TorchdError a failure means."""
+    body = b""
+    async for body in parts(call):
+        pass
+    return body
 
-    def __init__(self, predictions: Predictions) -> None:
-        self.predictions = predictions
 
-    def start(self, name: str, version: str, headers: list[list[str]],
-              params: list[dict[str, Any]], sequence: str | None = None) -> PredictionCall:
-        """Raises TorchdError (unknown model, no worker, queue full) as REST would answer."""
-        return self.predictions.start(name, version, headers, params, sequence=sequence)
-
-    async def outcome(self, call: PredictionCall) -> bytes:
-        """A unary answer: the call's last event (past any parts a streaming handler sends)
-        as its body; raises the TorchdError a failure means."""
-        body = b""
-        async for body in self.parts(call):
-            pass
-        return body
-
-    async def parts(self, call: PredictionCall) -> AsyncIterator[bytes]:
-        """Each part's body, then the answer's; raises the TorchdError a failure means. A call
-        cancelled meanwhile (the client went away) hangs up: a job still waiting never runs."""
-        try:
-            while True:
-                event = await call.next_event()
-                if isinstance(event, Failure):
-                    raise event.error
-                if isinstance(event, Gone):   # only once the call was cancelled: nobody reads
-                    return
-                yield answer_body(event)
-                if event.final:
-                    return
-        except BaseException:
-            call.hang_up()
-            raise
+async def parts(call: PredictionCall) -> AsyncIterator[bytes]:
+    """Each part's body, then the answer's; raises the TorchdError a failure means. A call
+    cancelled meanwhile (the client went away) hangs up: a job still waiting never runs."""
+    try:
+        while True:
+            event = await call.next_event()
+            if isinstance(event, Failure):
+                raise event.error
+            if isinstance(event, Gone):   # only once the call was cancelled: nobody reads
+                return
+            yield answer_body(event)
+            if event.final:
+                return
+    except BaseException:
+        call.hang_up()
+        raise

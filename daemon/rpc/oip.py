@@ -15,7 +15,7 @@ from daemon.errors import InternalServerError
 from daemon.models.oip import EXTENSIONS, SERVER_NAME, model_metadata, model_ready
 from daemon.rpc.generated import grpc_predict_v2_pb2 as pb
 from daemon.rpc.generated import grpc_predict_v2_pb2_grpc as pb_grpc
-from daemon.rpc.jobs import GrpcPredictions, request_headers
+from daemon.rpc.jobs import outcome, request_headers
 from daemon.rpc.status import answer
 from daemon.rpc.tensors import request_document, response_message
 from protocol import messages
@@ -27,7 +27,7 @@ TensorMetadata = pb.ModelMetadataResponse.TensorMetadata
 class OipService(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: Core) -> None:
         self.core = core
-        self.calls = GrpcPredictions(core.predictions)
+        self.predictions = core.predictions
 
     async def ServerLive(self, request: Any, context: Context) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -63,10 +63,10 @@ class OipService(pb_grpc.GRPCInferenceServiceServicer):
     async def _infer(self, request: pb.ModelInferRequest,
                      context: Context) -> pb.ModelInferResponse:
         body = json.dumps(request_document(request)).encode()
-        call = self.calls.start(request.model_name, request.model_version,
-                                request_headers(context),
-                                [messages.parameter("body", "application/json", body)])
-        answered = await self.calls.outcome(call)
+        call = self.predictions.start(request.model_name, request.model_version,
+                                      request_headers(context),
+                                      [messages.parameter("body", "application/json", body)])
+        answered = await outcome(call)
         try:
             document = json.loads(answered)
         except ValueError:

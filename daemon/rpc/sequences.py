@@ -18,22 +18,22 @@ from typing import Any
 import grpc
 
 from daemon.errors import RequestTimeout, ServiceUnavailable, TorchdError
-from daemon.models.call import new_request_id
+from daemon.models.call import Predictions, new_request_id
 from daemon.models.registry import ModelVersion
 from daemon.rpc.generated import inference_pb2 as pb
 from daemon.rpc.generated import rpc_status_pb2
-from daemon.rpc.jobs import GrpcPredictions, input_parameters, request_headers
+from daemon.rpc.jobs import input_parameters, outcome, request_headers
 from daemon.rpc.status import abort, grpc_code
 
 _END = object()
 
 
-async def stream_sequence(calls: GrpcPredictions, requests: AsyncIterator[pb.PredictionsRequest],
+async def stream_sequence(predictions: Predictions, requests: AsyncIterator[pb.PredictionsRequest],
                           context: grpc.aio.ServicerContext,
                           ) -> AsyncIterator[pb.PredictionResponse]:
     inbox: asyncio.Queue = asyncio.Queue()
     reader = asyncio.ensure_future(_read(requests, inbox))
-    stream = _Sequence(calls, request_headers(context))
+    stream = _Sequence(predictions, request_headers(context))
     try:
         while True:
             request = await stream.next_request(inbox)
@@ -57,8 +57,8 @@ async def _read(requests: AsyncIterator[Any], inbox: asyncio.Queue) -> None:
 
 
 class _Sequence:
-    def __init__(self, calls: GrpcPredictions, headers: list[list[str]]) -> None:
-        self.calls = calls
+    def __init__(self, predictions: Predictions, headers: list[list[str]]) -> None:
+        self.predictions = predictions
         self.headers = headers
         self.own_id = new_request_id()
         self.lanes: dict[tuple[int, str], ModelVersion] = {}
@@ -87,11 +87,12 @@ class _Sequence:
         return pb.PredictionResponse(prediction=body, sequence_id=sequence)
 
     async def _predict(self, request: pb.PredictionsRequest, sequence: str) -> bytes:
-        call = self.calls.start(request.model_name, request.model_version, self.headers,
-                                input_parameters(request.input.items()), sequence)
+        call = self.predictions.start(request.model_name, request.model_version, self.headers,
+                                      input_parameters(request.input.items()),
+                                      sequence=sequence)
         self.lanes[(id(call.mv), sequence)] = call.mv
         self.idle = _idle_limit(call.mv, sequence)
-        return await self.calls.outcome(call)
+        return await outcome(call)
 
     def end(self) -> None:
         """Close every sequence this stream opened: their workers are free for others."""

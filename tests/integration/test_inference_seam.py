@@ -4,7 +4,6 @@ drains the requests in flight on both paths, and no logging configuration turns 
 path off."""
 from __future__ import annotations
 
-import json
 import re
 import signal
 import socket
@@ -18,7 +17,7 @@ import requests
 from tests.support.archives import archive_source
 from tests.support.daemon import Daemon
 from tests.support.gates import Gate
-from tests.support.ops import make_store
+from tests.support.ops import file_log_config, make_store
 from tests.support.waiting import wait_until
 
 PART = 64 * 1024
@@ -206,14 +205,9 @@ def test_trace_logging_leaves_the_direct_path_on(archive_dir, tmp_path):
     """uvicorn wraps the app in its message logger at TRACE level; the direct path must not
     depend on finding itself on the app it was given."""
     log_file = tmp_path / "daemon.log"
-    log_config = tmp_path / "logging.json"
-    log_config.write_text(json.dumps({
-        "version": 1,
-        "formatters": {"plain": {"format": "%(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file),
-                              "formatter": "plain"}},
-        "loggers": {"uvicorn": {"level": 5}, "uvicorn.error": {"level": 5}},
-        "root": {"level": "INFO", "handlers": ["file"]}}))
+    log_config = file_log_config(tmp_path / "logging.json", log_file,
+                                 "%(levelname)s %(name)s: %(message)s",
+                                 loggers={"uvicorn": 5, "uvicorn.error": 5})
     d = Daemon(tmp_path, make_store(archive_dir, tmp_path / "store", ["echo"]))
     try:
         d.start("--log-config", str(log_config))

@@ -4,7 +4,6 @@ stderr are forwarded line by line through the daemon's logging (so into that fil
 with the worker id."""
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.support.daemon import Daemon
-from tests.support.ops import make_store
+from tests.support.ops import file_log_config, make_store
 from tests.support.waiting import wait_until
 
 
@@ -20,13 +19,8 @@ from tests.support.waiting import wait_until
 def logged(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("ops-logs")
     log_file = workdir / "daemon.log"
-    log_config = workdir / "logging.json"
-    log_config.write_text(json.dumps({
-        "version": 1,
-        "formatters": {"plain": {"format": "CFG %(levelname)s %(name)s: %(message)s"}},
-        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file),
-                              "formatter": "plain"}},
-        "root": {"level": "INFO", "handlers": ["file"]}}))
+    log_config = file_log_config(workdir / "logging.json", log_file,
+                                 "CFG %(levelname)s %(name)s: %(message)s")
     d = Daemon(workdir, make_store(archive_dir, workdir / "store", ["echo"]),
                {"worker_spawn": "exec"})
     try:

@@ -2,6 +2,8 @@
 stores, describe documents without their per-process fields, /metrics samples, the health script."""
 from __future__ import annotations
 
+import json
+
 import shutil
 import socket
 import subprocess
@@ -143,3 +145,16 @@ SLOW_HANDLER = textwrap.dedent("""
 
 def build_slow_archive(out_dir: Path, src: Path) -> None:
     archive_source(SLOW_HANDLER, "slow", out_dir, src)
+
+
+def file_log_config(path: Path, log_file: Path, fmt: str, loggers: dict | None = None) -> Path:
+    """A ``--log-config`` file (logging's dictConfig, JSON) that sends every INFO line (and what
+    ``loggers`` set lower) to ``log_file`` in format ``fmt``."""
+    path.write_text(json.dumps({
+        "version": 1,
+        "formatters": {"plain": {"format": fmt}},
+        "handlers": {"file": {"class": "logging.FileHandler", "filename": str(log_file),
+                              "formatter": "plain"}},
+        "loggers": {name: {"level": level} for name, level in (loggers or {}).items()},
+        "root": {"level": "INFO", "handlers": ["file"]}}))
+    return path
