@@ -15,16 +15,28 @@ HELLO = "hello"            # pid, worker_id
 LOADED = "loaded"          # ok, error (cause text, "Type: message"), load_seconds
 RESULT = "result"          # batch_id, responses: [response], metrics: [metric] (when any)
 STREAM = "stream"          # batch_id, response (one intermediate part for one request)
+STEP = "step"              # batch_id, responses: [response (more: True stays in the batch)], metrics
 DESCRIBED = "described"    # ok, result (JSON-able), error
 PONG = "pong"              # seq
 
 # daemon -> worker
 LOAD = "load"              # model_dir, model_name, handler, manifest, threads, gpu_id ...
 PREDICT = "predict"        # batch_id, requests: [request]
+JOIN = "join"              # batch_id, requests: [request] join the running batch, cancel: [id] leave it
 THREADS = "threads"        # count: torch intra-op threads from now on (the CPU share changed)
 DESCRIBE = "describe"      # (no fields)
 PING = "ping"              # seq (heartbeat)
 SHUTDOWN = "shutdown"      # (no fields)
+
+# LOAD's ``mode``: how the worker takes its requests (TorchServe's model-config.yaml keys)
+MODE_BATCH = "batch"            # one PREDICT at a time, one RESULT each (the default)
+MODE_CONTINUOUS = "continuous"  # continuousBatching: JOIN frames in, one STEP frame per step out
+MODE_ASYNC = "async"            # asyncCommunication: PREDICTs without waiting, RESULTs in any order
+MODES = (MODE_BATCH, MODE_CONTINUOUS, MODE_ASYNC)
+
+# TorchServe's request headers of a sequence (config.properties ts_header_key_sequence_*)
+SEQUENCE_HEADERS = {"id": "ts_request_sequence_id", "start": "ts_request_sequence_start",
+                    "end": "ts_request_sequence_end"}
 
 # daemon <-> zygote
 SPAWN = "spawn"            # worker_id, socket_path, title, daemon_pid
@@ -42,18 +54,22 @@ def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_si
          model_yaml_config: dict, server_version: str, limit_max_image_pixels: bool = True,
          max_response_size: int = DEFAULT_MAX_FRAME, threads: int = 0,
          gpu_id: int | None = None, service_envelope: str | None = None,
-         max_request_frame: int = DEFAULT_MAX_FRAME) -> dict[str, Any]:
+         max_request_frame: int = DEFAULT_MAX_FRAME, mode: str = MODE_BATCH,
+         sequence_headers: dict[str, str] | None = None) -> dict[str, Any]:
     """``threads``: torch threads (intra- and inter-op) to set before the handler loads; 0
     leaves torch's own default. ``gpu_id``: the CUDA device ordinal the worker's model goes on
     (``context.system_properties["gpu_id"]``); None: the CPU. ``service_envelope``: the request
     envelope the handler is wrapped in (json, body, kserve, kservev2); None: none.
-    ``max_request_frame``: the largest frame the daemon may send it (``predict_frame_limit``)."""
+    ``max_request_frame``: the largest frame the daemon may send it (``predict_frame_limit``).
+    ``mode``: one of MODES. ``sequence_headers``: the names of the sequence headers (id, start,
+    end) the handler's context uses (``context.header_key_sequence_id`` ...)."""
     return {"kind": LOAD, "model_dir": model_dir, "model_name": model_name, "handler": handler,
             "manifest": manifest, "batch_size": batch_size,
             "model_yaml_config": model_yaml_config, "server_version": server_version,
             "limit_max_image_pixels": limit_max_image_pixels,
             "max_response_size": max_response_size, "threads": threads, "gpu_id": gpu_id,
-            "service_envelope": service_envelope, "max_request_frame": max_request_frame}
+            "service_envelope": service_envelope, "max_request_frame": max_request_frame,
+            "mode": mode, "sequence_headers": dict(sequence_headers or SEQUENCE_HEADERS)}
 
 
 def loaded(ok: bool, error: str | None = None, load_seconds: float = 0.0) -> dict[str, Any]:
@@ -75,11 +91,15 @@ def predict(batch_id: int, requests: list[dict[str, Any]]) -> dict[str, Any]:
 
 def response(request_id: str, status: int, reason: str, body: bytes,
              content_type: str | None = None, headers: Headers | None = None,
-             error: bool = False) -> dict[str, Any]:
+             error: bool = False, more: bool = False) -> dict[str, Any]:
     """One request's answer. ``error=True`` means the handler failed: ``reason`` is the message
-    the daemon renders as TorchServe's error JSON, and ``body`` is empty."""
-    return {"id": request_id, "status": status, "reason": reason, "body": body,
-            "content_type": content_type, "headers": headers or [], "error": error}
+    the daemon renders as TorchServe's error JSON, and ``body`` is empty. ``more=True`` (a STEP's
+    responses only): a part; the request stays in the running batch for the next step."""
+    message = {"id": request_id, "status": status, "reason": reason, "body": body,
+               "content_type": content_type, "headers": headers or [], "error": error}
+    if more:
+        message["more"] = True
+    return message
 
 
 def result(batch_id: int, responses: list[dict[str, Any]],
@@ -98,6 +118,23 @@ def metric(name: str, unit: str, metric_type: str, value: float,
     ``dimensions``: ``[name, value]`` pairs."""
     return {"name": name, "unit": unit, "type": metric_type, "value": value,
             "dimensions": dimensions}
+
+
+def join(batch_id: int, requests: list[dict[str, Any]], cancel: list[str]) -> dict[str, Any]:
+    """Continuous batching: ``requests`` join the worker's running batch at its next step, the
+    requests named in ``cancel`` leave it (their clients hung up). ``batch_id`` names the
+    running batch; the worker's STEP and STREAM frames carry it."""
+    return {"kind": JOIN, "batch_id": batch_id, "requests": requests, "cancel": cancel}
+
+
+def step(batch_id: int, responses: list[dict[str, Any]],
+         metrics: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """One step of a running batch: a response per request that took part (``more`` set on
+    those that stay for the next step)."""
+    message = {"kind": STEP, "batch_id": batch_id, "responses": responses}
+    if metrics:
+        message["metrics"] = metrics
+    return message
 
 
 def stream(batch_id: int, part: dict[str, Any]) -> dict[str, Any]:

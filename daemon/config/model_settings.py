@@ -120,6 +120,34 @@ MODEL_SETTINGS: tuple[ModelSetting, ...] = (
       "cpu: never a GPU; gpu or unset: one if there is.", read=READ_DEVICE),
     M("device_ids", "deviceIds", parse_device_ids, (),
       "The GPUs its workers may use (empty: any).", read=READ_DEVICE),
+    # serving modes (TorchServe 0.12's model-config.yaml keys; daemon/models/modes.py)
+    M("sequence_batching", "sequenceBatching", parse_bool, False,
+      "Stateful sequences: a sequence's requests run in order on the worker holding its state.",
+      read=READ_FLAG),
+    M("sequence_max_idle_ms", "sequenceMaxIdleMSec", parse_int, 0,
+      "A sequence with no request for this many ms ends (sequenceBatching needs it > 0).",
+      floor=0),
+    M("sequence_timeout_ms", "sequenceTimeoutMSec", parse_int, 0,
+      "A sequence ends this many ms after it opened (0: never).", floor=0),
+    M("max_sequence_job_queue_size", "maxSequenceJobQueueSize", parse_positive_int, 1,
+      "Requests one sequence may have waiting before 503.", floor=1),
+    M("max_num_sequence", "maxNumSequence", parse_positive_int, 1,
+      "Open sequences before 503 (at least batchSize x maxWorkers).", floor=1),
+    M("continuous_batching", "continuousBatching", parse_bool, False,
+      "The worker keeps a running batch; requests join and leave between steps.",
+      read=READ_FLAG),
+    M("async_communication", "asyncCommunication", parse_bool, False,
+      "The worker runs its handler in an event loop; batches go without waiting.",
+      read=READ_FLAG),
+    M("max_batches_in_flight", "maxBatchesInFlight", parse_positive_int, 64,
+      "asyncCommunication: most batches sent to one worker and not yet answered.", floor=1),
+    M("use_job_ticket", "useJobTicket", parse_bool, False,
+      "Refuse a request at once (503) unless a worker is free to take it.", read=READ_FLAG),
+    M("client_timeout_ms", "clientTimeoutInMills", parse_int, 0,
+      "A request unanswered after this many ms gets 504 and is never sent later (0: never).",
+      floor=0),
+    M("max_retry_timeout", "maxRetryTimeoutInSec", parse_int, 300,
+      "Seconds a failing worker is restarted before it is left FAILED.", floor=0),
 )
 del M
 
@@ -149,6 +177,17 @@ class ModelSettings:
     redispatch: bool = _DEFAULT["redispatch"]
     device_type: str | None = _DEFAULT["device_type"]
     device_ids: tuple[int, ...] = _DEFAULT["device_ids"]
+    sequence_batching: bool = _DEFAULT["sequence_batching"]
+    sequence_max_idle_ms: int = _DEFAULT["sequence_max_idle_ms"]
+    sequence_timeout_ms: int = _DEFAULT["sequence_timeout_ms"]
+    max_sequence_job_queue_size: int = _DEFAULT["max_sequence_job_queue_size"]
+    max_num_sequence: int = _DEFAULT["max_num_sequence"]
+    continuous_batching: bool = _DEFAULT["continuous_batching"]
+    async_communication: bool = _DEFAULT["async_communication"]
+    max_batches_in_flight: int = _DEFAULT["max_batches_in_flight"]
+    use_job_ticket: bool = _DEFAULT["use_job_ticket"]
+    client_timeout_ms: int = _DEFAULT["client_timeout_ms"]
+    max_retry_timeout: int = _DEFAULT["max_retry_timeout"]      # seconds
 
 
 def model_default(field: str) -> Any:

@@ -29,6 +29,10 @@ SAMPLES: dict[str, Any] = {
     "response_timeout": 9, "startup_timeout": 11, "job_queue_size": 13,
     "max_requests_per_worker": 17, "max_worker_rss": 19 << 20, "worker_threads": 2,
     "redispatch": False, "device_type": "cpu", "device_ids": (1,),
+    "sequence_batching": True, "sequence_max_idle_ms": 23, "sequence_timeout_ms": 29,
+    "max_sequence_job_queue_size": 3, "max_num_sequence": 5, "continuous_batching": True,
+    "async_communication": True, "max_batches_in_flight": 6, "use_job_ticket": True,
+    "client_timeout_ms": 31, "max_retry_timeout": 37,
 }
 GPUS = SimpleNamespace(ids=(0, 1))
 
