@@ -18,6 +18,7 @@ from daemon.errors import TorchdError, no_worker_error
 from daemon.models.job import Event, Job
 from daemon.models.queue import QueueFull, queue_full_error
 from daemon.models.registry import ModelVersion, Registry
+from daemon.models.sequences import SequenceRules
 from protocol import messages
 
 
@@ -117,25 +118,58 @@ class Predictions:
 
     def start(self, name: str, version: str | None, headers: list[list[str]],
               params: list[dict[str, Any]], *, request_id: str | None = None,
-              sequence: str | None = None) -> PredictionCall:
+              sequence: str | None = None, opens: bool = False) -> PredictionCall:
         """Submit a request for model ``name`` (``version``: None or "" for the default).
 
+        ``sequence``: the request's sequence id when its protocol carries one outside the
+        headers (gRPC StreamPredictions2; ``opens``: an id made for a new sequence). A model with
+        ``sequenceBatching`` reads it from the ``ts_request_sequence_id`` header otherwise, and
+        opens a sequence of its own for a request without one (as TorchServe). Either way the
+        handler sees the id in that header (``context.get_sequence_id``).
+
         Raises TorchdError as TorchServe answers: unknown model or version (not counted: no
-        model version to count it for), no worker, queue full, version going away (counted).
+        model version to count it for), no worker, queue full, a sequence that cannot take the
+        request, version going away (counted).
         """
         mv = self.registry.get(name, version or None)
         rid = request_id or new_request_id()
+        starting = False
+        if sequence is not None or mv.settings.sequence_batching:
+            headers, sequence, starting = sequence_headers(headers, sequence, opens)
         job = Job(rid, messages.request(rid, headers, params), time.monotonic())
-        job.sequence = sequence
+        if mv.settings.sequence_batching:
+            job.sequence = sequence
         call = PredictionCall(self.counter, mv, job, bool(version))
         try:
             if not self.servers.can_serve(mv):
                 raise no_worker_error(mv.name)
             try:
-                mv.queue.submit(job)
+                if job.sequence is not None:
+                    mv.queue.submit_sequence(job, SequenceRules.of(mv), starting)
+                else:
+                    mv.queue.submit(job)
             except QueueFull:
                 raise queue_full_error(mv.name) from None
         except TorchdError as exc:
             call.record(exc.status)
             raise
         return call
+
+
+def sequence_headers(headers: list[list[str]], sequence: str | None, opens: bool,
+                     ) -> tuple[list[list[str]], str, bool]:
+    """(headers naming the sequence, its id, whether the request opens it): ``sequence`` (or
+    else the id header) names it; with neither, a new id (TorchServe's ``ts-seq-<uuid>``) and
+    the start header. The start header sent as true also opens it."""
+    id_name, start_name = messages.SEQUENCE_HEADERS["id"], messages.SEQUENCE_HEADERS["start"]
+    sent = {key.lower(): value for key, value in headers}
+    sequence = sequence or sent.get(id_name) or None
+    if sequence is None:
+        sequence, opens = f"ts-seq-{new_request_id()}", True
+    starting = opens or str(sent.get(start_name, "")).strip().lower() == "true"
+    replaced = (id_name, start_name) if starting else (id_name,)
+    kept = [pair for pair in headers if pair[0].lower() not in replaced]
+    kept.append([id_name, sequence])
+    if starting:
+        kept.append([start_name, "true"])
+    return kept, sequence, starting
