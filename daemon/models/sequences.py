@@ -5,8 +5,9 @@ A version's JobQueue keeps its open sequences here, each with the requests waiti
 first dispatcher to take a request of a sequence owns that sequence until it ends; no other
 takes its requests, so its state never has to move. A dispatcher claims a new sequence only
 while it owns less than its share of the open sequences (or no more than any other
-dispatcher), which spreads sequences over the workers. In batch mode a sequence has one request in a worker at a time; with continuous
-batching its next request may join a step while an earlier one still streams.
+dispatcher), which spreads sequences over the workers. In batch mode a sequence has one
+request in a worker at a time; with continuous batching its next request may join a step
+while an earlier one still streams.
 
 A sequence ends when a request or its answer says so (the ``ts_request_sequence_end`` header),
 when it idles past ``sequenceMaxIdleMSec`` or outlives ``sequenceTimeoutMSec``, when its gRPC
