@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from daemon.errors import TorchdError, no_worker_error
-from daemon.models.job import Event, Job
+from daemon.models.job import Event, Job, Part
 from daemon.models.queue import QueueFull, queue_full_error
 from daemon.models.registry import ModelVersion, Registry
 from daemon.models.sequences import SequenceRules
@@ -49,7 +49,7 @@ class PredictionCall:
     """One submitted request; read its events with ``next_event`` (a reader with a task) or
     ``listen`` (a reader driven by callbacks). The first event is counted as the outcome."""
 
-    __slots__ = ("mv", "job", "named", "status", "_counter", "_listener")
+    __slots__ = ("mv", "job", "named", "status", "sequence_header", "_counter", "_listener")
 
     def __init__(self, counter: RequestCounter, mv: ModelVersion, job: Job,
                  named: bool) -> None:
@@ -57,6 +57,7 @@ class PredictionCall:
         self.job = job
         self.named = named        # the request named its version (a metrics label)
         self.status = 0           # the outcome, once counted
+        self.sequence_header = messages.SEQUENCE_HEADERS["id"]
         self._counter = counter
         self._listener: Callable[[Event], None] | None = None
 
@@ -67,7 +68,18 @@ class PredictionCall:
     async def next_event(self) -> Event:
         event = await self.job.next_event()
         self.record(event.status)
+        if self.job.sequence is not None:
+            self._name_sequence(event)
         return event
+
+    def _name_sequence(self, event: Event) -> None:
+        """A sequence's answers carry its id (``ts_request_sequence_id``) unless the handler
+        set it: a client that let the server open the sequence learns the id to send next."""
+        if isinstance(event, Part):
+            headers = event.response.setdefault("headers", [])
+            name = self.sequence_header
+            if not any(key.lower() == name for key, _ in headers):
+                headers.append([name, self.job.sequence])
 
     def listen(self, listener: Callable[[Event], None]) -> None:
         """Hand each event to ``listener`` as it happens (see Job.listen)."""
@@ -76,6 +88,8 @@ class PredictionCall:
 
     def _on_event(self, event: Event) -> None:
         self.record(event.status)
+        if self.job.sequence is not None:
+            self._name_sequence(event)
         listener = self._listener
         if event.final:
             self._listener = None   # no reference cycle outlives the request
@@ -111,10 +125,13 @@ class PredictionCall:
 class Predictions:
     """Where every front end starts a prediction call."""
 
-    def __init__(self, registry: Registry, servers: Servers, counter: RequestCounter) -> None:
+    def __init__(self, registry: Registry, servers: Servers, counter: RequestCounter,
+                 sequence_headers: dict[str, str] | None = None) -> None:
         self.registry = registry
         self.servers = servers
         self.counter = counter
+        # the names of TorchServe's sequence headers (config ts_header_key_sequence_*)
+        self.sequence_names = dict(sequence_headers or messages.SEQUENCE_HEADERS)
 
     def start(self, name: str, version: str | None, headers: list[list[str]],
               params: list[dict[str, Any]], *, request_id: str | None = None,
@@ -135,17 +152,20 @@ class Predictions:
         rid = request_id or new_request_id()
         starting = False
         if sequence is not None or mv.settings.sequence_batching:
-            headers, sequence, starting = sequence_headers(headers, sequence, opens)
+            headers, sequence, starting = sequence_headers(headers, sequence, opens,
+                                                           self.sequence_names)
         job = Job(rid, messages.request(rid, headers, params), time.monotonic())
         if mv.settings.sequence_batching:
             job.sequence = sequence
         call = PredictionCall(self.counter, mv, job, bool(version))
+        call.sequence_header = self.sequence_names["id"]
         try:
             if not self.servers.can_serve(mv):
                 raise no_worker_error(mv.name)
             try:
                 if job.sequence is not None:
-                    mv.queue.submit_sequence(job, SequenceRules.of(mv), starting)
+                    rules = SequenceRules.of(mv, self.sequence_names["end"])
+                    mv.queue.submit_sequence(job, rules, starting)
                 else:
                     mv.queue.submit(job)
             except QueueFull:
@@ -157,11 +177,12 @@ class Predictions:
 
 
 def sequence_headers(headers: list[list[str]], sequence: str | None, opens: bool,
-                     ) -> tuple[list[list[str]], str, bool]:
+                     names: dict[str, str]) -> tuple[list[list[str]], str, bool]:
     """(headers naming the sequence, its id, whether the request opens it): ``sequence`` (or
     else the id header) names it; with neither, a new id (TorchServe's ``ts-seq-<uuid>``) and
-    the start header. The start header sent as true also opens it."""
-    id_name, start_name = messages.SEQUENCE_HEADERS["id"], messages.SEQUENCE_HEADERS["start"]
+    the start header. The start header sent as true also opens it. ``names``: the headers'
+    names (id, start), lower-cased."""
+    id_name, start_name = names["id"], names["start"]
     sent = {key.lower(): value for key, value in headers}
     sequence = sequence or sent.get(id_name) or None
     if sequence is None:

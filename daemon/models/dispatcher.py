@@ -176,10 +176,10 @@ class Dispatcher:
         one is waiting, answer this one's jobs, and be done with it."""
         read_at = self.clock()
         finished, self._running = self._running, None
+        if finished is not None and self.mv.queue.sequences:
+            sequences_done(self.mv, finished.batch, message)   # their next may go in this batch
         self._start_next(read_at)
         answer(jobs, message)
-        if finished is not None and self.mv.queue.sequences:
-            sequences_done(self.mv, finished.batch, message)
         records = message.get("metrics")
         if records and self.observer is not None:   # after the answers: they wait for nobody
             self.observer.record_handler_metrics(self.mv.name, self.mv.version, records)

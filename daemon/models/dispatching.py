@@ -12,7 +12,6 @@ from typing import Any, Protocol
 
 from daemon.errors import RequestTimeout, ServiceUnavailable, TorchdError
 from daemon.models.job import Job
-from protocol.messages import SEQUENCE_HEADERS
 
 logger = logging.getLogger(__name__)
 batch_ids = itertools.count(1)   # unique per daemon, so a stray RESULT never matches a batch
@@ -85,25 +84,13 @@ def answer(jobs: dict[str, Job], result: dict) -> None:
     for response in result.get("responses") or ():
         job = jobs.get(response.get("id"))
         if job is not None:
-            if job.sequence is not None:
-                name_sequence(job, response)
             job.finish(response)
 
 
 def route_part(jobs: dict[str, Job], part: dict) -> None:
     job = jobs.get(part.get("id", ""))
     if job is not None:
-        if job.sequence is not None:
-            name_sequence(job, part)
         job.send_part(part)
-
-
-def name_sequence(job: Job, response: dict) -> None:
-    """A sequence's answers carry its id (``ts_request_sequence_id``) unless the handler set it:
-    a client that let the server open the sequence learns the id to send next."""
-    headers = response.setdefault("headers", [])
-    if not any(key.lower() == SEQUENCE_HEADERS["id"] for key, _ in headers):
-        headers.append([SEQUENCE_HEADERS["id"], job.sequence])
 
 
 def sequences_done(mv: Any, jobs: Iterable[Job], result: dict) -> None:

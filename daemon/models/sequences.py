@@ -44,11 +44,11 @@ class SequenceRules:
     end_header: str = SEQUENCE_HEADERS["end"]
 
     @classmethod
-    def of(cls, mv: Any) -> SequenceRules:
+    def of(cls, mv: Any, end_header: str = SEQUENCE_HEADERS["end"]) -> SequenceRules:
         s = mv.settings
         return cls(mv.name, max(s.max_num_sequence, s.batch_size * max(1, s.max_workers)),
                    s.max_sequence_job_queue_size, s.sequence_max_idle_ms / 1000.0,
-                   s.sequence_timeout_ms / 1000.0)
+                   s.sequence_timeout_ms / 1000.0, end_header)
 
 
 def refused(model: str, reason: str) -> ServiceUnavailable:

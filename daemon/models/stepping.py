@@ -22,8 +22,7 @@ from typing import Any
 
 from daemon.errors import TorchdError
 from daemon.models.dispatching import (BatchChannel, BatchObserver, arrival_or, batch_ids,
-                                       expiry, fail_dead_batch, name_sequence, route_part,
-                                       sequences_done)
+                                       expiry, fail_dead_batch, route_part, sequences_done)
 from daemon.models.job import Job
 
 logger = logging.getLogger(__name__)
@@ -176,8 +175,6 @@ class StepDispatcher:
             job = self.running.get(response.get("id"))
             if job is None:
                 continue
-            if job.sequence is not None:
-                name_sequence(job, response)
             if response.get("more") and not response.get("error"):
                 job.send_part(response)
             else:

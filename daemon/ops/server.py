@@ -72,7 +72,8 @@ class DaemonCore:
         runner = RunnerSettings(runtime_dir=self.runtime_dir / "sockets",
                                 max_frame=config.max_response_size, server_version=VERSION,
                                 service_envelope=config.service_envelope,
-                                max_request=config.max_request_size)
+                                max_request=config.max_request_size,
+                                sequence_headers=config.sequence_headers)
         settings = SupervisorSettings(
             runner, heartbeat_interval=config.heartbeat_interval,
             autoscale_up_delay=config.autoscale_up_delay,
@@ -84,7 +85,8 @@ class DaemonCore:
                                     self.runtime_dir / "models", snapshots=self.snapshots,
                                     metrics=self.metrics, gpus=self.gpus)
         self.health = Health(self.registry, self.supervisor)
-        self.predictions = Predictions(self.registry, self.supervisor, self.metrics)
+        self.predictions = Predictions(self.registry, self.supervisor, self.metrics,
+                                       config.sequence_headers)
         self.tokens = TokenStore(config.key_file, config.token_auth_enabled)
         self.documents = {"management": openapi.management_document(VERSION),
                           "inference": openapi.inference_document(VERSION)}

@@ -27,7 +27,6 @@ from daemon.rpc.generated import inference_pb2 as pb
 from daemon.rpc.generated import rpc_status_pb2
 from daemon.rpc.jobs import input_parameters, outcome, request_headers
 from daemon.rpc.status import abort, grpc_code
-from protocol.messages import SEQUENCE_HEADERS
 
 _END = object()
 
@@ -94,7 +93,8 @@ class _Sequence:
     async def _predict(self, request: pb.PredictionsRequest, sequence: str) -> bytes:
         opens = sequence == self.own_id and not self.own_opened
         call = self.predictions.start(request.model_name, request.model_version,
-                                      self.headers + _sequence_flags(request),
+                                      self.headers + _sequence_flags(
+                                          request, self.predictions.sequence_names),
                                       input_parameters(request.input.items()),
                                       sequence=sequence, opens=opens)
         self.own_opened = self.own_opened or opens
@@ -108,10 +108,11 @@ class _Sequence:
             mv.queue.sequences.end(sequence, f"sequence {sequence} ended with its gRPC stream")
 
 
-def _sequence_flags(request: pb.PredictionsRequest) -> list[list[str]]:
+def _sequence_flags(request: pb.PredictionsRequest, names: dict[str, str],
+                    ) -> list[list[str]]:
     """The start and end flags a client put in the request's input map, as headers."""
     flags = []
-    for name in (SEQUENCE_HEADERS["start"], SEQUENCE_HEADERS["end"]):
+    for name in (names["start"], names["end"]):
         value = request.input.get(name)
         if value is not None and value.decode("utf-8", "replace").strip().lower() == "true":
             flags.append([name, "true"])

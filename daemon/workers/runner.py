@@ -51,6 +51,7 @@ class RunnerSettings:
     server_version: str
     service_envelope: str | None = None   # TorchServe's service_envelope, for every model
     max_request: int = DEFAULT_MAX_FRAME     # max_request_size: the largest body of a request
+    sequence_headers: dict[str, str] | None = None   # config ts_header_key_sequence_*
 
 
 class StartFailure(Exception):
@@ -187,7 +188,8 @@ class WorkerRunner:
                              service_envelope=self.settings.service_envelope,
                              max_request_frame=predict_frame_limit(
                                  mv.settings.batch_size, self.settings.max_request),
-                             mode=serving_mode(mv.settings))
+                             mode=serving_mode(mv.settings),
+                             sequence_headers=self.settings.sequence_headers)
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:
