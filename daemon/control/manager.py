@@ -285,8 +285,16 @@ class ModelManager:
                 "loadedAtStartup": mv.loaded_at_startup,
                 "ignoredConfigKeys": ignored_config_keys(mv.yaml_config),
                 "workers": self.supervisor.describe_workers(mv),
-                "jobQueueStatus": {"remainingCapacity": mv.queue.remaining_capacity,
-                                   "pendingRequests": mv.queue.depth}}
+                "jobQueueStatus": self._queue_status(mv)}
+
+    @staticmethod
+    def _queue_status(mv: ModelVersion) -> dict[str, Any]:
+        status = {"remainingCapacity": mv.queue.remaining_capacity,
+                  "pendingRequests": mv.queue.depth}
+        if mv.settings.sequence_batching:   # torchd's: the sequences open now, and their queues
+            status["openSequences"] = len(mv.queue.sequences)
+            status["sequenceRequests"] = mv.queue.sequences.depth
+        return status
 
     def list_models(self, limit: int, offset: int) -> dict[str, Any]:
         limit = 100 if limit > 100 or limit < 0 else limit
