@@ -25,7 +25,7 @@ from daemon.gpus.inventory import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
 from daemon.models.requests import RegisterRequest
-from daemon.models.model_config import ignored_config_keys, warn_ignored_keys
+from daemon.models.model_config import check_config, ignored_config_keys, warn_ignored_keys
 from daemon.models.layers import Layers, explicit_values, resolve_settings
 from daemon.models.snapshots import SnapshotStore
 from daemon.workers.supervisor import Supervisor
@@ -92,6 +92,8 @@ class ModelManager:
             mv = self._new_version(req, prepared)
             self.check_worker_limit(None, mv.settings.max_workers)
             self.registry.check_absent(mv.name, mv.version)
+            # a key that would change what the answers mean and is not implemented: 400
+            check_config(mv.name, mv.version, mv.yaml_config, mv.settings)
             await self._install_requirements(mv)
             self.registry.add(mv)   # from here the Supervisor may start its workers
         except BaseException:

@@ -2,19 +2,22 @@
 
 REST (both of the inference listener's paths) and gRPC only turn bytes into a call and its
 events into bytes. The call owns the rest, the same for all of them: the request id, the
-submission to the model version's queue (refused at once when no worker can serve it or the
-queue is full), the client's hang-up (a job not yet dispatched is dropped, never run), flow
-control of streamed parts, and the outcome counted exactly once in the metrics (the status of
-its first event, when the response starts).
+submission to the model version's queue (refused at once when no worker can serve it, when
+none is free to take it under ``useJobTicket``, or the queue is full), the client's hang-up (a
+job not yet dispatched is dropped, never run), the client timeout (``clientTimeoutInMills``: 504
+at that moment, the job dropped from the queue or its late answer dropped), flow control of
+streamed parts, and the outcome counted exactly once in the metrics (the status of its first
+event, when the response starts).
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon.errors import TorchdError, no_worker_error
+from daemon.errors import RequestTimeout, TorchdError, no_worker_error
 from daemon.models.job import Event, Job, Part
 from daemon.models.queue import QueueFull, queue_full_error
 from daemon.models.registry import ModelVersion, Registry
@@ -39,6 +42,8 @@ class Servers(Protocol):
 
     def can_serve(self, mv: ModelVersion) -> bool: ...
 
+    def free_workers(self, mv: ModelVersion) -> int: ...   # useJobTicket's count
+
 
 class RequestCounter(Protocol):
     def observe_request(self, model: str, version: str, status: int, queue_us: float,
@@ -49,7 +54,8 @@ class PredictionCall:
     """One submitted request; read its events with ``next_event`` (a reader with a task) or
     ``listen`` (a reader driven by callbacks). The first event is counted as the outcome."""
 
-    __slots__ = ("mv", "job", "named", "status", "sequence_header", "_counter", "_listener")
+    __slots__ = ("mv", "job", "named", "status", "sequence_header", "_counter", "_listener",
+                 "_timer")
 
     def __init__(self, counter: RequestCounter, mv: ModelVersion, job: Job,
                  named: bool) -> None:
@@ -60,6 +66,7 @@ class PredictionCall:
         self.sequence_header = messages.SEQUENCE_HEADERS["id"]
         self._counter = counter
         self._listener: Callable[[Event], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None   # clientTimeoutInMills, when set
 
     @property
     def id(self) -> str:
@@ -109,12 +116,26 @@ class PredictionCall:
     def resume(self) -> None:
         self.job.release()
 
+    def time_out_after(self, ms: int) -> None:
+        """Answer 504 unless a response has started within ``ms`` milliseconds from now (the
+        arrival: ``Predictions.start`` calls it)."""
+        self._timer = asyncio.get_running_loop().call_later(ms / 1000.0, self._time_out, ms)
+
+    def _time_out(self, ms: int) -> None:
+        self._timer = None
+        if not self.job.finished and not self.job.cancelled:
+            self.mv.queue.time_out(self.job, RequestTimeout(
+                f'Model "{self.mv.name}" did not answer within {ms} ms (clientTimeoutInMills)'))
+
     def record(self, status: int) -> None:
         """Count the outcome (once): arrival, dispatch and answer times (TorchServe's ts_*
-        metrics)."""
+        metrics). The response has started: the client timeout no longer applies."""
         if self.status:
             return
         self.status = status
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         job, now = self.job, time.monotonic()
         dispatched = job.dispatched_at or now
         self._counter.observe_request(self.mv.name, self.mv.version, status,
@@ -145,8 +166,8 @@ class Predictions:
         handler sees the id in that header (``context.get_sequence_id``).
 
         Raises TorchdError as TorchServe answers: unknown model or version (not counted: no
-        model version to count it for), no worker, queue full, a sequence that cannot take the
-        request, version going away (counted).
+        model version to count it for), no worker (with ``useJobTicket``: none free), queue
+        full, a sequence that cannot take the request, version going away (counted).
         """
         mv = self.registry.get(name, version or None)
         rid = request_id or new_request_id()
@@ -160,7 +181,7 @@ class Predictions:
         call = PredictionCall(self.counter, mv, job, bool(version))
         call.sequence_header = self.sequence_names["id"]
         try:
-            if not self.servers.can_serve(mv):
+            if not self._takes(mv):
                 raise no_worker_error(mv.name)
             try:
                 if job.sequence is not None:
@@ -173,7 +194,16 @@ class Predictions:
         except TorchdError as exc:
             call.record(exc.status)
             raise
+        if mv.settings.client_timeout_ms > 0:
+            call.time_out_after(mv.settings.client_timeout_ms)
         return call
+
+    def _takes(self, mv: ModelVersion) -> bool:
+        """A worker can serve the request; with ``useJobTicket`` (TorchServe's job tickets), one
+        is free to take it now: idle workers outnumber the requests already waiting."""
+        if mv.settings.use_job_ticket:
+            return self.servers.free_workers(mv) > 0
+        return self.servers.can_serve(mv)
 
 
 def sequence_headers(headers: list[list[str]], sequence: str | None, opens: bool,

@@ -79,6 +79,16 @@ class JobQueue:
     def abandon(self, job: Job) -> None:
         """Drop a job whose client hung up: it leaves the queue now and is never dispatched."""
         job.abandon()
+        self._remove(job)
+
+    def time_out(self, job: Job, error: TorchdError) -> None:
+        """A job past its client timeout is answered with ``error`` now: still waiting, it
+        leaves the queue and is never dispatched; running, its late answer is dropped."""
+        job.cancelled = True   # a batch still collecting drops it too
+        job.fail(error)
+        self._remove(job)
+
+    def _remove(self, job: Job) -> None:
         if job.sequence is not None:
             self.sequences.remove(job)
         try:

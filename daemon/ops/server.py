@@ -136,7 +136,10 @@ class DaemonCore:
             logger.warning("model_snapshot is set: load_models (%s) is ignored",
                            ",".join(self.config.load_models))
         self.notifier.status("loading the models of model_snapshot")
-        await self._start_restored(await load_model_snapshot(self.config, self.manager))
+        count, refused = await load_model_snapshot(self.config, self.manager)
+        if refused:   # as for --models: not ready until registered (by hand, fixed)
+            self.health.expect(refused)
+        await self._start_restored(count)
 
     async def _start_restored(self, count: int) -> None:
         if not count:
