@@ -209,7 +209,7 @@ def test_requests_join_a_running_batch_and_a_hang_up_leaves_it(daemon: Daemon) -
         assert long.next_part()["step"] > 1
     finally:
         long.close()                         # the client hangs up mid-stream
-    wait_until(lambda: steps(daemon, 1, "alone")[1]["x-step-batch"] == "1", 30,
+    wait_until(lambda: steps(daemon, 2, "alone")[1]["x-step-batch"] == "1", 30,
                what="the hung-up request leaving the running batch")
 
 
@@ -226,13 +226,13 @@ def test_continuous_batching_over_grpc_streams_parts(daemon: Daemon, stubs: Any)
 
 
 def test_sequence_with_continuous_batching_streams_and_ends(daemon: Daemon) -> None:
-    opened = add(daemon, "stateful_stream", 0, "cs", start=True)
-    assert opened.status_code == 200, opened.text
+    opened = add(daemon, "stateful_stream", 2, "cs", start=True)
+    assert (opened.status_code, opened.text) == (200, "2"), opened.text
     even = add(daemon, "stateful_stream", 4, "cs")
-    assert (even.status_code, even.text, even.headers[SEQ]) == (200, "4", "cs")
+    assert (even.status_code, even.text, even.headers[SEQ]) == (200, "6", "cs")
     status, head, chunks = read_chunked(daemon.ports["inference"], "/predictions/stateful_stream",
                                         b"3", {SEQ: "cs"})
-    assert status == 200 and len(chunks) > 1 and int(chunks[-1][1]) == 7
+    assert status == 200 and len(chunks) > 1 and int(chunks[-1][1]) == 9
     ended = add(daemon, "stateful_stream", 0, "cs")
     assert ended.status_code == 200 and "cs" in ended.headers.get("ts_request_sequence_end", "")
     after = add(daemon, "stateful_stream", 2, "cs")
