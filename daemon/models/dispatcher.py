@@ -25,9 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.errors import InternalServerError, TorchdError
-from daemon.models.dispatching import (BatchChannel, BatchObserver, answer, arrival_or,
-                                       batch_ids, expiry, fail_dead_batch, route_part,
-                                       sequences_done)
+from daemon.models.dispatching import (BatchChannel, BatchObserver, Feeder, answer,
+                                       arrival_or, batch_ids, expiry, fail_dead_batch,
+                                       route_part, sequences_done)
 from daemon.models.job import Job
 
 
@@ -35,26 +35,14 @@ logger = logging.getLogger(__name__)
 __all__ = ["BatchChannel", "BatchObserver", "Dispatcher"]
 
 
-class Dispatcher:
-    """One worker's batch loop. ``death_error`` says what a lost channel means to the jobs of
-    its batch (500 "Worker died.", or 507 when the OOM killer took it)."""
+class Dispatcher(Feeder):
+    """One worker's batch loop (see the module's docstring)."""
 
     def __init__(self, mv: Any, channel: BatchChannel, clock: Callable[[], float],
                  death_error: Callable[[], TorchdError],
                  observer: BatchObserver | None = None,
                  after_batch: Callable[[], None] | None = None) -> None:
-        self.mv = mv
-        self.channel = channel
-        self.clock = clock
-        self.death_error = death_error
-        self.observer = observer
-        self.after_batch = after_batch
-        self.batch: list[Job] | None = None       # in the worker now
-        self.idle_since: float | None = clock()   # None while a batch is in the worker
-        self.served = 0                           # requests sent and done with, answered or not
-        self.answered = 0                         # batches the worker answered itself
-        self.stop_deadline: float | None = None
-        self._stop = asyncio.get_running_loop().create_future()
+        super().__init__(mv, channel, clock, death_error, observer, after_batch)
         # The batch in the worker. A batch that is answered is done with in _on_result, as its
         # RESULT is read, where the next one starts: the task wakes only when none runs anymore
         # (_wake), the channel is lost, or the deadline passes (_deadline).
@@ -64,23 +52,11 @@ class Dispatcher:
 
     def stop(self, deadline: float) -> None:
         """Finish the batch in flight, by ``deadline`` at the latest, then end ``serve``."""
-        self.stop_deadline = deadline
-        if not self._stop.done():
-            self._stop.set_result(None)
+        super().stop(deadline)
         self._deadline.arm()   # the stop may bring the batch's deadline forward
 
-    async def serve(self) -> str | None:
-        """Pull batches until stopped (None) or the channel is lost (the reason)."""
-        self.mv.queue.sequences.register(self)
-        reason: str | None = "its worker stopped"
-        try:
-            reason = await self._serve()
-            return reason
-        finally:
-            self._deadline.cancel()
-            # its sequences' state is gone with the worker: they end, never move (sequences.py)
-            self.mv.queue.sequences.lose(self, f"its worker stopped ({reason})" if reason
-                                         else "its worker stopped")
+    def _cancel_timers(self) -> None:
+        self._deadline.cancel()
 
     async def _serve(self) -> str | None:
         queue, lost = self.mv.queue, self.channel.lost
@@ -95,9 +71,7 @@ class Dispatcher:
             # Under load the next batch is already queued: take it without a task and a wait.
             batch = self._take_ready(settings.batch_size, delay)
             if batch is None and not queue.depth:
-                # idle: wait for a job without take_batch's task (the light-load path)
-                await arrival_or(queue.next_arrival(), lost, self._stop,
-                                 queue.sequences.arrival())
+                await self._idle()
                 if lost.done():
                     return str(lost.result())
                 continue
@@ -110,35 +84,6 @@ class Dispatcher:
             reason = self._send(batch)
             if reason is not None:
                 return reason
-        return None
-
-    def _take_ready(self, batch_size: int, delay: float) -> list[Job] | None:
-        """The next request of each sequence this worker serves (and of new ones it may
-        claim), topped up from the shared queue without waiting; else a batch ready in the
-        shared queue; else None. Sequence requests never wait for a batch to fill."""
-        queue = self.mv.queue
-        if queue.sequences:
-            jobs = queue.sequences.take(self, batch_size)
-            if jobs:
-                return jobs + queue.pop_ready(batch_size - len(jobs))
-        return queue.take_ready(batch_size, delay)
-
-    async def _collect(self, batch_size: int, delay: float) -> list[Job] | None:
-        """A batch from the queue, or None when the channel is lost or a stop comes first (the
-        jobs collected so far go back to the front of the queue)."""
-        take = asyncio.ensure_future(self.mv.queue.take_batch(batch_size, delay))
-        # a job of a sequence this worker serves must not wait for the batch to fill
-        await asyncio.wait({take, self.channel.lost, self._stop,
-                            self.mv.queue.sequences.arrival()},
-                           return_when=asyncio.FIRST_COMPLETED)
-        if take.done():
-            return take.result()
-        take.cancel()
-        await asyncio.gather(take, return_exceptions=True)
-        if not take.cancelled() and take.exception() is None:
-            # the batch was complete as the cancel came (asyncio.wait_for then returns it and
-            # drops the cancel): it goes back first in line rather than nowhere
-            self.mv.queue.requeue_front(take.result())
         return None
 
     def _send(self, batch: list[Job]) -> str | None:

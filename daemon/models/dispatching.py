@@ -80,6 +80,91 @@ async def arrival_or(arrival: asyncio.Future, *others: asyncio.Future) -> None:
             other.remove_done_callback(wake)
 
 
+class Feeder:
+    """What the three dispatchers share: their face to the worker runner (``batch``,
+    ``idle_since``, ``served``, ``answered``, ``serve``, ``stop``), and the sequences a worker
+    holds, registered while it serves and ended with it (their state dies with the worker)."""
+
+    def __init__(self, mv: Any, channel: BatchChannel, clock: Callable[[], float],
+                 death_error: Callable[[], TorchdError],
+                 observer: BatchObserver | None = None,
+                 after_batch: Callable[[], None] | None = None) -> None:
+        self.mv = mv
+        self.channel = channel
+        self.clock = clock
+        self.death_error = death_error   # what a lost channel means (500 "Worker died.", 507)
+        self.observer = observer
+        self.after_batch = after_batch
+        self.batch: list[Job] | None = None       # the jobs in the worker now
+        self.idle_since: float | None = clock()   # None while the worker has some
+        self.served = 0                           # requests sent and done with, answered or not
+        self.answered = 0                         # batches (steps) the worker answered itself
+        self.stop_deadline: float | None = None
+        self._stop = asyncio.get_running_loop().create_future()
+
+    def stop(self, deadline: float) -> None:
+        """Send nothing more; finish what the worker holds by ``deadline``, then end ``serve``."""
+        self.stop_deadline = deadline
+        if not self._stop.done():
+            self._stop.set_result(None)
+
+    async def serve(self) -> str | None:
+        """Feed the worker until stopped (None) or the channel is lost (the reason)."""
+        self.mv.queue.sequences.register(self)
+        reason: str | None = None
+        try:
+            reason = await self._serve()
+            return reason
+        finally:
+            self._cancel_timers()
+            # its sequences' state is gone with the worker: they end, never move (sequences.py)
+            self.mv.queue.sequences.lose(self, f"its worker stopped ({reason})" if reason
+                                         else "its worker stopped")
+
+    async def _serve(self) -> str | None:
+        raise NotImplementedError
+
+    def _cancel_timers(self) -> None:
+        pass
+
+    async def _collect(self, batch_size: int, delay: float,
+                       *interrupts: asyncio.Future) -> list[Job] | None:
+        """A batch from the queue (``take_batch``), or None when the channel is lost, a stop,
+        one of ``interrupts`` or a sequence's request comes first (a sequence's request must
+        not wait for a batch to fill); the jobs collected so far go back to the front."""
+        queue = self.mv.queue
+        take = asyncio.ensure_future(queue.take_batch(batch_size, delay))
+        await asyncio.wait({take, self.channel.lost, self._stop, queue.sequences.arrival(),
+                            *interrupts}, return_when=asyncio.FIRST_COMPLETED)
+        if take.done():
+            return take.result()
+        take.cancel()
+        await asyncio.gather(take, return_exceptions=True)
+        if not take.cancelled() and take.exception() is None:
+            # the batch was complete as the cancel came (asyncio.wait_for then returns it and
+            # drops the cancel): it goes back first in line rather than nowhere
+            queue.requeue_front(take.result())
+        return None
+
+    async def _idle(self, *interrupts: asyncio.Future) -> None:
+        """Wait for a job (shared or a sequence's) without take_batch's task: the light-load
+        path."""
+        queue = self.mv.queue
+        await arrival_or(queue.next_arrival(), self.channel.lost, self._stop,
+                         queue.sequences.arrival(), *interrupts)
+
+    def _take_ready(self, batch_size: int, delay: float) -> list[Job] | None:
+        """The next request of each sequence this worker serves (and of new ones it may
+        claim), topped up from the shared queue without waiting; else a batch ready in the
+        shared queue; else None. Sequence requests never wait for a batch to fill."""
+        queue = self.mv.queue
+        if queue.sequences:
+            jobs = queue.sequences.take(self, batch_size)
+            if jobs:
+                return jobs + queue.pop_ready(batch_size - len(jobs))
+        return queue.take_ready(batch_size, delay)
+
+
 def answer(jobs: dict[str, Job], result: dict) -> None:
     for response in result.get("responses") or ():
         job = jobs.get(response.get("id"))

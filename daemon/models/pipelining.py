@@ -18,9 +18,9 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.errors import ServiceUnavailable, TorchdError
-from daemon.models.dispatching import (BatchChannel, BatchObserver, answer, arrival_or,
-                                       batch_ids, expiry, fail_dead_batch, route_part,
-                                       sequences_done)
+from daemon.models.dispatching import (BatchChannel, BatchObserver, Feeder, answer,
+                                       arrival_or, batch_ids, expiry, fail_dead_batch,
+                                       route_part, sequences_done)
 from daemon.models.job import Job
 
 logger = logging.getLogger(__name__)
@@ -34,50 +34,28 @@ class _Flight:
         self.timer: asyncio.TimerHandle | None = None
 
 
-class PipelineDispatcher:
-    """Feeds one async worker (see the module's docstring); the same face to the worker runner
-    as the batch-mode Dispatcher."""
+class PipelineDispatcher(Feeder):
+    """Feeds one async worker (see the module's docstring)."""
 
     def __init__(self, mv: Any, channel: BatchChannel, clock: Callable[[], float],
                  death_error: Callable[[], TorchdError],
                  observer: BatchObserver | None = None,
                  after_batch: Callable[[], None] | None = None) -> None:
-        self.mv = mv
-        self.channel = channel
-        self.clock = clock
-        self.death_error = death_error
-        self.observer = observer
-        self.after_batch = after_batch
+        super().__init__(mv, channel, clock, death_error, observer, after_batch)
         self.flights: dict[int, _Flight] = {}     # batches in the worker, by batch id
-        self.batch: list[Job] | None = None       # their jobs, for the worker table's views
-        self.idle_since: float | None = clock()
-        self.served = 0
-        self.answered = 0
-        self.stop_deadline: float | None = None
-        self._stop = asyncio.get_running_loop().create_future()
         self._wake: asyncio.Future = asyncio.get_running_loop().create_future()
         self._expired: _Flight | None = None
 
     def stop(self, deadline: float) -> None:
         """Send nothing more; let the batches in flight finish by ``deadline``."""
-        self.stop_deadline = deadline
-        if not self._stop.done():
-            self._stop.set_result(None)
+        super().stop(deadline)
         for flight in self.flights.values():
             self._arm(flight)
 
-    async def serve(self) -> str | None:
-        self.mv.queue.sequences.register(self)
-        reason: str | None = None
-        try:
-            reason = await self._serve()
-            return reason
-        finally:
-            for flight in self.flights.values():
-                if flight.timer is not None:
-                    flight.timer.cancel()
-            self.mv.queue.sequences.lose(self, f"its worker stopped ({reason})" if reason
-                                         else "its worker stopped")
+    def _cancel_timers(self) -> None:
+        for flight in self.flights.values():
+            if flight.timer is not None:
+                flight.timer.cancel()
 
     async def _serve(self) -> str | None:
         lost = self.channel.lost
@@ -94,7 +72,7 @@ class PipelineDispatcher:
             delay = settings.max_batch_delay / 1000.0
             jobs = self._take_ready(settings.batch_size, delay)
             if jobs is None:
-                jobs = await self._collect(settings.batch_size, delay)
+                jobs = await self._gather(settings.batch_size, delay)
             if jobs:
                 self._send(jobs)
 
@@ -103,34 +81,15 @@ class PipelineDispatcher:
             self._wake = asyncio.get_running_loop().create_future()
         await arrival_or(self._wake, lost)
 
-    def _take_ready(self, batch_size: int, delay: float) -> list[Job] | None:
-        queue = self.mv.queue
-        if queue.sequences:
-            jobs = queue.sequences.take(self, batch_size)
-            if jobs:
-                return jobs + queue.pop_ready(batch_size - len(jobs))
-        return queue.take_ready(batch_size, delay)
-
-    async def _collect(self, batch_size: int, delay: float) -> list[Job]:
+    async def _gather(self, batch_size: int, delay: float) -> list[Job]:
         """A batch from the queue; empty when something else came first (a stop, the
-        worker's loss, a sequence's request)."""
-        queue, loop = self.mv.queue, asyncio.get_running_loop()
+        worker's loss, an answer, a sequence's request)."""
         if self._wake.done():
-            self._wake = loop.create_future()
-        if not queue.depth:
-            await arrival_or(queue.next_arrival(), self.channel.lost, self._stop, self._wake,
-                             queue.sequences.arrival())
+            self._wake = asyncio.get_running_loop().create_future()
+        if not self.mv.queue.depth:
+            await self._idle(self._wake)
             return []
-        take = asyncio.ensure_future(queue.take_batch(batch_size, delay))
-        await asyncio.wait({take, self.channel.lost, self._stop, self._wake,
-                            queue.sequences.arrival()}, return_when=asyncio.FIRST_COMPLETED)
-        if take.done():
-            return take.result()
-        take.cancel()
-        await asyncio.gather(take, return_exceptions=True)
-        if not take.cancelled() and take.exception() is None:
-            queue.requeue_front(take.result())
-        return []
+        return await self._collect(batch_size, delay, self._wake) or []
 
     def _send(self, jobs: list[Job]) -> None:
         now, batch_id = self.clock(), next(batch_ids)

@@ -21,35 +21,24 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.errors import TorchdError
-from daemon.models.dispatching import (BatchChannel, BatchObserver, arrival_or, batch_ids,
-                                       expiry, fail_dead_batch, route_part, sequences_done)
+from daemon.models.dispatching import (BatchChannel, BatchObserver, Feeder, arrival_or,
+                                       batch_ids, expiry, fail_dead_batch, route_part,
+                                       sequences_done)
 from daemon.models.job import Job
 
 logger = logging.getLogger(__name__)
 
 
-class StepDispatcher:
-    """Feeds one worker's running batch (see the module's docstring); the same face to the
-    worker runner as the batch-mode Dispatcher."""
+class StepDispatcher(Feeder):
+    """Feeds one worker's running batch (see the module's docstring)."""
 
     def __init__(self, mv: Any, channel: BatchChannel, clock: Callable[[], float],
                  death_error: Callable[[], TorchdError],
                  observer: BatchObserver | None = None,
                  after_batch: Callable[[], None] | None = None) -> None:
-        self.mv = mv
-        self.channel = channel
-        self.clock = clock
-        self.death_error = death_error
-        self.observer = observer
-        self.after_batch = after_batch
+        super().__init__(mv, channel, clock, death_error, observer, after_batch)
         self.running: dict[str, Job] = {}         # in the worker's running batch, by id
-        self.batch: list[Job] | None = None       # the same, for the worker table's views
-        self.idle_since: float | None = clock()
-        self.served = 0                           # requests done with
-        self.answered = 0                         # steps the worker answered
-        self.stop_deadline: float | None = None
         self._batch_id = next(batch_ids)
-        self._stop = asyncio.get_running_loop().create_future()
         self._wake: asyncio.Future | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._step_deadline = 0.0
@@ -57,23 +46,12 @@ class StepDispatcher:
 
     def stop(self, deadline: float) -> None:
         """Let the running batch finish, by ``deadline`` at the latest; no request joins."""
-        self.stop_deadline = deadline
-        if not self._stop.done():
-            self._stop.set_result(None)
+        super().stop(deadline)
         self._arm()
         self._poke()
 
-    async def serve(self) -> str | None:
-        """Run batches until stopped (None) or the channel is lost (the reason)."""
-        self.mv.queue.sequences.register(self)
-        reason: str | None = None
-        try:
-            reason = await self._serve()
-            return reason
-        finally:
-            self._disarm()
-            self.mv.queue.sequences.lose(self, f"its worker stopped ({reason})" if reason
-                                         else "its worker stopped")
+    def _cancel_timers(self) -> None:
+        self._disarm()
 
     async def _serve(self) -> str | None:
         queue, lost = self.mv.queue, self.channel.lost
@@ -104,20 +82,10 @@ class StepDispatcher:
         ``maxBatchDelay`` of the first (as batch mode); empty when stopped or lost first."""
         queue, settings = self.mv.queue, self.mv.settings
         if not queue.depth:
-            await arrival_or(queue.next_arrival(), self.channel.lost, self._stop,
-                             queue.sequences.arrival())
+            await self._idle()
             return []
-        take = asyncio.ensure_future(queue.take_batch(settings.batch_size,
-                                                      settings.max_batch_delay / 1000.0))
-        await asyncio.wait({take, self.channel.lost, self._stop, queue.sequences.arrival()},
-                           return_when=asyncio.FIRST_COMPLETED)
-        if take.done():
-            return take.result()
-        take.cancel()
-        await asyncio.gather(take, return_exceptions=True)
-        if not take.cancelled() and take.exception() is None:
-            queue.requeue_front(take.result())   # complete as the cancel came
-        return []
+        return await self._collect(settings.batch_size,
+                                   settings.max_batch_delay / 1000.0) or []
 
     def _take_now(self, room: int) -> list[Job]:
         """Up to ``room`` requests that can join now, without waiting: the next of each
