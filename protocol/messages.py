@@ -15,14 +15,14 @@ HELLO = "hello"            # pid, worker_id
 LOADED = "loaded"          # ok, error (cause text, "Type: message"), load_seconds
 RESULT = "result"          # batch_id, responses: [response], metrics: [metric] (when any)
 STREAM = "stream"          # batch_id, response (one intermediate part for one request)
-STEP = "step"              # batch_id, responses: [response (more: True stays in the batch)], metrics
+STEP = "step"              # batch_id, responses: [response (more=True: stays)], metrics
 DESCRIBED = "described"    # ok, result (JSON-able), error
 PONG = "pong"              # seq
 
 # daemon -> worker
 LOAD = "load"              # model_dir, model_name, handler, manifest, threads, gpu_id ...
 PREDICT = "predict"        # batch_id, requests: [request]
-JOIN = "join"              # batch_id, requests: [request] join the running batch, cancel: [id] leave it
+JOIN = "join"              # batch_id, requests: [request] join, cancel: [id] leave
 THREADS = "threads"        # count: torch intra-op threads from now on (the CPU share changed)
 DESCRIBE = "describe"      # (no fields)
 PING = "ping"              # seq (heartbeat)

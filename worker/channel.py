@@ -92,6 +92,37 @@ class Channel:
             self._standby.task_started()
         return message
 
+    def take_arrived(self, wait: bool) -> list[dict[str, Any] | None]:
+        """Every frame that has arrived, in order, None last once the daemon has hung up
+        (continuous batching takes them all before each step). ``wait``: at least one, waiting
+        for it; else possibly none.
+
+        Like next_message(), it ends the main thread's task and starts the next one (the
+        step that follows, even when nothing arrived)."""
+        self._standby.task_ended()
+        with self._recv_lock:
+            self._receive(block=False)
+            while wait and self._inbox.empty() and not self._closed:
+                self._receive(block=True)
+            arrived: list[dict[str, Any] | None] = []
+            while not self._inbox.empty():
+                arrived.append(self._inbox.get_nowait())
+        if wait and not arrived:
+            arrived.append(None)   # closed, and its end taken by an earlier call
+        if arrived[-1:] != [None]:
+            self._standby.task_started()
+        return arrived
+
+    def receive_message(self) -> dict[str, Any] | None:
+        """The next frame, for a thread that does nothing but receive (async mode); None once
+        the daemon has hung up. No task ever runs, so the standby reader stays parked and
+        this thread alone reads."""
+        self._standby.task_ended()
+        with self._recv_lock:
+            while self._inbox.empty() and not self._closed:
+                self._receive(block=True)
+            return None if self._inbox.empty() else self._inbox.get_nowait()
+
     def finished(self) -> None:
         """The main thread is done: the reader need not force an exit after EOF."""
         self._finished.set()

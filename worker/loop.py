@@ -1,4 +1,8 @@
-"""The worker's frame loop: LOAD once, then PREDICT / DESCRIBE / THREADS until EOF or SHUTDOWN.
+"""The worker's frame loop: LOAD once, then serve in the mode LOAD names until EOF or SHUTDOWN.
+
+Batch mode (the default) is here: PREDICT / DESCRIBE / THREADS, one at a time. Continuous
+batching (worker/stepping.py) and async mode (worker/async_loop.py) take over after the load
+and come back here for the frames every mode handles alike (DESCRIBE, THREADS).
 
 Frames come from a Channel (worker/channel.py), which answers PING itself; this loop runs on the
 main thread and handles everything else.
@@ -6,16 +10,23 @@ main thread and handles everything else.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 from protocol import messages
-from protocol.frames import DEFAULT_MAX_FRAME, ProtocolError, encode_frame
+from protocol.frames import DEFAULT_MAX_FRAME
+from worker import responses
+from worker.async_loop import AsyncLoop
 from worker.channel import Channel
-from worker.exits import EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL
+from worker.exits import EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL, after_eof
+from worker.sending import FrameSender
+from worker.stepping import StepLoop
 from worker.threads import set_torch_threads
 
 logger = logging.getLogger(__name__)
+
+# What a frame of another mode's protocol gets (the daemon and the worker disagree on the
+# mode): an answer for each of its requests, so that none waits for ever.
+WRONG_MODE_STATUS = 500
 
 
 class WorkerLoop:
@@ -24,8 +35,8 @@ class WorkerLoop:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.service: Any = None
-        # The daemon refuses bigger frames; LOAD may say how big a response may be.
-        self.max_frame = DEFAULT_MAX_FRAME
+        self.mode = messages.MODE_BATCH
+        self.sender = FrameSender(channel)
 
     def run(self) -> int:
         """Serve until EOF or SHUTDOWN; the process exit code."""
@@ -46,80 +57,77 @@ class WorkerLoop:
             return EXIT_PROTOCOL
         if not self._load(message):
             return EXIT_FAILED
+        if self.mode == messages.MODE_CONTINUOUS:
+            return StepLoop(self.channel, self.service, self.sender, self.control).run()
+        if self.mode == messages.MODE_ASYNC:
+            return AsyncLoop(self.channel, self.service, self.sender, self.control).run()
+        return self._serve_batches()
+
+    def _serve_batches(self) -> int:
         while (message := self.channel.next_message()) is not None:
             kind = message.get("kind")
             if kind == messages.SHUTDOWN:
                 logger.info("shutdown requested")
                 return EXIT_OK
-            self._handle(kind, message)
+            if kind == messages.PREDICT:
+                self._predict(message["batch_id"], message.get("requests") or [])
+            else:
+                self.control(message)
         return self._eof_code()
 
     def _eof_code(self) -> int:
-        return EXIT_PROTOCOL if self.channel.protocol_error else EXIT_OK
+        return after_eof(self.channel.protocol_error)
 
     def _load(self, message: dict[str, Any]) -> bool:
         from worker.service import load_service  # imported late: pulls in the handler's deps
-        self.max_frame = int(message.get("max_response_size") or DEFAULT_MAX_FRAME)
+        self.mode = str(message.get("mode") or messages.MODE_BATCH)
+        if self.mode not in messages.MODES:
+            unknown = (f"ValueError: unknown serving mode {self.mode!r} (expected one of "
+                       f"{', '.join(messages.MODES)})")
+            logger.error("cannot load model %s: %s", message.get("model_name"), unknown)
+            self.channel.send(messages.loaded(False, unknown))
+            return False
+        self.sender.max_frame = int(message.get("max_response_size") or DEFAULT_MAX_FRAME)
         self.channel.accept_frames_up_to(int(message.get("max_request_frame")
                                              or DEFAULT_MAX_FRAME))
         set_torch_threads(int(message.get("threads") or 0), starting=True)
         self.service, error, seconds = load_service(message)
+        if error is None and self.mode != messages.MODE_BATCH:
+            logger.info("serving in %s mode", self.mode)
         self.channel.send(messages.loaded(error is None, error, seconds))
         return error is None
 
-    def _handle(self, kind: str | None, message: dict[str, Any]) -> None:
-        if kind == messages.PREDICT:
-            self._predict(message["batch_id"], message.get("requests") or [])
-        elif kind == messages.DESCRIBE:
+    def control(self, message: dict[str, Any]) -> None:
+        """The frames every mode handles alike; a frame of another mode's batches is refused."""
+        kind = message.get("kind")
+        if kind == messages.DESCRIBE:
             self._describe()
         elif kind == messages.THREADS:
             set_torch_threads(int(message.get("count") or 0), starting=False)
+        elif kind in (messages.PREDICT, messages.JOIN):
+            self._refuse(kind, message)
         else:
             logger.warning("ignoring unexpected %r frame", kind)
 
     def _predict(self, batch_id: int, requests: list[dict[str, Any]]) -> None:
-        responses: list[dict[str, Any]] = []
+        answers: list[dict[str, Any]] = []
         metrics: list[dict[str, Any]] = []
         if requests:  # an empty batch gets an empty result without bothering the handler
-            responses = self.service.run_batch(
-                requests, lambda parts: self._send_parts(batch_id, parts))
+            answers = self.service.run_batch(
+                requests, lambda parts: self.sender.parts(batch_id, parts))
             metrics = self.service.take_metrics()
-        if metrics:
-            try:
-                frame = encode_frame(messages.result(batch_id, responses, metrics),
-                                     self.max_frame)
-            except ProtocolError:   # the answers matter more: they go without the metrics
-                logger.warning("the batch's %d metric records do not fit its result frame; "
-                               "they are dropped", len(metrics))
-            else:
-                self.channel.send_encoded(frame)
-                return
-        self._send_fitted(lambda rs: messages.result(batch_id, rs), responses)
+        self.sender.answers(lambda rs, ms: messages.result(batch_id, rs, ms), answers, metrics)
 
-    def _send_parts(self, batch_id: int, parts: list[dict[str, Any]]) -> None:
-        for part in parts:
-            self._send_fitted(lambda rs: messages.stream(batch_id, rs[0]), [part])
-
-    def _send_fitted(self, wrap: Callable[[list[dict[str, Any]]], dict[str, Any]],
-                     responses: list[dict[str, Any]]) -> None:
-        """Send wrap(responses); while the frame is too big, the largest body becomes an error
-        (the daemon would otherwise drop the connection and the whole batch with it)."""
-        responses = list(responses)
-        while True:
-            try:
-                frame = encode_frame(wrap(responses), self.max_frame)
-                break
-            except ProtocolError:
-                largest = max(range(len(responses)), key=lambda i: len(responses[i]["body"]))
-                too_big = responses[largest]
-                if not too_big["body"]:
-                    raise
-                reason = (f"Response of {len(too_big['body'])} bytes exceeds the limit of "
-                          f"{self.max_frame} bytes")
-                logger.error("request %s: %s", too_big["id"], reason)
-                responses[largest] = messages.response(too_big["id"], 500, reason, b"",
-                                                       error=True)
-        self.channel.send_encoded(frame)
+    def _refuse(self, kind: str, message: dict[str, Any]) -> None:
+        reason = f"the worker serves in {self.mode} mode: it cannot answer a {kind} frame"
+        logger.error("%s", reason)
+        batch_id = message.get("batch_id", 0)
+        ids = [r["id"] for r in message.get("requests") or []]
+        if kind == messages.JOIN and not ids:
+            return   # only cancels: nothing waits for an answer
+        answers = responses.failed(ids, (WRONG_MODE_STATUS, reason))
+        wrap = messages.result if kind == messages.PREDICT else messages.step
+        self.sender.answers(lambda rs, ms: wrap(batch_id, rs, ms), answers)
 
     def _describe(self) -> None:
         try:

@@ -13,8 +13,8 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import Any
 
-from protocol import messages
-from worker import codec
+from worker import codec, responses
+from worker.eventloop import settle
 from worker.runtime.context import Context
 
 logger = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ class ModelService:
                           int(load.get("batch_size") or 1), None if gpu is None else int(gpu),
                           load.get("server_version", ""),
                           bool(load.get("limit_max_image_pixels", True)),
-                          model_yaml_config=load.get("model_yaml_config") or {})
+                          model_yaml_config=load.get("model_yaml_config") or {},
+                          sequence_headers=load.get("sequence_headers"))
         module_name, function_name = parse_handler(load["handler"])
         module = import_handler_module(module_name)
         if function_name is None and callable(getattr(module, "handle", None)) \
@@ -136,7 +137,9 @@ class ModelService:
             raise HandlerLoadError(f"module {module.__name__} has no function {name}")
         if inspect.isclass(entry):
             return cls._load_class(entry, context)
-        entry(None, context)  # TorchServe's contract: a function handler's load-time call
+        # TorchServe's contract: a function handler's load-time call (an async one is run here,
+        # before any batch: in async mode too, whose loop starts after the load)
+        settle(entry(None, context))
         return cls(entry, context, getattr(module, "describe_handle", None))
 
     @classmethod
@@ -146,69 +149,41 @@ class ModelService:
             instance.initialize(context)
         return cls(instance.handle, context, getattr(instance, "describe_handle", None))
 
+    def stream_parts(self, context: Context, emit_parts: PartsSink) -> None:
+        """Where the batch that ``context`` now holds sends its streamed parts."""
+        context.stream_writer = lambda ret, id_map, message, code: emit_parts(
+            responses.encode_parts(context, ret, id_map, message, code))
+
+    def call(self, data: list[Any], context: Context) -> Any:
+        """The handler's entry on one batch, its result awaited if it is awaitable (from
+        synchronous code: batch and continuous mode), and timed."""
+        started = time.perf_counter()
+        # An async handler is awaited here: TorchServe would call its coroutine an invalid
+        # output, but nothing is lost by running it.
+        output = settle(self.entry(data, context))
+        self.record_prediction_time(context, time.perf_counter() - started)
+        return output
+
     def run_batch(self, requests: list[dict[str, Any]],
                   emit_parts: PartsSink) -> list[dict[str, Any]]:
         """Run the handler on one batch; one response per request, errors included."""
         ids = [r["id"] for r in requests]
         self.context.begin_batch(ids, [codec.request_headers(r) for r in requests])
-        self.context.stream_writer = lambda ret, id_map, message, code: emit_parts(
-            self._encode_parts(ret, id_map, message, code))
+        self.stream_parts(self.context, emit_parts)
         try:
-            data = [codec.decode_request(r) for r in requests]
-            started = time.perf_counter()
-            output = self.entry(data, self.context)
-            self._record_prediction_time(time.perf_counter() - started)
-            return self._encode_output(output, ids)
+            output = self.call([codec.decode_request(r) for r in requests], self.context)
+            return responses.encode_output(self.context, output, ids)
         except (Exception, SystemExit) as exc:  # a handler must never take the worker down
-            status, reason = codec.failure_status(exc)
-            # A PredictionException is the handler answering on purpose; the rest are bugs.
-            chosen = type(exc).__name__ == "PredictionException"
-            level = logging.WARNING if chosen else logging.ERROR
-            logger.log(level, "handler failed (%s %s)", status, reason, exc_info=True)
-            return [messages.response(i, status, reason, b"", error=True) for i in ids]
+            return responses.handler_failed(exc, ids)
         finally:
             self.context.stream_writer = None
 
-    def _encode_output(self, output: Any, ids: list[str]) -> list[dict[str, Any]]:
-        if not isinstance(output, list):
-            logger.error("handler returned %s, not a list", type(output).__name__)
-            return self._failed(ids, codec.INVALID_OUTPUT)
-        if len(output) != len(ids):
-            logger.error("handler returned %d results for %d requests", len(output), len(ids))
-            return self._failed(ids, codec.BATCH_MISMATCH)
-        return [self._encode_one(idx, ids[idx], value, None, None)
-                for idx, value in enumerate(output)]
-
-    def _failed(self, ids: list[str], failure: tuple[int, str]) -> list[dict[str, Any]]:
-        status, reason = failure
-        return [messages.response(i, status, reason, b"", error=True) for i in ids]
-
-    def _encode_parts(self, ret: list[Any], id_map: dict[int, str], message: str,
-                      code: int) -> list[dict[str, Any]]:
-        return [self._encode_one(idx, request_id, ret[idx], code, message)
-                for idx, request_id in id_map.items()]
-
-    def _encode_one(self, idx: int, request_id: str, value: Any, code: int | None,
-                    message: str | None) -> dict[str, Any]:
-        """One request's response, with the status, headers and content type its handler set."""
-        status, phrase = self.context.get_response_status(idx)
-        if code is not None:
-            status, phrase = int(code), message or ""
-        headers = self.context.get_response_headers(idx)
-        content_type = self.context.get_response_content_type(idx)
-        for name in [n for n in headers if n.lower() == "content-type"]:
-            content_type = content_type or headers[name]
-            del headers[name]
-        return messages.response(request_id, status, phrase or codec.default_reason(status),
-                                 codec.encode_body(value), content_type,
-                                 [[k, v] for k, v in headers.items()])
-
-    def _record_prediction_time(self, seconds: float) -> None:
+    def record_prediction_time(self, context: Context, seconds: float) -> None:
         """TorchServe's PredictionTime: the handler's whole run, in ms (HandlerTime is
         BaseHandler's own). A handler may have swapped context.metrics for something else: its
         answers must not fail for that."""
         try:
-            self.context.metrics.add_time(PREDICTION_TIME, round(seconds * 1000, 2))
+            context.metrics.add_time(PREDICTION_TIME, round(seconds * 1000, 2))
         except Exception:
             logger.debug("could not record %s", PREDICTION_TIME, exc_info=True)
 

@@ -29,6 +29,7 @@ from daemon.config.values import (
     parse_size,
     parse_startup_models,
 )
+from protocol.messages import SEQUENCE_HEADERS
 
 
 @dataclass(frozen=True)
@@ -161,6 +162,14 @@ SETTINGS: tuple[Setting, ...] = (
     S("worker_threads", parse_int, model_default("worker_threads"),
       "torch intra- and inter-op threads per worker. 0: the CPUs torchd may use (cgroup quota "
       "and affinity) divided by the workers running, at least 1."),
+    S("ts_header_key_sequence_id", parse_optional_str, SEQUENCE_HEADERS["id"],
+      "Request header naming a request's sequence (sequenceBatching); the handler's "
+      "context.header_key_sequence_id."),
+    S("ts_header_key_sequence_start", parse_optional_str, SEQUENCE_HEADERS["start"],
+      "Request header (true) that opens a sequence."),
+    S("ts_header_key_sequence_end", parse_optional_str, SEQUENCE_HEADERS["end"],
+      "Request header (true), or response header (sequence ids, ';'-separated), that ends a "
+      "sequence."),
     S("number_of_gpu", parse_optional_int, None,
       "GPUs to place workers on: the first N that NVML finds (and CUDA_VISIBLE_DEVICES shows). "
       "0: every worker on the CPU; more than there are: all of them, with a warning.",
@@ -185,8 +194,7 @@ IGNORED_KEYS = frozenset({
     "snapshot_store", "limit_max_image_pixels", "cpp_log_config", "use_env_allowed_urls",
     "ts_open_inference_protocol", "token_expiration_min", "job_cleanup_interval",
     "enable_model_snapshot", "ipex_enable", "ipex_gpu_enable", "max_batch_delay", "batch_size",
-    "default_batch_size", "header_key_sequence_id", "header_key_sequence_start",
-    "header_key_sequence_end", "disable_snapshot", "log_level", "default_log_level",
+    "default_batch_size", "disable_snapshot", "log_level", "default_log_level",
     "enable_open_inference_protocol", "max_net_worker_threads",
 })
 

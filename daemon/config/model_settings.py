@@ -142,12 +142,14 @@ MODEL_SETTINGS: tuple[ModelSetting, ...] = (
     M("max_batches_in_flight", "maxBatchesInFlight", parse_positive_int, 64,
       "asyncCommunication: most batches sent to one worker and not yet answered.", floor=1),
     M("use_job_ticket", "useJobTicket", parse_bool, False,
-      "Refuse a request at once (503) unless a worker is free to take it.", read=READ_FLAG),
+      "Refuse a request at once (503) unless a worker is free to take it (idle workers "
+      "outnumber the requests waiting).", read=READ_FLAG),
     M("client_timeout_ms", "clientTimeoutInMills", parse_int, 0,
-      "A request unanswered after this many ms gets 504 and is never sent later (0: never).",
-      floor=0),
+      "A request with no response started this many ms after its arrival gets 504; waiting, "
+      "it never runs; running, its late answer is dropped (0: never).", floor=0),
     M("max_retry_timeout", "maxRetryTimeoutInSec", parse_int, 300,
-      "Seconds a failing worker is restarted before it is left FAILED.", floor=0),
+      "Seconds a failing worker slot is restarted, from its first failure since it was READY, "
+      "before it is left FAILED (0: no restart).", floor=0),
 )
 del M
 

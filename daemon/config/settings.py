@@ -24,6 +24,7 @@ from daemon.config.declarations import (
     SETTINGS_BY_NAME,
 )
 from daemon.config.model_settings import BY_FIELD, config_default
+from protocol.messages import SEQUENCE_HEADERS
 from daemon.config.properties import parse_properties
 from daemon.config.values import BindAddress, StartupModel, split_model_entry
 from daemon.osutil import usable_cpus
@@ -92,6 +93,9 @@ class Config:
     worker_spawn: str
     worker_threads: int
     redispatch_on_worker_death: bool
+    ts_header_key_sequence_id: str | None
+    ts_header_key_sequence_start: str | None
+    ts_header_key_sequence_end: str | None
     number_of_gpu: int | None
     # Not settings: where the values came from and what the process environment said.
     config_file: Path | None = None
@@ -102,6 +106,13 @@ class Config:
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # -- derived ------------------------------------------------------------------------------
+    @property
+    def sequence_headers(self) -> dict[str, str]:
+        """The sequence headers' names (id, start, end), lower-cased as HTTP compares them."""
+        names = {"id": self.ts_header_key_sequence_id, "start": self.ts_header_key_sequence_start,
+                 "end": self.ts_header_key_sequence_end}
+        return {key: (name or SEQUENCE_HEADERS[key]).lower() for key, name in names.items()}
+
     @property
     def snapshot_dir(self) -> Path:
         return self.log_location / "config"

@@ -25,7 +25,7 @@ from daemon.gpus.inventory import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
 from daemon.models.requests import RegisterRequest
-from daemon.models.model_config import ignored_config_keys, warn_ignored_keys
+from daemon.models.model_config import check_config, ignored_config_keys, warn_ignored_keys
 from daemon.models.layers import Layers, explicit_values, resolve_settings
 from daemon.models.snapshots import SnapshotStore
 from daemon.workers.supervisor import Supervisor
@@ -92,6 +92,8 @@ class ModelManager:
             mv = self._new_version(req, prepared)
             self.check_worker_limit(None, mv.settings.max_workers)
             self.registry.check_absent(mv.name, mv.version)
+            # a key that would change what the answers mean and is not implemented: 400
+            check_config(mv.name, mv.version, mv.yaml_config, mv.settings)
             await self._install_requirements(mv)
             self.registry.add(mv)   # from here the Supervisor may start its workers
         except BaseException:
@@ -285,8 +287,16 @@ class ModelManager:
                 "loadedAtStartup": mv.loaded_at_startup,
                 "ignoredConfigKeys": ignored_config_keys(mv.yaml_config),
                 "workers": self.supervisor.describe_workers(mv),
-                "jobQueueStatus": {"remainingCapacity": mv.queue.remaining_capacity,
-                                   "pendingRequests": mv.queue.depth}}
+                "jobQueueStatus": self._queue_status(mv)}
+
+    @staticmethod
+    def _queue_status(mv: ModelVersion) -> dict[str, Any]:
+        status = {"remainingCapacity": mv.queue.remaining_capacity,
+                  "pendingRequests": mv.queue.depth}
+        if mv.settings.sequence_batching:   # torchd's: the sequences open now, and their queues
+            status["openSequences"] = len(mv.queue.sequences)
+            status["sequenceRequests"] = mv.queue.sequences.depth
+        return status
 
     def list_models(self, limit: int, offset: int) -> dict[str, Any]:
         limit = 100 if limit > 100 or limit < 0 else limit

@@ -61,6 +61,7 @@ class DirectPath:
             return False
         scope = exchange.scope
         path = normalized_path(scope["path"])
+        # the ASGI path's own routes and path parameters (url_path's ``{...:path}`` included)
         found = self.routes.match(path, scope["method"])
         if found is None or not isinstance(found[0].endpoint, PredictionEndpoint):
             return False

@@ -17,6 +17,11 @@ from daemon.http.openapi_builders import (
 
 MODEL_NAME = path_param("model_name", "The model's registered name.")
 MODEL_VERSION = path_param("model_version", "A registered version of the model.")
+URL_PATH = path_param("path", "The rest of the path, any number of segments (percent-decoded, "
+                      "joined with `/`): the handler sees it as the request header `url_path` "
+                      "(empty on the routes without it), e.g. `v1/chat/completions`.")
+# TorchServe routes any method to /predictions and /explanations (daemon/http/predict.py).
+TORCHSERVE_METHODS = ("post", "put", "get", "patch", "delete")
 
 # The server hands any body to the handler: form fields one parameter each, anything else raw.
 PREDICTION_BODY = {
@@ -53,6 +58,30 @@ def _prediction_responses() -> dict[str, Any]:
 
 def _predict(operation_id: str, summary: str) -> dict[str, Any]:
     return operation(operation_id, summary, _prediction_responses(), body=PREDICTION_BODY)
+
+
+def _torchserve_paths(verb: str, action: str) -> dict[str, Any]:
+    """``/{verb}/{m}``, ``/{verb}/{m}/{v}`` and ``/{verb}/{m}/{v}/{path}``, each with every
+    method TorchServe routes there; POST's operation ids are the historical ones
+    (``predictions``, ``versionPredictions``), the others' say their method."""
+    forms = (("", "", [MODEL_NAME], f"{action} with the model's default version."),
+             ("/{model_version}", "version", [MODEL_NAME, MODEL_VERSION],
+              f"{action} with one version."),
+             ("/{model_version}/{path}", "urlPath", [MODEL_NAME, MODEL_VERSION, URL_PATH],
+              f"{action} with one version; the handler sees the path after the version as "
+              "its `url_path` header."))
+    paths = {}
+    for tail, prefix, params, summary in forms:
+        base = prefix + verb.capitalize() if prefix else verb
+        item: dict[str, Any] = {"parameters": params}
+        for method in TORCHSERVE_METHODS:
+            if method == "post":
+                item[method] = _predict(base, summary)
+            else:
+                item[method] = _predict(method + base[0].upper() + base[1:],
+                                        f"{summary[:-1]} (as POST; the body may be empty).")
+        paths[f"/{verb}/{{model_name}}{tail}"] = item
+    return paths
 
 
 def _v2_error(description: str) -> dict[str, Any]:
@@ -117,23 +146,10 @@ def _v2_infer(operation_id: str, summary: str = "Open Inference Protocol inferen
 def paths() -> dict[str, Any]:
     model, version = [MODEL_NAME], [MODEL_NAME, MODEL_VERSION]
     return {
-        # POST /ping and PUT /predictions are accepted as TorchServe accepts them (SPEC 1.8).
+        # POST /ping is accepted as TorchServe accepts it (SPEC 1.8).
         "/ping": {"get": _ping("ping"), "post": _ping("pingPost")},
-        "/predictions/{model_name}": {
-            "parameters": model,
-            "post": _predict("predictions", "Predict with the model's default version."),
-            "put": _predict("putPredictions", "Predict with the model's default version "
-                            "(same as POST)."),
-        },
-        "/predictions/{model_name}/{model_version}": {
-            "parameters": version,
-            "post": _predict("versionPredictions", "Predict with one version."),
-            "put": _predict("putVersionPredictions", "Predict with one version (same as POST)."),
-        },
-        "/explanations/{model_name}": {"parameters": model, "post": _predict(
-            "explanations", "Explain with the model's default version.")},
-        "/explanations/{model_name}/{model_version}": {"parameters": version, "post": _predict(
-            "versionExplanations", "Explain with one version.")},
+        **_torchserve_paths("predictions", "Predict"),
+        **_torchserve_paths("explanations", "Explain"),
         "/v1/models/{model_name}:predict": {"parameters": model, "post": _predict(
             "kserveV1Predict", "KServe v1 prediction with the model's default version.")},
         "/v1/models/{model_name}:explain": {"parameters": model, "post": _predict(

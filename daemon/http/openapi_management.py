@@ -243,7 +243,8 @@ SCHEMAS: dict[str, Any] = {
             "ignoredConfigKeys": {
                 "type": "array", "items": {"type": "string"},
                 "description": "Keys of the archive's model-config.yaml that TorchServe acts "
-                               "on and torchd does not implement (they are ignored)."},
+                               "on and torchd does not implement, ignored because they change "
+                               "nothing in the answers (the others refuse the register)."},
             "workers": {"type": "array", "items": ref("Worker")},
             "jobQueueStatus": {"type": "object", "properties": {
                 "remainingCapacity": {"type": "integer"},

@@ -26,6 +26,12 @@ from protocol import messages
 logger = logging.getLogger(__name__)
 FORM_TYPES = ("multipart/form-data", "application/x-www-form-urlencoded")
 EXPLAIN = (("explain", "True"),)
+NO_EXPLAIN = (("explain", "False"),)
+URL_PATH = "url_path"   # TorchServe's header name for the path after the version, as is
+# TorchServe routes any method to /predictions and /explanations (a handler routing on url_path
+# may serve GET as well as POST); HEAD is left out: it would run a prediction to send no body.
+TORCHSERVE_METHODS = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+HOT_METHODS = frozenset(TORCHSERVE_METHODS)
 ErrorRenderer = Callable[[TorchdError], Response]
 Target = tuple[str, "str | None", tuple]   # model name, version, extra headers for the worker
 
@@ -68,8 +74,14 @@ def is_form(content_type: str | None) -> bool:
 
 
 def request_headers(scope: dict[str, Any], extra_headers: tuple) -> list[list[str]]:
-    """The request's headers as the worker sees them, and the endpoint's extra ones."""
-    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+    """The request's headers as the worker sees them, and the endpoint's extra ones, which win:
+    a request header of the same name is left out (TorchServe adds its own after the client's,
+    and keeps the last). Header names in the scope are lower case, as the extra ones are."""
+    if not extra_headers:
+        return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]]
+    own = {name.encode("latin-1") for name, _ in extra_headers}
+    headers = [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]
+               if k not in own]
     headers.extend([list(h) for h in extra_headers])
     return headers
 
@@ -187,7 +199,7 @@ class Predictor:
 # ---- endpoints ------------------------------------------------------------------------------
 
 class PredictionEndpoint:
-    """ASGI endpoint of the TorchServe routes: /predictions and /explanations, any version.
+    """ASGI endpoint of a prediction route (TorchServe's own are ``TorchServeEndpoint``).
 
     Every prediction endpoint says the same four things: which model version a request names
     (``target``), what the worker sees besides the request's own headers, how errors are
@@ -217,6 +229,22 @@ class PredictionEndpoint:
                                  self.render_error, self.default_type)
 
 
+class TorchServeEndpoint(PredictionEndpoint):
+    """/predictions and /explanations, as TorchServe's handlePredictions: the model, its
+    version, and any path after the version, which the handler sees as the ``url_path`` header
+    (``POST /predictions/llm/1.0/v1/chat/completions``: ``v1/chat/completions``; "" without
+    one), beside ``explain: True`` or ``False``.
+
+    ``url_path`` is the rest of the path as the router sees every segment: percent-decoded
+    (``a%2Fb%20c`` is ``a/b c``), as TorchServe decodes the path before it splits it; the
+    trailing slash is gone, empty segments inside it stay."""
+
+    def target(self, scope: dict[str, Any]) -> Target:
+        p = scope["path_params"]
+        return (p["model_name"], p.get("model_version"),
+                ((URL_PATH, p.get(URL_PATH, "")), *self.extra_headers))
+
+
 class KServeV1Endpoint(PredictionEndpoint):
     """/v1/models/{name}:predict and :explain."""
 
@@ -235,15 +263,22 @@ class V2InferEndpoint(PredictionEndpoint):
     default_type = "application/json"
 
 
+def torchserve_routes(verb: str, endpoint: TorchServeEndpoint) -> list[Route]:
+    """``/{verb}/{m}``, ``/{verb}/{m}/{v}`` and ``/{verb}/{m}/{v}/{url_path...}``."""
+    routes = []
+    for tail in ("", "/{model_version}", "/{model_version}/{%s:path}" % URL_PATH):
+        route = Route(f"/{verb}/{{model_name}}{tail}", endpoint, methods=TORCHSERVE_METHODS)
+        if route.methods:
+            route.methods.discard("HEAD")   # starlette adds it beside GET
+        routes.append(route)
+    return routes
+
+
 def prediction_routes(predictor: Predictor) -> list[Route]:
-    predictions = PredictionEndpoint(predictor)
-    explanations = PredictionEndpoint(predictor, EXPLAIN)
     v2_infer = V2InferEndpoint(predictor)
     return [
-        Route("/predictions/{model_name}", predictions, methods=["POST", "PUT"]),
-        Route("/predictions/{model_name}/{model_version}", predictions, methods=["POST", "PUT"]),
-        Route("/explanations/{model_name}", explanations, methods=["POST"]),
-        Route("/explanations/{model_name}/{model_version}", explanations, methods=["POST"]),
+        *torchserve_routes("predictions", TorchServeEndpoint(predictor, NO_EXPLAIN)),
+        *torchserve_routes("explanations", TorchServeEndpoint(predictor, EXPLAIN)),
         Route("/v1/models/{target}", KServeV1Endpoint(predictor), methods=["POST"]),
         Route("/v2/models/{model_name}/infer", v2_infer, methods=["POST"]),
         Route("/v2/models/{model_name}/versions/{model_version}/infer", v2_infer,
@@ -257,14 +292,20 @@ class HotRoutes:
 
     Matching splits the path once and looks its shape up by segment count and first segment:
     the same answers as the routes' own regexes (a parameter is one non-empty segment) at a
-    fraction of their cost, which profiling put at a tenth of the daemon's time per request."""
+    fraction of their cost, which profiling put at a tenth of the daemon's time per request.
+    A route ending in a ``{name:path}`` parameter (any number of segments) is looked up by its
+    first segment, after the fixed shapes."""
 
     def __init__(self, app: Callable, routes: list[Route]) -> None:
         self.app = app
         self.shapes: dict[tuple[int, str], list[_Shape]] = {}
+        self.tails: dict[str, list[_Shape]] = {}
         for route in routes:
             shape = _Shape(route)
-            self.shapes.setdefault((len(shape.parts), shape.parts[1]), []).append(shape)
+            if shape.tail is None:
+                self.shapes.setdefault((len(shape.parts), shape.parts[1]), []).append(shape)
+            else:
+                self.tails.setdefault(shape.parts[1], []).append(shape)
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         if scope["type"] == "http":
@@ -278,22 +319,32 @@ class HotRoutes:
 
     def match(self, path: str, method: str) -> tuple[Route, dict[str, str]] | None:
         """The route ``path`` and ``method`` fully match, and its path parameters."""
-        if method not in ("POST", "PUT"):
+        if method not in HOT_METHODS:
             return None
         parts = path.split("/")
-        for shape in self.shapes.get((len(parts), parts[1] if len(parts) > 1 else ""), ()):
+        first = parts[1] if len(parts) > 1 else ""
+        for shape in self.shapes.get((len(parts), first), ()):
             params = shape.match(parts, method)
             if params is not None:
                 return shape.route, params
+        for shape in self.tails.get(first, ()):
+            if len(parts) > len(shape.parts):
+                params = shape.match(parts, method)
+                if params is not None:
+                    return shape.route, params
         return None
 
 
 class _Shape:
-    """A route's path as segments: fixed ones must be equal, ``{name}`` ones non-empty."""
+    """A route's path as segments: fixed ones must be equal, ``{name}`` ones non-empty; a last
+    ``{name:path}`` (``tail``) takes every segment after the others, joined with "/"."""
 
     def __init__(self, route: Route) -> None:
         self.route = route
         self.parts = route.path.split("/")
+        self.tail: str | None = None
+        if self.parts[-1].endswith(":path}"):
+            self.tail = self.parts.pop()[1:-len(":path}")]
         self.params = [(i, part[1:-1]) for i, part in enumerate(self.parts)
                        if part.startswith("{")]
         self.fixed = [(i, part) for i, part in enumerate(self.parts) if not part.startswith("{")]
@@ -310,4 +361,6 @@ class _Shape:
             if not parts[i]:
                 return None
             params[name] = parts[i]
+        if self.tail is not None:
+            params[self.tail] = "/".join(parts[len(self.parts):])
         return params

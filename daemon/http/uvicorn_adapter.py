@@ -201,7 +201,8 @@ class InferenceProtocol(HttpToolsProtocol):
             return
         # The list is shared by every copy of the scope the app makes; see connection_lost.
         cycle.scope[DISCONNECT_HOOKS] = []
-        cycle.transport = HeadWithBody(self.transport)
+        if cycle.scope["method"] != "HEAD":   # a HEAD answer is its head: no body to wait for
+            cycle.transport = HeadWithBody(self.transport)
         super()._start_asgi_task(cycle, app)
 
     def connection_lost(self, exc: Exception | None) -> None:

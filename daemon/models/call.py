@@ -2,22 +2,26 @@
 
 REST (both of the inference listener's paths) and gRPC only turn bytes into a call and its
 events into bytes. The call owns the rest, the same for all of them: the request id, the
-submission to the model version's queue (refused at once when no worker can serve it or the
-queue is full), the client's hang-up (a job not yet dispatched is dropped, never run), flow
-control of streamed parts, and the outcome counted exactly once in the metrics (the status of
-its first event, when the response starts).
+submission to the model version's queue (refused at once when no worker can serve it, when
+none is free to take it under ``useJobTicket``, or the queue is full), the client's hang-up (a
+job not yet dispatched is dropped, never run), the client timeout (``clientTimeoutInMills``: 504
+at that moment, the job dropped from the queue or its late answer dropped), flow control of
+streamed parts, and the outcome counted exactly once in the metrics (the status of its first
+event, when the response starts).
 """
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon.errors import TorchdError, no_worker_error
-from daemon.models.job import Event, Job
+from daemon.errors import RequestTimeout, TorchdError, no_worker_error
+from daemon.models.job import Event, Job, Part
 from daemon.models.queue import QueueFull, queue_full_error
 from daemon.models.registry import ModelVersion, Registry
+from daemon.models.sequences import SequenceRules
 from protocol import messages
 
 
@@ -38,6 +42,8 @@ class Servers(Protocol):
 
     def can_serve(self, mv: ModelVersion) -> bool: ...
 
+    def free_workers(self, mv: ModelVersion) -> int: ...   # useJobTicket's count
+
 
 class RequestCounter(Protocol):
     def observe_request(self, model: str, version: str, status: int, queue_us: float,
@@ -48,7 +54,8 @@ class PredictionCall:
     """One submitted request; read its events with ``next_event`` (a reader with a task) or
     ``listen`` (a reader driven by callbacks). The first event is counted as the outcome."""
 
-    __slots__ = ("mv", "job", "named", "status", "_counter", "_listener")
+    __slots__ = ("mv", "job", "named", "status", "sequence_header", "_counter", "_listener",
+                 "_timer")
 
     def __init__(self, counter: RequestCounter, mv: ModelVersion, job: Job,
                  named: bool) -> None:
@@ -56,8 +63,10 @@ class PredictionCall:
         self.job = job
         self.named = named        # the request named its version (a metrics label)
         self.status = 0           # the outcome, once counted
+        self.sequence_header = messages.SEQUENCE_HEADERS["id"]
         self._counter = counter
         self._listener: Callable[[Event], None] | None = None
+        self._timer: asyncio.TimerHandle | None = None   # clientTimeoutInMills, when set
 
     @property
     def id(self) -> str:
@@ -66,7 +75,18 @@ class PredictionCall:
     async def next_event(self) -> Event:
         event = await self.job.next_event()
         self.record(event.status)
+        if self.job.sequence is not None:
+            self._name_sequence(event)
         return event
+
+    def _name_sequence(self, event: Event) -> None:
+        """A sequence's answers carry its id (``ts_request_sequence_id``) unless the handler
+        set it: a client that let the server open the sequence learns the id to send next."""
+        if isinstance(event, Part):
+            headers = event.response.setdefault("headers", [])
+            name = self.sequence_header
+            if not any(key.lower() == name for key, _ in headers):
+                headers.append([name, self.job.sequence])
 
     def listen(self, listener: Callable[[Event], None]) -> None:
         """Hand each event to ``listener`` as it happens (see Job.listen)."""
@@ -75,6 +95,8 @@ class PredictionCall:
 
     def _on_event(self, event: Event) -> None:
         self.record(event.status)
+        if self.job.sequence is not None:
+            self._name_sequence(event)
         listener = self._listener
         if event.final:
             self._listener = None   # no reference cycle outlives the request
@@ -94,12 +116,26 @@ class PredictionCall:
     def resume(self) -> None:
         self.job.release()
 
+    def time_out_after(self, ms: int) -> None:
+        """Answer 504 unless a response has started within ``ms`` milliseconds from now (the
+        arrival: ``Predictions.start`` calls it)."""
+        self._timer = asyncio.get_running_loop().call_later(ms / 1000.0, self._time_out, ms)
+
+    def _time_out(self, ms: int) -> None:
+        self._timer = None
+        if not self.job.finished and not self.job.cancelled:
+            self.mv.queue.time_out(self.job, RequestTimeout(
+                f'Model "{self.mv.name}" did not answer within {ms} ms (clientTimeoutInMills)'))
+
     def record(self, status: int) -> None:
         """Count the outcome (once): arrival, dispatch and answer times (TorchServe's ts_*
-        metrics)."""
+        metrics). The response has started: the client timeout no longer applies."""
         if self.status:
             return
         self.status = status
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         job, now = self.job, time.monotonic()
         dispatched = job.dispatched_at or now
         self._counter.observe_request(self.mv.name, self.mv.version, status,
@@ -110,32 +146,81 @@ class PredictionCall:
 class Predictions:
     """Where every front end starts a prediction call."""
 
-    def __init__(self, registry: Registry, servers: Servers, counter: RequestCounter) -> None:
+    def __init__(self, registry: Registry, servers: Servers, counter: RequestCounter,
+                 sequence_headers: dict[str, str] | None = None) -> None:
         self.registry = registry
         self.servers = servers
         self.counter = counter
+        # the names of TorchServe's sequence headers (config ts_header_key_sequence_*)
+        self.sequence_names = dict(sequence_headers or messages.SEQUENCE_HEADERS)
 
     def start(self, name: str, version: str | None, headers: list[list[str]],
               params: list[dict[str, Any]], *, request_id: str | None = None,
-              sequence: str | None = None) -> PredictionCall:
+              sequence: str | None = None, opens: bool = False) -> PredictionCall:
         """Submit a request for model ``name`` (``version``: None or "" for the default).
 
+        ``sequence``: the request's sequence id when its protocol carries one outside the
+        headers (gRPC StreamPredictions2; ``opens``: an id made for a new sequence). A model with
+        ``sequenceBatching`` reads it from the ``ts_request_sequence_id`` header otherwise, and
+        opens a sequence of its own for a request without one (as TorchServe). Either way the
+        handler sees the id in that header (``context.get_sequence_id``).
+
         Raises TorchdError as TorchServe answers: unknown model or version (not counted: no
-        model version to count it for), no worker, queue full, version going away (counted).
+        model version to count it for), no worker (with ``useJobTicket``: none free), queue
+        full, a sequence that cannot take the request, version going away (counted).
         """
         mv = self.registry.get(name, version or None)
         rid = request_id or new_request_id()
+        starting = False
+        if sequence is not None or mv.settings.sequence_batching:
+            headers, sequence, starting = sequence_headers(headers, sequence, opens,
+                                                           self.sequence_names)
         job = Job(rid, messages.request(rid, headers, params), time.monotonic())
-        job.sequence = sequence
+        if mv.settings.sequence_batching:
+            job.sequence = sequence
         call = PredictionCall(self.counter, mv, job, bool(version))
+        call.sequence_header = self.sequence_names["id"]
         try:
-            if not self.servers.can_serve(mv):
+            if not self._takes(mv):
                 raise no_worker_error(mv.name)
             try:
-                mv.queue.submit(job)
+                if job.sequence is not None:
+                    rules = SequenceRules.of(mv, self.sequence_names["end"])
+                    mv.queue.submit_sequence(job, rules, starting)
+                else:
+                    mv.queue.submit(job)
             except QueueFull:
                 raise queue_full_error(mv.name) from None
         except TorchdError as exc:
             call.record(exc.status)
             raise
+        if mv.settings.client_timeout_ms > 0:
+            call.time_out_after(mv.settings.client_timeout_ms)
         return call
+
+    def _takes(self, mv: ModelVersion) -> bool:
+        """A worker can serve the request; with ``useJobTicket`` (TorchServe's job tickets), one
+        is free to take it now: idle workers outnumber the requests already waiting."""
+        if mv.settings.use_job_ticket:
+            return self.servers.free_workers(mv) > 0
+        return self.servers.can_serve(mv)
+
+
+def sequence_headers(headers: list[list[str]], sequence: str | None, opens: bool,
+                     names: dict[str, str]) -> tuple[list[list[str]], str, bool]:
+    """(headers naming the sequence, its id, whether the request opens it): ``sequence`` (or
+    else the id header) names it; with neither, a new id (TorchServe's ``ts-seq-<uuid>``) and
+    the start header. The start header sent as true also opens it. ``names``: the headers'
+    names (id, start), lower-cased."""
+    id_name, start_name = names["id"], names["start"]
+    sent = {key.lower(): value for key, value in headers}
+    sequence = sequence or sent.get(id_name) or None
+    if sequence is None:
+        sequence, opens = f"ts-seq-{new_request_id()}", True
+    starting = opens or str(sent.get(start_name, "")).strip().lower() == "true"
+    replaced = (id_name, start_name) if starting else (id_name,)
+    kept = [pair for pair in headers if pair[0].lower() not in replaced]
+    kept.append([id_name, sequence])
+    if starting:
+        kept.append([start_name, "true"])
+    return kept, sequence, starting

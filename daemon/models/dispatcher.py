@@ -20,46 +20,19 @@ left to run, the worker dies, or a deadline passes (one timer per worker, not on
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from daemon.errors import InternalServerError, RequestTimeout, ServiceUnavailable, TorchdError
+from daemon.errors import InternalServerError, TorchdError
+from daemon.models.dispatching import (BatchChannel, BatchObserver, answer, arrival_or,
+                                       batch_ids, expiry, fail_dead_batch, route_part,
+                                       sequences_done)
 from daemon.models.job import Job
 
 
-class BatchChannel(Protocol):
-    """The worker's end as the dispatcher needs it (daemon.workers.connection implements it)."""
-
-    lost: asyncio.Future    # resolves with the reason once the channel is gone
-
-    def start_batch(self, batch_id: int, requests: list[dict[str, Any]],
-                    on_part: Callable[[dict], None],
-                    on_result: Callable[[dict], None]) -> asyncio.Future: ...
-
-    def end_batch(self) -> None: ...
-
-    def close(self) -> None: ...
-
-    # flow control: a job whose client is not taking its parts holds the channel (job.py)
-    def hold(self, job_id: str) -> None: ...
-
-    def release(self, job_id: str) -> None: ...
-
-
-class BatchObserver(Protocol):
-    def observe_batch(self, model: str, version: str, size: int) -> None: ...
-
-    def observe_idle_gap(self, model: str, version: str, seconds: float) -> None: ...
-
-    def redispatched(self, model: str, version: str, count: int) -> None: ...
-
-    def record_handler_metrics(self, model: str, version: str, records: Any) -> None: ...
-
-
 logger = logging.getLogger(__name__)
-_batch_ids = itertools.count(1)   # unique per daemon, so a stray RESULT never matches a batch
+__all__ = ["BatchChannel", "BatchObserver", "Dispatcher"]
 
 
 class Dispatcher:
@@ -98,11 +71,16 @@ class Dispatcher:
 
     async def serve(self) -> str | None:
         """Pull batches until stopped (None) or the channel is lost (the reason)."""
+        self.mv.queue.sequences.register(self)
+        reason: str | None = "its worker stopped"
         try:
-            return await self._serve()
+            reason = await self._serve()
+            return reason
         finally:
             self._deadline.cancel()
-            self.mv.queue.sequences.release(self)   # another worker takes its sequences
+            # its sequences' state is gone with the worker: they end, never move (sequences.py)
+            self.mv.queue.sequences.lose(self, f"its worker stopped ({reason})" if reason
+                                         else "its worker stopped")
 
     async def _serve(self) -> str | None:
         queue, lost = self.mv.queue, self.channel.lost
@@ -118,8 +96,8 @@ class Dispatcher:
             batch = self._take_ready(settings.batch_size, delay)
             if batch is None and not queue.depth:
                 # idle: wait for a job without take_batch's task (the light-load path)
-                await _arrival_or(queue.next_arrival(), lost, self._stop,
-                                  queue.sequences.arrival())
+                await arrival_or(queue.next_arrival(), lost, self._stop,
+                                 queue.sequences.arrival())
                 if lost.done():
                     return str(lost.result())
                 continue
@@ -135,12 +113,15 @@ class Dispatcher:
         return None
 
     def _take_ready(self, batch_size: int, delay: float) -> list[Job] | None:
-        """A job of a sequence this worker serves (alone: a sequence's jobs run one at a
-        time, in order), else a batch ready in the shared queue, else None."""
-        job = self.mv.queue.sequences.take(self)
-        if job is not None:
-            return [job]
-        return self.mv.queue.take_ready(batch_size, delay)
+        """The next request of each sequence this worker serves (and of new ones it may
+        claim), topped up from the shared queue without waiting; else a batch ready in the
+        shared queue; else None. Sequence requests never wait for a batch to fill."""
+        queue = self.mv.queue
+        if queue.sequences:
+            jobs = queue.sequences.take(self, batch_size)
+            if jobs:
+                return jobs + queue.pop_ready(batch_size - len(jobs))
+        return queue.take_ready(batch_size, delay)
 
     async def _collect(self, batch_size: int, delay: float) -> list[Job] | None:
         """A batch from the queue, or None when the channel is lost or a stop comes first (the
@@ -182,7 +163,7 @@ class Dispatcher:
             job.dispatched_at = now
             job.source = self.channel
         result = self.channel.start_batch(
-            next(_batch_ids), [j.request for j in batch], lambda part: _route_part(jobs, part),
+            next(batch_ids), [j.request for j in batch], lambda part: route_part(jobs, part),
             lambda message: self._on_result(jobs, message))
         self.batch, self.idle_since = batch, None
         if self.observer is not None:
@@ -195,8 +176,10 @@ class Dispatcher:
         one is waiting, answer this one's jobs, and be done with it."""
         read_at = self.clock()
         finished, self._running = self._running, None
+        if finished is not None and self.mv.queue.sequences:
+            sequences_done(self.mv, finished.batch, message)   # their next may go in this batch
         self._start_next(read_at)
-        _answer(jobs, message)
+        answer(jobs, message)
         records = message.get("metrics")
         if records and self.observer is not None:   # after the answers: they wait for nobody
             self.observer.record_handler_metrics(self.mv.name, self.mv.version, records)
@@ -235,7 +218,7 @@ class Dispatcher:
         the next): None once none runs, else why the worker is lost, its batch answered for."""
         self._wake = asyncio.get_running_loop().create_future()
         try:
-            await _arrival_or(self._wake, self.channel.lost)
+            await arrival_or(self._wake, self.channel.lost)
         finally:
             self._wake = None
         running = self._running
@@ -245,15 +228,12 @@ class Dispatcher:
         if running.result.done() and not running.result.cancelled():
             running.result.exception()   # retrieved: the outcome is told below
         if running is self._deadline.expired:
-            error, reason = self._expiry(running.deadline)
+            error, reason = expiry(self.mv, self.clock(), running.deadline)
             died = False
         else:   # the channel was lost: the worker died
             error, reason, died = self.death_error(), str(self.channel.lost.result()), True
         self._done_with(running)
-        again = self._redispatch(running.batch) if died else []
-        for job in running.batch:
-            if job not in again:
-                job.fail(error)
+        fail_dead_batch(self.mv, running.batch, error, died, self.observer)
         return reason
 
     def _expire(self, running: _Running) -> None:
@@ -262,34 +242,6 @@ class Dispatcher:
         self.channel.close()
         if self._wake is not None and not self._wake.done():
             self._wake.set_result(None)
-
-    def _redispatch(self, batch: list[Job]) -> list[Job]:
-        """The jobs of a batch whose worker died that go back to the front of the queue, to
-        run on another worker: once each (a job that meets a second death fails, so one that
-        kills every worker it touches cannot loop), never one that streamed a part already,
-        and none when the model opted out (handlers with side effects)."""
-        if not self.mv.settings.redispatch:
-            return []
-        again = [job for job in batch if not (job.redispatched or job.streamed)]
-        for job in again:
-            job.redispatched = True
-        sent = self.mv.queue.requeue_front(again) if again else 0   # none once it is closed
-        if sent:
-            logger.warning("worker of %s %s died with a batch: %d request(s) sent again",
-                           self.mv.name, self.mv.version, sent)
-            if self.observer is not None:
-                self.observer.redispatched(self.mv.name, self.mv.version, sent)
-        return again
-
-    def _expiry(self, deadline: float) -> tuple[TorchdError, str]:
-        mv = self.mv
-        if self.clock() >= deadline:
-            timeout = mv.settings.response_timeout
-            return (RequestTimeout(f'Model "{mv.name}" version {mv.version} did not answer '
-                                   f'within {timeout} s (response_timeout)'),
-                    f"response timeout after {timeout} s")
-        return (ServiceUnavailable(f'Worker for model "{mv.name}" was stopped before the '
-                                   'request finished'), "stop timeout")
 
 
 class _Running:
@@ -348,34 +300,3 @@ class _Deadline:
         self.expired = self.dispatcher._running
         if self.expired is not None:   # limit() says a batch runs
             self.dispatcher._expire(self.expired)
-
-
-async def _arrival_or(arrival: asyncio.Future, *others: asyncio.Future) -> None:
-    """Await ``arrival`` (the queue resolves it), cut short when any of ``others`` is done.
-
-    Awaited directly, a job's arrival wakes the worker's task at once; asyncio.wait would add a
-    callback hop and cost twice what the wait itself does."""
-    def wake(_: object) -> None:
-        if not arrival.done():
-            arrival.set_result(None)
-
-    for other in others:
-        other.add_done_callback(wake)
-    try:
-        await arrival
-    finally:
-        for other in others:
-            other.remove_done_callback(wake)
-
-
-def _answer(jobs: dict[str, Job], result: dict) -> None:
-    for response in result.get("responses") or ():
-        job = jobs.get(response.get("id"))
-        if job is not None:
-            job.finish(response)
-
-
-def _route_part(jobs: dict[str, Job], part: dict) -> None:
-    job = jobs.get(part.get("id", ""))
-    if job is not None:
-        job.send_part(part)

@@ -8,7 +8,7 @@ from typing import Callable
 
 from daemon.errors import ServiceUnavailable, TorchdError
 from daemon.models.job import Job
-from daemon.models.sequences import SequenceLanes
+from daemon.models.sequences import SequenceRules, SequenceTable
 
 
 class QueueFull(Exception):
@@ -30,7 +30,7 @@ class JobQueue:
         self._arrival_waiters: list[asyncio.Future] = []
         self._collecting = asyncio.Lock()
         self._closed: TorchdError | None = None
-        self.sequences = SequenceLanes()   # jobs of open sequences wait there, not in _jobs
+        self.sequences = SequenceTable(clock)   # jobs of open sequences wait there, not in _jobs
 
     @property
     def depth(self) -> int:
@@ -52,11 +52,15 @@ class JobQueue:
             self._drop_cancelled()
             if len(self._jobs) >= self.capacity:
                 raise QueueFull()
-        if job.sequence is not None:
-            self.sequences.add(job)   # wakes the dispatchers through sequences.arrival()
-            return
         self._jobs.append(job)
         self._announce()
+
+    def submit_sequence(self, job: Job, rules: SequenceRules, starting: bool) -> None:
+        """Queue a request of sequence ``job.sequence`` (sequences.py): it waits in its
+        sequence, for the worker that holds its state; refusals as SequenceTable.admit."""
+        if self._closed is not None:
+            raise self._closed
+        self.sequences.admit(job, rules, starting)   # wakes the dispatchers: sequences.arrival()
 
     def next_arrival(self) -> asyncio.Future:
         """A future that is done once a job is queued (submitted, or given back).
@@ -75,6 +79,16 @@ class JobQueue:
     def abandon(self, job: Job) -> None:
         """Drop a job whose client hung up: it leaves the queue now and is never dispatched."""
         job.abandon()
+        self._remove(job)
+
+    def time_out(self, job: Job, error: TorchdError) -> None:
+        """A job past its client timeout is answered with ``error`` now: still waiting, it
+        leaves the queue and is never dispatched; running, its late answer is dropped."""
+        job.cancelled = True   # a batch still collecting drops it too
+        job.fail(error)
+        self._remove(job)
+
+    def _remove(self, job: Job) -> None:
         if job.sequence is not None:
             self.sequences.remove(job)
         try:
@@ -109,6 +123,16 @@ class JobQueue:
                 await asyncio.wait_for(self.next_arrival(), remaining)
             except asyncio.TimeoutError:
                 return None
+
+    def pop_ready(self, count: int) -> list[Job]:
+        """Up to ``count`` waiting jobs, at once (none while another worker is collecting a
+        batch: it is owed them)."""
+        jobs: list[Job] = []
+        if self._collecting.locked():
+            return jobs
+        while len(jobs) < count and (job := self._pop_live()) is not None:
+            jobs.append(job)
+        return jobs
 
     def take_ready(self, batch_size: int, max_delay_s: float) -> list[Job] | None:
         """The batch ``take_batch`` would return at once, without waiting, or None.

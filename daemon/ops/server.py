@@ -72,7 +72,8 @@ class DaemonCore:
         runner = RunnerSettings(runtime_dir=self.runtime_dir / "sockets",
                                 max_frame=config.max_response_size, server_version=VERSION,
                                 service_envelope=config.service_envelope,
-                                max_request=config.max_request_size)
+                                max_request=config.max_request_size,
+                                sequence_headers=config.sequence_headers)
         settings = SupervisorSettings(
             runner, heartbeat_interval=config.heartbeat_interval,
             autoscale_up_delay=config.autoscale_up_delay,
@@ -84,7 +85,8 @@ class DaemonCore:
                                     self.runtime_dir / "models", snapshots=self.snapshots,
                                     metrics=self.metrics, gpus=self.gpus)
         self.health = Health(self.registry, self.supervisor)
-        self.predictions = Predictions(self.registry, self.supervisor, self.metrics)
+        self.predictions = Predictions(self.registry, self.supervisor, self.metrics,
+                                       config.sequence_headers)
         self.tokens = TokenStore(config.key_file, config.token_auth_enabled)
         self.documents = {"management": openapi.management_document(VERSION),
                           "inference": openapi.inference_document(VERSION)}
@@ -134,7 +136,10 @@ class DaemonCore:
             logger.warning("model_snapshot is set: load_models (%s) is ignored",
                            ",".join(self.config.load_models))
         self.notifier.status("loading the models of model_snapshot")
-        await self._start_restored(await load_model_snapshot(self.config, self.manager))
+        count, refused = await load_model_snapshot(self.config, self.manager)
+        if refused:   # as for --models: not ready until registered (by hand, fixed)
+            self.health.expect(refused)
+        await self._start_restored(count)
 
     async def _start_restored(self, count: int) -> None:
         if not count:

@@ -13,6 +13,7 @@ from daemon.models.archives import startup_models_in_store
 from daemon.errors import Conflict, ModelNotFound, TorchdError
 from daemon.models import snapshots
 from daemon.control.manager import ModelManager
+from daemon.models.model_config import ConfigRefused
 from daemon.models.registry import ModelVersion
 from daemon.models.requests import RegisterRequest
 from daemon.models.snapshots import SnapshotError, SnapshotStore
@@ -56,42 +57,53 @@ async def restore_snapshot(store: SnapshotStore, manager: ModelManager) -> int:
     return count
 
 
-async def load_model_snapshot(config: Config, manager: ModelManager) -> int:
+async def load_model_snapshot(config: Config, manager: ModelManager,
+                              ) -> tuple[int, list[str]]:
     """The config's ``model_snapshot`` (TorchServe's JSON): register every version it lists
     from its ``marName`` in the model store, with its settings and workers, then make the
-    versions marked ``defaultVersion`` the defaults; returns how many versions. Their workers
-    start without being waited for here.
+    versions marked ``defaultVersion`` the defaults; returns how many versions, and the names
+    of the models refused for their configuration. Their workers start without being waited
+    for here.
 
     All or nothing, like a snapshot restore: an entry that cannot be registered stops the start
     with a StartupError naming it (TorchServe refuses a model_snapshot naming a missing
-    archive). ``modelCount`` 0 or less loads nothing, as in TorchServe.
+    archive). Except a model whose settings torchd refuses (daemon/models/model_config.py):
+    that is logged and the others are served, as with --models. ``modelCount`` 0 or less loads
+    nothing, as in TorchServe.
     """
     snapshot = config.model_snapshot or {}
     count = snapshot.get("modelCount")
     if count is not None and count <= 0:
         logger.warning("model_snapshot %r has modelCount %d: starting without its models",
                        snapshot.get("name"), count)
-        return 0
-    loaded = 0
+        return 0, []
+    loaded, refused = 0, []
     for name, versions in snapshot.get("models", {}).items():
         for version, entry in versions.items():
             mv = await _register_snapshot_entry(config, manager, name, version, entry)
+            if mv is None:
+                refused.append(name)
+                continue
             loaded += 1
             if entry.get("defaultVersion"):
                 manager.registry.set_default(name, mv.version)
     logger.info("loaded %d model version(s) from model_snapshot %r", loaded,
                 snapshot.get("name"))
-    return loaded
+    return loaded, refused
 
 
 async def _register_snapshot_entry(config: Config, manager: ModelManager, name: str,
-                                   version: str, entry: dict[str, Any]) -> ModelVersion:
+                                   version: str, entry: dict[str, Any]) -> ModelVersion | None:
     explicit = request_values(entry)   # they win over the archive's model-config.yaml
     explicit.setdefault("initial_workers", config.startup_workers_per_model)  # startup default
     req = RegisterRequest(url=entry["marName"], model_name=name, runtime=entry.get("runtimeType"),
                           synchronous=False, loaded_at_startup=True, **explicit)
     try:
         mv = await manager.restore(req)
+    except ConfigRefused as exc:
+        logger.error("model_snapshot: model %s version %s from %s refused: %s", name, version,
+                     entry["marName"], exc.message)
+        return None
     except TorchdError as exc:
         raise StartupError(f"model_snapshot: cannot load model {name} version {version} from "
                            f"{entry['marName']}: {exc.message}") from exc

@@ -1,11 +1,14 @@
 """StreamPredictions2: a sequence of requests to a stateful model over one stream.
 
-Every request of one ``sequence_id`` goes to the same worker, in order (the job queue's sequence
-lanes, daemon/models/sequences.py): requests are taken one at a time, each answered before the
-next is submitted. A request without a ``sequence_id`` belongs to the stream's own sequence,
-whose id the answers carry. A failed request is answered in ``PredictionResponse.status`` and
-the stream goes on. The sequence ends when the client ends the stream, or, when the model's
-model-config.yaml sets ``sequenceMaxIdleMSec``, once no request came for that long: the call
+Requests are taken one at a time, each answered before the next is submitted; the handler sees
+each one's sequence id (``context.get_sequence_id``). For a model with ``sequenceBatching`` every
+request of one ``sequence_id`` runs on the worker holding that sequence's state, in order
+(daemon/models/sequences.py). A request without a ``sequence_id`` belongs to the stream's own
+sequence (TorchServe's ``ts-seq-<uuid>``, opened with the start header), whose id the answers
+carry. An input named ``ts_request_sequence_start`` or ``ts_request_sequence_end`` set to true
+reaches the handler as that header (TorchServe's way to say it over gRPC). A failed request is
+answered in ``PredictionResponse.status`` and the stream goes on. The stream's sequences end
+when the client ends the stream, or once no request came for ``sequenceMaxIdleMSec``: the call
 then ends with DEADLINE_EXCEEDED.
 """
 from __future__ import annotations
@@ -17,7 +20,7 @@ from typing import Any
 
 import grpc
 
-from daemon.errors import RequestTimeout, ServiceUnavailable, TorchdError
+from daemon.errors import RequestTimeout, TorchdError
 from daemon.models.call import Predictions, new_request_id
 from daemon.models.registry import ModelVersion
 from daemon.rpc.generated import inference_pb2 as pb
@@ -60,7 +63,8 @@ class _Sequence:
     def __init__(self, predictions: Predictions, headers: list[list[str]]) -> None:
         self.predictions = predictions
         self.headers = headers
-        self.own_id = new_request_id()
+        self.own_id = f"ts-seq-{new_request_id()}"
+        self.own_opened = False
         self.lanes: dict[tuple[int, str], ModelVersion] = {}
         self.idle: tuple[float, str, str] | None = None   # seconds, model, sequence id
 
@@ -77,7 +81,7 @@ class _Sequence:
                                   f"{seconds * 1000:g} ms (sequenceMaxIdleMSec)")
 
     async def run(self, request: pb.PredictionsRequest) -> pb.PredictionResponse:
-        sequence = request.sequence_id if request.HasField("sequence_id") else self.own_id
+        sequence = request.sequence_id if request.sequence_id else self.own_id
         try:
             body = await self._predict(request, sequence)
         except TorchdError as exc:
@@ -87,9 +91,13 @@ class _Sequence:
         return pb.PredictionResponse(prediction=body, sequence_id=sequence)
 
     async def _predict(self, request: pb.PredictionsRequest, sequence: str) -> bytes:
-        call = self.predictions.start(request.model_name, request.model_version, self.headers,
+        opens = sequence == self.own_id and not self.own_opened
+        call = self.predictions.start(request.model_name, request.model_version,
+                                      self.headers + _sequence_flags(
+                                          request, self.predictions.sequence_names),
                                       input_parameters(request.input.items()),
-                                      sequence=sequence)
+                                      sequence=sequence, opens=opens)
+        self.own_opened = self.own_opened or opens
         self.lanes[(id(call.mv), sequence)] = call.mv
         self.idle = _idle_limit(call.mv, sequence)
         return await outcome(call)
@@ -97,11 +105,22 @@ class _Sequence:
     def end(self) -> None:
         """Close every sequence this stream opened: their workers are free for others."""
         for (_, sequence), mv in self.lanes.items():
-            mv.queue.sequences.end(sequence, ServiceUnavailable(f"Sequence {sequence} ended"))
+            mv.queue.sequences.end(sequence, f"sequence {sequence} ended with its gRPC stream")
+
+
+def _sequence_flags(request: pb.PredictionsRequest, names: dict[str, str],
+                    ) -> list[list[str]]:
+    """The start and end flags a client put in the request's input map, as headers."""
+    flags = []
+    for name in (names["start"], names["end"]):
+        value = request.input.get(name)
+        if value is not None and value.decode("utf-8", "replace").strip().lower() == "true":
+            flags.append([name, "true"])
+    return flags
 
 
 def _idle_limit(mv: ModelVersion, sequence: str) -> tuple[float, str, str] | None:
-    value = mv.yaml_config.get("sequenceMaxIdleMSec")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+    value = mv.settings.sequence_max_idle_ms
+    if value <= 0:
         return None
     return value / 1000.0, mv.name, sequence

@@ -1,4 +1,6 @@
-"""The daemon's end of one worker's Unix socket: request/reply over frames, one batch at a time."""
+"""The daemon's end of one worker's Unix socket: request/reply over frames; the batches in the
+worker (one at a time, several with asyncCommunication, a running one with continuous batching)
+by batch id."""
 from __future__ import annotations
 
 import asyncio
@@ -15,6 +17,14 @@ class ConnectionLost(ConnectionError):
     """The worker's socket closed (the process died, or we poisoned the connection)."""
 
 
+class _Batch:
+    __slots__ = ("on_part", "on_result", "future")
+
+    def __init__(self, on_part: Callable[[dict], None], on_result: Callable[[dict], None],
+                 future: asyncio.Future) -> None:
+        self.on_part, self.on_result, self.future = on_part, on_result, future
+
+
 class WorkerConnection(asyncio.Protocol):
     """The daemon's end of one worker socket, as an asyncio protocol: frames are decoded as the
     bytes arrive and routed to whoever awaits them, with no reader task between."""
@@ -26,9 +36,7 @@ class WorkerConnection(asyncio.Protocol):
         self._decoder = FrameDecoder(max_frame)
         self._transport: asyncio.Transport | None = None
         self._replies: dict[str, asyncio.Future] = {}
-        self._on_part: Callable[[dict], None] | None = None
-        self._on_result: Callable[[dict], None] | None = None
-        self._batch_id: int | None = None
+        self._batches: dict[int, _Batch] = {}   # in the worker now, by batch id
         self._holders: set[str] = set()   # jobs whose clients are not taking their parts
         self.last_pong = 0
 
@@ -81,10 +89,11 @@ class WorkerConnection(asyncio.Protocol):
     def _lose(self, reason: Exception) -> None:
         if not self.lost.done():
             self.lost.set_result(reason)
-        for future in self._replies.values():
+        for future in [*self._replies.values(), *(b.future for b in self._batches.values())]:
             if not future.done():
                 future.set_exception(reason)
         self._replies.clear()
+        self._batches.clear()
 
     def _dispatch(self, message: dict[str, Any]) -> None:
         kind: str = message.get("kind", "")
@@ -92,18 +101,28 @@ class WorkerConnection(asyncio.Protocol):
             self.last_pong = message.get("seq", 0)
             return
         if kind == messages.STREAM:
-            if message.get("batch_id") == self._batch_id and self._on_part:
-                self._on_part(message["response"])
+            batch = self._batches.get(message.get("batch_id"))   # type: ignore[arg-type]
+            if batch is not None:
+                batch.on_part(message["response"])
             return
-        if kind == messages.RESULT and message.get("batch_id") != self._batch_id:
-            logger.warning("dropping a result for batch %s (expected %s)",
-                           message.get("batch_id"), self._batch_id)
+        if kind == messages.RESULT or kind == messages.STEP:
+            self._batch_answered(kind, message)
             return
         future = self._replies.pop(kind, None)
         if future is not None and not future.done():
-            if kind == messages.RESULT and self._on_result is not None:
-                self._on_result(message)
             future.set_result(message)
+
+    def _batch_answered(self, kind: str, message: dict[str, Any]) -> None:
+        """A RESULT ends its batch; a STEP is one step of the running batch, which goes on."""
+        batch_id = message.get("batch_id")
+        batch = (self._batches.pop(batch_id, None) if kind == messages.RESULT   # type: ignore[arg-type]
+                 else self._batches.get(batch_id))   # type: ignore[arg-type]
+        if batch is None:
+            logger.warning("dropping a %s for batch %s (not in the worker)", kind, batch_id)
+            return
+        batch.on_result(message)
+        if not batch.future.done():
+            batch.future.set_result(message)
 
     def _expect(self, kind: str) -> asyncio.Future:
         if self.lost.done():
@@ -130,13 +149,34 @@ class WorkerConnection(asyncio.Protocol):
         """Send one batch. ``on_part`` gets each STREAM part, ``on_result`` the RESULT as soon
         as it is read (the requests are answered from there, without waiting for the task that
         awaits the returned future, which then resolves with the same message)."""
-        future = self._expect(messages.RESULT)
-        self._batch_id, self._on_part, self._on_result = batch_id, on_part, on_result
+        future = self._track(batch_id, on_part, on_result)
         self.send(messages.predict(batch_id, requests))
         return future
 
-    def end_batch(self) -> None:
-        self._batch_id, self._on_part, self._on_result = None, None, None
+    def join(self, batch_id: int, requests: list[dict[str, Any]], cancel: list[str],
+             on_part: Callable[[dict], None], on_step: Callable[[dict], None]) -> None:
+        """Continuous batching: ``requests`` join the running batch ``batch_id`` at its next
+        step and ``cancel`` leave it. ``on_step`` gets each STEP as it is read, ``on_part``
+        the STREAM parts sent during a step."""
+        if batch_id not in self._batches:
+            self._track(batch_id, on_part, on_step)
+        self.send(messages.join(batch_id, requests, cancel))
+
+    def _track(self, batch_id: int, on_part: Callable[[dict], None],
+               on_result: Callable[[dict], None]) -> asyncio.Future:
+        if self.lost.done():
+            raise self.lost.result()
+        batch = self._batches[batch_id] = _Batch(
+            on_part, on_result, asyncio.get_running_loop().create_future())
+        return batch.future
+
+    def end_batch(self, batch_id: int | None = None) -> None:
+        """Nothing (``batch_id``: that batch) runs in the worker any more: forget it, and
+        any holds its jobs had."""
+        if batch_id is not None:
+            self._batches.pop(batch_id, None)
+            if self._batches:
+                return
         if self._holders:
             self._holders.clear()
             self._resume()

@@ -5,7 +5,7 @@ import asyncio
 import datetime
 from dataclasses import dataclass, field
 
-from daemon.models.dispatcher import Dispatcher
+from daemon.models.dispatching import WorkerDispatcher
 from daemon.models.registry import ModelVersion
 from daemon.workers.connection import WorkerConnection
 from daemon.workers.states import LIVE_STATES, WorkerState, check_transition
@@ -35,7 +35,7 @@ class WorkerHandle:
     task: asyncio.Task | None = None   # its runner's task
     # -- written by its runner only --
     conn: WorkerConnection | None = None
-    dispatcher: Dispatcher | None = None   # set once it is loaded; feeds it batches
+    dispatcher: WorkerDispatcher | None = None   # set once it is loaded; feeds it batches
     kill_reason: str | None = None     # why it was killed (heartbeat), for lastError
     oom_baseline: int = 0              # cgroup oom_kill count when it started
 

@@ -23,10 +23,20 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from daemon.workers.states import WorkerState
+
 
 def version_ready(ready_workers: int, min_workers: int) -> bool:
     """The rule: ``min_workers`` READY, and at least one."""
     return ready_workers >= max(1, min_workers)
+
+
+def free_workers(handles: Iterable[Any], queue: Any) -> int:
+    """How many more requests workers are free to take at once (TorchServe's job tickets,
+    ``useJobTicket``): READY workers with no batch in flight, less the one filling a batch
+    (one worker at a time does), less the requests already waiting for them."""
+    idle = sum(1 for h in handles if h.state is WorkerState.READY and not h.busy)
+    return idle - (1 if queue.gathering else 0) - queue.depth
 
 
 class Health:

@@ -30,6 +30,7 @@ class SlotHistory:
 
     crashes: int = 0             # consecutive deaths, for the backoff delay
     start_failures: int = 0      # consecutive failures to reach READY (FAILED at the limit)
+    failing_since: float | None = None   # its first failure since a worker of it was READY
     gpu: int | None = None       # chosen when the slot opens; a replacement keeps it
 
 
@@ -58,25 +59,34 @@ class VersionRecord:
     # The restart rules: the Supervisor reports what happened, the record says what follows.
 
     def started(self, slot: int) -> None:
-        """A worker in ``slot`` reached READY: its start failures stop counting."""
-        self.slot(slot).start_failures = 0
+        """A worker in ``slot`` reached READY: its start failures stop counting, and its
+        failure run (maxRetryTimeoutInSec's) is over."""
+        history = self.slot(slot)
+        history.start_failures = 0
+        history.failing_since = None
 
-    def start_failed(self, slot: int, error: str, policy: RestartPolicy) -> float | None:
+    def start_failed(self, slot: int, error: str, policy: RestartPolicy, now: float,
+                     retry_window: float) -> float | None:
         """A worker in ``slot`` failed to start: the delay before the next try, or None when
-        the policy gives up (the slot is FAILED until the next scale call)."""
+        the slot gives up (FAILED until the next scale call): the policy's count of start
+        failures in a row is reached, or the slot has been failing for ``retry_window`` seconds
+        (the model's maxRetryTimeoutInSec) since its first failure."""
         self.start_failures += 1
         self.last_error = error
         history = self.slot(slot)
         history.start_failures += 1
         history.crashes += 1
-        if policy.gives_up(history.start_failures):
+        if history.failing_since is None:
+            history.failing_since = now
+        if policy.gives_up(history.start_failures) or _out_of_time(history, now, retry_window):
             return None
         return policy.delay(history.crashes)
 
     def crashed(self, slot: int, ready_for: float | None, answered: int,
-                policy: RestartPolicy) -> float:
+                policy: RestartPolicy, now: float, retry_window: float) -> float | None:
         """A READY worker in ``slot`` died after ``ready_for`` seconds and ``answered`` batches:
-        the delay before its replacement.
+        the delay before its replacement, or None when the model's retry window is 0 (its
+        first failure ends the slot in FAILED, as in TorchServe).
 
         A worker that answered a batch, or stayed READY for ``policy.reset_after``, had proven
         itself: the count starts over and the replacement starts at once. A death from outside
@@ -87,9 +97,23 @@ class VersionRecord:
         history = self.slot(slot)
         proven = answered > 0 or (ready_for is not None and ready_for >= policy.reset_after)
         history.crashes = 1 if proven else history.crashes + 1
+        history.failing_since = now   # it was READY: a failure run starts
+        if _out_of_time(history, now, retry_window):
+            return None
         return policy.delay(history.crashes)
+
+    def failing_for(self, slot: int, now: float) -> float:
+        """Seconds the slot's current failure run has lasted (0 when it is not failing)."""
+        since = self.slot(slot).failing_since
+        return 0.0 if since is None else now - since
 
     def recovering(self, now: float) -> bool:
         """Below min_workers because of crashes, for less than RECOVERY_GRACE seconds."""
         since = self.below_min_since
         return since is not None and now - since < RECOVERY_GRACE and self.restarts > 0
+
+
+def _out_of_time(history: SlotHistory, now: float, retry_window: float) -> bool:
+    """TorchServe's WorkerThread.isHealthy turned around: retries go on only while the slot's
+    failure run is younger than the window (0: none at all)."""
+    return history.failing_since is not None and now - history.failing_since >= retry_window

@@ -18,6 +18,9 @@ from typing import Any, Protocol
 
 from daemon.errors import InternalServerError, TorchdError
 from daemon.models.dispatcher import BatchObserver, Dispatcher
+from daemon.models.dispatching import WorkerDispatcher
+from daemon.models.pipelining import PipelineDispatcher
+from daemon.models.stepping import StepDispatcher
 from daemon.workers.connection import ConnectionLost, WorkerConnection
 from daemon.workers.handle import WorkerHandle
 from daemon.workers.launcher import ProcessOps
@@ -48,6 +51,7 @@ class RunnerSettings:
     server_version: str
     service_envelope: str | None = None   # TorchServe's service_envelope, for every model
     max_request: int = DEFAULT_MAX_FRAME     # max_request_size: the largest body of a request
+    sequence_headers: dict[str, str] | None = None   # config ts_header_key_sequence_*
 
 
 class StartFailure(Exception):
@@ -183,7 +187,9 @@ class WorkerRunner:
                              gpu_id=handle.gpu,
                              service_envelope=self.settings.service_envelope,
                              max_request_frame=predict_frame_limit(
-                                 mv.settings.batch_size, self.settings.max_request))
+                                 mv.settings.batch_size, self.settings.max_request),
+                             mode=serving_mode(mv.settings),
+                             sequence_headers=self.settings.sequence_headers)
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:
@@ -196,18 +202,19 @@ class WorkerRunner:
 
     # ---- serve -----------------------------------------------------------------------------
 
-    def _dispatcher(self, handle: WorkerHandle, conn: WorkerConnection) -> Dispatcher:
+    def _dispatcher(self, handle: WorkerHandle, conn: WorkerConnection) -> WorkerDispatcher:
         def after_batch() -> None:
             limit = handle.mv.settings.max_requests_per_worker
             if limit and dispatcher.served >= limit:
                 self.events.served_enough(handle)
 
-        dispatcher = Dispatcher(handle.mv, conn, self.clock,
-                                death_error=lambda: self._death_error(handle),
-                                observer=self.observer, after_batch=after_batch)
+        kind = _DISPATCHERS[serving_mode(handle.mv.settings)]
+        dispatcher = kind(handle.mv, conn, self.clock,
+                          death_error=lambda: self._death_error(handle),
+                          observer=self.observer, after_batch=after_batch)
         return dispatcher
 
-    async def _serve(self, handle: WorkerHandle, dispatcher: Dispatcher) -> str | None:
+    async def _serve(self, handle: WorkerHandle, dispatcher: WorkerDispatcher) -> str | None:
         """The dispatcher's loop, stopped when the Supervisor asks this worker to stop."""
         stop = asyncio.ensure_future(handle.stop_requested.wait())
         stop.add_done_callback(lambda _: dispatcher.stop(handle.stop_deadline or self.clock()))
@@ -286,3 +293,17 @@ def _oom_kills() -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def serving_mode(settings: Any) -> str:
+    """How the version's workers take requests (LOAD's ``mode``)."""
+    if settings.continuous_batching:
+        return messages.MODE_CONTINUOUS
+    if settings.async_communication:
+        return messages.MODE_ASYNC
+    return messages.MODE_BATCH
+
+
+_DISPATCHERS: dict[str, Any] = {messages.MODE_BATCH: Dispatcher,
+                                messages.MODE_CONTINUOUS: StepDispatcher,
+                                messages.MODE_ASYNC: PipelineDispatcher}

@@ -27,7 +27,7 @@ from daemon.workers.autoscale import autoscale_step
 from daemon.workers.launcher import ProcessOps
 from daemon.workers.pids import PidTable
 from daemon.gpus.placement import GpuInventory, GpuPlacement
-from daemon.workers.readiness import version_ready
+from daemon.workers.readiness import free_workers, version_ready
 from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner
@@ -244,21 +244,25 @@ class Supervisor:
             return
         gone = self.placement.vanished(handle, error)   # its GPU is gone: no retry
         handle.last_error = error = gone or error
-        delay = self.record(handle.mv).start_failed(handle.slot, error, self.settings.policy)
+        mv, record, now = handle.mv, self.record(handle.mv), self.clock()
+        delay = record.start_failed(handle.slot, error, self.settings.policy, now,
+                                    mv.settings.max_retry_timeout)
         if delay is None or gone:
             handle.move(S.FAILED)
-            logger.error("worker %s for %s %s FAILED after %d start failures: %s", handle.id,
-                         handle.mv.name, handle.mv.version,
-                         self.record(handle.mv).slot(handle.slot).start_failures, error)
+            logger.error("worker %s for %s %s FAILED after %d start failures: %s (failing for "
+                         "%.0f s, maxRetryTimeoutInSec %d)", handle.id, mv.name, mv.version,
+                         record.slot(handle.slot).start_failures, error,
+                         record.failing_for(handle.slot, now), mv.settings.max_retry_timeout)
         else:
             handle.move(S.BACKOFF)
-            handle.retry_at = self.clock() + delay
+            handle.retry_at = now + delay
             logger.error("worker %s for %s %s failed to start: %s (retry in %g s)", handle.id,
-                         handle.mv.name, handle.mv.version, error, delay)
+                         mv.name, mv.version, error, delay)
         self.notify_changed()
 
     def died(self, handle: WorkerHandle, reason: str) -> None:
-        """A READY worker went away unasked: back off, then replace it."""
+        """A READY worker went away unasked: back off, then replace it (maxRetryTimeoutInSec 0:
+        FAILED)."""
         handle.last_error = reason
         if handle.state is S.STOPPING:
             # Killed on its way out (the stop timeout ran out): nothing to replace.
@@ -268,16 +272,18 @@ class Supervisor:
             return
         if self.placement.vanished(handle, reason):
             return self.start_failed(handle, reason)    # FAILED, naming the GPU
-        if self.metrics is not None:
-            self.metrics.worker_restarted(handle.mv.name, handle.mv.version)
         now = self.clock()
         delay = self.record(handle.mv).crashed(handle.slot, handle.ready_for(now),
-                                               handle.answered, self.settings.policy)
-        handle.move(S.BACKOFF)
-        handle.retry_at = now + delay
-        logger.error("worker %s (pid %s) of %s %s died: %s (exit status %s); replacing it in "
-                     "%g s", handle.id, handle.pid, handle.mv.name, handle.mv.version, reason,
-                     handle.returncode, delay)
+                                               handle.answered, self.settings.policy, now,
+                                               handle.mv.settings.max_retry_timeout)
+        if delay is not None and self.metrics is not None:
+            self.metrics.worker_restarted(handle.mv.name, handle.mv.version)
+        handle.move(S.BACKOFF if delay is not None else S.FAILED)
+        handle.retry_at = now + (delay or 0.0)
+        logger.error("worker %s (pid %s) of %s %s died: %s (exit status %s); %s", handle.id,
+                     handle.pid, handle.mv.name, handle.mv.version, reason, handle.returncode,
+                     "FAILED: not replaced (maxRetryTimeoutInSec 0)" if delay is None
+                     else f"replacing it in {delay:g} s")
         self.notify_changed()
 
     def stopped(self, handle: WorkerHandle) -> None:
@@ -304,6 +310,10 @@ class Supervisor:
     def can_serve(self, mv: ModelVersion) -> bool:
         """Some worker is READY or on its way (starting, or restarting after a crash)."""
         return any(h.state in LIVE_STATES for h in self._by_version.get(mv, {}).values())
+
+    def free_workers(self, mv: ModelVersion) -> int:
+        """useJobTicket: see daemon/workers/readiness.py."""
+        return free_workers(self._by_version.get(mv, {}).values(), mv.queue)
 
     def ready_count(self, mv: ModelVersion) -> int:
         return sum(1 for h in self.handles(mv) if h.state is S.READY)

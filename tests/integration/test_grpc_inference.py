@@ -35,13 +35,14 @@ def daemon(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("grpc-inference")
     store = copy_store(archive_dir, workdir / "store")
     build_archive("recorder", store, config_file="config.yaml")
+    build_archive("recorder", store, name="recorder_seq", config_file="sequences.yaml")
     d = Daemon(workdir, store, {"max_request_size": LIMIT,
                                 "models": '{"recq": {"1.0": {"jobQueueSize": 1}}}'})
     d.start()
     for name, workers in (("rec", 1), ("rec2", 2), ("recq", 1), ("fail_plain", 1), ("oom", 1),
                           ("idle", 0)):
-        url = "noop.mar" if name == "idle" else ("recorder.mar" if "rec" in name
-                                                 else f"{name}.mar")
+        url = {"idle": "noop.mar", "rec2": "recorder_seq.mar"}.get(
+            name, "recorder.mar" if "rec" in name else f"{name}.mar")
         r = d.register(url, model_name=name, initial_workers=workers)
         assert r.status_code == 200, r.text
     yield d

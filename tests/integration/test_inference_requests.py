@@ -82,7 +82,9 @@ def test_every_request_header_reaches_the_handler(daemon, probe):
     seen = {k.lower(): v for k, v in r.json()["headers"].items()}
     for name, value in sent.items():
         assert seen[name.lower()] == value
-    assert seen["content-length"] == "1" and "host" in seen and "explain" not in seen
+    assert seen["content-length"] == "1" and "host" in seen
+    # and TorchServe's own (handlePredictions), after the client's
+    assert seen["explain"] == "False" and seen["url_path"] == ""
 
 
 def test_handler_status_reason_content_type_and_headers(daemon):
@@ -148,14 +150,17 @@ def test_kserve_v1_predict(daemon, probe):
 
 
 def test_prediction_paths_route_like_every_other_path(daemon, probe):
-    """The prediction routes are reached past starlette's router (daemon/http/predict.py): PUT and a
-    trailing slash work as on every path, a wrong method is TorchServe's 405."""
+    """The prediction routes are reached past starlette's router (daemon/http/predict.py): PUT,
+    GET (TorchServe routes any method to /predictions and /explanations) and a trailing slash work
+    as on every path, a wrong method is TorchServe's 405."""
     for method, path in (("PUT", f"/predictions/{probe}"), ("POST", f"/predictions/{probe}/"),
-                         ("POST", f"/predictions/{probe}/1.0/")):
+                         ("POST", f"/predictions/{probe}/1.0/"), ("GET", f"/predictions/{probe}"),
+                         ("PUT", f"/explanations/{probe}")):
         r = daemon.infer(method, path, json={"x": 1})
         assert r.status_code == 200, (method, path, r.text)
         assert r.json()["request_id"] == r.headers["x-request-id"]
-    for method, path in (("GET", f"/predictions/{probe}"), ("PUT", f"/explanations/{probe}"),
+    for method, path in (("TRACE", f"/predictions/{probe}"),
+                         ("TRACE", f"/explanations/{probe}/1.0/x"),
                          ("GET", f"/v1/models/{probe}:predict"),
                          ("DELETE", f"/v2/models/{probe}/infer")):
         r = daemon.infer(method, path)

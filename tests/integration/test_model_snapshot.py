@@ -1,7 +1,8 @@
 """TorchServe's `model_snapshot` config key through the real daemon (KServe's config.properties
 uses it with load_models=all): its models, versions, settings and default versions serve at
-start, in place of torchd's newest snapshot and of load_models; model-config.yaml keys torchd
-does not implement are named in describe and in one warning at register."""
+start, in place of torchd's newest snapshot and of load_models (a model torchd refuses for its
+model-config.yaml is logged and left out); model-config.yaml keys torchd does not implement are
+named in describe and in one warning at register."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from tests.support.archives import build_archive
 from tests.support.daemon import Daemon
 
 pytestmark = pytest.mark.timeout(240)
-IGNORED = ["sequenceBatching", "maxNumSequence"]
+IGNORED = ["useVenv", "parallelLevel"]
 
 
 def entry(mar: str, default: bool, **settings: int) -> dict:
@@ -22,21 +23,24 @@ def entry(mar: str, default: bool, **settings: int) -> dict:
             "batchSize": 1, "maxBatchDelay": 100, "responseTimeout": 120, **settings}
 
 
-SNAPSHOT = {"name": "startup.cfg", "modelCount": 3, "models": {
+SNAPSHOT = {"name": "startup.cfg", "modelCount": 4, "models": {
     "snap": {"1.0": entry("snap.mar", False),
              "2.0": entry("snap_v2.mar", True, maxWorkers=2, batchSize=4, maxBatchDelay=50,
                           responseTimeout=60)},
     "cfgkeys": {"1.0": entry("cfgkeys.mar", True, minWorkers=0)},
+    "refused": {"1.0": entry("refused.mar", True)},
 }}
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """snap.mar (1.0), snap_v2.mar (2.0), other.mar, cfgkeys.mar (with unimplemented keys)."""
+    """snap.mar (1.0), snap_v2.mar (2.0), other.mar, cfgkeys.mar (with unimplemented keys),
+    refused.mar (with keys torchd refuses)."""
     out = tmp_path_factory.mktemp("snapshot-archives")
     build_archive("probe", out, name="snap")
     build_archive("probe", out, name="other")
     build_archive("probe", out, name="cfgkeys", config_file="unimplemented.yaml")
+    build_archive("probe", out, name="refused", config_file="refused.yaml")
     second = build_archive("probe", tmp_path_factory.mktemp("snap-v2"), name="snap",
                            version="2.0")
     shutil.copy(second, out / "snap_v2.mar")
@@ -65,6 +69,10 @@ def test_model_snapshot_with_load_models_all_serves_its_models(daemon: Daemon) -
     daemon.start(ncs=False, timeout=120)
 
     assert names(daemon) == ["cfgkeys", "snap"]   # neither "other" (snapshot) nor load_models
+    assert ('model_snapshot: model refused version 1.0 from refused.mar refused: Model '
+            '"refused" version 1.0 cannot be served as configured: parallelType tp with '
+            'parallelLevel 2') in daemon.log()       # the others serve; not ready without it
+    assert daemon.infer("GET", "/v2/health/ready").status_code == 503
     [default] = daemon.describe("snap")
     assert {k: default[k] for k in ("modelVersion", "minWorkers", "maxWorkers", "batchSize",
                                     "maxBatchDelay", "responseTimeout", "loadedAtStartup")} == {
@@ -92,8 +100,8 @@ def test_unimplemented_yaml_keys_named_once_at_register(daemon: Daemon) -> None:
     assert (doc["ignoredConfigKeys"], doc["batchSize"]) == (IGNORED, 2)   # YAML batchSize: 2
     warnings = [line for line in daemon.log().splitlines() if "model keyed 1.0: torchd does "
                 "not implement" in line]
-    assert len(warnings) == 1 and warnings[0].endswith("ignored: sequenceBatching, "
-                                                       "maxNumSequence"), warnings
+    assert len(warnings) == 1 and warnings[0].endswith("ignored: useVenv, parallelLevel"), \
+        warnings
     assert daemon.infer("POST", "/predictions/keyed", json={}).status_code == 200
 
 

@@ -20,14 +20,20 @@ def copy_store(archive_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def archive_source(source: str, name: str, out_dir: Path, work: Path) -> Path:
-    """``source`` (a handler module's text) archived as model ``name``, version 1.0."""
+def archive_source(source: str, name: str, out_dir: Path, work: Path,
+                   config: str | None = None) -> Path:
+    """``source`` (a handler module's text) archived as model ``name``, version 1.0, with
+    ``config`` (a model-config.yaml's text) as its config file when given."""
     work.mkdir(parents=True, exist_ok=True)
     handler = work / f"{name}.py"
     handler.write_text(source)
-    subprocess.run([str(ARCHIVER), "--model-name", name, "--version", "1.0", "--handler",
-                    str(handler), "--export-path", str(out_dir), "--force"],
-                   check=True, capture_output=True, timeout=120)
+    cmd = [str(ARCHIVER), "--model-name", name, "--version", "1.0", "--handler", str(handler),
+           "--export-path", str(out_dir), "--force"]
+    if config is not None:
+        config_file = work / f"{name}-config.yaml"
+        config_file.write_text(config)
+        cmd += ["--config-file", str(config_file)]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
     return out_dir / f"{name}.mar"
 
 

@@ -131,13 +131,15 @@ class WorkerHandle:
 
     def load(self, model_dir: Path, handler: str | None = None, batch_size: int = 1,
              model_name: str | None = None, yaml_config: dict | None = None,
-             timeout: float = TIMEOUT, **extra: Any) -> dict[str, Any]:
-        """LOAD the model in ``model_dir``; ``extra`` adds fields to the LOAD frame."""
+             timeout: float = TIMEOUT, serving: str = messages.MODE_BATCH,
+             **extra: Any) -> dict[str, Any]:
+        """LOAD the model in ``model_dir``; ``serving``: LOAD's mode (the name ``mode`` is the
+        fixtures' way of starting a worker); ``extra`` adds fields to the LOAD frame."""
         manifest = manifest_of(model_dir)
         model = manifest["model"]
         load = messages.load(str(model_dir), model_name or model["modelName"],
                              handler or model["handler"], manifest, batch_size,
-                             yaml_config or {}, "0.1.0-test")
+                             yaml_config or {}, "0.1.0-test", mode=serving)
         self.peer.send({**load, **extra})
         return self.peer.expect(messages.LOADED, timeout)
 

@@ -199,3 +199,47 @@ def test_eof_during_a_task_that_finishes_in_time_is_not_abandoned(pair, monkeypa
     pair.reader.join(ANSWER_TIMEOUT)   # the reader's last act: abandon, or not
     assert not pair.reader.is_alive()
     assert pair.abandoned == []
+
+
+def test_take_arrived_takes_everything_without_waiting(pair):
+    assert pair.channel.take_arrived(wait=False) == []
+    pair.send(predict(1, "a"), messages.ping(4), predict(2, "b"))
+    arrived = wait_until(lambda: pair.channel.take_arrived(wait=False), ANSWER_TIMEOUT, 0.01,
+                         "frames taken")
+    assert [m["batch_id"] for m in arrived] == [1, 2]   # the PING is not among them ...
+    assert pair.recv() == messages.pong(4)   # ... but answered
+
+
+def test_take_arrived_waits_for_one_when_asked_and_ends_with_none(pair):
+    box: list = []
+    thread = threading.Thread(target=lambda: box.append(pair.channel.take_arrived(wait=True)))
+    thread.start()
+    pair.send(predict(1, "a"))
+    thread.join(ANSWER_TIMEOUT)
+    assert [m["batch_id"] for m in box[0]] == [1]
+    pair.send(predict(2, "b"))
+    pair.daemon.shutdown(socket.SHUT_WR)
+    arrived = wait_until(lambda: pair.channel.closed and pair.channel.take_arrived(wait=False),
+                         ANSWER_TIMEOUT, 0.01, "frames and the end taken")
+    assert arrived[-1] is None and [m["batch_id"] for m in arrived[:-1]] == [2]
+    assert pair.channel.take_arrived(wait=True) == [None]
+
+
+def test_frames_that_arrive_during_a_long_step_are_taken_before_the_next(pair):
+    assert pair.channel.take_arrived(wait=False) == []   # a step begins
+    pair.reader_takes_over()   # the standby reader receives during the step ...
+    pair.send(predict(3, "c"))
+    # ... and queues what comes for the next take
+    arrived = wait_until(lambda: pair.channel.take_arrived(wait=False), ANSWER_TIMEOUT, 0.01,
+                         "the frame taken")
+    assert [m["batch_id"] for m in arrived] == [3]
+
+
+def test_receive_message_reads_alone_while_the_standby_reader_parks(pair, monkeypatch):
+    monkeypatch.setattr(channel_module, "PARK_AFTER_SECONDS", 0.05)
+    pair.send(messages.ping(1), predict(1, "a"))
+    assert pair.channel.receive_message()["batch_id"] == 1
+    assert pair.recv() == messages.pong(1)
+    pair.wait_parked()
+    pair.daemon.shutdown(socket.SHUT_WR)
+    assert pair.channel.receive_message() is None

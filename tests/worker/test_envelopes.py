@@ -1,6 +1,7 @@
 """Request envelopes in-process: what the handler sees and what each request gets back."""
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
@@ -127,3 +128,11 @@ def test_envelopes_pass_the_load_call_through():
     # A function handler's load-time call (data None) reaches the handler untouched.
     handler = Recorder()
     assert JSONEnvelope(handler).handle(None, context(1)) is None
+
+
+def test_an_async_handler_is_formatted_once_it_has_answered():
+    async def handler(data: Any, ctx: Any) -> Any:
+        return [row * 2 for row in data]
+
+    pending = JSONEnvelope(handler).handle([{"instances": [1, 2]}], context(1))
+    assert asyncio.run(pending) == ['{"predictions": [2, 4]}']

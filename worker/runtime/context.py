@@ -2,8 +2,11 @@
 and the streaming hook (``stream_writer``, ``cl_socket``: worker/runtime/streaming.py)."""
 from __future__ import annotations
 
+import copy
+from contextvars import ContextVar
 from typing import Any
 
+from protocol.messages import SEQUENCE_HEADERS
 from worker.runtime.recorder import MetricsRecorder
 from worker.runtime.streaming import PartsSocket, StreamWriter
 
@@ -51,13 +54,22 @@ class RequestProcessor:
         self._response_headers.pop(key, None)
 
 
+# The batch context the running asyncio task works for (async mode, where every batch has its
+# own copy of the context). The metrics recorder is shared by all copies: it asks this one for
+# the request ids of the batch whose handler is recording. Unset outside async mode.
+_task_batch: ContextVar[Context | None] = ContextVar("torchd_task_batch", default=None)
+
+
 class Context:
-    """Everything a handler learns about its model and the batch it is handling."""
+    """Everything a handler learns about its model and the batch it is handling.
+
+    Handlers may set attributes of their own (TorchServe handlers keep ``context.cache``)."""
 
     def __init__(self, model_name: str, model_dir: str, manifest: dict, batch_size: int,
                  gpu: int | None, mms_version: str, limit_max_image_pixels: bool = True,
                  metrics: MetricsRecorder | None = None,
-                 model_yaml_config: dict | None = None) -> None:
+                 model_yaml_config: dict | None = None,
+                 sequence_headers: dict[str, str] | None = None) -> None:
         self.model_name = model_name
         self.manifest = manifest
         self._system_properties = {
@@ -74,6 +86,13 @@ class Context:
             model_name, self._request_id_or_none)
         self.model_yaml_config = model_yaml_config if model_yaml_config is not None else {}
         self.stream_writer: StreamWriter | None = None
+        # Continuous batching: one callable per request of the step, set by the handler; the
+        # worker asks each whether its request is done. Never reset between steps (TorchServe).
+        self.stopping_criteria: Any = None
+        headers = {**SEQUENCE_HEADERS, **(sequence_headers or {})}
+        self.header_key_sequence_id = headers["id"]
+        self.header_key_sequence_start = headers["start"]
+        self.header_key_sequence_end = headers["end"]
 
     @property
     def system_properties(self) -> dict[str, Any]:
@@ -97,11 +116,28 @@ class Context:
         self.request_ids = dict(enumerate(request_ids))
         self.request_processor = [RequestProcessor(h) for h in headers]
 
+    def for_batch(self, request_ids: list[str], headers: list[dict[str, str]]) -> Context:
+        """A copy of this context for one batch of async mode, where batches run at once: its
+        own request ids, headers, statuses, stream writer and stopping criteria; the rest
+        (properties, metrics, attributes a handler set at load such as ``cache``) shared.
+        TorchServe deep-copies, which would also copy a handler's state and models."""
+        batch = copy.copy(self)
+        batch.stream_writer = None
+        batch.stopping_criteria = None
+        batch.begin_batch(request_ids, headers)
+        return batch
+
+    def bind_to_task(self) -> None:
+        """Make this batch copy the one the shared metrics recorder asks for request ids,
+        inside the calling asyncio task only (each task has its own contextvars)."""
+        _task_batch.set(self)
+
     def get_request_id(self, idx: int = 0) -> str | None:
         return self.request_ids.get(idx) if self.request_ids else None
 
     def _request_id_or_none(self, idx: int) -> str | None:
-        return self.get_request_id(idx)
+        batch = _task_batch.get()
+        return (self if batch is None else batch).get_request_id(idx)
 
     def get_request_header(self, idx: int, key: str) -> str | None:
         return self.request_processor[idx].get_request_property(key)
@@ -136,4 +172,4 @@ class Context:
         self.request_processor[idx].remove_response_property(key)
 
     def get_sequence_id(self, idx: int) -> str | None:
-        return self.get_request_header(idx, "ts_request_sequence_id")
+        return self.get_request_header(idx, self.header_key_sequence_id)

@@ -16,6 +16,7 @@ from daemon.config.settings import load_config
 from daemon.errors import Conflict, InternalServerError
 from daemon.metrics import Metrics
 from daemon.control.manager import ModelManager
+from daemon.models.model_config import ConfigRefused
 from daemon.models.requests import RegisterRequest
 from daemon.models.registry import ModelVersion, Registry
 from daemon.models.snapshots import SnapshotStore
@@ -142,3 +143,14 @@ def test_a_rolled_back_register_is_gone_from_the_newest_snapshot(world) -> None:
 def test_a_rolled_back_register_leaves_no_series(world) -> None:
     register_with_failing_workers(world)
     assert lines_of(world.metrics, "m") == []
+
+
+def test_a_refused_model_config_leaves_nothing_behind(world, tmp_path) -> None:
+    with zipfile.ZipFile(world.store / "tp.mar", "w") as archive:
+        archive.writestr("MAR-INF/MANIFEST.json", json.dumps({"model": {
+            "modelName": "tp", "handler": "handler.py", "configFile": "model-config.yaml"}}))
+        archive.writestr("model-config.yaml", "parallelType: tp\nparallelLevel: 2\n")
+    with pytest.raises(ConfigRefused, match="parallelType tp with parallelLevel 2"):
+        asyncio.run(world.manager.register(RegisterRequest(url="tp.mar", initial_workers=1)))
+    assert world.registry.defaults() == [] and world.supervisor.scaled == []
+    assert list((tmp_path / "extracted").glob("*")) == []     # the extracted copy is gone

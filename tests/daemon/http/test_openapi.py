@@ -29,9 +29,11 @@ MANAGEMENT_ENDPOINTS = {
 INFERENCE_ENDPOINTS = {
     ("options", "/"), ("get", "/api-description"),
     ("get", "/ping"), ("post", "/ping"),
-    ("post", "/predictions/{model_name}"), ("post", "/predictions/{model_name}/{model_version}"),
-    ("put", "/predictions/{model_name}"), ("put", "/predictions/{model_name}/{model_version}"),
-    ("post", "/explanations/{model_name}"), ("post", "/explanations/{model_name}/{model_version}"),
+    # TorchServe routes any method to its prediction paths (HEAD aside: no prediction for no body)
+    *{(method, f"/{verb}/{{model_name}}{tail}")
+      for method in ("get", "post", "put", "patch", "delete")
+      for verb in ("predictions", "explanations")
+      for tail in ("", "/{model_version}", "/{model_version}/{path}")},
     ("post", "/v1/models/{model_name}:predict"), ("post", "/v1/models/{model_name}:explain"),
     ("get", "/v2"), ("get", "/v2/health/live"), ("get", "/v2/health/ready"),
     ("get", "/v2/models/{model_name}"),
@@ -152,7 +154,8 @@ def test_inference_endpoints_are_exactly_spec_2(inference: dict[str, Any]) -> No
 def test_path_templates_use_torchserve_names(build) -> None:
     for method, path, item, op in operations(build("1")):
         names = set(re.findall(r"{([^}]*)}", path))
-        assert names <= {"model_name", "model_version"}, path
+        assert names <= {"model_name", "model_version", "path"}, path
+        assert "path" not in names or path.endswith("/{path}"), path
         assert set(parameters(item, op, "path")) == names, (method, path)
 
 
@@ -285,10 +288,21 @@ def test_v2_model_not_ready_is_a_400(inference: dict[str, Any]) -> None:
             {"error": 'Model "mlp" version 1.0 is not ready'})
 
 
-def test_post_ping_and_put_predictions_match_their_twins(inference: dict[str, Any]) -> None:
+def test_post_ping_and_every_prediction_method_match_their_twins(
+        inference: dict[str, Any]) -> None:
     paths = inference["paths"]
     assert paths["/ping"]["post"]["responses"] == paths["/ping"]["get"]["responses"]
-    for path in ("/predictions/{model_name}", "/predictions/{model_name}/{model_version}"):
-        put, post = paths[path]["put"], paths[path]["post"]
-        assert put["responses"] == post["responses"]
-        assert put["requestBody"] == post["requestBody"]
+    for method, path in INFERENCE_ENDPOINTS:
+        if path.startswith(("/predictions/", "/explanations/")):
+            other, post = paths[path][method], paths[path]["post"]
+            assert other["responses"] == post["responses"], (method, path)
+            assert other["requestBody"] == post["requestBody"], (method, path)
+
+
+def test_url_path_routes_name_their_path_parameter(inference: dict[str, Any]) -> None:
+    for verb in ("predictions", "explanations"):
+        item = inference["paths"][f"/{verb}/{{model_name}}/{{model_version}}/{{path}}"]
+        path = {p["name"]: p for p in item["parameters"]}["path"]
+        assert path["in"] == "path" and path["required"] is True
+        assert "url_path" in path["description"]
+        assert "url_path" in item["post"]["summary"]

@@ -2,14 +2,15 @@
 hang-ups, the request id, without processes."""
 from __future__ import annotations
 
+import asyncio
 import re
 from types import SimpleNamespace
 
 import pytest
 
-from daemon.errors import ModelNotFound, ServiceUnavailable
+from daemon.errors import ModelNotFound, RequestTimeout, ServiceUnavailable
 from daemon.models.call import Predictions, new_request_id
-from daemon.models.job import GONE, Answer, Part
+from daemon.models.job import GONE, Answer, Failure, Part
 from daemon.models.queue import JobQueue
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
 from tests.support.virtual_time import run_on_virtual_time as run
@@ -25,20 +26,25 @@ class Counter:
 
 
 class Servers:
-    def __init__(self, serving: bool = True) -> None:
+    def __init__(self, serving: bool = True, free: int = 0) -> None:
         self.serving = serving
+        self.free = free          # what free_workers says (useJobTicket)
 
     def can_serve(self, mv) -> bool:
         return self.serving
 
+    def free_workers(self, mv) -> int:
+        return self.free - mv.queue.depth
 
-def service(serving: bool = True, capacity: int = 10) -> tuple[Predictions, Counter, Registry]:
+
+def service(serving: bool = True, capacity: int = 10, free: int = 0,
+            **settings) -> tuple[Predictions, Counter, Registry]:
     registry = Registry()
     mv = ModelVersion(name="m", version="1.0", url="m.mar", handler="h", runtime="python",
-                      archive=None, settings=ModelSettings(), queue=JobQueue(capacity))
+                      archive=None, settings=ModelSettings(**settings), queue=JobQueue(capacity))
     registry.add(mv)
     counter = Counter()
-    return Predictions(registry, Servers(serving), counter), counter, registry
+    return Predictions(registry, Servers(serving, free), counter), counter, registry
 
 
 def test_request_ids_are_uuid4_text():
@@ -120,4 +126,68 @@ def test_pause_and_resume_reach_the_worker_connection():
         assert holders == {call.id}
         call.resume()
         assert holders == set()
+    run(main())
+
+
+# ---- useJobTicket -------------------------------------------------------------------------
+
+def test_a_job_ticket_model_takes_a_request_only_while_a_worker_is_free():
+    async def main():
+        predictions, counter, registry = service(free=1, use_job_ticket=True)
+        predictions.start("m", None, [], [])          # the one free worker's
+        with pytest.raises(ServiceUnavailable, match="has no worker to serve inference") as exc:
+            predictions.start("m", None, [], [])
+        assert exc.value.status == 503 and registry.get("m").queue.depth == 1
+        assert [s[2] for s in counter.seen] == [503]   # the refusal is counted
+        without, _, _ = service(free=0)                # without tickets: a worker can serve
+        without.start("m", None, [], [])
+    run(main())
+
+
+# ---- clientTimeoutInMills ---------------------------------------------------------------
+
+def test_a_waiting_call_times_out_at_its_client_timeout_and_leaves_the_queue():
+    async def main():
+        loop = asyncio.get_running_loop()
+        predictions, counter, registry = service(client_timeout_ms=300)
+        started = loop.time()
+        call = predictions.start("m", None, [], [])
+        event = await call.next_event()
+        assert loop.time() - started == pytest.approx(0.3)
+        assert isinstance(event, Failure) and isinstance(event.error, RequestTimeout)
+        assert event.error.message == ('Model "m" did not answer within 300 ms '
+                                       '(clientTimeoutInMills)')
+        queue = registry.get("m").queue
+        assert queue.depth == 0 and call.job.cancelled      # never dispatched now
+        assert queue.take_ready(1, 0) is None
+        assert counter.seen == [("m", "1.0", 504, False)]
+    run(main())
+
+
+def test_a_running_call_times_out_and_its_late_answer_is_dropped():
+    async def main():
+        predictions, counter, registry = service(client_timeout_ms=300)
+        call = predictions.start("m", None, [], [])
+        assert registry.get("m").queue.take_ready(1, 0) == [call.job]   # in a worker now
+        heard: list = []
+        call.listen(heard.append)
+        await asyncio.sleep(0.3)
+        call.job.finish({"id": call.id, "body": b"late"})
+        assert [type(e) for e in heard] == [Failure] and heard[0].status == 504
+        assert counter.seen == [("m", "1.0", 504, False)]
+    run(main())
+
+
+def test_an_answer_in_time_stops_the_client_timeout():
+    async def main():
+        predictions, counter, _ = service(client_timeout_ms=300)
+        call = predictions.start("m", None, [], [])
+        await asyncio.sleep(0.299)
+        call.job.finish({"id": call.id, "body": b"x"})
+        assert isinstance(await call.next_event(), Answer)
+        assert call._timer is None
+        await asyncio.sleep(1)
+        assert counter.seen == [("m", "1.0", 200, False)]
+        untimed = service()[0].start("m", None, [], [])   # the default: no timer at all
+        assert untimed._timer is None
     run(main())

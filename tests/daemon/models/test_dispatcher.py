@@ -52,7 +52,7 @@ class MemoryChannel:
             if not result.done():
                 result.set_exception(self.lost.result())
 
-    def end_batch(self) -> None:
+    def end_batch(self, batch_id: int | None = None) -> None:
         self.holders.clear()
 
     def close(self) -> None:
@@ -66,10 +66,10 @@ class MemoryChannel:
 
 
 def model(batch_size: int = 1, delay_ms: int = 0, timeout: int = 10,
-          redispatch: bool = True) -> SimpleNamespace:
+          redispatch: bool = True, **more: Any) -> SimpleNamespace:
     loop = asyncio.get_running_loop()
     settings = ModelSettings(batch_size=batch_size, max_batch_delay=delay_ms,
-                             response_timeout=timeout, redispatch=redispatch)
+                             response_timeout=timeout, redispatch=redispatch, **more)
     return SimpleNamespace(name="m", version="1.0", settings=settings,
                            queue=JobQueue(10, clock=loop.time))
 

@@ -9,7 +9,7 @@ import asyncio
 
 import pytest
 
-from daemon.errors import ServiceUnavailable
+from daemon.errors import RequestTimeout, ServiceUnavailable
 from daemon.models.job import GONE, Answer, Failure, Job, Part
 from daemon.models.queue import JobQueue, QueueFull, queue_full_error
 from tests.support.virtual_time import run_on_virtual_time as run
@@ -168,6 +168,28 @@ def test_one_collector_at_a_time_keeps_batches_whole():
             await asyncio.sleep(0.01)
         assert ids(await first) == ["a", "b"]
         assert ids(await second) == ["c", "d"]
+    run(main())
+
+
+def test_a_timed_out_job_is_answered_and_never_dispatched():
+    """clientTimeoutInMills (daemon/models/call.py): whether it waits in the queue or in a
+    batch still filling, it is answered now and no worker gets it; the queue has room again."""
+    async def main():
+        queue = make_queue(2)
+        a, b = job("a"), job("b")
+        queue.submit(a)
+        queue.submit(b)
+        expired = RequestTimeout("too late")
+        queue.time_out(b, expired)
+        assert queue.depth == 1 and queue.remaining_capacity == 1
+        assert await b.next_event() == Failure(expired)
+        take = asyncio.ensure_future(queue.take_batch(2, 0.2))
+        await asyncio.sleep(0.05)    # "a" is in the batch that fills
+        assert queue.gathering == 1
+        queue.time_out(a, expired)
+        assert queue.gathering == 0
+        queue.submit(job("c"))
+        assert ids(await take) == ["c"]
     run(main())
 
 

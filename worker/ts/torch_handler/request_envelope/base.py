@@ -7,6 +7,7 @@ gets one answer each (TorchServe's kserve envelopes answer only a batch's first 
 """
 from __future__ import annotations
 
+import inspect
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -29,9 +30,15 @@ class BaseEnvelope(ABC):
         if data:
             data = self.parse_input(data)
         results = self._handle_fn(data, context)
+        if inspect.isawaitable(results):   # an async handler: formatted once it has answered
+            return self._format_later(results)
         if results:
             results = self.format_output(results)
         return results
+
+    async def _format_later(self, pending: Any) -> Any:
+        results = await pending
+        return self.format_output(results) if results else results
 
     @abstractmethod
     def parse_input(self, data: list[Any]) -> list[Any]: ...

@@ -1,0 +1,147 @@
+"""What every dispatcher shares (batch mode: dispatcher.py; asyncCommunication: pipelining.py;
+continuous batching: stepping.py): the worker's end as they need it, the observer they report
+to, answering a batch's jobs, its sequences, sending a dead worker's batch again, the errors
+of a missed deadline, and the cheap wait on an arrival."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from daemon.errors import RequestTimeout, ServiceUnavailable, TorchdError
+from daemon.models.job import Job
+
+logger = logging.getLogger(__name__)
+batch_ids = itertools.count(1)   # unique per daemon, so a stray RESULT never matches a batch
+
+
+class BatchChannel(Protocol):
+    """The worker's end as the dispatchers need it (daemon.workers.connection implements it)."""
+
+    lost: asyncio.Future    # resolves with the reason once the channel is gone
+
+    def start_batch(self, batch_id: int, requests: list[dict[str, Any]],
+                    on_part: Callable[[dict], None],
+                    on_result: Callable[[dict], None]) -> asyncio.Future: ...
+
+    def join(self, batch_id: int, requests: list[dict[str, Any]], cancel: list[str],
+             on_part: Callable[[dict], None], on_step: Callable[[dict], None]) -> None: ...
+
+    def end_batch(self, batch_id: int | None = None) -> None: ...
+
+    def close(self) -> None: ...
+
+    # flow control: a job whose client is not taking its parts holds the channel (job.py)
+    def hold(self, job_id: str) -> None: ...
+
+    def release(self, job_id: str) -> None: ...
+
+
+class WorkerDispatcher(Protocol):
+    """What the worker runner and the worker table see of a dispatcher, whatever its mode."""
+
+    batch: list[Job] | None      # the jobs in the worker now; None when it has none
+    idle_since: float | None     # since when it has had none
+    served: int                  # requests done with
+    answered: int                # batches (steps) the worker answered
+
+    async def serve(self) -> str | None: ...
+
+    def stop(self, deadline: float) -> None: ...
+
+
+class BatchObserver(Protocol):
+    def observe_batch(self, model: str, version: str, size: int) -> None: ...
+
+    def observe_idle_gap(self, model: str, version: str, seconds: float) -> None: ...
+
+    def redispatched(self, model: str, version: str, count: int) -> None: ...
+
+    def record_handler_metrics(self, model: str, version: str, records: Any) -> None: ...
+
+
+async def arrival_or(arrival: asyncio.Future, *others: asyncio.Future) -> None:
+    """Await ``arrival`` (the queue resolves it), cut short when any of ``others`` is done.
+
+    Awaited directly, a job's arrival wakes the worker's task at once; asyncio.wait would add a
+    callback hop and cost twice what the wait itself does."""
+    def wake(_: object) -> None:
+        if not arrival.done():
+            arrival.set_result(None)
+
+    for other in others:
+        other.add_done_callback(wake)
+    try:
+        await arrival
+    finally:
+        for other in others:
+            other.remove_done_callback(wake)
+
+
+def answer(jobs: dict[str, Job], result: dict) -> None:
+    for response in result.get("responses") or ():
+        job = jobs.get(response.get("id"))
+        if job is not None:
+            job.finish(response)
+
+
+def route_part(jobs: dict[str, Job], part: dict) -> None:
+    job = jobs.get(part.get("id", ""))
+    if job is not None:
+        job.send_part(part)
+
+
+def sequences_done(mv: Any, jobs: Iterable[Job], result: dict) -> None:
+    """The sequence requests among ``jobs`` are over: their sequences go on (or end, when the
+    request or its answer says so)."""
+    by_id: dict[str, dict] | None = None
+    for job in jobs:
+        if job.sequence is not None:
+            if by_id is None:
+                by_id = {r.get("id"): r for r in result.get("responses") or ()}
+            mv.queue.sequences.done(job, by_id.get(job.id))
+
+
+def redispatch(mv: Any, batch: list[Job], observer: BatchObserver | None) -> list[Job]:
+    """The jobs of a batch whose worker died that go back to the front of the queue, to run on
+    another worker: once each (a job that meets a second death fails, so one that kills every
+    worker it touches cannot loop), never one that streamed a part already, never a
+    sequence's (its state died with the worker), and none when the model opted out (handlers
+    with side effects)."""
+    if not mv.settings.redispatch:
+        return []
+    again = [job for job in batch
+             if not (job.redispatched or job.streamed or job.sequence is not None)]
+    for job in again:
+        job.redispatched = True
+    sent = mv.queue.requeue_front(again) if again else 0   # none once it is closed
+    if sent:
+        logger.warning("worker of %s %s died with a batch: %d request(s) sent again",
+                       mv.name, mv.version, sent)
+        if observer is not None:
+            observer.redispatched(mv.name, mv.version, sent)
+    return again
+
+
+def expiry(mv: Any, now: float, deadline: float) -> tuple[TorchdError, str]:
+    """What a batch that passed ``deadline`` is answered (the response timeout, or the stop's
+    limit when that came first), and the reason its worker's connection was dropped."""
+    if now >= deadline:
+        timeout = mv.settings.response_timeout
+        return (RequestTimeout(f'Model "{mv.name}" version {mv.version} did not answer '
+                               f'within {timeout} s (response_timeout)'),
+                f"response timeout after {timeout} s")
+    return (ServiceUnavailable(f'Worker for model "{mv.name}" was stopped before the '
+                               'request finished'), "stop timeout")
+
+
+def fail_dead_batch(mv: Any, batch: list[Job], error: TorchdError, died: bool,
+                    observer: BatchObserver | None) -> None:
+    """A batch its worker will never answer: sent again where allowed (a death), the rest
+    answered with ``error``."""
+    again = redispatch(mv, batch, observer) if died else []
+    for job in batch:
+        if job not in again:
+            job.fail(error)
