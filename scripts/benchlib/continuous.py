@@ -47,7 +47,7 @@ def key(variant: str, figure: str) -> str:
     return f"cb_{figure}" if variant == "continuous" else f"cb_{variant}_{figure}"
 
 
-def check(server: Server, url: str) -> str | None:
+def check(url: str) -> str | None:
     """One request of CHECK_K steps; None when it is answered with its CHECK_K parts, else why
     not."""
     stats = run_streams(url, 1, [CHECK_K], seconds=CHECK_TIMEOUT_S,
@@ -63,7 +63,7 @@ def measure_variant(server: Server, load: Load, variant: str, model: str) -> dic
     server.register(model, workers=1, batch_size=BATCH_SIZE, max_batch_delay=MAX_BATCH_DELAY_MS)
     url = f"{server.inference}/predictions/{model}"
     try:
-        problem = check(server, url)
+        problem = check(url)
         if problem is not None:
             return {"skipped": f"check request (k={CHECK_K}) failed: {problem}"}
         if load.warmup:
