@@ -87,6 +87,19 @@ def test_quick_bench_measures_both_servers_and_leaves_nothing_running(tmp_path: 
         assert len(report["warmup_runs"][server]) == 1 and len(report["runs"][server]) == 1
         assert med["noop_rps"] == report["runs"][server][0]["noop_rps"]
     assert "warm-up round 1/1 (not recorded)" in stdout
+    # the continuous-batching round: both variants on TorchServe; torchd's static one, and its
+    # continuous one measured or said to be not measured (with why)
+    for server in ("torchd", "torchserve"):
+        med = report["medians"][server]
+        assert med["cb_static_rps"] > 0 and med["cb_static_ttfp_p99_ms"] > 0, med
+        assert med["cb_failed"] == 0, report["runs"][server][0]["cb_streams"]
+        continuous_measured = med["cb_rps"] is not None
+        assert continuous_measured or server == "torchd", med
+        assert continuous_measured == (med["cb_speedup"] is not None)
+        noted = "cb_not_measured" in report["runs"][server][0]
+        assert noted != continuous_measured
+        assert noted == (f"{server} continuous batching: not measured" in stdout)
+    assert report["machine"]["continuous"]["clients"] == 32
     for server in ("torchd", "torchserve"):   # the chaos run, once per server
         chaos = report["chaos"][server]
         assert chaos["chaos_kills"] >= 1 and chaos["chaos_requests"] > 0, chaos

@@ -4,6 +4,8 @@
     servers      the servers under test (torchd, TorchServe), their processes, HTTP calls
     load         wrk runs and the CPU meter that says how busy other processes kept the machine
     rounds       one measured round against one server
+    continuous   the continuous-batching round (continuous vs static batching, streamed answers)
+    streams      its load: closed-loop clients that time each streamed answer's first part
     report       the metrics, their goals, the medians, the table and the machine description
 
 scripts/bench puts scripts/ on sys.path, for this package and for bench_models beside it.

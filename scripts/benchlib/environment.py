@@ -64,24 +64,36 @@ def check_torchd(torchd: Path) -> None:
 
 # ---------------------------------------------------------------- archives
 
-def build_archives(workdir: Path, archiver: Path) -> dict[str, Path]:
-    """Build noop.mar, mlp.mar (TorchScript generated now, deterministically) and image.mar."""
+STANDARD_ARCHIVES = ("noop", "mlp", "image")
+# the continuous round's: one handler, two model-config.yaml files (continuous, static batching)
+CONTINUOUS_ARCHIVES = ("steps_cb", "steps")
+
+
+def build_archives(workdir: Path, archiver: Path,
+                   names: tuple[str, ...] = STANDARD_ARCHIVES) -> dict[str, Path]:
+    """Build the named archives: noop.mar, mlp.mar (TorchScript generated now,
+    deterministically), image.mar; steps_cb.mar and steps.mar."""
     out = workdir / "archives"
     out.mkdir()
-    mlp_pt = workdir / "mlp.pt"
-    made = subprocess.run([sys.executable, str(MODELS_DIR / "make_mlp.py"), str(mlp_pt)],
-                          check=False, capture_output=True, text=True, timeout=300)
-    if made.returncode != 0:
-        raise BenchError(f"building the MLP failed:\n{made.stderr[-2000:]}")
     specs = {"noop": ["--handler", str(MODELS_DIR / "noop_handler.py")],
-             "mlp": ["--handler", str(MODELS_DIR / "mlp_handler.py"),
-                     "--serialized-file", str(mlp_pt)],
-             "image": ["--handler", str(MODELS_DIR / "image_handler.py")]}
-    for name, extra in specs.items():
+             "image": ["--handler", str(MODELS_DIR / "image_handler.py")],
+             "steps_cb": ["--handler", str(MODELS_DIR / "steps_handler.py"),
+                          "--config-file", str(MODELS_DIR / "steps_continuous.yaml")],
+             "steps": ["--handler", str(MODELS_DIR / "steps_handler.py"),
+                       "--config-file", str(MODELS_DIR / "steps_static.yaml")]}
+    if "mlp" in names:
+        mlp_pt = workdir / "mlp.pt"
+        made = subprocess.run([sys.executable, str(MODELS_DIR / "make_mlp.py"), str(mlp_pt)],
+                              check=False, capture_output=True, text=True, timeout=300)
+        if made.returncode != 0:
+            raise BenchError(f"building the MLP failed:\n{made.stderr[-2000:]}")
+        specs["mlp"] = ["--handler", str(MODELS_DIR / "mlp_handler.py"),
+                        "--serialized-file", str(mlp_pt)]
+    for name in names:
         subprocess.run([str(archiver), "--model-name", name, "--version", "1.0",
-                        "--export-path", str(out), "--force", *extra],
+                        "--export-path", str(out), "--force", *specs[name]],
                        check=True, capture_output=True, timeout=300)
-    return {name: out / f"{name}.mar" for name in specs}
+    return {name: out / f"{name}.mar" for name in names}
 
 
 def find_archiver(ts_venv: Path) -> Path:

@@ -23,6 +23,7 @@ class Metric:
     higher_is_better: bool
     goal: float | None  # bound on the ratio torchd / TorchServe, None = informational
     limit: float | None = None   # bound on torchd's own value (goals no ratio can state)
+    suite: str = "standard"      # which measurements give it (scripts/bench --suite)
 
 
 METRICS = [
@@ -56,28 +57,66 @@ METRICS = [
     Metric("chaos_slowest_ms", "worker killed every 3 s: slowest (ms)", False, None,
            limit=1000),
     Metric("chaos_redispatched", "worker killed every 3 s: re-dispatched", True, None),
+    # the continuous-batching round (benchlib/continuous.py): a step-wise generation handler,
+    # batch 32, 1 worker, 32 streaming clients, k steps per request (8..64); "static" is the
+    # same handler without continuousBatching, running all its batch's steps in one call
+    Metric("cb_rps", "steps, continuous batching, 32 clients (req/s)", True, 1.0,
+           suite="continuous"),
+    Metric("cb_static_rps", "steps, static batch 32, 32 clients (req/s)", True, None,
+           suite="continuous"),
+    Metric("cb_speedup", "steps: continuous / static req/s", True, None, limit=3.0,
+           suite="continuous"),
+    Metric("cb_ttfp_p50_ms", "steps, continuous: first part p50 (ms)", False, None,
+           suite="continuous"),
+    Metric("cb_ttfp_p99_ms", "steps, continuous: first part p99 (ms)", False, None,
+           suite="continuous"),
+    Metric("cb_static_ttfp_p50_ms", "steps, static: first part p50 (ms)", False, None,
+           suite="continuous"),
+    Metric("cb_static_ttfp_p99_ms", "steps, static: first part p99 (ms)", False, None,
+           suite="continuous"),
+    Metric("cb_ttfp_p99_ratio", "steps: first part p99, continuous / static", False, None,
+           limit=1 / 3, suite="continuous"),
+    Metric("cb_total_p50_ms", "steps, continuous: whole answer p50 (ms)", False, None,
+           suite="continuous"),
+    Metric("cb_total_p99_ms", "steps, continuous: whole answer p99 (ms)", False, None,
+           suite="continuous"),
+    Metric("cb_static_total_p50_ms", "steps, static: whole answer p50 (ms)", False, None,
+           suite="continuous"),
+    Metric("cb_static_total_p99_ms", "steps, static: whole answer p99 (ms)", False, None,
+           suite="continuous"),
+    Metric("cb_failed", "steps: failed requests (both variants)", False, None, limit=0,
+           suite="continuous"),
 ]
+SUITES = ("standard", "continuous")
+
+
+def metrics_for(suite: str) -> list[Metric]:
+    """The metrics a --suite measures ("all": every one)."""
+    return [m for m in METRICS if suite in ("all", m.suite)]
 
 
 # ---------------------------------------------------------------- report
 
 def medians(runs: dict[str, list[dict[str, Any]]],
-            once: dict[str, dict[str, Any]] | None = None) -> dict[str, dict[str, float | None]]:
+            once: dict[str, dict[str, Any]] | None = None,
+            metrics: list[Metric] | None = None) -> dict[str, dict[str, float | None]]:
     """Per server and metric, the median over rounds (None: the server has no such figure);
-    ``once`` holds figures measured once per server (the chaos run), taken as they are."""
+    ``once`` holds figures measured once per server (the chaos run), taken as they are.
+    A ratio measured per round (cb_speedup) is the median of its rounds' ratios."""
     def median(values: list[float | None]) -> float | None:
         known = [v for v in values if v is not None]
         return statistics.median(known) if known else None
 
     once = once or {}
     return {name: {m.key: median([r.get(m.key) for r in [*rounds, once.get(name, {})]])
-                   for m in METRICS}
+                   for m in (METRICS if metrics is None else metrics)}
             for name, rounds in runs.items() if rounds}
 
 
-def table_rows(med: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+def table_rows(med: dict[str, dict[str, float | None]],
+               metrics: list[Metric] | None = None) -> list[dict[str, Any]]:
     rows = []
-    for m in METRICS:
+    for m in METRICS if metrics is None else metrics:
         ours, theirs = med.get("torchd", {}).get(m.key), med.get("torchserve", {}).get(m.key)
         ratio = ours / theirs if ours is not None and theirs else None
         met = None
@@ -101,7 +140,7 @@ def foreign_cpu_summary(runs: dict[str, list[dict[str, Any]]]) -> dict[str, floa
 def wrk_stats(result: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
     for key, value in result.items():
-        if key.endswith("_wrk"):
+        if key.endswith(("_wrk", "_streams")):
             found.extend(value.values() if "requests" not in value else [value])
     return found
 
@@ -110,14 +149,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     def num(value: float | None) -> str:
         return "-" if value is None else f"{value:.3g}" if value < 10 else f"{value:.0f}"
 
-    print(f"\n{'metric':<36} {'torchd':>9} {'TorchServe':>11} {'ratio':>7} {'goal':>7}  met")
+    width = max([36, *(len(row["label"]) for row in rows)])
+    print(f"\n{'metric':<{width}} {'torchd':>9} {'TorchServe':>11} {'ratio':>7} {'goal':>7}  met")
     for row in rows:
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
         goal = "-" if row["goal"] is None else f"{row['goal_op']}{row['goal']:g}x"
-        if row["limit"] is not None:
-            goal = f"{row['goal_op']}{row['limit']:g}"   # torchd's own value, not a ratio
+        if row["limit"] is not None:   # torchd's own value, not a ratio
+            goal = f"{row['goal_op']}{round(row['limit'], 3):g}"
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
-        print(f"{row['label']:<36} {num(row['torchd']):>9} {num(row['torchserve']):>11} "
+        print(f"{row['label']:<{width}} {num(row['torchd']):>9} {num(row['torchserve']):>11} "
               f"{ratio:>7} {goal:>7}  {met}")
 
 
@@ -130,4 +170,4 @@ def machine_info(args: argparse.Namespace, java: str | None) -> dict[str, Any]:
             "platform": platform.platform(), "python": platform.python_version(), "java": java,
             "duration_s": args.duration, "rounds": args.rounds,
             "warmup_rounds": args.warmup_rounds, "order": "A B A B",
-            "servers": args.servers}
+            "servers": args.servers, "suite": args.suite}

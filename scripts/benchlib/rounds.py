@@ -8,7 +8,7 @@ from typing import Any
 from bench_models.image_handler import sample_body as image_body
 from bench_models.make_mlp import sample_input
 
-from . import BenchError
+from . import BenchError, continuous
 from . import grpc_load
 from .load import NOISY_CPU_PERCENT, Load, _cpu_seconds
 from .servers import Server, http, live_processes
@@ -86,7 +86,17 @@ def grpc_noop(server: Server, load: Load, callers: int = 16) -> dict[str, Any]:
 
 
 def round_summary(result: dict[str, Any]) -> str:
-    """One line of a round's headline numbers, so drift between rounds shows as it happens."""
+    """One line per part of a round's headline numbers, so drift between rounds shows as it
+    happens."""
+    lines = []
+    if "noop_rps" in result:
+        lines.append(standard_summary(result))
+    if "cb_rps" in result:
+        lines.append(continuous.summary(result))
+    return "\n   ".join(lines)
+
+
+def standard_summary(result: dict[str, Any]) -> str:
     return (f"no-op {result['noop_rps']:.0f} req/s, MLP {result['mlp_rps']:.0f} req/s, "
             f"batch 8 {result['batch_rps']:.0f} req/s, p50 no-op {result['noop_p50_ms']:.2f} ms, "
             f"MLP {result['mlp_p50_ms']:.2f} ms, frontend {result['frontend_us']:.0f} us/req, "
@@ -101,12 +111,25 @@ def chaos_summary(result: dict[str, Any]) -> str:
             + ("-" if redispatched is None else f"{redispatched:.0f}"))
 
 
-def measure_round(server: Server, load: Load, others_cpu: float) -> dict[str, Any]:
+def measure_round(server: Server, load: Load, others_cpu: float,
+                  suite: str = "all") -> dict[str, Any]:
+    """One round of ``suite``: "standard" (standard_round), "continuous" (the
+    continuous-batching round, benchlib/continuous.py) or "all" (both, in that order)."""
     # Other work on the machine skews every number: record it, and say so when it is large.
     result: dict[str, Any] = {"foreign_cpu_percent": others_cpu}
     if others_cpu > NOISY_CPU_PERCENT:
         print(f"  warning: {others_cpu:.0f}% of the CPUs busy with other processes before this "
               "round: numbers will be noisy", flush=True)
+    if suite in ("all", "standard"):
+        result.update(standard_round(server, load))
+    if suite in ("all", "continuous"):
+        result.update(continuous.continuous_round(server, load))
+    result["server_start_s"] = server.start_s
+    return result
+
+
+def standard_round(server: Server, load: Load) -> dict[str, Any]:
+    result: dict[str, Any] = {}
     print(f"{server.label}: worker start", flush=True)
     result["register_s"] = server.register("noop", workers=1)
     result["scale_s"] = server.scale("noop", 5)
@@ -132,5 +155,4 @@ def measure_round(server: Server, load: Load, others_cpu: float) -> dict[str, An
     server.unregister("mlp")
     print(f"{server.label}: JPEG decode + conv, 1 then 2 workers", flush=True)
     result.update(image_scaling(server, load))
-    result["server_start_s"] = server.start_s
     return result

@@ -263,13 +263,24 @@ class TorchServe(Server):
 class Torchd(Server):
     name, label = "torchd", "torchd"
 
-    def __init__(self, workdir: Path, archives: dict[str, Path], executable: Path) -> None:
+    def __init__(self, workdir: Path, archives: dict[str, Path], executable: Path,
+                 source: Path | None = None) -> None:
         self.executable = executable
+        self.source = source
         super().__init__(workdir, archives)
 
     def command(self) -> list[str]:
         return [str(self.executable), "serve", "--model-store", str(self.store),
                 "--ts-config", str(self.config), "--ncs"]
+
+    def extra_env(self) -> dict[str, str]:
+        # The repo venv's torchd is an editable install of the checkout that made the venv: a
+        # git worktree sharing that venv would bench the other checkout's code. Put this
+        # checkout first on the path (daemon, zygote and workers inherit it).
+        if self.source is None:
+            return {}
+        path = os.environ.get("PYTHONPATH")
+        return {"PYTHONPATH": f"{self.source}:{path}" if path else str(self.source)}
 
     def frontend(self) -> psutil.Process:
         if self.proc is None:
