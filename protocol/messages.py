@@ -33,6 +33,10 @@ MODE_BATCH = "batch"            # one PREDICT at a time, one RESULT each (the de
 MODE_CONTINUOUS = "continuous"  # continuousBatching: JOIN frames in, one STEP frame per step out
 MODE_ASYNC = "async"            # asyncCommunication: PREDICTs without waiting, RESULTs in any order
 MODES = (MODE_BATCH, MODE_CONTINUOUS, MODE_ASYNC)
+# Continuous batching: steps a worker may run whose STEP the daemon has not acknowledged yet
+# (a JOIN's ``acks``). Two let the worker run a step while the daemon delivers the last one;
+# more would let STEP frames pile up unread, and a request joining then waits behind them.
+STEP_WINDOW = 2
 
 # TorchServe's request headers of a sequence (config.properties ts_header_key_sequence_*)
 SEQUENCE_HEADERS = {"id": "ts_request_sequence_id", "start": "ts_request_sequence_start",
@@ -120,11 +124,15 @@ def metric(name: str, unit: str, metric_type: str, value: float,
             "dimensions": dimensions}
 
 
-def join(batch_id: int, requests: list[dict[str, Any]], cancel: list[str]) -> dict[str, Any]:
+def join(batch_id: int, requests: list[dict[str, Any]], cancel: list[str],
+         acks: int = 0) -> dict[str, Any]:
     """Continuous batching: ``requests`` join the worker's running batch at its next step, the
     requests named in ``cancel`` leave it (their clients hung up). ``batch_id`` names the
-    running batch; the worker's STEP and STREAM frames carry it."""
-    return {"kind": JOIN, "batch_id": batch_id, "requests": requests, "cancel": cancel}
+    running batch; the worker's STEP and STREAM frames carry it. ``acks``: how many STEP frames
+    the daemon has read since its last JOIN (it sends one JOIN per STEP): a worker runs at most
+    STEP_WINDOW steps ahead of them."""
+    return {"kind": JOIN, "batch_id": batch_id, "requests": requests, "cancel": cancel,
+            "acks": acks}
 
 
 def step(batch_id: int, responses: list[dict[str, Any]],

@@ -49,13 +49,18 @@ class StepLoop:
         self.running: list[Running] = []
         # The latest JOIN's: the daemon names the running batch, STEP and STREAM frames carry it.
         self.batch_id = 0
+        # STEP frames sent that no JOIN has acknowledged yet: at STEP_WINDOW the worker waits
+        # for the daemon, so steps never pile up unread (a joining request would wait behind
+        # them) and a hang-up leaves within a step or two.
+        self.unacked = 0
 
     def run(self) -> int:
         """Serve; the process exit code."""
         while True:
-            # With a step due, take what has arrived and never wait; with none, wait for a
-            # frame (and take those that came with it: a JOIN and its cancel, say).
-            for message in self.channel.take_arrived(wait=not self.running):
+            # With a step due, take what has arrived and never wait; with none (or the daemon
+            # STEP_WINDOW steps behind), wait for a frame, and take those that came with it.
+            wait = not self.running or self.unacked >= messages.STEP_WINDOW
+            for message in self.channel.take_arrived(wait=wait):
                 if message is None:
                     return after_eof(self.channel.protocol_error)
                 if message.get("kind") == messages.SHUTDOWN:
@@ -63,7 +68,7 @@ class StepLoop:
                                 len(self.running))
                     return EXIT_OK
                 self._take(message)
-            if self.running:
+            if self.running and self.unacked < messages.STEP_WINDOW:
                 self.step()
 
     def _take(self, message: dict[str, Any]) -> None:
@@ -75,7 +80,9 @@ class StepLoop:
     def join(self, message: dict[str, Any]) -> None:
         """Cancelled requests leave (those that never ran too), then the new ones join, in
         order, at the next step."""
-        self.batch_id = message.get("batch_id", self.batch_id)
+        if message.get("requests"):   # (a bare acknowledgement or cancel names nothing new)
+            self.batch_id = message.get("batch_id", self.batch_id)
+        self.unacked = max(0, self.unacked - int(message.get("acks") or 0))
         cancel = set(message.get("cancel") or [])
         if cancel:
             before = len(self.running)
@@ -109,6 +116,7 @@ class StepLoop:
             context.stream_writer = None
         sent = self.sender.answers(lambda rs, ms: messages.step(batch_id, rs, ms), answers,
                                    self.service.take_metrics())
+        self.unacked += 1
         going_on = {r["id"] for r in sent if r.get("more")}
         self.running = [r for r in batch if r.id in going_on]
 

@@ -3,10 +3,12 @@
 The worker keeps its unfinished requests between steps (worker/stepping.py). Each step it sends
 one STEP frame: a response for every request that took part, a part for those that go on
 (``more``), the final answer for those that are done. As that frame is read, the daemon answers
-and streams to the clients, and sends at most one JOIN frame back: the requests that join the
-next step (up to ``batchSize`` in all) and the ids of those whose clients hung up (they leave
-the batch; the handler stops seeing them). So the daemon's work is per step, never per part
-per request, and a new request waits at most one step to start.
+and streams to the clients, and sends one JOIN frame back: the requests that join the next step
+(up to ``batchSize`` in all), the ids of those whose clients hung up (they leave the batch; the
+handler stops seeing them), and the acknowledgement of that STEP. So the daemon's work is per
+step, never per part per request. The worker runs at most STEP_WINDOW (2) steps ahead of the
+acknowledgements: it computes a step while the daemon delivers the last one, and STEP frames
+never pile up unread, so a joining request starts within about two steps.
 
 ``response_timeout`` bounds each step. A missed step, a stop's deadline or the worker's death
 ends the running batch as in batch mode (daemon/models/dispatcher.py): the connection is
@@ -73,7 +75,7 @@ class StepDispatcher(Feeder):
                     queue.requeue_front(jobs)
                 return str(lost.result())
             if jobs:
-                reason = self._join(jobs, [])
+                reason = self._join(jobs, [], acks=0)
                 if reason is not None:
                     return reason
 
@@ -96,15 +98,16 @@ class StepDispatcher(Feeder):
         jobs = queue.sequences.take(self, room, overlap=True) if queue.sequences else []
         return jobs + queue.pop_ready(room - len(jobs))
 
-    def _join(self, jobs: list[Job], cancel: list[str]) -> str | None:
-        """One JOIN frame: ``jobs`` join the running batch, ``cancel`` leave it. Returns why
-        the channel is lost, if it is (the jobs go back to the queue then)."""
+    def _join(self, jobs: list[Job], cancel: list[str], acks: int) -> str | None:
+        """One JOIN frame: ``jobs`` join the running batch, ``cancel`` leave it, ``acks``
+        STEP frames are read. Returns why the channel is lost, if it is (the jobs go back to
+        the queue then)."""
         now = self.clock()
         for job in jobs:
             job.dispatched_at = now
             job.source = self.channel
         try:
-            self.channel.join(self._batch_id, [job.request for job in jobs], cancel,
+            self.channel.join(self._batch_id, [job.request for job in jobs], cancel, acks,
                               lambda part: route_part(self.running, part), self._on_step)
         except ConnectionError as exc:
             self.mv.queue.requeue_front(jobs)
@@ -158,10 +161,11 @@ class StepDispatcher(Feeder):
             if job.sequence is not None:
                 self.mv.queue.sequences.done(job, None)
         joins = self._take_now(self.mv.settings.batch_size - len(self.running))
-        if joins or gone:
-            if self._join(joins, [job.id for job in gone]) is not None:
-                self._poke()   # lost: the task answers for the running batch
-                return
+        # Every STEP gets its JOIN, empty or not: the worker runs at most STEP_WINDOW steps
+        # ahead of these acknowledgements (protocol/messages.py).
+        if self._join(joins, [job.id for job in gone], acks=1) is not None:
+            self._poke()   # lost: the task answers for the running batch
+            return
         now = self.clock()
         if self.running:
             self.batch = list(self.running.values())

@@ -154,13 +154,15 @@ class WorkerConnection(asyncio.Protocol):
         return future
 
     def join(self, batch_id: int, requests: list[dict[str, Any]], cancel: list[str],
-             on_part: Callable[[dict], None], on_step: Callable[[dict], None]) -> None:
+             acks: int, on_part: Callable[[dict], None],
+             on_step: Callable[[dict], None]) -> None:
         """Continuous batching: ``requests`` join the running batch ``batch_id`` at its next
-        step and ``cancel`` leave it. ``on_step`` gets each STEP as it is read, ``on_part``
-        the STREAM parts sent during a step."""
+        step and ``cancel`` leave it; ``acks``: the STEP frames read since the last JOIN.
+        ``on_step`` gets each STEP as it is read, ``on_part`` the STREAM parts sent during a
+        step."""
         if batch_id not in self._batches:
             self._track(batch_id, on_part, on_step)
-        self.send(messages.join(batch_id, requests, cancel))
+        self.send(messages.join(batch_id, requests, cancel, acks))
 
     def _track(self, batch_id: int, on_part: Callable[[dict], None],
                on_result: Callable[[dict], None]) -> asyncio.Future:

@@ -38,7 +38,11 @@ def join_together(worker: WorkerHandle, *frames: dict[str, Any]) -> None:
 
 
 def next_step(worker: WorkerHandle) -> dict[str, Any]:
-    return worker.peer.expect(messages.STEP)
+    """The next STEP, acknowledged as the daemon does (an empty JOIN): a worker runs at most
+    STEP_WINDOW steps ahead of the acknowledgements."""
+    step = worker.peer.expect(messages.STEP)
+    worker.peer.send(messages.join(step["batch_id"], [], [], acks=1))
+    return step
 
 
 def steps_until(worker: WorkerHandle, done: Callable[[dict[str, Any]], bool],
@@ -212,3 +216,15 @@ def test_a_raising_criteria_fails_its_request_only():
     assert (good["status"], good["body"], good["more"]) == (200, b"x", True)
     assert (bad["status"], bad["reason"], bad["error"]) == (503, "Prediction failed", True)
     assert "more" not in bad
+
+
+def test_the_worker_runs_at_most_step_window_steps_ahead_of_the_daemon(stepper):
+    join(stepper, 1, [steps_request("long", ENDLESS)])
+    unread = [stepper.peer.expect(messages.STEP) for _ in range(messages.STEP_WINDOW)]
+    assert [json.loads(s["responses"][0]["body"])["step"] for s in unread] == [1, 2]
+    stepper.peer.send(messages.describe())   # no third STEP comes before its answer
+    assert stepper.peer.expect(messages.DESCRIBED)["ok"] is True
+    stepper.peer.send(messages.join(1, [], [], acks=1))
+    step = stepper.peer.expect(messages.STEP)
+    assert json.loads(step["responses"][0]["body"])["step"] == 3
+    join(stepper, 2, [], cancel=["long"])

@@ -20,13 +20,16 @@ class StepChannel(MemoryChannel):
     def __init__(self, refuse: bool = False) -> None:
         super().__init__(refuse)
         self.joins: list[tuple[list[str], list[str]]] = []
+        self.acks = 0
         self.running: list[str] = []
         self.on_step: Any = None
 
-    def join(self, batch_id, requests, cancel, on_part, on_step) -> None:
+    def join(self, batch_id, requests, cancel, acks, on_part, on_step) -> None:
         if self.refuse or self.lost.done():
             raise ConnectionResetError("worker closed its socket")
-        self.joins.append(([r["id"] for r in requests], list(cancel)))
+        self.acks += acks
+        if requests or cancel:
+            self.joins.append(([r["id"] for r in requests], list(cancel)))
         self.running = [i for i in self.running if i not in cancel] + [r["id"] for r in requests]
         self.on_step = on_step
 
@@ -70,7 +73,7 @@ def test_requests_join_at_step_boundaries_and_stream_until_done():
         assert isinstance(await c.next_event(), Answer)   # c's one step
         await settle()
         assert feeder.batch is None and feeder.served == 3 and feeder.answered == 2
-        assert len(channel.joins) == 2      # no frame for a step with nothing to say
+        assert len(channel.joins) == 2 and channel.acks == 2   # every STEP acknowledged
         feeder.stop(asyncio.get_running_loop().time())
         assert await serving is None
     run(main())
