@@ -173,7 +173,9 @@ class StepDispatcher(Feeder):
             self._arm()
             return
         self.batch, self.idle_since, self._step_deadline = None, now, 0.0
-        self.channel.end_batch(self._batch_id)
+        # Holds end; the running batch stays known to the connection: a STEP the worker ran
+        # before it read the last cancel may still come, and it gets its acknowledgement too.
+        self.channel.end_batch()
         self._disarm()
         self._poke()
 

@@ -33,6 +33,11 @@ class StepChannel(MemoryChannel):
         self.running = [i for i in self.running if i not in cancel] + [r["id"] for r in requests]
         self.on_step = on_step
 
+    def end_batch(self, batch_id: int | None = None) -> None:
+        # the running batch must stay known to the connection: a late STEP still gets its ack
+        assert batch_id is None
+        super().end_batch()
+
     def step(self, done: set[str]) -> None:
         """One step: every running request gets a part, those in ``done`` their answer."""
         responses = [{"id": i, "body": f"{i}-step".encode(), **({} if i in done else
@@ -133,4 +138,26 @@ def test_a_death_fails_streamed_requests_and_sends_the_others_again():
         assert isinstance(await a.next_event(), Part)
         assert (await a.next_event()).error.message == "Worker died."
         assert not b.finished and mv.queue.depth == 1   # never sent: still first in line
+    run(main())
+
+
+def test_a_step_that_comes_after_the_batch_emptied_is_acknowledged_too():
+    async def main():
+        mv, channel = model(batch_size=2), StepChannel()
+        feeder = stepper(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        a = submit(mv, "a")
+        await settle()
+        mv.queue.abandon(a)
+        channel.step(done=set())       # a goes on, but its client is gone: the batch empties
+        assert channel.joins[-1] == ([], ["a"]) and feeder.batch is None and channel.acks == 1
+        # The worker ran one more step (its window) before it read the cancel:
+        channel.on_step({"batch_id": 1, "responses": [{"id": "a", "body": b"", "more": True}]})
+        assert channel.acks == 2       # acknowledged, or the worker's window would shrink
+        b = submit(mv, "b")
+        await settle()
+        channel.step(done={"b"})
+        assert isinstance(await b.next_event(), Answer) and channel.acks == 3
+        feeder.stop(asyncio.get_running_loop().time())
+        assert await serving is None
     run(main())
