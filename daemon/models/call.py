@@ -179,9 +179,12 @@ class Predictions:
         if mv.settings.sequence_batching:
             job.sequence = sequence
         call = PredictionCall(self.counter, mv, job, bool(version))
-        call.sequence_header = self.sequence_names["id"]
+        if job.sequence is not None:
+            call.sequence_header = self.sequence_names["id"]
         try:
-            if not self._takes(mv):
+            if not (self.servers.free_workers(mv) > 0 if mv.settings.use_job_ticket
+                    else self.servers.can_serve(mv)):
+                # useJobTicket (TorchServe's job tickets): a worker must be free to take it now
                 raise no_worker_error(mv.name)
             try:
                 if job.sequence is not None:
@@ -197,13 +200,6 @@ class Predictions:
         if mv.settings.client_timeout_ms > 0:
             call.time_out_after(mv.settings.client_timeout_ms)
         return call
-
-    def _takes(self, mv: ModelVersion) -> bool:
-        """A worker can serve the request; with ``useJobTicket`` (TorchServe's job tickets), one
-        is free to take it now: idle workers outnumber the requests already waiting."""
-        if mv.settings.use_job_ticket:
-            return self.servers.free_workers(mv) > 0
-        return self.servers.can_serve(mv)
 
 
 def sequence_headers(headers: list[list[str]], sequence: str | None, opens: bool,

@@ -17,12 +17,9 @@ class ConnectionLost(ConnectionError):
     """The worker's socket closed (the process died, or we poisoned the connection)."""
 
 
-class _Batch:
-    __slots__ = ("on_part", "on_result", "future")
-
-    def __init__(self, on_part: Callable[[dict], None], on_result: Callable[[dict], None],
-                 future: asyncio.Future) -> None:
-        self.on_part, self.on_result, self.future = on_part, on_result, future
+# A batch in the worker: (on_part, on_result, future). A plain tuple: one is made per batch, on
+# the hot path, where an object's __init__ would cost more than the rest of the bookkeeping.
+_Batch = tuple[Callable[[dict], None], Callable[[dict], None], asyncio.Future]
 
 
 class WorkerConnection(asyncio.Protocol):
@@ -89,7 +86,7 @@ class WorkerConnection(asyncio.Protocol):
     def _lose(self, reason: Exception) -> None:
         if not self.lost.done():
             self.lost.set_result(reason)
-        for future in [*self._replies.values(), *(b.future for b in self._batches.values())]:
+        for future in [*self._replies.values(), *(b[2] for b in self._batches.values())]:
             if not future.done():
                 future.set_exception(reason)
         self._replies.clear()
@@ -103,7 +100,7 @@ class WorkerConnection(asyncio.Protocol):
         if kind == messages.STREAM:
             batch = self._batches.get(message.get("batch_id"))   # type: ignore[arg-type]
             if batch is not None:
-                batch.on_part(message["response"])
+                batch[0](message["response"])
             return
         if kind == messages.RESULT or kind == messages.STEP:
             self._batch_answered(kind, message)
@@ -120,9 +117,10 @@ class WorkerConnection(asyncio.Protocol):
         if batch is None:
             logger.warning("dropping a %s for batch %s (not in the worker)", kind, batch_id)
             return
-        batch.on_result(message)
-        if not batch.future.done():
-            batch.future.set_result(message)
+        _, on_result, future = batch
+        on_result(message)
+        if not future.done():
+            future.set_result(message)
 
     def _expect(self, kind: str) -> asyncio.Future:
         if self.lost.done():
@@ -168,9 +166,9 @@ class WorkerConnection(asyncio.Protocol):
                on_result: Callable[[dict], None]) -> asyncio.Future:
         if self.lost.done():
             raise self.lost.result()
-        batch = self._batches[batch_id] = _Batch(
-            on_part, on_result, asyncio.get_running_loop().create_future())
-        return batch.future
+        future = self.lost.get_loop().create_future()
+        self._batches[batch_id] = (on_part, on_result, future)
+        return future
 
     def end_batch(self, batch_id: int | None = None) -> None:
         """Nothing (``batch_id``: that batch) runs in the worker any more: forget it, and
