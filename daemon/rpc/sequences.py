@@ -65,7 +65,7 @@ class _Sequence:
         self.headers = headers
         self.own_id = f"ts-seq-{new_request_id()}"
         self.own_opened = False
-        self.lanes: dict[tuple[int, str], ModelVersion] = {}
+        self.opened: dict[tuple[int, str], ModelVersion] = {}
         self.idle: tuple[float, str, str] | None = None   # seconds, model, sequence id
 
     async def next_request(self, inbox: asyncio.Queue) -> Any:
@@ -98,13 +98,13 @@ class _Sequence:
                                       input_parameters(request.input.items()),
                                       sequence=sequence, opens=opens)
         self.own_opened = self.own_opened or opens
-        self.lanes[(id(call.mv), sequence)] = call.mv
+        self.opened[(id(call.mv), sequence)] = call.mv
         self.idle = _idle_limit(call.mv, sequence)
         return await outcome(call)
 
     def end(self) -> None:
         """Close every sequence this stream opened: their workers are free for others."""
-        for (_, sequence), mv in self.lanes.items():
+        for (_, sequence), mv in self.opened.items():
             mv.queue.sequences.end(sequence, f"sequence {sequence} ended with its gRPC stream")
 
 
