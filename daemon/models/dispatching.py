@@ -4,6 +4,7 @@ to, answering a batch's jobs, its sequences, sending a dead worker's batch again
 of a missed deadline, and the cheap wait on an arrival."""
 from __future__ import annotations
 
+import abc
 import asyncio
 import itertools
 import logging
@@ -81,7 +82,7 @@ async def arrival_or(arrival: asyncio.Future, *others: asyncio.Future) -> None:
             other.remove_done_callback(wake)
 
 
-class Feeder:
+class Feeder(abc.ABC):
     """What the three dispatchers share: their face to the worker runner (``batch``,
     ``idle_since``, ``served``, ``answered``, ``serve``, ``stop``), and the sequences a worker
     holds, registered while it serves and ended with it (their state dies with the worker)."""
@@ -122,8 +123,9 @@ class Feeder:
             self.mv.queue.sequences.lose(self, f"its worker stopped ({reason})" if reason
                                          else "its worker stopped")
 
+    @abc.abstractmethod
     async def _serve(self) -> str | None:
-        raise NotImplementedError
+        """The mode's loop: None once stopped, else why the channel was lost."""
 
     def _cancel_timers(self) -> None:
         pass
