@@ -27,13 +27,13 @@ from daemon.workers.autoscale import autoscale_step
 from daemon.workers.launcher import ProcessOps
 from daemon.workers.pids import PidTable
 from daemon.gpus.placement import GpuInventory, GpuPlacement
-from daemon.workers.readiness import free_workers, version_ready
+from daemon.workers.table_views import WorkerTableViews
 from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner
 from daemon.workers.threads import ThreadSplit
 from daemon.workers.waiting import wait_for_workers
-from daemon.workers.states import LIVE_STATES, SLOT_STATES, RestartPolicy, WorkerState
+from daemon.workers.states import SLOT_STATES, RestartPolicy, WorkerState
 
 logger = logging.getLogger(__name__)
 S = WorkerState
@@ -50,7 +50,7 @@ class SupervisorSettings:   # no default for a config key: the config's own is t
     policy: RestartPolicy = field(default_factory=RestartPolicy)
 
 
-class Supervisor:
+class Supervisor(WorkerTableViews):
     def __init__(self, registry: Registry, settings: SupervisorSettings,
                  launcher_factory: Callable, metrics: Any = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -297,38 +297,6 @@ class Supervisor:
             self.wake()
 
     # ---- queries (return copies, never live tables) --------------------------------------
-
-    def handles(self, mv: ModelVersion) -> list[WorkerHandle]:
-        return list(self._by_version.get(mv, {}).values())
-
-    def counts(self, mv: ModelVersion) -> dict[str, int]:
-        counts = {state.value: 0 for state in WorkerState}
-        for handle in self.handles(mv):
-            counts[handle.state.value] += 1
-        return counts
-
-    def can_serve(self, mv: ModelVersion) -> bool:
-        """Some worker is READY or on its way (starting, or restarting after a crash)."""
-        return any(h.state in LIVE_STATES for h in self._by_version.get(mv, {}).values())
-
-    def free_workers(self, mv: ModelVersion) -> int:
-        """useJobTicket: see daemon/workers/readiness.py."""
-        return free_workers(self._by_version.get(mv, {}).values(), mv.queue)
-
-    def ready_count(self, mv: ModelVersion) -> int:
-        return sum(1 for h in self.handles(mv) if h.state is S.READY)
-
-    def ready(self, mv: ModelVersion) -> bool:
-        """The readiness rule (daemon/workers/readiness.py) on ``mv``'s READY workers."""
-        return version_ready(self.ready_count(mv), mv.settings.min_workers)
-
-    def healthy(self, mv: ModelVersion) -> bool:
-        """Ready, or recovering from crashes (briefly, with no worker FAILED): /ping's view."""
-        if self.ready(mv):
-            return True
-        if any(h.state is S.FAILED for h in self.handles(mv)):
-            return False
-        return self.record(mv).recovering(self.clock())
 
     def describe_workers(self, mv: ModelVersion) -> list[dict[str, Any]]:
         return [describe_row(h, self.ops.rss(h.pid) if h.pid else 0, self.placement.describe(h))
