@@ -43,6 +43,7 @@ class Dispatcher(Feeder):
                  observer: BatchObserver | None = None,
                  after_batch: Callable[[], None] | None = None) -> None:
         super().__init__(mv, channel, clock, death_error, observer, after_batch)
+        self.batch: list[Job] | None = None       # in the worker now
         # The batch in the worker. A batch that is answered is done with in _on_result, as its
         # RESULT is read, where the next one starts: the task wakes only when none runs anymore
         # (_wake), the channel is lost, or the deadline passes (_deadline).

@@ -44,7 +44,9 @@ class BatchChannel(Protocol):
 class WorkerDispatcher(Protocol):
     """What the worker runner and the worker table see of a dispatcher, whatever its mode."""
 
-    batch: list[Job] | None      # the jobs in the worker now; None when it has none
+    @property
+    def batch(self) -> list[Job] | None:
+        """The jobs in the worker now; None when it has none."""
     idle_since: float | None     # since when it has had none
     served: int                  # requests done with
     answered: int                # batches (steps) the worker answered
@@ -97,7 +99,6 @@ class Feeder(abc.ABC):
         self.death_error = death_error   # what a lost channel means (500 "Worker died.", 507)
         self.observer = observer
         self.after_batch = after_batch
-        self.batch: list[Job] | None = None       # the jobs in the worker now
         self.idle_since: float | None = clock()   # None while the worker has some
         self.served = 0                           # requests sent and done with, answered or not
         self.answered = 0                         # batches (steps) the worker answered itself

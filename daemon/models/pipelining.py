@@ -106,7 +106,7 @@ class PipelineDispatcher(Feeder):
             return
         flight = self.flights[batch_id] = _Flight(jobs, now + self.mv.settings.response_timeout)
         self._arm(flight)
-        self._views()
+        self._note_idle()
         if self.observer is not None:
             self.observer.observe_batch(self.mv.name, self.mv.version, len(jobs))
 
@@ -125,18 +125,21 @@ class PipelineDispatcher(Feeder):
         self.served += len(flight.jobs)
         self.answered += 1
         self.channel.end_batch(batch_id)
-        self._views()
+        self._note_idle()
         if self.after_batch is not None:
             self.after_batch()
         if not self._wake.done():
             self._wake.set_result(None)
 
-    def _views(self) -> None:
-        if self.flights:
-            self.batch = [job for flight in self.flights.values() for job in flight.jobs]
-            self.idle_since = None
-        else:
-            self.batch, self.idle_since = None, self.clock()
+    @property
+    def batch(self) -> list[Job] | None:
+        """The jobs of every batch in flight (None: none is)."""
+        if not self.flights:
+            return None
+        return [job for flight in self.flights.values() for job in flight.jobs]
+
+    def _note_idle(self) -> None:
+        self.idle_since = None if self.flights else self.clock()
 
     def _arm(self, flight: _Flight) -> None:
         limit = flight.deadline if self.stop_deadline is None \
@@ -155,7 +158,7 @@ class PipelineDispatcher(Feeder):
     def _end_flights(self) -> str:
         """Nothing in flight will be answered: answer for every batch, say why."""
         flights, self.flights = list(self.flights.values()), {}
-        self._views()
+        self._note_idle()
         expired = self._expired
         if expired is not None:
             error, reason = expiry(self.mv, self.clock(), expired.deadline)

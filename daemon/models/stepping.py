@@ -46,6 +46,11 @@ class StepDispatcher(Feeder):
         self._step_deadline = 0.0
         self._expired: float | None = None        # the deadline that was missed
 
+    @property
+    def batch(self) -> list[Job] | None:
+        """The running batch, for the worker table's views (None: it is empty)."""
+        return list(self.running.values()) if self.running else None
+
     def stop(self, deadline: float) -> None:
         """Let the running batch finish, by ``deadline`` at the latest; no request joins."""
         super().stop(deadline)
@@ -115,7 +120,7 @@ class StepDispatcher(Feeder):
         for job in jobs:
             self.running[job.id] = job
         if jobs:
-            self.batch, self.idle_since = list(self.running.values()), None
+            self.idle_since = None
             if self._step_deadline <= now:
                 self._step_deadline = now + self.mv.settings.response_timeout
                 self._arm()
@@ -168,11 +173,10 @@ class StepDispatcher(Feeder):
             return
         now = self.clock()
         if self.running:
-            self.batch = list(self.running.values())
             self._step_deadline = now + self.mv.settings.response_timeout
             self._arm()
             return
-        self.batch, self.idle_since, self._step_deadline = None, now, 0.0
+        self.idle_since, self._step_deadline = now, 0.0
         # Holds end; the running batch stays known to the connection: a STEP the worker ran
         # before it read the last cancel may still come, and it gets its acknowledgement too.
         self.channel.end_batch()
@@ -219,7 +223,7 @@ class StepDispatcher(Feeder):
         """The running batch will never be answered: answer its requests, say why."""
         jobs = list(self.running.values())
         self.running.clear()
-        self.batch, self.idle_since = None, self.clock()
+        self.idle_since = self.clock()
         if self._expired is not None:
             error, reason = expiry(self.mv, self.clock(), self._expired)
             died = False
