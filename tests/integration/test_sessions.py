@@ -255,3 +255,52 @@ def test_eight_concurrent_calls_on_one_async_worker(daemon: Daemon) -> None:
     assert [r.headers["x-tag"] for r in answers] == [str(i) for i in range(8)]
     assert len({r.json()["id"] for r in answers}) == 8
     assert elapsed < 2.0, elapsed   # one after another: 4 s
+
+
+def test_grpc_input_flags_start_and_end_a_sequence(daemon: Daemon, stubs: Any) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{daemon.ports['grpc_inference']}")
+    try:
+        infer = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+
+        def requests_of(*steps: tuple[int, dict[str, bytes]]):
+            for value, flags in steps:
+                yield stubs.inference_pb2.PredictionsRequest(
+                    model_name="running_sum", sequence_id="flags",
+                    input={"body": str(value).encode(), **flags})
+
+        ended = list(infer.StreamPredictions2(requests_of(
+            (4, {}), (5, {"ts_request_sequence_end": b"true"}), (6, {})), timeout=60))
+        reopened = list(infer.StreamPredictions2(requests_of(
+            (7, {"ts_request_sequence_start": b"true"})), timeout=60))
+    finally:
+        channel.close()
+    assert [int(a.prediction) for a in ended[:2]] == [4, 9]
+    assert ended[2].HasField("status") and "sequence flags was ended" in ended[2].status.message
+    # taken again (running_sum, as TorchServe's example, keeps sums by id whatever the start
+    # header says: 7, or 16 where the worker still holds the old sum)
+    assert not reopened[0].HasField("status") and int(reopened[0].prediction) in (7, 16)
+
+
+def test_sequence_header_names_come_from_the_config(make_daemon, tmp_path: Path) -> None:
+    d = make_daemon({"ts_header_key_sequence_id": "X-Session"}, start=False)
+    build_archive("running_sum", d.model_store, config_file="model-config.yaml")
+    d.start()
+    assert d.register("running_sum.mar", initial_workers=1, synchronous="true").status_code == 200
+
+    def send(value: int, headers: dict[str, str]) -> requests.Response:
+        return d.infer("POST", "/predictions/running_sum", data=str(value).encode(),
+                       headers=headers, timeout=60)
+
+    assert send(2, {"x-session": "s"}).text == "2"
+    again = send(3, {"x-session": "s"})
+    assert (again.text, again.headers["x-session"]) == ("5", "s")
+    own = send(4, {SEQ: "s"})   # TorchServe's default name is an ordinary header here
+    assert own.text == "4" and own.headers["x-session"].startswith("ts-seq-")
+
+
+def test_an_async_handler_streams_a_part_first(daemon: Daemon) -> None:
+    status, head, chunks = read_chunked(daemon.ports["inference"], "/predictions/async_sleep",
+                                        json.dumps({"sleep": 0.05, "part": True}).encode())
+    bodies = [json.loads(body) for _, body in chunks]
+    assert status == 200 and len(bodies) == 2 and "part" in bodies[0]
+    assert bodies[1]["slept"] == 0.05 and bodies[1]["id"] == bodies[0]["part"]
