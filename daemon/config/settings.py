@@ -103,6 +103,9 @@ class Config:
     notify_socket: str | None = None  # $NOTIFY_SOCKET (systemd Type=notify)
     watchdog_usec: int | None = None  # $WATCHDOG_USEC when $WATCHDOG_PID is unset or ours
     cuda_visible_devices: str | None = None  # $CUDA_VISIBLE_DEVICES (None: unset, all GPUs)
+    # False for ``torchd llm`` (as ts.llm_launcher's no_config_snapshots): its model directory
+    # is a temporary one, which a snapshot restored later would name in vain
+    write_snapshots: bool = True
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # -- derived ------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ from daemon.http import management
 from daemon.errors import BadRequest, InvalidKey, TorchdError
 from daemon.http.common import EXCEPTION_HANDLERS, RequestContext
 from daemon.http.direct import DirectPath
+from daemon.http.openai_api import openai_prediction_routes
 from daemon.http.predict import HotRoutes, Predictor, prediction_routes
 
 
@@ -87,7 +88,8 @@ def build_management_app(core: Core) -> RequestContext:
 
 def build_inference_app(core: Core) -> RequestContext:
     predictor = Predictor(core.predictions, core.config.max_request_size)
-    hot = prediction_routes(predictor) + compat.compat_prediction_routes(predictor)
+    hot = [*prediction_routes(predictor), *compat.compat_prediction_routes(predictor),
+           *openai_prediction_routes(predictor)]
     app = Starlette(routes=[*inference.ROUTES, *compat.ROUTES, *hot],
                     exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False

@@ -3,9 +3,9 @@
 SageMaker's inference toolkit calls ``POST /invocations`` (one model per endpoint, or the model
 named by a query parameter or header) and ``POST /models/{m}/invoke``; KServe v1 lists models
 with ``GET /v1/models`` and asks ``GET /v1/models/{m}`` whether one is ready (which
-TorchServe answers on the management port: torchd on both). The prediction
-routes are plain ASGI endpoints on the hot path (see daemon/http/predict.py); the two GET
-routes are ordinary starlette routes.
+TorchServe answers on the management port: torchd on both; the list is OpenAI's too, see
+daemon/http/openai_api.py). The prediction routes are plain ASGI endpoints on the hot path
+(see daemon/http/predict.py); the two GET routes are ordinary starlette routes.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from daemon.errors import BadRequest, MethodNotAllowed
 from daemon.http.common import header
+from daemon.http.openai_api import model_list
 from daemon.http.predict import EXPLAIN, PredictionEndpoint, Predictor, Target, V2InferEndpoint
 
 # SageMaker multi-model endpoints name the target in this header (the artifact's file name).
@@ -94,7 +95,8 @@ def compat_prediction_routes(predictor: Predictor) -> list[Route]:
 # ---- KServe v1 model listing and readiness --------------------------------------------------
 
 async def v1_models(request: Request) -> Response:
-    return JSONResponse({"models": request.app.state.registry.names()})
+    """KServe v1's model names and OpenAI's model list, in one document (see model_list)."""
+    return JSONResponse(model_list(request.app.state.registry))
 
 
 async def v1_model_ready(request: Request) -> Response:

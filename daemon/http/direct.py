@@ -63,14 +63,13 @@ class DirectPath:
         path = normalized_path(scope["path"])
         # the ASGI path's own routes and path parameters (url_path's ``{...:path}`` included)
         found = self.routes.match(path, scope["method"])
-        if found is None or not isinstance(found[0].endpoint, PredictionEndpoint):
+        endpoint = None if found is None else found[0].endpoint
+        if found is None or not isinstance(endpoint, PredictionEndpoint):
             return False
-        content_type = header(scope, b"content-type")
-        if is_form(content_type):
+        content_type = endpoint.body_type or header(scope, b"content-type")
+        if endpoint.body_type is None and is_form(content_type):
             return False
-        route, scope["path_params"] = found
-        endpoint = route.endpoint
-        assert isinstance(endpoint, PredictionEndpoint)
+        scope["path_params"] = found[1]
         scope["path"] = path
         scope["endpoint"] = endpoint
         DirectRequest(self, exchange, endpoint, content_type).begin()
@@ -155,9 +154,9 @@ class DirectRequest:
             self.call.resume()
 
     def _start_call(self, body: bytes) -> None:
-        name, version, extra = self.target
         scope = self.exchange.scope
         try:
+            name, version, extra = self.endpoint.resolve(self.target, body)
             call = self.path.predictor.predictions.start(
                 name, version, request_headers(scope, extra),
                 [messages.parameter("body", self.content_type, body)],

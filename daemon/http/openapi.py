@@ -21,6 +21,6 @@ def management_document(version: str) -> dict[str, Any]:
 
 def inference_document(version: str) -> dict[str, Any]:
     """The inference port's (8080) OpenAPI document; `version` is the server's version."""
-    return document("Health, predictions and explanations: TorchServe's API, KServe v1 and the "
-                    "Open Inference Protocol v2.", version, openapi_inference.paths(),
-                    openapi_inference.SCHEMAS)
+    return document("Health, predictions and explanations: TorchServe's API, KServe v1, the "
+                    "Open Inference Protocol v2 and OpenAI's completions.", version,
+                    openapi_inference.paths(), openapi_inference.SCHEMAS)

@@ -1,8 +1,10 @@
-"""Paths and schemas of the inference port's OpenAPI document (SPEC 2)."""
+"""Paths and schemas of the inference port's OpenAPI document (SPEC 2); OpenAI's routes are
+openapi_openai.py's."""
 from __future__ import annotations
 
 from typing import Any
 
+from daemon.http import openapi_openai
 from daemon.http.openapi_builders import (
     ANY,
     error,
@@ -173,6 +175,7 @@ def paths() -> dict[str, Any]:
         "/v2/models/{model_name}/versions/{model_version}/infer": {
             "parameters": version, "post": _v2_infer("v2VersionInfer")},
         **_compat_paths(model, version),
+        **openapi_openai.paths(),
     }
 
 
@@ -183,9 +186,7 @@ def _compat_paths(model: list, version: list) -> dict[str, Any]:
         "/invocations": {"post": _invocations()},
         "/models/{model_name}/invoke": {"parameters": model, "post": _predict(
             "invokeModel", "SageMaker: predict with the model's default version.")},
-        "/v1/models": {"get": operation(
-            "kserveV1Models", "KServe v1: the registered models' names.",
-            {"200": response("Registered models, sorted.", ref("V1ModelList"))})},
+        "/v1/models": {"get": openapi_openai.MODEL_LIST_OPERATION},
         "/v1/models/{model_name}": {"parameters": model,
                                     "get": v1_model_ready("kserveV1ModelReady")},
         "/v2/models/{model_name}/explain": {"parameters": model,
@@ -208,7 +209,6 @@ _SHAPE = {"type": "array", "items": {"type": "integer"}}
 _TENSOR_METADATA = _obj([], name=_STR, datatype=_STR, shape=_SHAPE)
 
 SCHEMAS: dict[str, Any] = {
-    "V1ModelList": _obj(["models"], models={"type": "array", "items": _STR}),
     "V1ModelReady": _obj(["name", "ready"], name=_STR, ready=_BOOL),
     "V2Error": _obj(["error"], error=_STR),
     "V2ServerMetadata": _obj(["name", "version", "extensions"], name=_STR, version=_STR,
@@ -229,4 +229,5 @@ SCHEMAS: dict[str, Any] = {
             parameters={"type": "object"}, data=ANY)},
         outputs={"type": "array", "items": _obj(["name"], name=_STR,
                                                 parameters={"type": "object"})}),
+    **openapi_openai.SCHEMAS,
 }

@@ -141,41 +141,44 @@ class Predictor:
         self.predictions = predictions
         self.limit = limit
 
-    async def run(self, scope: dict[str, Any], receive: Callable, send: Callable, name: str,
-                  version: str | None, extra_headers: tuple = (),
-                  render_error: ErrorRenderer = error_response,
-                  default_type: str | None = None) -> None:
-        """Answer one request; errors are rendered by ``render_error`` (TorchServe's JSON, or
-        OIP v2's on /v2 paths)."""
+    async def run(self, scope: dict[str, Any], receive: Callable, send: Callable,
+                  endpoint: PredictionEndpoint, target: Target) -> None:
+        """Answer one request for ``endpoint`` (``target``: what its path names); errors are
+        rendered by the endpoint (TorchServe's JSON, OIP v2's on /v2 paths, OpenAI's on its
+        routes)."""
         try:
-            response = await self._respond(scope, receive, name, version, extra_headers,
-                                           render_error, default_type)
+            response = await self._respond(scope, receive, endpoint, target)
         except ClientDisconnect:
             return
         except TorchdError as exc:
-            response = render_error(exc)
+            response = endpoint.render_error(exc)
         except Exception as exc:
             logger.exception("unhandled error on %s %s", scope["method"], scope["path"])
-            response = render_error(TorchdError(f"{type(exc).__name__}: {exc}"))
+            response = endpoint.render_error(TorchdError(f"{type(exc).__name__}: {exc}"))
         await response(scope, receive, send)
 
-    async def _respond(self, scope: dict[str, Any], receive: Callable, name: str,
-                       version: str | None, extra_headers: tuple, render_error: ErrorRenderer,
-                       default_type: str | None) -> Response:
-        params = await self._parameters(scope, receive)
+    async def _respond(self, scope: dict[str, Any], receive: Callable,
+                       endpoint: PredictionEndpoint, target: Target) -> Response:
+        body = await receive_body(scope, receive, self.limit)
+        name, version, extra_headers = endpoint.resolve(target, body)
+        params = await self._parameters(scope, body, endpoint.body_type)
         call = self.predictions.start(name, version, request_headers(scope, extra_headers),
                                       params, request_id=scope["state"]["request_id"])
         event = await self._first_event(scope, call)
         if isinstance(event, Gone):
             return NoResponse()
         if isinstance(event, Failure):
-            return render_error(event.error)
+            return endpoint.render_error(event.error)
         if isinstance(event, Answer):
-            return render(event, render_error, default_type)
-        return PartsResponse(event, call, default_type)
+            return render(event, endpoint.render_error, endpoint.default_type)
+        return PartsResponse(event, call, endpoint.default_type)
 
-    async def _parameters(self, scope: dict[str, Any], receive: Callable) -> list[dict]:
-        body = await receive_body(scope, receive, self.limit)
+    async def _parameters(self, scope: dict[str, Any], body: bytes,
+                          body_type: str | None) -> list[dict]:
+        """The body as the worker gets it: one ``body`` parameter of ``body_type`` when the
+        endpoint names one, else of the request's type, or a form's fields one each."""
+        if body_type is not None:
+            return [messages.parameter("body", body_type, body)]
         content_type = header(scope, b"content-type")
         if is_form(content_type):
             try:
@@ -201,13 +204,17 @@ class Predictor:
 class PredictionEndpoint:
     """ASGI endpoint of a prediction route (TorchServe's own are ``TorchServeEndpoint``).
 
-    Every prediction endpoint says the same four things: which model version a request names
-    (``target``), what the worker sees besides the request's own headers, how errors are
+    Every prediction endpoint says the same things: which model version a request names
+    (``target`` from its path; ``resolve`` once its whole body is in), what the worker sees
+    besides the request's own headers, the body's content type for the worker, how errors are
     rendered, and the default content type. The ASGI call and the listener's direct path
     (daemon/http/direct.py) both read them here."""
 
     render_error: ErrorRenderer = staticmethod(error_response)
     default_type: str | None = None
+    # The content type the worker sees for the body, whatever the request said (a form body is
+    # then not parsed); None: the request's own, and form fields one parameter each.
+    body_type: str | None = None
 
     def __init__(self, predictor: Predictor, extra_headers: tuple = ()) -> None:
         self.predictor = predictor
@@ -219,14 +226,19 @@ class PredictionEndpoint:
         p = scope["path_params"]
         return p["model_name"], p.get("model_version"), self.extra_headers
 
+    def resolve(self, target: Target, body: bytes) -> Target:
+        """The target once the whole body is in: ``target`` itself, unless the endpoint's
+        requests name their model in the body (OpenAI's routes); a TorchdError when the body
+        names none."""
+        return target
+
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:
         try:
-            name, version, extra = self.target(scope)
+            target = self.target(scope)
         except TorchdError as exc:
             await self.render_error(exc)(scope, receive, send)
             return
-        await self.predictor.run(scope, receive, send, name, version, extra,
-                                 self.render_error, self.default_type)
+        await self.predictor.run(scope, receive, send, self, target)
 
 
 class TorchServeEndpoint(PredictionEndpoint):

@@ -135,6 +135,14 @@ class Metrics:
                                          "Arrival-to-response time of successful inference "
                                          "requests.", _MODEL_LABELS, buckets=LATENCY_BUCKETS,
                                          registry=reg)
+        # vLLM's names (without its "vllm:" prefix), for dashboards written for LLM servers;
+        # only for versions served with continuous batching
+        self.llm_running = Gauge("llm_num_requests_running", "Requests in the running batches "
+                                 "of the model version's workers (continuous batching).",
+                                 _MODEL_LABELS, registry=reg)
+        self.llm_waiting = Gauge("llm_num_requests_waiting", "Requests of the model version "
+                                 "waiting to join a running batch (continuous batching).",
+                                 _MODEL_LABELS, registry=reg)
         self.autoscale_events = Counter("torchd_autoscale_events_total",
                                         "Workers added (up) or removed (down) by the autoscaler.",
                                         _MODEL_LABELS + ("direction",), registry=reg)
@@ -219,6 +227,12 @@ class Metrics:
         self._touch(model, version)
         self.inflight.labels(model, version).set(count)
 
+    def set_llm_requests(self, model: str, version: str, running: int, waiting: int) -> None:
+        """A continuous-batching version's running and waiting requests (vLLM's gauges)."""
+        self._touch(model, version)
+        self.llm_running.labels(model, version).set(running)
+        self.llm_waiting.labels(model, version).set(waiting)
+
     def set_streams_paused(self, model: str, version: str, count: int) -> None:
         self._touch(model, version)
         self.streams_paused.labels(model, version).set(count)
@@ -293,7 +307,7 @@ class Metrics:
             states = list(self._states)
         for metric in (self.queue_depth, self.inflight, self.worker_restarts, self.redispatches,
                        self.batch_size, self.idle_gap, self.request_latency,
-                       self.streams_paused):
+                       self.streams_paused, self.llm_running, self.llm_waiting):
             _remove(metric, model, version)
         for state in states:
             _remove(self.workers, model, version, state)

@@ -4,6 +4,7 @@ A version's settings are a frozen ``ModelSettings`` (declared in daemon/config/m
 re-exported here); the Supervisor swaps in a changed copy (``Supervisor.update_settings``)."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,8 @@ class ModelVersion:
     queue: JobQueue
     loaded_at_startup: bool = False
     deps_dir: Path | None = None         # its own packages (install_py_dep_per_model)
+    # when it was registered (Unix time): OpenAI's model list shows it as ``created``
+    registered_at: float = field(default_factory=time.time)
 
     @property
     def key(self) -> tuple[str, str]:

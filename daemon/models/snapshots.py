@@ -67,15 +67,20 @@ class SnapshotError(Exception):
 class SnapshotStore:
     """The daemon's snapshot directory: save the registry's state, load the newest state."""
 
-    def __init__(self, snapshot_dir: Path, keep: int = KEEP_DEFAULT) -> None:
+    def __init__(self, snapshot_dir: Path, keep: int = KEEP_DEFAULT,
+                 enabled: bool = True) -> None:
         self.snapshot_dir = Path(snapshot_dir)
         self.keep = keep
+        self.enabled = enabled   # False: save writes nothing (Config.write_snapshots)
         # Capture and write under one lock: two saves in flight could otherwise land in the
         # opposite order and leave the older state as the newest file.
         self._lock = asyncio.Lock()
 
-    async def save(self, registry: Registry) -> Path:
-        """Persist the registry's state now (the write runs off the event loop)."""
+    async def save(self, registry: Registry) -> Path | None:
+        """Persist the registry's state now (the write runs off the event loop); the file, or
+        None when the store is not enabled."""
+        if not self.enabled:
+            return None
         async with self._lock:
             state = capture(registry)
             return await asyncio.to_thread(save_snapshot, self.snapshot_dir, state,

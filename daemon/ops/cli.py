@@ -1,9 +1,10 @@
-"""``torchd serve | start | stop | status`` and TorchServe's ``--start``/``--stop`` flags.
+"""``torchd serve | start | stop | status | llm`` and TorchServe's ``--start``/``--stop`` flags.
 
 ``serve`` runs the daemon in the foreground (what systemd runs). ``start`` runs
 ``python -m daemon.ops.cli serve <same options>`` in a new session with output appended to
 ``<log_location>/torchd.log``, and returns once it listens on the management address (or has
 died). The serving process writes and removes its own pid file; ``stop`` and ``status`` read it.
+``llm`` (daemon/ops/llm.py) serves one language model directory, as ``serve`` would.
 
 Without a subcommand, TorchServe's spelling works: ``torchd --start ...`` (``--foreground``
 makes it ``serve``), ``torchd --stop``. The subcommand, when given, must come first.
@@ -45,19 +46,20 @@ _IGNORED_OPTIONS = ("--workflow-store", "--plugins-path", "--cpp-log-config")
 _MODE_FLAGS = ("--start", "--stop", "--foreground")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(modes: bool = True) -> argparse.ArgumentParser:
+    """Every command's options; ``modes``: TorchServe's --start/--stop/--foreground too."""
     parser = argparse.ArgumentParser(
         prog="torchd", description="A TorchServe-compatible model server.",
         usage="torchd {serve,start,stop,status} [options]\n"
-              "       torchd --start [--foreground] [options] | --stop",
-        epilog="Commands: serve (foreground), start (background), stop, status. "
+              "       torchd --start [--foreground] [options] | --stop\n"
+              "       torchd llm --model-dir DIR [options]",
+        epilog="Commands: serve (foreground), start (background), stop, status, llm (serve a "
+               "Hugging Face model directory with OpenAI's API: torchd llm --help). "
                "TorchServe's --start/--stop/--foreground also work. Settings also come from "
                "config.properties and TS_<KEY> environment variables.")
-    modes = parser.add_argument_group("mode (TorchServe style, instead of a command)")
-    modes.add_argument("--start", action="store_true", help="start in the background")
-    modes.add_argument("--stop", action="store_true", help="stop the running daemon")
-    modes.add_argument("--foreground", action="store_true", help="with --start: stay in the "
-                       "foreground (same as `serve`)")
+    if modes:
+        _add_mode_options(parser.add_argument_group("mode (TorchServe style, instead of a "
+                                                    "command)"))
     general = parser.add_argument_group("general")
     general.add_argument("--ts-config", metavar="FILE",
                          help="config.properties to read (else $TS_CONFIG_FILE, else "
@@ -73,6 +75,13 @@ def build_parser() -> argparse.ArgumentParser:
         general.add_argument(option, metavar="VALUE", help=argparse.SUPPRESS)
     _add_setting_options(parser.add_argument_group("settings (override config.properties)"))
     return parser
+
+
+def _add_mode_options(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--start", action="store_true", help="start in the background")
+    group.add_argument("--stop", action="store_true", help="stop the running daemon")
+    group.add_argument("--foreground", action="store_true", help="with --start: stay in the "
+                       "foreground (same as `serve`)")
 
 
 def _add_setting_options(group: argparse._ArgumentGroup) -> None:
@@ -121,6 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv:
         build_parser().print_help(sys.stderr)
         return 2
+    if argv[0] == "llm":   # its own options beside serve's (daemon/ops/llm.py)
+        from daemon.ops.llm import cmd_llm
+        return cmd_llm(argv[1:])
     command, args, tokens = parse_args(argv)
     if command is None:
         print("torchd: say what to do: serve, start, stop or status (or --start/--stop)",
@@ -135,7 +147,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return handler(args, tokens)
 
 
-def _load(args: argparse.Namespace) -> Config | None:
+def config_from_args(args: argparse.Namespace) -> Config | None:
     try:
         return load_config(argv_options(args), os.environ, Path.cwd())
     except ConfigError as exc:
@@ -149,12 +161,18 @@ def _load(args: argparse.Namespace) -> Config | None:
 
 def cmd_serve(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
     configure_logging(None, args.log_level)
-    config = _load(args)
+    config = config_from_args(args)
     if config is None:
         return 2
+    return serve(config, args.log_level)
+
+
+def serve(config: Config, log_level: str) -> int:
+    """Run the daemon in this process until it stops (``serve``, and ``llm`` after it has
+    written its model directory); the exit code."""
     if config.log_config is not None:
         try:
-            configure_logging(config.log_config, args.log_level)
+            configure_logging(config.log_config, log_level)
         except ConfigError as exc:
             print(f"torchd: configuration error: {exc}", file=sys.stderr)
             return 2
@@ -217,7 +235,7 @@ def _read_dict_config(path: Path) -> dict[str, Any]:
 
 
 def cmd_start(args: argparse.Namespace, tokens: list[str]) -> int:
-    config = _load(args)
+    config = config_from_args(args)
     if config is None:
         return 2
     running = pidfile.running_pid(config.pid_file)
@@ -289,7 +307,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def _pid_file_for(args: argparse.Namespace) -> tuple[Path | None, Config | None]:
-    config = _load(args)
+    config = config_from_args(args)
     if config is not None:
         return config.pid_file, config
     if args.pid_file:  # a broken config must not keep an operator from stopping the daemon

@@ -80,7 +80,7 @@ class DaemonCore:
             autoscale_down_delay=config.autoscale_down_delay, cpus=usable_cpus())
         self.supervisor = Supervisor(self.registry, settings, self._launcher_factory(),
                                      metrics=self.metrics, gpus=self.gpus)
-        self.snapshots = SnapshotStore(config.snapshot_dir)
+        self.snapshots = SnapshotStore(config.snapshot_dir, enabled=config.write_snapshots)
         self.manager = ModelManager(config, self.registry, self.supervisor,
                                     self.runtime_dir / "models", snapshots=self.snapshots,
                                     metrics=self.metrics, gpus=self.gpus)
@@ -102,8 +102,10 @@ class DaemonCore:
             self.metrics.set_queue_depth(mv.name, mv.version, mv.queue.depth)
             handles = self.supervisor.handles(mv)
             held = sum(handle.jobs_held for handle in handles)
-            self.metrics.set_inflight(mv.name, mv.version,
-                                      mv.queue.depth + mv.queue.gathering + held)
+            waiting = mv.queue.depth + mv.queue.gathering
+            self.metrics.set_inflight(mv.name, mv.version, waiting + held)
+            if mv.settings.continuous_batching:   # held: the workers' running batches
+                self.metrics.set_llm_requests(mv.name, mv.version, held, waiting)
             self.metrics.set_streams_paused(
                 mv.name, mv.version,
                 sum(1 for handle in handles if handle.conn is not None and handle.conn.held))

@@ -46,6 +46,7 @@ INFERENCE_ENDPOINTS = {
     ("get", "/v1/models"), ("get", "/v1/models/{model_name}"),
     ("post", "/v2/models/{model_name}/explain"),
     ("post", "/v2/models/{model_name}/versions/{model_version}/explain"),
+    ("post", "/v1/completions"), ("post", "/v1/chat/completions"),
 }
 
 # Statuses SPEC 1 and 2 give for each endpoint (the documents may list more, e.g. 401).
@@ -76,6 +77,8 @@ INFERENCE_STATUSES = {
     ("get", "/v2/models/{model_name}/ready"): {"200", "400", "404"},
     ("get", "/v2/models/{model_name}/versions/{model_version}/ready"): {"200", "400", "404"},
     ("get", "/v2/models/{model_name}"): {"200", "404"},
+    ("post", "/v1/completions"): {"200", "400", "404", "413", "503", "504", "default"},
+    ("post", "/v1/chat/completions"): {"200", "400", "404", "413", "503", "504", "default"},
 }
 
 # (path, method) -> {query parameter: (type, default or None)} from SPEC 1.1/1.3/1.4/1.5/1.6.
@@ -251,7 +254,17 @@ def test_spec_examples_match_inference_schemas(inference: dict[str, Any]) -> Non
     assert valid("/v2/models/{model_name}", "get", "404", {"error": "Model not found: x"})
     assert not valid("/v2/models/{model_name}", "get", "404",
                      {"code": 404, "type": "ModelNotFoundException", "message": "x"})
-    assert valid("/v1/models", "get", "200", {"models": ["a", "b"]})
+    assert valid("/v1/models", "get", "200", {
+        "object": "list", "models": ["a"],
+        "data": [{"id": "a", "object": "model", "created": 1767225600, "owned_by": "torchd"}]})
+    assert not valid("/v1/models", "get", "200", {"models": ["a", "b"]})
+    assert valid("/v1/completions", "post", "404", {"error": {
+        "message": "The model `x` does not exist.", "type": "NotFoundError", "param": "model",
+        "code": 404}})
+    assert valid("/v1/chat/completions", "post", "400", {"error": {
+        "message": "bad", "type": "BadRequestError", "param": None, "code": 400}})
+    assert not valid("/v1/completions", "post", "400", {
+        "code": 400, "type": "BadRequestException", "message": "bad"})
     assert valid("/v1/models/{model_name}", "get", "200", {"name": "mlp", "ready": False})
     assert not valid("/v1/models/{model_name}", "get", "200", {"name": "mlp"})
     assert valid("/invocations", "post", "400", {

@@ -113,9 +113,12 @@ def test_torchd_gauges_counters_histograms(metrics: Metrics) -> None:
     metrics.autoscaled("mlp", "2.0", "up")
     metrics.autoscaled("mlp", "2.0", "up")
     metrics.autoscaled("mlp", "2.0", "down")
+    metrics.set_llm_requests("mlp", "2.0", 5, 2)
     s = scrape(metrics)
     assert value(s, "torchd_queue_depth", **mv) == 7
     assert value(s, "torchd_inflight_requests", **mv) == 9
+    assert value(s, "llm_num_requests_running", **mv) == 5
+    assert value(s, "llm_num_requests_waiting", **mv) == 2
     expected_states = {state: 0 for state in WORKER_STATES} | {"READY": 2, "BACKOFF": 1}
     for state, count in expected_states.items():
         assert value(s, "torchd_workers", state=state, **mv) == count
@@ -181,6 +184,7 @@ def drive_everything(metrics: Metrics, model: str, version: str) -> None:
     metrics.observe_batch(model, version, 2)
     metrics.set_queue_depth(model, version, 1)
     metrics.set_inflight(model, version, 2)
+    metrics.set_llm_requests(model, version, 3, 4)
     metrics.set_worker_states(model, version, {"READY": 1})
     metrics.worker_restarted(model, version)
     metrics.set_worker_rss(model, version, "9000", 1)
