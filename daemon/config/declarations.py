@@ -1,6 +1,6 @@
 """Every setting torchd has, declared once: name, parser, default, help.
 
-load_config (daemon/config/settings.py), the CLI options (daemon/ops/cli.py) and the README's
+load_config (daemon/config/settings.py), the CLI options (daemon/ops/options.py) and the README's
 key table (:func:`settings_table_markdown`) all work from :data:`SETTINGS`.
 """
 from __future__ import annotations

@@ -12,9 +12,6 @@ makes it ``serve``), ``torchd --stop``. The subcommand, when given, must come fi
 from __future__ import annotations
 
 import argparse
-import json
-import logging
-import logging.config
 import os
 import signal
 import socket
@@ -26,77 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from daemon.ops import pidfile
+from daemon.ops.foreground import configure_logging, serve
+from daemon.ops.options import IGNORED_OPTIONS, START_WAIT, build_parser, config_from_args
 from daemon.osutil import pid_gone
-from daemon.config.declarations import SETTINGS
-from daemon.config.settings import Config, ConfigError, load_config
-from daemon.logformat import (DIRECT_LINES, BatchingStreamHandler, SecondsFormatter,
-                              batched_stderr)
+from daemon.config.settings import Config
 
-logger = logging.getLogger(__name__)
 
 COMMANDS = ("serve", "start", "stop", "status")
-START_WAIT = 60.0  # seconds `start` waits for the management listener
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-LOG_DATEFMT = "%Y-%m-%dT%H:%M:%S"
-# Extra spellings TorchServe accepts for a setting.
-_ALIASES = {"ncs": ["--no-config-snapshots"]}
-# TorchServe options torchd accepts and ignores (one value each).
-_IGNORED_OPTIONS = ("--workflow-store", "--plugins-path", "--cpp-log-config")
 # Tokens that select the command; they are dropped when `start` re-runs itself as `serve`.
 _MODE_FLAGS = ("--start", "--stop", "--foreground")
-
-
-def build_parser(modes: bool = True) -> argparse.ArgumentParser:
-    """Every command's options; ``modes``: TorchServe's --start/--stop/--foreground too."""
-    parser = argparse.ArgumentParser(
-        prog="torchd", description="A TorchServe-compatible model server.",
-        usage="torchd {serve,start,stop,status} [options]\n"
-              "       torchd --start [--foreground] [options] | --stop\n"
-              "       torchd llm --model-dir DIR [options]",
-        epilog="Commands: serve (foreground), start (background), stop, status, llm (serve a "
-               "Hugging Face model directory with OpenAI's API: torchd llm --help). "
-               "TorchServe's --start/--stop/--foreground also work. Settings also come from "
-               "config.properties and TS_<KEY> environment variables.")
-    if modes:
-        _add_mode_options(parser.add_argument_group("mode (TorchServe style, instead of a "
-                                                    "command)"))
-    general = parser.add_argument_group("general")
-    general.add_argument("--ts-config", metavar="FILE",
-                         help="config.properties to read (else $TS_CONFIG_FILE, else "
-                              "./config.properties if present)")
-    general.add_argument("--log-level", default="INFO",
-                         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-                         help="level for the default stderr logging (default INFO)")
-    general.add_argument("--wait", type=float, metavar="SECONDS",
-                         help=f"start: how long to wait for the listener (default "
-                              f"{START_WAIT:g}, longer with startup models); stop: how long "
-                              "to wait for exit (default: the whole drain + 30)")
-    for option in _IGNORED_OPTIONS:
-        general.add_argument(option, metavar="VALUE", help=argparse.SUPPRESS)
-    _add_setting_options(parser.add_argument_group("settings (override config.properties)"))
-    return parser
-
-
-def _add_mode_options(group: argparse._ArgumentGroup) -> None:
-    group.add_argument("--start", action="store_true", help="start in the background")
-    group.add_argument("--stop", action="store_true", help="stop the running daemon")
-    group.add_argument("--foreground", action="store_true", help="with --start: stay in the "
-                       "foreground (same as `serve`)")
-
-
-def _add_setting_options(group: argparse._ArgumentGroup) -> None:
-    for setting in SETTINGS:
-        if setting.option is None:
-            continue
-        names = [setting.option, *_ALIASES.get(setting.name, [])]
-        kwargs: dict[str, Any] = {"dest": setting.name, "default": None, "help": setting.help}
-        if setting.flag:
-            kwargs.update(nargs="?", const="true", metavar="true|false")
-        elif setting.multi:
-            kwargs.update(nargs="+", metavar="MODEL")
-        else:
-            kwargs.update(metavar=setting.name.upper())
-        group.add_argument(*names, **kwargs)
 
 
 def parse_args(argv: Sequence[str]) -> tuple[str | None, argparse.Namespace, list[str]]:
@@ -116,15 +51,6 @@ def parse_args(argv: Sequence[str]) -> tuple[str | None, argparse.Namespace, lis
     return command, args, [token for token in argv if token not in _MODE_FLAGS]
 
 
-def argv_options(args: argparse.Namespace) -> dict[str, Any]:
-    """The command-line values as load_config takes them (None: not given)."""
-    options: dict[str, Any] = {"ts_config": args.ts_config}
-    for setting in SETTINGS:
-        if setting.option is not None:
-            options[setting.name] = getattr(args, setting.name)
-    return options
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:
@@ -138,21 +64,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("torchd: say what to do: serve, start, stop or status (or --start/--stop)",
               file=sys.stderr)
         return 2
-    for option in _IGNORED_OPTIONS:
+    for option in IGNORED_OPTIONS:
         if getattr(args, option.lstrip("-").replace("-", "_")) is not None:
             print(f"torchd: {option} is a TorchServe option that torchd ignores",
                   file=sys.stderr)
     handler = {"serve": cmd_serve, "start": cmd_start, "stop": cmd_stop,
                "status": cmd_status}[command]
     return handler(args, tokens)
-
-
-def config_from_args(args: argparse.Namespace) -> Config | None:
-    try:
-        return load_config(argv_options(args), os.environ, Path.cwd())
-    except ConfigError as exc:
-        print(f"torchd: configuration error: {exc}", file=sys.stderr)
-        return None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -165,69 +83,6 @@ def cmd_serve(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
     if config is None:
         return 2
     return serve(config, args.log_level)
-
-
-def serve(config: Config, log_level: str) -> int:
-    """Run the daemon in this process until it stops (``serve``, and ``llm`` after it has
-    written its model directory); the exit code."""
-    if config.log_config is not None:
-        try:
-            configure_logging(config.log_config, log_level)
-        except ConfigError as exc:
-            print(f"torchd: configuration error: {exc}", file=sys.stderr)
-            return 2
-    other = pidfile.running_pid(config.pid_file)
-    if other is not None and other != os.getpid():
-        print(f"torchd: already running (pid {other}, pid file {config.pid_file})",
-              file=sys.stderr)
-        return 1
-    pidfile.write_pid(config.pid_file)
-    try:
-        from daemon.ops.server import run  # imported late: the CLI's other commands don't need it
-        return run(config)
-    finally:
-        pidfile.remove_pid(config.pid_file)
-
-
-def configure_logging(log_config: Path | None, level: str = "INFO") -> None:
-    """Plain lines to stderr (journald adds its own metadata), or the given config file:
-    .ini/.conf/.cfg via fileConfig, .json/.yaml/.yml via dictConfig."""
-    DIRECT_LINES.handler = None
-    if log_config is None:
-        handler = BatchingStreamHandler(batched_stderr())
-        handler.setFormatter(SecondsFormatter(LOG_FORMAT, LOG_DATEFMT))
-        logging.basicConfig(level=level, handlers=[handler], force=True)
-        DIRECT_LINES.use(handler)
-        # This format shows no thread or process, so records need not look them up (logging's
-        # own knobs for that; each access log line paid for the lookups). A config file's
-        # formats may show them: there they stay on.
-        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-        return
-    suffix = log_config.suffix.lower()
-    if suffix == ".xml":
-        logger.warning("--log-config %s: log4j2 XML is TorchServe's format; torchd uses Python "
-                       "logging (.ini, .json, .yaml), keeping the default", log_config)
-        return
-    try:
-        if suffix in (".json", ".yaml", ".yml"):
-            logging.config.dictConfig(_read_dict_config(log_config))
-        else:
-            logging.config.fileConfig(log_config, disable_existing_loggers=False)
-    except Exception as exc:  # noqa: BLE001 - any failure here is a bad config file
-        raise ConfigError(f"invalid value for log_config: {str(log_config)!r}: {exc}") from None
-
-
-def _read_dict_config(path: Path) -> dict[str, Any]:
-    import yaml
-
-    text = path.read_text()
-    data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    if not isinstance(data, dict):
-        raise TypeError("expected a mapping (logging dictConfig schema)")
-    # Module loggers already exist; dictConfig's default would silence them.
-    data.setdefault("disable_existing_loggers", False)
-    data.setdefault("version", 1)
-    return data
 
 
 # ---------------------------------------------------------------------------------------------

@@ -35,7 +35,8 @@ import yaml
 from daemon.config.model_values import parse_models_json
 from daemon.config.settings import Config
 from daemon.models.archives import MANIFEST_PATH
-from daemon.ops.cli import build_parser, config_from_args, configure_logging, serve
+from daemon.ops.foreground import configure_logging, serve
+from daemon.ops.options import build_parser, config_from_args
 
 logger = logging.getLogger(__name__)
 

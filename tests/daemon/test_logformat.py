@@ -9,7 +9,7 @@ import time
 import pytest
 
 from daemon import logformat
-from daemon.ops.cli import LOG_DATEFMT, LOG_FORMAT
+from daemon.ops.foreground import LOG_DATEFMT, LOG_FORMAT
 from daemon.logformat import (BatchingStreamHandler, DirectLines, SecondsFormatter,
                               batched_stderr)
 from tests.support.waiting import wait_until

@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config.settings import Config, load_config
 from daemon.http import inference
-from daemon.ops.cli import argv_options, parse_args
+from daemon.ops.cli import parse_args
+from daemon.ops.options import argv_options
 from daemon.ops.listeners import GRACEFUL_HTTP
 from tests.support.manifests import config_properties, container, one, rendered, torchd_args
 from tests.support.ops import sample_sum, scrape

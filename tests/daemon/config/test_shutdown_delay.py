@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from daemon.config.settings import ConfigError, load_config
-from daemon.ops.cli import _stop_wait, argv_options, parse_args
+from daemon.ops.cli import _stop_wait, parse_args
+from daemon.ops.options import argv_options
 
 
 def config_from(tmp_path, argv=(), environ=None, properties=""):

@@ -1,4 +1,4 @@
-"""torchd's command line: its logging setup (daemon.ops.cli.configure_logging) in a fresh
+"""torchd's command line: its logging setup (daemon.ops.foreground.configure_logging) in a fresh
 interpreter, plain by default or from a --log-config file."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 LOG_PROBE = textwrap.dedent("""
     import logging, sys
     from pathlib import Path
-    from daemon.ops.cli import configure_logging
+    from daemon.ops.foreground import configure_logging
     from daemon.config.settings import ConfigError
     configure_logging(None)
     logging.getLogger("daemon.probe").info("before")

@@ -8,6 +8,7 @@ import pytest
 from daemon.config.declarations import SETTINGS
 from daemon.config.settings import load_config
 from daemon.ops import cli
+from daemon.ops.options import argv_options
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -37,7 +38,7 @@ def test_cli_values_reach_the_config(tmp_path):
         "b=b.mar", "--ncs", "--disable-token-auth", "--enable-model-api", "false",
         "--inference-address", "http://127.0.0.1:1", "--job-queue-size", "5",
         "--pid-file", "t.pid"])
-    config = load_config(cli.argv_options(args), {}, tmp_path)
+    config = load_config(argv_options(args), {}, tmp_path)
     assert config.model_store == tmp_path / "ms"
     assert config.startup_models[1].name == "b"
     assert config.ncs and config.disable_token_authorization is True
@@ -49,9 +50,9 @@ def test_cli_values_reach_the_config(tmp_path):
 
 def test_models_all_and_comma_lists(tmp_path):
     _, args, _ = cli.parse_args(["start", "--models", "all"])
-    assert load_config(cli.argv_options(args), {}, tmp_path).load_all_models
+    assert load_config(argv_options(args), {}, tmp_path).load_all_models
     _, args, _ = cli.parse_args(["start", "--models", "a=a.mar,b.mar"])
-    assert load_config(cli.argv_options(args), {}, tmp_path).load_models == ("a=a.mar",
+    assert load_config(argv_options(args), {}, tmp_path).load_models == ("a=a.mar",
                                                                              "b.mar")
 
 

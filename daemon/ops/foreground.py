@@ -1,0 +1,84 @@
+"""Serving in this process, what ``serve`` and ``llm`` share: logging set up, the pid file
+written and removed, the daemon run until it stops."""
+from __future__ import annotations
+
+import json
+import logging
+import logging.config
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from daemon.config.settings import Config, ConfigError
+from daemon.logformat import (DIRECT_LINES, BatchingStreamHandler, SecondsFormatter,
+                              batched_stderr)
+from daemon.ops import pidfile
+
+logger = logging.getLogger(__name__)
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_DATEFMT = "%Y-%m-%dT%H:%M:%S"
+
+
+def serve(config: Config, log_level: str) -> int:
+    """Run the daemon in this process until it stops (``serve``, and ``llm`` after it has
+    written its model directory); the exit code."""
+    if config.log_config is not None:
+        try:
+            configure_logging(config.log_config, log_level)
+        except ConfigError as exc:
+            print(f"torchd: configuration error: {exc}", file=sys.stderr)
+            return 2
+    other = pidfile.running_pid(config.pid_file)
+    if other is not None and other != os.getpid():
+        print(f"torchd: already running (pid {other}, pid file {config.pid_file})",
+              file=sys.stderr)
+        return 1
+    pidfile.write_pid(config.pid_file)
+    try:
+        from daemon.ops.server import run  # imported late: the CLI's other commands don't need it
+        return run(config)
+    finally:
+        pidfile.remove_pid(config.pid_file)
+
+
+def configure_logging(log_config: Path | None, level: str = "INFO") -> None:
+    """Plain lines to stderr (journald adds its own metadata), or the given config file:
+    .ini/.conf/.cfg via fileConfig, .json/.yaml/.yml via dictConfig."""
+    DIRECT_LINES.handler = None
+    if log_config is None:
+        handler = BatchingStreamHandler(batched_stderr())
+        handler.setFormatter(SecondsFormatter(LOG_FORMAT, LOG_DATEFMT))
+        logging.basicConfig(level=level, handlers=[handler], force=True)
+        DIRECT_LINES.use(handler)
+        # This format shows no thread or process, so records need not look them up (logging's
+        # own knobs for that; each access log line paid for the lookups). A config file's
+        # formats may show them: there they stay on.
+        logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
+        return
+    suffix = log_config.suffix.lower()
+    if suffix == ".xml":
+        logger.warning("--log-config %s: log4j2 XML is TorchServe's format; torchd uses Python "
+                       "logging (.ini, .json, .yaml), keeping the default", log_config)
+        return
+    try:
+        if suffix in (".json", ".yaml", ".yml"):
+            logging.config.dictConfig(_read_dict_config(log_config))
+        else:
+            logging.config.fileConfig(log_config, disable_existing_loggers=False)
+    except Exception as exc:  # noqa: BLE001 - any failure here is a bad config file
+        raise ConfigError(f"invalid value for log_config: {str(log_config)!r}: {exc}") from None
+
+
+def _read_dict_config(path: Path) -> dict[str, Any]:
+    import yaml
+
+    text = path.read_text()
+    data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise TypeError("expected a mapping (logging dictConfig schema)")
+    # Module loggers already exist; dictConfig's default would silence them.
+    data.setdefault("disable_existing_loggers", False)
+    data.setdefault("version", 1)
+    return data
