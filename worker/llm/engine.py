@@ -109,21 +109,32 @@ class Engine:
                         generator=new_generator(request.params, self.device))
 
     @torch.inference_mode()
-    def admit(self, sequence: Sequence) -> None:
-        """Prefill ``sequence`` alone, take its first token; it joins the batch unless that
-        token ended it."""
+    def admit(self, joining: list[Sequence]) -> None:
+        """Prefill the ``joining`` sequences together (prompts left-padded to the longest) and
+        take each one's first token; those it did not end join the running batch."""
         from transformers import DynamicCache
 
+        if not joining:
+            return
+        width = max(len(s.prompt_ids) for s in joining)
+        ids = torch.zeros(len(joining), width, dtype=torch.long, device=self.device)
+        mask = torch.zeros(len(joining), width, dtype=torch.long, device=self.device)
+        for row, sequence in enumerate(joining):
+            length = len(sequence.prompt_ids)
+            ids[row, width - length:] = torch.tensor(sequence.prompt_ids)
+            mask[row, width - length:] = 1
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache()
-        ids = torch.tensor([sequence.prompt_ids], device=self.device)
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1,
-                         **{self.cache_keyword: cache})
-        token = next_tokens(out.logits[:, -1], [sequence.request.params],
-                            [sequence.generator])[0]
-        self.sequences[sequence.id] = sequence
-        self._take(sequence, token, time.monotonic())
-        if not sequence.done:
-            self.batch.add(sequence.id, cache, len(sequence.prompt_ids))
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                         use_cache=True, logits_to_keep=1, **{self.cache_keyword: cache})
+        tokens = next_tokens(out.logits[:, -1], [s.request.params for s in joining],
+                             [s.generator for s in joining])
+        now = time.monotonic()
+        for sequence, token in zip(joining, tokens):
+            self.sequences[sequence.id] = sequence
+            self._take(sequence, token, now)
+        self.batch.add([s.id for s in joining], cache, mask)
+        self.batch.keep({i for i in self.batch.ids if not self.sequences[i].done})
 
     # ---- stepping -------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """The running batch's KV cache: one row per sequence, left-padded to a common length.
 
-Each sequence is prefilled alone (its prompt, no padding); it joins by being padded on the left
-to the batch's length (or the batch to its own) and stacked as a new row. Every decode step
+Sequences that join in one step are prefilled together (their prompts padded on the left); they
+join by being padded on the left to the batch's length (or the batch to theirs) and stacked as
+new rows. Every decode step
 appends one column for all rows at once, the attention mask hides each row's padding and its
 position ids count only its own tokens, so a row computes exactly what its sequence would compute
 alone. A sequence that leaves takes its row with it, and columns that only padding holds are cut.
@@ -31,20 +32,21 @@ class KVBatch:
     def length(self) -> int:
         return 0 if self.mask is None else int(self.mask.shape[1])
 
-    def add(self, sequence_id: str, cache: Any, length: int) -> None:
-        """Stack a prefilled sequence (``cache`` of one row, ``length`` tokens) as a row."""
-        row_mask = torch.ones(1, length, dtype=torch.long, device=self.device)
+    def add(self, sequence_ids: list[str], cache: Any, mask: torch.Tensor) -> None:
+        """Stack prefilled sequences as rows: ``cache`` holds one row each, ``mask`` [rows,
+        length] says which of its columns are tokens (a prefill pads its prompts on the left)."""
         if self.cache is None or self.mask is None:
-            self.cache, self.mask, self.ids = cache, row_mask, [sequence_id]
+            self.cache, self.mask, self.ids = cache, mask, list(sequence_ids)
             return
+        length = int(mask.shape[1])
         width = max(self.length, length)
         for mine, theirs in zip(layers(self.cache), layers(cache), strict=True):
             mine.keys = torch.cat([_pad_left(mine.keys, width), _pad_left(theirs.keys, width)])
             mine.values = torch.cat([_pad_left(mine.values, width),
                                      _pad_left(theirs.values, width)])
         self.mask = torch.cat([F.pad(self.mask, (width - self.length, 0)),
-                               F.pad(row_mask, (width - length, 0))])
-        self.ids.append(sequence_id)
+                               F.pad(mask, (width - length, 0))])
+        self.ids.extend(sequence_ids)
 
     def keep(self, wanted: set[str]) -> None:
         """Only the rows of ``wanted`` sequences stay; columns left all padding are cut."""

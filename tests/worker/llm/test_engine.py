@@ -32,7 +32,7 @@ def completion(prompt: str, **params) -> GenerationRequest:
 def run_alone(engine: Engine, request: GenerationRequest, rid: str = "alone") -> list[int]:
     engine.keep_only(set())
     sequence = engine.new_sequence(rid, request, 0.0)
-    engine.admit(sequence)
+    engine.admit([sequence])
     while not sequence.done:
         engine.decode()
     engine.keep_only(set())
@@ -48,7 +48,7 @@ def test_batched_rows_get_the_tokens_they_get_alone(engine: Engine) -> None:
     while len(sequences) < len(requests) or any(not s.done for s in sequences):
         if step % 2 == 0 and len(sequences) < len(requests):
             s = engine.new_sequence(f"r{len(sequences)}", requests[len(sequences)], 0.0)
-            engine.admit(s)
+            engine.admit([s])
             sequences.append(s)
         engine.decode()
         step += 1
@@ -63,8 +63,7 @@ def test_a_sequence_that_leaves_early_frees_its_row_and_the_rest_go_on(engine: E
     short = completion(PROMPTS[1], max_tokens=30, ignore_eos=True)
     expected = run_alone(engine, short)
     a, b = engine.new_sequence("a", long, 0.0), engine.new_sequence("b", short, 0.0)
-    engine.admit(a)
-    engine.admit(b)
+    engine.admit([a, b])   # prefilled together: b's shorter prompt padded
     for _ in range(3):
         engine.decode()
     engine.keep_only({"b"})                  # a's client hung up
@@ -105,7 +104,7 @@ def test_a_stop_string_cuts_the_text_and_is_held_back_while_it_may_come(engine: 
     assert stop and stop not in text[:7]
     s = engine.new_sequence("s", completion(PROMPTS[0], max_tokens=20, stop=[stop],
                                             ignore_eos=True), 0.0)
-    engine.admit(s)
+    engine.admit([s])
     sent = s.unsent()
     while not s.done:
         engine.decode()
@@ -123,3 +122,14 @@ def test_the_context_bounds_max_tokens(engine: Engine) -> None:
     with pytest.raises(BadRequest, match="vocabulary"):
         engine.new_sequence("v", GenerationRequest("v1/completions", "m", SamplingParams(),
                                                    prompt_ids=[10 ** 6]), 0.0)
+
+
+def test_prompts_prefilled_together_get_the_tokens_they_get_alone(engine: Engine) -> None:
+    requests = [completion(p, max_tokens=12, ignore_eos=True) for p in PROMPTS]
+    alone = [run_alone(engine, r) for r in requests]
+    together = [engine.new_sequence(f"t{i}", r, 0.0) for i, r in enumerate(requests)]
+    engine.admit(together)
+    while not all(s.done for s in together):
+        engine.decode()
+    assert [s.generated for s in together] == alone
+    engine.keep_only(set())

@@ -53,6 +53,18 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 API_PATHS = {"": COMPLETIONS, COMPLETIONS: COMPLETIONS, CHAT: CHAT, MODELS: MODELS}
 
 
+def content_type(sequence: Sequence) -> str:
+    return answers.EVENT_STREAM if sequence.request.stream else answers.JSON
+
+
+class ModelsListed(Exception):
+    """``v1/models``: answered at once, no generation."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__("v1/models")
+        self.body = body
+
+
 class TextGenerationHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
         self.context = context
@@ -96,17 +108,21 @@ class TextGenerationHandler(BaseHandler):
         engine = self.engine
         engine.keep_only(set(ids))          # a client that hung up: its sequence leaves now
         decoded = len(engine.decode())
-        values, done, joined = [], [], []
+        # new requests (their parameters come only in their first step) join: prefilled
+        # together, each with its first token; a bad one is answered at once
+        answered = self._join(data, ids, context)
+        joined = [engine.sequences[ids[idx]] for idx, item in enumerate(data)
+                  if item and idx not in answered]
+        values, done = [], []
         for idx, item in enumerate(data):
-            if item:                        # a new request: its parameters come only now
-                sequence = self._join(idx, ids[idx], item, context)
-                if not isinstance(sequence, Sequence):
-                    values.append(sequence)  # answered at once: an error, or v1/models
-                    done.append(True)
-                    continue
-                joined.append(sequence)
+            if idx in answered:
+                values.append(answered[idx])
+                done.append(True)
+                continue
             sequence = engine.sequences[ids[idx]]
-            values.append(self._value(idx, sequence, first=bool(item), context=context))
+            # each step's context is new: its first part may come steps after it joined
+            context.set_response_content_type(idx, content_type(sequence))
+            values.append(self._value(sequence, first=bool(item)))
             done.append(sequence.done)
             if sequence.done:
                 self._finished(sequence, context)
@@ -114,31 +130,42 @@ class TextGenerationHandler(BaseHandler):
         self._count(context, joined, decoded + len(joined))
         return values
 
-    def _join(self, idx: int, request_id: str, item: dict[str, Any], context: Any) -> Any:
-        """The request admitted as a sequence (prefilled, first token taken), or the answer
-        that ends it at once."""
+    def _join(self, data: list[Any], ids: list[str], context: Any) -> dict[int, Any]:
+        """Admit the new requests of ``data`` (prefilled, first token taken); the answers of
+        those that end at once (a bad request, v1/models), by index."""
+        answered: dict[int, Any] = {}
+        joining = []
+        for idx, item in enumerate(data):
+            if not item:
+                continue
+            try:
+                joining.append(self._sequence(idx, ids[idx], item, context))
+            except BadRequest as exc:
+                context.set_response_status(exc.status, "", idx)
+                context.set_response_content_type(idx, answers.JSON)
+                answered[idx] = answers.error_body(exc)
+            except ModelsListed as listed:
+                context.set_response_content_type(idx, answers.JSON)
+                answered[idx] = listed.body
+        self.engine.admit(joining)
+        return answered
+
+    def _sequence(self, idx: int, request_id: str, item: dict[str, Any],
+                  context: Any) -> Sequence:
         path = (context.get_request_header(idx, "url_path") or "").strip("/")
         api = API_PATHS.get(path)
-        try:
-            if api is None:
-                raise BadRequest(f"Unknown path {path!r}: this model serves v1/completions, "
-                                 f"v1/chat/completions and v1/models", status=404)
-            if api == MODELS:
-                context.set_response_content_type(idx, answers.JSON)
-                return answers.models_list(context.model_name, self.created)
-            body = item.get("body", item.get("data"))
-            request = parse_request(api, parse_body(body), context.model_name)
-            sequence = self.engine.new_sequence(request_id, request, time.monotonic())
-        except BadRequest as exc:
-            context.set_response_status(exc.status, "", idx)
-            context.set_response_content_type(idx, answers.JSON)
-            return answers.error_body(exc)
-        self.engine.admit(sequence)
-        context.set_response_content_type(
-            idx, answers.EVENT_STREAM if request.stream else answers.JSON)
+        if api is None:
+            raise BadRequest(f"Unknown path {path!r}: this model serves v1/completions, "
+                             f"v1/chat/completions and v1/models", status=404)
+        if api == MODELS:
+            raise ModelsListed(answers.models_list(context.model_name, self.created))
+        body = item.get("body", item.get("data"))
+        request = parse_request(api, parse_body(body), context.model_name)
+        sequence = self.engine.new_sequence(request_id, request, time.monotonic())
+        context.set_response_content_type(idx, content_type(sequence))
         return sequence
 
-    def _value(self, idx: int, sequence: Sequence, first: bool, context: Any) -> Any:
+    def _value(self, sequence: Sequence, first: bool) -> Any:
         if sequence.request.stream:
             part = answers.stream_part(sequence, first)
             return part if part or sequence.done else NO_PART
@@ -172,14 +199,9 @@ class TextGenerationHandler(BaseHandler):
         each step's text as a part, all end with their last value."""
         ids = [context.get_request_id(idx) for idx in range(len(data))]
         self.engine.keep_only(set())
-        finals: dict[int, Any] = {}
-        sequences: dict[int, Sequence] = {}
-        for idx, item in enumerate(data):
-            joined = self._join(idx, ids[idx], item or {}, context)
-            if isinstance(joined, Sequence):
-                sequences[idx] = joined
-            else:
-                finals[idx] = joined
+        finals = self._join([item or {"body": b""} for item in data], ids, context)
+        sequences = {idx: self.engine.sequences[ids[idx]] for idx in range(len(data))
+                     if idx not in finals}
         self._count(context, list(sequences.values()), len(sequences))
         first = set(sequences)
         while True:
@@ -196,7 +218,7 @@ class TextGenerationHandler(BaseHandler):
             if idx in finals:
                 continue
             if sequence.done:
-                finals[idx] = self._value(idx, sequence, idx in first, context)
+                finals[idx] = self._value(sequence, idx in first)
                 self._finished(sequence, context)
             elif sequence.request.stream:
                 part = answers.stream_part(sequence, idx in first)
