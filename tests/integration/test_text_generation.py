@@ -184,3 +184,13 @@ def test_a_body_that_is_not_json_is_a_400(daemon: Daemon) -> None:
 def test_models_through_url_path(daemon: Daemon) -> None:
     listed = daemon.infer("GET", "/predictions/llm/1.0/v1/models", timeout=30).json()
     assert listed["object"] == "list" and listed["data"][0]["id"] == "llm"
+
+
+def test_the_vllm_handler_says_vllm_is_missing(daemon: Daemon, tmp_path: Path,
+                                               tiny_llm: Path) -> None:
+    build_archive("vllm", daemon.model_store, config_file="model-config.yaml",
+                  extra_files=[str(tiny_llm)])
+    response = daemon.register("vllm.mar", initial_workers=1, synchronous="true")
+    assert response.status_code == 500
+    assert "the vllm_handler needs vLLM" in response.json()["message"]
+    assert completion(daemon, "hello", stream=False, max_tokens=2)
