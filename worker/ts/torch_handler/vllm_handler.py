@@ -37,7 +37,7 @@ API_PATHS = {"": COMPLETIONS, COMPLETIONS: COMPLETIONS, CHAT: CHAT, MODELS: MODE
 
 def import_vllm() -> Any:
     try:
-        import vllm
+        import vllm  # type: ignore[import-not-found]  # GPU machines only
     except ImportError as exc:
         raise ImportError(f"the vllm_handler needs vLLM, which does not import here ({exc}); "
                           f"install it on a GPU machine (pip install vllm), or serve the model "
@@ -82,7 +82,7 @@ class VLLMHandler(BaseHandler):
         self.initialized = True
         logger.info("vLLM engine started for %s", args.model)
 
-    async def handle(self, data: list[Any], context: Any) -> list[Any]:
+    async def handle(self, data: list[Any], context: Any) -> list[Any]:  # type: ignore[override]
         # a batch's requests generate concurrently: the engine batches them itself
         return list(await asyncio.gather(*(self._answer(idx, item, context)
                                            for idx, item in enumerate(data))))
