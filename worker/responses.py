@@ -17,6 +17,17 @@ from worker.runtime.streaming import STREAM_NEXT
 logger = logging.getLogger(__name__)
 
 
+class _NoPart:
+    """The value of a continuous-batching step for a request that goes on with nothing to
+    say yet (torchd's own; a TorchServe handler sends a part every step)."""
+
+    def __repr__(self) -> str:
+        return "NO_PART"
+
+
+NO_PART = _NoPart()
+
+
 def encode_one(context: Context, idx: int, request_id: str, value: Any,
                code: int | None = None, message: str | None = None,
                more: bool = False) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from protocol import messages
 from worker import codec, responses
 from worker.channel import Channel
 from worker.exits import EXIT_OK, after_eof
+from worker.responses import NO_PART
 from worker.runtime.context import Context
 from worker.sending import FrameSender
 
@@ -111,30 +112,38 @@ class StepLoop:
                 running.request = None
             answers = self._answers(context, self.service.call(data, context), ids)
         except (Exception, SystemExit) as exc:  # a handler must never take the worker down
-            answers = responses.handler_failed(exc, ids)   # ... and every request fails
+            answers = list(responses.handler_failed(exc, ids))   # ... and every request fails
         finally:
             context.stream_writer = None
-        sent = self.sender.answers(lambda rs, ms: messages.step(batch_id, rs, ms), answers,
+        # a request that goes on with nothing to send this step has no response in the frame
+        quiet = {ids[idx] for idx, answer in enumerate(answers) if answer is None}
+        sent = self.sender.answers(lambda rs, ms: messages.step(batch_id, rs, ms),
+                                   [answer for answer in answers if answer is not None],
                                    self.service.take_metrics())
         self.unacked += 1
-        going_on = {r["id"] for r in sent if r.get("more")}
+        going_on = {r["id"] for r in sent if r.get("more")} | quiet
         self.running = [r for r in batch if r.id in going_on]
 
-    def _answers(self, context: Context, output: Any, ids: list[str]) -> list[dict[str, Any]]:
+    def _answers(self, context: Context, output: Any,
+                 ids: list[str]) -> list[dict[str, Any] | None]:
         failure = responses.output_failure(output, len(ids))
         if failure is not None:
-            return responses.failed(ids, failure)
+            return list(responses.failed(ids, failure))
         return [self._answer(context, idx, ids[idx], value) for idx, value in enumerate(output)]
 
     def _answer(self, context: Context, idx: int, request_id: str,
-                value: Any) -> dict[str, Any]:
+                value: Any) -> dict[str, Any] | None:
         """The request's response, a part if its stopping criteria says it goes on. Asked
-        before the response is encoded, as TorchServe does: a criteria may set headers."""
+        before the response is encoded, as TorchServe does: a criteria may set headers.
+        None: it goes on with nothing to send (the handler's value was ``NO_PART``, as
+        torchd's text_generation handler answers a request that is not streamed)."""
         try:
             more = goes_on(context.stopping_criteria, idx, value)
         except (Exception, SystemExit):
             logger.exception("the stopping criteria of request %s failed", request_id)
             return responses.failed([request_id], codec.PREDICTION_FAILED)[0]
+        if more and value is NO_PART:
+            return None
         return responses.encode_one(context, idx, request_id, value, more=more)
 
 

@@ -1,0 +1,135 @@
+"""The engine on examples/tiny_llm.py's model, in this process: a sequence decoded in a batch
+(left-padded rows joining and leaving) gets exactly the tokens it gets alone; sampling with a
+seed repeats; stop strings, EOS, max_tokens and the context end a sequence."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from worker.llm.engine import Engine
+from worker.llm.requests import BadRequest, GenerationRequest, SamplingParams
+
+pytestmark = pytest.mark.timeout(120)
+PROMPTS = ["the quick brown fox", "hello", "a server answers requests from its clients",
+           "tiny model", "continuous batching lets new sequences join"]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_llm: Path) -> Engine:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    torch.set_num_threads(1)
+    model = AutoModelForCausalLM.from_pretrained(tiny_llm).eval()
+    return Engine(model, AutoTokenizer.from_pretrained(tiny_llm), torch.device("cpu"))
+
+
+def completion(prompt: str, **params) -> GenerationRequest:
+    params.setdefault("temperature", 0.0)
+    return GenerationRequest("v1/completions", "m", SamplingParams(**params), prompt=prompt)
+
+
+def run_alone(engine: Engine, request: GenerationRequest, rid: str = "alone") -> list[int]:
+    engine.keep_only(set())
+    sequence = engine.new_sequence(rid, request, 0.0)
+    engine.admit([sequence])
+    while not sequence.done:
+        engine.decode()
+    engine.keep_only(set())
+    return sequence.generated
+
+
+def test_batched_rows_get_the_tokens_they_get_alone(engine: Engine) -> None:
+    requests = [completion(p, max_tokens=8 + 5 * i, ignore_eos=True)
+                for i, p in enumerate(PROMPTS)]
+    alone = [run_alone(engine, r) for r in requests]
+    # staggered: a sequence joins every other step while earlier ones run and finish
+    sequences, step = [], 0
+    while len(sequences) < len(requests) or any(not s.done for s in sequences):
+        if step % 2 == 0 and len(sequences) < len(requests):
+            s = engine.new_sequence(f"r{len(sequences)}", requests[len(sequences)], 0.0)
+            engine.admit([s])
+            sequences.append(s)
+        engine.decode()
+        step += 1
+    assert [s.generated for s in sequences] == alone
+    assert [len(s.generated) for s in sequences] == [8 + 5 * i for i in range(len(PROMPTS))]
+    assert len(engine.batch) == 0 and engine.batch.mask is None   # every row left
+    engine.keep_only(set())
+
+
+def test_a_sequence_that_leaves_early_frees_its_row_and_the_rest_go_on(engine: Engine) -> None:
+    long = completion(PROMPTS[2], max_tokens=30, ignore_eos=True)
+    short = completion(PROMPTS[1], max_tokens=30, ignore_eos=True)
+    expected = run_alone(engine, short)
+    a, b = engine.new_sequence("a", long, 0.0), engine.new_sequence("b", short, 0.0)
+    engine.admit([a, b])   # prefilled together: b's shorter prompt padded
+    for _ in range(3):
+        engine.decode()
+    engine.keep_only({"b"})                  # a's client hung up
+    assert engine.batch.ids == ["b"] and set(engine.sequences) == {"b"}
+    # the columns only a's longer prompt used are cut
+    assert engine.batch.length == len(b.prompt_ids) + len(b.generated) - 1
+    while not b.done:
+        engine.decode()
+    assert b.generated == expected
+    engine.keep_only(set())
+
+
+def test_seeded_sampling_repeats_and_top_k_1_is_greedy(engine: Engine) -> None:
+    sampled = completion(PROMPTS[0], max_tokens=12, temperature=1.0, seed=7, ignore_eos=True)
+    assert run_alone(engine, sampled) == run_alone(engine, sampled)
+    top1 = completion(PROMPTS[0], max_tokens=12, temperature=1.0, top_k=1, ignore_eos=True)
+    greedy = completion(PROMPTS[0], max_tokens=12, ignore_eos=True)
+    assert run_alone(engine, top1) == run_alone(engine, greedy)
+
+
+def test_eos_ends_a_sequence_unless_ignored(engine: Engine) -> None:
+    eos = next(iter(engine.eos_ids))
+    engine.keep_only(set())
+    s = engine.new_sequence("e", completion("x", max_tokens=5), 0.0)
+    engine.sequences[s.id] = s
+    engine._take(s, eos, 0.0)
+    assert s.finish_reason == "stop" and s.text == ""
+    ignoring = engine.new_sequence("i", completion("x", max_tokens=5, ignore_eos=True), 0.0)
+    engine._take(ignoring, eos, 0.0)
+    assert ignoring.finish_reason is None
+    engine.keep_only(set())
+
+
+def test_a_stop_string_cuts_the_text_and_is_held_back_while_it_may_come(engine: Engine) -> None:
+    text = engine.tokenizer.decode(run_alone(engine, completion(PROMPTS[0], max_tokens=20,
+                                                                ignore_eos=True)))
+    stop = text[5:8]
+    assert stop and stop not in text[:7]
+    s = engine.new_sequence("s", completion(PROMPTS[0], max_tokens=20, stop=[stop],
+                                            ignore_eos=True), 0.0)
+    engine.admit([s])
+    sent = s.unsent()
+    while not s.done:
+        engine.decode()
+        assert stop not in s.text
+        sent += s.unsent()
+    assert s.finish_reason == "stop" and s.text == text[:text.index(stop)] == sent
+    engine.keep_only(set())
+
+
+def test_the_context_bounds_max_tokens(engine: Engine) -> None:
+    with pytest.raises(BadRequest, match="maximum context length is 1024"):
+        engine.new_sequence("c", completion("hello", max_tokens=1024), 0.0)
+    unbounded = engine.new_sequence("u", completion("hello", max_tokens=None), 0.0)
+    assert unbounded.max_tokens == 1024 - len(unbounded.prompt_ids)
+    with pytest.raises(BadRequest, match="vocabulary"):
+        engine.new_sequence("v", GenerationRequest("v1/completions", "m", SamplingParams(),
+                                                   prompt_ids=[10 ** 6]), 0.0)
+
+
+def test_prompts_prefilled_together_get_the_tokens_they_get_alone(engine: Engine) -> None:
+    requests = [completion(p, max_tokens=12, ignore_eos=True) for p in PROMPTS]
+    alone = [run_alone(engine, r) for r in requests]
+    together = [engine.new_sequence(f"t{i}", r, 0.0) for i, r in enumerate(requests)]
+    engine.admit(together)
+    while not all(s.done for s in together):
+        engine.decode()
+    assert [s.generated for s in together] == alone
+    engine.keep_only(set())

@@ -1,0 +1,89 @@
+"""What a sequence's client sees, as OpenAI's API shapes it: a whole ``text_completion`` or
+``chat.completion`` with ``usage``, or server-sent events (``data: {chunk}`` lines, then
+``data: [DONE]``), and OpenAI's error JSON for a bad request."""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from worker.llm.engine import Sequence
+from worker.llm.requests import CHAT, BadRequest
+
+EVENT_STREAM = "text/event-stream"
+JSON = "application/json"
+DONE = b"data: [DONE]\n\n"
+
+
+def error_body(exc: BadRequest) -> bytes:
+    """OpenAI's error document."""
+    return _json({"error": {"message": exc.message, "type": "invalid_request_error",
+                            "param": exc.param, "code": None}})
+
+
+def usage(sequence: Sequence) -> dict[str, int]:
+    prompt, completion = len(sequence.prompt_ids), len(sequence.generated)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion}
+
+
+def whole(sequence: Sequence) -> bytes:
+    """The answer of a request that was not streamed (the sequence is done)."""
+    text = sequence.text
+    if sequence.request.kind == CHAT:
+        choice: dict[str, Any] = {"index": 0,
+                                  "message": {"role": "assistant", "content": text},
+                                  "logprobs": None, "finish_reason": sequence.finish_reason}
+    else:
+        choice = {"index": 0, "text": text, "logprobs": None,
+                  "finish_reason": sequence.finish_reason}
+    return _json({**_head(sequence, chunk=False), "choices": [choice],
+                  "usage": usage(sequence)})
+
+
+def stream_part(sequence: Sequence, first: bool) -> bytes:
+    """The events this step adds to a streamed answer (empty: nothing to say yet): the new
+    text, and once done the finish reason, the usage if asked for, and ``[DONE]``."""
+    events = []
+    chat = sequence.request.kind == CHAT
+    if first and chat:
+        events.append(_event(sequence, {"role": "assistant", "content": ""}, None))
+    text = sequence.unsent()
+    if text:
+        events.append(_event(sequence, {"content": text} if chat else text, None))
+    if sequence.done:
+        events.append(_event(sequence, {} if chat else "", sequence.finish_reason))
+        if sequence.request.include_usage:
+            events.append(b"data: " + _json({**_head(sequence, chunk=True), "choices": [],
+                                             "usage": usage(sequence)}) + b"\n\n")
+        events.append(DONE)
+    return b"".join(events)
+
+
+def _event(sequence: Sequence, delta: Any, finish_reason: str | None) -> bytes:
+    if sequence.request.kind == CHAT:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+    else:
+        choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish_reason}
+    chunk = {**_head(sequence, chunk=True), "choices": [choice]}
+    if sequence.request.include_usage:
+        chunk["usage"] = None   # OpenAI: null on every chunk but the last when asked for
+    return b"data: " + _json(chunk) + b"\n\n"
+
+
+def _head(sequence: Sequence, chunk: bool) -> dict[str, Any]:
+    chat = sequence.request.kind == CHAT
+    if chat:
+        kind = "chat.completion.chunk" if chunk else "chat.completion"
+    else:
+        kind = "text_completion"
+    return {"id": ("chatcmpl-" if chat else "cmpl-") + sequence.id, "object": kind,
+            "created": sequence.created, "model": sequence.request.model}
+
+
+def models_list(name: str, created: int) -> bytes:
+    return _json({"object": "list", "data": [{"id": name, "object": "model",
+                                              "created": created, "owned_by": "torchd"}]})
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
