@@ -8,8 +8,10 @@ The daemon reads one thing of a completion request: its ``model``, a torchd mode
 sampling parameters, ``stream`` as server-sent events, ``usage``); its parts stream to the
 client unchanged. What differs is the error document: every error on these routes, the
 daemon's (unknown model, no worker, queue full, timeout) or the handler's
-(``PredictionException``), is OpenAI's, as vLLM writes it, since that is what OpenAI clients
-parse: ``{"error": {"message", "type", "param", "code"}}`` with the HTTP status as ``code``.
+(``PredictionException``), is OpenAI's, since that is what OpenAI clients parse:
+``{"error": {"message", "type", "param", "code"}}``, ``type`` ``invalid_request_error`` for a
+4xx and ``server_error`` for a 5xx, ``code`` ``model_not_found`` for an unknown model and null
+otherwise, as OpenAI's API answers.
 """
 from __future__ import annotations
 
@@ -27,37 +29,32 @@ COMPLETION_PATHS = ("/v1/completions", "/v1/chat/completions")
 JSON_TYPE = "application/json"
 OWNER = "torchd"   # the models' ``owned_by``
 
-# ``type`` by status: the names of the openai client's exceptions for the statuses it knows
-# (vLLM's BadRequestError, NotFoundError and InternalServerError are the same), else the
-# status's own name in the same style.
-ERROR_TYPES = {
-    400: "BadRequestError", 401: "AuthenticationError", 403: "PermissionDeniedError",
-    404: "NotFoundError", 405: "MethodNotAllowedError", 408: "RequestTimeoutError",
-    409: "ConflictError", 413: "RequestTooLargeError", 422: "UnprocessableEntityError",
-    429: "RateLimitError", 500: "InternalServerError", 501: "NotImplementedError",
-    503: "ServiceUnavailableError", 504: "GatewayTimeoutError",
-    507: "InsufficientStorageError",
-}
+# OpenAI's own error types: a client's error, or the server's. (vLLM names them after the
+# openai client's exceptions, BadRequestError and so on; text_generation answers a bad
+# parameter with OpenAI's own, and one route must not speak two dialects.)
+CLIENT_ERROR = "invalid_request_error"
+SERVER_ERROR = "server_error"
+MODEL_NOT_FOUND = "model_not_found"   # OpenAI's ``code`` for a model it does not serve
 
 
 class OpenAIRequestError(TorchdError):
-    """A request OpenAI's API refuses; ``param`` names the request field at fault."""
+    """A request OpenAI's API refuses: ``param`` names the request field at fault, ``code``
+    is OpenAI's code for the error (most have none)."""
 
-    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
+    def __init__(self, message: str, status: int = 400, param: str | None = None,
+                 code: str | None = None) -> None:
         super().__init__(message, status)
         self.param = param
+        self.code = code
 
 
 def error_type(status: int) -> str:
-    known = ERROR_TYPES.get(status)
-    if known is not None:
-        return known
-    return "BadRequestError" if status < 500 else "InternalServerError"
+    return CLIENT_ERROR if status < 500 else SERVER_ERROR
 
 
 def openai_error_document(exc: TorchdError) -> dict[str, Any]:
     return {"error": {"message": exc.message, "type": error_type(exc.status),
-                      "param": getattr(exc, "param", None), "code": exc.status}}
+                      "param": getattr(exc, "param", None), "code": getattr(exc, "code", None)}}
 
 
 def openai_error(exc: TorchdError) -> Response:
@@ -103,8 +100,8 @@ def resolve_model(registry: Registry, model: str) -> tuple[str, str | None]:
     try:
         registry.get(name, version)
     except (ModelNotFound, ModelVersionNotFound):
-        raise OpenAIRequestError(f"The model `{model}` does not exist.", 404,
-                                 param="model") from None
+        raise OpenAIRequestError(f"The model `{model}` does not exist.", 404, param="model",
+                                 code=MODEL_NOT_FOUND) from None
     return name, version
 
 

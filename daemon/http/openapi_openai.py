@@ -63,9 +63,13 @@ SCHEMAS: dict[str, Any] = {
         "type": "object", "required": ["error"],
         "properties": {"error": {
             "type": "object", "required": ["message", "type", "param", "code"],
-            "properties": {"message": _STR, "type": _STR,
-                           "param": {"type": "string", "nullable": True},
-                           "code": {"type": "integer", "description": "The HTTP status."}}}},
+            "properties": {"message": _STR,
+                           "type": {"type": "string", "description": "invalid_request_error "
+                                    "(a 4xx) or server_error (a 5xx)."},
+                           "param": {"type": "string", "nullable": True,
+                                     "description": "The request field at fault."},
+                           "code": {"type": "string", "nullable": True,
+                                    "description": "model_not_found for an unknown model."}}}},
     },
     "OpenAICompletionRequest": {
         "type": "object", "required": ["model"],

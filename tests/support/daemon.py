@@ -59,10 +59,11 @@ class Daemon:
         return path
 
     def start(self, *args: str, ncs: bool = True, wait: bool = True,
-              timeout: float = 60, preexec_fn: Any = None) -> Daemon:
-        """``preexec_fn`` runs in the child before exec (e.g. to set its CPU affinity)."""
+              timeout: float = 60, preexec_fn: Any = None, command: str = "serve") -> Daemon:
+        """``preexec_fn`` runs in the child before exec (e.g. to set its CPU affinity);
+        ``command``: serve, or llm (which takes serve's options too)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        cmd = [*TORCHD, "serve", "--ts-config", str(self.write_config()), *args]
+        cmd = [*TORCHD, command, "--ts-config", str(self.write_config()), *args]
         if ncs:
             cmd.append("--ncs")
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}

@@ -259,10 +259,10 @@ def test_spec_examples_match_inference_schemas(inference: dict[str, Any]) -> Non
         "data": [{"id": "a", "object": "model", "created": 1767225600, "owned_by": "torchd"}]})
     assert not valid("/v1/models", "get", "200", {"models": ["a", "b"]})
     assert valid("/v1/completions", "post", "404", {"error": {
-        "message": "The model `x` does not exist.", "type": "NotFoundError", "param": "model",
-        "code": 404}})
+        "message": "The model `x` does not exist.", "type": "invalid_request_error",
+        "param": "model", "code": "model_not_found"}})
     assert valid("/v1/chat/completions", "post", "400", {"error": {
-        "message": "bad", "type": "BadRequestError", "param": None, "code": 400}})
+        "message": "bad", "type": "invalid_request_error", "param": None, "code": None}})
     assert not valid("/v1/completions", "post", "400", {
         "code": 400, "type": "BadRequestException", "message": "bad"})
     assert valid("/v1/models/{model_name}", "get", "200", {"name": "mlp", "ready": False})

@@ -1,0 +1,121 @@
+"""``torchd llm --model-dir DIR`` serving examples/tiny_llm.py's model, and the real ``openai``
+client against it, unchanged: sync and async, streamed and whole, completions and chat, the
+model list and errors. One ``torchd llm`` for the module, with its own model store (none is
+configured); the last test stops it and checks what it leaves behind."""
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+
+import openai
+import pytest
+
+from tests.support.daemon import Daemon
+from tests.support.ops import scrape
+
+pytestmark = pytest.mark.timeout(180)
+
+MODEL = "tiny"
+PROMPT = "the quick brown fox"
+GREEDY = {"max_tokens": 12, "temperature": 0, "extra_body": {"ignore_eos": True}}
+MESSAGES = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture(scope="module")
+def llm(tmp_path_factory: pytest.TempPathFactory, tiny_llm: Path):
+    work = tmp_path_factory.mktemp("torchd-llm")
+    d = Daemon(work, work / "no-store")
+    del d.settings["model_store"]   # torchd llm makes a store of its own
+    try:
+        d.start("--model-dir", str(tiny_llm), "--model-name", MODEL, "--batch-size", "8",
+                command="llm", ncs=False, timeout=120)
+        d.wait_workers(MODEL, 1, timeout=120)
+        yield d
+    finally:
+        d.cleanup()
+
+
+def own_stores(d: Daemon) -> list[Path]:
+    return sorted(Path(tempfile.gettempdir()).glob(f"torchd-run-{d.pid}-llm-*"))
+
+
+def client(d: Daemon) -> openai.OpenAI:
+    return openai.OpenAI(base_url=d.url("inference", "/v1"), api_key="unused", max_retries=0,
+                         timeout=60)
+
+
+def test_it_serves_the_directory_as_a_continuous_batching_model(llm: Daemon,
+                                                                tiny_llm: Path) -> None:
+    (described,) = llm.describe(MODEL)
+    assert (described["modelUrl"], described["batchSize"], described["maxBatchDelay"],
+            described["minWorkers"], described["maxWorkers"]) == (MODEL, 8, 5, 1, 1)
+    (store,) = own_stores(llm)
+    assert sorted(p.name for p in (store / MODEL).iterdir()) == ["MAR-INF",
+                                                                 "model-config.yaml"]
+    assert not (tiny_llm / "MAR-INF").exists()   # the model's own directory is only read
+    labels = frozenset({"model_name": MODEL, "model_version": "1.0"}.items())
+    samples = scrape(llm)
+    assert ("llm_num_requests_running", labels) in samples
+    assert ("llm_num_requests_waiting", labels) in samples
+
+
+def test_the_sync_client_streamed_and_whole(llm: Daemon) -> None:
+    openai_client = client(llm)
+    assert [m.id for m in openai_client.models.list()] == [MODEL]
+    whole = openai_client.completions.create(model=MODEL, prompt=PROMPT, **GREEDY)
+    assert whole.usage is not None and whole.usage.completion_tokens == 12
+    stream = openai_client.completions.create(model=MODEL, prompt=PROMPT, stream=True,
+                                              **GREEDY)
+    assert "".join(c.choices[0].text for c in stream) == whole.choices[0].text
+    chat = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES, **GREEDY)
+    assert chat.choices[0].message.role == "assistant"
+    chunks = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True,
+                                                   **GREEDY)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) \
+        == chat.choices[0].message.content
+
+
+def test_the_async_client_streamed_and_whole(llm: Daemon) -> None:
+    async def ask() -> tuple[str, str, str, str]:
+        async with openai.AsyncOpenAI(base_url=llm.url("inference", "/v1"), api_key="unused",
+                                      max_retries=0, timeout=60) as aclient:
+            whole = await aclient.completions.create(model=MODEL, prompt=PROMPT, **GREEDY)
+            stream = await aclient.completions.create(model=MODEL, prompt=PROMPT,
+                                                      stream=True, **GREEDY)
+            streamed = "".join([c.choices[0].text async for c in stream])
+            chat = await aclient.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                         **GREEDY)
+            chunks = await aclient.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                           stream=True, **GREEDY)
+            chatted = "".join([c.choices[0].delta.content or "" async for c in chunks])
+            return (whole.choices[0].text, streamed, chat.choices[0].message.content or "",
+                    chatted)
+
+    whole, streamed, chat, chatted = asyncio.run(ask())
+    assert whole and streamed == whole
+    assert chat and chatted == chat
+    # the sync client's greedy answer is the same
+    assert client(llm).completions.create(model=MODEL, prompt=PROMPT, **GREEDY) \
+        .choices[0].text == whole
+
+
+def test_errors_reach_the_client_as_openais(llm: Daemon) -> None:
+    openai_client = client(llm)
+    with pytest.raises(openai.NotFoundError) as missing:
+        openai_client.completions.create(model="gpt-4o", prompt=PROMPT)
+    assert (missing.value.code, missing.value.param) == ("model_not_found", "model")
+    with pytest.raises(openai.BadRequestError) as refused:
+        openai_client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=0)
+    assert refused.value.param == "max_tokens"
+    with pytest.raises(openai.BadRequestError):
+        openai_client.chat.completions.create(model=MODEL, messages=[])
+
+
+def test_stopping_leaves_no_store_and_no_snapshot(llm: Daemon) -> None:
+    """Last: it stops the module's torchd llm."""
+    assert own_stores(llm)
+    assert llm.stop() == 0
+    assert own_stores(llm) == []
+    snapshots = llm.workdir / "logs" / "config"
+    assert not snapshots.exists() or list(snapshots.iterdir()) == []
