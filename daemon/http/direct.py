@@ -11,11 +11,12 @@ body's last byte, and the call's listener writes the whole response, head and bo
 write the moment the worker answers; a streamed answer's parts go out as chunks, and while the
 client is not reading them the call holds the worker's parts back.
 
-It runs the ASGI path's own pieces: the endpoint's ``target``, the prediction call, the
-middleware's authorization and its ``finish`` (status count, access log), ``response_headers``
-and the endpoint's error renderer. A request it does not take goes the ASGI way: a form body
-(starlette's parser), ``Expect: 100-continue``, a path that is not a prediction route. With
-CORS on (the middleware adds headers), there is no direct path at all.
+It runs the ASGI path's own pieces: the endpoint's ``target`` and ``resolve``, the prediction
+call, the middleware's authorization and its ``finish`` (status count, access log),
+``response_headers`` and the endpoint's error renderer. A request it does not take goes the
+ASGI way: a form body for an endpoint that parses forms (starlette's parser),
+``Expect: 100-continue``, a path that is not a prediction route. With CORS on (the middleware
+adds headers), there is no direct path at all.
 """
 from __future__ import annotations
 

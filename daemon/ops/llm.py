@@ -165,9 +165,13 @@ def serving_config(config: Config, model: LlmModel, store: Path) -> Config:
         load_models = (*load_models, f"{model.name}={model.name}")
     workers = parse_models_json({model.name: {MODEL_VERSION: {"minWorkers": 1,
                                                               "maxWorkers": 1}}})
+    versions = dict(config.models.get(model.name, {}))   # what the user's JSON says wins
+    versions[MODEL_VERSION] = {**workers[model.name][MODEL_VERSION],
+                               **versions.get(MODEL_VERSION, {})}
     ncs = True if config.sources.get("ncs") == "default" else config.ncs
     return config.with_overrides(model_store=store, load_models=load_models, ncs=ncs,
-                                 models={**workers, **config.models}, write_snapshots=False)
+                                 models={**config.models, model.name: versions},
+                                 write_snapshots=False)
 
 
 def cmd_llm(argv: Sequence[str]) -> int:

@@ -109,6 +109,8 @@ def test_it_is_served_as_a_startup_model_without_snapshots(tmp_path: Path) -> No
     assert config.ncs and not config.write_snapshots
     # the model config's one worker, not one per CPU (daemon/ops/startup.py)
     assert config.models["tiny"]["1.0"]["minWorkers"] == 1
-    args = parsed("--model-dir", str(tmp_path), "--ncs", "false", "--models", "all")
+    args = parsed("--model-dir", str(tmp_path), "--ncs", "false", "--models", "all",
+                  "--models-config", '{"tiny": {"1.0": {"maxWorkers": 2}}, "x": {}}')
     config = serving_config(load_config(argv_options(args), {}, tmp_path), model, store)
     assert not config.ncs and config.load_all_models
+    assert config.models == {"tiny": {"1.0": {"minWorkers": 1, "maxWorkers": 2}}, "x": {}}
