@@ -194,3 +194,28 @@ def test_the_vllm_handler_says_vllm_is_missing(daemon: Daemon, tmp_path: Path,
     assert response.status_code == 500
     assert "the vllm_handler needs vLLM" in response.json()["message"]
     assert completion(daemon, "hello", stream=False, max_tokens=2)
+
+
+def test_the_openai_client_against_the_registered_archive(daemon: Daemon) -> None:
+    """The same archive through the OpenAI routes (the body's ``model`` names it), with the
+    real client, unchanged: whole and streamed agree, completions and chat."""
+    import openai
+
+    client = openai.OpenAI(base_url=daemon.url("inference", "/v1"), api_key="unused",
+                           max_retries=0, timeout=60)
+    greedy = {"max_tokens": 16, "temperature": 0, "extra_body": {"ignore_eos": True}}
+    whole = client.completions.create(model="llm", prompt=PROMPTS[0], **greedy)
+    assert whole.usage.completion_tokens == 16
+    streamed = client.completions.create(model="llm", prompt=PROMPTS[0], stream=True, **greedy)
+    assert "".join(c.choices[0].text for c in streamed) == whole.choices[0].text
+    assert whole.choices[0].text == completion(daemon, PROMPTS[0], stream=False,
+                                               max_tokens=16)
+    messages = [{"role": "user", "content": "hello"}]
+    chat = client.chat.completions.create(model="llm1", messages=messages, **greedy)
+    chunks = client.chat.completions.create(model="llm1", messages=messages, stream=True,
+                                            **greedy)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) \
+        == chat.choices[0].message.content
+    assert {m.id for m in client.models.list()} >= {"llm", "llm1"}
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="llm", prompt="a", max_tokens=0)
