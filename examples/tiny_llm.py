@@ -34,9 +34,11 @@ def build_tokenizer(vocab_size: int = 320):
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
+    # Only the sentences' own characters and their merges, not all 256 bytes: every token is
+    # whole characters, so each token a random model picks decodes to text of its own (a byte
+    # token that starts a character would hold its text back until the character ends).
     trainer = trainers.BpeTrainer(vocab_size=vocab_size,
-                                  special_tokens=["<unk>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+                                  special_tokens=["<unk>", "<s>", "</s>"])
     tokenizer.train_from_iterator(SENTENCES, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>",
                                    eos_token="</s>", unk_token="<unk>", pad_token="</s>")
