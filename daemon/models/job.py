@@ -139,8 +139,8 @@ class Job:
     # ---- what the dispatcher and the queue say ---------------------------------------------
 
     def send_part(self, response: dict[str, Any]) -> None:
-        if self.finished:
-            return
+        if self.finished or self.cancelled:
+            return   # nobody reads them now: kept, they would hold the worker for good
         if response.get("error"):
             self.fail(worker_error(response))
             return
@@ -196,7 +196,8 @@ class Job:
 
     def hold(self) -> None:
         """Stop the parts at their source (the worker's connection) until ``release``."""
-        if not self.held and not self.finished and self.source is not None:
+        if not self.held and not self.finished and not self.cancelled \
+                and self.source is not None:
             self.held = True
             self.source.hold(self.id)
 

@@ -65,6 +65,23 @@ def test_the_end_of_a_job_lets_go_of_its_worker():
     run(main())
 
 
+def test_parts_after_a_hang_up_are_dropped_and_never_hold_the_worker():
+    """A streaming batch goes on in the worker after its client has gone (a handler without
+    continuous batching generates to the end): its parts must not pile up and hold the
+    worker's connection, which would stall the worker until the response timeout."""
+    async def main():
+        channel = MemoryChannel()
+        job = running_job(channel)
+        job.send_part({"body": b"0"})
+        job.abandon()                   # the client hung up mid-stream
+        for n in range(2 * PARTS_HIGH):
+            job.send_part({"body": b"%d" % n})
+        job.hold()                      # a late pause holds nothing either
+        assert channel.holders == set() and not job.held
+        assert list(job._events) == [Part({"body": b"0"}), GONE]
+    run(main())
+
+
 def test_a_listener_pauses_and_resumes_by_hand_and_is_dropped_after_the_end():
     async def main():
         channel = MemoryChannel()
