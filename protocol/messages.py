@@ -89,6 +89,13 @@ def request(request_id: str, headers: Headers, parameters: list[dict[str, Any]],
     return {"id": request_id, "headers": headers, "parameters": parameters}
 
 
+def bare_part(request_id: str, body: bytes) -> dict[str, Any]:
+    """A STEP's part of a request that has had a response already: status 200, and nothing
+    else the daemon reads again (its status line and headers went with the first). Every
+    reader of a response takes a missing field as its default."""
+    return {"id": request_id, "body": body, "more": True}
+
+
 def predict(batch_id: int, requests: list[dict[str, Any]]) -> dict[str, Any]:
     return {"kind": PREDICT, "batch_id": batch_id, "requests": requests}
 

@@ -36,6 +36,9 @@ class Running:
     headers: dict[str, str]
     # The JOIN's request until its first step; None once it continues (no parameters then).
     request: dict[str, Any] | None
+    # A response of it has gone out: the daemon has its status and headers, so its later
+    # parts may go as bare parts (protocol.messages.bare_part), a third of a part's bytes.
+    spoke: bool = False
 
 
 class StepLoop:
@@ -110,7 +113,7 @@ class StepLoop:
             data = [{} if r.request is None else codec.decode_request(r.request) for r in batch]
             for running in batch:
                 running.request = None
-            answers = self._answers(context, self.service.call(data, context), ids)
+            answers = self._answers(context, self.service.call(data, context), batch)
         except (Exception, SystemExit) as exc:  # a handler must never take the worker down
             answers = list(responses.handler_failed(exc, ids))   # ... and every request fails
         finally:
@@ -123,20 +126,24 @@ class StepLoop:
         self.unacked += 1
         going_on = {r["id"] for r in sent if r.get("more")} | quiet
         self.running = [r for r in batch if r.id in going_on]
+        for running in self.running:
+            running.spoke = running.spoke or running.id not in quiet
 
     def _answers(self, context: Context, output: Any,
-                 ids: list[str]) -> list[dict[str, Any] | None]:
-        failure = responses.output_failure(output, len(ids))
+                 batch: list[Running]) -> list[dict[str, Any] | None]:
+        failure = responses.output_failure(output, len(batch))
         if failure is not None:
-            return list(responses.failed(ids, failure))
-        return [self._answer(context, idx, ids[idx], value) for idx, value in enumerate(output)]
+            return list(responses.failed([r.id for r in batch], failure))
+        return [self._answer(context, idx, running, value)
+                for idx, (running, value) in enumerate(zip(batch, output))]
 
-    def _answer(self, context: Context, idx: int, request_id: str,
+    def _answer(self, context: Context, idx: int, running: Running,
                 value: Any) -> dict[str, Any] | None:
         """The request's response, a part if its stopping criteria says it goes on. Asked
         before the response is encoded, as TorchServe does: a criteria may set headers.
         None: it goes on with nothing to send (the handler's value was ``NO_PART``, as
         torchd's text_generation handler answers a request that is not streamed)."""
+        request_id = running.id
         try:
             more = goes_on(context.stopping_criteria, idx, value)
         except (Exception, SystemExit):
@@ -144,6 +151,8 @@ class StepLoop:
             return responses.failed([request_id], codec.PREDICTION_FAILED)[0]
         if more and value is NO_PART:
             return None
+        if more and running.spoke and context.get_response_status(idx)[0] == 200:
+            return messages.bare_part(request_id, codec.encode_body(value))
         return responses.encode_one(context, idx, request_id, value, more=more)
 
 

@@ -17,7 +17,7 @@ from protocol.frames import encode_frame
 from tests.worker.harness import WorkerHandle, json_request
 from worker.exits import EXIT_FAILED
 from worker.runtime.context import Context
-from worker.stepping import StepLoop, goes_on
+from worker.stepping import Running, StepLoop, goes_on
 
 CONTINUOUS = {"serving": messages.MODE_CONTINUOUS}
 ENDLESS = 10 ** 9   # steps of a request that stays until the test removes it
@@ -61,7 +61,10 @@ def ids(step: dict[str, Any]) -> list[str]:
 
 
 def part(response: dict[str, Any]) -> tuple[Any, ...]:
-    """(id, body, more, x-step-batch) of a successful response."""
+    """(id, body, more, x-step-batch) of a successful response; a request's later parts go
+    bare (id, body, more: the daemon has its status and headers), so they have no header."""
+    if set(response) == {"id", "body", "more"}:
+        return response["id"], json.loads(response["body"]), True, None
     assert response["status"] == 200 and not response["error"], response
     headers = dict(response["headers"])
     return (response["id"], json.loads(response["body"]), response.get("more", False),
@@ -85,9 +88,9 @@ def test_requests_step_until_their_criteria_stop_them(stepper):
     assert [s["batch_id"] for s in steps] == [7] * 5
     assert [[part(r) for r in s["responses"]] for s in steps] == [
         [("a", {"tag": "a", "step": 1}, True, "2"), ("b", {"tag": "b", "step": 1}, True, "2")],
-        [("a", {"tag": "a", "step": 2}, True, "2"), ("b", {"tag": "b", "step": 2}, True, "2")],
-        [("a", {"tag": "a", "step": 3}, False, "2"), ("b", {"tag": "b", "step": 3}, True, "2")],
-        [("b", {"tag": "b", "step": 4}, True, "1")],
+        [("a", {"tag": "a", "step": 2}, True, None), ("b", {"tag": "b", "step": 2}, True, None)],
+        [("a", {"tag": "a", "step": 3}, False, "2"), ("b", {"tag": "b", "step": 3}, True, None)],
+        [("b", {"tag": "b", "step": 4}, True, None)],
         [("b", {"tag": "b", "step": 5}, False, "1")],
     ]
     assert all("more" not in r for r in steps[2]["responses"][:1] + steps[4]["responses"])
@@ -111,7 +114,7 @@ def test_a_join_waits_for_the_next_step_and_a_cancel_leaves_at_it(stepper):
     for step, number in zip(steps[joined[0]:], (1, 2)):
         assert step["batch_id"] == 2
         long, b = (part(r) for r in step["responses"])
-        assert long[2:] == (True, "2")
+        assert long[2:] == (True, None)   # a bare part: long's first went long ago
         assert b == ("b", {"tag": "b", "step": number}, number == 1, "2")
     # "long" steps on alone, with steps numbered on from where it was
     numbers = [json.loads(s["responses"][0]["body"])["step"] for s in [first] + steps]
@@ -211,7 +214,7 @@ def test_a_raising_criteria_fails_its_request_only():
     context.begin_batch(["ok", "bad"], [{}, {}])
     context.stopping_criteria = [_Criteria(False), _Criteria(RuntimeError("boom"))]
     loop = StepLoop(None, None, None, lambda message: None)
-    good, bad = (loop._answer(context, idx, request_id, "x")
+    good, bad = (loop._answer(context, idx, Running(request_id, {}, None), "x")
                  for idx, request_id in enumerate(["ok", "bad"]))
     assert (good["status"], good["body"], good["more"]) == (200, b"x", True)
     assert (bad["status"], bad["reason"], bad["error"]) == (503, "Prediction failed", True)
@@ -228,3 +231,16 @@ def test_the_worker_runs_at_most_step_window_steps_ahead_of_the_daemon(stepper):
     step = stepper.peer.expect(messages.STEP)
     assert json.loads(step["responses"][0]["body"])["step"] == 3
     join(stepper, 2, [], cancel=["long"])
+
+
+def test_a_part_after_the_first_goes_bare_unless_its_status_is_not_200():
+    context = Context("m", "/tmp", {}, 2, None, "test")
+    context.begin_batch(["spoke", "failing"], [{}, {}])
+    context.stopping_criteria = [_Criteria(False), _Criteria(False)]
+    context.set_response_status(429, "Slow down", 1)
+    loop = StepLoop(None, None, None, lambda message: None)
+    bare, full = (loop._answer(context, idx, Running(request_id, {}, None, spoke=True), "x")
+                  for idx, request_id in enumerate(["spoke", "failing"]))
+    assert bare == messages.bare_part("spoke", b"x") == {"id": "spoke", "body": b"x",
+                                                         "more": True}
+    assert (full["status"], full["reason"], full["more"]) == (429, "Slow down", True)
