@@ -27,6 +27,7 @@ def _samples() -> dict[str, Any]:
         "request": req,
         "predict": m.predict(7, [req, m.request("r-2", [], [])]),
         "response": m.response("r-2", 503, "Prediction failed", b"", error=True),
+        "bare_part": m.bare_part("r-3", b"token"),
         "result": m.result(7, [part], [metric, m.metric("Hits", "Count", "counter", 2, [])]),
         "metric": metric,
         "stream": m.stream(7, part),
