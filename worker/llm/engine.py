@@ -76,8 +76,12 @@ class Engine:
 
     def prompt_ids(self, request: GenerationRequest) -> list[int]:
         if request.messages is not None:
-            text = self.tokenizer.apply_chat_template(request.messages, tokenize=False,
-                                                      add_generation_prompt=True)
+            try:
+                text = self.tokenizer.apply_chat_template(request.messages, tokenize=False,
+                                                          add_generation_prompt=True)
+            except Exception as exc:   # no template, or one that refuses these messages
+                raise BadRequest(f"The model's chat template cannot render these messages: "
+                                 f"{exc}", "messages") from None
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         elif request.prompt_ids is not None:
             ids = request.prompt_ids

@@ -133,3 +133,16 @@ def test_prompts_prefilled_together_get_the_tokens_they_get_alone(engine: Engine
         engine.decode()
     assert [s.generated for s in together] == alone
     engine.keep_only(set())
+
+
+def test_a_chat_the_template_cannot_render_is_the_clients_error(engine: Engine) -> None:
+    chat = GenerationRequest("v1/chat/completions", "m", SamplingParams(max_tokens=2),
+                             messages=[{"role": "user", "content": "hi"}])
+    assert engine.prompt_ids(chat)   # the tiny model's template renders it
+    template, engine.tokenizer.chat_template = engine.tokenizer.chat_template, None
+    try:
+        with pytest.raises(BadRequest, match="chat template") as caught:
+            engine.new_sequence("c", chat, 0.0)
+        assert caught.value.param == "messages"
+    finally:
+        engine.tokenizer.chat_template = template
