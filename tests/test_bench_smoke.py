@@ -100,6 +100,18 @@ def test_quick_bench_measures_both_servers_and_leaves_nothing_running(tmp_path: 
         assert noted != continuous_measured
         assert noted == (f"{server} continuous batching: not measured" in stdout)
     assert report["machine"]["continuous"]["clients"] == 32
+    # the LLM round: torchd with and without continuous batching, TorchServe's own handler;
+    # every point measured, nothing failed
+    for server, variants in (("torchd", ("continuous", "static")), ("torchserve", ("continuous",))):
+        med = report["medians"][server]
+        for variant in variants:
+            for clients in (1, 8, 32):
+                key = f"llm_{variant}_c{clients}_tokens_per_s"
+                assert med[key] and med[key] > 0, (key, report["runs"][server][0].get(
+                    "llm_not_measured"))
+        assert med["llm_failed"] == 0
+        assert (med["llm_speedup"] is None) == (server == "torchserve")
+    assert report["machine"]["llm"]["max_tokens"] == 64
     for server in ("torchd", "torchserve"):   # the chaos run, once per server
         chaos = report["chaos"][server]
         assert chaos["chaos_kills"] >= 1 and chaos["chaos_requests"] > 0, chaos

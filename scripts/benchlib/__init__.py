@@ -6,6 +6,10 @@
     rounds       one measured round against one server
     continuous   the continuous-batching round (continuous vs static batching, streamed answers)
     streams      its load: closed-loop clients that time each streamed answer's first part
+    llm          the LLM round (a tiny causal LM, 1/8/32 token streams, with and without
+                 continuous batching; TorchServe's own continuous-batching handler)
+    token_streams  its load: closed-loop clients that time every token of SSE or chunked answers
+    token_answers  how they read a streamed answer as it arrives (pure: an incremental parser)
     report       the metrics, their goals, the medians, the table and the machine description
 
 scripts/bench puts scripts/ on sys.path, for this package and for bench_models beside it.

@@ -1,24 +1,43 @@
 """What the bench needs before it starts: TorchServe's venv, wrk, Java, torchd, the archives."""
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 from . import REPO, REPO_VENV, BenchError, tail
+from .ts_llm_handler import torchserve_handler
 
 MODELS_DIR = REPO / "scripts" / "bench_models"
 TS_PACKAGES = ["torchserve==0.12.0", "torch-model-archiver==0.12.0", "torch==2.13.0",
                # TorchServe's worker imports yaml, but its wheel does not declare the dependency.
                "pyyaml", "pillow"]
 DEFAULT_TS_VENV = Path.home() / ".cache" / "torchd-bench" / "ts-venv"
+# a TorchServe 0.12.0 source tree, for the LLM round's TorchServe handler (ts_llm_handler.py):
+# git clone --branch v0.12.0 https://github.com/pytorch/serve ~/.cache/torchd-bench/serve-v0.12.0
+DEFAULT_TS_SOURCE = Path.home() / ".cache" / "torchd-bench" / "serve-v0.12.0"
 
 
-def ensure_ts_venv(venv: Path) -> Path:
-    """Create the TorchServe venv and install the pinned packages unless already done."""
+def llm_packages() -> list[str]:
+    """What TorchServe's side of the LLM round needs besides TS_PACKAGES: transformers and
+    tokenizers at the versions of the driver's venv (the repo's `llm` extra), so both servers
+    run the same model code."""
+    try:
+        return [f"{name}=={importlib.metadata.version(name)}"
+                for name in ("transformers", "tokenizers")]
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise BenchError(f"{exc.name} is not installed in {REPO_VENV}: the LLM round needs the "
+                         "llm extra (pip install -e '.[llm]', which make test does)") from exc
+
+
+def ensure_ts_venv(venv: Path, extra: list[str] | None = None) -> Path:
+    """Create the TorchServe venv and install the pinned packages (and ``extra``) unless
+    already done."""
     stamp = venv / ".torchd-bench-installed"
-    wanted = "\n".join(TS_PACKAGES)
+    packages = [*TS_PACKAGES, *(extra or [])]
+    wanted = "\n".join(packages)
     if stamp.exists() and stamp.read_text() == wanted and (venv / "bin" / "torchserve").exists():
         return venv
     print(f"installing TorchServe into {venv} (once; a few minutes)...", flush=True)
@@ -27,7 +46,7 @@ def ensure_ts_venv(venv: Path) -> Path:
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     log = venv / "pip-install.log"
     with log.open("w") as out:
-        done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", *TS_PACKAGES],
+        done = subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", *packages],
                               check=False, stdout=out, stderr=subprocess.STDOUT, timeout=1800)
     if done.returncode != 0:
         raise BenchError(f"pip install into {venv} failed; see {log}:\n{tail(log)}")
@@ -102,3 +121,75 @@ def find_archiver(ts_venv: Path) -> Path:
         if candidate.exists():
             return candidate
     raise BenchError("torch-model-archiver not found: pip install torch-model-archiver==0.12.0")
+
+
+# ---------------------------------------------------------------- the LLM round's archives
+
+# torchd: the built-in text_generation handler with and without continuous batching;
+# TorchServe: its own continuous-batching streaming handler (benchlib/ts_llm_handler.py)
+LLM_ARCHIVES = ("llm_cb", "llm", "ts_llm_cb")
+# LLM archives that could not be built, and why (TorchServe's, without its source tree)
+LLM_NOT_BUILT: dict[str, str] = {}
+LLM_CONFIGS = {
+    "llm_cb": {"continuousBatching": "true", "batchSize": 32},
+    "llm": {"continuousBatching": "false", "batchSize": 1},
+    "ts_llm_cb": {"continuousBatching": "true", "batchSize": 32},
+}
+LLM_MAX_BATCH_DELAY_MS = 5
+
+
+def build_tiny_llm(workdir: Path) -> Path:
+    """The tiny model (examples/tiny_llm.py: a 2-layer Llama, random weights), built once."""
+    model_dir = workdir / "tiny-llm"
+    made = subprocess.run([sys.executable, str(REPO / "examples" / "tiny_llm.py"), str(model_dir)],
+                          check=False, capture_output=True, text=True, timeout=300)
+    if made.returncode != 0:
+        raise BenchError(f"building the tiny LLM failed (the llm extra installed?):\n"
+                         f"{made.stderr[-2000:]}")
+    return model_dir
+
+
+def llm_config(name: str, model_dir: Path, threads: int | None = None) -> str:
+    """model-config.yaml of an LLM archive: the model directory, absolute, under the key each
+    handler reads (torchd's text_generation: model_path; TorchServe's: modelId); ``threads``:
+    torchd's workerThreads (TorchServe has no such key)."""
+    settings = LLM_CONFIGS[name]
+    torchserve = name.startswith("ts_")
+    key = "modelId" if torchserve else "model_path"
+    pinned = [f"workerThreads: {threads}"] if threads and not torchserve else []
+    return "\n".join([
+        f"# scripts/bench's LLM round: {name}",
+        "minWorkers: 1", "maxWorkers: 1", *pinned,
+        f"batchSize: {settings['batchSize']}",
+        f"maxBatchDelay: {LLM_MAX_BATCH_DELAY_MS}",
+        f"continuousBatching: {settings['continuousBatching']}",
+        "handler:", f"  {key}: {model_dir}", ""])
+
+
+def build_llm_archives(workdir: Path, archiver: Path, threads: int | None = None,
+                       ts_source: Path | None = None) -> dict[str, Path]:
+    """The tiny model and the three LLM archives (.mar; the weights stay in the model dir);
+    ``threads``: see llm_config; ``ts_source``: TorchServe's source tree, for its handler
+    (without it, its archive is not built: LLM_NOT_BUILT says why)."""
+    model_dir = build_tiny_llm(workdir)
+    out = workdir / "archives"
+    out.mkdir(exist_ok=True)
+    archives = {}
+    for name in LLM_ARCHIVES:
+        config = workdir / f"{name}.yaml"
+        config.write_text(llm_config(name, model_dir, threads))
+        if name.startswith("ts_"):
+            try:
+                ts_handler, ts_model = torchserve_handler(ts_source, workdir / "ts-handler")
+            except BenchError as exc:
+                LLM_NOT_BUILT[name] = str(exc)
+                print(f"TorchServe's LLM handler is left out: {exc}", flush=True)
+                continue
+            handler = ["--handler", str(ts_handler), "--model-file", str(ts_model)]
+        else:
+            handler = ["--handler", str(MODELS_DIR / "llm_handler.py")]
+        subprocess.run([str(archiver), "--model-name", name, "--version", "1.0",
+                        "--export-path", str(out), "--force", "--config-file", str(config),
+                        *handler], check=True, capture_output=True, timeout=300)
+        archives[name] = out / f"{name}.mar"
+    return archives

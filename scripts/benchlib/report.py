@@ -14,6 +14,7 @@ from typing import Any
 import psutil
 
 from . import REPO
+from . import llm
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,7 @@ class Metric:
     goal: float | None  # bound on the ratio torchd / TorchServe, None = informational
     limit: float | None = None   # bound on torchd's own value (goals no ratio can state)
     suite: str = "standard"      # which measurements give it (scripts/bench --suite)
+    detail: bool = False         # in the JSON and its suite's own table, not the main table
 
 
 METRICS = [
@@ -87,7 +89,38 @@ METRICS = [
     Metric("cb_failed", "steps: failed requests (both variants)", False, None, limit=0,
            suite="continuous"),
 ]
-SUITES = ("standard", "continuous")
+
+
+def llm_metrics() -> list[Metric]:
+    """The LLM round's (benchlib/llm.py): every figure of every point (details, shown in its
+    grid), the headline figures at 32 streams, and the goals."""
+    labels = dict(llm.GRID_COLUMNS)
+    found = []
+    for variant in ("continuous", "static"):
+        for clients in llm.CLIENT_COUNTS:
+            for figure in llm.FIGURES:
+                headline = clients == llm.GOAL_CLIENTS and figure in (
+                    "tokens_per_s", "ttft_p99_ms", "frontend_us_per_token")
+                limit = (20.0 if (variant, clients, figure) == (
+                    "continuous", llm.GOAL_CLIENTS, "frontend_us_per_token") else None)
+                found.append(Metric(
+                    llm.key(variant, clients, figure),
+                    f"LLM {'continuous' if variant == 'continuous' else 'without CB'}, "
+                    f"{clients} streams: {labels[figure]}",
+                    figure == "tokens_per_s", None, limit=limit, suite="llm",
+                    detail=not headline))
+    return found + [
+        Metric("llm_speedup", f"LLM tokens/s, {llm.GOAL_CLIENTS} streams: continuous / without",
+               True, None, limit=4.0, suite="llm"),
+        Metric("llm_ttft_p99_ratio", f"LLM TTFT p99, {llm.GOAL_CLIENTS} streams: continuous / "
+               "without", False, None, limit=0.25, suite="llm"),
+        Metric("llm_failed", "LLM: failed requests (every variant)", False, None, limit=0,
+               suite="llm"),
+    ]
+
+
+METRICS += llm_metrics()
+SUITES = ("standard", "continuous", "llm")
 
 
 def metrics_for(suite: str) -> list[Metric]:
@@ -126,7 +159,8 @@ def table_rows(med: dict[str, dict[str, float | None]],
             met = ours >= m.limit if m.higher_is_better else ours <= m.limit
         rows.append({"metric": m.key, "label": m.label, "torchd": ours, "torchserve": theirs,
                      "ratio": ratio, "goal": m.goal, "limit": m.limit,
-                     "goal_op": ">=" if m.higher_is_better else "<=", "met": met})
+                     "goal_op": ">=" if m.higher_is_better else "<=", "met": met,
+                     "detail": m.detail})
     return rows
 
 
@@ -149,6 +183,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     def num(value: float | None) -> str:
         return "-" if value is None else f"{value:.3g}" if value < 10 else f"{value:.0f}"
 
+    rows = [row for row in rows if not row.get("detail")]
     width = max([36, *(len(row["label"]) for row in rows)])
     print(f"\n{'metric':<{width}} {'torchd':>9} {'TorchServe':>11} {'ratio':>7} {'goal':>7}  met")
     for row in rows:

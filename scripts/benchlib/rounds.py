@@ -8,7 +8,7 @@ from typing import Any
 from bench_models.image_handler import sample_body as image_body
 from bench_models.make_mlp import sample_input
 
-from . import BenchError, continuous
+from . import BenchError, continuous, llm
 from . import grpc_load
 from .load import NOISY_CPU_PERCENT, Load, _cpu_seconds
 from .servers import Server, http, live_processes
@@ -93,6 +93,8 @@ def round_summary(result: dict[str, Any]) -> str:
         lines.append(standard_summary(result))
     if "cb_rps" in result:
         lines.append(continuous.summary(result))
+    if "llm_speedup" in result:
+        lines.append(llm.summary(result))
     return "\n   ".join(lines)
 
 
@@ -114,7 +116,8 @@ def chaos_summary(result: dict[str, Any]) -> str:
 def measure_round(server: Server, load: Load, others_cpu: float,
                   suite: str = "all") -> dict[str, Any]:
     """One round of ``suite``: "standard" (standard_round), "continuous" (the
-    continuous-batching round, benchlib/continuous.py) or "all" (both, in that order)."""
+    continuous-batching round, benchlib/continuous.py), "llm" (the LLM round, benchlib/llm.py)
+    or "all" (the three, in that order)."""
     # Other work on the machine skews every number: record it, and say so when it is large.
     result: dict[str, Any] = {"foreign_cpu_percent": others_cpu}
     if others_cpu > NOISY_CPU_PERCENT:
@@ -124,6 +127,8 @@ def measure_round(server: Server, load: Load, others_cpu: float,
         result.update(standard_round(server, load))
     if suite in ("all", "continuous"):
         result.update(continuous.continuous_round(server, load))
+    if suite in ("all", "llm"):
+        result.update(llm.llm_round(server, load))
     result["server_start_s"] = server.start_s
     return result
 
