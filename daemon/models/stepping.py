@@ -173,8 +173,11 @@ class StepDispatcher(Feeder):
             return
         now = self.clock()
         if self.running:
+            # the armed timer, when it fires, re-arms for the later deadline (``_fire``): no
+            # timer made and cancelled per step
             self._step_deadline = now + self.mv.settings.response_timeout
-            self._arm()
+            if self._timer is None:
+                self._arm()
             return
         self.idle_since, self._step_deadline = now, 0.0
         # Holds end; the running batch stays known to the connection: a STEP the worker ran

@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16,
           "fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COUNTS_EVERY_S = 0.25
 API_PATHS = {"": COMPLETIONS, COMPLETIONS: COMPLETIONS, CHAT: CHAT, MODELS: MODELS}
 
 
@@ -90,6 +91,7 @@ class TextGenerationHandler(BaseHandler):
         self.model = model.to(self.device).eval()
         self.engine = Engine(self.model, tokenizer, self.device)
         self.continuous = bool(config.get("continuousBatching"))
+        self.counted, self.counted_at = [0, 0], time.monotonic()   # prompt, generated tokens
         self.created = int(time.time())
         self.initialized = True
         logger.info("text_generation: %s (%s, %s) on %s, context of %d tokens",
@@ -186,11 +188,20 @@ class TextGenerationHandler(BaseHandler):
                 metrics.add_metric("llm_time_to_first_token_seconds",
                                    sequence.first_token_at - sequence.arrival, "s",
                                    metric_type=MetricTypes.HISTOGRAM)
-        if joined:
-            metrics.add_counter("llm_prompt_tokens_total",
-                                sum(len(s.prompt_ids) for s in joined))
+        # the token counters go out summed, at most every COUNTS_EVERY_S while sequences run
+        # (every step's records would be most of the daemon's per-step work), and at once
+        # when none is left
+        self.counted[0] += sum(len(s.prompt_ids) for s in joined)
+        self.counted[1] += generated
+        now = time.monotonic()
+        if now - self.counted_at < COUNTS_EVERY_S and self.engine.sequences:
+            return
+        prompt, generated = self.counted
+        if prompt:
+            metrics.add_counter("llm_prompt_tokens_total", prompt)
         if generated:
             metrics.add_counter("llm_generation_tokens_total", generated)
+        self.counted, self.counted_at = [0, 0], now
 
     # ---- without continuous batching: the batch to its end ----------------------------------
 
@@ -208,6 +219,7 @@ class TextGenerationHandler(BaseHandler):
             self._send_parts(sequences, finals, first, ids, context)
             first.clear()
             if len(finals) == len(data):
+                self._count(context, [], 0)   # none left: the counters go out
                 return [finals[idx] for idx in range(len(data))]
             self._count(context, [], len(self.engine.decode()))
 
