@@ -132,6 +132,8 @@ def inflight(d: Daemon, model: str) -> float:
 
 
 def test_a_client_that_hangs_up_frees_its_sequence(daemon: Daemon) -> None:
+    """Counted by the handler's token counter: the hung-up request's tokens, plus those of a
+    30-token request after it (its last step flushes the counter: no sequence is left)."""
     body = json.dumps({"model": "llm", "prompt": "hello", "max_tokens": 900, "stream": True,
                        "ignore_eos": True, "temperature": 0}).encode()
     start = metric(daemon, "llm_generation_tokens_total", "llm")
@@ -141,13 +143,13 @@ def test_a_client_that_hangs_up_frees_its_sequence(daemon: Daemon) -> None:
                   % (len(body), body))
         assert s.recv(65536).startswith(b"HTTP/1.1 200")   # streaming has begun
     wait_until(lambda: inflight(daemon, "llm") == 0, 30, what="the hung-up request left")
-    before = metric(daemon, "llm_generation_tokens_total", "llm")
-    assert before - start < 900   # it left before its end
     completion(daemon, "tiny model", stream=False, max_tokens=30)
-    after = wait_until(lambda: (v := metric(daemon, "llm_generation_tokens_total", "llm"))
-                       >= before + 30 and v, 30, what="the tokens counted")
-    # the worker may have run two steps ahead of the cancel; never the 900 tokens asked for
-    assert after - before <= 30 + 3
+    total = wait_until(lambda: (v := metric(daemon, "llm_generation_tokens_total", "llm"))
+                       >= start + 31 and v, 30, what="the tokens counted") - start
+    # The hung-up request ran until its cancel came (the worker runs at most two steps ahead
+    # of the daemon): a few tokens, never its 900. Had its row stayed in the batch, it would
+    # have decoded beside the 30-token request as well (30 more).
+    assert 30 < total <= 30 + 25, total   # 33-40 seen beside two CPU hogs
 
 
 def test_metrics_as_vllm_exports_them(daemon: Daemon) -> None:
