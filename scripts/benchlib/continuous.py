@@ -19,7 +19,8 @@ from typing import Any
 
 from .load import NOISY_CPU_PERCENT, CpuMeter, Load
 from .servers import SETTLE_S, Server
-from .streams import K_RANGE, K_SEED, k_sequence, ratio, run_streams
+from .streams import (K_RANGE, K_SEED, k_sequence, not_measured_lines, ratio, run_streams,
+                      shown)
 
 CLIENTS = 32
 BATCH_SIZE = 32
@@ -115,25 +116,13 @@ def derived(result: dict[str, Any]) -> dict[str, float | None]:
 
 
 def summary(result: dict[str, Any]) -> str:
-    def num(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    return (f"continuous {num(result.get('cb_rps'), '.0f')} req/s "
-            f"(first part p99 {num(result.get('cb_ttfp_p99_ms'), '.1f')} ms), "
-            f"static {num(result.get('cb_static_rps'), '.0f')} req/s "
-            f"(p99 {num(result.get('cb_static_ttfp_p99_ms'), '.1f')} ms), "
-            f"x{num(result.get('cb_speedup'), '.2f')}")
+    return (f"continuous {shown(result.get('cb_rps'), '.0f')} req/s "
+            f"(first part p99 {shown(result.get('cb_ttfp_p99_ms'), '.1f')} ms), "
+            f"static {shown(result.get('cb_static_rps'), '.0f')} req/s "
+            f"(p99 {shown(result.get('cb_static_ttfp_p99_ms'), '.1f')} ms), "
+            f"x{shown(result.get('cb_speedup'), '.2f')}")
 
 
 def not_measured(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     """One line per server and variant left unmeasured in some measured round, with why."""
-    lines = []
-    for name, rounds in runs.items():
-        reasons: dict[str, list[str]] = {}
-        for result in rounds:
-            for variant, why in result.get("cb_not_measured", {}).items():
-                reasons.setdefault(variant, []).append(why)
-        for variant, whys in reasons.items():
-            lines.append(f"{name} {variant} batching: not measured in {len(whys)} of "
-                         f"{len(rounds)} rounds: {'; '.join(sorted(set(whys)))}")
-    return lines
+    return not_measured_lines(runs, "cb_not_measured", lambda variant: f"{variant} batching")

@@ -24,7 +24,7 @@ from typing import Any
 from .environment import LLM_CONFIGS, LLM_MAX_BATCH_DELAY_MS, LLM_NOT_BUILT
 from .load import NOISY_CPU_PERCENT, CpuMeter, Load, _cpu_seconds
 from .servers import SETTLE_S, Server
-from .streams import ratio
+from .streams import not_measured_lines, ratio, shown
 from .token_streams import StreamTarget, run_token_streams
 
 CLIENT_COUNTS = (1, 8, 32)
@@ -186,43 +186,29 @@ def derived(result: dict[str, Any]) -> dict[str, float | None]:
 
 
 def point_summary(stats: dict[str, Any]) -> str:
-    def num(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
-    return (f"{num(stats['tokens_per_s'], '.0f')} tokens/s, TTFT p50/p99 "
-            f"{num(stats['ttft_p50_ms'], '.1f')}/{num(stats['ttft_p99_ms'], '.1f')} ms, TPOT "
-            f"p50/p99 {num(stats['tpot_p50_ms'], '.2f')}/{num(stats['tpot_p99_ms'], '.2f')} ms, "
-            f"frontend {num(stats['frontend_us_per_token'], '.1f')} us/token, "
+    return (f"{shown(stats['tokens_per_s'], '.0f')} tokens/s, TTFT p50/p99 "
+            f"{shown(stats['ttft_p50_ms'], '.1f')}/{shown(stats['ttft_p99_ms'], '.1f')} ms, "
+            f"TPOT p50/p99 {shown(stats['tpot_p50_ms'], '.2f')}/"
+            f"{shown(stats['tpot_p99_ms'], '.2f')} ms, "
+            f"frontend {shown(stats['frontend_us_per_token'], '.1f')} us/token, "
             f"{stats['answered']} answers, {stats['failed']} failed, "
             f"client CPU {stats['client_cpu_s']:.1f} s")
 
 
 def summary(result: dict[str, Any]) -> str:
-    def num(value: float | None, fmt: str) -> str:
-        return "-" if value is None else format(value, fmt)
-
     cont = key("continuous", GOAL_CLIENTS, "tokens_per_s")
     static = key("static", GOAL_CLIENTS, "tokens_per_s")
     cpu = key("continuous", GOAL_CLIENTS, "frontend_us_per_token")
-    return (f"LLM at {GOAL_CLIENTS} streams: continuous {num(result.get(cont), '.0f')} "
-            f"tokens/s, without {num(result.get(static), '.0f')} tokens/s "
-            f"(x{num(result.get('llm_speedup'), '.2f')}), TTFT p99 ratio "
-            f"{num(result.get('llm_ttft_p99_ratio'), '.3f')}, frontend "
-            f"{num(result.get(cpu), '.1f')} us/token")
+    return (f"LLM at {GOAL_CLIENTS} streams: continuous {shown(result.get(cont), '.0f')} "
+            f"tokens/s, without {shown(result.get(static), '.0f')} tokens/s "
+            f"(x{shown(result.get('llm_speedup'), '.2f')}), TTFT p99 ratio "
+            f"{shown(result.get('llm_ttft_p99_ratio'), '.3f')}, frontend "
+            f"{shown(result.get(cpu), '.1f')} us/token")
 
 
 def not_measured(runs: dict[str, list[dict[str, Any]]]) -> list[str]:
     """One line per server and variant left unmeasured in some measured round, with why."""
-    lines = []
-    for name, rounds in runs.items():
-        reasons: dict[str, list[str]] = {}
-        for result in rounds:
-            for variant, why in result.get("llm_not_measured", {}).items():
-                reasons.setdefault(variant, []).append(why)
-        for variant, whys in reasons.items():
-            lines.append(f"{name} LLM {LABELS[variant]}: not measured in {len(whys)} of "
-                         f"{len(rounds)} rounds: {'; '.join(sorted(set(whys)))}")
-    return lines
+    return not_measured_lines(runs, "llm_not_measured", lambda variant: f"LLM {LABELS[variant]}")
 
 
 GRID_COLUMNS = (("tokens_per_s", "output tokens/s"), ("ttft_p50_ms", "TTFT p50 (ms)"),

@@ -16,7 +16,7 @@ import random
 import resource
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,6 +51,27 @@ def ratio(numerator: float | None, denominator: float | None) -> float | None:
     if numerator is None or not denominator:
         return None
     return numerator / denominator
+
+
+def shown(value: float | None, fmt: str) -> str:
+    """``value`` formatted for a summary line, "-" when it was not measured."""
+    return "-" if value is None else format(value, fmt)
+
+
+def not_measured_lines(runs: dict[str, list[dict[str, Any]]], field: str,
+                       what: Callable[[str], str]) -> list[str]:
+    """One line per server and variant that a measured round left out (each round's
+    ``field``: {variant: why}), with why; ``what(variant)`` names the variant."""
+    lines = []
+    for name, rounds in runs.items():
+        reasons: dict[str, list[str]] = {}
+        for result in rounds:
+            for variant, why in result.get(field, {}).items():
+                reasons.setdefault(variant, []).append(why)
+        for variant, whys in reasons.items():
+            lines.append(f"{name} {what(variant)}: not measured in {len(whys)} of "
+                         f"{len(rounds)} rounds: {'; '.join(sorted(set(whys)))}")
+    return lines
 
 
 @dataclass
