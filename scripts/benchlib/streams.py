@@ -74,6 +74,36 @@ def not_measured_lines(runs: dict[str, list[dict[str, Any]]], field: str,
     return lines
 
 
+class KeptConnection:
+    """A closed-loop client's keep-alive connection: opened when a request needs one, kept
+    while answers leave it usable, dropped after one that does not or after an error (then a
+    pause: a refused, reset or stalled connection must not make the client spin)."""
+
+    BROKEN_PAUSE_S = 0.1
+
+    def __init__(self, host: str, port: int, timeout: float) -> None:
+        self.host, self.port, self.timeout = host, port, timeout
+        self.streams: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.streams is None:
+            self.streams = await asyncio.wait_for(
+                asyncio.open_connection(self.host, self.port), self.timeout)
+        return self.streams
+
+    async def after(self, reusable: bool, broken: bool) -> None:
+        """An exchange ended: keep the connection only if its answer left it ``reusable``."""
+        if not reusable:
+            self.close()
+        if broken:
+            await asyncio.sleep(self.BROKEN_PAUSE_S)
+
+    def close(self) -> None:
+        if self.streams is not None:
+            self.streams[1].close()
+            self.streams = None
+
+
 @dataclass
 class Outcome:
     k: int
@@ -161,7 +191,7 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
 
 
 async def _client(host: str, port: int, path: str, shared: _Shared, timeout: float) -> None:
-    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    conn = KeptConnection(host, port, timeout)
     try:
         while (k := shared.next_k()) is not None:
             body = json.dumps({"k": k}).encode()
@@ -169,9 +199,8 @@ async def _client(host: str, port: int, path: str, shared: _Shared, timeout: flo
                        "Content-Type: application/json\r\n"
                        f"Content-Length: {len(body)}\r\n\r\n").encode() + body
             try:
-                if conn is None:
-                    conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
-                outcome, reusable = await asyncio.wait_for(_one(*conn, request, k), timeout)
+                streams = await conn.open()
+                outcome, reusable = await asyncio.wait_for(_one(*streams, request, k), timeout)
                 broken = False
             except (OSError, TimeoutError, asyncio.IncompleteReadError,
                     asyncio.LimitOverrunError, BadAnswer, ValueError) as exc:
@@ -179,14 +208,9 @@ async def _client(host: str, port: int, path: str, shared: _Shared, timeout: flo
                 broken = True
             outcome.done_at = time.perf_counter()
             shared.outcomes.append(outcome)
-            if not reusable and conn is not None:
-                conn[1].close()
-                conn = None
-            if broken:
-                await asyncio.sleep(0.1)   # a refused, reset or stalled connection: no spinning
+            await conn.after(reusable, broken)
     finally:
-        if conn is not None:
-            conn[1].close()
+        conn.close()
 
 
 async def _drive(url: str, clients: int, ks: Sequence[int], seconds: float,

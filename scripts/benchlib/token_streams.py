@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .streams import percentile
+from .streams import KeptConnection, percentile
 from .token_answers import AnswerReader, BadAnswer, verdict
 
 REQUEST_TIMEOUT_S = 120.0   # one answer; a stalled server fails the request, not the bench
@@ -96,29 +96,23 @@ async def _exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 async def _client(host: str, port: int, target: StreamTarget, shared: _Shared,
                   timeout: float) -> None:
-    conn: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    conn = KeptConnection(host, port, timeout)
     try:
         while (request := shared.next_request()) is not None:
             outcome = TokenOutcome(time.perf_counter())
             try:
-                if conn is None:
-                    conn = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
+                streams = await conn.open()
                 async with asyncio.timeout(timeout):
-                    reusable = await _exchange(*conn, request, outcome, target)
+                    reusable = await _exchange(*streams, request, outcome, target)
                 broken = False
             except (OSError, TimeoutError, BadAnswer, ValueError) as exc:
                 outcome.ok, outcome.error = False, f"{type(exc).__name__}: {exc}"
                 reusable, broken = False, True
             outcome.done_at = time.perf_counter()
             shared.outcomes.append(outcome)
-            if not reusable and conn is not None:
-                conn[1].close()
-                conn = None
-            if broken:
-                await asyncio.sleep(0.1)   # a refused, reset or stalled connection: no spinning
+            await conn.after(reusable, broken)
     finally:
-        if conn is not None:
-            conn[1].close()
+        conn.close()
 
 
 def summarize(outcomes: Sequence[TokenOutcome], started: float, window_end: float,
