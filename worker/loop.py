@@ -20,6 +20,7 @@ from worker.channel import Channel
 from worker.exits import EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL, after_eof
 from worker.sending import FrameSender
 from worker.stepping import StepLoop
+from worker.compile_cache import use_compile_cache
 from worker.threads import set_torch_threads
 
 logger = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ class WorkerLoop:
         self.channel.accept_frames_up_to(int(message.get("max_request_frame")
                                              or DEFAULT_MAX_FRAME))
         set_torch_threads(int(message.get("threads") or 0), starting=True)
+        use_compile_cache(message.get("compile_cache_dir"))
         self.service, error, seconds = load_service(message)
         if error is None and self.mode != messages.MODE_BATCH:
             logger.info("serving in %s mode", self.mode)

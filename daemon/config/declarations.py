@@ -162,6 +162,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("worker_threads", parse_int, model_default("worker_threads"),
       "torch intra- and inter-op threads per worker. 0: the CPUs torchd may use (cgroup quota "
       "and affinity) divided by the workers running, at least 1."),
+    S("ipex_enable", parse_bool, False,
+      "Optimize models with Intel Extension for PyTorch (BaseHandler's ipex.optimize, when no "
+      "pt2 compile applies); a worker without intel_extension_for_pytorch fails to load."),
     S("ts_header_key_sequence_id", parse_optional_str, SEQUENCE_HEADERS["id"],
       "Request header naming a request's sequence (sequenceBatching); the handler's "
       "context.header_key_sequence_id."),
@@ -193,7 +196,7 @@ IGNORED_KEYS = frozenset({
     "grpc_management_max_connection_age_grace_ms", "model_server_home",
     "snapshot_store", "limit_max_image_pixels", "cpp_log_config", "use_env_allowed_urls",
     "ts_open_inference_protocol", "token_expiration_min", "job_cleanup_interval",
-    "enable_model_snapshot", "ipex_enable", "ipex_gpu_enable", "max_batch_delay", "batch_size",
+    "enable_model_snapshot", "ipex_gpu_enable", "max_batch_delay", "batch_size",
     "default_batch_size", "disable_snapshot", "log_level", "default_log_level",
     "enable_open_inference_protocol", "max_net_worker_threads",
 })

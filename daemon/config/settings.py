@@ -97,12 +97,16 @@ class Config:
     ts_header_key_sequence_start: str | None
     ts_header_key_sequence_end: str | None
     number_of_gpu: int | None
+    ipex_enable: bool
     # Not settings: where the values came from and what the process environment said.
     config_file: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)
     notify_socket: str | None = None  # $NOTIFY_SOCKET (systemd Type=notify)
     watchdog_usec: int | None = None  # $WATCHDOG_USEC when $WATCHDOG_PID is unset or ours
     cuda_visible_devices: str | None = None  # $CUDA_VISIBLE_DEVICES (None: unset, all GPUs)
+    # $TORCHINDUCTOR_CACHE_DIR: workers inherit it and inductor caches there; unset, each model
+    # version gets a cache of its own in the runtime directory (one compile per version)
+    torchinductor_cache_dir: str | None = None
     # False for ``torchd llm`` (as ts.llm_launcher's no_config_snapshots): its model directory
     # is a temporary one, which a snapshot restored later would name in vain
     write_snapshots: bool = True
@@ -265,6 +269,7 @@ def load_config(argv_options: Mapping[str, Any], environ: Mapping[str, str],
                     notify_socket=environ.get("NOTIFY_SOCKET") or None,
                     watchdog_usec=_watchdog_usec(environ),
                     cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
+                    torchinductor_cache_dir=environ.get("TORCHINDUCTOR_CACHE_DIR") or None,
                     sources={name: source for name, (_, source) in raw.items()})
     _check_grpc_ports(config)
     _check_tls(config)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from daemon.workers.supervisor import Supervisor
 logger = logging.getLogger(__name__)
 VALID_RUNTIMES = ("python", "python3")
 SYNC_SLACK = 10.0      # seconds a synchronous call waits beyond the model's startup_timeout
+COMPILE_CACHES = "compile-cache"   # under the runtime dir's models/: one directory per version
 
 
 @dataclass
@@ -99,6 +102,7 @@ class ModelManager:
         except BaseException:
             await asyncio.to_thread(archives.remove_prepared, _disposable(req, prepared))
             await asyncio.to_thread(remove_installed, mv.deps_dir if mv else None)
+            await asyncio.to_thread(remove_compile_cache, mv.compile_cache_dir if mv else None)
             raise
         logger.info("registered %s %s from %s", mv.name, mv.version, req.url)
         warn_ignored_keys(mv.name, mv.version, mv.yaml_config)
@@ -128,6 +132,13 @@ class ModelManager:
                            "is off: its packages must be in torchd's environment", mv.name,
                            mv.version)
 
+    def _compile_cache_dir(self) -> Path | None:
+        """A new version's own compiler cache (its workers create it), unless the daemon was
+        given TORCHINDUCTOR_CACHE_DIR, which its workers inherit."""
+        if self.config.torchinductor_cache_dir:
+            return None
+        return self.extract_root / COMPILE_CACHES / uuid.uuid4().hex
+
     def _model_store(self) -> Path:
         if self.config.model_store is None:
             raise BadRequest("No model_store is configured")
@@ -151,7 +162,8 @@ class ModelManager:
         return ModelVersion(name=name, version=version, url=req.url or "", handler=handler,
                             runtime=req.runtime or prepared.manifest.get("runtime", "python"),
                             archive=prepared, settings=settings, queue=queue,
-                            loaded_at_startup=req.loaded_at_startup)
+                            loaded_at_startup=req.loaded_at_startup,
+                            compile_cache_dir=self._compile_cache_dir())
 
     def _settings(self, req: RegisterRequest, yaml_config: dict, name: str,
                   version: str) -> ModelSettings:
@@ -250,6 +262,7 @@ class ModelManager:
         await self.supervisor.drain(mv, self.config.unregister_model_timeout)
         await asyncio.to_thread(archives.remove_prepared, mv.archive)
         await asyncio.to_thread(remove_installed, mv.deps_dir)
+        await asyncio.to_thread(remove_compile_cache, mv.compile_cache_dir)
         self._forget_metrics(mv)
 
     def _forget_metrics(self, mv: ModelVersion) -> None:
@@ -328,3 +341,8 @@ def _disposable(req: RegisterRequest, prepared: archives.PreparedArchive,
 def _start_failure(mv: ModelVersion, cause: str) -> InternalServerError:
     return InternalServerError(f"Failed to start workers for model {mv.name} version: "
                                f"{mv.version}: {cause}")
+
+
+def remove_compile_cache(directory: Path | None) -> None:
+    if directory is not None:
+        shutil.rmtree(directory, ignore_errors=True)

@@ -26,6 +26,7 @@ class ModelVersion:
     queue: JobQueue
     loaded_at_startup: bool = False
     deps_dir: Path | None = None         # its own packages (install_py_dep_per_model)
+    compile_cache_dir: Path | None = None  # its workers' shared compiler caches (None: inherited)
     # when it was registered (Unix time): OpenAI's model list shows it as ``created``
     registered_at: float = field(default_factory=time.time)
 

@@ -189,7 +189,9 @@ class WorkerRunner:
                              max_request_frame=predict_frame_limit(
                                  mv.settings.batch_size, self.settings.max_request),
                              mode=serving_mode(mv.settings),
-                             sequence_headers=self.settings.sequence_headers)
+                             sequence_headers=self.settings.sequence_headers,
+                             compile_cache_dir=(str(mv.compile_cache_dir)
+                                                if mv.compile_cache_dir else None))
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:

@@ -119,8 +119,33 @@ def llm_metrics() -> list[Metric]:
     ]
 
 
-METRICS += llm_metrics()
-SUITES = ("standard", "continuous", "llm")
+# the compiled round (benchlib/compiled.py): a torch.compile'd MLP's start and scale-up, its
+# throughput against eager, and 4 workers of a preloaded 196 MiB model
+COMPILED_METRICS = [
+    Metric("compile_first_answer_s", "compiled MLP: register to first answer (s)", False, None,
+           suite="compiled"),
+    Metric("compile_scale_s", "compiled MLP: scale 1 -> 3 until all answered compiled (s)",
+           False, None, suite="compiled"),
+    Metric("compile_scale_ratio", "compiled MLP: scale 1 -> 3 / register to first answer",
+           False, None, limit=0.5, suite="compiled"),
+    Metric("compiled_rps", "compiled MLP, 2 workers, 16 conns (req/s)", True, None,
+           suite="compiled"),
+    Metric("eager_rps", "eager MLP, 2 workers, 16 conns (req/s)", True, None, suite="compiled"),
+    Metric("compiled_speedup", "MLP req/s: compiled / eager", True, None, suite="compiled"),
+    Metric("compiled_max_abs_diff", "MLP: |compiled - eager| answer, max", False, None,
+           limit=1e-4, suite="compiled"),
+    Metric("preload_workers_uss_mb", "196 MiB model, 4 workers: sum of USS (MB)", False, None,
+           suite="compiled"),
+    Metric("preload_uss_ratio", "196 MiB model, 4 workers: sum of USS / weights", False, None,
+           limit=1.3, suite="compiled"),
+    Metric("preload_worker_uss_mb", "196 MiB model: worker USS, median (MB)", False, None,
+           suite="compiled"),
+    Metric("preload_pss_mb", "196 MiB model: PSS of workers and template (MB)", False, None,
+           suite="compiled"),
+]
+
+METRICS += llm_metrics() + COMPILED_METRICS
+SUITES = ("standard", "continuous", "llm", "compiled")
 
 
 def metrics_for(suite: str) -> list[Metric]:
@@ -190,7 +215,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}x"
         goal = "-" if row["goal"] is None else f"{row['goal_op']}{row['goal']:g}x"
         if row["limit"] is not None:   # torchd's own value, not a ratio
-            goal = f"{row['goal_op']}{round(row['limit'], 3):g}"
+            limit = row["limit"]
+            goal = f"{row['goal_op']}{limit:.3g}" if abs(limit) < 1 else f"{row['goal_op']}{limit:g}"
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
         print(f"{row['label']:<{width}} {num(row['torchd']):>9} {num(row['torchserve']):>11} "
               f"{ratio:>7} {goal:>7}  {met}")

@@ -8,7 +8,7 @@ from typing import Any
 from bench_models.image_handler import sample_body as image_body
 from bench_models.make_mlp import sample_input
 
-from . import BenchError, continuous, llm
+from . import BenchError, compiled, continuous, llm
 from . import grpc_load
 from .load import NOISY_CPU_PERCENT, Load, _cpu_seconds
 from .servers import Server, http, live_processes
@@ -95,6 +95,8 @@ def round_summary(result: dict[str, Any]) -> str:
         lines.append(continuous.summary(result))
     if "llm_speedup" in result:
         lines.append(llm.summary(result))
+    if "compile_scale_s" in result:
+        lines.append(compiled.summary(result))
     return "\n   ".join(lines)
 
 
@@ -116,8 +118,8 @@ def chaos_summary(result: dict[str, Any]) -> str:
 def measure_round(server: Server, load: Load, others_cpu: float,
                   suite: str = "all") -> dict[str, Any]:
     """One round of ``suite``: "standard" (standard_round), "continuous" (the
-    continuous-batching round, benchlib/continuous.py), "llm" (the LLM round, benchlib/llm.py)
-    or "all" (the three, in that order)."""
+    continuous-batching round, benchlib/continuous.py), "llm" (the LLM round, benchlib/llm.py),
+    "compiled" (benchlib/compiled.py) or "all" (the four, in that order)."""
     # Other work on the machine skews every number: record it, and say so when it is large.
     result: dict[str, Any] = {"foreign_cpu_percent": others_cpu}
     if others_cpu > NOISY_CPU_PERCENT:
@@ -129,6 +131,8 @@ def measure_round(server: Server, load: Load, others_cpu: float,
         result.update(continuous.continuous_round(server, load))
     if suite in ("all", "llm"):
         result.update(llm.llm_round(server, load))
+    if suite in ("all", "compiled"):
+        result.update(compiled.compiled_round(server, load))
     result["server_start_s"] = server.start_s
     return result
 

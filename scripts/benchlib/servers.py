@@ -239,9 +239,16 @@ class TorchServe(Server):
                 "--model-store", str(self.store), "--ts-config", str(self.config)]
 
     def extra_env(self) -> dict[str, str]:
-        # Workers run `python3` from PATH: make it the TorchServe venv's.
+        # Workers run `python3` from PATH: make it the TorchServe venv's. Its workers share
+        # inductor's cache (as they share /tmp/torchinductor_<user> by default); a directory of
+        # its own lets the compiled round empty it, so every round compiles cold on both servers.
         return {"PATH": f"{self.venv / 'bin'}:{os.environ.get('PATH', '')}",
-                "VIRTUAL_ENV": str(self.venv)}
+                "VIRTUAL_ENV": str(self.venv),
+                "TORCHINDUCTOR_CACHE_DIR": str(self.inductor_cache)}
+
+    @property
+    def inductor_cache(self) -> Path:
+        return self.dir / "inductor-cache"
 
     def frontend(self) -> psutil.Process:
         for proc in process_tree(self.proc.pid if self.proc else -1):
