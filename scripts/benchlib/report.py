@@ -216,7 +216,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         goal = "-" if row["goal"] is None else f"{row['goal_op']}{row['goal']:g}x"
         if row["limit"] is not None:   # torchd's own value, not a ratio
             limit = row["limit"]
-            goal = f"{row['goal_op']}{limit:.3g}" if abs(limit) < 1 else f"{row['goal_op']}{limit:g}"
+            goal = row["goal_op"] + (f"{limit:.3g}" if abs(limit) < 1 else f"{limit:g}")
         met = {True: "yes", False: "NO", None: "-"}[row["met"]]
         print(f"{row['label']:<{width}} {num(row['torchd']):>9} {num(row['torchserve']):>11} "
               f"{ratio:>7} {goal:>7}  {met}")
