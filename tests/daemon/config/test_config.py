@@ -172,6 +172,16 @@ def test_systemd_environment(tmp_path):
     assert mine.watchdog_usec == 4000000
 
 
+def test_compile_settings_ipex_enable_and_the_inductor_cache_dir(tmp_path):
+    default = load(tmp_path)
+    assert default.ipex_enable is False and default.torchinductor_cache_dir is None
+    config = load(tmp_path, "ipex_enable=true\n",
+                  env={"TORCHINDUCTOR_CACHE_DIR": "/var/cache/inductor"})
+    assert config.ipex_enable is True
+    assert config.torchinductor_cache_dir == "/var/cache/inductor"
+    assert load(tmp_path, env={"TS_IPEX_ENABLE": "true"}).ipex_enable is True
+
+
 # --- warnings and errors ----------------------------------------------------------------------
 
 def test_unknown_key_warns_and_ignored_key_says_ignored(tmp_path, caplog):
