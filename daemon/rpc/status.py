@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
 
 import grpc
@@ -29,25 +29,30 @@ def grpc_code(status: int) -> grpc.StatusCode:
     return C.INVALID_ARGUMENT if 400 <= status < 500 else C.INTERNAL
 
 
-async def abort(context: grpc.aio.ServicerContext, error: TorchdError) -> NoReturn:
-    """End the call with ``error``'s mapped code and its REST message as the details; the
-    headers REST would send with it (a full queue's Retry-After) as trailing metadata."""
+async def abort(context: grpc.aio.ServicerContext, error: TorchdError,
+                details: str | None = None) -> NoReturn:
+    """End the call with ``error``'s mapped code and ``details`` (default: its REST message);
+    the headers REST would send with it (a full queue's Retry-After) as trailing metadata."""
     trailers = tuple((name.lower(), value) for name, value in error.headers.items())
-    await context.abort(grpc_code(error.status), error.message, trailers)
+    await context.abort(grpc_code(error.status), error.message if details is None else details,
+                        trailers)
     raise AssertionError("unreachable: abort raises")   # for type checkers
 
 
-async def answer(context: grpc.aio.ServicerContext, call: Awaitable[T]) -> T:
-    """``call``'s result; a TorchdError (or a bug) ends the call with its status instead."""
+async def answer(context: grpc.aio.ServicerContext, call: Awaitable[T],
+                 details: Callable[[TorchdError], str] | None = None) -> T:
+    """``call``'s result; a TorchdError (or a bug) ends the call with its status instead, and
+    ``details(error)`` as the status details (default: the REST message)."""
     try:
         return await call
     except TorchdError as exc:
-        await abort(context, exc)
+        await abort(context, exc, details(exc) if details else None)
     except (grpc.aio.AbortError, GeneratorExit):
         raise
     except Exception as exc:
         logger.exception("unhandled error in a gRPC call")
-        await abort(context, TorchdError(f"{type(exc).__name__}: {exc}"))
+        error = TorchdError(f"{type(exc).__name__}: {exc}")
+        await abort(context, error, details(error) if details else None)
 
 
 def json_text(document: Any) -> str:

@@ -1,7 +1,10 @@
-"""TorchServe's ManagementAPIsService over gRPC (issue 16) through the real daemon, with stubs
-generated in the test from torchd's .proto files: every rpc answers what the REST route
-answers (its JSON body as ``msg``), and every REST error of the management API comes back as
-the mapped gRPC status with the REST message as the details (each case is asked of both)."""
+"""TorchServe's ManagementAPIsService over gRPC (issues 16 and 27) through the real daemon, with
+stubs generated in the test from torchd's .proto files (TorchServe 0.12.0's): every rpc answers
+as TorchServe 0.12.0's gRPC front end does (compared with a real TorchServe 0.12.0 when these
+tests were written): the REST status sentence itself as ``msg`` for register, scale,
+set-default and unregister, the REST JSON body with a two-space indent for describe and list;
+every REST error of the management API comes back as the mapped gRPC status, with the REST
+message and TorchServe's Java exception class, on a line of its own, as the details."""
 from __future__ import annotations
 
 import json
@@ -22,6 +25,18 @@ MAPPED = {400: C.INVALID_ARGUMENT, 401: C.UNAUTHENTICATED, 403: C.PERMISSION_DEN
           404: C.NOT_FOUND, 405: C.PERMISSION_DENIED, 409: C.ABORTED,
           413: C.RESOURCE_EXHAUSTED, 429: C.RESOURCE_EXHAUSTED, 500: C.INTERNAL,
           501: C.UNIMPLEMENTED, 503: C.UNAVAILABLE, 504: C.DEADLINE_EXCEEDED}
+# TorchServe's exception classes, as its gRPC details name them (after the message and "\n")
+JAVA_CLASSES = {
+    "BadRequestException": "org.pytorch.serve.http.BadRequestException",
+    "ConflictStatusException": "org.pytorch.serve.http.ConflictStatusException",
+    "InternalServerException": "org.pytorch.serve.http.InternalServerException",
+    "InvalidModelVersionException": "org.pytorch.serve.http.InvalidModelVersionException",
+    "ModelNotFoundException": "org.pytorch.serve.archive.model.ModelNotFoundException",
+    "ModelVersionNotFoundException":
+        "org.pytorch.serve.archive.model.ModelVersionNotFoundException",
+    "InvalidModelException": "org.pytorch.serve.archive.model.InvalidModelException",
+    "DownloadArchiveException": "org.pytorch.serve.archive.DownloadArchiveException",
+}
 NOWHERE = "http://127.0.0.1:9"   # allowed, and nothing listens: a download fails at once
 
 
@@ -66,12 +81,17 @@ def assert_same_error(daemon: Daemon, mgmt: Any, stubs: Any, rest: tuple, rpc: s
     method, path, params = rest
     r = daemon.mgmt(method, path, params=params)
     assert r.status_code >= 400, (rest, r.text)
-    expected = (MAPPED[r.status_code], r.json()["message"])
+    error = r.json()
+    expected = (MAPPED[r.status_code], f"{error['message']}\n{JAVA_CLASSES[error['type']]}")
     assert grpc_error(mgmt, stubs, rpc, **fields) == expected, (rest, rpc, fields)
 
 
 def status_msg(response: Any) -> str:
-    return json.loads(response.msg)["status"]
+    return response.msg
+
+
+def indented(body: Any) -> str:
+    return json.dumps(body, indent=2)
 
 
 # ---- every rpc, answered as REST answers ----------------------------------------------------
@@ -83,12 +103,14 @@ def test_register_list_describe_scale_set_default_unregister(daemon, mgmt, stubs
     r = call(mgmt, stubs, "RegisterModel", url="noop_2.mar", model_name="g1")
     assert status_msg(r) == ('Model "g1" Version: 2.0 registered with 0 initial workers. Use '
                              'scale workers API to add workers for the model.')
-    assert json.loads(call(mgmt, stubs, "ListModels").msg) == daemon.mgmt("GET", "/models").json()
+    # without a limit: up to 100 (TorchServe lists none: proto3's 0 taken as a limit)
+    assert call(mgmt, stubs, "ListModels").msg == indented(daemon.mgmt("GET", "/models").json())
     listed = call(mgmt, stubs, "ListModels", limit=1, next_page_token=0).msg
-    assert listed == daemon.mgmt("GET", "/models?limit=1&next_page_token=0").text
+    assert listed == indented(daemon.mgmt("GET", "/models?limit=1&next_page_token=0").json())
     for version in ("", "2.0", "all"):
-        described = json.loads(call(mgmt, stubs, "DescribeModel", model_name="g1",
-                                    model_version=version).msg)
+        text = call(mgmt, stubs, "DescribeModel", model_name="g1", model_version=version).msg
+        described = json.loads(text)
+        assert text == indented(described)
         assert stable(described) == stable(daemon.describe("g1", version or None))
     r = call(mgmt, stubs, "ScaleWorker", model_name="g1", min_worker=2, synchronous=True)
     assert status_msg(r) == "Workers scaled to 2 for model: g1"
@@ -144,8 +166,10 @@ def test_register_errors(daemon, mgmt, stubs) -> None:
     assert_same_error(daemon, mgmt, stubs, ("POST", "/models", {"url": "noop.mar",
                                                                 "model_name": "dup"}),
                       "RegisterModel", url="noop.mar", model_name="dup")
+    # TorchServe lets this exception escape (UNKNOWN, no details); torchd says what happened
     assert grpc_error(mgmt, stubs, "RegisterModel", url="noop.mar", model_name="dup") == (
-        C.ABORTED, "Model version 1.0 is already registered for model dup")
+        C.ABORTED, "Model version 1.0 is already registered for model dup\n"
+                   "org.pytorch.serve.http.ConflictStatusException")
     call(mgmt, stubs, "UnregisterModel", model_name="dup")
     assert daemon.mgmt("GET", "/models").json() == {"models": []}
 
@@ -176,7 +200,12 @@ def test_scale_describe_unregister_set_default_errors(daemon, mgmt, stubs) -> No
         path = "/models/e1" + (f"/{version}" if version else "")
         assert_same_error(daemon, mgmt, stubs, ("DELETE", path, {}), "UnregisterModel",
                           model_name="e1", model_version=version)
+    # TorchServe: UNKNOWN without details (the exception escapes), as for a conflict
     assert grpc_error(mgmt, stubs, "UnregisterModel", model_name="e1") == (
-        C.PERMISSION_DENIED, "Cannot remove default version for model e1")
+        C.PERMISSION_DENIED, "Cannot remove default version for model e1\n"
+                             "org.pytorch.serve.http.InvalidModelVersionException")
+    # no model name: TorchServe's check, in its words
+    assert grpc_error(mgmt, stubs, "UnregisterModel") == (
+        C.INVALID_ARGUMENT, "Parameter url is required.\norg.pytorch.serve.http.BadRequestException")
     call(mgmt, stubs, "UnregisterModel", model_name="e1", model_version="2.0")
     call(mgmt, stubs, "UnregisterModel", model_name="e1")
