@@ -19,7 +19,7 @@ $(STAMP_RUN): setup.cfg setup.py | $(PY)
 	touch $@
 
 $(STAMP_TEST): setup.cfg setup.py | $(PY)
-	$(PIP) install --quiet -e '.[test,llm]'
+	$(PIP) install --quiet -e '.[test,llm,onnx]'
 	touch $@ $(STAMP_RUN)
 
 $(EXAMPLE_MAR): $(STAMP_RUN) examples/build.py examples/mlp_handler.py
