@@ -127,11 +127,15 @@ def result(batch_id: int, responses: list[dict[str, Any]],
 
 
 def metric(name: str, unit: str, metric_type: str, value: float,
-           dimensions: list[list[str]]) -> dict[str, Any]:
+           dimensions: list[list[str]], request_id: str | None = None) -> dict[str, Any]:
     """One handler metric record of a RESULT. ``metric_type``: counter, gauge or histogram;
-    ``dimensions``: ``[name, value]`` pairs."""
-    return {"name": name, "unit": unit, "type": metric_type, "value": value,
-            "dimensions": dimensions}
+    ``dimensions``: ``[name, value]`` pairs; ``request_id``: the request it was recorded for
+    (the metrics log's ``requestID``), when there is one."""
+    record = {"name": name, "unit": unit, "type": metric_type, "value": value,
+              "dimensions": dimensions}
+    if request_id is not None:
+        record["request_id"] = request_id
+    return record
 
 
 def join(batch_id: int, requests: list[dict[str, Any]], cancel: list[str],

@@ -138,6 +138,19 @@ SETTINGS: tuple[Setting, ...] = (
     S("log_location", parse_path, "logs",
       "Directory for torchd.log (start), the pid file and snapshots (<log_location>/config). "
       "Env LOG_LOCATION also sets it."),
+    S("metrics_mode", parse_choice("prometheus", "log", "legacy"), "prometheus",
+      "prometheus: /metrics only; log: also TorchServe's metric log lines (ts_metrics.log, "
+      "model_metrics.log); legacy: log, but the ts_inference_*/ts_queue_* counters on /metrics "
+      "only. /metrics is served in every mode (TorchServe's default, log, serves nothing there)."),
+    S("metrics_config", parse_optional_path, None,
+      "TorchServe's metrics.yaml: the frontend and model metrics shown, with their types and "
+      "dimensions.", doc_default="unset: every metric shown"),
+    S("model_metrics_auto_detect", parse_optional_bool, None,
+      "Show handler metrics that metrics_config does not declare.",
+      doc_default="true without metrics_config, false with it"),
+    S("metrics_location", parse_optional_path, None,
+      "Directory of the metric logs (metrics_mode log or legacy). Env METRICS_LOCATION also sets "
+      "it.", doc_default="<log_location>"),
     S("pid_file", parse_optional_path, None,
       "Pid file of the running daemon.", doc_default="<log_location>/torchd.pid"),
     S("log_config", parse_optional_path, None,
@@ -186,8 +199,8 @@ SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SET
 IGNORED_KEYS = frozenset({
     "number_of_netty_threads", "netty_client_threads", "async_logging",
     "vmargs", "default_service_handler", "decode_input_request",
-    "enable_envvars_config", "blacklist_env_vars", "metrics_mode", "metrics_format",
-    "metrics_config", "enable_metrics_api", "metric_time_interval", "disable_system_metrics",
+    "enable_envvars_config", "blacklist_env_vars", "metrics_format", "enable_metrics_api",
+    "metric_time_interval", "disable_system_metrics",
     "system_metrics_cmd", "cpu_launcher_enable", "cpu_launcher_args", "workflow_store",
     "plugins_path", "prefer_direct_buffer", "use_native_io", "io_ratio", "keystore",
     "keystore_pass", "keystore_type", "initial_worker_port", "initial_distribution_port",

@@ -38,7 +38,7 @@ class ConfigError(ValueError):
 
 GRPC_PORTS = (7070, 7071)   # TorchServe's gRPC inference and management ports
 # Keys the environment can set only through TS_<KEY>; these two are TorchServe's own names.
-_ENV_ALIASES = {"LOG_LOCATION": "log_location"}
+_ENV_ALIASES = {"LOG_LOCATION": "log_location", "METRICS_LOCATION": "metrics_location"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +98,10 @@ class Config:
     ts_header_key_sequence_end: str | None
     number_of_gpu: int | None
     ipex_enable: bool
+    metrics_mode: str
+    metrics_config: Path | None
+    model_metrics_auto_detect: bool | None
+    metrics_location: Path
     # Not settings: where the values came from and what the process environment said.
     config_file: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)
@@ -330,11 +334,13 @@ def _resolve(path: Path, cwd: Path) -> Path:
 def _resolve_paths(values: dict[str, Any], cwd: Path) -> None:
     """Relative paths are relative to the working directory torchd was started in."""
     for name in ("model_store", "key_file", "log_location", "pid_file", "log_config",
-                 "private_key_file", "certificate_file"):
+                 "private_key_file", "certificate_file", "metrics_config", "metrics_location"):
         if values.get(name) is not None:
             values[name] = _resolve(values[name], cwd)
     if values["pid_file"] is None:
         values["pid_file"] = values["log_location"] / "torchd.pid"
+    if values["metrics_location"] is None:
+        values["metrics_location"] = values["log_location"]
 
 
 def _watchdog_usec(environ: Mapping[str, str]) -> int | None:

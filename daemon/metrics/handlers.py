@@ -7,6 +7,12 @@ TorchServe's ``ModelName`` and ``Level`` among the dimensions; ``Hostname`` is a
 TorchServe's frontend adds it. Counters render as TorchServe renders them (no ``_total``
 suffix, see daemon/metrics/counters.py), gauges and histograms through prometheus_client.
 
+With a metrics configuration (``metrics_config``, daemon/metrics/spec.py) a metric it declares is
+shown with the declared type, unit and dimension names (the record's dimension values taken in
+order, then the host's name), and one it does not declare only with ``model_metrics_auto_detect``;
+without one, every metric is shown as the handler recorded it. In ``metrics_mode`` log or legacy,
+each record shown is also a line of the metrics log (daemon/metrics/metrics_log.py).
+
 A handler controls names and dimension values, so it could create series without end: each
 model may own ``max_series`` of them (metric name + label values); past that, new series are
 dropped with one warning per model, while the series it has keep updating. A model's series
@@ -24,6 +30,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 
 from daemon.metrics.counters import TorchServeCounter
+from daemon.metrics.metrics_log import MetricsLog
+from daemon.metrics.spec import MetricSpec
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +50,8 @@ RESERVED_NAMES = frozenset({"Requests2XX", "Requests4XX", "Requests5XX", "GPUUti
                             "GPUMemoryUtilization", "GPUMemoryUsed"})
 
 SeriesKey = tuple[str, tuple[str, ...]]   # metric name, label values
+# what a record becomes: name, kind, unit, label names, label values
+Shape = tuple[str, str, str, tuple[str, ...], tuple[str, ...]]
 # TorchServe's own per-model timings: never crowded out by a handler's flood of series (they
 # do not count towards the cap as long as they have TorchServe's labels and this model's name).
 BUILTIN_NAMES = frozenset({"HandlerTime", "PredictionTime"})
@@ -84,9 +94,14 @@ class _Family:
 class HandlerMetrics:
     """Every model's handler metrics; ``record`` runs on the event loop, ``render`` on scrape."""
 
-    def __init__(self, hostname: str, max_series: int = MAX_SERIES_PER_MODEL) -> None:
+    def __init__(self, hostname: str, max_series: int = MAX_SERIES_PER_MODEL,
+                 declared: dict[str, MetricSpec] | None = None, auto_detect: bool = True,
+                 log: MetricsLog | None = None) -> None:
         self.hostname = hostname
         self.max_series = max_series
+        self.declared = declared or {}
+        self.auto_detect = auto_detect
+        self.log = log
         self.registry = CollectorRegistry()
         self._families: dict[str, _Family] = {}
         self._owned: dict[str, set[SeriesKey]] = {}      # model -> the series it created
@@ -102,6 +117,8 @@ class HandlerMetrics:
         once ``MAX_UNAPPLIED`` records wait): every batch brings at least PredictionTime, and
         the event loop that reads results is the one every request's work is done on."""
         if isinstance(records, list):
+            if self.log is not None:
+                self._log(model, records)
             self._unapplied.append((model, records))
             # counted in records, not results: a handler recording many per batch must not
             # make one apply() long enough to stall the event loop
@@ -126,22 +143,55 @@ class HandlerMetrics:
                             "was skipped (%s): %s", exc, str(record)[:200])
 
     def _apply(self, model: str, record: dict) -> None:
-        name, unit, kind = record["name"], record.get("unit", ""), record["type"]
-        value, dims = record["value"], record.get("dimensions") or []
+        name, kind, value = record["name"], record["type"], record["value"]
+        dims = record.get("dimensions") or []
         number = float(value)   # before any series is made for it
         cache_key = (model, name, kind, tuple(tuple(d) for d in dims))
         update = self._updates.get(cache_key)
         if update is None:
-            update = self._new_series(model, name, str(unit), kind, dims)
+            shape = self._shape(model, record)
+            update = _ignore if shape is None else self._new_series(model, *shape)
             if update is None:
                 return
             self._updates[cache_key] = update
         if math.isfinite(number):
             update(number)
 
-    def _new_series(self, model: str, name: Any, unit: str, kind: Any,
-                    dims: list) -> Callable[[float], None] | None:
-        labels, values = self._labels(dims)
+    def _shape(self, model: str, record: dict) -> Shape | None:
+        """What the record is shown as: as the configuration declares it, as the handler
+        recorded it (no configuration, or auto-detection), or None (not shown)."""
+        name, dims = record["name"], record.get("dimensions") or []
+        spec = self.declared.get(name) if isinstance(name, str) else None
+        if spec is None:
+            if not self.auto_detect:
+                return None
+            labels, values = self._labels(dims)
+            return name, record["type"], str(record.get("unit", "")), labels, values
+        values = tuple(str(v) for _, v in dims) + (self.hostname,)
+        if len(values) != len(spec.dimensions):
+            self._warn_once(model, f"dims {name}", "model %s: handler metric %r dropped: it "
+                            "has %d dimension values, the metrics configuration declares %s",
+                            name, len(values) - 1, list(spec.dimensions[:-1]))
+            return None
+        return spec.name, spec.kind, spec.unit, spec.dimensions, values
+
+    def _log(self, model: str, records: list) -> None:
+        assert self.log is not None
+        for record in records:
+            try:
+                shape = self._shape(model, record)
+                if shape is None:
+                    continue
+                name, _, unit, labels, values = shape
+                pairs = [(k, v) for k, v in zip(labels, values) if k != HOSTNAME]
+                self.log.model(name, unit, pairs, self.hostname, float(record["value"]),
+                               record.get("request_id"))
+            except (TypeError, ValueError, KeyError, AttributeError):
+                continue   # malformed: _apply_one says so, once
+
+    def _new_series(self, model: str, name: Any, kind: Any, unit: str,
+                    labels: tuple[str, ...],
+                    values: tuple[str, ...]) -> Callable[[float], None] | None:
         problem = _check(name, kind, labels)
         family = self._families.get(name) if problem is None else None
         if problem is None and family is not None and (family.kind, family.labels) != (
@@ -212,6 +262,10 @@ class HandlerMetrics:
             counters = [f.metric for f in self._families.values() if f.kind == "counter"]
         text = "".join(counter.render() for counter in counters).encode("utf-8")
         return text + generate_latest(self.registry)
+
+
+def _ignore(value: float) -> None:
+    """The update of a record that is not shown (cached, so it costs one lookup)."""
 
 
 def _builtin(model: str, name: str, labels: tuple[str, ...], values: tuple[str, ...]) -> bool:

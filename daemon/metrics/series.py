@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
                                generate_latest)
 
+from daemon.metrics.configured import FrontendLog, MetricsOptions
 from daemon.metrics.counters import TorchServeCounter
 from daemon.metrics.handlers import HandlerMetrics
 from daemon.metrics.tally import Tally
@@ -61,7 +62,8 @@ class Metrics:
     """Every metric the daemon exports, with the updates its components make."""
 
     def __init__(self, collect_hook: Callable[[], None] | None = None,
-                 hostname: str | None = None) -> None:
+                 hostname: str | None = None, options: MetricsOptions | None = None) -> None:
+        self.options = options or MetricsOptions()
         self.registry = CollectorRegistry()
         # python_gc_*: the daemon's hot path makes no reference cycles, which these show
         GCCollector(registry=self.registry)
@@ -80,7 +82,12 @@ class Metrics:
         self._build_torchserve_counters()
         self._build_torchd_metrics()
         self._build_gpu_metrics()
-        self.handler_metrics = HandlerMetrics(self.hostname)
+        self.handler_metrics = HandlerMetrics(
+            self.hostname, declared=self.options.spec.model if self.options.spec else None,
+            auto_detect=self.options.auto_detect, log=self.options.log)
+        # None unless there is a metrics log: the per-request path checks it once
+        self._frontend_log = (FrontendLog(self.options, self.hostname)
+                              if self.options.log is not None else None)
 
     def _build_torchserve_counters(self) -> None:
         ts_labels = ("model_name", "model_version", "hostname")
@@ -149,13 +156,18 @@ class Metrics:
 
     def _build_gpu_metrics(self) -> None:
         reg = self.registry
+
+        def shown(name: str) -> CollectorRegistry | None:
+            # a series the metrics configuration leaves out is kept, in no registry
+            return reg if self.options.shown(name) else None
+
         self.gpu_utilization = Gauge("GPUUtilization", "Percent of time a kernel ran on the GPU.",
-                                     _GPU_LABELS, registry=reg)
+                                     _GPU_LABELS, registry=shown("GPUUtilization"))
         self.gpu_memory_utilization = Gauge("GPUMemoryUtilization",
                                             "Percent of the GPU's memory in use.", _GPU_LABELS,
-                                            registry=reg)
+                                            registry=shown("GPUMemoryUtilization"))
         self.gpu_memory_used = Gauge("GPUMemoryUsed", "GPU memory in use, megabytes (MiB).",
-                                     _GPU_LABELS, registry=reg)
+                                     _GPU_LABELS, registry=shown("GPUMemoryUsed"))
         self.worker_gpu_memory = Gauge("torchd_worker_gpu_memory_bytes",
                                        "GPU memory of each worker process (where NVML reports "
                                        "it).", _MODEL_LABELS + ("worker_id",), registry=reg)
@@ -181,6 +193,8 @@ class Metrics:
             self.ts_inference_latency.inc_key(ts, total_us)
             self.ts_queue_latency.inc_key(ts, queue_us)
             latency.observe(total_us / 1e6)
+        if self._frontend_log is not None:
+            self._frontend_log.request(ts[0], ts[1], status < 400, queue_us, total_us)
 
     def _new_request_series(self, model: str, version: str,
                             named_version: bool) -> tuple[tuple[str, str, str], Any]:
@@ -196,6 +210,8 @@ class Metrics:
         counter = self.status_counters.get(status // 100)
         if counter is not None:
             counter.inc_key(self._status_key)
+            if self._frontend_log is not None:
+                self._frontend_log.status(status // 100)
 
     def observe_batch(self, model: str, version: str, size: int) -> None:
         self._series(self._batch_series, self.batch_size, model, version).observe(size)
@@ -273,6 +289,8 @@ class Metrics:
         self.gpu_utilization.labels(*labels).set(utilization)
         self.gpu_memory_utilization.labels(*labels).set(memory_percent)
         self.gpu_memory_used.labels(*labels).set(memory_used_mib)
+        if self._frontend_log is not None:
+            self._frontend_log.gpu(device_id, utilization, memory_percent, memory_used_mib)
 
     def forget_gpu(self, device_id: int) -> None:
         for metric in (self.gpu_utilization, self.gpu_memory_utilization, self.gpu_memory_used):
@@ -347,6 +365,7 @@ class Metrics:
         self.flush_tallies()
         counters = [self.ts_requests, self.ts_inference_latency, self.ts_queue_latency,
                     *self.status_counters.values()]
-        legacy = "".join(counter.render() for counter in counters).encode("utf-8")
+        legacy = "".join(counter.render() for counter in counters
+                         if self.options.shown(counter.name)).encode("utf-8")
         handlers = self.handler_metrics.render()
         return legacy + generate_latest(self.registry) + handlers, CONTENT_TYPE

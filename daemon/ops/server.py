@@ -35,6 +35,8 @@ from daemon.config.settings import Config
 from daemon.workers.launcher import ExecLauncher, ExitCallback, ZygoteLauncher
 from daemon.gpus.inventory import discover_gpus
 from daemon.metrics import Metrics
+from daemon.metrics.configured import metrics_options
+from daemon.metrics.spec import MetricsConfigError
 from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
@@ -68,7 +70,8 @@ class DaemonCore:
         self.registry = Registry()
         # Once, through NVML (never CUDA: the zygote forks workers from this process's child).
         self.gpus = discover_gpus(config.cuda_visible_devices, config.number_of_gpu)
-        self.metrics = Metrics(collect_hook=self._refresh_gauges)
+        self.metrics = Metrics(collect_hook=self._refresh_gauges,
+                               options=metrics_options(config))
         runner = RunnerSettings(runtime_dir=self.runtime_dir / "sockets",
                                 max_frame=config.max_response_size, server_version=VERSION,
                                 service_envelope=config.service_envelope,
@@ -181,6 +184,8 @@ class DaemonCore:
         for mv in self.registry.all_versions():
             await asyncio.to_thread(_remove_extracted, mv.archive)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        if self.metrics.options.log is not None:
+            self.metrics.options.log.close()
 
 
 def _remove_extracted(archive: PreparedArchive) -> None:
@@ -242,7 +247,7 @@ async def serve_forever(config: Config) -> int:
             return 1
         try:
             core = DaemonCore(config)
-        except OSError as exc:   # the runtime directory, the key file
+        except (OSError, MetricsConfigError) as exc:   # runtime dir, key file, metrics_config
             logger.error("cannot start: %s", exc)
             return 1
         # Pings from the first moment: a start that loads big models must not look hung.

@@ -1,6 +1,7 @@
 """Handler metrics through the real daemon: a handler's counter, TorchServe's HandlerTime and
-PredictionTime on /metrics after one request, the per-model series cap, and the series leaving
-with the model."""
+PredictionTime on /metrics after one request, the per-model series cap, the series leaving
+with the model; a metrics_config and metrics_mode=log changing what /metrics and the metric logs
+show as TorchServe 0.12's would."""
 from __future__ import annotations
 
 import re
@@ -13,6 +14,7 @@ import requests
 from daemon.metrics.handlers import MAX_SERIES_PER_MODEL
 from tests.support.archives import build_archive
 from tests.support.daemon import running_daemon
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 HOST = socket.gethostname()
@@ -84,3 +86,69 @@ def test_series_leave_with_the_model(daemon, tmp_path: Path) -> None:
     assert daemon.unregister("brief").status_code == 200
     assert not [line for line in scrape(daemon) if 'ModelName="brief"' in line]
     assert samples(scrape(daemon), "ProbeRequests", "metered")   # the others stay
+
+
+# a metrics.yaml as TorchServe 0.12's users write one: ProbeRequests declared as a gauge with
+# its three dimensions, HandlerTime kept, PredictionTime and the 4XX/5XX counters left out
+METRICS_YAML = """\
+dimensions:
+  - &model_name "ModelName"
+  - &level "Level"
+ts_metrics:
+  counter:
+    - name: Requests2XX
+      unit: Count
+      dimensions: [*level, "Hostname"]
+    - name: ts_inference_requests_total
+      unit: Count
+      dimensions: ["model_name", "model_version", "hostname"]
+model_metrics:
+  gauge:
+    - name: ProbeRequests
+      unit: Count
+      dimensions: ["Color", *model_name, *level]
+    - name: HandlerTime
+      unit: ms
+      dimensions: [*model_name, *level]
+"""
+
+
+def test_metrics_config_and_log_mode(tmp_path_factory: pytest.TempPathFactory) -> None:
+    store = tmp_path_factory.mktemp("configured-archives")
+    build_archive("probe", store, name="configured")
+    workdir = tmp_path_factory.mktemp("configured")
+    (workdir / "metrics.yaml").write_text(METRICS_YAML)
+    settings = {"metrics_config": str(workdir / "metrics.yaml"), "metrics_mode": "log",
+                "metrics_location": str(workdir / "metric-logs")}
+    with running_daemon(store, workdir, settings) as d:
+        assert d.register("configured.mar", initial_workers=1).status_code == 200
+        response = d.infer("POST", "/predictions/configured", json={"color": "blue"})
+        assert response.status_code == 200, response.text
+        assert d.infer("POST", "/predictions/nothing").status_code == 404
+        lines = scrape(d)
+        # declared: a gauge now, with the declared dimensions and their values in order
+        assert "# TYPE ProbeRequests gauge" in lines
+        assert samples(lines, "ProbeRequests", "configured") == [
+            f'ProbeRequests{{Color="blue",Hostname="{HOST}",Level="Model",'
+            f'ModelName="configured"}} 1.0']
+        assert samples(lines, "HandlerTime", "configured")
+        assert not samples(lines, "PredictionTime", "configured")   # not declared
+        names = {line.split("{")[0] for line in lines if not line.startswith("#")}
+        assert {"Requests2XX", "ts_inference_requests_total"} <= names
+        assert not names & {"Requests4XX", "Requests5XX", "ts_queue_latency_microseconds"}
+        logs = workdir / "metric-logs"
+        model_log = wait_until(lambda: "ProbeRequests" in _read(logs / "model_metrics.log")
+                               and _read(logs / "model_metrics.log"), 30, 0.1,
+                               "a ProbeRequests line in model_metrics.log")
+        [probe] = [line for line in model_log.splitlines() if "ProbeRequests" in line]
+        assert re.fullmatch(r"\S+ - ProbeRequests\.Count:1\.0\|#Color:blue,ModelName:configured,"
+                            rf"Level:Model\|#hostname:{re.escape(HOST)},requestID:[0-9a-f-]+,"
+                            r"timestamp:\d+", probe), probe
+        assert "PredictionTime" not in model_log
+        frontend = _read(logs / "ts_metrics.log")
+        assert re.search(r" - Requests2XX\.Count:1\.0\|#Level:Host\|#hostname:", frontend)
+        assert "Requests4XX" not in frontend   # not declared: neither shown nor logged
+
+
+def _read(path: Path) -> str:
+    return path.read_text() if path.exists() else ""

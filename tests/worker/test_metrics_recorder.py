@@ -30,7 +30,8 @@ def test_add_methods_queue_records_with_model_name_and_level() -> None:
     pending = metrics.take_pending()
     assert pending == [
         {"name": "Hits", "unit": "Count", "type": "counter", "value": 2,
-         "dimensions": [["Color", "red"], ["ModelName", "m"], ["Level", "Model"]]},
+         "dimensions": [["Color", "red"], ["ModelName", "m"], ["Level", "Model"]],
+         "request_id": "id1"},   # idx 1's request: the metrics log's requestID
         {"name": "T", "unit": "Milliseconds", "type": "gauge", "value": 1.5,
          "dimensions": [["ModelName", "m"], ["Level", "Model"]]},
         {"name": "S", "unit": "Kilobytes", "type": "histogram", "value": 3,

@@ -85,7 +85,7 @@ class MetricsRecorder:
         if default_dimensions:
             dims = self._with_defaults(dims)
         self._queue(messages.metric(record.name, record.unit, record.metric_type.value,
-                                    record.value, dims))
+                                    record.value, dims, record.request_id))
 
     def _with_defaults(self, dims: list[list[str]]) -> list[list[str]]:
         names = {name for name, _ in dims}
