@@ -206,6 +206,7 @@ def test_scale_describe_unregister_set_default_errors(daemon, mgmt, stubs) -> No
                              "org.pytorch.serve.http.InvalidModelVersionException")
     # no model name: TorchServe's check, in its words
     assert grpc_error(mgmt, stubs, "UnregisterModel") == (
-        C.INVALID_ARGUMENT, "Parameter url is required.\norg.pytorch.serve.http.BadRequestException")
+        C.INVALID_ARGUMENT,
+        "Parameter url is required.\norg.pytorch.serve.http.BadRequestException")
     call(mgmt, stubs, "UnregisterModel", model_name="e1", model_version="2.0")
     call(mgmt, stubs, "UnregisterModel", model_name="e1")
