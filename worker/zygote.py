@@ -42,6 +42,7 @@ WARM_MODULES = (
     "torch",
     "worker.process",
     "worker.service",
+    "worker.template",
     "worker.runtime.context",
     "worker.runtime.recorder",
     "worker.runtime.streaming",
@@ -150,7 +151,8 @@ class Zygote:
         self._send(messages.spawned(worker_id, pid))
 
     def _become_worker(self, message: dict[str, Any]) -> None:
-        """In the child: drop everything that belongs to the zygote, then serve as a worker."""
+        """In the child: drop everything that belongs to the zygote, then serve as a worker
+        (or, for a SPAWN with ``preload``, as a template: worker/template.py)."""
         try:
             signal.set_wakeup_fd(-1)
             for signum in RESET_SIGNALS:
@@ -161,10 +163,15 @@ class Zygote:
             for fd in (self.wake_r, self.wake_w, self.pidfd):
                 if fd is not None:
                     os.close(fd)
-            from worker.process import run_worker
             worker_id = str(message["worker_id"])
-            run_worker(message["socket_path"], worker_id, int(message["daemon_pid"]),
-                       message.get("title") or f"torchd worker {worker_id}")
+            title = message.get("title") or f"torchd worker {worker_id}"
+            daemon_pid = int(message["daemon_pid"])
+            if message.get("preload") is not None:   # a model version's template
+                from worker.template import run_template
+                run_template(message["socket_path"], worker_id, title, message["preload"],
+                             lambda sock: type(self)(sock, daemon_pid).serve())
+            from worker.process import run_worker
+            run_worker(message["socket_path"], worker_id, daemon_pid, title)
         finally:
             os._exit(EXIT_FAILED)  # only reached if becoming a worker failed before run_worker
 
