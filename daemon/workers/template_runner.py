@@ -168,6 +168,9 @@ class TemplateRunner:
         except (OSError, ProtocolError) as exc:
             writer.close()
             raise TemplateStartFailure(f"template connection lost: {exc}") from exc
+        except BaseException:
+            writer.close()
+            raise
         return self._loaded(template, reply, reader, writer)
 
     def _loaded(self, template: TemplateHandle, reply: dict[str, Any] | None,
@@ -236,14 +239,19 @@ class TemplateRunner:
 
     async def _end(self, template: TemplateHandle, link: TemplateLink | None,
                    reading: asyncio.Task | None) -> None:
-        """The process gone, asked politely when it was asked to stop."""
+        """The process gone: a READY template asked to stop, or one that settled without
+        forking (it exits by itself), gets a grace period; one stopped while it loads is
+        terminated at once (nobody will fork from it); a broken one is killed."""
         if link is not None:
             link.close()    # EOF: a template that still runs exits by itself
-        # asked to stop, or settled on its own (it exits by itself): SIGTERM only if it lingers
-        polite = template.stop_requested.is_set() or template.state in (
-            TemplateState.FALLBACK, TemplateState.FAILED)
-        if not polite or not await self._wait_exit(template, SHUTDOWN_GRACE):
-            self._signal(template, signal.SIGTERM if polite else signal.SIGKILL)
+        if link is not None or template.state in (TemplateState.FALLBACK, TemplateState.FAILED):
+            first = None
+        else:
+            first = signal.SIGTERM if template.stop_requested.is_set() else signal.SIGKILL
+        if first is not None:
+            self._signal(template, first)
+        if not await self._wait_exit(template, SHUTDOWN_GRACE):
+            self._signal(template, signal.SIGTERM if first is None else signal.SIGKILL)
             if not await self._wait_exit(template, SHUTDOWN_GRACE):
                 self._signal(template, signal.SIGKILL)
                 await self._wait_exit(template, SHUTDOWN_GRACE)

@@ -86,6 +86,7 @@ class TemplateHandle:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
     settled: asyncio.Event = field(default_factory=asyncio.Event)   # out of STARTING
+    outcome: TemplateState | None = None   # the state it settled in (it moves on from there)
     task: asyncio.Task | None = None    # its runner's task
     # -- written by its runner only --
     link: Forker | None = None          # its socket, once READY
@@ -95,7 +96,8 @@ class TemplateHandle:
         if new not in TRANSITIONS[self.state]:
             raise RuntimeError(f"template cannot go from {self.state.value} to {new.value}")
         self.state = new
-        if new in SETTLED:
+        if new in SETTLED and self.outcome is None:
+            self.outcome = new
             self.settled.set()
 
     @property
@@ -114,10 +116,10 @@ class TemplateHandle:
         """A worker forked from this template: its pid; None when the worker must load the
         model itself. Raises TemplateFailed when the template's load failed."""
         await self.settled.wait()
-        if self.state is T.FAILED:
+        if self.outcome is T.FAILED:
             raise TemplateFailed(self.error or "the handler failed to load in its template")
         link = self.link
-        if self.state is not T.READY or link is None:
+        if self.state is not T.READY or link is None:   # fell back, stopped, or gone since
             return None
         try:
             return await link.spawn(worker_id, socket_path, title)
