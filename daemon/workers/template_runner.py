@@ -150,10 +150,15 @@ class TemplateRunner:
         try:
             load = load_message(template.mv, self.settings, TEMPLATE_THREADS, None)
             spawn = self.launcher.spawn_template(template.id, str(path), template.title, load)
-            pid = await self._until(asyncio.ensure_future(spawn), template, deadline, "spawn")
-            if pid is None:
-                self.events.template_settled(template, TemplateState.FALLBACK,
-                                             "no zygote to fork it from")
+            try:
+                pid = await self._until(asyncio.ensure_future(spawn), template, deadline,
+                                        "spawn")
+            except (OSError, RuntimeError, asyncio.TimeoutError) as exc:   # the zygote's
+                pid, why = None, f"the zygote could not fork it: {exc}"
+            else:
+                why = "no zygote to fork it from"
+            if pid is None:   # not the model's fault: its workers load it themselves this time
+                self.events.template_settled(template, TemplateState.FALLBACK, why)
                 return None
             self.events.template_process_started(template, pid)
             reader, writer = await self._until(connected, template, deadline, "connect")
