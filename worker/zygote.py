@@ -139,15 +139,16 @@ class Zygote:
 
     def _spawn(self, message: dict[str, Any]) -> None:
         worker_id = str(message.get("worker_id"))
+        what = "worker" if message.get("preload") is None else "template"
         try:
             pid = os.fork()
         except OSError as exc:
-            logger.error("fork for worker %s failed: %s", worker_id, exc)
+            logger.error("fork for %s %s failed: %s", what, worker_id, exc)
             self._send(messages.spawned(worker_id, None, f"{type(exc).__name__}: {exc}"))
             return
         if pid == 0:
             self._become_worker(message)  # never returns
-        logger.info("forked worker %s as pid %d", worker_id, pid)
+        logger.info("forked %s %s as pid %d", what, worker_id, pid)
         self._send(messages.spawned(worker_id, pid))
 
     def _become_worker(self, message: dict[str, Any]) -> None:

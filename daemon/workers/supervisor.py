@@ -78,6 +78,7 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
         self._by_version: dict[ModelVersion, dict[str, WorkerHandle]] = {}
         self.records: dict[ModelVersion, VersionRecord] = {}
         self._ids = itertools.count(9000)
+        self._template_ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._closing = False
@@ -193,7 +194,7 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
         if slot is None:   # a new slot, on the GPU placement chooses; a replacement keeps it
             slot = self.record(mv).open_slot({h.slot for h in self.handles(mv)},
                                              self.placement.choose(mv))
-        handle = WorkerHandle(id=self.next_id(), mv=mv, slot=slot,
+        handle = WorkerHandle(id=str(next(self._ids)), mv=mv, slot=slot,
                               gpu=self.record(mv).slot(slot).gpu, started_at=self.clock(),
                               template=self.template_for_worker(mv))
         self.workers[handle.id] = handle
@@ -202,9 +203,9 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
         logger.info("starting worker %s for %s %s", handle.id, mv.name, mv.version)
         return handle
 
-    def next_id(self) -> str:
-        """Worker and template ids: unique for the daemon's life, counting from 9000."""
-        return str(next(self._ids))
+    def next_template_id(self) -> str:
+        """t1, t2 ...: unique for the daemon's life, apart from the workers' ids."""
+        return f"t{next(self._template_ids)}"
 
     def request_stop(self, handle: WorkerHandle, timeout: float | None) -> None:
         """Ask a worker to finish its in-flight batch (within ``timeout`` s) and exit."""

@@ -136,7 +136,7 @@ class TemplateRunner:
         """Its link once its load has succeeded; None when it fell back (reported here)."""
         timeout = float(template.mv.settings.startup_timeout)
         deadline = self.clock() + timeout
-        path = self.settings.runtime_dir / f"t{template.id}.sock"
+        path = self.settings.runtime_dir / f"{template.id}.sock"
         path.unlink(missing_ok=True)
         connected: asyncio.Future = asyncio.get_running_loop().create_future()
 

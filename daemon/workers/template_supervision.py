@@ -50,7 +50,7 @@ class TemplateSupervision(abc.ABC):
     def notify_changed(self) -> None: ...
 
     @abc.abstractmethod
-    def next_id(self) -> str: ...
+    def next_template_id(self) -> str: ...
 
     # ---- decisions -----------------------------------------------------------------------
 
@@ -83,7 +83,7 @@ class TemplateSupervision(abc.ABC):
         return template if template is not None and template.live else None
 
     def start_template(self, mv: ModelVersion) -> TemplateHandle:
-        template = TemplateHandle(id=self.next_id(), mv=mv, started_at=self.clock())
+        template = TemplateHandle(id=self.next_template_id(), mv=mv, started_at=self.clock())
         self.templates[mv] = template
         template.task = asyncio.get_running_loop().create_task(self.template_runner.run(template))
         logger.info("starting template %s for %s %s (preloadModel)", template.id, mv.name,
