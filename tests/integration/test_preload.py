@@ -201,8 +201,10 @@ def test_scaling_to_zero_stops_the_template(daemon: Daemon) -> None:
     assert template_of(daemon, "wide_scale") == {**template, "memoryUsage": pytest.approx(
         template["memoryUsage"], rel=0.5)}   # kept: the worker left may need replacing
     scale(daemon, "wide_scale", 0)
-    wait_until(lambda: pid_gone(template["pid"]), 10, what="the template stopped at 0 workers")
-    assert template_of(daemon, "wide_scale") is None and template_pids(daemon, "wide_scale") == []
+    # gone, then forgotten: describe shows it STOPPING until the daemon has seen it exit
+    wait_until(lambda: pid_gone(template["pid"]) and template_of(daemon, "wide_scale") is None,
+               10, what="the template stopped at 0 workers")
+    assert template_pids(daemon, "wide_scale") == []
     unregister_leaves_nothing(daemon, "wide_scale", {template["pid"]})
 
 
