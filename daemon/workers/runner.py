@@ -161,6 +161,8 @@ class WorkerRunner:
             if pid is not None:
                 handle.template_pid = handle.template.pid
                 return pid
+            if handle.stop_requested.is_set():   # the template was stopped with it
+                raise StartFailure("stopped while starting")
         deps = str(handle.mv.deps_dir) if handle.mv.deps_dir else None
         return await self.launcher.spawn(handle.id, path, handle.title, deps, handle.threads)
 

@@ -40,7 +40,9 @@ class TemplateEvents(Protocol):
 
 
 class TemplateStartFailure(Exception):
-    pass
+    def __init__(self, cause: str, answered: bool = False) -> None:
+        super().__init__(cause)
+        self.answered = answered   # the template said so itself (and exits by itself)
 
 
 class TemplateLink:
@@ -112,6 +114,7 @@ class TemplateRunner:
     async def run(self, template: TemplateHandle) -> None:
         link: TemplateLink | None = None
         reading: asyncio.Task | None = None
+        answered = False
         try:
             link = await self._start(template)
             if link is not None:
@@ -120,6 +123,7 @@ class TemplateRunner:
                 self.events.template_settled(template, TemplateState.READY, None)
                 await self._serve(template, link)
         except TemplateStartFailure as exc:
+            answered = exc.answered
             if not template.stop_requested.is_set():
                 self.events.template_settled(template, TemplateState.FAILED, str(exc))
         except Exception as exc:   # unforeseen: still settle, so that no worker waits for ever
@@ -127,7 +131,8 @@ class TemplateRunner:
             self.events.template_settled(template, TemplateState.FAILED,
                                          f"{type(exc).__name__}: {exc}")
         finally:
-            await self._end(template, link, reading)
+            await self._end(template, link, reading,
+                            answered or template.state is TemplateState.FALLBACK)
         self.events.template_exited(template)
 
     # ---- start -----------------------------------------------------------------------------
@@ -187,7 +192,8 @@ class TemplateRunner:
         template.load_seconds = float(reply.get("load_seconds") or 0.0)
         if not reply.get("ok"):
             writer.close()
-            raise TemplateStartFailure(reply.get("error") or "the handler failed to load")
+            raise TemplateStartFailure(reply.get("error") or "the handler failed to load",
+                                       answered=True)
         if reply.get("unsafe"):
             writer.close()
             self.events.template_settled(template, TemplateState.FALLBACK, reply["unsafe"])
@@ -243,20 +249,17 @@ class TemplateRunner:
             stop.cancel()
 
     async def _end(self, template: TemplateHandle, link: TemplateLink | None,
-                   reading: asyncio.Task | None) -> None:
-        """The process gone: a READY template asked to stop, or one that settled without
-        forking (it exits by itself), gets a grace period; one stopped while it loads is
-        terminated at once (nobody will fork from it); a broken one is killed."""
+                   reading: asyncio.Task | None, answered: bool) -> None:
+        """The process gone. One that loaded (READY: its link is closed now) or ``answered``
+        that it will not fork exits by itself, given a grace period; one still loading (stopped,
+        out of time) is terminated at once: nobody will fork from it. SIGKILL if it lingers."""
         if link is not None:
             link.close()    # EOF: a template that still runs exits by itself
-        if link is not None or template.state in (TemplateState.FALLBACK, TemplateState.FAILED):
-            first = None
-        else:
-            first = signal.SIGTERM if template.stop_requested.is_set() else signal.SIGKILL
-        if first is not None:
-            self._signal(template, first)
+        if link is None and not answered:
+            self._signal(template, signal.SIGTERM)
         if not await self._wait_exit(template, SHUTDOWN_GRACE):
-            self._signal(template, signal.SIGTERM if first is None else signal.SIGKILL)
+            self._signal(template, signal.SIGTERM if link is not None or answered
+                         else signal.SIGKILL)
             if not await self._wait_exit(template, SHUTDOWN_GRACE):
                 self._signal(template, signal.SIGKILL)
                 await self._wait_exit(template, SHUTDOWN_GRACE)

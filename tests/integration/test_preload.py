@@ -30,13 +30,12 @@ WORKERS = 4
 SPINNER = '''
 import os
 import threading
-import time
 
 
 class Spinner:
     def initialize(self, context):
         self.initialized_in = os.getpid()
-        threading.Thread(target=lambda: time.sleep(3600), daemon=True).start()
+        threading.Thread(target=threading.Event().wait, daemon=True).start()   # for ever
 
     def handle(self, data, context):
         return [{"initialized_in": self.initialized_in, "pid": os.getpid()} for _ in data]

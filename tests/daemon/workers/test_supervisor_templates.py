@@ -73,7 +73,8 @@ def test_templates_that_end_unasked_back_off_until_one_proves_itself() -> None:
 # ---- a fake template -----------------------------------------------------------------------
 
 class FakeTemplate:
-    """Stands in for a template process. ``behaviour``: ok | fail | unsafe."""
+    """Stands in for a template process. ``behaviour``: ok | fail | unsafe | hang (loads for
+    ever)."""
 
     def __init__(self, launcher: TemplateLauncher, pid: int, socket_path: str, behaviour: str,
                  load: dict) -> None:
@@ -92,6 +93,8 @@ class FakeTemplate:
         if self.behaviour == "unsafe":
             write_frame(self.writer, messages.preloaded(True, None, 0.1, unsafe=UNSAFE))
             return self.exit(0)
+        if self.behaviour == "hang":
+            await asyncio.Event().wait()   # until killed
         write_frame(self.writer, messages.preloaded(True, None, 0.1))
         while (message := await read_frame(reader)) is not None:
             if message["kind"] == messages.SPAWN:
@@ -278,6 +281,32 @@ async def test_an_unsafe_template_ends_preloading_for_its_version(h: TemplateHar
     h.sup.reconcile()                         # its replacement
     await until(lambda: len(h.handles(mv, S.READY)) == 2 and workers[0] not in h.handles(mv))
     assert len(h.fakes.templates) == 1        # no second try
+
+
+@with_templates
+async def test_a_template_loading_past_startup_timeout_is_killed(h: TemplateHarness) -> None:
+    h.fakes.template_behaviour = "hang"
+    mv = h.model(preload_model=True, startup_timeout=1)
+    scale(h, mv, 1, 1)
+    outcome = await h.sup.wait_for_workers(mv, 5)
+    assert outcome.ready == 0 and "within 1 s (startup_timeout)" in str(outcome.error)
+    (fake,) = h.fakes.templates
+    await until(lambda: not fake.alive and mv not in h.sup.templates, 10)
+    assert h.ops.signals == [(fake.pid, signal.SIGTERM)]   # at once: nobody will fork from it
+
+
+@with_templates
+async def test_a_template_stopped_while_it_loads_is_terminated_at_once(
+        h: TemplateHarness) -> None:
+    h.fakes.template_behaviour = "hang"
+    mv = h.model(preload_model=True)
+    scale(h, mv, 2, 2)
+    await until(lambda: h.fakes.templates and mv in h.sup.templates
+                and h.sup.templates[mv].pid is not None)
+    scale(h, mv, 0, 0)
+    (fake,) = h.fakes.templates
+    await until(lambda: not fake.alive and mv not in h.sup.templates and not h.handles(mv))
+    assert h.ops.signals == [(fake.pid, signal.SIGTERM)] and h.fakes.spawned == []
 
 
 @with_templates(gpus=1)
