@@ -57,16 +57,18 @@ class TemplateSupervision(abc.ABC):
     def preloads(self, mv: ModelVersion) -> bool:
         """Whether ``mv``'s workers come from a template; where ``preloadModel`` cannot apply
         it says so once."""
+        if not mv.settings.preload_model:
+            return False
         record = self.record(mv)
         if record.preload_off is None:
-            reason = preload_refusal(mv.settings.preload_model, self.placement.on_gpu(mv),
+            reason = preload_refusal(True, self.placement.on_gpu(mv),
                                      bool(getattr(self.launcher, "forks_templates", False)),
                                      mv.deps_dir is not None)
             if reason is not None:
                 record.preload_off = reason
                 logger.info("%s %s: preloadModel does not apply, each worker loads the model "
                             "itself: %s", mv.name, mv.version, reason)
-        return mv.settings.preload_model and record.preload_off is None
+        return record.preload_off is None
 
     def reconcile_template(self, mv: ModelVersion, record: VersionRecord) -> None:
         template = self.templates.get(mv)

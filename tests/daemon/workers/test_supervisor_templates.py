@@ -222,7 +222,7 @@ async def test_a_dead_template_is_replaced_with_backoff_and_its_workers_serve_on
     await until(lambda: mv not in h.sup.templates)
     h.sup.reconcile()
     second = await template_ready(h, mv, other_than=first)   # at once: the first death
-    assert first.returncode == -signal.SIGKILL and first.pid not in h.sup.pids._workers
+    assert first.returncode == -signal.SIGKILL and first.state is T.STOPPED
     assert all(w.state is S.READY for w in workers) and h.handles(mv, S.READY) == workers
     h.fakes.templates[1].kill(signal.SIGKILL)
     await until(lambda: mv not in h.sup.templates)
