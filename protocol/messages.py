@@ -42,10 +42,13 @@ STEP_WINDOW = 2
 SEQUENCE_HEADERS = {"id": "ts_request_sequence_id", "start": "ts_request_sequence_start",
                     "end": "ts_request_sequence_end"}
 
-# daemon <-> zygote
-SPAWN = "spawn"            # worker_id, socket_path, title, daemon_pid
+# daemon <-> zygote, and daemon <-> template (worker/template.py, which forks as the zygote does)
+SPAWN = "spawn"            # worker_id, socket_path, title, daemon_pid; preload: a LOAD (template)
 SPAWNED = "spawned"        # worker_id, pid  (or error)
 EXITED = "exited"          # pid, returncode (negative: killed by that signal)
+# template -> daemon, after HELLO: the handler's initialize ran (ok), failed (error), or left
+# the process unsafe to fork from (unsafe: why; the workers then load the model themselves)
+PRELOADED = "preloaded"    # ok, error, load_seconds, unsafe
 
 Headers = list[list[str]]
 
@@ -198,3 +201,16 @@ def spawned(worker_id: str, pid: int | None, error: str | None = None) -> dict[s
 
 def exited(pid: int, returncode: int) -> dict[str, Any]:
     return {"kind": EXITED, "pid": pid, "returncode": returncode}
+
+
+def spawn_template(template_id: str, socket_path: str, title: str, daemon_pid: int,
+                   load: dict[str, Any]) -> dict[str, Any]:
+    """Asks the zygote to fork a model version's template, which runs ``load`` (a LOAD
+    message) once and then forks that version's workers."""
+    return {**spawn(template_id, socket_path, title, daemon_pid), "preload": load}
+
+
+def preloaded(ok: bool, error: str | None = None, load_seconds: float = 0.0,
+              unsafe: str | None = None) -> dict[str, Any]:
+    return {"kind": PRELOADED, "ok": ok, "error": error, "load_seconds": load_seconds,
+            "unsafe": unsafe}

@@ -204,11 +204,42 @@ class ModelService:
         return result if isinstance(result, str) else json.dumps(result)
 
 
+# A template's loaded handler (worker/template.py), which the workers it forks take over
+# instead of loading again: (the template's LOAD, the service). None in every other process.
+_preloaded: tuple[dict[str, Any], ModelService] | None = None
+# LOAD fields that differ from worker to worker and mean nothing to the handler's initialize.
+PER_WORKER_FIELDS = frozenset({"threads", "max_response_size", "max_request_frame"})
+
+
+def keep_preloaded(load: dict[str, Any], service: ModelService) -> None:
+    """In a template: ``service``, loaded from ``load``, is what its forked workers reuse."""
+    global _preloaded
+    _preloaded = (load, service)
+
+
+def take_preloaded(load: dict[str, Any]) -> ModelService | None:
+    """The template's service when this process was forked from one that loaded the same
+    model (every LOAD field but the worker's own alike); None otherwise. Taken once."""
+    global _preloaded
+    if _preloaded is None:
+        return None
+    (template_load, service), _preloaded = _preloaded, None
+    differing = sorted(key for key in {*template_load, *load} - PER_WORKER_FIELDS
+                       if template_load.get(key) != load.get(key))
+    if differing:
+        logger.warning("the template loaded model %s with other settings (%s): loading it "
+                       "again", template_load.get("model_name"), ", ".join(differing))
+        return None
+    logger.info("model %s: the template's loaded handler reused (its initialize ran once, "
+                "there)", load.get("model_name"))
+    return service
+
+
 def load_service(load: dict[str, Any]) -> tuple[ModelService | None, str | None, float]:
     """(service, None, seconds) on success, (None, "ExcType: message", seconds) on failure."""
     started = time.monotonic()
     try:
-        service = ModelService.load(load)
+        service = take_preloaded(load) or ModelService.load(load)
     except (Exception, SystemExit) as exc:
         logger.exception("loading model %s failed", load.get("model_name"))
         return None, f"{type(exc).__name__}: {exc}", time.monotonic() - started

@@ -42,6 +42,7 @@ WARM_MODULES = (
     "torch",
     "worker.process",
     "worker.service",
+    "worker.template",
     "worker.runtime.context",
     "worker.runtime.recorder",
     "worker.runtime.streaming",
@@ -138,19 +139,21 @@ class Zygote:
 
     def _spawn(self, message: dict[str, Any]) -> None:
         worker_id = str(message.get("worker_id"))
+        what = "worker" if message.get("preload") is None else "template"
         try:
             pid = os.fork()
         except OSError as exc:
-            logger.error("fork for worker %s failed: %s", worker_id, exc)
+            logger.error("fork for %s %s failed: %s", what, worker_id, exc)
             self._send(messages.spawned(worker_id, None, f"{type(exc).__name__}: {exc}"))
             return
         if pid == 0:
             self._become_worker(message)  # never returns
-        logger.info("forked worker %s as pid %d", worker_id, pid)
+        logger.info("forked %s %s as pid %d", what, worker_id, pid)
         self._send(messages.spawned(worker_id, pid))
 
     def _become_worker(self, message: dict[str, Any]) -> None:
-        """In the child: drop everything that belongs to the zygote, then serve as a worker."""
+        """In the child: drop everything that belongs to the zygote, then serve as a worker
+        (or, for a SPAWN with ``preload``, as a template: worker/template.py)."""
         try:
             signal.set_wakeup_fd(-1)
             for signum in RESET_SIGNALS:
@@ -161,10 +164,15 @@ class Zygote:
             for fd in (self.wake_r, self.wake_w, self.pidfd):
                 if fd is not None:
                     os.close(fd)
-            from worker.process import run_worker
             worker_id = str(message["worker_id"])
-            run_worker(message["socket_path"], worker_id, int(message["daemon_pid"]),
-                       message.get("title") or f"torchd worker {worker_id}")
+            title = message.get("title") or f"torchd worker {worker_id}"
+            daemon_pid = int(message["daemon_pid"])
+            if message.get("preload") is not None:   # a model version's template
+                from worker.template import run_template
+                run_template(message["socket_path"], worker_id, title, message["preload"],
+                             lambda sock: type(self)(sock, daemon_pid).serve())
+            from worker.process import run_worker
+            run_worker(message["socket_path"], worker_id, daemon_pid, title)
         finally:
             os._exit(EXIT_FAILED)  # only reached if becoming a worker failed before run_worker
 

@@ -172,6 +172,9 @@ SETTINGS: tuple[Setting, ...] = (
       "When a worker dies with a batch, send its requests once more to another worker (a "
       "request meeting a second death fails with 500). Off for handlers with side effects; "
       "per model: redispatchOnWorkerDeath."),
+    S("preload_model", parse_bool, model_default("preload_model"),
+      "Fork each CPU model's workers from a template process that ran the handler's "
+      "initialize once, so that they share its weights; per model: preloadModel."),
     S("worker_threads", parse_int, model_default("worker_threads"),
       "torch intra- and inter-op threads per worker. 0: the CPUs torchd may use (cgroup quota "
       "and affinity) divided by the workers running, at least 1."),

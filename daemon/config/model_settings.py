@@ -150,6 +150,9 @@ MODEL_SETTINGS: tuple[ModelSetting, ...] = (
     M("max_retry_timeout", "maxRetryTimeoutInSec", parse_int, 300,
       "Seconds a failing worker slot is restarted, from its first failure since it was READY, "
       "before it is left FAILED (0: no restart).", floor=0),
+    M("preload_model", "preloadModel", parse_bool, False,
+      "CPU workers forked from a template that ran the handler's initialize once, sharing its "
+      "weights (see Preloaded models).", read=READ_FLAG, config="preload_model"),
 )
 del M
 
@@ -190,6 +193,7 @@ class ModelSettings:
     use_job_ticket: bool = _DEFAULT["use_job_ticket"]
     client_timeout_ms: int = _DEFAULT["client_timeout_ms"]
     max_retry_timeout: int = _DEFAULT["max_retry_timeout"]      # seconds
+    preload_model: bool = _DEFAULT["preload_model"]
 
 
 def model_default(field: str) -> Any:

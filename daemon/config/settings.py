@@ -93,6 +93,7 @@ class Config:
     worker_spawn: str
     worker_threads: int
     redispatch_on_worker_death: bool
+    preload_model: bool
     ts_header_key_sequence_id: str | None
     ts_header_key_sequence_start: str | None
     ts_header_key_sequence_end: str | None

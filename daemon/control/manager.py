@@ -300,6 +300,7 @@ class ModelManager:
                 "loadedAtStartup": mv.loaded_at_startup,
                 "ignoredConfigKeys": ignored_config_keys(mv.yaml_config),
                 "workers": self.supervisor.describe_workers(mv),
+                **self.supervisor.describe_template(mv),
                 "jobQueueStatus": self._queue_status(mv)}
 
     @staticmethod

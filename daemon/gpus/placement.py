@@ -88,6 +88,12 @@ class GpuPlacement:
                            "on the CPU", mv.name, mv.version, list(settings.device_ids) or "any")
         return place(allowed, self.load())
 
+    def on_gpu(self, mv: ModelVersion) -> bool:
+        """Whether new workers of ``mv`` would be placed on a GPU."""
+        settings = mv.settings
+        return bool(permitted(self.inventory.usable(), settings.device_type,
+                              settings.device_ids))
+
     def vanished(self, handle: PlacedWorker, error: str) -> str | None:
         """For a worker that failed or died: the cause, naming its GPU, when that GPU is no
         longer there (NVML asked again now); None when it still is (or it had none)."""

@@ -203,6 +203,21 @@ _WORKER = {
         "lastError": string(description="Why the worker last failed or died (torchd)."),
         "threads": {"type": "integer",
                     "description": "torch threads the worker runs with (its share of the CPUs)."},
+        "template": {"type": "integer",
+                     "description": "pid of the template the worker was forked from, sharing "
+                                    "its loaded weights (preloadModel); absent otherwise."},
+    },
+}
+
+_TEMPLATE = {
+    "type": "object",
+    "required": ["pid", "status", "memoryUsage"],
+    "description": "The version's template process (preloadModel): it ran the handler's "
+                   "initialize once and forks the workers. Absent when there is none.",
+    "properties": {
+        "pid": {"type": "integer"},
+        "status": string(enum=["STARTING", "READY", "FALLBACK", "FAILED", "STOPPING"]),
+        "memoryUsage": {"type": "integer", "description": "Live RSS in bytes."},
     },
 }
 
@@ -246,6 +261,7 @@ SCHEMAS: dict[str, Any] = {
                                "on and torchd does not implement, ignored because they change "
                                "nothing in the answers (the others refuse the register)."},
             "workers": {"type": "array", "items": ref("Worker")},
+            "template": _TEMPLATE,
             "jobQueueStatus": {"type": "object", "properties": {
                 "remainingCapacity": {"type": "integer"},
                 "pendingRequests": {"type": "integer"}}},

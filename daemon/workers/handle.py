@@ -9,6 +9,7 @@ from daemon.models.dispatching import WorkerDispatcher
 from daemon.models.registry import ModelVersion
 from daemon.workers.connection import WorkerConnection
 from daemon.workers.states import LIVE_STATES, WorkerState, check_transition
+from daemon.workers.templates import TemplateHandle
 
 
 @dataclass(eq=False)
@@ -29,6 +30,7 @@ class WorkerHandle:
     retiring: bool = False             # recycled: stops once its replacement is READY
     stop_deadline: float | None = None
     threads: int = 0                   # torch threads it was given (LOAD) or told (THREADS)
+    template: TemplateHandle | None = None   # its version's template, to be forked from
     returncode: int | None = None
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     stop_requested: asyncio.Event = field(default_factory=asyncio.Event)
@@ -38,6 +40,7 @@ class WorkerHandle:
     dispatcher: WorkerDispatcher | None = None   # set once it is loaded; feeds it batches
     kill_reason: str | None = None     # why it was killed (heartbeat), for lastError
     oom_baseline: int = 0              # cgroup oom_kill count when it started
+    template_pid: int | None = None    # the template it was forked from (preloadModel)
 
     def move(self, new: WorkerState) -> None:
         check_transition(self.state, new)

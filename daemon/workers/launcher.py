@@ -83,6 +83,8 @@ async def _forward(stream: asyncio.StreamReader) -> None:
 class ExecLauncher:
     """Starts each worker as `python -m worker ...` (its own interpreter, its own imports)."""
 
+    forks_templates = False   # no process to fork a template from (daemon/workers/templates.py)
+
     def __init__(self, on_exit: ExitCallback, daemon_pid: int | None = None) -> None:
         self.on_exit = on_exit
         self.daemon_pid = daemon_pid or os.getpid()
@@ -129,6 +131,8 @@ class ZygoteLauncher:
     Falls back to exec-spawning while no zygote is available, so a broken zygote costs speed,
     never availability.
     """
+
+    forks_templates = True    # spawn_template: a model version's template, for preloadModel
 
     def __init__(self, on_exit: ExitCallback, runtime_dir: Path,
                  daemon_pid: int | None = None) -> None:
@@ -230,9 +234,25 @@ class ZygoteLauncher:
             await asyncio.wait({self._starting})
         if self._writer is None:
             return await self.fallback.spawn(worker_id, socket_path, title, None, threads)
+        return await self._fork(worker_id, messages.spawn(worker_id, socket_path, title,
+                                                          self.daemon_pid))
+
+    async def spawn_template(self, template_id: str, socket_path: str, title: str,
+                             load: dict) -> int | None:
+        """A model version's template (worker/template.py), forked by the zygote, which
+        reports its exit like a worker's; None while there is no zygote to fork it."""
+        if self._starting is not None and not self._starting.done():
+            await asyncio.wait({self._starting})
+        if self._writer is None:
+            return None
+        return await self._fork(template_id, messages.spawn_template(
+            template_id, socket_path, title, self.daemon_pid, load))
+
+    async def _fork(self, child_id: str, spawn: dict) -> int:
+        assert self._writer is not None
         future = asyncio.get_running_loop().create_future()
-        self._pending[worker_id] = future
-        write_frame(self._writer, messages.spawn(worker_id, socket_path, title, self.daemon_pid))
+        self._pending[child_id] = future
+        write_frame(self._writer, spawn)
         await self._writer.drain()
         return await asyncio.wait_for(future, ZYGOTE_START_TIMEOUT)
 

@@ -62,6 +62,7 @@ def describe_row(handle: WorkerHandle, rss: int, gpu: dict[str, Any]) -> dict[st
     return {"id": handle.id, "startTime": handle.start_time_iso,
             "status": handle.state.value, "memoryUsage": rss, "pid": handle.pid or -1,
             **gpu, "threads": handle.threads,
+            **({"template": handle.template_pid} if handle.template_pid else {}),
             **({"lastError": handle.last_error} if handle.last_error else {})}
 
 

@@ -44,6 +44,10 @@ class VersionRecord:
     last_error: str | None = None
     restarts: int = 0                    # deaths of READY workers
     slots: dict[int, SlotHistory] = field(default_factory=dict)
+    # preloadModel (daemon/workers/template_supervision.py)
+    preload_off: str | None = None       # why its workers load the model themselves after all
+    template_failures: int = 0           # templates that ended unasked, in a row
+    template_retry_at: float = 0.0       # when the next template may start
 
     def slot(self, number: int) -> SlotHistory:
         return self.slots.setdefault(number, SlotHistory())
@@ -101,6 +105,17 @@ class VersionRecord:
         if _out_of_time(history, now, retry_window):
             return None
         return policy.delay(history.crashes)
+
+    def template_ended(self, ready_for: float | None, policy: RestartPolicy,
+                       now: float) -> float:
+        """A template ended unasked (died, failed to load, or could not be forked) after
+        ``ready_for`` seconds READY: the delay before the next one may start. One READY for
+        ``policy.reset_after`` had proven itself, as a worker does."""
+        proven = ready_for is not None and ready_for >= policy.reset_after
+        self.template_failures = 1 if proven else self.template_failures + 1
+        delay = policy.delay(self.template_failures)
+        self.template_retry_at = now + delay
+        return delay
 
     def failing_for(self, slot: int, now: float) -> float:
         """Seconds the slot's current failure run has lasted (0 when it is not failing)."""

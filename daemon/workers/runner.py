@@ -24,6 +24,7 @@ from daemon.models.stepping import StepDispatcher
 from daemon.workers.connection import ConnectionLost, WorkerConnection
 from daemon.workers.handle import WorkerHandle
 from daemon.workers.launcher import ProcessOps
+from daemon.workers.templates import TemplateFailed
 from protocol import messages
 from protocol.frames import DEFAULT_MAX_FRAME, predict_frame_limit
 
@@ -127,13 +128,13 @@ class WorkerRunner:
         handle.oom_baseline = _oom_kills()
         try:
             # Raced against a stop: a spawn can wait long for a zygote still importing torch.
-            deps = str(mv.deps_dir) if mv.deps_dir else None
-            spawn = asyncio.ensure_future(
-                self.launcher.spawn(handle.id, str(path), handle.title, deps, handle.threads))
+            spawn = asyncio.ensure_future(self._spawn(handle, str(path)))
             try:
                 pid = await self._until(spawn, handle, timeout, "spawn")
             except StartFailure:
                 raise
+            except TemplateFailed as exc:   # the template's load failed: so does this one's
+                raise StartFailure(str(exc)) from exc
             except Exception as exc:
                 raise StartFailure(f"could not spawn a worker process: {exc}") from exc
             self.events.process_started(handle, pid)
@@ -151,6 +152,19 @@ class WorkerRunner:
         if not loaded.get("ok"):
             raise StartFailure(loaded.get("error") or "the handler failed to load")
         return conn
+
+    async def _spawn(self, handle: WorkerHandle, path: str) -> int:
+        """The worker's process: forked from its version's template (which holds the loaded
+        model) when it has one that can, else by the launcher."""
+        if handle.template is not None:
+            pid = await handle.template.fork(handle.id, path, handle.title)
+            if pid is not None:
+                handle.template_pid = handle.template.pid
+                return pid
+            if handle.stop_requested.is_set():   # the template was stopped with it
+                raise StartFailure("stopped while starting")
+        deps = str(handle.mv.deps_dir) if handle.mv.deps_dir else None
+        return await self.launcher.spawn(handle.id, path, handle.title, deps, handle.threads)
 
     async def _until(self, future: asyncio.Future, handle: WorkerHandle, timeout: float,
                      step: str):
@@ -178,20 +192,7 @@ class WorkerRunner:
         raise StartFailure(f"worker did not {step} within {timeout:g} s (startup_timeout)")
 
     def _load_message(self, handle: WorkerHandle) -> dict:
-        mv = handle.mv
-        return messages.load(model_dir=mv.model_dir, model_name=mv.name, handler=mv.handler,
-                             manifest=mv.manifest, batch_size=mv.settings.batch_size,
-                             model_yaml_config=mv.yaml_config,
-                             server_version=self.settings.server_version,
-                             max_response_size=self.settings.max_frame, threads=handle.threads,
-                             gpu_id=handle.gpu,
-                             service_envelope=self.settings.service_envelope,
-                             max_request_frame=predict_frame_limit(
-                                 mv.settings.batch_size, self.settings.max_request),
-                             mode=serving_mode(mv.settings),
-                             sequence_headers=self.settings.sequence_headers,
-                             compile_cache_dir=(str(mv.compile_cache_dir)
-                                                if mv.compile_cache_dir else None))
+        return load_message(handle.mv, self.settings, handle.threads, handle.gpu)
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:
@@ -270,20 +271,43 @@ class WorkerRunner:
 
     async def _wait_exit(self, handle: WorkerHandle, timeout: float) -> bool:
         """True once the process is gone (reported by its launcher, or seen gone/zombie)."""
-        if handle.pid is None:
-            return True
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while not handle.exited.is_set():
-            if not self.ops.alive(handle.pid) and self.launcher.reap(handle.pid):
-                return True
-            if loop.time() >= end:
-                return False
-            try:
-                await asyncio.wait_for(handle.exited.wait(), 0.05)
-            except asyncio.TimeoutError:
-                pass
+        return await wait_for_exit(handle.pid, handle.exited, self.ops, self.launcher, timeout)
+
+
+def load_message(mv: Any, settings: RunnerSettings, threads: int, gpu: int | None) -> dict:
+    """The LOAD frame of a worker of ``mv`` (or of its template: daemon/workers/templates.py)."""
+    return messages.load(model_dir=mv.model_dir, model_name=mv.name, handler=mv.handler,
+                         manifest=mv.manifest, batch_size=mv.settings.batch_size,
+                         model_yaml_config=mv.yaml_config,
+                         server_version=settings.server_version,
+                         max_response_size=settings.max_frame, threads=threads, gpu_id=gpu,
+                         service_envelope=settings.service_envelope,
+                         max_request_frame=predict_frame_limit(
+                             mv.settings.batch_size, settings.max_request),
+                         mode=serving_mode(mv.settings),
+                         sequence_headers=settings.sequence_headers,
+                         compile_cache_dir=(str(mv.compile_cache_dir)
+                                            if mv.compile_cache_dir else None))
+
+
+async def wait_for_exit(pid: int | None, exited: asyncio.Event, ops: ProcessOps, launcher: Any,
+                        timeout: float) -> bool:
+    """True once the process is gone (reported by whoever forked it, or seen gone/zombie and
+    collected: an orphan re-parented to the daemon is the daemon's to reap)."""
+    if pid is None:
         return True
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not exited.is_set():
+        if not ops.alive(pid) and launcher.reap(pid):
+            return True
+        if loop.time() >= end:
+            return False
+        try:
+            await asyncio.wait_for(exited.wait(), 0.05)
+        except asyncio.TimeoutError:
+            pass
+    return True
 
 
 def _oom_kills() -> int:

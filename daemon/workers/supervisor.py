@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,9 @@ from daemon.workers.launcher import ProcessOps
 from daemon.workers.pids import PidTable
 from daemon.gpus.placement import GpuInventory, GpuPlacement
 from daemon.workers.table_views import WorkerTableViews
+from daemon.workers.template_runner import TemplateRunner
+from daemon.workers.template_supervision import TemplateSupervision
+from daemon.workers.templates import TemplateHandle
 from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner
@@ -50,7 +54,7 @@ class SupervisorSettings:   # no default for a config key: the config's own is t
     policy: RestartPolicy = field(default_factory=RestartPolicy)
 
 
-class Supervisor(WorkerTableViews):
+class Supervisor(WorkerTableViews, TemplateSupervision):
     def __init__(self, registry: Registry, settings: SupervisorSettings,
                  launcher_factory: Callable, metrics: Any = None,
                  clock: Callable[[], float] = time.monotonic,
@@ -60,15 +64,21 @@ class Supervisor(WorkerTableViews):
         self.metrics = metrics
         self.clock = clock
         self.ops = ops or ProcessOps()
-        self.pids: PidTable[WorkerHandle] = PidTable(clock, self._process_exited)
+        self.pids: PidTable[WorkerHandle | TemplateHandle] = PidTable(clock,
+                                                                     self._process_exited)
         self.launcher = launcher_factory(self.pids.exited)
         self.runner = WorkerRunner(self.launcher, self.ops, clock, settings.runner, events=self,
                                    observer=metrics)
+        self.template_runner = TemplateRunner(self.launcher, self.ops, clock, settings.runner,
+                                              events=self, on_exit=self.pids.exited,
+                                              daemon_pid=os.getpid())
+        self.templates: dict[ModelVersion, TemplateHandle] = {}   # preloadModel's, by version
         self.workers: dict[str, WorkerHandle] = {}
         # the same handles by version: what each request's can_serve looks through
         self._by_version: dict[ModelVersion, dict[str, WorkerHandle]] = {}
         self.records: dict[ModelVersion, VersionRecord] = {}
         self._ids = itertools.count(9000)
+        self._template_ids = itertools.count(1)
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._closing = False
@@ -144,6 +154,7 @@ class Supervisor(WorkerTableViews):
         for mv in live:
             self._reconcile_version(mv)
         self.threads.rebalance(self.workers.values())   # once, before any new runner starts
+        self.stop_templates_of_gone(live)
         for mv in {*self.records, *self._by_version} - live:   # versions gone, workers too
             if not self.handles(mv):
                 self.records.pop(mv, None)
@@ -152,6 +163,7 @@ class Supervisor(WorkerTableViews):
     def _reconcile_version(self, mv: ModelVersion) -> None:
         record = self.record(mv)
         now = self.clock()
+        self.reconcile_template(mv, record)   # before any worker that would be forked from it
         for handle in self.handles(mv):
             if handle.state is S.BACKOFF and handle.retry_at <= now:
                 self._forget(handle)
@@ -183,12 +195,17 @@ class Supervisor(WorkerTableViews):
             slot = self.record(mv).open_slot({h.slot for h in self.handles(mv)},
                                              self.placement.choose(mv))
         handle = WorkerHandle(id=str(next(self._ids)), mv=mv, slot=slot,
-                              gpu=self.record(mv).slot(slot).gpu, started_at=self.clock())
+                              gpu=self.record(mv).slot(slot).gpu, started_at=self.clock(),
+                              template=self.template_for_worker(mv))
         self.workers[handle.id] = handle
         self._by_version.setdefault(mv, {})[handle.id] = handle
         handle.task = asyncio.get_running_loop().create_task(self.runner.run(handle))
         logger.info("starting worker %s for %s %s", handle.id, mv.name, mv.version)
         return handle
+
+    def next_template_id(self) -> str:
+        """t1, t2 ...: unique for the daemon's life, apart from the workers' ids."""
+        return f"t{next(self._template_ids)}"
 
     def request_stop(self, handle: WorkerHandle, timeout: float | None) -> None:
         """Ask a worker to finish its in-flight batch (within ``timeout`` s) and exit."""
@@ -223,9 +240,9 @@ class Supervisor(WorkerTableViews):
         handle.pid = pid
         self.pids.track(pid, handle)
 
-    def _process_exited(self, handle: WorkerHandle, returncode: int) -> None:
-        handle.returncode = returncode
-        handle.exited.set()
+    def _process_exited(self, owner: WorkerHandle | TemplateHandle, returncode: int) -> None:
+        owner.returncode = returncode
+        owner.exited.set()
 
     def became_ready(self, handle: WorkerHandle) -> None:
         now = self.clock()
@@ -331,7 +348,7 @@ class Supervisor(WorkerTableViews):
         handles = self.handles(mv)
         for handle in handles:
             self.request_stop(handle, timeout)
-        await self.wait_for_stopped(handles)
+        await asyncio.gather(self.wait_for_stopped(handles), self.stop_templates([mv]))
         self.records.pop(mv, None)
 
     async def close(self, timeout: float) -> None:
@@ -344,7 +361,7 @@ class Supervisor(WorkerTableViews):
         handles = list(self.workers.values())
         for handle in handles:
             self.request_stop(handle, timeout)
-        await self.wait_for_stopped(handles)
+        await asyncio.gather(self.wait_for_stopped(handles), self.stop_templates(self.templates))
         await self.launcher.close()
 
     # ---- periodic checks -----------------------------------------------------------------

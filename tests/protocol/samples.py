@@ -42,6 +42,11 @@ def _samples() -> dict[str, Any]:
         "spawn": m.spawn("9001", "/tmp/w/9001.sock", "torchd worker noop 1.0 9001", 4242),
         "spawned": m.spawned("9001", None, "OSError: fork failed"),
         "exited": m.exited(4343, -9),
+        "spawn_template": m.spawn_template("9002", "/tmp/w/t9002.sock",
+                                           "torchd template noop 1.0", 4242,
+                                           m.load("/tmp/model", "noop", "handler.py", {}, 1, {},
+                                                  "0.1.0", threads=1)),
+        "preloaded": m.preloaded(True, None, 0.5, unsafe="1 more thread"),
     }
 
 

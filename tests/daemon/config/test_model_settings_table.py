@@ -32,7 +32,7 @@ SAMPLES: dict[str, Any] = {
     "sequence_batching": True, "sequence_max_idle_ms": 23, "sequence_timeout_ms": 29,
     "max_sequence_job_queue_size": 3, "max_num_sequence": 5, "continuous_batching": True,
     "async_communication": True, "max_batches_in_flight": 6, "use_job_ticket": True,
-    "client_timeout_ms": 31, "max_retry_timeout": 37,
+    "client_timeout_ms": 31, "max_retry_timeout": 37, "preload_model": True,
 }
 GPUS = SimpleNamespace(ids=(0, 1))
 
@@ -174,7 +174,8 @@ def test_describe_shows_the_table_s_describe_settings_under_their_keys(tmp_path:
     shown = {s.key: SAMPLES[s.field] for s in MODEL_SETTINGS if s.describe}
     assert describe_entry(settings) == shown
     mm = manager(tmp_path)
-    mm.supervisor = SimpleNamespace(describe_workers=lambda mv: [])  # type: ignore[assignment]
+    mm.supervisor = SimpleNamespace(describe_workers=lambda mv: [],  # type: ignore[assignment]
+                                    describe_template=lambda mv: {})
     doc = mm.describe_version(version(settings, {}))
     assert {key: doc[key] for key in shown} == shown
     assert not {s.key for s in MODEL_SETTINGS if not s.describe} & set(doc)

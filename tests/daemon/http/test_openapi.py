@@ -231,6 +231,10 @@ def test_spec_examples_match_management_schemas(management: dict[str, Any]) -> N
     check("/models", "post", "409", {"code": 409, "type": "ConflictStatusException",
                                      "message": "Model version 1.0 is already registered for "
                                                 "model noop"})
+    preloaded = {**SPEC_DESCRIBE[0], "template": {"pid": 4240, "status": "READY",
+                                                  "memoryUsage": 310378496}}
+    preloaded["workers"] = [{**SPEC_DESCRIBE[0]["workers"][0], "template": 4240}]
+    check("/models/{model_name}", "get", "200", [preloaded])
     broken = [{**SPEC_DESCRIBE[0], "workers": [{"id": 9000}]}]
     assert not schema_validator(
         management, response_schema(management, "/models/{model_name}", "get", "200"),
