@@ -113,6 +113,8 @@ class ModelService:
                           bool(load.get("limit_max_image_pixels", True)),
                           model_yaml_config=load.get("model_yaml_config") or {},
                           sequence_headers=load.get("sequence_headers"))
+        # torchd's property: config.properties' ipex_enable (TorchServe's TS_IPEX_ENABLE)
+        context.system_properties["ipex_enable"] = bool(load.get("ipex_enable", False))
         module_name, function_name = parse_handler(load["handler"])
         module = import_handler_module(module_name)
         if function_name is None and callable(getattr(module, "handle", None)) \
@@ -147,7 +149,13 @@ class ModelService:
         instance = handler_class()
         if callable(getattr(instance, "initialize", None)):
             instance.initialize(context)
-        return cls(instance.handle, context, getattr(instance, "describe_handle", None))
+        service = cls(instance.handle, context, getattr(instance, "describe_handle", None))
+        if callable(getattr(instance, "warm_up", None)):
+            # BaseHandler's: a compiled model compiles now, inside the load's startup_timeout,
+            # not on its first clients' requests. What it records is not served traffic.
+            instance.warm_up(context)
+            service.take_metrics()
+        return service
 
     def stream_parts(self, context: Context, emit_parts: PartsSink) -> None:
         """Where the batch that ``context`` now holds sends its streamed parts."""
