@@ -1,0 +1,13 @@
+"""BaseHandler's own steps on whatever the archive holds, plus what the tests read through
+describe (GET /models/m?customized=true): the model's type and format, the torch.compile
+backend, and how many graphs dynamo has compiled in this worker."""
+from torch._dynamo.utils import counters
+
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class CompiledHandler(BaseHandler):
+    def describe_handle(self):
+        return {"model_type": type(self.model).__name__, "format": self.model_format.value,
+                "compiled_backend": self.compiled_backend,
+                "graphs": counters["stats"]["unique_graphs"]}
