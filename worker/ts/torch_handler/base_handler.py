@@ -35,6 +35,10 @@ INPUT_KEYS = ("data", "instances", "inputs")
 class BaseHandler:
     """Default handler: tensors in, lists out. Subclasses override the three steps they need."""
 
+    # Class-level defaults too: some TorchServe handlers never call BaseHandler.__init__.
+    model_format: ModelFormat | None = None
+    compiled_backend: str | None = None   # the torch.compile backend; None: not compiled
+
     def __init__(self) -> None:
         self.model: Any = None
         self.mapping: dict[str, Any] | None = None
@@ -45,9 +49,8 @@ class BaseHandler:
         self.manifest: dict[str, Any] | None = None
         self.model_pt_path: str | None = None
         self.model_yaml_config: dict[str, Any] = {}
-        self.model_format: ModelFormat | None = None
-        # The torch.compile backend the model was compiled with; None: not compiled.
-        self.compiled_backend: str | None = None
+        self.model_format = None
+        self.compiled_backend = None
         self.explain = False
         self.target = 0
         self.profiler_args: dict[str, Any] = {}
@@ -139,8 +142,8 @@ class BaseHandler:
 
     def _optimize(self, plan: CompilePlan, ipex_enable: bool) -> None:
         """torch.compile as the pt2 section says, else IPEX when ``ipex_enable`` is set."""
-        if plan.kwargs is not None and not (self.model_format and
-                                            self.model_format.is_torch_module):
+        torch_module = self.model_format is not None and self.model_format.is_torch_module
+        if plan.kwargs is not None and not torch_module:
             logger.warning("pt2 compile is for torch models: the %s model is served as it is",
                            self.model_format.value if self.model_format else "?")
             return
@@ -160,7 +163,8 @@ class BaseHandler:
         """Request bodies that ``warm_up`` runs through ``handle`` before the worker is READY:
         by default model-config.yaml's ``handler: {warmup: [<body>, ...]}``, each entry the
         JSON value of one request's body. Subclasses may return their own."""
-        config = self.model_yaml_config or getattr(self.context, "model_yaml_config", None) or {}
+        config = (getattr(self, "model_yaml_config", None)
+                  or getattr(getattr(self, "context", None), "model_yaml_config", None) or {})
         section = config.get("handler") if isinstance(config, dict) else None
         bodies = section.get("warmup") if isinstance(section, dict) else None
         if bodies is None:
@@ -199,7 +203,7 @@ class BaseHandler:
             tensors.append(tensor)
             rows.append(tensor.shape[0])
             singles.append(single)
-        self._layouts[self._micro_batch()] = (rows, singles)
+        self._batch_layouts()[self._micro_batch()] = (rows, singles)
         try:
             return torch.cat(tensors)
         except RuntimeError as exc:
@@ -227,12 +231,16 @@ class BaseHandler:
         """Split the output tensor back per request (one row or a list of rows each)."""
         if not isinstance(data, torch.Tensor):
             return data
-        counts, singles = self._layouts.get(self._micro_batch(), ([], []))
+        counts, singles = self._batch_layouts().get(self._micro_batch(), ([], []))
         if data.dim() >= 1 and counts and sum(counts) == data.shape[0]:
             parts = torch.split(data, counts)
             return [part[0].tolist() if single else part.tolist()
                     for part, single in zip(parts, singles)]
         return data.tolist()
+
+    def _batch_layouts(self) -> dict[int | None, tuple[list[int], list[bool]]]:
+        # made here as well: a subclass that skips BaseHandler.__init__ still splits outputs
+        return self.__dict__.setdefault("_layouts", {})
 
     def _micro_batch(self) -> int | None:
         """Which micro-batch this step works on when ``self.handle`` is a MicroBatching (its
