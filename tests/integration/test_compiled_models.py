@@ -156,6 +156,18 @@ def test_a_file_nothing_loads_fails_the_registration(daemon, tmp_path, name, fil
     assert cause in response.json()["message"]
 
 
+def test_the_warm_up_counts_in_the_startup_timeout(daemon, exported_mlp):
+    # A model loaded first: the spawn, which the timeout also bounds, is quick once the
+    # daemon's zygote has imported torch.
+    response = register(daemon, "plain", exported_mlp.folder / "mlp.pt", eager_class=True)
+    assert response.status_code == 200, response.text
+    unregister(daemon, "plain")
+    response = register(daemon, "slowwarm", exported_mlp.folder / "mlp.pt", eager_class=True,
+                        handler="slow_warmup.py", startup_timeout=3)
+    assert response.status_code == 500, response.text
+    assert "worker did not load within 3 s (startup_timeout)" in response.json()["message"]
+
+
 def test_micro_batching_answers_each_request_of_a_batch(daemon, exported_mlp):
     response = register(daemon, "micro", exported_mlp.folder / "mlp.pt", eager_class=True,
                         handler="micro_handler.py", batch_size=3, max_batch_delay=5000)
