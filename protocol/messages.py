@@ -63,7 +63,8 @@ def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_si
          gpu_id: int | None = None, service_envelope: str | None = None,
          max_request_frame: int = DEFAULT_MAX_FRAME, mode: str = MODE_BATCH,
          sequence_headers: dict[str, str] | None = None,
-         compile_cache_dir: str | None = None) -> dict[str, Any]:
+         compile_cache_dir: str | None = None,
+         ipex_enable: bool = False) -> dict[str, Any]:
     """``threads``: torch threads (intra- and inter-op) to set before the handler loads; 0
     leaves torch's own default. ``gpu_id``: the CUDA device ordinal the worker's model goes on
     (``context.system_properties["gpu_id"]``); None: the CPU. ``service_envelope``: the request
@@ -71,7 +72,9 @@ def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_si
     ``max_request_frame``: the largest frame the daemon may send it (``predict_frame_limit``).
     ``mode``: one of MODES. ``sequence_headers``: the names of the sequence headers (id, start,
     end) the handler's context uses (``context.header_key_sequence_id`` ...).
-    ``compile_cache_dir``: where the worker's compiler caches go (None: inductor's own choice)."""
+    ``compile_cache_dir``: where the worker's compiler caches go (None: inductor's own choice).
+    ``ipex_enable``: BaseHandler runs the model through Intel's extension (TorchServe's
+    ``ipex_enable``; ``context.system_properties["ipex_enable"]``)."""
     return {"kind": LOAD, "model_dir": model_dir, "model_name": model_name, "handler": handler,
             "manifest": manifest, "batch_size": batch_size,
             "model_yaml_config": model_yaml_config, "server_version": server_version,
@@ -79,7 +82,7 @@ def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_si
             "max_response_size": max_response_size, "threads": threads, "gpu_id": gpu_id,
             "service_envelope": service_envelope, "max_request_frame": max_request_frame,
             "mode": mode, "sequence_headers": dict(sequence_headers or SEQUENCE_HEADERS),
-            "compile_cache_dir": compile_cache_dir}
+            "compile_cache_dir": compile_cache_dir, "ipex_enable": ipex_enable}
 
 
 def loaded(ok: bool, error: str | None = None, load_seconds: float = 0.0) -> dict[str, Any]:

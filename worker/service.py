@@ -93,10 +93,12 @@ class ModelService:
     """A loaded handler: its entry point, its Context and, if it has one, describe_handle."""
 
     def __init__(self, entry: Entry, context: Context,
-                 describe_fn: Callable[[], Any] | None = None) -> None:
+                 describe_fn: Callable[[], Any] | None = None,
+                 warm_up_fn: Callable[[Context], Any] | None = None) -> None:
         self.entry = entry
         self.context = context
         self.describe_fn = describe_fn
+        self.warm_up_fn = warm_up_fn
 
     @classmethod
     def load(cls, load: dict[str, Any]) -> ModelService:
@@ -113,6 +115,8 @@ class ModelService:
                           bool(load.get("limit_max_image_pixels", True)),
                           model_yaml_config=load.get("model_yaml_config") or {},
                           sequence_headers=load.get("sequence_headers"))
+        # torchd's property: config.properties' ipex_enable (TorchServe's TS_IPEX_ENABLE)
+        context.system_properties["ipex_enable"] = bool(load.get("ipex_enable", False))
         module_name, function_name = parse_handler(load["handler"])
         module = import_handler_module(module_name)
         if function_name is None and callable(getattr(module, "handle", None)) \
@@ -147,7 +151,18 @@ class ModelService:
         instance = handler_class()
         if callable(getattr(instance, "initialize", None)):
             instance.initialize(context)
-        return cls(instance.handle, context, getattr(instance, "describe_handle", None))
+        warm_up = getattr(instance, "warm_up", None)
+        return cls(instance.handle, context, getattr(instance, "describe_handle", None),
+                   warm_up if callable(warm_up) else None)
+
+    def warm_up(self) -> None:
+        """BaseHandler's warm-up: a compiled model compiles now, in the worker (never in a
+        template: a compile starts threads, which must not cross a fork), inside the load's
+        startup_timeout, not on its first clients' requests. What it records is not served
+        traffic."""
+        if self.warm_up_fn is not None:
+            self.warm_up_fn(self.context)
+            self.take_metrics()
 
     def stream_parts(self, context: Context, emit_parts: PartsSink) -> None:
         """Where the batch that ``context`` now holds sends its streamed parts."""
@@ -240,6 +255,7 @@ def load_service(load: dict[str, Any]) -> tuple[ModelService | None, str | None,
     started = time.monotonic()
     try:
         service = take_preloaded(load) or ModelService.load(load)
+        service.warm_up()
     except (Exception, SystemExit) as exc:
         logger.exception("loading model %s failed", load.get("model_name"))
         return None, f"{type(exc).__name__}: {exc}", time.monotonic() - started

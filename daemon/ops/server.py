@@ -76,7 +76,8 @@ class DaemonCore:
                                 max_frame=config.max_response_size, server_version=VERSION,
                                 service_envelope=config.service_envelope,
                                 max_request=config.max_request_size,
-                                sequence_headers=config.sequence_headers)
+                                sequence_headers=config.sequence_headers,
+                                ipex_enable=config.ipex_enable)
         settings = SupervisorSettings(
             runner, heartbeat_interval=config.heartbeat_interval,
             autoscale_up_delay=config.autoscale_up_delay,

@@ -53,6 +53,7 @@ class RunnerSettings:
     service_envelope: str | None = None   # TorchServe's service_envelope, for every model
     max_request: int = DEFAULT_MAX_FRAME     # max_request_size: the largest body of a request
     sequence_headers: dict[str, str] | None = None   # config ts_header_key_sequence_*
+    ipex_enable: bool = False                        # config ipex_enable, for BaseHandler
 
 
 class StartFailure(Exception):
@@ -287,7 +288,8 @@ def load_message(mv: Any, settings: RunnerSettings, threads: int, gpu: int | Non
                          mode=serving_mode(mv.settings),
                          sequence_headers=settings.sequence_headers,
                          compile_cache_dir=(str(mv.compile_cache_dir)
-                                            if mv.compile_cache_dir else None))
+                                            if mv.compile_cache_dir else None),
+                         ipex_enable=settings.ipex_enable)
 
 
 async def wait_for_exit(pid: int | None, exited: asyncio.Event, ops: ProcessOps, launcher: Any,

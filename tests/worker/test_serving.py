@@ -55,7 +55,7 @@ def test_class_handler_sees_decoded_inputs_and_context(loaded, store, fmt):
     assert first["request_ids"] == {"0": "a", "1": "b"}
     assert first["system_properties"] == {
         "model_dir": str(model_dir), "gpu_id": None, "batch_size": 4, "server_name": "torchd",
-        "server_version": "0.1.0-test", "limit_max_image_pixels": True}
+        "server_version": "0.1.0-test", "limit_max_image_pixels": True, "ipex_enable": False}
     assert first["model_name"] == "echo"
     assert first["manifest_model"]["handler"] == "handler.py"
     assert first["model_yaml_config"] == {"minWorkers": 1, "handler": {"k": 2}}

@@ -8,12 +8,14 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import torch
 
+Step = TypeVar("Step", bound=Callable[..., Any])
 
-def timed(func: Callable[..., Any]) -> Callable[..., Any]:
+
+def timed(func: Step) -> Step:
     @functools.wraps(func)
     def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         if not _profiling(getattr(self, "context", None)):
@@ -25,7 +27,7 @@ def timed(func: Callable[..., Any]) -> Callable[..., Any]:
         elapsed_ms = (time.perf_counter() - started) * 1000
         self.context.metrics.add_time("ts_handler_" + func.__name__, elapsed_ms)
         return result
-    return wrapper
+    return cast(Step, wrapper)   # same signature: subclasses' overrides are still checked
 
 
 def _profiling(context: Any) -> bool:

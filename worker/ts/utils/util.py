@@ -1,6 +1,7 @@
 """Utilities TorchServe handlers import from ``ts.utils.util``."""
 from __future__ import annotations
 
+import enum
 import inspect
 import json
 import logging
@@ -9,6 +10,35 @@ from types import ModuleType
 from typing import Any
 
 logger = logging.getLogger(__name__)
+
+
+class PT2Backend(str, enum.Enum):
+    """The ``torch.compile`` backends a model-config.yaml ``pt2`` section may name (TorchServe's
+    list: a name outside it is refused with a warning, and the model stays eager)."""
+
+    EAGER = "eager"
+    AOT_EAGER = "aot_eager"
+    INDUCTOR = "inductor"
+    NVFUSER = "nvfuser"
+    AOT_NVFUSER = "aot_nvfuser"
+    AOT_CUDAGRAPHS = "aot_cudagraphs"
+    OFI = "ofi"
+    FX2TRT = "fx2trt"
+    ONNXRT = "onnxrt"
+    IPEX = "ipex"
+    TORCHXLA_TRACE_ONCE = "torchxla_trace_once"
+    OPENVINO = "openvino"
+    TENSORRT = "tensorrt"
+    HPU_BACKEND = "hpu_backend"
+
+
+def check_valid_pt2_backend(backend: Any) -> bool:
+    """True when ``backend`` is one of PT2Backend's names; else a warning and False."""
+    if backend in [member.value for member in PT2Backend]:
+        return True
+    logger.warning("%s is not a supported pt2 backend (one of %s)", backend,
+                   ", ".join(member.value for member in PT2Backend))
+    return False
 
 
 class PredictionException(Exception):
