@@ -11,16 +11,19 @@ from typing import Any
 
 from daemon.http import openapi_inference, openapi_management
 from daemon.http.openapi_builders import document
+from daemon.workflows import openapi as openapi_workflows
 
 
 def management_document(version: str) -> dict[str, Any]:
     """The management port's (8081) OpenAPI document; `version` is the server's version."""
-    return document("Register, scale, describe, list and unregister models.", version,
-                    openapi_management.paths(), openapi_management.SCHEMAS)
+    return document("Register, scale, describe, list and unregister models and workflows.",
+                    version, {**openapi_management.paths(), **openapi_workflows.management_paths()},
+                    {**openapi_management.SCHEMAS, **openapi_workflows.SCHEMAS})
 
 
 def inference_document(version: str) -> dict[str, Any]:
     """The inference port's (8080) OpenAPI document; `version` is the server's version."""
     return document("Health, predictions and explanations: TorchServe's API, KServe v1, the "
-                    "Open Inference Protocol v2 and OpenAI's completions.", version,
-                    openapi_inference.paths(), openapi_inference.SCHEMAS)
+                    "Open Inference Protocol v2 and OpenAI's completions; workflows.", version,
+                    {**openapi_inference.paths(), **openapi_workflows.inference_paths()},
+                    openapi_inference.SCHEMAS)
