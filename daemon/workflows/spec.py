@@ -128,7 +128,7 @@ def _settings(section: dict, base: NodeSettings, where: str) -> NodeSettings:
 
 def _setting(value: Any, where: str, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidWorkflow(f"{where} must be an integer, not {value!r}")
+        raise InvalidWorkflow(f"{where} must be an integer, not a {type(value).__name__}")
     if value < minimum:
         raise InvalidWorkflow(f"{where} must be at least {minimum}, not {value}")
     return value
@@ -174,8 +174,10 @@ def _edges(section: Any, label: str) -> list[tuple[str, list[str]]]:
 
 def _check_name(name: Any, where: str) -> None:
     """A node name: a plain string that can be part of a model name in a URL path."""
-    if not isinstance(name, str) or not name.strip() or "/" in name or name != name.strip():
-        raise InvalidWorkflow(f"{where}: {name!r} is not a valid node name")
+    if not isinstance(name, str):   # never its repr: an aliased list can be huge
+        raise InvalidWorkflow(f"{where}: a {type(name).__name__} is not a valid node name")
+    if not name.strip() or "/" in name or name != name.strip():
+        raise InvalidWorkflow(f"{where}: {name[:100]!r} is not a valid node name")
 
 
 def _node(name: str, urls: dict[str, str], models: dict, settings: NodeSettings,
