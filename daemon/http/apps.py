@@ -14,12 +14,12 @@ from daemon.core import Core
 from daemon.http import compat, inference
 
 from daemon.http import management
+from daemon.http import workflows as workflow_routes
 from daemon.errors import BadRequest, InvalidKey, TorchdError
 from daemon.http.common import EXCEPTION_HANDLERS, RequestContext
 from daemon.http.direct import DirectPath
 from daemon.http.openai_api import openai_prediction_routes
 from daemon.http.predict import HotRoutes, Predictor, prediction_routes
-from daemon.workflows import routes as workflow_routes
 
 
 # OIP health answers (true/false, nothing else) need no token: a Kubernetes probe or a load

@@ -2,16 +2,15 @@
 
 Each document lists exactly the endpoints of its port, with TorchServe's path parameter names
 (`model_name`, `model_version`) so clients generated from TorchServe's documents keep working.
-The path tables live in openapi_management.py and openapi_inference.py, the builders they share
-in openapi_builders.py; this module assembles the two documents.
+The path tables live in openapi_management.py, openapi_inference.py and openapi_workflows.py,
+the builders they share in openapi_builders.py; this module assembles the two documents.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from daemon.http import openapi_inference, openapi_management
+from daemon.http import openapi_inference, openapi_management, openapi_workflows
 from daemon.http.openapi_builders import document
-from daemon.workflows import openapi as openapi_workflows
 
 
 def management_document(version: str) -> dict[str, Any]:

@@ -17,7 +17,12 @@ at any moment loses nothing that was already renamed into place.
 State shape (validated lightly on read; ``register_request`` checks each entry)::
 
     {"version": 1, "created": "<iso8601>",
-     "models": {name: {"defaultVersion": v, "versions": {v: {"url": ..., "minWorkers": ...}}}}}
+     "models": {name: {"defaultVersion": v, "versions": {v: {"url": ..., "minWorkers": ...}}}},
+     "workflows": {name: {"url": ..., "nodes": {node: {"minWorkers": ...}}}}}
+
+``"workflows"`` is the workflow manager's section (``SnapshotStore.sections``,
+daemon/workflows/manager.py): the versions serving a workflow's nodes are left out of
+``"models"``, its entry brings them back.
 
 A version's settings are saved under their keys and restored as explicit values, for each
 setting daemon/config/model_settings.py marks ``snapshot``; the others are resolved again from

@@ -13,6 +13,6 @@ request's data from node to node (executor.py).
     manager.py   the workflow table: register (with rollback), unregister, describe, list,
                  snapshots both ways
     executor.py  one /wfpredict request through the DAG: fan-out, fan-in, retries, timeouts
-    routes.py    the HTTP routes (/workflows on the management port, /wfpredict on inference)
-    openapi.py   those routes in the OpenAPI documents
+
+Its HTTP routes and their OpenAPI paths are daemon/http's (workflows.py, openapi_workflows.py).
 """

@@ -1,5 +1,6 @@
-"""The workflow routes: /workflows on the management port, /wfpredict on the inference port.
-They parse and render; daemon/workflows/manager.py holds the rules."""
+"""The workflow routes (TorchServe's workflow API): /workflows on the management port,
+/wfpredict on the inference port. They parse and render; daemon/workflows/manager.py holds the
+rules."""
 from __future__ import annotations
 
 import asyncio
