@@ -84,7 +84,7 @@ SETTINGS: tuple[Setting, ...] = (
       "Directory holding model archives; names in register calls resolve here."),
     S("workflow_store", parse_optional_path, None,
       "Directory holding workflow archives (.war); names in POST /workflows resolve here.",
-      doc_default="model_store"),
+      doc_default="model store"),
     S("load_models", parse_startup_models, (),
       "Models to load at start: 'all', or name=url / url entries (comma separated in files).",
       cli="--models", multi=True, doc_default="none"),

@@ -289,7 +289,7 @@ def restore_request(name: str, entry: Any) -> WorkflowRequest:
             raise ValueError("a downloaded archive whose copy in the workflow store is not "
                              "named")
         copy = Path(entry["source"]).name
-    nodes = entry.get("nodes") or {}
+    nodes = entry.get("nodes", {})
     if not isinstance(nodes, dict):
         raise TypeError("nodes must be an object")
     return WorkflowRequest(url=str(entry["url"]), workflow_name=name,
