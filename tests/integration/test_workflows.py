@@ -169,6 +169,8 @@ def test_register_predict_scale_restart_unregister(daemon: Daemon) -> None:
     # the model nodes are models like any other; the function nodes are not listed
     assert [m for m in listed_models(daemon) if m.startswith("calc__")] == [
         "calc__double", "calc__square"]
+    openai_list = daemon.infer("GET", "/v1/models").json()["models"]
+    assert "calc__double" in openai_list and "calc__pre" not in openai_list
     square = daemon.describe("calc__square")[0]
     assert (square["modelUrl"], square["batchSize"], square["maxBatchDelay"]) == (
         "square.mar", 3, 20)
