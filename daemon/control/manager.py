@@ -347,7 +347,7 @@ class WorkersFailed(InternalServerError):
 
 def _start_failure(mv: ModelVersion, cause: str) -> InternalServerError:
     return WorkersFailed(f"Failed to start workers for model {mv.name} version: "
-                               f"{mv.version}: {cause}")
+                         f"{mv.version}: {cause}")
 
 
 def remove_compile_cache(directory: Path | None) -> None:
