@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from daemon.control.manager import ModelManager
     from daemon.models.registry import Registry
     from daemon.workers.supervisor import Supervisor
+    from daemon.workflows.manager import WorkflowManager
 
 
 class Core(Protocol):
@@ -30,6 +31,7 @@ class Core(Protocol):
     registry: Registry                        # models -> versions -> ModelVersion
     supervisor: Supervisor                    # the worker table (read: counts, readiness)
     manager: ModelManager                     # every management change goes through it
+    workflows: WorkflowManager                # the workflows (their nodes are manager's models)
     predictions: Predictions                  # where every front end starts a prediction call
     metrics: Metrics
     health: Health                            # /ping's and the readiness probes' answers

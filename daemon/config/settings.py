@@ -58,6 +58,7 @@ class Config:
     grpc_management_port: int | None
     enable_grpc_ssl: bool
     model_store: Path | None
+    workflow_store: Path | None
     load_models: tuple[str, ...]
     default_workers_per_model: int | None
     max_workers: int
@@ -124,6 +125,12 @@ class Config:
         names = {"id": self.ts_header_key_sequence_id, "start": self.ts_header_key_sequence_start,
                  "end": self.ts_header_key_sequence_end}
         return {key: (name or SEQUENCE_HEADERS[key]).lower() for key, name in names.items()}
+
+    @property
+    def effective_workflow_store(self) -> Path | None:
+        """Where workflow archives are found: workflow_store, else the model store (as
+        TorchServe)."""
+        return self.workflow_store or self.model_store
 
     @property
     def snapshot_dir(self) -> Path:
@@ -334,8 +341,9 @@ def _resolve(path: Path, cwd: Path) -> Path:
 
 def _resolve_paths(values: dict[str, Any], cwd: Path) -> None:
     """Relative paths are relative to the working directory torchd was started in."""
-    for name in ("model_store", "key_file", "log_location", "pid_file", "log_config",
-                 "private_key_file", "certificate_file", "metrics_config", "metrics_location"):
+    for name in ("model_store", "workflow_store", "key_file", "log_location", "pid_file",
+                 "log_config", "private_key_file", "certificate_file", "metrics_config",
+                 "metrics_location"):
         if values.get(name) is not None:
             values[name] = _resolve(values[name], cwd)
     if values["pid_file"] is None:

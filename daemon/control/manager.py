@@ -110,6 +110,8 @@ class ModelManager:
 
     async def _prepare_archive(self, req: RegisterRequest) -> archives.PreparedArchive:
         assert req.url is not None   # register refused a request without one
+        if req.prepared is not None:   # a workflow's function node: the workflow's directory
+            return req.prepared
         if req.downloaded_copy is None:
             return await asyncio.to_thread(
                 archives.prepare_archive, req.url, model_store=self._model_store(),
@@ -163,7 +165,8 @@ class ModelManager:
                             runtime=req.runtime or prepared.manifest.get("runtime", "python"),
                             archive=prepared, settings=settings, queue=queue,
                             loaded_at_startup=req.loaded_at_startup,
-                            compile_cache_dir=self._compile_cache_dir())
+                            compile_cache_dir=self._compile_cache_dir(),
+                            workflow=req.workflow, listed=req.listed)
 
     def _settings(self, req: RegisterRequest, yaml_config: dict, name: str,
                   version: str) -> ModelSettings:
@@ -315,7 +318,7 @@ class ModelManager:
     def list_models(self, limit: int, offset: int) -> dict[str, Any]:
         limit = 100 if limit > 100 or limit < 0 else limit
         offset = max(0, offset)
-        defaults = self.registry.defaults()
+        defaults = [mv for mv in self.registry.defaults() if mv.listed]
         page = defaults[offset: offset + limit]
         body: dict[str, Any] = {}
         if offset + limit <= len(defaults):
@@ -339,9 +342,13 @@ def _disposable(req: RegisterRequest, prepared: archives.PreparedArchive,
     return dataclasses.replace(prepared, downloaded=False)
 
 
+class WorkersFailed(InternalServerError):
+    """A registration's workers could not start (the version is unregistered again)."""
+
+
 def _start_failure(mv: ModelVersion, cause: str) -> InternalServerError:
-    return InternalServerError(f"Failed to start workers for model {mv.name} version: "
-                               f"{mv.version}: {cause}")
+    return WorkersFailed(f"Failed to start workers for model {mv.name} version: "
+                         f"{mv.version}: {cause}")
 
 
 def remove_compile_cache(directory: Path | None) -> None:

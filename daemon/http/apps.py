@@ -14,6 +14,7 @@ from daemon.core import Core
 from daemon.http import compat, inference
 
 from daemon.http import management
+from daemon.http import workflows as workflow_routes
 from daemon.errors import BadRequest, InvalidKey, TorchdError
 from daemon.http.common import EXCEPTION_HANDLERS, RequestContext
 from daemon.http.direct import DirectPath
@@ -34,6 +35,7 @@ def _state(app: Starlette, core: Core, **extra: Any) -> None:
     app.state.registry = core.registry
     app.state.supervisor = core.supervisor
     app.state.manager = core.manager
+    app.state.workflows = core.workflows
     app.state.metrics = core.metrics
     app.state.health = core.health
     app.state.tokens = core.tokens
@@ -78,7 +80,7 @@ async def rotate_token(request: Request) -> Response:
 
 
 def build_management_app(core: Core) -> RequestContext:
-    routes = [*management.ROUTES, *compat.MANAGEMENT_ROUTES,
+    routes = [*management.ROUTES, *compat.MANAGEMENT_ROUTES, *workflow_routes.MANAGEMENT_ROUTES,
               Route("/token", rotate_token, methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
@@ -90,7 +92,8 @@ def build_inference_app(core: Core) -> RequestContext:
     predictor = Predictor(core.predictions, core.config.max_request_size)
     hot = [*prediction_routes(predictor), *compat.compat_prediction_routes(predictor),
            *openai_prediction_routes(predictor)]
-    app = Starlette(routes=[*inference.ROUTES, *compat.ROUTES, *hot],
+    app = Starlette(routes=[*inference.ROUTES, *compat.ROUTES, *workflow_routes.INFERENCE_ROUTES,
+                            *hot],
                     exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
     _state(app, core, api_document=core.documents["inference"])

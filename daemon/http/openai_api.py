@@ -136,8 +136,9 @@ def openai_prediction_routes(predictor: Predictor) -> list[Route]:
 
 def model_list(registry: Registry) -> dict[str, Any]:
     """Every model (its default version), as OpenAI's list and as KServe v1's: both APIs
-    list models at ``GET /v1/models``, OpenAI's clients read ``data``, KServe's ``models``."""
-    defaults = registry.defaults()
+    list models at ``GET /v1/models``, OpenAI's clients read ``data``, KServe's ``models``.
+    A workflow's function nodes are left out, as GET /models leaves them out."""
+    defaults = [mv for mv in registry.defaults() if mv.listed]
     return {
         "object": "list",
         "data": [{"id": mv.name, "object": "model", "created": int(mv.registered_at),

@@ -2,25 +2,27 @@
 
 Each document lists exactly the endpoints of its port, with TorchServe's path parameter names
 (`model_name`, `model_version`) so clients generated from TorchServe's documents keep working.
-The path tables live in openapi_management.py and openapi_inference.py, the builders they share
-in openapi_builders.py; this module assembles the two documents.
+The path tables live in openapi_management.py, openapi_inference.py and openapi_workflows.py,
+the builders they share in openapi_builders.py; this module assembles the two documents.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from daemon.http import openapi_inference, openapi_management
+from daemon.http import openapi_inference, openapi_management, openapi_workflows
 from daemon.http.openapi_builders import document
 
 
 def management_document(version: str) -> dict[str, Any]:
     """The management port's (8081) OpenAPI document; `version` is the server's version."""
-    return document("Register, scale, describe, list and unregister models.", version,
-                    openapi_management.paths(), openapi_management.SCHEMAS)
+    return document("Register, scale, describe, list and unregister models and workflows.",
+                    version, {**openapi_management.paths(), **openapi_workflows.management_paths()},
+                    {**openapi_management.SCHEMAS, **openapi_workflows.SCHEMAS})
 
 
 def inference_document(version: str) -> dict[str, Any]:
     """The inference port's (8080) OpenAPI document; `version` is the server's version."""
     return document("Health, predictions and explanations: TorchServe's API, KServe v1, the "
-                    "Open Inference Protocol v2 and OpenAI's completions.", version,
-                    openapi_inference.paths(), openapi_inference.SCHEMAS)
+                    "Open Inference Protocol v2 and OpenAI's completions; workflows.", version,
+                    {**openapi_inference.paths(), **openapi_workflows.inference_paths()},
+                    openapi_inference.SCHEMAS)

@@ -29,6 +29,11 @@ class ModelVersion:
     compile_cache_dir: Path | None = None  # its workers' shared compiler caches (None: inherited)
     # when it was registered (Unix time): OpenAI's model list shows it as ``created``
     registered_at: float = field(default_factory=time.time)
+    # The workflow this version is a node of (daemon/workflows/): the workflow's snapshot entry
+    # holds it, not the models' one.
+    workflow: str | None = None
+    # False for a workflow's function node: GET /models leaves it out, as TorchServe does.
+    listed: bool = True
 
     @property
     def key(self) -> tuple[str, str]:

@@ -3,6 +3,7 @@ models, or a snapshot being restored)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -26,3 +27,10 @@ class RegisterRequest:
     # Restoring a snapshot: the model-store file ``url`` was once downloaded to. The archive
     # is read from there (never fetched again) and stays ours to delete on unregister.
     downloaded_copy: str | None = None
+    # A workflow's node (daemon/workflows/): the workflow's name, whether GET /models lists it,
+    # and, for a function node, the archive it runs from (the workflow's own extracted
+    # directory, a daemon.models.archives.PreparedArchive): ``url`` is then neither read nor
+    # fetched.
+    workflow: str | None = None
+    listed: bool = True
+    prepared: Any = None

@@ -17,7 +17,12 @@ at any moment loses nothing that was already renamed into place.
 State shape (validated lightly on read; ``register_request`` checks each entry)::
 
     {"version": 1, "created": "<iso8601>",
-     "models": {name: {"defaultVersion": v, "versions": {v: {"url": ..., "minWorkers": ...}}}}}
+     "models": {name: {"defaultVersion": v, "versions": {v: {"url": ..., "minWorkers": ...}}}},
+     "workflows": {name: {"url": ..., "nodes": {node: {"minWorkers": ...}}}}}
+
+``"workflows"`` is the workflow manager's section (``SnapshotStore.sections``,
+daemon/workflows/manager.py): the versions serving a workflow's nodes are left out of
+``"models"``, its entry brings them back.
 
 A version's settings are saved under their keys and restored as explicit values, for each
 setting daemon/config/model_settings.py marks ``snapshot``; the others are resolved again from
@@ -34,6 +39,7 @@ import re
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,6 +78,9 @@ class SnapshotStore:
         self.snapshot_dir = Path(snapshot_dir)
         self.keep = keep
         self.enabled = enabled   # False: save writes nothing (Config.write_snapshots)
+        # Further top-level keys of the state, each captured by its owner with the models
+        # (``"workflows"``: daemon/workflows/); a reader of the state takes its own key.
+        self.sections: dict[str, Callable[[], Any]] = {}
         # Capture and write under one lock: two saves in flight could otherwise land in the
         # opposite order and leave the older state as the newest file.
         self._lock = asyncio.Lock()
@@ -83,6 +92,7 @@ class SnapshotStore:
             return None
         async with self._lock:
             state = capture(registry)
+            state.update({key: section() for key, section in self.sections.items()})
             return await asyncio.to_thread(save_snapshot, self.snapshot_dir, state,
                                            keep=self.keep)
 
@@ -94,9 +104,12 @@ class SnapshotStore:
 # ---- the schema: a Registry captured, a state turned back into registrations -----------------
 
 def capture(registry: Registry) -> dict[str, Any]:
-    """Every registered version and each model's default version, as a snapshot holds them."""
+    """Every registered version and each model's default version, as a snapshot holds them.
+    A workflow's nodes are left out: the workflow's own entry brings them back."""
     models: dict[str, dict[str, Any]] = {}
     for mv in registry.all_versions():
+        if mv.workflow is not None:
+            continue
         model = models.setdefault(mv.name, {
             "defaultVersion": registry.model(mv.name).default_version, "versions": {}})
         model["versions"][mv.version] = _version_entry(mv)

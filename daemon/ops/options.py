@@ -15,7 +15,7 @@ START_WAIT = 60.0  # seconds `start` waits for the management listener
 # Extra spellings TorchServe accepts for a setting.
 _ALIASES = {"ncs": ["--no-config-snapshots"]}
 # TorchServe options torchd accepts and ignores (one value each).
-IGNORED_OPTIONS = ("--workflow-store", "--plugins-path", "--cpp-log-config")
+IGNORED_OPTIONS = ("--plugins-path", "--cpp-log-config")
 
 
 def build_parser(modes: bool = True) -> argparse.ArgumentParser:

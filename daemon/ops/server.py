@@ -43,12 +43,14 @@ from daemon.models.snapshots import SnapshotStore
 from daemon.ops.startup import load_model_snapshot
 from daemon.osutil import pid_gone, usable_cpus
 from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
-from daemon.ops.startup import StartupError, load_startup_models, restore_snapshot
+from daemon.ops.startup import (StartupError, load_startup_models, restore_snapshot,
+                                restore_workflows)
 from daemon.workers.readiness import Health
 from daemon.workers.runner import RunnerSettings
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
 from daemon.ops.systemd import Notifier
 from daemon.control.tokens import TokenStore
+from daemon.workflows.manager import WorkflowManager
 
 if TYPE_CHECKING:
     from daemon.rpc.server import RpcListeners
@@ -91,6 +93,8 @@ class DaemonCore:
         self.health = Health(self.registry, self.supervisor)
         self.predictions = Predictions(self.registry, self.supervisor, self.metrics,
                                        config.sequence_headers)
+        self.workflows = WorkflowManager(config, self.registry, self.manager, self.predictions,
+                                         self.snapshots, self.runtime_dir / "workflows")
         self.tokens = TokenStore(config.key_file, config.token_auth_enabled)
         self.documents = {"management": openapi.management_document(VERSION),
                           "inference": openapi.inference_document(VERSION)}
@@ -126,7 +130,9 @@ class DaemonCore:
             return
         if not self.config.ncs:
             self.notifier.status(f"restoring the newest snapshot in {self.config.snapshot_dir}")
-            await self._start_restored(await restore_snapshot(self.snapshots, self.manager))
+            restored = await restore_snapshot(self.snapshots, self.manager)
+            restored += await restore_workflows(self.snapshots, self.workflows)
+            await self._start_restored(restored)
         failed = await load_startup_models(self.config, self.manager, self._loading)
         if failed:
             logger.error("%d startup model(s) failed to load; serving the others, not ready "

@@ -17,6 +17,7 @@ from daemon.models.model_config import ConfigRefused
 from daemon.models.registry import ModelVersion
 from daemon.models.requests import RegisterRequest
 from daemon.models.snapshots import SnapshotError, SnapshotStore
+from daemon.workflows.manager import SNAPSHOT_KEY, WorkflowManager
 
 logger = logging.getLogger(__name__)
 MIN_WORKERS = BY_FIELD["min_workers"]
@@ -54,6 +55,36 @@ async def restore_snapshot(store: SnapshotStore, manager: ModelManager) -> int:
             count += 1
         if model.default_version:
             manager.registry.set_default(model.name, model.default_version)
+    return count
+
+
+async def restore_workflows(store: SnapshotStore, workflows: WorkflowManager) -> int:
+    """Re-register every workflow of the newest snapshot, after its models (restore_snapshot):
+    each node as it was saved; returns how many node versions. All or nothing, as for models:
+    a workflow that cannot be restored stops the start with a StartupError naming it."""
+    try:
+        found = store.load_latest()
+    except SnapshotError as exc:   # restore_snapshot read the same file a moment ago
+        raise StartupError(str(exc)) from exc
+    if found is None:
+        return 0
+    path, state = found
+    saved = state.get(SNAPSHOT_KEY) or {}
+    if not isinstance(saved, dict):
+        raise StartupError(f"snapshot {path}: {SNAPSHOT_KEY} must be an object; repair or "
+                           "remove that file, or start with --ncs")
+    count = 0
+    for name, entry in saved.items():
+        try:
+            await workflows.restore(name, entry)
+        except (TorchdError, KeyError, TypeError, ValueError) as exc:
+            reason = exc.message if isinstance(exc, TorchdError) else f"bad entry ({exc!r})"
+            raise StartupError(f"snapshot {path}: cannot restore workflow {name}: {reason}; "
+                               "put its archives back, or remove the workflow from that file, "
+                               "or start with --ncs") from exc
+        count += len(workflows.get(name).models)
+    if saved:
+        logger.info("restored %d workflow(s) from snapshot %s", len(saved), path)
     return count
 
 

@@ -25,6 +25,7 @@ DAEMON_TIERS = (
     ("daemon.ops",),
     ("daemon.http", "daemon.rpc"),
     ("daemon.core",),
+    ("daemon.workflows",),
     ("daemon.control",),
     ("daemon.workers",),
     ("daemon.gpus",),

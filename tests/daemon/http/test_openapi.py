@@ -24,6 +24,8 @@ MANAGEMENT_ENDPOINTS = {
     ("put", "/models/{model_name}/{model_version}/set-default"),
     ("get", "/token"),
     ("get", "/v1/models/{model_name}"),   # KServe v1 readiness: TorchServe answers it here
+    ("get", "/workflows"), ("post", "/workflows"),
+    ("get", "/workflows/{workflow_name}"), ("delete", "/workflows/{workflow_name}"),
 }
 
 INFERENCE_ENDPOINTS = {
@@ -47,6 +49,9 @@ INFERENCE_ENDPOINTS = {
     ("post", "/v2/models/{model_name}/explain"),
     ("post", "/v2/models/{model_name}/versions/{model_version}/explain"),
     ("post", "/v1/completions"), ("post", "/v1/chat/completions"),
+    # TorchServe's /wfpredict takes any method too
+    *{(method, "/wfpredict/{workflow_name}")
+      for method in ("get", "post", "put", "patch", "delete")},
 }
 
 # Statuses SPEC 1 and 2 give for each endpoint (the documents may list more, e.g. 401).
@@ -62,6 +67,10 @@ MANAGEMENT_STATUSES = {
     ("put", "/models/{model_name}/{model_version}/set-default"): {"200", "404"},
     ("get", "/token"): {"200", "400", "401"},
     ("get", "/v1/models/{model_name}"): {"200", "404"},
+    ("get", "/workflows"): {"200"},
+    ("post", "/workflows"): {"200", "400", "404", "405", "409", "500"},
+    ("get", "/workflows/{workflow_name}"): {"200", "404"},
+    ("delete", "/workflows/{workflow_name}"): {"200", "404", "405"},
 }
 PREDICTION_STATUSES = {"200", "404", "413", "500", "503", "504", "507", "default"}
 INFERENCE_STATUSES = {
@@ -79,6 +88,8 @@ INFERENCE_STATUSES = {
     ("get", "/v2/models/{model_name}"): {"200", "404"},
     ("post", "/v1/completions"): {"200", "400", "404", "413", "503", "504", "default"},
     ("post", "/v1/chat/completions"): {"200", "400", "404", "413", "503", "504", "default"},
+    **{(method, "/wfpredict/{workflow_name}"): {"200", "404", "500"}
+       for method in ("get", "post", "put", "patch", "delete")},
 }
 
 # (path, method) -> {query parameter: (type, default or None)} from SPEC 1.1/1.3/1.4/1.5/1.6.
@@ -101,6 +112,11 @@ QUERY_PARAMETERS = {
     ("/models/{model_name}", "get"): DESCRIBE,
     ("/models/{model_name}/{model_version}", "get"): DESCRIBE,
     ("/token", "get"): {"type": ("string", None)},
+    ("/workflows", "get"): {"limit": ("integer", 100), "next_page_token": ("integer", 0)},
+    ("/workflows", "post"): {
+        "url": ("string", None), "workflow_name": ("string", None),
+        "response_timeout": ("integer", None), "startup_timeout": ("integer", None),
+        "s3_sse_kms": ("boolean", False)},
 }
 
 
@@ -157,7 +173,7 @@ def test_inference_endpoints_are_exactly_spec_2(inference: dict[str, Any]) -> No
 def test_path_templates_use_torchserve_names(build) -> None:
     for method, path, item, op in operations(build("1")):
         names = set(re.findall(r"{([^}]*)}", path))
-        assert names <= {"model_name", "model_version", "path"}, path
+        assert names <= {"model_name", "model_version", "path", "workflow_name"}, path
         assert "path" not in names or path.endswith("/{path}"), path
         assert set(parameters(item, op, "path")) == names, (method, path)
 
@@ -323,3 +339,21 @@ def test_url_path_routes_name_their_path_parameter(inference: dict[str, Any]) ->
         assert path["in"] == "path" and path["required"] is True
         assert "url_path" in path["description"]
         assert "url_path" in item["post"]["summary"]
+
+
+def test_workflow_examples_match_schemas(management: dict[str, Any]) -> None:
+    """TorchServe's documented workflow answers (docs/workflow_management_api.md)."""
+    def valid(path: str, method: str, code: str, instance: Any) -> bool:
+        schema = response_schema(management, path, method, code)
+        return schema_validator(management, schema).is_valid(instance)
+
+    assert valid("/workflows/{workflow_name}", "get", "200", [{
+        "workflowName": "myworkflow", "workflowUrl": "myworkflow.war", "minWorkers": 1,
+        "maxWorkers": 1, "batchSize": 8, "maxBatchDelay": 5000,
+        "workflowDag": "{preprocessing=[m1], m1=[postprocessing]}"}])
+    assert valid("/workflows", "get", "200", {"nextPageToken": "4", "workflows": [
+        {"workflowName": "myworkflow1", "workflowUrl": "myworkflow1.war"}]})
+    assert not valid("/workflows", "get", "200", {"models": []})
+    assert valid("/workflows", "post", "500", {
+        "code": 500, "type": "WorkflowException",
+        "message": "Workflow w has failed to register. Failures: [...]"})
