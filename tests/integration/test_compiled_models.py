@@ -8,6 +8,8 @@ its AOTInductor files build in the background while the first tests run."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -19,6 +21,7 @@ import torch
 
 from tests.support.archives import MODELS, build_archive
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 EAGER_CLASS = MODELS / "mlp_eager" / "model.py"
@@ -91,7 +94,22 @@ def test_inductor_compiles_before_ready_and_answers_as_eager(daemon, exported_ml
     log = daemon.log()
     assert "model compiled with torch.compile(backend=inductor) (from pt2.compile)" in log
     assert "warm-up: 2 request(s) alone and as one batch" in log
+    # One compile per model version: the version's own cache, in the daemon's runtime dir...
+    cache = Path(before["inductor_cache"])
+    assert cache.is_dir() and any(cache.iterdir()) and "torchd-run-" in str(cache)
+    assert before["fx_cache"]["miss"] > 0
+    # ... which a restarted worker loads instead of compiling again
+    [worker] = daemon.workers("inductor")
+    os.kill(worker["pid"], signal.SIGKILL)
+    wait_until(lambda: [w for w in daemon.workers("inductor")
+                        if w["status"] == "READY" and w["pid"] != worker["pid"]], 120, 0.2,
+               "the killed worker's replacement READY")
+    after = described(daemon, "inductor")
+    assert after["inductor_cache"] == str(cache) and after["graphs"] == 2
+    assert after["fx_cache"] == {"hit": 2, "miss": 0}, after
+    assert_answers_as_eager(daemon, "inductor", exported_mlp.expected())
     unregister(daemon, "inductor")
+    assert not cache.exists()   # the version's cache leaves with it
 
 
 def test_deprecated_string_form_compiles_with_a_warning(daemon, exported_mlp):
