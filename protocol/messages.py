@@ -193,9 +193,15 @@ def shutdown() -> dict[str, Any]:
     return {"kind": SHUTDOWN}
 
 
-def spawn(worker_id: str, socket_path: str, title: str, daemon_pid: int) -> dict[str, Any]:
-    return {"kind": SPAWN, "worker_id": worker_id, "socket_path": socket_path, "title": title,
-            "daemon_pid": daemon_pid}
+def spawn(worker_id: str, socket_path: str, title: str, daemon_pid: int,
+          compiler: bool = False) -> dict[str, Any]:
+    """``compiler``: the child's model compiles (model-config.yaml ``pt2``): the zygote imports
+    torch's compiler before it forks, once, so this child and every later one inherit it."""
+    message = {"kind": SPAWN, "worker_id": worker_id, "socket_path": socket_path,
+               "title": title, "daemon_pid": daemon_pid}
+    if compiler:
+        message["compiler"] = True
+    return message
 
 
 def spawned(worker_id: str, pid: int | None, error: str | None = None) -> dict[str, Any]:
@@ -210,7 +216,22 @@ def spawn_template(template_id: str, socket_path: str, title: str, daemon_pid: i
                    load: dict[str, Any]) -> dict[str, Any]:
     """Asks the zygote to fork a model version's template, which runs ``load`` (a LOAD
     message) once and then forks that version's workers."""
-    return {**spawn(template_id, socket_path, title, daemon_pid), "preload": load}
+    compiler = compiles(load.get("model_yaml_config") or {})
+    return {**spawn(template_id, socket_path, title, daemon_pid, compiler), "preload": load}
+
+
+def compiles(model_yaml_config: dict[str, Any]) -> bool:
+    """Whether a model-config.yaml asks BaseHandler for torch.compile (``pt2`` in one of the
+    forms TorchServe 0.12 reads: a backend name, ``compile: {enable: true}``, or the older
+    dict of torch.compile's arguments; ``export`` compiles nothing)."""
+    pt2 = model_yaml_config.get("pt2") if isinstance(model_yaml_config, dict) else None
+    if isinstance(pt2, str):
+        return bool(pt2)
+    if not isinstance(pt2, dict):
+        return False
+    if "compile" in pt2:
+        return isinstance(pt2["compile"], dict) and pt2["compile"].get("enable") is True
+    return "export" not in pt2
 
 
 def preloaded(ok: bool, error: str | None = None, load_seconds: float = 0.0,

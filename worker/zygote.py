@@ -15,6 +15,7 @@ import os
 import selectors
 import signal
 import socket
+import sys
 import time
 from typing import Any
 
@@ -52,6 +53,28 @@ WARM_MODULES = (
     "worker.ts.torch_handler.base_handler",
     "worker.ts.utils.util",
 )
+
+
+# torch's compiler, imported on the first SPAWN of a model that compiles (model-config.yaml
+# pt2): 5-10 s of imports that its later workers (scale-ups, restarts) then do not pay. Importing
+# them runs no torch op and starts no thread, so the zygote stays safe to fork from.
+COMPILER_MODULES = ("torch._dynamo", "torch._inductor.compile_fx")
+
+
+def import_compiler() -> None:
+    missing = [name for name in COMPILER_MODULES if name not in sys.modules]
+    if not missing:
+        return
+    started = time.monotonic()
+    for name in missing:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:   # the worker's own import will say it, where it matters
+            logger.warning("zygote could not import %s: %s", name, exc)
+            return
+    gc.freeze()   # as warm_up: these objects now live in every child
+    logger.info("torch's compiler imported in %.2f s, for the models that compile",
+                time.monotonic() - started)
 
 
 def warm_up() -> float:
@@ -140,6 +163,8 @@ class Zygote:
     def _spawn(self, message: dict[str, Any]) -> None:
         worker_id = str(message.get("worker_id"))
         what = "worker" if message.get("preload") is None else "template"
+        if message.get("compiler"):
+            import_compiler()
         try:
             pid = os.fork()
         except OSError as exc:

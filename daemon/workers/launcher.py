@@ -95,7 +95,9 @@ class ExecLauncher:
         return None
 
     async def spawn(self, worker_id: str, socket_path: str, title: str,
-                    python_path: str | None = None, threads: int = 0) -> int:
+                    python_path: str | None = None, threads: int = 0,
+                    compiler: bool = False) -> int:
+        """``compiler`` is the zygote's business: an exec-spawned worker imports on its own."""
         extra = ["--python-path", python_path] if python_path else []
         if threads > 0:
             extra += ["--threads", str(threads)]
@@ -221,9 +223,12 @@ class ZygoteLauncher:
             self.on_exit(message["pid"], message["returncode"])
 
     async def spawn(self, worker_id: str, socket_path: str, title: str,
-                    python_path: str | None = None, threads: int = 0) -> int:
+                    python_path: str | None = None, threads: int = 0,
+                    compiler: bool = False) -> int:
         """``threads`` matters to an exec-spawned worker only: a forked one sets torch's
-        threads itself from its LOAD frame (its OpenMP runtime was loaded by the zygote)."""
+        threads itself from its LOAD frame (its OpenMP runtime was loaded by the zygote).
+        ``compiler``: the worker's model compiles, so the zygote imports torch's compiler
+        first (messages.spawn)."""
         if python_path:
             # its own packages must be imported before anything the zygote already holds
             return await self.fallback.spawn(worker_id, socket_path, title, python_path,
@@ -235,7 +240,7 @@ class ZygoteLauncher:
         if self._writer is None:
             return await self.fallback.spawn(worker_id, socket_path, title, None, threads)
         return await self._fork(worker_id, messages.spawn(worker_id, socket_path, title,
-                                                          self.daemon_pid))
+                                                          self.daemon_pid, compiler))
 
     async def spawn_template(self, template_id: str, socket_path: str, title: str,
                              load: dict) -> int | None:

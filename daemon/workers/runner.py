@@ -165,6 +165,9 @@ class WorkerRunner:
             if handle.stop_requested.is_set():   # the template was stopped with it
                 raise StartFailure("stopped while starting")
         deps = str(handle.mv.deps_dir) if handle.mv.deps_dir else None
+        if messages.compiles(handle.mv.yaml_config):
+            return await self.launcher.spawn(handle.id, path, handle.title, deps,
+                                             handle.threads, compiler=True)
         return await self.launcher.spawn(handle.id, path, handle.title, deps, handle.threads)
 
     async def _until(self, future: asyncio.Future, handle: WorkerHandle, timeout: float,
