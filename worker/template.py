@@ -95,7 +95,11 @@ class TemplateProcess:
         logger.info("model %s loaded in %.3f s; forking its workers from pid %d",
                     self.load.get("model_name"), seconds, os.getpid())
         send_frame(sock, messages.preloaded(True, None, seconds))
-        return self.serve(sock)
+        code = self.serve(sock)
+        # The daemon stops a template after its workers: collect those that exited meanwhile,
+        # or they would stay zombies, re-parented to a daemon that has already seen them go.
+        reap_exited_children()
+        return code
 
     def _settle(self, service: ModelService) -> None:
         """Make what the load left behind the workers' inheritance, once."""
@@ -107,6 +111,16 @@ class TemplateProcess:
         # copying) their pages, as the zygote does for its imports.
         gc.collect()
         gc.freeze()
+
+
+def reap_exited_children() -> None:
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
 
 
 def run_template(socket_path: str, template_id: str, title: str, load: dict[str, Any],

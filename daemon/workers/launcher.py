@@ -119,6 +119,9 @@ class ExecLauncher:
         """Nothing to do: asyncio's child watcher reaps the processes it started."""
         return True
 
+    def reap_orphans(self) -> None:
+        """Exec-spawned workers are the asyncio watchers' to collect."""
+
     def owns(self, pid: int) -> bool:
         return pid in self._pids
 
@@ -260,6 +263,21 @@ class ZygoteLauncher:
         write_frame(self._writer, spawn)
         await self._writer.drain()
         return await asyncio.wait_for(future, ZYGOTE_START_TIMEOUT)
+
+    def reap_orphans(self) -> None:
+        """Collect exited processes re-parented to the daemon (their subreaper) that nobody
+        waits for: a template's workers that exited after it, a dead zygote's. The zygote and
+        exec-spawned workers are left to the asyncio watchers that wait for them."""
+        try:
+            children = psutil.Process().children()
+        except psutil.Error:
+            return
+        for child in children:
+            if child.pid == self.pid or self.fallback.owns(child.pid):
+                continue
+            with contextlib.suppress(psutil.Error, ChildProcessError):
+                if child.status() == psutil.STATUS_ZOMBIE:
+                    os.waitpid(child.pid, os.WNOHANG)
 
     def reap(self, pid: int) -> bool:
         """Collect a worker orphaned by a dead zygote (the daemon is their subreaper).

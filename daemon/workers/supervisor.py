@@ -232,6 +232,9 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
             self.pids.forget(handle.pid)
         if self.metrics is not None:
             self.metrics.forget_worker(handle.mv.name, handle.mv.version, handle.id)
+        if handle.mv in self.templates and handle.mv in self.records:
+            # a template that waited for its version's last worker to go stops now
+            self.reconcile_template(handle.mv, self.records[handle.mv])
         self.notify_changed()
 
     # ---- events from the runners (WorkerEvents) and the launcher -------------------------
@@ -348,7 +351,9 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
         handles = self.handles(mv)
         for handle in handles:
             self.request_stop(handle, timeout)
-        await asyncio.gather(self.wait_for_stopped(handles), self.stop_templates([mv]))
+        # the template after its workers: it collects them as they exit (worker/template.py)
+        await self.wait_for_stopped(handles)
+        await self.stop_templates([mv])
         self.records.pop(mv, None)
 
     async def close(self, timeout: float) -> None:
@@ -361,7 +366,8 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
         handles = list(self.workers.values())
         for handle in handles:
             self.request_stop(handle, timeout)
-        await asyncio.gather(self.wait_for_stopped(handles), self.stop_templates(self.templates))
+        await self.wait_for_stopped(handles)
+        await self.stop_templates(self.templates)
         await self.launcher.close()
 
     # ---- periodic checks -----------------------------------------------------------------
@@ -390,3 +396,4 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
             self.runner.kill(handle, "hung: missed its heartbeat")
         for handle in over_memory_limit(ready, self.ops.rss, self.metrics):
             self.served_enough(handle)
+        self.launcher.reap_orphans()

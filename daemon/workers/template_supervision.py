@@ -52,6 +52,9 @@ class TemplateSupervision(abc.ABC):
     @abc.abstractmethod
     def next_template_id(self) -> str: ...
 
+    @abc.abstractmethod
+    def handles(self, mv: ModelVersion) -> list[Any]: ...
+
     # ---- decisions -----------------------------------------------------------------------
 
     def preloads(self, mv: ModelVersion) -> bool:
@@ -76,7 +79,8 @@ class TemplateSupervision(abc.ABC):
         if template is None:
             if wanted and self.clock() >= record.template_retry_at:
                 self.start_template(mv)
-        elif not wanted:
+        elif not wanted and not self.handles(mv):
+            # after the version's last worker is gone: the template collects its workers
             self.stop_template(template)
 
     def template_for_worker(self, mv: ModelVersion) -> TemplateHandle | None:

@@ -138,10 +138,21 @@ def scale(d: Daemon, name: str, workers: int) -> None:
 
 
 def unregister_leaves_nothing(d: Daemon, name: str, pids: set[int]) -> None:
+    """Every process gone and collected: not even a zombie is left (a worker that exits as its
+    template stops would be re-parented to the daemon as one, if the template did not reap)."""
     assert d.unregister(name).status_code == 200
-    wait_until(lambda: all(pid_gone(pid) for pid in pids), 10,
-               what=lambda: f"{name}'s processes gone: {[p for p in pids if not pid_gone(p)]}")
+    wait_until(lambda: not [pid for pid in pids if psutil.pid_exists(pid)], 10,
+               what=lambda: f"{name}'s processes gone and reaped: "
+                            f"{[(p, status(p)) for p in pids if psutil.pid_exists(p)]}")
     assert template_pids(d, name) == []
+
+
+def status(pid: int) -> str:
+    try:
+        proc = psutil.Process(pid)
+        return f"{proc.status()}, child of {proc.ppid()}"
+    except psutil.NoSuchProcess:
+        return "gone"
 
 
 # ---- sharing -------------------------------------------------------------------------------

@@ -137,6 +137,9 @@ class FakeLauncher:
         worker.task = asyncio.get_running_loop().create_task(worker.run())
         return worker.pid
 
+    def reap_orphans(self) -> None:
+        """Fake processes leave no zombies."""
+
     def reap(self, pid: int) -> bool:
         return True
 
