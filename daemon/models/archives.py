@@ -152,7 +152,7 @@ def read_manifest(model_dir: Path, label: str) -> dict:
         raise InvalidModel(f"Model archive {label} has no {MANIFEST_PATH}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (OSError, ValueError, RecursionError) as exc:  # Unicode/JSONDecodeError: ValueErrors
         raise InvalidModel(f"{MANIFEST_PATH} in {label} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
         raise InvalidModel(f"{MANIFEST_PATH} in {label} has no \"model\" object")
