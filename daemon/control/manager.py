@@ -114,12 +114,14 @@ class ModelManager:
             return await asyncio.to_thread(
                 archives.prepare_archive, req.url, model_store=self._model_store(),
                 extract_root=self.extract_root,
-                allowed_urls=list(self.config.effective_allowed_urls), s3_sse_kms=req.s3_sse_kms)
+                allowed_urls=list(self.config.effective_allowed_urls), s3_sse_kms=req.s3_sse_kms,
+                max_size=self.config.max_unpacked_archive_size)
         # The copy is a plain model-store entry: read as one, it is neither fetched nor checked
         # against allowed_urls (``url`` may no longer be allowed, the download was).
         copy = await asyncio.to_thread(
             archives.prepare_archive, req.downloaded_copy, model_store=self._model_store(),
-            extract_root=self.extract_root, allowed_urls=[])
+            extract_root=self.extract_root, allowed_urls=[],
+            max_size=self.config.max_unpacked_archive_size)
         return dataclasses.replace(copy, downloaded=True)
 
     async def _install_requirements(self, mv: ModelVersion) -> None:

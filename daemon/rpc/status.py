@@ -21,6 +21,21 @@ HTTP_TO_GRPC = {400: C.INVALID_ARGUMENT, 401: C.UNAUTHENTICATED, 403: C.PERMISSI
                 503: C.UNAVAILABLE, 504: C.DEADLINE_EXCEEDED, 507: C.RESOURCE_EXHAUSTED}
 
 
+# Bytes of an error message a call's status carries. grpc-message travels in the trailers,
+# percent-encoded (a byte may take 3 characters), and a client refuses trailers past 8-16 KiB:
+# an echoed 100,000-character model name would lose the whole status, code included.
+MAX_DETAILS = 1000
+
+
+def details(message: str) -> str:
+    """``message`` cut to MAX_DETAILS bytes of UTF-8, saying so."""
+    encoded = message.encode("utf-8")
+    if len(encoded) <= MAX_DETAILS:
+        return message
+    cut = encoded[:MAX_DETAILS].decode("utf-8", "ignore")
+    return f"{cut}... ({len(encoded) - len(cut.encode())} more bytes)"
+
+
 def grpc_code(status: int) -> grpc.StatusCode:
     """Any other 4xx is INVALID_ARGUMENT, any other 5xx INTERNAL."""
     code = HTTP_TO_GRPC.get(status)
@@ -33,7 +48,7 @@ async def abort(context: grpc.aio.ServicerContext, error: TorchdError) -> NoRetu
     """End the call with ``error``'s mapped code and its REST message as the details; the
     headers REST would send with it (a full queue's Retry-After) as trailing metadata."""
     trailers = tuple((name.lower(), value) for name, value in error.headers.items())
-    await context.abort(grpc_code(error.status), error.message, trailers)
+    await context.abort(grpc_code(error.status), details(error.message), trailers)
     raise AssertionError("unreachable: abort raises")   # for type checkers
 
 
