@@ -21,9 +21,11 @@ streams of one connection, which h2 does not let a reader time one by one.
 from __future__ import annotations
 
 import asyncio
+import json
 import weakref
 from dataclasses import dataclass
 from ssl import SSLError
+from typing import Any
 
 import h11
 import hypercorn.asyncio.run as hypercorn_run
@@ -32,6 +34,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
 from hypercorn.protocol.h11 import H11Protocol
 
+from daemon.errors import BadRequest, TorchdError
 from daemon.http.limits import (BODY, HEAD, OVER, SILENT, ClosedCount, ConnectionLimits,
                                 timeout_answer, too_large_answer, unavailable_answer)
 
@@ -110,6 +113,10 @@ class LimitedTCPServer(TCPServer):
             if self._chunk_too_large(port.limits):
                 break
         await self.protocol.handle(Closed())
+        # The keep-alive timer would hold the connection (its descriptor, its place under
+        # max_connections) for up to keep_alive_timeout after the client left: hypercorn
+        # stops it only once every task of the connection is done, the timer among them.
+        await self.idle_task.stop()
 
     def _h11(self) -> h11.Connection | None:
         protocol = self.protocol.protocol
@@ -187,3 +194,47 @@ class _Phase:
                 self.what, self.since = BODY, now
         else:
             self.what = None                        # the app's turn, or HTTP/2
+
+
+class HeadGuard:
+    """ASGI middleware for what h11 lets through and the inference port's parser does not, each
+    answered as that port answers it, with the connection closed after:
+
+    - a head past ``max_head`` bytes that arrived whole (h11 bounds a head only while it is
+      incomplete, so one that comes in one or two reads passes): 431;
+    - a request framed by both Content-Length and Transfer-Encoding (h11 follows the
+      Transfer-Encoding, as RFC 9112 lets it, and keeps the connection; a proxy in front that
+      followed the Content-Length would see another request inside the body): 400.
+    """
+
+    def __init__(self, app: Any, max_head: int) -> None:
+        self.app = app
+        self.max_head = max_head
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        refusal = self._refusal(scope) if scope["type"] == "http" else None
+        if refusal is None:
+            await self.app(scope, receive, send)
+            return
+        body = json.dumps(refusal.to_json()).encode()
+        await send({"type": "http.response.start", "status": refusal.status,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", b"%d" % len(body)),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    def _refusal(self, scope: dict) -> TorchdError | None:
+        headers = scope["headers"]
+        size = len(scope.get("raw_path") or b"") + len(scope.get("query_string") or b"")
+        framing = set()
+        for name, value in headers:
+            size += len(name) + len(value) + 4
+            if name in (b"content-length", b"transfer-encoding"):
+                framing.add(name)
+        if size > self.max_head:
+            return TorchdError(f"Request header fields too large (over {self.max_head} bytes)",
+                               status=431)
+        if len(framing) == 2:
+            return BadRequest("A request may not have both Content-Length and "
+                              "Transfer-Encoding")
+        return None

@@ -174,8 +174,9 @@ class Listeners:
                 servers.append(asyncio.ensure_future(self._serve_uvicorn(app, sock, address)))
             else:
                 hc = hypercorn_config(sock, address, self.config, name, self.limits)
+                guarded: Any = hypercorn_limits.HeadGuard(app, MAX_INCOMPLETE)
                 servers.append(asyncio.ensure_future(
-                    hypercorn_serve(app, hc, shutdown_trigger=self._closed.wait)))
+                    hypercorn_serve(guarded, hc, shutdown_trigger=self._closed.wait)))
         return servers
 
     async def _serve_uvicorn(self, app: Any, sock: socket.socket, address: BindAddress) -> None:
