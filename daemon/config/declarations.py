@@ -107,8 +107,8 @@ SETTINGS: tuple[Setting, ...] = (
       "start to what RLIMIT_NOFILE allows."),
     S("max_unpacked_archive_size", parse_optional_size, None,
       "Bytes a model archive may unpack to, and a download may hold (400 above), K/M/G "
-      "suffixes allowed. Unset: whatever leaves 1 GiB free on the runtime directory's "
-      "filesystem.", doc_default="keep 1 GiB free"),
+      "suffixes allowed. Unset: whatever leaves 1 GiB free on the filesystem written to (the "
+      "runtime directory's; the model store's for a download).", doc_default="keep 1 GiB free"),
     S("default_response_timeout", parse_positive_int, model_default("response_timeout"),
       "Seconds a worker may take for a batch before 504 and a restart."),
     S("default_startup_timeout", parse_positive_int, model_default("startup_timeout"),
