@@ -64,8 +64,13 @@ def baseline_fds(hostile: Daemon) -> int:
     return psutil.Process(hostile.pid).num_fds()
 
 
+@pytest.fixture(scope="module")
+def baseline_rss(hostile: Daemon, baseline_fds: int) -> int:
+    return psutil.Process(hostile.pid).memory_info().rss
+
+
 @pytest.fixture(autouse=True)
-def still_serving(hostile: Daemon, baseline_fds: int) -> Iterator[None]:
+def still_serving(hostile: Daemon, baseline_fds: int, baseline_rss: int) -> Iterator[None]:
     """After every attack: /ping answers and the descriptors come back."""
     yield
     assert hostile.infer("GET", "/ping", timeout=10).json() == {"status": "Healthy"}
@@ -351,6 +356,12 @@ def test_grpc_errors_for_huge_names_fit_their_trailers(hostile: Daemon, stubs) -
     assert "model name" in registered.value.details()
     for error in (described.value, registered.value):
         assert len(error.details()) < 1100
+
+
+def test_the_daemons_memory_stayed_flat(hostile: Daemon, baseline_rss: int) -> None:
+    """Last of the attacks on this daemon (tests run in file order)."""
+    rss = psutil.Process(hostile.pid).memory_info().rss
+    assert rss < baseline_rss + (32 << 20), (baseline_rss >> 20, rss >> 20)
 
 
 # ---- TLS and unix listeners -----------------------------------------------------------------
