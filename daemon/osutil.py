@@ -1,9 +1,10 @@
 """Small OS facts every layer needs: durable directory entries, whether a pid has exited,
-how many CPUs this process may use."""
+how many CPUs this process may use, how many connections its descriptors allow."""
 from __future__ import annotations
 
 import math
 import os
+import resource
 from pathlib import Path
 
 import psutil
@@ -87,3 +88,30 @@ def _v1_quota(directory: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 and period > 0 else None
+
+
+# Descriptors kept for everything but client connections: worker sockets and pipes, archives
+# being unpacked, downloads, logs, snapshots.
+RESERVED_FILES = 1024
+_NO_LIMIT_TARGET = 1 << 20   # where an unlimited hard limit takes the soft one
+
+
+def open_files_limit() -> int:
+    """RLIMIT_NOFILE's soft limit, raised to the hard limit first (idempotent; Go's runtime
+    does the same at start): every client connection is a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = _NO_LIMIT_TARGET if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            pass
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    return _NO_LIMIT_TARGET if soft == resource.RLIM_INFINITY else soft
+
+
+def connections_allowed(wanted: int, listeners: int) -> int:
+    """Open connections each of ``listeners`` listeners may hold: ``wanted``, or fewer when
+    that many on every listener would use the descriptors RESERVED_FILES keeps."""
+    spare = max(open_files_limit() - RESERVED_FILES, listeners)
+    return max(1, min(wanted, spare // listeners))

@@ -109,16 +109,24 @@ def predict(batch_id: int, requests: list[dict[str, Any]]) -> dict[str, Any]:
     return {"kind": PREDICT, "batch_id": batch_id, "requests": requests}
 
 
+BAD_REQUEST = "BadRequestException"   # an error_type: the request, not the handler, failed
+
+
 def response(request_id: str, status: int, reason: str, body: bytes,
              content_type: str | None = None, headers: Headers | None = None,
-             error: bool = False, more: bool = False) -> dict[str, Any]:
+             error: bool = False, more: bool = False,
+             error_type: str | None = None) -> dict[str, Any]:
     """One request's answer. ``error=True`` means the handler failed: ``reason`` is the message
-    the daemon renders as TorchServe's error JSON, and ``body`` is empty. ``more=True`` (a STEP's
-    responses only): a part; the request stays in the running batch for the next step."""
+    the daemon renders as TorchServe's error JSON, and ``body`` is empty; ``error_type``
+    (BAD_REQUEST) says the worker refused the request itself, before any handler saw it.
+    ``more=True`` (a STEP's responses only): a part; the request stays in the running batch for
+    the next step."""
     message = {"id": request_id, "status": status, "reason": reason, "body": body,
                "content_type": content_type, "headers": headers or [], "error": error}
     if more:
         message["more"] = True
+    if error_type:
+        message["error_type"] = error_type
     return message
 
 

@@ -99,6 +99,9 @@ class AsyncLoop:
 
     async def _run(self, batch_id: int, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """One batch on its own context: its responses, errors included."""
+        requests, data, refused = codec.decode_batch(requests)
+        if not requests:
+            return refused
         ids = [r["id"] for r in requests]
         # Batches run at once: each has its own request ids, headers and statuses.
         context = self.service.context.for_batch(ids, [codec.request_headers(r)
@@ -107,13 +110,13 @@ class AsyncLoop:
         self.service.stream_parts(context, lambda parts: self.sender.parts(batch_id, parts))
         try:
             started = time.perf_counter()
-            output = self.service.entry([codec.decode_request(r) for r in requests], context)
+            output = self.service.entry(data, context)
             if inspect.isawaitable(output):   # a plain handler's value is fine too
                 output = await output
             self.service.record_prediction_time(context, time.perf_counter() - started)
-            return responses.encode_output(context, output, ids)
+            return refused + responses.encode_output(context, output, ids)
         except (Exception, SystemExit) as exc:  # a handler must never take the worker down
-            return responses.handler_failed(exc, ids)
+            return refused + responses.handler_failed(exc, ids)
         finally:
             context.stream_writer = None
 

@@ -7,6 +7,8 @@ from http import HTTPStatus
 from json.encoder import encode_basestring_ascii
 from typing import Any
 
+from protocol import messages
+
 logger = logging.getLogger(__name__)
 
 OUT_OF_RESOURCES = (507, "Out of resources")
@@ -24,8 +26,16 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";", 1)[0].strip().lower()
 
 
+class RefusedRequest(Exception):
+    """A request the worker cannot hand to its handler, by the client's fault: answered 400
+    (BadRequestException) on its own, and the rest of its batch runs without it."""
+
+
 def decode_value(content_type: str | None, value: bytes) -> Any:
-    """JSON for application/json (bytes kept if it is not JSON), str for text/*, else bytes.
+    """JSON for application/json (bytes kept if it is not JSON, as TorchServe does), str for
+    text/*, else bytes. JSON nested deeper than the interpreter's recursion limit allows (about
+    a thousand levels) is RefusedRequest: no handler could take it, and it is not the
+    handler's failure.
 
     Raw values are bytearray, as TorchServe hands them to handlers.
     """
@@ -33,6 +43,8 @@ def decode_value(content_type: str | None, value: bytes) -> Any:
     if kind == "application/json":
         try:
             return json.loads(value)
+        except RecursionError:
+            raise RefusedRequest("The JSON body is nested too deeply") from None
         except (ValueError, UnicodeDecodeError):
             logger.debug("a parameter declared JSON is not JSON; passing it on as bytes")
     elif kind.startswith("text/"):
@@ -47,6 +59,27 @@ def decode_request(request: dict[str, Any]) -> dict[str, Any]:
     """One request's parameters as the {name: value} dict a handler receives."""
     return {p["name"]: decode_value(p.get("content_type"), p["value"])
             for p in request.get("parameters", [])}
+
+
+def decode_batch(requests: list[dict[str, Any]],
+                 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """(the requests the handler gets, their parameters as it gets them, an error response for
+    each request refused). The handler never sees a refused request, so its batch shrinks."""
+    kept, data, refused = [], [], []
+    for request in requests:
+        try:
+            data.append(decode_request(request))
+        except RefusedRequest as exc:
+            logger.info("request %s refused: %s", request.get("id"), exc)
+            refused.append(refusal(request["id"], exc))
+        else:
+            kept.append(request)
+    return kept, data, refused
+
+
+def refusal(request_id: str, exc: RefusedRequest) -> dict[str, Any]:
+    return messages.response(request_id, 400, str(exc), b"", error=True,
+                             error_type=messages.BAD_REQUEST)
 
 
 def request_headers(request: dict[str, Any]) -> dict[str, str]:

@@ -182,14 +182,17 @@ class ModelService:
     def run_batch(self, requests: list[dict[str, Any]],
                   emit_parts: PartsSink) -> list[dict[str, Any]]:
         """Run the handler on one batch; one response per request, errors included."""
+        requests, data, refused = codec.decode_batch(requests)
+        if not requests:
+            return refused
         ids = [r["id"] for r in requests]
         self.context.begin_batch(ids, [codec.request_headers(r) for r in requests])
         self.stream_parts(self.context, emit_parts)
         try:
-            output = self.call([codec.decode_request(r) for r in requests], self.context)
-            return responses.encode_output(self.context, output, ids)
+            output = self.call(data, self.context)
+            return refused + responses.encode_output(self.context, output, ids)
         except (Exception, SystemExit) as exc:  # a handler must never take the worker down
-            return responses.handler_failed(exc, ids)
+            return refused + responses.handler_failed(exc, ids)
         finally:
             self.context.stream_writer = None
 

@@ -104,16 +104,16 @@ class StepLoop:
 
     def step(self) -> None:
         """Run the handler once on the running batch and send the STEP frame."""
-        batch, batch_id = self.running, self.batch_id
+        batch, data, refused = self._decoded()
+        batch_id = self.batch_id
         context: Context = self.service.context
         ids = [r.id for r in batch]
         context.begin_batch(ids, [r.headers for r in batch])
         self.service.stream_parts(context, lambda parts: self.sender.parts(batch_id, parts))
+        answers: list[dict[str, Any] | None] = []
         try:
-            data = [{} if r.request is None else codec.decode_request(r.request) for r in batch]
-            for running in batch:
-                running.request = None
-            answers = self._answers(context, self.service.call(data, context), batch)
+            if batch:
+                answers = self._answers(context, self.service.call(data, context), batch)
         except (Exception, SystemExit) as exc:  # a handler must never take the worker down
             answers = list(responses.handler_failed(exc, ids))   # ... and every request fails
         finally:
@@ -121,13 +121,31 @@ class StepLoop:
         # a request that goes on with nothing to send this step has no response in the frame
         quiet = {ids[idx] for idx, answer in enumerate(answers) if answer is None}
         sent = self.sender.answers(lambda rs, ms: messages.step(batch_id, rs, ms),
-                                   [answer for answer in answers if answer is not None],
+                                   refused + [answer for answer in answers if answer is not None],
                                    self.service.take_metrics())
         self.unacked += 1
         going_on = {r["id"] for r in sent if r.get("more")} | quiet
         self.running = [r for r in batch if r.id in going_on]
         for running in self.running:
             running.spoke = running.spoke or running.id not in quiet
+
+    def _decoded(self) -> tuple[list[Running], list[dict[str, Any]], list[dict[str, Any]]]:
+        """The running requests the handler sees this step, their parameters (a new one's
+        from its JOIN, a continuing one's none), and a 400 for each new one the codec refused
+        (it leaves the running batch with that answer)."""
+        batch: list[Running] = []
+        data: list[dict[str, Any]] = []
+        refused: list[dict[str, Any]] = []
+        for running in self.running:
+            try:
+                data.append({} if running.request is None
+                            else codec.decode_request(running.request))
+            except codec.RefusedRequest as exc:
+                refused.append(codec.refusal(running.id, exc))
+                continue
+            running.request = None
+            batch.append(running)
+        return batch, data, refused
 
     def _answers(self, context: Context, output: Any,
                  batch: list[Running]) -> list[dict[str, Any] | None]:

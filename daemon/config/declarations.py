@@ -22,8 +22,10 @@ from daemon.config.values import (
     parse_optional_choice,
     parse_optional_int,
     parse_optional_path,
+    parse_optional_size,
     parse_optional_str,
     parse_path,
+    parse_positive_float,
     parse_positive_int,
     parse_regex_list,
     parse_size,
@@ -96,6 +98,20 @@ SETTINGS: tuple[Setting, ...] = (
       "Requests waiting per model version before 503."),
     S("max_request_size", parse_size, 6553500, "Largest request body in bytes (413 above)."),
     S("max_response_size", parse_size, 6553500, "Largest response a worker may send, bytes."),
+    # Hostile clients: time, connections and disk a client may hold (README, "Limits")
+    S("request_header_timeout", parse_positive_float, 60.0,
+      "Seconds a request head may take to arrive, on every HTTP listener; past it 408 "
+      "(a new connection that sent nothing is closed)."),
+    S("request_body_timeout", parse_positive_float, 60.0,
+      "Seconds a request body may go without sending a byte; past it 408, or the connection "
+      "is closed if the response has begun."),
+    S("max_connections", parse_positive_int, 10000,
+      "Open connections per listener (HTTP and gRPC); past it 503 (gRPC: refused). Lowered at "
+      "start to what RLIMIT_NOFILE allows."),
+    S("max_unpacked_archive_size", parse_optional_size, None,
+      "Bytes a model archive may unpack to, and a download may hold (400 above), K/M/G "
+      "suffixes allowed. Unset: whatever leaves 1 GiB free on the filesystem written to (the "
+      "runtime directory's; the model store's for a download).", doc_default="keep 1 GiB free"),
     S("default_response_timeout", parse_positive_int, model_default("response_timeout"),
       "Seconds a worker may take for a batch before 504 and a restart."),
     S("default_startup_timeout", parse_positive_int, model_default("startup_timeout"),

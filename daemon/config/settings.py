@@ -65,6 +65,10 @@ class Config:
     job_queue_size: int
     max_request_size: int
     max_response_size: int
+    request_header_timeout: float
+    request_body_timeout: float
+    max_connections: int
+    max_unpacked_archive_size: int | None
     default_response_timeout: int
     default_startup_timeout: int
     unregister_model_timeout: int

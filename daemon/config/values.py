@@ -140,6 +140,14 @@ def parse_float(value: Any) -> float:
     return number
 
 
+def parse_positive_float(value: Any) -> float:
+    """A finite number of seconds above 0 (a limit of 0 would refuse everything)."""
+    number = parse_float(value)
+    if not 0 < number < float("inf"):
+        raise InvalidValue("must be a finite number > 0")
+    return number
+
+
 def parse_size(value: Any) -> int:
     """Bytes; a plain integer or with a K/M/G/T suffix (binary units)."""
     if isinstance(value, int) and not isinstance(value, bool):
@@ -149,6 +157,13 @@ def parse_size(value: Any) -> int:
         raise InvalidValue("expected a size in bytes, e.g. 6553500 or 2G")
     unit = (match.group(2) or "").lower()[:1]
     return int(match.group(1)) * _SIZE_UNITS[unit]
+
+
+def parse_optional_size(value: Any) -> int | None:
+    """``parse_size``, or None for an empty value (unset)."""
+    if value is None or str(value).strip() == "":
+        return None
+    return parse_size(value)
 
 
 def parse_optional_int(value: Any) -> int | None:

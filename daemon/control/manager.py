@@ -26,7 +26,8 @@ from daemon.models.registry import ModelVersion, Registry
 from daemon.gpus.inventory import GpuInventory
 from daemon.metrics import Metrics
 from daemon.models.queue import JobQueue
-from daemon.models.requests import RegisterRequest
+from daemon.models.requests import (RegisterRequest, check_name, check_parameters,
+                                    check_scale_timeout)
 from daemon.models.model_config import check_config, ignored_config_keys, warn_ignored_keys
 from daemon.models.layers import Layers, explicit_values, resolve_settings
 from daemon.models.snapshots import SnapshotStore
@@ -87,6 +88,7 @@ class ModelManager:
             raise BadRequest("Parameter url is required.")
         if req.runtime is not None and req.runtime not in VALID_RUNTIMES:
             raise BadRequest(f"Invalid RuntimeType value: {req.runtime}")
+        check_parameters(req)
         if req.initial_workers is not None:
             self.check_worker_limit(None, max(req.initial_workers, req.max_workers or 0))
         prepared = await self._prepare_archive(req)
@@ -116,12 +118,14 @@ class ModelManager:
             return await asyncio.to_thread(
                 archives.prepare_archive, req.url, model_store=self._model_store(),
                 extract_root=self.extract_root,
-                allowed_urls=list(self.config.effective_allowed_urls), s3_sse_kms=req.s3_sse_kms)
+                allowed_urls=list(self.config.effective_allowed_urls), s3_sse_kms=req.s3_sse_kms,
+                max_size=self.config.max_unpacked_archive_size)
         # The copy is a plain model-store entry: read as one, it is neither fetched nor checked
         # against allowed_urls (``url`` may no longer be allowed, the download was).
         copy = await asyncio.to_thread(
             archives.prepare_archive, req.downloaded_copy, model_store=self._model_store(),
-            extract_root=self.extract_root, allowed_urls=[])
+            extract_root=self.extract_root, allowed_urls=[],
+            max_size=self.config.max_unpacked_archive_size)
         return dataclasses.replace(copy, downloaded=True)
 
     async def _install_requirements(self, mv: ModelVersion) -> None:
@@ -151,11 +155,9 @@ class ModelManager:
         name = req.model_name or model.get("modelName")
         if not name:
             raise BadRequest("Parameter model_name is required (the manifest has no modelName)")
-        if "/" in name or name in (".", ".."):
-            # Such a name could never be addressed in a URL path, nor unregistered again.
-            raise BadRequest(f"Invalid model name: {name} (it must not contain '/' or be '.' "
-                             "or '..')")
+        check_name("model name", name)
         version = str(model.get("modelVersion") or "1.0")
+        check_name("model version", version)
         handler = req.handler or model.get("handler") or ""
         if not handler:
             raise BadRequest("No handler: the manifest has none and the request gave none")
@@ -233,6 +235,7 @@ class ModelManager:
             raise BadRequest("max_worker cannot be less than min_worker.")
         if min_worker < 0:
             raise BadRequest("min_worker and max_worker must not be negative.")
+        check_scale_timeout(timeout)
         mv = self.registry.get(name, version)
         self.check_worker_limit(mv, max_worker)
         # The version's range, changed through the Supervisor, which brings the workers to it.

@@ -32,7 +32,7 @@ from daemon.http.common import (RequestContext, declared_too_large, error_respon
                                 normalized_path, too_large)
 from daemon.http.predict import HotRoutes, PredictionEndpoint, Predictor, is_form, \
     request_headers
-from daemon.http.uvicorn_adapter import Exchange
+from daemon.http.uvicorn_exchange import Exchange
 from daemon.models.call import PredictionCall, new_request_id
 from daemon.models.job import Answer, Event, Failure, Gone
 from protocol import messages

@@ -58,6 +58,8 @@ async def _json_body(request: Request) -> dict[str, Any] | None:
         body = json.loads(raw)
     except ValueError as exc:
         raise BadRequest(f"Invalid JSON body: {exc}") from exc
+    except RecursionError:
+        raise BadRequest("Invalid JSON body: nested too deeply") from None
     if not isinstance(body, dict):
         raise BadRequest("The JSON body must be an object")
     return body

@@ -1,14 +1,15 @@
-"""The one place torchd reaches into uvicorn: its httptools protocol, extended, and the
-``Exchange`` the direct path (daemon/http/direct.py) writes through.
+"""The one place torchd reaches into uvicorn: its httptools protocol, extended with the direct
+path and the connection limits, and its server (with daemon/http/uvicorn_exchange.py, the
+``Exchange`` the direct path, daemon/http/direct.py, writes through).
 
 Why a subclass of uvicorn's protocol rather than a protocol of torchd's own (measured, see the
 README's "The inference port's HTTP/1.1"): uvicorn's connection code costs a small share of the
 daemon's CPU per request, and it brings keep-alive, pipelining, read flow control, chunked
 bodies, HTTP/1.0, ``Expect: 100-continue``, TLS and the graceful drain, tested by uvicorn's
-users. The price is a dependency on names uvicorn does not promise to keep. They are all here,
-listed in ``UVICORN_PRIVATE``; setup.cfg pins uvicorn below its next minor release, and
-tests/daemon/http/test_uvicorn_adapter.py checks every one of them against the installed
-uvicorn, so an upgrade that moves one fails a test rather than the fast path.
+users. The price is a dependency on names uvicorn does not promise to keep. They are all
+listed in ``UVICORN_PRIVATE`` (the exchange's too); setup.cfg pins uvicorn below its next
+minor release, and tests/daemon/http/test_uvicorn_adapter.py checks every one of them against
+the installed uvicorn, so an upgrade that moves one fails a test rather than the fast path.
 """
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
-from typing import Any, Protocol
+from typing import Any
 
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from daemon.http.common import DISCONNECT_HOOKS, DirectPathLike
+from daemon.http.uvicorn_exchange import Exchange
+from daemon.http.limits import (BODY, HEAD, OVER, SILENT, ClosedCount,
+                                ConnectionLimits, chunk_size_before, timeout_answer,
+                                too_large_answer, unavailable_answer)
 
 MAX_INCOMPLETE = 64 * 1024   # bytes of request head a listener takes before it gives up
 
@@ -31,145 +36,19 @@ UVICORN_PRIVATE = {
     "HttpToolsProtocol methods overridden": [
         "_start_asgi_task", "connection_made", "connection_lost", "on_message_begin",
         "on_url", "on_header", "shutdown", "send_400_response", "pause_writing",
-        "resume_writing"],
+        "resume_writing", "data_received"],
+    "httptools callbacks added": ["on_chunk_header", "on_chunk_complete"],
     "HttpToolsProtocol attributes": ["app", "cycle", "transport", "flow", "loop",
-                                     "server_state"],
+                                     "server_state", "scope", "connections"],
     "RequestResponseCycle attributes": [
         "scope", "message_event", "disconnected", "more_body", "body", "keep_alive",
         "response_started", "response_complete", "on_response", "waiting_for_100_continue",
         "transport"],
-    "FlowControl attributes": ["resume_reading", "write_paused"],
-    "ServerState attributes": ["default_headers"],
-    "Server methods overridden": ["capture_signals"],
+    "FlowControl attributes": ["resume_reading", "write_paused", "read_paused"],
+    "ServerState attributes": ["default_headers", "connections"],
+    "Server methods overridden": ["capture_signals", "on_tick", "startup"],
+    "Server attributes": ["config", "lifespan", "server_state", "servers", "started"],
 }
-
-
-class DirectListener(Protocol):
-    """What an exchange tells the request it carries (daemon/http/direct.py)."""
-
-    def on_request_event(self) -> None:
-        """More of the body came, the body is complete, or the client hung up."""
-
-    def on_writing_paused(self) -> None: ...
-
-    def on_writing_resumed(self) -> None: ...
-
-
-class Exchange:
-    """One request and its response on a connection, as the direct path sees it.
-
-    It stands in for the request cycle's ``message_event``: uvicorn ``set``s that for each part
-    of the body, at the body's end and when the client hangs up."""
-
-    __slots__ = ("protocol", "cycle", "listener")
-
-    def __init__(self, protocol: InferenceProtocol, cycle: Any) -> None:
-        self.protocol = protocol
-        self.cycle = cycle
-        self.listener: DirectListener | None = None
-
-    # ---- the request ------------------------------------------------------------------------
-
-    @property
-    def scope(self) -> dict[str, Any]:
-        return self.cycle.scope
-
-    @property
-    def expects_continue(self) -> bool:
-        return bool(self.cycle.waiting_for_100_continue)
-
-    @property
-    def body(self) -> bytearray:
-        return self.cycle.body
-
-    @property
-    def more_body(self) -> bool:
-        return bool(self.cycle.more_body)
-
-    @property
-    def disconnected(self) -> bool:
-        return bool(self.cycle.disconnected)
-
-    def listen(self, listener: DirectListener) -> None:
-        self.listener = listener
-        self.cycle.message_event = self
-        self.protocol.exchange = self
-
-    def resume_reading(self) -> None:
-        """uvicorn pauses reading past 64 KiB of body; the direct path holds more."""
-        self.protocol.flow.resume_reading()
-
-    def set(self) -> None:    # the cycle's message_event
-        if self.listener is not None:
-            self.listener.on_request_event()
-
-    def clear(self) -> None:
-        """uvicorn clears the event only in ``receive``, which nothing calls here."""
-
-    # ---- the response -----------------------------------------------------------------------
-
-    @property
-    def keep_alive(self) -> bool:
-        return bool(self.cycle.keep_alive)
-
-    @keep_alive.setter
-    def keep_alive(self, value: bool) -> None:
-        self.cycle.keep_alive = value
-
-    @property
-    def default_headers(self) -> list[tuple[bytes, bytes]]:
-        return self.protocol.server_state.default_headers
-
-    @property
-    def writing_paused(self) -> bool:
-        return bool(self.protocol.flow.write_paused)
-
-    def call_soon(self, callback: Any, *args: Any) -> None:
-        self.protocol.loop.call_soon(callback, *args)
-
-    def write(self, data: bytes) -> None:
-        self.cycle.response_started = True
-        self.protocol.transport.write(data)
-
-    def complete(self) -> None:
-        """The response is out: the connection goes on to its next request, or closes."""
-        cycle = self.cycle
-        self.release()
-        if cycle.disconnected:
-            return
-        cycle.response_complete = True
-        if not cycle.keep_alive:
-            self.protocol.transport.close()
-        cycle.on_response()
-
-    def close(self) -> None:
-        """End the connection now (a response cut short)."""
-        self.release()
-        self.protocol.transport.close()
-
-    def release(self) -> None:
-        """Done: the cycle and the protocol point here, and here to the request; left alone,
-        every request would be a reference cycle for the cyclic collector."""
-        self.listener = None
-        self.cycle.message_event = SPENT
-        if self.protocol.exchange is self:
-            self.protocol.exchange = None
-
-
-class _SpentEvent:
-    """A finished request's message event: what uvicorn still tells it (a hang-up after the
-    response, say) concerns nobody."""
-
-    __slots__ = ()
-
-    def set(self) -> None:
-        pass
-
-    def clear(self) -> None:
-        pass
-
-
-SPENT = _SpentEvent()
 
 
 class InferenceProtocol(HttpToolsProtocol):
@@ -182,16 +61,55 @@ class InferenceProtocol(HttpToolsProtocol):
     ports): past MAX_INCOMPLETE bytes the request is answered 431 and the connection closed,
     before any of it reaches the app or a worker. ``direct`` is set per listener (a subclass
     made by ``protocol_for``), never looked up through the app, which uvicorn may wrap (a
-    TRACE log level wraps it in its message logger)."""
+    TRACE log level wraps it in its message logger).
+
+    ``limits`` (daemon/http/limits.py) are enforced by ``check_stalled``, which the server's
+    sweep calls for every connection a few times a second: what it costs a request is a clock
+    read as its head begins and a test per read (measured: 0.1-0.3 us, against ~130 us for a
+    no-op request). A chunk's declared size is read from the bytes of the read that declared
+    it, after the parser has taken them (httptools tells that a chunk began, not its size)."""
 
     direct: DirectPathLike | None = None
     exchange: Exchange | None = None   # the direct path's request in progress
+    limits = ConnectionLimits()
     _head_bytes = 0
     _head_too_large = False
+    _over_limit = False      # past max_connections: its first request gets 503
+    _began = 0.0             # when the head in progress began (a new connection: its start)
+    _body_mark: tuple[int, int] | None = None   # the body as the sweep last saw it
+    _body_at = 0.0           # when the sweep last saw the body grow
+    _chunk_at = -1           # the body's length when this read's last chunk header came
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         set_nodelay(transport)
         super().connection_made(transport)
+        self._began = self.loop.time()
+        if len(self.connections) > self.limits.max_connections:
+            self._over_limit = True
+
+    def data_received(self, data: bytes) -> None:
+        HttpToolsProtocol.data_received(self, data)   # not super(): this runs for every read
+        if self._chunk_at >= 0:
+            self._check_chunk_size(data)
+
+    def on_chunk_header(self) -> None:
+        self._chunk_at = -1 if self.cycle is None else len(self.cycle.body)
+
+    def on_chunk_complete(self) -> None:
+        self._chunk_at = -1
+
+    def _check_chunk_size(self, data: bytes) -> None:
+        """The chunk whose header this read held, and which it did not complete: 413 at once
+        when it declares more than a whole body may hold. Its data followed its size line to
+        the end of the read, so the line ends where that data began."""
+        cycle, at = self.cycle, self._chunk_at
+        self._chunk_at = -1
+        if cycle is None or cycle.response_complete or self.transport.is_closing():
+            return
+        following = len(cycle.body) - at
+        size = chunk_size_before(data, len(data) - following) if following >= 0 else None
+        if size is not None and size > self.limits.max_body:
+            self._answer_and_close(too_large_answer(self.limits), cycle)
 
     def _start_asgi_task(self, cycle: Any, app: Any) -> None:
         """A prediction request takes the direct path (daemon/http/direct.py) unless it is
@@ -226,7 +144,10 @@ class InferenceProtocol(HttpToolsProtocol):
             self.exchange.listener.on_writing_resumed()
 
     def on_message_begin(self) -> None:
+        if self._over_limit:
+            raise ValueError("past max_connections")   # the parser stops: send_400_response
         self._head_bytes = 0
+        self._began = self.loop.time()
         super().on_message_begin()
 
     def on_url(self, url: bytes) -> None:
@@ -256,7 +177,10 @@ class InferenceProtocol(HttpToolsProtocol):
         super().shutdown()
 
     def send_400_response(self, msg: str) -> None:
-        """uvicorn's answer to a request the parser gave up on: 431 when it was ours."""
+        """uvicorn's answer to a request the parser gave up on: 431 or 503 when it was ours."""
+        if self._over_limit:
+            self._answer_and_close(unavailable_answer(self.limits), None)
+            return
         if not self._head_too_large:
             super().send_400_response(msg)
             return
@@ -269,9 +193,57 @@ class InferenceProtocol(HttpToolsProtocol):
         self.transport.close()
 
 
-def protocol_for(direct: DirectPathLike | None) -> type[InferenceProtocol]:
+    # ---- limits (daemon/http/limits.py) -----------------------------------------------------
+
+    def check_stalled(self, now: float) -> str | None:
+        """Close this connection if its client holds it past a limit; what it was closed
+        for, or None. A head is timed from its first byte (a new connection's from its
+        start), a body from the last time the sweep saw it grow; a connection whose reading
+        the listener paused (flow control, a pipelined request waiting) is not the client's
+        doing."""
+        cycle = self.cycle
+        if self.transport.is_closing():
+            return None
+        if self._began:
+            if cycle is None or cycle.scope is not self.scope:   # its head is still coming
+                return self._check_head(now, cycle)
+            self._began = 0.0
+        if cycle is None or not cycle.more_body or self.flow.read_paused:
+            self._body_mark = None
+            return None
+        mark = (id(cycle.body), len(cycle.body))
+        if mark != self._body_mark:
+            self._body_mark, self._body_at = mark, now
+            return None
+        if now - self._body_at <= self.limits.body_timeout:
+            return None
+        self._answer_and_close(timeout_answer(BODY, self.limits), cycle)
+        return BODY
+
+    def _check_head(self, now: float, earlier: Any) -> str | None:
+        if earlier is not None and not earlier.response_complete:
+            return None   # the request before it is being answered; reading waits for that
+        if now - self._began <= self.limits.head_allowance(self._over_limit):
+            return None
+        if self.scope is None or self._over_limit:   # not a byte of a request came
+            self.transport.close()
+            return OVER if self._over_limit else SILENT
+        self._answer_and_close(timeout_answer(HEAD, self.limits), None)
+        return HEAD
+
+    def _answer_and_close(self, answer: bytes, cycle: Any) -> None:
+        """Write ``answer`` unless ``cycle``'s response has begun, then close. The request's
+        app, if it waits for the body, hears the disconnect and writes nothing."""
+        if cycle is None or not cycle.response_started:
+            self.transport.write(answer)
+        self.transport.close()
+
+
+def protocol_for(direct: DirectPathLike | None,
+                 limits: ConnectionLimits | None = None) -> type[InferenceProtocol]:
     """The protocol class of one inference listener, serving ``direct``'s requests itself."""
-    return type("InferenceProtocol", (InferenceProtocol,), {"direct": direct})
+    return type("InferenceProtocol", (InferenceProtocol,),
+                {"direct": direct, "limits": limits or ConnectionLimits()})
 
 
 class HeadWithBody:
@@ -321,16 +293,62 @@ class InferenceServer(uvicorn.Server):
     waits for every connection to close: a direct-path request's connection closes once its
     response is out, as an ASGI one's does)."""
 
+    TICK = 0.1   # seconds between uvicorn's calls of on_tick
+
+    def __init__(self, config: uvicorn.Config, name: str = "inference") -> None:
+        super().__init__(config)
+        self.closed = ClosedCount(name)
+
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
 
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start on the listener's own sockets (the daemon's way; anything else is
+        uvicorn's), with the TLS handshake given the head's limit: uvicorn offers no setting
+        for it, and its loop's default (60 s) would let a client that never finishes one
+        hold a descriptor that long, unseen by the sweep (a connection is made only after)."""
+        if sockets is None or self.config.ssl is None:
+            await super().startup(sockets)
+            return
+        config, loop = self.config, asyncio.get_running_loop()
+        limits = getattr(config.http_protocol_class, "limits", None) or ConnectionLimits()
+        await self.lifespan.startup()   # lifespan="off": nothing runs
+
+        protocol_class: Any = config.http_protocol_class
+
+        def create_protocol() -> asyncio.Protocol:
+            return protocol_class(config=config, server_state=self.server_state,
+                                  app_state=self.lifespan.state)
+
+        self.servers = [await loop.create_server(
+            create_protocol, sock=sock, ssl=config.ssl, backlog=config.backlog,
+            ssl_handshake_timeout=limits.header_timeout) for sock in sockets]
+        self.started = True
+
+    async def on_tick(self, counter: int) -> bool:
+        """uvicorn's tick, and every few ticks a sweep of the open connections for clients
+        holding one past a limit: one pass for the whole listener, no timer per request."""
+        limits = getattr(self.config.http_protocol_class, "limits", None)
+        if limits is not None and counter % max(1, round(limits.sweep_interval / self.TICK)) \
+                == 0:
+            self.sweep(asyncio.get_running_loop().time())
+        return await super().on_tick(counter)
+
+    def sweep(self, now: float) -> None:
+        for connection in list(self.server_state.connections):
+            check = getattr(connection, "check_stalled", None)
+            if check is not None:
+                self.closed.add(check(now))
+        self.closed.flush()
+
 
 def uvicorn_config(app: Any, direct: DirectPathLike | None, tls: tuple[str, str] | None,
-                   backlog: int, keep_alive: int, graceful: float) -> uvicorn.Config:
+                   backlog: int, keep_alive: int, graceful: float,
+                   limits: ConnectionLimits | None = None) -> uvicorn.Config:
     """``tls``: the certificate and key files, or None for plain HTTP."""
     certificate, key = tls or (None, None)
-    return uvicorn.Config(app, http=protocol_for(direct), loop="none", lifespan="off",
+    return uvicorn.Config(app, http=protocol_for(direct, limits), loop="none", lifespan="off",
                           ws="none", interface="asgi3", log_config=None, access_log=False,
                           proxy_headers=False, server_header=False, backlog=backlog,
                           timeout_keep_alive=keep_alive,

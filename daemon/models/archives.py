@@ -51,16 +51,19 @@ class PreparedArchive:
 
 
 def prepare_archive(url: str, *, model_store: Path, extract_root: Path, allowed_urls: list[str],
-                    s3_sse_kms: bool = False, download_timeout: float = 120.0) -> PreparedArchive:
+                    s3_sse_kms: bool = False, download_timeout: float = 120.0,
+                    max_size: int | None = None) -> PreparedArchive:
     """Resolve, fetch if remote, extract and read the archive a registration URL names.
+    ``max_size``: max_unpacked_archive_size, for the download and the unpacking each (None:
+    what leaves 1 GiB free on the filesystem written to).
 
     Raises daemon.errors exceptions with TorchServe's messages (SPEC 1.1, errors 3 to 9).
     """
     source, downloaded = resolve_source(url, model_store=Path(model_store),
                                         allowed_urls=allowed_urls, s3_sse_kms=s3_sse_kms,
-                                        download_timeout=download_timeout)
+                                        download_timeout=download_timeout, max_size=max_size)
     try:
-        return _prepare_local(source, downloaded, Path(extract_root))
+        return _prepare_local(source, downloaded, Path(extract_root), max_size)
     except BaseException:
         # A download that cannot be used would only block the next attempt
         # ("Model file already exists"), so it goes too.
@@ -84,7 +87,7 @@ def remove_prepared(prepared: PreparedArchive) -> None:
 
 def resolve_source(url: str, *, model_store: Path, allowed_urls: list[str],
                    s3_sse_kms: bool = False, download_timeout: float = 120.0,
-                   ) -> tuple[Path, bool]:
+                   max_size: int | None = None) -> tuple[Path, bool]:
     """(path, downloaded) for a registration URL, checks in TorchServe's order."""
     if not url:
         raise ModelNotFound("empty url")
@@ -97,7 +100,8 @@ def resolve_source(url: str, *, model_store: Path, allowed_urls: list[str],
     if scheme == "file":
         return _local_file(url), False
     return download_to_store(url, model_store=model_store, allowed_urls=allowed_urls,
-                             s3_sse_kms=s3_sse_kms, timeout=download_timeout), True
+                             s3_sse_kms=s3_sse_kms, timeout=download_timeout,
+                             max_size=max_size), True
 
 
 def _store_entry(name: str, model_store: Path) -> Path:
@@ -128,8 +132,9 @@ def _is_file_or_dir(path: Path) -> bool:
     return stat.S_ISREG(mode) or stat.S_ISDIR(mode)
 
 
-def _prepare_local(source: Path, downloaded: bool, extract_root: Path) -> PreparedArchive:
-    model_dir = source if source.is_dir() else extract_archive(source, extract_root)
+def _prepare_local(source: Path, downloaded: bool, extract_root: Path,
+                   max_size: int | None = None) -> PreparedArchive:
+    model_dir = source if source.is_dir() else extract_archive(source, extract_root, max_size)
     try:
         manifest = read_manifest(model_dir, source.name)
         yaml_config = read_model_yaml(model_dir, manifest)
@@ -152,7 +157,7 @@ def read_manifest(model_dir: Path, label: str) -> dict:
         raise InvalidModel(f"Model archive {label} has no {MANIFEST_PATH}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (OSError, ValueError, RecursionError) as exc:  # Unicode/JSONDecodeError: ValueErrors
         raise InvalidModel(f"{MANIFEST_PATH} in {label} is not valid JSON: {exc}") from exc
     if not isinstance(manifest, dict) or not isinstance(manifest.get("model"), dict):
         raise InvalidModel(f"{MANIFEST_PATH} in {label} has no \"model\" object")

@@ -3,7 +3,9 @@
 A download is written under a hidden temporary name in the model store, fsynced, and only then
 given its final name, so a failed or interrupted download never leaves a partial archive that a
 later registration could pick up. The final name is claimed with ``os.link`` (which fails if the
-name exists) so two concurrent registrations of the same URL cannot overwrite each other.
+name exists) so two concurrent registrations of the same URL cannot overwrite each other. A
+download is bounded as an archive's unpacking is (daemon/models/size_limits.py): its
+Content-Length is checked before its body is read, and the bytes read as they come.
 
 S3 sources (``s3_sse_kms``): boto3 reads its own settings (``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``, ``AWS_ENDPOINT_URL``) from the environment;
@@ -32,6 +34,7 @@ from urllib.parse import unquote, urljoin, urlsplit
 import requests
 
 from daemon.errors import DownloadArchiveError, InternalServerError, ModelNotFound
+from daemon.models.size_limits import SizeLimit, TooLarge, size_limit
 from daemon.osutil import fsync_dir
 
 logger = logging.getLogger(__name__)
@@ -82,11 +85,14 @@ def archive_file_name(url: str) -> str:
 
 
 def download_to_store(url: str, *, model_store: Path, allowed_urls: list[str],
-                      s3_sse_kms: bool = False, timeout: float = 120.0) -> Path:
+                      s3_sse_kms: bool = False, timeout: float = 120.0,
+                      max_size: int | None = None) -> Path:
     """Download ``url`` to ``model_store/<archive_file_name(url)>`` and return that path.
+    ``max_size``: max_unpacked_archive_size (None: what leaves 1 GiB free in the store).
 
     Raises InternalServerError if the name is taken, DownloadArchiveError if the fetch fails
-    (nothing is left behind), InternalServerError if the store cannot be written.
+    or is too large (nothing is left behind), InternalServerError if the store cannot be
+    written.
     """
     name = archive_file_name(url)
     failed = DownloadArchiveError(f"Failed to download archive from: {url}")
@@ -97,8 +103,14 @@ def download_to_store(url: str, *, model_store: Path, allowed_urls: list[str],
     if os.path.lexists(target):
         raise InternalServerError(f"Model file already exists {name}")
     started = time.monotonic()
+    limit = size_limit(max_size, model_store)
     try:
-        size = _write_atomically(target, _chunks_for(url, allowed_urls, s3_sse_kms, timeout))
+        chunks = _bounded(_chunks_for(url, allowed_urls, s3_sse_kms, timeout, limit), limit)
+        size = _write_atomically(target, chunks)
+    except TooLarge as exc:
+        logger.error("download of %s refused: %s", url, exc)
+        raise DownloadArchiveError(f"Failed to download archive from: {url}: the archive "
+                                   f"is {exc}") from exc
     except FetchFailed as exc:
         logger.error("download of %s failed: %s", url, exc)
         raise failed from exc
@@ -113,14 +125,30 @@ def download_to_store(url: str, *, model_store: Path, allowed_urls: list[str],
 
 
 def _chunks_for(url: str, allowed_urls: list[str], s3_sse_kms: bool,
-                timeout: float) -> Iterator[bytes]:
-    """Pick the fetcher for a URL; the iterator raises FetchFailed for remote failures."""
+                timeout: float, limit: SizeLimit | None = None) -> Iterator[bytes]:
+    """Pick the fetcher for a URL; the iterator raises FetchFailed for remote failures, and
+    TooLarge at once for a plain HTTP(S) answer whose Content-Length passes ``limit``."""
     if url_scheme(url) == "s3":
         parts = urlsplit(url)
         return _s3_chunks(parts.netloc, parts.path.lstrip("/"), None, timeout)
     if not s3_sse_kms:
-        return _http_chunks(url, allowed_urls, timeout)
+        return _http_chunks(url, allowed_urls, timeout, limit=limit)
     return _s3_https_chunks(url, allowed_urls, timeout)
+
+
+def _bounded(chunks: Iterator[bytes], limit: SizeLimit) -> Iterator[bytes]:
+    """``chunks``, raising TooLarge once they pass ``limit`` (a server may send more than it
+    declared, or declare nothing)."""
+    received = 0
+    try:
+        for chunk in chunks:
+            received += len(chunk)
+            limit.check(received)
+            yield chunk
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()   # releases the connection early when we stop mid-stream
 
 
 def _write_atomically(target: Path, chunks: Iterator[bytes]) -> int:
@@ -169,7 +197,7 @@ def _claim_name(tmp: Path, target: Path) -> None:
 
 
 def _http_chunks(url: str, allowed_urls: list[str], timeout: float,
-                 sign: Signer | None = None) -> Iterator[bytes]:
+                 sign: Signer | None = None, limit: SizeLimit | None = None) -> Iterator[bytes]:
     """Stream a URL's body; redirects are followed only to URLs allowed_urls also allows."""
     try:
         with requests.Session() as session, _open_following(session, url, allowed_urls,
@@ -177,6 +205,8 @@ def _http_chunks(url: str, allowed_urls: list[str], timeout: float,
             if not 200 <= resp.status_code < 300:
                 raise FetchFailed(f"HTTP {resp.status_code} {resp.reason}")
             expected = _expected_length(resp)
+            if limit is not None and expected is not None:
+                limit.check(expected)   # before a byte of the body is read
             received = 0
             for chunk in resp.iter_content(CHUNK_SIZE):
                 received += len(chunk)

@@ -5,6 +5,8 @@ Extraction is written by hand rather than with ``extractall`` so that every entr
 anything is written: no absolute paths, no ``..``, no device or special files, no symlink whose
 target leaves the archive, no hard link to a file outside it (hard links are copied), and nothing is
 ever written through a symlink. A final pass checks that no symlink chain resolves outside.
+What an archive unpacks to is bounded (daemon/models/size_limits.py): the members' declared
+sizes are summed before anything is written, and the bytes written are counted as they go.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import IO
 
 from daemon.errors import InternalServerError, InvalidModel
+from daemon.models.size_limits import Counter, SizeLimit, TooLarge, size_limit
 
 # The names model archives go by (load_models=all looks for them in the model store). What an
 # archive holds is sniffed, never trusted from the name: the suffix only names things.
@@ -36,16 +39,18 @@ class UnsafeEntry(Exception):
         super().__init__(f"unsafe entry {entry!r}: {why}")
 
 
-def extract_archive(archive: Path, extract_root: Path) -> Path:
-    """Extract a .mar (zip) or tar(.gz) into a new directory under extract_root; return it."""
+def extract_archive(archive: Path, extract_root: Path, max_size: int | None = None) -> Path:
+    """Extract a .mar (zip) or tar(.gz) into a new directory under extract_root; return it.
+    ``max_size``: max_unpacked_archive_size (None: what leaves 1 GiB free there)."""
     kind = _archive_kind(archive)
     extract_root.mkdir(parents=True, exist_ok=True)
+    counter = Counter(size_limit(max_size, extract_root))
     dest = Path(tempfile.mkdtemp(dir=extract_root, prefix=_stem(archive.name)[:60] + "-"))
     try:
         if kind == "zip":
-            _extract_zip(archive, dest)
+            _extract_zip(archive, dest, counter)
         else:
-            _extract_tar(archive, dest)
+            _extract_tar(archive, dest, counter)
         _check_symlinks(dest)
     except BaseException as exc:
         shutil.rmtree(dest, ignore_errors=True)
@@ -56,6 +61,8 @@ def extract_archive(archive: Path, extract_root: Path) -> Path:
 
 def _raise_extraction_error(archive: Path, exc: BaseException) -> None:
     """Turn an extraction failure into the error the client sees (or return to re-raise it)."""
+    if isinstance(exc, TooLarge):
+        raise InvalidModel(f"Model archive {archive.name} unpacks to {exc}") from exc
     if isinstance(exc, UnsafeEntry):
         raise InvalidModel(f"Model archive {archive.name} has an {exc}") from exc
     if isinstance(exc, OSError) and exc.errno in _HOST_ERRNOS:
@@ -123,11 +130,19 @@ def _safe_parent(dest: Path, parts: list[str], entry: str) -> Path:
     return target
 
 
-def _write_file(target: Path, data: IO[bytes], executable: bool) -> None:
+def _write_file(target: Path, data: IO[bytes], executable: bool, counter: Counter) -> None:
+    """Copy ``data`` to a new file, counting every byte against the archive's limit."""
     mode = 0o755 if executable else 0o644
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "wb") as out:
-        shutil.copyfileobj(data, out, 1 << 20)
+        while block := data.read(1 << 20):
+            counter.add(len(block))
+            out.write(block)
+
+
+def _check_declared(sizes: list[int], limit: SizeLimit) -> None:
+    """The sizes an archive's headers declare, before anything is written."""
+    limit.check(sum(sizes))
 
 
 def _make_dir(target: Path) -> None:
@@ -135,8 +150,9 @@ def _make_dir(target: Path) -> None:
         os.mkdir(target)
 
 
-def _extract_zip(archive: Path, dest: Path) -> None:
+def _extract_zip(archive: Path, dest: Path, counter: Counter) -> None:
     with zipfile.ZipFile(archive) as zf:
+        _check_declared([info.file_size for info in zf.infolist()], counter.limit)
         for info in zf.infolist():
             parts = _entry_parts(info.filename)
             if not parts:
@@ -150,7 +166,7 @@ def _extract_zip(archive: Path, dest: Path) -> None:
                 _make_dir(target)
                 continue
             with zf.open(info) as data:
-                _write_file(target, data, bool(unix_mode & 0o100))
+                _write_file(target, data, bool(unix_mode & 0o100), counter)
 
 
 def _tar_top_folder(names: list[str]) -> str | None:
@@ -163,9 +179,10 @@ def _tar_top_folder(names: list[str]) -> str | None:
     return None
 
 
-def _extract_tar(archive: Path, dest: Path) -> None:
+def _extract_tar(archive: Path, dest: Path, counter: Counter) -> None:
     with tarfile.open(archive, "r:*") as tar:
         members = tar.getmembers()
+        _check_declared([m.size for m in members if m.isreg()], counter.limit)
         strip = _tar_top_folder([m.name for m in members])
         for member in members:
             parts = _entry_parts(member.name, strip)
@@ -179,11 +196,11 @@ def _extract_tar(archive: Path, dest: Path) -> None:
             elif member.isreg():
                 source = tar.extractfile(member)
                 assert source is not None   # None only for members that are not files
-                _write_file(target, source, bool(member.mode & 0o100))
+                _write_file(target, source, bool(member.mode & 0o100), counter)
             elif member.issym():
                 _make_symlink(target, parts, member)
             else:
-                _copy_hardlink(dest, target, member, strip)
+                _copy_hardlink(dest, target, member, strip, counter)
         # tarfile stops at the end-of-archive blocks; reading on to the end of the compressed
         # stream makes gzip check its CRC and length, so a truncated download is caught.
         while tar.fileobj.read(1 << 20):
@@ -200,8 +217,10 @@ def _make_symlink(target: Path, parts: list[str], member: tarfile.TarInfo) -> No
     os.symlink(link, target)
 
 
-def _copy_hardlink(dest: Path, target: Path, member: tarfile.TarInfo, strip: str | None) -> None:
-    """Hard links become copies of a regular file already extracted from this archive."""
+def _copy_hardlink(dest: Path, target: Path, member: tarfile.TarInfo, strip: str | None,
+                   counter: Counter) -> None:
+    """Hard links become copies of a regular file already extracted from this archive (each
+    copy counts: a thousand links to one big file would be a thousand copies)."""
     refused = UnsafeEntry(member.name, f"hard link to {member.linkname!r} outside the archive")
     try:
         parts = _entry_parts(member.linkname, strip)
@@ -218,6 +237,7 @@ def _copy_hardlink(dest: Path, target: Path, member: tarfile.TarInfo, strip: str
             raise refused
     if not parts or not stat.S_ISREG(mode):
         raise refused
+    counter.add(os.stat(source).st_size)
     shutil.copyfile(source, target)
 
 

@@ -17,7 +17,8 @@ import collections
 from collections.abc import Callable
 from typing import Any, Protocol, Union
 
-from daemon.errors import InternalServerError, TorchdError
+from daemon.errors import BadRequest, InternalServerError, TorchdError
+from protocol import messages
 
 # A job that queues this many undelivered parts holds its worker connection until the reader
 # has taken it back down to PARTS_LOW (a reader that awaits next_event: the ASGI path, gRPC).
@@ -92,9 +93,12 @@ GONE = Gone()
 Event = Union[Part, Answer, Failure, Gone]
 
 
-def worker_error(response: dict[str, Any]) -> InternalServerError:
+def worker_error(response: dict[str, Any]) -> TorchdError:
     """A handler's failure. TorchServe types every one InternalServerException, whatever the
-    status (513 from a PredictionException, 503 "Prediction failed", 507 ...)."""
+    status (513 from a PredictionException, 503 "Prediction failed", 507 ...). A request the
+    worker refused before its handler ran (JSON nested too deeply) is the client's error."""
+    if response.get("error_type") == messages.BAD_REQUEST:
+        return BadRequest(response.get("reason") or "Bad request")
     return InternalServerError(response.get("reason") or "Prediction failed",
                                status=response.get("status") or 503)
 

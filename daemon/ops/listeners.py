@@ -23,7 +23,10 @@ from hypercorn.config import Config as HypercornConfig
 
 from daemon.config.settings import Config
 from daemon.config.values import BindAddress
+from daemon.http.limits import ConnectionLimits
 from daemon.http.uvicorn_adapter import MAX_INCOMPLETE, InferenceServer, uvicorn_config
+from daemon.ops import hypercorn_limits
+from daemon.osutil import connections_allowed, open_files_limit
 
 logger = logging.getLogger(__name__)
 GRACEFUL_HTTP = 30.0      # seconds in-flight HTTP requests get at shutdown
@@ -108,8 +111,24 @@ def install_standard_reasons() -> None:
             WRITERS[key] = _with_standard_reason(WRITERS[key])
 
 
-def hypercorn_config(sock: socket.socket, address: BindAddress,
-                     config: Config) -> HypercornConfig:
+def connection_limits(config: Config) -> ConnectionLimits:
+    """Every HTTP listener's limits. ``max_connections`` is lowered, saying so, when that many
+    on each listener (gRPC's too) would leave the daemon without descriptors."""
+    listeners = len(config.listeners) + len(config.grpc_listeners)
+    allowed = connections_allowed(config.max_connections, listeners)
+    if allowed < config.max_connections:
+        explicit = config.sources.get("max_connections", "default") != "default"
+        logger.log(logging.WARNING if explicit else logging.INFO,
+                   "max_connections lowered from %d to %d per listener: the process may open "
+                   "%d files (RLIMIT_NOFILE), %d listeners share them", config.max_connections,
+                   allowed, open_files_limit(), listeners)
+    return ConnectionLimits(header_timeout=config.request_header_timeout,
+                            body_timeout=config.request_body_timeout,
+                            max_connections=allowed, max_body=config.max_request_size)
+
+
+def hypercorn_config(sock: socket.socket, address: BindAddress, config: Config,
+                     name: str = "", limits: ConnectionLimits | None = None) -> HypercornConfig:
     """Serve on ``sock``, which listens from here on (hypercorn takes over its descriptor)."""
     install_standard_reasons()
     sock.listen(LISTEN_BACKLOG)
@@ -121,6 +140,9 @@ def hypercorn_config(sock: socket.socket, address: BindAddress,
     hc.graceful_timeout = GRACEFUL_HTTP
     hc.keep_alive_timeout = KEEP_ALIVE
     hc.h11_max_incomplete_size = MAX_INCOMPLETE
+    # HTTP/1.1 only over TLS: the limits time HTTP/1.1's requests (daemon/ops/hypercorn_limits.py)
+    hc.alpn_protocols = ["http/1.1"]
+    hypercorn_limits.limit(hc, name, limits or ConnectionLimits())
     if address.is_tls:
         hc.certfile = str(config.certificate_file)
         hc.keyfile = str(config.private_key_file)
@@ -138,9 +160,11 @@ class Listeners:
         self.apps = apps
         self._closed = asyncio.Event()
         self._inference: InferenceServer | None = None
+        self.limits = ConnectionLimits()
 
     def serve(self) -> list[asyncio.Future]:
         servers: list[asyncio.Future] = []
+        self.limits = connection_limits(self.config)
         for name, address in self.config.listeners.items():
             sock, app = self.sockets[name], self.apps[name]
             if name == INFERENCE:
@@ -149,9 +173,10 @@ class Listeners:
                 sock.listen(LISTEN_BACKLOG)
                 servers.append(asyncio.ensure_future(self._serve_uvicorn(app, sock, address)))
             else:
-                hc = hypercorn_config(sock, address, self.config)
+                hc = hypercorn_config(sock, address, self.config, name, self.limits)
+                guarded: Any = hypercorn_limits.HeadGuard(app, MAX_INCOMPLETE)
                 servers.append(asyncio.ensure_future(
-                    hypercorn_serve(app, hc, shutdown_trigger=self._closed.wait)))
+                    hypercorn_serve(guarded, hc, shutdown_trigger=self._closed.wait)))
         return servers
 
     async def _serve_uvicorn(self, app: Any, sock: socket.socket, address: BindAddress) -> None:
@@ -161,7 +186,8 @@ class Listeners:
         # the inference app's DirectPath, taken here: uvicorn may wrap the app (TRACE logging)
         direct = getattr(app, "direct", None)
         self._inference = InferenceServer(uvicorn_config(app, direct, tls, LISTEN_BACKLOG,
-                                                         KEEP_ALIVE, GRACEFUL_HTTP))
+                                                         KEEP_ALIVE, GRACEFUL_HTTP,
+                                                         self.limits), INFERENCE)
         if self._closed.is_set():
             self._inference.should_exit = True
         await self._inference.serve(sockets=[sock])

@@ -22,7 +22,7 @@ from daemon.errors import BadRequest, MethodNotAllowed, TorchdError
 from daemon.models.requests import RegisterRequest
 from daemon.rpc.generated import management_pb2 as pb
 from daemon.rpc.generated import management_pb2_grpc as pb_grpc
-from daemon.rpc.status import answer
+from daemon.rpc.status import answer, details
 
 Context = grpc.aio.ServicerContext
 T = TypeVar("T")
@@ -54,7 +54,7 @@ class ModelApiDisabled(MethodNotAllowed):
 
 def java_details(error: TorchdError) -> str:
     """TorchServe's details: the message, then the exception's Java class on a line of its own."""
-    return f"{error.message}\n{java_exception(error.type)}"
+    return f"{details(error.message)}\n{java_exception(error.type)}"
 
 
 async def managed(context: Context, call: Awaitable[T]) -> T:

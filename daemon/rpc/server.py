@@ -21,12 +21,13 @@ from google.protobuf.descriptor import ServiceDescriptor
 from daemon.config.settings import Config
 from daemon.config.values import BindAddress
 from daemon.errors import TorchdError
+from daemon.osutil import connections_allowed
 from daemon.rpc.generated import grpc_predict_v2_pb2, inference_pb2, management_pb2
 from daemon.rpc.handlers import register_servicer
 from daemon.rpc.inference import InferenceService
 from daemon.rpc.management import ManagementService
 from daemon.rpc.oip import OipService
-from daemon.rpc.status import grpc_code
+from daemon.rpc.status import details, grpc_code
 
 if TYPE_CHECKING:
     from daemon.core import Core
@@ -65,10 +66,10 @@ class TokenGate(grpc.aio.ServerInterceptor):
 def _denying(handler: Handler, error: TorchdError) -> Handler:
     """A handler of the same shape as ``handler`` that only refuses the call."""
     async def refuse(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc_code(error.status), error.message)
+        await context.abort(grpc_code(error.status), details(error.message))
 
     async def refuse_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc_code(error.status), error.message)
+        await context.abort(grpc_code(error.status), details(error.message))
         yield   # an async generator, as a streaming rpc's handler must be
 
     codec = {"request_deserializer": handler.request_deserializer,
@@ -106,9 +107,17 @@ class RpcListeners:
             self.ports[kind] = self._add_port(server, kind, address)
 
     def _options(self) -> list[tuple[str, Any]]:
-        # SO_REUSEPORT (grpc's default) would let a second daemon bind the same port silently
-        return [("grpc.max_receive_message_length", self.config.max_request_size),
-                ("grpc.so_reuseport", 0)]
+        config = self.config
+        listeners = len(config.listeners) + len(config.grpc_listeners)
+        # SO_REUSEPORT (grpc's default) would let a second daemon bind the same port silently.
+        # grpc's core closes a connection past the cap at once (there is no HTTP answer to
+        # give), and one that has not finished its TLS and HTTP/2 handshake in the head's time.
+        return [("grpc.max_receive_message_length", config.max_request_size),
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_allowed_incoming_connections",
+                 connections_allowed(config.max_connections, listeners)),
+                ("grpc.server_handshake_timeout_ms",
+                 int(config.request_header_timeout * 1000))]
 
     def _add_port(self, server: grpc.aio.Server, kind: str, address: BindAddress) -> int:
         target = grpc_target(address)

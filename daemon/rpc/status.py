@@ -21,6 +21,21 @@ HTTP_TO_GRPC = {400: C.INVALID_ARGUMENT, 401: C.UNAUTHENTICATED, 403: C.PERMISSI
                 503: C.UNAVAILABLE, 504: C.DEADLINE_EXCEEDED, 507: C.RESOURCE_EXHAUSTED}
 
 
+# Bytes of an error message a call's status carries. grpc-message travels in the trailers,
+# percent-encoded (a byte may take 3 characters), and a client refuses trailers past 8-16 KiB:
+# an echoed 100,000-character model name would lose the whole status, code included.
+MAX_DETAILS = 1000
+
+
+def details(message: str) -> str:
+    """``message`` cut to MAX_DETAILS bytes of UTF-8, saying so."""
+    encoded = message.encode("utf-8")
+    if len(encoded) <= MAX_DETAILS:
+        return message
+    cut = encoded[:MAX_DETAILS].decode("utf-8", "ignore")
+    return f"{cut}... ({len(encoded) - len(cut.encode())} more bytes)"
+
+
 def grpc_code(status: int) -> grpc.StatusCode:
     """Any other 4xx is INVALID_ARGUMENT, any other 5xx INTERNAL."""
     code = HTTP_TO_GRPC.get(status)
@@ -30,29 +45,30 @@ def grpc_code(status: int) -> grpc.StatusCode:
 
 
 async def abort(context: grpc.aio.ServicerContext, error: TorchdError,
-                details: str | None = None) -> NoReturn:
-    """End the call with ``error``'s mapped code and ``details`` (default: its REST message);
-    the headers REST would send with it (a full queue's Retry-After) as trailing metadata."""
+                text: str | None = None) -> NoReturn:
+    """End the call with ``error``'s mapped code and ``text`` as the details (default: its
+    REST message, cut to MAX_DETAILS); the headers REST would send with it (a full queue's
+    Retry-After) as trailing metadata."""
     trailers = tuple((name.lower(), value) for name, value in error.headers.items())
-    await context.abort(grpc_code(error.status), error.message if details is None else details,
-                        trailers)
+    await context.abort(grpc_code(error.status),
+                        details(error.message) if text is None else text, trailers)
     raise AssertionError("unreachable: abort raises")   # for type checkers
 
 
 async def answer(context: grpc.aio.ServicerContext, call: Awaitable[T],
-                 details: Callable[[TorchdError], str] | None = None) -> T:
+                 describe: Callable[[TorchdError], str] | None = None) -> T:
     """``call``'s result; a TorchdError (or a bug) ends the call with its status instead, and
-    ``details(error)`` as the status details (default: the REST message)."""
+    ``describe(error)`` as the status details (default: the REST message)."""
     try:
         return await call
     except TorchdError as exc:
-        await abort(context, exc, details(exc) if details else None)
+        await abort(context, exc, describe(exc) if describe else None)
     except (grpc.aio.AbortError, GeneratorExit):
         raise
     except Exception as exc:
         logger.exception("unhandled error in a gRPC call")
         error = TorchdError(f"{type(exc).__name__}: {exc}")
-        await abort(context, error, details(error) if details else None)
+        await abort(context, error, describe(error) if describe else None)
 
 
 def json_text(document: Any) -> str:

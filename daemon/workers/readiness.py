@@ -15,8 +15,10 @@ SPEC 2 says, "every model's default version has minWorkers READY":
 - ready (``/v2/health/ready``, gRPC ServerReady; a Kubernetes readiness probe): each such
   version is ready, every declared startup model is registered, and the daemon is not draining;
 - healthy (``/ping``, gRPC Ping; TorchServe's meaning): each such version is ready, or
-  recovering from crashes for less than RECOVERY_GRACE with no worker FAILED
-  (``Supervisor.healthy``), and the daemon is not draining.
+  below its minWorkers for less than RECOVERY_GRACE (its workers starting, or restarting after
+  crashes) with no worker FAILED (``Supervisor.healthy``), and the daemon is not draining. A
+  model being registered or scaled up leaves the server healthy, as in TorchServe (a starting
+  worker counts as healthy there): a liveness probe must not restart the server for it.
 """
 from __future__ import annotations
 

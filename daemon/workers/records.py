@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from daemon.workers.states import RestartPolicy
 
-RECOVERY_GRACE = 300.0      # /ping tolerates a model below minWorkers this long while restarting
+RECOVERY_GRACE = 300.0      # /ping tolerates a model below minWorkers this long while (re)starting
 
 
 @dataclass
@@ -123,9 +123,14 @@ class VersionRecord:
         return 0.0 if since is None else now - since
 
     def recovering(self, now: float) -> bool:
-        """Below min_workers because of crashes, for less than RECOVERY_GRACE seconds."""
+        """Below min_workers for less than RECOVERY_GRACE seconds: its workers are starting
+        (a new version, a scale-up) or restarting after crashes. ``below_min_since`` is unset
+        until the Supervisor's next reconcile sees the version short: just registered, or
+        short since a moment ago, which is recovering too. (/ping said Unhealthy for every
+        model while one registered, as only restarts counted; TorchServe counts a starting
+        worker healthy, and a liveness probe must not kill a server for loading a model.)"""
         since = self.below_min_since
-        return since is not None and now - since < RECOVERY_GRACE and self.restarts > 0
+        return since is None or now - since < RECOVERY_GRACE
 
 
 def _out_of_time(history: SlotHistory, now: float, retry_window: float) -> bool:

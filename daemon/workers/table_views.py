@@ -54,7 +54,8 @@ class WorkerTableViews(abc.ABC):
         return version_ready(self.ready_count(mv), mv.settings.min_workers)
 
     def healthy(self, mv: ModelVersion) -> bool:
-        """Ready, or recovering from crashes (briefly, with no worker FAILED): /ping's view."""
+        """Ready, or starting or recovering from crashes (briefly, with no worker FAILED):
+        /ping's view."""
         if self.ready(mv):
             return True
         if any(h.state is S.FAILED for h in self.handles(mv)):

@@ -299,3 +299,20 @@ def test_the_alias_is_not_installed_by_importing_worker():
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.split("\n")[:2] == ["False", "no ts"]
+
+
+def test_deeply_nested_json_is_refused_by_the_codec_not_the_handler():
+    nested = b"[" * 100_000 + b"]" * 100_000
+    requests = [{"id": "a", "parameters": [{"name": "body", "content_type": "application/json",
+                                            "value": b'{"x": 1}'}]},
+                {"id": "b", "parameters": [{"name": "body", "content_type": "application/json",
+                                            "value": nested}]},
+                {"id": "c", "parameters": [{"name": "body", "content_type": "application/json",
+                                            "value": b"not json"}]}]
+    kept, data, refused = codec.decode_batch(requests)
+    assert [r["id"] for r in kept] == ["a", "c"]
+    assert data == [{"body": {"x": 1}}, {"body": bytearray(b"not json")}]   # TorchServe's bytes
+    (answer,) = refused
+    assert (answer["id"], answer["status"], answer["error"]) == ("b", 400, True)
+    assert answer["error_type"] == "BadRequestException"
+    assert "nested too deeply" in answer["reason"]

@@ -48,7 +48,7 @@ def test_every_private_name_exists_in_the_installed_uvicorn():
         assert name in inspect.getsource(flow_control.FlowControl), name
     seen = uvloop.run(_attributes_of_a_live_request())
     for group in ("HttpToolsProtocol attributes", "RequestResponseCycle attributes",
-                  "ServerState attributes"):
+                  "ServerState attributes", "Server attributes"):
         for name in UVICORN_PRIVATE[group]:
             assert name in seen[group], (group, name)
 
@@ -77,6 +77,7 @@ async def _attributes_of_a_live_request() -> dict[str, set[str]]:
     serving = asyncio.ensure_future(server.serve(sockets=[sock]))
     try:
         await until(lambda: server.started, timeout=10, interval=0.01, what="the server started")
+        seen["Server attributes"] = set(vars(server))
         reader, writer = await asyncio.open_connection(*sock.getsockname())
         writer.write(b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi")
         assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)).startswith(
@@ -93,3 +94,25 @@ def test_each_listener_gets_a_protocol_class_of_its_own():
     a, b = protocol_for(first), protocol_for(second)
     assert a.direct is first and b.direct is second
     assert issubclass(a, httptools_impl.HttpToolsProtocol)
+
+
+def test_httptools_calls_the_chunk_callbacks_the_protocol_adds():
+    """InferenceProtocol's on_chunk_header/on_chunk_complete are httptools' callbacks (it looks
+    them up when a parser is made), called around each chunk of a chunked body."""
+    import httptools
+
+    assert set(UVICORN_PRIVATE["httptools callbacks added"]) == {"on_chunk_header",
+                                                                 "on_chunk_complete"}
+    calls: list[str] = []
+
+    class Seen:
+        def on_chunk_header(self) -> None:
+            calls.append("header")
+
+        def on_chunk_complete(self) -> None:
+            calls.append("complete")
+
+    parser = httptools.HttpRequestParser(Seen())
+    parser.feed_data(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\nabc\r\n0\r\n\r\n")
+    assert calls == ["header", "complete", "header", "complete"]

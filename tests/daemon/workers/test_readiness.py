@@ -33,7 +33,8 @@ async def test_a_version_scaled_to_zero_is_not_ready_but_holds_no_one_back(h: Ha
     assert health.ready() and health.healthy()           # /v2/health/ready, /ping: 200
     served = h.model("served")
     scale(h, served, 1, 1)
-    assert not h.sup.ready(served) and not health.ready() and not health.healthy()
+    # starting: not ready, but healthy (a liveness probe must not kill a loading server)
+    assert not h.sup.ready(served) and not health.ready() and health.healthy()
     await ready(h, served, 1)
     assert h.sup.ready(served) and health.ready() and health.healthy()
     scale(h, idle, 0, 1)
@@ -53,6 +54,18 @@ async def test_a_crash_is_healthy_while_recovering_but_not_ready(h: Harness) -> 
     assert not health.ready() and health.healthy()       # /ping tolerates a restart
     h.clock.advance(RECOVERY_GRACE)
     h.launcher.behaviour = "fail_load"                   # never comes back
+    h.sup.reconcile()
+    assert not health.ready() and not health.healthy()
+
+
+@scenario
+async def test_starting_workers_are_healthy_for_the_grace_only(h: Harness) -> None:
+    health = Health(h.registry, h.sup)
+    mv = h.model()
+    h.launcher.behaviour = "no_load"
+    scale(h, mv, 1, 1)
+    assert not health.ready() and health.healthy()
+    h.clock.advance(RECOVERY_GRACE)
     h.sup.reconcile()
     assert not health.ready() and not health.healthy()
 
