@@ -221,25 +221,10 @@ def exited(pid: int, returncode: int) -> dict[str, Any]:
 
 
 def spawn_template(template_id: str, socket_path: str, title: str, daemon_pid: int,
-                   load: dict[str, Any]) -> dict[str, Any]:
+                   load: dict[str, Any], compiler: bool = False) -> dict[str, Any]:
     """Asks the zygote to fork a model version's template, which runs ``load`` (a LOAD
     message) once and then forks that version's workers."""
-    compiler = compiles(load.get("model_yaml_config") or {})
     return {**spawn(template_id, socket_path, title, daemon_pid, compiler), "preload": load}
-
-
-def compiles(model_yaml_config: dict[str, Any]) -> bool:
-    """Whether a model-config.yaml asks BaseHandler for torch.compile (``pt2`` in one of the
-    forms TorchServe 0.12 reads: a backend name, ``compile: {enable: true}``, or the older
-    dict of torch.compile's arguments; ``export`` compiles nothing)."""
-    pt2 = model_yaml_config.get("pt2") if isinstance(model_yaml_config, dict) else None
-    if isinstance(pt2, str):
-        return bool(pt2)
-    if not isinstance(pt2, dict):
-        return False
-    if "compile" in pt2:
-        return isinstance(pt2["compile"], dict) and pt2["compile"].get("enable") is True
-    return "export" not in pt2
 
 
 def preloaded(ok: bool, error: str | None = None, load_seconds: float = 0.0,

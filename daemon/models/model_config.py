@@ -107,3 +107,17 @@ def _parallel_refusals(yaml_config: Mapping[str, Any]) -> list[str]:
 def _java_int(value: Any) -> bool:
     """A YAML integer TorchServe reads as one (an Integer: not a bool, not beyond 32 bits)."""
     return isinstance(value, int) and not isinstance(value, bool) and value in JAVA_INT
+
+
+def compiles(model_yaml_config: dict[str, Any]) -> bool:
+    """Whether a model-config.yaml asks BaseHandler for torch.compile (``pt2`` in one of the
+    forms TorchServe 0.12 reads: a backend name, ``compile: {enable: true}``, or the older
+    dict of torch.compile's arguments; ``export`` compiles nothing)."""
+    pt2 = model_yaml_config.get("pt2") if isinstance(model_yaml_config, dict) else None
+    if isinstance(pt2, str):
+        return bool(pt2)
+    if not isinstance(pt2, dict):
+        return False
+    if "compile" in pt2:
+        return isinstance(pt2["compile"], dict) and pt2["compile"].get("enable") is True
+    return "export" not in pt2

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import psutil
 
+from daemon.models.model_config import compiles
 from daemon.osutil import pid_gone
 from protocol import messages
 from protocol.frames import ProtocolError
@@ -254,7 +255,8 @@ class ZygoteLauncher:
         if self._writer is None:
             return None
         return await self._fork(template_id, messages.spawn_template(
-            template_id, socket_path, title, self.daemon_pid, load))
+            template_id, socket_path, title, self.daemon_pid, load,
+            compiles(load.get("model_yaml_config") or {})))
 
     async def _fork(self, child_id: str, spawn: dict) -> int:
         assert self._writer is not None

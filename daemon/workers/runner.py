@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from daemon.errors import InternalServerError, TorchdError
+from daemon.models.model_config import compiles
 from daemon.models.dispatcher import BatchObserver, Dispatcher
 from daemon.models.dispatching import WorkerDispatcher
 from daemon.models.pipelining import PipelineDispatcher
@@ -165,7 +166,7 @@ class WorkerRunner:
             if handle.stop_requested.is_set():   # the template was stopped with it
                 raise StartFailure("stopped while starting")
         deps = str(handle.mv.deps_dir) if handle.mv.deps_dir else None
-        if messages.compiles(handle.mv.yaml_config):
+        if compiles(handle.mv.yaml_config):
             return await self.launcher.spawn(handle.id, path, handle.title, deps,
                                              handle.threads, compiler=True)
         return await self.launcher.spawn(handle.id, path, handle.title, deps, handle.threads)

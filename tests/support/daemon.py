@@ -68,6 +68,10 @@ class Daemon:
             cmd.append("--ncs")
         env = {**os.environ, "PYTHONPATH": str(REPO), **self.env}
         env.pop("TS_CONFIG_FILE", None)
+        # inductor sets this in the test process once anything compiled there: a daemon that
+        # inherited it would give its workers that cache, not each version's own
+        if "TORCHINDUCTOR_CACHE_DIR" not in self.env:
+            env.pop("TORCHINDUCTOR_CACHE_DIR", None)
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(cmd, cwd=self.workdir, env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT, start_new_session=True,
