@@ -48,7 +48,9 @@ def outcome_response(outcome: Outcome) -> Response:
     return status_json(outcome.message, outcome.status)
 
 
-async def _json_body(request: Request) -> dict[str, Any] | None:
+async def json_body(request: Request) -> dict[str, Any] | None:
+    """The parameters of a JSON body (Content-Type: application/json), as TorchServe reads
+    them (register calls of models and workflows); None for any other body."""
     if not request.headers.get("content-type", "").lower().startswith("application/json"):
         return None
     raw = await read_body(request, request.app.state.config.max_request_size)
@@ -67,7 +69,7 @@ async def _json_body(request: Request) -> dict[str, Any] | None:
 
 async def register(request: Request) -> Response:
     require_model_api(request)
-    p = Params.from_query(request, await _json_body(request))
+    p = Params.from_query(request, await json_body(request))
     req = RegisterRequest(
         url=p.str("url"), model_name=p.str("model_name") or None, handler=p.str("handler") or None,
         runtime=p.str("runtime"), batch_size=int_param(p, "batch_size"),

@@ -15,7 +15,7 @@ from starlette.routing import Route
 
 from daemon.errors import BadRequest, InternalServerError
 from daemon.http.common import DISCONNECT_HOOKS, NoResponse, Params, read_body, status_json
-from daemon.http.management import int_param
+from daemon.http.management import int_param, json_body
 from daemon.http.predict import TORCHSERVE_METHODS, form_parameters, is_form, request_headers
 from daemon.workflows.manager import WorkflowManager, WorkflowRequest
 from protocol import messages
@@ -31,30 +31,13 @@ def workflows(request: Request) -> WorkflowManager:
 # ---- management -----------------------------------------------------------------------------
 
 async def register(request: Request) -> Response:
-    p = Params.from_query(request, await _json_body(request))
+    p = Params.from_query(request, await json_body(request))
     req = WorkflowRequest(url=p.str("url"), workflow_name=p.str("workflow_name") or None,
                           response_timeout=int_param(p, "response_timeout"),
                           startup_timeout=int_param(p, "startup_timeout"),
                           s3_sse_kms=p.bool("s3_sse_kms", False))
     outcome = await workflows(request).register(req)
     return status_json(outcome.message, outcome.status)
-
-
-async def _json_body(request: Request) -> dict[str, Any] | None:
-    """The parameters of a JSON body (Content-Type: application/json), as TorchServe reads
-    them; None for any other body."""
-    if not request.headers.get("content-type", "").lower().startswith("application/json"):
-        return None
-    raw = await read_body(request, request.app.state.config.max_request_size)
-    if not raw.strip():
-        return None
-    try:
-        body = json.loads(raw)
-    except ValueError as exc:
-        raise BadRequest(f"Invalid JSON body: {exc}") from exc
-    if not isinstance(body, dict):
-        raise BadRequest("The JSON body must be an object")
-    return body
 
 
 async def list_workflows(request: Request) -> Response:

@@ -58,6 +58,23 @@ worker_output = logging.getLogger("torchd.worker")
 _forwarders: set[asyncio.Task] = set()
 
 
+def dispatch_fork_reply(message: dict, pending: dict[str, asyncio.Future],
+                        on_exit: ExitCallback) -> None:
+    """What a fork server (the zygote, a template) says: SPAWNED settles the pending fork of
+    that child (its pid, or a RuntimeError), EXITED reports a child's exit."""
+    kind = message.get("kind")
+    if kind == messages.SPAWNED:
+        future = pending.pop(str(message.get("worker_id")), None)
+        if future is None or future.done():
+            return
+        if message.get("error") or not message.get("pid"):
+            future.set_exception(RuntimeError(message.get("error") or "fork failed"))
+        else:
+            future.set_result(message["pid"])
+    elif kind == messages.EXITED:
+        on_exit(message["pid"], message["returncode"])
+
+
 async def exec_with_output_pipe(*argv: str) -> asyncio.subprocess.Process:
     """Start ``argv`` with its output (stdout and stderr) forwarded to ``worker_output``."""
     proc = await asyncio.create_subprocess_exec(
@@ -214,17 +231,7 @@ class ZygoteLauncher:
             self._begin_start()
 
     def _dispatch(self, message: dict) -> None:
-        kind = message.get("kind")
-        if kind == messages.SPAWNED:
-            future = self._pending.pop(message["worker_id"], None)
-            if future is None or future.done():
-                return
-            if message.get("error") or not message.get("pid"):
-                future.set_exception(RuntimeError(message.get("error") or "fork failed"))
-            else:
-                future.set_result(message["pid"])
-        elif kind == messages.EXITED:
-            self.on_exit(message["pid"], message["returncode"])
+        dispatch_fork_reply(message, self._pending, self.on_exit)
 
     async def spawn(self, worker_id: str, socket_path: str, title: str,
                     python_path: str | None = None, threads: int = 0,

@@ -18,7 +18,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon.workers.launcher import ExitCallback, ProcessOps
+from daemon.workers.launcher import ExitCallback, ProcessOps, dispatch_fork_reply
 from daemon.workers.runner import (EXIT_READ_GRACE, SHUTDOWN_GRACE, RunnerSettings, load_message,
                                    wait_for_exit)
 from daemon.workers.templates import TemplateHandle, TemplateState
@@ -72,17 +72,7 @@ class TemplateLink:
             self.lost.set_result(None)
 
     def _dispatch(self, message: dict[str, Any]) -> None:
-        kind = message.get("kind")
-        if kind == messages.SPAWNED:
-            future = self._pending.pop(str(message.get("worker_id")), None)
-            if future is None or future.done():
-                return
-            if message.get("error") or not message.get("pid"):
-                future.set_exception(RuntimeError(message.get("error") or "fork failed"))
-            else:
-                future.set_result(message["pid"])
-        elif kind == messages.EXITED:
-            self.on_exit(message["pid"], message["returncode"])
+        dispatch_fork_reply(message, self._pending, self.on_exit)
 
     async def spawn(self, worker_id: str, socket_path: str, title: str) -> int:
         """A worker forked from the template: its pid (RuntimeError when it cannot fork)."""
