@@ -103,7 +103,8 @@ class DaemonCore:
     def _launcher_factory(self) -> Callable[[ExitCallback], ExecLauncher | ZygoteLauncher]:
         if self.config.worker_spawn == "exec":
             return lambda on_exit: ExecLauncher(on_exit)
-        return lambda on_exit: ZygoteLauncher(on_exit, self.runtime_dir)
+        return lambda on_exit: ZygoteLauncher(on_exit, self.runtime_dir,
+                                              import_compiler=not self.gpus.ids)
 
     def _refresh_gauges(self) -> None:
         for mv in self.registry.all_versions():

@@ -158,9 +158,13 @@ class ZygoteLauncher:
     forks_templates = True    # spawn_template: a model version's template, for preloadModel
 
     def __init__(self, on_exit: ExitCallback, runtime_dir: Path,
-                 daemon_pid: int | None = None) -> None:
+                 daemon_pid: int | None = None, import_compiler: bool = True) -> None:
         self.on_exit = on_exit
         self.runtime_dir = runtime_dir
+        # Whether the zygote may import torch's compiler for the workers of models that compile
+        # (messages.spawn): only where there is no GPU, until it is checked on one that the
+        # import leaves CUDA untouched in the zygote (a CUDA context cannot cross a fork)
+        self.import_compiler = import_compiler
         self.daemon_pid = daemon_pid or os.getpid()
         self.fallback = ExecLauncher(on_exit, self.daemon_pid)
         self.pid: int | None = None
@@ -250,8 +254,8 @@ class ZygoteLauncher:
             await asyncio.wait({self._starting})
         if self._writer is None:
             return await self.fallback.spawn(worker_id, socket_path, title, None, threads)
-        return await self._fork(worker_id, messages.spawn(worker_id, socket_path, title,
-                                                          self.daemon_pid, compiler))
+        return await self._fork(worker_id, messages.spawn(
+            worker_id, socket_path, title, self.daemon_pid, compiler and self.import_compiler))
 
     async def spawn_template(self, template_id: str, socket_path: str, title: str,
                              load: dict) -> int | None:
@@ -263,7 +267,7 @@ class ZygoteLauncher:
             return None
         return await self._fork(template_id, messages.spawn_template(
             template_id, socket_path, title, self.daemon_pid, load,
-            compiles(load.get("model_yaml_config") or {})))
+            self.import_compiler and compiles(load.get("model_yaml_config") or {})))
 
     async def _fork(self, child_id: str, spawn: dict) -> int:
         assert self._writer is not None
