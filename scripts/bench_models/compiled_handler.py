@@ -1,9 +1,9 @@
 """The compiled and preload rounds' handler, the same file on torchd and TorchServe 0.12.
 
 BaseHandler loads the model (and compiles it when model-config.yaml's ``pt2`` says so); this
-handler only reads JSON rows and answers, per request, the output row, the worker's pid and
-whether the model it ran is compiled, so the bench can tell when every worker has answered
-compiled.
+handler only reads JSON rows and answers, per request, the output row, the worker's pid,
+whether the model it ran is compiled (so the bench can tell when every worker has answered
+compiled) and the device BaseHandler put it on (gpu-check --compiled).
 """
 import json
 import os
@@ -33,4 +33,6 @@ class CompiledHandler(BaseHandler):
         compiled = type(self.model).__name__ == "OptimizedModule"
         pid = os.getpid()
         # a row's first 10 values are enough to check the answer; the big model's 7168 are not
-        return [{"y": row[:10], "pid": pid, "compiled": compiled} for row in data.tolist()]
+        device = str(self.device)
+        return [{"y": row[:10], "pid": pid, "compiled": compiled, "device": device}
+                for row in data.tolist()]
