@@ -28,6 +28,7 @@ HEAD = "head"          # what a connection was closed for: its request head did 
 BODY = "body"          # its body stopped
 SILENT = "silent"      # a new connection sent nothing at all
 OVER = "over"          # past max_connections
+HTTP2_REFUSED = "http/2"   # it turned to HTTP/2 on a port that speaks HTTP/1.1 only
 # Seconds a connection past max_connections may take to send the head its 503 answers: long
 # enough for a client that sends at once, short enough that such connections hold few
 # descriptors.

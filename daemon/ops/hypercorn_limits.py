@@ -13,10 +13,10 @@ looks the class up in its asyncio runner at each connection, so installing it th
 (``install``, idempotent, like the status-line writer in listeners.py) is how it is chosen;
 hypercorn has no other user in the daemon. A port's limits are found by its hypercorn Config.
 
-HTTP/2 (a cleartext upgrade or prior knowledge; TLS offers http/1.1 alone, see
-listeners.hypercorn_config) gets the connection cap and hypercorn's own bounds (streams per
-connection, flow-control windows, its idle timer), not these deadlines: its requests are
-streams of one connection, which h2 does not let a reader time one by one.
+HTTP/2 is refused: TLS offers http/1.1 alone (listeners.hypercorn_config), and a cleartext
+connection that turns to HTTP/2 (prior knowledge, or an ``Upgrade: h2c`` request, which
+hypercorn would follow) is closed once it does, as TorchServe's management API speaks HTTP/1.1
+only; its requests would be streams of one connection, which these deadlines cannot time.
 """
 from __future__ import annotations
 
@@ -32,11 +32,13 @@ import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
+from hypercorn.protocol.h2 import H2Protocol
 from hypercorn.protocol.h11 import H11Protocol
 
 from daemon.errors import BadRequest, TorchdError
-from daemon.http.limits import (BODY, HEAD, OVER, SILENT, ClosedCount, ConnectionLimits,
-                                timeout_answer, too_large_answer, unavailable_answer)
+from daemon.http.limits import (BODY, HEAD, HTTP2_REFUSED, OVER, SILENT, ClosedCount,
+                                ConnectionLimits, timeout_answer, too_large_answer,
+                                unavailable_answer)
 
 
 @dataclass
@@ -110,6 +112,10 @@ class LimitedTCPServer(TCPServer):
                 break
             phase.received(self.loop.time(), bool(data))
             await self.protocol.handle(RawData(data))
+            if isinstance(self.protocol.protocol, H2Protocol):
+                port.closed.add(HTTP2_REFUSED, self.loop)
+                self.writer.close()   # HTTP/2's own tasks would keep the connection open
+                break
             if self._chunk_too_large(port.limits):
                 break
         await self.protocol.handle(Closed())

@@ -200,6 +200,22 @@ def test_connections_past_max_connections_get_503(hostile: Daemon, api: str) -> 
             sock.close()
 
 
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+H2C_UPGRADE = (b"GET /models HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+               b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
+
+
+@pytest.mark.parametrize("api", ("management", "metrics"))
+@pytest.mark.parametrize("opening", (H2_PREFACE, H2C_UPGRADE), ids=("prior", "upgrade"))
+def test_http2_is_refused_where_only_http1_is_served(hostile: Daemon, api: str,
+                                                     opening: bytes) -> None:
+    """An HTTP/2 connection could hold its streams past every deadline: closed at once."""
+    with connect(hostile, api) as sock:
+        sock.sendall(opening)
+        _, took = answer(sock, LIMIT_S + 5)   # read to the close
+    assert took < LIMIT_S
+
+
 def test_grpc_closes_connections_past_the_cap_and_silent_ones(hostile: Daemon) -> None:
     port = hostile.ports["grpc_inference"]
     held = [socket.create_connection(("127.0.0.1", port), timeout=10)
