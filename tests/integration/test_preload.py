@@ -103,7 +103,8 @@ def template_pids(d: Daemon, name: str) -> list[int]:
 
 
 def answers(d: Daemon, name: str, count: int, body: Any = None) -> list[dict[str, Any]]:
-    """``count`` concurrent answers (a body with a sleep spreads them over the workers)."""
+    """``count`` concurrent answers (idle workers take one each; answered_by_all asks again
+    until every worker has answered)."""
     def ask(_: int) -> dict[str, Any]:
         response = d.infer("POST", f"/predictions/{name}", json=body or {}, timeout=60)
         assert response.status_code == 200, response.text
@@ -118,7 +119,7 @@ def answered_by_all(d: Daemon, name: str, pids: set[int]) -> list[dict[str, Any]
     seen: dict[int, dict[str, Any]] = {}
 
     def all_seen() -> bool:
-        seen.update((a["pid"], a) for a in answers(d, name, len(pids), {"sleep": 0.3}))
+        seen.update((a["pid"], a) for a in answers(d, name, len(pids)))
         return pids <= set(seen)
 
     wait_until(all_seen, 30, 0.01, lambda: f"answers from {pids} (have {set(seen)})")

@@ -3,6 +3,7 @@ torch-workflow-archiver, models with torch-model-archiver, served by a real daem
 workers. One daemon for the module: each test registers its own workflow and removes it."""
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,9 +61,6 @@ dag:
   pre: [double, square]
 """
 FAULTS_HANDLER = '''
-import time
-
-
 def count(context):
     with open(context.get_request_header(0, "x-count-file"), "a") as f:
         f.write("try\\n")
@@ -76,10 +74,12 @@ def boom(data, context):
 
 
 def nap(data, context):
+    """Answers only once the test lets it: it reads the FIFO the request names to its end."""
     if data is None:
         return None
     count(context)
-    time.sleep(3)
+    with open(context.get_request_header(0, "x-gate")) as gate:
+        gate.read()
     return ["late"]
 '''
 FLAKY_SPEC = "models:\n  retry-attempts: 2\ndag:\n  boom: []\n"
@@ -236,16 +236,29 @@ def test_failing_node_is_retried_then_500(daemon: Daemon, tmp_path: Path) -> Non
 def test_node_past_its_timeout_fails_without_waiting_for_it(daemon: Daemon,
                                                             tmp_path: Path) -> None:
     assert register(daemon, "slow.war").status_code == 200
+    gate = tmp_path / "gate"
+    os.mkfifo(gate)   # the node's answer waits for it: it never comes within its timeout
     try:
         started = time.monotonic()
         answer = daemon.infer("POST", "/wfpredict/slow", data=b"x",
-                              headers={"x-count-file": str(tmp_path / "tries")})
+                              headers={"x-count-file": str(tmp_path / "tries"),
+                                       "x-gate": str(gate)})
         elapsed = time.monotonic() - started
         assert error(answer) == (500, {"code": 500, "type": "InternalServerException",
                                        "message": "Error executing nap"})
-        assert elapsed < 2.8, elapsed   # two tries of 300 ms, not the node's 3 s nap
+        assert elapsed < 2.8, elapsed   # two tries of 300 ms, not the node's held answer
     finally:
+        release(gate)
         unregister(daemon, "slow")
+
+
+def release(gate: Path) -> None:
+    """Let a node blocked on ``gate`` answer (its late answer is dropped): a writer opens the
+    FIFO and closes it, and the reader reads its end. No reader there: nothing to release."""
+    try:
+        os.close(os.open(gate, os.O_WRONLY | os.O_NONBLOCK))
+    except OSError:   # ENXIO: no node is reading it
+        pass
 
 
 @pytest.mark.timeout(120)
