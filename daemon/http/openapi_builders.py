@@ -52,6 +52,13 @@ def query(name: str, schema: dict[str, Any], description: str,
             "schema": schema}
 
 
+def page_parameters() -> list[dict[str, Any]]:
+    """TorchServe's paging of the list endpoints (`GET /models`, `GET /workflows`)."""
+    return [query("limit", integer(100), "Page size; values above 100 or below 0 mean 100."),
+            query("next_page_token", integer(0), "Offset of the page: the nextPageToken of the "
+                  "previous page. Negative values mean 0.")]
+
+
 def path_param(name: str, description: str) -> dict[str, Any]:
     return {"name": name, "in": "path", "required": True, "description": description,
             "schema": {"type": "string"}}

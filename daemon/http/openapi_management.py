@@ -11,6 +11,7 @@ from daemon.http.openapi_builders import (
     integer,
     json_content,
     operation,
+    page_parameters,
     path_param,
     query,
     ref,
@@ -149,10 +150,7 @@ def paths() -> dict[str, Any]:
             "get": operation(
                 "listModels", "List the default version of every model, sorted by name.",
                 {"200": response("A page of models.", ref("ModelList"))},
-                [query("limit", integer(100), "Page size; values above 100 or below 0 mean "
-                       "100."),
-                 query("next_page_token", integer(0), "Offset of the page: the nextPageToken "
-                       "of the previous page. Negative values mean 0.")]),
+                page_parameters()),
             "post": _register(),
         },
         "/models/{model_name}": {

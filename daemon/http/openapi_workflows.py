@@ -13,6 +13,7 @@ from daemon.http.openapi_builders import (
     error,
     integer,
     operation,
+    page_parameters,
     path_param,
     query,
     ref,
@@ -70,10 +71,7 @@ def management_paths() -> dict[str, Any]:
             "get": operation(
                 "listWorkflows", "List the workflows, sorted by name.",
                 {"200": response("A page of workflows.", ref("WorkflowList"))},
-                [query("limit", integer(100), "Page size; values above 100 or below 0 mean "
-                       "100."),
-                 query("next_page_token", integer(0), "Offset of the page: the nextPageToken "
-                       "of the previous page.")]),
+                page_parameters()),
             "post": _register(),
         },
         "/workflows/{workflow_name}": {

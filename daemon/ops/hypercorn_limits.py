@@ -15,8 +15,9 @@ hypercorn has no other user in the daemon. A port's limits are found by its hype
 
 HTTP/2 is refused: TLS offers http/1.1 alone (listeners.hypercorn_config), and a cleartext
 connection that turns to HTTP/2 (prior knowledge, or an ``Upgrade: h2c`` request, which
-hypercorn would follow) is closed once it does, as TorchServe's management API speaks HTTP/1.1
-only; its requests would be streams of one connection, which these deadlines cannot time.
+hypercorn would follow) is closed once it does, before its request reaches the app, as
+TorchServe's management API speaks HTTP/1.1 only; its requests would be streams of one
+connection, which these deadlines cannot time.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ import hypercorn.asyncio.run as hypercorn_run
 from hypercorn.asyncio.tcp_server import MAX_RECV, TCPServer
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.events import Closed, RawData
-from hypercorn.protocol.h2 import H2Protocol
-from hypercorn.protocol.h11 import H11Protocol
+from hypercorn.protocol.h11 import (H2CProtocolRequiredError, H2ProtocolAssumedError,
+                                    H11Protocol)
 
 from daemon.errors import BadRequest, TorchdError
 from daemon.http.limits import (BODY, HEAD, HTTP2_REFUSED, OVER, SILENT, ClosedCount,
@@ -111,10 +112,9 @@ class LimitedTCPServer(TCPServer):
             except (ConnectionError, OSError, SSLError):
                 break
             phase.received(self.loop.time(), bool(data))
-            await self.protocol.handle(RawData(data))
-            if isinstance(self.protocol.protocol, H2Protocol):
+            if not await self._handle_as_http1(RawData(data)):
                 port.closed.add(HTTP2_REFUSED, self.loop)
-                self.writer.close()   # HTTP/2's own tasks would keep the connection open
+                self.writer.close()
                 break
             if self._chunk_too_large(port.limits):
                 break
@@ -123,6 +123,18 @@ class LimitedTCPServer(TCPServer):
         # max_connections) for up to keep_alive_timeout after the client left: hypercorn
         # stops it only once every task of the connection is done, the timer among them.
         await self.idle_task.stop()
+
+    async def _handle_as_http1(self, event: RawData) -> bool:
+        """Hand ``event`` to the connection's HTTP/1.1 protocol; False once the client turns to
+        HTTP/2 (its preface, or an ``Upgrade: h2c`` request, which hypercorn has answered 101).
+        Not through hypercorn's wrapper: that would switch to HTTP/2 and run the upgrade
+        request as stream 1, whose task, once the connection closes, waits for ever on a
+        buffer nothing drains, holding a graceful stop for its whole grace period."""
+        try:
+            await self.protocol.protocol.handle(event)
+        except (H2CProtocolRequiredError, H2ProtocolAssumedError):
+            return False
+        return True
 
     def _h11(self) -> h11.Connection | None:
         protocol = self.protocol.protocol
