@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from bench_models.make_weights import sample_row
-from gpucheck_tools import Report, Torchd, nvml_pids
+from gpucheck_tools import Report, Torchd, nvml_pids, run_steps
 
 HERE = Path(__file__).resolve().parent
 MODELS = HERE / "bench_models"
@@ -143,19 +143,15 @@ def main(args: argparse.Namespace) -> int:
     report = Report()
     expected = make_store(store, device)
     d = Torchd(work, store, {"number_of_gpu": 0} if args.cpu else {})
-    try:
+
+    def steps() -> None:
         for name in CONFIGS:
             register(d, report, name)
             check_model(d, report, name, expected, device)
         check_compiled(d, report)
         check_preload(d, report, args.cpu)
         check_no_cuda_in_daemon(d, report, args.cpu)
-    except Exception as exc:   # a step that broke is a failed check, reported with the rest
-        report.check("gpu-check --compiled ran to the end", False,
-                     f"{type(exc).__name__}: {exc}")
-    finally:
-        d.stop()
-        shutil.copy2(d.log, args.out.with_suffix(".torchd.log"))
-        shutil.rmtree(work, ignore_errors=True)
+
+    run_steps("gpu-check --compiled", d, report, args.out, steps, work)
     report.info("duration", f"{time.monotonic() - began:.0f} s")
     return report.finish(args.out)

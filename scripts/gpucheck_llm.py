@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -56,7 +55,7 @@ from typing import Any
 from benchlib.streams import percentile
 from gpucheck_llm_prep import make_store, model_source, prepare
 from gpucheck_sse import PROMPTS, Completion, as_json, call, complete, stream_window
-from gpucheck_tools import GpuBusy, Report, Torchd
+from gpucheck_tools import GpuBusy, Report, Torchd, run_steps
 
 CLIENTS, TOKENS, WARM_S = 32, 64, 3.0
 # Workers read the model from the store: no hub, no network.
@@ -242,7 +241,8 @@ def main(args: argparse.Namespace) -> int:
     report = Report()
     settings = {"number_of_gpu": 0} if args.cpu else {}
     d = Torchd(work, store, settings, OFFLINE)
-    try:
+
+    def steps() -> None:
         for name in ("llm", "llm1"):
             status, answer = register(d, report, name)
             if status != 200:
@@ -253,11 +253,7 @@ def main(args: argparse.Namespace) -> int:
         for name in ("llm", "llm1"):   # their GPU memory back before vLLM takes its share
             manage(d, "DELETE", f"/models/{name}")
         check_vllm(d, report)
-    except Exception as exc:   # a step that broke is a failed check, reported with the rest
-        report.check("gpu-check --llm ran to the end", False, f"{type(exc).__name__}: {exc}")
-    finally:
-        d.stop()
-        shutil.copy2(d.log, args.out.with_suffix(".torchd.log"))
-        shutil.rmtree(work, ignore_errors=True)
+
+    run_steps("gpu-check --llm", d, report, args.out, steps, work)
     report.info("duration", f"{time.monotonic() - began:.0f} s")
     return report.finish(args.out)

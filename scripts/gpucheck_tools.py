@@ -7,6 +7,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +130,21 @@ class Report:
         out.write_text(json.dumps({"rows": self.rows, "data": self.data}, indent=1,
                                   default=str))
         return 1 if self.failed else 0
+
+
+def run_steps(title: str, d: Torchd, report: Report, out: Path, steps: Callable[[], None],
+              work: Path | None = None) -> None:
+    """Run ``steps`` against ``d``: a step that breaks is a failed check, reported with the
+    rest. Then torchd stops, its log is kept beside ``out``, and ``work`` is removed."""
+    try:
+        steps()
+    except Exception as exc:
+        report.check(f"{title} ran to the end", False, f"{type(exc).__name__}: {exc}")
+    finally:
+        d.stop()
+        shutil.copy2(d.log, out.with_suffix(".torchd.log"))
+        if work is not None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def _client(port: int, path: str, body: bytes, ctype: str, seconds: float, threads: int,

@@ -31,6 +31,7 @@ from daemon.models.requests import (RegisterRequest, check_name, check_parameter
 from daemon.models.model_config import check_config, ignored_config_keys, warn_ignored_keys
 from daemon.models.layers import Layers, explicit_values, resolve_settings
 from daemon.models.snapshots import SnapshotStore
+from daemon.control.paging import list_page
 from daemon.workers.supervisor import Supervisor
 
 
@@ -319,15 +320,9 @@ class ModelManager:
         return status
 
     def list_models(self, limit: int, offset: int) -> dict[str, Any]:
-        limit = 100 if limit > 100 or limit < 0 else limit
-        offset = max(0, offset)
         defaults = [mv for mv in self.registry.defaults() if mv.listed]
-        page = defaults[offset: offset + limit]
-        body: dict[str, Any] = {}
-        if offset + limit <= len(defaults):
-            body["nextPageToken"] = str(offset + limit)
-        body["models"] = [{"modelName": mv.name, "modelUrl": mv.url} for mv in page]
-        return body
+        return list_page(defaults, limit, offset, "models",
+                         lambda mv: {"modelName": mv.name, "modelUrl": mv.url})
 
     async def set_default(self, name: str, version: str) -> Outcome:
         self.registry.set_default(name, version)

@@ -16,6 +16,7 @@ from typing import Any
 from daemon.config.model_settings import request_values, snapshot_entry
 from daemon.config.settings import Config
 from daemon.control.manager import ModelManager, Outcome, WorkersFailed
+from daemon.control.paging import list_page
 from daemon.errors import BadRequest, Conflict, InternalServerError, TorchdError
 from daemon.models.call import Predictions
 from daemon.models.registry import Registry
@@ -219,17 +220,10 @@ class WorkflowManager:
                  "workflowDag": spec.dag_text}]
 
     def list_workflows(self, limit: int, offset: int) -> dict[str, Any]:
-        """As GET /models pages: sorted by name, nextPageToken while a page may follow."""
-        limit = 100 if limit > 100 or limit < 0 else limit
-        offset = max(0, offset)
-        names = sorted(self._workflows)
-        body: dict[str, Any] = {}
-        if offset + limit <= len(names):
-            body["nextPageToken"] = str(offset + limit)
-        body["workflows"] = [{"workflowName": name,
-                              "workflowUrl": self._workflows[name].prepared.url}
-                             for name in names[offset: offset + limit]]
-        return body
+        """As GET /models pages, sorted by name."""
+        return list_page(self.names(), limit, offset, "workflows",
+                         lambda name: {"workflowName": name,
+                                       "workflowUrl": self._workflows[name].prepared.url})
 
     def names(self) -> list[str]:
         return sorted(self._workflows)

@@ -179,6 +179,9 @@ def test_register_predict_scale_restart_unregister(daemon: Daemon) -> None:
 
     assert daemon.mgmt("GET", "/workflows").json() == {
         "workflows": [{"workflowName": "calc", "workflowUrl": "calc.war"}]}
+    assert daemon.mgmt("GET", "/workflows", params={"limit": 1, "next_page_token": -2}).json() \
+        == {"nextPageToken": "1", "workflows": [{"workflowName": "calc",
+                                                  "workflowUrl": "calc.war"}]}
     assert daemon.mgmt("GET", "/workflows/calc").json() == [{
         "workflowName": "calc", "workflowUrl": "calc.war", "minWorkers": 1, "maxWorkers": 1,
         "batchSize": 2, "maxBatchDelay": 20,

@@ -53,21 +53,42 @@ class FakeClock:
         self.now += seconds
 
 
-class FakeWorker:
+class FakeProcess:
+    """What every fake process shares: its pid, its connection, and how it ends (told to its
+    launcher as a real process's exit would be)."""
+
+    def __init__(self, launcher: Any, pid: int) -> None:
+        self.launcher, self.pid = launcher, pid
+        self.alive = True
+        self.writer: asyncio.StreamWriter | None = None
+        self.task: asyncio.Task | None = None
+
+    def exit(self, code: int) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        if self.writer is not None:
+            self.writer.close()
+        self.launcher.on_exit(self.pid, code)
+
+    def kill(self, sig: int) -> None:
+        if self.task is not None and self.task is not asyncio.current_task():
+            self.task.cancel()
+        self.exit(-sig)
+
+
+class FakeWorker(FakeProcess):
     """Stands in for one worker process. ``behaviour``: ok | fail_load | no_load | exit."""
 
     def __init__(self, launcher: FakeLauncher, pid: int, worker_id: str, socket_path: str,
                  behaviour: str, hold: bool) -> None:
-        self.launcher, self.pid, self.id = launcher, pid, worker_id
-        self.socket_path, self.behaviour = socket_path, behaviour
+        super().__init__(launcher, pid)
+        self.id, self.socket_path, self.behaviour = worker_id, socket_path, behaviour
         self.hold = hold                       # keep batches unanswered until answer()
         self.pong = True                       # False: a hung worker (no heartbeat answers)
-        self.alive = True
         self.held: list[dict] = []
         self.load: dict | None = None          # the LOAD frame it was sent
         self.predicts = 0
-        self.writer: asyncio.StreamWriter | None = None
-        self.task: asyncio.Task | None = None
 
     async def run(self) -> None:
         if self.behaviour == "exit":
@@ -101,19 +122,6 @@ class FakeWorker:
             responses = [messages.response(r["id"], 200, "OK", b"done") for r in batch["requests"]]
             write_frame(self.writer, messages.result(batch["batch_id"], responses))
         self.held.clear()
-
-    def exit(self, code: int) -> None:
-        if not self.alive:
-            return
-        self.alive = False
-        if self.writer is not None:
-            self.writer.close()
-        self.launcher.on_exit(self.pid, code)
-
-    def kill(self, sig: int) -> None:
-        if self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
-        self.exit(-sig)
 
 
 class FakeLauncher:

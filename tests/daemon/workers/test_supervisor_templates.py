@@ -26,8 +26,8 @@ from daemon.workers.states import RestartPolicy
 from daemon.workers.templates import TemplateHandle, TemplateState, preload_refusal
 from protocol import messages
 from protocol.streams import read_frame, write_frame
-from tests.daemon.workers.supervisor_harness import (TEST_TIMEOUT, FakeLauncher, Harness, S,
-                                                     ready, scale, until)
+from tests.daemon.workers.supervisor_harness import (TEST_TIMEOUT, FakeLauncher, FakeProcess,
+                                                     Harness, S, ready, scale, until)
 from tests.support.gpus import fake_inventory
 
 T = TemplateState
@@ -72,17 +72,14 @@ def test_templates_that_end_unasked_back_off_until_one_proves_itself() -> None:
 
 # ---- a fake template -----------------------------------------------------------------------
 
-class FakeTemplate:
+class FakeTemplate(FakeProcess):
     """Stands in for a template process. ``behaviour``: ok | fail | unsafe | hang (loads for
     ever)."""
 
     def __init__(self, launcher: TemplateLauncher, pid: int, socket_path: str, behaviour: str,
                  load: dict) -> None:
-        self.launcher, self.pid, self.socket_path = launcher, pid, socket_path
-        self.behaviour, self.load = behaviour, load
-        self.alive = True
-        self.writer: asyncio.StreamWriter | None = None
-        self.task: asyncio.Task | None = None
+        super().__init__(launcher, pid)
+        self.socket_path, self.behaviour, self.load = socket_path, behaviour, load
 
     async def run(self) -> None:
         reader, self.writer = await asyncio.open_unix_connection(self.socket_path)
@@ -102,19 +99,6 @@ class FakeTemplate:
                                                self.pid)
                 write_frame(self.writer, messages.spawned(message["worker_id"], pid))
         self.exit(0)
-
-    def exit(self, code: int) -> None:
-        if not self.alive:
-            return
-        self.alive = False
-        if self.writer is not None:
-            self.writer.close()
-        self.launcher.on_exit(self.pid, code)
-
-    def kill(self, sig: int) -> None:
-        if self.task is not None and self.task is not asyncio.current_task():
-            self.task.cancel()
-        self.exit(-sig)
 
 
 class TemplateLauncher(FakeLauncher):
