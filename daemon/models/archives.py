@@ -105,11 +105,24 @@ def resolve_source(url: str, *, model_store: Path, allowed_urls: list[str],
 
 
 def _store_entry(name: str, model_store: Path) -> Path:
-    """A file or directory directly in the model store; a name with a "/" is never one."""
-    path = model_store / name
-    if "/" in name or "\x00" in name or name == "." or not _is_file_or_dir(path):
+    """A file or directory directly in the model store, named by its name or by its absolute
+    path (TorchServe's own examples register ``<model_store>/<name>``). Any other name with a
+    "/" is never one: TorchServe would load any directory on disk by its path, torchd only
+    what an operator put in the store (elsewhere: a file:// URL that allowed_urls permits)."""
+    entry = name
+    if name.startswith("/") and _parent_is(Path(name), model_store):
+        entry = Path(name).name
+    path = model_store / entry
+    if "/" in entry or "\x00" in entry or entry in ("", ".") or not _is_file_or_dir(path):
         raise ModelNotFound(f"Model not found at: {name}")
     return path
+
+
+def _parent_is(path: Path, directory: Path) -> bool:
+    try:
+        return path.parent.resolve() == directory.resolve()
+    except (OSError, ValueError, RuntimeError):   # a NUL, a symlink loop
+        return False
 
 
 def _local_file(url: str) -> Path:

@@ -131,6 +131,13 @@ def test_8_not_in_the_model_store(mgmt: Daemon, url: str) -> None:
     assert_error(post_models(mgmt, url=url), 404, NOT_FOUND, f"Model not found at: {url}")
 
 
+def test_8_absolute_path_into_the_model_store(mgmt: Daemon) -> None:
+    # TorchServe's stateful examples register url=<model_store>/<name>; the same entry.
+    url = f"{mgmt.model_store}/noop.mar"
+    assert_status(post_models(mgmt, url=url), 200, registered("noop", "1.0", 0))
+    assert mgmt.describe("noop")[0]["modelUrl"] == url
+
+
 @pytest.mark.parametrize(("url", "message"), [
     ("bad_manifest.mar", "MAR-INF/MANIFEST.json in bad_manifest.mar is not valid JSON"),
     ("no_manifest.mar", "Model archive no_manifest.mar has no MAR-INF/MANIFEST.json"),

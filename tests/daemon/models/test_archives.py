@@ -127,3 +127,21 @@ def test_plain_names_only_directly_in_the_store(store_copy, model_store, extract
         err = refused(name, model_store, extract_root)
         assert (err.status, err.message) == (404, f"Model not found at: {name}")
     assert leftovers(extract_root) == []
+
+
+@pytest.mark.parametrize("fmt", ["default", "no-archive"])
+def test_absolute_path_of_a_store_entry_is_that_entry(fmt, store_copy, model_store,
+                                                      extract_root, basic_archives):
+    # TorchServe's stateful examples register url=<model_store>/<name>: the same entry as
+    # <name>. The same name anywhere else is still refused: only the store is read.
+    name = store_copy(fmt)
+    prepared = prepare(str(model_store / name), model_store, extract_root)
+    assert prepared.source == model_store / name
+    assert prepared.manifest["model"]["modelName"] == "basic"
+    remove_prepared(prepared)
+    elsewhere = basic_archives[fmt]
+    assert elsewhere.parent != model_store
+    for url in (str(elsewhere), f"{model_store}/sub/{name}", f"{model_store}/missing.mar"):
+        err = refused(url, model_store, extract_root)
+        assert (err.status, err.message) == (404, f"Model not found at: {url}")
+    assert leftovers(extract_root) == []
