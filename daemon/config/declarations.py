@@ -175,7 +175,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("log_config", parse_optional_path, None,
       "Logging config file: .ini (fileConfig), .json or .yaml (dictConfig)."),
     S("ncs", parse_bool, False,
-      "No config snapshot: do not restore the newest snapshot at start.", flag=True),
+      "No config snapshots (TorchServe's --no-config-snapshots): the newest is not restored "
+      "at start, and none is written.", flag=True),
     S("heartbeat_interval", parse_float, 5.0, "Seconds between worker health checks."),
     S("autoscale_up_delay", parse_float, 2.0,
       "Seconds a queue must stay deep before a worker is added (max_worker > min_worker)."),

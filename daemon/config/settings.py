@@ -19,21 +19,23 @@ from typing import Any
 
 from daemon.config.declarations import (
     DEFAULT_ALLOWED_URLS,
-    IGNORED_KEYS,
     SETTINGS,
     SETTINGS_BY_NAME,
 )
+from daemon.config.files import (
+    ConfigError,
+    file_values,
+    find_config_file,
+    snapshot_named_as_config,
+)
 from daemon.config.model_settings import BY_FIELD, config_default
 from protocol.messages import SEQUENCE_HEADERS
-from daemon.config.properties import parse_properties
 from daemon.config.values import BindAddress, StartupModel, split_model_entry
 from daemon.osutil import usable_cpus
 
 logger = logging.getLogger(__name__)
 
 
-class ConfigError(ValueError):
-    """An invalid setting; the message names the key, the value and where it came from."""
 
 
 GRPC_PORTS = (7070, 7071)   # TorchServe's gRPC inference and management ports
@@ -120,6 +122,9 @@ class Config:
     # False for ``torchd llm`` (as ts.llm_launcher's no_config_snapshots): its model directory
     # is a temporary one, which a snapshot restored later would name in vain
     write_snapshots: bool = True
+    # A torchd snapshot named as the config file (--ts-config, TS_CONFIG_FILE): restored in
+    # place of the newest one, even with --ncs; config_file is then the one it recorded
+    restore_snapshot: Path | None = None
     sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     # -- derived ------------------------------------------------------------------------------
@@ -139,6 +144,11 @@ class Config:
     @property
     def snapshot_dir(self) -> Path:
         return self.log_location / "config"
+
+    @property
+    def snapshots_written(self) -> bool:
+        """--ncs turns snapshots off both ways, as TorchServe's --no-config-snapshots."""
+        return self.write_snapshots and not self.ncs
 
     @property
     def listeners(self) -> dict[str, BindAddress]:
@@ -237,34 +247,7 @@ class Config:
 
 
 # ---------------------------------------------------------------------------------------------
-# Properties files
-
-
-def read_properties_file(path: Path) -> dict[str, str]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        text = path.read_text(encoding="latin-1")
-    return parse_properties(text)
-
-
-# ---------------------------------------------------------------------------------------------
 # Building the Config
-
-
-def find_config_file(argv_options: Mapping[str, Any], environ: Mapping[str, str],
-                     cwd: Path) -> Path | None:
-    """``--ts-config``, else ``$TS_CONFIG_FILE``, else ``./config.properties`` if present."""
-    explicit = argv_options.get("ts_config") or environ.get("TS_CONFIG_FILE")
-    if explicit:
-        path = _resolve(Path(explicit).expanduser(), cwd)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        return path
-    default = cwd / "config.properties"
-    return default if default.is_file() else None
 
 
 def load_config(argv_options: Mapping[str, Any], environ: Mapping[str, str],
@@ -273,15 +256,17 @@ def load_config(argv_options: Mapping[str, Any], environ: Mapping[str, str],
     the command line; ``None`` values mean "not given". Raises ConfigError on invalid values."""
     cwd = Path(cwd).resolve()
     config_file = find_config_file(argv_options, environ, cwd)
+    restore_snapshot, config_file = snapshot_named_as_config(config_file)
     raw: dict[str, tuple[Any, str]] = {
         setting.name: (setting.default, "default") for setting in SETTINGS}
     if config_file is not None:
-        raw.update(_file_values(config_file))
+        raw.update(file_values(config_file))
     raw.update(_env_values(environ))
     raw.update(_cli_values(argv_options))
     values = {name: _parse_setting(name, value, source) for name, (value, source) in raw.items()}
     _resolve_paths(values, cwd)
-    config = Config(**values, config_file=config_file, cwd=cwd,
+    config = Config(**values, config_file=config_file, restore_snapshot=restore_snapshot,
+                    cwd=cwd,
                     notify_socket=environ.get("NOTIFY_SOCKET") or None,
                     watchdog_usec=_watchdog_usec(environ),
                     cuda_visible_devices=environ.get("CUDA_VISIBLE_DEVICES"),
@@ -290,18 +275,6 @@ def load_config(argv_options: Mapping[str, Any], environ: Mapping[str, str],
     _check_grpc_ports(config)
     _check_tls(config)
     return config
-
-
-def _file_values(path: Path) -> dict[str, tuple[str, str]]:
-    values: dict[str, tuple[str, str]] = {}
-    for key, value in read_properties_file(path).items():
-        if key in SETTINGS_BY_NAME:
-            values[key] = (value, f"config file {path}")
-        elif key in IGNORED_KEYS:
-            logger.warning("config file %s: TorchServe key %r is ignored by torchd", path, key)
-        else:
-            logger.warning("config file %s: unknown key %r ignored", path, key)
-    return values
 
 
 def _env_values(environ: Mapping[str, str]) -> dict[str, tuple[str, str]]:

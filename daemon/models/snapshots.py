@@ -85,20 +85,28 @@ class SnapshotStore:
         # opposite order and leave the older state as the newest file.
         self._lock = asyncio.Lock()
 
-    async def save(self, registry: Registry) -> Path | None:
+    async def save(self, registry: Registry, kind: str = "snapshot") -> Path | None:
         """Persist the registry's state now (the write runs off the event loop); the file, or
-        None when the store is not enabled."""
+        None when the store is not enabled. ``kind`` ends the file's name, as TorchServe's:
+        ``startup`` once the daemon serves, ``snapshot`` after a change, ``shutdown``."""
         if not self.enabled:
             return None
         async with self._lock:
             state = capture(registry)
             state.update({key: section() for key, section in self.sections.items()})
-            return await asyncio.to_thread(save_snapshot, self.snapshot_dir, state,
+            return await asyncio.to_thread(save_snapshot, self.snapshot_dir, state, kind=kind,
                                            keep=self.keep)
 
-    def load_latest(self) -> tuple[Path, dict[str, Any]] | None:
-        """See ``load_latest_snapshot``: None without a snapshot, SnapshotError if corrupt."""
-        return load_latest_snapshot(self.snapshot_dir)
+    def load(self, path: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
+        """The snapshot at ``path`` (one named as the config file), else the newest one (see
+        ``load_latest_snapshot``): None without a snapshot, SnapshotError if corrupt."""
+        if path is None:
+            return load_latest_snapshot(self.snapshot_dir)
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise SnapshotError(Path(path), f"cannot read: {exc.strerror or exc}") from None
+        return Path(path), parse_snapshot(Path(path), data)
 
 
 # ---- the schema: a Registry captured, a state turned back into registrations -----------------

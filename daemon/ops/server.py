@@ -37,6 +37,7 @@ from daemon.gpus.inventory import discover_gpus
 from daemon.metrics import Metrics
 from daemon.metrics.configured import metrics_options
 from daemon.metrics.spec import MetricsConfigError
+from daemon.config.files import SNAPSHOT_CONFIG_KEY
 from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
@@ -86,7 +87,10 @@ class DaemonCore:
             autoscale_down_delay=config.autoscale_down_delay, cpus=usable_cpus())
         self.supervisor = Supervisor(self.registry, settings, self._launcher_factory(),
                                      metrics=self.metrics, gpus=self.gpus)
-        self.snapshots = SnapshotStore(config.snapshot_dir, enabled=config.write_snapshots)
+        self.snapshots = SnapshotStore(config.snapshot_dir, enabled=config.snapshots_written)
+        # What a start from this snapshot as --ts-config reads for its settings (config/files.py)
+        self.snapshots.sections[SNAPSHOT_CONFIG_KEY] = lambda: (
+            str(config.config_file) if config.config_file is not None else None)
         self.manager = ModelManager(config, self.registry, self.supervisor,
                                     self.runtime_dir / "models", snapshots=self.snapshots,
                                     metrics=self.metrics, gpus=self.gpus)
@@ -128,17 +132,29 @@ class DaemonCore:
         await self.supervisor.start()
         if self.config.model_snapshot is not None:
             await self._load_model_snapshot()
-            return
-        if not self.config.ncs:
-            self.notifier.status(f"restoring the newest snapshot in {self.config.snapshot_dir}")
-            restored = await restore_snapshot(self.snapshots, self.manager)
-            restored += await restore_workflows(self.snapshots, self.workflows)
+        else:
+            await self._load_saved_and_startup_models()
+        await self._save_snapshot("startup")
+
+    async def _load_saved_and_startup_models(self) -> None:
+        named = self.config.restore_snapshot
+        if named is not None or not self.config.ncs:
+            self.notifier.status(f"restoring the snapshot {named}" if named else
+                                 f"restoring the newest snapshot in {self.config.snapshot_dir}")
+            restored = await restore_snapshot(self.snapshots, self.manager, named)
+            restored += await restore_workflows(self.snapshots, self.workflows, named)
             await self._start_restored(restored)
         failed = await load_startup_models(self.config, self.manager, self._loading)
         if failed:
             logger.error("%d startup model(s) failed to load; serving the others, not ready "
                          "until %s registered", len(failed), ", ".join(failed))
             self.health.expect(failed)
+
+    async def _save_snapshot(self, kind: str) -> None:
+        try:
+            await self.snapshots.save(self.registry, kind)
+        except Exception:
+            logger.exception("%s snapshot failed", kind)
 
     async def _load_model_snapshot(self) -> None:
         """TorchServe's rule: a model_snapshot in the config takes the place of the newest
@@ -185,10 +201,7 @@ class DaemonCore:
         await self.supervisor.close(self.config.unregister_model_timeout)
         if final_snapshot:
             self.notifier.status("writing the final snapshot")
-            try:
-                await self.snapshots.save(self.registry)
-            except Exception:
-                logger.exception("final snapshot failed")
+            await self._save_snapshot("shutdown")
         for mv in self.registry.all_versions():
             await asyncio.to_thread(_remove_extracted, mv.archive)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)

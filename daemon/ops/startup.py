@@ -27,19 +27,22 @@ class StartupError(Exception):
     """The daemon cannot start; the message names the file or model and what to do."""
 
 
-async def restore_snapshot(store: SnapshotStore, manager: ModelManager) -> int:
-    """Re-register every version of the newest snapshot exactly (workers, default version);
-    returns how many versions. Their workers start without being waited for here.
+async def restore_snapshot(store: SnapshotStore, manager: ModelManager,
+                           named: Path | None = None) -> int:
+    """Re-register every version of the newest snapshot (or of the one ``named`` as the config
+    file) exactly
+    (workers, default version); returns how many versions. Their workers start without being
+    waited for here.
 
     All or nothing: a corrupt snapshot, or one naming an archive that has gone, stops the start
     with a StartupError naming the file (and the model). Serving without those models would
     let the next snapshot forget them for good.
     """
     try:
-        found = store.load_latest()
+        found = store.load(named)
     except SnapshotError as exc:
         raise StartupError(f"{exc}; repair or remove that file (the snapshots before it are "
-                           "kept beside it), or start with --ncs") from exc
+                           f"kept beside it), or {_way_out(named)}") from exc
     if found is None:
         return 0
     path, state = found
@@ -51,19 +54,20 @@ async def restore_snapshot(store: SnapshotStore, manager: ModelManager) -> int:
             try:
                 await manager.restore(snapshots.register_request(model.name, entry))
             except (TorchdError, KeyError, TypeError, ValueError) as exc:
-                raise _restore_failure(path, model.name, version, exc) from exc
+                raise _restore_failure(path, model.name, version, exc, named) from exc
             count += 1
         if model.default_version:
             manager.registry.set_default(model.name, model.default_version)
     return count
 
 
-async def restore_workflows(store: SnapshotStore, workflows: WorkflowManager) -> int:
-    """Re-register every workflow of the newest snapshot, after its models (restore_snapshot):
+async def restore_workflows(store: SnapshotStore, workflows: WorkflowManager,
+                            named: Path | None = None) -> int:
+    """Re-register every workflow of the snapshot restore_snapshot restored, after its models:
     each node as it was saved; returns how many node versions. All or nothing, as for models:
     a workflow that cannot be restored stops the start with a StartupError naming it."""
     try:
-        found = store.load_latest()
+        found = store.load(named)
     except SnapshotError as exc:   # restore_snapshot read the same file a moment ago
         raise StartupError(str(exc)) from exc
     if found is None:
@@ -72,7 +76,7 @@ async def restore_workflows(store: SnapshotStore, workflows: WorkflowManager) ->
     saved = state.get(SNAPSHOT_KEY) or {}
     if not isinstance(saved, dict):
         raise StartupError(f"snapshot {path}: {SNAPSHOT_KEY} must be an object; repair or "
-                           "remove that file, or start with --ncs")
+                           f"remove that file, or {_way_out(named)}")
     count = 0
     for name, entry in saved.items():
         try:
@@ -81,7 +85,7 @@ async def restore_workflows(store: SnapshotStore, workflows: WorkflowManager) ->
             reason = exc.message if isinstance(exc, TorchdError) else f"bad entry ({exc!r})"
             raise StartupError(f"snapshot {path}: cannot restore workflow {name}: {reason}; "
                                "put its archives back, or remove the workflow from that file, "
-                               "or start with --ncs") from exc
+                               f"or {_way_out(named)}") from exc
         count += len(workflows.get(name).models)
     if saved:
         logger.info("restored %d workflow(s) from snapshot %s", len(saved), path)
@@ -145,11 +149,17 @@ async def _register_snapshot_entry(config: Config, manager: ModelManager, name: 
     return mv
 
 
-def _restore_failure(path: Path, name: str, version: str, exc: Exception) -> StartupError:
+def _way_out(named: Path | None) -> str:
+    """How to start without the snapshot: --ncs skips the newest, not one named as config."""
+    return "start with --ncs" if named is None else "name another config file"
+
+
+def _restore_failure(path: Path, name: str, version: str, exc: Exception,
+                     named: Path | None) -> StartupError:
     reason = exc.message if isinstance(exc, TorchdError) else f"bad entry ({exc!r})"
     return StartupError(f"snapshot {path}: cannot restore model {name} version {version}: "
                         f"{reason}; put its archive back, or remove the model from that file, "
-                        "or start with --ncs")
+                        f"or {_way_out(named)}")
 
 
 async def load_startup_models(config: Config, manager: ModelManager,

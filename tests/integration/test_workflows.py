@@ -110,7 +110,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     build_war("cycle", CYCLE_SPEC, store, work, CALC_HANDLER)
     daemon = Daemon(root / "daemon", store)
     try:
-        daemon.start()
+        daemon.start(ncs=False)   # snapshots on: a test restarts it from them (a fresh directory)
         yield daemon
     finally:
         daemon.cleanup()

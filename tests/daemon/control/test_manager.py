@@ -75,7 +75,7 @@ def lines_of(metrics: Metrics, model: str) -> list[str]:
 
 
 def newest_models(world: SimpleNamespace) -> set[str]:
-    return set(world.snapshots.load_latest()[1]["models"])
+    return set(world.snapshots.load()[1]["models"])
 
 
 def test_restore_registers_a_download_from_its_copy_and_starts_its_workers(world) -> None:

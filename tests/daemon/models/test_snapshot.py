@@ -94,10 +94,10 @@ def test_store_saves_the_registry_and_loads_it_back(tmp_path) -> None:
     registry = Registry()
     registry.add(version("m"))
     store = SnapshotStore(tmp_path / "config", keep=2)
-    assert store.load_latest() is None
+    assert store.load() is None
     paths = [asyncio.run(store.save(registry)) for _ in range(3)]
     assert list_snapshots(tmp_path / "config") == paths[1:]
-    path, state = store.load_latest()
+    path, state = store.load()
     assert path == paths[-1] and state["models"] == capture(registry)["models"]
 
 
@@ -121,7 +121,7 @@ def test_store_never_lets_an_older_state_land_last(tmp_path, monkeypatch) -> Non
         await asyncio.gather(*saves)
 
     asyncio.run(change_and_save_at_once())
-    assert set(store.load_latest()[1]["models"]) == {f"m{i}" for i in range(5)}
+    assert set(store.load()[1]["models"]) == {f"m{i}" for i in range(5)}
 
 
 # ---- the files -------------------------------------------------------------------------------

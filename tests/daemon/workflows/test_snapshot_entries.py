@@ -24,7 +24,7 @@ def test_sections_are_saved_beside_the_models(tmp_path) -> None:
     store = SnapshotStore(tmp_path / "config")
     store.sections["workflows"] = lambda: {"wf": {"url": "wf.war", "nodes": {}}}
     asyncio.run(store.save(Registry()))
-    _, state = store.load_latest()
+    _, state = store.load()
     assert state["workflows"] == {"wf": {"url": "wf.war", "nodes": {}}}
     assert state["models"] == {}
 

@@ -1,0 +1,54 @@
+"""Snapshot files as TorchServe users handle them (its docs/snapshot.md): named
+``<stamp>-startup.cfg``, ``-snapshot.cfg`` and ``-shutdown.cfg``; none at all with ``--ncs``
+(``--no-config-snapshots``); and ``--ts-config <a snapshot>`` restores that snapshot, not the
+newest, with the settings of the config file its daemon read."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from daemon.models.snapshots import list_snapshots
+from tests.support.daemon import Daemon
+
+
+def snapshot_files(d: Daemon) -> list[Path]:
+    return list_snapshots(d.workdir / "logs" / "config")
+
+
+def kinds(d: Daemon) -> list[str]:
+    return [path.name.rsplit("-", 1)[1] for path in snapshot_files(d)]
+
+
+def names(d: Daemon) -> list[str]:
+    return [m["modelName"] for m in d.mgmt("GET", "/models").json()["models"]]
+
+
+def test_ncs_writes_no_snapshot_and_the_others_are_named_as_torchserves(make_daemon) -> None:
+    d = make_daemon(ncs=True)
+    assert d.register("noop.mar", model_name="first").status_code == 200
+    assert d.stop() == 0
+    assert snapshot_files(d) == []   # TorchServe: "prevents the server from storing" them
+
+    d.start(ncs=False)
+    assert kinds(d) == ["startup.cfg"]
+    assert d.register("noop.mar", model_name="first").status_code == 200
+    assert d.stop() == 0
+    assert kinds(d) == ["startup.cfg", "snapshot.cfg", "shutdown.cfg"]
+
+
+def test_ts_config_naming_a_snapshot_restores_it_with_its_config(make_daemon) -> None:
+    d = make_daemon({"default_response_timeout": 77}, ncs=False)
+    assert d.register("noop.mar", model_name="first").status_code == 200
+    known_good = snapshot_files(d)[-1]        # written before the 200 (SPEC 5.2)
+    assert d.register("noop.mar", model_name="second").status_code == 200
+    assert d.stop() == 0
+
+    # The harness's own --ts-config comes first on the command line: the last one wins.
+    # --ncs skips only the newest snapshot; one named as the config is what was asked for.
+    d.start("--ts-config", str(known_good), ncs=True)
+    assert names(d) == ["first"]
+    assert f"config file {known_good} is a torchd snapshot: restoring it" in d.log()
+    # The settings of the config file that daemon read: its ports (the harness reaches it),
+    # and its default response timeout for a model registered now.
+    assert d.register("noop.mar", model_name="third").status_code == 200
+    assert d.describe("third")[0]["responseTimeout"] == 77
+    assert d.stop() == 0
