@@ -253,6 +253,10 @@ async def serve_forever(config: Config) -> int:
     shutdown = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.set)
+    problem = _missing_store(config)
+    if problem:
+        logger.error("cannot start: %s", problem)
+        return 1
     try:
         sockets = bind_listeners(config)
     except ListenerError as exc:
@@ -283,6 +287,16 @@ async def serve_forever(config: Config) -> int:
         await rpc.stop(0)   # a no-op once stopped
         if watchdog:
             watchdog.cancel()
+
+
+def _missing_store(config: Config) -> str | None:
+    """As TorchServe, no start without the model store: a mistyped path would otherwise show
+    only at the first registration, as a model "not found"."""
+    for label, path in (("model store", config.model_store),
+                        ("workflow store", config.workflow_store)):
+        if path is not None and not path.is_dir():
+            return f"the {label} {path} is not a directory: create it, or name another"
+    return None
 
 
 async def _start_core(core: DaemonCore, shutdown: asyncio.Event) -> bool:

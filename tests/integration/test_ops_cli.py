@@ -89,6 +89,18 @@ def test_a_busy_port_fails_the_start_at_once_naming_the_listener(archive_dir, tm
     assert "starting worker" not in log   # failed before loading anything
 
 
+def test_a_missing_model_store_fails_the_start_naming_it(tmp_path):
+    # TorchServe's test_snapshot: "fails to start if the model store directory is non existent"
+    d = Daemon(tmp_path / "d", tmp_path / "no-such-store", {"worker_spawn": "exec"})
+    try:
+        d.start(wait=False)
+        assert d.proc.wait(30) == 1
+    finally:
+        d.cleanup()
+    assert (f"cannot start: the model store {tmp_path / 'no-such-store'} is not a directory"
+            in d.log())
+
+
 def test_sigterm_while_starting_abandons_the_start(archive_dir, tmp_path):
     workdir = tmp_path / "d"
     store = make_store(archive_dir, workdir / "store", [])
