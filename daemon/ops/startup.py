@@ -1,5 +1,5 @@
-"""What the daemon loads at start: the config's model_snapshot, or else the newest snapshot
-(unless --ncs) and then --models."""
+"""What the daemon loads at start: the config's model_snapshot, or else a snapshot (the one
+named as the config file, or the newest unless --ncs) and then --models."""
 from __future__ import annotations
 
 import logging
@@ -30,9 +30,8 @@ class StartupError(Exception):
 async def restore_snapshot(store: SnapshotStore, manager: ModelManager,
                            named: Path | None = None) -> int:
     """Re-register every version of the newest snapshot (or of the one ``named`` as the config
-    file) exactly
-    (workers, default version); returns how many versions. Their workers start without being
-    waited for here.
+    file) exactly (workers, default version); returns how many versions. Their workers start
+    without being waited for here.
 
     All or nothing: a corrupt snapshot, or one naming an archive that has gone, stops the start
     with a StartupError naming the file (and the model). Serving without those models would

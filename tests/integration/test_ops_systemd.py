@@ -39,7 +39,8 @@ def notified(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     d = Daemon(workdir, store, settings,
                env={"NOTIFY_SOCKET": listener.path, "WATCHDOG_USEC": "1000000"})
     try:
-        d.start("--models", "noop=noop.mar", "sleep=sleep.mar", wait=False)
+        # Snapshots on (a fresh directory: nothing to restore): the SIGTERM test reads the last.
+        d.start("--models", "noop=noop.mar", "sleep=sleep.mar", wait=False, ncs=False)
         ready_at = listener.wait_for("READY=1", timeout=90)
         # Right at READY, before anything else had a chance to warm up.
         at_ready = d.infer("POST", "/predictions/noop", data=b"x", timeout=10)
@@ -103,8 +104,8 @@ def test_sigterm_says_stopping_drains_in_flight_and_exits_zero(notified):
     _gone, alive = psutil.wait_procs(descendants, timeout=10)
     assert not alive, alive
     snapshots = sorted((d.workdir / "logs" / "config").glob("*.cfg"))
-    assert snapshots and set(json.loads(snapshots[-1].read_text())["models"]) == {"noop",
-                                                                                   "sleep"}
+    assert snapshots and snapshots[-1].name.endswith("-shutdown.cfg")
+    assert set(json.loads(snapshots[-1].read_text())["models"]) == {"noop", "sleep"}
 
 
 # ---- the unit file ------------------------------------------------------------------------------
