@@ -44,6 +44,7 @@ from daemon.models.snapshots import SnapshotStore
 from daemon.ops.startup import load_model_snapshot
 from daemon.osutil import pid_gone, usable_cpus
 from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
+from daemon.ops.preflight import start_problem
 from daemon.ops.startup import (StartupError, load_startup_models, restore_snapshot,
                                 restore_workflows)
 from daemon.workers.readiness import Health
@@ -253,7 +254,7 @@ async def serve_forever(config: Config) -> int:
     shutdown = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown.set)
-    problem = _missing_store(config)
+    problem = start_problem(config)
     if problem:
         logger.error("cannot start: %s", problem)
         return 1
@@ -287,16 +288,6 @@ async def serve_forever(config: Config) -> int:
         await rpc.stop(0)   # a no-op once stopped
         if watchdog:
             watchdog.cancel()
-
-
-def _missing_store(config: Config) -> str | None:
-    """As TorchServe, no start without the model store: a mistyped path would otherwise show
-    only at the first registration, as a model "not found"."""
-    for label, path in (("model store", config.model_store),
-                        ("workflow store", config.workflow_store)):
-        if path is not None and not path.is_dir():
-            return f"the {label} {path} is not a directory: create it, or name another"
-    return None
 
 
 async def _start_core(core: DaemonCore, shutdown: asyncio.Event) -> bool:
