@@ -106,7 +106,9 @@ def build_inference_app(core: Core) -> RequestContext:
 
 def build_metrics_app(core: Core) -> RequestContext:
     async def metrics(request: Request) -> Response:
-        payload, content_type = core.metrics.render()
+        # TorchServe's ?name[]=<family>&name[]=...: only those families (none named: all)
+        names = frozenset(request.query_params.getlist("name[]")) or None
+        payload, content_type = core.metrics.render(names)
         return Response(payload, media_type=content_type)
 
     app = Starlette(routes=[Route("/metrics", metrics, methods=["GET"])],

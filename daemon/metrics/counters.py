@@ -1,12 +1,43 @@
 """TorchServe's counters, rendered as TorchServe renders them: ``# TYPE <name> counter`` and
 samples named ``<name>``, with no ``_total`` suffix and no ``_created`` series (why: see
-daemon/metrics/series.py). The daemon's series and the handlers' own counters both use it."""
+daemon/metrics/series.py). The daemon's series and the handlers' own counters both use it; so
+does TorchServe's ``GET /metrics?name[]=<family>&name[]=...``, which shows only those families.
+"""
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from typing import Any
 
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.utils import floatToGoString
+
+# The families a scrape asks for (TorchServe's name[] parameter); None: every family.
+Names = frozenset[str] | None
+
+
+def wanted(family: str, names: Names) -> bool:
+    return names is None or family in names
+
+
+def exposition(registry: CollectorRegistry, names: Names) -> bytes:
+    """``generate_latest`` of the families of ``registry`` that ``names`` asks for: by family
+    name, or by the name its samples carry (prometheus_client names a counter family without
+    the ``_total`` of its samples)."""
+    return generate_latest(registry if names is None else _Only(registry, names))
+
+
+class _Only:
+    """A registry's view holding only some of its families (generate_latest calls collect)."""
+
+    def __init__(self, registry: CollectorRegistry, names: frozenset[str]) -> None:
+        self.registry, self.names = registry, names
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.registry.collect():
+            if family.name in self.names or (family.type == "counter"
+                                             and f"{family.name}_total" in self.names):
+                yield family
 
 
 def _escape(value: str) -> str:

@@ -27,9 +27,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram
 
-from daemon.metrics.counters import TorchServeCounter
+from daemon.metrics.counters import Names, TorchServeCounter, exposition, wanted
 from daemon.metrics.metrics_log import MetricsLog
 from daemon.metrics.spec import MetricSpec
 
@@ -256,12 +256,14 @@ class HandlerMetrics:
         with self._lock:
             return self._counted.get(model, 0)
 
-    def render(self) -> bytes:
+    def render(self, names: Names = None) -> bytes:
+        """The handlers' families (only those ``names`` asks for, when given)."""
         self.apply()
         with self._lock:
             counters = [f.metric for f in self._families.values() if f.kind == "counter"]
-        text = "".join(counter.render() for counter in counters).encode("utf-8")
-        return text + generate_latest(self.registry)
+        text = "".join(counter.render() for counter in counters
+                       if wanted(counter.name, names)).encode("utf-8")
+        return text + exposition(self.registry, names)
 
 
 def _ignore(value: float) -> None:

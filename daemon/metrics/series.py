@@ -18,11 +18,10 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import (CollectorRegistry, Counter, Gauge, GCCollector, Histogram,
-                               generate_latest)
+from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram
 
 from daemon.metrics.configured import FrontendLog, MetricsOptions
-from daemon.metrics.counters import TorchServeCounter
+from daemon.metrics.counters import Names, TorchServeCounter, exposition, wanted
 from daemon.metrics.handlers import HandlerMetrics
 from daemon.metrics.tally import Tally
 
@@ -355,8 +354,9 @@ class Metrics:
         for tally in tallies:
             tally.flush()
 
-    def render(self) -> tuple[bytes, str]:
-        """The Prometheus text exposition and its content type, for GET /metrics."""
+    def render(self, names: Names = None) -> tuple[bytes, str]:
+        """The Prometheus text exposition and its content type, for GET /metrics (only the
+        families ``names`` asks for, when given: TorchServe's ``name[]``)."""
         if self._collect_hook is not None:
             try:
                 self._collect_hook()
@@ -365,7 +365,7 @@ class Metrics:
         self.flush_tallies()
         counters = [self.ts_requests, self.ts_inference_latency, self.ts_queue_latency,
                     *self.status_counters.values()]
-        legacy = "".join(counter.render() for counter in counters
-                         if self.options.shown(counter.name)).encode("utf-8")
-        handlers = self.handler_metrics.render()
-        return legacy + generate_latest(self.registry) + handlers, CONTENT_TYPE
+        legacy = "".join(counter.render() for counter in counters if self.options.shown(
+            counter.name) and wanted(counter.name, names)).encode("utf-8")
+        handlers = self.handler_metrics.render(names)
+        return legacy + exposition(self.registry, names) + handlers, CONTENT_TYPE

@@ -11,6 +11,8 @@ from types import SimpleNamespace
 import pytest
 import requests
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from tests.support.daemon import Daemon
 from tests.support.ops import make_store, sample_sum, scrape
 from tests.support.waiting import wait_until
@@ -174,3 +176,19 @@ def series_lines(d: Daemon, model: str) -> list[str]:
     response = requests.get(d.url("metrics", "/metrics"), timeout=10)
     assert response.status_code == 200, response.text
     return [line for line in response.text.splitlines() if f'model_name="{model}"' in line]
+
+
+def test_name_filter_shows_only_the_families_asked_for(measured):
+    # TorchServe's metrics API: GET /metrics?name[]=<family>&name[]=... (its docs' curl example)
+    d = measured.daemon
+    assert d.infer("POST", "/predictions/ma", data=b"x").status_code == 200
+    asked = ["ts_inference_latency_microseconds", "ts_queue_latency_microseconds",
+             "torchd_batch_size", "torchd_worker_restarts_total"]   # a family, or a sample
+    response = requests.get(d.url("metrics", "/metrics"), params={"name[]": asked}, timeout=10)
+    assert response.status_code == 200, response.text
+    families = {f.name for f in text_string_to_metric_families(response.text)
+                if not f.name.endswith("_created")}   # the histogram's own, as unfiltered
+    assert families == {"ts_inference_latency_microseconds", "ts_queue_latency_microseconds",
+                        "torchd_batch_size", "torchd_worker_restarts"}
+    everything = requests.get(d.url("metrics", "/metrics"), params={"other": "x"}, timeout=10)
+    assert len({f.name for f in text_string_to_metric_families(everything.text)}) > 10

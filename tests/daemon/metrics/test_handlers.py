@@ -38,6 +38,16 @@ def test_counter_gauge_histogram_with_torchserve_labels() -> None:
         hm.render().decode()
 
 
+def test_a_name_filter_keeps_only_the_families_asked_for() -> None:
+    hm = HandlerMetrics("h")
+    hm.record("m", [rec("Hits", "counter", 1), rec("Load", "gauge", 2),
+                    rec("Sizes", "histogram", 0.3)])
+    shown = hm.render(frozenset({"Hits", "Sizes"})).decode()
+    assert "# TYPE Hits counter" in shown and "# TYPE Sizes histogram" in shown
+    assert "Load" not in shown
+    assert hm.render(frozenset({"nothing"})) == b""
+
+
 def test_bad_records_are_skipped_and_the_rest_applied(caplog) -> None:
     hm = HandlerMetrics("h")
     with caplog.at_level(logging.WARNING):
