@@ -1,6 +1,7 @@
 """Pure pieces of the worker, in-process: handler strings, codec, Context, metrics, ts alias."""
 from __future__ import annotations
 
+import collections.abc
 import enum
 import json
 import subprocess
@@ -17,7 +18,9 @@ from worker.runtime.context import Context
 from worker.runtime.streaming import send_intermediate_predict_response
 from worker.runtime.dimension import Dimension
 from worker.runtime.metric_type_enum import MetricTypes
-from worker.ts.utils.util import PredictionException, map_class_to_label
+from worker.ts.handler_utils.utils import import_class
+from worker.ts.utils.util import (CLEANUP_REGEX, PredictionException, get_yaml_config,
+                                  map_class_to_label)
 
 
 @pytest.mark.parametrize(("handler", "expected"), [
@@ -243,6 +246,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from ts.utils.util import PredictionException
 from ts.context import Context
 from ts.handler_utils.utils import send_intermediate_predict_response
+from ts.protocol.otf_message_handler import send_intermediate_predict_response as older_path
 import ts.torch_handler.base_handler as aliased
 import worker.ts.torch_handler.base_handler as real
 import worker.ts.utils.util, worker.ts.context, worker.runtime.context, worker.runtime.streaming
@@ -258,7 +262,8 @@ print(json.dumps({
                      Context is worker.ts.context.Context,
                      Context is worker.runtime.context.Context,
                      send_intermediate_predict_response
-                     is worker.runtime.streaming.send_intermediate_predict_response],
+                     is worker.runtime.streaming.send_intermediate_predict_response,
+                     older_path is send_intermediate_predict_response],
     "spec": real.__spec__.name,
     "finders_last": type(sys.meta_path[-1]).__name__,
     "finders": sum(type(f).__name__ == "TsAliasFinder" for f in sys.meta_path),
@@ -272,7 +277,7 @@ def test_ts_alias_in_a_fresh_interpreter(tmp_path):
                          capture_output=True, text=True, timeout=60, cwd=tmp_path, check=True)
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     assert probe == {
-        "same_module": True, "same_classes": [True] * 5,
+        "same_module": True, "same_classes": [True] * 6,
         "spec": "worker.ts.torch_handler.base_handler", "finders_last": "TsAliasFinder",
         "finders": 1, "missing": "No module named 'ts.torch_handler.no_such_handler'"}
 
@@ -316,3 +321,22 @@ def test_deeply_nested_json_is_refused_by_the_codec_not_the_handler():
     assert (answer["id"], answer["status"], answer["error"]) == ("b", 400, True)
     assert answer["error_type"] == "BadRequestException"
     assert "nested too deeply" in answer["reason"]
+
+
+def test_import_class_names_a_class_by_its_dotted_path():
+    assert import_class("collections.OrderedDict") is OrderedDict
+    assert import_class("OrderedDict", module_prefix="collections") is OrderedDict
+    assert import_class("abc.Mapping", module_prefix="collections") is collections.abc.Mapping
+    for name, prefix, message in (("", None, "class name is not defined"),
+                                  ("OrderedDict", None, "module name is not defined"),
+                                  ("collections.NoSuch", None, "class:NoSuch not found")):
+        with pytest.raises(ImportError, match=message):
+            import_class(name, module_prefix=prefix)
+
+
+def test_text_cleanup_and_yaml_helpers(tmp_path):
+    assert CLEANUP_REGEX.sub("", "<b>fish</b> &amp; chips&#39;s &#x27;") == "fish  chipss "
+    (tmp_path / "c.yaml").write_text("batchSize: 4\nhandler: {k: v}\n")
+    assert get_yaml_config(str(tmp_path / "c.yaml")) == {"batchSize": 4, "handler": {"k": "v"}}
+    (tmp_path / "empty.yaml").write_text("")
+    assert get_yaml_config(str(tmp_path / "empty.yaml")) == {}

@@ -6,10 +6,23 @@ import inspect
 import json
 import logging
 import os
+import re
 from types import ModuleType
 from typing import Any
 
+import yaml
+
 logger = logging.getLogger(__name__)
+
+# What TorchServe's text handlers strip from input before tokenizing: a markup tag (on one
+# line), or a character reference (&amp;, &#39;, &#x27;). Its examples import it from here.
+CLEANUP_REGEX = re.compile(r"<.*?>|&(?:[a-z0-9]+|#[0-9]{1,6}|#x[0-9a-f]{1,6});")
+
+
+def get_yaml_config(yaml_file_path: str) -> dict[str, Any]:
+    """A YAML file's contents (safe_load: never an arbitrary object); {} for an empty file."""
+    with open(yaml_file_path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
 
 
 class PT2Backend(str, enum.Enum):
