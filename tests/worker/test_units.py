@@ -186,6 +186,9 @@ def test_context_response_settings():
     context.set_response_content_type(1, "text/plain")
     assert context.get_response_status(1) == (404, "Nope")
     assert context.get_response_headers(1) == {"X-H": "5"}
+    processor = context.request_processor[1]
+    assert (processor.get_response_header("X-H"), processor.get_response_header("no")) == \
+        ("5", None)
     assert context.get_response_content_type(1) == "text/plain"
     assert context.get_response_status(0) == (200, "")
     context.set_all_response_status(202, "Accepted")

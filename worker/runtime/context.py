@@ -50,6 +50,9 @@ class RequestProcessor:
     def get_response_headers(self) -> dict[str, str]:
         return dict(self._response_headers)
 
+    def get_response_header(self, key: str) -> str | None:
+        return self._response_headers.get(key)
+
     def remove_response_property(self, key: str) -> None:
         self._response_headers.pop(key, None)
 
