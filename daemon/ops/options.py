@@ -10,10 +10,11 @@ from typing import Any
 
 from daemon.config.declarations import SETTINGS
 from daemon.config.settings import Config, ConfigError, load_config
+from daemon.version import VERSION
 
 START_WAIT = 60.0  # seconds `start` waits for the management listener
 # Extra spellings TorchServe accepts for a setting.
-_ALIASES = {"ncs": ["--no-config-snapshots"]}
+_ALIASES = {"ncs": ["--no-config-snapshots"], "disable_token_authorization": ["--dt"]}
 # TorchServe options torchd accepts and ignores (one value each).
 IGNORED_OPTIONS = ("--plugins-path", "--cpp-log-config")
 
@@ -33,6 +34,7 @@ def build_parser(modes: bool = True) -> argparse.ArgumentParser:
         _add_mode_options(parser.add_argument_group("mode (TorchServe style, instead of a "
                                                     "command)"))
     general = parser.add_argument_group("general")
+    general.add_argument("--version", action="version", version=f"torchd {VERSION}")
     general.add_argument("--ts-config", metavar="FILE",
                          help="config.properties to read (else $TS_CONFIG_FILE, else "
                               "./config.properties if present)")

@@ -45,6 +45,7 @@ from daemon.ops.startup import load_model_snapshot
 from daemon.osutil import pid_gone, usable_cpus
 from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
 from daemon.ops.preflight import start_problem
+from daemon.version import VERSION
 from daemon.ops.startup import (StartupError, load_startup_models, restore_snapshot,
                                 restore_workflows)
 from daemon.workers.readiness import Health
@@ -58,7 +59,6 @@ if TYPE_CHECKING:
     from daemon.rpc.server import RpcListeners
 
 logger = logging.getLogger(__name__)
-VERSION = "0.1.0"
 PR_SET_CHILD_SUBREAPER = 36
 START_STEP_SLACK = 30.0   # seconds beyond a start step's startup_timeout (EXTEND_TIMEOUT_USEC)
 

@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode, checks
 
 from daemon.http.openapi import management_document
-from daemon.ops.server import VERSION
+from daemon.version import VERSION
 from tests.support.daemon import Daemon
 
 MODEL = "fz"

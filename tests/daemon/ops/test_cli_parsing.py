@@ -9,6 +9,7 @@ from daemon.config.declarations import SETTINGS
 from daemon.config.settings import load_config
 from daemon.ops import cli
 from daemon.ops.options import argv_options
+from daemon.version import VERSION
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -29,6 +30,15 @@ def test_every_torchserve_option_parses():
     assert args.log_config == "log.ini"
     assert args.pid_file == "t.pid"
     assert "--foreground" not in tokens and tokens[0] == "--model-store"
+
+
+def test_torchserves_short_spellings_and_version(capsys):
+    _, args, _ = cli.parse_args(["--start", "--dt", "--no-config-snapshots"])
+    assert (args.disable_token_authorization, args.ncs) == ("true", "true")
+    with pytest.raises(SystemExit) as exited:
+        cli.parse_args(["--version"])
+    assert exited.value.code == 0
+    assert capsys.readouterr().out == f"torchd {VERSION}\n"
 
 
 def test_cli_values_reach_the_config(tmp_path):
