@@ -197,6 +197,12 @@ def test_describe_workers_are_real(mgmt: Daemon) -> None:
                    "engine": "Torch", "runtime": "python", "minWorkers": 2, "maxWorkers": 2,
                    "batchSize": 1, "maxBatchDelay": 100, "responseTimeout": 120,
                    "startupTimeout": 120, "loadedAtStartup": False,
+                   # TorchServe 0.12's keys: torchd's values when model-config.yaml sets none
+                   "maxRetryTimeoutInSec": 300, "clientTimeoutInMills": 0, "parallelType": "",
+                   "parallelLevel": 0, "deviceType": "", "continuousBatching": False,
+                   "useJobTicket": False, "useVenv": False, "stateful": False,
+                   "sequenceMaxIdleMSec": 0, "sequenceTimeoutMSec": 0, "maxNumSequence": 1,
+                   "maxSequenceJobQueueSize": 1,
                    "jobQueueStatus": {"remainingCapacity": 100, "pendingRequests": 0}}
     ids = [w["id"] for w in doc["workers"]]
     assert all(isinstance(i, str) and int(i) > 9000 for i in ids) and len(set(ids)) == 2

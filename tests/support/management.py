@@ -30,6 +30,11 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 DESCRIBE_KEYS = {"modelName", "modelVersion", "modelUrl", "engine", "runtime", "minWorkers",
                  "maxWorkers", "batchSize", "maxBatchDelay", "responseTimeout", "startupTimeout",
                  "loadedAtStartup", "workers", "jobQueueStatus",
+                 # TorchServe 0.12's too (deviceIds only when model-config.yaml sets them)
+                 "maxRetryTimeoutInSec", "clientTimeoutInMills", "parallelType",
+                 "parallelLevel", "deviceType", "continuousBatching", "useJobTicket", "useVenv",
+                 "stateful", "sequenceMaxIdleMSec", "sequenceTimeoutMSec", "maxNumSequence",
+                 "maxSequenceJobQueueSize",
                  "redispatchOnWorkerDeath",   # torchd's: a dead worker's batch runs again
                  "ignoredConfigKeys"}   # torchd's: model-config.yaml keys it does not implement
 # TorchServe's keys, plus torchd's "threads" (the worker's torch threads: README, deviations)

@@ -13,7 +13,8 @@ import pytest
 
 from daemon.config.declarations import SETTINGS_BY_NAME
 from daemon.config.model_settings import (BY_FIELD, MODEL_SETTINGS, ModelSettings,
-                                          describe_entry, model_settings_markdown,
+                                          describe_entry, described,
+                                          model_settings_markdown,
                                           request_values, snapshot_entry)
 from daemon.config.settings import load_config
 from daemon.control.manager import ModelManager
@@ -171,7 +172,7 @@ def test_a_torchserve_model_snapshot_entry_sets_its_settings(tmp_path: Path) -> 
 
 def test_describe_shows_the_table_s_describe_settings_under_their_keys(tmp_path: Path) -> None:
     settings = ModelSettings(**SAMPLES)
-    shown = {s.key: SAMPLES[s.field] for s in MODEL_SETTINGS if s.describe}
+    shown = {s.key: described(s, SAMPLES[s.field]) for s in MODEL_SETTINGS if s.describe}
     assert describe_entry(settings) == shown
     mm = manager(tmp_path)
     mm.supervisor = SimpleNamespace(describe_workers=lambda mv: [],  # type: ignore[assignment]
