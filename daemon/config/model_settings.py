@@ -71,11 +71,21 @@ class ModelSetting:
     explicit_zero: bool = False     # an explicit 0 stays 0 instead of meaning the default
     snapshot: bool = False          # snapshots save it, under ``key``, and restore it explicitly
     describe: bool = False          # describe (REST and gRPC) shows it, under ``key``
+    # how describe shows the value, as TorchServe 0.12 does (None: left out); unset: as it is
+    show: Callable[[Any], Any] | None = None
     doc_default: str | None = None  # how the default reads in docs, when not the literal value
 
     @property
     def snapshot_key(self) -> str | None:
         return self.key if self.snapshot else None
+
+
+def _device_type_shown(value: str | None) -> str:
+    return value or ""   # TorchServe's describe says "" for a model-config.yaml without one
+
+
+def _device_ids_shown(value: tuple[int, ...]) -> list[int] | None:
+    return list(value) or None   # TorchServe's describe leaves unset deviceIds out
 
 
 M = ModelSetting
@@ -117,25 +127,27 @@ MODEL_SETTINGS: tuple[ModelSetting, ...] = (
       "A dead worker's batch runs once more on another worker.", read=READ_FLAG,
       config="redispatch_on_worker_death", describe=True),
     M("device_type", "deviceType", parse_device_type, None,
-      "cpu: never a GPU; gpu or unset: one if there is.", read=READ_DEVICE),
+      "cpu: never a GPU; gpu or unset: one if there is.", read=READ_DEVICE, describe=True,
+      show=_device_type_shown),
     M("device_ids", "deviceIds", parse_device_ids, (),
-      "The GPUs its workers may use (empty: any).", read=READ_DEVICE),
+      "The GPUs its workers may use (empty: any).", read=READ_DEVICE, describe=True,
+      show=_device_ids_shown),
     # serving modes (TorchServe 0.12's model-config.yaml keys; daemon/models/modes.py)
     M("sequence_batching", "sequenceBatching", parse_bool, False,
       "Stateful sequences: a sequence's requests run in order on the worker holding its state.",
       read=READ_FLAG),
     M("sequence_max_idle_ms", "sequenceMaxIdleMSec", parse_int, 0,
       "A sequence with no request for this many ms ends (sequenceBatching needs it > 0).",
-      floor=0),
+      floor=0, describe=True),
     M("sequence_timeout_ms", "sequenceTimeoutMSec", parse_int, 0,
-      "A sequence ends this many ms after it opened (0: never).", floor=0),
+      "A sequence ends this many ms after it opened (0: never).", floor=0, describe=True),
     M("max_sequence_job_queue_size", "maxSequenceJobQueueSize", parse_positive_int, 1,
-      "Requests one sequence may have waiting before 503.", floor=1),
+      "Requests one sequence may have waiting before 503.", floor=1, describe=True),
     M("max_num_sequence", "maxNumSequence", parse_positive_int, 1,
-      "Open sequences before 503 (at least batchSize x maxWorkers).", floor=1),
+      "Open sequences before 503 (at least batchSize x maxWorkers).", floor=1, describe=True),
     M("continuous_batching", "continuousBatching", parse_bool, False,
       "The worker keeps a running batch; requests join and leave between steps.",
-      read=READ_FLAG),
+      read=READ_FLAG, describe=True),
     M("async_communication", "asyncCommunication", parse_bool, False,
       "The worker runs its handler in an event loop; batches go without waiting.",
       read=READ_FLAG),
@@ -143,13 +155,13 @@ MODEL_SETTINGS: tuple[ModelSetting, ...] = (
       "asyncCommunication: most batches sent to one worker and not yet answered.", floor=1),
     M("use_job_ticket", "useJobTicket", parse_bool, False,
       "Refuse a request at once (503) unless a worker is free to take it (idle workers "
-      "outnumber the requests waiting).", read=READ_FLAG),
+      "outnumber the requests waiting).", read=READ_FLAG, describe=True),
     M("client_timeout_ms", "clientTimeoutInMills", parse_int, 0,
       "A request with no response started this many ms after its arrival gets 504; waiting, "
-      "it never runs; running, its late answer is dropped (0: never).", floor=0),
+      "it never runs; running, its late answer is dropped (0: never).", floor=0, describe=True),
     M("max_retry_timeout", "maxRetryTimeoutInSec", parse_int, 300,
       "Seconds a failing worker slot is restarted, from its first failure since it was READY, "
-      "before it is left FAILED (0: no restart).", floor=0),
+      "before it is left FAILED (0: no restart).", floor=0, describe=True),
     M("preload_model", "preloadModel", parse_bool, False,
       "CPU workers forked from a template that ran the handler's initialize once, sharing its "
       "weights (see Preloaded models).", read=READ_FLAG, config="preload_model"),
@@ -220,8 +232,15 @@ def request_values(entry: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def describe_entry(settings: ModelSettings) -> dict[str, Any]:
-    """The settings describe shows, by key, in the table's order."""
-    return {s.key: getattr(settings, s.field) for s in MODEL_SETTINGS if s.describe}
+    """The settings describe shows, by key, in the table's order, as TorchServe shows them
+    (a value shown as None is left out)."""
+    shown = {s.key: described(s, getattr(settings, s.field))
+             for s in MODEL_SETTINGS if s.describe}
+    return {key: value for key, value in shown.items() if value is not None}
+
+
+def described(setting: ModelSetting, value: Any) -> Any:
+    return setting.show(value) if setting.show is not None else value
 
 
 def model_settings_markdown() -> str:

@@ -304,6 +304,10 @@ class ModelManager:
         """One element of describe (REST and gRPC); the settings as the table says."""
         return {"modelName": mv.name, "modelVersion": mv.version, "modelUrl": mv.url,
                 "engine": "Torch", "runtime": mv.runtime, **describe_entry(mv.settings),
+                # TorchServe 0.12's other fields: torchd runs no model parallel or in a venv of
+                # its own (model_config.py refuses or ignores those keys)
+                "parallelType": "", "parallelLevel": 0, "useVenv": False,
+                "stateful": mv.settings.sequence_batching,
                 "loadedAtStartup": mv.loaded_at_startup,
                 "ignoredConfigKeys": ignored_config_keys(mv.yaml_config),
                 "workers": self.supervisor.describe_workers(mv),
