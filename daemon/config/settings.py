@@ -35,9 +35,6 @@ from daemon.osutil import usable_cpus
 
 logger = logging.getLogger(__name__)
 
-
-
-
 GRPC_PORTS = (7070, 7071)   # TorchServe's gRPC inference and management ports
 # Keys the environment can set only through TS_<KEY>; these two are TorchServe's own names.
 _ENV_ALIASES = {"LOG_LOCATION": "log_location", "METRICS_LOCATION": "metrics_location"}
