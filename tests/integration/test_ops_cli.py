@@ -78,12 +78,7 @@ def test_a_busy_port_fails_the_start_at_once_naming_the_listener(archive_dir, tm
     d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
                {"worker_spawn": "exec"})
     with socket.create_server(("127.0.0.1", d.ports["management"])):
-        try:
-            d.start("--models", "noop=noop.mar", wait=False)
-            assert d.proc.wait(30) == 1
-        finally:
-            d.cleanup()
-    log = d.log()
+        log = d.failed_start_log("--models", "noop=noop.mar")
     assert (f"cannot start: management API cannot listen on "
             f"http://127.0.0.1:{d.ports['management']}: Address already in use") in log
     assert "starting worker" not in log   # failed before loading anything
@@ -92,13 +87,8 @@ def test_a_busy_port_fails_the_start_at_once_naming_the_listener(archive_dir, tm
 def test_a_missing_model_store_fails_the_start_naming_it(tmp_path):
     # TorchServe's test_snapshot: "fails to start if the model store directory is non existent"
     d = Daemon(tmp_path / "d", tmp_path / "no-such-store", {"worker_spawn": "exec"})
-    try:
-        d.start(wait=False)
-        assert d.proc.wait(30) == 1
-    finally:
-        d.cleanup()
     assert (f"cannot start: the model store {tmp_path / 'no-such-store'} is not a directory"
-            in d.log())
+            in d.failed_start_log())
 
 
 def test_sigterm_while_starting_abandons_the_start(archive_dir, tmp_path):

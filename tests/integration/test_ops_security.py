@@ -225,12 +225,7 @@ def test_a_key_that_is_not_the_certificates_fails_the_start_before_any_model(arc
     d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
                {"worker_spawn": "exec", "inference_address": f"https://127.0.0.1:{free_port()}",
                 "certificate_file": str(cert), "private_key_file": str(other_key)})
-    try:
-        d.start("--models", "noop=noop.mar", wait=False)
-        assert d.proc.wait(30) == 1
-    finally:
-        d.cleanup()
-    log = d.log()
+    log = d.failed_start_log("--models", "noop=noop.mar")
     assert (f"cannot start: certificate_file {cert} and private_key_file {other_key} cannot "
             "serve TLS: [X509: KEY_VALUES_MISMATCH]") in log, log
     assert "starting worker" not in log and "Traceback" not in log

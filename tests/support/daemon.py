@@ -126,6 +126,16 @@ class Daemon:
         self.signal(signal.SIGKILL)
         self.proc.wait(10)
 
+    def failed_start_log(self, *args: str, timeout: float = 60) -> str:
+        """Start with ``args``, expect the start to fail (exit status 1), clean up, and give
+        the log."""
+        try:
+            self.start(*args, wait=False)
+            assert self.proc is not None and self.proc.wait(timeout) == 1, self.log(5000)
+        finally:
+            self.cleanup()
+        return self.log()
+
     def cleanup(self) -> None:
         """Kill everything this daemon ever started, by pid."""
         if self.proc is not None and self.proc.poll() is None:
