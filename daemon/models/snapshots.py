@@ -45,6 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config.model_settings import request_values, snapshot_entry
+from daemon.config.model_values import parse_model_snapshot
+from daemon.config.properties import parse_properties
+from daemon.config.values import InvalidValue
 from daemon.osutil import fsync_dir, pid_gone
 from daemon.models.requests import RegisterRequest
 from daemon.models.registry import ModelVersion, Registry
@@ -54,6 +57,7 @@ logger = logging.getLogger(__name__)
 SNAPSHOT_VERSION = 1
 KEEP_DEFAULT = 10
 _NAME = re.compile(r"(\d{20})-(\d{6})-([a-z]+)\.cfg")
+_TORCHSERVE_NAME = re.compile(r"\d{17}-(startup|snapshot|shutdown)\.cfg")   # yyyyMMddHHmmssSSS
 _TEMP_PREFIX = ".snapshot-tmp-"
 # Naming, writing and pruning happen under one lock so two threads of one process never pick
 # the same name or prune each other's file. (Capturing and saving together is serialised by
@@ -235,6 +239,30 @@ def validate_state(state: Any, path: Path) -> None:
     for name, model in models.items():
         if not isinstance(model, dict) or not isinstance(model.get("versions", {}), dict):
             raise SnapshotError(path, f'model {name!r}: expected {{"versions": {{...}}}}')
+
+
+def newest_torchserve_snapshot(snapshot_dir: Path) -> tuple[Path, dict[str, Any]] | None:
+    """TorchServe's newest snapshot in ``snapshot_dir`` (``<17 digits>-<kind>.cfg``: a
+    properties file whose ``model_snapshot`` lists the models), and that model_snapshot; for a
+    torchd started where TorchServe ran, before it has a snapshot of its own. SnapshotError
+    when the newest one cannot be read."""
+    try:
+        names = sorted(n for n in os.listdir(snapshot_dir) if _TORCHSERVE_NAME.fullmatch(n))
+    except FileNotFoundError:
+        return None
+    if not names:
+        return None
+    path = Path(snapshot_dir) / names[-1]
+    try:
+        properties = parse_properties(path.read_text(encoding="utf-8", errors="replace"))
+        snapshot = parse_model_snapshot(properties.get("model_snapshot"))
+    except OSError as exc:
+        raise SnapshotError(path, f"cannot read: {exc.strerror or exc}") from None
+    except InvalidValue as exc:
+        raise SnapshotError(path, f"model_snapshot: {exc}") from None
+    if snapshot is None:
+        raise SnapshotError(path, "no model_snapshot in this TorchServe snapshot")
+    return path, snapshot
 
 
 def list_snapshots(snapshot_dir: Path) -> list[Path]:

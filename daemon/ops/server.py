@@ -47,7 +47,7 @@ from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_l
 from daemon.ops.preflight import start_problem
 from daemon.version import VERSION
 from daemon.ops.startup import (StartupError, load_startup_models, restore_snapshot,
-                                restore_workflows)
+                                restore_torchserve_snapshot, restore_workflows)
 from daemon.workers.readiness import Health
 from daemon.workers.runner import RunnerSettings
 from daemon.workers.supervisor import Supervisor, SupervisorSettings
@@ -142,8 +142,13 @@ class DaemonCore:
         if named is not None or not self.config.ncs:
             self.notifier.status(f"restoring the snapshot {named}" if named else
                                  f"restoring the newest snapshot in {self.config.snapshot_dir}")
-            restored = await restore_snapshot(self.snapshots, self.manager, named)
+            restored, refused = 0, []
+            if named is None:
+                restored, refused = await restore_torchserve_snapshot(
+                    self.snapshots, self.config, self.manager)
+            restored += await restore_snapshot(self.snapshots, self.manager, named)
             restored += await restore_workflows(self.snapshots, self.workflows, named)
+            self.health.expect(refused)
             await self._start_restored(restored)
         failed = await load_startup_models(self.config, self.manager, self._loading)
         if failed:

@@ -92,8 +92,9 @@ async def restore_workflows(store: SnapshotStore, workflows: WorkflowManager,
 
 
 async def load_model_snapshot(config: Config, manager: ModelManager,
-                              ) -> tuple[int, list[str]]:
-    """The config's ``model_snapshot`` (TorchServe's JSON): register every version it lists
+                              snapshot: dict[str, Any] | None = None) -> tuple[int, list[str]]:
+    """The config's ``model_snapshot`` (TorchServe's JSON; or ``snapshot``, one read from a
+    TorchServe snapshot file): register every version it lists
     from its ``marName`` in the model store, with its settings and workers, then make the
     versions marked ``defaultVersion`` the defaults; returns how many versions, and the names
     of the models refused for their configuration. Their workers start without being waited
@@ -105,7 +106,8 @@ async def load_model_snapshot(config: Config, manager: ModelManager,
     that is logged and the others are served, as with --models. ``modelCount`` 0 or less loads
     nothing, as in TorchServe.
     """
-    snapshot = config.model_snapshot or {}
+    if snapshot is None:
+        snapshot = config.model_snapshot or {}
     count = snapshot.get("modelCount")
     if count is not None and count <= 0:
         logger.warning("model_snapshot %r has modelCount %d: starting without its models",
@@ -124,6 +126,25 @@ async def load_model_snapshot(config: Config, manager: ModelManager,
     logger.info("loaded %d model version(s) from model_snapshot %r", loaded,
                 snapshot.get("name"))
     return loaded, refused
+
+
+async def restore_torchserve_snapshot(store: SnapshotStore, config: Config,
+                                      manager: ModelManager) -> tuple[int, list[str]]:
+    """Where TorchServe ran before torchd: while the snapshot directory holds no snapshot of
+    torchd's, the newest of TorchServe's is restored (its model_snapshot, as load_model_snapshot
+    loads one; its other settings are not read), as TorchServe would restore it."""
+    if snapshots.list_snapshots(store.snapshot_dir):
+        return 0, []
+    try:
+        found = snapshots.newest_torchserve_snapshot(store.snapshot_dir)
+    except SnapshotError as exc:
+        raise StartupError(f"{exc}; repair or remove that file, or start with --ncs") from exc
+    if found is None:
+        return 0, []
+    path, model_snapshot = found
+    logger.warning("no torchd snapshot in %s: restoring the models of TorchServe's snapshot %s "
+                   "(its other settings are not read)", store.snapshot_dir, path.name)
+    return await load_model_snapshot(config, manager, model_snapshot)
 
 
 async def _register_snapshot_entry(config: Config, manager: ModelManager, name: str,

@@ -1,9 +1,11 @@
 """Snapshot files as TorchServe users handle them (its docs/snapshot.md): named
 ``<stamp>-startup.cfg``, ``-snapshot.cfg`` and ``-shutdown.cfg``; none at all with ``--ncs``
-(``--no-config-snapshots``); and ``--ts-config <a snapshot>`` restores that snapshot, not the
-newest, with the settings of the config file its daemon read."""
+(``--no-config-snapshots``); ``--ts-config <a snapshot>`` restores that snapshot, not the
+newest, with the settings of the config file its daemon read; and where TorchServe ran before,
+its newest snapshot is restored until torchd has one of its own."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from daemon.models.snapshots import list_snapshots
@@ -51,4 +53,42 @@ def test_ts_config_naming_a_snapshot_restores_it_with_its_config(make_daemon) ->
     # and its default response timeout for a model registered now.
     assert d.register("noop.mar", model_name="third").status_code == 200
     assert d.describe("third")[0]["responseTimeout"] == 77
+    assert d.stop() == 0
+
+
+def torchserve_snapshot(kind_stamp: str, models: dict) -> tuple[str, str]:
+    """A snapshot file as TorchServe writes it: properties, model_snapshot escaped."""
+    document = json.dumps({"name": f"{kind_stamp}.cfg", "modelCount": len(models),
+                           "created": 1707366892822, "models": models}, indent=2)
+    escaped = document.replace(":", "\\:").replace("\n", "\\n")   # Java's properties
+    text = ("#Saving snapshot\n#Thu Feb 08 04:34:52 UTC 2024\n"
+            f"model_snapshot={escaped}\n"
+            "tsConfigFile=logs/config/20240208043104864-startup.cfg\nversion=0.12.0\n")
+    return f"{kind_stamp}.cfg", text
+
+
+def test_torchserves_newest_snapshot_is_restored_until_torchd_has_its_own(make_daemon) -> None:
+    d = make_daemon(start=False)
+    config_dir = d.workdir / "logs" / "config"
+    config_dir.mkdir(parents=True)
+    entry = {"defaultVersion": True, "marName": "noop.mar", "minWorkers": 1, "maxWorkers": 1,
+             "batchSize": 2, "maxBatchDelay": 50, "responseTimeout": 120}
+    for stamp, models in (("20240208043104864-startup", {"old": {"1.0": entry}}),
+                          ("20240208043452822-shutdown", {"migrated": {"1.0": entry}})):
+        name, text = torchserve_snapshot(stamp, models)
+        (config_dir / name).write_text(text)
+
+    d.start(ncs=False)
+    assert names(d) == ["migrated"]
+    [doc] = d.describe("migrated")
+    assert (doc["batchSize"], doc["maxBatchDelay"], doc["minWorkers"]) == (2, 50, 1)
+    assert ("restoring the models of TorchServe's snapshot 20240208043452822-shutdown.cfg"
+            in d.log())
+    assert d.register("noop.mar", model_name="added").status_code == 200
+    assert d.stop() == 0
+
+    name, text = torchserve_snapshot("20991231235959999-shutdown", {"later": {"1.0": entry}})
+    (config_dir / name).write_text(text)
+    d.start(ncs=False)   # torchd's own snapshot now, not TorchServe's, however new
+    assert names(d) == ["added", "migrated"]
     assert d.stop() == 0

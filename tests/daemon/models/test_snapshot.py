@@ -283,3 +283,19 @@ def test_a_concurrent_reader_never_sees_a_partial_file(tmp_path):
     assert int(out) > 0
     assert len(list_snapshots(directory)) == 3
     assert not [p for p in directory.iterdir() if p.name.startswith(".")]
+
+
+def test_torchserves_snapshot_files_are_read_for_their_model_snapshot(tmp_path) -> None:
+    assert snapshots.newest_torchserve_snapshot(tmp_path / "none") is None
+    (tmp_path / "20240101000000000-snapshot.cfg").write_text(
+        'model_snapshot={"modelCount"\\: 1, "models"\\: {"m"\\: {"1.0"\\: {"marName"\\: '
+        '"m.mar", "minWorkers"\\: 2}}}}\n')
+    (tmp_path / "20991231000000000000-000000-snapshot.cfg").write_text("{}")   # torchd's: not read
+    path, model_snapshot = snapshots.newest_torchserve_snapshot(tmp_path)
+    assert path.name == "20240101000000000-snapshot.cfg"
+    assert model_snapshot["models"]["m"]["1.0"]["minWorkers"] == 2
+    for text, reason in (("inference_address=http://127.0.0.1:1\n", "no model_snapshot"),
+                         ("model_snapshot={not json\n", "model_snapshot: invalid JSON")):
+        (tmp_path / "20240102000000000-shutdown.cfg").write_text(text)
+        with pytest.raises(snapshots.SnapshotError, match=reason):
+            snapshots.newest_torchserve_snapshot(tmp_path)
