@@ -139,11 +139,12 @@ class DaemonCore:
 
     async def _load_saved_and_startup_models(self) -> None:
         named = self.config.restore_snapshot
+        refused: list[str]
         if named is not None or not self.config.ncs:
             self.notifier.status(f"restoring the snapshot {named}" if named else
                                  f"restoring the newest snapshot in {self.config.snapshot_dir}")
             restored, refused = 0, []
-            if named is None:
+            if named is None:   # where TorchServe ran before torchd wrote a snapshot
                 restored, refused = await restore_torchserve_snapshot(
                     self.snapshots, self.config, self.manager)
             restored += await restore_snapshot(self.snapshots, self.manager, named)
