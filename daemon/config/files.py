@@ -32,8 +32,7 @@ def find_config_file(argv_options: Mapping[str, Any], environ: Mapping[str, str]
     """``--ts-config``, else ``$TS_CONFIG_FILE``, else ``./config.properties`` if present."""
     explicit = argv_options.get("ts_config") or environ.get("TS_CONFIG_FILE")
     if explicit:
-        path = Path(explicit).expanduser()
-        path = path if path.is_absolute() else cwd / path
+        path = resolve_path(Path(explicit).expanduser(), cwd)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         return path
@@ -41,13 +40,23 @@ def find_config_file(argv_options: Mapping[str, Any], environ: Mapping[str, str]
     return default if default.is_file() else None
 
 
+def resolve_path(path: Path, cwd: Path) -> Path:
+    """A relative path is relative to the directory torchd was started in."""
+    return path if path.is_absolute() else cwd / path
+
+
 def snapshot_named_as_config(path: Path | None) -> tuple[Path | None, Path | None]:
     """(snapshot to restore, config file to read) for the config file found: a torchd snapshot
     is restored, and the config file it recorded is read in its place."""
     if path is None:
         return None, None
-    document = snapshot_document(read_config_text(path))
+    text = read_config_text(path)
+    document = snapshot_document(text)
     if document is None:
+        if text.lstrip().startswith("{"):   # a damaged snapshot: never read it as properties
+            raise ConfigError(f"config file {path} starts with \"{{\" but is no torchd "
+                              "snapshot (not a JSON object with \"models\"): repair it, or "
+                              "name another")
         return None, path
     recorded = document.get(SNAPSHOT_CONFIG_KEY)
     if not isinstance(recorded, str) or not recorded:

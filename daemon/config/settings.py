@@ -26,6 +26,7 @@ from daemon.config.files import (
     ConfigError,
     file_values,
     find_config_file,
+    resolve_path,
     snapshot_named_as_config,
 )
 from daemon.config.model_settings import BY_FIELD, config_default
@@ -171,6 +172,12 @@ class Config:
                                    default_port)
 
     @property
+    def serves_tls(self) -> bool:
+        """Some listener, REST or gRPC, speaks TLS (private_key_file, certificate_file)."""
+        return any(address.is_tls for address in (*self.listeners.values(),
+                                                  *self.grpc_listeners.values()))
+
+    @property
     def all_loopback(self) -> bool:
         """Every listener, gRPC's too, is a loopback host or a unix socket."""
         addresses = [*self.listeners.values(), *self.grpc_listeners.values()]
@@ -309,17 +316,13 @@ def _show(value: Any) -> str:
     return repr(text if len(text) <= 200 else text[:200] + "...")
 
 
-def _resolve(path: Path, cwd: Path) -> Path:
-    return path if path.is_absolute() else cwd / path
-
-
 def _resolve_paths(values: dict[str, Any], cwd: Path) -> None:
     """Relative paths are relative to the working directory torchd was started in."""
     for name in ("model_store", "workflow_store", "key_file", "log_location", "pid_file",
                  "log_config", "private_key_file", "certificate_file", "metrics_config",
                  "metrics_location"):
         if values.get(name) is not None:
-            values[name] = _resolve(values[name], cwd)
+            values[name] = resolve_path(values[name], cwd)
     if values["pid_file"] is None:
         values["pid_file"] = values["log_location"] / "torchd.pid"
     if values["metrics_location"] is None:
@@ -347,8 +350,7 @@ def _check_grpc_ports(config: Config) -> None:
 
 
 def _check_tls(config: Config) -> None:
-    addresses = [*config.listeners.values(), *config.grpc_listeners.values()]
-    if not any(address.is_tls for address in addresses):
+    if not config.serves_tls:
         return
     for name in ("private_key_file", "certificate_file"):
         path = getattr(config, name)

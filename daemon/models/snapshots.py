@@ -107,10 +107,9 @@ class SnapshotStore:
         if path is None:
             return load_latest_snapshot(self.snapshot_dir)
         try:
-            data = Path(path).read_bytes()
-        except OSError as exc:
-            raise SnapshotError(Path(path), f"cannot read: {exc.strerror or exc}") from None
-        return Path(path), parse_snapshot(Path(path), data)
+            return read_snapshot(Path(path))
+        except FileNotFoundError:
+            raise SnapshotError(Path(path), "cannot read: it is gone") from None
 
 
 # ---- the schema: a Registry captured, a state turned back into registrations -----------------
@@ -207,15 +206,23 @@ def load_latest_snapshot(snapshot_dir: Path) -> tuple[Path, dict[str, Any]] | No
         files = list_snapshots(snapshot_dir)
         if not files:
             return None
-        newest = files[-1]
         try:
-            data = newest.read_bytes()
+            return read_snapshot(files[-1])
         except FileNotFoundError:
             continue  # pruned by a concurrent writer between listing and opening
-        except OSError as exc:
-            raise SnapshotError(newest, f"cannot read: {exc.strerror or exc}") from None
-        return newest, parse_snapshot(newest, data)
     raise SnapshotError(Path(snapshot_dir), "snapshots keep disappearing while being read")
+
+
+def read_snapshot(path: Path) -> tuple[Path, dict[str, Any]]:
+    """The snapshot at ``path`` and its state; SnapshotError if it cannot be read or is
+    corrupt (FileNotFoundError as it is: a concurrent prune, for load_latest_snapshot)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise SnapshotError(path, f"cannot read: {exc.strerror or exc}") from None
+    return path, parse_snapshot(path, data)
 
 
 def parse_snapshot(path: Path, data: bytes) -> dict[str, Any]:

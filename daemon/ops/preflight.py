@@ -27,8 +27,7 @@ def _unusable_tls(config: Config) -> str | None:
     """The certificate and key load as the servers load them (a server-side context with
     OpenSSL's defaults): a mismatched pair, or a key OpenSSL finds too small (TorchServe's
     Java accepts 1024-bit RSA), would otherwise fail the listener after the models loaded."""
-    addresses = [*config.listeners.values(), *config.grpc_listeners.values()]
-    if not any(address.is_tls for address in addresses):
+    if not config.serves_tls:
         return None
     certificate, key = config.certificate_file, config.private_key_file
     if certificate is None or key is None:   # load_config refuses that already

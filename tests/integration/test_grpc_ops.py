@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.integration.test_ops_security import self_signed
+from tests.support.tls import self_signed
 from tests.support.archives import build_archive, copy_store
 from tests.support.daemon import Daemon
 from tests.support.grpc_stubs import channel, generate_stubs

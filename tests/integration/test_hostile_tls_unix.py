@@ -22,7 +22,7 @@ LIMIT_S = 1.0                 # request_header_timeout and request_body_timeout
 def tls_unix(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     """Inference and metrics over TLS (uvicorn's and hypercorn's), management on a unix
     socket. Killed at the end: a graceful stop waits for TLS connections (README)."""
-    from tests.integration.test_ops_security import self_signed
+    from tests.support.tls import self_signed
 
     workdir = tmp_path_factory.mktemp("hostile-tls")
     cert, key = self_signed(workdir)

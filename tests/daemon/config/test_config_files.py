@@ -54,3 +54,11 @@ def test_a_properties_file_is_read_as_before(tmp_path):
     config = load_config({}, {}, tmp_path)
     assert (config.restore_snapshot, config.config_file) == (None, tmp_path / "config.properties")
     assert config.snapshots_written and config.default_response_timeout == 77
+
+
+def test_a_damaged_snapshot_named_as_config_stops_the_start(tmp_path):
+    # Read as properties, it would start from the newest snapshot instead: the wrong state.
+    damaged = tmp_path / "20261207000000000000-000000-shutdown.cfg"
+    damaged.write_text('{"models": {"noop": ')
+    with pytest.raises(ConfigError, match="is no torchd snapshot"):
+        load_config({"ts_config": str(damaged)}, {}, tmp_path)
