@@ -86,9 +86,16 @@ class WorkerConnection(asyncio.Protocol):
     def _lose(self, reason: Exception) -> None:
         if not self.lost.done():
             self.lost.set_result(reason)
-        for future in [*self._replies.values(), *(b[2] for b in self._batches.values())]:
+        for future in self._replies.values():
             if not future.done():
                 future.set_exception(reason)
+        for *_, future in self._batches.values():
+            if not future.done():
+                future.set_exception(reason)
+                # Only the batch dispatcher awaits a batch's future; async workers and
+                # continuous batching learn of the loss from `lost`. Mark it retrieved so
+                # asyncio does not log their unawaited futures as errors.
+                future.exception()
         self._replies.clear()
         self._batches.clear()
 

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -304,3 +305,34 @@ def test_an_async_handler_streams_a_part_first(daemon: Daemon) -> None:
     bodies = [json.loads(body) for _, body in chunks]
     assert status == 200 and len(bodies) == 2 and "part" in bodies[0]
     assert bodies[1]["slept"] == 0.05 and bodies[1]["id"] == bodies[0]["part"]
+
+
+def test_an_async_worker_killed_with_batches_in_flight_ends_them_and_is_replaced(
+        daemon: Daemon) -> None:
+    """Each of the 8 calls has streamed its first part (so it is in the worker and is not sent
+    again): the kill ends every stream, a new worker answers, and the daemon's log holds no
+    asyncio "Future exception was never retrieved" for the lost batches."""
+    (worker,) = daemon.wait_workers("async_sleep", 1)
+    in_worker = [threading.Event() for _ in range(8)]
+
+    def call(i: int) -> str:
+        with requests.post(daemon.url("inference", "/predictions/async_sleep"),
+                           json={"sleep": 60, "part": True}, stream=True, timeout=60) as r:
+            chunks = r.iter_content(None)
+            next(chunks)
+            in_worker[i].set()
+            try:
+                list(chunks)
+            except requests.exceptions.ChunkedEncodingError:
+                return "ended"
+            return "finished"
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        calls = [pool.submit(call, i) for i in range(8)]
+        wait_until(lambda: all(event.is_set() for event in in_worker), 30)
+        os.kill(worker["pid"], signal.SIGKILL)
+        assert [c.result(timeout=30) for c in calls] == ["ended"] * 8
+    daemon.wait_workers("async_sleep", 1)
+    r = daemon.infer("POST", "/predictions/async_sleep", json={"sleep": 0}, timeout=60)
+    assert r.status_code == 200, r.text
+    assert "never retrieved" not in daemon.log()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 
 import pytest
@@ -118,4 +119,21 @@ def test_poisoned_connection_refuses_sends_and_closes_the_socket():
             conn.send(messages.ping(1))
         assert await asyncio.to_thread(read_to_eof, worker)
         worker.close()
+    asyncio.run(main())
+
+
+def test_a_lost_batch_that_nobody_awaits_leaves_no_unretrieved_exception():
+    """Async workers and continuous batching keep no handle on a batch's future (they learn of
+    a loss from ``lost``): its death must not log "Future exception was never retrieved"."""
+    async def main():
+        reported: list[str] = []
+        asyncio.get_running_loop().set_exception_handler(
+            lambda loop, context: reported.append(context["message"]))
+        conn, worker = await greeted()
+        conn.start_batch(1, [], lambda part: None, lambda message: None)
+        conn.join(2, [], [], 0, lambda part: None, lambda message: None)
+        worker.close()
+        assert isinstance(await asyncio.wait_for(conn.lost, 2), ConnectionLost)
+        gc.collect()
+        assert reported == []
     asyncio.run(main())
