@@ -93,7 +93,7 @@ def build_inference_app(core: Core) -> RequestContext:
     hot = [*prediction_routes(predictor), *compat.compat_prediction_routes(predictor),
            *openai_prediction_routes(predictor)]
     app = Starlette(routes=[*inference.ROUTES, *compat.ROUTES, *workflow_routes.INFERENCE_ROUTES,
-                            *hot],
+                            *hot, *compat.legacy_prediction_routes(predictor)],
                     exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
     _state(app, core, api_document=core.documents["inference"])

@@ -1,4 +1,5 @@
-"""The inference port's other front doors: SageMaker's, KServe v1's read side, and OIP v2 explain.
+"""The inference port's other front doors: SageMaker's, KServe v1's read side, OIP v2 explain,
+and Multi Model Server's ``/{m}/predict``.
 
 SageMaker's inference toolkit calls ``POST /invocations`` (one model per endpoint, or the model
 named by a query parameter or header) and ``POST /models/{m}/invoke``; KServe v1 lists models
@@ -19,7 +20,8 @@ from starlette.routing import Route
 from daemon.errors import BadRequest, MethodNotAllowed
 from daemon.http.common import header
 from daemon.http.openai_api import model_list
-from daemon.http.predict import EXPLAIN, PredictionEndpoint, Predictor, Target, V2InferEndpoint
+from daemon.http.predict import (EXPLAIN, TORCHSERVE_METHODS, PredictionEndpoint, Predictor,
+                                 Target, V2InferEndpoint)
 
 # SageMaker multi-model endpoints name the target in this header (the artifact's file name).
 TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
@@ -90,6 +92,21 @@ def compat_prediction_routes(predictor: Predictor) -> list[Route]:
         Route("/v2/models/{model_name}/versions/{model_version}/explain", explain,
               methods=["POST"]),
     ]
+
+
+def legacy_prediction_routes(predictor: Predictor) -> list[Route]:
+    """``/{m}/predict`` and ``/{m}/{v}/predict``: Multi Model Server's prediction paths, which
+    TorchServe still answers (undocumented) for clients of that era, with any method and
+    without the ``url_path``/``explain`` headers of /predictions. Their first segment is a
+    name, so they go after every other route (and are not on the hot path's lookup)."""
+    legacy = PredictionEndpoint(predictor)
+    routes = []
+    for path in ("/{model_name}/predict", "/{model_name}/{model_version}/predict"):
+        route = Route(path, legacy, methods=TORCHSERVE_METHODS)
+        if route.methods:
+            route.methods.discard("HEAD")   # starlette adds it beside GET
+        routes.append(route)
+    return routes
 
 
 # ---- KServe v1 model listing and readiness --------------------------------------------------

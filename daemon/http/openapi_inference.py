@@ -193,7 +193,24 @@ def _compat_paths(model: list, version: list) -> dict[str, Any]:
                                             "post": _v2_infer("v2Explain", explain)},
         "/v2/models/{model_name}/versions/{model_version}/explain": {
             "parameters": version, "post": _v2_infer("v2VersionExplain", explain)},
+        **_legacy_paths(model, version),
     }
+
+
+def _legacy_paths(model: list, version: list) -> dict[str, Any]:
+    """Multi Model Server's ``/{m}/predict`` forms, any method, marked deprecated."""
+    paths = {}
+    for path, params, base, summary in (
+            ("/{model_name}/predict", model, "legacyPredict",
+             "Multi Model Server's form of a prediction with the default version."),
+            ("/{model_name}/{model_version}/predict", version, "legacyVersionPredict",
+             "Multi Model Server's form of a prediction with one version.")):
+        item: dict[str, Any] = {"parameters": params}
+        for method in TORCHSERVE_METHODS:
+            op_id = base if method == "post" else method + base[0].upper() + base[1:]
+            item[method] = {**_predict(op_id, summary), "deprecated": True}
+        paths[path] = item
+    return paths
 
 
 def _obj(required: list[str], **properties: Any) -> dict[str, Any]:

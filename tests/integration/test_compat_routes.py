@@ -1,5 +1,5 @@
-"""SageMaker's /invocations and /models/{m}/invoke, KServe v1's model list and readiness, and
-OIP v2 explain, through the real daemon with real workers (probe handler: it answers which
+"""SageMaker's /invocations and /models/{m}/invoke, KServe v1's model list and readiness,
+OIP v2 explain and Multi Model Server's /{m}/predict, through the real daemon with real workers (probe handler: it answers which
 model and version served it, and whether it saw `explain: True`)."""
 from __future__ import annotations
 
@@ -93,6 +93,23 @@ def test_models_invoke(daemon) -> None:
                  "ModelNotFoundException", "Model not found: nope")
     assert_error(daemon.infer("GET", "/models/alpha/invoke"), 405, "MethodNotAllowedException",
                  "Requested method is not allowed, please refer to API document.")
+
+
+def test_multi_model_servers_predict_paths(daemon) -> None:
+    """/{m}/predict and /{m}/{v}/predict, any method, as TorchServe still answers them."""
+    assert served_by(daemon.infer("POST", "/beta/predict", json=BODY)) == ("beta", "1.0", None)
+    assert served_by(daemon.infer("PUT", "/beta/2.0/predict", json=BODY)) == (
+        "beta", "2.0", None)
+    assert served_by(daemon.infer("GET", "/alpha/predict/"))[0] == "alpha"
+    assert_error(daemon.infer("POST", "/nope/predict", json=BODY), 404,
+                 "ModelNotFoundException", "Model not found: nope")
+    assert_error(daemon.infer("POST", "/beta/9.9/predict", json=BODY), 404,
+                 "ModelVersionNotFoundException",
+                 "Model version: 9.9 does not exist for model: beta")
+    # the other routes keep their paths: a model named "predictions" is not reached this way
+    assert_error(daemon.infer("POST", "/predictions/predict", json=BODY), 404,
+                 "ModelNotFoundException", "Model not found: predict")
+    assert daemon.infer("GET", "/ping").json() == {"status": "Healthy"}
 
 
 def test_kserve_v1_model_list_and_readiness(daemon) -> None:

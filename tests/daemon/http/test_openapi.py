@@ -52,6 +52,10 @@ INFERENCE_ENDPOINTS = {
     # TorchServe's /wfpredict takes any method too
     *{(method, "/wfpredict/{workflow_name}")
       for method in ("get", "post", "put", "patch", "delete")},
+    # Multi Model Server's prediction paths, which TorchServe still answers
+    *{(method, path)
+      for method in ("get", "post", "put", "patch", "delete")
+      for path in ("/{model_name}/predict", "/{model_name}/{model_version}/predict")},
 }
 
 # Statuses SPEC 1 and 2 give for each endpoint (the documents may list more, e.g. 401).
