@@ -1,6 +1,7 @@
 """SageMaker's /invocations and /models/{m}/invoke, KServe v1's model list and readiness,
-OIP v2 explain and Multi Model Server's /{m}/predict, through the real daemon with real workers (probe handler: it answers which
-model and version served it, and whether it saw `explain: True`)."""
+OIP v2 explain and Multi Model Server's /{m}/predict, through the real daemon with real workers
+(probe handler: it answers which model and version served it, and whether it saw
+`explain: True`)."""
 from __future__ import annotations
 
 import shutil
