@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from daemon.errors import InternalServerError
 from daemon.models.job import GONE, PARTS_HIGH, PARTS_LOW, Answer, Failure, Job, Part
-from tests.daemon.models.test_dispatcher import MemoryChannel
+from tests.daemon.models.dispatch_helpers import MemoryChannel
 from tests.support.virtual_time import run_on_virtual_time as run
 
 

@@ -8,7 +8,7 @@ import asyncio
 from daemon.errors import InternalServerError
 from daemon.models.job import Answer, Job
 from daemon.models.pipelining import PipelineDispatcher
-from tests.daemon.models.test_dispatcher import MemoryChannel, model, settle
+from tests.daemon.models.dispatch_helpers import MemoryChannel, model, settle
 from tests.support.virtual_time import run_on_virtual_time as run
 
 

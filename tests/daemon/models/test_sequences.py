@@ -15,7 +15,7 @@ import pytest
 from daemon.errors import ServiceUnavailable, TorchdError
 from daemon.models.job import Failure, Job
 from daemon.models.sequences import SequenceRules
-from tests.daemon.models.test_dispatcher import MemoryChannel, dispatcher, model, settle
+from tests.daemon.models.dispatch_helpers import MemoryChannel, dispatcher, model, settle
 from tests.support.virtual_time import run_on_virtual_time as run
 
 RULES = SequenceRules("m", max_open=8, max_waiting=4, idle_s=0.0, lifetime_s=0.0)

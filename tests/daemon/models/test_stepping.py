@@ -10,7 +10,7 @@ from typing import Any
 from daemon.errors import InternalServerError
 from daemon.models.job import Answer, Failure, Job, Part
 from daemon.models.stepping import StepDispatcher
-from tests.daemon.models.test_dispatcher import MemoryChannel, model, settle
+from tests.daemon.models.dispatch_helpers import MemoryChannel, model, settle
 from tests.support.virtual_time import run_on_virtual_time as run
 
 
