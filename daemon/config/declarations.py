@@ -237,6 +237,10 @@ IGNORED_KEYS = frozenset({
     "enable_open_inference_protocol", "max_net_worker_threads",
 })
 
+# What TorchServe writes into its snapshot files besides settings (the config file it had read,
+# its version): bookkeeping, read silently when such a snapshot is named as the config file.
+TORCHSERVE_SNAPSHOT_KEYS = frozenset({"tsConfigFile", "version"})
+
 # allowed_urls when the config sets none (files in the model store are always allowed).
 DEFAULT_ALLOWED_URLS: tuple[str, ...] = ("https://.*",)
 

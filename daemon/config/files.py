@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from daemon.config.declarations import IGNORED_KEYS, SETTINGS_BY_NAME
+from daemon.config.declarations import IGNORED_KEYS, SETTINGS_BY_NAME, TORCHSERVE_SNAPSHOT_KEYS
 from daemon.config.properties import parse_properties
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ def file_values(path: Path) -> dict[str, tuple[str, str]]:
     for key, value in parse_properties(read_config_text(path)).items():
         if key in SETTINGS_BY_NAME:
             values[key] = (value, f"config file {path}")
+        elif key in TORCHSERVE_SNAPSHOT_KEYS:
+            continue
         elif key in IGNORED_KEYS:
             logger.warning("config file %s: TorchServe key %r is ignored by torchd", path, key)
         else:

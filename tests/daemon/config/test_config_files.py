@@ -62,3 +62,19 @@ def test_a_damaged_snapshot_named_as_config_stops_the_start(tmp_path):
     damaged.write_text('{"models": {"noop": ')
     with pytest.raises(ConfigError, match="is no torchd snapshot"):
         load_config({"ts_config": str(damaged)}, {}, tmp_path)
+
+
+def test_a_torchserve_snapshot_named_as_config_is_read_without_warnings(tmp_path, caplog):
+    """TorchServe's documented way back to a known state: its snapshot (properties) as the
+    config file. Its bookkeeping keys (tsConfigFile, version) are not warned about."""
+    snapshot = tmp_path / "20240208043452822-snapshot.cfg"
+    snapshot.write_text("#Saving snapshot\n"
+                        "model_snapshot={\"name\"\\: \"s\", \"modelCount\"\\: 0, "
+                        "\"models\"\\: {}}\n"
+                        "tsConfigFile=logs/config/20240208043104864-startup.cfg\n"
+                        "version=0.12.0\ndefault_response_timeout=77\n")
+    with caplog.at_level("WARNING"):
+        config = load_config({"ts_config": str(snapshot)}, {}, tmp_path)
+    assert config.config_file == snapshot and config.default_response_timeout == 77
+    assert config.model_snapshot is not None and "modelCount" in config.model_snapshot
+    assert [r.getMessage() for r in caplog.records] == []
