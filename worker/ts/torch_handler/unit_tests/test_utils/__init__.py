@@ -1,0 +1,1 @@
+"""Helpers for testing a handler without a server (``MockContext``)."""
