@@ -139,6 +139,18 @@ def test_ratios_are_per_round_and_goals_are_judged_on_their_medians() -> None:
     assert rows["cb_rps"]["met"] is True                          # torchd >= TorchServe
 
 
+def test_the_open_loops_figures_have_their_own_keys_and_ratio() -> None:
+    assert continuous.key("continuous", "ttfp_p99_ms", "open") == "cb_open_ttfp_p99_ms"
+    assert continuous.key("static", "ttfp_p99_ms", "open") == "cb_open_static_ttfp_p99_ms"
+    assert continuous.key("static", "rps") == "cb_static_rps"
+    result = {"cb_open_ttfp_p99_ms": 2.0, "cb_open_static_ttfp_p99_ms": 40.0}
+    assert continuous.derived(result)["cb_open_ttfp_p99_ratio"] == pytest.approx(0.05)
+    assert continuous.derived({})["cb_open_ttfp_p99_ratio"] is None
+    keys = {m.key for m in metrics_for("continuous")}
+    assert {continuous.key(variant, figure, "open") for variant, _ in continuous.VARIANTS
+            for figure in continuous.OPEN_FIGURES} <= keys
+
+
 def test_an_unmeasured_variant_leaves_its_rows_empty_and_says_why() -> None:
     unmeasured = _round(None, 100, None, 20)
     unmeasured["cb_not_measured"] = {"continuous": "check request (k=3) failed: 1 parts"}

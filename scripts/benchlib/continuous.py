@@ -8,6 +8,13 @@ answered with k streamed parts. Figures per variant: requests/s, time to the fir
 the whole answer (p50, p99). Per round, the continuous / static ratios of requests/s and of the
 first part's p99 are taken (the two variants run back to back on the same server).
 
+Then both variants again under an open loop (benchlib/arrivals.py): requests arrive at random at
+half the rate the static variant sustained in its closed loop, so a request of the static
+variant usually arrives while a batch runs and waits for its end, as a shared endpoint's clients
+do; the closed loop of 32 clients, where every request of a static batch arrives together, is
+static batching's best case. Figures: the first part and the whole answer, p50 and p99, and the
+continuous / static ratio of the first part's p99.
+
 A variant the server does not serve correctly (its check request is refused, or answered with
 the wrong number of parts) is left unmeasured, with the reason, rather than failing the bench:
 the round then reports what it could measure.
@@ -15,8 +22,10 @@ the round then reports what it could measure.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
+from .arrivals import run_open_loop
 from .load import NOISY_CPU_PERCENT, CpuMeter, Load
 from .servers import SETTLE_S, Server
 from .streams import (K_RANGE, K_SEED, k_sequence, not_measured_lines, ratio, run_streams,
@@ -32,6 +41,11 @@ CHECK_TIMEOUT_S = 15.0
 VARIANTS = (("continuous", "steps_cb"), ("static", "steps"))
 # the figures kept per variant; the static variant's keys get "static_" after "cb_"
 FIGURES = ("rps", "ttfp_p50_ms", "ttfp_p99_ms", "total_p50_ms", "total_p99_ms")
+# The open loop's arrival rate, as a share of the static variant's closed-loop req/s.
+OPEN_LOOP_SHARE = 0.5
+# its figures per variant: "cb_open_" or "cb_open_static_" before them
+OPEN_FIGURES = ("ttfp_p50_ms", "ttfp_p99_ms", "total_p99_ms")
+Drive = Callable[[str, float], dict[str, Any]]   # (url, seconds) -> a run's figures
 
 _KS = k_sequence(MAX_REQUESTS)
 
@@ -40,12 +54,22 @@ def describe() -> dict[str, Any]:
     """The round's settings, for the report's machine section."""
     return {"clients": CLIENTS, "batch_size": BATCH_SIZE, "max_batch_delay_ms": MAX_BATCH_DELAY_MS,
             "workers": 1, "k_range": list(K_RANGE), "k_seed": K_SEED,
-            "max_requests_per_run": MAX_REQUESTS,
+            "max_requests_per_run": MAX_REQUESTS, "open_loop_share": OPEN_LOOP_SHARE,
             "variants": {variant: model for variant, model in VARIANTS}}
 
 
-def key(variant: str, figure: str) -> str:
-    return f"cb_{figure}" if variant == "continuous" else f"cb_{variant}_{figure}"
+def key(variant: str, figure: str, loop: str = "") -> str:
+    """The result's key of a variant's figure; ``loop`` "open" for the open loop's."""
+    prefix = f"cb_{loop}_" if loop else "cb_"
+    return f"{prefix}{figure}" if variant == "continuous" else f"{prefix}{variant}_{figure}"
+
+
+def closed_loop(url: str, seconds: float) -> dict[str, Any]:
+    return run_streams(url, CLIENTS, _KS, seconds)
+
+
+def open_loop(rate: float) -> Drive:
+    return lambda url, seconds: run_open_loop(url, rate, _KS, seconds)
 
 
 def check(url: str) -> str | None:
@@ -58,9 +82,10 @@ def check(url: str) -> str | None:
     return "; ".join(stats["errors"]) or "no answer"
 
 
-def measure_variant(server: Server, load: Load, variant: str, model: str) -> dict[str, Any]:
-    """Register ``model``, check it, warm it up, measure it, unregister it. The stats of the
-    measured run, or {"skipped": reason}."""
+def measure_variant(server: Server, load: Load, variant: str, model: str,
+                    drive: Drive = closed_loop) -> dict[str, Any]:
+    """Register ``model``, check it, warm it up, measure it under ``drive``, unregister it. The
+    stats of the measured run, or {"skipped": reason}."""
     server.register(model, workers=1, batch_size=BATCH_SIZE, max_batch_delay=MAX_BATCH_DELAY_MS)
     url = f"{server.inference}/predictions/{model}"
     try:
@@ -68,10 +93,10 @@ def measure_variant(server: Server, load: Load, variant: str, model: str) -> dic
         if problem is not None:
             return {"skipped": f"check request (k={CHECK_K}) failed: {problem}"}
         if load.warmup:
-            run_streams(url, CLIENTS, _KS, load.warmup)
+            drive(url, load.warmup)
             time.sleep(SETTLE_S)
         with CpuMeter(load.servers) as meter:
-            stats = run_streams(url, CLIENTS, _KS, load.duration)
+            stats = drive(url, load.duration)
         stats["foreign_cpu_percent"] = meter.percent
         if meter.percent > NOISY_CPU_PERCENT:
             print(f"  warning: other processes used {meter.percent:.0f}% of the CPUs during this "
@@ -100,6 +125,20 @@ def continuous_round(server: Server, load: Load) -> dict[str, Any]:
             runs[variant] = stats
         for figure in FIGURES:
             result[key(variant, figure)] = stats.get(figure)
+    rate = result.get(key("static", "rps"))
+    if rate:
+        result["cb_open_rate"] = rate = OPEN_LOOP_SHARE * rate
+        for variant, model in VARIANTS:
+            print(f"{server.label}: steps handler, {variant} batching, open loop at "
+                  f"{rate:.0f} req/s", flush=True)
+            stats = measure_variant(server, load, variant, model, open_loop(rate))
+            if "skipped" in stats:
+                notes[f"open-loop {variant}"] = stats["skipped"]
+                stats = {}
+            else:
+                runs[f"{variant}_open"] = stats
+            for figure in OPEN_FIGURES:
+                result[key(variant, figure, "open")] = stats.get(figure)
     result.update(derived(result))
     result["cb_failed"] = sum(stats["failed"] for stats in runs.values()) if runs else None
     result["cb_streams"] = runs
@@ -112,7 +151,9 @@ def derived(result: dict[str, Any]) -> dict[str, float | None]:
     """The round's continuous / static ratios (None where either side is unmeasured)."""
     return {"cb_speedup": ratio(result.get("cb_rps"), result.get("cb_static_rps")),
             "cb_ttfp_p99_ratio": ratio(result.get("cb_ttfp_p99_ms"),
-                                       result.get("cb_static_ttfp_p99_ms"))}
+                                       result.get("cb_static_ttfp_p99_ms")),
+            "cb_open_ttfp_p99_ratio": ratio(result.get("cb_open_ttfp_p99_ms"),
+                                            result.get("cb_open_static_ttfp_p99_ms"))}
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -120,7 +161,9 @@ def summary(result: dict[str, Any]) -> str:
             f"(first part p99 {shown(result.get('cb_ttfp_p99_ms'), '.1f')} ms), "
             f"static {shown(result.get('cb_static_rps'), '.0f')} req/s "
             f"(p99 {shown(result.get('cb_static_ttfp_p99_ms'), '.1f')} ms), "
-            f"x{shown(result.get('cb_speedup'), '.2f')}")
+            f"x{shown(result.get('cb_speedup'), '.2f')}; open loop first part p99 "
+            f"{shown(result.get('cb_open_ttfp_p99_ms'), '.1f')} against "
+            f"{shown(result.get('cb_open_static_ttfp_p99_ms'), '.1f')} ms")
 
 
 def not_measured(runs: dict[str, list[dict[str, Any]]]) -> list[str]:

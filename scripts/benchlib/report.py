@@ -86,8 +86,25 @@ METRICS = [
            suite="continuous"),
     Metric("cb_static_total_p99_ms", "steps, static: whole answer p99 (ms)", False, None,
            suite="continuous"),
-    Metric("cb_failed", "steps: failed requests (both variants)", False, None, limit=0,
-           suite="continuous"),
+    # the same two variants under an open loop: Poisson arrivals at half the static variant's
+    # closed-loop req/s (each server's own), where a static request waits for the batch it missed
+    Metric("cb_open_rate", "steps, open loop: arrivals (req/s)", True, None, suite="continuous"),
+    Metric("cb_open_ttfp_p50_ms", "steps, open loop, continuous: first part p50 (ms)", False,
+           None, suite="continuous"),
+    Metric("cb_open_ttfp_p99_ms", "steps, open loop, continuous: first part p99 (ms)", False,
+           None, suite="continuous"),
+    Metric("cb_open_static_ttfp_p50_ms", "steps, open loop, static: first part p50 (ms)", False,
+           None, suite="continuous"),
+    Metric("cb_open_static_ttfp_p99_ms", "steps, open loop, static: first part p99 (ms)", False,
+           None, suite="continuous"),
+    Metric("cb_open_ttfp_p99_ratio", "steps, open loop: first part p99, continuous / static",
+           False, None, suite="continuous"),
+    Metric("cb_open_total_p99_ms", "steps, open loop, continuous: whole answer p99 (ms)", False,
+           None, suite="continuous"),
+    Metric("cb_open_static_total_p99_ms", "steps, open loop, static: whole answer p99 (ms)",
+           False, None, suite="continuous"),
+    Metric("cb_failed", "steps: failed requests (both variants, both loops)", False, None,
+           limit=0, suite="continuous"),
 ]
 
 

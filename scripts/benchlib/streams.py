@@ -16,7 +16,7 @@ import random
 import resource
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -190,25 +190,31 @@ async def _one(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, reque
     return Outcome(k, True, first, total, parts), reusable
 
 
+async def exchange(conn: KeptConnection, path: str, k: int, timeout: float) -> Outcome:
+    """One request of ``k`` steps on ``conn``; the connection is kept only if the answer left
+    it usable."""
+    body = json.dumps({"k": k}).encode()
+    request = (f"POST {path} HTTP/1.1\r\nHost: {conn.host}:{conn.port}\r\n"
+               "Content-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+    try:
+        streams = await conn.open()
+        outcome, reusable = await asyncio.wait_for(_one(*streams, request, k), timeout)
+        broken = False
+    except (OSError, TimeoutError, asyncio.IncompleteReadError,
+            asyncio.LimitOverrunError, BadAnswer, ValueError) as exc:
+        outcome, reusable = Outcome(k, False, error=f"{type(exc).__name__}: {exc}"), False
+        broken = True
+    outcome.done_at = time.perf_counter()
+    await conn.after(reusable, broken)
+    return outcome
+
+
 async def _client(host: str, port: int, path: str, shared: _Shared, timeout: float) -> None:
     conn = KeptConnection(host, port, timeout)
     try:
         while (k := shared.next_k()) is not None:
-            body = json.dumps({"k": k}).encode()
-            request = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                       "Content-Type: application/json\r\n"
-                       f"Content-Length: {len(body)}\r\n\r\n").encode() + body
-            try:
-                streams = await conn.open()
-                outcome, reusable = await asyncio.wait_for(_one(*streams, request, k), timeout)
-                broken = False
-            except (OSError, TimeoutError, asyncio.IncompleteReadError,
-                    asyncio.LimitOverrunError, BadAnswer, ValueError) as exc:
-                outcome, reusable = Outcome(k, False, error=f"{type(exc).__name__}: {exc}"), False
-                broken = True
-            outcome.done_at = time.perf_counter()
-            shared.outcomes.append(outcome)
-            await conn.after(reusable, broken)
+            shared.outcomes.append(await exchange(conn, path, k, timeout))
     finally:
         conn.close()
 
@@ -251,15 +257,20 @@ def run_streams(url: str, clients: int, ks: Sequence[int], seconds: float,
                 request_timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
     """``clients`` closed loops against ``url`` for ``seconds`` (no new request after that; the
     ones in flight finish, each within ``request_timeout``) or ``len(ks)`` requests, whichever
-    comes first. Also records the CPU the driver itself used (client_cpu_s): it shares the
-    machine with the server."""
+    comes first."""
+    return run_load(lambda: _drive(url, clients, ks, seconds, request_timeout))
+
+
+def run_load(main: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    """The figures of the load ``main()``, run on uvloop where the driver's venv has it, with
+    the CPU the driver itself used (client_cpu_s): it shares the machine with the server."""
     loop_factory = None
     with contextlib.suppress(ImportError):
         import uvloop
         loop_factory = uvloop.new_event_loop
     before = resource.getrusage(resource.RUSAGE_SELF)
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        stats = runner.run(_drive(url, clients, ks, seconds, request_timeout))
+        stats = runner.run(main())
     after = resource.getrusage(resource.RUSAGE_SELF)
     stats["client_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return stats

@@ -14,15 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
-import resource
 import time
 import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .streams import KeptConnection, percentile
+from .streams import KeptConnection, percentile, run_load
 from .token_answers import AnswerReader, BadAnswer, verdict
 
 REQUEST_TIMEOUT_S = 120.0   # one answer; a stalled server fails the request, not the bench
@@ -168,15 +166,5 @@ def run_token_streams(target: StreamTarget, clients: int, seconds: float, max_re
                       request_timeout: float = REQUEST_TIMEOUT_S) -> dict[str, Any]:
     """``clients`` closed loops against ``target`` for ``seconds`` (no new request after that;
     the ones in flight finish, each within ``request_timeout``) or ``max_requests`` requests,
-    whichever comes first. Also records the CPU the driver itself used (client_cpu_s): it shares
-    the machine with the server."""
-    loop_factory = None
-    with contextlib.suppress(ImportError):
-        import uvloop
-        loop_factory = uvloop.new_event_loop
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    with asyncio.Runner(loop_factory=loop_factory) as runner:
-        stats = runner.run(_drive(target, clients, seconds, max_requests, request_timeout))
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    stats["client_cpu_s"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return stats
+    whichever comes first. Also records the CPU the driver itself used (client_cpu_s)."""
+    return run_load(lambda: _drive(target, clients, seconds, max_requests, request_timeout))
