@@ -20,8 +20,8 @@ from starlette.routing import Route
 from daemon.errors import BadRequest, MethodNotAllowed
 from daemon.http.common import header
 from daemon.http.openai_api import model_list
-from daemon.http.predict import (EXPLAIN, TORCHSERVE_METHODS, PredictionEndpoint, Predictor,
-                                 Target, V2InferEndpoint)
+from daemon.http.predict import (EXPLAIN, PredictionEndpoint, Predictor, Target,
+                                 V2InferEndpoint, any_method_route)
 
 # SageMaker multi-model endpoints name the target in this header (the artifact's file name).
 TARGET_MODEL_HEADER = b"x-amzn-sagemaker-target-model"
@@ -100,13 +100,8 @@ def legacy_prediction_routes(predictor: Predictor) -> list[Route]:
     without the ``url_path``/``explain`` headers of /predictions. Their first segment is a
     name, so they go after every other route (and are not on the hot path's lookup)."""
     legacy = PredictionEndpoint(predictor)
-    routes = []
-    for path in ("/{model_name}/predict", "/{model_name}/{model_version}/predict"):
-        route = Route(path, legacy, methods=TORCHSERVE_METHODS)
-        if route.methods:
-            route.methods.discard("HEAD")   # starlette adds it beside GET
-        routes.append(route)
-    return routes
+    return [any_method_route(path, legacy)
+            for path in ("/{model_name}/predict", "/{model_name}/{model_version}/predict")]
 
 
 # ---- KServe v1 model listing and readiness --------------------------------------------------

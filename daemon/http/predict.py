@@ -275,15 +275,19 @@ class V2InferEndpoint(PredictionEndpoint):
     default_type = "application/json"
 
 
+def any_method_route(path: str, endpoint: Any) -> Route:
+    """A route TorchServe answers with any method (its predictions and workflow predictions),
+    HEAD aside: starlette adds it beside GET."""
+    route = Route(path, endpoint, methods=TORCHSERVE_METHODS)
+    if route.methods:
+        route.methods.discard("HEAD")
+    return route
+
+
 def torchserve_routes(verb: str, endpoint: TorchServeEndpoint) -> list[Route]:
     """``/{verb}/{m}``, ``/{verb}/{m}/{v}`` and ``/{verb}/{m}/{v}/{url_path...}``."""
-    routes = []
-    for tail in ("", "/{model_version}", "/{model_version}/{%s:path}" % URL_PATH):
-        route = Route(f"/{verb}/{{model_name}}{tail}", endpoint, methods=TORCHSERVE_METHODS)
-        if route.methods:
-            route.methods.discard("HEAD")   # starlette adds it beside GET
-        routes.append(route)
-    return routes
+    return [any_method_route(f"/{verb}/{{model_name}}{tail}", endpoint)
+            for tail in ("", "/{model_version}", "/{model_version}/{%s:path}" % URL_PATH)]
 
 
 def prediction_routes(predictor: Predictor) -> list[Route]:

@@ -16,7 +16,7 @@ from starlette.routing import Route
 from daemon.errors import BadRequest, InternalServerError
 from daemon.http.common import DISCONNECT_HOOKS, NoResponse, Params, read_body, status_json
 from daemon.http.management import int_param, json_body
-from daemon.http.predict import TORCHSERVE_METHODS, form_parameters, is_form, request_headers
+from daemon.http.predict import any_method_route, form_parameters, is_form, request_headers
 from daemon.workflows.manager import WorkflowManager, WorkflowRequest
 from protocol import messages
 
@@ -123,12 +123,5 @@ def _leaf_response(leaves: list[tuple[str, bytes]]) -> Response:
     return JSONResponse(outputs)
 
 
-def _inference_routes() -> list[Route]:
-    """Any method TorchServe routes to /predictions (its /wfpredict takes any), but HEAD."""
-    route = Route("/wfpredict/{workflow_name}", predict, methods=TORCHSERVE_METHODS)
-    if route.methods:
-        route.methods.discard("HEAD")   # starlette adds it beside GET
-    return [route]
-
-
-INFERENCE_ROUTES = _inference_routes()
+# TorchServe's /wfpredict takes any method, as its /predictions does
+INFERENCE_ROUTES = [any_method_route("/wfpredict/{workflow_name}", predict)]
