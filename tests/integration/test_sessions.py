@@ -226,6 +226,21 @@ def test_continuous_batching_over_grpc_streams_parts(daemon: Daemon, stubs: Any)
     assert parts == [{"tag": "g", "step": i} for i in (1, 2, 3, 4)]
 
 
+def test_a_cancelled_grpc_stream_leaves_the_running_batch(daemon: Daemon, stubs: Any) -> None:
+    channel = grpc.insecure_channel(f"127.0.0.1:{daemon.ports['grpc_inference']}")
+    try:
+        infer = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+        request = stubs.inference_pb2.PredictionsRequest(
+            model_name="steps", input={"body": json.dumps({"k": 100000, "tag": "g"}).encode()})
+        call = infer.StreamPredictions(request, timeout=60)
+        assert json.loads(next(call).prediction) == {"tag": "g", "step": 1}
+        call.cancel()                          # the client goes away mid-stream
+    finally:
+        channel.close()
+    wait_until(lambda: steps(daemon, 2, "alone")[1]["x-step-batch"] == "1", 30,
+               what="the cancelled gRPC request leaving the running batch")
+
+
 def test_sequence_with_continuous_batching_streams_and_ends(daemon: Daemon) -> None:
     opened = add(daemon, "stateful_stream", 2, "cs", start=True)
     assert (opened.status_code, opened.text) == (200, "2"), opened.text
