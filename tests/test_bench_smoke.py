@@ -88,11 +88,18 @@ def test_quick_bench_measures_both_servers_and_leaves_nothing_running(tmp_path: 
         assert med["noop_rps"] == report["runs"][server][0]["noop_rps"]
     assert "warm-up round 1/1 (not recorded)" in stdout
     # the continuous-batching round: both variants on TorchServe; torchd's static one, and its
-    # continuous one measured or said to be not measured (with why)
+    # continuous one measured or said to be not measured (with why); then the open loop
     for server in ("torchd", "torchserve"):
         med = report["medians"][server]
         assert med["cb_static_rps"] > 0 and med["cb_static_ttfp_p99_ms"] > 0, med
-        assert med["cb_failed"] == 0, report["runs"][server][0]["cb_streams"]
+        streams = report["runs"][server][0]["cb_streams"]
+        assert all(run["failed"] == 0 for variant, run in streams.items()
+                   if not variant.endswith("_open")), streams
+        # TorchServe's continuous batching may fall behind the open loop (its full queue's
+        # 503s); torchd's never fails one
+        assert server != "torchd" or med["cb_failed"] == 0, streams
+        assert med["cb_open_rate"] == pytest.approx(0.5 * med["cb_static_rps"])
+        assert med["cb_open_static_ttfp_p99_ms"] > 0, med
         continuous_measured = med["cb_rps"] is not None
         assert continuous_measured or server == "torchd", med
         assert continuous_measured == (med["cb_speedup"] is not None)
