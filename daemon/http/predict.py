@@ -49,21 +49,34 @@ def v2_error_of(exc: TorchdError) -> Response:
 
 async def form_parameters(scope: dict[str, Any], body: bytes,
                           limit: int) -> list[dict[str, Any]]:
-    """One parameter per field of a multipart or urlencoded body (starlette's parser)."""
+    """One parameter per field of a multipart or urlencoded body (starlette's parser); a body
+    it refuses is the client's 400."""
     async def replay() -> dict[str, Any]:   # the body, read already, as the parser asks for it
         return {"type": "http.request", "body": body, "more_body": False}
 
     request = Request(scope, replay)
-    # max_request_size bounds the whole body already; starlette's own 1 MB per field would
-    # refuse fields TorchServe accepts
-    async with request.form(max_part_size=limit) as form:   # closes spooled files
-        params = []
-        for name, value in form.multi_items():
-            if isinstance(value, str):
-                params.append(messages.parameter(name, None, value.encode()))
-            else:
-                params.append(messages.parameter(name, value.content_type, await value.read()))
-        return params
+    try:
+        # max_request_size bounds the whole body already; starlette's own 1 MB per field would
+        # refuse fields TorchServe accepts
+        async with request.form(max_part_size=limit) as form:   # closes spooled files
+            params = []
+            for name, value in form.multi_items():
+                if isinstance(value, str):
+                    params.append(messages.parameter(name, None, value.encode()))
+                else:
+                    params.append(messages.parameter(name, value.content_type,
+                                                     await value.read()))
+            return params
+    except MultiPartException as exc:
+        raise BadRequest(exc.message + _RAW_DATA_HINT.get(
+            (header(scope, b"content-type") or "").split(";")[0].strip().lower(), "")) from None
+
+
+# curl's -d and --data-binary send this content type: an image or a tensor sent that way is read
+# as form fields (TorchServe does the same), and random bytes make thousands of them.
+_RAW_DATA_HINT = {FORM_TYPES[1]: f" The body was read as {FORM_TYPES[1]} form fields, the "
+                  "content type curl's -d and --data-binary send: send other data with -T, or "
+                  "with -H 'Content-Type: application/octet-stream'."}
 
 
 def is_form(content_type: str | None) -> bool:
@@ -181,10 +194,7 @@ class Predictor:
             return [messages.parameter("body", body_type, body)]
         content_type = header(scope, b"content-type")
         if is_form(content_type):
-            try:
-                return await form_parameters(scope, body, self.limit)
-            except MultiPartException as exc:
-                raise BadRequest(exc.message) from None
+            return await form_parameters(scope, body, self.limit)
         return [messages.parameter("body", content_type, body)]
 
     @staticmethod

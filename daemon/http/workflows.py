@@ -8,12 +8,11 @@ import json
 import logging
 from typing import Any
 
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from daemon.errors import BadRequest, InternalServerError
+from daemon.errors import InternalServerError
 from daemon.http.common import DISCONNECT_HOOKS, NoResponse, Params, read_body, status_json
 from daemon.http.management import int_param, json_body
 from daemon.http.predict import any_method_route, form_parameters, is_form, request_headers
@@ -102,10 +101,7 @@ async def _parameters(request: Request, body: bytes, limit: int) -> list[dict[st
     """As /predictions: a form's fields one parameter each, else one ``body`` parameter."""
     content_type = request.headers.get("content-type")
     if is_form(content_type):
-        try:
-            return await form_parameters(dict(request.scope), body, limit)
-        except MultiPartException as exc:
-            raise BadRequest(exc.message) from None
+        return await form_parameters(dict(request.scope), body, limit)
     return [messages.parameter("body", content_type, body)]
 
 

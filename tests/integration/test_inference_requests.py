@@ -74,6 +74,21 @@ def test_malformed_multipart_is_400(daemon, probe):
                          "message": "Missing boundary in multipart."}
 
 
+def test_binary_data_sent_as_a_urlencoded_form_is_a_400_saying_how_to_send_it(daemon, probe):
+    """curl --data-binary @image.jpg sends application/x-www-form-urlencoded: bytes with more
+    than 1000 '&' are refused as a form, with how to send them instead."""
+    r = daemon.infer("POST", f"/predictions/{probe}", data=b"a&" * 1500,
+                     headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert _error(r) == {"code": 400, "type": "BadRequestException", "message":
+                         "Too many fields. Maximum number of fields is 1000. The body was read "
+                         "as application/x-www-form-urlencoded form fields, the content type "
+                         "curl's -d and --data-binary send: send other data with -T, or with "
+                         "-H 'Content-Type: application/octet-stream'."}
+    raw = daemon.infer("POST", f"/predictions/{probe}", data=b"a&" * 1500,
+                       headers={"Content-Type": "application/octet-stream"})
+    assert _params(raw) == {"body": {"type": "bytes", "hex": (b"a&" * 1500).hex()}}
+
+
 def test_every_request_header_reaches_the_handler(daemon, probe):
     sent = {"X-Test": "one", "X-Other-Header": "two, three", "Authorization": "Bearer abc",
             "User-Agent": "torchd-test/1"}
