@@ -111,40 +111,47 @@ def measure_variant(server: Server, load: Load, variant: str, model: str,
 
 
 def continuous_round(server: Server, load: Load) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    runs: dict[str, dict[str, Any]] = {}
-    notes: dict[str, str] = {}
-    for variant, model in VARIANTS:
-        print(f"{server.label}: steps handler, {variant} batching, {CLIENTS} clients", flush=True)
-        stats = measure_variant(server, load, variant, model)
-        if "skipped" in stats:
-            notes[variant] = stats["skipped"]
-            print(f"  {server.label} {variant}: not measured: {stats['skipped']}", flush=True)
-            stats = {}
-        else:
-            runs[variant] = stats
-        for figure in FIGURES:
-            result[key(variant, figure)] = stats.get(figure)
-    rate = result.get(key("static", "rps"))
+    round_ = _Round(server, load)
+    round_.measure("", f"{CLIENTS} clients", closed_loop, FIGURES)
+    rate = round_.result.get(key("static", "rps"))
     if rate:
-        result["cb_open_rate"] = rate = OPEN_LOOP_SHARE * rate
-        for variant, model in VARIANTS:
-            print(f"{server.label}: steps handler, {variant} batching, open loop at "
-                  f"{rate:.0f} req/s", flush=True)
-            stats = measure_variant(server, load, variant, model, open_loop(rate))
-            if "skipped" in stats:
-                notes[f"open-loop {variant}"] = stats["skipped"]
-                stats = {}
-            else:
-                runs[f"{variant}_open"] = stats
-            for figure in OPEN_FIGURES:
-                result[key(variant, figure, "open")] = stats.get(figure)
+        round_.result["cb_open_rate"] = rate = OPEN_LOOP_SHARE * rate
+        round_.measure("open", f"open loop at {rate:.0f} req/s", open_loop(rate), OPEN_FIGURES)
+    result = round_.result
     result.update(derived(result))
+    runs = round_.runs
     result["cb_failed"] = sum(stats["failed"] for stats in runs.values()) if runs else None
     result["cb_streams"] = runs
-    if notes:
-        result["cb_not_measured"] = notes
+    if round_.notes:
+        result["cb_not_measured"] = round_.notes
     return result
+
+
+class _Round:
+    """One server's round: each variant's figures under each loop, its runs, and why a variant
+    was not measured."""
+
+    def __init__(self, server: Server, load: Load) -> None:
+        self.server, self.load = server, load
+        self.result: dict[str, Any] = {}
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.notes: dict[str, str] = {}
+
+    def measure(self, loop: str, how: str, drive: Drive, figures: tuple[str, ...]) -> None:
+        """Both variants under ``drive``; ``loop`` "" (the closed loop) or "open"."""
+        label = self.server.label
+        for variant, model in VARIANTS:
+            print(f"{label}: steps handler, {variant} batching, {how}", flush=True)
+            stats = measure_variant(self.server, self.load, variant, model, drive)
+            name = f"{variant}_{loop}" if loop else variant
+            if "skipped" in stats:
+                self.notes[f"{loop}-loop {variant}" if loop else variant] = stats["skipped"]
+                print(f"  {label} {name}: not measured: {stats['skipped']}", flush=True)
+                stats = {}
+            else:
+                self.runs[name] = stats
+            for figure in figures:
+                self.result[key(variant, figure, loop)] = stats.get(figure)
 
 
 def derived(result: dict[str, Any]) -> dict[str, float | None]:
