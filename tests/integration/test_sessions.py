@@ -6,12 +6,14 @@ One daemon serves them all."""
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import json
 import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -214,29 +216,29 @@ def test_requests_join_a_running_batch_and_a_hang_up_leaves_it(daemon: Daemon) -
                what="the hung-up request leaving the running batch")
 
 
-def test_continuous_batching_over_grpc_streams_parts(daemon: Daemon, stubs: Any) -> None:
+@contextlib.contextmanager
+def grpc_steps(daemon: Daemon, stubs: Any, k: int) -> Iterator[Any]:
+    """A StreamPredictions call of ``k`` steps on the steps model; its channel closed after."""
     channel = grpc.insecure_channel(f"127.0.0.1:{daemon.ports['grpc_inference']}")
     try:
         infer = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
         request = stubs.inference_pb2.PredictionsRequest(
-            model_name="steps", input={"body": json.dumps({"k": 4, "tag": "g"}).encode()})
-        parts = [json.loads(r.prediction) for r in infer.StreamPredictions(request, timeout=60)]
+            model_name="steps", input={"body": json.dumps({"k": k, "tag": "g"}).encode()})
+        yield infer.StreamPredictions(request, timeout=60)
     finally:
         channel.close()
+
+
+def test_continuous_batching_over_grpc_streams_parts(daemon: Daemon, stubs: Any) -> None:
+    with grpc_steps(daemon, stubs, 4) as call:
+        parts = [json.loads(r.prediction) for r in call]
     assert parts == [{"tag": "g", "step": i} for i in (1, 2, 3, 4)]
 
 
 def test_a_cancelled_grpc_stream_leaves_the_running_batch(daemon: Daemon, stubs: Any) -> None:
-    channel = grpc.insecure_channel(f"127.0.0.1:{daemon.ports['grpc_inference']}")
-    try:
-        infer = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
-        request = stubs.inference_pb2.PredictionsRequest(
-            model_name="steps", input={"body": json.dumps({"k": 100000, "tag": "g"}).encode()})
-        call = infer.StreamPredictions(request, timeout=60)
+    with grpc_steps(daemon, stubs, 100000) as call:
         assert json.loads(next(call).prediction) == {"tag": "g", "step": 1}
         call.cancel()                          # the client goes away mid-stream
-    finally:
-        channel.close()
     wait_until(lambda: steps(daemon, 2, "alone")[1]["x-step-batch"] == "1", 30,
                what="the cancelled gRPC request leaving the running batch")
 
