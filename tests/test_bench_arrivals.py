@@ -108,7 +108,8 @@ def test_requests_arrive_at_the_rate_and_reuse_idle_connections(server: StepServ
     assert stats["mean_k"] == 3 and stats["rate"] == 100.0
     assert stats["ttfp_p50_ms"] < stats["total_p50_ms"]
     # each answer takes ~3 ms, arrivals come every ~10 ms: a few connections serve them all
-    assert stats["clients"] == server.connections and stats["clients"] <= 10
+    # (one each would be ~150)
+    assert stats["clients"] == server.connections and stats["clients"] <= 30
     assert stats["peak_in_flight"] >= 1
 
 
