@@ -75,15 +75,23 @@ def _torchserve_paths(verb: str, action: str) -> dict[str, Any]:
     paths = {}
     for tail, prefix, params, summary in forms:
         base = prefix + verb.capitalize() if prefix else verb
-        item: dict[str, Any] = {"parameters": params}
-        for method in TORCHSERVE_METHODS:
-            if method == "post":
-                item[method] = _predict(base, summary)
-            else:
-                item[method] = _predict(method + base[0].upper() + base[1:],
-                                        f"{summary[:-1]} (as POST; the body may be empty).")
-        paths[f"/{verb}/{{model_name}}{tail}"] = item
+        paths[f"/{verb}/{{model_name}}{tail}"] = _any_method_item(params, base, summary)
     return paths
+
+
+def _any_method_item(params: list, base: str, summary: str,
+                     **extra: Any) -> dict[str, Any]:
+    """A prediction path TorchServe answers with any method: POST's operation id is ``base``,
+    the others' say their method; ``extra`` fields go on every operation."""
+    item: dict[str, Any] = {"parameters": params}
+    for method in TORCHSERVE_METHODS:
+        if method == "post":
+            item[method] = {**_predict(base, summary), **extra}
+        else:
+            item[method] = {**_predict(method + base[0].upper() + base[1:],
+                                       f"{summary[:-1]} (as POST; the body may be empty)."),
+                            **extra}
+    return item
 
 
 def _v2_error(description: str) -> dict[str, Any]:
@@ -199,18 +207,15 @@ def _compat_paths(model: list, version: list) -> dict[str, Any]:
 
 def _legacy_paths(model: list, version: list) -> dict[str, Any]:
     """Multi Model Server's ``/{m}/predict`` forms, any method, marked deprecated."""
-    paths = {}
-    for path, params, base, summary in (
-            ("/{model_name}/predict", model, "legacyPredict",
-             "Multi Model Server's form of a prediction with the default version."),
-            ("/{model_name}/{model_version}/predict", version, "legacyVersionPredict",
-             "Multi Model Server's form of a prediction with one version.")):
-        item: dict[str, Any] = {"parameters": params}
-        for method in TORCHSERVE_METHODS:
-            op_id = base if method == "post" else method + base[0].upper() + base[1:]
-            item[method] = {**_predict(op_id, summary), "deprecated": True}
-        paths[path] = item
-    return paths
+    return {
+        "/{model_name}/predict": _any_method_item(
+            model, "legacyPredict",
+            "Multi Model Server's form of a prediction with the default version.",
+            deprecated=True),
+        "/{model_name}/{model_version}/predict": _any_method_item(
+            version, "legacyVersionPredict",
+            "Multi Model Server's form of a prediction with one version.", deprecated=True),
+    }
 
 
 def _obj(required: list[str], **properties: Any) -> dict[str, Any]:

@@ -68,22 +68,27 @@ async def form_parameters(scope: dict[str, Any], body: bytes,
                                                      await value.read()))
             return params
     except MultiPartException as exc:
-        raise BadRequest(exc.message + _RAW_DATA_HINT.get(
-            (header(scope, b"content-type") or "").split(";")[0].strip().lower(), "")) from None
-
-
-# curl's -d and --data-binary send this content type: an image or a tensor sent that way is read
-# as form fields (TorchServe does the same), and random bytes make thousands of them.
-_RAW_DATA_HINT = {FORM_TYPES[1]: f" The body was read as {FORM_TYPES[1]} form fields, the "
-                  "content type curl's -d and --data-binary send: send other data with -T, or "
-                  "with -H 'Content-Type: application/octet-stream'."}
+        message = exc.message
+        if not _is_multipart(header(scope, b"content-type")):
+            # curl's -d and --data-binary send urlencoded: an image or a tensor sent that way is
+            # read as form fields (TorchServe does the same), and random bytes make thousands
+            message += (f" The body was read as {FORM_TYPES[1]} form fields, the content type "
+                        "curl's -d and --data-binary send: send other data with -T, or with "
+                        "-H 'Content-Type: application/octet-stream'.")
+        raise BadRequest(message) from None
 
 
 def is_form(content_type: str | None) -> bool:
     """A multipart or urlencoded body: one parameter per field (starlette's parser)."""
-    if not content_type:
-        return False
-    return content_type.split(";")[0].strip().lower() in FORM_TYPES
+    return _media_type(content_type) in FORM_TYPES
+
+
+def _is_multipart(content_type: str | None) -> bool:
+    return _media_type(content_type) == FORM_TYPES[0]
+
+
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";")[0].strip().lower()
 
 
 def request_headers(scope: dict[str, Any], extra_headers: tuple) -> list[list[str]]:

@@ -216,6 +216,11 @@ def test_two_leaves_answer_an_object_by_node(daemon: Daemon) -> None:
         answer = daemon.infer("POST", "/wfpredict/split", json={"x": [3]})
         assert answer.status_code == 200, answer.text
         assert answer.json() == {"double": [6], "square": [9]}
+        # a body the form parser refuses is the client's 400, as on /predictions
+        assert error(daemon.infer("POST", "/wfpredict/split", data=b"x",
+                                  headers={"Content-Type": "multipart/form-data"})) == (400, {
+            "code": 400, "type": "BadRequestException",
+            "message": "Missing boundary in multipart."})
     finally:
         unregister(daemon, "split")
 
