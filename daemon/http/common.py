@@ -15,6 +15,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from daemon.errors import (BadRequest, MethodNotAllowed, PayloadTooLarge, ResourceNotFound,
                            TorchdError)
+from daemon.http.openapi import model_document
 from daemon.logformat import DIRECT_LINES
 from daemon.models.call import new_request_id
 
@@ -75,6 +76,17 @@ class Params:
 
 async def api_description(request: Request) -> Response:
     return JSONResponse(request.app.state.api_document)
+
+
+async def model_api_description(request: Request) -> Response:
+    """TorchServe's OPTIONS on a model's paths: the model's part of this port's document. An
+    unknown model, or version where the path names one, is the usual 404."""
+    p = request.path_params
+    registry = request.app.state.registry
+    registry.get(p["model_name"], p.get("model_version"))
+    model = registry.model(p["model_name"])
+    return JSONResponse(model_document(request.app.state.api_document, model.name,
+                                       list(model.versions), model.default_version))
 
 
 # Both API ports describe themselves (SPEC 1.8): their own OpenAPI document in app.state.

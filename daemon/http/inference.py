@@ -7,8 +7,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.errors import TorchdError
-from daemon.http.common import DESCRIPTION_ROUTES
-from daemon.http.predict import v2_error
+from daemon.http.common import DESCRIPTION_ROUTES, model_api_description
+from daemon.http.predict import TORCHSERVE_TAILS, v2_error
 from daemon.models.oip import EXTENSIONS, SERVER_NAME, model_metadata, model_ready
 from daemon.models.registry import ModelVersion
 
@@ -71,4 +71,8 @@ ROUTES = [
     Route("/v2/models/{model_name}/versions/{model_version}", v2_metadata, methods=["GET"]),
     Route("/v2/models/{model_name}/versions/{model_version}/ready", v2_model_ready,
           methods=["GET"]),
+    # TorchServe answers OPTIONS on a model's prediction paths with the model's endpoints; the
+    # predictions themselves take every other method (HotRoutes never sees OPTIONS).
+    *[Route(f"/{verb}/{{model_name}}{tail}", model_api_description, methods=["OPTIONS"])
+      for verb in ("predictions", "explanations") for tail in TORCHSERVE_TAILS],
 ]

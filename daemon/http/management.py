@@ -10,7 +10,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.errors import BadRequest
-from daemon.http.common import DESCRIPTION_ROUTES, Params, read_body, status_json
+from daemon.http.common import (DESCRIPTION_ROUTES, Params, model_api_description, read_body,
+                                status_json)
 from daemon.models.layers import JAVA_INT
 from daemon.control.manager import ModelManager, Outcome
 from daemon.models.requests import RegisterRequest
@@ -129,4 +130,6 @@ ROUTES = [
     Route("/models/{model_name}/{model_version}", scale, methods=["PUT"]),
     Route("/models/{model_name}/{model_version}", unregister, methods=["DELETE"]),
     Route("/models/{model_name}/{model_version}/set-default", set_default, methods=["PUT"]),
+    Route("/models/{model_name}", model_api_description, methods=["OPTIONS"]),
+    Route("/models/{model_name}/{model_version}", model_api_description, methods=["OPTIONS"]),
 ]

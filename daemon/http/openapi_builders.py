@@ -108,6 +108,14 @@ def description_paths() -> dict[str, Any]:
     }
 
 
+def model_description(operation_id: str) -> dict[str, Any]:
+    """OPTIONS on a model's paths, as TorchServe answers it on both ports."""
+    return operation(operation_id, "The model's endpoints on this port: this port's document "
+                     "with only the paths that name a model, the model's name filled in.",
+                     {"200": response("An OpenAPI document.", {"type": "object"}),
+                      "404": error("Unknown model or version.")})
+
+
 COMMON_SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",

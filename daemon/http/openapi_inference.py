@@ -9,6 +9,7 @@ from daemon.http.openapi_builders import (
     ANY,
     error,
     json_content,
+    model_description,
     operation,
     path_param,
     query,
@@ -64,8 +65,9 @@ def _predict(operation_id: str, summary: str) -> dict[str, Any]:
 
 def _torchserve_paths(verb: str, action: str) -> dict[str, Any]:
     """``/{verb}/{m}``, ``/{verb}/{m}/{v}`` and ``/{verb}/{m}/{v}/{path}``, each with every
-    method TorchServe routes there; POST's operation ids are the historical ones
-    (``predictions``, ``versionPredictions``), the others' say their method."""
+    method TorchServe routes there, and OPTIONS (the model's endpoints); POST's operation ids
+    are the historical ones (``predictions``, ``versionPredictions``), the others' say their
+    method."""
     forms = (("", "", [MODEL_NAME], f"{action} with the model's default version."),
              ("/{model_version}", "version", [MODEL_NAME, MODEL_VERSION],
               f"{action} with one version."),
@@ -75,7 +77,9 @@ def _torchserve_paths(verb: str, action: str) -> dict[str, Any]:
     paths = {}
     for tail, prefix, params, summary in forms:
         base = prefix + verb.capitalize() if prefix else verb
-        paths[f"/{verb}/{{model_name}}{tail}"] = _any_method_item(params, base, summary)
+        item = _any_method_item(params, base, summary)
+        item["options"] = model_description(base + "ApiDescription")
+        paths[f"/{verb}/{{model_name}}{tail}"] = item
     return paths
 
 

@@ -10,6 +10,7 @@ from daemon.http.openapi_builders import (
     error,
     integer,
     json_content,
+    model_description,
     operation,
     page_parameters,
     path_param,
@@ -158,12 +159,14 @@ def paths() -> dict[str, Any]:
             "get": _describe("describeModel", "the model's default version"),
             "put": _scale("scaleWorker", "the model's default version"),
             "delete": _unregister("unregisterModel", "the model's default version"),
+            "options": model_description("describeModelApi"),
         },
         "/models/{model_name}/{model_version}": {
             "parameters": [MODEL_NAME, MODEL_VERSION],
             "get": _describe("describeModelVersion", "one version, or every version (`all`)"),
             "put": _scale("scaleWorkerVersion", "one version"),
             "delete": _unregister("unregisterModelVersion", "one version"),
+            "options": model_description("describeModelVersionApi"),
         },
         "/models/{model_name}/{model_version}/set-default": {
             "parameters": [MODEL_NAME, MODEL_VERSION],

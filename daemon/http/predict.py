@@ -299,10 +299,13 @@ def any_method_route(path: str, endpoint: Any) -> Route:
     return route
 
 
+# ``/{verb}/{m}``, ``/{verb}/{m}/{v}`` and ``/{verb}/{m}/{v}/{url_path...}``
+TORCHSERVE_TAILS = ("", "/{model_version}", "/{model_version}/{%s:path}" % URL_PATH)
+
+
 def torchserve_routes(verb: str, endpoint: TorchServeEndpoint) -> list[Route]:
-    """``/{verb}/{m}``, ``/{verb}/{m}/{v}`` and ``/{verb}/{m}/{v}/{url_path...}``."""
     return [any_method_route(f"/{verb}/{{model_name}}{tail}", endpoint)
-            for tail in ("", "/{model_version}", "/{model_version}/{%s:path}" % URL_PATH)]
+            for tail in TORCHSERVE_TAILS]
 
 
 def prediction_routes(predictor: Predictor) -> list[Route]:

@@ -184,6 +184,33 @@ def test_options_on_both_ports_is_valid_openapi(mgmt: Daemon) -> None:
     assert "/predictions/{model_name}" not in mgmt_paths and "/models" in mgmt_paths
 
 
+def test_options_on_a_model_answers_its_endpoints(mgmt: Daemon) -> None:
+    """TorchServe answers OPTIONS on a model's prediction and management paths with the model's
+    endpoints; torchd with its port's document cut to them, the name filled in."""
+    assert post_models(mgmt, url="noop.mar").status_code == 200
+    assert post_models(mgmt, url="noop_2.mar").status_code == 200
+    for api, path, expected in (
+            ("inference", "/predictions/noop", "/predictions/noop/{model_version}"),
+            ("inference", "/explanations/noop/2.0", "/v2/models/noop/infer"),
+            ("inference", "/predictions/noop/1.0/v1/chat/completions", "/v1/models/noop:predict"),
+            ("management", "/models/noop", "/models/noop/{model_version}/set-default"),
+            ("management", "/models/noop/2.0", "/models/noop")):
+        r = requests.options(mgmt.url(api, path), timeout=10)
+        assert r.status_code == 200 and r.headers["content-type"] == "application/json", r.text
+        request_id_ok(r)
+        doc = r.json()
+        validate(doc)
+        assert expected in doc["paths"] and all("noop" in p for p in doc["paths"]), path
+        assert "1.0 (default), 2.0" in doc["info"]["description"]
+    for api, path in (("inference", "/predictions/nope"), ("management", "/models/nope")):
+        assert_error(requests.options(mgmt.url(api, path), timeout=10), 404,
+                     "ModelNotFoundException", "Model not found: nope")
+    for api, path in (("inference", "/predictions/noop/9.9"), ("management", "/models/noop/9.9")):
+        assert_error(requests.options(mgmt.url(api, path), timeout=10), 404,
+                     "ModelVersionNotFoundException",
+                     "Model version: 9.9 does not exist for model: noop")
+
+
 # ---- describe ---------------------------------------------------------------------------------
 
 def test_describe_workers_are_real(mgmt: Daemon) -> None:

@@ -9,7 +9,7 @@ import pytest
 from openapi_schema_validator import OAS30Validator
 from openapi_spec_validator import validate
 
-from daemon.http.openapi import inference_document, management_document
+from daemon.http.openapi import inference_document, management_document, model_document
 
 METHODS = {"get", "put", "post", "delete", "options", "patch", "head", "trace"}
 
@@ -22,6 +22,8 @@ MANAGEMENT_ENDPOINTS = {
     ("put", "/models/{model_name}/{model_version}"),
     ("delete", "/models/{model_name}/{model_version}"),
     ("put", "/models/{model_name}/{model_version}/set-default"),
+    # TorchServe answers OPTIONS on a model with that model's endpoints
+    ("options", "/models/{model_name}"), ("options", "/models/{model_name}/{model_version}"),
     ("get", "/token"),
     ("get", "/v1/models/{model_name}"),   # KServe v1 readiness: TorchServe answers it here
     ("get", "/workflows"), ("post", "/workflows"),
@@ -34,6 +36,9 @@ INFERENCE_ENDPOINTS = {
     # TorchServe routes any method to its prediction paths (HEAD aside: no prediction for no body)
     *{(method, f"/{verb}/{{model_name}}{tail}")
       for method in ("get", "post", "put", "patch", "delete")
+      for verb in ("predictions", "explanations")
+      for tail in ("", "/{model_version}", "/{model_version}/{path}")},
+    *{("options", f"/{verb}/{{model_name}}{tail}")      # the model's endpoints
       for verb in ("predictions", "explanations")
       for tail in ("", "/{model_version}", "/{model_version}/{path}")},
     ("post", "/v1/models/{model_name}:predict"), ("post", "/v1/models/{model_name}:explain"),
@@ -69,6 +74,8 @@ MANAGEMENT_STATUSES = {
     ("delete", "/models/{model_name}"): {"200", "403", "404", "405"},
     ("delete", "/models/{model_name}/{model_version}"): {"200", "403", "404", "405"},
     ("put", "/models/{model_name}/{model_version}/set-default"): {"200", "404"},
+    ("options", "/models/{model_name}"): {"200", "404"},
+    ("options", "/models/{model_name}/{model_version}"): {"200", "404"},
     ("get", "/token"): {"200", "400", "401"},
     ("get", "/v1/models/{model_name}"): {"200", "404"},
     ("get", "/workflows"): {"200"},
@@ -82,7 +89,9 @@ INFERENCE_STATUSES = {
     ("post", "/ping"): {"200", "500"},
     **{(method, path): PREDICTION_STATUSES for method, path in INFERENCE_ENDPOINTS
        if path.startswith(("/predictions", "/explanations", "/v1/models/{model_name}:",
-                           "/models/"))},
+                           "/models/")) and method != "options"},
+    **{("options", path): {"200", "404"} for method, path in INFERENCE_ENDPOINTS
+       if method == "options" and path != "/"},
     ("post", "/invocations"): PREDICTION_STATUSES | {"400"},
     ("get", "/v1/models"): {"200"},
     ("get", "/v1/models/{model_name}"): {"200", "404"},
@@ -330,7 +339,7 @@ def test_post_ping_and_every_prediction_method_match_their_twins(
     paths = inference["paths"]
     assert paths["/ping"]["post"]["responses"] == paths["/ping"]["get"]["responses"]
     for method, path in INFERENCE_ENDPOINTS:
-        if path.startswith(("/predictions/", "/explanations/")):
+        if path.startswith(("/predictions/", "/explanations/")) and method != "options":
             other, post = paths[path][method], paths[path]["post"]
             assert other["responses"] == post["responses"], (method, path)
             assert other["requestBody"] == post["requestBody"], (method, path)
@@ -361,3 +370,24 @@ def test_workflow_examples_match_schemas(management: dict[str, Any]) -> None:
     assert valid("/workflows", "post", "500", {
         "code": 500, "type": "WorkflowException",
         "message": "Workflow w has failed to register. Failures: [...]"})
+
+
+@pytest.mark.parametrize("build", [management_document, inference_document])
+def test_model_document_is_the_ports_model_paths_named(build) -> None:
+    port = build("1.2.3")
+    doc = model_document(port, "mlp", ["1.0", "2.0"], "2.0")
+    validate(doc)
+    named = {path.replace("{model_name}", "mlp") for path in port["paths"]
+             if "{model_name}" in path}
+    assert set(doc["paths"]) == named and named
+    for path, item in doc["paths"].items():
+        assert "{model_name}" not in path
+        names = {p["name"] for p in item.get("parameters", [])}
+        assert "model_name" not in names, path
+        assert ("model_version" in names) == ("{model_version}" in path), path
+    assert doc["info"]["version"] == "1.2.3" and "mlp" in doc["info"]["title"]
+    assert "1.0, 2.0 (default)" in doc["info"]["description"]
+    assert doc["components"] == port["components"] and doc["security"] == port["security"]
+    doc["components"]["schemas"].clear()
+    next(iter(doc["paths"].values())).clear()
+    assert port == build("1.2.3")     # a copy: editing it leaves the port's document whole
