@@ -94,14 +94,12 @@ def sampling_params(kind: str, body: dict[str, Any]) -> SamplingParams:
     if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
         raise BadRequest(f"max_tokens must be at least 1, got {max_tokens!r}", "max_tokens")
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
-    top_p = _number(body, "top_p", 1.0, 0.0, 1.0)
-    if top_p == 0.0:
-        raise BadRequest("top_p must be in (0, 1], got 0", "top_p")
+    top_p = _number(body, "top_p", 1.0, 0.0, 1.0, open_low=True)
     top_k = body.get("top_k", 0)
     if top_k is None:
         top_k = 0
     if not _is_int(top_k) or top_k < -1:
-        raise BadRequest(f"top_k must be -1 (disable) or at least 1, got {top_k!r}", "top_k")
+        raise BadRequest(f"top_k must be -1 or 0 (off) or at least 1, got {top_k!r}", "top_k")
     seed = body.get("seed")
     if seed is not None and not _is_int(seed):
         raise BadRequest(f"seed must be an integer, got {seed!r}", "seed")
@@ -185,13 +183,16 @@ def _bool(body: dict[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def _number(body: dict[str, Any], name: str, default: float, low: float, high: float) -> float:
+def _number(body: dict[str, Any], name: str, default: float, low: float, high: float,
+            open_low: bool = False) -> float:
+    """``body[name]`` in [low, high] (``(low, high]`` when ``open_low``), else BadRequest."""
     value = body.get(name, default)
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) \
-            or not low <= value <= high:
-        raise BadRequest(f"{name} must be in [{low:g}, {high:g}], got {value!r}", name)
+            or not low <= value <= high or (open_low and value == low):
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}]"
+        raise BadRequest(f"{name} must be in {interval}, got {value!r}", name)
     return float(value)
 
 

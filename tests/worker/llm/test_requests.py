@@ -69,6 +69,13 @@ def test_bad_parameters_name_themselves(kind, body, param) -> None:
     assert caught.value.param == param and caught.value.status == 400
 
 
+@pytest.mark.parametrize("top_p", [0, -0.5, 1.5, float("nan")])
+def test_top_p_names_one_interval_whatever_the_value(top_p) -> None:
+    with pytest.raises(BadRequest) as caught:
+        parse_request(COMPLETIONS, {"prompt": "a", "top_p": top_p}, "d")
+    assert str(caught.value).startswith("top_p must be in (0, 1], got ")
+
+
 @pytest.mark.parametrize("body", [b"{not json", b"[1, 2]", "\"text\"", b"[" * 100000])
 def test_bodies_that_are_not_objects(body) -> None:
     with pytest.raises(BadRequest):
