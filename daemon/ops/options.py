@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +20,10 @@ _ALIASES = {"ncs": ["--no-config-snapshots"], "disable_token_authorization": ["-
 IGNORED_OPTIONS = ("--plugins-path", "--cpp-log-config")
 
 
-def build_parser(modes: bool = True) -> argparse.ArgumentParser:
-    """Every command's options; ``modes``: TorchServe's --start/--stop/--foreground too."""
+def build_parser(modes: bool = True,
+                 aliases: Mapping[str, Sequence[str]] | None = None) -> argparse.ArgumentParser:
+    """Every command's options; ``modes``: TorchServe's --start/--stop/--foreground too;
+    ``aliases``: one command's extra spellings of settings (setting name: options)."""
     parser = argparse.ArgumentParser(
         prog="torchd", description="A TorchServe-compatible model server.",
         usage="torchd {serve,start,stop,status} [options]\n"
@@ -47,7 +50,8 @@ def build_parser(modes: bool = True) -> argparse.ArgumentParser:
                               "to wait for exit (default: the whole drain + 30)")
     for option in IGNORED_OPTIONS:
         general.add_argument(option, metavar="VALUE", help=argparse.SUPPRESS)
-    _add_setting_options(parser.add_argument_group("settings (override config.properties)"))
+    _add_setting_options(parser.add_argument_group("settings (override config.properties)"),
+                         aliases or {})
     return parser
 
 
@@ -58,11 +62,12 @@ def _add_mode_options(group: argparse._ArgumentGroup) -> None:
                        "foreground (same as `serve`)")
 
 
-def _add_setting_options(group: argparse._ArgumentGroup) -> None:
+def _add_setting_options(group: argparse._ArgumentGroup,
+                         aliases: Mapping[str, Sequence[str]]) -> None:
     for setting in SETTINGS:
         if setting.option is None:
             continue
-        names = [setting.option, *_ALIASES.get(setting.name, [])]
+        names = [setting.option, *_ALIASES.get(setting.name, []), *aliases.get(setting.name, [])]
         kwargs: dict[str, Any] = {"dest": setting.name, "default": None, "help": setting.help}
         if setting.flag:
             kwargs.update(nargs="?", const="true", metavar="true|false")

@@ -1,17 +1,21 @@
 """``torchd llm --model-dir DIR`` serving examples/tiny_llm.py's model, and the real ``openai``
 client against it, unchanged: sync and async, streamed and whole, completions and chat, the
 model list and errors. One ``torchd llm`` for the module, with its own model store (none is
-configured); the last test stops it and checks what it leaves behind."""
+configured); the last test stops it and checks what it leaves behind. One more serves a
+ts.llm_launcher command line; what ``torchd llm`` refuses exits before serving."""
 from __future__ import annotations
 
 import asyncio
+import importlib.util
+import os
+import subprocess
 import tempfile
 from pathlib import Path
 
 import openai
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import REPO, TORCHD, Daemon
 from tests.support.ops import scrape
 
 pytestmark = pytest.mark.timeout(180)
@@ -110,6 +114,46 @@ def test_errors_reach_the_client_as_openais(llm: Daemon) -> None:
     assert refused.value.param == "max_tokens"
     with pytest.raises(openai.BadRequestError):
         openai_client.chat.completions.create(model=MODEL, messages=[])
+
+
+def test_a_ts_llm_launcher_command_line(tmp_path: Path, tiny_llm: Path) -> None:
+    """`python -m ts.llm_launcher` replaced by `torchd llm`, the rest of the line as it was.
+    Token authorization is on in config.properties: --disable_token_auth turns it off."""
+    store = tmp_path / "store"
+    store.mkdir()
+    d = Daemon(tmp_path / "work", store, {"disable_token_authorization": "false"})
+    del d.settings["model_store"]   # --model_store says it
+    try:
+        d.start("--model_id", str(tiny_llm), "--model_name", "launched", "--model_store",
+                str(store), "--disable_token_auth", "--vllm_engine.max_num_seqs", "4",
+                "--startup_timeout", "300", command="llm", ncs=False, timeout=120)
+        d.wait_workers("launched", 1, timeout=120)
+        (described,) = d.describe("launched")
+        assert (described["batchSize"], described["startupTimeout"]) == (4, 300)
+        assert sorted(p.name for p in (store / "launched").iterdir()) == [
+            "MAR-INF", "model-config.yaml"]
+        whole = client(d).completions.create(model="launched", prompt=PROMPT, **GREEDY)
+        assert whole.usage is not None and whole.usage.completion_tokens == 12
+    finally:
+        d.cleanup()
+
+
+@pytest.mark.parametrize(("argv", "says"), [
+    (("--engine", "vllm"), "--engine vllm: vLLM is not installed in this Python"),
+    (("--model_id", "meta-llama/Llama-3.2-1B"), "huggingface-cli download "
+                                                "meta-llama/Llama-3.2-1B --local-dir DIR"),
+])
+def test_what_it_cannot_serve_exits_2_before_serving(tmp_path: Path, tiny_llm: Path,
+                                                     argv: tuple[str, ...], says: str) -> None:
+    if argv[0] == "--engine" and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vLLM is installed here")
+    source = () if "--model_id" in argv else ("--model_id", str(tiny_llm))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("TS_CONFIG_FILE", None)
+    run = subprocess.run([*TORCHD, "llm", *source, *argv], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=60, env=env)
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr.startswith("torchd llm: ") and says in run.stderr
 
 
 def test_stopping_leaves_no_store_and_no_snapshot(llm: Daemon) -> None:
