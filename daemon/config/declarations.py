@@ -170,6 +170,12 @@ SETTINGS: tuple[Setting, ...] = (
     S("metrics_location", parse_optional_path, None,
       "Directory of the metric logs (metrics_mode log or legacy). Env METRICS_LOCATION also sets "
       "it.", doc_default="<log_location>"),
+    S("disable_system_metrics", parse_bool, False,
+      "Leave out TorchServe's system metrics (CPUUtilization, MemoryUsed, DiskUsage, ... and "
+      "the GPUs'), on /metrics and in the metric log."),
+    S("metric_time_interval", parse_int, 60,
+      "Seconds between the system metric lines of the metric log (metrics_mode log or "
+      "legacy; 0: none). /metrics reads them at each scrape."),
     S("pid_file", parse_optional_path, None,
       "Pid file of the running daemon.", doc_default="<log_location>/torchd.pid"),
     S("log_config", parse_optional_path, None,
@@ -223,7 +229,6 @@ IGNORED_KEYS = frozenset({
     "number_of_netty_threads", "netty_client_threads", "async_logging",
     "vmargs", "default_service_handler", "decode_input_request",
     "enable_envvars_config", "blacklist_env_vars", "metrics_format", "enable_metrics_api",
-    "metric_time_interval", "disable_system_metrics",
     "system_metrics_cmd", "cpu_launcher_enable", "cpu_launcher_args",
     "plugins_path", "prefer_direct_buffer", "use_native_io", "io_ratio", "keystore",
     "keystore_pass", "keystore_type", "initial_worker_port", "initial_distribution_port",

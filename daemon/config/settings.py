@@ -108,6 +108,8 @@ class Config:
     metrics_config: Path | None
     model_metrics_auto_detect: bool | None
     metrics_location: Path
+    disable_system_metrics: bool
+    metric_time_interval: int
     # Not settings: where the values came from and what the process environment said.
     config_file: Path | None = None
     cwd: Path = field(default_factory=Path.cwd)

@@ -114,17 +114,19 @@ class GpuPlacement:
                 fields["gpuMemoryUsage"] = memory
         return fields
 
-    def publish(self, metrics: Any) -> None:
-        """Per-device gauges (TorchServe's) and each GPU worker's own GPU memory (torchd's),
-        refreshed at scrape time."""
+    def publish(self, metrics: Any, devices: bool = True) -> None:
+        """Per-device gauges (TorchServe's system metrics, unless not ``devices``) and each GPU
+        worker's own GPU memory (torchd's), refreshed at scrape time."""
         per_process: dict[int, dict[int, int]] = {}
         for gpu_id in self.inventory.ids:
             usage = self.inventory.usage(gpu_id)
-            if usage is None:
+            if usage is None or not devices:
                 metrics.forget_gpu(gpu_id)
-                continue
-            metrics.set_gpu_usage(gpu_id, usage.utilization, usage.memory_used_percent,
-                                  usage.memory_used / MIB)
+                if usage is None:
+                    continue
+            else:
+                metrics.set_gpu_usage(gpu_id, usage.utilization, usage.memory_used_percent,
+                                      usage.memory_used / MIB)
             per_process[gpu_id] = self.inventory.process_memory(gpu_id)
         for handle in list(self.workers.values()):
             used = per_process.get(handle.gpu, {}).get(handle.pid) \

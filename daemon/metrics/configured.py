@@ -2,16 +2,18 @@
 
 With a ``metrics_config``, TorchServe shows only the frontend metrics its ``ts_metrics`` declares:
 torchd does the same for its TorchServe-named series (``Requests2XX/4XX/5XX``, the three
-``ts_inference_*``/``ts_queue_*`` counters, the GPU gauges); its ``torchd_*`` series are always
-shown. In ``metrics_mode`` log, every update of a shown series is also a ``ts_metrics.log`` line;
-in legacy mode the three ``ts_*`` counters are not logged (TorchServe <= 0.7 kept them on
-/metrics alone). The handlers' metrics follow the same configuration (daemon/metrics/handlers.py).
+``ts_inference_*``/``ts_queue_*`` counters, the host and GPU gauges); its ``torchd_*`` series are
+always shown. In ``metrics_mode`` log, every update of a shown series is also a
+``ts_metrics.log`` line; in legacy mode the three ``ts_*`` counters are not logged (TorchServe
+<= 0.7 kept them on /metrics alone). The handlers' metrics follow the same configuration
+(daemon/metrics/handlers.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
+from daemon.metrics.host import HOST_METRICS
 from daemon.metrics.metrics_log import MetricsLog
 from daemon.metrics.spec import MetricsSpec, load_metrics_spec
 
@@ -22,7 +24,10 @@ DEFAULT_UNITS = {"Requests2XX": "Count", "Requests4XX": "Count", "Requests5XX": 
                  "ts_inference_latency_microseconds": "Microseconds",
                  "ts_queue_latency_microseconds": "Microseconds",
                  "GPUUtilization": "Percent", "GPUMemoryUtilization": "Percent",
-                 "GPUMemoryUsed": "Megabytes"}
+                 "GPUMemoryUsed": "Megabytes",
+                 **{name: unit for name, (unit, _) in HOST_METRICS.items()}}
+SYSTEM_METRICS = frozenset({"GPUUtilization", "GPUMemoryUtilization", "GPUMemoryUsed",
+                            *HOST_METRICS})
 PROMETHEUS_ONLY_IN_LEGACY = frozenset({"ts_inference_requests_total",
                                        "ts_inference_latency_microseconds",
                                        "ts_queue_latency_microseconds"})
@@ -38,9 +43,12 @@ class MetricsOptions:
     auto_detect: bool = True           # show handler metrics the spec does not declare
     mode: str = "prometheus"
     log: MetricsLog | None = None      # the metrics log, in log and legacy modes
+    system: bool = True                # TorchServe's system metrics (not disable_system_metrics)
 
     def shown(self, name: str) -> bool:
         """Whether the daemon's TorchServe-named frontend series ``name`` is shown."""
+        if name in SYSTEM_METRICS and not self.system:
+            return False
         return self.spec is None or name in self.spec.frontend
 
 
@@ -52,7 +60,8 @@ def metrics_options(config: Any) -> MetricsOptions:
     if auto_detect is None:   # TorchServe's default is off; torchd's without a configuration on
         auto_detect = spec is None
     log = MetricsLog(config.metrics_location) if config.metrics_mode != "prometheus" else None
-    return MetricsOptions(spec=spec, auto_detect=auto_detect, mode=config.metrics_mode, log=log)
+    return MetricsOptions(spec=spec, auto_detect=auto_detect, mode=config.metrics_mode, log=log,
+                          system=not config.disable_system_metrics)
 
 
 class FrontendLog:
@@ -84,6 +93,10 @@ class FrontendLog:
 
     def status(self, status_class: int) -> None:
         self._line(f"Requests{status_class}XX", (("Level", "Host"),), 1.0)
+
+    def host(self, values: dict[str, float]) -> None:
+        for name, value in values.items():
+            self._line(name, (("Level", "Host"),), value)
 
     def gpu(self, device_id: int, utilization: float, memory_percent: float,
             memory_used_mib: float) -> None:

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Hi
 from daemon.metrics.configured import FrontendLog, MetricsOptions
 from daemon.metrics.counters import Names, TorchServeCounter, exposition, wanted
 from daemon.metrics.handlers import HandlerMetrics
+from daemon.metrics.host import HOST_METRICS
 from daemon.metrics.tally import Tally
 
 logger = logging.getLogger(__name__)
@@ -47,6 +48,7 @@ _MODEL_LABELS = ("model_name", "model_version")
 # TorchServe's system metrics of each GPU (ts/configs/metrics.yaml: dimensions Level, DeviceId,
 # Hostname; Level is always "Host").
 _GPU_LABELS = ("Level", "DeviceId", "Hostname")
+_HOST_LABELS = ("Level", "Hostname")
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labelvalues: str) -> None:
@@ -80,7 +82,7 @@ class Metrics:
         self._gap_series: dict[tuple[str, str], Any] = {}
         self._build_torchserve_counters()
         self._build_torchd_metrics()
-        self._build_gpu_metrics()
+        self._build_system_metrics()
         self.handler_metrics = HandlerMetrics(
             self.hostname, declared=self.options.spec.model if self.options.spec else None,
             auto_detect=self.options.auto_detect, log=self.options.log)
@@ -153,13 +155,15 @@ class Metrics:
                                         "Workers added (up) or removed (down) by the autoscaler.",
                                         _MODEL_LABELS + ("direction",), registry=reg)
 
-    def _build_gpu_metrics(self) -> None:
-        reg = self.registry
+    def _shown(self, name: str) -> CollectorRegistry | None:
+        # a series the metrics configuration leaves out is kept, in no registry
+        return self.registry if self.options.shown(name) else None
 
-        def shown(name: str) -> CollectorRegistry | None:
-            # a series the metrics configuration leaves out is kept, in no registry
-            return reg if self.options.shown(name) else None
-
+    def _build_system_metrics(self) -> None:
+        """TorchServe's system metrics: the host's (Level, Hostname) and each GPU's."""
+        shown, reg = self._shown, self.registry
+        self.host_gauges = {name: Gauge(name, text, _HOST_LABELS, registry=shown(name))
+                            for name, (_, text) in HOST_METRICS.items()}
         self.gpu_utilization = Gauge("GPUUtilization", "Percent of time a kernel ran on the GPU.",
                                      _GPU_LABELS, registry=shown("GPUUtilization"))
         self.gpu_memory_utilization = Gauge("GPUMemoryUtilization",
@@ -280,6 +284,13 @@ class Metrics:
             self._worker_ids.get((model, version), set()).discard(str(worker_id))
         _remove(self.worker_rss, model, version, str(worker_id))
         _remove(self.worker_gpu_memory, model, version, str(worker_id))
+
+    def set_host_usage(self, values: dict[str, float]) -> None:
+        """The host's TorchServe system metrics (daemon/metrics/host.py)."""
+        for name, value in values.items():
+            self.host_gauges[name].labels("Host", self.hostname).set(value)
+        if self._frontend_log is not None:
+            self._frontend_log.host(values)
 
     def set_gpu_usage(self, device_id: int, utilization: float, memory_percent: float,
                       memory_used_mib: float) -> None:

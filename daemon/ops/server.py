@@ -37,6 +37,7 @@ from daemon.gpus.inventory import discover_gpus
 from daemon.metrics import Metrics
 from daemon.metrics.configured import metrics_options
 from daemon.metrics.spec import MetricsConfigError
+from daemon.metrics.system import SystemMetrics
 from daemon.config.files import SNAPSHOT_CONFIG_KEY
 from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry
@@ -92,6 +93,8 @@ class DaemonCore:
         # What a start from this snapshot as --ts-config reads for its settings (config/files.py)
         self.snapshots.sections[SNAPSHOT_CONFIG_KEY] = lambda: (
             str(config.config_file) if config.config_file is not None else None)
+        self.system_metrics = SystemMetrics(self.metrics, self.supervisor.placement,
+                                            config.metric_time_interval)
         self.manager = ModelManager(config, self.registry, self.supervisor,
                                     self.runtime_dir / "models", snapshots=self.snapshots,
                                     metrics=self.metrics, gpus=self.gpus)
@@ -124,7 +127,7 @@ class DaemonCore:
                 mv.name, mv.version,
                 sum(1 for handle in handles if handle.conn is not None and handle.conn.held))
             self.metrics.set_worker_states(mv.name, mv.version, self.supervisor.counts(mv))
-        self.supervisor.placement.publish(self.metrics)   # GPUs and the GPU workers' memory
+        self.system_metrics.publish()   # the host's, the GPUs' and the GPU workers' memory
 
     async def start(self) -> None:
         """Raises StartupError (a message naming what is wrong) when the start must fail."""
@@ -331,12 +334,16 @@ async def _serve_until_shutdown(core: DaemonCore, sockets: dict[str, socket.sock
     for name, address in config.listeners.items():
         logger.info("%s API listening on %s", name, address.url)
     await rpc.serve(core)
+    system_log = (asyncio.ensure_future(core.system_metrics.log_every_interval())
+                  if core.system_metrics.logged else None)
     settle_garbage_collector()
     core.notifier.ready(core.summary())
     logger.info("torchd ready: %s", core.summary())
     done = asyncio.ensure_future(shutdown.wait())
     await asyncio.wait([done, *servers], return_when=asyncio.FIRST_COMPLETED)
     done.cancel()
+    if system_log is not None:
+        system_log.cancel()
     core.notifier.stopping()
     core.health.draining = True
     await _announce_shutdown(config.shutdown_delay)

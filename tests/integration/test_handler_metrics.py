@@ -8,10 +8,12 @@ import re
 import socket
 from pathlib import Path
 
+import psutil
 import pytest
 import requests
 
 from daemon.metrics.handlers import MAX_SERIES_PER_MODEL
+from daemon.metrics.host import HOST_METRICS
 from tests.support.archives import build_archive
 from tests.support.daemon import running_daemon
 from tests.support.waiting import wait_until
@@ -63,6 +65,25 @@ def test_custom_counter_and_torchserve_timings_after_one_request(daemon) -> None
     assert value(counter) == 2.0
 
 
+def test_host_system_metrics_as_torchserve_names_them(daemon) -> None:
+    """TorchServe's CPU, memory and disk gauges, labelled Level="Host" and Hostname, read at
+    the scrape."""
+    lines = scrape(daemon)
+    read = {}
+    for name in HOST_METRICS:
+        [line] = [line for line in lines if line.startswith(name + "{")]
+        assert line.startswith(f'{name}{{Hostname="{HOST}",Level="Host"}} ') \
+            or line.startswith(f'{name}{{Level="Host",Hostname="{HOST}"}} '), line
+        assert f"# TYPE {name} gauge" in lines
+        read[name] = value(line)
+    memory, disk = psutil.virtual_memory(), psutil.disk_usage("/")
+    assert 0 <= read["CPUUtilization"] <= 100
+    assert 0 < read["MemoryUsed"] < memory.total / 2**20
+    assert 0 < read["MemoryAvailable"] <= memory.total / 2**20
+    assert 0 < read["MemoryUtilization"] < 100 and 0 < read["DiskUtilization"] <= 100
+    assert read["DiskUsage"] + read["DiskAvailable"] <= disk.total / 2**30 * 1.01
+
+
 def test_series_cap_per_model(daemon) -> None:
     for _ in range(2):
         response = daemon.infer("POST", "/predictions/flood", json={"series": 150})
@@ -102,6 +123,10 @@ ts_metrics:
     - name: ts_inference_requests_total
       unit: Count
       dimensions: ["model_name", "model_version", "hostname"]
+  gauge:
+    - name: CPUUtilization
+      unit: Percent
+      dimensions: [*level, "Hostname"]
 model_metrics:
   gauge:
     - name: ProbeRequests
@@ -119,7 +144,7 @@ def test_metrics_config_and_log_mode(tmp_path_factory: pytest.TempPathFactory) -
     workdir = tmp_path_factory.mktemp("configured")
     (workdir / "metrics.yaml").write_text(METRICS_YAML)
     settings = {"metrics_config": str(workdir / "metrics.yaml"), "metrics_mode": "log",
-                "metrics_location": str(workdir / "metric-logs")}
+                "metrics_location": str(workdir / "metric-logs"), "metric_time_interval": 1}
     with running_daemon(store, workdir, settings) as d:
         assert d.register("configured.mar", initial_workers=1).status_code == 200
         response = d.infer("POST", "/predictions/configured", json={"color": "blue"})
@@ -148,6 +173,14 @@ def test_metrics_config_and_log_mode(tmp_path_factory: pytest.TempPathFactory) -
         frontend = _read(logs / "ts_metrics.log")
         assert re.search(r" - Requests2XX\.Count:1\.0\|#Level:Host\|#hostname:", frontend)
         assert "Requests4XX" not in frontend   # not declared: neither shown nor logged
+        # the declared system metric: on /metrics, and in the log every metric_time_interval
+        assert "CPUUtilization" in names and "MemoryUsed" not in names
+        cpu = wait_until(lambda: [line for line in _read(logs / "ts_metrics.log").splitlines()
+                                  if " - CPUUtilization." in line], 30, 0.1,
+                         "a CPUUtilization line in ts_metrics.log")
+        assert re.fullmatch(r"\S+ - CPUUtilization\.Percent:[0-9.E]+\|#Level:Host\|#hostname:"
+                            rf"{re.escape(HOST)},timestamp:\d+", cpu[0]), cpu[0]
+        assert "MemoryUsed" not in _read(logs / "ts_metrics.log")
 
 
 def _read(path: Path) -> str:

@@ -13,6 +13,7 @@ import requests
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.metrics.host import HOST_METRICS
 from tests.support.daemon import Daemon
 from tests.support.ops import make_store, sample_sum, scrape
 from tests.support.waiting import wait_until
@@ -22,7 +23,10 @@ from tests.support.waiting import wait_until
 def measured(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("ops-metrics")
     store = make_store(archive_dir, workdir / "store", ["noop", "sleep", "fail513"])
-    d = Daemon(workdir, store, {"worker_spawn": "exec", "heartbeat_interval": 0.5})
+    # no system metrics here (TorchServe's disable_system_metrics); test_handler_metrics's
+    # daemon shows them
+    d = Daemon(workdir, store, {"worker_spawn": "exec", "heartbeat_interval": 0.5,
+                                "disable_system_metrics": True})
     try:
         d.start()
         for name, url, extra in (("ma", "noop.mar", {}), ("mb", "noop.mar", {}),
@@ -192,3 +196,10 @@ def test_name_filter_shows_only_the_families_asked_for(measured):
                         "torchd_batch_size", "torchd_worker_restarts"}
     everything = requests.get(d.url("metrics", "/metrics"), params={"other": "x"}, timeout=10)
     assert len({f.name for f in text_string_to_metric_families(everything.text)}) > 10
+
+
+def test_disable_system_metrics_leaves_them_out(measured):
+    families = {f.name for f in text_string_to_metric_families(
+        requests.get(measured.daemon.url("metrics", "/metrics"), timeout=10).text)}
+    assert "Requests2XX" in families
+    assert not families & {*HOST_METRICS, "GPUUtilization", "GPUMemoryUsed"}

@@ -159,6 +159,18 @@ def test_log_mode_writes_torchserves_lines(tmp_path: Path) -> None:
         "timestamp:1796597523"]
 
 
+def test_log_mode_writes_the_host_lines_in_torchserves_units(tmp_path: Path) -> None:
+    log = MetricsLog(tmp_path, clock=lambda: CLOCK)
+    metrics = Metrics(hostname="h", options=MetricsOptions(mode="log", log=log))
+    metrics.set_host_usage({"CPUUtilization": 12.5, "MemoryUsed": 900.0, "DiskUsage": 41.0})
+    log.close()
+    lines = (tmp_path / "ts_metrics.log").read_text().splitlines()
+    assert [line.split(" - ", 1)[1] for line in lines] == [
+        "CPUUtilization.Percent:12.5|#Level:Host|#hostname:h,timestamp:1796597523",
+        "MemoryUsed.Megabytes:900.0|#Level:Host|#hostname:h,timestamp:1796597523",
+        "DiskUsage.Gigabytes:41.0|#Level:Host|#hostname:h,timestamp:1796597523"]
+
+
 def test_legacy_mode_keeps_the_ts_counters_off_the_log(tmp_path: Path) -> None:
     log = MetricsLog(tmp_path, clock=lambda: CLOCK)
     metrics = Metrics(hostname="h", options=MetricsOptions(mode="legacy", log=log))

@@ -7,6 +7,8 @@ import pytest
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon.metrics.configured import MetricsOptions
+from daemon.metrics.host import HOST_METRICS
 from daemon.metrics.tally import Tally
 from daemon.metrics import CONTENT_TYPE, WORKER_STATES, Metrics
 
@@ -191,6 +193,26 @@ def drive_everything(metrics: Metrics, model: str, version: str) -> None:
     metrics.set_worker_gpu_memory(model, version, "9000", 1 << 20)
     metrics.autoscaled(model, version, "up")
     metrics.autoscaled(model, version, "down")
+
+
+def test_host_series_as_torchserve_names_them(metrics: Metrics) -> None:
+    metrics.set_host_usage({"CPUUtilization": 12.5, "MemoryUsed": 900.0, "DiskAvailable": 3.25})
+    s = scrape(metrics)
+    host = {"Level": "Host", "Hostname": HOST}
+    assert (value(s, "CPUUtilization", **host), value(s, "MemoryUsed", **host),
+            value(s, "DiskAvailable", **host)) == (12.5, 900.0, 3.25)
+    metrics.set_host_usage({"CPUUtilization": 50.0})
+    assert value(scrape(metrics), "CPUUtilization", **host) == 50.0
+
+
+def test_system_metrics_off_leaves_their_families_out() -> None:
+    metrics = Metrics(hostname=HOST, options=MetricsOptions(system=False))
+    metrics.set_host_usage({"CPUUtilization": 12.5})
+    metrics.set_gpu_usage(0, 5, 0.43, 612.0)
+    out = metrics.render()[0].decode()
+    for name in (*HOST_METRICS, "GPUUtilization", "GPUMemoryUsed", "GPUMemoryUtilization"):
+        assert name not in out, name
+    assert "Requests2XX" in out
 
 
 def test_forget_model_removes_every_series_of_that_version(metrics: Metrics) -> None:
