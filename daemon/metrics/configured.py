@@ -24,7 +24,8 @@ DEFAULT_UNITS = {"Requests2XX": "Count", "Requests4XX": "Count", "Requests5XX": 
                  "ts_inference_latency_microseconds": "Microseconds",
                  "ts_queue_latency_microseconds": "Microseconds",
                  "GPUUtilization": "Percent", "GPUMemoryUtilization": "Percent",
-                 "GPUMemoryUsed": "Megabytes",
+                 "GPUMemoryUsed": "Megabytes", "QueueTime": "Milliseconds",
+                 "WorkerLoadTime": "Milliseconds",
                  **{name: unit for name, (unit, _) in HOST_METRICS.items()}}
 SYSTEM_METRICS = frozenset({"GPUUtilization", "GPUMemoryUtilization", "GPUMemoryUsed",
                             *HOST_METRICS})
@@ -90,6 +91,7 @@ class FrontendLog:
         if answered:
             self._line("ts_inference_latency_microseconds", dims, total_us)
             self._line("ts_queue_latency_microseconds", dims, queue_us)
+            self._line("QueueTime", (("Level", "Host"),), queue_us / 1000)
 
     def status(self, status_class: int) -> None:
         self._line(f"Requests{status_class}XX", (("Level", "Host"),), 1.0)
@@ -97,6 +99,9 @@ class FrontendLog:
     def host(self, values: dict[str, float]) -> None:
         for name, value in values.items():
             self._line(name, (("Level", "Host"),), value)
+
+    def worker_loaded(self, worker_name: str, ms: float) -> None:
+        self._line("WorkerLoadTime", (("WorkerName", worker_name), ("Level", "Host")), ms)
 
     def gpu(self, device_id: int, utilization: float, memory_percent: float,
             memory_used_mib: float) -> None:

@@ -47,7 +47,8 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # name would make the whole exposition unreadable).
 # (TorchServe's own handler timings, ts_handler_preprocess and the like, are handler metrics.)
 RESERVED_PREFIXES = ("torchd_", "ts_inference_", "ts_queue_")
-RESERVED_NAMES = frozenset({"Requests2XX", "Requests4XX", "Requests5XX", *SYSTEM_METRICS})
+RESERVED_NAMES = frozenset({"Requests2XX", "Requests4XX", "Requests5XX", "QueueTime",
+                            "WorkerLoadTime", *SYSTEM_METRICS})
 
 SeriesKey = tuple[str, tuple[str, ...]]   # metric name, label values
 # what a record becomes: name, kind, unit, label names, label values

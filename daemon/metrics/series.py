@@ -23,7 +23,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Hi
 from daemon.metrics.configured import FrontendLog, MetricsOptions
 from daemon.metrics.counters import Names, TorchServeCounter, exposition, wanted
 from daemon.metrics.handlers import HandlerMetrics
-from daemon.metrics.host import HOST_METRICS
+from daemon.metrics.frontend_gauges import FrontendGauges
 from daemon.metrics.tally import Tally
 
 logger = logging.getLogger(__name__)
@@ -45,10 +45,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 DEFAULT_VERSION_LABEL = "default"
 
 _MODEL_LABELS = ("model_name", "model_version")
-# TorchServe's system metrics of each GPU (ts/configs/metrics.yaml: dimensions Level, DeviceId,
-# Hostname; Level is always "Host").
-_GPU_LABELS = ("Level", "DeviceId", "Hostname")
-_HOST_LABELS = ("Level", "Hostname")
 
 
 def _remove(metric: Counter | Gauge | Histogram, *labelvalues: str) -> None:
@@ -82,13 +78,15 @@ class Metrics:
         self._gap_series: dict[tuple[str, str], Any] = {}
         self._build_torchserve_counters()
         self._build_torchd_metrics()
-        self._build_system_metrics()
         self.handler_metrics = HandlerMetrics(
             self.hostname, declared=self.options.spec.model if self.options.spec else None,
             auto_detect=self.options.auto_detect, log=self.options.log)
         # None unless there is a metrics log: the per-request path checks it once
         self._frontend_log = (FrontendLog(self.options, self.hostname)
                               if self.options.log is not None else None)
+        self.frontend_gauges = FrontendGauges(self._shown, self.hostname, self._frontend_log)
+        # the last answered request's wait (ms), for QueueTime at the next scrape
+        self._last_queue_ms: float | None = None
 
     def _build_torchserve_counters(self) -> None:
         ts_labels = ("model_name", "model_version", "hostname")
@@ -154,26 +152,13 @@ class Metrics:
         self.autoscale_events = Counter("torchd_autoscale_events_total",
                                         "Workers added (up) or removed (down) by the autoscaler.",
                                         _MODEL_LABELS + ("direction",), registry=reg)
+        self.worker_gpu_memory = Gauge("torchd_worker_gpu_memory_bytes",
+                                       "GPU memory of each worker process (where NVML reports "
+                                       "it).", _MODEL_LABELS + ("worker_id",), registry=reg)
 
     def _shown(self, name: str) -> CollectorRegistry | None:
         # a series the metrics configuration leaves out is kept, in no registry
         return self.registry if self.options.shown(name) else None
-
-    def _build_system_metrics(self) -> None:
-        """TorchServe's system metrics: the host's (Level, Hostname) and each GPU's."""
-        shown, reg = self._shown, self.registry
-        self.host_gauges = {name: Gauge(name, text, _HOST_LABELS, registry=shown(name))
-                            for name, (_, text) in HOST_METRICS.items()}
-        self.gpu_utilization = Gauge("GPUUtilization", "Percent of time a kernel ran on the GPU.",
-                                     _GPU_LABELS, registry=shown("GPUUtilization"))
-        self.gpu_memory_utilization = Gauge("GPUMemoryUtilization",
-                                            "Percent of the GPU's memory in use.", _GPU_LABELS,
-                                            registry=shown("GPUMemoryUtilization"))
-        self.gpu_memory_used = Gauge("GPUMemoryUsed", "GPU memory in use, megabytes (MiB).",
-                                     _GPU_LABELS, registry=shown("GPUMemoryUsed"))
-        self.worker_gpu_memory = Gauge("torchd_worker_gpu_memory_bytes",
-                                       "GPU memory of each worker process (where NVML reports "
-                                       "it).", _MODEL_LABELS + ("worker_id",), registry=reg)
 
     # -- updates -----------------------------------------------------------------------------
 
@@ -196,6 +181,7 @@ class Metrics:
             self.ts_inference_latency.inc_key(ts, total_us)
             self.ts_queue_latency.inc_key(ts, queue_us)
             latency.observe(total_us / 1e6)
+            self._last_queue_ms = queue_us / 1000
         if self._frontend_log is not None:
             self._frontend_log.request(ts[0], ts[1], status < 400, queue_us, total_us)
 
@@ -284,27 +270,24 @@ class Metrics:
             self._worker_ids.get((model, version), set()).discard(str(worker_id))
         _remove(self.worker_rss, model, version, str(worker_id))
         _remove(self.worker_gpu_memory, model, version, str(worker_id))
+        self.frontend_gauges.forget_worker(model, version, str(worker_id))
 
     def set_host_usage(self, values: dict[str, float]) -> None:
         """The host's TorchServe system metrics (daemon/metrics/host.py)."""
-        for name, value in values.items():
-            self.host_gauges[name].labels("Host", self.hostname).set(value)
-        if self._frontend_log is not None:
-            self._frontend_log.host(values)
+        self.frontend_gauges.set_host_usage(values)
 
     def set_gpu_usage(self, device_id: int, utilization: float, memory_percent: float,
                       memory_used_mib: float) -> None:
         """One GPU's TorchServe system metrics (refreshed at scrape time)."""
-        labels = ("Host", str(device_id), self.hostname)
-        self.gpu_utilization.labels(*labels).set(utilization)
-        self.gpu_memory_utilization.labels(*labels).set(memory_percent)
-        self.gpu_memory_used.labels(*labels).set(memory_used_mib)
-        if self._frontend_log is not None:
-            self._frontend_log.gpu(device_id, utilization, memory_percent, memory_used_mib)
+        self.frontend_gauges.set_gpu_usage(device_id, utilization, memory_percent,
+                                           memory_used_mib)
 
     def forget_gpu(self, device_id: int) -> None:
-        for metric in (self.gpu_utilization, self.gpu_memory_utilization, self.gpu_memory_used):
-            _remove(metric, "Host", str(device_id), self.hostname)
+        self.frontend_gauges.forget_gpu(device_id)
+
+    def worker_loaded(self, model: str, version: str, worker_id: str, seconds: float) -> None:
+        """A worker became READY ``seconds`` after it started (TorchServe's WorkerLoadTime)."""
+        self.frontend_gauges.worker_loaded(model, version, str(worker_id), seconds * 1000)
 
     def set_worker_gpu_memory(self, model: str, version: str, worker_id: str,
                               used: int) -> None:
@@ -342,6 +325,7 @@ class Metrics:
         for worker_id in workers:
             _remove(self.worker_rss, model, version, worker_id)
             _remove(self.worker_gpu_memory, model, version, worker_id)
+            self.frontend_gauges.forget_worker(model, version, worker_id)
         for direction in AUTOSCALE_DIRECTIONS:
             _remove(self.autoscale_events, model, version, direction)
         if last:   # handler metrics are labelled by model (ModelName), not by version
@@ -374,6 +358,8 @@ class Metrics:
             except Exception:  # a broken refresher must not take the scrape down with it
                 logger.exception("metrics collect hook failed; serving the last values")
         self.flush_tallies()
+        if self._last_queue_ms is not None:
+            self.frontend_gauges.set_queue_time(self._last_queue_ms)
         counters = [self.ts_requests, self.ts_inference_latency, self.ts_queue_latency,
                     *self.status_counters.values()]
         legacy = "".join(counter.render() for counter in counters if self.options.shown(

@@ -254,6 +254,9 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
         self.record(handle.mv).started(handle.slot)
         logger.info("worker %s READY (pid %s, %.2f s)", handle.id, handle.pid,
                     now - handle.started_at)
+        if self.metrics is not None:
+            self.metrics.worker_loaded(handle.mv.name, handle.mv.version, handle.id,
+                                       now - handle.started_at)
         self.notify_changed()
 
     def start_failed(self, handle: WorkerHandle, error: str) -> None:

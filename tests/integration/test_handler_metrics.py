@@ -84,6 +84,17 @@ def test_host_system_metrics_as_torchserve_names_them(daemon) -> None:
     assert read["DiskUsage"] + read["DiskAvailable"] <= disk.total / 2**30 * 1.01
 
 
+def test_queue_time_and_each_workers_load_time(daemon) -> None:
+    assert daemon.infer("POST", "/predictions/metered", json={"color": "red"}).status_code == 200
+    lines = scrape(daemon)
+    [queue] = [line for line in lines if line.startswith("QueueTime{")]
+    assert 0 <= value(queue) < 30_000
+    [worker] = daemon.workers("metered")
+    name = f'WorkerName="W-{worker["id"]}-metered_1.0"'
+    [load] = [line for line in lines if line.startswith("WorkerLoadTime{") and name in line]
+    assert 0 < value(load) < 120_000     # ms from its start to READY
+
+
 def test_series_cap_per_model(daemon) -> None:
     for _ in range(2):
         response = daemon.infer("POST", "/predictions/flood", json={"series": 150})

@@ -152,6 +152,7 @@ def test_log_mode_writes_torchserves_lines(tmp_path: Path) -> None:
         "model_version:default|#hostname:h,timestamp:1796597523",
         "ts_queue_latency_microseconds.Microseconds:10.0|#model_name:m,model_version:default"
         "|#hostname:h,timestamp:1796597523",
+        "QueueTime.Milliseconds:0.01|#Level:Host|#hostname:h,timestamp:1796597523",
         "Requests2XX.Count:1.0|#Level:Host|#hostname:h,timestamp:1796597523"]
     model = (tmp_path / "logs" / "model_metrics.log").read_text().splitlines()
     assert [line.split(" - ", 1)[1] for line in model] == [
@@ -159,16 +160,19 @@ def test_log_mode_writes_torchserves_lines(tmp_path: Path) -> None:
         "timestamp:1796597523"]
 
 
-def test_log_mode_writes_the_host_lines_in_torchserves_units(tmp_path: Path) -> None:
+def test_log_mode_writes_the_host_and_worker_gauges_in_torchserves_units(tmp_path: Path) -> None:
     log = MetricsLog(tmp_path, clock=lambda: CLOCK)
     metrics = Metrics(hostname="h", options=MetricsOptions(mode="log", log=log))
     metrics.set_host_usage({"CPUUtilization": 12.5, "MemoryUsed": 900.0, "DiskUsage": 41.0})
+    metrics.worker_loaded("m", "1.0", "9000", 1.5)
     log.close()
     lines = (tmp_path / "ts_metrics.log").read_text().splitlines()
     assert [line.split(" - ", 1)[1] for line in lines] == [
         "CPUUtilization.Percent:12.5|#Level:Host|#hostname:h,timestamp:1796597523",
         "MemoryUsed.Megabytes:900.0|#Level:Host|#hostname:h,timestamp:1796597523",
-        "DiskUsage.Gigabytes:41.0|#Level:Host|#hostname:h,timestamp:1796597523"]
+        "DiskUsage.Gigabytes:41.0|#Level:Host|#hostname:h,timestamp:1796597523",
+        "WorkerLoadTime.Milliseconds:1500.0|#WorkerName:W-9000-m_1.0,Level:Host"
+        "|#hostname:h,timestamp:1796597523"]
 
 
 def test_legacy_mode_keeps_the_ts_counters_off_the_log(tmp_path: Path) -> None:
@@ -178,7 +182,8 @@ def test_legacy_mode_keeps_the_ts_counters_off_the_log(tmp_path: Path) -> None:
     metrics.count_status(500)
     log.close()
     lines = (tmp_path / "ts_metrics.log").read_text().splitlines()
-    assert [line.split(" - ", 1)[1].split(":")[0] for line in lines] == ["Requests5XX.Count"]
+    assert [line.split(" - ", 1)[1].split(":")[0] for line in lines] == [
+        "QueueTime.Milliseconds", "Requests5XX.Count"]   # the gauges stay in the log
 
 
 @pytest.mark.parametrize("value, text", [

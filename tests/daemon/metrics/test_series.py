@@ -205,6 +205,32 @@ def test_host_series_as_torchserve_names_them(metrics: Metrics) -> None:
     assert value(scrape(metrics), "CPUUtilization", **host) == 50.0
 
 
+def test_queue_time_is_the_last_answered_requests_wait(metrics: Metrics) -> None:
+    host = {"Level": "Host", "Hostname": HOST}
+    assert value(scrape(metrics), "QueueTime", **host) is None    # nothing answered yet
+    metrics.observe_request("mlp", "1.0", 200, 2500.0, 9000.0)
+    metrics.observe_request("mlp", "1.0", 503, 99000.0, 99000.0)  # refused: not a wait
+    assert value(scrape(metrics), "QueueTime", **host) == 2.5
+    metrics.observe_request("other", "2.0", 200, 500.0, 900.0)
+    assert value(scrape(metrics), "QueueTime", **host) == 0.5
+
+
+def test_worker_load_time_per_worker_as_torchserve_names_workers(metrics: Metrics) -> None:
+    metrics.worker_loaded("mlp", "1.0", "9000", 1.25)
+    metrics.worker_loaded("mlp", "1.0", "9001", 0.5)
+    metrics.worker_loaded("big", "2.0", "9002", 3.0)
+    s = scrape(metrics)
+    named = {"Level": "Host", "Hostname": HOST}
+    assert value(s, "WorkerLoadTime", WorkerName="W-9000-mlp_1.0", **named) == 1250.0
+    assert value(s, "WorkerLoadTime", WorkerName="W-9001-mlp_1.0", **named) == 500.0
+    metrics.forget_worker("mlp", "1.0", "9000")
+    metrics.set_worker_rss("big", "2.0", "9002", 10)
+    metrics.forget_model("big", "2.0")
+    s = scrape(metrics)
+    assert [dict(labels)["WorkerName"] for name, labels in s if name == "WorkerLoadTime"] \
+        == ["W-9001-mlp_1.0"]
+
+
 def test_system_metrics_off_leaves_their_families_out() -> None:
     metrics = Metrics(hostname=HOST, options=MetricsOptions(system=False))
     metrics.set_host_usage({"CPUUtilization": 12.5})
