@@ -1,7 +1,8 @@
 """The two gRPC listeners: grpcio's asyncio servers in the daemon's event loop.
 
 Inference (default 127.0.0.1:7070): TorchServe's InferenceAPIsService and OIP's
-GRPCInferenceService. Management (127.0.0.1:7071): TorchServe's ManagementAPIsService. The ports
+GRPCInferenceService. Management (127.0.0.1:7071): TorchServe's ManagementAPIsService. Both:
+grpc.health.v1.Health (daemon/rpc/health.py). The ports
 are bound before any model loads (a busy port fails the start, as REST's do) and serve once the
 daemon is ready; at shutdown they stop accepting and in-flight calls get a grace period.
 ``max_request_size`` bounds a received message (RESOURCE_EXHAUSTED above it); token auth reads
@@ -24,6 +25,7 @@ from daemon.errors import TorchdError
 from daemon.osutil import connections_allowed
 from daemon.rpc.generated import grpc_predict_v2_pb2, inference_pb2, management_pb2
 from daemon.rpc.handlers import register_servicer
+from daemon.rpc.health import HEALTH_METHODS, DaemonHealth
 from daemon.rpc.inference import InferenceService
 from daemon.rpc.management import ManagementService
 from daemon.rpc.oip import OipService
@@ -55,8 +57,8 @@ class TokenGate(grpc.aio.ServerInterceptor):
             self, continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]],
             details: grpc.HandlerCallDetails) -> Handler | None:
         handler = await continuation(details)
-        if handler is None or self.tokens is None:
-            return handler
+        if handler is None or self.tokens is None or details.method.startswith(HEALTH_METHODS):
+            return handler   # a health probe cannot send a key (daemon/rpc/health.py)
         values = [v.encode() if isinstance(v, str) else v
                   for k, v in details.invocation_metadata or () if k == "authorization"]
         denied = self.tokens.check_values(self.kind, values)
@@ -97,6 +99,7 @@ class RpcListeners:
         self.servers: dict[str, grpc.aio.Server] = {}
         self.ports: dict[str, int] = {}
         self._stopping: asyncio.Future | None = None
+        self._health: asyncio.Task | None = None   # keeps grpc.health.v1's statuses current
 
     def bind(self) -> None:
         """Raises BindError; servers already made are then stopped by ``stop``."""
@@ -145,6 +148,10 @@ class RpcListeners:
                           OipService(core), "grpc-inference")
         register_servicer(management, _service(management_pb2, "ManagementAPIsService"),
                           ManagementService(core.manager), "grpc-management")
+        health = DaemonHealth(core.health.ready)
+        for server in self.servers.values():
+            health.add_to(server)
+        self._health = asyncio.ensure_future(health.keep_current())
         for kind, server in self.servers.items():
             await server.start()
             address = self.config.grpc_listeners[kind]
@@ -152,6 +159,8 @@ class RpcListeners:
 
     async def stop(self, grace: float) -> None:
         """Refuse new calls; in-flight calls get ``grace`` seconds, then are cancelled."""
+        if self._health is not None:
+            self._health.cancel()
         if self._stopping is None:
             self._stopping = asyncio.ensure_future(asyncio.gather(
                 *(server.stop(grace) for server in self.servers.values())))
