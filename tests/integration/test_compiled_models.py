@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -219,6 +220,29 @@ def test_handler_profile_times_the_three_steps_of_served_requests(daemon, export
     for line in lines:
         assert f'Hostname="{HOST}"' in line and 0 <= float(line.rsplit(" ", 1)[1]) < 10_000
     unregister(daemon, "profiled")
+
+
+def test_enable_torch_profiler_in_the_servers_environment_traces_batches(tmp_path,
+                                                                        exported_mlp):
+    """TorchServe's ENABLE_TORCH_PROFILER reaches the workers (forked by the zygote the daemon
+    started): BaseHandler writes each batch's trace under /tmp/pytorch_profiler/<model>."""
+    name = f"profiler-{os.getpid()}"   # a directory of its own in TorchServe's fixed root
+    traces = Path("/tmp/pytorch_profiler") / name
+    (tmp_path / "store").mkdir()
+    d = Daemon(tmp_path, tmp_path / "store", env={"ENABLE_TORCH_PROFILER": "TRUE"})
+    try:
+        d.start()
+        assert register(d, name, exported_mlp.folder / "mlp.pt", eager_class=True).status_code \
+            == 200
+        expected = exported_mlp.expected()
+        close(predict(d, name, expected["inputs"][0]), expected["outputs"][0])
+        # the trace is written before the batch's answer leaves the worker
+        assert list(traces.glob("*.pt.trace.json")), list(traces.parent.iterdir())
+        wait_until(lambda: "profile of the batch" in d.log(), 30, 0.1,
+                   "the batch's operator table in the log")   # forwarded after the answer
+    finally:
+        d.cleanup()
+        shutil.rmtree(traces, ignore_errors=True)
 
 
 # Last: the AOTInductor files build in the background while the tests above run.

@@ -21,6 +21,7 @@ from worker.ts.handler_utils.timer import timed
 from worker.ts.torch_handler import model_files
 from worker.ts.torch_handler.accelerators import import_ipex, ipex_optimize
 from worker.ts.torch_handler.model_files import ModelFormat
+from worker.ts.torch_handler.profiling import profiler_enabled, run_profiled
 from worker.ts.torch_handler.pt2 import CompilePlan, compile_model, compile_plan, uses_aot_compile
 from worker.ts.torch_handler.warm_up import run_warm_up
 from worker.ts.utils.util import PredictionException, load_label_mapping
@@ -255,14 +256,21 @@ class BaseHandler:
         self.context = context
         if self._is_describe():
             return [self.describe_handle()]
-        data_preprocess = self.preprocess(data)
-        if self._is_explain():
-            output = self.explain_handle(data_preprocess, data)
+        if profiler_enabled():   # TorchServe's ENABLE_TORCH_PROFILER (profiling.py)
+            output, _ = self._infer_with_profiler(data)
         else:
-            output = self.postprocess(self.inference(data_preprocess))
+            data_preprocess = self.preprocess(data)
+            if self._is_explain():
+                output = self.explain_handle(data_preprocess, data)
+            else:
+                output = self.postprocess(self.inference(data_preprocess))
         elapsed_ms = round((time.perf_counter() - started) * 1000, 2)
         context.metrics.add_time("HandlerTime", elapsed_ms, None, "ms")
         return output
+
+    def _infer_with_profiler(self, data: list[Any]) -> tuple[Any, Any]:
+        """The batch's steps under torch's profiler: the output and the profile."""
+        return run_profiled(self, data)
 
     def explain_handle(self, data_preprocess: Any, raw_data: list[Any]) -> Any:
         """Explanations come from a subclass's ``get_insights(tensor, inputs, target)``.
