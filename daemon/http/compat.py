@@ -31,10 +31,11 @@ KSERVE_VERBS = (":predict", ":explain")
 
 class InvocationsEndpoint(PredictionEndpoint):
     """``POST /invocations``: the model named by ``?model_name=``, else by the SageMaker target
-    header, else the only registered model; with several and no name, a 400 naming them."""
+    header, else the only registered model, else by a ``model_name`` field of a form body (as
+    TorchServe reads it); with several and no name, a 400 naming them."""
 
     def target(self, scope: dict[str, Any]) -> Target:
-        return self.model_name(scope), None, ()
+        return self.model_name(scope), None, ()   # "": the body's form may name it
 
     def model_name(self, scope: dict[str, Any]) -> str:
         named = _query_value(scope, "model_name")
@@ -46,11 +47,23 @@ class InvocationsEndpoint(PredictionEndpoint):
             return _target_model(targeted, names)
         if len(names) == 1:
             return names[0]
+        return ""
+
+    def resolve(self, target: Target, body: bytes, params: list[dict] | None = None
+                ) -> Target:
+        if target[0]:
+            return target
+        for param in params or ():
+            if param["name"] == "model_name" and param["value"]:
+                value = param["value"]
+                return (value.decode("utf-8", "replace") if isinstance(value, bytes)
+                        else str(value)), None, ()
+        names = self.predictor.predictions.registry.names()
         if not names:
             raise BadRequest("Parameter model_name is required. No model is registered.")
         raise BadRequest(f"Parameter model_name is required: {len(names)} models are "
-                         f"registered ({', '.join(names)}); name one with ?model_name= or the "
-                         "X-Amzn-SageMaker-Target-Model header.")
+                         f"registered ({', '.join(names)}); name one with ?model_name=, the "
+                         "X-Amzn-SageMaker-Target-Model header or a model_name form field.")
 
 
 def _query_value(scope: dict[str, Any], name: str) -> str | None:

@@ -121,7 +121,8 @@ class OpenAIEndpoint(PredictionEndpoint):
     def target(self, scope: dict[str, Any]) -> Target:
         return "", None, self.extra_headers   # the model is known once the body is in
 
-    def resolve(self, target: Target, body: bytes) -> Target:
+    def resolve(self, target: Target, body: bytes, params: list[dict] | None = None
+                ) -> Target:
         model = requested_model(body)
         name, version = resolve_model(self.predictor.predictions.registry, model)
         return name, version, target[2]

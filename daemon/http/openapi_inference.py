@@ -131,8 +131,9 @@ def _invocations() -> dict[str, Any]:
     responses = {**_prediction_responses(),
                  "400": error("No model named while several (or none) are registered; the "
                               "message lists them.")}
-    return operation("invocations", "SageMaker: predict with the named model's default version, "
-                     "or the only registered model's.", responses,
+    return operation("invocations", "SageMaker: predict with the named model's default version "
+                     "(?model_name=, the header, else a model_name field of a form body), or "
+                     "the only registered model's.", responses,
                      [query("model_name", string(), "The model to use."), target],
                      body=PREDICTION_BODY)
 

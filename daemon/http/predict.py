@@ -178,8 +178,8 @@ class Predictor:
     async def _respond(self, scope: dict[str, Any], receive: Callable,
                        endpoint: PredictionEndpoint, target: Target) -> Response:
         body = await receive_body(scope, receive, self.limit)
-        name, version, extra_headers = endpoint.resolve(target, body)
         params = await self._parameters(scope, body, endpoint.body_type)
+        name, version, extra_headers = endpoint.resolve(target, body, params)
         call = self.predictions.start(name, version, request_headers(scope, extra_headers),
                                       params, request_id=scope["state"]["request_id"])
         event = await self._first_event(scope, call)
@@ -241,10 +241,12 @@ class PredictionEndpoint:
         p = scope["path_params"]
         return p["model_name"], p.get("model_version"), self.extra_headers
 
-    def resolve(self, target: Target, body: bytes) -> Target:
-        """The target once the whole body is in: ``target`` itself, unless the endpoint's
-        requests name their model in the body (OpenAI's routes); a TorchdError when the body
-        names none."""
+    def resolve(self, target: Target, body: bytes, params: list[dict] | None = None
+                ) -> Target:
+        """The target once the whole body is in (``params``: the parameters the worker will
+        get, when parsed already): ``target`` itself, unless the endpoint's requests may name
+        their model in the body (OpenAI's routes, /invocations' form field); a TorchdError
+        when the body names none."""
         return target
 
     async def __call__(self, scope: dict[str, Any], receive: Callable, send: Callable) -> None:

@@ -55,10 +55,22 @@ def test_invocations_without_a_name_among_several_models_is_a_400_naming_them(da
     response = daemon.infer("POST", "/invocations", json=BODY)
     assert_error(response, 400, "BadRequestException",
                  "Parameter model_name is required: 3 models are registered (alpha, beta, "
-                 "gamma); name one with ?model_name= or the X-Amzn-SageMaker-Target-Model "
-                 "header.")
+                 "gamma); name one with ?model_name=, the X-Amzn-SageMaker-Target-Model "
+                 "header or a model_name form field.")
     assert served_by(daemon.infer("POST", "/invocations?model_name=alpha", json=BODY)) == (
         "alpha", "1.0", None)   # still serving
+
+
+def test_invocations_by_a_model_name_form_field(daemon) -> None:
+    """TorchServe reads model_name from a form body when nothing else names the model."""
+    form = {"model_name": (None, "beta"), "data": (None, '{"color": "red"}')}
+    assert served_by(daemon.infer("POST", "/invocations", files=form)) == ("beta", "1.0", None)
+    urlencoded = daemon.infer("POST", "/invocations", data={"model_name": "alpha"})
+    assert served_by(urlencoded)[0] == "alpha"
+    named = daemon.infer("POST", "/invocations?model_name=alpha", files=form)
+    assert served_by(named)[0] == "alpha"   # the query parameter wins, as over the header
+    nameless = daemon.infer("POST", "/invocations", files={"data": (None, "{}")})
+    assert nameless.status_code == 400 and "model_name form field" in nameless.json()["message"]
 
 
 def test_invocations_by_query_parameter_and_by_target_header(daemon) -> None:
