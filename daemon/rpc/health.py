@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-HEALTH_METHODS = "/grpc.health.v1.Health/"   # the prefix of its rpcs' paths
+HEALTH_SERVICE = "grpc.health.v1.Health"
+HEALTH_METHODS = f"/{HEALTH_SERVICE}/"   # the prefix of its rpcs' paths
 REFRESH_S = 1.0
 INFERENCE_SERVICES = ("org.pytorch.serve.grpc.inference.InferenceAPIsService",
                       "inference.GRPCInferenceService")

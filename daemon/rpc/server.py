@@ -2,7 +2,8 @@
 
 Inference (default 127.0.0.1:7070): TorchServe's InferenceAPIsService and OIP's
 GRPCInferenceService. Management (127.0.0.1:7071): TorchServe's ManagementAPIsService. Both:
-grpc.health.v1.Health (daemon/rpc/health.py). The ports
+grpc.health.v1.Health (daemon/rpc/health.py) and server reflection (grpcio-reflection's
+v1alpha, which grpcurl reads). The ports
 are bound before any model loads (a busy port fails the start, as REST's do) and serve once the
 daemon is ready; at shutdown they stop accepting and in-flight calls get a grace period.
 ``max_request_size`` bounds a received message (RESOURCE_EXHAUSTED above it); token auth reads
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 from google.protobuf.descriptor import ServiceDescriptor
+from grpc_reflection.v1alpha import reflection
 
 from daemon.config.settings import Config
 from daemon.config.values import BindAddress
@@ -25,7 +27,8 @@ from daemon.errors import TorchdError
 from daemon.osutil import connections_allowed
 from daemon.rpc.generated import grpc_predict_v2_pb2, inference_pb2, management_pb2
 from daemon.rpc.handlers import register_servicer
-from daemon.rpc.health import HEALTH_METHODS, DaemonHealth
+from daemon.rpc.health import HEALTH_METHODS, HEALTH_SERVICE, INFERENCE_SERVICES, \
+    MANAGEMENT_SERVICE, DaemonHealth
 from daemon.rpc.inference import InferenceService
 from daemon.rpc.management import ManagementService
 from daemon.rpc.oip import OipService
@@ -39,6 +42,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 KINDS = ("inference", "management")
+SERVICES = {"inference": INFERENCE_SERVICES, "management": (MANAGEMENT_SERVICE,)}
 
 
 class BindError(Exception):
@@ -149,8 +153,11 @@ class RpcListeners:
         register_servicer(management, _service(management_pb2, "ManagementAPIsService"),
                           ManagementService(core.manager), "grpc-management")
         health = DaemonHealth(core.health.ready)
-        for server in self.servers.values():
+        for kind, server in self.servers.items():
             health.add_to(server)
+            # grpcurl and other tools list and call the services without the .proto files
+            reflection.enable_server_reflection(
+                (*SERVICES[kind], HEALTH_SERVICE, reflection.SERVICE_NAME), server)
         self._health = asyncio.ensure_future(health.keep_current())
         for kind, server in self.servers.items():
             await server.start()

@@ -1,6 +1,7 @@
 """grpc.health.v1.Health on both gRPC listeners (daemon/rpc/health.py), as a Kubernetes grpc
 probe asks it: readiness follows REST's /v2/health/ready, liveness stays SERVING, Watch sees the
-change, draining turns readiness off, and no token is needed while every other call needs one."""
+change, draining turns readiness off, and no token is needed while every other call (reflection
+too) needs one."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,8 @@ import grpc
 import pytest
 import requests
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase)
 
 from daemon.rpc.generated import management_pb2, management_pb2_grpc
 from daemon.rpc.health import INFERENCE_SERVICES, MANAGEMENT_SERVICE
@@ -52,6 +55,9 @@ def test_health_follows_readiness_without_a_token(archive_dir: Path, tmp_path: P
                 management_pb2_grpc.ManagementAPIsServiceStub(ch).ListModels(
                     management_pb2.ListModelsRequest(), timeout=10)
             assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            with pytest.raises(grpc.RpcError) as listing:   # reflection wants the key too
+                ProtoReflectionDescriptorDatabase(ch).get_services()
+            assert listing.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
         with channel(ports[0]) as ch:
             watch = health_pb2_grpc.HealthStub(ch).Watch(

@@ -14,6 +14,10 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import empty_pb2
+from google.protobuf.descriptor_pool import DescriptorPool
+from google.protobuf.message_factory import GetMessageClass
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase)
 
 from tests.support.archives import build_archive, copy_store
 from tests.support.daemon import Daemon
@@ -302,3 +306,28 @@ def test_token_auth_on(archive_dir: Path, tmp_path: Path, stubs: Any) -> None:
 def test_token_auth_off_needs_no_metadata(daemon, infer) -> None:
     assert not (Path(daemon.workdir) / "key_file.json").exists()
     assert "Healthy" in infer.Ping(empty_pb2.Empty(), timeout=30).health
+
+
+def test_server_reflection_serves_each_ports_services(daemon: Daemon) -> None:
+    """What grpcurl does without the .proto files: list a port's services through reflection,
+    fetch their descriptors, and call one with messages built from them alone."""
+    inference = {"org.pytorch.serve.grpc.inference.InferenceAPIsService",
+                 "inference.GRPCInferenceService"}
+    management = {"org.pytorch.serve.grpc.management.ManagementAPIsService"}
+    common = {"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"}
+    for port, services in ((daemon.ports["grpc_inference"], inference),
+                           (daemon.ports["grpc_management"], management)):
+        with channel(port) as ch:
+            database = ProtoReflectionDescriptorDatabase(ch)
+            assert set(database.get_services()) == services | common
+            pool = DescriptorPool(database)
+            for name in services:
+                assert pool.FindServiceByName(name).methods   # its file came through
+    with channel(daemon.ports["grpc_inference"]) as ch:
+        pool = DescriptorPool(ProtoReflectionDescriptorDatabase(ch))
+        ping = pool.FindServiceByName(SERVICE[1:]).methods_by_name["Ping"]
+        request_type = GetMessageClass(ping.input_type)
+        response_type = GetMessageClass(ping.output_type)
+        call = ch.unary_unary(f"{SERVICE}/Ping", request_serializer=request_type.SerializeToString,
+                              response_deserializer=response_type.FromString)
+        assert json.loads(call(request_type(), timeout=30).health) == {"status": "Healthy"}
