@@ -19,7 +19,8 @@ from daemon.errors import BadRequest, InvalidKey, TorchdError
 from daemon.http.common import EXCEPTION_HANDLERS, RequestContext
 from daemon.http.direct import DirectPath
 from daemon.http.openai_api import openai_prediction_routes
-from daemon.http.predict import HotRoutes, Predictor, prediction_routes
+from daemon.http.hot_routes import HotRoutes
+from daemon.http.predict import Predictor, prediction_routes
 
 
 # OIP health answers (true/false, nothing else) need no token: a Kubernetes probe or a load

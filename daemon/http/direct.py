@@ -30,7 +30,8 @@ from daemon.errors import TorchdError
 from daemon.http.answers import LAST_CHUNK, STATUS_LINE, body_bytes, chunk, response_headers
 from daemon.http.common import (RequestContext, declared_too_large, error_response, header,
                                 normalized_path, too_large)
-from daemon.http.predict import HotRoutes, PredictionEndpoint, Predictor, is_form, \
+from daemon.http.hot_routes import HotRoutes
+from daemon.http.predict import PredictionEndpoint, Predictor, is_form, \
     request_headers
 from daemon.http.uvicorn_exchange import Exchange
 from daemon.models.call import PredictionCall, new_request_id

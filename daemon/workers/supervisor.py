@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.errors import ServiceUnavailable, no_worker_error
+from daemon.errors import no_worker_error
 from daemon.models.registry import ModelVersion, Registry
 from daemon.workers.handle import WorkerHandle, stop_preference
 from daemon.workers.autoscale import autoscale_step
@@ -32,7 +32,7 @@ from daemon.workers.table_views import WorkerTableViews
 from daemon.workers.template_runner import TemplateRunner
 from daemon.workers.template_supervision import TemplateSupervision
 from daemon.workers.templates import TemplateHandle
-from daemon.workers.probes import Heartbeat, describe_row, handler_metadata, over_memory_limit
+from daemon.workers.probes import Heartbeat, over_memory_limit
 from daemon.workers.records import ScaleOutcome, VersionRecord
 from daemon.workers.runner import RunnerSettings, WorkerRunner
 from daemon.workers.threads import ThreadSplit
@@ -319,18 +319,7 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
             handle.retiring = True
             self.wake()
 
-    # ---- queries (return copies, never live tables) --------------------------------------
-
-    def describe_workers(self, mv: ModelVersion) -> list[dict[str, Any]]:
-        return [describe_row(h, self.ops.rss(h.pid) if h.pid else 0, self.placement.describe(h))
-                for h in sorted(self.handles(mv), key=lambda h: int(h.id))]
-
-    async def customized_metadata(self, mv: ModelVersion) -> Any:
-        """The handler's describe_handle() result, asked of one READY worker."""
-        for handle in self.handles(mv):
-            if handle.state is S.READY and handle.conn is not None:
-                return await handler_metadata(handle)
-        raise ServiceUnavailable(f'Model "{mv.name}" has no worker to serve the describe request')
+    # (queries, which return copies and never live tables: table_views.py)
 
     # ---- waiting -------------------------------------------------------------------------
 

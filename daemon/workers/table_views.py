@@ -3,15 +3,21 @@
 
 A base of the Supervisor, which alone changes the table (``workers``, ``_by_version``,
 ``records``): these only read it, for each request (``can_serve``, ``free_workers``), for the
-probes and for describe.
+probes and for describe (its worker rows, and the handler's own metadata asked of a worker).
 """
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
 
+from typing import Any
+
+from daemon.errors import ServiceUnavailable
+from daemon.gpus.placement import GpuPlacement
 from daemon.models.registry import ModelVersion
 from daemon.workers.handle import WorkerHandle
+from daemon.workers.launcher import ProcessOps
+from daemon.workers.probes import describe_row, handler_metadata
 from daemon.workers.readiness import free_workers, version_ready
 from daemon.workers.records import VersionRecord
 from daemon.workers.states import LIVE_STATES, WorkerState
@@ -24,6 +30,8 @@ class WorkerTableViews(abc.ABC):
 
     _by_version: dict[ModelVersion, dict[str, WorkerHandle]]
     clock: Callable[[], float]
+    ops: ProcessOps
+    placement: GpuPlacement
 
     @abc.abstractmethod
     def record(self, mv: ModelVersion) -> VersionRecord:
@@ -62,3 +70,14 @@ class WorkerTableViews(abc.ABC):
             return False
         return self.record(mv).recovering(self.clock())
 
+    def describe_workers(self, mv: ModelVersion) -> list[dict[str, Any]]:
+        """describe's ``workers``: a fresh row per worker, RSS read now."""
+        return [describe_row(h, self.ops.rss(h.pid) if h.pid else 0, self.placement.describe(h))
+                for h in sorted(self.handles(mv), key=lambda h: int(h.id))]
+
+    async def customized_metadata(self, mv: ModelVersion) -> Any:
+        """The handler's describe_handle() result, asked of one READY worker."""
+        for handle in self.handles(mv):
+            if handle.state is S.READY and handle.conn is not None:
+                return await handler_metadata(handle)
+        raise ServiceUnavailable(f'Model "{mv.name}" has no worker to serve the describe request')

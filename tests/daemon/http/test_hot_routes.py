@@ -7,7 +7,8 @@ import pytest
 from starlette.routing import Match
 
 from daemon.http.compat import compat_prediction_routes
-from daemon.http.predict import HotRoutes, Predictor, prediction_routes, request_headers
+from daemon.http.hot_routes import HotRoutes
+from daemon.http.predict import Predictor, prediction_routes, request_headers
 
 PREDICTOR = Predictor(None, 1024)   # type: ignore[arg-type]   # matching never predicts
 ROUTES = prediction_routes(PREDICTOR) + compat_prediction_routes(PREDICTOR)
