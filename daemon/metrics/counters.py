@@ -40,6 +40,15 @@ class _Only:
                 yield family
 
 
+def remove_child(metric: Any, *labelvalues: str) -> None:
+    """Drop one labelled series of a prometheus_client metric, if it was ever made (older
+    releases raise KeyError for a label set never used)."""
+    try:
+        metric.remove(*labelvalues)
+    except KeyError:
+        pass
+
+
 def _escape(value: str) -> str:
     return value.replace("\\", r"\\").replace('"', r"\"").replace("\n", r"\n")
 

@@ -17,19 +17,13 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Gauge
 
 from daemon.metrics.configured import FrontendLog
+from daemon.metrics.counters import remove_child
 from daemon.metrics.host import HOST_METRICS
 
 HOST_LABELS = ("Level", "Hostname")
 GPU_LABELS = ("Level", "DeviceId", "Hostname")
 WORKER_LABELS = ("WorkerName", "Level", "Hostname")
 LEVEL = "Host"   # TorchServe's Level of every frontend gauge
-
-
-def _remove(gauge: Gauge, *labelvalues: str) -> None:
-    try:
-        gauge.remove(*labelvalues)
-    except KeyError:   # never set
-        pass
 
 
 def worker_name(model: str, version: str, worker_id: str) -> str:
@@ -73,7 +67,7 @@ class FrontendGauges:
 
     def forget_gpu(self, device_id: int) -> None:
         for gauge in (self.gpu_utilization, self.gpu_memory_utilization, self.gpu_memory_used):
-            _remove(gauge, LEVEL, str(device_id), self.hostname)
+            remove_child(gauge, LEVEL, str(device_id), self.hostname)
 
     def set_queue_time(self, ms: float) -> None:
         self.queue_time.labels(LEVEL, self.hostname).set(ms)
@@ -85,5 +79,5 @@ class FrontendGauges:
             self._log.worker_loaded(name, ms)
 
     def forget_worker(self, model: str, version: str, worker_id: str) -> None:
-        _remove(self.worker_load_time, worker_name(model, version, worker_id), LEVEL,
+        remove_child(self.worker_load_time, worker_name(model, version, worker_id), LEVEL,
                 self.hostname)

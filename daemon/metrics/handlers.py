@@ -30,7 +30,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Gauge, Histogram
 
 from daemon.metrics.counters import Names, TorchServeCounter, exposition, wanted
-from daemon.metrics.configured import SYSTEM_METRICS
+from daemon.metrics.configured import DEFAULT_UNITS
 from daemon.metrics.metrics_log import MetricsLog
 from daemon.metrics.spec import MetricSpec
 
@@ -47,8 +47,7 @@ _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # name would make the whole exposition unreadable).
 # (TorchServe's own handler timings, ts_handler_preprocess and the like, are handler metrics.)
 RESERVED_PREFIXES = ("torchd_", "ts_inference_", "ts_queue_")
-RESERVED_NAMES = frozenset({"Requests2XX", "Requests4XX", "Requests5XX", "QueueTime",
-                            "WorkerLoadTime", *SYSTEM_METRICS})
+RESERVED_NAMES = frozenset(DEFAULT_UNITS)   # every TorchServe-named series of the daemon
 
 SeriesKey = tuple[str, tuple[str, ...]]   # metric name, label values
 # what a record becomes: name, kind, unit, label names, label values

@@ -21,7 +21,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, GCCollector, Histogram
 
 from daemon.metrics.configured import FrontendLog, MetricsOptions
-from daemon.metrics.counters import Names, TorchServeCounter, exposition, wanted
+from daemon.metrics.counters import Names, TorchServeCounter, exposition, remove_child, wanted
 from daemon.metrics.handlers import HandlerMetrics
 from daemon.metrics.frontend_gauges import FrontendGauges
 from daemon.metrics.tally import Tally
@@ -45,14 +45,6 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
 DEFAULT_VERSION_LABEL = "default"
 
 _MODEL_LABELS = ("model_name", "model_version")
-
-
-def _remove(metric: Counter | Gauge | Histogram, *labelvalues: str) -> None:
-    # Older prometheus_client releases raise KeyError for a label set that was never used.
-    try:
-        metric.remove(*labelvalues)
-    except KeyError:
-        pass
 
 
 class Metrics:
@@ -268,8 +260,8 @@ class Metrics:
     def forget_worker(self, model: str, version: str, worker_id: str) -> None:
         with self._lock:
             self._worker_ids.get((model, version), set()).discard(str(worker_id))
-        _remove(self.worker_rss, model, version, str(worker_id))
-        _remove(self.worker_gpu_memory, model, version, str(worker_id))
+        remove_child(self.worker_rss, model, version, str(worker_id))
+        remove_child(self.worker_gpu_memory, model, version, str(worker_id))
         self.frontend_gauges.forget_worker(model, version, str(worker_id))
 
     def set_host_usage(self, values: dict[str, float]) -> None:
@@ -319,15 +311,15 @@ class Metrics:
         for metric in (self.queue_depth, self.inflight, self.worker_restarts, self.redispatches,
                        self.batch_size, self.idle_gap, self.request_latency,
                        self.streams_paused, self.llm_running, self.llm_waiting):
-            _remove(metric, model, version)
+            remove_child(metric, model, version)
         for state in states:
-            _remove(self.workers, model, version, state)
+            remove_child(self.workers, model, version, state)
         for worker_id in workers:
-            _remove(self.worker_rss, model, version, worker_id)
-            _remove(self.worker_gpu_memory, model, version, worker_id)
+            remove_child(self.worker_rss, model, version, worker_id)
+            remove_child(self.worker_gpu_memory, model, version, worker_id)
             self.frontend_gauges.forget_worker(model, version, worker_id)
         for direction in AUTOSCALE_DIRECTIONS:
-            _remove(self.autoscale_events, model, version, direction)
+            remove_child(self.autoscale_events, model, version, direction)
         if last:   # handler metrics are labelled by model (ModelName), not by version
             self.handler_metrics.forget(model)
         ts_versions = (version, DEFAULT_VERSION_LABEL) if last else (version,)

@@ -18,8 +18,11 @@ class SystemMetrics:
     def __init__(self, metrics: Metrics, placement: Any, interval: float) -> None:
         self.metrics = metrics
         self.placement = placement
-        self.enabled = metrics.options.system   # not disable_system_metrics
         self.interval = interval
+
+    @property
+    def enabled(self) -> bool:
+        return self.metrics.options.system   # not disable_system_metrics
 
     def publish(self) -> None:
         if self.enabled:

@@ -76,7 +76,10 @@ def test_requests_without_the_key_get_401(tokened):
                      d.infer("POST", "/predictions/noop", headers=bearer("wrong")),
                      d.infer("POST", "/predictions/noop", headers=bearer(k["management"])),
                      d.mgmt("GET", "/models"),
-                     d.mgmt("GET", "/models", headers=bearer(k["inference"]))):
+                     d.mgmt("GET", "/models", headers=bearer(k["inference"])),
+                     # a model's API description is no probe: it keeps its port's key
+                     d.infer("OPTIONS", "/predictions/noop"),
+                     d.mgmt("OPTIONS", "/models/noop")):
         assert response.status_code == 401, response.text
         assert error_kind(response) == INVALID_KEY
         assert "x-request-id" in response.headers
@@ -90,6 +93,9 @@ def test_the_keys_from_key_file_pass(tokened):
     assert registered.status_code == 200, registered.text
     predicted = d.infer("POST", "/predictions/tok", data=b"x", headers=bearer(k["inference"]))
     assert predicted.status_code == 200 and predicted.json() == {"ok": 1}
+    for response in (d.infer("OPTIONS", "/predictions/tok", headers=bearer(k["inference"])),
+                     d.mgmt("OPTIONS", "/models/tok", headers=bearer(k["management"]))):
+        assert response.status_code == 200 and "/models/tok" in str(response.json()["paths"])
     # The metrics port is not token-protected (TorchServe's too): scrapers carry no keys.
     assert requests.get(d.url("metrics", "/metrics"), timeout=10).status_code == 200
 
