@@ -76,6 +76,10 @@ class ServiceUnavailable(TorchdError):
     status, type = 503, "ServiceUnavailableException"
 
 
+class StreamCutOff(ServiceUnavailable):
+    """A streamed answer ended because its client fell too far behind (its job logs why)."""
+
+
 class RequestTimeout(TorchdError):
     status, type = 504, "RequestTimeoutException"
 

@@ -105,6 +105,11 @@ SETTINGS: tuple[Setting, ...] = (
     S("request_body_timeout", parse_positive_float, 60.0,
       "Seconds a request body may go without sending a byte; past it 408, or the connection "
       "is closed if the response has begun."),
+    S("max_stream_buffer_size", parse_size, 4 * 1024 ** 2,
+      "Bytes of a streamed answer the daemon keeps for a client that is not reading it, when "
+      "pausing the worker would stall other requests (continuous batching, async workers, a "
+      "batch of several); past it that answer is cut off. K/M/G suffixes allowed.",
+      doc_default="4M"),
     S("max_connections", parse_positive_int, 10000,
       "Open connections per listener (HTTP and gRPC); past it 503 (gRPC: refused). Lowered at "
       "start to what RLIMIT_NOFILE allows."),

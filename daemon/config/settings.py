@@ -67,6 +67,7 @@ class Config:
     max_response_size: int
     request_header_timeout: float
     request_body_timeout: float
+    max_stream_buffer_size: int
     max_connections: int
     max_unpacked_archive_size: int | None
     default_response_timeout: int

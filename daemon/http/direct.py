@@ -26,7 +26,7 @@ from typing import Any
 
 from starlette.responses import Response
 
-from daemon.errors import TorchdError
+from daemon.errors import StreamCutOff, TorchdError
 from daemon.http.answers import LAST_CHUNK, STATUS_LINE, body_bytes, chunk, response_headers
 from daemon.http.common import (RequestContext, declared_too_large, error_response, header,
                                 normalized_path, too_large)
@@ -147,7 +147,8 @@ class DirectRequest:
             self.call.hang_up()   # type: ignore[union-attr]
 
     def on_writing_paused(self) -> None:
-        """The client is not taking what was written: the worker's parts wait at the worker."""
+        """The client is not taking what was written: the worker's parts wait at the worker,
+        or here, where that would stall others (``_next_part`` bounds them)."""
         if self.state == STREAMING and self.call is not None:
             self.call.pause()
 
@@ -228,17 +229,26 @@ class DirectRequest:
 
     def _next_part(self, event: Event) -> None:
         if isinstance(event, (Gone, Failure)):
-            if isinstance(event, Failure):
+            if isinstance(event, Failure) and not isinstance(event.error, StreamCutOff):
                 logger.error("request %s failed after its stream began: %s", self.request_id,
                              event.error.message)
             # no closing chunk: the client must see a broken body, not a complete one
             self._abort()
             return
-        if not self.exchange.disconnected:
-            self.exchange.write(chunk(event.response["body"])
-                                + (LAST_CHUNK if event.final else b""))
+        exchange = self.exchange
+        if not exchange.disconnected:
+            exchange.write(chunk(event.response["body"]) + (LAST_CHUNK if event.final else b""))
         if event.final:
             self._complete()
+        elif exchange.writing_paused and self.call is not None:
+            self._bound_backlog(self.call)
+
+    def _bound_backlog(self, call: PredictionCall) -> None:
+        """The parts a client is not taking pile up in its connection's buffer when its worker
+        serves others too (the call is not paused there): past the limit, the stream ends."""
+        limit = call.job.backlog_limit
+        if not call.job.held and self.exchange.buffered > limit:
+            call.cut_off(f"its client fell more than {limit} bytes behind")   # -> _next_part
 
     # ---- writing ----------------------------------------------------------------------------
 

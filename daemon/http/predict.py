@@ -16,7 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from daemon.errors import BadRequest, ResourceNotFound, TorchdError
+from daemon.errors import BadRequest, ResourceNotFound, StreamCutOff, TorchdError
 from daemon.http.answers import response_headers
 from daemon.http.common import DISCONNECT_HOOKS, NoResponse, error_response, header, receive_body
 from daemon.models.call import PredictionCall, Predictions
@@ -122,7 +122,8 @@ class PartsResponse(StreamingResponse):
     line has gone already, so the client must see a broken body rather than a complete one.
     (Returning without the final body message makes uvicorn close the connection.) uvicorn's
     ``send`` waits while the client is not reading, and the call holds the worker's parts
-    meanwhile (daemon/models/job.py).
+    meanwhile, or, where that would stall other requests, keeps them up to
+    ``max_stream_buffer_size`` and then cuts the stream off (daemon/models/job.py).
     """
 
     def __init__(self, first: Part, call: PredictionCall, default_type: str | None) -> None:
@@ -140,8 +141,9 @@ class PartsResponse(StreamingResponse):
             if isinstance(event, Gone):
                 return
             if isinstance(event, Failure):
-                logger.error("request %s failed after its stream began: %s", self.call.id,
-                             event.error.message)
+                if not isinstance(event.error, StreamCutOff):   # the job logged that one
+                    logger.error("request %s failed after its stream began: %s", self.call.id,
+                                 event.error.message)
                 return
             await send({"type": "http.response.body", "body": event.response["body"],
                         "more_body": not event.final})

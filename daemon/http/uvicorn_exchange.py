@@ -90,6 +90,11 @@ class Exchange:
     def writing_paused(self) -> bool:
         return bool(self.protocol.flow.write_paused)
 
+    @property
+    def buffered(self) -> int:
+        """Bytes written and not yet taken by the client's socket."""
+        return int(self.protocol.transport.get_write_buffer_size())
+
     def call_soon(self, callback: Any, *args: Any) -> None:
         self.protocol.loop.call_soon(callback, *args)
 

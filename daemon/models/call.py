@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from daemon.errors import RequestTimeout, TorchdError, no_worker_error
-from daemon.models.job import Event, Job, Part
+from daemon.models.job import DEFAULT_BACKLOG_LIMIT, Event, Job, Part
 from daemon.models.queue import QueueFull, queue_full_error
 from daemon.models.registry import ModelVersion, Registry
 from daemon.models.sequences import SequenceRules
@@ -109,9 +109,16 @@ class PredictionCall:
         if not self.job.finished:
             self.mv.queue.abandon(self.job)
 
-    def pause(self) -> None:
-        """The client is not taking the parts: stop them at the worker."""
-        self.job.hold()
+    def pause(self) -> bool:
+        """The client is not taking the parts: stop them at the worker, where that stalls
+        nobody else; False where it would (the reader then cuts the stream off once the
+        client is ``max_stream_buffer_size`` behind: ``cut_off``)."""
+        return self.job.hold()
+
+    def cut_off(self, why: str) -> None:
+        """End a stream whose client is too far behind: the request leaves its worker's
+        batch, and the listener (the reader) gets a Failure."""
+        self.job.cut_off(why)
 
     def resume(self) -> None:
         self.job.release()
@@ -147,10 +154,13 @@ class Predictions:
     """Where every front end starts a prediction call."""
 
     def __init__(self, registry: Registry, servers: Servers, counter: RequestCounter,
-                 sequence_headers: dict[str, str] | None = None) -> None:
+                 sequence_headers: dict[str, str] | None = None,
+                 stream_buffer_size: int = DEFAULT_BACKLOG_LIMIT) -> None:
         self.registry = registry
         self.servers = servers
         self.counter = counter
+        # what a client that is not reading a stream may leave queued (max_stream_buffer_size)
+        self.stream_buffer_size = stream_buffer_size
         # the names of TorchServe's sequence headers (config ts_header_key_sequence_*)
         self.sequence_names = dict(sequence_headers or messages.SEQUENCE_HEADERS)
 
@@ -175,7 +185,8 @@ class Predictions:
         if sequence is not None or mv.settings.sequence_batching:
             headers, sequence, starting = sequence_headers(headers, sequence, opens,
                                                            self.sequence_names)
-        job = Job(rid, messages.request(rid, headers, params), time.monotonic())
+        job = Job(rid, messages.request(rid, headers, params), time.monotonic(),
+                  self.stream_buffer_size)
         if mv.settings.sequence_batching:
             job.sequence = sequence
         call = PredictionCall(self.counter, mv, job, bool(version))

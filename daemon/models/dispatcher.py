@@ -87,6 +87,11 @@ class Dispatcher(Feeder):
                 return reason
         return None
 
+    def _alone_in_worker(self, job: Job) -> bool:
+        # one batch at a time, none sent while it runs: its other requests are all that waits
+        return all(other is job or other.finished or other.cancelled
+                   for other in self.batch or ())
+
     def _send(self, batch: list[Job]) -> str | None:
         """Send ``batch`` (serve's loop then awaits it), or say why the channel is lost."""
         try:
@@ -107,7 +112,7 @@ class Dispatcher(Feeder):
         jobs = {job.id: job for job in batch}
         for job in batch:
             job.dispatched_at = now
-            job.source = self.channel
+            job.source = self
         result = self.channel.start_batch(
             next(batch_ids), [j.request for j in batch], lambda part: route_part(jobs, part),
             lambda message: self._on_result(jobs, message))

@@ -131,6 +131,25 @@ class Feeder(abc.ABC):
     def _cancel_timers(self) -> None:
         pass
 
+    # ---- flow control: the source of the jobs it sends (job.py) ------------------------------
+
+    def hold(self, job: Job) -> bool:
+        """Pause the worker for ``job``, whose client is not taking its parts, if that pauses
+        no other request (the job buffers its parts otherwise, and is cut off past its
+        limit)."""
+        if not self._alone_in_worker(job):
+            return False
+        self.channel.hold(job.id)
+        return True
+
+    def release(self, job_id: str) -> None:
+        self.channel.release(job_id)
+
+    def _alone_in_worker(self, job: Job) -> bool:
+        """Whether ``job`` is all its worker serves, and will be while it holds it. Not in a
+        running batch or with batches in flight: requests join them as they come."""
+        return False
+
     async def _collect(self, batch_size: int, delay: float,
                        *interrupts: asyncio.Future) -> list[Job] | None:
         """A batch from the queue (``take_batch``), or None when the channel is lost, a stop,

@@ -7,23 +7,35 @@ outlive a batch (sequences, continuous batching) are the same shape: parts for a
 worker sends them, then one end.
 
 Flow control: a job whose parts are not being taken (a client that stops reading) *holds* the
-worker connection it runs on, which then stops reading that worker's socket; the worker's
+worker it runs on, whose connection then stops reading that worker's socket; the worker's
 writes block, so the handler pauses instead of the daemon buffering its parts without bound.
+Only where that pauses nobody else: a worker whose batch has other requests, a running batch
+(continuous batching) or batches in flight (async workers) serves others, whom one client must
+not stall. There the job keeps its parts (its *backlog*) up to ``backlog_limit`` bytes
+(``max_stream_buffer_size``), and past that its answer is cut off: the reader gets a Failure,
+and the request leaves the worker's batch as a hang-up does.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import logging
 from collections.abc import Callable
 from typing import Any, Protocol, Union
 
-from daemon.errors import BadRequest, InternalServerError, TorchdError
+from daemon.errors import BadRequest, InternalServerError, StreamCutOff, TorchdError
 from protocol import messages
+
+logger = logging.getLogger(__name__)
 
 # A job that queues this many undelivered parts holds its worker connection until the reader
 # has taken it back down to PARTS_LOW (a reader that awaits next_event: the ASGI path, gRPC).
 PARTS_HIGH = 16
 PARTS_LOW = 4
+# What a queued part costs besides its body (the response dict, the Part): a backlog of tokens
+# of a few bytes each is bounded by the memory it holds, not by its bodies alone.
+PART_OVERHEAD = 256
+DEFAULT_BACKLOG_LIMIT = 4 * 1024 * 1024   # max_stream_buffer_size's default
 
 
 class Part:
@@ -38,6 +50,12 @@ class Part:
     @property
     def status(self) -> int:
         return self.response.get("status") or 200
+
+    @property
+    def weight(self) -> int:
+        """The memory it holds while queued, roughly: its body and PART_OVERHEAD."""
+        body = self.response.get("body")
+        return PART_OVERHEAD + (len(body) if isinstance(body, (bytes, bytearray, str)) else 0)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Part) and type(other) is type(self) \
@@ -104,10 +122,11 @@ def worker_error(response: dict[str, Any]) -> TorchdError:
 
 
 class FlowSource(Protocol):
-    """Where a running job's parts come from (the worker connection): it stops reading while
-    any job holds it."""
+    """Where a running job's parts come from (its worker's dispatcher)."""
 
-    def hold(self, job_id: str) -> None: ...
+    def hold(self, job: Job) -> bool:
+        """Pause the worker until ``release``; False (nothing paused) where that would pause
+        other requests too."""
 
     def release(self, job_id: str) -> None: ...
 
@@ -121,10 +140,11 @@ class Job:
     """
 
     __slots__ = ("id", "request", "arrival", "cancelled", "dispatched_at", "finished",
-                 "redispatched", "streamed", "sequence", "source", "held", "_events",
-                 "_waiter", "_listener")
+                 "redispatched", "streamed", "sequence", "source", "held", "lagging",
+                 "backlog", "backlog_limit", "_events", "_waiter", "_listener")
 
-    def __init__(self, id: str, request: dict[str, Any], arrival: float) -> None:
+    def __init__(self, id: str, request: dict[str, Any], arrival: float,
+                 backlog_limit: int = DEFAULT_BACKLOG_LIMIT) -> None:
         self.id = id
         self.request = request
         self.arrival = arrival
@@ -134,8 +154,11 @@ class Job:
         self.redispatched = False   # sent again once after its worker died with it
         self.streamed = False       # a part has gone to the client: it can never run again
         self.sequence: str | None = None   # runs on its sequence's worker (sequences.py)
-        self.source: FlowSource | None = None   # the worker connection running it
+        self.source: FlowSource | None = None   # the dispatcher of the worker running it
         self.held = False
+        self.lagging = False    # behind, and its source would not pause the worker for it
+        self.backlog = 0        # the weight of the parts queued for the reader
+        self.backlog_limit = backlog_limit
         self._events: collections.deque[Event] = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._listener: Callable[[Event], None] | None = None
@@ -149,9 +172,17 @@ class Job:
             self.fail(worker_error(response))
             return
         self.streamed = True
-        self._put(Part(response))
-        if self._listener is None and not self.held and len(self._events) >= PARTS_HIGH:
-            self.hold()
+        part = Part(response)
+        self._put(part)
+        if self._listener is not None:
+            return
+        self.backlog += part.weight
+        over = self.backlog > self.backlog_limit
+        if (over or len(self._events) >= PARTS_HIGH) and not self.held \
+                and (self.lagging or not self.hold()):
+            self.lagging = True
+            if over:
+                self.cut_off(f"its client fell more than {self.backlog_limit} bytes behind")
 
     def finish(self, response: dict[str, Any]) -> None:
         if self.finished:
@@ -166,6 +197,19 @@ class Job:
         if not self.finished:
             self.finished = True
             self._end(Failure(error))
+
+    def cut_off(self, why: str) -> None:
+        """A stream whose client is too far behind, on a worker that serves others too: its
+        queued parts are dropped, its reader gets a Failure (the connection is cut, the body
+        broken), and it leaves the worker's batch as a hang-up does (``cancelled``)."""
+        if self.finished or self.cancelled:
+            return
+        self.cancelled = True
+        self._events.clear()
+        self.backlog = 0
+        logger.warning("request %s: stream cut off: %s (max_stream_buffer_size), and its "
+                       "worker serves other requests too", self.id, why)
+        self.fail(StreamCutOff(f"Stream cut off: {why} (max_stream_buffer_size)"))
 
     def abandon(self) -> None:
         """The client went away: never dispatch this job; wake whoever waits on it."""
@@ -183,6 +227,8 @@ class Job:
             finally:
                 self._waiter = None
         event = self._events.popleft()
+        if not event.final:
+            self.backlog -= event.weight   # type: ignore[union-attr]
         if self.held and len(self._events) <= PARTS_LOW:
             self.release()
         return event
@@ -193,17 +239,19 @@ class Job:
         whoever raised the event (the dispatcher, an abandon), so it must not raise. It is
         dropped after the last event (no reference cycle outlives the request)."""
         self._listener = listener
+        self.backlog = 0
         while self._events:
             listener(self._events.popleft())
         if self.held:
             self.release()
 
-    def hold(self) -> None:
-        """Stop the parts at their source (the worker's connection) until ``release``."""
+    def hold(self) -> bool:
+        """Stop the parts at their source (the worker) until ``release``; False where the
+        source would not (its worker serves others too), or nothing runs to stop."""
         if not self.held and not self.finished and not self.cancelled \
                 and self.source is not None:
-            self.held = True
-            self.source.hold(self.id)
+            self.held = self.source.hold(self)
+        return self.held
 
     def release(self) -> None:
         if self.held:

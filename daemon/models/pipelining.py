@@ -96,7 +96,7 @@ class PipelineDispatcher(Feeder):
         by_id = {job.id: job for job in jobs}
         for job in jobs:
             job.dispatched_at = now
-            job.source = self.channel
+            job.source = self
         try:
             self.channel.start_batch(batch_id, [job.request for job in jobs],
                                      lambda part: route_part(by_id, part),

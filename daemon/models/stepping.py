@@ -110,7 +110,7 @@ class StepDispatcher(Feeder):
         now = self.clock()
         for job in jobs:
             job.dispatched_at = now
-            job.source = self.channel
+            job.source = self
         try:
             self.channel.join(self._batch_id, [job.request for job in jobs], cancel, acks,
                               lambda part: route_part(self.running, part), self._on_step)

@@ -100,7 +100,7 @@ class DaemonCore:
                                     metrics=self.metrics, gpus=self.gpus)
         self.health = Health(self.registry, self.supervisor)
         self.predictions = Predictions(self.registry, self.supervisor, self.metrics,
-                                       config.sequence_headers)
+                                       config.sequence_headers, config.max_stream_buffer_size)
         self.workflows = WorkflowManager(config, self.registry, self.manager, self.predictions,
                                          self.snapshots, self.runtime_dir / "workflows")
         self.tokens = TokenStore(config.key_file, config.token_auth_enabled)

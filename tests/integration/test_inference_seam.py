@@ -1,15 +1,18 @@
 """The inference port's HTTP/1.1 seam through the real daemon: a client that stops reading a
-streamed answer pauses the handler (memory bounded) on both of the listener's paths, SIGTERM
-drains the requests in flight on both paths, and no logging configuration turns the direct
-path off."""
+streamed answer pauses the handler (memory bounded) on both of the listener's paths, or, where
+its worker serves others too (continuous batching), is cut off past max_stream_buffer_size and
+stalls nobody; SIGTERM drains the requests in flight on both paths, and no logging
+configuration turns the direct path off."""
 from __future__ import annotations
 
 import re
 import signal
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 import requests
@@ -17,6 +20,8 @@ import requests
 from tests.support.archives import archive_source
 from tests.support.daemon import Daemon
 from tests.support.gates import Gate
+from tests.support.grpc_stubs import channel as grpc_channel
+from tests.support.grpc_stubs import generate_stubs
 from tests.support.ops import file_log_config, make_store
 from tests.support.waiting import wait_until
 
@@ -44,15 +49,66 @@ def handle(data, context):
 '''
 
 
+# Continuous batching: a request asks for k parts of ``size`` bytes (FANOUT_PART unless it
+# says), one a step, and shares the running batch with every other request of its worker.
+FANOUT_PART = 32 * 1024
+FANOUT = f'''
+import json
+
+from ts.torch_handler.base_handler import BaseHandler
+
+
+class Fanout(BaseHandler):
+    def initialize(self, context):
+        self.context = context
+        context.cache = {{}}   # request id -> [k, steps done]
+        self.initialized = True
+
+    def preprocess(self, data):
+        ids = list(self.context.request_ids.values())
+        for gone in [i for i in self.context.cache if i not in ids]:
+            del self.context.cache[gone]
+        for request_id, row in zip(ids, data):
+            if request_id not in self.context.cache:
+                body = row.get("body")
+                asked = row if row.get("k") else (body if isinstance(body, dict)
+                                                  else json.loads(body))
+                self.context.cache[request_id] = [int(asked["k"]),
+                                                  int(asked.get("size") or {FANOUT_PART}), 0]
+        return data
+
+    def inference(self, data, *args, **kwargs):
+        parts = []
+        for request_id in self.context.request_ids.values():
+            state = self.context.cache[request_id]
+            state[2] += 1
+            parts.append(b"f" * state[1])
+        return parts
+
+    def postprocess(self, data):
+        self.context.stopping_criteria = [self._done(*self.context.cache[i])
+                                          for i in self.context.request_ids.values()]
+        return data
+
+    @staticmethod
+    def _done(k, size, step):
+        return lambda _part: step >= k
+'''
+FANOUT_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 8\ncontinuousBatching: true\n" \
+                "responseTimeout: 600\n"
+
+
 @pytest.fixture(scope="module")
 def seam(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     workdir = tmp_path_factory.mktemp("seam")
     store = make_store(archive_dir, workdir / "store", ["sleep"])
     archive_source(FIREHOSE, "firehose", store, workdir / "src")
-    d = Daemon(workdir, store)
+    archive_source(FANOUT, "fanout", store, workdir / "src", FANOUT_CONFIG)
+    d = Daemon(workdir, store, {"max_stream_buffer_size": "1M"})
     try:
         d.start()
         assert d.register("firehose.mar", initial_workers=1).status_code == 200
+        assert d.register("fanout.mar").status_code == 200
         yield d
     finally:
         d.cleanup()
@@ -135,6 +191,76 @@ def test_a_client_that_stops_reading_pauses_the_handler(seam, tmp_path, path):
     assert received == PARTS * (PART + chunk_overhead) + len(b"0\r\n\r\n")
     assert progress(progress_file) == "done"
     wait_until(lambda: paused_streams(d, "firehose") == 0, what="the stream released")
+
+
+def others_answered(d: Daemon) -> bool:
+    """Three clients on the fanout worker are answered in full. Each streams less than
+    max_stream_buffer_size in all (400 steps of 1 KiB), so however slowly this busy machine
+    lets them read, none of them can fall far enough behind to be cut off."""
+    with ThreadPoolExecutor(3) as pool:
+        answers = list(pool.map(lambda _: d.infer("POST", "/predictions/fanout",
+                                                  json={"k": 400, "size": 1024}, timeout=60),
+                                range(3)))
+    return [(a.status_code, len(a.content)) for a in answers] == [(200, 400 * 1024)] * 3
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("path", ["direct", "asgi"])
+def test_a_client_behind_on_a_shared_worker_is_cut_off_and_stalls_nobody(seam, path):
+    """Pausing the worker for the client that stopped reading would stall every request in
+    its running batch and every one waiting to join it (until the response timeout, 600 s
+    here). The daemon keeps its parts instead, and cuts its stream off past 1M."""
+    d = seam
+    worker = d.workers("fanout")[0]["pid"]
+    cut_before = d.log().count("stream cut off")
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    sock.connect(("127.0.0.1", d.ports["inference"]))
+    try:
+        body = b"k=2000" if path == "asgi" else b'{"k": 2000}'   # 64 MiB
+        kind = "application/x-www-form-urlencoded" if path == "asgi" else "application/json"
+        sock.sendall(b"POST /predictions/fanout HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     b"Content-Type: %s\r\nContent-Length: %d\r\n\r\n%s"
+                     % (kind.encode(), len(body), body))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and b"transfer-encoding: chunked" in head
+        # It reads nothing more. Others join its running batch at once and take more steps
+        # than it takes to fill its buffers (about 200): all are answered in full.
+        assert others_answered(d)
+        wait_until(lambda: d.log().count("stream cut off") > cut_before,
+                   what="the stream of the client behind cut off")
+        # Its stream ends broken: what the buffers held, then the connection closes without
+        # the last chunk.
+        sock.settimeout(60)
+        received = bytearray(head[head.index(b"\r\n\r\n") + 4:])
+        while data := sock.recv(1 << 20):
+            received += data
+    finally:
+        sock.close()
+    assert not received.endswith(b"\r\n0\r\n\r\n") and len(received) < 2000 * FANOUT_PART
+    assert d.workers("fanout")[0]["pid"] == worker   # no step timed out: the same worker
+
+
+@pytest.mark.timeout(180)
+def test_a_grpc_stream_behind_on_a_shared_worker_ends_unavailable(seam, tmp_path):
+    """The same over gRPC's StreamPredictions: the client that reads nothing more gets
+    UNAVAILABLE, saying why, and the others are answered."""
+    d = seam
+    stubs = generate_stubs(tmp_path)
+    with grpc_channel(d.ports["grpc_inference"]) as channel:
+        infer = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
+        stream = infer.StreamPredictions(stubs.inference_pb2.PredictionsRequest(
+            model_name="fanout", input={"body": b'{"k": 2000}'}), timeout=120)
+        assert len(next(stream).prediction) == FANOUT_PART
+        assert others_answered(d)
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in stream:
+                pass
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "Stream cut off: its client fell more than 1048576 bytes behind " \
+           "(max_stream_buffer_size)" in ended.value.details()
 
 
 def _gated_request(d: Daemon, gate: Gate, form: bool, out: list) -> None:

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from daemon.errors import ModelNotFound, RequestTimeout, ServiceUnavailable
+from daemon.errors import ModelNotFound, RequestTimeout, ServiceUnavailable, StreamCutOff
 from daemon.models.call import Predictions, new_request_id
 from daemon.models.job import GONE, Answer, Failure, Part
 from daemon.models.queue import JobQueue
@@ -121,11 +121,32 @@ def test_pause_and_resume_reach_the_worker_connection():
         predictions, _, _ = service()
         call = predictions.start("m", None, [], [])
         holders: set = set()
-        call.job.source = SimpleNamespace(hold=holders.add, release=holders.discard)
-        call.pause()
+
+        def hold(job):
+            holders.add(job.id)
+            return True
+
+        call.job.source = SimpleNamespace(hold=hold, release=holders.discard)
+        assert call.pause()
         assert holders == {call.id}
         call.resume()
         assert holders == set()
+        # a worker that serves others too is not paused: the reader bounds the stream and
+        # cuts it off (the inference listener's direct path, by its connection's buffer)
+        call.job.source = SimpleNamespace(hold=lambda job: False, release=holders.discard)
+        assert not call.pause() and holders == set()
+        call.cut_off("its client fell more than 10 bytes behind")
+        assert call.job.cancelled
+        assert isinstance((await call.next_event()).error, StreamCutOff)
+    run(main())
+
+
+def test_the_stream_limit_is_the_configured_one():
+    async def main():
+        predictions, _, registry = service()
+        assert predictions.start("m", None, [], []).job.backlog_limit == 4 * 1024 ** 2
+        limited = Predictions(registry, Servers(True, 0), Counter(), stream_buffer_size=1000)
+        assert limited.start("m", None, [], []).job.backlog_limit == 1000
     run(main())
 
 

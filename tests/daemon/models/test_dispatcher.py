@@ -109,3 +109,28 @@ def test_a_batch_that_cannot_be_sent_goes_back_to_the_front_of_the_queue():
         assert [j.id for j in mv.queue.take_ready(3, 0)] == ["a", "b", "c"]
         assert not first.finished and not second.finished
     run(main())
+
+
+def test_a_client_behind_may_pause_the_worker_only_when_its_request_is_the_whole_batch():
+    """Pausing a worker for one client that is not reading stalls the rest of its batch: a
+    request that shares its batch keeps its parts instead (and is cut off past its limit)."""
+    async def main():
+        mv, channel = model(batch_size=2), MemoryChannel()
+        feeder = dispatcher(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        alone = submit(mv, "alone")
+        await settle()
+        assert alone.source is feeder and alone.hold() and channel.holders == {"alone"}
+        alone.release()
+        channel.answer()
+        a, b = submit(mv, "a"), submit(mv, "b")
+        await settle()
+        assert [r["id"] for r in channel.batches[-1][0]] == ["a", "b"]
+        assert not a.hold() and channel.holders == set()
+        mv.queue.abandon(b)                  # b's client hangs up: a is all that waits now
+        assert a.hold() and channel.holders == {"a"}
+        channel.answer()
+        assert isinstance(await a.next_event(), Answer) and channel.holders == set()
+        feeder.stop(asyncio.get_running_loop().time())
+        assert await serving is None
+    run(main())

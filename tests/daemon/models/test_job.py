@@ -1,14 +1,32 @@
 """A job's typed events and its flow control (daemon/models/job.py), without processes."""
 from __future__ import annotations
 
-from daemon.errors import InternalServerError
-from daemon.models.job import GONE, PARTS_HIGH, PARTS_LOW, Answer, Failure, Job, Part
-from tests.daemon.models.dispatch_helpers import MemoryChannel
+from daemon.errors import InternalServerError, StreamCutOff
+from daemon.models.job import (GONE, PART_OVERHEAD, PARTS_HIGH, PARTS_LOW, Answer, Failure, Job,
+                               Part)
 from tests.support.virtual_time import run_on_virtual_time as run
 
 
-def running_job(channel: MemoryChannel) -> Job:
-    job = Job("a", {"id": "a"}, 0.0)
+class Source:
+    """A job's source as its dispatcher is (job.py's FlowSource): it pauses its worker for a
+    job unless ``shared`` (the worker serves other requests too)."""
+
+    def __init__(self, shared: bool = False) -> None:
+        self.shared = shared
+        self.holders: set[str] = set()
+
+    def hold(self, job: Job) -> bool:
+        if self.shared:
+            return False
+        self.holders.add(job.id)
+        return True
+
+    def release(self, job_id: str) -> None:
+        self.holders.discard(job_id)
+
+
+def running_job(channel: Source, backlog_limit: int = 10 ** 9) -> Job:
+    job = Job("a", {"id": "a"}, 0.0, backlog_limit)
     job.source = channel   # as the dispatcher sets it when it sends the batch
     return job
 
@@ -32,7 +50,7 @@ def test_statuses_of_the_events():
 
 def test_a_reader_that_falls_behind_holds_the_worker_until_it_catches_up():
     async def main():
-        channel = MemoryChannel()
+        channel = Source()
         job = running_job(channel)
         for n in range(PARTS_HIGH - 1):
             job.send_part({"body": b"%d" % n})
@@ -50,7 +68,7 @@ def test_a_reader_that_falls_behind_holds_the_worker_until_it_catches_up():
 def test_the_end_of_a_job_lets_go_of_its_worker():
     async def main():
         for end in ("finish", "fail", "abandon"):
-            channel = MemoryChannel()
+            channel = Source()
             job = running_job(channel)
             for n in range(PARTS_HIGH):
                 job.send_part({"body": b"%d" % n})
@@ -70,7 +88,7 @@ def test_parts_after_a_hang_up_are_dropped_and_never_hold_the_worker():
     continuous batching generates to the end): its parts must not pile up and hold the
     worker's connection, which would stall the worker until the response timeout."""
     async def main():
-        channel = MemoryChannel()
+        channel = Source()
         job = running_job(channel)
         job.send_part({"body": b"0"})
         job.abandon()                   # the client hung up mid-stream
@@ -84,7 +102,7 @@ def test_parts_after_a_hang_up_are_dropped_and_never_hold_the_worker():
 
 def test_a_listener_pauses_and_resumes_by_hand_and_is_dropped_after_the_end():
     async def main():
-        channel = MemoryChannel()
+        channel = Source()
         job = running_job(channel)
         heard: list = []
         job.listen(heard.append)
@@ -105,3 +123,61 @@ def test_a_job_not_running_anywhere_holds_nothing():
     job = Job("a", {"id": "a"}, 0.0)
     job.hold()
     assert not job.held
+
+
+# ---- a worker that serves others too: the job keeps its parts, up to its limit -------------
+
+def test_behind_on_a_shared_worker_a_job_keeps_its_parts_and_holds_nothing():
+    async def main():
+        source = Source(shared=True)
+        job = running_job(source, backlog_limit=(PARTS_HIGH + 8) * (PART_OVERHEAD + 4))
+        for n in range(PARTS_HIGH + 8):
+            job.send_part({"body": b"%04d" % n})
+        assert source.holders == set() and not job.held and job.lagging
+        assert job.backlog == (PARTS_HIGH + 8) * (PART_OVERHEAD + 4)   # at the limit, not past
+        for n in range(PARTS_HIGH + 8):   # nothing lost: every part, in order
+            assert await job.next_event() == Part({"body": b"%04d" % n})
+        assert job.backlog == 0 and not job.cancelled
+    run(main())
+
+
+def test_past_its_limit_on_a_shared_worker_a_stream_is_cut_off():
+    async def main():
+        source = Source(shared=True)
+        job = running_job(source, backlog_limit=100 * 1024)
+        for n in range(PARTS_HIGH):
+            job.send_part({"body": b"x" * 1024})
+        assert not job.finished
+        job.send_part({"body": b"x" * 100 * 1024})   # the last straw
+        error = (await job.next_event()).error        # the queued parts are dropped
+        assert isinstance(error, StreamCutOff) and error.status == 503
+        assert "fell more than 102400 bytes behind (max_stream_buffer_size)" in error.message
+        # it leaves its worker's batch as a hang-up does, and what the worker still sends
+        # for it is dropped
+        assert job.cancelled and job.finished and job.backlog == 0
+        job.send_part({"body": b"late"})
+        job.finish({"body": b"end"})
+        assert not job._events and source.holders == set()
+    run(main())
+
+
+def test_a_reader_that_keeps_within_the_limit_is_never_cut_off():
+    async def main():
+        job = running_job(Source(shared=True), backlog_limit=PARTS_HIGH * (PART_OVERHEAD + 1024))
+        for n in range(10 * PARTS_HIGH):
+            job.send_part({"body": b"x" * 1024})
+            if n >= PARTS_HIGH - 1:   # always a limit's worth behind, never more
+                assert isinstance(await job.next_event(), Part)
+        assert not job.cancelled and len(job._events) == PARTS_HIGH - 1
+    run(main())
+
+
+def test_a_job_that_may_hold_its_worker_is_never_cut_off():
+    async def main():
+        source = Source()
+        job = running_job(source, backlog_limit=1024)
+        for n in range(2 * PARTS_HIGH):   # what the worker had sent before it paused
+            job.send_part({"body": b"x" * 1024})
+        assert source.holders == {"a"} and not job.cancelled
+        assert len(job._events) == 2 * PARTS_HIGH
+    run(main())

@@ -88,3 +88,19 @@ def test_a_batch_past_its_timeout_replaces_the_worker():
         assert error.status == 504
         assert not other.finished and mv.queue.depth == 1   # sent again on the next worker
     run(main())
+
+
+def test_a_client_behind_never_pauses_an_async_worker():
+    """Batches go to an async worker as they come: pausing it for one client that is not
+    reading would stall every batch in flight and every one after."""
+    async def main():
+        mv, channel = model(max_batches_in_flight=8), MemoryChannel()
+        feeder = pipeline(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        job = submit(mv, "r0")
+        await settle()
+        assert job.source is feeder and not job.hold() and channel.holders == set()
+        answer(channel, 0)
+        feeder.stop(asyncio.get_running_loop().time())
+        assert await serving is None
+    run(main())

@@ -161,3 +161,22 @@ def test_a_step_that_comes_after_the_batch_emptied_is_acknowledged_too():
         feeder.stop(asyncio.get_running_loop().time())
         assert await serving is None
     run(main())
+
+
+def test_a_client_behind_never_pauses_a_running_batch():
+    """Requests join a running batch as they come: pausing its worker for one client that is
+    not reading would stall every other stream in it and every request waiting to join."""
+    async def main():
+        mv, channel = model(batch_size=4), StepChannel()
+        feeder = stepper(mv, channel)
+        serving = asyncio.ensure_future(feeder.serve())
+        a = submit(mv, "a")
+        await settle()
+        assert channel.running == ["a"]
+        assert a.source is feeder and not a.hold() and channel.holders == set()
+        a.cut_off("its client fell more than 10 bytes behind")
+        channel.step(done=set())
+        assert channel.joins[-1] == ([], ["a"])   # it leaves at the next step, as a hang-up
+        feeder.stop(asyncio.get_running_loop().time())
+        assert await serving is None
+    run(main())
