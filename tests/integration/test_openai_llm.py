@@ -104,6 +104,39 @@ def test_the_async_client_streamed_and_whole(llm: Daemon) -> None:
         .choices[0].text == whole
 
 
+def test_logprobs_through_the_client_streamed_and_whole(llm: Daemon) -> None:
+    """Each token's log probability and the likeliest at its step, in both APIs' shapes as
+    the client parses them: greedy tokens head their own lists, the tokens spell the text,
+    and a stream's chunks carry the same tokens as the whole answer."""
+    openai_client = client(llm)
+    whole = openai_client.completions.create(model=MODEL, prompt=PROMPT, logprobs=2, **GREEDY)
+    scores = whole.choices[0].logprobs
+    assert scores is not None and scores.tokens and scores.token_logprobs \
+        and scores.top_logprobs and scores.text_offset is not None
+    assert "".join(scores.tokens) == whole.choices[0].text and len(scores.tokens) == 12
+    for token, logprob, top in zip(scores.tokens, scores.token_logprobs, scores.top_logprobs):
+        assert top[token] == logprob == max(top.values()) and len(top) <= 3
+    assert scores.text_offset[0] == 0 and scores.text_offset == sorted(scores.text_offset)
+    streamed = [token for chunk in openai_client.completions.create(
+                    model=MODEL, prompt=PROMPT, logprobs=2, stream=True, **GREEDY)
+                if chunk.choices[0].logprobs for token in chunk.choices[0].logprobs.tokens]
+    assert streamed == scores.tokens
+
+    chat = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                 logprobs=True, top_logprobs=2, **GREEDY)
+    content = chat.choices[0].logprobs.content
+    assert "".join(t.token for t in content) == chat.choices[0].message.content
+    for entry in content:
+        assert [alt.token for alt in entry.top_logprobs][0] == entry.token
+        assert len(entry.top_logprobs) == 2 and entry.bytes == list(entry.token.encode())
+    chunks = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES,
+                                                   logprobs=True, stream=True, **GREEDY)
+    assert [t.token for c in chunks if c.choices[0].logprobs
+            for t in c.choices[0].logprobs.content] == [t.token for t in content]
+    plain = openai_client.completions.create(model=MODEL, prompt=PROMPT, **GREEDY)
+    assert plain.choices[0].logprobs is None and plain.choices[0].text == whole.choices[0].text
+
+
 def test_errors_reach_the_client_as_openais(llm: Daemon) -> None:
     openai_client = client(llm)
     with pytest.raises(openai.NotFoundError) as missing:

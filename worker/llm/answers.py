@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from worker.llm.engine import Sequence
+from worker.llm.engine import Sequence, TokenLogprob
 from worker.llm.requests import CHAT, BadRequest
 
 EVENT_STREAM = "text/event-stream"
@@ -26,15 +26,37 @@ def usage(sequence: Sequence) -> dict[str, int]:
             "total_tokens": prompt + completion}
 
 
+def logprobs(sequence: Sequence, entries: list[TokenLogprob]) -> dict[str, Any] | None:
+    """``entries`` as the choice's ``logprobs`` (None where the request did not ask): OpenAI's
+    chat shape (``content``: a token, its log probability, its UTF-8 bytes, the likeliest), or
+    the legacy completions one (parallel lists, the likeliest as a token -> logprob map that
+    holds the chosen token too)."""
+    if sequence.request.params.logprobs is None:
+        return None
+    if sequence.request.kind == CHAT:
+        return {"content": [{**_chat_token(e.text, e.logprob),
+                             "top_logprobs": [_chat_token(t, v) for t, v in e.top]}
+                            for e in entries], "refusal": None}
+    return {"tokens": [e.text for e in entries],
+            "token_logprobs": [e.logprob for e in entries],
+            "top_logprobs": [{**dict(e.top), e.text: e.logprob} for e in entries],
+            "text_offset": [e.offset for e in entries]}
+
+
+def _chat_token(text: str, logprob: float) -> dict[str, Any]:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
 def whole(sequence: Sequence) -> bytes:
     """The answer of a request that was not streamed (the sequence is done)."""
     text = sequence.text
+    scores = logprobs(sequence, sequence.logprobs)
     if sequence.request.kind == CHAT:
         choice: dict[str, Any] = {"index": 0,
                                   "message": {"role": "assistant", "content": text},
-                                  "logprobs": None, "finish_reason": sequence.finish_reason}
+                                  "logprobs": scores, "finish_reason": sequence.finish_reason}
     else:
-        choice = {"index": 0, "text": text, "logprobs": None,
+        choice = {"index": 0, "text": text, "logprobs": scores,
                   "finish_reason": sequence.finish_reason}
     return _json({**_head(sequence, chunk=False), "choices": [choice],
                   "usage": usage(sequence)})
@@ -46,12 +68,14 @@ def stream_part(sequence: Sequence, first: bool) -> bytes:
     events = []
     chat = sequence.request.kind == CHAT
     if first and chat:
-        events.append(_event(sequence, {"role": "assistant", "content": ""}, None))
+        events.append(_event(sequence, {"role": "assistant", "content": ""}, None, []))
     text = sequence.unsent()
-    if text:
-        events.append(_event(sequence, {"content": text} if chat else text, None))
+    if text:   # with the log probabilities of every token so far (stop strings hold text back)
+        events.append(_event(sequence, {"content": text} if chat else text, None,
+                             sequence.unsent_logprobs()))
     if sequence.done:
-        events.append(_event(sequence, {} if chat else "", sequence.finish_reason))
+        events.append(_event(sequence, {} if chat else "", sequence.finish_reason,
+                             sequence.unsent_logprobs()))
         if sequence.request.include_usage:
             events.append(b"data: " + _json({**_head(sequence, chunk=True), "choices": [],
                                              "usage": usage(sequence)}) + b"\n\n")
@@ -59,11 +83,16 @@ def stream_part(sequence: Sequence, first: bool) -> bytes:
     return b"".join(events)
 
 
-def _event(sequence: Sequence, delta: Any, finish_reason: str | None) -> bytes:
+def _event(sequence: Sequence, delta: Any, finish_reason: str | None,
+           entries: list[TokenLogprob]) -> bytes:
+    # null where no token's log probability is due (the role's event, a last event after
+    # every token's went with the text)
+    scores = logprobs(sequence, entries) if entries else None
     if sequence.request.kind == CHAT:
-        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": 0, "delta": delta, "logprobs": scores,
+                  "finish_reason": finish_reason}
     else:
-        choice = {"index": 0, "text": delta, "logprobs": None, "finish_reason": finish_reason}
+        choice = {"index": 0, "text": delta, "logprobs": scores, "finish_reason": finish_reason}
     chunk = {**_head(sequence, chunk=True), "choices": [choice]}
     if sequence.request.include_usage:
         chunk["usage"] = None   # OpenAI: null on every chunk but the last when asked for

@@ -21,6 +21,19 @@ from worker.llm.sampling import new_generator, next_tokens
 # Tokens decoded again with each new one: enough context for a tokenizer to join a word's
 # pieces (and for bytes of one character split over tokens) without decoding the whole text.
 DETOKENIZE_WINDOW = 6
+# The floor of a reported log probability: -inf (a token masked out) is not JSON (vLLM's too).
+LOGPROB_FLOOR = -9999.0
+
+
+@dataclass
+class TokenLogprob:
+    """A generated token as ``logprobs`` reports it: its text, its log probability under the
+    model (before temperature, top-k and top-p), and the likeliest tokens at that step."""
+
+    text: str
+    logprob: float
+    top: list[tuple[str, float]]   # best first
+    offset: int                    # where its text starts in the completion's tokens' text
 
 
 @dataclass
@@ -38,10 +51,13 @@ class Sequence:
     text: str = ""                       # the completion's text so far (stop strings cut)
     sent: int = 0                        # characters of ``text`` the client has been sent
     finish_reason: str | None = None     # "stop" or "length" once done
+    logprobs: list[TokenLogprob] = field(default_factory=list)   # when the request asks
+    logprobs_sent: int = 0               # of ``logprobs``, those the client has been sent
     first_token_at: float | None = None
     last_token_at: float | None = None
     _prefix: int = 0                     # incremental detokenization offsets
     _read: int = 0
+    _scored: TokenLogprob | None = None  # the step's token's, until _take keeps it
 
     @property
     def done(self) -> bool:
@@ -57,6 +73,11 @@ class Sequence:
             return ""
         piece, self.sent = self.text[self.sent:end], end
         return piece
+
+    def unsent_logprobs(self) -> list[TokenLogprob]:
+        entries = self.logprobs[self.logprobs_sent:]
+        self.logprobs_sent = len(self.logprobs)
+        return entries
 
 
 class Engine:
@@ -131,8 +152,10 @@ class Engine:
         cache = DynamicCache()
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
                          use_cache=True, logits_to_keep=1, **{self.cache_keyword: cache})
-        tokens = next_tokens(out.logits[:, -1], [s.request.params for s in joining],
+        logits = out.logits[:, -1]
+        tokens = next_tokens(logits, [s.request.params for s in joining],
                              [s.generator for s in joining])
+        self._score(logits, joining, tokens)
         now = time.monotonic()
         for sequence, token in zip(joining, tokens):
             self.sequences[sequence.id] = sequence
@@ -152,8 +175,10 @@ class Engine:
         last = torch.tensor([[s.generated[-1]] for s in running], device=self.device)
         out = self.model(input_ids=last, attention_mask=mask, position_ids=positions,
                          use_cache=True, **{self.cache_keyword: self.batch.cache})
-        tokens = next_tokens(out.logits[:, -1], [s.request.params for s in running],
+        logits = out.logits[:, -1]
+        tokens = next_tokens(logits, [s.request.params for s in running],
                              [s.generator for s in running])
+        self._score(logits, running, tokens)
         now = time.monotonic()
         for sequence, token in zip(running, tokens):
             self._take(sequence, token, now)
@@ -170,15 +195,45 @@ class Engine:
     def forget(self, sequence_id: str) -> None:
         self.sequences.pop(sequence_id, None)
 
+    def _score(self, logits: torch.Tensor, sequences: list[Sequence],
+               tokens: list[int]) -> None:
+        """The log probabilities of this step's tokens, for the sequences that asked (one
+        log_softmax over their rows): recorded by ``_take`` unless the token ends the text."""
+        rows = [row for row, s in enumerate(sequences) if s.request.params.logprobs is not None]
+        if not rows:
+            return
+        scores = torch.log_softmax(logits[rows].float(), dim=-1).clamp(min=LOGPROB_FLOOR)
+        widest = min(scores.shape[-1],
+                     max(sequences[row].request.params.logprobs or 0 for row in rows))
+        top_scores: list[list[float]] = [[] for _ in rows]
+        top_ids: list[list[int]] = [[] for _ in rows]
+        if widest:
+            best = scores.topk(widest, dim=-1)
+            top_scores, top_ids = best.values.tolist(), best.indices.tolist()
+        text = self._token_text
+        for at, row in enumerate(rows):
+            sequence, chosen = sequences[row], tokens[row]
+            wanted = sequence.request.params.logprobs or 0
+            top = [(text(i), v) for i, v in zip(top_ids[at][:wanted], top_scores[at][:wanted])]
+            sequence._scored = TokenLogprob(text(chosen), float(scores[at, chosen]), top, 0)
+
+    def _token_text(self, token: int) -> str:
+        return self.tokenizer.decode([token], skip_special_tokens=False)
+
     def _take(self, sequence: Sequence, token: int, now: float) -> None:
         if sequence.first_token_at is None:
             sequence.first_token_at = now
         sequence.last_token_at = now
         sequence.generated.append(token)
         params = sequence.request.params
+        scored, sequence._scored = sequence._scored, None
         if token in self.eos_ids and not params.ignore_eos:
             sequence.finish_reason = "stop"
             return
+        if scored is not None:   # the token is text: its log probability counts
+            previous = sequence.logprobs[-1] if sequence.logprobs else None
+            scored.offset = previous.offset + len(previous.text) if previous else 0
+            sequence.logprobs.append(scored)
         self._detokenize(sequence)
         if params.stop and self._cut_at_stop(sequence):
             sequence.finish_reason = "stop"

@@ -11,6 +11,7 @@ COMPLETIONS = "v1/completions"
 CHAT = "v1/chat/completions"
 MODELS = "v1/models"
 MAX_STOP_STRINGS = 4          # OpenAI's limit
+MAX_LOGPROBS = 20             # OpenAI's limit for top_logprobs (vLLM's default max_logprobs)
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 
 
@@ -31,6 +32,7 @@ class SamplingParams:
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
     ignore_eos: bool = False          # vLLM's: generate max_tokens whatever comes
+    logprobs: int | None = None       # None: none; N: each token's, and the N likeliest
 
     @property
     def greedy(self) -> bool:
@@ -105,7 +107,38 @@ def sampling_params(kind: str, body: dict[str, Any]) -> SamplingParams:
         raise BadRequest(f"seed must be an integer, got {seed!r}", "seed")
     return SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                           top_k=max(top_k, 0), seed=seed, stop=stop_strings(body.get("stop")),
-                          ignore_eos=_bool(body, "ignore_eos", False))
+                          ignore_eos=_bool(body, "ignore_eos", False),
+                          logprobs=chat_logprobs(body) if kind == CHAT
+                          else completion_logprobs(body))
+
+
+def completion_logprobs(body: dict[str, Any]) -> int | None:
+    """v1/completions: ``logprobs``, how many of the likeliest tokens to list (0: the chosen
+    one's alone)."""
+    if body.get("top_logprobs") is not None:
+        raise BadRequest("'top_logprobs' is for v1/chat/completions: v1/completions takes "
+                         "'logprobs', a number of tokens", "top_logprobs")
+    return _logprob_count(body, "logprobs")
+
+
+def chat_logprobs(body: dict[str, Any]) -> int | None:
+    """v1/chat/completions: ``logprobs`` (true: the chosen tokens') and ``top_logprobs``, how
+    many of the likeliest to list with each, which needs ``logprobs``."""
+    wanted = _bool(body, "logprobs", False)
+    top = _logprob_count(body, "top_logprobs")
+    if top is not None and not wanted:
+        raise BadRequest("'top_logprobs' needs 'logprobs' to be true", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def _logprob_count(body: dict[str, Any], name: str) -> int | None:
+    value = body.get(name)
+    if value is None or value is False:   # false: as clients that mean "none" send it
+        return None
+    if not _is_int(value) or not 0 <= value <= MAX_LOGPROBS:
+        raise BadRequest(f"{name} must be an integer in [0, {MAX_LOGPROBS}], got {value!r}",
+                         name)
+    return int(value)
 
 
 def stop_strings(stop: Any) -> list[str]:
@@ -168,7 +201,7 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
         value = body.get(name)
         if value is not None and value != 1:
             raise BadRequest(f"{name} > 1 is not supported", name)
-    for name in ("logprobs", "top_logprobs", "echo", "suffix", "tools", "logit_bias"):
+    for name in ("echo", "suffix", "tools", "logit_bias"):
         value = body.get(name)
         if value not in (None, False, [], {}, ""):
             raise BadRequest(f"'{name}' is not supported", name)

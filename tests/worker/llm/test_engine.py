@@ -146,3 +146,48 @@ def test_a_chat_the_template_cannot_render_is_the_clients_error(engine: Engine) 
         assert caught.value.param == "messages"
     finally:
         engine.tokenizer.chat_template = template
+
+
+def test_logprobs_of_greedy_tokens_are_the_likeliest(engine: Engine) -> None:
+    """Each generated token's log probability under the model, with the N likeliest: greedy
+    picks the likeliest, so it heads its own list; the entries cover the text token by
+    token, and the same sequence decoded in a batch scores the same."""
+    request = completion(PROMPTS[2], max_tokens=10, ignore_eos=True, logprobs=3)
+    engine.keep_only(set())
+    alone = engine.new_sequence("lp", request, 0.0)
+    engine.admit([alone])
+    while not alone.done:
+        engine.decode()
+    assert len(alone.logprobs) == 10
+    offset = 0
+    for entry in alone.logprobs:
+        assert len(entry.top) == 3 and entry.top[0] == (entry.text, entry.logprob)
+        assert [v for _, v in entry.top] == sorted((v for _, v in entry.top), reverse=True)
+        assert -9999.0 <= entry.logprob <= 0.0 and entry.offset == offset
+        offset += len(entry.text)
+    assert "".join(e.text for e in alone.logprobs) == alone.text
+    engine.keep_only(set())
+    # beside another that asks for none, in one batch: the same scores
+    batched = engine.new_sequence("lp2", request, 0.0)
+    other = engine.new_sequence("none", completion(PROMPTS[0], max_tokens=10,
+                                                   ignore_eos=True), 0.0)
+    engine.admit([batched, other])
+    while not batched.done:
+        engine.decode()
+    assert other.logprobs == []
+    assert [(e.text, [t for t, _ in e.top]) for e in batched.logprobs] == \
+        [(e.text, [t for t, _ in e.top]) for e in alone.logprobs]
+    for got, want in zip(batched.logprobs, alone.logprobs):   # padded rows: float noise
+        assert [got.logprob, *(v for _, v in got.top)] == \
+            pytest.approx([want.logprob, *(v for _, v in want.top)], abs=1e-4)
+    engine.keep_only(set())
+
+
+def test_an_eos_token_ends_the_text_and_has_no_logprob(engine: Engine) -> None:
+    eos = next(iter(engine.eos_ids))
+    engine.keep_only(set())
+    s = engine.new_sequence("e", completion("x", max_tokens=5, logprobs=1), 0.0)
+    engine._score(torch.zeros(1, len(engine.tokenizer)), [s], [eos])
+    engine._take(s, eos, 0.0)
+    assert s.finish_reason == "stop" and s.logprobs == [] and s._scored is None
+    engine.keep_only(set())

@@ -54,7 +54,16 @@ def test_prompt_forms(prompt, text, ids) -> None:
     (COMPLETIONS, {"prompt": "a", "stop": [""]}, "stop"),
     (COMPLETIONS, {"prompt": "a", "stream": "yes"}, "stream"),
     (COMPLETIONS, {"prompt": "a", "n": 2}, "n"),
-    (COMPLETIONS, {"prompt": "a", "logprobs": 2}, "logprobs"),
+    (COMPLETIONS, {"prompt": "a", "logprobs": 21}, "logprobs"),
+    (COMPLETIONS, {"prompt": "a", "logprobs": True}, "logprobs"),
+    (COMPLETIONS, {"prompt": "a", "logprobs": -1}, "logprobs"),
+    (COMPLETIONS, {"prompt": "a", "top_logprobs": 2}, "top_logprobs"),
+    (COMPLETIONS, {"prompt": "a", "echo": True}, "echo"),
+    (CHAT, {"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2},
+     "top_logprobs"),
+    (CHAT, {"messages": [{"role": "user", "content": "a"}], "logprobs": True,
+            "top_logprobs": 21}, "top_logprobs"),
+    (CHAT, {"messages": [{"role": "user", "content": "a"}], "logprobs": 1}, "logprobs"),
     (COMPLETIONS, {"prompt": ["a", "b"]}, "prompt"),
     (COMPLETIONS, {"prompt": 5}, "prompt"),
     (COMPLETIONS, {}, "prompt"),
@@ -84,3 +93,18 @@ def test_bodies_that_are_not_objects(body) -> None:
 
 def test_a_decoded_body_is_taken_as_is() -> None:
     assert parse_body({"prompt": "a"}) == {"prompt": "a"}
+
+
+@pytest.mark.parametrize("kind, asked, count", [
+    (COMPLETIONS, {}, None), (COMPLETIONS, {"logprobs": None}, None),
+    (COMPLETIONS, {"logprobs": False}, None), (COMPLETIONS, {"logprobs": 0}, 0),
+    (COMPLETIONS, {"logprobs": 5}, 5), (COMPLETIONS, {"logprobs": 20}, 20),
+    (CHAT, {}, None), (CHAT, {"logprobs": False}, None), (CHAT, {"logprobs": True}, 0),
+    (CHAT, {"logprobs": True, "top_logprobs": 3}, 3),
+    (CHAT, {"logprobs": True, "top_logprobs": None}, 0)])
+def test_logprobs_as_each_api_asks_for_them(kind, asked, count) -> None:
+    """v1/completions: ``logprobs`` is how many likeliest tokens to list; chat: ``logprobs``
+    says whether, ``top_logprobs`` how many."""
+    body = {"prompt": "a"} if kind == COMPLETIONS else \
+        {"messages": [{"role": "user", "content": "a"}]}
+    assert parse_request(kind, {**body, **asked}, "d").params.logprobs == count
