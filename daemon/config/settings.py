@@ -68,6 +68,7 @@ class Config:
     request_header_timeout: float
     request_body_timeout: float
     max_stream_buffer_size: int
+    response_send_timeout: float
     max_connections: int
     max_unpacked_archive_size: int | None
     default_response_timeout: int

@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 
 HEAD = "head"          # what a connection was closed for: its request head did not arrive
 BODY = "body"          # its body stopped
+SEND = "send"          # its client stopped taking its response
 SILENT = "silent"      # a new connection sent nothing at all
 OVER = "over"          # past max_connections
 HTTP2_REFUSED = "http/2"   # it turned to HTTP/2 on a port that speaks HTTP/1.1 only
@@ -38,18 +39,21 @@ OVER_LIMIT_GRACE = 1.0
 @dataclass(frozen=True)
 class ConnectionLimits:
     """One listener's limits (config: request_header_timeout, request_body_timeout,
-    max_connections, max_request_size)."""
+    response_send_timeout, max_connections, max_request_size). ``send_timeout`` is the inference
+    listener's alone: hypercorn's ports answer small documents."""
 
     header_timeout: float = 60.0
     body_timeout: float = 60.0
+    send_timeout: float = 60.0
     max_connections: int = 10000
     max_body: int = 6553500
 
     @property
     def sweep_interval(self) -> float:
-        """Seconds between two checks of the open connections: a quarter of the shorter limit
+        """Seconds between two checks of the open connections: a quarter of the shortest limit
         (so one is enforced within 25% of itself), at least 0.1 s and at most 1 s."""
-        return min(1.0, max(0.1, min(self.header_timeout, self.body_timeout) / 4))
+        shortest = min(self.header_timeout, self.body_timeout, self.send_timeout)
+        return min(1.0, max(0.1, shortest / 4))
 
     def head_allowance(self, over_limit: bool) -> float:
         return min(OVER_LIMIT_GRACE, self.header_timeout) if over_limit else self.header_timeout

@@ -133,6 +133,14 @@ class PartsResponse(StreamingResponse):
         self.init_headers(response_headers(self.first, default_type))   # may raise: nothing sent
 
     async def stream_response(self, send: Any) -> None:
+        try:
+            await self._stream(send)
+        finally:
+            # however it ended (the client gone: ``send`` raises, or the task is cancelled),
+            # a request still running leaves its worker's batch, and holds it no longer
+            self.call.hang_up()
+
+    async def _stream(self, send: Any) -> None:
         await send({"type": "http.response.start", "status": self.status_code,
                     "headers": self.raw_headers})
         await send({"type": "http.response.body", "body": self.first["body"], "more_body": True})

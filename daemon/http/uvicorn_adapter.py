@@ -24,7 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from daemon.http.common import DISCONNECT_HOOKS, DirectPathLike
 from daemon.http.uvicorn_exchange import Exchange
-from daemon.http.limits import (BODY, HEAD, OVER, SILENT, ClosedCount,
+from daemon.http.limits import (BODY, HEAD, OVER, SEND, SILENT, ClosedCount,
                                 ConnectionLimits, chunk_size_before, timeout_answer,
                                 too_large_answer, unavailable_answer)
 
@@ -79,6 +79,7 @@ class InferenceProtocol(HttpToolsProtocol):
     _body_mark: tuple[int, int] | None = None   # the body as the sweep last saw it
     _body_at = 0.0           # when the sweep last saw the body grow
     _chunk_at = -1           # the body's length when this read's last chunk header came
+    _send_stalled_at = 0.0   # since when the response waits unsent past the high-water mark
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         set_nodelay(transport)
@@ -135,11 +136,13 @@ class InferenceProtocol(HttpToolsProtocol):
 
     def pause_writing(self) -> None:
         super().pause_writing()
+        self._send_stalled_at = self.loop.time()
         if self.exchange is not None and self.exchange.listener is not None:
             self.exchange.listener.on_writing_paused()
 
     def resume_writing(self) -> None:
         super().resume_writing()
+        self._send_stalled_at = 0.0
         if self.exchange is not None and self.exchange.listener is not None:
             self.exchange.listener.on_writing_resumed()
 
@@ -200,8 +203,15 @@ class InferenceProtocol(HttpToolsProtocol):
         for, or None. A head is timed from its first byte (a new connection's from its
         start), a body from the last time the sweep saw it grow; a connection whose reading
         the listener paused (flow control, a pipelined request waiting) is not the client's
-        doing."""
+        doing. A response counts as taken while the client drains it: the transport's buffer
+        past its high-water mark (64 KiB) and not below its low-water mark (16 KiB) since,
+        for ``send_timeout``, is a client that stopped reading, even once the connection is
+        closing (a close waits for the buffer to flush): it is dropped, its buffer with it."""
         cycle = self.cycle
+        if self._send_stalled_at and now - self._send_stalled_at > self.limits.send_timeout:
+            self._send_stalled_at = 0.0
+            self.transport.abort()   # connection_lost tells the request in progress
+            return SEND
         if self.transport.is_closing():
             return None
         if self._began:

@@ -106,7 +106,7 @@ class PredictionCall:
     def hang_up(self) -> None:
         """The client went away: a job still waiting is dropped (never run); the reader
         gets ``Gone``."""
-        if not self.job.finished:
+        if not self.job.finished and not self.job.cancelled:
             self.mv.queue.abandon(self.job)
 
     def pause(self) -> bool:

@@ -124,6 +124,7 @@ def connection_limits(config: Config) -> ConnectionLimits:
                    allowed, open_files_limit(), listeners)
     return ConnectionLimits(header_timeout=config.request_header_timeout,
                             body_timeout=config.request_body_timeout,
+                            send_timeout=config.response_send_timeout,
                             max_connections=allowed, max_body=config.max_request_size)
 
 

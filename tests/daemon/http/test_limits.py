@@ -50,11 +50,13 @@ def test_chunk_size_before(data: bytes, end: int, size: int | None) -> None:
     assert chunk_size_before(data, end) == size
 
 
-@pytest.mark.parametrize(("header", "body", "every"), [
-    (60, 60, 1.0), (1, 1, 0.25), (0.2, 60, 0.1), (2, 0.5, 0.125)])
-def test_the_sweep_runs_a_quarter_of_the_shorter_limit_apart(header: float, body: float,
-                                                             every: float) -> None:
-    assert ConnectionLimits(header, body).sweep_interval == every
+@pytest.mark.parametrize(("header", "body", "send", "every"), [
+    (60, 60, 60, 1.0), (1, 1, 60, 0.25), (0.2, 60, 60, 0.1), (2, 0.5, 60, 0.125),
+    (60, 60, 2, 0.5)])
+def test_the_sweep_runs_a_quarter_of_the_shortest_limit_apart(header: float, body: float,
+                                                              send: float,
+                                                              every: float) -> None:
+    assert ConnectionLimits(header, body, send).sweep_interval == every
 
 
 def test_closed_connections_are_logged_one_line_at_a_time(caplog) -> None:

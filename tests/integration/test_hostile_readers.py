@@ -1,0 +1,122 @@
+"""Clients that stop reading what the inference port sends them (response_send_timeout, short
+here): a whole answer left untaken, and a stream that holds its worker, on both of the
+listener's paths. The daemon drops such a connection, and with it the memory its answer held;
+the worker a stream held goes on, not replaced. A stream whose worker serves others too is cut
+off sooner, by max_stream_buffer_size: test_inference_seam.py."""
+from __future__ import annotations
+
+import re
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.support.archives import archive_source
+from tests.support.daemon import Daemon
+from tests.support.ops import make_store
+from tests.support.raw_http import head, status
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(120)
+
+SEND_TIMEOUT_S = 1.0
+PART = 64 * 1024
+PARTS = 512        # 32 MiB a stream: far more than the buffers on the way hold
+
+# Streams PARTS parts of PART bytes, whatever it is sent (JSON or a form).
+STREAMING = f'''
+from ts.handler_utils.utils import send_intermediate_predict_response
+
+
+def handle(data, context):
+    if data is None:
+        return None
+    part = b"p" * {PART}
+    for _ in range({PARTS} - 1):
+        send_intermediate_predict_response([part], context.request_ids, "", 200, context)
+    return [part]
+'''
+
+
+@pytest.fixture(scope="module")
+def daemon(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    workdir = tmp_path_factory.mktemp("readers")
+    store = make_store(archive_dir, workdir / "store", ["echo"])
+    archive_source(STREAMING, "streaming", store, workdir / "src")
+    d = Daemon(workdir, store, {"response_send_timeout": SEND_TIMEOUT_S})
+    try:
+        d.start()
+        for name in ("echo", "streaming"):
+            assert d.register(f"{name}.mar", initial_workers=1).status_code == 200
+        yield d
+    finally:
+        d.cleanup()
+
+
+def non_reader(d: Daemon, request: bytes) -> socket.socket:
+    """A client that sends ``request`` and then reads nothing (its receive buffer small)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", d.ports["inference"]))
+    sock.sendall(request)
+    return sock
+
+
+def daemon_holds(d: Daemon, sock: socket.socket) -> bool:
+    """Whether the daemon still has its end of ``sock``'s connection."""
+    mine = sock.getsockname()
+    return any(c.raddr and tuple(c.raddr) == mine
+               for c in psutil.Process(d.pid).net_connections("tcp"))
+
+
+def received_until_closed(sock: socket.socket) -> bytes:
+    data = b""
+    sock.settimeout(30)
+    try:
+        while chunk := sock.recv(1 << 20):
+            data += chunk
+    except ConnectionResetError:   # the daemon dropped it: what it had not sent is gone
+        pass
+    return data
+
+
+def test_a_whole_answer_left_untaken_is_dropped_with_its_connection(daemon: Daemon) -> None:
+    """Before the limit such a connection held its answer (about 4 MiB here: echo answers
+    twice the bytes it is sent) for as long as the client kept it open, after the keep-alive
+    timeout too (a close waits for the buffer to flush)."""
+    body = b"x" * (2 << 20)
+    sock = non_reader(daemon, head("/predictions/echo", "POST",
+                                   "Content-Type: application/octet-stream",
+                                   f"Content-Length: {len(body)}") + body)
+    with sock:
+        wait_until(lambda: not daemon_holds(daemon, sock), timeout=SEND_TIMEOUT_S + 15,
+                   what="the daemon dropping the connection")
+        data = received_until_closed(sock)
+    assert status(data) == 200 and len(data) < 2 * len(body)
+    wait_until(lambda: re.search(r"closed connections held past a limit: \d+ send",
+                                 daemon.log()), what="the limit's log line")
+
+
+@pytest.mark.parametrize("path", ["direct", "asgi"])
+def test_a_stream_that_holds_its_worker_is_dropped_and_the_worker_goes_on(
+        daemon: Daemon, path: str) -> None:
+    """Alone in its batch, the stream of a client that stops reading pauses its worker (memory
+    bounded); once the client has taken nothing for the limit its connection is dropped, the
+    request abandoned as on a hang-up, and the worker finishes: the next request is answered
+    by the same worker (before, it waited out response_timeout, then the worker was killed)."""
+    worker = daemon.workers("streaming")[0]["pid"]
+    form = path == "asgi"   # a form body takes the ASGI path
+    body = b"x=1" if form else b"{}"
+    kind = "application/x-www-form-urlencoded" if form else "application/json"
+    sock = non_reader(daemon, head("/predictions/streaming", "POST", f"Content-Type: {kind}",
+                                   f"Content-Length: {len(body)}") + body)
+    with sock:
+        wait_until(lambda: not daemon_holds(daemon, sock), timeout=SEND_TIMEOUT_S + 15,
+                   what="the daemon dropping the connection")
+        data = received_until_closed(sock)
+    assert status(data) == 200 and not data.endswith(b"\r\n0\r\n\r\n")
+    answer = daemon.infer("POST", "/predictions/streaming", json={}, timeout=30)
+    assert answer.status_code == 200 and len(answer.content) == PARTS * PART
+    assert daemon.workers("streaming")[0]["pid"] == worker
