@@ -6,6 +6,7 @@ Run from the repository root with the venv python:  .venv/bin/python examples/bu
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -47,10 +48,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         weights = Path(tmp) / "mlp.pt"
         build_model(weights)
+        # the archiver stages in $TMPDIR/<name>, deleting what is there first: its own
         subprocess.run([archiver(), "--model-name", NAME, "--version", VERSION,
                         "--serialized-file", str(weights),
                         "--handler", str(EXAMPLES / "mlp_handler.py"),
-                        "--export-path", str(store), "--force"], check=True)
+                        "--export-path", str(store), "--force"], check=True,
+                       env={**os.environ, "TMPDIR": tmp})
     print(f"wrote {store / (NAME + '.mar')}")
 
 

@@ -246,9 +246,10 @@ class DirectRequest:
     def _bound_backlog(self, call: PredictionCall) -> None:
         """The parts a client is not taking pile up in its connection's buffer when its worker
         serves others too (the call is not paused there): past the limit, the stream ends."""
-        limit = call.job.backlog_limit
+        limit = call.job.limits.buffer_size
         if not call.job.held and self.exchange.buffered > limit:
-            call.cut_off(f"its client fell more than {limit} bytes behind")   # -> _next_part
+            call.cut_off(f"its client fell more than {limit} bytes behind "   # -> _next_part
+                         "(max_stream_buffer_size) while its worker serves other requests too")
 
     # ---- writing ----------------------------------------------------------------------------
 

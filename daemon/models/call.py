@@ -18,7 +18,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from daemon.errors import RequestTimeout, TorchdError, no_worker_error
-from daemon.models.job import DEFAULT_BACKLOG_LIMIT, Event, Job, Part
+from daemon.models.job import DEFAULT_STREAM_LIMITS, Event, Job, Part, StreamLimits
 from daemon.models.queue import QueueFull, queue_full_error
 from daemon.models.registry import ModelVersion, Registry
 from daemon.models.sequences import SequenceRules
@@ -155,12 +155,13 @@ class Predictions:
 
     def __init__(self, registry: Registry, servers: Servers, counter: RequestCounter,
                  sequence_headers: dict[str, str] | None = None,
-                 stream_buffer_size: int = DEFAULT_BACKLOG_LIMIT) -> None:
+                 stream_limits: StreamLimits = DEFAULT_STREAM_LIMITS) -> None:
         self.registry = registry
         self.servers = servers
         self.counter = counter
-        # what a client that is not reading a stream may leave queued (max_stream_buffer_size)
-        self.stream_buffer_size = stream_buffer_size
+        # what a client that is not reading a stream may cost (max_stream_buffer_size,
+        # response_send_timeout)
+        self.stream_limits = stream_limits
         # the names of TorchServe's sequence headers (config ts_header_key_sequence_*)
         self.sequence_names = dict(sequence_headers or messages.SEQUENCE_HEADERS)
 
@@ -186,7 +187,7 @@ class Predictions:
             headers, sequence, starting = sequence_headers(headers, sequence, opens,
                                                            self.sequence_names)
         job = Job(rid, messages.request(rid, headers, params), time.monotonic(),
-                  self.stream_buffer_size)
+                  self.stream_limits)
         if mv.settings.sequence_batching:
             job.sequence = sequence
         call = PredictionCall(self.counter, mv, job, bool(version))

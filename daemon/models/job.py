@@ -11,9 +11,12 @@ worker it runs on, whose connection then stops reading that worker's socket; the
 writes block, so the handler pauses instead of the daemon buffering its parts without bound.
 Only where that pauses nobody else: a worker whose batch has other requests, a running batch
 (continuous batching) or batches in flight (async workers) serves others, whom one client must
-not stall. There the job keeps its parts (its *backlog*) up to ``backlog_limit`` bytes
+not stall. There the job keeps its parts (its *backlog*) up to ``limits.buffer_size`` bytes
 (``max_stream_buffer_size``), and past that its answer is cut off: the reader gets a Failure,
-and the request leaves the worker's batch as a hang-up does.
+and the request leaves the worker's batch as a hang-up does. A job that holds its worker for
+``limits.send_timeout`` (``response_send_timeout``) without its reader taking a part is cut off
+the same way, so a reader the listener's sweep does not watch (gRPC) cannot keep a worker
+paused until its batch times out.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import asyncio
 import collections
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, Union
 
 from daemon.errors import BadRequest, InternalServerError, StreamCutOff, TorchdError
@@ -35,7 +39,19 @@ PARTS_LOW = 4
 # What a queued part costs besides its body (the response dict, the Part): a backlog of tokens
 # of a few bytes each is bounded by the memory it holds, not by its bodies alone.
 PART_OVERHEAD = 256
-DEFAULT_BACKLOG_LIMIT = 4 * 1024 * 1024   # max_stream_buffer_size's default
+
+
+@dataclass(frozen=True)
+class StreamLimits:
+    """What a stream's reader may cost (config: max_stream_buffer_size, response_send_timeout):
+    the weight of the parts kept for it where its worker cannot be paused, and how long it may
+    keep its worker paused without taking a part."""
+
+    buffer_size: int = 4 * 1024 * 1024
+    send_timeout: float = 60.0
+
+
+DEFAULT_STREAM_LIMITS = StreamLimits()
 
 
 class Part:
@@ -141,10 +157,10 @@ class Job:
 
     __slots__ = ("id", "request", "arrival", "cancelled", "dispatched_at", "finished",
                  "redispatched", "streamed", "sequence", "source", "held", "lagging",
-                 "backlog", "backlog_limit", "_events", "_waiter", "_listener")
+                 "backlog", "limits", "_held_timer", "_events", "_waiter", "_listener")
 
     def __init__(self, id: str, request: dict[str, Any], arrival: float,
-                 backlog_limit: int = DEFAULT_BACKLOG_LIMIT) -> None:
+                 limits: StreamLimits = DEFAULT_STREAM_LIMITS) -> None:
         self.id = id
         self.request = request
         self.arrival = arrival
@@ -158,7 +174,8 @@ class Job:
         self.held = False
         self.lagging = False    # behind, and its source would not pause the worker for it
         self.backlog = 0        # the weight of the parts queued for the reader
-        self.backlog_limit = backlog_limit
+        self.limits = limits
+        self._held_timer: asyncio.TimerHandle | None = None   # the hold's send_timeout
         self._events: collections.deque[Event] = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._listener: Callable[[Event], None] | None = None
@@ -177,12 +194,14 @@ class Job:
         if self._listener is not None:
             return
         self.backlog += part.weight
-        over = self.backlog > self.backlog_limit
+        over = self.backlog > self.limits.buffer_size
         if (over or len(self._events) >= PARTS_HIGH) and not self.held \
                 and (self.lagging or not self.hold()):
             self.lagging = True
             if over:
-                self.cut_off(f"its client fell more than {self.backlog_limit} bytes behind")
+                self.cut_off(f"its client fell more than {self.limits.buffer_size} bytes "
+                             "behind (max_stream_buffer_size) while its worker serves other "
+                             "requests too")
 
     def finish(self, response: dict[str, Any]) -> None:
         if self.finished:
@@ -207,9 +226,8 @@ class Job:
         self.cancelled = True
         self._events.clear()
         self.backlog = 0
-        logger.warning("request %s: stream cut off: %s (max_stream_buffer_size), and its "
-                       "worker serves other requests too", self.id, why)
-        self.fail(StreamCutOff(f"Stream cut off: {why} (max_stream_buffer_size)"))
+        logger.warning("request %s: stream cut off: %s", self.id, why)
+        self.fail(StreamCutOff(f"Stream cut off: {why}"))
 
     def abandon(self) -> None:
         """The client went away: never dispatch this job; wake whoever waits on it."""
@@ -251,13 +269,25 @@ class Job:
         if not self.held and not self.finished and not self.cancelled \
                 and self.source is not None:
             self.held = self.source.hold(self)
+            if self.held:
+                self._held_timer = asyncio.get_running_loop().call_later(
+                    self.limits.send_timeout, self._held_too_long)
         return self.held
 
     def release(self) -> None:
         if self.held:
             self.held = False
+            if self._held_timer is not None:
+                self._held_timer.cancel()
+                self._held_timer = None
             if self.source is not None:
                 self.source.release(self.id)
+
+    def _held_too_long(self) -> None:
+        self._held_timer = None
+        if self.held:
+            self.cut_off(f"its client took none of it for {self.limits.send_timeout:g} s "
+                         "(response_send_timeout)")
 
     def _end(self, event: Event) -> None:
         self._put(event)

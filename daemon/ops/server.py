@@ -31,6 +31,7 @@ from daemon.http import openapi
 from daemon.http.apps import build_inference_app, build_management_app, build_metrics_app
 from daemon.models.archives import PreparedArchive, remove_prepared
 from daemon.models.call import Predictions
+from daemon.models.job import StreamLimits
 from daemon.config.settings import Config
 from daemon.workers.launcher import ExecLauncher, ExitCallback, ZygoteLauncher
 from daemon.gpus.inventory import discover_gpus
@@ -100,7 +101,9 @@ class DaemonCore:
                                     metrics=self.metrics, gpus=self.gpus)
         self.health = Health(self.registry, self.supervisor)
         self.predictions = Predictions(self.registry, self.supervisor, self.metrics,
-                                       config.sequence_headers, config.max_stream_buffer_size)
+                                       config.sequence_headers,
+                                       StreamLimits(config.max_stream_buffer_size,
+                                                    config.response_send_timeout))
         self.workflows = WorkflowManager(config, self.registry, self.manager, self.predictions,
                                          self.snapshots, self.runtime_dir / "workflows")
         self.tokens = TokenStore(config.key_file, config.token_auth_enabled)

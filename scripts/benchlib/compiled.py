@@ -29,6 +29,7 @@ from bench_models.big_model import WIDTH
 from bench_models.make_weights import sample_row
 
 from . import BenchError
+from .environment import run_archiver
 from .load import WRK_LUA, Load
 from .servers import Server, http, live_processes
 
@@ -62,9 +63,8 @@ def build_archives(workdir: Path, archiver: Path) -> dict[str, Path]:
     out = workdir / "archives"
     out.mkdir(exist_ok=True)
     for name, spec in specs.items():
-        subprocess.run([str(archiver), "--model-name", name, "--version", "1.0",
-                        "--export-path", str(out), "--force", *spec],
-                       check=True, capture_output=True, timeout=600)
+        run_archiver(archiver, ["--model-name", name, "--version", "1.0",
+                                "--export-path", str(out), "--force", *spec], 600)
     return {name: out / f"{name}.mar" for name in ARCHIVES}
 
 

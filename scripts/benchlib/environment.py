@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from . import REPO, REPO_VENV, BenchError, tail
@@ -109,10 +111,17 @@ def build_archives(workdir: Path, archiver: Path,
         specs["mlp"] = ["--handler", str(MODELS_DIR / "mlp_handler.py"),
                         "--serialized-file", str(mlp_pt)]
     for name in names:
-        subprocess.run([str(archiver), "--model-name", name, "--version", "1.0",
-                        "--export-path", str(out), "--force", *specs[name]],
-                       check=True, capture_output=True, timeout=300)
+        run_archiver(archiver, ["--model-name", name, "--version", "1.0",
+                                "--export-path", str(out), "--force", *specs[name]], 300)
     return {name: out / f"{name}.mar" for name in names}
+
+
+def run_archiver(archiver: Path, args: list[str], timeout: float) -> None:
+    """torch-model-archiver with a temporary directory of its own: it stages an archive in
+    ``$TMPDIR/<name>``, deleting whatever is there first."""
+    with tempfile.TemporaryDirectory(prefix="archiver-") as staging:
+        subprocess.run([str(archiver), *args], check=True, capture_output=True,
+                       timeout=timeout, env={**os.environ, "TMPDIR": staging})
 
 
 def find_archiver(ts_venv: Path) -> Path:
@@ -188,8 +197,8 @@ def build_llm_archives(workdir: Path, archiver: Path, threads: int | None = None
             handler = ["--handler", str(ts_handler), "--model-file", str(ts_model)]
         else:
             handler = ["--handler", str(MODELS_DIR / "llm_handler.py")]
-        subprocess.run([str(archiver), "--model-name", name, "--version", "1.0",
-                        "--export-path", str(out), "--force", "--config-file", str(config),
-                        *handler], check=True, capture_output=True, timeout=300)
+        run_archiver(archiver, ["--model-name", name, "--version", "1.0",
+                                "--export-path", str(out), "--force", "--config-file",
+                                str(config), *handler], 300)
         archives[name] = out / f"{name}.mar"
     return archives

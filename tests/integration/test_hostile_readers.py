@@ -1,8 +1,9 @@
 """Clients that stop reading what the inference port sends them (response_send_timeout, short
 here): a whole answer left untaken, and a stream that holds its worker, on both of the
-listener's paths. The daemon drops such a connection, and with it the memory its answer held;
-the worker a stream held goes on, not replaced. A stream whose worker serves others too is cut
-off sooner, by max_stream_buffer_size: test_inference_seam.py."""
+listener's paths and over gRPC. The daemon drops such a connection, and with it the memory its
+answer held (a gRPC stream ends UNAVAILABLE); the worker a stream held goes on, not replaced.
+A stream whose worker serves others too is cut off sooner, by max_stream_buffer_size:
+test_inference_seam.py."""
 from __future__ import annotations
 
 import re
@@ -10,11 +11,13 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import psutil
 import pytest
 
 from tests.support.archives import archive_source
 from tests.support.daemon import Daemon
+from tests.support.grpc_stubs import channel, generate_stubs
 from tests.support.ops import make_store
 from tests.support.raw_http import head, status
 from tests.support.waiting import wait_until
@@ -119,4 +122,28 @@ def test_a_stream_that_holds_its_worker_is_dropped_and_the_worker_goes_on(
     assert status(data) == 200 and not data.endswith(b"\r\n0\r\n\r\n")
     answer = daemon.infer("POST", "/predictions/streaming", json={}, timeout=30)
     assert answer.status_code == 200 and len(answer.content) == PARTS * PART
+    assert daemon.workers("streaming")[0]["pid"] == worker
+
+
+def test_a_grpc_stream_that_holds_its_worker_ends_and_the_worker_goes_on(
+        daemon: Daemon, tmp_path: Path) -> None:
+    """The listener's sweep does not watch gRPC: the job that holds its worker ends the stream
+    itself once its reader has taken nothing for the limit."""
+    worker = daemon.workers("streaming")[0]["pid"]
+    stubs = generate_stubs(tmp_path)
+    with channel(daemon.ports["grpc_inference"]) as grpc_channel:
+        infer = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(grpc_channel)
+        stream = infer.StreamPredictions(stubs.inference_pb2.PredictionsRequest(
+            model_name="streaming", input={"body": b"{}"}), timeout=60)
+        assert len(next(stream).prediction) == PART
+        wait_until(lambda: "took none of it" in daemon.log(), timeout=SEND_TIMEOUT_S + 15,
+                   what="the stream cut off")
+        answer = daemon.infer("POST", "/predictions/streaming", json={}, timeout=30)
+        assert answer.status_code == 200 and len(answer.content) == PARTS * PART
+        with pytest.raises(grpc.RpcError) as ended:
+            for _ in stream:
+                pass
+    assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "its client took none of it for 1 s (response_send_timeout)" \
+        in ended.value.details()
     assert daemon.workers("streaming")[0]["pid"] == worker

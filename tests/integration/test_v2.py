@@ -3,12 +3,11 @@ health, readiness, inference with versions, errors as {"error": ...}, and triton
 (a real v2 client) unchanged."""
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.support.archives import ARCHIVER, copy_store
+from tests.support.archives import ARCHIVER, copy_store, run_archiver
 from tests.support.daemon import Daemon
 
 # Answers an OIP inference request with an OIP response: every input doubled as "output0".
@@ -55,7 +54,7 @@ def archive(out: Path, work: Path, version: str, config: str | None = None) -> N
     if config:
         (work / "config.yaml").write_text(config)
         cmd += ["--config-file", str(work / "config.yaml")]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    run_archiver(cmd)
 
 
 @pytest.fixture(scope="module")

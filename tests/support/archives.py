@@ -1,14 +1,25 @@
 """Build test archives with the real torch-model-archiver (the tool TorchServe users use)."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 ARCHIVER = Path(sys.executable).with_name("torch-model-archiver")
 SUFFIX = {"default": ".mar", "tgz": ".tar.gz", "no-archive": ""}
+
+
+def run_archiver(cmd: list[str], timeout: float = 120) -> None:
+    """Run torch-model-archiver or torch-workflow-archiver in a temporary directory of its
+    own: both stage an archive in ``$TMPDIR/<name>`` and delete whatever is there first (a
+    test model named "slow" would remove a user's /tmp/slow)."""
+    with tempfile.TemporaryDirectory(prefix="archiver-") as staging:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=timeout,
+                       env={**os.environ, "TMPDIR": staging})
 
 
 def copy_store(archive_dir: Path, dest: Path) -> Path:
@@ -33,7 +44,7 @@ def archive_source(source: str, name: str, out_dir: Path, work: Path,
         config_file = work / f"{name}-config.yaml"
         config_file.write_text(config)
         cmd += ["--config-file", str(config_file)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    run_archiver(cmd)
     return out_dir / f"{name}.mar"
 
 
@@ -67,5 +78,5 @@ def build_archive(model: str, out_dir: Path, *, name: str | None = None, version
     target = out_dir / (name + SUFFIX[fmt])
     if fmt == "no-archive" and target.exists():
         shutil.rmtree(target)
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    run_archiver(cmd)
     return target

@@ -1,9 +1,10 @@
 """Build workflow archives (.war) with the real torch-workflow-archiver, as TorchServe users do."""
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.support.archives import run_archiver
 
 WORKFLOW_ARCHIVER = Path(sys.executable).with_name("torch-workflow-archiver")
 
@@ -22,5 +23,5 @@ def build_war(name: str, spec: str, out_dir: Path, work: Path, handler: str | No
         handler_file = work / f"{name}_handler.py"
         handler_file.write_text(handler)
         cmd += ["--handler", str(handler_file)]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=120)
+    run_archiver(cmd)
     return out_dir / f"{name}.war"

@@ -10,7 +10,7 @@ import pytest
 
 from daemon.errors import ModelNotFound, RequestTimeout, ServiceUnavailable, StreamCutOff
 from daemon.models.call import Predictions, new_request_id
-from daemon.models.job import GONE, Answer, Failure, Part
+from daemon.models.job import GONE, Answer, Failure, Part, StreamLimits
 from daemon.models.queue import JobQueue
 from daemon.models.registry import ModelSettings, ModelVersion, Registry
 from tests.support.virtual_time import run_on_virtual_time as run
@@ -144,9 +144,10 @@ def test_pause_and_resume_reach_the_worker_connection():
 def test_the_stream_limit_is_the_configured_one():
     async def main():
         predictions, _, registry = service()
-        assert predictions.start("m", None, [], []).job.backlog_limit == 4 * 1024 ** 2
-        limited = Predictions(registry, Servers(True, 0), Counter(), stream_buffer_size=1000)
-        assert limited.start("m", None, [], []).job.backlog_limit == 1000
+        assert predictions.start("m", None, [], []).job.limits == StreamLimits(4 << 20, 60.0)
+        limits = StreamLimits(buffer_size=1000, send_timeout=2.0)
+        limited = Predictions(registry, Servers(True, 0), Counter(), stream_limits=limits)
+        assert limited.start("m", None, [], []).job.limits is limits
     run(main())
 
 

@@ -1,9 +1,11 @@
 """A job's typed events and its flow control (daemon/models/job.py), without processes."""
 from __future__ import annotations
 
+import asyncio
+
 from daemon.errors import InternalServerError, StreamCutOff
 from daemon.models.job import (GONE, PART_OVERHEAD, PARTS_HIGH, PARTS_LOW, Answer, Failure, Job,
-                               Part)
+                               Part, StreamLimits)
 from tests.support.virtual_time import run_on_virtual_time as run
 
 
@@ -26,7 +28,7 @@ class Source:
 
 
 def running_job(channel: Source, backlog_limit: int = 10 ** 9) -> Job:
-    job = Job("a", {"id": "a"}, 0.0, backlog_limit)
+    job = Job("a", {"id": "a"}, 0.0, StreamLimits(backlog_limit, send_timeout=60.0))
     job.source = channel   # as the dispatcher sets it when it sends the batch
     return job
 
@@ -181,3 +183,31 @@ def test_a_job_that_may_hold_its_worker_is_never_cut_off():
         assert source.holders == {"a"} and not job.cancelled
         assert len(job._events) == 2 * PARTS_HIGH
     run(main())
+
+
+def test_a_job_that_holds_its_worker_too_long_without_its_reader_is_cut_off():
+    """response_send_timeout: a reader that takes no part for that long while the job holds
+    its worker (a gRPC stream: the inference listener's sweep watches only HTTP) lets the
+    worker go; one that takes a part in time keeps its stream."""
+    async def main():
+        source = Source()
+        job = running_job(source)
+        for n in range(PARTS_HIGH):
+            job.send_part({"body": b"%d" % n})
+        assert source.holders == {"a"}
+        await asyncio.sleep(59)
+        while len(job._events) > PARTS_LOW:   # it reads, and the worker goes on
+            await job.next_event()
+        assert source.holders == set() and not job.cancelled
+        for n in range(PARTS_HIGH):           # then it stops again, for good
+            job.send_part({"body": b"%d" % n})
+        assert source.holders == {"a"}
+        await asyncio.sleep(59.9)
+        assert not job.cancelled
+        await asyncio.sleep(0.2)
+        error = (await job.next_event()).error   # its queued parts are dropped
+        assert isinstance(error, StreamCutOff)
+        assert error.message == ("Stream cut off: its client took none of it for 60 s "
+                                 "(response_send_timeout)")
+        assert source.holders == set() and job.cancelled and job._held_timer is None
+    run(main(), timeout=600)
