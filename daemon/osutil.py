@@ -1,10 +1,14 @@
 """Small OS facts every layer needs: durable directory entries, whether a pid has exited,
-how many CPUs this process may use, how many connections its descriptors allow."""
+how many CPUs this process may use, how many connections its descriptors allow, how much a
+socket's peer has yet to take."""
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import resource
+import struct
+import termios
 from pathlib import Path
 
 import psutil
@@ -115,3 +119,19 @@ def connections_allowed(wanted: int, listeners: int) -> int:
     that many on every listener would use the descriptors RESERVED_FILES keeps."""
     spare = max(open_files_limit() - RESERVED_FILES, listeners)
     return max(1, min(wanted, spare // listeners))
+
+
+# Linux's ioctl for the bytes in a socket's send queue (SIOCOUTQ, the same number as TIOCOUTQ)
+_OUTQ = getattr(termios, "TIOCOUTQ", None)
+
+
+def send_queue(fd: int) -> int:
+    """Bytes written to socket ``fd`` that its peer has not taken yet (TCP: not acknowledged):
+    the kernel's buffer, which grows to megabytes, so a slow reader's progress shows here long
+    before it drains a buffer above it. 0 where the system does not say."""
+    if _OUTQ is None:
+        return 0
+    try:
+        return int(struct.unpack("i", fcntl.ioctl(fd, _OUTQ, b"\0\0\0\0"))[0])
+    except OSError:
+        return 0

@@ -24,6 +24,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from daemon.http.common import DISCONNECT_HOOKS, DirectPathLike
 from daemon.http.uvicorn_exchange import Exchange
+from daemon.osutil import send_queue
 from daemon.http.limits import (BODY, HEAD, OVER, SEND, SILENT, ClosedCount,
                                 ConnectionLimits, chunk_size_before, timeout_answer,
                                 too_large_answer, unavailable_answer)
@@ -79,7 +80,8 @@ class InferenceProtocol(HttpToolsProtocol):
     _body_mark: tuple[int, int] | None = None   # the body as the sweep last saw it
     _body_at = 0.0           # when the sweep last saw the body grow
     _chunk_at = -1           # the body's length when this read's last chunk header came
-    _send_stalled_at = 0.0   # since when the response waits unsent past the high-water mark
+    _send_stalled_at = 0.0   # since when its client has taken none of what waits unsent
+    _send_mark = 0           # how much waited unsent then (less later: it took some)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         set_nodelay(transport)
@@ -137,6 +139,7 @@ class InferenceProtocol(HttpToolsProtocol):
     def pause_writing(self) -> None:
         super().pause_writing()
         self._send_stalled_at = self.loop.time()
+        self._send_mark = self._unsent()
         if self.exchange is not None and self.exchange.listener is not None:
             self.exchange.listener.on_writing_paused()
 
@@ -203,12 +206,13 @@ class InferenceProtocol(HttpToolsProtocol):
         for, or None. A head is timed from its first byte (a new connection's from its
         start), a body from the last time the sweep saw it grow; a connection whose reading
         the listener paused (flow control, a pipelined request waiting) is not the client's
-        doing. A response counts as taken while the client drains it: the transport's buffer
-        past its high-water mark (64 KiB) and not below its low-water mark (16 KiB) since,
-        for ``send_timeout``, is a client that stopped reading, even once the connection is
-        closing (a close waits for the buffer to flush): it is dropped, its buffer with it."""
+        doing. Once its response fills the transport's buffer (64 KiB), a client that takes
+        none of it (what waits unsent, in the transport and the socket, never less at a
+        sweep, nor the buffer drained below 16 KiB) for ``send_timeout`` has stopped reading,
+        even once the connection is closing (a close waits for the buffer to flush): it is
+        dropped, its buffer with it."""
         cycle = self.cycle
-        if self._send_stalled_at and now - self._send_stalled_at > self.limits.send_timeout:
+        if self._send_stalled_at and self._send_stalled(now):
             self._send_stalled_at = 0.0
             self.transport.abort()   # connection_lost tells the request in progress
             return SEND
@@ -229,6 +233,19 @@ class InferenceProtocol(HttpToolsProtocol):
             return None
         self._answer_and_close(timeout_answer(BODY, self.limits), cycle)
         return BODY
+
+    def _send_stalled(self, now: float) -> bool:
+        waiting = self._unsent()
+        if waiting < self._send_mark:   # it took some since the last sweep
+            self._send_stalled_at = now
+        self._send_mark = waiting
+        return now - self._send_stalled_at > self.limits.send_timeout
+
+    def _unsent(self) -> int:
+        """What its client has yet to take: the transport's buffer and the socket's."""
+        sock = self.transport.get_extra_info("socket")
+        kernel = send_queue(sock.fileno()) if sock is not None else 0
+        return self.transport.get_write_buffer_size() + kernel
 
     def _check_head(self, now: float, earlier: Any) -> str | None:
         if earlier is not None and not earlier.response_complete:

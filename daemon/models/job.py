@@ -157,7 +157,8 @@ class Job:
 
     __slots__ = ("id", "request", "arrival", "cancelled", "dispatched_at", "finished",
                  "redispatched", "streamed", "sequence", "source", "held", "lagging",
-                 "backlog", "limits", "_held_timer", "_events", "_waiter", "_listener")
+                 "backlog", "limits", "_held_timer", "_taken_at", "_events", "_waiter",
+                 "_listener")
 
     def __init__(self, id: str, request: dict[str, Any], arrival: float,
                  limits: StreamLimits = DEFAULT_STREAM_LIMITS) -> None:
@@ -176,6 +177,7 @@ class Job:
         self.backlog = 0        # the weight of the parts queued for the reader
         self.limits = limits
         self._held_timer: asyncio.TimerHandle | None = None   # the hold's send_timeout
+        self._taken_at = 0.0    # while held: when its reader last took a part
         self._events: collections.deque[Event] = collections.deque()
         self._waiter: asyncio.Future | None = None
         self._listener: Callable[[Event], None] | None = None
@@ -247,8 +249,11 @@ class Job:
         event = self._events.popleft()
         if not event.final:
             self.backlog -= event.weight   # type: ignore[union-attr]
-        if self.held and len(self._events) <= PARTS_LOW:
-            self.release()
+        if self.held:
+            if len(self._events) <= PARTS_LOW:
+                self.release()
+            else:
+                self._taken_at = asyncio.get_running_loop().time()
         return event
 
     def listen(self, listener: Callable[[Event], None]) -> None:
@@ -269,9 +274,13 @@ class Job:
         if not self.held and not self.finished and not self.cancelled \
                 and self.source is not None:
             self.held = self.source.hold(self)
-            if self.held:
-                self._held_timer = asyncio.get_running_loop().call_later(
-                    self.limits.send_timeout, self._held_too_long)
+            if self.held and self._listener is None:
+                # a listener's connection is watched by the listener's sweep (HTTP's direct
+                # path); a reader that awaits its parts (gRPC, ASGI) by this timer
+                loop = asyncio.get_running_loop()
+                self._taken_at = loop.time()
+                self._held_timer = loop.call_later(self.limits.send_timeout,
+                                                   self._held_too_long)
         return self.held
 
     def release(self) -> None:
@@ -285,9 +294,15 @@ class Job:
 
     def _held_too_long(self) -> None:
         self._held_timer = None
-        if self.held:
-            self.cut_off(f"its client took none of it for {self.limits.send_timeout:g} s "
-                         "(response_send_timeout)")
+        if not self.held:
+            return
+        loop = asyncio.get_running_loop()
+        left = self._taken_at + self.limits.send_timeout - loop.time()
+        if left > 0:   # its reader took a part meanwhile: the time counts from then
+            self._held_timer = loop.call_later(left, self._held_too_long)
+            return
+        self.cut_off(f"its client took none of it for {self.limits.send_timeout:g} s "
+                     "(response_send_timeout)")
 
     def _end(self, event: Event) -> None:
         self._put(event)

@@ -1,11 +1,15 @@
 """usable_cpus (daemon/osutil.py): the affinity mask capped by a cgroup quota, v1 or v2, on this
-process's cgroup or any above it; fake cgroup trees under tmp_path."""
+process's cgroup or any above it; fake cgroup trees under tmp_path. send_queue on a real
+loopback connection."""
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 from pathlib import Path
 
-from daemon.osutil import cgroup_cpu_quota, usable_cpus
+from daemon.osutil import cgroup_cpu_quota, send_queue, usable_cpus
+from tests.support.waiting import wait_until
 
 
 def write(path: Path, text: str) -> None:
@@ -37,3 +41,25 @@ def test_cgroup_v1_quota_and_no_quota_at_all(tmp_path):
 
 def test_unreadable_cgroups_fall_back_to_the_affinity_mask(tmp_path):
     assert usable_cpus(tmp_path / "none", tmp_path / "none") == len(os.sched_getaffinity(0))
+
+
+def test_send_queue_is_what_the_peer_has_not_taken():
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # a small window
+        client.connect(server.getsockname())
+        peer, _ = server.accept()
+        with client, peer:
+            assert send_queue(peer.fileno()) == 0
+            peer.setblocking(False)
+            sent = 0
+            with contextlib.suppress(BlockingIOError):   # until the kernel takes no more
+                while sent < 1 << 24:
+                    sent += peer.send(b"y" * 65536)
+            assert 0 < send_queue(peer.fileno()) <= sent
+            taken = 0
+            while taken < sent:
+                taken += len(client.recv(1 << 20))
+            wait_until(lambda: send_queue(peer.fileno()) == 0, what="all of it acknowledged")
+    with open(os.devnull) as not_a_socket:
+        assert send_queue(not_a_socket.fileno()) == 0   # the system says nothing

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -100,6 +101,28 @@ def test_a_whole_answer_left_untaken_is_dropped_with_its_connection(daemon: Daem
     assert status(data) == 200 and len(data) < 2 * len(body)
     wait_until(lambda: re.search(r"closed connections held past a limit: \d+ send",
                                  daemon.log()), what="the limit's log line")
+
+
+def test_a_client_that_reads_slowly_is_not_dropped(daemon: Daemon) -> None:
+    """The limit is on taking nothing: a client that reads 16 KiB every 0.3 s of a 4 MiB
+    answer takes longer than the limit to bring its buffer below 16 KiB, and keeps its
+    connection; then it reads the rest."""
+    body = b"x" * (2 << 20)
+    sock = non_reader(daemon, head("/predictions/echo", "POST",
+                                   "Content-Type: application/octet-stream",
+                                   f"Content-Length: {len(body)}") + body)
+    with sock:
+        data, deadline = b"", time.monotonic() + 3 * SEND_TIMEOUT_S
+        while time.monotonic() < deadline:
+            time.sleep(0.3)   # the client's pace, not a wait for the server
+            data += sock.recv(16 * 1024)
+        assert daemon_holds(daemon, sock)
+        length = int(re.search(rb"content-length: (\d+)", data).group(1))
+        sock.settimeout(30)
+        while len(data) < data.index(b"\r\n\r\n") + 4 + length:
+            chunk = sock.recv(1 << 20)
+            assert chunk, "the connection closed before the answer's end"
+            data += chunk
 
 
 @pytest.mark.parametrize("path", ["direct", "asgi"])

@@ -211,3 +211,22 @@ def test_a_job_that_holds_its_worker_too_long_without_its_reader_is_cut_off():
                                  "(response_send_timeout)")
         assert source.holders == set() and job.cancelled and job._held_timer is None
     run(main(), timeout=600)
+
+
+def test_a_reader_that_takes_parts_while_held_keeps_its_stream():
+    """The limit is on taking nothing: a reader that takes a part every 50 s keeps its stream
+    held for as long as it takes, and is cut off only 60 s after its last part."""
+    async def main():
+        source = Source()
+        job = running_job(source)
+        for n in range(PARTS_HIGH):
+            job.send_part({"body": b"%d" % n})
+        for _ in range(PARTS_HIGH - PARTS_LOW - 1):   # 550 s, held all along
+            await asyncio.sleep(50)
+            assert isinstance(await job.next_event(), Part)
+        assert source.holders == {"a"} and not job.cancelled
+        await asyncio.sleep(59.9)
+        assert not job.cancelled
+        await asyncio.sleep(0.2)
+        assert job.cancelled and source.holders == set()
+    run(main(), timeout=1200)
