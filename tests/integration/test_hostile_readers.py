@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.archives import archive_source
 from tests.support.daemon import Daemon
-from tests.support.grpc_stubs import channel, generate_stubs
+from tests.support.grpc_stubs import channel, generate_stubs, stream_predictions
 from tests.support.ops import make_store
 from tests.support.raw_http import head, status
 from tests.support.waiting import wait_until
@@ -155,9 +155,7 @@ def test_a_grpc_stream_that_holds_its_worker_ends_and_the_worker_goes_on(
     worker = daemon.workers("streaming")[0]["pid"]
     stubs = generate_stubs(tmp_path)
     with channel(daemon.ports["grpc_inference"]) as grpc_channel:
-        infer = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(grpc_channel)
-        stream = infer.StreamPredictions(stubs.inference_pb2.PredictionsRequest(
-            model_name="streaming", input={"body": b"{}"}), timeout=60)
+        stream = stream_predictions(stubs, grpc_channel, "streaming", b"{}", timeout=60)
         assert len(next(stream).prediction) == PART
         wait_until(lambda: "took none of it" in daemon.log(), timeout=SEND_TIMEOUT_S + 15,
                    what="the stream cut off")

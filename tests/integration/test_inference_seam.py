@@ -21,7 +21,7 @@ from tests.support.archives import archive_source
 from tests.support.daemon import Daemon
 from tests.support.gates import Gate
 from tests.support.grpc_stubs import channel as grpc_channel
-from tests.support.grpc_stubs import generate_stubs
+from tests.support.grpc_stubs import generate_stubs, stream_predictions
 from tests.support.ops import file_log_config, make_store
 from tests.support.waiting import wait_until
 
@@ -250,9 +250,7 @@ def test_a_grpc_stream_behind_on_a_shared_worker_ends_unavailable(seam, tmp_path
     d = seam
     stubs = generate_stubs(tmp_path)
     with grpc_channel(d.ports["grpc_inference"]) as channel:
-        infer = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(channel)
-        stream = infer.StreamPredictions(stubs.inference_pb2.PredictionsRequest(
-            model_name="fanout", input={"body": b'{"k": 2000}'}), timeout=120)
+        stream = stream_predictions(stubs, channel, "fanout", b'{"k": 2000}', timeout=120)
         assert len(next(stream).prediction) == FANOUT_PART
         assert others_answered(d)
         with pytest.raises(grpc.RpcError) as ended:

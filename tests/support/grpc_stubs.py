@@ -10,6 +10,7 @@ import importlib
 import sys
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import grpc
 
@@ -40,3 +41,12 @@ def channel(port: int) -> grpc.Channel:
 
 def bearer(key: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {key}"),)
+
+
+def stream_predictions(stubs: SimpleNamespace, grpc_channel: grpc.Channel, model: str,
+                       body: bytes, timeout: float) -> Any:
+    """A StreamPredictions call to ``model`` with ``body`` as its input: the response
+    iterator."""
+    infer = stubs.inference_pb2_grpc.InferenceAPIsServiceStub(grpc_channel)
+    return infer.StreamPredictions(stubs.inference_pb2.PredictionsRequest(
+        model_name=model, input={"body": body}), timeout=timeout)
