@@ -24,10 +24,10 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from daemon.http.common import DISCONNECT_HOOKS, DirectPathLike
 from daemon.http.uvicorn_exchange import Exchange
-from daemon.osutil import send_queue
 from daemon.http.limits import (BODY, HEAD, OVER, SEND, SILENT, ClosedCount,
                                 ConnectionLimits, chunk_size_before, timeout_answer,
                                 too_large_answer, unavailable_answer)
+from daemon.osutil import send_queue
 
 MAX_INCOMPLETE = 64 * 1024   # bytes of request head a listener takes before it gives up
 

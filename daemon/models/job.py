@@ -220,7 +220,8 @@ class Job:
             self._end(Failure(error))
 
     def cut_off(self, why: str) -> None:
-        """A stream whose client is too far behind, on a worker that serves others too: its
+        """A stream whose client is too far behind (past its buffer where its worker serves
+        others too, or taking nothing for the send timeout while it holds its worker): its
         queued parts are dropped, its reader gets a Failure (the connection is cut, the body
         broken), and it leaves the worker's batch as a hang-up does (``cancelled``)."""
         if self.finished or self.cancelled:
