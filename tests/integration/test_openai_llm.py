@@ -137,6 +137,28 @@ def test_logprobs_through_the_client_streamed_and_whole(llm: Daemon) -> None:
     assert plain.choices[0].logprobs is None and plain.choices[0].text == whole.choices[0].text
 
 
+def test_echo_scores_a_prompt_as_evaluation_harnesses_ask(llm: Daemon) -> None:
+    """``echo`` with ``logprobs`` and ``max_tokens`` 0: the prompt's own log-likelihood, token by
+    token (the first has none); with tokens to generate, the prompt comes first, streamed or
+    not."""
+    openai_client = client(llm)
+    scored = openai_client.completions.create(model=MODEL, prompt=PROMPT, echo=True,
+                                              logprobs=1, max_tokens=0, temperature=0)
+    choice = scored.choices[0]
+    assert choice.text == PROMPT and choice.finish_reason == "length"
+    assert scored.usage is not None and scored.usage.completion_tokens == 0
+    scores = choice.logprobs
+    assert len(scores.tokens) == scored.usage.prompt_tokens
+    assert scores.token_logprobs[0] is None and scores.top_logprobs[0] is None
+    assert all(lp is not None and lp <= 0 for lp in scores.token_logprobs[1:])
+    plain = openai_client.completions.create(model=MODEL, prompt=PROMPT, **GREEDY)
+    echoed = openai_client.completions.create(model=MODEL, prompt=PROMPT, echo=True, **GREEDY)
+    assert echoed.choices[0].text == PROMPT + plain.choices[0].text
+    streamed = "".join(c.choices[0].text for c in openai_client.completions.create(
+        model=MODEL, prompt=PROMPT, echo=True, stream=True, **GREEDY))
+    assert streamed == echoed.choices[0].text
+
+
 def test_errors_reach_the_client_as_openais(llm: Daemon) -> None:
     openai_client = client(llm)
     with pytest.raises(openai.NotFoundError) as missing:

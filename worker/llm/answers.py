@@ -3,6 +3,7 @@
 ``data: [DONE]``), and OpenAI's error JSON for a bad request."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -33,24 +34,37 @@ def logprobs(sequence: Sequence, entries: list[TokenLogprob]) -> dict[str, Any] 
     holds the chosen token too)."""
     if sequence.request.params.logprobs is None:
         return None
-    if sequence.request.kind == CHAT:
+    if sequence.request.kind == CHAT:   # a chat echoes nothing: every entry has its logprob
         return {"content": [{**_chat_token(e.text, e.logprob),
                              "top_logprobs": [_chat_token(t, v) for t, v in e.top]}
                             for e in entries], "refusal": None}
     return {"tokens": [e.text for e in entries],
             "token_logprobs": [e.logprob for e in entries],
-            "top_logprobs": [{**dict(e.top), e.text: e.logprob} for e in entries],
+            # an echoed prompt's first token has none (null), as OpenAI's
+            "top_logprobs": [None if e.logprob is None else {**dict(e.top), e.text: e.logprob}
+                             for e in entries],
             "text_offset": [e.offset for e in entries]}
 
 
-def _chat_token(text: str, logprob: float) -> dict[str, Any]:
+def _chat_token(text: str, logprob: float | None) -> dict[str, Any]:
     return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def _echoed(sequence: Sequence, entries: list[TokenLogprob],
+            first: bool) -> list[TokenLogprob]:
+    """With ``echo``, the prompt's entries come first, and the completion's offsets count
+    from the start of the prompt's text."""
+    if not sequence.request.echo:
+        return entries
+    shift = len(sequence.echo_text)
+    moved = [dataclasses.replace(e, offset=e.offset + shift) for e in entries]
+    return (sequence.prompt_logprobs if first else []) + moved
 
 
 def whole(sequence: Sequence) -> bytes:
     """The answer of a request that was not streamed (the sequence is done)."""
-    text = sequence.text
-    scores = logprobs(sequence, sequence.logprobs)
+    text = sequence.echo_text + sequence.text
+    scores = logprobs(sequence, _echoed(sequence, sequence.logprobs, first=True))
     if sequence.request.kind == CHAT:
         choice: dict[str, Any] = {"index": 0,
                                   "message": {"role": "assistant", "content": text},
@@ -70,12 +84,16 @@ def stream_part(sequence: Sequence, first: bool) -> bytes:
     if first and chat:
         events.append(_event(sequence, {"role": "assistant", "content": ""}, None, []))
     text = sequence.unsent()
+    if first and sequence.request.echo:   # the echoed prompt goes with the first text
+        text, echoed = sequence.echo_text + text, True
+    else:
+        echoed = False
     if text:   # with the log probabilities of every token so far (stop strings hold text back)
         events.append(_event(sequence, {"content": text} if chat else text, None,
-                             sequence.unsent_logprobs()))
+                             _echoed(sequence, sequence.unsent_logprobs(), first=echoed)))
     if sequence.done:
         events.append(_event(sequence, {} if chat else "", sequence.finish_reason,
-                             sequence.unsent_logprobs()))
+                             _echoed(sequence, sequence.unsent_logprobs(), first=False)))
         if sequence.request.include_usage:
             events.append(b"data: " + _json({**_head(sequence, chunk=True), "choices": [],
                                              "usage": usage(sequence)}) + b"\n\n")

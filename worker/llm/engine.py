@@ -31,7 +31,7 @@ class TokenLogprob:
     model (before temperature, top-k and top-p), and the likeliest tokens at that step."""
 
     text: str
-    logprob: float
+    logprob: float | None          # None: an echoed prompt's first token (nothing before it)
     top: list[tuple[str, float]]   # best first
     offset: int                    # where its text starts in the completion's tokens' text
 
@@ -52,6 +52,8 @@ class Sequence:
     sent: int = 0                        # characters of ``text`` the client has been sent
     finish_reason: str | None = None     # "stop" or "length" once done
     logprobs: list[TokenLogprob] = field(default_factory=list)   # when the request asks
+    echo_text: str = ""                  # the prompt, when the request echoes it
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)   # echo and logprobs
     logprobs_sent: int = 0               # of ``logprobs``, those the client has been sent
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -124,14 +126,19 @@ class Engine:
         ids = self.prompt_ids(request)
         room = self.max_length - len(ids)
         wanted = request.params.max_tokens
-        if room < 1 or (wanted is not None and wanted > room):
-            asked = len(ids) + (wanted or 1)
+        least = 0 if wanted == 0 else 1   # 0: an echoed prompt scored, nothing generated
+        if room < least or (wanted is not None and wanted > room):
+            asked = len(ids) + (least if wanted is None else wanted)
             raise BadRequest(f"This model's maximum context length is {self.max_length} tokens. "
                              f"However, you requested {asked} tokens ({len(ids)} in the "
-                             f"prompt, {wanted or 1} in the completion). Please reduce the "
+                             f"prompt, {asked - len(ids)} in the completion). Please reduce the "
                              f"prompt or the completion's length.", "max_tokens")
-        return Sequence(sequence_id, request, ids, wanted or room, arrival,
-                        generator=new_generator(request.params, self.device))
+        sequence = Sequence(sequence_id, request, ids, room if wanted is None else wanted,
+                            arrival, generator=new_generator(request.params, self.device))
+        if request.echo:
+            sequence.echo_text = request.prompt if request.prompt is not None \
+                else self.tokenizer.decode(ids)
+        return sequence
 
     @torch.inference_mode()
     def admit(self, joining: list[Sequence]) -> None:
@@ -150,8 +157,14 @@ class Engine:
             mask[row, width - length:] = 1
         positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
         cache = DynamicCache()
+        # an echoed prompt's logprobs need the logits at every position, not just the last
+        scoring = any(s.request.echo and s.request.params.logprobs is not None
+                      for s in joining)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
-                         use_cache=True, logits_to_keep=1, **{self.cache_keyword: cache})
+                         use_cache=True, logits_to_keep=0 if scoring else 1,
+                         **{self.cache_keyword: cache})
+        if scoring:
+            self._score_prompts(out.logits, joining)
         logits = out.logits[:, -1]
         tokens = next_tokens(logits, [s.request.params for s in joining],
                              [s.generator for s in joining])
@@ -159,6 +172,9 @@ class Engine:
         now = time.monotonic()
         for sequence, token in zip(joining, tokens):
             self.sequences[sequence.id] = sequence
+            if sequence.max_tokens == 0:   # the prompt alone (echo): nothing generated
+                sequence._scored, sequence.finish_reason = None, "length"
+                continue
             self._take(sequence, token, now)
         self.batch.add([s.id for s in joining], cache, mask)
         self.batch.keep({i for i in self.batch.ids if not self.sequences[i].done})
@@ -216,6 +232,30 @@ class Engine:
             wanted = sequence.request.params.logprobs or 0
             top = [(text(i), v) for i, v in zip(top_ids[at][:wanted], top_scores[at][:wanted])]
             sequence._scored = TokenLogprob(text(chosen), float(scores[at, chosen]), top, 0)
+
+    def _score_prompts(self, logits: torch.Tensor, joining: list[Sequence]) -> None:
+        """The logprobs of the prompt's tokens of each joining sequence that echoes it with
+        logprobs: each token's under the positions before it (rows are left-padded); the
+        first has none."""
+        width, text = logits.shape[1], self._token_text
+        for row, sequence in enumerate(joining):
+            wanted = sequence.request.params.logprobs
+            if not sequence.request.echo or wanted is None:
+                continue
+            ids = sequence.prompt_ids
+            before = logits[row, width - len(ids):width - 1].float()   # predicts ids[1:]
+            scores = torch.log_softmax(before, dim=-1).clamp(min=LOGPROB_FLOOR)
+            chosen = scores.gather(1, torch.tensor(ids[1:], device=scores.device)[:, None])
+            best = scores.topk(min(wanted, scores.shape[-1]), dim=-1) if wanted else None
+            entries = [TokenLogprob(text(ids[0]), None, [], 0)]
+            for at, token in enumerate(ids[1:]):
+                top = [] if best is None else [
+                    (text(i), v) for i, v in zip(best.indices[at].tolist(),
+                                                 best.values[at].tolist())]
+                previous = entries[-1]
+                entries.append(TokenLogprob(text(token), float(chosen[at, 0]), top,
+                                            previous.offset + len(previous.text)))
+            sequence.prompt_logprobs = entries
 
     def _token_text(self, token: int) -> str:
         return self.tokenizer.decode([token], skip_special_tokens=False)

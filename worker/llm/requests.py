@@ -49,6 +49,7 @@ class GenerationRequest:
     prompt: str | None = None         # a completion's text prompt
     prompt_ids: list[int] | None = None   # a completion's prompt as token ids
     messages: list[dict[str, str]] | None = None  # a chat's
+    echo: bool = False                # a completion's: the prompt (and its logprobs) first
 
 
 def parse_body(body: Any) -> dict[str, Any]:
@@ -83,7 +84,8 @@ def parse_request(kind: str, body: dict[str, Any], default_model: str) -> Genera
         request.messages = chat_messages(body.get("messages"))
     else:
         request.prompt, request.prompt_ids = completion_prompt(body.get("prompt"))
-    _refuse_unsupported(body)
+        request.echo = _bool(body, "echo", False)
+    _refuse_unsupported(kind, body)
     return request
 
 
@@ -93,8 +95,11 @@ def sampling_params(kind: str, body: dict[str, Any]) -> SamplingParams:
         max_tokens = body["max_completion_tokens"]
     if max_tokens is None and kind == COMPLETIONS:
         max_tokens = DEFAULT_COMPLETION_TOKENS
-    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < 1):
-        raise BadRequest(f"max_tokens must be at least 1, got {max_tokens!r}", "max_tokens")
+    # 0 with echo: the prompt scored, nothing generated (how evaluation harnesses ask)
+    least = 0 if kind == COMPLETIONS and body.get("echo") is True else 1
+    if max_tokens is not None and (not _is_int(max_tokens) or max_tokens < least):
+        raise BadRequest(f"max_tokens must be at least {least}, got {max_tokens!r}",
+                         "max_tokens")
     temperature = _number(body, "temperature", 1.0, 0.0, 2.0)
     top_p = _number(body, "top_p", 1.0, 0.0, 1.0, open_low=True)
     top_k = body.get("top_k", 0)
@@ -194,14 +199,14 @@ def message_text(content: Any) -> str:
     raise BadRequest("a message's 'content' must be a string or a list of parts", "messages")
 
 
-def _refuse_unsupported(body: dict[str, Any]) -> None:
+def _refuse_unsupported(kind: str, body: dict[str, Any]) -> None:
     """Parameters that would change what the client gets, which this server cannot honour:
     refused rather than silently ignored."""
     for name in ("n", "best_of"):
         value = body.get(name)
         if value is not None and value != 1:
             raise BadRequest(f"{name} > 1 is not supported", name)
-    for name in ("echo", "suffix", "tools", "logit_bias"):
+    for name in ("suffix", "tools", "logit_bias", *(("echo",) if kind == CHAT else ())):
         value = body.get(name)
         if value not in (None, False, [], {}, ""):
             raise BadRequest(f"'{name}' is not supported", name)

@@ -191,3 +191,29 @@ def test_an_eos_token_ends_the_text_and_has_no_logprob(engine: Engine) -> None:
     engine._take(s, eos, 0.0)
     assert s.finish_reason == "stop" and s.logprobs == [] and s._scored is None
     engine.keep_only(set())
+
+
+def test_an_echoed_prompt_is_scored_as_the_model_scores_it_alone(engine: Engine) -> None:
+    """Echo with logprobs: each prompt token's log probability given the tokens before it, as
+    one unpadded forward pass gives it, whatever shares the prefill (rows are left-padded);
+    the first has none. With max_tokens 0 nothing is generated."""
+    prompt = PROMPTS[2]
+    request = completion(prompt, max_tokens=0, logprobs=2)
+    request.echo = True
+    engine.keep_only(set())
+    scored = engine.new_sequence("echo", request, 0.0)
+    longer = engine.new_sequence("other", completion(PROMPTS[4] + " " + PROMPTS[4],
+                                                     max_tokens=3), 0.0)
+    engine.admit([scored, longer])
+    assert scored.done and scored.finish_reason == "length" and scored.generated == []
+    assert scored.echo_text == prompt and scored.id not in engine.batch.ids
+    entries = scored.prompt_logprobs
+    assert len(entries) == len(scored.prompt_ids) and entries[0].logprob is None
+    ids = torch.tensor([scored.prompt_ids])
+    with torch.inference_mode():
+        alone = torch.log_softmax(engine.model(input_ids=ids).logits[0, :-1].float(), dim=-1)
+    want = alone.gather(1, ids[0, 1:, None])[:, 0].tolist()
+    assert [e.logprob for e in entries[1:]] == pytest.approx(want, abs=1e-4)
+    assert all(len(e.top) == 2 and e.top[0][1] >= e.logprob - 1e-4 for e in entries[1:])
+    assert entries[1].offset == len(entries[0].text)
+    engine.keep_only(set())

@@ -58,7 +58,9 @@ def test_prompt_forms(prompt, text, ids) -> None:
     (COMPLETIONS, {"prompt": "a", "logprobs": True}, "logprobs"),
     (COMPLETIONS, {"prompt": "a", "logprobs": -1}, "logprobs"),
     (COMPLETIONS, {"prompt": "a", "top_logprobs": 2}, "top_logprobs"),
-    (COMPLETIONS, {"prompt": "a", "echo": True}, "echo"),
+    (COMPLETIONS, {"prompt": "a", "max_tokens": 0}, "max_tokens"),
+    (COMPLETIONS, {"prompt": "a", "echo": "yes"}, "echo"),
+    (CHAT, {"messages": [{"role": "user", "content": "a"}], "echo": True}, "echo"),
     (CHAT, {"messages": [{"role": "user", "content": "a"}], "top_logprobs": 2},
      "top_logprobs"),
     (CHAT, {"messages": [{"role": "user", "content": "a"}], "logprobs": True,
@@ -108,3 +110,12 @@ def test_logprobs_as_each_api_asks_for_them(kind, asked, count) -> None:
     body = {"prompt": "a"} if kind == COMPLETIONS else \
         {"messages": [{"role": "user", "content": "a"}]}
     assert parse_request(kind, {**body, **asked}, "d").params.logprobs == count
+
+
+def test_echo_and_max_tokens_0_score_a_prompt() -> None:
+    """How evaluation harnesses ask for a text's log-likelihood: the prompt echoed with its
+    logprobs, nothing generated."""
+    request = parse_request(COMPLETIONS, {"prompt": "a b", "echo": True, "logprobs": 1,
+                                          "max_tokens": 0}, "d")
+    assert request.echo and request.params.max_tokens == 0 and request.params.logprobs == 1
+    assert not parse_request(COMPLETIONS, {"prompt": "a"}, "d").echo
