@@ -111,10 +111,10 @@ SETTINGS: tuple[Setting, ...] = (
       "batch of several); past it that answer is cut off. K/M/G suffixes allowed.",
       doc_default="4M"),
     S("response_send_timeout", parse_positive_float, 60.0,
-      "Seconds a client may take none of a response the inference port is sending it (more "
-      "than 64 KiB waiting, never drained below 16 KiB), or of a stream that pauses its "
-      "worker (gRPC too); past it the connection is dropped (a gRPC stream ends UNAVAILABLE) "
-      "and its request abandoned as on a hang-up (nginx's send_timeout)."),
+      "Seconds a client may take none of a response the inference port is sending it (once "
+      "more than 64 KiB of it waits), or of a stream that pauses its worker (gRPC too); past "
+      "it the connection is dropped (a gRPC stream ends UNAVAILABLE) and its request "
+      "abandoned as on a hang-up (nginx's send_timeout)."),
     S("max_connections", parse_positive_int, 10000,
       "Open connections per listener (HTTP and gRPC); past it 503 (gRPC: refused). Lowered at "
       "start to what RLIMIT_NOFILE allows."),

@@ -88,7 +88,8 @@ def stream_part(sequence: Sequence, first: bool) -> bytes:
         text, echoed = sequence.echo_text + text, True
     else:
         echoed = False
-    if text:   # with the log probabilities of every token so far (stop strings hold text back)
+    if text or (echoed and sequence.prompt_logprobs):
+        # with the log probabilities of every token so far (stop strings hold text back)
         events.append(_event(sequence, {"content": text} if chat else text, None,
                              _echoed(sequence, sequence.unsent_logprobs(), first=echoed)))
     if sequence.done:
