@@ -159,6 +159,27 @@ def test_echo_scores_a_prompt_as_evaluation_harnesses_ask(llm: Daemon) -> None:
     assert streamed == echoed.choices[0].text
 
 
+def test_n_choices_through_the_client(llm: Daemon) -> None:
+    """``n`` choices, streamed and whole, as the client reads them: seeded sampling gives the
+    same text per choice both ways; greedy choices are all the one greedy answer."""
+    openai_client = client(llm)
+    sampled = {"max_tokens": 8, "temperature": 1.0, "seed": 11, "n": 3,
+               "extra_body": {"ignore_eos": True}}
+    whole = openai_client.completions.create(model=MODEL, prompt=PROMPT, **sampled)
+    assert sorted(c.index for c in whole.choices) == [0, 1, 2]
+    assert whole.usage is not None and whole.usage.completion_tokens == 24
+    streamed = {0: "", 1: "", 2: ""}
+    for chunk in openai_client.completions.create(model=MODEL, prompt=PROMPT, stream=True,
+                                                  **sampled):
+        for choice in chunk.choices:
+            streamed[choice.index] += choice.text
+    assert streamed == {c.index: c.text for c in whole.choices}
+    chat = openai_client.chat.completions.create(model=MODEL, messages=MESSAGES, n=2,
+                                                 **GREEDY)
+    assert [c.index for c in chat.choices] == [0, 1]
+    assert chat.choices[0].message.content == chat.choices[1].message.content
+
+
 def test_errors_reach_the_client_as_openais(llm: Daemon) -> None:
     openai_client = client(llm)
     with pytest.raises(openai.NotFoundError) as missing:

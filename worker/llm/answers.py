@@ -21,8 +21,10 @@ def error_body(exc: BadRequest) -> bytes:
                             "param": exc.param, "code": None}})
 
 
-def usage(sequence: Sequence) -> dict[str, int]:
-    prompt, completion = len(sequence.prompt_ids), len(sequence.generated)
+def usage(choices: list[Sequence]) -> dict[str, int]:
+    """The prompt once, the tokens of every choice."""
+    prompt = len(choices[0].prompt_ids)
+    completion = sum(len(sequence.generated) for sequence in choices)
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion}
 
@@ -61,28 +63,42 @@ def _echoed(sequence: Sequence, entries: list[TokenLogprob],
     return (sequence.prompt_logprobs if first else []) + moved
 
 
-def whole(sequence: Sequence) -> bytes:
-    """The answer of a request that was not streamed (the sequence is done)."""
+def whole(choices: list[Sequence]) -> bytes:
+    """The answer of a request that was not streamed (its choices are done)."""
+    return _json({**_head(choices[0], chunk=False),
+                  "choices": [_whole_choice(sequence) for sequence in choices],
+                  "usage": usage(choices)})
+
+
+def _whole_choice(sequence: Sequence) -> dict[str, Any]:
     text = sequence.echo_text + sequence.text
     scores = logprobs(sequence, _echoed(sequence, sequence.logprobs, first=True))
     if sequence.request.kind == CHAT:
-        choice: dict[str, Any] = {"index": 0,
-                                  "message": {"role": "assistant", "content": text},
-                                  "logprobs": scores, "finish_reason": sequence.finish_reason}
-    else:
-        choice = {"index": 0, "text": text, "logprobs": scores,
-                  "finish_reason": sequence.finish_reason}
-    return _json({**_head(sequence, chunk=False), "choices": [choice],
-                  "usage": usage(sequence)})
+        return {"index": sequence.index, "message": {"role": "assistant", "content": text},
+                "logprobs": scores, "finish_reason": sequence.finish_reason}
+    return {"index": sequence.index, "text": text, "logprobs": scores,
+            "finish_reason": sequence.finish_reason}
 
 
-def stream_part(sequence: Sequence, first: bool) -> bytes:
-    """The events this step adds to a streamed answer (empty: nothing to say yet): the new
-    text, and once done the finish reason, the usage if asked for, and ``[DONE]``."""
+def stream_part(choices: list[Sequence], first: bool) -> bytes:
+    """The events this step adds to a streamed answer (empty: nothing to say yet): each
+    choice's new text and, once it is done, its finish reason; once all are, the usage if
+    asked for, and ``[DONE]``."""
+    lead = choices[0]
+    events = [event for sequence in choices for event in _choice_events(lead, sequence, first)]
+    if all(sequence.done for sequence in choices):
+        if lead.request.include_usage:
+            events.append(b"data: " + _json({**_head(lead, chunk=True), "choices": [],
+                                             "usage": usage(choices)}) + b"\n\n")
+        events.append(DONE)
+    return b"".join(events)
+
+
+def _choice_events(lead: Sequence, sequence: Sequence, first: bool) -> list[bytes]:
     events = []
     chat = sequence.request.kind == CHAT
     if first and chat:
-        events.append(_event(sequence, {"role": "assistant", "content": ""}, None, []))
+        events.append(_event(lead, sequence, {"role": "assistant", "content": ""}, None, []))
     text = sequence.unsent()
     if first and sequence.request.echo:   # the echoed prompt goes with the first text
         text, echoed = sequence.echo_text + text, True
@@ -90,29 +106,27 @@ def stream_part(sequence: Sequence, first: bool) -> bytes:
         echoed = False
     if text or (echoed and sequence.prompt_logprobs):
         # with the log probabilities of every token so far (stop strings hold text back)
-        events.append(_event(sequence, {"content": text} if chat else text, None,
+        events.append(_event(lead, sequence, {"content": text} if chat else text, None,
                              _echoed(sequence, sequence.unsent_logprobs(), first=echoed)))
-    if sequence.done:
-        events.append(_event(sequence, {} if chat else "", sequence.finish_reason,
+    if sequence.done and not sequence.ended:   # a choice ends once, however long the others
+        sequence.ended = True
+        events.append(_event(lead, sequence, {} if chat else "", sequence.finish_reason,
                              _echoed(sequence, sequence.unsent_logprobs(), first=False)))
-        if sequence.request.include_usage:
-            events.append(b"data: " + _json({**_head(sequence, chunk=True), "choices": [],
-                                             "usage": usage(sequence)}) + b"\n\n")
-        events.append(DONE)
-    return b"".join(events)
+    return events
 
 
-def _event(sequence: Sequence, delta: Any, finish_reason: str | None,
+def _event(lead: Sequence, sequence: Sequence, delta: Any, finish_reason: str | None,
            entries: list[TokenLogprob]) -> bytes:
     # null where no token's log probability is due (the role's event, a last event after
     # every token's went with the text)
     scores = logprobs(sequence, entries) if entries else None
     if sequence.request.kind == CHAT:
-        choice = {"index": 0, "delta": delta, "logprobs": scores,
+        choice = {"index": sequence.index, "delta": delta, "logprobs": scores,
                   "finish_reason": finish_reason}
     else:
-        choice = {"index": 0, "text": delta, "logprobs": scores, "finish_reason": finish_reason}
-    chunk = {**_head(sequence, chunk=True), "choices": [choice]}
+        choice = {"index": sequence.index, "text": delta, "logprobs": scores,
+                  "finish_reason": finish_reason}
+    chunk = {**_head(lead, chunk=True), "choices": [choice]}
     if sequence.request.include_usage:
         chunk["usage"] = None   # OpenAI: null on every chunk but the last when asked for
     return b"data: " + _json(chunk) + b"\n\n"

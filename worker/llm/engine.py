@@ -51,6 +51,8 @@ class Sequence:
     text: str = ""                       # the completion's text so far (stop strings cut)
     sent: int = 0                        # characters of ``text`` the client has been sent
     finish_reason: str | None = None     # "stop" or "length" once done
+    index: int = 0                       # its choice among its request's (n)
+    ended: bool = False                  # a stream: its finish event has been sent
     logprobs: list[TokenLogprob] = field(default_factory=list)   # when the request asks
     echo_text: str = ""                  # the prompt, when the request echoes it
     prompt_logprobs: list[TokenLogprob] = field(default_factory=list)   # echo and logprobs
@@ -120,9 +122,10 @@ class Engine:
             raise BadRequest("The prompt is empty", "prompt")
         return list(ids)
 
-    def new_sequence(self, sequence_id: str, request: GenerationRequest,
-                     arrival: float) -> Sequence:
-        """The request as a sequence, or BadRequest when it does not fit the context."""
+    def new_sequence(self, sequence_id: str, request: GenerationRequest, arrival: float,
+                     index: int = 0) -> Sequence:
+        """The request (its choice ``index``) as a sequence, or BadRequest when it does not
+        fit the context."""
         ids = self.prompt_ids(request)
         room = self.max_length - len(ids)
         wanted = request.params.max_tokens
@@ -134,7 +137,8 @@ class Engine:
                              f"prompt, {asked - len(ids)} in the completion). Please reduce the "
                              f"prompt or the completion's length.", "max_tokens")
         sequence = Sequence(sequence_id, request, ids, room if wanted is None else wanted,
-                            arrival, generator=new_generator(request.params, self.device))
+                            arrival, index=index,
+                            generator=new_generator(request.params, self.device, index))
         if request.echo:
             sequence.echo_text = request.prompt if request.prompt is not None \
                 else self.tokenizer.decode(ids)

@@ -12,6 +12,7 @@ CHAT = "v1/chat/completions"
 MODELS = "v1/models"
 MAX_STOP_STRINGS = 4          # OpenAI's limit
 MAX_LOGPROBS = 20             # OpenAI's limit for top_logprobs (vLLM's default max_logprobs)
+MAX_CHOICES = 16              # n: each choice is a sequence of its own in the running batch
 DEFAULT_COMPLETION_TOKENS = 16  # OpenAI's default max_tokens for /v1/completions
 
 
@@ -50,6 +51,7 @@ class GenerationRequest:
     prompt_ids: list[int] | None = None   # a completion's prompt as token ids
     messages: list[dict[str, str]] | None = None  # a chat's
     echo: bool = False                # a completion's: the prompt (and its logprobs) first
+    n: int = 1                        # choices: as many sequences, generated side by side
 
 
 def parse_body(body: Any) -> dict[str, Any]:
@@ -74,7 +76,7 @@ def parse_request(kind: str, body: dict[str, Any], default_model: str) -> Genera
     if not isinstance(model, str):
         raise BadRequest("'model' must be a string", "model")
     request = GenerationRequest(kind, model or default_model, sampling_params(kind, body),
-                                stream=_bool(body, "stream", False))
+                                stream=_bool(body, "stream", False), n=choice_count(body))
     options = body.get("stream_options")
     if options is not None:
         if not isinstance(options, dict):
@@ -199,13 +201,23 @@ def message_text(content: Any) -> str:
     raise BadRequest("a message's 'content' must be a string or a list of parts", "messages")
 
 
+def choice_count(body: dict[str, Any]) -> int:
+    """``n``: how many choices; ``best_of`` (generate more, answer the likeliest) only as many
+    as ``n``, which is no choosing at all."""
+    n = body.get("n")
+    if n is None:
+        n = 1
+    if not _is_int(n) or not 1 <= n <= MAX_CHOICES:
+        raise BadRequest(f"n must be an integer in [1, {MAX_CHOICES}], got {n!r}", "n")
+    best_of = body.get("best_of")
+    if best_of is not None and best_of not in (1, n):
+        raise BadRequest("best_of other than n is not supported", "best_of")
+    return int(n)
+
+
 def _refuse_unsupported(kind: str, body: dict[str, Any]) -> None:
     """Parameters that would change what the client gets, which this server cannot honour:
     refused rather than silently ignored."""
-    for name in ("n", "best_of"):
-        value = body.get(name)
-        if value is not None and value != 1:
-            raise BadRequest(f"{name} > 1 is not supported", name)
     for name in ("suffix", "tools", "logit_bias", *(("echo",) if kind == CHAT else ())):
         value = body.get(name)
         if value not in (None, False, [], {}, ""):

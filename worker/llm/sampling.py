@@ -8,12 +8,15 @@ import torch
 from worker.llm.requests import SamplingParams
 
 
-def new_generator(params: SamplingParams, device: torch.device) -> torch.Generator | None:
+def new_generator(params: SamplingParams, device: torch.device,
+                  choice: int = 0) -> torch.Generator | None:
+    """The generator of a sampled sequence: seeded with ``seed`` (plus its choice's index, so
+    the choices of one request differ and each repeats), else from the system."""
     if params.greedy:
         return None
     generator = torch.Generator(device=device)
     if params.seed is not None:
-        generator.manual_seed(params.seed)
+        generator.manual_seed(params.seed + choice)
     else:
         generator.seed()
     return generator

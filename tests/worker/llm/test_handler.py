@@ -75,3 +75,41 @@ def test_a_request_no_longer_in_the_step_leaves(tiny_llm: Path) -> None:
     step(h, h.context, {"a": {"body": body}, "b": {"body": body}})
     step(h, h.context, {"b": None})   # a's client hung up
     assert set(h.engine.sequences) == {"b"} and h.engine.batch.ids == ["b"]
+
+
+def test_n_choices_stream_side_by_side_and_end_once_each(tiny_llm: Path) -> None:
+    """Three choices of one request are three sequences of the running batch: each streams
+    under its index and ends once, [DONE] and the usage come once all have; with a seed each
+    choice repeats (the whole answer has the streamed texts), and they differ."""
+    h = loaded(tiny_llm, {"model_path": "."})
+    body = {"prompt": "hello", "temperature": 1.0, "seed": 3, "n": 3, "max_tokens": 6,
+            "ignore_eos": True, "stream_options": {"include_usage": True}}
+
+    def parts(request_id: str, stream: bool) -> list[bytes]:
+        values, data = [], {request_id: {"body": json.dumps({**body, "stream": stream})}}
+        while True:
+            [value] = step(h, h.context, data)
+            data = {request_id: None}
+            if value is not NO_PART:
+                values.append(value)
+            if h.context.stopping_criteria[0](value):
+                return values
+
+    lines = [line[len(b"data: "):] for part in parts("r1", stream=True)
+             for line in part.split(b"\n\n") if line]
+    assert lines[-1] == b"[DONE]"
+    events = [json.loads(line) for line in lines[:-1]]
+    texts = {i: "".join(e["choices"][0]["text"] for e in events
+                        if e["choices"] and e["choices"][0]["index"] == i) for i in range(3)}
+    ends = [e["choices"][0]["index"] for e in events
+            if e["choices"] and e["choices"][0]["finish_reason"] == "length"]
+    assert sorted(ends) == [0, 1, 2]
+    assert events[-1]["usage"]["completion_tokens"] == 18 and events[-1]["choices"] == []
+    assert len(set(texts.values())) > 1              # seeds 3, 4, 5: different choices
+    [whole] = parts("r2", stream=False)
+    answer = json.loads(whole)
+    assert {c["index"]: c["text"] for c in answer["choices"]} == texts
+    assert answer["usage"] == {"prompt_tokens": events[-1]["usage"]["prompt_tokens"],
+                               "completion_tokens": 18,
+                               "total_tokens": events[-1]["usage"]["total_tokens"]}
+    assert h.requests == {} and h.engine.sequences == {} and len(h.engine.batch) == 0

@@ -53,7 +53,10 @@ def test_prompt_forms(prompt, text, ids) -> None:
     (COMPLETIONS, {"prompt": "a", "stop": ["a", "b", "c", "d", "e"]}, "stop"),
     (COMPLETIONS, {"prompt": "a", "stop": [""]}, "stop"),
     (COMPLETIONS, {"prompt": "a", "stream": "yes"}, "stream"),
-    (COMPLETIONS, {"prompt": "a", "n": 2}, "n"),
+    (COMPLETIONS, {"prompt": "a", "n": 17}, "n"),
+    (COMPLETIONS, {"prompt": "a", "n": 0}, "n"),
+    (COMPLETIONS, {"prompt": "a", "n": "2"}, "n"),
+    (COMPLETIONS, {"prompt": "a", "best_of": 2}, "best_of"),
     (COMPLETIONS, {"prompt": "a", "logprobs": 21}, "logprobs"),
     (COMPLETIONS, {"prompt": "a", "logprobs": True}, "logprobs"),
     (COMPLETIONS, {"prompt": "a", "logprobs": -1}, "logprobs"),
@@ -119,3 +122,10 @@ def test_echo_and_max_tokens_0_score_a_prompt() -> None:
                                           "max_tokens": 0}, "d")
     assert request.echo and request.params.max_tokens == 0 and request.params.logprobs == 1
     assert not parse_request(COMPLETIONS, {"prompt": "a"}, "d").echo
+
+
+def test_n_choices_and_a_best_of_that_chooses_nothing() -> None:
+    assert parse_request(COMPLETIONS, {"prompt": "a"}, "d").n == 1
+    assert parse_request(COMPLETIONS, {"prompt": "a", "n": 3, "best_of": 3}, "d").n == 3
+    assert parse_request(CHAT, {"messages": [{"role": "user", "content": "a"}], "n": 16},
+                         "d").n == 16

@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from worker.ts.torch_handler.vllm_handler import engine_args
+from worker.llm.requests import COMPLETIONS, BadRequest, parse_request
+from worker.ts.torch_handler.vllm_handler import engine_args, refuse_unfollowed
 
 
 @dataclass
@@ -46,3 +47,13 @@ def test_engine_config_model_wins_and_unknown_keys_are_ignored_with_a_warning(
 def test_no_model_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="model_path"):
         engine_args(VLLM, {}, str(tmp_path))
+
+
+@pytest.mark.parametrize("asked, param", [({"n": 2}, "n"), ({"logprobs": 1}, "logprobs"),
+                                          ({"echo": True}, "echo")])
+def test_what_it_does_not_pass_to_vllm_yet_is_refused(asked: dict, param: str) -> None:
+    request = parse_request(COMPLETIONS, {"prompt": "a", **asked}, "m")
+    with pytest.raises(BadRequest) as refused:
+        refuse_unfollowed(request)
+    assert refused.value.param == param and refused.value.status == 400
+    refuse_unfollowed(parse_request(COMPLETIONS, {"prompt": "a"}, "m"))   # the rest goes on

@@ -90,6 +90,8 @@ class TextGenerationHandler(BaseHandler):
         model: Any = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[dtype_name])
         self.model = model.to(self.device).eval()
         self.engine = Engine(self.model, tokenizer, self.device)
+        # each request's choices (n of them; the first's sequence id is the request's)
+        self.requests: dict[str, list[Sequence]] = {}
         self.continuous = bool(config.get("continuousBatching"))
         self.counted, self.counted_at = [0, 0], time.monotonic()   # prompt, generated tokens
         self.created = int(time.time())
@@ -108,29 +110,37 @@ class TextGenerationHandler(BaseHandler):
     def step(self, data: list[Any], context: Any) -> list[Any]:
         ids = [context.get_request_id(idx) for idx in range(len(data))]
         engine = self.engine
-        engine.keep_only(set(ids))          # a client that hung up: its sequence leaves now
+        self._keep_only(set(ids))           # a client that hung up: its choices leave now
         decoded = len(engine.decode())
         # new requests (their parameters come only in their first step) join: prefilled
         # together, each with its first token; a bad one is answered at once
         answered = self._join(data, ids, context)
-        joined = [engine.sequences[ids[idx]] for idx, item in enumerate(data)
-                  if item and idx not in answered]
+        joined = [sequence for idx, item in enumerate(data) if item and idx not in answered
+                  for sequence in self.requests[ids[idx]]]
         values, done = [], []
         for idx, item in enumerate(data):
             if idx in answered:
                 values.append(answered[idx])
                 done.append(True)
                 continue
-            sequence = engine.sequences[ids[idx]]
+            choices = self.requests[ids[idx]]
             # each step's context is new: its first part may come steps after it joined
-            context.set_response_content_type(idx, content_type(sequence))
-            values.append(self._value(sequence, first=bool(item)))
-            done.append(sequence.done)
-            if sequence.done:
-                self._finished(sequence, context)
+            context.set_response_content_type(idx, content_type(choices[0]))
+            values.append(self._value(choices, first=bool(item)))
+            finished = all(sequence.done for sequence in choices)
+            done.append(finished)
+            if finished:
+                self._finished(ids[idx], context)
         context.stopping_criteria = [lambda _value, d=d: d for d in done]
-        self._count(context, joined, decoded + len(joined))
+        self._count(context, joined, decoded + sum(1 for s in joined if s.generated))
         return values
+
+    def _keep_only(self, request_ids: set[str]) -> None:
+        """Requests not in ``request_ids`` leave, with every choice of theirs."""
+        for gone in [i for i in self.requests if i not in request_ids]:
+            del self.requests[gone]
+        self.engine.keep_only({sequence.id for choices in self.requests.values()
+                               for sequence in choices})
 
     def _join(self, data: list[Any], ids: list[str], context: Any) -> dict[int, Any]:
         """Admit the new requests of ``data`` (prefilled, first token taken); the answers of
@@ -141,7 +151,7 @@ class TextGenerationHandler(BaseHandler):
             if not item:
                 continue
             try:
-                joining.append(self._sequence(idx, ids[idx], item, context))
+                choices = self._choices(idx, ids[idx], item, context)
             except BadRequest as exc:
                 context.set_response_status(exc.status, "", idx)
                 context.set_response_content_type(idx, answers.JSON)
@@ -149,11 +159,15 @@ class TextGenerationHandler(BaseHandler):
             except ModelsListed as listed:
                 context.set_response_content_type(idx, answers.JSON)
                 answered[idx] = listed.body
+            else:
+                self.requests[ids[idx]] = choices
+                joining.extend(choices)
         self.engine.admit(joining)
         return answered
 
-    def _sequence(self, idx: int, request_id: str, item: dict[str, Any],
-                  context: Any) -> Sequence:
+    def _choices(self, idx: int, request_id: str, item: dict[str, Any],
+                 context: Any) -> list[Sequence]:
+        """The request's sequences: one per choice (``n``), the first under its own id."""
         path = (context.get_request_header(idx, "url_path") or "").strip("/")
         api = API_PATHS.get(path)
         if api is None:
@@ -163,26 +177,33 @@ class TextGenerationHandler(BaseHandler):
             raise ModelsListed(answers.models_list(context.model_name, self.created))
         body = item.get("body", item.get("data"))
         request = parse_request(api, parse_body(body), context.model_name)
-        sequence = self.engine.new_sequence(request_id, request, time.monotonic())
-        context.set_response_content_type(idx, content_type(sequence))
-        return sequence
+        arrival = time.monotonic()
+        choices = [self.engine.new_sequence(request_id if index == 0
+                                            else f"{request_id}#{index}", request, arrival,
+                                            index)
+                   for index in range(request.n)]
+        context.set_response_content_type(idx, content_type(choices[0]))
+        return choices
 
-    def _value(self, sequence: Sequence, first: bool) -> Any:
-        if sequence.request.stream:
-            part = answers.stream_part(sequence, first)
-            return part if part or sequence.done else NO_PART
-        return answers.whole(sequence) if sequence.done else NO_PART
+    def _value(self, choices: list[Sequence], first: bool) -> Any:
+        done = all(sequence.done for sequence in choices)
+        if choices[0].request.stream:
+            part = answers.stream_part(choices, first)
+            return part if part or done else NO_PART
+        return answers.whole(choices) if done else NO_PART
 
-    def _finished(self, sequence: Sequence, context: Any) -> None:
-        self.engine.forget(sequence.id)
-        count = len(sequence.generated)
-        if count > 1 and sequence.first_token_at and sequence.last_token_at:
-            per_token = (sequence.last_token_at - sequence.first_token_at) / (count - 1)
-            context.metrics.add_metric("llm_time_per_output_token_seconds", per_token, "s",
-                                       metric_type=MetricTypes.HISTOGRAM)
+    def _finished(self, request_id: str, context: Any) -> None:
+        for sequence in self.requests.pop(request_id, ()):
+            self.engine.forget(sequence.id)
+            count = len(sequence.generated)
+            if count > 1 and sequence.first_token_at and sequence.last_token_at:
+                per_token = (sequence.last_token_at - sequence.first_token_at) / (count - 1)
+                context.metrics.add_metric("llm_time_per_output_token_seconds", per_token,
+                                           "s", metric_type=MetricTypes.HISTOGRAM)
 
     def _count(self, context: Any, joined: list[Sequence], generated: int) -> None:
         metrics = context.metrics
+        joined = [sequence for sequence in joined if sequence.index == 0]   # once a request
         for sequence in joined:
             if sequence.first_token_at is not None:
                 metrics.add_metric("llm_time_to_first_token_seconds",
@@ -209,31 +230,32 @@ class TextGenerationHandler(BaseHandler):
         """Every request of the batch generated to its end in this call; streamed ones send
         each step's text as a part, all end with their last value."""
         ids = [context.get_request_id(idx) for idx in range(len(data))]
-        self.engine.keep_only(set())
+        self._keep_only(set())
         finals = self._join([item or {"body": b""} for item in data], ids, context)
-        sequences = {idx: self.engine.sequences[ids[idx]] for idx in range(len(data))
-                     if idx not in finals}
-        self._count(context, list(sequences.values()), len(sequences))
-        first = set(sequences)
+        requests = {idx: self.requests[ids[idx]] for idx in range(len(data))
+                    if idx not in finals}
+        joined = [sequence for choices in requests.values() for sequence in choices]
+        self._count(context, joined, sum(1 for s in joined if s.generated))
+        first = set(requests)
         while True:
-            self._send_parts(sequences, finals, first, ids, context)
+            self._send_parts(requests, finals, first, ids, context)
             first.clear()
             if len(finals) == len(data):
                 self._count(context, [], 0)   # none left: the counters go out
                 return [finals[idx] for idx in range(len(data))]
             self._count(context, [], len(self.engine.decode()))
 
-    def _send_parts(self, sequences: dict[int, Sequence], finals: dict[int, Any],
+    def _send_parts(self, requests: dict[int, list[Sequence]], finals: dict[int, Any],
                     first: set[int], ids: list[str], context: Any) -> None:
         parts = {}
-        for idx, sequence in sequences.items():
+        for idx, choices in requests.items():
             if idx in finals:
                 continue
-            if sequence.done:
-                finals[idx] = self._value(sequence, idx in first)
-                self._finished(sequence, context)
-            elif sequence.request.stream:
-                part = answers.stream_part(sequence, idx in first)
+            if all(sequence.done for sequence in choices):
+                finals[idx] = self._value(choices, idx in first)
+                self._finished(ids[idx], context)
+            elif choices[0].request.stream:
+                part = answers.stream_part(choices, idx in first)
                 if part:
                     parts[idx] = part
         if parts:

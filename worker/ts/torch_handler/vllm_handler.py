@@ -66,6 +66,15 @@ def engine_args(vllm: Any, handler: dict[str, Any], model_dir: str) -> Any:
     return args
 
 
+def refuse_unfollowed(request: GenerationRequest) -> None:
+    """What text_generation answers and this handler does not pass to vLLM yet (``n``,
+    ``logprobs``, ``echo``): refused, never silently dropped."""
+    for name, asked in (("n", request.n > 1), ("logprobs", request.params.logprobs is not None),
+                        ("echo", request.echo)):
+        if asked:
+            raise BadRequest(f"'{name}' is not supported by vllm_handler", name)
+
+
 class VLLMHandler(BaseHandler):
     def initialize(self, context: Any) -> None:
         vllm = import_vllm()
@@ -98,6 +107,7 @@ class VLLMHandler(BaseHandler):
                 return answers.models_list(context.model_name, self.created)
             body = item.get("body", item.get("data"))
             request = parse_request(api, parse_body(body), context.model_name)
+            refuse_unfollowed(request)
             prompt = await self._prompt(request)
         except BadRequest as exc:
             context.set_response_status(exc.status, "", idx)
@@ -112,15 +122,15 @@ class VLLMHandler(BaseHandler):
                                                  sequence.id):
             self._follow(sequence, output)
             if request.stream and not sequence.done:
-                part = answers.stream_part(sequence, first)
+                part = answers.stream_part([sequence], first)
                 if part:
                     first = False
                     send_intermediate_predict_response({idx: part},
                                                        {idx: sequence.id}, "OK", 200, context)
         if sequence.finish_reason is None:
             sequence.finish_reason = "stop"
-        return answers.stream_part(sequence, first) if request.stream \
-            else answers.whole(sequence)
+        return answers.stream_part([sequence], first) if request.stream \
+            else answers.whole([sequence])
 
     async def _prompt(self, request: GenerationRequest) -> Any:
         if request.messages is None:
