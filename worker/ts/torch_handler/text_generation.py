@@ -5,7 +5,7 @@ model-config.yaml names the model directory (``save_pretrained``'s: config, weig
 and, optionally, its dtype::
 
     continuousBatching: true     # sequences join and leave between decode steps
-    batchSize: 32                # at most this many sequences in the running batch
+    batchSize: 32                # at most this many requests in the running batch
     handler:
       model_path: /models/llama  # absolute, or relative to the archive
       dtype: bfloat16            # float32 (default), float16 or bfloat16
