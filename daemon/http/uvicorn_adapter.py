@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 from collections.abc import Iterator
 from typing import Any
 
@@ -214,7 +215,7 @@ class InferenceProtocol(HttpToolsProtocol):
         cycle = self.cycle
         if self._send_stalled_at and self._send_stalled(now):
             self._send_stalled_at = 0.0
-            self.transport.abort()   # connection_lost tells the request in progress
+            self._reset()   # connection_lost tells the request in progress
             return SEND
         if self.transport.is_closing():
             return None
@@ -240,6 +241,16 @@ class InferenceProtocol(HttpToolsProtocol):
             self._send_stalled_at = now
         self._send_mark = waiting
         return now - self._send_stalled_at > self.limits.send_timeout
+
+    def _reset(self) -> None:
+        """Drop the connection with what waits unsent, the kernel's queue too: a plain close
+        leaves the socket to the kernel, which goes on offering its queue to a client that
+        takes nothing (nginx's reset_timedout_connection: SO_LINGER 0, then close)."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def _unsent(self) -> int:
         """What its client has yet to take: the transport's buffer and the socket's."""

@@ -20,7 +20,7 @@ from tests.support.archives import archive_source
 from tests.support.daemon import Daemon
 from tests.support.grpc_stubs import channel, generate_stubs, stream_predictions
 from tests.support.ops import make_store
-from tests.support.raw_http import head, status
+from tests.support.raw_http import head
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(120)
@@ -98,7 +98,7 @@ def test_a_whole_answer_left_untaken_is_dropped_with_its_connection(daemon: Daem
         wait_until(lambda: not daemon_holds(daemon, sock), timeout=SEND_TIMEOUT_S + 15,
                    what="the daemon dropping the connection")
         data = received_until_closed(sock)
-    assert status(data) == 200 and len(data) < 2 * len(body)
+    assert len(data) < 2 * len(body)   # reset: what its kernel had not handed it is gone
     wait_until(lambda: re.search(r"closed connections held past a limit: \d+ send",
                                  daemon.log()), what="the limit's log line")
 
@@ -142,7 +142,7 @@ def test_a_stream_that_holds_its_worker_is_dropped_and_the_worker_goes_on(
         wait_until(lambda: not daemon_holds(daemon, sock), timeout=SEND_TIMEOUT_S + 15,
                    what="the daemon dropping the connection")
         data = received_until_closed(sock)
-    assert status(data) == 200 and not data.endswith(b"\r\n0\r\n\r\n")
+    assert not data.endswith(b"\r\n0\r\n\r\n")
     answer = daemon.infer("POST", "/predictions/streaming", json={}, timeout=30)
     assert answer.status_code == 200 and len(answer.content) == PARTS * PART
     assert daemon.workers("streaming")[0]["pid"] == worker
