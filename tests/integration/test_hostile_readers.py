@@ -111,12 +111,19 @@ def test_a_client_that_reads_slowly_is_not_dropped(daemon: Daemon) -> None:
     sock = non_reader(daemon, head("/predictions/echo", "POST",
                                    "Content-Type: application/octet-stream",
                                    f"Content-Length: {len(body)}") + body)
+    received = bytearray()
+    slow_until = time.monotonic() + 3 * SEND_TIMEOUT_S
+
+    def read_a_little() -> bool:
+        """One of the slow reads, polled every 0.3 s: done once three limits have passed."""
+        received.extend(sock.recv(16 * 1024))
+        return time.monotonic() >= slow_until
+
     with sock:
-        data, deadline = b"", time.monotonic() + 3 * SEND_TIMEOUT_S
-        while time.monotonic() < deadline:
-            time.sleep(0.3)   # the client's pace, not a wait for the server
-            data += sock.recv(16 * 1024)
+        wait_until(read_a_little, timeout=10 * SEND_TIMEOUT_S, interval=0.3,
+                   what="three limits' worth of slow reading")
         assert daemon_holds(daemon, sock)
+        data = bytes(received)
         length = int(re.search(rb"content-length: (\d+)", data).group(1))
         sock.settimeout(30)
         while len(data) < data.index(b"\r\n\r\n") + 4 + length:
