@@ -91,8 +91,9 @@ SETTINGS: tuple[Setting, ...] = (
       "Models to load at start: 'all', or name=url / url entries (comma separated in files).",
       cli="--models", multi=True, doc_default="none"),
     S("default_workers_per_model", parse_optional_int, None,
-      "Workers for a registered model when the request does not say. Startup models get one "
-      "per CPU when unset; register calls get 0.", doc_default="unset"),
+      "Workers for a registered model when neither the request nor its model-config.yaml "
+      "says. Startup models get one per CPU when unset; register calls get 0.",
+      doc_default="unset"),
     S("max_workers", parse_int, 64, "Most workers over all models; larger requests get 400."),
     S("job_queue_size", parse_positive_int, model_default("job_queue_size"),
       "Requests waiting per model version before 503."),

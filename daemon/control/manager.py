@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.models import archives
-from daemon.config.model_settings import ModelSettings, describe_entry
+from daemon.config.model_settings import BY_FIELD, ModelSettings, describe_entry
 from daemon.config.settings import Config
 from daemon.models.dependencies import install_requirements, remove_installed
 from daemon.gpus.devices import device_settings
@@ -36,6 +36,8 @@ from daemon.workers.supervisor import Supervisor
 
 
 logger = logging.getLogger(__name__)
+
+MIN_WORKERS_KEY = BY_FIELD["min_workers"].key
 VALID_RUNTIMES = ("python", "python3")
 SYNC_SLACK = 10.0      # seconds a synchronous call waits beyond the model's startup_timeout
 COMPILE_CACHES = "compile-cache"   # under the runtime dir's models/: one directory per version
@@ -175,6 +177,8 @@ class ModelManager:
                   version: str) -> ModelSettings:
         """Request parameters > model-config.yaml > config.properties `models` > defaults."""
         json_settings = self.config.model_settings(name, version)
+        if req.default_workers is not None:   # a startup model's: under the YAML and the JSON
+            json_settings = {MIN_WORKERS_KEY: req.default_workers, **json_settings}
         device_type, device_ids = device_settings(name, yaml_config, json_settings, self.gpus.ids)
         layers = Layers(explicit_values(req), yaml_config, json_settings)
         return resolve_settings(layers, self.config, device_type=device_type,

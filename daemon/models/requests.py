@@ -20,6 +20,10 @@ class RegisterRequest:
     batch_size: int | None = None
     max_batch_delay: int | None = None
     initial_workers: int | None = None
+    # A startup model's workers when neither the archive's model-config.yaml nor the config's
+    # ``models`` JSON sets minWorkers (TorchServe: default_workers_per_model, one per CPU
+    # unset); unlike initial_workers it does not beat the YAML.
+    default_workers: int | None = None
     max_workers: int | None = None
     synchronous: bool = True
     response_timeout: int | None = None

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from daemon.config.model_settings import BY_FIELD, request_values
-from daemon.config.settings import Config, StartupModel
+from daemon.config.model_settings import request_values
+from daemon.config.settings import Config
 from daemon.models.archives import startup_models_in_store
 from daemon.errors import Conflict, ModelNotFound, TorchdError
 from daemon.models import snapshots
@@ -20,7 +20,6 @@ from daemon.models.snapshots import SnapshotError, SnapshotStore
 from daemon.workflows.manager import SNAPSHOT_KEY, WorkflowManager
 
 logger = logging.getLogger(__name__)
-MIN_WORKERS = BY_FIELD["min_workers"]
 
 
 class StartupError(Exception):
@@ -150,9 +149,9 @@ async def restore_torchserve_snapshot(store: SnapshotStore, config: Config,
 async def _register_snapshot_entry(config: Config, manager: ModelManager, name: str,
                                    version: str, entry: dict[str, Any]) -> ModelVersion | None:
     explicit = request_values(entry)   # they win over the archive's model-config.yaml
-    explicit.setdefault("initial_workers", config.startup_workers_per_model)  # startup default
     req = RegisterRequest(url=entry["marName"], model_name=name, runtime=entry.get("runtimeType"),
-                          synchronous=False, loaded_at_startup=True, **explicit)
+                          synchronous=False, loaded_at_startup=True,
+                          default_workers=config.startup_workers_per_model, **explicit)
     try:
         mv = await manager.restore(req)
     except ConfigRefused as exc:
@@ -188,8 +187,8 @@ async def load_startup_models(config: Config, manager: ModelManager,
     failed (declared, so readiness waits for them). ``progress`` hears which one is loading
     (systemd STATUS= lines).
 
-    Workers: the ``models`` JSON's minWorkers/maxWorkers when it sets them for the model (as
-    TorchServe), else ``default_workers_per_model`` (one per CPU when unset).
+    Workers, as TorchServe: the archive's model-config.yaml minWorkers/maxWorkers, else the
+    ``models`` JSON's, else ``default_workers_per_model`` (one per CPU when unset).
     """
     if config.load_all_models and config.model_store is not None:
         entries = startup_models_in_store(config.model_store)
@@ -205,8 +204,8 @@ async def load_startup_models(config: Config, manager: ModelManager,
             continue
         if progress is not None:
             progress(f"loading startup model {entry.url} ({index}/{len(entries)})")
-        workers = None if _json_sets_workers(config, entry) else config.startup_workers_per_model
-        req = RegisterRequest(url=entry.url, model_name=entry.name, initial_workers=workers,
+        req = RegisterRequest(url=entry.url, model_name=entry.name,
+                              default_workers=config.startup_workers_per_model,
                               loaded_at_startup=True, synchronous=True)
         try:
             outcome = await manager.register(req)
@@ -235,8 +234,3 @@ def _registered(manager: ModelManager, name: str) -> bool:
     except ModelNotFound:
         return False
     return True
-
-
-def _json_sets_workers(config: Config, entry: StartupModel) -> bool:
-    versions = config.models.get(entry.name or "") or {}
-    return any(MIN_WORKERS.key in settings for settings in versions.values())

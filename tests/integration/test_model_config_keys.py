@@ -47,6 +47,8 @@ CONFIGS = {
     "ticket": "useJobTicket: true\n",
     "ctimeout": "clientTimeoutInMills: 300\n",
     "qsize": "jobQueueSize: 2\n",
+    # a startup model: its workers are these, not default_workers_per_model (as TorchServe)
+    "pinned": "minWorkers: 2\nmaxWorkers: 3\n",
     # refused: what the answers would mean is not what torchd can serve
     "tp": "parallelType: tp\nparallelLevel: 2\n",
     "ranks": "parallelType: pptp\ntorchrun:\n  nproc-per-node: 2\n",
@@ -73,7 +75,7 @@ def daemon(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     for name, config in CONFIGS.items():
         archive_source(TRACE, name, store, workdir / "src", config=config)
     d = Daemon(workdir, store, {"job_queue_size": 10, "default_workers_per_model": 1,
-                                "load_models": "noop.mar,tp.mar"})
+                                "load_models": "noop.mar,tp.mar,pinned.mar"})
     d.start()
     yield d
     d.cleanup()
@@ -184,5 +186,18 @@ def test_keys_torchd_cannot_honour_refuse_the_registration(daemon, name):
 def test_a_refused_startup_model_is_logged_and_the_others_serve(daemon):
     assert 'startup model tp.mar failed: Model "tp" version 1.0 cannot be served as ' \
            "configured: parallelType tp with parallelLevel 2" in daemon.log()
-    assert [m["modelName"] for m in daemon.mgmt("GET", "/models").json()["models"]] == ["noop"]
+    assert [m["modelName"] for m in daemon.mgmt("GET", "/models").json()["models"]] \
+        == ["noop", "pinned"]
     assert daemon.infer("POST", "/predictions/noop").status_code == 200
+
+
+def test_a_startup_models_yaml_workers_beat_the_configured_default(daemon):
+    """TorchServe starts a startup model with its model-config.yaml's minWorkers/maxWorkers;
+    default_workers_per_model (1 here; one per CPU unset) is for archives that set none.
+    torchd gave every startup model the default, so an LLM archive pinned to one worker got
+    one per CPU, each loading the model."""
+    daemon.wait_workers("pinned", 2)
+    [pinned] = daemon.describe("pinned")
+    assert (pinned["minWorkers"], pinned["maxWorkers"]) == (2, 3)
+    [noop] = daemon.describe("noop")
+    assert (noop["minWorkers"], noop["maxWorkers"], len(noop["workers"])) == (1, 1, 1)

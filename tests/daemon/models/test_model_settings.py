@@ -42,6 +42,28 @@ def test_models_json_applies_when_yaml_is_silent(tmp_path):
     assert (s.batch_size, s.max_requests_per_worker, s.max_worker_rss) == (5, 9, 2 << 20)
 
 
+def test_a_startup_models_default_workers_yield_to_the_yaml_and_the_json(tmp_path):
+    """As TorchServe: a startup model's workers are the archive's model-config.yaml
+    minWorkers/maxWorkers, else the `models` JSON's, else the startup default (one per CPU);
+    an explicit initial_workers (a register call) still beats the YAML."""
+    models = json.dumps({"j": {"1.0": {"minWorkers": 3}}})
+    mm = manager(tmp_path, models=models, default_workers_per_model="5")
+    startup = RegisterRequest(url="m.mar", default_workers=4)
+    pinned = {"minWorkers": 1, "maxWorkers": 2}
+    s = mm._settings(startup, pinned, "m", "1.0")
+    assert (s.min_workers, s.max_workers) == (1, 2)
+    s = mm._settings(startup, pinned, "j", "1.0")
+    assert (s.min_workers, s.max_workers) == (1, 2)
+    s = mm._settings(startup, {}, "j", "1.0")
+    assert (s.min_workers, s.max_workers) == (3, 3)
+    s = mm._settings(startup, {}, "m", "1.0")
+    assert (s.min_workers, s.max_workers) == (4, 4)
+    s = mm._settings(RegisterRequest(url="m.mar"), {}, "m", "1.0")
+    assert (s.min_workers, s.max_workers) == (5, 5)   # a register call: the config key
+    s = mm._settings(RegisterRequest(url="m.mar", initial_workers=2), pinned, "m", "1.0")
+    assert s.min_workers == 2
+
+
 def test_redispatch_is_on_unless_the_model_or_the_global_setting_opts_out(tmp_path):
     on = manager(tmp_path)._settings(RegisterRequest(url="m.mar"), {}, "m", "1.0")
     assert on.redispatch is True
