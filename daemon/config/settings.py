@@ -217,12 +217,13 @@ class Config:
             return ()
         return tuple(split_model_entry(entry) for entry in self.load_models)
 
-    @property
-    def startup_workers_per_model(self) -> int:
-        """Workers for a model loaded at start: the setting, else one per usable CPU."""
+    def startup_workers_per_model(self, gpus: int) -> int:
+        """Workers for a model loaded at start whose model-config.yaml and ``models`` JSON set
+        none, as TorchServe: the setting, else one per GPU in use (``gpus``), else one per
+        usable CPU."""
         if self.default_workers_per_model is not None:
             return self.default_workers_per_model
-        return usable_cpus()
+        return gpus or usable_cpus()
 
     @property
     def register_workers_default(self) -> int:

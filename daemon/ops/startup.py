@@ -151,7 +151,7 @@ async def _register_snapshot_entry(config: Config, manager: ModelManager, name: 
     explicit = request_values(entry)   # they win over the archive's model-config.yaml
     req = RegisterRequest(url=entry["marName"], model_name=name, runtime=entry.get("runtimeType"),
                           synchronous=False, loaded_at_startup=True,
-                          default_workers=config.startup_workers_per_model, **explicit)
+                          default_workers=_default_workers(config, manager), **explicit)
     try:
         mv = await manager.restore(req)
     except ConfigRefused as exc:
@@ -188,7 +188,8 @@ async def load_startup_models(config: Config, manager: ModelManager,
     (systemd STATUS= lines).
 
     Workers, as TorchServe: the archive's model-config.yaml minWorkers/maxWorkers, else the
-    ``models`` JSON's, else ``default_workers_per_model`` (one per CPU when unset).
+    ``models`` JSON's, else ``default_workers_per_model`` (unset: one per GPU in use, else one
+    per CPU).
     """
     if config.load_all_models and config.model_store is not None:
         entries = startup_models_in_store(config.model_store)
@@ -205,7 +206,7 @@ async def load_startup_models(config: Config, manager: ModelManager,
         if progress is not None:
             progress(f"loading startup model {entry.url} ({index}/{len(entries)})")
         req = RegisterRequest(url=entry.url, model_name=entry.name,
-                              default_workers=config.startup_workers_per_model,
+                              default_workers=_default_workers(config, manager),
                               loaded_at_startup=True, synchronous=True)
         try:
             outcome = await manager.register(req)
@@ -216,6 +217,10 @@ async def load_startup_models(config: Config, manager: ModelManager,
             failed.append(entry.name or declared_name(entry.url))
             logger.error("startup model %s failed: %s", entry.url, exc.message)
     return failed
+
+
+def _default_workers(config: Config, manager: ModelManager) -> int:
+    return config.startup_workers_per_model(len(manager.gpus.ids))
 
 
 def declared_name(url: str) -> str:

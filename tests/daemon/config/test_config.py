@@ -80,9 +80,17 @@ def test_crlf_line_endings():
 def test_startup_workers_follow_the_cpus_torchd_may_use(tmp_path, monkeypatch):
     """A 1-CPU container on a 64-core host starts 1 worker per startup model, not 64."""
     monkeypatch.setattr("daemon.config.settings.usable_cpus", lambda: 1)
-    assert load(tmp_path).startup_workers_per_model == 1
+    assert load(tmp_path).startup_workers_per_model(0) == 1
     monkeypatch.setattr("daemon.config.settings.usable_cpus", lambda: 3)
-    assert load(tmp_path).startup_workers_per_model == 3
+    assert load(tmp_path).startup_workers_per_model(0) == 3
+
+
+def test_startup_workers_are_one_per_gpu_where_torchd_uses_gpus(tmp_path):
+    """As TorchServe: a 16-core machine with one GPU starts one worker per startup model, not
+    16 on that GPU; default_workers_per_model still wins."""
+    assert load(tmp_path).startup_workers_per_model(1) == 1
+    assert load(tmp_path).startup_workers_per_model(4) == 4
+    assert load(tmp_path, default_workers_per_model="3").startup_workers_per_model(4) == 3
 
 
 def test_defaults(tmp_path):
@@ -93,7 +101,7 @@ def test_defaults(tmp_path):
     assert config.model_store is None
     assert config.load_models == () and config.startup_models == ()
     assert config.default_workers_per_model is None
-    assert config.startup_workers_per_model == usable_cpus()
+    assert config.startup_workers_per_model(0) == usable_cpus()
     assert config.register_workers_default == 0
     assert (config.job_queue_size, config.max_request_size, config.max_response_size) == (
         100, 6553500, 6553500)
