@@ -21,8 +21,8 @@ class RegisterRequest:
     max_batch_delay: int | None = None
     initial_workers: int | None = None
     # A startup model's workers when neither the archive's model-config.yaml nor the config's
-    # ``models`` JSON sets minWorkers (TorchServe: default_workers_per_model, one per CPU
-    # unset); unlike initial_workers it does not beat the YAML.
+    # ``models`` JSON sets minWorkers (Config.startup_workers_per_model, as TorchServe); unlike
+    # initial_workers it does not beat the YAML.
     default_workers: int | None = None
     max_workers: int | None = None
     synchronous: bool = True
