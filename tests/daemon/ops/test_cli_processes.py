@@ -17,6 +17,7 @@ from daemon.config.settings import load_config
 from daemon.ops import cli, pidfile
 from daemon.osutil import pid_gone
 from tests.support.daemon import REPO
+from tests.support.waiting import wait_until
 
 TIMEOUT = 90
 
@@ -24,9 +25,19 @@ TIMEOUT = 90
 # --- real processes: helpers ------------------------------------------------------------------
 
 def fake_torchd() -> subprocess.Popen:
-    """A sleeping process whose command line says torchd (argv[0]), as the real one's does."""
-    return subprocess.Popen(["torchd", "-c", "import time; time.sleep(60)"],
-                            executable=sys.executable)
+    """A sleeping process whose command line says torchd (argv[0]), as the real one's does.
+    Returned once /proc shows that command line: Popen returns when exec has begun, and the
+    kernel sets the new command line up a moment later. Read meanwhile (23 spawns in 1000
+    here) it is empty, and made `stop` take the process for a stale pid file in a CI run."""
+    process = subprocess.Popen(["torchd", "-c", "import time; time.sleep(60)"],
+                               executable=sys.executable)
+    try:
+        wait_until(lambda: pidfile.is_torchd_process(process.pid), timeout=30,
+                   what="the fake torchd's command line")
+    except BaseException:
+        reap(process)
+        raise
+    return process
 
 
 def not_torchd() -> subprocess.Popen:
