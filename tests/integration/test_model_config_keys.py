@@ -193,7 +193,7 @@ def test_a_refused_startup_model_is_logged_and_the_others_serve(daemon):
 
 def test_a_startup_models_yaml_workers_beat_the_configured_default(daemon):
     """TorchServe starts a startup model with its model-config.yaml's minWorkers/maxWorkers;
-    default_workers_per_model (1 here; one per CPU unset) is for archives that set none.
+    default_workers_per_model (1 here) is for archives that set none.
     torchd gave every startup model the default, so an LLM archive pinned to one worker got
     one per CPU, each loading the model."""
     daemon.wait_workers("pinned", 2)
