@@ -16,9 +16,8 @@ import grpc
 import pytest
 
 from tests.support.archives import archive_source
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, running_daemon
 from tests.support.grpc_stubs import channel, generate_stubs, stream_predictions
-from tests.support.ops import make_store
 from tests.support.raw_http import head
 from tests.support.waiting import wait_until
 
@@ -47,16 +46,11 @@ def handle(data, context):
 @pytest.fixture(scope="module")
 def daemon(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     workdir = tmp_path_factory.mktemp("readers")
-    store = make_store(archive_dir, workdir / "store", ["echo"])
-    archive_source(STREAMING, "streaming", store, workdir / "src")
-    d = Daemon(workdir, store, {"response_send_timeout": SEND_TIMEOUT_S})
-    try:
-        d.start()
+    with running_daemon(archive_dir, workdir, {"response_send_timeout": SEND_TIMEOUT_S}) as d:
+        archive_source(STREAMING, "streaming", d.model_store, workdir / "src")
         for name in ("echo", "streaming"):
             assert d.register(f"{name}.mar", initial_workers=1).status_code == 200
         yield d
-    finally:
-        d.cleanup()
 
 
 def non_reader(d: Daemon, request: bytes) -> socket.socket:

@@ -222,7 +222,7 @@ class Engine:
         rows = [row for row, s in enumerate(sequences) if s.request.params.logprobs is not None]
         if not rows:
             return
-        scores = torch.log_softmax(logits[rows].float(), dim=-1).clamp(min=LOGPROB_FLOOR)
+        scores = _log_probs(logits[rows])
         widest = min(scores.shape[-1],
                      max(sequences[row].request.params.logprobs or 0 for row in rows))
         top_scores: list[list[float]] = [[] for _ in rows]
@@ -247,8 +247,8 @@ class Engine:
             if not sequence.request.echo or wanted is None:
                 continue
             ids = sequence.prompt_ids
-            before = logits[row, width - len(ids):width - 1].float()   # predicts ids[1:]
-            scores = torch.log_softmax(before, dim=-1).clamp(min=LOGPROB_FLOOR)
+            before = logits[row, width - len(ids):width - 1]   # predicts ids[1:]
+            scores = _log_probs(before)
             chosen = scores.gather(1, torch.tensor(ids[1:], device=scores.device)[:, None])
             best = scores.topk(min(wanted, scores.shape[-1]), dim=-1) if wanted else None
             entries = [TokenLogprob(text(ids[0]), None, [], 0)]
@@ -325,3 +325,8 @@ def eos_token_ids(model: Any, tokenizer: Any) -> set[int]:
         elif isinstance(value, (list, tuple)):
             ids.update(v for v in value if isinstance(v, int))
     return ids
+
+
+def _log_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Each row's log probabilities, in float32, floored (-inf is not JSON)."""
+    return torch.log_softmax(logits.float(), dim=-1).clamp(min=LOGPROB_FLOOR)
