@@ -89,17 +89,14 @@ def test_number_of_gpu_zero_serves_everything_on_the_cpu(make_daemon):
     assert "GPUUtilization{" not in text
 
 
-def one_cpu() -> None:
-    """In the daemon's process before exec: one CPU, so that a worker per CPU is one worker."""
-    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
-
-
 def test_a_startup_model_gets_a_worker_per_gpu(make_daemon):
     """Where neither its model-config.yaml, the models JSON nor default_workers_per_model says,
     a startup model gets one worker per GPU in use, as TorchServe (here 2 GPUs and 1 CPU).
     torchd gave it one per CPU: on a 16-core machine with one GPU, 16 CUDA workers on it."""
     env = {"PYTHONPATH": f"{FAKE_NVML}:{REPO}", "FAKE_NVML_GPUS": "2"}
-    d = make_daemon({"load_models": "echo.mar"}, env=env, preexec_fn=one_cpu)
+    first = min(os.sched_getaffinity(0))   # one CPU: a worker per CPU would be one worker
+    d = make_daemon({"load_models": "echo.mar"}, env=env,
+                    preexec_fn=lambda: os.sched_setaffinity(0, {first}))
     d.wait_workers("echo", 2)
     d.track_descendants()
     assert described_gpus(d, "echo") == [0, 1]
