@@ -23,9 +23,21 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free loopback ports: held together while chosen, since a port
+    closed and asked for again may come back (5 in a row repeated one 14 times in 20,000 here,
+    and a daemon then failed to bind its second listener)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
 
 
 class Daemon:
@@ -35,9 +47,8 @@ class Daemon:
                  env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         self.model_store = model_store
-        self.ports = {"inference": free_port(), "management": free_port(),
-                      "metrics": free_port(), "grpc_inference": free_port(),
-                      "grpc_management": free_port()}
+        self.ports = dict(zip(("inference", "management", "metrics", "grpc_inference",
+                               "grpc_management"), free_ports(5)))
         self.settings = {
             "inference_address": f"http://127.0.0.1:{self.ports['inference']}",
             "management_address": f"http://127.0.0.1:{self.ports['management']}",

@@ -16,7 +16,7 @@ import pytest
 from daemon.config.settings import load_config
 from daemon.ops import cli, pidfile
 from daemon.osutil import pid_gone
-from tests.support.daemon import REPO
+from tests.support.daemon import REPO, free_ports
 from tests.support.waiting import wait_until
 
 TIMEOUT = 90
@@ -73,17 +73,6 @@ def run_cli(args: list[str], cwd: Path, env: dict | None = None,
                                                            full_env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "daemon.ops.cli", *args], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout, check=False)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
 
 
 def kill_pid_file_owner(path: Path) -> None:
