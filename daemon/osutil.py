@@ -1,12 +1,13 @@
-"""Small OS facts every layer needs: durable directory entries, whether a pid has exited,
-how many CPUs this process may use, how many connections its descriptors allow, how much a
-socket's peer has yet to take."""
+"""Small OS facts every layer needs: durable directory entries, whether a pid has exited and
+how it ended, how many CPUs this process may use, how many connections its descriptors allow,
+how much a socket's peer has yet to take."""
 from __future__ import annotations
 
 import fcntl
 import math
 import os
 import resource
+import signal
 import struct
 import termios
 from pathlib import Path
@@ -35,6 +36,19 @@ def pid_gone(pid: int) -> bool:
         return True
     except psutil.Error:
         return False  # cannot tell (e.g. permissions): never report a live process gone
+
+
+def exit_description(returncode: int | None) -> str:
+    """How a process ended, from a return code as asyncio and the zygote report it (negative:
+    the signal that killed it), in the words the logs and error messages use."""
+    if returncode is None:
+        return "exit status not reported"
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exited with code {returncode}"
 
 
 def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"),

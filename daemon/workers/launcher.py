@@ -301,10 +301,13 @@ class ZygoteLauncher:
         if self.fallback.owns(pid):
             return True
         try:
-            reaped, _ = os.waitpid(pid, os.WNOHANG)
+            reaped, status = os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             return True       # not our child: the zygote that forked it collects it
-        return reaped == pid
+        if reaped != pid:
+            return False
+        self.on_exit(pid, os.waitstatus_to_exitcode(status))   # nobody else can report it now
+        return True
 
     async def close(self) -> None:
         self._closing = True

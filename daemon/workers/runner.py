@@ -9,6 +9,7 @@ turn means (READY, BACKOFF, FAILED, forgotten). Batches are the dispatcher's bus
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any, Protocol
 
 from daemon.errors import InternalServerError, TorchdError
 from daemon.models.model_config import compiles
+from daemon.osutil import exit_description
 from daemon.models.dispatcher import BatchObserver, Dispatcher
 from daemon.models.dispatching import WorkerDispatcher
 from daemon.models.pipelining import PipelineDispatcher
@@ -101,6 +103,7 @@ class WorkerRunner:
             self.events.stopped(handle)
         else:
             await self._terminate(handle)
+            await self._exit_report(handle)
             self.events.died(handle, handle.kill_reason or reason)
 
     # ---- start -----------------------------------------------------------------------------
@@ -201,11 +204,8 @@ class WorkerRunner:
 
     @staticmethod
     def _exit_cause(handle: WorkerHandle, exc: BaseException | None) -> str:
-        code = handle.returncode
-        if code is not None and code < 0:
-            return f"worker process killed by signal {-code}"
-        if code is not None:
-            return f"worker process exited with code {code}"
+        if handle.returncode is not None:
+            return f"worker process {exit_description(handle.returncode)}"
         return f"worker connection lost: {exc}" if exc else "worker process exited"
 
     # ---- serve -----------------------------------------------------------------------------
@@ -256,6 +256,15 @@ class WorkerRunner:
         self._signal(handle, signal.SIGKILL)
         await self._wait_exit(handle, SHUTDOWN_GRACE)
         self._close(handle)
+
+    @staticmethod
+    async def _exit_report(handle: WorkerHandle) -> None:
+        """A moment for the exit status, so that the death is logged with its cause (killed by
+        SIGKILL, say): it comes from the zygote over another socket, and the worker's broken
+        socket usually overtakes it, by milliseconds."""
+        if handle.pid is not None and not handle.exited.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(handle.exited.wait(), EXIT_READ_GRACE)
 
     def kill(self, handle: WorkerHandle, reason: str) -> None:
         """Kill a hung worker; its run notices the lost socket and reports the death with

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from daemon.errors import no_worker_error
+from daemon.osutil import exit_description
 from daemon.models.registry import ModelVersion, Registry
 from daemon.workers.handle import WorkerHandle, stop_preference
 from daemon.workers.autoscale import autoscale_step
@@ -303,8 +304,9 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
             self.metrics.worker_restarted(handle.mv.name, handle.mv.version)
         handle.move(S.BACKOFF if delay is not None else S.FAILED)
         handle.retry_at = now + (delay or 0.0)
-        logger.error("worker %s (pid %s) of %s %s died: %s (exit status %s); %s", handle.id,
-                     handle.pid, handle.mv.name, handle.mv.version, reason, handle.returncode,
+        logger.error("worker %s (pid %s) of %s %s died: %s (%s); %s", handle.id, handle.pid,
+                     handle.mv.name, handle.mv.version, reason,
+                     exit_description(handle.returncode),
                      "FAILED: not replaced (maxRetryTimeoutInSec 0)" if delay is None
                      else f"replacing it in {delay:g} s")
         self.notify_changed()

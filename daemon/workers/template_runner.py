@@ -18,6 +18,7 @@ import signal
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from daemon.osutil import exit_description
 from daemon.workers.launcher import ExitCallback, ProcessOps, dispatch_fork_reply
 from daemon.workers.runner import (EXIT_READ_GRACE, SHUTDOWN_GRACE, RunnerSettings, load_message,
                                    wait_for_exit)
@@ -219,11 +220,8 @@ class TemplateRunner:
 
     @staticmethod
     def _exit_cause(template: TemplateHandle) -> str:
-        code = template.returncode
-        if code is not None and code < 0:
-            return f"template process killed by signal {-code}"
-        if code is not None:
-            return f"template process exited with code {code}"
+        if template.returncode is not None:
+            return f"template process {exit_description(template.returncode)}"
         return "template process exited"
 
     # ---- serve and stop --------------------------------------------------------------------

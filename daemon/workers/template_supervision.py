@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from daemon.models.registry import ModelVersion
+from daemon.osutil import exit_description
 from daemon.workers.records import VersionRecord
 from daemon.workers.template_runner import TemplateRunner
 from daemon.workers.templates import TemplateHandle, TemplateState, preload_refusal
@@ -153,9 +154,10 @@ class TemplateSupervision(abc.ABC):
             delay = self.record(mv).template_ended(template.ready_for(now),
                                                    self.settings.policy, now)
             if template.state is T.READY:
-                logger.error("template %s for %s %s (pid %s) died (exit status %s); its workers "
-                             "keep serving; a new one starts in %g s", template.id, mv.name,
-                             mv.version, template.pid, template.returncode, delay)
+                logger.error("template %s for %s %s (pid %s) died (%s); its workers keep "
+                             "serving; a new one starts in %g s", template.id, mv.name,
+                             mv.version, template.pid, exit_description(template.returncode),
+                             delay)
         else:
             logger.info("template %s for %s %s stopped", template.id, mv.name, mv.version)
         if template.state is not T.STOPPED:

@@ -1,6 +1,6 @@
 """usable_cpus (daemon/osutil.py): the affinity mask capped by a cgroup quota, v1 or v2, on this
 process's cgroup or any above it; fake cgroup trees under tmp_path. send_queue on a real
-loopback connection."""
+loopback connection. exit_description: the words for how a process ended."""
 from __future__ import annotations
 
 import contextlib
@@ -8,7 +8,7 @@ import os
 import socket
 from pathlib import Path
 
-from daemon.osutil import cgroup_cpu_quota, send_queue, usable_cpus
+from daemon.osutil import cgroup_cpu_quota, exit_description, send_queue, usable_cpus
 from tests.support.waiting import wait_until
 
 
@@ -63,3 +63,12 @@ def test_send_queue_is_what_the_peer_has_not_taken():
             wait_until(lambda: send_queue(peer.fileno()) == 0, what="all of it acknowledged")
     with open(os.devnull) as not_a_socket:
         assert send_queue(not_a_socket.fileno()) == 0   # the system says nothing
+
+
+def test_exit_description_names_the_signal_or_the_code():
+    assert exit_description(-9) == "killed by SIGKILL"
+    assert exit_description(-15) == "killed by SIGTERM"
+    assert exit_description(-200) == "killed by signal 200"
+    assert exit_description(0) == "exited with code 0"
+    assert exit_description(3) == "exited with code 3"
+    assert exit_description(None) == "exit status not reported"
