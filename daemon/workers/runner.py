@@ -103,7 +103,7 @@ class WorkerRunner:
             self.events.stopped(handle)
         else:
             await self._terminate(handle)
-            await self._exit_report(handle)
+            await exit_report(handle.pid, handle.exited)
             self.events.died(handle, handle.kill_reason or reason)
 
     # ---- start -----------------------------------------------------------------------------
@@ -257,15 +257,6 @@ class WorkerRunner:
         await self._wait_exit(handle, SHUTDOWN_GRACE)
         self._close(handle)
 
-    @staticmethod
-    async def _exit_report(handle: WorkerHandle) -> None:
-        """A moment for the exit status, so that the death is logged with its cause (killed by
-        SIGKILL, say): it comes from the zygote over another socket, and the worker's broken
-        socket usually overtakes it, by milliseconds."""
-        if handle.pid is not None and not handle.exited.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(handle.exited.wait(), EXIT_READ_GRACE)
-
     def kill(self, handle: WorkerHandle, reason: str) -> None:
         """Kill a hung worker; its run notices the lost socket and reports the death with
         ``reason`` (the lost socket alone would say nothing about why)."""
@@ -323,6 +314,15 @@ async def wait_for_exit(pid: int | None, exited: asyncio.Event, ops: ProcessOps,
         except asyncio.TimeoutError:
             pass
     return True
+
+
+async def exit_report(pid: int | None, exited: asyncio.Event) -> None:
+    """A moment for a process's exit status, once it is gone, so that its death is logged with
+    its cause (killed by SIGKILL, say): the status comes from the zygote over another socket,
+    and the process's own broken socket usually overtakes it, by milliseconds."""
+    if pid is not None and not exited.is_set():
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(exited.wait(), EXIT_READ_GRACE)
 
 
 def _oom_kills() -> int:

@@ -20,8 +20,8 @@ from typing import Any, Protocol
 
 from daemon.osutil import exit_description
 from daemon.workers.launcher import ExitCallback, ProcessOps, dispatch_fork_reply
-from daemon.workers.runner import (EXIT_READ_GRACE, SHUTDOWN_GRACE, RunnerSettings, load_message,
-                                   wait_for_exit)
+from daemon.workers.runner import (EXIT_READ_GRACE, SHUTDOWN_GRACE, RunnerSettings, exit_report,
+                                   load_message, wait_for_exit)
 from daemon.workers.templates import TemplateHandle, TemplateState
 from protocol import messages
 from protocol.frames import ProtocolError
@@ -251,6 +251,7 @@ class TemplateRunner:
             if not await self._wait_exit(template, SHUTDOWN_GRACE):
                 self._signal(template, signal.SIGKILL)
                 await self._wait_exit(template, SHUTDOWN_GRACE)
+        await exit_report(template.pid, template.exited)
         if reading is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reading), EXIT_READ_GRACE)

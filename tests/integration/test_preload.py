@@ -194,7 +194,8 @@ def test_a_killed_template_comes_back_and_its_workers_serve_on(daemon: Daemon) -
     # the orphaned workers are the daemon's children now, and serve on
     assert all(psutil.Process(pid).ppid() == daemon.pid for pid in workers)
     answered_by_all(daemon, "wide_kill", workers)
-    assert "died" in daemon.log() and template_pids(daemon, "wide_kill") == [fresh["pid"]]
+    assert f"wide_kill 1.0 (pid {old['pid']}) died (killed by SIGKILL)" in daemon.log()
+    assert template_pids(daemon, "wide_kill") == [fresh["pid"]]
 
     scale(daemon, "wide_kill", 3)
     (newcomer,) = [w for w in daemon.workers("wide_kill") if w["pid"] not in workers]
