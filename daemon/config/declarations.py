@@ -92,8 +92,8 @@ SETTINGS: tuple[Setting, ...] = (
       cli="--models", multi=True, doc_default="none"),
     S("default_workers_per_model", parse_optional_int, None,
       "Workers for a registered model when neither the request nor its model-config.yaml "
-      "says. Startup models get one per GPU in use, else one per CPU, when unset; register "
-      "calls get 0.",
+      "says. Startup models get one per GPU in use, else one per CPU, when unset or 0; "
+      "register calls get 0.",
       doc_default="unset"),
     S("max_workers", parse_int, 64, "Most workers over all models; larger requests get 400."),
     S("job_queue_size", parse_positive_int, model_default("job_queue_size"),

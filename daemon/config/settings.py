@@ -219,9 +219,9 @@ class Config:
 
     def startup_workers_per_model(self, gpus: int) -> int:
         """Workers for a model loaded at start whose model-config.yaml and ``models`` JSON set
-        none, as TorchServe: the setting, else one per GPU in use (``gpus``), else one per
-        usable CPU."""
-        if self.default_workers_per_model is not None:
+        none, as TorchServe: the setting, else (unset or 0, which TorchServe reads as "choose")
+        one per GPU in use (``gpus``), else one per usable CPU."""
+        if self.default_workers_per_model:
             return self.default_workers_per_model
         return gpus or usable_cpus()
 

@@ -93,6 +93,16 @@ def test_startup_workers_are_one_per_gpu_where_torchd_uses_gpus(tmp_path):
     assert load(tmp_path, default_workers_per_model="3").startup_workers_per_model(4) == 3
 
 
+def test_zero_default_workers_means_choose_for_startup_models(tmp_path, monkeypatch):
+    """TorchServe reads default_workers_per_model=0 as unset for the models it loads at start
+    (ConfigManager.getDefaultWorkers); a register call still gets 0 workers from it."""
+    monkeypatch.setattr("daemon.config.settings.usable_cpus", lambda: 3)
+    config = load(tmp_path, default_workers_per_model="0")
+    assert config.startup_workers_per_model(0) == 3
+    assert config.startup_workers_per_model(2) == 2
+    assert config.register_workers_default == 0
+
+
 def test_defaults(tmp_path):
     config = load(tmp_path)
     assert config.inference_address == BindAddress("http", "127.0.0.1", 8080)
