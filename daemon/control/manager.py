@@ -7,10 +7,12 @@ Supervisor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import shutil
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,9 +63,10 @@ class ModelManager:
         self.metrics = metrics
         self.gpus = gpus or GpuInventory()    # deviceIds must name one of these
 
-    async def _save_snapshot(self) -> None:
-        """Persist before answering 2xx, so a crash right after loses nothing answered."""
-        await self.snapshots.save(self.registry)
+    async def _save_snapshot(self, failure: str,
+                             undo: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Persist before answering 2xx (SnapshotStore.save_change: 500 when it cannot)."""
+        await self.snapshots.save_change(self.registry, failure, undo)
 
     def require_model_api(self) -> None:
         """Register and unregister answer 405 while the model API is off (SPEC 5.3)."""
@@ -75,7 +78,8 @@ class ModelManager:
 
     async def register(self, req: RegisterRequest) -> Outcome:
         mv = await self._add_version(req)
-        await self._save_snapshot()
+        await self._save_snapshot(f'Model "{mv.name}" Version: {mv.version} not registered, as '
+                                  "the change could not be saved", lambda: self._remove(mv))
         return await self._start_workers(mv, req.synchronous)
 
     async def restore(self, req: RegisterRequest) -> ModelVersion:
@@ -198,8 +202,11 @@ class ModelManager:
             if self.registry.holds(mv):
                 await self._remove(mv)   # TorchServe unregisters a model whose workers fail
                 # register saved the version before its workers started: that snapshot must
-                # not outlive the rollback, or a restart would bring back what failed.
-                await self._save_snapshot()
+                # not outlive the rollback, or a restart would bring back what failed. (If it
+                # cannot be saved, the workers' failure is still the answer.)
+                with contextlib.suppress(InternalServerError):
+                    await self._save_snapshot(f"{mv.name} {mv.version} unregistered after its "
+                                              "workers failed, but the change was not saved")
             raise
         if ready is None:
             return Outcome(206, "Workers scaling in progress...")
@@ -243,10 +250,18 @@ class ModelManager:
         check_scale_timeout(timeout)
         mv = self.registry.get(name, version)
         self.check_worker_limit(mv, max_worker)
+        before = mv.settings
+
+        async def undo() -> None:
+            self.supervisor.update_settings(mv, stop_timeout=timeout,
+                                            min_workers=before.min_workers,
+                                            max_workers=before.max_workers)
+
         # The version's range, changed through the Supervisor, which brings the workers to it.
         self.supervisor.update_settings(mv, stop_timeout=timeout, min_workers=min_worker,
                                         max_workers=max_worker)
-        await self._save_snapshot()
+        await self._save_snapshot(f"Workers not scaled for model: {name}, as the change could "
+                                  "not be saved", undo)
         if not synchronous:
             return Outcome(202, "Processing worker updates...")
         count = await self._await_workers(mv)
@@ -260,7 +275,9 @@ class ModelManager:
     async def unregister(self, name: str, version: str | None) -> Outcome:
         mv = self.registry.check_removable(name, version)
         await self._remove(mv)
-        await self._save_snapshot()
+        # the workers are gone: nothing to undo, but the answer must not promise it will last
+        await self._save_snapshot(f'Model "{name}" unregistered, but a restart would register '
+                                  "it again, as the change could not be saved")
         logger.info("unregistered %s %s", mv.name, mv.version)
         return Outcome(200, f'Model "{name}" unregistered')
 
@@ -333,8 +350,14 @@ class ModelManager:
                          lambda mv: {"modelName": mv.name, "modelUrl": mv.url})
 
     async def set_default(self, name: str, version: str) -> Outcome:
+        before = self.registry.get(name).version
+
+        async def undo() -> None:
+            self.registry.set_default(name, before)
+
         self.registry.set_default(name, version)
-        await self._save_snapshot()
+        await self._save_snapshot(f'Default version not updated for model "{name}", as the '
+                                  "change could not be saved", undo)
         return Outcome(200, f'Default version successfully updated for model "{name}" to '
                             f'"{version}"')
 

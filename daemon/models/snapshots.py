@@ -39,7 +39,7 @@ import re
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from daemon.config.model_settings import request_values, snapshot_entry
 from daemon.config.model_values import parse_model_snapshot
 from daemon.config.properties import parse_properties
 from daemon.config.values import InvalidValue
+from daemon.errors import InternalServerError
 from daemon.osutil import fsync_dir, pid_gone
 from daemon.models.requests import RegisterRequest
 from daemon.models.registry import ModelVersion, Registry
@@ -100,6 +101,20 @@ class SnapshotStore:
             state.update({key: section() for key, section in self.sections.items()})
             return await asyncio.to_thread(save_snapshot, self.snapshot_dir, state, kind=kind,
                                            keep=self.keep)
+
+    async def save_change(self, registry: Registry, failure: str,
+                          undo: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Persist a management change before it is answered 2xx, so that a crash right after
+        loses nothing answered. A change that cannot be saved (a full or read-only disk) is
+        undone where ``undo`` can, and answered 500: ``failure`` says what became of it (a 2xx
+        would promise what a restart would not keep)."""
+        try:
+            await self.save(registry)
+        except SnapshotError as exc:
+            logger.error("%s: %s", failure, exc)
+            if undo is not None:
+                await undo()    # the newest snapshot on disk holds the state it returns to
+            raise InternalServerError(f"{failure}: {exc}") from None
 
     def load(self, path: Path | None = None) -> tuple[Path, dict[str, Any]] | None:
         """The snapshot at ``path`` (one named as the config file), else the newest one (see
@@ -183,7 +198,10 @@ def save_snapshot(snapshot_dir: Path, state: dict[str, Any], kind: str = "snapsh
     if not re.fullmatch(r"[a-z]+", kind):
         raise ValueError(f"snapshot kind must be lowercase letters, not {kind!r}")
     snapshot_dir = Path(snapshot_dir)
-    snapshot_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        snapshot_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:   # a file in its place, a read-only or full disk
+        raise SnapshotError(snapshot_dir, f"cannot create: {exc.strerror or exc}") from None
     document = _complete(state)
     validate_state(document, snapshot_dir)
     data = json.dumps(document, indent=1, sort_keys=True).encode()

@@ -92,7 +92,9 @@ class WorkflowManager:
             raise
         finally:
             self._registering.discard(wf.name)
-        await self.snapshots.save(self.registry)
+        await self.snapshots.save_change(
+            self.registry, f"Workflow {wf.name} not registered, as the change could not be "
+            "saved", lambda: self._remove(wf))
         logger.info("registered workflow %s from %s: %s", wf.name, wf.prepared.url,
                     ", ".join(wf.models.values()))
         return Outcome(200, f"Workflow {wf.name} has been registered and scaled successfully.")
@@ -171,15 +173,22 @@ class WorkflowManager:
     async def unregister(self, name: str) -> Outcome:
         self.models.require_model_api()
         wf = self.get(name)
-        del self._workflows[name]
-        failures = await self._remove_models(list(wf.models.values()))
-        await asyncio.to_thread(remove_workflow_files, wf.prepared)
-        await self.snapshots.save(self.registry)
+        failures = await self._remove(wf)
+        await self.snapshots.save_change(
+            self.registry, f'Workflow "{name}" unregistered, but a restart would register it '
+            "again, as the change could not be saved")
         if failures:
             raise InternalServerError(f"Error while unregistering the workflow {name}. "
                                       f"Details: [{', '.join(failures)}]")
         logger.info("unregistered workflow %s", name)
         return Outcome(200, f'Workflow "{name}" unregistered')
+
+    async def _remove(self, wf: Workflow) -> list[str]:
+        """The workflow, its node models and its files gone; the nodes' failures, in words."""
+        del self._workflows[wf.name]
+        failures = await self._remove_models(list(wf.models.values()))
+        await asyncio.to_thread(remove_workflow_files, wf.prepared)
+        return failures
 
     async def _remove_models(self, models: list[str]) -> list[str]:
         """Unregister these node models (in-flight requests finish, as for any model); the

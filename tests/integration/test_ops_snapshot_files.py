@@ -2,14 +2,18 @@
 ``<stamp>-startup.cfg``, ``-snapshot.cfg`` and ``-shutdown.cfg``; none at all with ``--ncs``
 (``--no-config-snapshots``); ``--ts-config <a snapshot>`` restores that snapshot, not the
 newest, with the settings of the config file its daemon read; and where TorchServe ran before,
-its newest snapshot is restored until torchd has one of its own."""
+its newest snapshot is restored until torchd has one of its own; a change that cannot be saved
+is answered 500 and undone."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from daemon.models.snapshots import list_snapshots
+from tests.support.archives import build_archive
 from tests.support.daemon import Daemon
+from tests.support.waiting import wait_until
 
 
 def snapshot_files(d: Daemon) -> list[Path]:
@@ -92,3 +96,45 @@ def test_torchserves_newest_snapshot_is_restored_until_torchd_has_its_own(make_d
     d.start(ncs=False)   # torchd's own snapshot now, not TorchServe's, however new
     assert names(d) == ["added", "migrated"]
     assert d.stop() == 0
+
+
+def test_a_change_that_cannot_be_saved_is_undone_and_answered_500(make_daemon) -> None:
+    """A disk that takes no snapshot (full or read-only; here a file stands where the snapshot
+    directory was): each change is answered 500 naming the file and undone where it can be, so
+    no 2xx promises what a restart would not keep; torchd serves on and saves again once it
+    can. (Before, register answered 500 and kept the model, which a retry then found: 409.)"""
+    d = make_daemon(ncs=False)
+    build_archive("noop", d.model_store, name="noop_v2", version="2.0")
+    for url, version in (("noop.mar", "1.0"), ("noop_v2.mar", "2.0")):
+        answer = d.register(url, model_name="m", initial_workers=1, synchronous="true")
+        assert answer.status_code == 200, answer.text
+    config_dir = d.workdir / "logs" / "config"
+    shutil.rmtree(config_dir)
+    config_dir.write_text("not a directory")
+
+    def refused(answer, message: str) -> None:
+        assert answer.status_code == 500, answer.text
+        body = answer.json()
+        assert body["type"] == "InternalServerException"
+        assert body["message"].startswith(f"{message}: snapshot {config_dir}: "), body
+
+    refused(d.register("echo.mar", initial_workers=1, synchronous="true"),
+            'Model "echo" Version: 1.0 not registered, as the change could not be saved')
+    assert d.mgmt("GET", "/models/echo").status_code == 404
+    refused(d.mgmt("PUT", "/models/m?min_worker=2&synchronous=true"),
+            "Workers not scaled for model: m, as the change could not be saved")
+    wait_until(lambda: len(d.workers("m")) == 1, 30, what="the scale undone")
+    assert (d.describe("m")[0]["minWorkers"], d.describe("m")[0]["maxWorkers"]) == (1, 1)
+    refused(d.mgmt("PUT", "/models/m/2.0/set-default"),
+            'Default version not updated for model "m", as the change could not be saved')
+    assert d.describe("m")[0]["modelVersion"] == "1.0"
+    refused(d.mgmt("DELETE", "/models/m/2.0"), 'Model "m" unregistered, but a restart would '
+            "register it again, as the change could not be saved")
+    assert d.mgmt("GET", "/models/m/2.0").status_code == 404   # its workers are gone: done
+    assert d.infer("POST", "/predictions/m", data=b"x").status_code == 200
+
+    config_dir.unlink()
+    assert d.register("echo.mar", initial_workers=1, synchronous="true").status_code == 200
+    assert d.stop() == 0
+    d.start(ncs=False)
+    assert names(d) == ["echo", "m"]
