@@ -1,6 +1,6 @@
-"""Small OS facts every layer needs: durable directory entries, whether a pid has exited and
-how it ended, how many CPUs this process may use, how many connections its descriptors allow,
-how much a socket's peer has yet to take."""
+"""Small OS facts every layer needs: durable directory entries, a directory kept from /tmp
+cleaners, whether a pid has exited and how it ended, how many CPUs this process may use, how
+many connections its descriptors allow, how much a socket's peer has yet to take."""
 from __future__ import annotations
 
 import fcntl
@@ -49,6 +49,23 @@ def exit_description(returncode: int | None) -> str:
         except ValueError:
             return f"killed by signal {-returncode}"
     return f"exited with code {returncode}"
+
+
+def keep_from_cleaners(directory: Path) -> int:
+    """Take a shared BSD lock on ``directory``, held while the returned descriptor stays open.
+
+    systemd-tmpfiles' ageing (10 days for /tmp, the unit's PrivateTmp included) skips a locked
+    directory and everything below it, as systemd's TEMPORARY_DIRECTORIES.md advises: an
+    archive extracted at start and not read since would otherwise be deleted under a running
+    daemon, and the next worker start would fail for good. Shared: holders do not exclude
+    each other."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)   # not inherited (PEP 446)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
 
 
 def usable_cpus(cgroup_root: Path = Path("/sys/fs/cgroup"),

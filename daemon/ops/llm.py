@@ -44,6 +44,7 @@ from daemon.ops.llm_launcher_flags import (DEFAULT_BATCH_SIZES, LAUNCHER_SETTING
                                            TRT_LLM_OPTIONS, VLLM, VLLM_ONLY_OPTIONS,
                                            add_llm_options)
 from daemon.ops.options import build_parser, config_from_args
+from daemon.osutil import keep_from_cleaners
 
 logger = logging.getLogger(__name__)
 
@@ -266,6 +267,7 @@ def cmd_llm(argv: Sequence[str]) -> int:
         if config.model_store is None:
             from daemon.ops.server import RUNTIME_PREFIX   # the daemon's, imported as serve does
             own_store = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-llm-"))
+            keep_from_cleaners(own_store)   # for the process's life: its workers read it
         store = config.model_store or own_store
         assert store is not None
         target = write_model_dir(store, model)

@@ -44,7 +44,7 @@ from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
 from daemon.ops.startup import load_model_snapshot
-from daemon.osutil import pid_gone, usable_cpus
+from daemon.osutil import keep_from_cleaners, pid_gone, usable_cpus
 from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
 from daemon.ops.preflight import start_problem
 from daemon.version import VERSION
@@ -73,6 +73,7 @@ class DaemonCore:
         self.config = config
         self.version = VERSION
         self.runtime_dir = make_runtime_dir()
+        self._runtime_lock = keep_from_cleaners(self.runtime_dir)   # closed in stop()
         self.registry = Registry()
         # Once, through NVML (never CUDA: the zygote forks workers from this process's child).
         self.gpus = discover_gpus(config.cuda_visible_devices, config.number_of_gpu)
@@ -218,6 +219,7 @@ class DaemonCore:
         for mv in self.registry.all_versions():
             await asyncio.to_thread(_remove_extracted, mv.archive)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
+        os.close(self._runtime_lock)
         if self.metrics.options.log is not None:
             self.metrics.options.log.close()
 
@@ -234,7 +236,8 @@ def make_runtime_dir() -> Path:
     """A private dir for worker sockets and extracted archives, named after this daemon's pid.
 
     A daemon killed with SIGKILL cannot clean up after itself, and its extracted archives may be
-    large: the next daemon removes the dirs of daemons that are gone.
+    large: the next daemon removes the dirs of daemons that are gone. (A running daemon holds
+    its dir locked against /tmp cleaners: osutil.keep_from_cleaners.)
     """
     root = Path(tempfile.gettempdir())
     for stale in root.glob(f"{RUNTIME_PREFIX}*-*"):

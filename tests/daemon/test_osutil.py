@@ -1,14 +1,19 @@
 """usable_cpus (daemon/osutil.py): the affinity mask capped by a cgroup quota, v1 or v2, on this
 process's cgroup or any above it; fake cgroup trees under tmp_path. send_queue on a real
-loopback connection. exit_description: the words for how a process ended."""
+loopback connection. exit_description: the words for how a process ended. keep_from_cleaners:
+the lock systemd-tmpfiles respects."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import socket
 from pathlib import Path
 
-from daemon.osutil import cgroup_cpu_quota, exit_description, send_queue, usable_cpus
+import pytest
+
+from daemon.osutil import (cgroup_cpu_quota, exit_description, keep_from_cleaners, send_queue,
+                           usable_cpus)
 from tests.support.waiting import wait_until
 
 
@@ -72,3 +77,17 @@ def test_exit_description_names_the_signal_or_the_code():
     assert exit_description(0) == "exited with code 0"
     assert exit_description(3) == "exited with code 3"
     assert exit_description(None) == "exit status not reported"
+
+
+def test_keep_from_cleaners_holds_a_shared_lock_until_closed(tmp_path):
+    fd = keep_from_cleaners(tmp_path)
+    probe = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(BlockingIOError):    # what systemd-tmpfiles tries: it skips the dir
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        second = keep_from_cleaners(tmp_path)   # shared: another holder is no conflict
+        os.close(second)
+        os.close(fd)
+        fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)

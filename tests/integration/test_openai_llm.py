@@ -6,6 +6,7 @@ ts.llm_launcher command line; what ``torchd llm`` refuses exits before serving."
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import importlib.util
 import os
 import subprocess
@@ -44,6 +45,15 @@ def own_stores(d: Daemon) -> list[Path]:
     return sorted(Path(tempfile.gettempdir()).glob(f"torchd-run-{d.pid}-llm-*"))
 
 
+def assert_locked(directory: Path) -> None:
+    probe = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(BlockingIOError):
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    finally:
+        os.close(probe)
+
+
 def client(d: Daemon) -> openai.OpenAI:
     return openai.OpenAI(base_url=d.url("inference", "/v1"), api_key="unused", max_retries=0,
                          timeout=60)
@@ -58,6 +68,7 @@ def test_it_serves_the_directory_as_a_continuous_batching_model(llm: Daemon,
     assert sorted(p.name for p in (store / MODEL).iterdir()) == ["MAR-INF",
                                                                  "model-config.yaml"]
     assert not (tiny_llm / "MAR-INF").exists()   # the model's own directory is only read
+    assert_locked(store)   # kept from /tmp cleaners (systemd-tmpfiles) while torchd llm runs
     labels = frozenset({"model_name": MODEL, "model_version": "1.0"}.items())
     samples = scrape(llm)
     assert ("llm_num_requests_running", labels) in samples

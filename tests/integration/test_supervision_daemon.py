@@ -1,9 +1,15 @@
-"""The daemon's own death: SIGKILL leaves no orphans, SIGTERM drains in-flight work first."""
+"""The daemon's own death: SIGKILL leaves no orphans, SIGTERM drains in-flight work first; and
+its files under /tmp outlive a tmp cleaner while it runs."""
 from __future__ import annotations
 
 import http.client
+import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 from daemon.osutil import pid_gone as gone
 from tests.support.supervision import ZYGOTE_TITLE, busy, descendants, title
@@ -58,3 +64,32 @@ def test_idle_keep_alive_connections_do_not_hold_up_sigterm(make_daemon) -> None
     assert time.monotonic() - signalled < 10.0, "idle connections held the shutdown up"
     for conn in connections:
         conn.close()
+
+
+def test_a_tmp_cleaner_leaves_a_running_daemons_files_alone(make_daemon, tmp_path,
+                                                            request) -> None:
+    """systemd-tmpfiles ages /tmp (10 days; the unit's PrivateTmp too): an archive extracted at
+    start and not read since went with it, and the next worker start failed for good. The
+    daemon's runtime dir is locked (flock), which the cleaner skips; here it cleans at age 0."""
+    # a short TMPDIR (pytest's tmp_path is too long for the workers' AF_UNIX socket paths)
+    tmp = Path(tempfile.mkdtemp(prefix="torchd-test-tmp-"))
+    request.addfinalizer(lambda: shutil.rmtree(tmp, ignore_errors=True))
+    d = make_daemon(env={"TMPDIR": str(tmp)})
+    answer = d.register("noop.mar", model_name="aged", initial_workers=1, synchronous="true")
+    assert answer.status_code == 200, answer.text
+    before = sorted(tmp.rglob("*"))
+    assert any(path.name == "MANIFEST.json" for path in before), before
+    rules = tmp_path / "torchd-test.conf"
+    rules.write_text(f"e {tmp} - - - 0\n")
+    stray = tmp / "stray"
+    stray.write_text("nobody holds this")
+    subprocess.run([shutil.which("systemd-tmpfiles") or "systemd-tmpfiles", "--clean",
+                    str(rules)], check=True, timeout=60)
+    assert not stray.exists()                    # the cleaner did run
+    assert sorted(tmp.rglob("*")) == before
+    (worker,) = d.workers("aged")
+    os.kill(worker["pid"], signal.SIGKILL)       # the replacement loads from the same files
+    wait_until(lambda: [w["status"] for w in d.workers("aged")
+                        if w["pid"] != worker["pid"]] == ["READY"], 30, 0.05,
+               "a replacement READY")
+    assert d.infer("POST", "/predictions/aged", data=b"x").status_code == 200
