@@ -1,6 +1,7 @@
 """daemon/ops/preflight.py: what fails a start before anything binds or loads."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 from daemon.config.settings import load_config
@@ -41,3 +42,14 @@ def test_tls_files_must_make_a_server_context_for_grpc_too(tmp_path):
                                           private_key_file=tmp_path / "garbage.pem") or "")
     # no TLS listener: the files are not read
     assert problem(tmp_path, certificate_file=cert, private_key_file=other_key) is None
+
+
+def test_a_temporary_directory_too_deep_for_unix_sockets(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", "/tmp")
+    assert problem(tmp_path) is None
+    deep = "/tmp/" + "d" * 70
+    monkeypatch.setattr(tempfile, "tempdir", deep)
+    found = problem(tmp_path)
+    assert found is not None and found.startswith(
+        f"the temporary directory {deep} is too long for the workers' Unix socket paths (")
+    assert found.endswith("at most 107): set TMPDIR to a shorter directory")
