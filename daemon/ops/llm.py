@@ -265,7 +265,7 @@ def cmd_llm(argv: Sequence[str]) -> int:
         model = llm_model(args)
         check_engine_installed(model.engine)
         if config.model_store is None:
-            from daemon.ops.server import RUNTIME_PREFIX   # the daemon's, imported as serve does
+            from daemon.ops.process import RUNTIME_PREFIX   # the daemon's
             own_store = Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-llm-"))
             keep_from_cleaners(own_store)   # for the process's life: its workers read it
         store = config.model_store or own_store

@@ -10,7 +10,7 @@ import tempfile
 from daemon.config.settings import Config
 
 SUN_PATH_MAX = 107   # bytes in an AF_UNIX socket's path: sockaddr_un's 108, less the NUL
-# The longest socket path a daemon makes: its runtime dir (server.make_runtime_dir: a pid and
+# The longest socket path a daemon makes: its runtime dir (process.make_runtime_dir: a pid and
 # mkdtemp's 8 random characters), then sockets/w<worker id>.sock, ids counting up from 9000.
 LONGEST_SOCKET = "torchd-run-{pid}-xxxxxxxx/sockets/w9999999.sock"
 

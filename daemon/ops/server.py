@@ -5,24 +5,19 @@ Start: bind the listeners (a busy port fails the start at once), start the worke
 restore the newest snapshot, load the startup models, then listen and tell systemd READY=1.
 Clients are refused until then, as TorchServe does, so no management call can race the restore.
 
-Shutdown (SIGTERM/SIGINT): readiness goes false, requests are still served for
+Shutdown (SIGTERM, SIGINT or SIGHUP): readiness goes false, requests are still served for
 ``shutdown_delay`` seconds, then listeners stop accepting, in-flight requests finish (bounded),
 workers stop, a final snapshot is written, exit 0.
 """
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import dataclasses
-import gc
 import logging
 import os
 import shutil
-import signal
 import socket
-import tempfile
 from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvloop
@@ -44,9 +39,11 @@ from daemon.control.manager import ModelManager
 from daemon.models.registry import Registry
 from daemon.models.snapshots import SnapshotStore
 from daemon.ops.startup import load_model_snapshot
-from daemon.osutil import keep_from_cleaners, pid_gone, usable_cpus
+from daemon.osutil import keep_from_cleaners, usable_cpus
 from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
 from daemon.ops.preflight import start_problem
+from daemon.ops.process import (STOP_SIGNALS, become_subreaper, make_runtime_dir,
+                                settle_garbage_collector, stop_on)
 from daemon.version import VERSION
 from daemon.ops.startup import (StartupError, load_startup_models, restore_snapshot,
                                 restore_torchserve_snapshot, restore_workflows)
@@ -61,7 +58,6 @@ if TYPE_CHECKING:
     from daemon.rpc.server import RpcListeners
 
 logger = logging.getLogger(__name__)
-PR_SET_CHILD_SUBREAPER = 36
 START_STEP_SLACK = 30.0   # seconds beyond a start step's startup_timeout (EXTEND_TIMEOUT_USEC)
 
 
@@ -229,33 +225,6 @@ def _remove_extracted(archive: PreparedArchive) -> None:
     remove_prepared(dataclasses.replace(archive, downloaded=False))
 
 
-RUNTIME_PREFIX = "torchd-run-"
-
-
-def make_runtime_dir() -> Path:
-    """A private dir for worker sockets and extracted archives, named after this daemon's pid.
-
-    A daemon killed with SIGKILL cannot clean up after itself, and its extracted archives may be
-    large: the next daemon removes the dirs of daemons that are gone. (A running daemon holds
-    its dir locked against /tmp cleaners: osutil.keep_from_cleaners.)
-    """
-    root = Path(tempfile.gettempdir())
-    for stale in root.glob(f"{RUNTIME_PREFIX}*-*"):
-        pid = stale.name[len(RUNTIME_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and pid_gone(int(pid)) and stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f"{RUNTIME_PREFIX}{os.getpid()}-", dir=root))
-
-
-def become_subreaper() -> None:
-    """Workers orphaned by a dead zygote re-parent to the daemon, staying its descendants."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
-    except (OSError, AttributeError):
-        logger.warning("cannot become a child subreaper; orphaned workers re-parent to init")
-
-
 # ---- the daemon's life ------------------------------------------------------------------------
 
 
@@ -267,8 +236,8 @@ async def serve_forever(config: Config) -> int:
 
     loop = asyncio.get_running_loop()
     shutdown = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, shutdown.set)
+    for sig in STOP_SIGNALS:
+        loop.add_signal_handler(sig, stop_on, sig, shutdown)
     problem = start_problem(config)
     if problem:
         logger.error("cannot start: %s", problem)
@@ -365,22 +334,6 @@ async def _serve_until_shutdown(core: DaemonCore, sockets: dict[str, socket.sock
 
 
 # Container allocations between two collections of the youngest generation. Python's default,
-# 700, meant a collection every ten or so requests (a request keeps about 70 containers), each
-# walking every request in flight; serving makes no cyclic garbage, and whatever else does
-# waits at most this many allocations (a few MB) for the collector.
-GC_YOUNG_THRESHOLD = 20_000
-
-
-def settle_garbage_collector() -> None:
-    """What the start built (modules, apps, models, the gRPC server) lives as long as the
-    daemon: frozen, it is never walked again by the cyclic collector, whose full collections
-    otherwise walk all of it while requests wait (profiled under load: 9% of the daemon's CPU
-    in the collector)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
-
-
 async def _announce_shutdown(delay: float) -> None:
     """Readiness is false already; keep serving ``delay`` seconds more. A Service or load
     balancer notices the 503 (or the pod's removal) a little later than the signal: requests

@@ -1,5 +1,5 @@
-"""The daemon's own death: SIGKILL leaves no orphans, SIGTERM drains in-flight work first; and
-its files under /tmp outlive a tmp cleaner while it runs."""
+"""The daemon's own death: SIGKILL leaves no orphans, SIGTERM (and SIGHUP) drains in-flight work
+first; and its files under /tmp outlive a tmp cleaner while it runs."""
 from __future__ import annotations
 
 import http.client
@@ -10,6 +10,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+import pytest
 
 from daemon.osutil import pid_gone as gone
 from tests.support.supervision import ZYGOTE_TITLE, busy, descendants, title
@@ -31,17 +33,19 @@ def test_sigkill_daemon_leaves_no_worker_or_zygote(make_daemon) -> None:
     assert join().status is None                        # the client saw the connection drop
 
 
-def test_sigterm_drains_in_flight_requests_and_exits_0(make_daemon) -> None:
+# SIGHUP as TorchServe's JVM takes it (a closed terminal): a stop, not Python's sudden death
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_sigterm_drains_in_flight_requests_and_exits_0(make_daemon, sig) -> None:
     d = make_daemon()
     assert d.register("sleep.mar", model_name="term", initial_workers=1).status_code == 200
     join = busy(d, "term", 2)
     procs = descendants(d)
-    d.signal(signal.SIGTERM)
+    d.signal(sig)
     call = join()
     assert call.status == 200 and call.body == {"slept": 2.0}, call
     assert d.proc.wait(30) == 0
     wait_until(lambda: all(gone(p.pid) for p in procs), 5, what="every descendant gone")
-    assert "torchd stopped" in d.log()
+    assert f"{sig.name} received: stopping" in d.log() and "torchd stopped" in d.log()
 
 
 def test_idle_keep_alive_connections_do_not_hold_up_sigterm(make_daemon) -> None:

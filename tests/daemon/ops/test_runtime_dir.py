@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-from daemon.ops.server import RUNTIME_PREFIX, make_runtime_dir
+from daemon.ops.process import RUNTIME_PREFIX, make_runtime_dir
 
 
 def test_stale_runtime_dirs_of_dead_daemons_are_removed(tmp_path, monkeypatch):
