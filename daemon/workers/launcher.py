@@ -76,10 +76,14 @@ def dispatch_fork_reply(message: dict, pending: dict[str, asyncio.Future],
 
 
 async def exec_with_output_pipe(*argv: str) -> asyncio.subprocess.Process:
-    """Start ``argv`` with its output (stdout and stderr) forwarded to ``worker_output``."""
+    """Start ``argv`` with its output (stdout and stderr) forwarded to ``worker_output``.
+
+    In a session of its own: a terminal's Ctrl-C or hang-up signals the whole foreground process
+    group, and a zygote or worker that took it would die mid-batch while the daemon drains (the
+    daemon stops them itself; its death still ends them, through worker/watch.py)."""
     proc = await asyncio.create_subprocess_exec(
         *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT, limit=OUTPUT_LINE_LIMIT)
+        stderr=asyncio.subprocess.STDOUT, limit=OUTPUT_LINE_LIMIT, start_new_session=True)
     assert proc.stdout is not None   # stdout=PIPE
     task = asyncio.get_running_loop().create_task(_forward(proc.stdout))
     _forwarders.add(task)
