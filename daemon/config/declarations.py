@@ -169,6 +169,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("log_location", parse_path, "logs",
       "Directory for torchd.log (start), the pid file and snapshots (<log_location>/config). "
       "Env LOG_LOCATION also sets it."),
+    S("log_file_max_size", parse_size, 100 * 1024 * 1024,
+      "torchd.log (torchd start) and the metric logs are set aside past this size as "
+      "<name>.1 ... <name>.5, the oldest dropped, as TorchServe's log4j2 configuration rolls "
+      "its logs; 0: never. K/M/G suffixes allowed.", doc_default="100M"),
     S("metrics_mode", parse_choice("prometheus", "log", "legacy"), "prometheus",
       "prometheus: /metrics only; log: also TorchServe's metric log lines (ts_metrics.log, "
       "model_metrics.log); legacy: log, but the ts_inference_*/ts_queue_* counters on /metrics "

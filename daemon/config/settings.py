@@ -106,6 +106,7 @@ class Config:
     ts_header_key_sequence_end: str | None
     number_of_gpu: int | None
     ipex_enable: bool
+    log_file_max_size: int
     metrics_mode: str
     metrics_config: Path | None
     model_metrics_auto_detect: bool | None

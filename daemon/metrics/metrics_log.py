@@ -6,7 +6,8 @@ frontend's in ``ts_metrics.log``, the handlers' in ``model_metrics.log``, in
     2026-12-06T10:00:00,125 - HandlerTime.ms:0.42|#ModelName:mlp,Level:Model|#hostname:web-1,\
 requestID:4f0c...,timestamp:1796...
 
-Lines are written as the updates happen (line-buffered files); /metrics is served besides.
+Lines are written as the updates happen (line-buffered files), each file set aside past
+``log_file_max_size``; /metrics is served besides.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from decimal import Decimal
 from pathlib import Path
-from typing import TextIO
+
+from daemon.logfiles import RotatingLines
 
 FRONTEND_FILE = "ts_metrics.log"
 MODEL_FILE = "model_metrics.log"
@@ -45,11 +47,13 @@ def _stamp(now: float) -> str:
 class MetricsLog:
     """The two metrics log files of one daemon; ``clock`` gives Unix time (tests inject one)."""
 
-    def __init__(self, directory: Path, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, directory: Path, clock: Callable[[], float] = time.time,
+                 max_bytes: int = 0) -> None:
+        """``max_bytes``: each file is set aside past it (daemon/logfiles.py; 0: never)."""
         directory.mkdir(parents=True, exist_ok=True)
         self.clock = clock
-        self._frontend: TextIO = open(directory / FRONTEND_FILE, "a", buffering=1)
-        self._model: TextIO = open(directory / MODEL_FILE, "a", buffering=1)
+        self._frontend = RotatingLines(directory / FRONTEND_FILE, max_bytes)
+        self._model = RotatingLines(directory / MODEL_FILE, max_bytes)
 
     def frontend(self, name: str, unit: str, dimensions: Sequence[tuple[str, str]],
                  hostname: str, value: float) -> None:

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from daemon.logfiles import START_LOG
 from daemon.ops import pidfile
 from daemon.ops.foreground import configure_logging, serve
 from daemon.ops.options import IGNORED_OPTIONS, START_WAIT, build_parser, config_from_args
@@ -99,7 +100,7 @@ def cmd_start(args: argparse.Namespace, tokens: list[str]) -> int:
               "stop it first with `torchd stop`", file=sys.stderr)
         return 1
     config.log_location.mkdir(parents=True, exist_ok=True)
-    log_path = config.log_location / "torchd.log"
+    log_path = config.log_location / START_LOG   # set aside by the daemon past a size
     process = _spawn_serve(tokens, log_path)
     return _wait_started(process, config, log_path, args.wait or _start_wait(config))
 

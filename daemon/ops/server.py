@@ -41,6 +41,7 @@ from daemon.models.snapshots import SnapshotStore
 from daemon.ops.startup import load_model_snapshot
 from daemon.osutil import keep_from_cleaners, usable_cpus
 from daemon.ops.listeners import GRACEFUL_HTTP, ListenerError, Listeners, bind_listeners
+from daemon.logfiles import CHECK_SECONDS, START_LOG, StderrLog
 from daemon.ops.preflight import start_problem
 from daemon.ops.process import (STOP_SIGNALS, become_subreaper, make_runtime_dir,
                                 settle_garbage_collector, stop_on)
@@ -248,7 +249,7 @@ async def serve_forever(config: Config) -> int:
         logger.error("cannot start: %s", exc)
         return 1
     rpc = RpcListeners(config)
-    watchdog = None
+    watchdog = log_guard = None
     try:
         try:
             rpc.bind()
@@ -263,6 +264,9 @@ async def serve_forever(config: Config) -> int:
         # Pings from the first moment: a start that loads big models must not look hung.
         interval = config.watchdog_interval
         watchdog = asyncio.ensure_future(_watchdog(core, interval)) if interval else None
+        log = StderrLog.of_this_process(config.log_location / START_LOG,
+                                        config.log_file_max_size)
+        log_guard = asyncio.ensure_future(_keep_bounded(log)) if log else None
         if not await _start_core(core, shutdown):
             return 0 if shutdown.is_set() else 1
         return await _serve_until_shutdown(core, sockets, rpc, shutdown)
@@ -270,8 +274,9 @@ async def serve_forever(config: Config) -> int:
         for sock in sockets.values():
             sock.close()   # a no-op for those handed to a server
         await rpc.stop(0)   # a no-op once stopped
-        if watchdog:
-            watchdog.cancel()
+        for task in (watchdog, log_guard):
+            if task:
+                task.cancel()
 
 
 async def _start_core(core: DaemonCore, shutdown: asyncio.Event) -> bool:
@@ -348,6 +353,15 @@ async def _watchdog(core: DaemonCore, interval: float) -> None:
     while True:
         core.notifier.watchdog()
         await asyncio.sleep(interval)
+
+
+async def _keep_bounded(log: StderrLog) -> None:
+    """torchd start's log, set aside past log_file_max_size (daemon/logfiles.py)."""
+    while True:
+        await asyncio.sleep(CHECK_SECONDS)
+        if log.check():
+            logger.info("%s began: the last one is %s.1 (log_file_max_size %d)", log.path,
+                        log.path.name, log.max_bytes)
 
 
 def run(config: Config) -> int:

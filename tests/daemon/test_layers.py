@@ -31,7 +31,7 @@ DAEMON_TIERS = (
     ("daemon.gpus",),
     ("daemon.models",),
     ("daemon.config", "daemon.metrics", "daemon.logformat"),
-    ("daemon.errors", "daemon.osutil", "daemon.version"),
+    ("daemon.errors", "daemon.logfiles", "daemon.osutil", "daemon.version"),
 )
 
 

@@ -16,7 +16,7 @@ import requests
 
 from daemon.osutil import pid_gone
 from daemon.ops import pidfile
-from tests.support.daemon import REPO, Daemon, free_port
+from tests.support.daemon import REPO, Daemon, free_port, free_ports
 from tests.support.ops import NotifyListener, build_slow_archive, make_store
 from tests.support.waiting import wait_until
 
@@ -133,3 +133,39 @@ def test_the_snapshot_wins_over_startup_models(archive_dir, tmp_path):
         assert "startup model noop.mar failed" not in log
     finally:
         d.cleanup()
+
+
+def test_start_sets_its_log_and_the_metric_logs_aside_past_log_file_max_size(archive_dir,
+                                                                               tmp_path):
+    """As TorchServe's log4j2 rolls its logs: torchd start's torchd.log (the daemon's stderr)
+    and the metric logs begin anew past the size, the full ones kept as <name>.1 ... .5."""
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    make_store(archive_dir, tmp_path / "store", ["noop"])
+    (tmp_path / "config.properties").write_text(
+        f"inference_address=http://127.0.0.1:{inference}\n"
+        f"management_address=http://127.0.0.1:{management}\n"
+        f"metrics_address=http://127.0.0.1:{metrics}\n"
+        f"grpc_inference_port={grpc_inference}\ngrpc_management_port={grpc_management}\n"
+        "model_store=store\ndefault_workers_per_model=1\nlog_file_max_size=4K\n"
+        "metrics_mode=log\n")
+    logs = tmp_path / "logs"
+    pid_path = logs / "torchd.pid"
+    url = f"http://127.0.0.1:{inference}/predictions/noop"
+    try:
+        started = torchd("start", "--models", "noop=noop.mar", "--ncs", cwd=tmp_path)
+        assert started.returncode == 0, started.stdout + started.stderr
+
+        def set_aside() -> bool:   # each request adds an access line and metric lines
+            assert requests.post(url, data=b"x", timeout=30).status_code == 200
+            return (logs / "torchd.log.1").exists() and (logs / "ts_metrics.log.1").exists()
+
+        wait_until(set_aside, 60, 0.05, "torchd.log.1 and ts_metrics.log.1")
+        begun = (logs / "torchd.log").read_text()   # the daemon's start is in the full one
+        assert "starting (pid" not in begun and "starting (pid" in (
+            logs / "torchd.log.1").read_text()
+        assert "torchd.log began: the last one is torchd.log.1" in begun
+        assert (logs / "ts_metrics.log.1").stat().st_size >= 4096
+        assert torchd("stop", cwd=tmp_path).returncode == 0
+        assert "torchd stopped" in (logs / "torchd.log").read_text()
+    finally:
+        kill_tree(pidfile.read_pid(pid_path))
