@@ -16,7 +16,7 @@ import requests
 
 from daemon.osutil import pid_gone
 from daemon.ops import pidfile
-from tests.support.daemon import REPO, Daemon, free_port, free_ports
+from tests.support.daemon import REPO, Daemon, free_ports
 from tests.support.ops import NotifyListener, build_slow_archive, make_store
 from tests.support.waiting import wait_until
 
@@ -47,11 +47,12 @@ def kill_tree(pid: int | None) -> None:
 
 
 def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: Path):
-    ports = {name: free_port() for name in ("inference", "management", "metrics")}
+    chosen = free_ports(5)
+    ports = dict(zip(("inference", "management", "metrics"), chosen))
     make_store(archive_dir, tmp_path / "store", ["noop"])
     (tmp_path / "config.properties").write_text(
         "".join(f"{name}_address=http://127.0.0.1:{port}\n" for name, port in ports.items())
-        + f"grpc_inference_port={free_port()}\ngrpc_management_port={free_port()}\n"
+        + f"grpc_inference_port={chosen[3]}\ngrpc_management_port={chosen[4]}\n"
         + "model_store=store\nworker_spawn=exec\ndefault_workers_per_model=1\n")
     pid_path = tmp_path / "logs" / "torchd.pid"
     try:

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import requests
 
-from tests.support.daemon import Daemon, free_port
+from tests.support.daemon import Daemon
 from tests.support.ops import make_store, run_health
 from tests.support.tls import self_signed
 from tests.support.waiting import wait_until
@@ -38,10 +38,10 @@ def error_kind(response: requests.Response) -> dict:
 
 def exposed_daemon(archive_dir: Path, workdir: Path, api: str, **settings) -> Daemon:
     """A daemon whose ``api`` listener binds 0.0.0.0 (still reached via 127.0.0.1 here)."""
-    port = free_port()
     d = Daemon(workdir, make_store(archive_dir, workdir / "store", ["noop"]),
-               {"worker_spawn": "exec", f"{api}_address": f"http://0.0.0.0:{port}", **settings})
-    d.ports[api] = port
+               {"worker_spawn": "exec", **settings})
+    # the port chosen with the daemon's others (ports chosen apart can come back equal)
+    d.settings[f"{api}_address"] = f"http://0.0.0.0:{d.ports[api]}"
     return d
 
 
@@ -204,8 +204,9 @@ def test_a_key_that_is_not_the_certificates_fails_the_start_before_any_model(arc
     cert, _ = self_signed(tmp_path / "a")
     _, other_key = self_signed(tmp_path / "b")
     d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
-               {"worker_spawn": "exec", "inference_address": f"https://127.0.0.1:{free_port()}",
-                "certificate_file": str(cert), "private_key_file": str(other_key)})
+               {"worker_spawn": "exec", "certificate_file": str(cert),
+                "private_key_file": str(other_key)})
+    d.settings["inference_address"] = f"https://127.0.0.1:{d.ports['inference']}"
     log = d.failed_start_log("--models", "noop=noop.mar")
     assert (f"cannot start: certificate_file {cert} and private_key_file {other_key} cannot "
             "serve TLS: [X509: KEY_VALUES_MISMATCH]") in log, log
@@ -215,10 +216,11 @@ def test_a_key_that_is_not_the_certificates_fails_the_start_before_any_model(arc
 def test_tls_on_one_listener(archive_dir, tmp_path):
     cert, key = self_signed(tmp_path)
     kept = requests.Session()
-    port = free_port()
     d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
-               {"worker_spawn": "exec", "inference_address": f"https://127.0.0.1:{port}",
-                "certificate_file": str(cert), "private_key_file": str(key)})
+               {"worker_spawn": "exec", "certificate_file": str(cert),
+                "private_key_file": str(key)})
+    port = d.ports["inference"]
+    d.settings["inference_address"] = f"https://127.0.0.1:{port}"
     try:
         d.start()
         assert d.register("noop.mar", model_name="tls", initial_workers=1).status_code == 200
@@ -243,10 +245,11 @@ def test_tls_on_the_management_and_metrics_ports(archive_dir, tmp_path):
     graceful stop waits up to 30 s for their TLS connections to close, README, Known
     limitations.)"""
     cert, key = self_signed(tmp_path)
-    ports = {api: free_port() for api in ("management", "metrics")}
     d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
-               {**{f"{api}_address": f"https://127.0.0.1:{port}" for api, port in ports.items()},
-                "certificate_file": str(cert), "private_key_file": str(key)})
+               {"certificate_file": str(cert), "private_key_file": str(key)})
+    ports = {api: d.ports[api] for api in ("management", "metrics")}
+    d.settings.update({f"{api}_address": f"https://127.0.0.1:{port}"
+                       for api, port in ports.items()})
     url = {api: f"https://127.0.0.1:{port}" for api, port in ports.items()}
     try:
         d.start(wait=False)

@@ -22,10 +22,6 @@ TORCHD = [sys.executable, "-m", "daemon.ops.cli"]
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
-    return free_ports(1)[0]
-
-
 def free_ports(count: int) -> list[int]:
     """``count`` distinct free loopback ports: held together while chosen, since a port
     closed and asked for again may come back (5 in a row repeated one 14 times in 20,000 here,
