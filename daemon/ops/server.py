@@ -70,7 +70,7 @@ class DaemonCore:
         self.config = config
         self.version = VERSION
         self.runtime_dir = make_runtime_dir()
-        self._runtime_lock = keep_from_cleaners(self.runtime_dir)   # closed in stop()
+        self._runtime_lock: int | None = keep_from_cleaners(self.runtime_dir)   # till stop()
         self.registry = Registry()
         # Once, through NVML (never CUDA: the zygote forks workers from this process's child).
         self.gpus = discover_gpus(config.cuda_visible_devices, config.number_of_gpu)
@@ -216,7 +216,9 @@ class DaemonCore:
         for mv in self.registry.all_versions():
             await asyncio.to_thread(_remove_extracted, mv.archive)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
-        os.close(self._runtime_lock)
+        if self._runtime_lock is not None:
+            os.close(self._runtime_lock)
+            self._runtime_lock = None
         if self.metrics.options.log is not None:
             self.metrics.options.log.close()
 
