@@ -41,10 +41,21 @@ def make_runtime_dir() -> Path:
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
+EXIT_FORCED = 130   # a shell's code for a process ended by Ctrl-C
+
+
 def stop_on(sig: signal.Signals, shutdown: asyncio.Event) -> None:
+    """The first stop signal starts the graceful stop. A second Ctrl-C (SIGINT) is someone at
+    a terminal who will not wait for the drain (up to unregister_model_timeout for a busy
+    worker): exit now. The workers follow within a second (worker/watch.py), snapshots are
+    already on disk, and the next start removes the runtime dir."""
     if not shutdown.is_set():
         logger.info("%s received: stopping", sig.name)
-    shutdown.set()
+        shutdown.set()
+    elif sig == signal.SIGINT:
+        logger.warning("SIGINT again: exiting now, without waiting for the drain")
+        logging.shutdown()   # flush the log handlers: os._exit skips them
+        os._exit(EXIT_FORCED)
 
 
 def become_subreaper() -> None:

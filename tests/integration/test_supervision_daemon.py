@@ -58,6 +58,22 @@ def test_sigterm_drains_in_flight_requests_and_exits_0(make_daemon, sig, group) 
     assert " died" not in log and "Traceback" not in log, log[-3000:]
 
 
+def test_a_second_ctrl_c_exits_at_once(make_daemon) -> None:
+    """Someone at the terminal will not wait out a busy worker's drain: the second SIGINT ends
+    the daemon now, and its zygote and workers follow it."""
+    d = make_daemon()
+    assert d.register("sleep.mar", model_name="impatient", initial_workers=1).status_code == 200
+    join = busy(d, "impatient", 60)   # would hold the graceful stop for a minute
+    procs = descendants(d)
+    os.killpg(d.pid, signal.SIGINT)
+    wait_until(lambda: "SIGINT received: stopping" in d.log(), 10, 0.05, "the stop begun")
+    os.killpg(d.pid, signal.SIGINT)
+    assert d.proc.wait(10) == 130
+    wait_until(lambda: all(gone(p.pid) for p in procs), 10, 0.05, "every descendant gone")
+    assert "SIGINT again: exiting now, without waiting for the drain" in d.log()
+    assert join().status is None                        # the client saw the connection drop
+
+
 def test_idle_keep_alive_connections_do_not_hold_up_sigterm(make_daemon) -> None:
     """A load balancer keeps idle keep-alive connections open to every port: SIGTERM closes
     them at once rather than waiting out the HTTP grace period (30 s) for them."""
