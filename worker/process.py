@@ -16,7 +16,7 @@ from worker.channel import Channel
 from worker.exits import EXIT_CONNECT_FAILED, EXIT_DAEMON_GONE, EXIT_FAILED
 from worker.loop import WorkerLoop
 from worker.ts_alias import install_ts_alias
-from worker.watch import start_daemon_watch
+from worker.watch import end_own_group, lead_own_group, start_daemon_watch
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class WorkerProcess:
         self.output: PrefixedOutput | None = None
 
     def run(self) -> int:
+        lead_own_group()
         setproctitle.setproctitle(self.title)
         self.output = PrefixedOutput(f"[worker {self.worker_id}] ").start()
         configure_logging()
@@ -58,6 +59,8 @@ class WorkerProcess:
     def _daemon_gone(self) -> None:
         logger.error("daemon (pid %d) is gone; worker %s exiting", self.daemon_pid,
                      self.worker_id)
+        self.close_output()
+        end_own_group()   # the handler's processes too: nobody is left to end them
         self.exit_now(EXIT_DAEMON_GONE)
 
     def exit_now(self, code: int) -> None:

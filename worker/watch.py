@@ -1,8 +1,10 @@
-"""Notice the daemon's death even when the socket is idle or a handler is busy (no orphans)."""
+"""Notice the daemon's death even when the socket is idle or a handler is busy (no orphans),
+and take the processes a handler started along when leaving."""
 from __future__ import annotations
 
 import logging
 import os
+import contextlib
 import select
 import threading
 import time
@@ -77,3 +79,25 @@ def start_daemon_watch(pid: int, on_gone: Callable[[], None]) -> threading.Threa
     thread = threading.Thread(target=watch, name="daemon-watch", daemon=True)
     thread.start()
     return thread
+
+
+def lead_own_group() -> None:
+    """Make this process (a worker or a template, just forked) the leader of a process group
+    of its own, which the processes its handler starts (subprocess, multiprocessing, a
+    DataLoader's workers) join: the daemon ends the whole group when the worker ends, so none
+    outlives it. An exec-spawned worker leads one already (its own session)."""
+    if os.getpgrp() != os.getpid():
+        os.setpgid(0, 0)
+
+
+def end_own_group() -> None:
+    """SIGKILL the other processes of the group this process leads (if it leads one): for a
+    process leaving because the daemon, which would end the group, is gone. One by one, so
+    that this process still leaves with its own exit code."""
+    me = os.getpid()
+    if os.getpgrp() != me:
+        return
+    for proc in psutil.process_iter():
+        with contextlib.suppress(OSError, psutil.Error):
+            if proc.pid != me and os.getpgid(proc.pid) == me:
+                proc.kill()   # psutil's: refused if the pid was reused meanwhile

@@ -28,7 +28,7 @@ from worker import pipes
 from worker.exits import EXIT_CONNECT_FAILED, EXIT_DAEMON_GONE, EXIT_FAILED, EXIT_OK, EXIT_PROTOCOL
 from worker.logs import configure_logging
 from worker.ts_alias import install_ts_alias
-from worker.watch import POLL_SECONDS, open_pidfd, process_alive
+from worker.watch import POLL_SECONDS, lead_own_group, open_pidfd, process_alive
 
 logger = logging.getLogger("worker.zygote" if __name__ == "__main__" else __name__)
 
@@ -180,6 +180,7 @@ class Zygote:
         """In the child: drop everything that belongs to the zygote, then serve as a worker
         (or, for a SPAWN with ``preload``, as a template: worker/template.py)."""
         try:
+            lead_own_group()
             signal.set_wakeup_fd(-1)
             for signum in RESET_SIGNALS:
                 signal.signal(signum, signal.SIG_DFL)

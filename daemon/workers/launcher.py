@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -39,6 +40,15 @@ class ProcessOps:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+    def end_group(self, pgid: int) -> None:
+        """SIGKILL the process group a worker or template led (worker/watch.lead_own_group):
+        what its handler started must not outlive it. Its number stays taken while the group
+        has members, so no other process can hold it meanwhile."""
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass   # nothing left in it (or it never became a group)
 
     def alive(self, pid: int) -> bool:
         """False once it has exited (a zombie runs no code: it only awaits collection)."""

@@ -265,10 +265,12 @@ class WorkerRunner:
         if handle.conn is not None:
             handle.conn.close()
 
-    @staticmethod
-    def _close(handle: WorkerHandle) -> None:
+    def _close(self, handle: WorkerHandle) -> None:
+        """After the process: its connection, and what its handler started (its group)."""
         if handle.conn is not None:
             handle.conn.close()
+        if handle.pid is not None:
+            self.ops.end_group(handle.pid)
 
     def _signal(self, handle: WorkerHandle, sig: int) -> None:
         if handle.pid is not None and not handle.exited.is_set():

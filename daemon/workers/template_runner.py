@@ -252,6 +252,8 @@ class TemplateRunner:
                 self._signal(template, signal.SIGKILL)
                 await self._wait_exit(template, SHUTDOWN_GRACE)
         await exit_report(template.pid, template.exited)
+        if template.pid is not None:
+            self.ops.end_group(template.pid)   # what its initialize started, if anything
         if reading is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(reading), EXIT_READ_GRACE)

@@ -1,5 +1,6 @@
 """The daemon's own death: SIGKILL leaves no orphans, SIGTERM (and SIGHUP) drains in-flight work
-first; and its files under /tmp outlive a tmp cleaner while it runs."""
+first; its files under /tmp outlive a tmp cleaner while it runs; what a handler started ends
+with its worker."""
 from __future__ import annotations
 
 import http.client
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from daemon.osutil import pid_gone as gone
+from tests.support.archives import archive_source
 from tests.support.supervision import ZYGOTE_TITLE, busy, descendants, title
 from tests.support.waiting import wait_until
 
@@ -123,3 +125,43 @@ def test_a_tmp_cleaner_leaves_a_running_daemons_files_alone(make_daemon, tmp_pat
                         if w["pid"] != worker["pid"]] == ["READY"], 30, 0.05,
                "a replacement READY")
     assert d.infer("POST", "/predictions/aged", data=b"x").status_code == 200
+
+
+SPAWNER = '''
+import subprocess
+
+children = []
+
+
+def handle(data, context):
+    if data is None:   # at load: a helper process, as handlers start ffmpeg or a pool
+        children.append(subprocess.Popen(["sleep", "600"]))
+        return None
+    return [children[-1].pid for _ in data]
+'''
+
+
+def test_what_a_handler_started_ends_with_its_worker(make_daemon) -> None:
+    """Each worker leads a process group that the daemon ends with it: a handler's helper
+    processes went on running (re-parented to the daemon, then to init) after the worker
+    crashed, was unregistered, or lost its daemon."""
+    d = make_daemon()
+    archive_source(SPAWNER, "spawner", d.model_store, d.workdir / "src")
+
+    def helper() -> int:
+        answer = d.infer("POST", "/predictions/spawner", data=b"x")
+        assert answer.status_code == 200, answer.text
+        return int(answer.text)
+
+    assert d.register("spawner.mar", initial_workers=1, synchronous="true").status_code == 200
+    first = helper()
+    os.kill(d.workers("spawner")[0]["pid"], signal.SIGKILL)
+    wait_until(lambda: gone(first), 10, 0.05, "the crashed worker's helper gone")
+    d.wait_workers("spawner", 1)
+    second = helper()
+    assert d.unregister("spawner").status_code == 200
+    wait_until(lambda: gone(second), 10, 0.05, "the unregistered worker's helper gone")
+    assert d.register("spawner.mar", initial_workers=1, synchronous="true").status_code == 200
+    third = helper()
+    d.kill()   # SIGKILL: the worker notices, and ends its group itself
+    wait_until(lambda: gone(third), 10, 0.05, "the helper of a worker whose daemon died gone")

@@ -163,12 +163,16 @@ class FakeOps:
     def __init__(self, harness: Harness) -> None:
         self.harness = harness
         self.signals: list[tuple[int, int]] = []
+        self.groups_ended: list[int] = []
 
     def signal(self, pid: int, sig: int) -> None:
         self.signals.append((pid, sig))
         worker = self.harness.launcher.by_pid.get(pid)
         if worker is not None and sig in (signal.SIGKILL, signal.SIGTERM):
             worker.kill(sig)
+
+    def end_group(self, pgid: int) -> None:
+        self.groups_ended.append(pgid)
 
     def alive(self, pid: int) -> bool:
         worker = self.harness.launcher.by_pid.get(pid)
