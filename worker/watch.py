@@ -2,9 +2,9 @@
 and take the processes a handler started along when leaving."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import contextlib
 import select
 import threading
 import time
