@@ -59,13 +59,14 @@ class WorkerProcess:
     def _daemon_gone(self) -> None:
         logger.error("daemon (pid %d) is gone; worker %s exiting", self.daemon_pid,
                      self.worker_id)
-        self.close_output()
-        end_own_group()   # the handler's processes too: nobody is left to end them
         self.exit_now(EXIT_DAEMON_GONE)
 
     def exit_now(self, code: int) -> None:
-        """Leave at once, from any thread, after the buffered output is out."""
+        """Leave at once, from any thread, after the buffered output is out, taking the
+        processes the handler started along (the daemon ends the group too, but a daemon
+        that died cannot, and then the socket's EOF may come first)."""
         self.close_output()
+        end_own_group()
         os._exit(code)
 
     def close_output(self) -> None:

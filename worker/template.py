@@ -27,6 +27,7 @@ from protocol.streams import send_frame
 from worker.exits import EXIT_CONNECT_FAILED, EXIT_FAILED, EXIT_OK
 from worker.logs import configure_logging
 from worker.service import ModelService, keep_preloaded
+from worker.watch import end_own_group
 
 logger = logging.getLogger(__name__)
 # Serves SPAWN requests on the daemon's socket until it hangs up, forking a worker for each: the
@@ -134,4 +135,5 @@ def run_template(socket_path: str, template_id: str, title: str, load: dict[str,
     finally:
         logger.info("template %s exiting with code %d", template_id, code)
         logging.shutdown()
+        end_own_group()   # what its initialize started (its workers lead groups of their own)
         os._exit(code)

@@ -91,9 +91,9 @@ def lead_own_group() -> None:
 
 
 def end_own_group() -> None:
-    """SIGKILL the other processes of the group this process leads (if it leads one): for a
-    process leaving because the daemon, which would end the group, is gone. One by one, so
-    that this process still leaves with its own exit code."""
+    """SIGKILL the other processes of the group this process leads (if it leads one), as it
+    leaves: the daemon, which ends the group after it, may be gone. One by one, so that this
+    process still leaves with its own exit code."""
     me = os.getpid()
     if os.getpgrp() != me:
         return

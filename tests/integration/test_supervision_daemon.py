@@ -147,9 +147,12 @@ def test_what_a_handler_started_ends_with_its_worker(make_daemon) -> None:
     crashed, was unregistered, or lost its daemon."""
     d = make_daemon()
     archive_source(SPAWNER, "spawner", d.model_store, d.workdir / "src")
+    # preloaded: the helper is the template's (its load ran there), the group the template's
+    archive_source(SPAWNER, "preloaded", d.model_store, d.workdir / "src",
+                   config="preloadModel: true\n")
 
-    def helper() -> int:
-        answer = d.infer("POST", "/predictions/spawner", data=b"x")
+    def helper(model: str = "spawner") -> int:
+        answer = d.infer("POST", f"/predictions/{model}", data=b"x")
         assert answer.status_code == 200, answer.text
         return int(answer.text)
 
@@ -163,5 +166,9 @@ def test_what_a_handler_started_ends_with_its_worker(make_daemon) -> None:
     wait_until(lambda: gone(second), 10, 0.05, "the unregistered worker's helper gone")
     assert d.register("spawner.mar", initial_workers=1, synchronous="true").status_code == 200
     third = helper()
-    d.kill()   # SIGKILL: the worker notices, and ends its group itself
+    assert d.register("preloaded.mar", initial_workers=1, synchronous="true").status_code == 200
+    assert d.describe("preloaded")[0]["template"]["status"] == "READY"
+    templates = helper("preloaded")
+    d.kill()   # SIGKILL: the worker and the template notice, and end their groups themselves
     wait_until(lambda: gone(third), 10, 0.05, "the helper of a worker whose daemon died gone")
+    wait_until(lambda: gone(templates), 10, 0.05, "the template's helper gone")
