@@ -154,6 +154,9 @@ class ExecLauncher:
     def reap_orphans(self) -> None:
         """Exec-spawned workers are the asyncio watchers' to collect."""
 
+    def spawn_overdue(self) -> None:
+        """Nothing stands between a spawn and its process here."""
+
     def owns(self, pid: int) -> bool:
         return pid in self._pids
 
@@ -184,6 +187,10 @@ class ZygoteLauncher:
         self.pid: int | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[str, asyncio.Future] = {}
+        # child id -> when its SPAWN was written, until the zygote answers it (even if nobody
+        # waits any more); and when the zygote last answered one (spawn_overdue)
+        self._asked: dict[str, float] = {}
+        self._last_answer = 0.0
         self._reader_task: asyncio.Task | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._closing = False
@@ -243,13 +250,31 @@ class ZygoteLauncher:
             if not future.done():
                 future.set_exception(RuntimeError("zygote went away"))
         self._pending.clear()
+        self._asked.clear()
         await proc.wait()
         if not self._closing:
             logger.error("zygote (pid %s) exited with %s; restarting it", proc.pid, proc.returncode)
             self._begin_start()
 
     def _dispatch(self, message: dict) -> None:
+        if message.get("kind") == messages.SPAWNED:
+            self._asked.pop(str(message.get("worker_id")), None)
+            self._last_answer = asyncio.get_running_loop().time()
         dispatch_fork_reply(message, self._pending, self.on_exit)
+
+    def spawn_overdue(self) -> None:
+        """A worker's spawn ran out of startup_timeout. A zygote that has answered no SPAWN
+        since the oldest one still unanswered was written is stuck (stopped, deadlocked): kill
+        it, and the restart that follows its exit brings a fresh one. (A dead zygote is seen
+        at once; a stuck one would fail every spawn until the version ends FAILED.)"""
+        if not self._asked or self._proc is None or self._proc.returncode is not None:
+            return
+        if self._last_answer < min(self._asked.values()):
+            logger.error("zygote (pid %s) has answered no spawn for %.0f s; restarting it",
+                         self._proc.pid,
+                         asyncio.get_running_loop().time() - min(self._asked.values()))
+            self._asked.clear()   # asked of this zygote: once is enough
+            self._proc.kill()
 
     async def spawn(self, worker_id: str, socket_path: str, title: str,
                     python_path: str | None = None, threads: int = 0,
@@ -287,6 +312,7 @@ class ZygoteLauncher:
         assert self._writer is not None
         future = asyncio.get_running_loop().create_future()
         self._pending[child_id] = future
+        self._asked[child_id] = asyncio.get_running_loop().time()
         write_frame(self._writer, spawn)
         await self._writer.drain()
         return await asyncio.wait_for(future, ZYGOTE_START_TIMEOUT)

@@ -197,6 +197,8 @@ class WorkerRunner:
             raise StartFailure("stopped while starting")
         if handle.exited.is_set():
             raise StartFailure(self._exit_cause(handle, None))
+        if step == "spawn":
+            self.launcher.spawn_overdue()   # a stuck zygote is replaced, not asked again
         raise StartFailure(f"worker did not {step} within {timeout:g} s (startup_timeout)")
 
     def _load_message(self, handle: WorkerHandle) -> dict:

@@ -1,6 +1,6 @@
 """The daemon's own death: SIGKILL leaves no orphans, SIGTERM (and SIGHUP) drains in-flight work
 first; its files under /tmp outlive a tmp cleaner while it runs; what a handler started ends
-with its worker."""
+with its worker; a stuck zygote is replaced."""
 from __future__ import annotations
 
 import http.client
@@ -16,7 +16,7 @@ import pytest
 
 from daemon.osutil import pid_gone as gone
 from tests.support.archives import archive_source
-from tests.support.supervision import ZYGOTE_TITLE, busy, descendants, title
+from tests.support.supervision import ZYGOTE_TITLE, busy, descendants, title, zygote_pids
 from tests.support.waiting import wait_until
 
 
@@ -74,6 +74,22 @@ def test_a_second_ctrl_c_exits_at_once(make_daemon) -> None:
     wait_until(lambda: all(gone(p.pid) for p in procs), 10, 0.05, "every descendant gone")
     assert "SIGINT again: exiting now, without waiting for the drain" in d.log()
     assert join().status is None                        # the client saw the connection drop
+
+
+def test_a_stuck_zygote_is_replaced(make_daemon) -> None:
+    """A zygote that answers no spawn (stopped here; deadlocked in life) is killed once a spawn
+    runs out of startup_timeout, and a fresh one forks the workers: before, each retry asked
+    the stuck one again until the version was FAILED."""
+    d = make_daemon({"default_startup_timeout": 3})
+    assert d.register("noop.mar", model_name="stuck", initial_workers=1,
+                      synchronous="true").status_code == 200
+    (zygote,) = zygote_pids(d)
+    os.kill(zygote, signal.SIGSTOP)
+    assert d.mgmt("PUT", "/models/stuck?min_worker=2").status_code == 202
+    wait_until(lambda: [w["status"] for w in d.workers("stuck")] == ["READY", "READY"], 60,
+               0.1, "two READY workers, one forked by a fresh zygote")
+    assert gone(zygote) and len(zygote_pids(d)) == 1
+    assert f"zygote (pid {zygote}) has answered no spawn for" in d.log()
 
 
 def test_idle_keep_alive_connections_do_not_hold_up_sigterm(make_daemon) -> None:

@@ -131,6 +131,7 @@ class FakeLauncher:
         self.hold = False
         self.by_pid: dict[int, FakeWorker] = {}
         self.spawned: list[FakeWorker] = []
+        self.overdue = 0   # spawn_overdue calls
         self._pids = itertools.count(40000)
 
     async def start(self) -> None:
@@ -144,6 +145,9 @@ class FakeLauncher:
         self.spawned.append(worker)
         worker.task = asyncio.get_running_loop().create_task(worker.run())
         return worker.pid
+
+    def spawn_overdue(self) -> None:
+        self.overdue += 1
 
     def reap_orphans(self) -> None:
         """Fake processes leave no zombies."""
