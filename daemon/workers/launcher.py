@@ -187,9 +187,10 @@ class ZygoteLauncher:
         self.pid: int | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._pending: dict[str, asyncio.Future] = {}
-        # child id -> when its SPAWN was written, until the zygote answers it (even if nobody
-        # waits any more); and when the zygote last answered one (spawn_overdue)
-        self._asked: dict[str, float] = {}
+        # child id -> (when its SPAWN was written, whether it asked for the compiler import),
+        # until the zygote answers it (even if nobody waits any more); and when the zygote
+        # last answered one (spawn_overdue)
+        self._asked: dict[str, tuple[float, bool]] = {}
         self._last_answer = 0.0
         self._reader_task: asyncio.Task | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -269,12 +270,17 @@ class ZygoteLauncher:
         at once; a stuck one would fail every spawn until the version ends FAILED.)"""
         if not self._asked or self._proc is None or self._proc.returncode is not None:
             return
-        if self._last_answer < min(self._asked.values()):
-            logger.error("zygote (pid %s) has answered no spawn for %.0f s; restarting it",
-                         self._proc.pid,
-                         asyncio.get_running_loop().time() - min(self._asked.values()))
-            self._asked.clear()   # asked of this zygote: once is enough
-            self._proc.kill()
+        oldest = min(asked for asked, _ in self._asked.values())
+        waited = asyncio.get_running_loop().time() - oldest
+        if self._last_answer >= oldest:
+            return
+        if any(compiler for _, compiler in self._asked.values()) and \
+                waited < ZYGOTE_START_TIMEOUT:
+            return   # importing torch's compiler (5-30 s) holds up the SPAWNs behind it
+        logger.error("zygote (pid %s) has answered no spawn for %.0f s; restarting it",
+                     self._proc.pid, waited)
+        self._asked.clear()   # asked of this zygote: once is enough
+        self._proc.kill()
 
     async def spawn(self, worker_id: str, socket_path: str, title: str,
                     python_path: str | None = None, threads: int = 0,
@@ -312,7 +318,7 @@ class ZygoteLauncher:
         assert self._writer is not None
         future = asyncio.get_running_loop().create_future()
         self._pending[child_id] = future
-        self._asked[child_id] = asyncio.get_running_loop().time()
+        self._asked[child_id] = (asyncio.get_running_loop().time(), bool(spawn.get("compiler")))
         write_frame(self._writer, spawn)
         await self._writer.drain()
         return await asyncio.wait_for(future, ZYGOTE_START_TIMEOUT)
