@@ -25,8 +25,7 @@ def measured(archive_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     store = make_store(archive_dir, workdir / "store", ["noop", "sleep", "fail513"])
     # no system metrics here (TorchServe's disable_system_metrics); test_handler_metrics's
     # daemon shows them
-    d = Daemon(workdir, store, {"worker_spawn": "exec", "heartbeat_interval": 0.5,
-                                "disable_system_metrics": True})
+    d = Daemon(workdir, store, {"heartbeat_interval": 0.5, "disable_system_metrics": True})
     try:
         d.start()
         for name, url, extra in (("ma", "noop.mar", {}), ("mb", "noop.mar", {}),
