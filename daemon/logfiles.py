@@ -2,17 +2,25 @@
 its own: once past ``max_bytes`` a file is set aside as ``<name>.1`` (``.1`` becomes ``.2`` and
 so on, the oldest of ``KEEP`` dropped) and a new one begun. These are ``torchd start``'s log
 (the daemon's stderr) and the metrics log (``metrics_mode`` log); journald, or the handlers of
-a ``--log-config``, bound the rest."""
+a ``--log-config``, bound the rest. ``torchd start``'s log is also copied, as it grows, to its
+output where that is PID 1's, a container's log (LogCopy)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import stat
+import threading
 from pathlib import Path
 
 KEEP = 5     # files set aside, as TorchServe's DefaultRolloverStrategy max
 START_LOG = "torchd.log"   # torchd start's log, in log_location
 CHECK_SECONDS = 5.0        # how often the daemon looks at its stderr log's size
+COPY_SECONDS = 0.1         # how often LogCopy looks for new lines when it has copied all
+COPY_CHUNK = 64 * 1024
+INIT_OUTPUT = "/proc/1/fd/1"   # PID 1's standard output
+
+logger = logging.getLogger(__name__)
 
 
 def set_aside(path: Path, keep: int = KEEP) -> None:
@@ -89,4 +97,122 @@ class StderrLog:
             os.dup2(fd, 2)
         finally:
             os.close(fd)
+        return True
+
+
+def is_init_output(fd: int, init_output: str = INIT_OUTPUT) -> bool:
+    """Whether ``fd`` is the output of this process tree's first process (PID 1), where
+    ``torchd start`` copies its log (LogCopy). In a container that output is the container's
+    log (``docker logs``, ``kubectl logs``), and under TorchServe's image it is where the log
+    went: its entrypoint, PID 1, runs ``torchserve --start`` and ``tail -f /dev/null``, and the
+    JVM writes to the output it inherits. Any other output is left alone once start returns: a
+    terminal has its prompt back, and a script reading start's output to its end (``$(...)``,
+    a subprocess's captured output) would otherwise wait until the server stops, as it does
+    with TorchServe. /dev/null, or a PID 1 this process may not look at, is not copied to."""
+    try:
+        ours, init, null = os.fstat(fd), os.stat(init_output), os.stat(os.devnull)
+    except OSError:
+        return False
+    if (ours.st_dev, ours.st_ino) == (null.st_dev, null.st_ino):
+        return False
+    return (ours.st_dev, ours.st_ino) == (init.st_dev, init.st_ino)
+
+
+class LogCopy:
+    """The daemon's stderr log (``torchd start``'s torchd.log) copied, as it grows, to ``out``,
+    the output start was given where that is PID 1's (is_init_output), as TorchServe's JVM
+    writes its log to the output it inherits.
+
+    A thread of its own follows the file (a new one once StderrLog has set it aside) and
+    writes with blocking writes: a reader that stops reading holds up the copy, never the
+    daemon, and the file keeps every line. A write that fails (the reader is gone) ends it."""
+
+    def __init__(self, out: int, source: int = 2, interval: float = COPY_SECONDS) -> None:
+        self.out = out
+        self.source = source          # the descriptor the log is written through
+        self.interval = interval
+        os.set_inheritable(out, False)   # the container's log is for this process alone
+        self._reading = self._open_source(at_end=True)
+        self._partial = b""           # the start of a line whose end is not written yet
+        self._closing = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-copy", daemon=True)
+
+    @classmethod
+    def of_this_process(cls, out: int) -> LogCopy | None:
+        """One copying stderr to ``out``, where stderr is a file (opening a pipe's other end
+        through /proc would take lines from its reader); else ``out`` is closed and None."""
+        try:
+            if stat.S_ISREG(os.fstat(2).st_mode):
+                return cls(out)
+        except OSError:
+            pass
+        logger.warning("not copying the log to descriptor %d: stderr is no file to copy", out)
+        with contextlib.suppress(OSError):
+            os.close(out)
+        return None
+
+    def start(self) -> LogCopy:
+        self._thread.start()
+        return self
+
+    def close(self, wait: float = 2.0) -> None:
+        """Copy what the log has now (waiting at most ``wait`` seconds on a slow reader), then
+        stop."""
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        self._closing.set()
+        self._thread.join(wait)
+
+    def _open_source(self, at_end: bool) -> int:
+        # A description of our own, so reading moves no offset the writers use.
+        fd = os.open(f"/proc/self/fd/{self.source}", os.O_RDONLY | os.O_CLOEXEC)
+        if at_end:
+            os.lseek(fd, 0, os.SEEK_END)
+        return fd
+
+    def _run(self) -> None:
+        try:
+            while True:
+                closing = self._closing.is_set()   # read first: then nothing copied means done
+                if self._copy_new_lines() or self._follow_set_aside():
+                    continue
+                if closing:
+                    self._write(self._partial)
+                    return
+                self._closing.wait(self.interval)
+        except OSError as exc:
+            logger.warning("copying the log to the output torchd start was given ended: %s", exc)
+        finally:
+            os.close(self._reading)
+            os.close(self.out)
+
+    def _copy_new_lines(self) -> bool:
+        """Whole lines only (a line being written waits for its end), so that what others write
+        to the same output (start's own line) falls between lines; a longer line goes in
+        pieces."""
+        chunk = os.read(self._reading, COPY_CHUNK)
+        if not chunk:
+            return False
+        data = self._partial + chunk
+        end = len(data) if len(data) > COPY_CHUNK else data.rfind(b"\n") + 1
+        self._write(data[:end])
+        self._partial = data[end:]
+        return True
+
+    def _write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.out, view):]
+
+    def _follow_set_aside(self) -> bool:
+        """Past the end of a file that has been set aside: the rest of it, then the new one."""
+        now, reading = os.fstat(self.source), os.fstat(self._reading)
+        if (now.st_dev, now.st_ino) == (reading.st_dev, reading.st_ino):
+            return False
+        while self._copy_new_lines():
+            pass
+        self._write(self._partial)   # the old file's last line, ended or not
+        self._partial = b""
+        os.close(self._reading)
+        self._reading = self._open_source(at_end=False)
         return True

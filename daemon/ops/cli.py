@@ -2,8 +2,9 @@
 
 ``serve`` runs the daemon in the foreground (what systemd runs). ``start`` runs
 ``python -m daemon.ops.cli serve <same options>`` in a new session with output appended to
-``<log_location>/torchd.log``, and returns once it listens on the management address (or has
-died). The serving process writes and removes its own pid file; ``stop`` and ``status`` read it.
+``<log_location>/torchd.log`` (and copied to start's own output where that is PID 1's, a
+container's log: logfiles.LogCopy), and returns once it listens on the management address (or
+has died). The serving process writes and removes its own pid file; ``stop`` and ``status`` read it.
 ``llm`` (daemon/ops/llm.py) serves one language model directory, as ``serve`` would.
 
 Without a subcommand, TorchServe's spelling works: ``torchd --start ...`` (``--foreground``
@@ -22,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon.logfiles import START_LOG
+from daemon.logfiles import START_LOG, LogCopy, is_init_output
 from daemon.ops import pidfile
 from daemon.ops.foreground import configure_logging, serve
 from daemon.ops.options import IGNORED_OPTIONS, START_WAIT, build_parser, config_from_args
@@ -80,10 +81,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def cmd_serve(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
     configure_logging(None, args.log_level)
-    config = config_from_args(args)
-    if config is None:
-        return 2
-    return serve(config, args.log_level)
+    # before anything is logged: from here on every line of the log reaches the copy
+    copy = None if args.log_copy_fd is None else LogCopy.of_this_process(args.log_copy_fd)
+    if copy is not None:
+        copy.start()
+    try:
+        config = config_from_args(args)
+        if config is None:
+            return 2
+        return serve(config, args.log_level)
+    finally:
+        if copy is not None:
+            copy.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -107,10 +116,27 @@ def cmd_start(args: argparse.Namespace, tokens: list[str]) -> int:
 
 def _spawn_serve(tokens: list[str], log_path: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "daemon.ops.cli", "serve", *tokens]
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True,
-                                close_fds=True)
+    copy_to = _log_copy_output()
+    if copy_to is not None:
+        command += ["--log-copy-fd", str(copy_to)]
+    try:
+        with open(log_path, "ab") as log:
+            return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    close_fds=True, pass_fds=() if copy_to is None else (copy_to,))
+    finally:
+        if copy_to is not None:
+            os.close(copy_to)
+
+
+def _log_copy_output() -> int | None:
+    """A duplicate of this process's stdout for the daemon to copy its log to, where that is
+    PID 1's, a container's log (logfiles.is_init_output); else None."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return None
+    return os.dup(fd) if is_init_output(fd) else None
 
 
 def _wait_started(process: subprocess.Popen, config: Config, log_path: Path,

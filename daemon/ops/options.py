@@ -50,6 +50,8 @@ def build_parser(modes: bool = True,
                               "to wait for exit (default: the whole drain + 30)")
     for option in IGNORED_OPTIONS:
         general.add_argument(option, metavar="VALUE", help=argparse.SUPPRESS)
+    # start's hand-over to the serve it runs: its own output, for the log's copy (cli.py)
+    general.add_argument("--log-copy-fd", type=int, help=argparse.SUPPRESS)
     _add_setting_options(parser.add_argument_group("settings (override config.properties)"),
                          aliases or {})
     return parser

@@ -1,14 +1,16 @@
 """daemon/logfiles.py: files set aside by name (the oldest of five dropped), a line file rolled
-past its size, and a process's stderr log rolled under it (a real child process whose stdout
-and stderr are a file)."""
+past its size, a process's stderr log rolled under it (a real child process whose stdout
+and stderr are a file), and that log copied to another output as it grows, across the roll."""
 from __future__ import annotations
 
+import logging
+import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-from daemon.logfiles import KEEP, RotatingLines, StderrLog, set_aside
+from daemon.logfiles import KEEP, LogCopy, RotatingLines, StderrLog, is_init_output, set_aside
 from tests.support.daemon import REPO
 
 
@@ -72,3 +74,89 @@ def test_stderr_log_moves_both_descriptors_to_a_new_file(tmp_path):
         "\nstill before\n"
     assert path.read_text() == "after\nlogged after\n"
     assert StderrLog.of_this_process(path, 100) is None   # this process's stderr is not it
+
+
+COPYING_CHILD = textwrap.dedent('''
+    import logging, sys
+    from pathlib import Path
+    from daemon.logfiles import LogCopy, StderrLog
+    path, out = Path(sys.argv[1]), int(sys.argv[2])
+    print("before the copy", flush=True)
+    copy = LogCopy.of_this_process(out).start()
+    log = StderrLog.of_this_process(path, 10)
+    logging.basicConfig(format="%(message)s")
+    logging.warning("one")
+    print("printed", flush=True)
+    assert log.check()
+    logging.warning("two")
+    copy.close()
+''')
+
+
+def read_to_end(fd: int) -> bytes:
+    """Blocks until every writer has closed the pipe (the copy closes its end as it ends)."""
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+def test_the_copy_has_every_line_after_it_began_across_a_set_aside(tmp_path):
+    path = tmp_path / "torchd.log"
+    read_end, write_end = os.pipe()
+    try:
+        with open(path, "ab") as log:
+            done = subprocess.run([sys.executable, "-c", COPYING_CHILD, str(path), str(write_end)],
+                                  stdout=log, stderr=subprocess.STDOUT, cwd=REPO, timeout=60,
+                                  pass_fds=(write_end,))
+    finally:
+        os.close(write_end)
+    copied = read_to_end(read_end)
+    assert done.returncode == 0, path.read_text()
+    assert copied == b"one\nprinted\ntwo\n"
+    assert (tmp_path / "torchd.log.1").read_text() == "before the copy\none\nprinted\n"
+
+
+def test_a_reader_that_stops_reading_holds_up_the_copy_alone(tmp_path):
+    source = os.open(tmp_path / "torchd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    read_end, write_end = os.pipe()
+    copy = LogCopy(write_end, source=source).start()
+    line = b"x" * 1023 + b"\n"
+    for _ in range(1024):    # 1 MiB, far more than the pipe holds: the writer goes on
+        os.write(source, line)
+    copy.close(wait=0.5)
+    assert copy._thread.is_alive()   # waiting for the reader, which has all of it once it reads
+    assert read_to_end(read_end) == line * 1024
+    copy._thread.join(30)
+    assert not copy._thread.is_alive()
+    os.close(source)
+
+
+def test_the_copy_ends_when_its_reader_has_gone(tmp_path, caplog):
+    source = os.open(tmp_path / "torchd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    read_end, write_end = os.pipe()
+    copy = LogCopy(write_end, source=source).start()
+    os.close(read_end)
+    os.write(source, b"nobody reads this\n")
+    with caplog.at_level(logging.WARNING, logger="daemon.logfiles"):
+        copy.close(wait=30)
+    assert not copy._thread.is_alive()
+    assert "copying the log to the output torchd start was given ended: [Errno 32] Broken pipe" \
+        in caplog.text
+    os.write(source, b"the log goes on\n")
+    os.close(source)
+
+
+def test_only_the_output_of_pid_1_is_copied_to():
+    read_end, write_end = os.pipe()
+    other_read, other_write = os.pipe()
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        assert is_init_output(write_end, f"/proc/self/fd/{write_end}")
+        assert not is_init_output(other_write, f"/proc/self/fd/{write_end}")
+        assert not is_init_output(null, f"/proc/self/fd/{null}")    # nothing to copy to
+        assert not is_init_output(write_end, "/proc/no-such-pid/fd/1")   # not ours to look at
+    finally:
+        for fd in (read_end, write_end, other_read, other_write, null):
+            os.close(fd)

@@ -237,6 +237,9 @@ def test_start_status_stop_with_a_stand_in_server(tmp_path, stand_in):
         assert started.returncode == 0, started.stderr
         pid = pidfile.read_pid(pid_path)
         assert f"torchd started (pid {pid})" in started.stdout
+        # start's captured output is not PID 1's: the log is not copied there, or this
+        # capture would have waited for the server to stop
+        assert "stand-in: listening" not in started.stdout
         assert psutil.Process(pid).ppid() != os.getpid()  # detached from its starter
 
         status = run_cli(["status"], tmp_path, stand_in)
@@ -253,6 +256,58 @@ def test_start_status_stop_with_a_stand_in_server(tmp_path, stand_in):
         assert run_cli(["status"], tmp_path, stand_in).returncode == 1
     finally:
         kill_pid_file_owner(pid_path)
+
+
+class PipeReader:
+    """What a pipe has received so far, read without blocking; ``ended`` once every writer
+    has closed it."""
+
+    def __init__(self, fd: int) -> None:
+        os.set_blocking(fd, False)
+        self.fd, self.received, self.ended = fd, b"", False
+
+    def text(self) -> str:
+        while not self.ended:
+            try:
+                chunk = os.read(self.fd, 1 << 16)
+            except BlockingIOError:
+                break
+            self.received += chunk
+            self.ended = not chunk
+        return self.received.decode(errors="replace")
+
+
+def test_start_in_a_container_copies_its_log_to_the_containers_output(tmp_path, stand_in):
+    """As TorchServe's image runs it: the entrypoint, PID 1, runs `torchserve --start` and
+    waits, and `docker logs` shows PID 1's output. A PID namespace makes the shell PID 1."""
+    write_properties(tmp_path)
+    torchd = f"{sys.executable} -m daemon.ops.cli"
+    entrypoint = f"{torchd} --start --model-store store --ncs && read go && {torchd} --stop"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), stand_in["PYTHONPATH"]])}
+    read_end, write_end = os.pipe()
+    try:
+        container = subprocess.Popen(["unshare", "--pid", "--fork", "--mount-proc",
+                                      "--kill-child", "sh", "-c", entrypoint],
+                                     cwd=tmp_path, env=env, stdin=subprocess.PIPE,
+                                     stdout=write_end, stderr=write_end)
+    finally:
+        os.close(write_end)
+    output = PipeReader(read_end)
+    try:
+        wait_until(lambda: "stand-in: listening" in output.text() or container.poll() is not None,
+                   timeout=60, what="the daemon's log line in the container's output")
+        assert container.poll() is None, output.text()   # unshare works here (root, CI)
+        assert "torchd started (pid " in output.text()
+        container.stdin.write(b"stop\n")
+        container.stdin.flush()
+        assert container.wait(60) == 0, output.text()
+        wait_until(lambda: output.text() and output.ended, timeout=30,
+                   what="every writer of the container's output gone")
+        assert "stand-in: stopped" in output.text()   # copied to the last line
+        assert "torchd stopped" in output.text()
+    finally:
+        reap(container)      # --kill-child: the namespace's processes go with it
+        os.close(read_end)
 
 
 def test_start_reports_a_daemon_that_dies(tmp_path, stand_in):
