@@ -137,7 +137,13 @@ class Supervisor(WorkerTableViews, TemplateSupervision):
     def scale(self, mv: ModelVersion, stop_timeout: float | None = None) -> None:
         """Bring the target within ``mv.settings``' min/max (new, or asked for again); FAILED
         workers get another chance. Workers stopped to get within range finish their batch
-        within ``stop_timeout`` s (None/-1: response_timeout)."""
+        within ``stop_timeout`` s (None/-1: response_timeout).
+
+        A version no longer registered gets no workers: a register call whose version was
+        unregistered while it saved the snapshot must not start them after the drain (they
+        would load from the archive directory the unregister removed)."""
+        if not self.registry.holds(mv):
+            return
         record = self.record(mv)
         record.stop_timeout = stop_timeout
         record.target = min(max(record.target, mv.settings.min_workers), mv.settings.max_workers)

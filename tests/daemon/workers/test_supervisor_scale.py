@@ -50,6 +50,19 @@ async def test_scale_down_stops_the_surplus_and_forgets_it(h: Harness) -> None:
     assert not any(sig == signal.SIGKILL for _, sig in h.ops.signals)  # polite stop
 
 
+@scenario
+async def test_a_version_unregistered_before_its_scale_gets_no_workers(h: Harness) -> None:
+    # a register call saves its snapshot between adding the version and scaling it; an
+    # unregister in between has drained the version (no workers yet) and removed its archive
+    mv = h.model()
+    h.registry.remove(mv)
+    await h.sup.drain(mv, 5)
+    scale(h, mv, 2, 2)
+    h.sup.reconcile()
+    assert h.handles(mv) == [] and h.launcher.spawned == []
+    assert mv not in h.sup.records
+
+
 # ---- drain ---------------------------------------------------------------------------------
 
 @scenario
