@@ -41,6 +41,12 @@ class WorkerProcess:
         try:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.connect(self.socket_path)
+        except (FileNotFoundError, ConnectionRefusedError) as exc:
+            # The daemon removes a worker's socket as it stops the worker (or itself stops):
+            # a worker stopped while it was being forked finds none, and nothing is wrong.
+            logger.warning("no daemon at %s (%s): this worker was stopped before it connected, "
+                           "or the daemon has exited", self.socket_path, exc.strerror)
+            return EXIT_CONNECT_FAILED
         except OSError as exc:
             logger.error("cannot connect to %s: %s", self.socket_path, exc)
             return EXIT_CONNECT_FAILED

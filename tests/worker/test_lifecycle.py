@@ -5,6 +5,7 @@ import json
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import psutil
 import pytest
 
 from protocol import messages
+from tests.support.daemon import REPO
 from tests.support.waiting import wait_until
 from tests.worker.harness import WorkerHandle, gone, json_request, wait_gone
 from worker.exits import EXIT_CONNECT_FAILED, EXIT_DAEMON_GONE, EXIT_OK, EXIT_PROTOCOL
@@ -138,6 +140,19 @@ def test_zygote_spawn_failure_is_reported(zygote, session_daemon):
     spawned = zygote.next_non_exit(messages.SPAWNED)
     assert spawned["error"] is None and spawned["worker_id"] == "8100"
     assert zygote.wait_exit(spawned["pid"], 10)["returncode"] == EXIT_CONNECT_FAILED
+
+
+def test_a_worker_whose_socket_is_gone_says_why_without_an_error(tmp_path):
+    # the daemon removes a worker's socket as it stops it: one stopped while being forked
+    gone_socket = tmp_path / "w1.sock"
+    done = subprocess.run([sys.executable, "-m", "worker", "--socket", str(gone_socket),
+                           "--worker-id", "8200", "--daemon-pid", "0"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == EXIT_CONNECT_FAILED
+    assert (f"WARNING worker.process: no daemon at {gone_socket} (No such file or directory): "
+            "this worker was stopped before it connected, or the daemon has exited"
+            in done.stderr), done.stderr
+    assert "ERROR" not in done.stderr
 
 
 @pytest.mark.parametrize("mode", ["exec", "zygote"])
