@@ -1,10 +1,11 @@
 """The daemon's default log output: plain lines on stderr, cheap enough for a line per request.
 
-The access log writes a line for every request, so the stock handler's costs show up in the
-request rate: a strftime per record and a write system call per line. Here the timestamp text is
-made once a second, and access log lines are written in batches: within FLUSH_INTERVAL seconds,
-or with the next line of any other logger, which is written at once (at exit, logging's own
-shutdown flushes the rest). A traceback printed
+The access log writes a line for every request, and the workers' output may (a handler that
+logs each request), so the stock handler's costs show up in the request rate: a strftime per
+record and a write system call per line. Here the timestamp text is made once a second, and
+the lines of those two loggers are written in batches: within FLUSH_INTERVAL seconds, or with
+the next line of any other logger, which is written at once (at exit, logging's own shutdown
+flushes the rest). A traceback printed
 to sys.stderr directly can thus come out before log lines of the 0.1 s before it.
 """
 from __future__ import annotations
@@ -17,6 +18,9 @@ import time
 from typing import TextIO
 
 FLUSH_INTERVAL = 0.1
+# The loggers that can write a line per request: the access log, and the workers' output
+# forwarded (a handler's print or log call per request is common in TorchServe handlers).
+BATCHED_LOGGERS = ("torchd.access", "torchd.worker")
 
 
 def batched_stderr() -> TextIO:
@@ -63,7 +67,7 @@ class BatchingStreamHandler(logging.StreamHandler):
     """A StreamHandler that leaves the records of the ``batched`` loggers in the stream's buffer
     for a timer to flush, and flushes after any other record."""
 
-    def __init__(self, stream: TextIO, batched: tuple[str, ...] = ("torchd.access",),
+    def __init__(self, stream: TextIO, batched: tuple[str, ...] = BATCHED_LOGGERS,
                  interval: float = FLUSH_INTERVAL) -> None:
         super().__init__(stream)
         self.batched = frozenset(batched)

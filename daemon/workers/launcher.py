@@ -16,6 +16,7 @@ from pathlib import Path
 
 import psutil
 
+from daemon.logformat import DIRECT_LINES
 from daemon.models.model_config import compiles
 from daemon.osutil import pid_gone
 from protocol import messages
@@ -109,7 +110,9 @@ async def _forward(stream: asyncio.StreamReader) -> None:
             line = await stream.read(OUTPUT_LINE_LIMIT)
         if not line:
             return
-        worker_output.info("%s", line.decode(errors="replace").rstrip())
+        text = line.decode(errors="replace").rstrip()
+        if not DIRECT_LINES.write(worker_output, text):   # as the access log's lines
+            worker_output.info("%s", text)
 
 
 class ExecLauncher:

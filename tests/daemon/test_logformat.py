@@ -1,8 +1,10 @@
 """The daemon's default log output: same text as logging's Formatter, written in batches."""
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
+import sys
 import threading
 import time
 
@@ -12,6 +14,7 @@ from daemon import logformat
 from daemon.ops.foreground import LOG_DATEFMT, LOG_FORMAT
 from daemon.logformat import (BatchingStreamHandler, DirectLines, SecondsFormatter,
                               batched_stderr)
+from daemon.workers import launcher
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(10)
@@ -127,3 +130,34 @@ def test_a_direct_line_steps_aside_when_it_would_miss_someone(default_output):
     custom.use(handler)                          # a format that needs a real record
     assert not custom.write(access, "x")
     assert stream.getvalue() == ""
+
+
+def test_forwarded_worker_output_is_written_as_batched_direct_lines(default_output, monkeypatch):
+    """A handler that logs every request makes the daemon forward a line per request: those go
+    the access log's way (no LogRecord, no write per line), through the real output pipe."""
+    lines, handler, stream, only_ours = default_output
+    monkeypatch.setattr(launcher, "DIRECT_LINES", lines)
+    counting = CountingStream()
+    handler.setStream(counting)
+    made: list[str] = []   # the loggers that made a LogRecord
+    stock_factory = logging.getLogRecordFactory()
+    only_ours()
+
+    async def forward() -> int:
+        child = await launcher.exec_with_output_pipe(
+            sys.executable, "-c", "for i in range(3): print(f'[worker 9000] line {i}')")
+        code = await child.wait()
+        await asyncio.gather(*launcher._forwarders)   # the pipe read to its end
+        return code
+
+    logging.setLogRecordFactory(
+        lambda name, *args, **kwargs: made.append(name) or stock_factory(name, *args, **kwargs))
+    try:
+        assert asyncio.run(forward()) == 0
+    finally:
+        logging.setLogRecordFactory(stock_factory)
+    written = counting.getvalue().splitlines()
+    assert [line.split(" ", 2)[1:] for line in written] == [
+        ["INFO", f"torchd.worker: [worker 9000] line {i}"] for i in range(3)]
+    assert counting.flushes == 0      # left for the flush timer, as access lines are
+    assert "torchd.worker" not in made
