@@ -37,6 +37,13 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, exported_mlp) -> Daemon:
         yield started
 
 
+def logged_soon(daemon: Daemon, *texts: str) -> None:
+    """The workers' lines reach the daemon's log through a pipe, written in batches (at most
+    0.1 s late): wait for them."""
+    wait_until(lambda: all(text in daemon.log() for text in texts), 10, 0.05,
+               lambda: f"{texts} in the log:\n{daemon.log(3000)}")
+
+
 def register(daemon: Daemon, name: str, serialized: Path, *, eager_class: bool = False,
              config: dict | None = None, handler: str = "handler.py",
              **params: Any) -> requests.Response:
@@ -92,9 +99,8 @@ def test_inductor_compiles_before_ready_and_answers_as_eager(daemon, exported_ml
     assert before["graphs"] == 2   # one request's graph and the batch's, before READY
     assert_answers_as_eager(daemon, "inductor", exported_mlp.expected())
     assert described(daemon, "inductor")["graphs"] == 2   # no client paid for a compile
-    log = daemon.log()
-    assert "model compiled with torch.compile(backend=inductor) (from pt2.compile)" in log
-    assert "warm-up: 2 request(s) alone and as one batch" in log
+    logged_soon(daemon, "model compiled with torch.compile(backend=inductor) (from pt2.compile)",
+                "warm-up: 2 request(s) alone and as one batch")
     # One compile per model version: the version's own cache, in the daemon's runtime dir...
     cache = Path(before["inductor_cache"])
     assert cache.is_dir() and any(cache.iterdir()) and "torchd-run-" in str(cache)
@@ -120,9 +126,8 @@ def test_deprecated_string_form_compiles_with_a_warning(daemon, exported_mlp):
     metadata = described(daemon, "legacy")
     assert (metadata["model_type"], metadata["compiled_backend"]) == ("OptimizedModule", "eager")
     assert_answers_as_eager(daemon, "legacy", exported_mlp.expected())
-    log = daemon.log()
-    assert "pt2: 'eager' in model-config.yaml is a deprecated form" in log
-    assert "lists no handler.warmup requests: its first requests pay for the compile" in log
+    logged_soon(daemon, "pt2: 'eager' in model-config.yaml is a deprecated form",
+                "lists no handler.warmup requests: its first requests pay for the compile")
     unregister(daemon, "legacy")
 
 
@@ -139,7 +144,7 @@ def test_export_form_and_unknown_backend_stay_eager(daemon, exported_mlp, name, 
     assert (metadata["model_type"], metadata["compiled_backend"]) == ("MLP", None)
     assert_answers_as_eager(daemon, name, exported_mlp.expected())
     if logged:
-        assert logged in daemon.log()
+        logged_soon(daemon, logged)
     unregister(daemon, name)
 
 
