@@ -309,10 +309,12 @@ def test_start_in_a_container_copies_its_log_to_the_containers_output(tmp_path, 
         os.close(write_end)
     output = PipeReader(read_end)
     try:
-        wait_until(lambda: "stand-in: listening" in output.text() or container.poll() is not None,
+        # start's own line and the copied one, in either order: they are written concurrently
+        wait_until(lambda: ("stand-in: listening" in output.text()
+                            and "torchd started (pid " in output.text())
+                   or container.poll() is not None,
                    timeout=60, what="the daemon's log line in the container's output")
         assert container.poll() is None, output.text()
-        assert "torchd started (pid " in output.text()
         container.stdin.write(b"stop\n")
         container.stdin.flush()
         assert container.wait(60) == 0, output.text()
