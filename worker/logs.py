@@ -1,8 +1,11 @@
 """Per-process logging setup, and a worker's stdout/stderr prefixed line by line.
 
 The prefix is applied at the file-descriptor level (fds 1 and 2 become a pipe that a thread
-drains), so handler print()s, logging, warnings and output from C extensions or child processes
-are all tagged with the worker id before they reach the inherited stderr.
+drains), so handler print()s, warnings and output from C extensions or child processes are all
+tagged with the worker id before they reach the inherited stderr. Logging, the one kind of
+output a handler may write for every request, skips the pipe: its records go straight to the
+inherited stderr with the prefix in their format (PrefixedOutput.direct_stream); so a print()
+and a log record written just after it may come out in either order.
 """
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import os
 import sys
 import threading
 import warnings
+from typing import TextIO
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 CLOSE_GRACE_SECONDS = 1.0
@@ -18,9 +22,10 @@ CLOSE_GRACE_SECONDS = 1.0
 _configured_pid: int | None = None
 
 
-def configure_logging(prefix: str = "", level: int = logging.INFO) -> None:
-    """Install one stderr handler on the root logger, once per process (a forked child redoes
-    it, replacing what it inherited from the zygote)."""
+def configure_logging(prefix: str = "", level: int = logging.INFO,
+                      stream: TextIO | None = None) -> None:
+    """Install one handler on the root logger, writing to ``stream`` (default stderr), once per
+    process (a forked child redoes it, replacing what it inherited from the zygote)."""
     global _configured_pid
     if _configured_pid == os.getpid():
         return
@@ -28,7 +33,7 @@ def configure_logging(prefix: str = "", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(logging.Formatter(prefix.replace("%", "%%") + LOG_FORMAT))
     root.addHandler(handler)
     root.setLevel(level)
@@ -59,6 +64,13 @@ class PrefixedOutput:
         self._thread = threading.Thread(target=self._pump, name="output-prefix", daemon=True)
         self._thread.start()
         return self
+
+    def direct_stream(self) -> TextIO:
+        """The original stderr, for this process's logging with the prefix in its format: a
+        record is one write there, where through fds 1 and 2 it would wake the pump thread and
+        take two more system calls (a handler that logs each request pays that per request)."""
+        return open(os.dup(self._target), "w", buffering=1, encoding="utf-8",
+                    errors="backslashreplace")
 
     def _pump(self) -> None:
         pending = b""

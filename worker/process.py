@@ -34,8 +34,9 @@ class WorkerProcess:
     def run(self) -> int:
         lead_own_group()
         setproctitle.setproctitle(self.title)
-        self.output = PrefixedOutput(f"[worker {self.worker_id}] ").start()
-        configure_logging()
+        prefix = f"[worker {self.worker_id}] "
+        self.output = PrefixedOutput(prefix).start()
+        configure_logging(prefix, stream=self.output.direct_stream())
         start_daemon_watch(self.daemon_pid, self._daemon_gone)
         install_ts_alias()
         try:
