@@ -86,6 +86,11 @@ class Replica:
         return f"http://{self.host}:{self.ports[api]}{path}"
 
     def start(self, timeout: float = 120) -> None:
+        self.launch()
+        self.wait_ready(timeout)
+
+    def launch(self) -> None:
+        """Started, without waiting for it (several replicas then start side by side)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         addresses = [f"--{api}-address=http://{self.host}:{self.ports[api]}"
                      for api in PORT_NAMES]
@@ -100,6 +105,8 @@ class Replica:
                  f"--log-location={self.workdir / 'logs'}"], cwd=self.workdir, env=env,
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.known[self.proc.pid] = psutil.Process(self.proc.pid)
+
+    def wait_ready(self, timeout: float = 120) -> None:
         wait_for(self._ready, timeout, f"replica {self.name} ready")
         self._track()
 
@@ -119,9 +126,15 @@ class Replica:
 
     def terminate(self, timeout: float = 60) -> int:
         """SIGTERM (what Kubernetes sends first) and wait for the exit status."""
-        self._track()
-        self.proc.send_signal(signal.SIGTERM)
+        self.ask_to_stop()
         return self.proc.wait(timeout)
+
+    def ask_to_stop(self) -> None:
+        """SIGTERM without waiting (several replicas then serve out their shutdown_delay side
+        by side)."""
+        self._track()
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         """SIGKILL the daemon alone, as a node failure or the OOM killer would."""
@@ -129,10 +142,14 @@ class Replica:
         self.proc.kill()
         self.proc.wait(10)
 
-    def cleanup(self) -> None:
+    def cleanup(self, asked: bool = False) -> None:
+        """Stopped (SIGTERM, unless ``asked`` already), then whatever it left killed by pid."""
         if self.proc is not None and self.proc.poll() is None:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                self.terminate(30)
+                if asked:
+                    self.proc.wait(30)
+                else:
+                    self.terminate(30)
         for proc in self.known.values():
             with contextlib.suppress(psutil.NoSuchProcess):
                 if proc.is_running():
@@ -329,7 +346,9 @@ def replica_set(workdir: Path, model_store: Path, models: list[str], count: int 
                       HAProxy(workdir, replicas, retry=True))
     try:
         for replica in replicas:
-            replica.start()
+            replica.launch()
+        for replica in replicas:
+            replica.wait_ready()
         for proxy in proxies.all():
             proxy.start()
         for replica in replicas:
@@ -339,7 +358,10 @@ def replica_set(workdir: Path, model_store: Path, models: list[str], count: int 
         for proxy in proxies.all():
             proxy.stop()
         for replica in replicas:
-            replica.cleanup()
+            if replica.proc is not None:
+                replica.ask_to_stop()
+        for replica in replicas:
+            replica.cleanup(asked=True)
 
 
 def rolling_restart(replica: Replica, proxies: Proxies) -> int:
