@@ -79,8 +79,7 @@ class StderrLog:
             ours, there = os.fstat(2), os.stat(path)
         except OSError:
             return None
-        if not stat.S_ISREG(ours.st_mode) or (ours.st_dev, ours.st_ino) != (there.st_dev,
-                                                                            there.st_ino):
+        if not stat.S_ISREG(ours.st_mode) or not os.path.samestat(ours, there):
             return None
         return cls(path, max_bytes)
 
@@ -113,9 +112,7 @@ def is_init_output(fd: int, init_output: str = INIT_OUTPUT) -> bool:
         ours, init, null = os.fstat(fd), os.stat(init_output), os.stat(os.devnull)
     except OSError:
         return False
-    if (ours.st_dev, ours.st_ino) == (null.st_dev, null.st_ino):
-        return False
-    return (ours.st_dev, ours.st_ino) == (init.st_dev, init.st_ino)
+    return os.path.samestat(ours, init) and not os.path.samestat(ours, null)
 
 
 class LogCopy:
@@ -206,8 +203,7 @@ class LogCopy:
 
     def _follow_set_aside(self) -> bool:
         """Past the end of a file that has been set aside: the rest of it, then the new one."""
-        now, reading = os.fstat(self.source), os.fstat(self._reading)
-        if (now.st_dev, now.st_ino) == (reading.st_dev, reading.st_ino):
+        if os.path.samestat(os.fstat(self.source), os.fstat(self._reading)):
             return False
         while self._copy_new_lines():
             pass

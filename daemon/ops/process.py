@@ -67,6 +67,7 @@ def become_subreaper() -> None:
         logger.warning("cannot become a child subreaper; orphaned workers re-parent to init")
 
 
+# Container allocations between two collections of the youngest generation. Python's default,
 # 700, meant a collection every ten or so requests (a request keeps about 70 containers), each
 # walking every request in flight; serving makes no cyclic garbage, and whatever else does
 # waits at most this many allocations (a few MB) for the collector.

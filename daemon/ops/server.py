@@ -340,7 +340,6 @@ async def _serve_until_shutdown(core: DaemonCore, sockets: dict[str, socket.sock
     return 0 if shutdown.is_set() else 1
 
 
-# Container allocations between two collections of the youngest generation. Python's default,
 async def _announce_shutdown(delay: float) -> None:
     """Readiness is false already; keep serving ``delay`` seconds more. A Service or load
     balancer notices the 503 (or the pod's removal) a little later than the signal: requests
