@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -112,7 +113,12 @@ def test_daemon_gone(watched):
     assert result.returncode == 2
     assert result.stdout == (f"DOWN: torchd is not running: pid {d.pid} from "
                              f"{watched.health[-1]} is gone\n")
-    unnamed = run_health("--management-url", d.url("management", ""))
+    # The freed port is anyone's from here: CI once saw another listener take it and reset the
+    # check's connection. Held bound (never listening) by the test, it refuses connections.
+    with socket.socket() as held:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # past the TIME_WAITs
+        held.bind(("127.0.0.1", d.ports["management"]))
+        unnamed = run_health("--management-url", d.url("management", ""))
     assert unnamed.returncode == 2
     assert unnamed.stdout.startswith("DOWN: torchd management API at http://127.0.0.1:")
     assert "does not answer: connection refused" in unnamed.stdout
