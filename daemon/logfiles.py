@@ -3,7 +3,7 @@ its own: once past ``max_bytes`` a file is set aside as ``<name>.1`` (``.1`` bec
 so on, the oldest of ``KEEP`` dropped) and a new one begun. These are ``torchd start``'s log
 (the daemon's stderr) and the metrics log (``metrics_mode`` log); journald, or the handlers of
 a ``--log-config``, bound the rest. ``torchd start``'s log is also copied, as it grows, to its
-output where that is PID 1's, a container's log (LogCopy)."""
+output where that is PID 1's (a container's log) or a file (LogCopy)."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +11,7 @@ import logging
 import os
 import stat
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 KEEP = 5     # files set aside, as TorchServe's DefaultRolloverStrategy max
@@ -100,14 +101,11 @@ class StderrLog:
 
 
 def is_init_output(fd: int, init_output: str = INIT_OUTPUT) -> bool:
-    """Whether ``fd`` is the output of this process tree's first process (PID 1), where
-    ``torchd start`` copies its log (LogCopy). In a container that output is the container's
-    log (``docker logs``, ``kubectl logs``), and under TorchServe's image it is where the log
-    went: its entrypoint, PID 1, runs ``torchserve --start`` and ``tail -f /dev/null``, and the
-    JVM writes to the output it inherits. Any other output is left alone once start returns: a
-    terminal has its prompt back, and a script reading start's output to its end (``$(...)``,
-    a subprocess's captured output) would otherwise wait until the server stops, as it does
-    with TorchServe. /dev/null, or a PID 1 this process may not look at, is not copied to."""
+    """Whether ``fd`` is the output of this process tree's first process (PID 1). In a
+    container that output is the container's log (``docker logs``, ``kubectl logs``), and under
+    TorchServe's image it is where the log went: its entrypoint, PID 1, runs ``torchserve
+    --start`` and ``tail -f /dev/null``, and the JVM writes to the output it inherits.
+    /dev/null, or a PID 1 this process may not look at, is not it."""
     try:
         ours, init, null = os.fstat(fd), os.stat(init_output), os.stat(os.devnull)
     except OSError:
@@ -115,22 +113,109 @@ def is_init_output(fd: int, init_output: str = INIT_OUTPUT) -> bool:
     return os.path.samestat(ours, init) and not os.path.samestat(ours, null)
 
 
+def is_log_copy_output(fd: int, log_path: Path, init_output: str = INIT_OUTPUT) -> bool:
+    """Whether ``torchd start`` copies its log (LogCopy) to ``fd``, its output, as TorchServe's
+    JVM writes its log to the output it inherits: where that is PID 1's (is_init_output), or a
+    file (``torchserve --start > ts.log``, as TorchServe's benchmark and many scripts run it,
+    then wait for "Model server started" in it), never the log itself. Any other output is
+    left alone once start returns: a terminal has its prompt back, and a script reading
+    start's output to its end (``$(...)``, a subprocess's captured output) would otherwise
+    wait until the server stops, as it does with TorchServe."""
+    if is_init_output(fd, init_output):
+        return True
+    try:
+        ours = os.fstat(fd)
+    except OSError:
+        return False
+    if not stat.S_ISREG(ours.st_mode):
+        return False
+    try:
+        return not os.path.samestat(ours, os.stat(log_path))
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+
+
+class FollowedFile:
+    """A file read as it grows, as ``tail -F`` does: past the end of one that has been set
+    aside (renamed, a new one begun at ``path``), the rest of it, then the new one from its
+    start. Only whole lines are handed on, so that what others write to the same output falls
+    between lines; a longer line goes in pieces."""
+
+    def __init__(self, path: str) -> None:
+        """From the end the file has now; from its start if it is yet to be made."""
+        self.path = path
+        self._partial = b""           # the start of a line whose end is not read yet
+        self._reading: int | None = None
+        with contextlib.suppress(FileNotFoundError):
+            self._reading = self._open(at_end=True)
+
+    def _open(self, at_end: bool) -> int:
+        # A description of our own, so reading moves no offset the writers use.
+        fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        if at_end:
+            os.lseek(fd, 0, os.SEEK_END)
+        return fd
+
+    def copy(self, write: Callable[[bytes], None]) -> bool:
+        """What is new, whole lines, to ``write``; whether there was anything."""
+        return self._copy_new_lines(write) or self._follow_set_aside(write)
+
+    def finish(self, write: Callable[[bytes], None]) -> None:
+        """The last line, ended or not."""
+        write(self._partial)
+        self._partial = b""
+
+    def close(self) -> None:
+        if self._reading is not None:
+            os.close(self._reading)
+            self._reading = None
+
+    def _copy_new_lines(self, write: Callable[[bytes], None]) -> bool:
+        if self._reading is None:
+            return False
+        chunk = os.read(self._reading, COPY_CHUNK)
+        if not chunk:
+            return False
+        data = self._partial + chunk
+        end = len(data) if len(data) > COPY_CHUNK else data.rfind(b"\n") + 1
+        write(data[:end])
+        self._partial = data[end:]
+        return True
+
+    def _follow_set_aside(self, write: Callable[[bytes], None]) -> bool:
+        try:
+            now = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        if self._reading is not None:
+            if os.path.samestat(now, os.fstat(self._reading)):
+                return False
+            while self._copy_new_lines(write):
+                pass
+            self.finish(write)
+            self.close()
+        self._reading = self._open(at_end=False)
+        return True
+
+
 class LogCopy:
     """The daemon's stderr log (``torchd start``'s torchd.log) copied, as it grows, to ``out``,
-    the output start was given where that is PID 1's (is_init_output), as TorchServe's JVM
-    writes its log to the output it inherits.
+    the output start was given where that is PID 1's or a file (is_log_copy_output), as
+    TorchServe's JVM writes its log to the output it inherits; and the metric logs where
+    there are any (``follow``), as TorchServe's metric loggers write to that output too.
 
-    A thread of its own follows the file (a new one once StderrLog has set it aside) and
+    A thread of its own follows the files (each a new one once it has been set aside) and
     writes with blocking writes: a reader that stops reading holds up the copy, never the
-    daemon, and the file keeps every line. A write that fails (the reader is gone) ends it."""
+    daemon, and the files keep every line. A write that fails (the reader is gone) ends it."""
 
     def __init__(self, out: int, source: int = 2, interval: float = COPY_SECONDS) -> None:
+        """``source``: the descriptor the log is written through (stderr)."""
         self.out = out
-        self.source = source          # the descriptor the log is written through
         self.interval = interval
         os.set_inheritable(out, False)   # the container's log is for this process alone
-        self._reading = self._open_source(at_end=True)
-        self._partial = b""           # the start of a line whose end is not written yet
+        self._files = [FollowedFile(f"/proc/self/fd/{source}")]
         self._closing = threading.Event()
         self._thread = threading.Thread(target=self._run, name="log-copy", daemon=True)
 
@@ -148,67 +233,43 @@ class LogCopy:
             os.close(out)
         return None
 
+    def follow(self, path: Path) -> None:
+        """``path``'s lines copied too, from its end now (from its start once it is made)."""
+        self._files = [*self._files, FollowedFile(str(path))]   # the thread takes a whole list
+
     def start(self) -> LogCopy:
         self._thread.start()
         return self
 
     def close(self, wait: float = 2.0) -> None:
-        """Copy what the log has now (waiting at most ``wait`` seconds on a slow reader), then
-        stop."""
+        """Copy what the files have now (waiting at most ``wait`` seconds on a slow reader),
+        then stop."""
         for handler in logging.getLogger().handlers:
             handler.flush()
         self._closing.set()
         self._thread.join(wait)
 
-    def _open_source(self, at_end: bool) -> int:
-        # A description of our own, so reading moves no offset the writers use.
-        fd = os.open(f"/proc/self/fd/{self.source}", os.O_RDONLY | os.O_CLOEXEC)
-        if at_end:
-            os.lseek(fd, 0, os.SEEK_END)
-        return fd
-
     def _run(self) -> None:
         try:
             while True:
                 closing = self._closing.is_set()   # read first: then nothing copied means done
-                if self._copy_new_lines() or self._follow_set_aside():
+                files = self._files
+                # every file each round, a chunk at most from each: none holds up the others
+                if sum(followed.copy(self._write) for followed in files):
                     continue
                 if closing:
-                    self._write(self._partial)
+                    for followed in files:
+                        followed.finish(self._write)
                     return
                 self._closing.wait(self.interval)
         except OSError as exc:
             logger.warning("copying the log to the output torchd start was given ended: %s", exc)
         finally:
-            os.close(self._reading)
+            for followed in self._files:
+                followed.close()
             os.close(self.out)
-
-    def _copy_new_lines(self) -> bool:
-        """Whole lines only (a line being written waits for its end), so that what others write
-        to the same output (start's own line) falls between lines; a longer line goes in
-        pieces."""
-        chunk = os.read(self._reading, COPY_CHUNK)
-        if not chunk:
-            return False
-        data = self._partial + chunk
-        end = len(data) if len(data) > COPY_CHUNK else data.rfind(b"\n") + 1
-        self._write(data[:end])
-        self._partial = data[end:]
-        return True
 
     def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(self.out, view):]
-
-    def _follow_set_aside(self) -> bool:
-        """Past the end of a file that has been set aside: the rest of it, then the new one."""
-        if os.path.samestat(os.fstat(self.source), os.fstat(self._reading)):
-            return False
-        while self._copy_new_lines():
-            pass
-        self._write(self._partial)   # the old file's last line, ended or not
-        self._partial = b""
-        os.close(self._reading)
-        self._reading = self._open_source(at_end=False)
-        return True

@@ -3,8 +3,9 @@
 ``serve`` runs the daemon in the foreground (what systemd runs). ``start`` runs
 ``python -m daemon.ops.cli serve <same options>`` in a new session with output appended to
 ``<log_location>/torchd.log`` (and copied to start's own output where that is PID 1's, a
-container's log: logfiles.LogCopy), and returns once it listens on the management address (or
-has died). The serving process writes and removes its own pid file; ``stop`` and ``status`` read it.
+container's log, or a file: logfiles.LogCopy), and returns once it listens on the management
+address (or has died). The serving process writes and removes its own pid file; ``stop`` and
+``status`` read it.
 ``llm`` (daemon/ops/llm.py) serves one language model directory, as ``serve`` would.
 
 Without a subcommand, TorchServe's spelling works: ``torchd --start ...`` (``--foreground``
@@ -23,7 +24,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from daemon.logfiles import START_LOG, LogCopy, is_init_output
+from daemon.logfiles import START_LOG, LogCopy, is_log_copy_output
+from daemon.metrics.metrics_log import FRONTEND_FILE, MODEL_FILE
 from daemon.ops import pidfile
 from daemon.ops.foreground import configure_logging, serve
 from daemon.ops.options import IGNORED_OPTIONS, START_WAIT, build_parser, config_from_args
@@ -89,6 +91,9 @@ def cmd_serve(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
         config = config_from_args(args)
         if config is None:
             return 2
+        if copy is not None and config.metrics_mode != "prometheus":
+            for name in (FRONTEND_FILE, MODEL_FILE):
+                copy.follow(config.metrics_location / name)
         return serve(config, args.log_level)
     finally:
         if copy is not None:
@@ -116,7 +121,7 @@ def cmd_start(args: argparse.Namespace, tokens: list[str]) -> int:
 
 def _spawn_serve(tokens: list[str], log_path: Path) -> subprocess.Popen:
     command = [sys.executable, "-m", "daemon.ops.cli", "serve", *tokens]
-    copy_to = _log_copy_output()
+    copy_to = _log_copy_output(log_path)
     if copy_to is not None:
         command += ["--log-copy-fd", str(copy_to)]
     try:
@@ -129,14 +134,15 @@ def _spawn_serve(tokens: list[str], log_path: Path) -> subprocess.Popen:
             os.close(copy_to)
 
 
-def _log_copy_output() -> int | None:
+def _log_copy_output(log_path: Path) -> int | None:
     """A duplicate of this process's stdout for the daemon to copy its log to, where that is
-    PID 1's, a container's log (logfiles.is_init_output); else None."""
+    PID 1's (a container's log) or a file (logfiles.is_log_copy_output); else None."""
     try:
+        sys.stdout.flush()   # what start printed before stays before the copy
         fd = sys.stdout.fileno()
     except (AttributeError, OSError, ValueError):
         return None
-    return os.dup(fd) if is_init_output(fd) else None
+    return os.dup(fd) if is_log_copy_output(fd, log_path) else None
 
 
 def _wait_started(process: subprocess.Popen, config: Config, log_path: Path,
@@ -151,8 +157,9 @@ def _wait_started(process: subprocess.Popen, config: Config, log_path: Path,
             print(_tail(log_path), file=sys.stderr)
             return 1
         if pidfile.read_pid(config.pid_file) == process.pid and is_listening(address):
-            print(f"torchd started (pid {process.pid}), management API at {address.url}, "
-                  f"log {log_path}")
+            # TorchServe's words, which its scripts wait for in start's output
+            print(f"Model server started: torchd pid {process.pid}, management API at "
+                  f"{address.url}, log {log_path}", flush=True)
             process.returncode = 0  # detached on purpose: no "still running" warning
             return 0
         time.sleep(0.1)

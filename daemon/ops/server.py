@@ -321,6 +321,8 @@ async def _serve_until_shutdown(core: DaemonCore, sockets: dict[str, socket.sock
     settle_garbage_collector()
     core.notifier.ready(core.summary())
     logger.info("torchd ready: %s", core.summary())
+    # TorchServe's line once it serves, which scripts wait for in its log (benchmark-ab.py)
+    logger.info("Model server started.")
     done = asyncio.ensure_future(shutdown.wait())
     await asyncio.wait([done, *servers], return_when=asyncio.FIRST_COMPLETED)
     done.cancel()

@@ -3,6 +3,7 @@ past its size, a process's stderr log rolled under it (a real child process whos
 and stderr are a file), and that log copied to another output as it grows, across the roll."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -10,8 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
-from daemon.logfiles import KEEP, LogCopy, RotatingLines, StderrLog, is_init_output, set_aside
+from daemon.logfiles import (KEEP, LogCopy, RotatingLines, StderrLog, is_init_output,
+                             is_log_copy_output, set_aside)
 from tests.support.daemon import REPO
+from tests.support.waiting import wait_until
 
 
 def names(directory: Path) -> list[str]:
@@ -160,3 +163,70 @@ def test_only_the_output_of_pid_1_is_copied_to():
     finally:
         for fd in (read_end, write_end, other_read, other_write, null):
             os.close(fd)
+
+
+def test_start_copies_its_log_to_pid_1s_output_or_a_file_but_the_log_itself(tmp_path):
+    log = tmp_path / "torchd.log"
+    log.touch()
+    read_end, write_end = os.pipe()
+    other_read, other_write = os.pipe()
+    redirected = os.open(tmp_path / "ts.log", os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    itself = os.open(log, os.O_WRONLY | os.O_APPEND)
+    null = os.open(os.devnull, os.O_WRONLY)
+    pid_1 = f"/proc/self/fd/{write_end}"
+    try:
+        assert is_log_copy_output(redirected, log, pid_1)    # `torchserve --start > ts.log`
+        assert is_log_copy_output(redirected, tmp_path / "not-yet", pid_1)
+        assert is_log_copy_output(write_end, log, pid_1)     # PID 1's pipe
+        assert not is_log_copy_output(other_write, log, pid_1)   # $(torchd start)
+        assert not is_log_copy_output(itself, log, pid_1)    # it would copy its own copies
+        assert not is_log_copy_output(null, log, pid_1)
+    finally:
+        for fd in (read_end, write_end, other_read, other_write, redirected, itself, null):
+            os.close(fd)
+
+
+def test_the_metric_logs_are_copied_too_from_now_across_a_set_aside(tmp_path):
+    """As TorchServe's metric loggers write to its console as well: `follow`. A file that is
+    there is copied from its end (an earlier run's lines stay out); one yet to be made, from
+    its start."""
+    source = os.open(tmp_path / "torchd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    (tmp_path / "ts_metrics.log").write_text("an earlier run's line\n")
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    copy = LogCopy(write_end, source=source)
+    copy.follow(tmp_path / "ts_metrics.log")
+    copy.follow(tmp_path / "model_metrics.log")
+    copy.start()
+    received = bytearray()
+
+    def copied() -> str:
+        with contextlib.suppress(BlockingIOError):
+            received.extend(os.read(read_end, 1 << 16))
+        return received.decode()
+
+    frontend = RotatingLines(tmp_path / "ts_metrics.log", 60)
+    model = RotatingLines(tmp_path / "model_metrics.log", 60)
+    try:
+        os.write(source, b"a log line\n")
+        frontend.write("Requests2XX.Count:1.0|#Level:Host\n")
+        model.write("PredictionTime.Milliseconds:0.5|#ModelName:m\n")
+        wait_until(lambda: copied().count("\n") == 3, 30, what="three lines copied")
+        model.write("PredictionTime.Milliseconds:0.7|#ModelName:m\n")   # past 60: set aside
+        model.write("PredictionTime.Milliseconds:0.9|#ModelName:m\n")
+        frontend.write("Requests2XX.Count:2.0|#Level:Host\n")
+    finally:
+        frontend.close()
+        model.close()
+        copy.close(wait=30)
+        os.close(source)
+    lines = wait_until(lambda: copied().count("\n") == 6 and copied().splitlines(),
+                       30, what="six lines copied")
+    os.close(read_end)
+    assert "an earlier run's line" not in lines
+    assert lines[0] == "a log line"
+    assert [line for line in lines if line.startswith("Prediction")] == [
+        f"PredictionTime.Milliseconds:{value}|#ModelName:m" for value in ("0.5", "0.7", "0.9")]
+    assert [line for line in lines if line.startswith("Requests")] == [
+        f"Requests2XX.Count:{value}|#Level:Host" for value in ("1.0", "2.0")]
+    assert (tmp_path / "model_metrics.log.1").exists()

@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import psutil
 import requests
@@ -21,13 +22,14 @@ from tests.support.ops import NotifyListener, build_slow_archive, make_store
 from tests.support.waiting import wait_until
 
 
-def torchd(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+def torchd(*args: str, cwd: Path, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TS_") and k not in ("LOG_LOCATION", "NOTIFY_SOCKET")}
     # this checkout's code, whatever the cwd: an installed torchd may be another checkout's
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "daemon.ops.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=90, check=False)
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=90,
+                          check=False)
 
 
 def kill_tree(pid: int | None) -> None:
@@ -53,16 +55,30 @@ def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: 
     (tmp_path / "config.properties").write_text(
         "".join(f"{name}_address=http://127.0.0.1:{port}\n" for name, port in ports.items())
         + f"grpc_inference_port={chosen[3]}\ngrpc_management_port={chosen[4]}\n"
-        + "model_store=store\nworker_spawn=exec\ndefault_workers_per_model=1\n")
+        + "model_store=store\nworker_spawn=exec\ndefault_workers_per_model=1\n"
+        + "metrics_mode=log\n")
     pid_path = tmp_path / "logs" / "torchd.pid"
+    output = tmp_path / "ts.log"
     try:
-        started = torchd("start", "--models", "noop=noop.mar", "--ncs", cwd=tmp_path)
-        assert started.returncode == 0, started.stdout + started.stderr
+        # `torchserve --start > ts.log`, as TorchServe's benchmark-ab.py runs it: the log is
+        # copied there as it grows, "Model server started" (what such scripts wait for) too
+        with open(output, "w") as redirected:
+            started = torchd("start", "--models", "noop=noop.mar", "--ncs", cwd=tmp_path,
+                             stdout=redirected)
+        assert started.returncode == 0, output.read_text() + started.stderr
         predicted = requests.post(f"http://127.0.0.1:{ports['inference']}/predictions/noop",
                                   data=b"x", timeout=30)
         assert predicted.status_code == 200 and predicted.json() == {"ok": 1}
         pid = pidfile.read_pid(pid_path)
-        assert f"torchd started (pid {pid})" in started.stdout
+        assert f"Model server started: torchd pid {pid}," in output.read_text()
+        wait_until(lambda: 'inference "POST /predictions/noop" 200' in output.read_text(),
+                   timeout=30, what="the request's access line copied to start's output")
+        # the metric lines too, as benchmark-ab.py reads them: the value after the 3rd colon
+        queue_times = wait_until(lambda: [line.split("|")[0].split(":")[3]
+                                          for line in output.read_text().splitlines()
+                                          if "QueueTime" in line and "|#" in line],
+                                 timeout=30, what="a QueueTime line copied to start's output")
+        assert float(queue_times[0]) >= 0
 
         stopped = torchd("stop", cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
@@ -70,7 +86,9 @@ def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: 
         log = (tmp_path / "logs" / "torchd.log").read_text()
         assert ('startup model noop.mar: Model "noop" Version: 1.0 registered with 1 initial '
                 'workers') in log
-        assert "torchd stopped" in log
+        assert "torchd stopped" in log and "Model server started." in log
+        copied = output.read_text()   # the daemon copies its last lines before it exits
+        assert "Model server started." in copied and copied.endswith("torchd stopped\n")
     finally:
         kill_tree(pidfile.read_pid(pid_path))
 

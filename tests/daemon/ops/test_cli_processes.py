@@ -241,9 +241,9 @@ def test_start_status_stop_with_a_stand_in_server(tmp_path, stand_in):
         started = run_cli(["start", "--model-store", "store", "--ncs"], tmp_path, stand_in)
         assert started.returncode == 0, started.stderr
         pid = pidfile.read_pid(pid_path)
-        assert f"torchd started (pid {pid})" in started.stdout
-        # start's captured output is not PID 1's: the log is not copied there, or this
-        # capture would have waited for the server to stop
+        assert f"Model server started: torchd pid {pid}," in started.stdout
+        # start's captured output is neither PID 1's nor a file: the log is not copied there,
+        # or this capture would have waited for the server to stop
         assert "stand-in: listening" not in started.stdout
         assert psutil.Process(pid).ppid() != os.getpid()  # detached from its starter
 
@@ -311,7 +311,7 @@ def test_start_in_a_container_copies_its_log_to_the_containers_output(tmp_path, 
     try:
         # start's own line and the copied one, in either order: they are written concurrently
         wait_until(lambda: ("stand-in: listening" in output.text()
-                            and "torchd started (pid " in output.text())
+                            and "Model server started: torchd pid " in output.text())
                    or container.poll() is not None,
                    timeout=60, what="the daemon's log line in the container's output")
         assert container.poll() is None, output.text()
