@@ -158,9 +158,11 @@ class FollowedFile:
             os.lseek(fd, 0, os.SEEK_END)
         return fd
 
-    def copy(self, write: Callable[[bytes], None]) -> bool:
-        """What is new, whole lines, to ``write``; whether there was anything."""
-        return self._copy_new_lines(write) or self._follow_set_aside(write)
+    def copy(self, write: Callable[[bytes], None]) -> int:
+        """What is new, whole lines, to ``write``: the bytes read (COPY_CHUNK, a full chunk,
+        when there may be more at once), 0 where nothing was new."""
+        return self._copy_new_lines(write) or (COPY_CHUNK if self._follow_set_aside(write)
+                                                else 0)
 
     def finish(self, write: Callable[[bytes], None]) -> None:
         """The last line, ended or not."""
@@ -172,17 +174,19 @@ class FollowedFile:
             os.close(self._reading)
             self._reading = None
 
-    def _copy_new_lines(self, write: Callable[[bytes], None]) -> bool:
+    def _copy_new_lines(self, write: Callable[[bytes], None]) -> int:
         if self._reading is None:
-            return False
+            return 0
         chunk = os.read(self._reading, COPY_CHUNK)
         if not chunk:
-            return False
+            return 0
         data = self._partial + chunk
-        end = len(data) if len(data) > COPY_CHUNK else data.rfind(b"\n") + 1
+        end = data.rfind(b"\n") + 1
+        if end == 0 and len(data) > COPY_CHUNK:
+            end = len(data)     # a line longer than a chunk: in pieces
         write(data[:end])
         self._partial = data[end:]
-        return True
+        return len(chunk)
 
     def _follow_set_aside(self, write: Callable[[bytes], None]) -> bool:
         try:
@@ -255,12 +259,15 @@ class LogCopy:
                 closing = self._closing.is_set()   # read first: then nothing copied means done
                 files = self._files
                 # every file each round, a chunk at most from each: none holds up the others
-                if sum(followed.copy(self._write) for followed in files):
+                copied = [followed.copy(self._write) for followed in files]
+                if max(copied) >= COPY_CHUNK or (closing and any(copied)):
                     continue
                 if closing:
                     for followed in files:
                         followed.finish(self._write)
                     return
+                # a pause after less than a chunk: a busy daemon's lines go out in a few
+                # large writes a round, not a syscall (and a turn at the GIL) for each
                 self._closing.wait(self.interval)
         except OSError as exc:
             logger.warning("copying the log to the output torchd start was given ended: %s", exc)

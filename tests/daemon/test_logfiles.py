@@ -230,3 +230,26 @@ def test_the_metric_logs_are_copied_too_from_now_across_a_set_aside(tmp_path):
     assert [line for line in lines if line.startswith("Requests")] == [
         f"Requests2XX.Count:{value}|#Level:Host" for value in ("1.0", "2.0")]
     assert (tmp_path / "model_metrics.log.1").exists()
+
+
+def test_lines_of_several_files_are_copied_whole(tmp_path):
+    """Each file's lines are many chunks' worth, written before the copy reads any: what is
+    copied is every line, each whole, however the files' chunks fall."""
+    source = os.open(tmp_path / "torchd.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    read_end, write_end = os.pipe()
+    copy = LogCopy(write_end, source=source)
+    copy.follow(tmp_path / "ts_metrics.log")
+    metrics = RotatingLines(tmp_path / "ts_metrics.log", 0)
+    written = []
+    for number in range(3000):   # about 300 KiB a file, in lines of 97 to 101 bytes
+        line = f"log line {number} " + "x" * (80 + number % 5) + "\n"
+        os.write(source, line.encode())
+        metrics.write(line.replace("log", "metric"))
+        written += [line, line.replace("log", "metric")]
+    copy.start()
+    copy.close(wait=0)     # far more than the pipe holds: it ends once it has all been read
+    copied = read_to_end(read_end)
+    copy._thread.join(30)
+    metrics.close()
+    os.close(source)
+    assert sorted(copied.decode().splitlines(keepends=True)) == sorted(written)
