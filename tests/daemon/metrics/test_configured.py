@@ -3,6 +3,7 @@ it, what it changes on /metrics (handler and frontend series), and the metric lo
 metrics_mode log and legacy, with an injected clock."""
 from __future__ import annotations
 
+import datetime
 import logging
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 from daemon.metrics import Metrics
 from daemon.metrics.configured import MetricsOptions
 from daemon.metrics.handlers import HandlerMetrics
-from daemon.metrics.metrics_log import MetricsLog, java_double
+from daemon.metrics.metrics_log import MetricsLog, _stamp, java_double
 from daemon.metrics.spec import MetricsConfigError, load_metrics_spec, parse_metrics_spec
 from protocol import messages
 
@@ -192,3 +193,12 @@ def test_legacy_mode_keeps_the_ts_counters_off_the_log(tmp_path: Path) -> None:
     (-3e9, "-3.0E9"), (float("nan"), "NaN"), (float("inf"), "Infinity")])
 def test_numbers_are_written_as_java_writes_doubles(value: float, text: str) -> None:
     assert java_double(value) == text
+
+
+@pytest.mark.parametrize("now", [1796597523.25, 1796597523.123, 1796597523.0, 1796597523.0009,
+                                 1796597523.9994, 1796597523.9999996, 1796597523.999])
+def test_the_time_stamp_is_local_time_to_the_millisecond_as_datetime_writes_it(now: float):
+    # made from a once-a-second part: the same text as formatting each line's moment whole
+    moment = datetime.datetime.fromtimestamp(now)
+    assert _stamp(now) == (moment.strftime("%Y-%m-%dT%H:%M:%S,")
+                           + f"{moment.microsecond // 1000:03d}")
