@@ -37,7 +37,7 @@ def build_parser(modes: bool = True,
         _add_mode_options(parser.add_argument_group("mode (TorchServe style, instead of a "
                                                     "command)"))
     general = parser.add_argument_group("general")
-    general.add_argument("--version", action="version", version=f"torchd {VERSION}")
+    general.add_argument("-v", "--version", action="version", version=f"torchd {VERSION}")
     general.add_argument("--ts-config", metavar="FILE",
                          help="config.properties to read (else $TS_CONFIG_FILE, else "
                               "./config.properties if present)")

@@ -35,10 +35,11 @@ def test_every_torchserve_option_parses():
 def test_torchserves_short_spellings_and_version(capsys):
     _, args, _ = cli.parse_args(["--start", "--dt", "--no-config-snapshots"])
     assert (args.disable_token_authorization, args.ncs) == ("true", "true")
-    with pytest.raises(SystemExit) as exited:
-        cli.parse_args(["--version"])
-    assert exited.value.code == 0
-    assert capsys.readouterr().out == f"torchd {VERSION}\n"
+    for spelling in ("--version", "-v"):    # TorchServe's both
+        with pytest.raises(SystemExit) as exited:
+            cli.parse_args([spelling])
+        assert exited.value.code == 0
+        assert capsys.readouterr().out == f"torchd {VERSION}\n"
 
 
 def test_cli_values_reach_the_config(tmp_path):
