@@ -94,7 +94,7 @@ def cmd_serve(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
         if copy is not None and config.metrics_mode != "prometheus":
             for name in (FRONTEND_FILE, MODEL_FILE):
                 copy.follow(config.metrics_location / name)
-        return serve(config, args.log_level)
+        return serve(config, args.log_level, started=args.started)
     finally:
         if copy is not None:
             copy.close()
@@ -120,7 +120,7 @@ def cmd_start(args: argparse.Namespace, tokens: list[str]) -> int:
 
 
 def _spawn_serve(tokens: list[str], log_path: Path) -> subprocess.Popen:
-    command = [sys.executable, "-m", "daemon.ops.cli", "serve", *tokens]
+    command = [sys.executable, "-m", "daemon.ops.cli", "serve", *tokens, "--started"]
     copy_to = _log_copy_output(log_path)
     if copy_to is not None:
         command += ["--log-copy-fd", str(copy_to)]
@@ -198,10 +198,30 @@ def _tail(path: Path, lines: int = 20) -> str:
 def _pid_file_for(args: argparse.Namespace) -> tuple[Path | None, Config | None]:
     config = config_from_args(args)
     if config is not None:
-        return config.pid_file, config
+        return _started_elsewhere(config) or config.pid_file, config
     if args.pid_file:  # a broken config must not keep an operator from stopping the daemon
         return Path(args.pid_file).resolve(), None
     return None, None
+
+
+def _started_elsewhere(config: Config) -> Path | None:
+    """Where the pid file's place was not chosen (by pid_file or log_location) and has no
+    running daemon: the pid file of the one daemon `torchd start` started elsewhere (from
+    another directory), as TorchServe's --stop finds its server from any directory. None
+    where there is no such daemon, or several (they are named: the caller says which)."""
+    chosen = {config.sources.get(key, "default") for key in ("pid_file", "log_location")}
+    if chosen != {"default"} or pidfile.running_pid(config.pid_file) is not None:
+        return None
+    started = pidfile.started_daemons(pidfile.started_registry())
+    if len(started) == 1:
+        [(pid, path)] = started
+        print(f"no torchd with a pid file at {config.pid_file}; the one torchd start started "
+              f"is pid {pid}, pid file {path}")
+        return path
+    for pid, path in started:
+        print(f"torchd start started pid {pid}, pid file {path}: name it with "
+              f"--pid-file {path}", file=sys.stderr)
+    return None
 
 
 def cmd_stop(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
@@ -267,7 +287,7 @@ def cmd_status(args: argparse.Namespace, tokens: list[str] | None = None) -> int
         print(f"torchd is not running{note}")
         return 1
     print(f"torchd is running (pid {pid}, pid file {path})")
-    if config is not None:
+    if config is not None and path == config.pid_file:   # not one found elsewhere
         for name, address in config.listeners.items():
             state = "listening" if is_listening(address) else "not listening"
             print(f"  {name}: {address.url} ({state})")

@@ -21,9 +21,10 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATEFMT = "%Y-%m-%dT%H:%M:%S"
 
 
-def serve(config: Config, log_level: str) -> int:
+def serve(config: Config, log_level: str, started: bool = False) -> int:
     """Run the daemon in this process until it stops (``serve``, and ``llm`` after it has
-    written its model directory); the exit code."""
+    written its model directory); the exit code. ``started``: by ``torchd start``, which
+    lists it where ``torchd stop`` looks when the pid file's own place has none."""
     if config.log_config is not None:
         try:
             configure_logging(config.log_config, log_level)
@@ -36,10 +37,15 @@ def serve(config: Config, log_level: str) -> int:
               file=sys.stderr)
         return 1
     pidfile.write_pid(config.pid_file)
+    registry = pidfile.started_registry()
+    if started:
+        pidfile.record_started(config.pid_file, registry)
     try:
         from daemon.ops.server import run  # imported late: the CLI's other commands don't need it
         return run(config)
     finally:
+        if started:
+            pidfile.forget_started(registry)
         pidfile.remove_pid(config.pid_file)
 
 

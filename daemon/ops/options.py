@@ -52,6 +52,8 @@ def build_parser(modes: bool = True,
         general.add_argument(option, metavar="VALUE", help=argparse.SUPPRESS)
     # start's hand-over to the serve it runs: its own output, for the log's copy (cli.py)
     general.add_argument("--log-copy-fd", type=int, help=argparse.SUPPRESS)
+    # ... and that it was started by start, which `stop` elsewhere may look for (pidfile.py)
+    general.add_argument("--started", action="store_true", help=argparse.SUPPRESS)
     _add_setting_options(parser.add_argument_group("settings (override config.properties)"),
                          aliases or {})
     return parser

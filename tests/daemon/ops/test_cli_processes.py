@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -90,6 +91,9 @@ def kill_pid_file_owner(path: Path) -> None:
 
 def test_status_stop_and_start_with_a_live_torchd(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    # where started daemons are listed: none of this machine's, for the last "not running"
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
     process = fake_torchd()
     try:
         pid_path = tmp_path / "logs" / "torchd.pid"
@@ -327,6 +331,75 @@ def test_start_in_a_container_copies_its_log_to_the_containers_output(tmp_path, 
         os.close(read_end)
 
 
+def start_in(directory: Path, stand_in: dict) -> int:
+    """A stand-in started in ``directory``, whose pid file has the default place (./logs)."""
+    directory.mkdir()
+    ports = free_ports(3)
+    (directory / "config.properties").write_text("".join(
+        f"{name}_address=http://127.0.0.1:{port}\n"
+        for name, port in zip(("inference", "management", "metrics"), ports)))
+    (directory / "store").mkdir()
+    started = run_cli(["start", "--model-store", "store", "--ncs"], directory, stand_in)
+    assert started.returncode == 0, started.stderr
+    pid = pidfile.read_pid(directory / "logs" / "torchd.pid")
+    assert pid is not None
+    return pid
+
+
+@pytest.fixture
+def own_tmpdir(tmp_path, stand_in) -> dict:
+    """The stand-in's environment with a $TMPDIR of the test's own, where the started daemons
+    are listed: no other daemon started on this machine is among them."""
+    (tmp_path / "tmp").mkdir()
+    return {**stand_in, "TMPDIR": str(tmp_path / "tmp")}
+
+
+def test_stop_from_another_directory_finds_the_one_daemon_start_started(tmp_path, own_tmpdir):
+    """As TorchServe's --stop, whose pid file is in $TMPDIR, finds its server from anywhere."""
+    stand_in = own_tmpdir
+    here, elsewhere = tmp_path / "here", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    try:
+        pid = start_in(here, stand_in)
+        pid_path = here / "logs" / "torchd.pid"
+        status = run_cli(["status"], elsewhere, stand_in)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert f"the one torchd start started is pid {pid}, pid file {pid_path}" in status.stdout
+        assert f"torchd is running (pid {pid}, pid file {pid_path})" in status.stdout
+        # a place chosen for the pid file is where it is looked for, and nowhere else
+        chosen = run_cli(["--stop", "--log-location", str(elsewhere / "logs")], elsewhere,
+                         stand_in)
+        assert chosen.returncode == 0 and "torchd is not running" in chosen.stdout
+        assert not pid_gone(pid)
+
+        stopped = run_cli(["--stop"], elsewhere, stand_in)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "torchd stopped" in stopped.stdout and pid_gone(pid)
+        assert not pid_path.exists()
+        registry = tmp_path / "tmp" / f"torchd-started-{os.getuid()}"
+        assert registry.is_dir() and not any(registry.iterdir())   # it took itself off
+    finally:
+        kill_pid_file_owner(here / "logs" / "torchd.pid")
+
+
+def test_stop_from_another_directory_names_several_and_stops_none(tmp_path, own_tmpdir):
+    stand_in = own_tmpdir
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    try:
+        pids = [start_in(tmp_path / name, stand_in) for name in ("a", "b")]
+        stopped = run_cli(["--stop"], elsewhere, stand_in)
+        assert stopped.returncode == 0 and "torchd is not running" in stopped.stdout
+        for pid, name in zip(pids, ("a", "b")):
+            path = tmp_path / name / "logs" / "torchd.pid"
+            assert f"torchd start started pid {pid}, pid file {path}: name it with " \
+                   f"--pid-file {path}" in stopped.stderr
+            assert not pid_gone(pid)
+    finally:
+        for name in ("a", "b"):
+            kill_pid_file_owner(tmp_path / name / "logs" / "torchd.pid")
+
+
 def test_start_reports_a_daemon_that_dies(tmp_path, stand_in):
     write_properties(tmp_path)
     result = run_cli(["start"], tmp_path, {**stand_in, "STAND_IN_FAIL": "1"})
@@ -370,3 +443,28 @@ def test_start_status_stop_real_server(tmp_path):
         assert run_cli(["status"], tmp_path).returncode == 1
     finally:
         kill_pid_file_owner(pid_path)
+
+
+def test_the_list_of_started_daemons_is_this_users_alone_and_keeps_the_running(tmp_path):
+    registry = tmp_path / "torchd-started"
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)
+    live = fake_torchd()
+    try:
+        pid_path = tmp_path / "logs" / "torchd.pid"
+        pidfile.write_pid(pid_path, live.pid)
+        assert pidfile.started_daemons(registry) == []      # made, empty
+        assert registry.stat().st_mode & 0o777 == 0o700
+        (registry / str(live.pid)).symlink_to(pid_path)
+        (registry / str(gone.pid)).symlink_to(pid_path)     # killed: its pid file is another's
+        (registry / str(os.getpid())).symlink_to(tmp_path / "none.pid")
+        assert pidfile.started_daemons(registry) == [(live.pid, pid_path)]
+        assert [entry.name for entry in registry.iterdir()] == [str(live.pid)]   # pruned
+        registry.chmod(0o777)          # anyone could have put a link there
+        assert pidfile.started_daemons(registry) == []
+        registry.chmod(0o700)
+        registry.rename(tmp_path / "real")
+        registry.symlink_to(tmp_path / "real")              # a link in its place: not used
+        assert pidfile.started_daemons(registry) == []
+    finally:
+        reap(live)
