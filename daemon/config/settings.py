@@ -154,6 +154,11 @@ class Config:
         return self.write_snapshots and not self.ncs
 
     @property
+    def metrics_logged(self) -> bool:
+        """Whether metric updates are also written as lines (ts_metrics.log, model_metrics.log)."""
+        return self.metrics_mode != "prometheus"
+
+    @property
     def listeners(self) -> dict[str, BindAddress]:
         return {"inference": self.inference_address, "management": self.management_address,
                 "metrics": self.metrics_address}

@@ -61,7 +61,7 @@ def metrics_options(config: Any) -> MetricsOptions:
     if auto_detect is None:   # TorchServe's default is off; torchd's without a configuration on
         auto_detect = spec is None
     log = (MetricsLog(config.metrics_location, max_bytes=config.log_file_max_size)
-           if config.metrics_mode != "prometheus" else None)
+           if config.metrics_logged else None)
     return MetricsOptions(spec=spec, auto_detect=auto_detect, mode=config.metrics_mode, log=log,
                           system=not config.disable_system_metrics)
 

@@ -45,6 +45,11 @@ def _second_stamp(second: int) -> str:
     return datetime.datetime.fromtimestamp(second).strftime("%Y-%m-%dT%H:%M:%S,")
 
 
+def log_paths(directory: Path) -> tuple[Path, Path]:
+    """The two metrics log files in ``directory``: the frontend's, the handlers'."""
+    return directory / FRONTEND_FILE, directory / MODEL_FILE
+
+
 def _stamp(now: float) -> str:
     """Local time to the millisecond, as log4j2's ISO8601. The second's part is made once a
     second: a busy daemon writes several lines per request, and strftime was a third of
@@ -64,8 +69,9 @@ class MetricsLog:
         """``max_bytes``: each file is set aside past it (daemon/logfiles.py; 0: never)."""
         directory.mkdir(parents=True, exist_ok=True)
         self.clock = clock
-        self._frontend = RotatingLines(directory / FRONTEND_FILE, max_bytes)
-        self._model = RotatingLines(directory / MODEL_FILE, max_bytes)
+        frontend, model = log_paths(directory)
+        self._frontend = RotatingLines(frontend, max_bytes)
+        self._model = RotatingLines(model, max_bytes)
 
     def frontend(self, name: str, unit: str, dimensions: Sequence[tuple[str, str]],
                  hostname: str, value: float) -> None:

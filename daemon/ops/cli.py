@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.logfiles import START_LOG, LogCopy, is_log_copy_output
-from daemon.metrics.metrics_log import FRONTEND_FILE, MODEL_FILE
+from daemon.metrics.metrics_log import log_paths
 from daemon.ops import pidfile
 from daemon.ops.foreground import configure_logging, serve
 from daemon.ops.options import IGNORED_OPTIONS, START_WAIT, build_parser, config_from_args
@@ -91,9 +91,9 @@ def cmd_serve(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
         config = config_from_args(args)
         if config is None:
             return 2
-        if copy is not None and config.metrics_mode != "prometheus":
-            for name in (FRONTEND_FILE, MODEL_FILE):
-                copy.follow(config.metrics_location / name)
+        if copy is not None and config.metrics_logged:
+            for path in log_paths(config.metrics_location):
+                copy.follow(path)
         return serve(config, args.log_level, started=args.started)
     finally:
         if copy is not None:

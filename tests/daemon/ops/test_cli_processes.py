@@ -366,6 +366,7 @@ def test_stop_from_another_directory_finds_the_one_daemon_start_started(tmp_path
         assert status.returncode == 0, status.stdout + status.stderr
         assert f"the one torchd start started is pid {pid}, pid file {pid_path}" in status.stdout
         assert f"torchd is running (pid {pid}, pid file {pid_path})" in status.stdout
+        assert "management:" not in status.stdout   # this directory's addresses are not its
         # a place chosen for the pid file is where it is looked for, and nowhere else
         chosen = run_cli(["--stop", "--log-location", str(elsewhere / "logs")], elsewhere,
                          stand_in)
