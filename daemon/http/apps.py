@@ -7,7 +7,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.core import Core
@@ -16,7 +16,7 @@ from daemon.http import compat, inference
 from daemon.http import management
 from daemon.http import workflows as workflow_routes
 from daemon.errors import BadRequest, InvalidKey, TorchdError
-from daemon.http.common import EXCEPTION_HANDLERS, RequestContext
+from daemon.http.common import EXCEPTION_HANDLERS, ApiDescriptions, JSONAnswer, RequestContext
 from daemon.http.direct import DirectPath
 from daemon.http.openai_api import openai_prediction_routes
 from daemon.http.hot_routes import HotRoutes
@@ -77,7 +77,7 @@ async def rotate_token(request: Request) -> Response:
     kind = request.query_params.get("type", "")
     if kind not in ("management", "inference"):
         raise BadRequest("Parameter type must be management or inference")
-    return JSONResponse({kind: {"key": tokens.rotate(kind)}})
+    return JSONAnswer({kind: {"key": tokens.rotate(kind)}})
 
 
 def build_management_app(core: Core) -> RequestContext:
@@ -85,7 +85,7 @@ def build_management_app(core: Core) -> RequestContext:
               Route("/token", rotate_token, methods=["GET"])]
     app = Starlette(routes=routes, exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
-    _state(app, core, api_document=core.documents["management"])
+    _state(app, core, api_descriptions=ApiDescriptions(core.documents["management"]))
     return _wrap(app, core, "management", "management")
 
 
@@ -97,7 +97,7 @@ def build_inference_app(core: Core) -> RequestContext:
                             *hot, *compat.legacy_prediction_routes(predictor)],
                     exception_handlers=EXCEPTION_HANDLERS)
     app.router.redirect_slashes = False
-    _state(app, core, api_document=core.documents["inference"])
+    _state(app, core, api_descriptions=ApiDescriptions(core.documents["inference"]))
     routes = HotRoutes(app, hot)
     context = _wrap(routes, core, "inference", "inference")
     if not core.config.cors_allowed_origin:   # CORS headers come from the ASGI middleware

@@ -18,7 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from daemon.errors import BadRequest, MethodNotAllowed
-from daemon.http.common import header
+from daemon.http.common import JSONAnswer, header
 from daemon.http.openai_api import model_list
 from daemon.http.predict import (EXPLAIN, PredictionEndpoint, Predictor, Target,
                                  V2InferEndpoint, any_method_route)
@@ -130,7 +130,7 @@ async def v1_model_ready(request: Request) -> Response:
         raise MethodNotAllowed("Requested method is not allowed, please refer to API document.")
     mv = request.app.state.registry.get(name)
     ready = request.app.state.supervisor.ready(mv)
-    return JSONResponse({"name": mv.name, "ready": ready})
+    return JSONAnswer({"name": mv.name, "ready": ready})
 
 
 ROUTES = [

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.errors import TorchdError
-from daemon.http.common import DESCRIPTION_ROUTES, model_api_description
+from daemon.http.common import DESCRIPTION_ROUTES, JSONAnswer, model_api_description
 from daemon.http.predict import TORCHSERVE_TAILS, v2_error
 from daemon.models.oip import EXTENSIONS, SERVER_NAME, model_metadata, model_ready
 from daemon.models.registry import ModelVersion
@@ -15,7 +15,7 @@ from daemon.models.registry import ModelVersion
 
 async def ping(request: Request) -> Response:
     healthy = request.app.state.health.healthy()
-    return JSONResponse({"status": "Healthy" if healthy else "Unhealthy"},
+    return JSONAnswer({"status": "Healthy" if healthy else "Unhealthy"},
                         status_code=200 if healthy else 500)
 
 
@@ -27,17 +27,17 @@ def _v2_model(request: Request) -> ModelVersion:
 
 
 async def v2_server(request: Request) -> Response:
-    return JSONResponse({"name": SERVER_NAME, "version": request.app.state.server_version,
+    return JSONAnswer({"name": SERVER_NAME, "version": request.app.state.server_version,
                          "extensions": list(EXTENSIONS)})
 
 
 async def v2_live(request: Request) -> Response:
-    return JSONResponse({"live": True})
+    return JSONAnswer({"live": True})
 
 
 async def v2_ready(request: Request) -> Response:
     ready = request.app.state.health.ready()
-    return JSONResponse({"ready": ready}, status_code=200 if ready else 503)
+    return JSONAnswer({"ready": ready}, status_code=200 if ready else 503)
 
 
 async def v2_model_ready(request: Request) -> Response:
@@ -48,7 +48,7 @@ async def v2_model_ready(request: Request) -> Response:
     if not model_ready(request.app.state.supervisor, mv):
         # a 4xx, which v2 clients read as "not ready" (a 5xx reads as a server failure)
         return v2_error(f'Model "{mv.name}" version {mv.version} is not ready', 400)
-    return JSONResponse({"name": mv.name, "ready": True})
+    return JSONAnswer({"name": mv.name, "ready": True})
 
 
 async def v2_metadata(request: Request) -> Response:
@@ -56,7 +56,7 @@ async def v2_metadata(request: Request) -> Response:
         mv = _v2_model(request)
     except TorchdError as exc:
         return v2_error(exc.message, exc.status)
-    return JSONResponse(model_metadata(request.app.state.registry, mv))
+    return JSONAnswer(model_metadata(request.app.state.registry, mv))
 
 
 # The prediction routes are daemon/http/predict.py's.

@@ -16,11 +16,11 @@ closes), a chunk declaring more than ``max_request_size`` 413 at once, and a con
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from dataclasses import dataclass
 
 from daemon.errors import PayloadTooLarge, RequestTimeout, ServiceUnavailable, TorchdError
+from daemon.jsonlayout import error_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class ConnectionLimits:
 
 
 def _http_error(error: TorchdError, status_line: bytes) -> bytes:
-    body = json.dumps(error.to_json()).encode()
+    body = error_bytes(error.status, error.type, error.message)
     return (status_line + b"content-type: application/json\r\n"
             b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body) + body)
 

@@ -6,12 +6,12 @@ import logging
 from typing import Any, overload
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.errors import BadRequest
-from daemon.http.common import (DESCRIPTION_ROUTES, Params, model_api_description, read_body,
-                                status_json)
+from daemon.http.common import (DESCRIPTION_ROUTES, JSONAnswer, Params, model_api_description,
+                                read_body, status_json)
 from daemon.models.layers import JAVA_INT
 from daemon.control.manager import ModelManager, Outcome
 from daemon.models.requests import RegisterRequest
@@ -85,7 +85,7 @@ async def list_models(request: Request) -> Response:
     p = Params.from_query(request)
     body = manager(request).list_models(int_param(p, "limit", 100),
                                         int_param(p, "next_page_token", 0))
-    return JSONResponse(body)
+    return JSONAnswer(body)
 
 
 def _name_version(request: Request) -> tuple[str, str | None]:
@@ -95,7 +95,7 @@ def _name_version(request: Request) -> tuple[str, str | None]:
 async def describe(request: Request) -> Response:
     name, version = _name_version(request)
     customized = Params.from_query(request).bool("customized", False)
-    return JSONResponse(await manager(request).describe_customized(name, version, customized))
+    return JSONAnswer(await manager(request).describe_customized(name, version, customized))
 
 
 async def scale(request: Request) -> Response:

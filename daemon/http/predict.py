@@ -13,12 +13,13 @@ from typing import Any, Callable
 
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from daemon.errors import BadRequest, ResourceNotFound, StreamCutOff, TorchdError
 from daemon.http.answers import response_headers
-from daemon.http.common import DISCONNECT_HOOKS, NoResponse, error_response, header, receive_body
+from daemon.http.common import (DISCONNECT_HOOKS, JSONAnswer, NoResponse, error_response, header,
+                                 receive_body)
 from daemon.models.call import PredictionCall, Predictions
 from daemon.models.job import Answer, Failure, Gone, Part
 from protocol import messages
@@ -35,9 +36,9 @@ ErrorRenderer = Callable[[TorchdError], Response]
 Target = tuple[str, "str | None", tuple]   # model name, version, extra headers for the worker
 
 
-def v2_error(message: str, status: int) -> JSONResponse:
+def v2_error(message: str, status: int) -> Response:
     """OIP v2's error document, which is what v2 clients parse."""
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONAnswer({"error": message}, status_code=status)
 
 
 def v2_error_of(exc: TorchdError) -> Response:

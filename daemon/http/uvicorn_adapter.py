@@ -28,6 +28,7 @@ from daemon.http.uvicorn_exchange import Exchange
 from daemon.http.limits import (BODY, HEAD, OVER, SEND, SILENT, ClosedCount,
                                 ConnectionLimits, chunk_size_before, timeout_answer,
                                 too_large_answer, unavailable_answer)
+from daemon.jsonlayout import error_bytes
 from daemon.osutil import send_queue
 
 MAX_INCOMPLETE = 64 * 1024   # bytes of request head a listener takes before it gives up
@@ -191,8 +192,8 @@ class InferenceProtocol(HttpToolsProtocol):
         if not self._head_too_large:
             super().send_400_response(msg)
             return
-        body = (b'{"code": 431, "type": "BadRequestException", "message": "Request header '
-                b'fields too large (over %d bytes)"}' % MAX_INCOMPLETE)
+        body = error_bytes(431, "BadRequestException",
+                           f"Request header fields too large (over {MAX_INCOMPLETE} bytes)")
         self.transport.write(b"HTTP/1.1 431 Request Header Fields Too Large\r\n"
                              b"content-type: application/json\r\n"
                              b"content-length: %d\r\nconnection: close\r\n\r\n" % len(body)

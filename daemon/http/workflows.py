@@ -9,11 +9,12 @@ import logging
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from daemon.errors import InternalServerError
-from daemon.http.common import DISCONNECT_HOOKS, NoResponse, Params, read_body, status_json
+from daemon.http.common import (DISCONNECT_HOOKS, JSONAnswer, NoResponse, Params, read_body,
+                                 status_json)
 from daemon.http.management import int_param, json_body
 from daemon.http.predict import any_method_route, form_parameters, is_form, request_headers
 from daemon.workflows.manager import WorkflowManager, WorkflowRequest
@@ -41,12 +42,12 @@ async def register(request: Request) -> Response:
 
 async def list_workflows(request: Request) -> Response:
     p = Params.from_query(request)
-    return JSONResponse(workflows(request).list_workflows(int_param(p, "limit", 100),
+    return JSONAnswer(workflows(request).list_workflows(int_param(p, "limit", 100),
                                                           int_param(p, "next_page_token", 0)))
 
 
 async def describe(request: Request) -> Response:
-    return JSONResponse(workflows(request).describe(request.path_params["workflow_name"]))
+    return JSONAnswer(workflows(request).describe(request.path_params["workflow_name"]))
 
 
 async def unregister(request: Request) -> Response:
@@ -116,7 +117,7 @@ def _leaf_response(leaves: list[tuple[str, bytes]]) -> Response:
             raise InternalServerError(f"Workflow leaf node {node} did not answer JSON: "
                                       "a workflow with several leaves answers their outputs "
                                       "as one JSON object") from None
-    return JSONResponse(outputs)
+    return JSONAnswer(outputs)
 
 
 # TorchServe's /wfpredict takes any method, as its /predictions does

@@ -22,7 +22,6 @@ connection, which these deadlines cannot time.
 from __future__ import annotations
 
 import asyncio
-import json
 import weakref
 from dataclasses import dataclass
 from ssl import SSLError
@@ -37,6 +36,7 @@ from hypercorn.protocol.h11 import (H2CProtocolRequiredError, H2ProtocolAssumedE
                                     H11Protocol)
 
 from daemon.errors import BadRequest, TorchdError
+from daemon.jsonlayout import error_bytes
 from daemon.http.limits import (BODY, HEAD, HTTP2_REFUSED, OVER, SILENT, ClosedCount,
                                 ConnectionLimits, timeout_answer, too_large_answer,
                                 unavailable_answer)
@@ -234,7 +234,7 @@ class HeadGuard:
         if refusal is None:
             await self.app(scope, receive, send)
             return
-        body = json.dumps(refusal.to_json()).encode()
+        body = error_bytes(refusal.status, refusal.type, refusal.message)
         await send({"type": "http.response.start", "status": refusal.status,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", b"%d" % len(body)),

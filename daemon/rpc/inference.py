@@ -14,7 +14,8 @@ from daemon.rpc import sequences
 from daemon.rpc.generated import inference_pb2 as pb
 from daemon.rpc.generated import inference_pb2_grpc as pb_grpc
 from daemon.rpc.jobs import input_parameters, outcome, parts, request_headers
-from daemon.rpc.status import abort, answer, json_text
+from daemon.jsonlayout import document_text
+from daemon.rpc.status import abort, answer
 
 Context = grpc.aio.ServicerContext
 
@@ -26,7 +27,7 @@ class InferenceService(pb_grpc.InferenceAPIsServiceServicer):
 
     async def Ping(self, request: Any, context: Context) -> pb.TorchServeHealthResponse:
         status = "Healthy" if self.health.healthy() else "Unhealthy"
-        return pb.TorchServeHealthResponse(health=json_text({"status": status}))
+        return pb.TorchServeHealthResponse(health=document_text({"status": status}))
 
     async def Predictions(self, request: pb.PredictionsRequest,
                           context: Context) -> pb.PredictionResponse:

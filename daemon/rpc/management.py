@@ -11,7 +11,6 @@ the exception escape (UNKNOWN, no details), and ListModels without a ``limit`` l
 models where TorchServe lists none."""
 from __future__ import annotations
 
-import json
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
@@ -19,6 +18,7 @@ import grpc
 
 from daemon.control.manager import ModelManager, Outcome
 from daemon.errors import BadRequest, MethodNotAllowed, TorchdError
+from daemon.jsonlayout import document_text
 from daemon.models.requests import RegisterRequest
 from daemon.rpc.generated import management_pb2 as pb
 from daemon.rpc.generated import management_pb2_grpc as pb_grpc
@@ -66,7 +66,7 @@ def _status(outcome: Outcome) -> pb.ManagementResponse:
 
 
 def _document(body: Any) -> pb.ManagementResponse:
-    return pb.ManagementResponse(msg=json.dumps(body, indent=2, ensure_ascii=False))
+    return pb.ManagementResponse(msg=document_text(body))
 
 
 class ManagementService(pb_grpc.ManagementAPIsServiceServicer):

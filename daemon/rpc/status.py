@@ -1,10 +1,9 @@
 """TorchServe's HTTP statuses as gRPC status codes, and answering a call with an error."""
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import NoReturn, TypeVar
 
 import grpc
 
@@ -69,9 +68,3 @@ async def answer(context: grpc.aio.ServicerContext, call: Awaitable[T],
         logger.exception("unhandled error in a gRPC call")
         error = TorchdError(f"{type(exc).__name__}: {exc}")
         await abort(context, error, describe(error) if describe else None)
-
-
-def json_text(document: Any) -> str:
-    """A body exactly as the REST API writes it (starlette's compact JSON)."""
-    return json.dumps(document, ensure_ascii=False, allow_nan=False, indent=None,
-                      separators=(",", ":"))

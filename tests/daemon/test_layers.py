@@ -31,7 +31,8 @@ DAEMON_TIERS = (
     ("daemon.gpus",),
     ("daemon.models",),
     ("daemon.config", "daemon.metrics", "daemon.logformat"),
-    ("daemon.errors", "daemon.logfiles", "daemon.osutil", "daemon.version"),
+    ("daemon.errors", "daemon.jsonlayout", "daemon.logfiles", "daemon.osutil",
+     "daemon.version"),
 )
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.archives import build_archive
 from tests.support.daemon import Daemon, running_daemon
+from tests.support.layout import torchserve_layout
 
 pytestmark = pytest.mark.timeout(180)
 BODY = {"color": "blue"}
@@ -49,6 +50,7 @@ def assert_error(response, status: int, kind: str, message: str) -> None:
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
     assert response.json() == {"code": status, "type": kind, "message": message}
+    assert response.content == torchserve_layout(response.json())
 
 
 def test_invocations_without_a_name_among_several_models_is_a_400_naming_them(daemon) -> None:

@@ -82,6 +82,7 @@ def logged(path: Path) -> list[tuple[int, str]]:
 def test_ping_and_predictions(daemon, infer, stubs) -> None:
     health = infer.Ping(empty_pb2.Empty(), timeout=30).health
     assert json.loads(health) == daemon.infer("GET", "/ping").json() == {"status": "Healthy"}
+    assert health + "\n" == daemon.infer("GET", "/ping").text   # TorchServe's layout, no newline
     for version in ("", "1.0"):
         r = infer.Predictions(request(stubs, "rec", version, tag="p1"), timeout=60,
                               metadata=(("x-test", "from metadata"),))

@@ -228,6 +228,7 @@ def test_a_head_past_64_kib_is_431(hostile: Daemon, api: str) -> None:
         sock.sendall(head("/ping", "GET", *(f"X-Big-{n}: {'x' * 1000}" for n in range(70))))
         data, _ = answer(sock, 5)
     assert status(data) == 431, data[:200]
+    assert error_json(data)["message"] == "Request header fields too large (over 65536 bytes)"
 
 
 def test_a_big_body_is_413_before_it_is_sent(hostile: Daemon) -> None:

@@ -23,6 +23,7 @@ from openapi_spec_validator import validate
 from daemon.osutil import pid_gone as gone
 from tests.support import management as base
 from tests.support.daemon import Daemon
+from tests.support.layout import torchserve_layout
 from tests.support.management import (
     DESCRIBE_KEYS,
     ISO_UTC,
@@ -177,6 +178,7 @@ def test_options_on_both_ports_is_valid_openapi(mgmt: Daemon) -> None:
         doc = r.json()
         validate(doc)
         assert doc["openapi"] == "3.0.1" and path in doc["paths"]
+        assert r.content == torchserve_layout(doc)
         bare = requests.request("OPTIONS", f"http://127.0.0.1:{mgmt.ports[api]}", timeout=10)
         assert bare.json() == doc
         assert requests.get(mgmt.url(api, "/api-description"), timeout=10).json() == doc
@@ -202,6 +204,13 @@ def test_options_on_a_model_answers_its_endpoints(mgmt: Daemon) -> None:
         validate(doc)
         assert expected in doc["paths"] and all("noop" in p for p in doc["paths"]), path
         assert "1.0 (default), 2.0" in doc["info"]["description"]
+    # a model's document is laid out once per versions and default: a change shows at once
+    assert requests.put(mgmt.url("management", "/models/noop/2.0/set-default"),
+                        timeout=10).status_code == 200
+    for api, path in (("inference", "/predictions/noop"), ("management", "/models/noop")):
+        r = requests.options(mgmt.url(api, path), timeout=10)
+        assert "1.0, 2.0 (default)" in r.json()["info"]["description"]
+        assert r.content == torchserve_layout(r.json())
     for api, path in (("inference", "/predictions/nope"), ("management", "/models/nope")):
         assert_error(requests.options(mgmt.url(api, path), timeout=10), 404,
                      "ModelNotFoundException", "Model not found: nope")

@@ -89,6 +89,11 @@ def test_every_quickstart_command_works_as_written(served: Daemon) -> None:
         return json.loads(matches[0])
 
     assert answer("/ping") == {"status": "Healthy"}
+    # TorchServe's layout, to the byte: scripts grep its lines ('"status": "READY"', ...)
+    assert by_route["curl http://127.0.0.1:8080/ping"] == '{\n  "status": "Healthy"\n}\n'
+    described = by_route["curl http://127.0.0.1:8081/models/mlp"]
+    ready = [w for w in json.loads(described)[0]["workers"] if w["status"] == "READY"]
+    assert ready and described.count('\n        "status": "READY",\n') == len(ready)
     probabilities = answer("/predictions/mlp")
     assert len(probabilities[0]) == 3 and sum(probabilities[0]) == pytest.approx(1.0)
     assert answer("invocations?model_name=mlp") == probabilities

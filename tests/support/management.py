@@ -25,6 +25,7 @@ import requests
 
 from tests.support.archives import build_archive
 from tests.support.daemon import Daemon
+from tests.support.layout import torchserve_layout
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 DESCRIBE_KEYS = {"modelName", "modelVersion", "modelUrl", "engine", "runtime", "minWorkers",
@@ -199,6 +200,7 @@ def assert_status(r: requests.Response, code: int, message: str) -> None:
     assert r.status_code == code, r.text
     assert r.headers["content-type"] == "application/json"
     assert r.json() == {"status": message}
+    assert r.content == torchserve_layout(r.json())
     request_id_ok(r)
 
 
@@ -208,6 +210,7 @@ def assert_error(r: requests.Response, code: int, kind: str, message: str,
     assert r.headers["content-type"] == "application/json"
     body = r.json()
     assert set(body) == {"code", "type", "message"}, body
+    assert r.content == torchserve_layout(body), r.content
     assert (body["code"], body["type"]) == (code, kind), body
     if prefix:
         assert body["message"].startswith(message), body

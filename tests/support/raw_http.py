@@ -7,6 +7,7 @@ import socket
 import time
 
 from tests.support.daemon import Daemon
+from tests.support.layout import torchserve_layout
 
 
 def connect(d: Daemon, api: str) -> socket.socket:
@@ -32,7 +33,11 @@ def status(data: bytes) -> int:
 
 
 def error_json(data: bytes) -> dict:
-    return json.loads(data.split(b"\r\n\r\n", 1)[1])
+    """The error document of a whole answer, checked to be in TorchServe's layout."""
+    body = data.split(b"\r\n\r\n", 1)[1]
+    document = json.loads(body)
+    assert body == torchserve_layout(document), body
+    return document
 
 
 def head(path: str = "/predictions/echo", method: str = "POST", *extra: str) -> bytes:

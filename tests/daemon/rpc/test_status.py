@@ -4,7 +4,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from daemon.rpc.status import grpc_code, json_text
+from daemon.rpc.status import grpc_code
 
 C = grpc.StatusCode
 
@@ -17,8 +17,3 @@ C = grpc.StatusCode
     (418, C.INVALID_ARGUMENT), (500, C.INTERNAL), (513, C.INTERNAL)])
 def test_grpc_code(status: int, code: grpc.StatusCode) -> None:
     assert grpc_code(status) == code
-
-
-def test_json_text_is_the_rest_body() -> None:
-    assert json_text({"status": "Model \"é\" unregistered"}) == \
-        '{"status":"Model \\"é\\" unregistered"}'
