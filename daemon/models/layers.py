@@ -41,6 +41,7 @@ def explicit_values(request: Any) -> dict[str, Any]:
 
 def resolve_settings(layers: Layers, config: Any, **devices: Any) -> ModelSettings:
     """Every setting of the table from ``layers``; ``devices`` gives the READ_DEVICE ones."""
+    layers = Layers(layers.explicit, yaml_as_torchserve_reads_it(layers.yaml), layers.json)
     values: dict[str, Any] = dict(devices)
     for setting in MODEL_SETTINGS:
         if setting.read != READ_DEVICE:
@@ -48,6 +49,14 @@ def resolve_settings(layers: Layers, config: Any, **devices: Any) -> ModelSettin
             values[setting.field] = read(setting, layers, config_default(setting, config),
                                          values)
     return ModelSettings(**values)
+
+
+def yaml_as_torchserve_reads_it(yaml: Mapping[str, Any]) -> Mapping[str, Any]:
+    """TorchServe's ModelConfig raises a model-config.yaml minWorkers below 1 to 1: an archive
+    saying ``minWorkers: 0, maxWorkers: 2`` serves with one worker there, so it does here (the
+    ``models`` JSON, a register call and a snapshot may still keep a version at 0)."""
+    low = java_int(_number(yaml.get("minWorkers")))
+    return {**yaml, "minWorkers": 1} if low is not None and low < 1 else yaml
 
 
 def java_int(value: Any) -> int | None:

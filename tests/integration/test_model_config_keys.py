@@ -49,6 +49,8 @@ CONFIGS = {
     "qsize": "jobQueueSize: 2\n",
     # a startup model: its workers are these, not default_workers_per_model (as TorchServe)
     "pinned": "minWorkers: 2\nmaxWorkers: 3\n",
+    # TorchServe's ModelConfig reads a minWorkers below 1 as 1: this archive serves there
+    "floor": "minWorkers: 0\nmaxWorkers: 2\n",
     # refused: what the answers would mean is not what torchd can serve
     "tp": "parallelType: tp\nparallelLevel: 2\n",
     "ranks": "parallelType: pptp\ntorchrun:\n  nproc-per-node: 2\n",
@@ -201,3 +203,15 @@ def test_a_startup_models_yaml_workers_beat_the_configured_default(daemon):
     assert (pinned["minWorkers"], pinned["maxWorkers"]) == (2, 3)
     [noop] = daemon.describe("noop")
     assert (noop["minWorkers"], noop["maxWorkers"], len(noop["workers"])) == (1, 1, 1)
+
+
+def test_a_yaml_minworkers_of_0_serves_with_one_worker_as_on_torchserve(daemon):
+    r = daemon.register("floor.mar")
+    assert r.status_code == 200 and "registered with 1 initial workers" in r.text, r.text
+    try:
+        [floor] = daemon.describe("floor")
+        assert (floor["minWorkers"], floor["maxWorkers"]) == (1, 2)
+        assert [w["status"] for w in floor["workers"]] == ["READY"]
+        assert daemon.infer("POST", "/predictions/floor").text == "done"
+    finally:
+        daemon.unregister("floor")

@@ -82,3 +82,21 @@ def test_redispatch_is_on_unless_the_model_or_the_global_setting_opts_out(tmp_pa
     models = json.dumps({"m": {"1.0": {"redispatchOnWorkerDeath": False}}})
     assert manager(tmp_path, models=models)._settings(
         RegisterRequest(url="m.mar"), {}, "m", "1.0").redispatch is False
+
+
+def test_a_yaml_minworkers_below_one_is_one_as_torchserve_reads_it(tmp_path):
+    """TorchServe's ModelConfig raises a YAML minWorkers below 1 to 1, so an archive with
+    `minWorkers: 0, maxWorkers: 2` serves there; a register call, the `models` JSON and a
+    restored snapshot (explicit, as a register call) may still keep a version at 0."""
+    mm = manager(tmp_path, models=json.dumps({"j": {"1.0": {"minWorkers": 0}}}))
+    for low in (0, -3):
+        s = mm._settings(RegisterRequest(url="m.mar"), {"minWorkers": low, "maxWorkers": 2},
+                         "m", "1.0")
+        assert (s.min_workers, s.max_workers) == (1, 2)
+    s = mm._settings(RegisterRequest(url="m.mar"), {"minWorkers": 0}, "m", "1.0")
+    assert (s.min_workers, s.max_workers) == (1, 1)
+    s = mm._settings(RegisterRequest(url="m.mar", initial_workers=0),
+                     {"minWorkers": 0, "maxWorkers": 2}, "m", "1.0")
+    assert s.min_workers == 0
+    s = mm._settings(RegisterRequest(url="m.mar"), {}, "j", "1.0")
+    assert s.min_workers == 0
