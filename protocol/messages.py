@@ -64,7 +64,8 @@ def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_si
          max_request_frame: int = DEFAULT_MAX_FRAME, mode: str = MODE_BATCH,
          sequence_headers: dict[str, str] | None = None,
          compile_cache_dir: str | None = None,
-         ipex_enable: bool = False) -> dict[str, Any]:
+         ipex_enable: bool = False,
+         model_metrics: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """``threads``: torch threads (intra- and inter-op) to set before the handler loads; 0
     leaves torch's own default. ``gpu_id``: the CUDA device ordinal the worker's model goes on
     (``context.system_properties["gpu_id"]``); None: the CPU. ``service_envelope``: the request
@@ -74,7 +75,9 @@ def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_si
     end) the handler's context uses (``context.header_key_sequence_id`` ...).
     ``compile_cache_dir``: where the worker's compiler caches go (None: inductor's own choice).
     ``ipex_enable``: BaseHandler runs the model through Intel's extension (TorchServe's
-    ``ipex_enable``; ``context.system_properties["ipex_enable"]``)."""
+    ``ipex_enable``; ``context.system_properties["ipex_enable"]``). ``model_metrics``: the
+    metrics the configuration declares for handlers, ``{"name", "type", "unit", "dimensions"}``
+    each, which ``context.metrics.get_metric`` finds before the handler adds them."""
     return {"kind": LOAD, "model_dir": model_dir, "model_name": model_name, "handler": handler,
             "manifest": manifest, "batch_size": batch_size,
             "model_yaml_config": model_yaml_config, "server_version": server_version,
@@ -82,11 +85,17 @@ def load(model_dir: str, model_name: str, handler: str, manifest: dict, batch_si
             "max_response_size": max_response_size, "threads": threads, "gpu_id": gpu_id,
             "service_envelope": service_envelope, "max_request_frame": max_request_frame,
             "mode": mode, "sequence_headers": dict(sequence_headers or SEQUENCE_HEADERS),
-            "compile_cache_dir": compile_cache_dir, "ipex_enable": ipex_enable}
+            "compile_cache_dir": compile_cache_dir, "ipex_enable": ipex_enable,
+            "model_metrics": list(model_metrics or [])}
 
 
-def loaded(ok: bool, error: str | None = None, load_seconds: float = 0.0) -> dict[str, Any]:
-    return {"kind": LOADED, "ok": ok, "error": error, "load_seconds": load_seconds}
+def loaded(ok: bool, error: str | None = None, load_seconds: float = 0.0,
+           metrics: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``metrics``: what the handler recorded while it loaded (``metric`` maps)."""
+    message = {"kind": LOADED, "ok": ok, "error": error, "load_seconds": load_seconds}
+    if metrics:
+        message["metrics"] = metrics
+    return message
 
 
 def parameter(name: str, content_type: str | None, value: bytes) -> dict[str, Any]:

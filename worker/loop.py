@@ -96,7 +96,8 @@ class WorkerLoop:
         self.service, error, seconds = load_service(message)
         if error is None and self.mode != messages.MODE_BATCH:
             logger.info("serving in %s mode", self.mode)
-        self.channel.send(messages.loaded(error is None, error, seconds))
+        metrics = self.service.load_metrics if self.service is not None else None
+        self.channel.send(messages.loaded(error is None, error, seconds, metrics))
         return error is None
 
     def control(self, message: dict[str, Any]) -> None:

@@ -99,6 +99,7 @@ class ModelService:
         self.context = context
         self.describe_fn = describe_fn
         self.warm_up_fn = warm_up_fn
+        self.load_metrics: list[dict[str, Any]] = []
 
     @classmethod
     def load(cls, load: dict[str, Any]) -> ModelService:
@@ -117,6 +118,19 @@ class ModelService:
                           sequence_headers=load.get("sequence_headers"))
         # torchd's property: config.properties' ipex_enable (TorchServe's TS_IPEX_ENABLE)
         context.system_properties["ipex_enable"] = bool(load.get("ipex_enable", False))
+        recorder = context.metrics
+        recorder.declare(load.get("model_metrics") or [])
+        recorder.loading = True
+        try:
+            service = cls._load_entry(load, context)
+        finally:
+            recorder.loading = False
+        # what initialize recorded goes with LOADED (a warm-up's records are not traffic)
+        service.load_metrics = service.take_metrics()
+        return service
+
+    @classmethod
+    def _load_entry(cls, load: dict[str, Any], context: Context) -> ModelService:
         module_name, function_name = parse_handler(load["handler"])
         module = import_handler_module(module_name)
         if function_name is None and callable(getattr(module, "handle", None)) \

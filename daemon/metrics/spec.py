@@ -42,6 +42,23 @@ class MetricsSpec:
     model: dict[str, MetricSpec]   # dimensions end with Hostname, as TorchServe adds it
 
 
+# The handler metrics TorchServe's default configuration (ts/configs/metrics.yaml) declares:
+# BaseHandler's HandlerTime and the backend's PredictionTime.
+DEFAULT_MODEL_METRICS = (MetricSpec("HandlerTime", "gauge", "ms", ("ModelName", "Level", HOSTNAME)),
+                         MetricSpec("PredictionTime", "gauge", "ms",
+                                    ("ModelName", "Level", HOSTNAME)))
+
+
+def worker_declarations(spec: MetricsSpec | None) -> list[dict[str, Any]]:
+    """The metrics a worker's ``context.metrics`` holds before its handler loads, as TorchServe
+    fills a worker's cache from the configuration's ``model_metrics`` (its default one without a
+    ``metrics_config``): a handler's ``get_metric`` finds each. Without ``Hostname``, which the
+    daemon adds to every record."""
+    declared = spec.model.values() if spec is not None else DEFAULT_MODEL_METRICS
+    return [{"name": m.name, "type": m.kind, "unit": m.unit,
+             "dimensions": [d for d in m.dimensions if d != HOSTNAME]} for m in declared]
+
+
 def load_metrics_spec(path: Path) -> MetricsSpec:
     try:
         if path.stat().st_size > MAX_BYTES:

@@ -32,7 +32,7 @@ from daemon.workers.launcher import ExecLauncher, ExitCallback, ZygoteLauncher
 from daemon.gpus.inventory import discover_gpus
 from daemon.metrics import Metrics
 from daemon.metrics.configured import metrics_options
-from daemon.metrics.spec import MetricsConfigError
+from daemon.metrics.spec import MetricsConfigError, worker_declarations
 from daemon.metrics.system import SystemMetrics
 from daemon.config.files import SNAPSHOT_CONFIG_KEY
 from daemon.control.manager import ModelManager
@@ -81,7 +81,8 @@ class DaemonCore:
                                 service_envelope=config.service_envelope,
                                 max_request=config.max_request_size,
                                 sequence_headers=config.sequence_headers,
-                                ipex_enable=config.ipex_enable)
+                                ipex_enable=config.ipex_enable,
+                                model_metrics=worker_declarations(self.metrics.options.spec))
         settings = SupervisorSettings(
             runner, heartbeat_interval=config.heartbeat_interval,
             autoscale_up_delay=config.autoscale_up_delay,

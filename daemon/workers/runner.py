@@ -13,7 +13,7 @@ import contextlib
 import logging
 import signal
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -57,6 +57,8 @@ class RunnerSettings:
     max_request: int = DEFAULT_MAX_FRAME     # max_request_size: the largest body of a request
     sequence_headers: dict[str, str] | None = None   # config ts_header_key_sequence_*
     ipex_enable: bool = False                        # config ipex_enable, for BaseHandler
+    # the handler metrics the metrics configuration declares (daemon/metrics/spec.py)
+    model_metrics: list[dict[str, Any]] = field(default_factory=list)
 
 
 class StartFailure(Exception):
@@ -156,6 +158,9 @@ class WorkerRunner:
             raise StartFailure(self._exit_cause(handle, exc)) from exc
         if not loaded.get("ok"):
             raise StartFailure(loaded.get("error") or "the handler failed to load")
+        records = loaded.get("metrics")   # what its initialize recorded (TorchServe shows them)
+        if records and self.observer is not None:
+            self.observer.record_handler_metrics(handle.mv.name, handle.mv.version, records)
         return conn
 
     async def _spawn(self, handle: WorkerHandle, path: str) -> int:
@@ -297,7 +302,8 @@ def load_message(mv: Any, settings: RunnerSettings, threads: int, gpu: int | Non
                          sequence_headers=settings.sequence_headers,
                          compile_cache_dir=(str(mv.compile_cache_dir)
                                             if mv.compile_cache_dir else None),
-                         ipex_enable=settings.ipex_enable)
+                         ipex_enable=settings.ipex_enable,
+                         model_metrics=settings.model_metrics)
 
 
 async def wait_for_exit(pid: int | None, exited: asyncio.Event, ops: ProcessOps, launcher: Any,

@@ -65,6 +65,22 @@ def test_custom_counter_and_torchserve_timings_after_one_request(daemon) -> None
     assert value(counter) == 2.0
 
 
+def test_what_initialize_records_is_shown_once_loaded(daemon) -> None:
+    """TorchServe's custom metrics example counts InitializeCallCount in initialize: shown once
+    the worker loaded, at the model's level (torchd dropped a BaseHandler's, and labelled
+    another's Level="Error" with the first batch)."""
+    assert samples(scrape(daemon), "InitializeCallCount", "metered") == [
+        f'InitializeCallCount{{ModelName="metered",Level="Model",Hostname="{HOST}"}} 1.0']
+
+
+def test_torchserve_default_declarations_are_in_the_handlers_cache(daemon) -> None:
+    """Without a metrics_config TorchServe's default one declares HandlerTime and
+    PredictionTime: a handler's get_metric finds them (a KeyError answered 503 before)."""
+    response = daemon.infer("POST", "/predictions/metered",
+                            json={"color": "red", "handler_time": 5})
+    assert response.status_code == 200, response.text
+
+
 def test_host_system_metrics_as_torchserve_names_them(daemon) -> None:
     """TorchServe's CPU, memory and disk gauges, labelled Level="Host" and Hostname, read at
     the scrape."""
@@ -101,8 +117,9 @@ def test_series_cap_per_model(daemon) -> None:
         assert response.status_code == 200, response.text
     lines = scrape(daemon)
     flood = samples(lines, "ProbeSeries", "flood")
-    # ProbeRequests took one series of the cap; HandlerTime/PredictionTime are not counted
-    assert len(flood) == MAX_SERIES_PER_MODEL - 1
+    # InitializeCallCount and ProbeRequests took a series of the cap each; HandlerTime and
+    # PredictionTime are not counted
+    assert len(flood) == MAX_SERIES_PER_MODEL - 2
     assert all(value(line) == 2.0 for line in flood)   # the kept series still update
     assert len(samples(lines, "HandlerTime", "flood")) == 1
     assert len(samples(lines, "ProbeRequests", "metered")) == 1   # other models unaffected
@@ -146,6 +163,13 @@ model_metrics:
     - name: HandlerTime
       unit: ms
       dimensions: [*model_name, *level]
+    - name: RequestBatchSize
+      unit: count
+      dimensions: ["ModelName"]
+  counter:
+    - name: InitializeCallCount
+      unit: count
+      dimensions: [*model_name, *level]
 """
 
 
@@ -168,6 +192,8 @@ def test_metrics_config_and_log_mode(tmp_path_factory: pytest.TempPathFactory) -
             f'ProbeRequests{{Color="blue",Hostname="{HOST}",Level="Model",'
             f'ModelName="configured"}} 1.0']
         assert samples(lines, "HandlerTime", "configured")
+        assert samples(lines, "InitializeCallCount", "configured") == [
+            f'InitializeCallCount{{ModelName="configured",Level="Model",Hostname="{HOST}"}} 1.0']
         assert not samples(lines, "PredictionTime", "configured")   # not declared
         names = {line.split("{")[0] for line in lines if not line.startswith("#")}
         assert {"Requests2XX", "ts_inference_requests_total"} <= names
@@ -192,6 +218,11 @@ def test_metrics_config_and_log_mode(tmp_path_factory: pytest.TempPathFactory) -
         assert re.fullmatch(r"\S+ - CPUUtilization\.Percent:[0-9.E]+\|#Level:Host\|#hostname:"
                             rf"{re.escape(HOST)},timestamp:\d+", cpu[0]), cpu[0]
         assert "MemoryUsed" not in _read(logs / "ts_metrics.log")
+        # declared, never added by the handler: its get_metric finds it (TorchServe's example)
+        batch = d.infer("POST", "/predictions/configured", json={"batch": 3})
+        assert batch.status_code == 200, batch.text
+        assert samples(scrape(d), "RequestBatchSize", "configured") == [
+            f'RequestBatchSize{{Hostname="{HOST}",ModelName="configured"}} 3.0']
 
 
 def _read(path: Path) -> str:

@@ -18,6 +18,7 @@ from worker.runtime.context import Context
 from worker.runtime.streaming import send_intermediate_predict_response
 from worker.runtime.dimension import Dimension
 from worker.runtime.metric_type_enum import MetricTypes
+from worker.runtime.recorder import MetricsRecorder
 from worker.ts.handler_utils.utils import import_class
 from worker.ts.utils.util import (CLEANUP_REGEX, PredictionException, get_yaml_config,
                                   map_class_to_label)
@@ -222,6 +223,25 @@ def test_metrics_record_values():
     assert metrics.values("Cached") == [4]
     with pytest.raises(ValueError):
         metric.add_or_update(4, [])
+
+
+def test_declared_metrics_are_in_the_cache_and_loading_records_are_the_models():
+    """TorchServe fills a worker's cache from the configuration's model_metrics; what a handler
+    records while it loads gets the model's default dimensions, not the Error level."""
+    metrics = MetricsRecorder("m")
+    metrics.declare([{"name": "RequestBatchSize", "type": "gauge", "unit": "count",
+                      "dimensions": ["ModelName"]}])
+    declared = metrics.get_metric("RequestBatchSize", MetricTypes.GAUGE)
+    assert (declared.unit, declared.dimension_names) == ("count", ["ModelName"])
+    with pytest.raises(KeyError):
+        metrics.get_metric("RequestBatchSize", MetricTypes.COUNTER)
+    metrics.loading = True
+    metrics.add_counter("InitializeCallCount", 1)
+    metrics.loading = False
+    metrics.add_counter("Outside", 1)
+    dims = {m["name"]: m["dimensions"] for m in metrics.take_pending()}
+    assert dims == {"InitializeCallCount": [["ModelName", "m"], ["Level", "Model"]],
+                    "Outside": [["ModelName", "m"], ["Level", "Error"]]}
 
 
 def test_send_intermediate_needs_a_handled_request():

@@ -71,6 +71,18 @@ class MetricsRecorder:
         self._metrics: dict[tuple[str, MetricTypes], Metric] = {}
         self._pending: list[dict[str, Any]] = []
         self._overflowed = False
+        # True while the handler loads: its records are the model's (TorchServe gives the load a
+        # request id of its own), not the Error level of a record outside any batch
+        self.loading = False
+
+    def declare(self, declarations: list[dict[str, Any]]) -> None:
+        """The metrics the daemon's configuration declares (protocol.messages.load's
+        ``model_metrics``), in the cache before the handler runs, as TorchServe's worker fills
+        its cache from the configuration: ``get_metric`` finds each."""
+        for metric in declarations:
+            self.add_metric_to_cache(str(metric["name"]), str(metric.get("unit") or ""),
+                                     [str(name) for name in metric.get("dimensions") or []],
+                                     _metric_type(str(metric["type"])))
 
     def record(self, record: MetricRecord, default_dimensions: bool = False) -> None:
         """Keep ``record`` and queue it for the daemon. ``default_dimensions``: add TorchServe's
@@ -92,7 +104,7 @@ class MetricsRecorder:
         if "ModelName" not in names:
             dims.append(["ModelName", self.model_name])
         if "Level" not in names:
-            in_batch = self._request_id_of(0) is not None
+            in_batch = self.loading or self._request_id_of(0) is not None
             dims.append(["Level", "Model" if in_batch else "Error"])
         return dims
 

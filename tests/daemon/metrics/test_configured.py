@@ -13,7 +13,8 @@ from daemon.metrics import Metrics
 from daemon.metrics.configured import MetricsOptions
 from daemon.metrics.handlers import HandlerMetrics
 from daemon.metrics.metrics_log import MetricsLog, _stamp, java_double
-from daemon.metrics.spec import MetricsConfigError, load_metrics_spec, parse_metrics_spec
+from daemon.metrics.spec import (MetricsConfigError, load_metrics_spec, parse_metrics_spec,
+                                  worker_declarations)
 from protocol import messages
 
 pytestmark = pytest.mark.timeout(30)
@@ -202,3 +203,18 @@ def test_the_time_stamp_is_local_time_to_the_millisecond_as_datetime_writes_it(n
     moment = datetime.datetime.fromtimestamp(now)
     assert _stamp(now) == (moment.strftime("%Y-%m-%dT%H:%M:%S,")
                            + f"{moment.microsecond // 1000:03d}")
+
+
+def test_what_workers_are_told_a_handler_may_fetch_with_get_metric() -> None:
+    """The configuration's model_metrics, Hostname left to the daemon; without one, TorchServe's
+    default configuration's HandlerTime and PredictionTime."""
+    spec = parse_metrics_spec({"model_metrics": {
+        "gauge": [{"name": "RequestBatchSize", "unit": "count", "dimensions": ["ModelName"]}],
+        "counter": [{"name": "Calls", "unit": "count", "dimensions": []}]}})
+    assert sorted(worker_declarations(spec), key=lambda m: m["name"]) == [
+        {"name": "Calls", "type": "counter", "unit": "count", "dimensions": []},
+        {"name": "RequestBatchSize", "type": "gauge", "unit": "count",
+         "dimensions": ["ModelName"]}]
+    assert worker_declarations(None) == [
+        {"name": name, "type": "gauge", "unit": "ms", "dimensions": ["ModelName", "Level"]}
+        for name in ("HandlerTime", "PredictionTime")]
