@@ -35,6 +35,8 @@ class SystemMetrics:
         return self.enabled and self.metrics.options.log is not None and self.interval > 0
 
     async def log_every_interval(self) -> None:
+        """At once, then every interval: TorchServe's collector runs at a fixed rate from its
+        start, so ts_metrics.log has the host's lines as soon as the server serves."""
         while True:
-            await asyncio.sleep(self.interval)
             self.publish()
+            await asyncio.sleep(self.interval)
