@@ -183,9 +183,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("model_metrics_auto_detect", parse_optional_bool, None,
       "Show handler metrics that metrics_config does not declare.",
       doc_default="true without metrics_config, false with it"),
-    S("metrics_location", parse_optional_path, None,
-      "Directory of the metric logs (metrics_mode log or legacy). Env METRICS_LOCATION also sets "
-      "it.", doc_default="<log_location>"),
+    S("metrics_location", parse_path, "logs",
+      "Directory of the metric logs (metrics_mode log or legacy), apart from log_location as "
+      "in TorchServe. Env METRICS_LOCATION also sets it."),
     S("disable_system_metrics", parse_bool, False,
       "Leave out TorchServe's system metrics (CPUUtilization, MemoryUsed, DiskUsage, ... and "
       "the GPUs'), on /metrics and in the metric log."),

@@ -336,8 +336,6 @@ def _resolve_paths(values: dict[str, Any], cwd: Path) -> None:
             values[name] = resolve_path(values[name], cwd)
     if values["pid_file"] is None:
         values["pid_file"] = values["log_location"] / "torchd.pid"
-    if values["metrics_location"] is None:
-        values["metrics_location"] = values["log_location"]
 
 
 def _watchdog_usec(environ: Mapping[str, str]) -> int | None:

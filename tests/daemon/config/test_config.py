@@ -172,6 +172,10 @@ def test_log_location_env_and_derived_paths(tmp_path):
     assert config.log_location == tmp_path / "var"
     assert config.snapshot_dir == tmp_path / "var" / "config"
     assert config.pid_file == tmp_path / "var" / "torchd.pid"
+    # TorchServe's METRICS_LOCATION defaults to ./logs, whatever LOG_LOCATION says
+    assert config.metrics_location == tmp_path.resolve() / "logs"
+    metered = load(tmp_path, env={"LOG_LOCATION": "var", "METRICS_LOCATION": "m"})
+    assert metered.metrics_location == tmp_path.resolve() / "m"
     explicit = load(tmp_path, env={"LOG_LOCATION": "x"}, pid_file="/run/t.pid")
     assert explicit.pid_file == Path("/run/t.pid")
     # TS_LOG_LOCATION is the generic spelling and is more specific than LOG_LOCATION.
