@@ -71,8 +71,11 @@ class ModelManager:
     def require_model_api(self) -> None:
         """Register and unregister answer 405 while the model API is off (SPEC 5.3)."""
         if not self.config.model_api_enabled:
-            raise MethodNotAllowed("Model API is disabled: set enable_model_api=true to "
-                                   "register or unregister models")
+            # TorchServe's words, which its clients compare; the log says what to change
+            logger.warning("a register or unregister was refused: the model API is off "
+                           "(enable_model_api=true turns it on)")
+            raise MethodNotAllowed("Requested method is not allowed, please refer to API "
+                                   "document.")
 
     # ---- register --------------------------------------------------------------------------
 
