@@ -142,6 +142,10 @@ SETTINGS: tuple[Setting, ...] = (
     S("key_file", parse_path, "key_file.json",
       "Token file (mode 0600) with management, inference and API keys. A read-only one "
       "readable by its group alone (a Secret, mode 0440) is used as it is, without rotation."),
+    S("token_expiration_min", parse_float, 60.0,
+      "Minutes a management or inference key torchd makes (at start, or through /token) is "
+      "accepted for, as TorchServe's; its expiration time is in the key file. A key file's "
+      "own keys without one never expire."),
     S("allowed_urls", parse_regex_list, None,
       "Comma-separated regexes (full match) for archive URLs. Unset: https://.* plus files in "
       "the model store.", doc_default="https://.*"),
@@ -252,7 +256,7 @@ IGNORED_KEYS = frozenset({
     "grpc_management_max_connection_age_ms", "grpc_inference_max_connection_age_grace_ms",
     "grpc_management_max_connection_age_grace_ms", "model_server_home",
     "snapshot_store", "limit_max_image_pixels", "cpp_log_config", "use_env_allowed_urls",
-    "ts_open_inference_protocol", "token_expiration_min", "job_cleanup_interval",
+    "ts_open_inference_protocol", "job_cleanup_interval",
     "enable_model_snapshot", "ipex_gpu_enable", "max_batch_delay", "batch_size",
     "default_batch_size", "disable_snapshot", "log_level", "default_log_level",
     "enable_open_inference_protocol", "max_net_worker_threads",

@@ -78,6 +78,7 @@ class Config:
     enable_model_api: bool | None
     disable_token_authorization: bool | None
     key_file: Path
+    token_expiration_min: float
     allowed_urls: tuple[str, ...] | None
     install_py_dep_per_model: bool
     service_envelope: str | None

@@ -3,40 +3,79 @@
 A key file that torchd may not narrow to 0600 because it is read-only (a Kubernetes Secret
 mounted with defaultMode 0440 for the pod's group) is used as it is, with a warning, as long as
 others cannot read it; its keys cannot be rotated through /token.
+
+As TorchServe's, a management or inference key that torchd makes (at start, or through /token)
+expires ``token_expiration_min`` minutes later; its ``"expiration time"`` is in the key file,
+in TorchServe's form. A key file's own keys follow their expiration times (none: no expiry); at
+start, expired keys of a file torchd may write are made anew (TorchServe makes every key anew at
+each start).
 """
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
+import re
 import secrets
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from daemon.errors import BadRequest, InvalidKey, TorchdError
 
 logger = logging.getLogger(__name__)
 KINDS = ("management", "inference", "API")
+EXPIRING = ("management", "inference")   # TorchServe's API key never expires
+EXPIRATION = "expiration time"
 
 
 class TokenStore:
-    def __init__(self, key_file: Path, enabled: bool) -> None:
+    def __init__(self, key_file: Path, enabled: bool, lifetime_minutes: float = 60.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.key_file = key_file
         self.enabled = enabled
+        self.lifetime = lifetime_minutes * 60
+        self.clock = clock
         self.keys: dict[str, str] = {}
+        self.expires: dict[str, float | None] = {}   # epoch seconds; None: never
         self.read_only = False   # keys from a file torchd cannot change (a mounted Secret)
-        if enabled:
-            self.keys = self._load() or self._generate()
+        if enabled and not self._load():
+            self._generate()
 
-    def _load(self) -> dict[str, str] | None:
+    def _load(self) -> bool:
         try:
             data = json.loads(self.key_file.read_text())
             keys = {kind: str(data[kind]["key"]) for kind in KINDS}
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+            expires = {kind: _instant(data[kind].get(EXPIRATION)) for kind in EXPIRING}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return False
         self._make_private()
+        self.keys, self.expires = keys, expires
         logger.info("token authorization on; keys read from %s", self.key_file)
-        return keys
+        expired = [kind for kind in EXPIRING if self._expired(kind)]
+        if expired and not self.read_only:
+            for kind in expired:
+                self._renew(kind)
+            self._write()
+            logger.info("the expired %s key(s) of %s were made anew", " and ".join(expired),
+                        self.key_file)
+        elif expired:
+            logger.warning("the %s key(s) of %s have expired and the file is read-only: they "
+                           "are refused", " and ".join(expired), self.key_file)
+        return True
+
+    def _renew(self, kind: str) -> str:
+        self.keys[kind] = secrets.token_urlsafe(24)
+        if kind in EXPIRING:
+            self.expires[kind] = self.clock() + self.lifetime
+        return self.keys[kind]
+
+    def _expired(self, kind: str) -> bool:
+        """TorchServe's rule: a key is refused from its expiration time on."""
+        expires = self.expires.get(kind)
+        return expires is not None and self.clock() >= expires
 
     def _make_private(self) -> None:
         """Keys readable by others are keys given away: an existing file is narrowed to 0600.
@@ -65,19 +104,25 @@ class TokenStore:
                        self.key_file, mode, why)
         self.read_only = True
 
-    def _generate(self) -> dict[str, str]:
-        keys = {kind: secrets.token_urlsafe(24) for kind in KINDS}
-        self._write(keys)
+    def _generate(self) -> None:
+        for kind in KINDS:
+            self._renew(kind)
+        self._write()
         logger.info("token authorization on; new keys written to %s", self.key_file)
-        return keys
 
-    def _write(self, keys: dict[str, str]) -> None:
+    def _write(self) -> None:
         """Atomically, created 0600 from the start (never readable by others, even briefly)."""
+        document: dict[str, dict[str, str]] = {}
+        for kind in KINDS:
+            document[kind] = {"key": self.keys[kind]}
+            expires = self.expires.get(kind)
+            if expires is not None:
+                document[kind][EXPIRATION] = _instant_text(expires)
         tmp = self.key_file.with_name(self.key_file.name + ".tmp")
         tmp.unlink(missing_ok=True)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as handle:
-            json.dump({kind: {"key": key} for kind, key in keys.items()}, handle, indent=2)
+            json.dump(document, handle, indent=2)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, self.key_file)
@@ -94,7 +139,7 @@ class TokenStore:
             return None
         expected = f"Bearer {self.keys[kind]}".encode()
         for value in authorizations:
-            if secrets.compare_digest(value, expected):
+            if secrets.compare_digest(value, expected) and not self._expired(kind):
                 return None
         return InvalidKey("Token Authorization failed. Token either incorrect, expired, or not "
                           "provided correctly")
@@ -107,6 +152,28 @@ class TokenStore:
         if self.read_only:
             raise BadRequest(f"Keys come from the read-only file {self.key_file}: change the "
                              "file (the Secret) and restart to rotate them")
-        self.keys[kind] = secrets.token_urlsafe(24)
-        self._write(self.keys)
-        return self.keys[kind]
+        key = self._renew(kind)
+        self._write()
+        return key
+
+
+# TorchServe writes java.time.Instant's text: 2024-02-16T21:12:24.801167Z (up to nine digits of
+# fraction); Python's datetime reads six at most.
+_INSTANT = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d{1,9}))?Z")
+
+
+def _instant(text: object) -> float | None:
+    """An expiration time's epoch seconds; None when the key has none. A value that is no time
+    is a ValueError: the file is malformed, as one without keys."""
+    if text is None:
+        return None
+    match = _INSTANT.fullmatch(str(text))
+    if match is None:
+        raise ValueError(f"{EXPIRATION} {text!r} is not a time such as 2024-02-16T21:12:24Z")
+    stamp = datetime.datetime.fromisoformat(match.group(1)).replace(tzinfo=datetime.timezone.utc)
+    return stamp.timestamp() + float("0." + (match.group(2) or "0"))
+
+
+def _instant_text(epoch: float) -> str:
+    stamp = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    return stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ")

@@ -105,7 +105,8 @@ class DaemonCore:
                                                     config.response_send_timeout))
         self.workflows = WorkflowManager(config, self.registry, self.manager, self.predictions,
                                          self.snapshots, self.runtime_dir / "workflows")
-        self.tokens = TokenStore(config.key_file, config.token_auth_enabled)
+        self.tokens = TokenStore(config.key_file, config.token_auth_enabled,
+                                 config.token_expiration_min)
         self.documents = {"management": openapi.management_document(VERSION),
                           "inference": openapi.inference_document(VERSION)}
         self.notifier = Notifier(config.notify_socket)

@@ -82,3 +82,63 @@ def test_on_a_read_only_filesystem_a_world_readable_file_is_refused(tmp_path):
     result = on_read_only_fs(tmp_path, 0o644)
     assert "readable by others (mode 644) and cannot be narrowed" in result["error"]
     assert "0440" in result["error"]
+
+
+class Clock:
+    def __init__(self, now: float = 1_700_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def bearer(store: TokenStore, kind: str) -> list[bytes]:
+    return [f"Bearer {store.keys[kind]}".encode()]
+
+
+def test_made_keys_expire_as_torchserves_and_rotation_renews_them(tmp_path):
+    clock = Clock()
+    store = TokenStore(tmp_path / "k.json", enabled=True, lifetime_minutes=30, clock=clock)
+    written = json.loads((tmp_path / "k.json").read_text())
+    # TorchServe's key file: an expiration time per management and inference key
+    assert written["management"]["expiration time"] == "2023-11-14T22:43:20.000000Z"
+    assert set(written["API"]) == {"key"}
+    assert store.check_values("inference", bearer(store, "inference")) is None
+    clock.now += 30 * 60 - 1
+    assert store.check_values("management", bearer(store, "management")) is None
+    clock.now += 1
+    refused = store.check_values("management", bearer(store, "management"))
+    assert refused is not None and refused.status == 401
+    assert store.check_api(f"Bearer {store.keys['API']}")   # the API key never expires
+    store.rotate("management")
+    assert store.check_values("management", bearer(store, "management")) is None
+    assert store.check_values("inference", bearer(store, "inference")) is not None
+
+
+def test_a_files_keys_follow_its_expiration_times(tmp_path):
+    path = tmp_path / "k.json"
+    nine_digits = "2023-11-14T22:13:20.123456789Z"   # java.time.Instant's text can have nine
+    path.write_text(json.dumps({"management": {"key": "m"}, "API": {"key": "a"},
+                                "inference": {"key": "i", "expiration time": nine_digits}}))
+    path.chmod(0o600)
+    clock = Clock()
+    store = TokenStore(path, enabled=True, clock=clock)
+    assert store.keys == KEYS   # nothing expired yet: kept as they are
+    clock.now += 10 ** 6
+    assert store.check_values("management", [b"Bearer m"]) is None   # none: never expires
+    assert store.check_values("inference", [b"Bearer i"]) is not None
+    # at the next start, an expired key of a writable file is made anew (TorchServe makes all)
+    again = TokenStore(path, enabled=True, clock=clock)
+    assert again.keys["inference"] != "i" and again.keys["management"] == "m"
+    assert again.check_values("inference", bearer(again, "inference")) is None
+    assert "expiration time" in json.loads(path.read_text())["inference"]
+
+
+def test_an_expired_key_of_a_read_only_file_is_refused(tmp_path, caplog):
+    path = tmp_path / "k.json"
+    past = {"key": "i", "expiration time": "2020-01-01T00:00:00Z"}
+    path.write_text(json.dumps({**{k: {"key": v} for k, v in KEYS.items()}, "inference": past}))
+    path.chmod(0o440)
+    store = TokenStore(path, enabled=True, clock=Clock())
+    assert store.keys == KEYS and store.check_values("inference", [b"Bearer i"]) is not None
+    assert "have expired and the file is read-only" in caplog.text
