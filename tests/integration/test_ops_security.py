@@ -127,6 +127,26 @@ def test_token_api_rotates_the_inference_key(tokened):
     tokened.keys = on_disk
 
 
+def test_made_keys_expire_and_a_rotated_one_serves_again(archive_dir, tmp_path):
+    """TorchServe's token_expiration_min: the keys torchd makes are refused once it passes."""
+    d = exposed_daemon(archive_dir, tmp_path / "d", "inference", token_expiration_min=0.05)
+    try:
+        d.start()
+        made = json.loads((d.workdir / "key_file.json").read_text())
+        assert set(made["inference"]) == {"key", "expiration time"}
+        k = keys(d)
+        assert d.infer("GET", "/ping", headers=bearer(k["inference"])).status_code == 200
+        wait_until(lambda: d.infer("GET", "/ping", headers=bearer(k["inference"])).status_code
+                   == 401, 30, 0.2, "the made inference key refused once expired")
+        rotated = d.mgmt("GET", "/token", params={"type": "inference"},
+                         headers=bearer(k["API"]))
+        assert rotated.status_code == 200, rotated.text
+        new = rotated.json()["inference"]["key"]
+        assert d.infer("GET", "/ping", headers=bearer(new)).status_code == 200
+    finally:
+        d.cleanup()
+
+
 class CountingServer(http.server.ThreadingHTTPServer):
     """Records every accepted connection, whether or not a request follows."""
 
