@@ -118,5 +118,10 @@ def compile_model(model: Any, plan: CompilePlan) -> tuple[Any, bool]:
         logger.warning("torch.compile(%s) failed, the model serves without compiling: %s: %s",
                        plan.describe(), type(exc).__name__, exc)
         return model, False
-    logger.info("model compiled with torch.compile(%s) (from %s)", plan.describe(), plan.reason)
+    # TorchServe's words first ("Compiled model with backend inductor, mode ..."), which its
+    # users grep the log for
+    options = {"backend": plan.backend, **plan.kwargs}
+    logger.info("Compiled model with %s: torch.compile(%s) (from %s)",
+                ", ".join(f"{key} {value}" for key, value in options.items()), plan.describe(),
+                plan.reason)
     return compiled, True
