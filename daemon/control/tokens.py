@@ -54,17 +54,32 @@ class TokenStore:
         self._make_private()
         self.keys, self.expires = keys, expires
         logger.info("token authorization on; keys read from %s", self.key_file)
+        shortened = self._within_lifetime()
         expired = [kind for kind in EXPIRING if self._expired(kind)]
-        if expired and not self.read_only:
-            for kind in expired:
-                self._renew(kind)
+        if self.read_only:
+            if expired:
+                logger.warning("the %s key(s) of %s have expired and the file is read-only: "
+                               "they are refused", " and ".join(expired), self.key_file)
+            return True
+        for kind in expired:
+            self._renew(kind)
+        if expired or shortened:
             self._write()
+        if expired:
             logger.info("the expired %s key(s) of %s were made anew", " and ".join(expired),
                         self.key_file)
-        elif expired:
-            logger.warning("the %s key(s) of %s have expired and the file is read-only: they "
-                           "are refused", " and ".join(expired), self.key_file)
         return True
+
+    def _within_lifetime(self) -> bool:
+        """A key may not outlive token_expiration_min from now: a shorter setting applies at
+        the next start to the keys a file holds. Whether any expiration time moved."""
+        latest = self.clock() + self.lifetime
+        moved = False
+        for kind in EXPIRING:
+            expires = self.expires[kind]
+            if expires is not None and expires > latest:
+                self.expires[kind], moved = latest, True
+        return moved
 
     def _renew(self, kind: str) -> str:
         self.keys[kind] = secrets.token_urlsafe(24)

@@ -142,3 +142,15 @@ def test_an_expired_key_of_a_read_only_file_is_refused(tmp_path, caplog):
     store = TokenStore(path, enabled=True, clock=Clock())
     assert store.keys == KEYS and store.check_values("inference", [b"Bearer i"]) is not None
     assert "have expired and the file is read-only" in caplog.text
+
+
+def test_a_shorter_lifetime_applies_to_the_files_keys_at_the_next_start(tmp_path):
+    clock = Clock()
+    TokenStore(tmp_path / "k.json", enabled=True, lifetime_minutes=60, clock=clock)
+    first = json.loads((tmp_path / "k.json").read_text())
+    store = TokenStore(tmp_path / "k.json", enabled=True, lifetime_minutes=1, clock=clock)
+    assert store.keys["management"] == first["management"]["key"]   # kept, expiring sooner
+    assert json.loads((tmp_path / "k.json").read_text())["management"]["expiration time"] \
+        == "2023-11-14T22:14:20.000000Z"
+    clock.now += 60
+    assert store.check_values("management", bearer(store, "management")) is not None
