@@ -9,14 +9,19 @@ from starlette.routing import Route
 from daemon.errors import TorchdError
 from daemon.http.common import DESCRIPTION_ROUTES, JSONAnswer, model_api_description
 from daemon.http.predict import TORCHSERVE_TAILS, v2_error
+from daemon.jsonlayout import document_bytes
 from daemon.models.oip import EXTENSIONS, SERVER_NAME, model_metadata, model_ready
 from daemon.models.registry import ModelVersion
 
 
+# /ping's two answers, laid out once: load balancers ask it every few seconds, per replica
+PING_ANSWERS = {True: (200, document_bytes({"status": "Healthy"})),
+                False: (500, document_bytes({"status": "Unhealthy"}))}
+
+
 async def ping(request: Request) -> Response:
-    healthy = request.app.state.health.healthy()
-    return JSONAnswer({"status": "Healthy" if healthy else "Unhealthy"},
-                        status_code=200 if healthy else 500)
+    status, body = PING_ANSWERS[request.app.state.health.healthy()]
+    return Response(body, status_code=status, media_type="application/json")
 
 
 # ---- Open Inference Protocol v2 -------------------------------------------------------------
@@ -28,7 +33,7 @@ def _v2_model(request: Request) -> ModelVersion:
 
 async def v2_server(request: Request) -> Response:
     return JSONAnswer({"name": SERVER_NAME, "version": request.app.state.server_version,
-                         "extensions": list(EXTENSIONS)})
+                       "extensions": list(EXTENSIONS)})
 
 
 async def v2_live(request: Request) -> Response:

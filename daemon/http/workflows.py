@@ -43,7 +43,7 @@ async def register(request: Request) -> Response:
 async def list_workflows(request: Request) -> Response:
     p = Params.from_query(request)
     return JSONAnswer(workflows(request).list_workflows(int_param(p, "limit", 100),
-                                                          int_param(p, "next_page_token", 0)))
+                                                        int_param(p, "next_page_token", 0)))
 
 
 async def describe(request: Request) -> Response:

@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Gauge, Histogram
 from daemon.metrics.counters import Names, TorchServeCounter, exposition, wanted
 from daemon.metrics.configured import DEFAULT_UNITS
 from daemon.metrics.metrics_log import MetricsLog
-from daemon.metrics.spec import MetricSpec
+from daemon.metrics.spec import DEFAULT_MODEL_METRICS, HOSTNAME, MetricSpec
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +40,6 @@ MAX_SERIES_PER_MODEL = 100
 MAX_WARNINGS = 1000   # distinct warnings remembered (each is logged once), over all models
 MAX_UNAPPLIED = 1000  # records that wait for a scrape before they are applied anyway
 KINDS = ("counter", "gauge", "histogram")
-HOSTNAME = "Hostname"
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 _LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 # Names of the daemon's own series: a handler metric may not take them (a second family of one
@@ -54,8 +53,9 @@ SeriesKey = tuple[str, tuple[str, ...]]   # metric name, label values
 Shape = tuple[str, str, str, tuple[str, ...], tuple[str, ...]]
 # TorchServe's own per-model timings: never crowded out by a handler's flood of series (they
 # do not count towards the cap as long as they have TorchServe's labels and this model's name).
-BUILTIN_NAMES = frozenset({"HandlerTime", "PredictionTime"})
-BUILTIN_LABELS = ("ModelName", "Level", HOSTNAME)
+# (TorchServe's default configuration declares them: daemon/metrics/spec.py)
+BUILTIN_NAMES = frozenset(metric.name for metric in DEFAULT_MODEL_METRICS)
+BUILTIN_LABELS = DEFAULT_MODEL_METRICS[0].dimensions
 
 
 class _Family:

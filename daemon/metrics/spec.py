@@ -44,9 +44,8 @@ class MetricsSpec:
 
 # The handler metrics TorchServe's default configuration (ts/configs/metrics.yaml) declares:
 # BaseHandler's HandlerTime and the backend's PredictionTime.
-DEFAULT_MODEL_METRICS = (MetricSpec("HandlerTime", "gauge", "ms", ("ModelName", "Level", HOSTNAME)),
-                         MetricSpec("PredictionTime", "gauge", "ms",
-                                    ("ModelName", "Level", HOSTNAME)))
+DEFAULT_MODEL_METRICS = tuple(MetricSpec(name, "gauge", "ms", ("ModelName", "Level", HOSTNAME))
+                              for name in ("HandlerTime", "PredictionTime"))
 
 
 def worker_declarations(spec: MetricsSpec | None) -> list[dict[str, Any]]:

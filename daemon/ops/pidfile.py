@@ -127,7 +127,7 @@ def started_daemons(registry: Path) -> list[tuple[int, Path]]:
         except OSError:
             continue
         pid = int(entry.name) if entry.name.isdigit() else None
-        if pid is not None and read_pid(target) == pid and is_torchd_process(pid):
+        if pid is not None and running_pid(target) == pid:
             running.append((pid, target))
         else:
             with contextlib.suppress(OSError):

@@ -131,7 +131,9 @@ def test_kserve_v1_model_list_and_readiness(daemon) -> None:
     listed = daemon.infer("GET", "/v1/models")
     assert listed.status_code == 200
     assert listed.json()["models"] == ["alpha", "beta", "gamma"]   # OpenAI's list beside it
-    assert daemon.infer("GET", "/v1/models/alpha").json() == {"name": "alpha", "ready": True}
+    ready = daemon.infer("GET", "/v1/models/alpha")
+    assert ready.json() == {"name": "alpha", "ready": True}
+    assert ready.content == torchserve_layout(ready.json())
     not_ready = daemon.infer("GET", "/v1/models/gamma")
     assert (not_ready.status_code, not_ready.json()) == (200, {"name": "gamma", "ready": False})
     assert_error(daemon.infer("GET", "/v1/models/nope"), 404, "ModelNotFoundException",

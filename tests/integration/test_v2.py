@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.archives import ARCHIVER, copy_store, run_archiver
 from tests.support.daemon import Daemon
+from tests.support.layout import torchserve_layout
 
 # Answers an OIP inference request with an OIP response: every input doubled as "output0".
 DOUBLER = '''
@@ -91,8 +92,11 @@ def test_model_ready(daemon):
     for path in ("/v2/models/doubler/ready", "/v2/models/doubler/versions/2.0/ready"):
         r = daemon.infer("GET", path)
         assert r.status_code == 200 and r.json() == {"name": "doubler", "ready": True}
+        assert r.content == torchserve_layout(r.json())
     r = daemon.infer("GET", "/v2/models/nothing/ready")
     assert r.status_code == 404 and r.json() == {"error": "Model not found: nothing"}
+    # the layout of TorchServe's JSON answers, errors of /v2 paths as its others
+    assert r.content == torchserve_layout(r.json())
     r = daemon.infer("GET", "/v2/models/doubler/versions/7.0/ready")
     assert r.status_code == 404
     assert r.json() == {"error": "Model version: 7.0 does not exist for model: doubler"}
