@@ -1,9 +1,11 @@
-"""The log files torchd writes itself stay bounded, as TorchServe's log4j2 configuration keeps
-its own: once past ``max_bytes`` a file is set aside as ``<name>.1`` (``.1`` becomes ``.2`` and
-so on, the oldest of ``KEEP`` dropped) and a new one begun. These are ``torchd start``'s log
-(the daemon's stderr) and the metrics log (``metrics_mode`` log); journald, or the handlers of
-a ``--log-config``, bound the rest. ``torchd start``'s log is also copied, as it grows, to its
-output where that is PID 1's (a container's log) or a file (LogCopy)."""
+"""The log files torchd writes itself, with TorchServe's names, bounded as TorchServe's log4j2
+configuration keeps its own: once past ``max_bytes`` a file is set aside as ``<name>.1``
+(``.1`` becomes ``.2`` and so on, the oldest of ``KEEP`` dropped) and a new one begun. These are
+``torchd start``'s log (the daemon's stderr, every line: ``ts_log.log``), the lines of two of
+its loggers again in files of their own (``model_log.log``, ``access_log.log``: LOGGER_FILES),
+and the metric logs (``metrics_mode`` log); journald, or the handlers of a ``--log-config``,
+bound the rest. ``torchd start``'s log is also copied, as it grows, to its output where that is
+PID 1's (a container's log) or a file (LogCopy)."""
 from __future__ import annotations
 
 import contextlib
@@ -13,9 +15,14 @@ import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TextIO
 
 KEEP = 5     # files set aside, as TorchServe's DefaultRolloverStrategy max
-START_LOG = "torchd.log"   # torchd start's log, in log_location
+START_LOG = "ts_log.log"   # torchd start's log, in log_location: every line, as TorchServe's
+# The loggers whose lines torchd start also writes to a file of their own in log_location, as
+# TorchServe's log4j2 configuration does: the handlers' output (what its users are told to read
+# when a model fails) and the access log.
+LOGGER_FILES = {"torchd.worker": "model_log.log", "torchd.access": "access_log.log"}
 CHECK_SECONDS = 5.0        # how often the daemon looks at its stderr log's size
 COPY_SECONDS = 0.1         # how often LogCopy looks for new lines when it has copied all
 COPY_CHUNK = 64 * 1024
@@ -40,22 +47,35 @@ class RotatingLines:
 
     Not logging's RotatingFileHandler, which names its files the same way: a record, its
     formatting and its seek-and-tell size check cost 17 us a line here against 1.9 us, and
-    the metric log writes several lines per request."""
+    the metric log writes several lines per request.
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    ``buffered``: lines wait in the file's buffer for ``flush`` (a write system call for many
+    lines, as the log handler that writes them batches its own)."""
+
+    def __init__(self, path: Path, max_bytes: int, buffered: bool = False) -> None:
         self.path = path
         self.max_bytes = max_bytes
-        self._file = open(path, "a", buffering=1, encoding="utf-8")
+        self._buffering = 64 * 1024 if buffered else 1
+        self._file = self._open()
         self._size = self._file.tell()
+
+    def _open(self) -> TextIO:
+        return open(self.path, "a", buffering=self._buffering, encoding="utf-8",
+                    errors="backslashreplace")
 
     def write(self, line: str) -> None:
         self._file.write(line)
-        self._size += len(line)     # the lines are ASCII: characters are bytes
+        # characters, not bytes: a line of other than ASCII counts short, which only lets a
+        # file grow a little past the limit
+        self._size += len(line)
         if self.max_bytes and self._size >= self.max_bytes:
             self._file.close()
             set_aside(self.path)
-            self._file = open(self.path, "a", buffering=1, encoding="utf-8")
+            self._file = self._open()
             self._size = 0
+
+    def flush(self) -> None:
+        self._file.flush()
 
     def close(self) -> None:
         self._file.close()
@@ -74,13 +94,7 @@ class StderrLog:
     def of_this_process(cls, path: Path, max_bytes: int) -> StderrLog | None:
         """One when stderr is the file at ``path`` (and a size is set), else None: a terminal,
         journald's pipe, or a file a user redirected it to are not torchd's to rotate."""
-        if not max_bytes:
-            return None
-        try:
-            ours, there = os.fstat(2), os.stat(path)
-        except OSError:
-            return None
-        if not stat.S_ISREG(ours.st_mode) or not os.path.samestat(ours, there):
+        if not max_bytes or not stderr_is(path):
             return None
         return cls(path, max_bytes)
 
@@ -98,6 +112,15 @@ class StderrLog:
         finally:
             os.close(fd)
         return True
+
+
+def stderr_is(path: Path) -> bool:
+    """Whether this process's stderr is the file at ``path`` (``torchd start``'s log)."""
+    try:
+        ours, there = os.fstat(2), os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(ours.st_mode) and os.path.samestat(ours, there)
 
 
 def is_init_output(fd: int, init_output: str = INIT_OUTPUT) -> bool:
@@ -205,7 +228,7 @@ class FollowedFile:
 
 
 class LogCopy:
-    """The daemon's stderr log (``torchd start``'s torchd.log) copied, as it grows, to ``out``,
+    """The daemon's stderr log (``torchd start``'s ts_log.log) copied, as it grows, to ``out``,
     the output start was given where that is PID 1's or a file (is_log_copy_output), as
     TorchServe's JVM writes its log to the output it inherits; and the metric logs where
     there are any (``follow``), as TorchServe's metric loggers write to that output too.

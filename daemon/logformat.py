@@ -17,6 +17,8 @@ import threading
 import time
 from typing import TextIO
 
+from daemon.logfiles import RotatingLines
+
 FLUSH_INTERVAL = 0.1
 # The loggers that can write a line per request: the access log, and the workers' output
 # forwarded (a handler's print or log call per request is common in TorchServe handlers).
@@ -65,7 +67,9 @@ class SecondsFormatter(logging.Formatter):
 
 class BatchingStreamHandler(logging.StreamHandler):
     """A StreamHandler that leaves the records of the ``batched`` loggers in the stream's buffer
-    for a timer to flush, and flushes after any other record."""
+    for a timer to flush, and flushes after any other record. A batched logger's lines can go
+    to a file of their own as well (``also_to``: TorchServe's model_log.log and access_log.log),
+    buffered and flushed with the stream."""
 
     def __init__(self, stream: TextIO, batched: tuple[str, ...] = BATCHED_LOGGERS,
                  interval: float = FLUSH_INTERVAL) -> None:
@@ -74,10 +78,21 @@ class BatchingStreamHandler(logging.StreamHandler):
         self._dirty = False
         self._interval = interval
         self._timer_started = False
+        self._files: dict[str, RotatingLines] = {}
+
+    def also_to(self, logger_name: str, lines: RotatingLines) -> None:
+        """``logger_name``'s lines (a batched logger's) written to ``lines`` too."""
+        if logger_name not in self.batched:
+            raise ValueError(f"{logger_name} is not a batched logger of this handler")
+        with self._held():
+            self._files = {**self._files, logger_name: lines}
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.stream.write(self.format(record) + self.terminator)
+            line = self.format(record) + self.terminator
+            self.stream.write(line)
+            if (lines := self._files.get(record.name)) is not None:
+                lines.write(line)
         except Exception:
             self.handleError(record)
             return
@@ -88,12 +103,13 @@ class BatchingStreamHandler(logging.StreamHandler):
             if not self._timer_started:
                 self._start_timer()
 
-    def write_batched(self, text: str) -> None:
+    def write_batched(self, logger_name: str, text: str) -> None:
         """A finished line of a batched logger, written as ``emit`` writes one."""
-        lock = self.lock
-        assert lock is not None   # Handler.__init__ made it
-        with lock:   # the flush thread takes it too
-            self.stream.write(text + self.terminator)
+        line = text + self.terminator
+        with self._held():   # the flush thread takes it too
+            self.stream.write(line)
+            if (lines := self._files.get(logger_name)) is not None:
+                lines.write(line)
         self._dirty = True
         if not self._timer_started:
             self._start_timer()
@@ -101,6 +117,15 @@ class BatchingStreamHandler(logging.StreamHandler):
     def flush(self) -> None:
         self._dirty = False
         super().flush()
+        if self._files:
+            with self._held():
+                for lines in self._files.values():
+                    lines.flush()
+
+    def _held(self) -> threading.RLock:
+        lock = self.lock
+        assert lock is not None   # Handler.__init__ made it
+        return lock
 
     def _start_timer(self) -> None:
         # Started on first use, not in __init__: a process that forks after configuring
@@ -140,7 +165,7 @@ class DirectLines:
                 or logger.name not in handler.batched
                 or not isinstance(formatter := handler.formatter, SecondsFormatter)):
             return False
-        handler.write_batched(formatter.line(logger.name, "INFO", message))
+        handler.write_batched(logger.name, formatter.line(logger.name, "INFO", message))
         return True
 
 

@@ -2,10 +2,11 @@
 
 ``serve`` runs the daemon in the foreground (what systemd runs). ``start`` runs
 ``python -m daemon.ops.cli serve <same options>`` in a new session with output appended to
-``<log_location>/torchd.log`` (and copied to start's own output where that is PID 1's, a
-container's log, or a file: logfiles.LogCopy), and returns once it listens on the management
-address (or has died). The serving process writes and removes its own pid file; ``stop`` and
-``status`` read it.
+``<log_location>/ts_log.log``, TorchServe's name (the handlers' output and the access log are
+also in model_log.log and access_log.log there: foreground.write_logger_files; the whole log
+is copied to start's own output where that is PID 1's, a container's log, or a file:
+logfiles.LogCopy), and returns once it listens on the management address (or has died). The
+serving process writes and removes its own pid file; ``stop`` and ``status`` read it.
 ``llm`` (daemon/ops/llm.py) serves one language model directory, as ``serve`` would.
 
 Without a subcommand, TorchServe's spelling works: ``torchd --start ...`` (``--foreground``

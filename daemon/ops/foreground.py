@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from daemon.config.settings import Config, ConfigError
+from daemon.logfiles import LOGGER_FILES, START_LOG, RotatingLines, stderr_is
 from daemon.logformat import (DIRECT_LINES, BatchingStreamHandler, SecondsFormatter,
                               batched_stderr)
 from daemon.ops import pidfile
@@ -36,6 +37,8 @@ def serve(config: Config, log_level: str, started: bool = False) -> int:
         print(f"torchd: already running (pid {other}, pid file {config.pid_file})",
               file=sys.stderr)
         return 1
+    if config.log_config is None:
+        write_logger_files(config)
     pidfile.write_pid(config.pid_file)
     registry = pidfile.started_registry()
     if started:
@@ -47,6 +50,27 @@ def serve(config: Config, log_level: str, started: bool = False) -> int:
         if started:
             pidfile.forget_started(registry)
         pidfile.remove_pid(config.pid_file)
+
+
+def write_logger_files(config: Config) -> None:
+    """Under ``torchd start`` (stderr is its log, ts_log.log), TorchServe's model_log.log and
+    access_log.log beside it: the lines of the handlers' output and of the access log again,
+    each in a file of its own (logfiles.LOGGER_FILES), as TorchServe's users read them.
+    ``serve``'s output (journald, a container's log) has every line already; a --log-config
+    says itself where lines go."""
+    handler = next((h for h in logging.root.handlers if isinstance(h, BatchingStreamHandler)),
+                   None)   # configure_logging's
+    if handler is None or not stderr_is(config.log_location / START_LOG):
+        return
+    for logger_name, file_name in LOGGER_FILES.items():
+        path = config.log_location / file_name
+        try:
+            lines = RotatingLines(path, config.log_file_max_size, buffered=True)
+        except OSError as exc:
+            logger.warning("not writing %s (%s's lines stay in %s only): %s", path,
+                           logger_name, START_LOG, exc)
+            continue
+        handler.also_to(logger_name, lines)
 
 
 def configure_logging(log_config: Path | None, level: str = "INFO") -> None:

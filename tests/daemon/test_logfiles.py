@@ -48,6 +48,20 @@ def test_rotating_lines_begins_a_new_file_past_the_size(tmp_path):
     assert not (tmp_path / "u.log.1").exists()
 
 
+def test_buffered_rotating_lines_wait_for_flush_and_set_aside_whole(tmp_path):
+    path = tmp_path / "access_log.log"
+    lines = RotatingLines(path, max_bytes=100, buffered=True)
+    lines.write("a" * 40 + "\n")
+    assert path.read_text() == ""          # in the buffer until the handler flushes
+    lines.flush()
+    assert path.read_text() == "a" * 40 + "\n"
+    lines.write("b" * 70 + "\n")           # past the size: what was buffered goes with it
+    lines.write("c\n")
+    assert (tmp_path / "access_log.log.1").read_text() == "a" * 40 + "\n" + "b" * 70 + "\n"
+    lines.close()
+    assert path.read_text() == "c\n"
+
+
 CHILD = textwrap.dedent('''
     import logging, sys
     from pathlib import Path

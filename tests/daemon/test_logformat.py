@@ -12,6 +12,7 @@ import pytest
 
 from daemon import logformat
 from daemon.ops.foreground import LOG_DATEFMT, LOG_FORMAT
+from daemon.logfiles import RotatingLines
 from daemon.logformat import (BatchingStreamHandler, DirectLines, SecondsFormatter,
                               batched_stderr)
 from daemon.workers import launcher
@@ -130,6 +131,29 @@ def test_a_direct_line_steps_aside_when_it_would_miss_someone(default_output):
     custom.use(handler)                          # a format that needs a real record
     assert not custom.write(access, "x")
     assert stream.getvalue() == ""
+
+
+def test_a_batched_loggers_lines_go_to_a_file_of_their_own_too(default_output, tmp_path):
+    """TorchServe's access_log.log and model_log.log under torchd start: the same lines as in
+    the whole log, direct or made from a record, written when the handler flushes."""
+    lines, handler, stream, only_ours = default_output
+    access = logging.getLogger("torchd.access")
+    own_file = tmp_path / "access_log.log"
+    handler.also_to("torchd.access", RotatingLines(own_file, 0, buffered=True))
+    with pytest.raises(ValueError):   # a line of another logger is written at once, alone
+        handler.also_to("daemon.ops.server", RotatingLines(tmp_path / "other.log", 0))
+    only_ours()
+    assert lines.write(access, 'inference "POST /p" 200 0.4ms a')
+    handler.handle(record(logging.INFO, 'management "GET /models" 200 1.0ms b', time.time(),
+                          "torchd.access"))
+    handler.handle(record(logging.INFO, "[worker 9000] not an access line", time.time(),
+                          "torchd.worker"))
+    assert own_file.read_text() == ""
+    handler.flush()
+    whole = stream.getvalue().splitlines()
+    assert own_file.read_text().splitlines() == whole[:2]
+    assert whole[0].endswith('torchd.access: inference "POST /p" 200 0.4ms a')
+    assert whole[1].endswith('torchd.access: management "GET /models" 200 1.0ms b')
 
 
 def test_forwarded_worker_output_is_written_as_batched_direct_lines(default_output, monkeypatch):

@@ -99,8 +99,8 @@ def test_inductor_compiles_before_ready_and_answers_as_eager(daemon, exported_ml
     assert before["graphs"] == 2   # one request's graph and the batch's, before READY
     assert_answers_as_eager(daemon, "inductor", exported_mlp.expected())
     assert described(daemon, "inductor")["graphs"] == 2   # no client paid for a compile
-    logged_soon(daemon, "Compiled model with backend inductor: torch.compile(backend=inductor) "
-                "(from pt2.compile)",
+    logged_soon(daemon, "Compiled model with backend inductor\n",   # TorchServe's line, whole
+                "torch.compile(backend=inductor) (from pt2.compile)",
                 "warm-up: 2 request(s) alone and as one batch")
     # One compile per model version: the version's own cache, in the daemon's runtime dir...
     cache = Path(before["inductor_cache"])

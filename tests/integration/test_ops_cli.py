@@ -83,12 +83,21 @@ def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: 
         stopped = torchd("stop", cwd=tmp_path)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         assert pid_gone(pid) and not pid_path.exists()
-        log = (tmp_path / "logs" / "torchd.log").read_text()
+        logs = tmp_path / "logs"
+        log = (logs / "ts_log.log").read_text()   # every line, under TorchServe's name
         assert ('startup model noop.mar: Model "noop" Version: 1.0 registered with 1 initial '
                 'workers') in log
         assert "torchd stopped" in log and "Model server started." in log
         copied = output.read_text()   # the daemon copies its last lines before it exits
         assert "Model server started." in copied and "torchd stopped\n" in copied
+        # TorchServe's model_log.log and access_log.log: those loggers' lines again, alone
+        model_log = (logs / "model_log.log").read_text().splitlines()
+        access_log = (logs / "access_log.log").read_text().splitlines()
+        assert model_log and all(" INFO torchd.worker: [" in line for line in model_log)
+        assert any("model noop loaded in" in line for line in model_log)
+        assert access_log and all(" INFO torchd.access: " in line for line in access_log)
+        assert any('inference "POST /predictions/noop" 200' in line for line in access_log)
+        assert set(model_log + access_log) <= set(log.splitlines())
     finally:
         kill_tree(pidfile.read_pid(pid_path))
 
@@ -156,8 +165,9 @@ def test_the_snapshot_wins_over_startup_models(archive_dir, tmp_path):
 
 def test_start_sets_its_log_and_the_metric_logs_aside_past_log_file_max_size(archive_dir,
                                                                                tmp_path):
-    """As TorchServe's log4j2 rolls its logs: torchd start's torchd.log (the daemon's stderr)
-    and the metric logs begin anew past the size, the full ones kept as <name>.1 ... .5."""
+    """As TorchServe's log4j2 rolls its logs: torchd start's ts_log.log (the daemon's stderr),
+    its access_log.log and the metric logs begin anew past the size, the full ones kept as
+    <name>.1 ... .5."""
     inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
     make_store(archive_dir, tmp_path / "store", ["noop"])
     (tmp_path / "config.properties").write_text(
@@ -176,15 +186,18 @@ def test_start_sets_its_log_and_the_metric_logs_aside_past_log_file_max_size(arc
 
         def set_aside() -> bool:   # each request adds an access line and metric lines
             assert requests.post(url, data=b"x", timeout=30).status_code == 200
-            return (logs / "torchd.log.1").exists() and (logs / "ts_metrics.log.1").exists()
+            return all((logs / f"{name}.log.1").exists()
+                       for name in ("ts_log", "ts_metrics", "access_log"))
 
-        wait_until(set_aside, 60, 0.05, "torchd.log.1 and ts_metrics.log.1")
-        begun = (logs / "torchd.log").read_text()   # the daemon's start is in the full one
+        wait_until(set_aside, 60, 0.05, "ts_log.log.1, ts_metrics.log.1 and access_log.log.1")
+        begun = (logs / "ts_log.log").read_text()   # the daemon's start is in the full one
         assert "starting (pid" not in begun and "starting (pid" in (
-            logs / "torchd.log.1").read_text()
-        assert "torchd.log began: the last one is torchd.log.1" in begun
+            logs / "ts_log.log.1").read_text()
+        assert "ts_log.log began: the last one is ts_log.log.1" in begun
         assert (logs / "ts_metrics.log.1").stat().st_size >= 4096
+        assert (logs / "access_log.log.1").stat().st_size >= 4096
         assert torchd("stop", cwd=tmp_path).returncode == 0
-        assert "torchd stopped" in (logs / "torchd.log").read_text()
+        assert "torchd stopped" in (logs / "ts_log.log").read_text()
+        assert 'inference "POST /predictions/noop" 200' in (logs / "access_log.log").read_text()
     finally:
         kill_tree(pidfile.read_pid(pid_path))

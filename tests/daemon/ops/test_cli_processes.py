@@ -104,7 +104,7 @@ def test_status_stop_and_start_with_a_live_torchd(tmp_path, monkeypatch, capsys)
         assert cli.main(["start", "--ncs"]) == 1
         err = capsys.readouterr().err
         assert f"already running (pid {process.pid}" in err
-        assert not (tmp_path / "logs" / "torchd.log").exists()  # nothing was spawned
+        assert not (tmp_path / "logs" / "ts_log.log").exists()  # nothing was spawned
 
         assert cli.main(["stop"]) == 0
         assert "torchd stopped" in capsys.readouterr().out
@@ -260,7 +260,7 @@ def test_start_status_stop_with_a_stand_in_server(tmp_path, stand_in):
         stopped = run_cli(["stop"], tmp_path, stand_in)
         assert stopped.returncode == 0 and "torchd stopped" in stopped.stdout
         assert pid_gone(pid) and not pid_path.exists()
-        log = (tmp_path / "logs" / "torchd.log").read_text()
+        log = (tmp_path / "logs" / "ts_log.log").read_text()
         assert "stand-in: listening" in log and "stand-in: stopped" in log
         assert run_cli(["status"], tmp_path, stand_in).returncode == 1
     finally:
