@@ -50,35 +50,76 @@ class RotatingLines:
     the metric log writes several lines per request.
 
     ``buffered``: lines wait in the file's buffer for ``flush`` (a write system call for many
-    lines, as the log handler that writes them batches its own)."""
+    lines, as the log handler that writes them batches its own).
+
+    A write that fails (a full disk) never reaches the writer, which may be answering a
+    request: the line is lost, and the log says so once when the failures begin and once
+    when the file takes lines again, as TorchServe's log4j2 appenders keep serving."""
 
     def __init__(self, path: Path, max_bytes: int, buffered: bool = False) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self._buffering = 64 * 1024 if buffered else 1
-        self._file = self._open()
+        self._file: TextIO | None = self._open()
         self._size = self._file.tell()
+        self._failures = 0   # writes failed since the file last took a line
 
     def _open(self) -> TextIO:
         return open(self.path, "a", buffering=self._buffering, encoding="utf-8",
                     errors="backslashreplace")
 
     def write(self, line: str) -> None:
-        self._file.write(line)
-        # characters, not bytes: a line of other than ASCII counts short, which only lets a
-        # file grow a little past the limit
-        self._size += len(line)
-        if self.max_bytes and self._size >= self.max_bytes:
-            self._file.close()
-            set_aside(self.path)
-            self._file = self._open()
-            self._size = 0
+        try:
+            if self._file is None:   # a set-aside failed half-way
+                self._file = self._open()
+            self._file.write(line)
+            # characters, not bytes: a line of other than ASCII counts short, which only lets
+            # a file grow a little past the limit
+            self._size += len(line)
+            if self.max_bytes and self._size >= self.max_bytes:
+                self._begin_anew()
+        except OSError as exc:
+            self._failed(exc)
+            return
+        if self._buffering == 1:   # written through (a buffered line: once flushed)
+            self._written()
+
+    def _begin_anew(self) -> None:
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()   # closed even where its last flush fails
+        set_aside(self.path)
+        self._size = 0
+        self._file = self._open()
 
     def flush(self) -> None:
-        self._file.flush()
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self._written()
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+
+    def _failed(self, exc: OSError) -> None:
+        self._failures += 1
+        if self._failures == 1:
+            logger.warning("cannot write %s (%s): its lines are lost until it can be written "
+                           "again", self.path, exc)
+
+    def _written(self) -> None:
+        if self._failures:
+            # counted down before logging: the warning may be written through this file's
+            # own log handler (model_log.log, access_log.log), which flushes it
+            failures, self._failures = self._failures, 0
+            logger.warning("%s is written again, after %d failed write(s)", self.path,
+                           failures)
 
 
 class StderrLog:

@@ -69,7 +69,11 @@ class BatchingStreamHandler(logging.StreamHandler):
     """A StreamHandler that leaves the records of the ``batched`` loggers in the stream's buffer
     for a timer to flush, and flushes after any other record. A batched logger's lines can go
     to a file of their own as well (``also_to``: TorchServe's model_log.log and access_log.log),
-    buffered and flushed with the stream."""
+    buffered and flushed with the stream.
+
+    A write that fails (a full disk under ``torchd start``'s log) loses lines and raises
+    nowhere: not in the code that logged (a request's answer, the supervisor), not in the
+    flush thread. Once the stream takes lines again, a line says how many writes failed."""
 
     def __init__(self, stream: TextIO, batched: tuple[str, ...] = BATCHED_LOGGERS,
                  interval: float = FLUSH_INTERVAL) -> None:
@@ -79,6 +83,8 @@ class BatchingStreamHandler(logging.StreamHandler):
         self._interval = interval
         self._timer_started = False
         self._files: dict[str, RotatingLines] = {}
+        self._failures = 0   # writes to the stream failed since it last took lines
+        self._first_failure: OSError | None = None
 
     def also_to(self, logger_name: str, lines: RotatingLines) -> None:
         """``logger_name``'s lines (a batched logger's) written to ``lines`` too."""
@@ -90,37 +96,63 @@ class BatchingStreamHandler(logging.StreamHandler):
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record) + self.terminator
-            self.stream.write(line)
-            if (lines := self._files.get(record.name)) is not None:
-                lines.write(line)
         except Exception:
             self.handleError(record)
             return
+        self._write(record.name, line)   # Handler.handle holds the lock
         if record.name not in self.batched:
             self.flush()
         else:
-            self._dirty = True
-            if not self._timer_started:
-                self._start_timer()
+            self._written_batched()
 
     def write_batched(self, logger_name: str, text: str) -> None:
         """A finished line of a batched logger, written as ``emit`` writes one."""
-        line = text + self.terminator
         with self._held():   # the flush thread takes it too
+            self._write(logger_name, text + self.terminator)
+        self._written_batched()
+
+    def _write(self, logger_name: str, line: str) -> None:
+        try:
             self.stream.write(line)
-            if (lines := self._files.get(logger_name)) is not None:
-                lines.write(line)
+        except OSError as exc:
+            self._failed(exc)
+        if (lines := self._files.get(logger_name)) is not None:
+            lines.write(line)   # RotatingLines keeps its own failures
+
+    def _written_batched(self) -> None:
         self._dirty = True
         if not self._timer_started:
             self._start_timer()
 
     def flush(self) -> None:
         self._dirty = False
-        super().flush()
-        if self._files:
-            with self._held():
-                for lines in self._files.values():
-                    lines.flush()
+        with self._held():
+            try:
+                self.stream.flush()
+            except OSError as exc:
+                self._failed(exc)
+            else:
+                if self._failures:
+                    self._say_lines_were_lost()
+            for lines in self._files.values():
+                lines.flush()
+
+    def _failed(self, exc: OSError) -> None:
+        if not self._failures:
+            self._first_failure = exc
+        self._failures += 1
+
+    def _say_lines_were_lost(self) -> None:
+        failures, self._failures = self._failures, 0
+        record = logging.makeLogRecord({
+            "name": __name__, "levelno": logging.WARNING, "levelname": "WARNING",
+            "msg": "this log could not be written for a while (%d failed write(s), the "
+                   "first: %s): lines were lost", "args": (failures, self._first_failure)})
+        try:
+            self.stream.write(self.format(record) + self.terminator)
+            self.stream.flush()
+        except OSError as exc:
+            self._failed(exc)
 
     def _held(self) -> threading.RLock:
         lock = self.lock

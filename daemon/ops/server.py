@@ -364,7 +364,12 @@ async def _keep_bounded(log: StderrLog) -> None:
     """torchd start's log, set aside past log_file_max_size (daemon/logfiles.py)."""
     while True:
         await asyncio.sleep(CHECK_SECONDS)
-        if log.check():
+        try:
+            began = log.check()
+        except OSError as exc:   # a full disk: the old file goes on taking what it can
+            logger.warning("cannot set %s aside: %s", log.path, exc)
+            continue
+        if began:
             logger.info("%s began: the last one is %s.1 (log_file_max_size %d)", log.path,
                         log.path.name, log.max_bytes)
 

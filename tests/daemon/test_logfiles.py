@@ -62,6 +62,23 @@ def test_buffered_rotating_lines_wait_for_flush_and_set_aside_whole(tmp_path):
     assert path.read_text() == "c\n"
 
 
+def test_a_file_that_takes_no_lines_loses_them_and_says_so_once(caplog):
+    """/dev/full fails every write with ENOSPC, as a full disk does: the writer (a request's
+    metric lines, say) never sees it."""
+    lines = RotatingLines(Path("/dev/full"), max_bytes=0)
+    buffered = RotatingLines(Path("/dev/full"), max_bytes=0, buffered=True)
+    with caplog.at_level(logging.WARNING, logger="daemon.logfiles"):
+        for _ in range(3):
+            lines.write("a line\n")
+            buffered.write("a line\n")
+            buffered.flush()
+    lines.close()
+    buffered.close()
+    said = [r.getMessage() for r in caplog.records]
+    assert said == ["cannot write /dev/full ([Errno 28] No space left on device): its lines "
+                    "are lost until it can be written again"] * 2
+
+
 CHILD = textwrap.dedent('''
     import logging, sys
     from pathlib import Path

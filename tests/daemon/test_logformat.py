@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
 import logging
 import sys
@@ -154,6 +155,34 @@ def test_a_batched_loggers_lines_go_to_a_file_of_their_own_too(default_output, t
     assert own_file.read_text().splitlines() == whole[:2]
     assert whole[0].endswith('torchd.access: inference "POST /p" 200 0.4ms a')
     assert whole[1].endswith('torchd.access: management "GET /models" 200 1.0ms b')
+
+
+class FullStream(io.StringIO):
+    """A stream whose flushes fail while ``full`` (a full disk), as batched_stderr's do."""
+    full = True
+
+    def flush(self) -> None:
+        if self.full:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        super().flush()
+
+
+def test_a_log_that_cannot_be_written_raises_nowhere_and_says_so_later(default_output):
+    lines, handler, stream, only_ours = default_output
+    full = FullStream()
+    handler.setStream(full)
+    only_ours()
+    daemon_log = logging.getLogger("daemon.ops.server")
+    daemon_log.info("not written")      # flushed at once: fails, raises nowhere
+    daemon_log.info("nor this")
+    assert lines.write(logging.getLogger("torchd.access"), "an access line")
+    handler.flush()                     # as the flush thread does
+    full.full = False
+    daemon_log.info("written")
+    said = full.getvalue().splitlines()
+    assert said[-2].endswith("daemon.ops.server: written")   # the first line through, then:
+    assert said[-1].endswith("this log could not be written for a while (3 failed write(s), "
+                             "the first: [Errno 28] No space left on device): lines were lost")
 
 
 def test_forwarded_worker_output_is_written_as_batched_direct_lines(default_output, monkeypatch):

@@ -1,10 +1,12 @@
 """Starting: `torchd start` returns with its startup models serving (the daemon listens only
 once they are loaded); a busy port fails the start at once; SIGTERM while starting abandons the
-start; a restored snapshot wins over --models. (start/status/stop and the refused second start
+start; a restored snapshot wins over --models; its logs roll, and a log that cannot be written
+loses lines, never requests. (start/status/stop and the refused second start
 are in tests/daemon/ops/test_cli_processes.py.)"""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,14 +24,15 @@ from tests.support.ops import NotifyListener, build_slow_archive, make_store
 from tests.support.waiting import wait_until
 
 
-def torchd(*args: str, cwd: Path, stdout: Any = subprocess.PIPE) -> subprocess.CompletedProcess:
+def torchd(*args: str, cwd: Path, stdout: Any = subprocess.PIPE,
+           preexec_fn: Any = None) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("TS_") and k not in ("LOG_LOCATION", "NOTIFY_SOCKET")}
     # this checkout's code, whatever the cwd: an installed torchd may be another checkout's
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return subprocess.run([sys.executable, "-m", "daemon.ops.cli", *args], cwd=cwd, env=env,
                           stdout=stdout, stderr=subprocess.PIPE, text=True, timeout=90,
-                          check=False)
+                          check=False, preexec_fn=preexec_fn)
 
 
 def kill_tree(pid: int | None) -> None:
@@ -199,5 +202,66 @@ def test_start_sets_its_log_and_the_metric_logs_aside_past_log_file_max_size(arc
         assert torchd("stop", cwd=tmp_path).returncode == 0
         assert "torchd stopped" in (logs / "ts_log.log").read_text()
         assert 'inference "POST /predictions/noop" 200' in (logs / "access_log.log").read_text()
+    finally:
+        kill_tree(pidfile.read_pid(pid_path))
+
+
+def test_logs_that_cannot_be_written_lose_lines_never_requests(archive_dir, tmp_path):
+    """A full disk under the logs, made here by the file size limit (RLIMIT_FSIZE: each write
+    past it fails with EFBIG, as a full disk's fail with ENOSPC; Python ignores SIGXFSZ), with
+    every log of torchd start filling: the daemon serves and answers management calls all along,
+    and once the files take lines again, the logs say what was lost."""
+    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
+    make_store(archive_dir, tmp_path / "store", ["noop"])
+    (tmp_path / "config.properties").write_text(
+        f"inference_address=http://127.0.0.1:{inference}\n"
+        f"management_address=http://127.0.0.1:{management}\n"
+        f"metrics_address=http://127.0.0.1:{metrics}\n"
+        f"grpc_inference_port={grpc_inference}\ngrpc_management_port={grpc_management}\n"
+        "model_store=store\ndefault_workers_per_model=1\nmetrics_mode=log\n")
+    logs = tmp_path / "logs"
+    pid_path = logs / "torchd.pid"
+    limit = 64 * 1024
+    url = f"http://127.0.0.1:{inference}/predictions/noop"
+
+    def small_files() -> None:   # in start's child: the daemon inherits it
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, resource.RLIM_INFINITY))
+
+    def answered() -> None:
+        response = requests.post(url, data=b"x", timeout=10)
+        assert response.status_code == 200, response.text
+
+    try:
+        started = torchd("start", "--models", "noop=noop.mar", "--ncs", cwd=tmp_path,
+                         preexec_fn=small_files)
+        assert started.returncode == 0, started.stdout + started.stderr
+        pid = pidfile.read_pid(pid_path)
+
+        def full() -> bool:
+            answered()
+            return all((logs / name).stat().st_size >= limit - 512
+                       for name in ("ts_log.log", "ts_metrics.log"))
+
+        wait_until(full, 120, 0, "ts_log.log and ts_metrics.log at the file size limit")
+        for _ in range(50):   # every write of the stderr log and the metric log fails now
+            answered()
+        scaled = requests.put(f"http://127.0.0.1:{management}/models/noop",
+                              params={"min_worker": 2, "synchronous": "true"}, timeout=60)
+        assert scaled.status_code == 200, scaled.text
+        assert (logs / "ts_log.log").stat().st_size <= limit
+
+        psutil.Process(pid).rlimit(psutil.RLIMIT_FSIZE,
+                                   (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+
+        def said_so() -> bool:
+            answered()
+            log = (logs / "ts_log.log").read_text(errors="replace")
+            return ("this log could not be written for a while" in log
+                    and f"{logs / 'ts_metrics.log'} is written again, after" in log)
+
+        wait_until(said_so, 30, 0.05, "the logs saying lines were lost")
+        stopped = torchd("stop", cwd=tmp_path)
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        assert pid_gone(pid)
     finally:
         kill_tree(pidfile.read_pid(pid_path))
