@@ -51,15 +51,22 @@ def kill_tree(pid: int | None) -> None:
     psutil.wait_procs(procs, timeout=10)
 
 
-def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: Path):
+def noop_to_start(archive_dir: Path, tmp_path: Path, settings: str) -> dict[str, int]:
+    """tmp_path made ready for ``torchd start --models noop=noop.mar``: the store, and a
+    config.properties with free loopback ports, one worker a model and ``settings``; the
+    ports by listener."""
     chosen = free_ports(5)
     ports = dict(zip(("inference", "management", "metrics"), chosen))
     make_store(archive_dir, tmp_path / "store", ["noop"])
     (tmp_path / "config.properties").write_text(
         "".join(f"{name}_address=http://127.0.0.1:{port}\n" for name, port in ports.items())
         + f"grpc_inference_port={chosen[3]}\ngrpc_management_port={chosen[4]}\n"
-        + "model_store=store\nworker_spawn=exec\ndefault_workers_per_model=1\n"
-        + "metrics_mode=log\n")
+        + "model_store=store\ndefault_workers_per_model=1\n" + settings)
+    return ports
+
+
+def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: Path):
+    ports = noop_to_start(archive_dir, tmp_path, "worker_spawn=exec\nmetrics_mode=log\n")
     pid_path = tmp_path / "logs" / "torchd.pid"
     output = tmp_path / "ts.log"
     try:
@@ -171,15 +178,8 @@ def test_start_sets_its_log_and_the_metric_logs_aside_past_log_file_max_size(arc
     """As TorchServe's log4j2 rolls its logs: torchd start's ts_log.log (the daemon's stderr),
     its access_log.log and the metric logs begin anew past the size, the full ones kept as
     <name>.1 ... .5."""
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    make_store(archive_dir, tmp_path / "store", ["noop"])
-    (tmp_path / "config.properties").write_text(
-        f"inference_address=http://127.0.0.1:{inference}\n"
-        f"management_address=http://127.0.0.1:{management}\n"
-        f"metrics_address=http://127.0.0.1:{metrics}\n"
-        f"grpc_inference_port={grpc_inference}\ngrpc_management_port={grpc_management}\n"
-        "model_store=store\ndefault_workers_per_model=1\nlog_file_max_size=4K\n"
-        "metrics_mode=log\n")
+    ports = noop_to_start(archive_dir, tmp_path, "log_file_max_size=4K\nmetrics_mode=log\n")
+    inference = ports["inference"]
     logs = tmp_path / "logs"
     pid_path = logs / "torchd.pid"
     url = f"http://127.0.0.1:{inference}/predictions/noop"
@@ -211,14 +211,8 @@ def test_logs_that_cannot_be_written_lose_lines_never_requests(archive_dir, tmp_
     past it fails with EFBIG, as a full disk's fail with ENOSPC; Python ignores SIGXFSZ), with
     every log of torchd start filling: the daemon serves and answers management calls all along,
     and once the files take lines again, the logs say what was lost."""
-    inference, management, metrics, grpc_inference, grpc_management = free_ports(5)
-    make_store(archive_dir, tmp_path / "store", ["noop"])
-    (tmp_path / "config.properties").write_text(
-        f"inference_address=http://127.0.0.1:{inference}\n"
-        f"management_address=http://127.0.0.1:{management}\n"
-        f"metrics_address=http://127.0.0.1:{metrics}\n"
-        f"grpc_inference_port={grpc_inference}\ngrpc_management_port={grpc_management}\n"
-        "model_store=store\ndefault_workers_per_model=1\nmetrics_mode=log\n")
+    ports = noop_to_start(archive_dir, tmp_path, "metrics_mode=log\n")
+    inference, management = ports["inference"], ports["management"]
     logs = tmp_path / "logs"
     pid_path = logs / "torchd.pid"
     limit = 64 * 1024
