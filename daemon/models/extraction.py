@@ -30,8 +30,8 @@ from daemon.models.size_limits import Counter, SizeLimit, TooLarge, size_limit
 # archive holds is sniffed, never trusted from the name: the suffix only names things.
 ARCHIVE_SUFFIXES = (".mar", ".tar.gz", ".tgz")
 # Errors that mean "this machine could not write", not "this archive is bad".
-_HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
-                errno.EMFILE, errno.ENFILE, errno.ENOMEM}
+_HOST_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO, errno.EACCES, errno.EPERM,
+                errno.EROFS, errno.EMFILE, errno.ENFILE, errno.ENOMEM}
 
 
 class UnsafeEntry(Exception):

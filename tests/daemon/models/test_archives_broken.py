@@ -2,9 +2,15 @@
 bad manifests and bad YAML config files; and the errors' TorchServe types."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import pytest
 
 from daemon.errors import InvalidModel, ModelNotFound
+from tests.support.daemon import REPO
 from tests.daemon.models.archive_helpers import (
     leftovers,
     manifest_bytes,
@@ -20,6 +26,35 @@ ALIAS_BOMB = "\n".join(
 
 
 # ------------------------------------------------------------------ broken archives
+
+EXTRACT_UNDER_A_SIZE_LIMIT = textwrap.dedent("""
+    import resource, sys
+    from pathlib import Path
+    from tests.daemon.models.archive_helpers import prepare
+    from daemon.errors import TorchdError
+    resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 1024, resource.RLIM_INFINITY))
+    try:
+        prepare(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]))
+    except TorchdError as exc:
+        print(exc.status, exc.type, exc.message)
+""")
+
+
+def test_a_host_that_takes_no_more_is_the_servers_fault_not_the_archives(model_store,
+                                                                         extract_root):
+    """A file that the host will not let grow (the file size limit's EFBIG here, a full disk's
+    ENOSPC elsewhere) fails the extraction as the server's 500, not a corrupt archive's 400;
+    nothing is left behind."""
+    write_zip(model_store / "big.mar", [("MAR-INF/MANIFEST.json", manifest_bytes()),
+                                        ("weights.bin", os.urandom(256 * 1024))])
+    child = subprocess.run(
+        [sys.executable, "-c", EXTRACT_UNDER_A_SIZE_LIMIT, "big.mar", str(model_store),
+         str(extract_root)], capture_output=True, text=True, timeout=60, check=False,
+        cwd=REPO)
+    assert child.stdout.strip() == ("500 InternalServerException Failed to extract model "
+                                    "archive big.mar: File too large"), child.stderr
+    assert leftovers(extract_root) == []
+
 
 def test_not_an_archive(model_store, extract_root):
     (model_store / "text.mar").write_text("hello")
