@@ -114,9 +114,14 @@ def cmd_start(args: argparse.Namespace, tokens: list[str]) -> int:
         print(f"torchd is already running (pid {running}, pid file {config.pid_file}); "
               "stop it first with `torchd stop`", file=sys.stderr)
         return 1
-    config.log_location.mkdir(parents=True, exist_ok=True)
     log_path = config.log_location / START_LOG   # set aside by the daemon past a size
-    process = _spawn_serve(tokens, log_path)
+    try:
+        config.log_location.mkdir(parents=True, exist_ok=True)
+        process = _spawn_serve(tokens, log_path)
+    except OSError as exc:   # a log_location that cannot be written: say so, no traceback
+        print(f"torchd: cannot start: cannot write its log {log_path} (log_location): {exc}",
+              file=sys.stderr)
+        return 1
     return _wait_started(process, config, log_path, args.wait or _start_wait(config))
 
 

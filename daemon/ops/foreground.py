@@ -39,7 +39,12 @@ def serve(config: Config, log_level: str, started: bool = False) -> int:
         return 1
     if config.log_config is None:
         write_logger_files(config)
-    pidfile.write_pid(config.pid_file)
+    try:
+        pidfile.write_pid(config.pid_file)
+    except OSError as exc:   # in log_location unless pid_file says where
+        print(f"torchd: cannot start: cannot write the pid file {config.pid_file} (pid_file, "
+              f"log_location): {exc}", file=sys.stderr)
+        return 1
     registry = pidfile.started_registry()
     if started:
         pidfile.record_started(config.pid_file, registry)

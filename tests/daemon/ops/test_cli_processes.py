@@ -190,6 +190,18 @@ def test_serve_refuses_while_another_torchd_holds_the_pid_file(tmp_path):
         reap(process)
 
 
+@pytest.mark.parametrize("command, what", [
+    ("serve", "the pid file /proc/torchd-logs/torchd.pid (pid_file, log_location)"),
+    ("start", "its log /proc/torchd-logs/ts_log.log (log_location)")])
+def test_a_log_location_that_cannot_be_written_is_named_without_a_traceback(tmp_path, command,
+                                                                            what):
+    """/proc takes no directory of ours, root or not."""
+    result = run_cli([command, "--log-location", "/proc/torchd-logs"], tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"torchd: cannot start: cannot write {what}: [Errno 2]")
+    assert "Traceback" not in result.stderr
+
+
 # --- start / stop with a stand-in server ------------------------------------------------------
 # daemon.ops.server is built separately; this stand-in (injected through sitecustomize) listens on
 # the management address until SIGTERM, so start's spawning, waiting and pid-file handshake are
