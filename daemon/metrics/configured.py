@@ -15,7 +15,7 @@ from typing import Any
 
 from daemon.metrics.host import HOST_METRICS
 from daemon.metrics.metrics_log import MetricsLog
-from daemon.metrics.spec import MetricsSpec, load_metrics_spec
+from daemon.metrics.spec import MetricsConfigError, MetricsSpec, load_metrics_spec
 
 MODES = ("prometheus", "log", "legacy")
 # TorchServe's default units of its frontend metrics (its default metrics configuration)
@@ -60,10 +60,18 @@ def metrics_options(config: Any) -> MetricsOptions:
     auto_detect = config.model_metrics_auto_detect
     if auto_detect is None:   # TorchServe's default is off; torchd's without a configuration on
         auto_detect = spec is None
-    log = (MetricsLog(config.metrics_location, max_bytes=config.log_file_max_size)
-           if config.metrics_logged else None)
+    log = _metrics_log(config) if config.metrics_logged else None
     return MetricsOptions(spec=spec, auto_detect=auto_detect, mode=config.metrics_mode, log=log,
                           system=not config.disable_system_metrics)
+
+
+def _metrics_log(config: Any) -> MetricsLog:
+    try:
+        return MetricsLog(config.metrics_location, max_bytes=config.log_file_max_size)
+    except OSError as exc:   # the start fails naming the setting, not just a path
+        raise MetricsConfigError(f"cannot write the metric logs in {config.metrics_location} "
+                                 f"(metrics_location, metrics_mode {config.metrics_mode}): "
+                                 f"{exc}") from exc
 
 
 class FrontendLog:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from daemon.metrics import Metrics
-from daemon.metrics.configured import MetricsOptions
+from daemon.config.settings import load_config
+from daemon.metrics.configured import MetricsOptions, metrics_options
 from daemon.metrics.handlers import HandlerMetrics
 from daemon.metrics.metrics_log import MetricsLog, _stamp, java_double
 from daemon.metrics.spec import (MetricsConfigError, load_metrics_spec, parse_metrics_spec,
@@ -98,6 +99,16 @@ def test_unreadable_yaml_is_refused(tmp_path: Path) -> None:
         load_metrics_spec(bad)
     with pytest.raises(MetricsConfigError, match="cannot read"):
         load_metrics_spec(tmp_path / "missing.yaml")
+
+
+def test_metric_logs_that_cannot_be_written_are_refused_naming_the_setting(tmp_path) -> None:
+    """A metrics_location where no directory can be made (/proc, root or not) stops the start
+    with the setting named, not a bare path."""
+    config = load_config({"metrics_mode": "log", "metrics_location": "/proc/nope"}, {},
+                         tmp_path)
+    with pytest.raises(MetricsConfigError, match=r"cannot write the metric logs in /proc/nope "
+                       r"\(metrics_location, metrics_mode log\): \[Errno 2\]"):
+        metrics_options(config)
 
 
 def test_declared_metrics_take_the_declared_type_others_need_auto_detect(
