@@ -12,6 +12,7 @@ each start).
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import logging
@@ -23,7 +24,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from daemon.errors import BadRequest, InvalidKey, TorchdError
+from daemon.errors import BadRequest, InternalServerError, InvalidKey, TorchdError
 
 logger = logging.getLogger(__name__)
 KINDS = ("management", "inference", "API")
@@ -134,13 +135,19 @@ class TokenStore:
             if expires is not None:
                 document[kind][EXPIRATION] = _instant_text(expires)
         tmp = self.key_file.with_name(self.key_file.name + ".tmp")
-        tmp.unlink(missing_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            json.dump(document, handle, indent=2)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.key_file)
+        try:
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as handle:
+                json.dump(document, handle, indent=2)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.key_file)
+        except OSError as exc:   # a full or read-only disk: no half-written keys left about
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise OSError(exc.errno, f"cannot write the key file {self.key_file} (key_file): "
+                                     f"{exc.strerror or exc}") from exc
 
     def check(self, kind: str, scope: dict) -> TorchdError | None:
         """None when allowed; else the 401 to answer."""
@@ -167,8 +174,17 @@ class TokenStore:
         if self.read_only:
             raise BadRequest(f"Keys come from the read-only file {self.key_file}: change the "
                              "file (the Secret) and restart to rotate them")
+        kept = self.keys[kind], self.expires.get(kind)
         key = self._renew(kind)
-        self._write()
+        try:
+            self._write()
+        except OSError as exc:   # a key the file does not hold would be lost at the restart
+            self.keys[kind] = kept[0]
+            if kept[1] is None:
+                self.expires.pop(kind, None)
+            else:
+                self.expires[kind] = kept[1]
+            raise InternalServerError(f"{exc.strerror}: the {kind} key stays as it was") from exc
         return key
 
 

@@ -84,6 +84,48 @@ def test_on_a_read_only_filesystem_a_world_readable_file_is_refused(tmp_path):
     assert "0440" in result["error"]
 
 
+ROTATE_ON_A_DISK_TURNED_READ_ONLY = textwrap.dedent("""
+    import json, subprocess, sys
+    from pathlib import Path
+    from daemon.control.tokens import TokenStore
+    from daemon.errors import TorchdError
+    where = Path(sys.argv[1])
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(where)], check=True)
+    store = TokenStore(where / "k.json", enabled=True)
+    before = dict(store.keys), (where / "k.json").read_text()
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+    try:
+        store.rotate("inference")
+        print(json.dumps({"rotated": True}))
+    except TorchdError as exc:
+        print(json.dumps({"status": exc.status, "message": exc.message,
+                          "kept": store.keys == before[0],
+                          "file": (where / "k.json").read_text() == before[1],
+                          "allowed": store.check_values(
+                              "inference", [f"Bearer {before[0]['inference']}".encode()]) is None,
+                          "left": sorted(p.name for p in where.iterdir())}))
+""")
+
+
+def test_a_key_that_cannot_be_saved_is_not_rotated(tmp_path):
+    """/token on a disk that takes no more (a tmpfs remounted read-only): a 500 that says why,
+    and the old key goes on working, as the file and a restart have it."""
+    if shutil.which("unshare") is None:
+        pytest.skip("unshare is not installed: no read-only filesystem to mount")
+    where = tmp_path / "keys"
+    where.mkdir()
+    done = subprocess.run(["unshare", "-rm", sys.executable, "-c",
+                           ROTATE_ON_A_DISK_TURNED_READ_ONLY, str(where)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0 and "mount" in done.stderr:
+        pytest.skip(f"cannot mount a tmpfs in a user namespace: {done.stderr[-300:]}")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {
+        "status": 500, "kept": True, "file": True, "allowed": True, "left": ["k.json"],
+        "message": f"cannot write the key file {where / 'k.json'} (key_file): Read-only file "
+                   "system: the inference key stays as it was"}
+
+
 class Clock:
     def __init__(self, now: float = 1_700_000_000.0) -> None:
         self.now = now
