@@ -113,12 +113,12 @@ def test_daemon_gone(watched):
     assert result.returncode == 2
     assert result.stdout == (f"DOWN: torchd is not running: pid {d.pid} from "
                              f"{watched.health[-1]} is gone\n")
-    # The freed port is anyone's from here: CI once saw another listener take it and reset the
-    # check's connection. Held bound (never listening) by the test, it refuses connections.
+    # Without the pid file, only the URL: one where nothing listens. Not the dead daemon's port,
+    # which is anyone's from here (CI saw another listener take it, and another process's
+    # connection hold it); a port the test holds bound, never listening, refuses connections.
     with socket.socket() as held:
-        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # past the TIME_WAITs
-        held.bind(("127.0.0.1", d.ports["management"]))
-        unnamed = run_health("--management-url", d.url("management", ""))
+        held.bind(("127.0.0.1", 0))
+        unnamed = run_health("--management-url", f"http://127.0.0.1:{held.getsockname()[1]}")
     assert unnamed.returncode == 2
     assert unnamed.stdout.startswith("DOWN: torchd management API at http://127.0.0.1:")
     assert "does not answer: connection refused" in unnamed.stdout
