@@ -117,11 +117,12 @@ def cmd_start(args: argparse.Namespace, tokens: list[str]) -> int:
     log_path = config.log_location / START_LOG   # set aside by the daemon past a size
     try:
         config.log_location.mkdir(parents=True, exist_ok=True)
-        process = _spawn_serve(tokens, log_path)
+        log_path.open("ab").close()
     except OSError as exc:   # a log_location that cannot be written: say so, no traceback
         print(f"torchd: cannot start: cannot write its log {log_path} (log_location): {exc}",
               file=sys.stderr)
         return 1
+    process = _spawn_serve(tokens, log_path)
     return _wait_started(process, config, log_path, args.wait or _start_wait(config))
 
 
