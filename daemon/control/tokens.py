@@ -174,16 +174,12 @@ class TokenStore:
         if self.read_only:
             raise BadRequest(f"Keys come from the read-only file {self.key_file}: change the "
                              "file (the Secret) and restart to rotate them")
-        kept = self.keys[kind], self.expires.get(kind)
+        kept = dict(self.keys), dict(self.expires)
         key = self._renew(kind)
         try:
             self._write()
         except OSError as exc:   # a key the file does not hold would be lost at the restart
-            self.keys[kind] = kept[0]
-            if kept[1] is None:
-                self.expires.pop(kind, None)
-            else:
-                self.expires[kind] = kept[1]
+            self.keys, self.expires = kept
             raise InternalServerError(f"{exc.strerror}: the {kind} key stays as it was") from exc
         return key
 

@@ -169,6 +169,9 @@ def test_the_snapshot_wins_over_startup_models(archive_dir, tmp_path):
         log = d.log()
         assert "startup model noop.mar: noop already registered from the snapshot" in log
         assert "startup model noop.mar failed" not in log
+        # serve's log is its stderr alone: TorchServe's files are torchd start's
+        assert not any((d.workdir / "logs" / name).exists()
+                       for name in ("ts_log.log", "model_log.log", "access_log.log"))
     finally:
         d.cleanup()
 
