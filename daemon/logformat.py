@@ -69,7 +69,8 @@ class BatchingStreamHandler(logging.StreamHandler):
     """A StreamHandler that leaves the records of the ``batched`` loggers in the stream's buffer
     for a timer to flush, and flushes after any other record. A batched logger's lines can go
     to a file of their own as well (``also_to``: TorchServe's model_log.log and access_log.log),
-    buffered and flushed with the stream.
+    and every line to one more file (``every_line_to``: ts_log.log beside a terminal's or a
+    container's output), buffered and flushed with the stream.
 
     A write that fails (a full disk under ``torchd start``'s log) loses lines and raises
     nowhere: not in the code that logged (a request's answer, the supervisor), not in the
@@ -83,6 +84,7 @@ class BatchingStreamHandler(logging.StreamHandler):
         self._interval = interval
         self._timer_started = False
         self._files: dict[str, RotatingLines] = {}
+        self._every_line: RotatingLines | None = None
         self._failures = 0   # writes to the stream failed since it last took lines
         self._first_failure: OSError | None = None
 
@@ -92,6 +94,11 @@ class BatchingStreamHandler(logging.StreamHandler):
             raise ValueError(f"{logger_name} is not a batched logger of this handler")
         with self._held():
             self._files = {**self._files, logger_name: lines}
+
+    def every_line_to(self, lines: RotatingLines) -> None:
+        """Every line written to ``lines`` too."""
+        with self._held():
+            self._every_line = lines
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -118,6 +125,8 @@ class BatchingStreamHandler(logging.StreamHandler):
             self._failed(exc)
         if (lines := self._files.get(logger_name)) is not None:
             lines.write(line)   # RotatingLines keeps its own failures
+        if (every := self._every_line) is not None:
+            every.write(line)
 
     def _written_batched(self) -> None:
         self._dirty = True
@@ -136,6 +145,8 @@ class BatchingStreamHandler(logging.StreamHandler):
                     self._say_lines_were_lost()
             for lines in self._files.values():
                 lines.flush()
+            if self._every_line is not None:
+                self._every_line.flush()
 
     def _failed(self, exc: OSError) -> None:
         if not self._failures:

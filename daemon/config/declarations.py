@@ -171,13 +171,13 @@ SETTINGS: tuple[Setting, ...] = (
     S("private_key_file", parse_optional_path, None, "TLS private key for https:// listeners."),
     S("certificate_file", parse_optional_path, None, "TLS certificate for https:// listeners."),
     S("log_location", parse_path, "logs",
-      "Directory for torchd start's logs (ts_log.log, model_log.log, access_log.log), the pid "
-      "file and snapshots (<log_location>/config). "
+      "Directory for the logs of torchd start and --foreground (ts_log.log, model_log.log, "
+      "access_log.log), the pid file and snapshots (<log_location>/config). "
       "Env LOG_LOCATION also sets it."),
     S("log_file_max_size", parse_size, 100 * 1024 * 1024,
-      "torchd start's logs and the metric logs are set aside past this size as "
-      "<name>.1 ... <name>.5, the oldest dropped, as TorchServe's log4j2 configuration rolls "
-      "its logs; 0: never. K/M/G suffixes allowed.", doc_default="100M"),
+      "The logs of torchd start and --foreground and the metric logs are set aside past "
+      "this size as <name>.1 ... <name>.5, the oldest dropped, as TorchServe's log4j2 "
+      "configuration rolls its logs; 0: never. K/M/G suffixes allowed.", doc_default="100M"),
     S("metrics_mode", parse_choice("prometheus", "log", "legacy"), "prometheus",
       "prometheus: /metrics only; log: also TorchServe's metric log lines (ts_metrics.log, "
       "model_metrics.log); legacy: log, but the ts_inference_*/ts_queue_* counters on /metrics "

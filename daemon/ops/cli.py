@@ -95,7 +95,8 @@ def cmd_serve(args: argparse.Namespace, tokens: list[str] | None = None) -> int:
         if copy is not None and config.metrics_logged:
             for path in log_paths(config.metrics_location):
                 copy.follow(path)
-        return serve(config, args.log_level, started=args.started)
+        return serve(config, args.log_level, started=args.started,
+                     log_files=args.foreground)
     finally:
         if copy is not None:
             copy.close()

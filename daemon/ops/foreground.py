@@ -22,10 +22,12 @@ LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_DATEFMT = "%Y-%m-%dT%H:%M:%S"
 
 
-def serve(config: Config, log_level: str, started: bool = False) -> int:
+def serve(config: Config, log_level: str, started: bool = False,
+          log_files: bool = False) -> int:
     """Run the daemon in this process until it stops (``serve``, and ``llm`` after it has
     written its model directory); the exit code. ``started``: by ``torchd start``, which
-    lists it where ``torchd stop`` looks when the pid file's own place has none."""
+    lists it where ``torchd stop`` looks when the pid file's own place has none.
+    ``log_files``: TorchServe's log files beside stderr (its ``--foreground``)."""
     if config.log_config is not None:
         try:
             configure_logging(config.log_config, log_level)
@@ -38,7 +40,7 @@ def serve(config: Config, log_level: str, started: bool = False) -> int:
               file=sys.stderr)
         return 1
     if config.log_config is None:
-        write_logger_files(config)
+        write_logger_files(config, every_line=log_files)
     try:
         pidfile.write_pid(config.pid_file)
     except OSError as exc:   # in log_location unless pid_file says where
@@ -57,25 +59,34 @@ def serve(config: Config, log_level: str, started: bool = False) -> int:
         pidfile.remove_pid(config.pid_file)
 
 
-def write_logger_files(config: Config) -> None:
-    """Under ``torchd start`` (stderr is its log, ts_log.log), TorchServe's model_log.log and
-    access_log.log beside it: the lines of the handlers' output and of the access log again,
-    each in a file of its own (logfiles.LOGGER_FILES), as TorchServe's users read them.
-    ``serve``'s output (journald, a container's log) has every line already; a --log-config
-    says itself where lines go."""
+def write_logger_files(config: Config, every_line: bool = False) -> None:
+    """TorchServe's log files in log_location, as its users read them: model_log.log and
+    access_log.log, the lines of the handlers' output and of the access log again, each in a
+    file of its own (logfiles.LOGGER_FILES), where stderr is ts_log.log (``torchd start``);
+    and with ``every_line`` (TorchServe's ``--foreground``, whose log4j2 configuration writes
+    its files wherever its console goes) ts_log.log too, every line, beside stderr.
+    ``serve``'s output alone (journald, a container's log) has every line already; a
+    --log-config says itself where lines go."""
     handler = next((h for h in logging.root.handlers if isinstance(h, BatchingStreamHandler)),
                    None)   # configure_logging's
-    if handler is None or not stderr_is(config.log_location / START_LOG):
+    started_log = stderr_is(config.log_location / START_LOG)
+    if handler is None or not (started_log or every_line):
         return
+    if not started_log and (lines := _log_file(config, START_LOG)) is not None:
+        handler.every_line_to(lines)
     for logger_name, file_name in LOGGER_FILES.items():
-        path = config.log_location / file_name
-        try:
-            lines = RotatingLines(path, config.log_file_max_size, buffered=True)
-        except OSError as exc:
-            logger.warning("not writing %s (%s's lines stay in %s only): %s", path,
-                           logger_name, START_LOG, exc)
-            continue
-        handler.also_to(logger_name, lines)
+        if (lines := _log_file(config, file_name)) is not None:
+            handler.also_to(logger_name, lines)
+
+
+def _log_file(config: Config, file_name: str) -> RotatingLines | None:
+    path = config.log_location / file_name
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return RotatingLines(path, config.log_file_max_size, buffered=True)
+    except OSError as exc:
+        logger.warning("not writing %s (its lines are in torchd's own log only): %s", path, exc)
+        return None
 
 
 def configure_logging(log_config: Path | None, level: str = "INFO") -> None:

@@ -63,7 +63,8 @@ def _add_mode_options(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--start", action="store_true", help="start in the background")
     group.add_argument("--stop", action="store_true", help="stop the running daemon")
     group.add_argument("--foreground", action="store_true", help="with --start: stay in the "
-                       "foreground (same as `serve`)")
+                       "foreground, as `serve`, writing TorchServe's log files (ts_log.log, "
+                       "model_log.log, access_log.log in log_location) beside stderr")
 
 
 def _add_setting_options(group: argparse._ArgumentGroup,

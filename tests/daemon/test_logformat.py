@@ -136,11 +136,14 @@ def test_a_direct_line_steps_aside_when_it_would_miss_someone(default_output):
 
 def test_a_batched_loggers_lines_go_to_a_file_of_their_own_too(default_output, tmp_path):
     """TorchServe's access_log.log and model_log.log under torchd start: the same lines as in
-    the whole log, direct or made from a record, written when the handler flushes."""
+    the whole log, direct or made from a record, written when the handler flushes; with
+    --foreground its ts_log.log too, every line."""
     lines, handler, stream, only_ours = default_output
     access = logging.getLogger("torchd.access")
     own_file = tmp_path / "access_log.log"
+    every_file = tmp_path / "ts_log.log"
     handler.also_to("torchd.access", RotatingLines(own_file, 0, buffered=True))
+    handler.every_line_to(RotatingLines(every_file, 0, buffered=True))
     with pytest.raises(ValueError):   # a line of another logger is written at once, alone
         handler.also_to("daemon.ops.server", RotatingLines(tmp_path / "other.log", 0))
     only_ours()
@@ -153,6 +156,7 @@ def test_a_batched_loggers_lines_go_to_a_file_of_their_own_too(default_output, t
     handler.flush()
     whole = stream.getvalue().splitlines()
     assert own_file.read_text().splitlines() == whole[:2]
+    assert every_file.read_text().splitlines() == whole and len(whole) == 3
     assert whole[0].endswith('torchd.access: inference "POST /p" 200 0.4ms a')
     assert whole[1].endswith('torchd.access: management "GET /models" 200 1.0ms b')
 

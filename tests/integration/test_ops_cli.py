@@ -112,6 +112,36 @@ def test_start_returns_with_startup_models_serving(archive_dir: Path, tmp_path: 
         kill_tree(pidfile.read_pid(pid_path))
 
 
+def test_foreground_writes_torchserves_log_files_beside_its_output(archive_dir, tmp_path):
+    """`torchserve --start --foreground` (a terminal, a container's output) also writes its log
+    files, as TorchServe's log4j2 configuration does wherever its console goes."""
+    d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
+               {"default_workers_per_model": 1})
+    logs = d.workdir / "logs"
+    try:
+        d.start("--models", "noop=noop.mar", "--foreground", command="--start")
+        predicted = d.infer("POST", "/predictions/noop", data=b"x")
+        assert predicted.status_code == 200, predicted.text
+        request_id = predicted.headers["x-request-id"]
+        wait_until(lambda: (logs / "access_log.log").exists()
+                   and request_id in (logs / "access_log.log").read_text(),
+                   timeout=30, what="the request's line in access_log.log")
+        assert d.stop() == 0
+        output = d.log().splitlines()
+        log = (logs / "ts_log.log").read_text().splitlines()
+        assert any(line.endswith("Model server started.") for line in log)
+        assert log[-1].endswith("torchd stopped") and set(log) <= set(output)
+        assert any(request_id in line for line in log)
+        model_log = (logs / "model_log.log").read_text().splitlines()
+        access_log = (logs / "access_log.log").read_text().splitlines()
+        assert any("model noop loaded in" in line for line in model_log)
+        assert all(" INFO torchd.worker: [" in line for line in model_log)
+        assert access_log and all(" INFO torchd.access: " in line for line in access_log)
+        assert set(model_log + access_log) <= set(log)
+    finally:
+        d.cleanup()
+
+
 def test_a_busy_port_fails_the_start_at_once_naming_the_listener(archive_dir, tmp_path):
     d = Daemon(tmp_path / "d", make_store(archive_dir, tmp_path / "d" / "store", ["noop"]),
                {"worker_spawn": "exec"})
