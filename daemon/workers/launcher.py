@@ -75,8 +75,12 @@ def dispatch_fork_reply(message: dict, pending: dict[str, asyncio.Future],
     that child (its pid, or a RuntimeError), EXITED reports a child's exit."""
     kind = message.get("kind")
     if kind == messages.SPAWNED:
-        future = pending.pop(str(message.get("worker_id")), None)
-        if future is None or future.done():
+        child_id = str(message.get("worker_id"))
+        future = pending.pop(child_id, None)
+        if future is None or future.cancelled():
+            _kill_abandoned(child_id, message.get("pid"))
+            return
+        if future.done():
             return
         if message.get("error") or not message.get("pid"):
             future.set_exception(RuntimeError(message.get("error") or "fork failed"))
@@ -84,6 +88,17 @@ def dispatch_fork_reply(message: dict, pending: dict[str, asyncio.Future],
             future.set_result(message["pid"])
     elif kind == messages.EXITED:
         on_exit(message["pid"], message["returncode"])
+
+
+def _kill_abandoned(child_id: str, pid: object) -> None:
+    """A child forked for a spawn nobody awaits any more (its worker was stopped while the
+    fork was under way, or the wait ran out): no one would ever stop it, so it goes now. Its
+    fork server reports the exit, which no worker claims."""
+    if not isinstance(pid, int) or pid <= 0:
+        return
+    logger.info("killing pid %d, forked for %s after its start was abandoned", pid, child_id)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
 
 
 async def exec_with_output_pipe(*argv: str) -> asyncio.subprocess.Process:

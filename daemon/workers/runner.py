@@ -146,6 +146,12 @@ class WorkerRunner:
                 raise StartFailure(f"could not spawn a worker process: {exc}") from exc
             self.events.process_started(handle, pid)
             await self._until(connected, handle, timeout, "connect")
+        except BaseException:
+            # A process that connected for a start given up (stopped while its spawn was
+            # under way) would wait on this connection forever: it ends with it.
+            if connected.done() and not connected.cancelled():
+                connected.result().close()
+            raise
         finally:
             server.close()
             path.unlink(missing_ok=True)

@@ -307,6 +307,40 @@ def test_hung_worker_is_detected_and_replaced(sv: Daemon) -> None:
 
 # ---- the zygote (last: it kills the module daemon's zygote) --------------------------------
 
+def _ready_zygote(d: Daemon) -> int | None:
+    """The zygote's pid once it forks (a warming one makes spawns wait before asking)."""
+    ready = [int(pid) for pid in re.findall(r"zygote ready, pid (\d+)", d.log())]
+    return ready[-1] if ready and ready[-1] in zygote_pids(d) else None
+
+
+def test_a_worker_stopped_while_the_zygote_forks_it_is_not_left_running(sv: Daemon) -> None:
+    """A scale-down (or unregister) that stops a worker whose fork is under way: the process
+    the zygote forks afterwards belongs to no worker, and is killed, not left running."""
+    response = sv.register("noop.mar", model_name="sv_abandon", initial_workers=0)
+    assert response.status_code == 200, response.text
+    zygote = wait_until(lambda: _ready_zygote(sv), ZYGOTE_WARM, 0.1, "the zygote ready")
+    os.kill(zygote, signal.SIGSTOP)   # it takes the SPAWN frame, and answers it later
+    try:
+        assert sv.mgmt("PUT", "/models/sv_abandon", params={"min_worker": 1}).status_code == 202
+        (starting,) = wait_until(lambda: sv.workers("sv_abandon"), 10, 0.05, "a STARTING worker")
+        assert starting["status"] == "STARTING"
+        assert scale(sv, "sv_abandon", 0).status_code == 200
+        assert sv.workers("sv_abandon") == []
+    finally:
+        os.kill(zygote, signal.SIGCONT)
+    try:
+        forked = wait_until(lambda: re.search(rf"forked worker {starting['id']} as pid (\d+)",
+                                              sv.log()), 30, 0.1, "the zygote's late fork")
+        wait_until(lambda: gone(int(forked.group(1))), 10, 0.1, "the late fork killed")
+        assert f"forked for {starting['id']} after its start was abandoned" in sv.log()
+        assert post(sv, "/predictions/sv_abandon").status == 503   # no worker, as asked
+    finally:
+        for proc in descendants(sv):
+            if "sv_abandon" in title(proc):
+                proc.kill()
+        unregister(sv, "sv_abandon")
+
+
 def test_zygote_killed_workers_keep_serving_and_it_comes_back(sv: Daemon) -> None:
     register(sv, "noop.mar", "sv_zyg")
     try:

@@ -132,6 +132,9 @@ class FakeLauncher:
         self.by_pid: dict[int, FakeWorker] = {}
         self.spawned: list[FakeWorker] = []
         self.overdue = 0   # spawn_overdue calls
+        # set: spawn returns the pid only once it is set (a zygote slow to answer SPAWN, whose
+        # child runs and connects meanwhile)
+        self.answer_spawn: asyncio.Event | None = None
         self._pids = itertools.count(40000)
 
     async def start(self) -> None:
@@ -144,6 +147,8 @@ class FakeLauncher:
         self.by_pid[worker.pid] = worker
         self.spawned.append(worker)
         worker.task = asyncio.get_running_loop().create_task(worker.run())
+        if self.answer_spawn is not None:
+            await self.answer_spawn.wait()
         return worker.pid
 
     def spawn_overdue(self) -> None:

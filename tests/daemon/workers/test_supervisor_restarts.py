@@ -2,6 +2,7 @@
 crashes and their backoff, start failures, FAILED and its recovery, and the heartbeat."""
 from __future__ import annotations
 
+import asyncio
 import signal
 
 from daemon.models.registry import ModelVersion
@@ -186,6 +187,20 @@ async def test_a_stop_while_starting_is_not_a_start_failure(h: Harness) -> None:
     await until(lambda: not h.handles(mv))
     record = h.sup.record(mv)
     assert record.start_failures == 0 and record.last_error is None
+
+
+@scenario
+async def test_a_process_that_connected_for_a_start_given_up_is_let_go(h: Harness) -> None:
+    """Stopped while its spawn was under way, after its process had connected: the start is
+    given up, and the connection closed, so the process does not wait on it forever."""
+    mv = h.model()
+    h.launcher.answer_spawn = asyncio.Event()   # never set: the spawn is given up first
+    scale(h, mv, 1, 1)
+    (worker,) = await until(lambda: h.launcher.spawned)
+    await until(lambda: worker.writer is not None)   # connected
+    scale(h, mv, 0, 0)
+    await until(lambda: not h.handles(mv))
+    await until(lambda: not worker.alive)   # its connection ended: it exited
 
 
 @scenario
