@@ -6,6 +6,8 @@ answered a batch has proven itself: no growing backoff leaves its slot empty), a
 request sent again is counted and logged. Re-dispatch off: the kills fail only requests of the
 killed batches, each with TorchServe's 500 "Worker died.", and nothing else.
 The same scenario with wrk and TorchServe beside it is in scripts/bench (the chaos run).
+Management churn under load (register, scale, unregister at random) leaves exactly the worker
+processes that describe lists.
 """
 from __future__ import annotations
 
@@ -15,12 +17,13 @@ import random
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 
 from tests.support.daemon import Daemon
-from tests.support.supervision import Load, ready_pids
+from tests.support.supervision import Load, descendants, ready_pids, title
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -98,3 +101,62 @@ def test_with_redispatch_off_a_kill_fails_only_its_own_batch(daemon: Daemon) -> 
     assert 1 <= len(failures) <= KILLS, [(c.status, c.body) for c in failures]
     assert all(c.status == 500 and c.body["message"] == "Worker died." for c in failures)
     assert counter(daemon, "torchd_redispatched_requests_total", "fragile") == 0
+
+
+# ---- management churn ------------------------------------------------------------------------
+
+CHURN_S = 8.0
+CHURN_CALLS = 400   # per thread, at most
+
+
+def churn(d: Daemon, deadline: float, seed: int) -> list[tuple[str, int, str]]:
+    """Register, scale (sync and async, up and down) and unregister two names at random until
+    ``deadline``: workers are stopped while they start, models removed while they scale. The
+    answers that are server errors other than a start overtaken by an unregister."""
+    rng, odd = random.Random(seed), []
+    for _ in range(CHURN_CALLS):
+        if time.monotonic() > deadline:
+            break
+        name, roll = rng.choice(("churn_a", "churn_b")), rng.random()
+        if roll < 0.3:
+            r = d.mgmt("POST", "/models", params={"url": "noop.mar", "model_name": name,
+                                                  "initial_workers": rng.randint(0, 2),
+                                                  "synchronous": rng.choice(("true", "false"))})
+        elif roll < 0.8:
+            n = rng.randint(0, 3)
+            r = d.mgmt("PUT", f"/models/{name}", params={
+                "min_worker": n, "max_worker": n, "synchronous": rng.choice(("true", "false")),
+                "timeout": rng.choice((0, -1))})
+        else:
+            r = d.mgmt("DELETE", f"/models/{name}")
+        if r.status_code >= 500 and "unregistered while its workers were starting" not in r.text:
+            odd.append((r.request.url, r.status_code, r.text))
+    return odd
+
+
+def test_management_churn_leaves_no_process_the_worker_table_does_not_hold(
+        make_daemon) -> None:
+    """Stops of starting workers, unregisters during scales, under load: afterwards every
+    worker process is one that describe lists, and each listed one is alive (a worker stopped
+    while the zygote forked it was once left running, owned by no one)."""
+    d = make_daemon({"max_workers": 16})
+    deadline = time.monotonic() + CHURN_S
+    with Load(d, "/predictions/churn_a", {}, threads=2, timeout=30) as load:
+        with ThreadPoolExecutor(3) as pool:
+            odd = [call for calls in pool.map(lambda seed: churn(d, deadline, seed), range(3))
+                   for call in calls]
+    assert odd == []
+    # answered, not registered (yet, any more), or no worker (yet, any more): nothing else
+    assert {call.status for call in load.calls} <= {200, 404, 503}, load.failures()[:5]
+
+    def listed() -> set[int]:
+        names = [m["modelName"] for m in d.mgmt("GET", "/models").json()["models"]]
+        return {w["pid"] for name in names for w in d.workers(name)}
+
+    def processes() -> set[int]:
+        return {p.pid for p in descendants(d) if title(p).startswith("torchd worker ")}
+
+    for name in [m["modelName"] for m in d.mgmt("GET", "/models").json()["models"]]:
+        d.mgmt("PUT", f"/models/{name}", params={"min_worker": 1, "synchronous": "true"})
+    wait_until(lambda: processes() == listed(), 30, 0.2,
+               lambda: f"worker processes {processes()} == listed {listed()}")
