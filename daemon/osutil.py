@@ -1,14 +1,16 @@
-"""Small OS facts every layer needs: durable directory entries, a directory kept from /tmp
-cleaners, whether a pid has exited and how it ended, how many CPUs this process may use, how
+"""Small OS facts every layer needs: files written whole and durably, a directory kept from
+/tmp cleaners, whether a pid has exited and how it ended, how many CPUs this process may use, how
 many connections its descriptors allow, how much a socket's peer has yet to take."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import math
 import os
 import resource
 import signal
 import struct
+import tempfile
 import termios
 from pathlib import Path
 
@@ -22,6 +24,25 @@ def fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomically(target: Path, data: bytes, temp_prefix: str) -> None:
+    """``target`` holds ``data`` whole, or stays as it was: written to a temp file beside it
+    (``temp_prefix`` + random; mode 0600 from its creation, so secrets are never readable by
+    others, even briefly), fsynced, renamed over it, the rename made durable. A failure
+    removes the temp file and raises the OSError."""
+    fd, temp = tempfile.mkstemp(prefix=temp_prefix, dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(temp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+    fsync_dir(target.parent)
 
 
 def pid_gone(pid: int) -> bool:

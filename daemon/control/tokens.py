@@ -12,7 +12,6 @@ each start).
 """
 from __future__ import annotations
 
-import contextlib
 import datetime
 import json
 import logging
@@ -25,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from daemon.errors import BadRequest, InternalServerError, InvalidKey, TorchdError
+from daemon.osutil import write_atomically
 
 logger = logging.getLogger(__name__)
 KINDS = ("management", "inference", "API")
@@ -134,18 +134,10 @@ class TokenStore:
             expires = self.expires.get(kind)
             if expires is not None:
                 document[kind][EXPIRATION] = _instant_text(expires)
-        tmp = self.key_file.with_name(self.key_file.name + ".tmp")
-        try:
-            tmp.unlink(missing_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as handle:
-                json.dump(document, handle, indent=2)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.key_file)
-        except OSError as exc:   # a full or read-only disk: no half-written keys left about
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
+        data = json.dumps(document, indent=2).encode()
+        try:   # a full or read-only disk leaves the file as it was, and no temp file about
+            write_atomically(self.key_file, data, f".{self.key_file.name}.tmp-")
+        except OSError as exc:
             raise OSError(exc.errno, f"cannot write the key file {self.key_file} (key_file): "
                                      f"{exc.strerror or exc}") from exc
 

@@ -36,7 +36,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -49,7 +48,7 @@ from daemon.config.model_values import parse_model_snapshot
 from daemon.config.properties import parse_properties
 from daemon.config.values import InvalidValue
 from daemon.errors import InternalServerError
-from daemon.osutil import fsync_dir, pid_gone
+from daemon.osutil import pid_gone, write_atomically
 from daemon.models.requests import RegisterRequest
 from daemon.models.registry import ModelVersion, Registry
 
@@ -324,21 +323,11 @@ def _next_name(snapshot_dir: Path, kind: str) -> str:
 
 
 def _write_atomically(target: Path, data: bytes) -> None:
-    fd, temp = tempfile.mkstemp(prefix=f"{_TEMP_PREFIX}{os.getpid()}-", dir=target.parent)
+    # the writer's pid in the temp name: _remove_stale_temps knows a killed writer's leftovers
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp, 0o600)
-        os.rename(temp, target)
-    except BaseException as exc:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        if isinstance(exc, OSError):
-            raise SnapshotError(target, f"cannot write: {exc.strerror or exc}") from None
-        raise
-    fsync_dir(target.parent)
+        write_atomically(target, data, f"{_TEMP_PREFIX}{os.getpid()}-")
+    except OSError as exc:
+        raise SnapshotError(target, f"cannot write: {exc.strerror or exc}") from None
 
 
 def _prune(snapshot_dir: Path, keep: int) -> None:
